@@ -1,0 +1,78 @@
+# npsfuse build, test and benchmark entry points. Every target installs what
+# it needs on a fresh machine (Go and Python 3.10+ must exist).
+
+ROOT       := $(abspath .)
+VENV       := $(ROOT)/.venv
+PYTHON     ?= $(VENV)/bin/python
+TOOLS      := $(ROOT)/.tools/bin
+GOPY       := $(TOOLS)/gopy
+STATICCHECK_VERSION := v0.8.2
+NATIVE     := python/npsfuse/_native
+export PATH := $(TOOLS):$(VENV)/bin:$(PATH)
+
+GO_SOURCES := $(shell find gocore arrowio pybind daemon -name '*.go' -not -name '*_test.go' 2>/dev/null) go.mod go.sum
+
+.PHONY: all venv tools build install test test-go test-py lint demo bench clean fuzz
+
+all: build
+
+## venv: the Python environment under .venv (torch, numpy, pyarrow, ...)
+venv: $(VENV)/.stamp
+$(VENV)/.stamp: requirements-dev.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements-dev.txt
+	touch $@
+
+## tools: gopy (with an x/tools that compiles on current Go), goimports, staticcheck
+tools: $(GOPY) $(TOOLS)/staticcheck
+$(GOPY): tools/go.mod tools/go.sum tools/tools.go
+	cd tools && GOBIN=$(TOOLS) go install github.com/go-python/gopy golang.org/x/tools/cmd/goimports
+$(TOOLS)/staticcheck:
+	GOBIN=$(TOOLS) go install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+## build: the gopy extension, copied into python/npsfuse/_native
+build: $(NATIVE)/.stamp
+$(NATIVE)/.stamp: $(GO_SOURCES) $(GOPY)
+	@$(PYTHON) -c "import pybindgen" 2>/dev/null || $(MAKE) venv
+	rm -rf _build/gopy
+	$(GOPY) build -output=_build/gopy -vm=$(PYTHON) -name=gonps ./pybind
+	rm -rf $(NATIVE) && mkdir -p $(NATIVE)
+	cp _build/gopy/__init__.py _build/gopy/go.py _build/gopy/pybind.py _build/gopy/_gonps*.so $(NATIVE)/
+	touch $@
+
+## install: pip install . into the venv (the path users take)
+install: venv tools
+	NPSFUSE_SKIP_GO_BUILD= $(VENV)/bin/pip install -q --no-build-isolation --no-deps --force-reinstall .
+
+## test: everything CI runs: lint, Go tests, the installed package's Python tests
+test: lint test-go install test-py
+
+test-go:
+	go test ./...
+
+test-py: venv
+	cd tests && $(VENV)/bin/python -m pytest -q -p no:cacheprovider
+
+## lint: gofmt, go vet, staticcheck, ruff
+lint: venv tools
+	@out=$$(gofmt -l gocore arrowio pybind daemon 2>/dev/null); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	go vet ./...
+	$(TOOLS)/staticcheck ./...
+	$(VENV)/bin/ruff check python tests bench
+
+## fuzz: a short run of every Go fuzz target
+fuzz:
+	go test ./arrowio/bridge -run XXX -fuzz FuzzImport -fuzztime 30s
+
+## demo: a tiny base model and three fine-tunes, merged by every method
+demo: install
+	$(VENV)/bin/python -m npsfuse.demo
+
+## bench: benchmarks; figures go to bench/results/
+bench: install
+	$(VENV)/bin/python bench/bench_bridge.py
+	$(VENV)/bin/python bench/bench_merge.py
+
+clean:
+	rm -rf _build build $(NATIVE) *.egg-info

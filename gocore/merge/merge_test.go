@@ -1,0 +1,219 @@
+package merge
+
+import (
+	"errors"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/npsfuse/npsfuse/gocore/parallel"
+	"github.com/npsfuse/npsfuse/gocore/rng"
+	"github.com/npsfuse/npsfuse/gocore/tensor"
+)
+
+// one builds a single-tensor merge with a zero base.
+func one(name string, base []float32, models ...[]float32) []Tensor {
+	t := Tensor{Name: name, Base: tensor.FromF32(base), Out: tensor.FromF32(make([]float32, len(base)))}
+	for _, m := range models {
+		t.Models = append(t.Models, tensor.FromF32(m))
+	}
+	return []Tensor{t}
+}
+
+func TestHandComputed(t *testing.T) {
+	zero := []float32{0, 0, 0, 0}
+	tau1 := []float32{1, -2, 3, 0.5}
+	tau2 := []float32{-1, -1, 2, -4}
+	cases := []struct {
+		name   string
+		method string
+		p      Params
+		base   []float32
+		models [][]float32
+		want   []float32
+	}{
+		{"ta sum", "task_arithmetic", Params{Lambda: 1}, zero, [][]float32{tau1, tau2}, []float32{0, -3, 5, -3.5}},
+		{"ta normalized, lambda 2", "task_arithmetic", Params{Lambda: 2, Normalize: true}, zero, [][]float32{tau1, tau2}, []float32{0, -3, 5, -3.5}},
+		{"ta weights", "task_arithmetic", Params{Lambda: 1, Weights: []float32{2, 0.5}}, zero, [][]float32{tau1, tau2}, []float32{1.5, -4.5, 7, -1}},
+		{"ta offset base", "task_arithmetic", Params{Lambda: 1}, []float32{1, 1, 1, 1}, [][]float32{{2, 2, 2, 2}, {0, 0, 0, 0}}, []float32{1, 1, 1, 1}},
+		// elect γ = [0→+, −, +, −]; disjoint means [1, −1.5, 2.5, −4]
+		{"ties density 1", "ties", Params{Lambda: 1, Density: 1, Normalize: true}, zero, [][]float32{tau1, tau2}, []float32{1, -1.5, 2.5, -4}},
+		{"ties no normalize", "ties", Params{Lambda: 1, Density: 1}, zero, [][]float32{tau1, tau2}, []float32{1, -3, 5, -4}},
+		// trim to 2 of 4: τ̂1 = [0,−2,3,0], τ̂2 = [0,0,2,−4]; γ = [+,−,+,−]
+		{"ties density 0.5", "ties", Params{Lambda: 1, Density: 0.5, Normalize: true}, zero, [][]float32{tau1, tau2}, []float32{0, -2, 2.5, -4}},
+		{"magnitude prune", "magnitude_prune", Params{Lambda: 1, Density: 0.5}, zero, [][]float32{tau1, tau2}, []float32{0, -2, 5, -4}},
+		{"linear", "linear", Params{Normalize: true, Weights: []float32{3, 1}}, []float32{9, 9, 9, 9}, [][]float32{{4, 0, 8, 4}, {0, 4, 0, 4}}, []float32{3, 1, 6, 4}},
+		{"dare density 1 is ta", "dare_linear", Params{Lambda: 1, Density: 1}, zero, [][]float32{tau1, tau2}, []float32{0, -3, 5, -3.5}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ts := one("w", tc.base, tc.models...)
+			if err := Run(tc.method, tc.p, ts); err != nil {
+				t.Fatal(err)
+			}
+			got := ts[0].Out.F32
+			for j := range got {
+				if math.Abs(float64(got[j]-tc.want[j])) > 1e-6 {
+					t.Fatalf("got %v, want %v", got, tc.want)
+				}
+			}
+		})
+	}
+}
+
+func TestGlobalScopeRanksAcrossTensors(t *testing.T) {
+	// Magnitudes over the concatenation [1 5 | 2 5 1 1]: keep 3 → 5, 5, 2.
+	a := Tensor{Name: "a", Base: tensor.FromF32(make([]float32, 2)), Models: []tensor.Vec{tensor.FromF32([]float32{1, 5})}, Out: tensor.FromF32(make([]float32, 2))}
+	b := Tensor{Name: "b", Base: tensor.FromF32(make([]float32, 4)), Models: []tensor.Vec{tensor.FromF32([]float32{2, -5, 1, 1})}, Out: tensor.FromF32(make([]float32, 4))}
+	p := Params{Lambda: 1, Density: 0.5, Scope: ScopeGlobal}
+	if err := Run("magnitude_prune", p, []Tensor{a, b}); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(a.Out.F32, []float32{0, 5}) || !slices.Equal(b.Out.F32, []float32{2, -5, 0, 0}) {
+		t.Fatalf("got %v %v", a.Out.F32, b.Out.F32)
+	}
+	// Per tensor: a keeps 1 of 2, b keeps 2 of 4.
+	p.Scope = ScopeTensor
+	if err := Run("magnitude_prune", p, []Tensor{a, b}); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(a.Out.F32, []float32{0, 5}) || !slices.Equal(b.Out.F32, []float32{2, -5, 0, 0}) {
+		t.Fatalf("got %v %v", a.Out.F32, b.Out.F32)
+	}
+}
+
+func TestDareMatchesDefinition(t *testing.T) {
+	n := 3*parallel.Chunk + 5
+	base := make([]float32, n)
+	m := make([]float32, n)
+	for i := range m {
+		m[i] = float32(i%13) - 6
+	}
+	ts := one("layer.0.weight", base, m)
+	d := 0.3
+	if err := Run("dare_linear", Params{Lambda: 1, Density: d, Seed: 42}, ts); err != nil {
+		t.Fatal(err)
+	}
+	key := rng.Key(42, "layer.0.weight", 0)
+	kept := 0
+	for i, got := range ts[0].Out.F32 {
+		want := float32(0)
+		if rng.Uniform(key, uint64(i)) < float32(d) {
+			want = m[i] * (1 / float32(d))
+			kept++
+		}
+		if got != want {
+			t.Fatalf("element %d: got %v want %v", i, got, want)
+		}
+	}
+	if frac := float64(kept) / float64(n); math.Abs(frac-d) > 0.01 {
+		t.Fatalf("kept fraction %v, want about %v", frac, d)
+	}
+}
+
+func randomMerge(r *rand.Rand, dt tensor.DType, sizes []int, T int) []Tensor {
+	var ts []Tensor
+	fill := func(n int) tensor.Vec {
+		x := make([]float32, n)
+		for i := range x {
+			x[i] = float32(r.NormFloat64())
+		}
+		v := tensor.Alloc(n, dt)
+		v.Store(x, 0)
+		return v
+	}
+	for i, n := range sizes {
+		t := Tensor{Name: "t" + string(rune('a'+i)), Base: fill(n), Out: tensor.Alloc(n, dt)}
+		for range T {
+			t.Models = append(t.Models, fill(n))
+		}
+		ts = append(ts, t)
+	}
+	return ts
+}
+
+func outputs(ts []Tensor) [][]float32 {
+	var res [][]float32
+	for _, t := range ts {
+		x := make([]float32, t.Out.Len())
+		t.Out.Load(x, 0)
+		res = append(res, x)
+	}
+	return res
+}
+
+func TestThreadCountDoesNotChangeBits(t *testing.T) {
+	defer parallel.SetThreads(0)
+	sizes := []int{7, 5000, 2*parallel.Chunk + 3, (1 << 20) + 11}
+	for _, dt := range []tensor.DType{tensor.F32, tensor.BF16, tensor.F16} {
+		for _, method := range Methods() {
+			for _, scope := range []Scope{ScopeTensor, ScopeGlobal} {
+				p := Params{Lambda: 0.7, Density: 0.3, Normalize: true, Seed: 9, Scope: scope}
+				var ref [][]float32
+				for _, th := range []int{1, 2, 5} {
+					parallel.SetThreads(th)
+					ts := randomMerge(rand.New(rand.NewPCG(3, 4)), dt, sizes, 3)
+					if err := Run(method, p, ts); err != nil {
+						t.Fatal(err)
+					}
+					got := outputs(ts)
+					if ref == nil {
+						ref = got
+						continue
+					}
+					for i := range got {
+						if !slices.Equal(got[i], ref[i]) {
+							t.Fatalf("%v %s scope %v: %d threads differ from 1 thread", dt, method, scope, th)
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
+func TestHalfPrecisionIsWidened(t *testing.T) {
+	// bf16 inputs: 1 + 2^-7 is exact in bf16; the merge must not lose it.
+	base := tensor.Alloc(2, tensor.BF16)
+	m := tensor.Alloc(2, tensor.BF16)
+	m.Store([]float32{1 + 1.0/128, -3}, 0)
+	out := tensor.Alloc(2, tensor.F32)
+	ts := []Tensor{{Name: "x", Base: base, Models: []tensor.Vec{m}, Out: out}}
+	if err := Run("task_arithmetic", Params{Lambda: 1}, ts); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(out.F32, []float32{1 + 1.0/128, -3}) {
+		t.Fatalf("got %v", out.F32)
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	nan := float32(math.NaN())
+	cases := []struct {
+		name   string
+		method string
+		p      Params
+		ts     []Tensor
+		want   string
+	}{
+		{"unknown method", "tiess", Params{}, one("w", []float32{0}, []float32{1}), `unknown method "tiess"`},
+		{"density 0", "ties", Params{Density: 0}, one("w", []float32{0}, []float32{1}), "density 0 is outside (0, 1]"},
+		{"density > 1", "dare_ties", Params{Density: 1.5}, one("w", []float32{0}, []float32{1}), "density 1.5"},
+		{"weights length", "task_arithmetic", Params{Weights: []float32{1, 2}}, one("w", []float32{0}, []float32{1}), "2 weights for 1 models"},
+		{"zero weight sum", "linear", Params{Normalize: true, Weights: []float32{1, -1}}, one("w", []float32{0}, []float32{1}, []float32{2}), "weights sum to 0"},
+		{"length", "task_arithmetic", Params{}, one("enc.w", []float32{0, 0}, []float32{1}), `tensor "enc.w": model 0 has 1 elements, base has 2`},
+		{"nan in model", "task_arithmetic", Params{}, one("enc.w", []float32{0, 0}, []float32{1, 2}, []float32{1, nan}), `tensor "enc.w": model 1 has NaN at flat index 1`},
+		{"inf in base", "ties", Params{Density: 1}, one("b", []float32{float32(math.Inf(-1))}, []float32{1}), `tensor "b": the base model has -Inf`},
+		{"no models", "ties", Params{Density: 1}, one("w", []float32{0}), "no models"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := Run(tc.method, tc.p, tc.ts)
+			if err == nil || !errors.Is(err, ErrInput) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an ErrInput containing %q", err, tc.want)
+			}
+		})
+	}
+}

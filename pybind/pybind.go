@@ -1,0 +1,108 @@
+// Package pybind is the one package gopy binds into npsfuse's Python
+// extension. It only converts: addresses of Arrow C Data Interface structs
+// become tensor views (arrowio/bridge), JSON parameters become Go structs,
+// and the call goes to a gocore kernel. Every exported function recovers
+// panics and returns them as errors, because a Go panic would abort the
+// Python interpreter.
+//
+// Addresses are passed as int (64-bit here): gopy copies slices element by
+// element, so tensors never cross as slices.
+package pybind
+
+import (
+	"encoding/json"
+	"fmt"
+	"runtime/debug"
+	"strings"
+
+	"github.com/npsfuse/npsfuse/arrowio/bridge"
+	"github.com/npsfuse/npsfuse/gocore/merge"
+	"github.com/npsfuse/npsfuse/gocore/parallel"
+	"github.com/npsfuse/npsfuse/gocore/tensor"
+)
+
+// version is the Go core's version; the Python package checks it matches.
+const version = "0.1.0"
+
+// guard turns a panic into an error carrying the panic value and stack.
+func guard(err *error) {
+	if r := recover(); r != nil {
+		*err = fmt.Errorf("internal error (Go panic): %v\n%s", r, debug.Stack())
+	}
+}
+
+// Version returns the version of the Go core.
+func Version() string { return version }
+
+// Methods returns the merge methods' names, comma-separated and sorted.
+func Methods() string { return strings.Join(merge.Methods(), ",") }
+
+// SetThreads sets how many goroutines kernels use (n ≤ 0: all cores).
+func SetThreads(n int) { parallel.SetThreads(n) }
+
+// Threads returns how many goroutines kernels use.
+func Threads() int { return parallel.Threads() }
+
+// Inspect imports n tensors (contiguous ArrowArray structs at arrays,
+// ArrowSchema structs at schemas), validates them, releases them and
+// returns their total size in bytes. It is the bridge's round trip with no
+// kernel behind it.
+func Inspect(arrays, schemas, n int) (total int, err error) {
+	defer guard(&err)
+	b, err := bridge.ImportAt(uintptr(arrays), uintptr(schemas), n)
+	if err != nil {
+		return 0, err
+	}
+	defer b.Release()
+	for _, t := range b.Tensors {
+		total += t.Vec.Len() * t.Vec.DType.Size()
+	}
+	return total, nil
+}
+
+// mergeParams is the JSON form of merge.Params that Python sends.
+type mergeParams struct {
+	Weights   []float32 `json:"weights"`
+	Density   float64   `json:"density"`
+	Lambda    float64   `json:"lambda"`
+	Normalize bool      `json:"normalize"`
+	Scope     string    `json:"scope"`
+	Seed      uint64    `json:"seed"`
+}
+
+// Merge runs a merge method over nTensors tensors of nModels models. The
+// pairs at arrays/schemas are tensor-major: for each tensor, the base, the
+// nModels fine-tuned versions, then the output buffer (written in place).
+// params is a JSON object with weights, density, lambda, normalize, scope
+// and seed. Errors caused by the input start with "invalid merge input" or
+// "bad tensor".
+func Merge(method, params string, nTensors, nModels, arrays, schemas int) (err error) {
+	defer guard(&err)
+	per := nModels + 2
+	b, err := bridge.ImportAt(uintptr(arrays), uintptr(schemas), nTensors*per)
+	if err != nil {
+		return err
+	}
+	defer b.Release()
+	var mp mergeParams
+	dec := json.NewDecoder(strings.NewReader(params))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&mp); err != nil {
+		return fmt.Errorf("%w: parameters: %v", merge.ErrInput, err)
+	}
+	scope, err := merge.ParseScope(mp.Scope)
+	if err != nil {
+		return fmt.Errorf("%w: %v", merge.ErrInput, err)
+	}
+	ts := make([]merge.Tensor, nTensors)
+	for i := range ts {
+		group := b.Tensors[i*per : (i+1)*per]
+		models := make([]tensor.Vec, nModels)
+		for m := range models {
+			models[m] = group[1+m].Vec
+		}
+		ts[i] = merge.Tensor{Name: group[0].Name, Base: group[0].Vec, Models: models, Out: group[per-1].Vec}
+	}
+	p := merge.Params{Weights: mp.Weights, Density: mp.Density, Lambda: mp.Lambda, Normalize: mp.Normalize, Scope: scope, Seed: mp.Seed}
+	return merge.Run(method, p, ts)
+}

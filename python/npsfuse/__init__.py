@@ -1,0 +1,26 @@
+"""npsfuse: slim, transfer and fuse fine-tuned neural networks.
+
+The heavy work runs in Go kernels bound with gopy; tensors cross without
+copies through the Arrow C Data Interface.
+"""
+
+from __future__ import annotations
+
+from . import _core
+from .merging import get_num_threads, merge, methods, set_num_threads, task_vector
+
+__version__ = "0.1.0"
+
+if _core.go.Version() != __version__:  # pragma: no cover - broken install
+    raise ImportError(
+        f"npsfuse {__version__} found Go core {_core.go.Version()}: reinstall the package"
+    )
+
+__all__ = [
+    "__version__",
+    "get_num_threads",
+    "merge",
+    "methods",
+    "set_num_threads",
+    "task_vector",
+]
