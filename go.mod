@@ -4,6 +4,7 @@ go 1.24.0
 
 require (
 	github.com/apache/arrow/go/v15 v15.0.2
+	github.com/go-python/gopy v0.4.10
 	github.com/x448/float16 v0.8.4
 	gonum.org/v1/gonum v0.17.0
 )
