@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"sync"
 
@@ -48,6 +49,9 @@ type Params struct {
 	Weights []float32
 	// Density is the fraction of entries kept by sparsification, in (0, 1].
 	Density float64
+	// Densities, when set, gives each model its own density (mergekit's
+	// per-model `density`), overriding Density.
+	Densities []float64
 	// Lambda λ scales the merged task vector.
 	Lambda float64
 	// Normalize divides by the sum of weights (of the agreeing models, for
@@ -57,6 +61,14 @@ type Params struct {
 	Scope Scope
 	// Seed of every random choice.
 	Seed uint64
+}
+
+// density is model m's density.
+func (p *Params) density(m int) float64 {
+	if p.Densities != nil {
+		return p.Densities[m]
+	}
+	return p.Density
 }
 
 // ErrInput marks errors caused by the caller's data or parameters.
@@ -122,8 +134,15 @@ func newEngine(m Method, p Params, tensors []Tensor) (*engine, error) {
 		}
 		wsum += x
 	}
-	if m.Sparsify.usesDensity() && !(p.Density > 0 && p.Density <= 1) {
-		return nil, fmt.Errorf("%w: density %v is outside (0, 1]", ErrInput, p.Density)
+	if p.Densities != nil && len(p.Densities) != T {
+		return nil, fmt.Errorf("%w: %d densities for %d models", ErrInput, len(p.Densities), T)
+	}
+	if m.Sparsify.usesDensity() {
+		for i := range T {
+			if d := p.density(i); !(d > 0 && d <= 1) {
+				return nil, fmt.Errorf("%w: density %v is outside (0, 1]", ErrInput, d)
+			}
+		}
 	}
 	if m.Combine.normalizes(p) && wsum == 0 {
 		return nil, fmt.Errorf("%w: weights sum to 0, cannot normalize", ErrInput)
@@ -144,7 +163,7 @@ func newEngine(m Method, p Params, tensors []Tensor) (*engine, error) {
 				return nil, fmt.Errorf("%w: tensor %q: model %d has %d elements, base has %d", ErrInput, t.Name, mi, mv.Len(), n)
 			}
 		}
-		if t.Out.Len() != n {
+		if t.Out.DType != 0 && t.Out.Len() != n {
 			return nil, fmt.Errorf("%w: tensor %q: output has %d elements, base has %d", ErrInput, t.Name, t.Out.Len(), n)
 		}
 		e.first = append(e.first, len(e.chunks))
@@ -193,12 +212,23 @@ func (c *chunkError) set(gc int, err error) {
 }
 
 func (e *engine) run() error {
-	if err := e.method.Sparsify.prepare(e); err != nil {
+	for _, t := range e.tensors {
+		if t.Out.DType == 0 {
+			return fmt.Errorf("%w: tensor %q has no output buffer", ErrInput, t.Name)
+		}
+	}
+	if err := e.method.Sparsify.prepare(e, e.allUnits()); err != nil {
 		return err
 	}
+	return e.mergeChunks(e.chunks)
+}
+
+// mergeChunks merges the given chunks in parallel and returns the error of
+// the lowest-numbered failing chunk.
+func (e *engine) mergeChunks(chunks []chunkRef) error {
 	var fail chunkError
-	parallel.For(len(e.chunks), func(_, i int) {
-		ch := e.chunks[i]
+	parallel.For(len(chunks), func(_, i int) {
+		ch := chunks[i]
 		ws := e.workspace()
 		defer e.scratch.Put(ws)
 		if err := e.mergeChunk(ch, ws); err != nil {
@@ -206,6 +236,81 @@ func (e *engine) run() error {
 		}
 	})
 	return fail.err
+}
+
+// Merger is a merge whose outputs are produced one tensor at a time, for
+// streaming checkpoints: only the tensor being merged needs an output
+// buffer. With ScopeGlobal the first call ranks all tensors (reading every
+// input once more) before merging.
+type Merger struct {
+	e        *engine
+	prepared []bool
+}
+
+// NewMerger checks the method, parameters and inputs like Run; the
+// tensors' Out fields are ignored.
+func NewMerger(method string, p Params, tensors []Tensor) (*Merger, error) {
+	m, ok := registry[method]
+	if !ok {
+		return nil, fmt.Errorf("%w: unknown method %q (valid: %v)", ErrInput, method, Methods())
+	}
+	ts := slices.Clone(tensors)
+	for i := range ts {
+		ts[i].Out = tensor.Vec{}
+	}
+	e, err := newEngine(m, p, ts)
+	if err != nil {
+		return nil, err
+	}
+	return &Merger{e: e, prepared: make([]bool, len(e.units()))}, nil
+}
+
+// Len is the number of tensors.
+func (m *Merger) Len() int { return len(m.e.tensors) }
+
+// Tensor merges tensor i into out (the base's length, any dtype), in
+// parallel over its chunks. Calls must not overlap.
+func (m *Merger) Tensor(i int, out tensor.Vec) error {
+	e := m.e
+	t := &e.tensors[i]
+	if out.Len() != t.Base.Len() || out.DType == 0 {
+		return fmt.Errorf("%w: tensor %q: output has %d elements, base has %d", ErrInput, t.Name, out.Len(), t.Base.Len())
+	}
+	u := i
+	if e.p.Scope == ScopeGlobal {
+		u = 0
+	}
+	if !m.prepared[u] {
+		if err := e.method.Sparsify.prepare(e, []int{u}); err != nil {
+			return err
+		}
+		m.prepared[u] = true
+	}
+	t.Out = out
+	defer func() { t.Out = tensor.Vec{} }()
+	return e.mergeChunks(e.tensorChunks(i))
+}
+
+// tensorChunks are tensor i's chunks.
+func (e *engine) tensorChunks(i int) []chunkRef {
+	end := len(e.chunks)
+	if i+1 < len(e.first) {
+		end = e.first[i+1]
+	}
+	return e.chunks[e.first[i]:end]
+}
+
+// allUnits lists every selection unit's index.
+func (e *engine) allUnits() []int {
+	n := len(e.tensors)
+	if e.p.Scope == ScopeGlobal {
+		n = 1
+	}
+	us := make([]int, n)
+	for i := range us {
+		us[i] = i
+	}
+	return us
 }
 
 // mergeChunk loads one chunk of every input, forms and sparsifies the task

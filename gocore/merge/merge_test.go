@@ -217,3 +217,46 @@ func TestBadInput(t *testing.T) {
 		})
 	}
 }
+
+func TestMergerStreamsLikeRun(t *testing.T) {
+	sizes := []int{5, 3000, parallel.Chunk + 9, 1<<20 + 3}
+	for _, method := range Methods() {
+		for _, scope := range []Scope{ScopeTensor, ScopeGlobal} {
+			p := Params{Lambda: 1.3, Densities: []float64{0.2, 0.5, 0.9}, Normalize: true, Seed: 5, Scope: scope}
+			ts := randomMerge(rand.New(rand.NewPCG(7, 8)), tensor.F32, sizes, 3)
+			if err := Run(method, p, ts); err != nil {
+				t.Fatal(err)
+			}
+			want := outputs(ts)
+			m, err := NewMerger(method, p, ts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := m.Len() - 1; i >= 0; i-- { // any order
+				out := tensor.Alloc(sizes[i], tensor.F32)
+				if err := m.Tensor(i, out); err != nil {
+					t.Fatal(err)
+				}
+				if !slices.Equal(out.F32, want[i]) {
+					t.Fatalf("%s scope %v tensor %d: streamed result differs from Run", method, scope, i)
+				}
+			}
+		}
+	}
+}
+
+func TestPerModelDensity(t *testing.T) {
+	ts := one("w", make([]float32, 4), []float32{1, -2, 3, 0.5}, []float32{-1, -1, 2, -4})
+	// model 0 keeps 1 entry (3), model 1 keeps 3 (−1 at index 0 wins the tie, 2, −4)
+	p := Params{Lambda: 1, Densities: []float64{0.25, 0.75}}
+	if err := Run("magnitude_prune", p, ts); err != nil {
+		t.Fatal(err)
+	}
+	if want := []float32{-1, 0, 5, -4}; !slices.Equal(ts[0].Out.F32, want) {
+		t.Fatalf("got %v, want %v", ts[0].Out.F32, want)
+	}
+	p.Densities = []float64{0.5}
+	if err := Run("ties", p, ts); err == nil || !strings.Contains(err.Error(), "1 densities for 2 models") {
+		t.Fatalf("got %v", err)
+	}
+}

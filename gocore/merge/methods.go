@@ -18,8 +18,9 @@ type Method struct {
 type Sparsifier interface {
 	// usesDensity reports whether Params.Density must lie in (0, 1].
 	usesDensity() bool
-	// prepare runs once before the chunk loop (e.g. to find thresholds).
-	prepare(e *engine) error
+	// prepare runs before the chunks of the given selection units are
+	// merged (e.g. to find their thresholds).
+	prepare(e *engine, units []int) error
 	// apply sparsifies model m's task vector over chunk ch in place.
 	apply(e *engine, m int, ch chunkRef, tau []float32)
 }
@@ -57,7 +58,7 @@ type sparsifyState struct {
 type keepAll struct{}
 
 func (keepAll) usesDensity() bool                       { return false }
-func (keepAll) prepare(*engine) error                   { return nil }
+func (keepAll) prepare(*engine, []int) error            { return nil }
 func (keepAll) apply(*engine, int, chunkRef, []float32) {}
 
 // topK keeps exactly ⌊density·n⌋ entries of largest |τ| per selection unit
@@ -66,14 +67,19 @@ type topK struct{}
 
 func (topK) usesDensity() bool { return true }
 
-func (topK) prepare(e *engine) error {
+func (topK) prepare(e *engine, which []int) error {
 	units := e.units()
-	e.sp.cuts = make([][]topk.Cut, e.T)
+	if e.sp.cuts == nil {
+		e.sp.cuts = make([][]topk.Cut, e.T)
+		for m := range e.T {
+			e.sp.cuts[m] = make([]topk.Cut, len(units))
+		}
+	}
 	type job struct{ m, u int }
 	var big, small []job
 	for m := range e.T {
-		e.sp.cuts[m] = make([]topk.Cut, len(units))
-		for u, un := range units {
+		for _, u := range which {
+			un := units[u]
 			if un.n >= 1<<20 {
 				big = append(big, job{m, u})
 			} else {
@@ -83,7 +89,7 @@ func (topK) prepare(e *engine) error {
 	}
 	sel := func(j job, workers int) {
 		un := units[j.u]
-		k := int64(e.p.Density * float64(un.n))
+		k := int64(e.p.density(j.m) * float64(un.n))
 		src := e.magnitudes(j.m, un.chunks)
 		e.sp.cuts[j.m][j.u] = topk.Select(k, un.n, len(un.chunks), src, workers)
 	}
@@ -172,11 +178,11 @@ func (e *engine) magnitudes(m int, chunks []chunkRef) topk.Source {
 // rng.Uniform(rng.Key(seed, name, m), i) < density.
 type dare struct{}
 
-func (dare) usesDensity() bool     { return true }
-func (dare) prepare(*engine) error { return nil }
+func (dare) usesDensity() bool            { return true }
+func (dare) prepare(*engine, []int) error { return nil }
 
 func (dare) apply(e *engine, m int, ch chunkRef, tau []float32) {
-	d := float32(e.p.Density)
+	d := float32(e.p.density(m))
 	if d >= 1 {
 		return
 	}
