@@ -64,6 +64,7 @@ func Inspect(arrays, schemas, n int) (total int, err error) {
 type mergeParams struct {
 	Weights   []float32 `json:"weights"`
 	Density   float64   `json:"density"`
+	Densities []float64 `json:"densities"`
 	Lambda    float64   `json:"lambda"`
 	Normalize bool      `json:"normalize"`
 	Scope     string    `json:"scope"`
@@ -101,8 +102,9 @@ func Merge(method, params string, nTensors, nModels, arrays, schemas int) (err e
 		for m := range models {
 			models[m] = group[1+m].Vec
 		}
-		ts[i] = merge.Tensor{Name: group[0].Name, Base: group[0].Vec, Models: models, Out: group[per-1].Vec}
+		ts[i] = merge.Tensor{Name: group[0].Name, Shape: group[0].Shape, Transposed: group[0].Transposed,
+			Base: group[0].Vec, Models: models, Out: group[per-1].Vec}
 	}
-	p := merge.Params{Weights: mp.Weights, Density: mp.Density, Lambda: mp.Lambda, Normalize: mp.Normalize, Scope: scope, Seed: mp.Seed}
+	p := merge.Params{Weights: mp.Weights, Density: mp.Density, Densities: mp.Densities, Lambda: mp.Lambda, Normalize: mp.Normalize, Scope: scope, Seed: mp.Seed}
 	return merge.Run(method, p, ts)
 }

@@ -3,6 +3,8 @@ package bridge
 import (
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"unsafe"
 
 	"github.com/apache/arrow/go/v15/arrow"
@@ -18,10 +20,21 @@ const DTypeKey = "npsfuse.dtype"
 // ErrTensor marks a tensor that cannot be imported.
 var ErrTensor = errors.New("bad tensor")
 
-// Tensor is one imported tensor: its name and a view of its memory.
+// ShapeKey and TransposedKey are field-metadata keys: the tensor's shape as
+// comma-separated dimensions ("768,3072"; "" for a scalar), and "1" for a
+// weight stored (in, out) rather than PyTorch's (out, in).
+const (
+	ShapeKey      = "npsfuse.shape"
+	TransposedKey = "npsfuse.transposed"
+)
+
+// Tensor is one imported tensor: its name, shape (nil when not sent) and a
+// view of its memory.
 type Tensor struct {
-	Name string
-	Vec  tensor.Vec
+	Name       string
+	Shape      []int
+	Transposed bool
+	Vec        tensor.Vec
 }
 
 // Batch is a set of imported tensors. Their memory belongs to the producer
@@ -86,7 +99,16 @@ func ImportAt(arrays, schemas uintptr, n int) (_ *Batch, err error) {
 			i++ // already owned by b.arrays
 			return nil, verr
 		}
-		b.Tensors = append(b.Tensors, Tensor{Name: f.Name, Vec: v})
+		shape, serr := shapeOf(f, v.Len())
+		if serr != nil {
+			i++
+			return nil, serr
+		}
+		tr := false
+		if k := f.Metadata.FindKey(TransposedKey); k >= 0 {
+			tr = f.Metadata.Values()[k] == "1"
+		}
+		b.Tensors = append(b.Tensors, Tensor{Name: f.Name, Shape: shape, Transposed: tr, Vec: v})
 	}
 	return b, nil
 }
@@ -129,6 +151,31 @@ func FromArrow(f arrow.Field, a arrow.Array) (tensor.Vec, error) {
 		return tensor.Vec{}, fmt.Errorf("%w: tensor %q: %v", ErrTensor, name, err)
 	}
 	return v, nil
+}
+
+// shapeOf parses the ShapeKey metadata and checks it against n elements.
+func shapeOf(f arrow.Field, n int) ([]int, error) {
+	k := f.Metadata.FindKey(ShapeKey)
+	if k < 0 {
+		return nil, nil
+	}
+	s := f.Metadata.Values()[k]
+	shape := []int{}
+	prod := 1
+	if s != "" {
+		for _, part := range strings.Split(s, ",") {
+			d, err := strconv.Atoi(part)
+			if err != nil || d < 0 {
+				return nil, fmt.Errorf("%w: tensor %q: bad %s %q", ErrTensor, f.Name, ShapeKey, s)
+			}
+			shape = append(shape, d)
+			prod *= d
+		}
+	}
+	if prod != n {
+		return nil, fmt.Errorf("%w: tensor %q: shape [%s] holds %d elements, array has %d", ErrTensor, f.Name, s, prod, n)
+	}
+	return shape, nil
 }
 
 func dtypeOf(f arrow.Field, t arrow.DataType) (tensor.DType, error) {

@@ -151,3 +151,45 @@ func FuzzImport(f *testing.F) {
 		}
 	})
 }
+
+func TestImportShape(t *testing.T) {
+	cases := []struct {
+		meta  map[string]string
+		shape []int
+		tr    bool
+		err   string
+	}{
+		{map[string]string{ShapeKey: "2,3"}, []int{2, 3}, false, ""},
+		{map[string]string{ShapeKey: "6", TransposedKey: "1"}, []int{6}, true, ""},
+		{nil, nil, false, ""},
+		{map[string]string{ShapeKey: "2,2"}, nil, false, `tensor "w": shape [2,2] holds 4 elements, array has 6`},
+		{map[string]string{ShapeKey: "2,x"}, nil, false, `bad npsfuse.shape "2,x"`},
+	}
+	for _, tc := range cases {
+		p := cabi.New([]cabi.Spec{{Format: "f", Name: "w", Length: 6, Metadata: tc.meta, Buffers: [][]byte{nil, make([]byte, 24)}}})
+		b, err := ImportAt(p.Arrays(), p.Schemas(), 1)
+		switch {
+		case tc.err != "":
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%v: got %v, want %q", tc.meta, err, tc.err)
+			}
+		case err != nil:
+			t.Errorf("%v: %v", tc.meta, err)
+		default:
+			got := b.Tensors[0]
+			if len(got.Shape) != len(tc.shape) || got.Transposed != tc.tr {
+				t.Errorf("%v: got shape %v transposed %v", tc.meta, got.Shape, got.Transposed)
+			}
+			for i := range tc.shape {
+				if got.Shape[i] != tc.shape[i] {
+					t.Errorf("%v: got shape %v", tc.meta, got.Shape)
+				}
+			}
+			b.Release()
+		}
+		if !p.Released(0) {
+			t.Errorf("%v: not released", tc.meta)
+		}
+		p.Free()
+	}
+}

@@ -14,12 +14,17 @@ import (
 
 // Tensor is one named tensor of a merge: the base θ₀, the fine-tuned θ_t
 // (all of Base's length), and Out, where the result is written (same
-// length; any dtype). Out must not alias an input.
+// length; any dtype). Out must not alias an input. Shape is the tensor's
+// shape in PyTorch layout (row-major, rows = neurons); nil means flat.
+// Transposed marks tensors stored (in, out) instead of (out, in), such as
+// GPT-2's Conv1D weights, for methods that work per neuron.
 type Tensor struct {
-	Name   string
-	Base   tensor.Vec
-	Models []tensor.Vec
-	Out    tensor.Vec
+	Name       string
+	Shape      []int
+	Transposed bool
+	Base       tensor.Vec
+	Models     []tensor.Vec
+	Out        tensor.Vec
 }
 
 // Scope says over which entries a top-k selection ranks.
@@ -155,6 +160,15 @@ func newEngine(m Method, p Params, tensors []Tensor) (*engine, error) {
 		}
 		seen[t.Name] = true
 		n := t.Base.Len()
+		if t.Shape != nil {
+			prod := 1
+			for _, d := range t.Shape {
+				prod *= d
+			}
+			if prod != n {
+				return nil, fmt.Errorf("%w: tensor %q: shape %v holds %d elements, data has %d", ErrInput, t.Name, t.Shape, prod, n)
+			}
+		}
 		if len(t.Models) != T {
 			return nil, fmt.Errorf("%w: tensor %q has %d models, expected %d", ErrInput, t.Name, len(t.Models), T)
 		}

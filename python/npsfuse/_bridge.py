@@ -60,6 +60,9 @@ class ArrowPack:
     ----------
     items
         ``(name, tensor)`` pairs; tensors must already pass :func:`check_tensor`.
+    transposed
+        Names of weights stored (in, out) rather than (out, in), flagged for
+        per-neuron methods.
 
     Notes
     -----
@@ -68,7 +71,9 @@ class ArrowPack:
     error. Keep the pack alive until that call returns.
     """
 
-    def __init__(self, items: Sequence[tuple[str, torch.Tensor]]) -> None:
+    def __init__(
+        self, items: Sequence[tuple[str, torch.Tensor]], transposed: frozenset[str] = frozenset()
+    ) -> None:
         n = len(items)
         self.count = n
         self._arrays = ffi.new("struct ArrowArray[]", max(n, 1))
@@ -84,7 +89,12 @@ class ArrowPack:
                 buf = pa.py_buffer(b"")
             arr = pa.Array.from_buffers(typ, t.numel(), [None, buf])
             arr._export_to_c(self.arrays + i * _ARRAY_SIZE)
-            pa.field(name, typ, metadata=meta)._export_to_c(self.schemas + i * _SCHEMA_SIZE)
+            md = {b"npsfuse.shape": ",".join(map(str, t.shape)).encode()}
+            if meta:
+                md.update(meta)
+            if name in transposed:
+                md[b"npsfuse.transposed"] = b"1"
+            pa.field(name, typ, metadata=md)._export_to_c(self.schemas + i * _SCHEMA_SIZE)
 
     def __del__(self) -> None:
         # Safety net: release whatever Go never took (e.g. the call was never
