@@ -1,12 +1,13 @@
 module github.com/npsfuse/npsfuse
 
-go 1.24.0
+go 1.26.0
 
 require (
 	github.com/apache/arrow/go/v15 v15.0.2
 	github.com/go-python/gopy v0.4.10
 	github.com/x448/float16 v0.8.4
 	gonum.org/v1/gonum v0.17.0
+	gopkg.in/yaml.v3 v3.0.1
 )
 
 require (
@@ -19,7 +20,7 @@ require (
 	golang.org/x/exp v0.0.0-20231006140011-7918f672742d // indirect
 	golang.org/x/mod v0.23.0 // indirect
 	golang.org/x/sync v0.12.0 // indirect
-	golang.org/x/sys v0.30.0 // indirect
+	golang.org/x/sys v0.50.0 // indirect
 	golang.org/x/tools v0.30.0 // indirect
 	golang.org/x/xerrors v0.0.0-20220907171357-04be3eba64a2 // indirect
 )

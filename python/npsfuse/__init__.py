@@ -7,6 +7,7 @@ copies through the Arrow C Data Interface.
 from __future__ import annotations
 
 from . import _core
+from .checkpoint import merge_checkpoints
 from .merging import get_num_threads, merge, methods, set_num_threads, task_vector
 
 __version__ = "0.1.0"
@@ -20,6 +21,7 @@ __all__ = [
     "__version__",
     "get_num_threads",
     "merge",
+    "merge_checkpoints",
     "methods",
     "set_num_threads",
     "task_vector",

@@ -22,6 +22,9 @@ except ImportError as exc:  # pragma: no cover - only without a build
 #: Go error prefixes and the Python exception each becomes.
 _ERRORS: dict[str, type[Exception]] = {
     "invalid merge input: ": ValueError,
+    "invalid merge config: ": ValueError,
+    "bad checkpoint: ": ValueError,
+    "bad output folder: ": OSError,
     "bad tensor: ": TypeError,
 }
 

@@ -1,0 +1,219 @@
+// Package checkpoint reads and writes Hugging Face checkpoints made of
+// safetensors files: a folder with model.safetensors, or with sharded
+// model-0000x-of-0000N.safetensors files and model.safetensors.index.json,
+// or a single .safetensors file.
+//
+// Reading maps every shard (arrowio/safetensors) and serves each tensor as
+// a zero-copy byte slice; Advise lets a streaming reader ask the kernel to
+// prefetch a tensor's pages and to drop them from the process's resident
+// set once merged. Writing lays tensors out into shards of bounded size,
+// writes the index, and copies the configuration and tokenizer files, all
+// inside a temporary folder that replaces the destination in one rename.
+package checkpoint
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"syscall"
+	"unsafe"
+
+	"github.com/npsfuse/npsfuse/arrowio/safetensors"
+)
+
+// IndexFile is the name of the shard index of a sharded checkpoint.
+const IndexFile = "model.safetensors.index.json"
+
+// SingleFile is the name of an unsharded checkpoint's weights.
+const SingleFile = "model.safetensors"
+
+// ErrCheckpoint marks a checkpoint that cannot be read.
+var ErrCheckpoint = errors.New("bad checkpoint")
+
+// Checkpoint is an open checkpoint: every shard memory-mapped.
+type Checkpoint struct {
+	// Path is what was opened (a folder or a file).
+	Path string
+	// Dir is the folder holding config.json and tokenizer files, if any.
+	Dir    string
+	files  []*safetensors.File
+	where  map[string]int // tensor name → index in files
+	names  []string       // in checkpoint order
+	closed bool
+}
+
+// Open opens the checkpoint at path (folder or .safetensors file) and
+// validates every shard. Errors name the file.
+func Open(path string) (*Checkpoint, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrCheckpoint, err)
+	}
+	c := &Checkpoint{Path: path, where: map[string]int{}}
+	var shards []string
+	var order []string
+	switch {
+	case !st.IsDir():
+		if filepath.Ext(path) != ".safetensors" {
+			return nil, fmt.Errorf("%w: %s is not a .safetensors file", ErrCheckpoint, path)
+		}
+		shards = []string{path}
+		c.Dir = filepath.Dir(path)
+	default:
+		c.Dir = path
+		shards, order, err = shardFiles(path)
+		if err != nil {
+			return nil, err
+		}
+	}
+	for _, s := range shards {
+		f, err := safetensors.Open(s)
+		if err != nil {
+			c.Close()
+			return nil, fmt.Errorf("%w: %v", ErrCheckpoint, err)
+		}
+		c.files = append(c.files, f)
+		for _, n := range f.Names() {
+			if j, dup := c.where[n]; dup {
+				c.Close()
+				return nil, fmt.Errorf("%w: tensor %q is in both %s and %s", ErrCheckpoint, n, c.files[j].Path(), s)
+			}
+			c.where[n] = len(c.files) - 1
+		}
+	}
+	if order == nil {
+		for n := range c.where {
+			order = append(order, n)
+		}
+		sort.Strings(order)
+	}
+	for _, n := range order {
+		if _, ok := c.where[n]; !ok {
+			c.Close()
+			return nil, fmt.Errorf("%w: %s lists tensor %q, which no shard holds", ErrCheckpoint, filepath.Join(path, IndexFile), n)
+		}
+	}
+	if len(order) != len(c.where) {
+		c.Close()
+		return nil, fmt.Errorf("%w: %s lists %d tensors but the shards hold %d", ErrCheckpoint, filepath.Join(path, IndexFile), len(order), len(c.where))
+	}
+	c.names = order
+	return c, nil
+}
+
+// shardFiles finds a folder's weight files and, for a sharded checkpoint,
+// the tensor order of its index.
+func shardFiles(dir string) ([]string, []string, error) {
+	single := filepath.Join(dir, SingleFile)
+	if _, err := os.Stat(single); err == nil {
+		return []string{single}, nil, nil
+	}
+	idx := filepath.Join(dir, IndexFile)
+	raw, err := os.ReadFile(idx)
+	if errors.Is(err, os.ErrNotExist) {
+		found, _ := filepath.Glob(filepath.Join(dir, "*.safetensors"))
+		if len(found) == 0 {
+			return nil, nil, fmt.Errorf("%w: no safetensors weights in folder %s", ErrCheckpoint, dir)
+		}
+		sort.Strings(found)
+		return found, nil, nil
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", ErrCheckpoint, err)
+	}
+	var index struct {
+		WeightMap map[string]string `json:"weight_map"`
+	}
+	if err := json.Unmarshal(raw, &index); err != nil || index.WeightMap == nil {
+		return nil, nil, fmt.Errorf("%w: %s is not a valid safetensors index (%v)", ErrCheckpoint, idx, err)
+	}
+	set := map[string]bool{}
+	var order []string
+	for name, file := range index.WeightMap {
+		if filepath.Base(file) != file {
+			return nil, nil, fmt.Errorf("%w: %s: shard name %q must be a plain file name", ErrCheckpoint, idx, file)
+		}
+		p := filepath.Join(dir, file)
+		if !set[p] {
+			if _, err := os.Stat(p); err != nil {
+				return nil, nil, fmt.Errorf("%w: %s names shard %q, which does not exist", ErrCheckpoint, idx, file)
+			}
+		}
+		set[p] = true
+		order = append(order, name)
+	}
+	sort.Strings(order)
+	shards := make([]string, 0, len(set))
+	for p := range set {
+		shards = append(shards, p)
+	}
+	sort.Strings(shards)
+	return shards, order, nil
+}
+
+// Names lists the tensors in checkpoint order (sorted by name).
+func (c *Checkpoint) Names() []string { return slices.Clone(c.names) }
+
+// Info describes the named tensor.
+func (c *Checkpoint) Info(name string) (safetensors.TensorInfo, bool) {
+	i, ok := c.where[name]
+	if !ok {
+		return safetensors.TensorInfo{}, false
+	}
+	return c.files[i].Info(name)
+}
+
+// File is the path of the shard holding the named tensor.
+func (c *Checkpoint) File(name string) string {
+	if i, ok := c.where[name]; ok {
+		return c.files[i].Path()
+	}
+	return ""
+}
+
+// Bytes returns the named tensor's data, a view of the mapping.
+func (c *Checkpoint) Bytes(name string) ([]byte, error) {
+	i, ok := c.where[name]
+	if !ok {
+		return nil, fmt.Errorf("%w: %s has no tensor %q", ErrCheckpoint, c.Path, name)
+	}
+	return c.files[i].Bytes(name)
+}
+
+// Advice values for Advise.
+const (
+	WillNeed = syscall.MADV_WILLNEED // start reading the pages in
+	DontNeed = syscall.MADV_DONTNEED // drop them from this process (they stay in the page cache)
+)
+
+// Advise passes madvise advice for the pages of the named tensor. Errors
+// are ignored: advice is a hint.
+func (c *Checkpoint) Advise(name string, advice int) {
+	b, err := c.Bytes(name)
+	if err != nil || len(b) == 0 {
+		return
+	}
+	page := uintptr(os.Getpagesize())
+	start := uintptr(unsafe.Pointer(unsafe.SliceData(b)))
+	lo := start &^ (page - 1)
+	hi := start + uintptr(len(b))
+	region := unsafe.Slice((*byte)(unsafe.Add(unsafe.Pointer(unsafe.SliceData(b)), -int(start-lo))), int(hi-lo))
+	_ = syscall.Madvise(region, advice)
+}
+
+// Close unmaps every shard; Bytes slices die with it.
+func (c *Checkpoint) Close() error {
+	if c.closed {
+		return nil
+	}
+	c.closed = true
+	var errs []error
+	for _, f := range c.files {
+		errs = append(errs, f.Close())
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,364 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+	"time"
+	"unsafe"
+
+	"github.com/npsfuse/npsfuse/arrowio/checkpoint"
+	"github.com/npsfuse/npsfuse/arrowio/safetensors"
+	"github.com/npsfuse/npsfuse/gocore/merge"
+	"github.com/npsfuse/npsfuse/gocore/parallel"
+	"github.com/npsfuse/npsfuse/gocore/tensor"
+)
+
+// ErrInput marks checkpoints that do not fit together (missing tensors,
+// shape mismatches, unsupported dtypes); messages name file and tensor.
+var ErrInput = errors.New("invalid merge input")
+
+// Options are the command line's knobs.
+type Options struct {
+	OutDir       string
+	ShardSize    int64  // bytes per output shard; ≤ 0: 5 GB
+	Threads      int    // ≤ 0: all cores
+	DType        string // output dtype override (--dtype)
+	AllowMissing bool   // keep the base's tensor where a model lacks one
+	Force        bool   // replace a non-empty OutDir
+	// Progress receives a progress line now and then (nil: none).
+	Progress io.Writer
+}
+
+// Result describes a finished merge.
+type Result struct {
+	OutDir       string         `json:"out_dir"`
+	Tensors      int            `json:"tensors"`
+	Shards       int            `json:"shards"`
+	BytesRead    int64          `json:"bytes_read"`
+	BytesWritten int64          `json:"bytes_written"`
+	Seconds      float64        `json:"seconds"`
+	Notes        []string       `json:"notes"`
+	Report       map[string]any `json:"report,omitempty"`
+}
+
+// DefaultShardSize is mergekit's and transformers' 5 GB.
+const DefaultShardSize = 5_000_000_000
+
+// job is one output tensor: merged (inputs set) or copied from the base.
+type job struct {
+	info   safetensors.TensorInfo // output name, dtype, shape
+	merged int                    // index in the Merger, or -1 for a copy
+	copyOf []byte                 // base bytes to copy
+	names  []string               // tensors to advise (inputs)
+}
+
+// Run executes the merge described by cfg. It checks every input before
+// writing anything; on any error or cancellation nothing is left at
+// opt.OutDir.
+func Run(ctx context.Context, cfg *Config, opt Options) (res *Result, err error) {
+	start := time.Now()
+	if opt.ShardSize <= 0 {
+		opt.ShardSize = DefaultShardSize
+	}
+	if opt.Threads > 0 {
+		old := parallel.Threads()
+		parallel.SetThreads(opt.Threads)
+		defer parallel.SetThreads(old)
+	}
+	basePath := cfg.BaseModel
+	if basePath == "" { // linear without a base: the first model lays out the output
+		basePath = cfg.Models[0].Path
+	}
+	base, err := checkpoint.Open(basePath)
+	if err != nil {
+		return nil, err
+	}
+	defer base.Close()
+	models := make([]*checkpoint.Checkpoint, len(cfg.Models))
+	for i, m := range cfg.Models {
+		if models[i], err = checkpoint.Open(m.Path); err != nil {
+			return nil, err
+		}
+		defer models[i].Close()
+	}
+	outDT, err := outputDType(cfg, opt)
+	if err != nil {
+		return nil, err
+	}
+	res = &Result{Notes: append([]string(nil), cfg.Notes...)}
+	transposed, note := transposedPatterns(cfg, base.Dir)
+	if note != "" {
+		res.Notes = append(res.Notes, note)
+	}
+	jobs, tensors, err := plan(cfg, opt, base, models, outDT, transposed, res)
+	if err != nil {
+		return nil, err
+	}
+	merger, err := merge.NewMerger(cfg.Method, cfg.Params(), tensors)
+	if err != nil {
+		return nil, err
+	}
+	infos := make([]safetensors.TensorInfo, len(jobs))
+	for i, j := range jobs {
+		infos[i] = j.info
+	}
+	shards := checkpoint.PlanShards(infos, opt.ShardSize)
+	out, err := checkpoint.NewOutput(opt.OutDir, opt.Force)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			out.Abort()
+		}
+	}()
+	w := newWriter(out.Dir(), shards, cfg, outDT)
+	defer w.abort()
+	prog := newProgress(opt.Progress, len(jobs), totalBytes(infos))
+	for i := range jobs {
+		if cerr := ctx.Err(); cerr != nil {
+			return nil, fmt.Errorf("merge cancelled: %w", cerr)
+		}
+		for k := i + 1; k <= i+2 && k < len(jobs); k++ { // read ahead
+			adviseAll(jobs[k].names, base, models, checkpoint.WillNeed)
+		}
+		j := &jobs[i]
+		buf := w.buffer(j.info.ByteLen())
+		if j.merged >= 0 {
+			v, verr := tensor.FromBytes(buf, mustTensorDType(j.info.DType))
+			if verr != nil {
+				return nil, verr
+			}
+			if merr := merger.Tensor(j.merged, v); merr != nil {
+				return nil, fmt.Errorf("%w (%s)", merr, modelList(cfg))
+			}
+		} else {
+			copy(buf, j.copyOf)
+		}
+		adviseAll(j.names, base, models, checkpoint.DontNeed)
+		if werr := w.put(j.info.Name, buf); werr != nil {
+			return nil, werr
+		}
+		res.BytesRead += int64(len(j.names)) * j.info.ByteLen() // approximate for dtype changes
+		prog.step(j.info.ByteLen())
+	}
+	if err = w.finish(); err != nil {
+		return nil, err
+	}
+	if err = checkpoint.WriteIndex(out.Dir(), shards); err != nil {
+		return nil, err
+	}
+	if err = checkpoint.CopyConfig(base.Dir, out.Dir(), configDType(outDT, jobs)); err != nil {
+		return nil, err
+	}
+	if err = writeCard(out.Dir(), cfg, outDT); err != nil {
+		return nil, err
+	}
+	if err = out.Commit(); err != nil {
+		return nil, err
+	}
+	prog.done()
+	res.OutDir = out.Final()
+	res.Tensors = len(jobs)
+	res.Shards = len(shards)
+	res.BytesWritten = totalBytes(infos)
+	res.Seconds = time.Since(start).Seconds()
+	return res, nil
+}
+
+// plan checks every tensor of every model against the base and decides,
+// per base tensor, whether it is merged or copied.
+func plan(cfg *Config, opt Options, base *checkpoint.Checkpoint, models []*checkpoint.Checkpoint,
+	outDT tensor.DType, transposed []string, res *Result) ([]job, []merge.Tensor, error) {
+	var bad []string
+	var jobs []job
+	var tensors []merge.Tensor
+	for _, name := range base.Names() {
+		bi, _ := base.Info(name)
+		bdt, floatOK := floatDType(bi.DType)
+		j := job{info: bi, merged: -1, names: []string{name}}
+		if !floatOK {
+			// Integer and boolean buffers are copied from the base.
+			j.copyOf, _ = base.Bytes(name)
+			jobs = append(jobs, j)
+			continue
+		}
+		inputs := make([]tensor.Vec, 0, len(models))
+		missing := false
+		bb, _ := base.Bytes(name)
+		bv, err := vecOf(bb, bdt, base.File(name), name)
+		if err != nil {
+			bad = append(bad, err.Error())
+			continue
+		}
+		for mi, m := range models {
+			mi2, ok := m.Info(name)
+			if !ok {
+				if opt.AllowMissing {
+					missing = true
+					res.Notes = append(res.Notes, fmt.Sprintf("tensor %q is missing from %s: the base's tensor is kept (--allow-missing)", name, m.Path))
+					break
+				}
+				bad = append(bad, fmt.Sprintf("tensor %q is missing from model %d (%s); --allow-missing keeps the base's", name, mi, m.Path))
+				continue
+			}
+			if !sameShape(mi2.Shape, bi.Shape) {
+				bad = append(bad, fmt.Sprintf("tensor %q has shape %v in %s but %v in the base %s", name, mi2.Shape, m.File(name), bi.Shape, base.File(name)))
+				continue
+			}
+			mdt, ok := floatDType(mi2.DType)
+			if !ok {
+				bad = append(bad, fmt.Sprintf("tensor %q has dtype %v in %s; floating-point tensors must stay floating-point", name, mi2.DType, m.File(name)))
+				continue
+			}
+			mb, _ := m.Bytes(name)
+			mv, err := vecOf(mb, mdt, m.File(name), name)
+			if err != nil {
+				bad = append(bad, err.Error())
+				continue
+			}
+			inputs = append(inputs, mv)
+		}
+		if missing {
+			j.copyOf = bb
+			jobs = append(jobs, j)
+			continue
+		}
+		if len(inputs) != len(models) {
+			continue // reported above
+		}
+		odt := outDT
+		if odt == 0 {
+			odt = bdt
+		}
+		j.info.DType = stDType(odt)
+		j.info.Begin, j.info.End = 0, bi.NumElements()*int64(odt.Size())
+		j.merged = len(tensors)
+		shape := make([]int, len(bi.Shape))
+		for k, d := range bi.Shape {
+			shape[k] = int(d)
+		}
+		tensors = append(tensors, merge.Tensor{Name: name, Shape: shape, Transposed: matchAny(transposed, name), Base: bv, Models: inputs})
+		jobs = append(jobs, j)
+	}
+	for _, m := range models {
+		for _, name := range m.Names() {
+			if _, ok := base.Info(name); !ok {
+				bad = append(bad, fmt.Sprintf("tensor %q of %s is not in the base model %s", name, m.File(name), base.Path))
+			}
+		}
+	}
+	if len(bad) > 0 {
+		if len(bad) > 20 {
+			bad = append(bad[:20], fmt.Sprintf("… and %d more", len(bad)-20))
+		}
+		return nil, nil, fmt.Errorf("%w:\n  - %s", ErrInput, strings.Join(bad, "\n  - "))
+	}
+	return jobs, tensors, nil
+}
+
+// vecOf views a tensor's bytes; data a foreign writer left misaligned for
+// its element type is copied once into aligned memory.
+func vecOf(b []byte, dt tensor.DType, file, name string) (tensor.Vec, error) {
+	if len(b)%dt.Size() != 0 {
+		return tensor.Vec{}, fmt.Errorf("%s: tensor %q: %d bytes is not a whole number of %v elements", file, name, len(b), dt)
+	}
+	if len(b) > 0 && uintptr(unsafe.Pointer(unsafe.SliceData(b)))%uintptr(dt.Size()) != 0 {
+		aligned := make([]byte, len(b)+8)
+		off := int(-uintptr(unsafe.Pointer(unsafe.SliceData(aligned))) % uintptr(dt.Size()))
+		b = append(aligned[off:off], b...)
+	}
+	return tensor.FromBytes(b, dt)
+}
+
+func totalBytes(infos []safetensors.TensorInfo) int64 {
+	var n int64
+	for _, t := range infos {
+		n += t.ByteLen()
+	}
+	return n
+}
+
+func adviseAll(names []string, base *checkpoint.Checkpoint, models []*checkpoint.Checkpoint, advice int) {
+	for _, n := range names {
+		base.Advise(n, advice)
+		for _, m := range models {
+			m.Advise(n, advice)
+		}
+	}
+}
+
+func modelList(cfg *Config) string {
+	parts := []string{"base = " + cfg.BaseModel}
+	for i, m := range cfg.Models {
+		parts = append(parts, fmt.Sprintf("model %d = %s", i, m.Path))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func sameShape(a, b []int64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func matchAny(patterns []string, name string) bool {
+	for _, p := range patterns {
+		if ok, _ := filepath.Match(p, name); ok {
+			return true
+		}
+		if strings.Contains(name, strings.Trim(p, "*")) && strings.HasPrefix(p, "*") && strings.HasSuffix(p, "*") {
+			return true
+		}
+	}
+	return false
+}
+
+// gpt2Transposed are the Conv1D weights GPT-2-style models store as (in, out).
+var gpt2Transposed = []string{"*attn.c_attn.weight", "*attn.c_proj.weight", "*mlp.c_fc.weight", "*mlp.c_proj.weight"}
+
+// transposedPatterns are the config's patterns, or GPT-2's when the base's
+// config.json says model_type gpt2.
+func transposedPatterns(cfg *Config, dir string) ([]string, string) {
+	if len(cfg.Transposed) > 0 {
+		return cfg.Transposed, ""
+	}
+	if checkpoint.ModelType(dir) == "gpt2" {
+		return gpt2Transposed, "model_type gpt2: Conv1D weights (c_attn, c_proj, c_fc) are treated as stored (in, out)"
+	}
+	return nil, ""
+}
+
+// configDType is config.json's torch_dtype: the output dtype, or that of
+// the first merged tensor when outputs keep the base's dtypes.
+func configDType(outDT tensor.DType, jobs []job) string {
+	if outDT != 0 {
+		return outDT.String()
+	}
+	for _, j := range jobs {
+		if j.merged >= 0 {
+			return mustTensorDType(j.info.DType).String()
+		}
+	}
+	return tensor.F32.String()
+}
+
+func outputDType(cfg *Config, opt Options) (tensor.DType, error) {
+	for _, s := range []string{opt.DType, cfg.OutDType, cfg.DType} {
+		if s != "" {
+			return tensor.ParseDType(s)
+		}
+	}
+	return 0, nil // decided per tensor below
+}
+

@@ -1,0 +1,79 @@
+package pybind
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"sync"
+
+	"github.com/npsfuse/npsfuse/arrowio/stream"
+)
+
+// jobs holds the cancel functions of running checkpoint merges by job id.
+var jobs = struct {
+	sync.Mutex
+	cancel map[int]context.CancelFunc
+}{cancel: map[int]context.CancelFunc{}}
+
+// checkpointOptions is the JSON form of stream.Options that Python sends.
+type checkpointOptions struct {
+	OutDir       string `json:"out_dir"`
+	ShardSize    int64  `json:"shard_size"`
+	Threads      int    `json:"threads"`
+	DType        string `json:"dtype"`
+	AllowMissing bool   `json:"allow_missing"`
+	Force        bool   `json:"force"`
+	Progress     bool   `json:"progress"`
+}
+
+// MergeCheckpoints merges checkpoints on disk as a mergekit-style config
+// (YAML or JSON text) describes, streaming tensor by tensor, and returns
+// the stream.Result as JSON. Relative paths in the config are resolved
+// against baseDir ("" = the working directory). options is JSON with
+// out_dir, shard_size, threads, dtype, allow_missing, force and progress
+// (draw a progress line on stderr). jobID names the run for CancelJob.
+func MergeCheckpoints(jobID int, config, baseDir, options string) (result string, err error) {
+	defer guard(&err)
+	var o checkpointOptions
+	if err := json.Unmarshal([]byte(options), &o); err != nil {
+		return "", fmt.Errorf("%w: options: %v", stream.ErrConfig, err)
+	}
+	cfg, err := stream.ParseConfig([]byte(config), baseDir)
+	if err != nil {
+		return "", err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	jobs.Lock()
+	jobs.cancel[jobID] = cancel
+	jobs.Unlock()
+	defer func() {
+		jobs.Lock()
+		delete(jobs.cancel, jobID)
+		jobs.Unlock()
+	}()
+	opt := stream.Options{OutDir: o.OutDir, ShardSize: o.ShardSize, Threads: o.Threads, DType: o.DType,
+		AllowMissing: o.AllowMissing, Force: o.Force}
+	if o.Progress {
+		opt.Progress = os.Stderr
+	}
+	res, err := stream.Run(ctx, cfg, opt)
+	if err != nil {
+		return "", err
+	}
+	b, err := json.Marshal(res)
+	return string(b), err
+}
+
+// CancelJob stops the checkpoint merge with the given id; it reports
+// whether such a merge was running. The merge removes its partial output.
+func CancelJob(jobID int) bool {
+	jobs.Lock()
+	defer jobs.Unlock()
+	c, ok := jobs.cancel[jobID]
+	if ok {
+		c()
+	}
+	return ok
+}

@@ -1,0 +1,145 @@
+"""``npsfuse.merge_checkpoints``: streaming merges of checkpoints on disk.
+
+The whole job runs in Go (``arrowio/stream``): the base and fine-tuned
+checkpoints are memory-mapped, merged tensor by tensor with reads ahead and
+writes behind, and written as sharded safetensors into a temporary folder
+that is renamed to ``out_dir`` at the end. Peak memory is a few tensors, not
+the model.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import sys
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from . import _core
+
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+          "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+_job_ids = itertools.count(1)
+
+
+def parse_size(size: str | int) -> int:
+    """Bytes in a size such as ``5GB``, ``500MB``, ``2GiB`` or ``1000000``."""
+    if isinstance(size, int):
+        if size <= 0:
+            raise ValueError(f"size must be positive, got {size}")
+        return size
+    m = _SIZE.match(str(size))
+    if not m:
+        raise ValueError(f"cannot read size {size!r} (try 5GB, 500MB or a number of bytes)")
+    unit = (m.group(2) or "").lower().rstrip("b")
+    if unit not in _UNITS:
+        raise ValueError(f"unknown size unit in {size!r}")
+    n = int(float(m.group(1)) * _UNITS[unit])
+    if n <= 0:
+        raise ValueError(f"size must be positive, got {size!r}")
+    return n
+
+
+def merge_checkpoints(
+    config: str | os.PathLike | Mapping[str, Any],
+    out_dir: str | os.PathLike,
+    *,
+    shard_size: str | int = "5GB",
+    threads: int | None = None,
+    dtype: str | None = None,
+    allow_missing: bool = False,
+    force: bool = False,
+    quiet: bool = False,
+) -> Path:
+    """Merge checkpoints on disk as a mergekit-style configuration describes.
+
+    Parameters
+    ----------
+    config
+        Path of a YAML file, or the configuration as a dict: ``merge_method``,
+        ``base_model``, ``models: [{model: PATH, parameters: {weight, density}}]``,
+        ``parameters`` (``normalize``, ``lambda``, ``density``, ``weight``;
+        ``int8_mask`` accepted and ignored), ``dtype``, ``out_dtype``, and
+        npsfuse's ``scope`` (``tensor``/``global``), ``seed`` and ``transposed``.
+        Relative paths are resolved against the working directory, as mergekit
+        does. Every problem is reported at once, before any work starts.
+    out_dir
+        Destination folder. It must not exist or be empty, unless ``force``.
+    shard_size
+        Maximum bytes per output shard (``"5GB"``, ``"500MB"``, or an int).
+    threads
+        Threads for the kernels (default: all cores).
+    dtype
+        Output dtype (``float32``, ``float16``, ``bfloat16``), overriding the
+        config's ``out_dtype``/``dtype``; default: the base's dtype.
+    allow_missing
+        Keep the base's tensor (with a warning) where a model lacks one.
+    force
+        Replace a non-empty ``out_dir``.
+    quiet
+        No progress line and no notes on stderr (the progress line is also
+        off when stderr is not a terminal).
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_dir``, holding ``model.safetensors`` (or shards with
+        ``model.safetensors.index.json``), ``config.json`` with ``torch_dtype``
+        set, the base's tokenizer and generation files, and a ``README.md``.
+
+    Raises
+    ------
+    ValueError
+        A bad configuration or checkpoint (all problems listed), mismatched
+        tensors, NaN/Inf in an input.
+    OSError
+        ``out_dir`` exists and is not empty (without ``force``).
+    KeyboardInterrupt
+        On Ctrl-C; the partial output is removed and ``out_dir`` untouched.
+    """
+    if isinstance(config, Mapping):
+        text = json.dumps(dict(config))
+    else:
+        p = Path(config)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file {str(p)!r} does not exist")
+        text = p.read_text()
+    options = {
+        "out_dir": os.fspath(out_dir),
+        "shard_size": parse_size(shard_size),
+        "threads": int(threads or 0),
+        "dtype": dtype or "",
+        "allow_missing": bool(allow_missing),
+        "force": bool(force),
+        "progress": (not quiet) and sys.stderr.isatty(),
+    }
+    job = next(_job_ids)
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["result"] = _core.call(_core.go.MergeCheckpoints, job, text, "", json.dumps(options))
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+
+    t = threading.Thread(target=work, name=f"npsfuse-merge-{job}", daemon=True)
+    t.start()
+    try:
+        while t.is_alive():
+            t.join(0.2)
+    except KeyboardInterrupt:
+        _core.go.CancelJob(job)
+        t.join()
+        raise
+    if "error" in box:
+        raise box["error"]
+    result = json.loads(box["result"])
+    if not quiet:
+        for note in result.get("notes") or []:
+            print(f"npsfuse: note: {note}", file=sys.stderr)
+    return Path(result["out_dir"])

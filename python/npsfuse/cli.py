@@ -1,0 +1,68 @@
+"""The ``npsfuse`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from .checkpoint import merge_checkpoints
+
+    out = merge_checkpoints(
+        args.config,
+        args.out_dir,
+        shard_size=args.shard_size,
+        threads=args.threads,
+        dtype=args.dtype,
+        allow_missing=args.allow_missing,
+        force=args.force,
+        quiet=args.quiet,
+    )
+    if not args.quiet:
+        print(out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``npsfuse`` command."""
+    p = argparse.ArgumentParser(prog="npsfuse", description=__doc__)
+    p.add_argument("--version", action="version", version=f"npsfuse {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    m = sub.add_parser(
+        "merge",
+        help="merge checkpoints as a mergekit-style YAML config describes",
+        description="Merge Hugging Face safetensors checkpoints, streaming tensor by tensor.",
+    )
+    m.add_argument("config", help="YAML config (mergekit schema)")
+    m.add_argument("out_dir", help="output folder (must not exist or be empty)")
+    m.add_argument("--shard-size", default="5GB", help="max bytes per output shard (default 5GB)")
+    m.add_argument("--threads", type=int, default=None, help="kernel threads (default: all cores)")
+    m.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+                   help="output dtype (default: the config's out_dtype/dtype, else the base's)")
+    m.add_argument("--allow-missing", action="store_true",
+                   help="keep the base's tensor where a model lacks one (with a warning)")
+    m.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    m.add_argument("--quiet", action="store_true", help="no progress line, no notes")
+    m.set_defaults(func=_merge)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("npsfuse: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, OSError) as exc:
+        print(f"npsfuse: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
