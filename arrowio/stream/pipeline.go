@@ -361,4 +361,3 @@ func outputDType(cfg *Config, opt Options) (tensor.DType, error) {
 	}
 	return 0, nil // decided per tensor below
 }
-
