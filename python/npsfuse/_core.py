@@ -26,6 +26,8 @@ _ERRORS: dict[str, type[Exception]] = {
     "bad checkpoint: ": ValueError,
     "bad output folder: ": OSError,
     "bad tensor: ": TypeError,
+    "invalid NPS input: ": ValueError,
+    "invalid search input: ": ValueError,
 }
 
 

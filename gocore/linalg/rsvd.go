@@ -1,0 +1,220 @@
+package linalg
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+
+	"gonum.org/v1/gonum/blas"
+	"gonum.org/v1/gonum/blas/blas32"
+	"gonum.org/v1/gonum/blas/blas64"
+	lapackpkg "gonum.org/v1/gonum/lapack"
+)
+
+// Defaults used by [RandomizedSVD] when the corresponding [Options] field is 0.
+const (
+	DefaultOversample = 10 // p in Halko et al. (2011), §4.2
+	DefaultPowerIters = 2  // q in Halko et al. (2011), Algorithm 4.4
+)
+
+// pcgStream is the fixed second PCG word; the caller's seed is the first.
+const pcgStream = 0x9e3779b97f4a7c15
+
+// Options configures [RandomizedSVD].
+type Options struct {
+	// Rank is the target rank k (>= 1). Values above min(Rows, Cols) are
+	// clamped to min(Rows, Cols).
+	Rank int
+	// Oversample is the number p of extra sketch columns. 0 selects
+	// DefaultOversample; a negative value means no oversampling (p = 0).
+	// The sketch width k+p is clamped to min(Rows, Cols).
+	Oversample int
+	// PowerIters is the number q of subspace (power) iterations. 0 selects
+	// DefaultPowerIters; a negative value means none (q = 0).
+	PowerIters int
+	// Seed selects the Gaussian test matrix; equal seeds give bit-identical
+	// results whatever GOMAXPROCS is.
+	Seed uint64
+}
+
+// resolved returns (k, l, q): target rank, sketch width and power
+// iterations for an m×n input.
+func (o Options) resolved(m, n int) (k, l, q int) {
+	mn := min(m, n)
+	k = min(o.Rank, mn)
+	p := o.Oversample
+	switch {
+	case p == 0:
+		p = DefaultOversample
+	case p < 0:
+		p = 0
+	}
+	q = o.PowerIters
+	switch {
+	case q == 0:
+		q = DefaultPowerIters
+	case q < 0:
+		q = 0
+	}
+	return k, min(k+p, mn), q
+}
+
+// SVD is a truncated singular value decomposition A ≈ U·diag(S)·Vt of rank
+// r = len(S).
+type SVD struct {
+	U  Matrix    // Rows×r, orthonormal columns (left singular vectors)
+	S  []float32 // r singular values, non-negative, in descending order
+	Vt Matrix    // r×Cols, orthonormal rows (right singular vectors, transposed)
+}
+
+// RandomizedSVD computes a rank-k truncated SVD of the m×n matrix a with the
+// randomized range finder of Halko, Martinsson & Tropp (2011): a Gaussian
+// test matrix Ω (n×l, l = k+p) drawn sequentially from a PCG stream seeded by
+// opt.Seed, Y = A·Ω, then q subspace iterations (Algorithm 4.4) with a
+// Householder re-orthonormalisation after every product by A and by Aᵀ, then
+// (Algorithm 5.1) B = Qᵀ·A (l×n), whose SVD is obtained from an LQ
+// factorisation B = L·Q_B followed by a dense SVD of the l×l factor L
+// (both in float64, backward stable: no squaring of the spectrum as with an
+// eigen-decomposition of B·Bᵀ). Finally U = Q·U_L and Vt = V_Lᵀ·Q_B.
+//
+// The orthonormal bases are stored transposed (l×m and l×n, one basis vector
+// per row) so that the big products run as Sgemm(NoTrans, Trans) and
+// Sgemm(NoTrans, NoTrans), the fastest shapes of gonum's blas32.
+//
+// Each returned singular pair's sign is fixed so that the entry of largest
+// magnitude of each column of U is positive (first one on ties).
+//
+// a is not modified and not retained. k = min(opt.Rank, m, n); see [Options]
+// for the clamping and the defaults. The zero matrix yields S = 0 with
+// orthonormal (arbitrary) U and Vt; rank-deficient input yields trailing
+// singular values at rounding level. Errors: inconsistent shape, Rank < 1,
+// an empty matrix, a NaN/Inf entry, or a non-converging core SVD.
+//
+// Cost: (2q+2) products of m×n by n×l (≈ 2·m·n·l flops each) in float32
+// via blas32, plus O((m+n)·l²) float64 work for the factorisations and
+// O(m·n) for the input scan. Memory: O((m+n)·l) besides the output.
+func RandomizedSVD(a Matrix, opt Options) (SVD, error) {
+	if err := a.check("a"); err != nil {
+		return SVD{}, fmt.Errorf("randomized svd: %w", err)
+	}
+	m, n := a.Rows, a.Cols
+	if m == 0 || n == 0 {
+		return SVD{}, fmt.Errorf("randomized svd: empty %d×%d matrix: %w", m, n, errShape)
+	}
+	if opt.Rank < 1 {
+		return SVD{}, fmt.Errorf("randomized svd: rank %d < 1: %w", opt.Rank, errShape)
+	}
+	if i := firstNonFinite(a.Data); i >= 0 {
+		return SVD{}, fmt.Errorf("randomized svd: non-finite entry %v at (%d, %d)", a.Data[i], i/n, i%n)
+	}
+	k, l, q := opt.resolved(m, n)
+
+	impl := blas32.Implementation()
+	// Ωᵀ (l×n), later reused for the transposed right bases (l×n) and B.
+	w := make([]float32, l*n)
+	rng := rand.New(rand.NewPCG(opt.Seed, pcgStream))
+	for i := range w {
+		w[i] = float32(rng.NormFloat64())
+	}
+	// Qᵀ (l×m): the transposed left basis.
+	qt := make([]float32, l*m)
+	var h householder
+
+	// Yᵀ = Ωᵀ·Aᵀ; Q = orth(Y).
+	impl.Sgemm(blas.NoTrans, blas.Trans, l, m, n, 1, w, n, a.Data, n, 0, qt, m)
+	h.orthoRows(qt, l, m)
+	for range q {
+		// Zᵀ = Qᵀ·A = (Aᵀ·Q)ᵀ; Q̃ = orth(Z).
+		impl.Sgemm(blas.NoTrans, blas.NoTrans, l, n, m, 1, qt, m, a.Data, n, 0, w, n)
+		h.orthoRows(w, l, n)
+		// Yᵀ = Q̃ᵀ·Aᵀ = (A·Q̃)ᵀ; Q = orth(Y).
+		impl.Sgemm(blas.NoTrans, blas.Trans, l, m, n, 1, w, n, a.Data, n, 0, qt, m)
+		h.orthoRows(qt, l, m)
+	}
+	// B = Qᵀ·A (l×n).
+	impl.Sgemm(blas.NoTrans, blas.NoTrans, l, n, m, 1, qt, m, a.Data, n, 0, w, n)
+
+	ul, s, vt, err := smallSVD(w, l, n, k, &h)
+	if err != nil {
+		return SVD{}, fmt.Errorf("randomized svd of %d×%d, rank %d: %w", m, n, k, err)
+	}
+	// U = Q·U_L[:, :k] (m×k).
+	u := NewMatrix(m, k)
+	impl.Sgemm(blas.Trans, blas.NoTrans, m, k, l, 1, qt, m, ul, k, 0, u.Data, k)
+	fixSigns(u, vt)
+	return SVD{U: u, S: s, Vt: vt}, nil
+}
+
+// errNoConvergence reports a failure of the dense core SVD (LAPACK dgesvd).
+var errNoConvergence = errors.New("linalg: core SVD did not converge")
+
+// smallSVD computes the leading k singular triplets of the l×n row-major
+// float32 matrix b (l <= n) in float64: b = L·Q_B (LQ), L = U_L·Σ·V_Lᵀ
+// (dgesvd), so b = U_L·Σ·(V_Lᵀ·Q_B). It returns U_L[:, :k] as an l×k float32
+// slice, Σ[:k], and Vt = V_Lᵀ[:k]·Q_B as a k×n Matrix. b is not modified.
+func smallSVD(b []float32, l, n, k int, h *householder) (ul []float32, s []float32, vt Matrix, err error) {
+	qb := grow(h.buf, l*n)
+	h.buf = qb
+	h.tau = grow(h.tau, l)
+	to64(qb, b[:l*n])
+	h.ensureWork(func(w []float64) { lapack.Dgelqf(l, n, qb, n, h.tau, w, -1) })
+	lapack.Dgelqf(l, n, qb, n, h.tau, h.work, len(h.work))
+	lo := make([]float64, l*l) // L, lower triangular
+	for i := 0; i < l; i++ {
+		copy(lo[i*l:i*l+i+1], qb[i*n:i*n+i+1])
+	}
+	h.ensureWork(func(w []float64) { lapack.Dorglq(l, n, l, qb, n, h.tau, w, -1) })
+	lapack.Dorglq(l, n, l, qb, n, h.tau, h.work, len(h.work))
+
+	sig := make([]float64, l)
+	uL := make([]float64, l*l)
+	vL := make([]float64, l*l)
+	h.ensureWork(func(w []float64) {
+		lapack.Dgesvd(lapackpkg.SVDAll, lapackpkg.SVDAll, l, l, lo, l, sig, uL, l, vL, l, w, -1)
+	})
+	if !lapack.Dgesvd(lapackpkg.SVDAll, lapackpkg.SVDAll, l, l, lo, l, sig, uL, l, vL, l, h.work, len(h.work)) {
+		return nil, nil, Matrix{}, errNoConvergence
+	}
+
+	// Vt = V_Lᵀ[:k, :]·Q_B in float64, then narrowed.
+	v64 := make([]float64, k*n)
+	blas64.Implementation().Dgemm(blas.NoTrans, blas.NoTrans, k, n, l, 1, vL, l, qb, n, 0, v64, n)
+	vt = NewMatrix(k, n)
+	to32(vt.Data, v64)
+
+	ul = make([]float32, l*k)
+	for i := 0; i < l; i++ {
+		to32(ul[i*k:(i+1)*k], uL[i*l:i*l+k])
+	}
+	s = make([]float32, k)
+	for i := range s {
+		s[i] = float32(math.Max(sig[i], 0))
+	}
+	return ul, s, vt, nil
+}
+
+// fixSigns flips singular pairs (column j of u, row j of vt) so that the
+// largest-magnitude entry of each column of u is positive.
+func fixSigns(u, vt Matrix) {
+	for j := 0; j < u.Cols; j++ {
+		best, arg := float32(-1), 0
+		for i := 0; i < u.Rows; i++ {
+			if v := abs32(u.Data[i*u.Cols+j]); v > best {
+				best, arg = v, i
+			}
+		}
+		if u.Data[arg*u.Cols+j] >= 0 {
+			continue
+		}
+		for i := 0; i < u.Rows; i++ {
+			u.Data[i*u.Cols+j] = -u.Data[i*u.Cols+j]
+		}
+		row := vt.Data[j*vt.Cols : (j+1)*vt.Cols]
+		for i := range row {
+			row[i] = -row[i]
+		}
+	}
+}
+
+func abs32(x float32) float32 { return math.Float32frombits(math.Float32bits(x) &^ (1 << 31)) }

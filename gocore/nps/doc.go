@@ -1,0 +1,16 @@
+// Package nps implements the kernels of NPS-Pruning (Du, Fang, Li et al.,
+// 2025): a task vector τ is split into subspaces q_m with τ = Σ_m q_m, each
+// subspace gets a weight w_m, and the top `keep` fraction of the reweighted
+// τ' = Σ_m w_m q_m by magnitude is kept (METHODS.md, "NPS-Pruning", steps
+// 1–3). The search for w (step 4) lives in gocore/search and is driven by
+// the caller.
+//
+// The decomposition is computed once per tensor and kept compactly: for a
+// 2-D tensor the factors U, S, Vᵀ of a randomized truncated SVD of rank R
+// (gocore/linalg) with the singular directions grouped into geometric rank
+// bands [0,1), [1,2), [2,4), …; for 1-D tensors (and for all tensors with
+// KindMagnitude) M−1 magnitude thresholds that cut the entries into M
+// equal-count bands. Building a candidate is then one GEMM per matrix,
+// τ' = w_M·τ + U·diag((w_band − w_M)·S)·Vᵀ, and a radix select (gocore/topk)
+// for the top-k, written into caller-provided buffers.
+package nps

@@ -1,0 +1,177 @@
+package pybind
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	"github.com/npsfuse/npsfuse/arrowio/bridge"
+	"github.com/npsfuse/npsfuse/gocore/nps"
+	"github.com/npsfuse/npsfuse/gocore/tensor"
+)
+
+// npsState is a decomposition plus the float32 scratch Build writes into.
+type npsState struct {
+	d       *nps.Decomposition
+	scratch [][]float32
+}
+
+type npsOptions struct {
+	Subspaces  int    `json:"subspaces"`
+	Kind       string `json:"kind"`
+	Rank       int    `json:"rank"`
+	PowerIters int    `json:"power_iters"`
+	Oversample int    `json:"oversample"`
+	Seed       uint64 `json:"seed"`
+}
+
+// decodeStrict decodes JSON refusing unknown fields; errors wrap kind.
+func decodeStrict(kind error, what, text string, v any) error {
+	dec := json.NewDecoder(strings.NewReader(text))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: %s: %v", kind, what, err)
+	}
+	return nil
+}
+
+// NPSDecompose forms τ = θ_ft − θ₀ for nTensors tensors (pairs at
+// arrays/schemas, tensor-major: base then fine-tuned) and splits each into
+// subspaces (gocore/nps). options is JSON: subspaces, kind ("svd" or
+// "magnitude"), rank, power_iters, oversample, seed. It returns a handle
+// for NPSBuild, NPSInfo and Free.
+func NPSDecompose(options string, nTensors, arrays, schemas int) (h int, err error) {
+	defer guard(&err)
+	b, err := bridge.ImportAt(uintptr(arrays), uintptr(schemas), 2*nTensors)
+	if err != nil {
+		return 0, err
+	}
+	defer b.Release()
+	var o npsOptions
+	if err := decodeStrict(nps.ErrInput, "options", options, &o); err != nil {
+		return 0, err
+	}
+	kind, err := nps.ParseKind(o.Kind)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %v", nps.ErrInput, err)
+	}
+	inputs := make([]nps.Input, nTensors)
+	scratch := make([][]float32, nTensors)
+	for i := range inputs {
+		base, ft := b.Tensors[2*i], b.Tensors[2*i+1]
+		n := base.Vec.Len()
+		if ft.Vec.Len() != n {
+			return 0, fmt.Errorf("%w: tensor %q: %d elements in the fine-tuned model, %d in the base", nps.ErrInput, base.Name, ft.Vec.Len(), n)
+		}
+		tau := make([]float32, n)
+		tmp := make([]float32, n)
+		ft.Vec.Load(tau, 0)
+		base.Vec.Load(tmp, 0)
+		for j := range tau {
+			tau[j] -= tmp[j]
+		}
+		inputs[i] = nps.Input{Name: base.Name, Shape: base.Shape, Tau: tau}
+		scratch[i] = tmp // reused as Build's output buffer
+	}
+	d, err := nps.Decompose(inputs, nps.Options{Subspaces: o.Subspaces, Kind: kind, Rank: o.Rank,
+		PowerIters: o.PowerIters, Oversample: o.Oversample, Seed: o.Seed})
+	if err != nil {
+		return 0, err
+	}
+	return putHandle(&npsState{d: d, scratch: scratch}), nil
+}
+
+// NPSInfo describes a decomposition as JSON: subspaces, elements, and per
+// tensor its name, element count and SVD rank (0: magnitude bands).
+func NPSInfo(h int) (info string, err error) {
+	defer guard(&err)
+	s, err := getHandle[*npsState](h)
+	if err != nil {
+		return "", err
+	}
+	type t struct {
+		Name  string `json:"name"`
+		Numel int    `json:"numel"`
+		Rank  int    `json:"rank"`
+	}
+	out := struct {
+		Subspaces int   `json:"subspaces"`
+		Elements  int64 `json:"elements"`
+		Tensors   []t   `json:"tensors"`
+	}{Subspaces: s.d.Subspaces(), Elements: s.d.NumElements()}
+	for i := range s.d.Len() {
+		name, n, r := s.d.TensorInfo(i)
+		out.Tensors = append(out.Tensors, t{name, n, r})
+	}
+	raw, err := json.Marshal(out)
+	return string(raw), err
+}
+
+type npsWeights struct {
+	Shared    []float64   `json:"shared"`
+	PerTensor [][]float64 `json:"per_tensor"`
+}
+
+// NPSBuild builds the candidate τ_NPS for the given subspace weights (JSON
+// {"shared": [...]} or {"per_tensor": [[...], ...]}), keeping the top keep
+// fraction of |τ'| (over all tensors when global), and writes it into the
+// nOut output tensors at arrays/schemas (one per tensor, in decomposition
+// order, any float dtype). It returns the number of entries kept.
+func NPSBuild(h int, weights string, keep float64, global bool, nOut, arrays, schemas int) (kept int, err error) {
+	defer guard(&err)
+	b, err := bridge.ImportAt(uintptr(arrays), uintptr(schemas), nOut)
+	if err != nil {
+		return 0, err
+	}
+	defer b.Release()
+	s, err := getHandle[*npsState](h)
+	if err != nil {
+		return 0, err
+	}
+	if nOut != s.d.Len() {
+		return 0, fmt.Errorf("%w: %d output tensors for %d decomposed tensors", nps.ErrInput, nOut, s.d.Len())
+	}
+	var w npsWeights
+	if err := decodeStrict(nps.ErrInput, "weights", weights, &w); err != nil {
+		return 0, err
+	}
+	k, err := s.d.Build(nps.Weights{Shared: w.Shared, PerTensor: w.PerTensor}, keep, global, s.scratch)
+	if err != nil {
+		return 0, err
+	}
+	for i, t := range b.Tensors {
+		if t.Vec.Len() != len(s.scratch[i]) {
+			return 0, fmt.Errorf("%w: output %q has %d elements, want %d", nps.ErrInput, t.Name, t.Vec.Len(), len(s.scratch[i]))
+		}
+		t.Vec.Store(s.scratch[i], 0)
+	}
+	return int(k), nil
+}
+
+// Apply writes, for each of nTensors tensors, out = base + Σ_i λ_i·τ_i
+// (transfer and fusion). The pairs are tensor-major: base, the nTaus task
+// vectors, then the output. lams is a JSON list of nTaus scales.
+func Apply(lams string, nTensors, nTaus, arrays, schemas int) (err error) {
+	defer guard(&err)
+	per := nTaus + 2
+	b, err := bridge.ImportAt(uintptr(arrays), uintptr(schemas), nTensors*per)
+	if err != nil {
+		return err
+	}
+	defer b.Release()
+	var l []float32
+	if err := json.Unmarshal([]byte(lams), &l); err != nil || len(l) != nTaus {
+		return fmt.Errorf("%w: lams must be a JSON list of %d numbers, got %q", nps.ErrInput, nTaus, lams)
+	}
+	for i := range nTensors {
+		g := b.Tensors[i*per : (i+1)*per]
+		taus := make([]tensor.Vec, nTaus)
+		for k := range taus {
+			taus[k] = g[1+k].Vec
+		}
+		if err := nps.Apply(g[per-1].Vec, g[0].Vec, taus, l); err != nil {
+			return fmt.Errorf("tensor %q: %w", g[0].Name, err)
+		}
+	}
+	return nil
+}
