@@ -186,12 +186,12 @@ func dtypeOf(f arrow.Field, t arrow.DataType) (tensor.DType, error) {
 	switch t.ID() {
 	case arrow.FLOAT32:
 		if meta != "" && meta != "float32" {
-			return 0, fmt.Errorf("Arrow type float32 contradicts %s=%q", DTypeKey, meta)
+			return 0, fmt.Errorf("arrow type float32 contradicts %s=%q", DTypeKey, meta)
 		}
 		return tensor.F32, nil
 	case arrow.FLOAT16:
 		if meta != "" && meta != "float16" {
-			return 0, fmt.Errorf("Arrow type float16 contradicts %s=%q", DTypeKey, meta)
+			return 0, fmt.Errorf("arrow type float16 contradicts %s=%q", DTypeKey, meta)
 		}
 		return tensor.F16, nil
 	case arrow.UINT16:

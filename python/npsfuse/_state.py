@@ -15,13 +15,13 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
 
 StateDict = dict[str, torch.Tensor]
-ModelLike = Union[Mapping[str, Any], torch.nn.Module, str, os.PathLike]
+ModelLike = Mapping[str, Any] | torch.nn.Module | str | os.PathLike
 
 
 def safetensors_files(path: str | os.PathLike) -> list[Path]:

@@ -123,7 +123,8 @@ def merge_checkpoints(
 
     def work() -> None:
         try:
-            box["result"] = _core.call(_core.go.MergeCheckpoints, job, text, "", json.dumps(options))
+            opts = json.dumps(options)
+            box["result"] = _core.call(_core.go.MergeCheckpoints, job, text, "", opts)
         except BaseException as exc:  # handed to the caller's thread
             box["error"] = exc
 
