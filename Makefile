@@ -12,16 +12,17 @@ export PATH := $(TOOLS):$(VENV)/bin:$(PATH)
 
 GO_SOURCES := $(shell find gocore arrowio pybind daemon -name '*.go' -not -name '*_test.go' 2>/dev/null) go.mod go.sum
 
-.PHONY: all venv tools build install test test-go test-py lint demo bench clean fuzz
+.PHONY: all venv tools build install test test-go test-py lint demo bench clean fuzz experiment
 
 all: build
 
 ## venv: the Python environment under .venv (torch, numpy, pyarrow, ...)
 venv: $(VENV)/.stamp
-$(VENV)/.stamp: requirements-dev.txt
+$(VENV)/.stamp: requirements-dev.txt requirements-experiment.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -r requirements-dev.txt
+	$(VENV)/bin/pip install -q --no-deps -r requirements-experiment.txt
 	touch $@
 
 ## tools: gopy (with an x/tools that compiles on current Go), goimports, staticcheck
@@ -68,6 +69,10 @@ fuzz:
 ## demo: a tiny base model and three fine-tunes, merged by every method
 demo: install
 	$(VENV)/bin/python -m npsfuse.demo
+
+## experiment: the papers' comparisons on MiniLM fine-tunes (results in experiments/results/)
+experiment: install
+	$(VENV)/bin/python experiments/run.py
 
 ## bench: benchmarks; figures go to bench/results/
 bench: install
