@@ -60,40 +60,53 @@ func Inspect(arrays, schemas, n int) (total int, err error) {
 	return total, nil
 }
 
-// mergeParams is the JSON form of merge.Params that Python sends.
+// mergeParams is the JSON form of merge.Params that Python sends. The
+// method-specific fields are optional: a missing (or null) one takes
+// merge.DefaultParams' value for the method; lam2 null is NeuroMerging's
+// automatic λ₂.
 type mergeParams struct {
-	Weights   []float32 `json:"weights"`
-	Density   float64   `json:"density"`
-	Densities []float64 `json:"densities"`
-	Lambda    float64   `json:"lambda"`
-	Normalize bool      `json:"normalize"`
-	Scope     string    `json:"scope"`
-	Seed      uint64    `json:"seed"`
+	Weights     []float32 `json:"weights"`
+	Density     float64   `json:"density"`
+	Densities   []float64 `json:"densities"`
+	Lambda      float64   `json:"lambda"`
+	Normalize   bool      `json:"normalize"`
+	Scope       string    `json:"scope"`
+	Seed        uint64    `json:"seed"`
+	Gamma       *float64  `json:"gamma"`
+	Epsilon     *float64  `json:"epsilon"`
+	T           *float64  `json:"t"`
+	K           *int      `json:"k"`
+	TallLambda  *float64  `json:"tall_lambda"`
+	TallLambdas []float64 `json:"tall_lambdas"`
+	MaskRate    *float64  `json:"mask_rate"`
+	Lam1        *float64  `json:"lam1"`
+	Lam2        *float64  `json:"lam2"`
 }
 
 // Merge runs a merge method over nTensors tensors of nModels models. The
 // pairs at arrays/schemas are tensor-major: for each tensor, the base, the
-// nModels fine-tuned versions, then the output buffer (written in place).
-// params is a JSON object with weights, density, lambda, normalize, scope
-// and seed. Errors caused by the input start with "invalid merge input" or
-// "bad tensor".
-func Merge(method, params string, nTensors, nModels, arrays, schemas int) (err error) {
+// nModels fine-tuned versions, then the output buffer (written in place);
+// the base's field metadata carries the shape and the transposed flag.
+// params is a JSON object (see mergeParams). It returns the method's report
+// (merge.RunReport) as a JSON object. Errors caused by the input start with
+// "invalid merge input" or "bad tensor".
+func Merge(method, params string, nTensors, nModels, arrays, schemas int) (report string, err error) {
 	defer guard(&err)
 	per := nModels + 2
 	b, err := bridge.ImportAt(uintptr(arrays), uintptr(schemas), nTensors*per)
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer b.Release()
 	var mp mergeParams
 	dec := json.NewDecoder(strings.NewReader(params))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&mp); err != nil {
-		return fmt.Errorf("%w: parameters: %v", merge.ErrInput, err)
+		return "", fmt.Errorf("%w: parameters: %v", merge.ErrInput, err)
 	}
 	scope, err := merge.ParseScope(mp.Scope)
 	if err != nil {
-		return fmt.Errorf("%w: %v", merge.ErrInput, err)
+		return "", fmt.Errorf("%w: %v", merge.ErrInput, err)
 	}
 	ts := make([]merge.Tensor, nTensors)
 	for i := range ts {
@@ -105,6 +118,32 @@ func Merge(method, params string, nTensors, nModels, arrays, schemas int) (err e
 		ts[i] = merge.Tensor{Name: group[0].Name, Shape: group[0].Shape, Transposed: group[0].Transposed,
 			Base: group[0].Vec, Models: models, Out: group[per-1].Vec}
 	}
-	p := merge.Params{Weights: mp.Weights, Density: mp.Density, Densities: mp.Densities, Lambda: mp.Lambda, Normalize: mp.Normalize, Scope: scope, Seed: mp.Seed}
-	return merge.Run(method, p, ts)
+	p := merge.DefaultParams(method)
+	p.Weights, p.Density, p.Densities, p.Lambda = mp.Weights, mp.Density, mp.Densities, mp.Lambda
+	p.Normalize, p.Scope, p.Seed = mp.Normalize, scope, mp.Seed
+	set := func(dst *float64, src *float64) {
+		if src != nil {
+			*dst = *src
+		}
+	}
+	set(&p.Gamma, mp.Gamma)
+	set(&p.Epsilon, mp.Epsilon)
+	set(&p.T, mp.T)
+	set(&p.TallLambda, mp.TallLambda)
+	set(&p.MaskRate, mp.MaskRate)
+	set(&p.Lam1, mp.Lam1)
+	set(&p.Lam2, mp.Lam2)
+	if mp.K != nil {
+		p.K = *mp.K
+	}
+	p.TallLambdas = mp.TallLambdas
+	rep, err := merge.RunReport(method, p, ts)
+	if err != nil {
+		return "", err
+	}
+	out, err := json.Marshal(rep)
+	if err != nil {
+		return "", fmt.Errorf("merge report: %w", err)
+	}
+	return string(out), nil
 }

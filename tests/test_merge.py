@@ -108,7 +108,9 @@ def test_reference_topk_ties_by_lower_index() -> None:
 
 
 def test_methods_list() -> None:
-    assert npsfuse.methods() == list(ref.METHODS)
+    got = npsfuse.methods()
+    assert got == sorted(got)
+    assert set(ref.METHODS) <= set(got)
 
 
 @pytest.mark.parametrize("scope", ["tensor", "global"])
@@ -477,11 +479,6 @@ def test_task_vector_then_task_arithmetic_round_trip() -> None:
         torch.testing.assert_close(got[k], want, rtol=0, atol=ATOL)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gocore/merge disjointMean: entries whose agreeing weights sum to 0 (weights of "
-    "both signs) come out as θ₀ instead of θ₀ + λ·Σ_A w_t τ_t (mergekit's result)",
-)
 @pytest.mark.parametrize("normalize", [False, True])
 @pytest.mark.parametrize("method", ["ties", "dare_ties"])
 def test_ties_agreeing_weights_summing_to_zero(method: str, normalize: bool) -> None:

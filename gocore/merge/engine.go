@@ -1,8 +1,8 @@
 package merge
 
 import (
-	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"sort"
@@ -16,8 +16,9 @@ import (
 // (all of Base's length), and Out, where the result is written (same
 // length; any dtype). Out must not alias an input. Shape is the tensor's
 // shape in PyTorch layout (row-major, rows = neurons); nil means flat.
-// Transposed marks tensors stored (in, out) instead of (out, in), such as
-// GPT-2's Conv1D weights, for methods that work per neuron.
+// Transposed marks 2-D tensors stored (in, out) instead of (out, in), such
+// as GPT-2's Conv1D weights; the row-wise methods (della, della_linear,
+// neuro) then work on the transpose, so that a row is still a neuron.
 type Tensor struct {
 	Name       string
 	Shape      []int
@@ -27,100 +28,112 @@ type Tensor struct {
 	Out        tensor.Vec
 }
 
-// Scope says over which entries a top-k selection ranks.
-type Scope int
+// geom is a tensor's neuron layout: rows × cols with a neuron per row.
+// For a row-wise method the "layout index" of element (r, c) is r·cols + c;
+// a transposed tensor stores it at c·rows + r.
+type geom struct {
+	rows, cols int
+	// transposed: the layout is the transpose of the storage.
+	transposed bool
+	// neuron: the tensor has two or more dimensions (rows are neurons);
+	// otherwise it is one row of scalars.
+	neuron bool
+}
 
-const (
-	// ScopeTensor ranks each tensor on its own (the default).
-	ScopeTensor Scope = iota
-	// ScopeGlobal ranks all tensors of a model together, in the order given.
-	ScopeGlobal
-)
-
-// ParseScope maps "tensor" and "global" to a Scope.
-func ParseScope(s string) (Scope, error) {
-	switch s {
-	case "", "tensor":
-		return ScopeTensor, nil
-	case "global":
-		return ScopeGlobal, nil
+// geometry derives a tensor's layout from its shape: conv kernels (out, in,
+// kh, kw) become out rows of in·kh·kw; 1-D and shapeless tensors are one
+// row.
+func geometry(t *Tensor, n int) geom {
+	if len(t.Shape) < 2 {
+		return geom{rows: 1, cols: n}
 	}
-	return 0, fmt.Errorf("unknown scope %q (want \"tensor\" or \"global\")", s)
-}
-
-// Params are the knobs shared by all methods.
-type Params struct {
-	// Weights w_t, one per model; nil means all 1.
-	Weights []float32
-	// Density is the fraction of entries kept by sparsification, in (0, 1].
-	Density float64
-	// Densities, when set, gives each model its own density (mergekit's
-	// per-model `density`), overriding Density.
-	Densities []float64
-	// Lambda λ scales the merged task vector.
-	Lambda float64
-	// Normalize divides by the sum of weights (of the agreeing models, for
-	// TIES' disjoint mean).
-	Normalize bool
-	// Scope of the top-k ranking.
-	Scope Scope
-	// Seed of every random choice.
-	Seed uint64
-}
-
-// density is model m's density.
-func (p *Params) density(m int) float64 {
-	if p.Densities != nil {
-		return p.Densities[m]
+	rows := t.Shape[0]
+	if rows == 0 {
+		return geom{rows: 0, cols: 0, neuron: true}
 	}
-	return p.Density
+	g := geom{rows: rows, cols: n / rows, neuron: true}
+	if t.Transposed && len(t.Shape) == 2 {
+		g = geom{rows: t.Shape[1], cols: t.Shape[0], transposed: true, neuron: true}
+	}
+	return g
 }
 
-// ErrInput marks errors caused by the caller's data or parameters.
-var ErrInput = errors.New("invalid merge input")
-
-// chunkRef locates one chunk: tensor ti, elements [lo, hi), its index lc
-// among the tensor's chunks and gc among all chunks of the merge.
+// chunkRef locates one chunk: tensor ti, layout indices [lo, hi) (rows
+// [r0, r1) for a row-wise method), its index lc among the tensor's chunks
+// and gc among all chunks of the merge.
 type chunkRef struct {
 	ti, lo, hi, lc, gc int
+	r0, r1             int
 }
 
 // engine holds one merge in progress.
 type engine struct {
-	method  Method
-	p       Params
-	tensors []Tensor
-	T       int
-	w       []float32
-	wsum    float32
-	chunks  []chunkRef
-	first   []int // first global chunk of each tensor
-	sp      sparsifyState
-	scratch sync.Pool
+	method   Method
+	p        Params
+	tensors  []Tensor
+	geom     []geom
+	T        int
+	w        []float32
+	wsum     float32
+	chunks   []chunkRef
+	first    []int // first global chunk of each tensor
+	maxChunk int
+	scratch  sync.Pool
+
+	// Preparation state: prepared[u] for each selection unit, all once
+	// every unit is prepared and the finishing step ran.
+	prepared []bool
+	all      bool
+
+	sp sparsifyState
+	// Per-method state filled by the Combiner's prepare.
+	coef    [][2]float32 // per tensor: model_stock (t, 1−t), slerp (c_a, c_b)
+	pcb     [][]pcbCut   // per unit, per model
+	neuro   neuroState
+	report  map[string]any
+	reportM sync.Mutex
 }
 
 // Run merges tensors with the named method. It returns an error wrapping
 // ErrInput for unknown methods, bad parameters, mismatched lengths, or a NaN
 // or Inf in an input (naming the tensor and the model).
 func Run(method string, p Params, tensors []Tensor) error {
+	_, err := RunReport(method, p, tensors)
+	return err
+}
+
+// RunReport is Run that also returns the method's report: the values it
+// chose while merging (see Merger.Report). The map is the caller's.
+func RunReport(method string, p Params, tensors []Tensor) (map[string]any, error) {
 	m, ok := registry[method]
 	if !ok {
-		return fmt.Errorf("%w: unknown method %q (valid: %v)", ErrInput, method, Methods())
+		return nil, inputErr("unknown method %q (valid: %v)", method, Methods())
 	}
 	e, err := newEngine(m, p, tensors)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return e.run()
+	for _, t := range e.tensors {
+		if t.Out.DType == 0 {
+			return nil, inputErr("tensor %q has no output buffer", t.Name)
+		}
+	}
+	if err := e.prepareAll(); err != nil {
+		return nil, err
+	}
+	if err := e.mergeChunks(e.chunks); err != nil {
+		return nil, err
+	}
+	return e.reportCopy(), nil
 }
 
 func newEngine(m Method, p Params, tensors []Tensor) (*engine, error) {
 	if len(tensors) == 0 {
-		return nil, fmt.Errorf("%w: no tensors", ErrInput)
+		return nil, inputErr("no tensors")
 	}
 	T := len(tensors[0].Models)
 	if T == 0 {
-		return nil, fmt.Errorf("%w: no models to merge", ErrInput)
+		return nil, inputErr("no models to merge")
 	}
 	w := p.Weights
 	if w == nil {
@@ -130,83 +143,303 @@ func newEngine(m Method, p Params, tensors []Tensor) (*engine, error) {
 		}
 	}
 	if len(w) != T {
-		return nil, fmt.Errorf("%w: %d weights for %d models", ErrInput, len(w), T)
+		return nil, inputErr("%d weights for %d models", len(w), T)
 	}
 	var wsum float32
 	for i, x := range w {
 		if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
-			return nil, fmt.Errorf("%w: weight %d is %v", ErrInput, i, x)
+			return nil, inputErr("weight %d is %v", i, x)
 		}
 		wsum += x
 	}
 	if p.Densities != nil && len(p.Densities) != T {
-		return nil, fmt.Errorf("%w: %d densities for %d models", ErrInput, len(p.Densities), T)
+		return nil, inputErr("%d densities for %d models", len(p.Densities), T)
+	}
+	e := &engine{method: m, p: p, tensors: tensors, T: T, w: w, wsum: wsum, report: map[string]any{}}
+	for _, c := range []any{m.Sparsify, m.Combine} {
+		if ck, ok := c.(checker); ok {
+			if err := ck.check(e); err != nil {
+				return nil, err
+			}
+		}
 	}
 	if m.Sparsify.usesDensity() {
 		for i := range T {
-			if d := p.density(i); !(d > 0 && d <= 1) {
-				return nil, fmt.Errorf("%w: density %v is outside (0, 1]", ErrInput, d)
+			if d := e.density(i); !(d > 0 && d <= 1) {
+				return nil, inputErr("density %v is outside (0, 1]", d)
 			}
 		}
 	}
 	if m.Combine.normalizes(p) && wsum == 0 {
-		return nil, fmt.Errorf("%w: weights sum to 0, cannot normalize", ErrInput)
+		return nil, inputErr("weights sum to 0, cannot normalize")
 	}
-	e := &engine{method: m, p: p, tensors: tensors, T: T, w: w, wsum: wsum}
 	seen := make(map[string]bool, len(tensors))
-	for ti, t := range tensors {
+	for ti := range tensors {
+		t := &tensors[ti]
 		if seen[t.Name] {
-			return nil, fmt.Errorf("%w: tensor %q given twice", ErrInput, t.Name)
+			return nil, inputErr("tensor %q given twice", t.Name)
 		}
 		seen[t.Name] = true
 		n := t.Base.Len()
 		if t.Shape != nil {
 			prod := 1
 			for _, d := range t.Shape {
+				if d < 0 {
+					return nil, inputErr("tensor %q: negative dimension in shape %v", t.Name, t.Shape)
+				}
 				prod *= d
 			}
 			if prod != n {
-				return nil, fmt.Errorf("%w: tensor %q: shape %v holds %d elements, data has %d", ErrInput, t.Name, t.Shape, prod, n)
+				return nil, inputErr("tensor %q: shape %v holds %d elements, data has %d", t.Name, t.Shape, prod, n)
 			}
 		}
 		if len(t.Models) != T {
-			return nil, fmt.Errorf("%w: tensor %q has %d models, expected %d", ErrInput, t.Name, len(t.Models), T)
+			return nil, inputErr("tensor %q has %d models, expected %d", t.Name, len(t.Models), T)
 		}
 		for mi, mv := range t.Models {
 			if mv.Len() != n {
-				return nil, fmt.Errorf("%w: tensor %q: model %d has %d elements, base has %d", ErrInput, t.Name, mi, mv.Len(), n)
+				return nil, inputErr("tensor %q: model %d has %d elements, base has %d", t.Name, mi, mv.Len(), n)
 			}
 		}
 		if t.Out.DType != 0 && t.Out.Len() != n {
-			return nil, fmt.Errorf("%w: tensor %q: output has %d elements, base has %d", ErrInput, t.Name, t.Out.Len(), n)
+			return nil, inputErr("tensor %q: output has %d elements, base has %d", t.Name, t.Out.Len(), n)
 		}
+		g := geometry(t, n)
+		e.geom = append(e.geom, g)
 		e.first = append(e.first, len(e.chunks))
-		for lc, lo := 0, 0; lo < n; lc, lo = lc+1, lo+parallel.Chunk {
-			e.chunks = append(e.chunks, chunkRef{ti: ti, lo: lo, hi: min(lo+parallel.Chunk, n), lc: lc, gc: len(e.chunks)})
-		}
+		e.addChunks(ti, n, g)
 	}
+	e.prepared = make([]bool, len(e.units()))
 	return e, nil
 }
 
+// addChunks splits tensor ti into chunks: parallel.Chunk elements each, or
+// for a row-wise method whole rows of about parallel.Chunk elements (a row
+// longer than that is a chunk of its own).
+func (e *engine) addChunks(ti, n int, g geom) {
+	if !e.method.Rows {
+		for lc, lo := 0, 0; lo < n; lc, lo = lc+1, lo+parallel.Chunk {
+			hi := min(lo+parallel.Chunk, n)
+			e.chunks = append(e.chunks, chunkRef{ti: ti, lo: lo, hi: hi, lc: lc, gc: len(e.chunks)})
+			e.maxChunk = max(e.maxChunk, hi-lo)
+		}
+		return
+	}
+	if n == 0 {
+		return
+	}
+	per := max(1, parallel.Chunk/g.cols)
+	for lc, r0 := 0, 0; r0 < g.rows; lc, r0 = lc+1, r0+per {
+		r1 := min(r0+per, g.rows)
+		ch := chunkRef{ti: ti, lo: r0 * g.cols, hi: r1 * g.cols, lc: lc, gc: len(e.chunks), r0: r0, r1: r1}
+		e.chunks = append(e.chunks, ch)
+		e.maxChunk = max(e.maxChunk, ch.hi-ch.lo)
+	}
+}
+
+// density is model m's density as the method's sparsifier sees it.
+func (e *engine) density(m int) float64 {
+	if e.method.density != nil {
+		return e.method.density(&e.p, m)
+	}
+	return e.p.density(m)
+}
+
+// wholeModel reports whether merging any tensor needs every tensor
+// prepared first (a global scope, or statistics over the whole model).
+func (e *engine) wholeModel() bool {
+	if e.p.Scope == ScopeGlobal {
+		return true
+	}
+	if wm, ok := e.method.Combine.(wholeModeler); ok {
+		return wm.wholeModel(e)
+	}
+	return false
+}
+
+// prepareUnits runs the sparsifier's and the combiner's preparation for
+// the given selection units that are not prepared yet; once every unit is,
+// the combiner's finishing step (statistics over the whole model) runs.
+func (e *engine) prepareUnits(us []int) error {
+	var todo []int
+	for _, u := range us {
+		if !e.prepared[u] {
+			todo = append(todo, u)
+		}
+	}
+	if len(todo) > 0 {
+		if err := e.method.Sparsify.prepare(e, todo); err != nil {
+			return err
+		}
+		if err := e.method.Combine.prepare(e, todo); err != nil {
+			return err
+		}
+		for _, u := range todo {
+			e.prepared[u] = true
+		}
+	}
+	if e.all || slices.Contains(e.prepared, false) {
+		return nil
+	}
+	if f, ok := e.method.Combine.(finisher); ok {
+		if err := f.finish(e); err != nil {
+			return err
+		}
+	}
+	e.all = true
+	return nil
+}
+
+// prepareAll prepares every unit (and runs the finishing step).
+func (e *engine) prepareAll() error { return e.prepareUnits(e.allUnits()) }
+
+// setReport records one entry of the method's report.
+func (e *engine) setReport(key string, v any) {
+	e.reportM.Lock()
+	e.report[key] = v
+	e.reportM.Unlock()
+}
+
+func (e *engine) reportCopy() map[string]any {
+	e.reportM.Lock()
+	defer e.reportM.Unlock()
+	c := make(map[string]any, len(e.report))
+	for k, v := range e.report {
+		switch x := v.(type) {
+		case map[string]float64:
+			v = maps.Clone(x)
+		case map[string]bool:
+			v = maps.Clone(x)
+		case []float64:
+			v = slices.Clone(x)
+		}
+		c[k] = v
+	}
+	return c
+}
+
 // workspace is one goroutine's scratch: the base chunk, the model chunks,
-// the task-vector chunks and the result chunk.
+// the task-vector chunks and the result chunk (maxChunk elements each),
+// plus a row of the storage for transposed tensors and method scratch.
 type workspace struct {
-	base   []float32
-	models [][]float32
-	taus   [][]float32
-	out    []float32
+	base     []float32
+	models   [][]float32
+	taus     [][]float32
+	views    [][]float32
+	tauViews [][]float32
+	out      []float32
+	seg      []float32
 }
 
 func (e *engine) workspace() *workspace {
 	if ws, ok := e.scratch.Get().(*workspace); ok {
 		return ws
 	}
-	ws := &workspace{base: make([]float32, parallel.Chunk), out: make([]float32, parallel.Chunk)}
+	n := max(e.maxChunk, 1)
+	ws := &workspace{base: make([]float32, n), out: make([]float32, n),
+		views: make([][]float32, e.T), tauViews: make([][]float32, e.T)}
 	for range e.T {
-		ws.models = append(ws.models, make([]float32, parallel.Chunk))
-		ws.taus = append(ws.taus, make([]float32, parallel.Chunk))
+		ws.models = append(ws.models, make([]float32, n))
+		ws.taus = append(ws.taus, make([]float32, n))
 	}
 	return ws
+}
+
+// view returns chunk ch of v in layout order as float32: the storage itself
+// when it is float32 and not transposed, else a copy in scratch.
+func (e *engine) view(v tensor.Vec, ch chunkRef, ws *workspace, scratch []float32) []float32 {
+	n := ch.hi - ch.lo
+	g := &e.geom[ch.ti]
+	if !e.method.Rows || !g.transposed {
+		return v.View(ch.lo, n, scratch)
+	}
+	// Layout row r is storage column r: gather the columns [r0, r1) of
+	// every storage row i into dst[(r−r0)·cols + i].
+	dst := scratch[:n]
+	w := ch.r1 - ch.r0
+	if len(ws.seg) < w {
+		ws.seg = make([]float32, w)
+	}
+	seg := ws.seg[:w]
+	for i := 0; i < g.cols; i++ {
+		off := i*g.rows + ch.r0
+		src := seg
+		if v.DType == tensor.F32 {
+			src = v.F32[off : off+w]
+		} else {
+			v.Load(seg, off)
+		}
+		for k, x := range src {
+			dst[k*g.cols+i] = x
+		}
+	}
+	return dst
+}
+
+// store writes a chunk given in layout order to v.
+func (e *engine) store(v tensor.Vec, ch chunkRef, ws *workspace, src []float32) {
+	g := &e.geom[ch.ti]
+	if !e.method.Rows || !g.transposed {
+		v.Store(src, ch.lo)
+		return
+	}
+	w := ch.r1 - ch.r0
+	if len(ws.seg) < w {
+		ws.seg = make([]float32, w)
+	}
+	seg := ws.seg[:w]
+	for i := 0; i < g.cols; i++ {
+		for k := range seg {
+			seg[k] = src[k*g.cols+i]
+		}
+		v.Store(seg, i*g.rows+ch.r0)
+	}
+}
+
+// loadBase returns chunk ch of the base, or an error naming the first
+// non-finite entry.
+func (e *engine) loadBase(ch chunkRef, ws *workspace) ([]float32, error) {
+	b := e.view(e.tensors[ch.ti].Base, ch, ws, ws.base)
+	if !finite(b) {
+		return nil, e.nonFinite(ch, "the base model", b)
+	}
+	return b, nil
+}
+
+// loadModel returns chunk ch of model m in buf (a workspace buffer), or an
+// error naming the first non-finite entry.
+func (e *engine) loadModel(ch chunkRef, m int, ws *workspace, buf []float32) ([]float32, error) {
+	x := e.view(e.tensors[ch.ti].Models[m], ch, ws, buf)
+	if !finite(x) {
+		return nil, e.nonFinite(ch, fmt.Sprintf("model %d", m), x)
+	}
+	return x, nil
+}
+
+// loadAll loads the base and every model of chunk ch and forms the raw task
+// vectors τ_m = θ_m − θ₀ in ws.taus.
+func (e *engine) loadAll(ch chunkRef, ws *workspace) (base []float32, models, taus [][]float32, err error) {
+	n := ch.hi - ch.lo
+	if base, err = e.loadBase(ch, ws); err != nil {
+		return nil, nil, nil, err
+	}
+	// ws.views holds the chunk views: for float32 storage they are the
+	// storage itself, so they must not replace the scratch in ws.models.
+	models = ws.views[:e.T:e.T]
+	taus = ws.tauViews[:e.T:e.T]
+	for m := range e.T {
+		mv, err := e.loadModel(ch, m, ws, ws.models[m])
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		models[m] = mv
+		tau := ws.taus[m][:n]
+		for j, x := range mv {
+			tau[j] = x - base[j]
+		}
+		taus[m] = tau
+	}
+	return base, models, taus, nil
 }
 
 // chunkError records the error of the lowest-numbered failing chunk, so
@@ -225,18 +458,6 @@ func (c *chunkError) set(gc int, err error) {
 	c.mu.Unlock()
 }
 
-func (e *engine) run() error {
-	for _, t := range e.tensors {
-		if t.Out.DType == 0 {
-			return fmt.Errorf("%w: tensor %q has no output buffer", ErrInput, t.Name)
-		}
-	}
-	if err := e.method.Sparsify.prepare(e, e.allUnits()); err != nil {
-		return err
-	}
-	return e.mergeChunks(e.chunks)
-}
-
 // mergeChunks merges the given chunks in parallel and returns the error of
 // the lowest-numbered failing chunk.
 func (e *engine) mergeChunks(chunks []chunkRef) error {
@@ -252,13 +473,30 @@ func (e *engine) mergeChunks(chunks []chunkRef) error {
 	return fail.err
 }
 
+// mergeChunk loads one chunk of every input, forms and sparsifies the task
+// vectors, combines them and stores the result.
+func (e *engine) mergeChunk(ch chunkRef, ws *workspace) error {
+	base, models, taus, err := e.loadAll(ch, ws)
+	if err != nil {
+		return err
+	}
+	for m := range e.T {
+		e.method.Sparsify.apply(e, m, ch, taus[m])
+	}
+	out := ws.out[:ch.hi-ch.lo]
+	e.method.Combine.combine(e, ch, base, models, taus, out)
+	e.store(e.tensors[ch.ti].Out, ch, ws, out)
+	return nil
+}
+
 // Merger is a merge whose outputs are produced one tensor at a time, for
 // streaming checkpoints: only the tensor being merged needs an output
-// buffer. With ScopeGlobal the first call ranks all tensors (reading every
-// input once more) before merging.
+// buffer. When the method needs statistics over the whole model (a global
+// scope, or NeuroMerging's automatic λ₂), the first call prepares every
+// tensor (reading every input once more) before merging; otherwise each
+// call prepares just its tensor.
 type Merger struct {
-	e        *engine
-	prepared []bool
+	e *engine
 }
 
 // NewMerger checks the method, parameters and inputs like Run; the
@@ -266,7 +504,7 @@ type Merger struct {
 func NewMerger(method string, p Params, tensors []Tensor) (*Merger, error) {
 	m, ok := registry[method]
 	if !ok {
-		return nil, fmt.Errorf("%w: unknown method %q (valid: %v)", ErrInput, method, Methods())
+		return nil, inputErr("unknown method %q (valid: %v)", method, Methods())
 	}
 	ts := slices.Clone(tensors)
 	for i := range ts {
@@ -276,34 +514,50 @@ func NewMerger(method string, p Params, tensors []Tensor) (*Merger, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Merger{e: e, prepared: make([]bool, len(e.units()))}, nil
+	return &Merger{e: e}, nil
 }
 
 // Len is the number of tensors.
 func (m *Merger) Len() int { return len(m.e.tensors) }
 
 // Tensor merges tensor i into out (the base's length, any dtype), in
-// parallel over its chunks. Calls must not overlap.
+// parallel over its chunks. The result is bit for bit the one Run writes.
+// Calls must not overlap.
 func (m *Merger) Tensor(i int, out tensor.Vec) error {
 	e := m.e
+	if i < 0 || i >= len(e.tensors) {
+		return inputErr("tensor index %d out of range [0, %d)", i, len(e.tensors))
+	}
 	t := &e.tensors[i]
 	if out.Len() != t.Base.Len() || out.DType == 0 {
-		return fmt.Errorf("%w: tensor %q: output has %d elements, base has %d", ErrInput, t.Name, out.Len(), t.Base.Len())
+		return inputErr("tensor %q: output has %d elements, base has %d", t.Name, out.Len(), t.Base.Len())
 	}
-	u := i
-	if e.p.Scope == ScopeGlobal {
-		u = 0
+	var err error
+	if e.wholeModel() {
+		err = e.prepareAll()
+	} else {
+		err = e.prepareUnits([]int{i})
 	}
-	if !m.prepared[u] {
-		if err := e.method.Sparsify.prepare(e, []int{u}); err != nil {
-			return err
-		}
-		m.prepared[u] = true
+	if err != nil {
+		return err
 	}
 	t.Out = out
 	defer func() { t.Out = tensor.Vec{} }()
 	return e.mergeChunks(e.tensorChunks(i))
 }
+
+// Report returns what the method chose so far, as JSON-friendly values
+// (float64, bool, []float64, map[string]float64). Entries by method:
+//
+//   - neuro: "lam1", "lam2" (the λ₂ used), "lam2_auto" (whether it was
+//     chosen automatically), "sigma" (σ_t, the L1 share of each task vector
+//     the trim removed; present once every tensor is prepared).
+//   - model_stock: "t", tensor name → the interpolation ratio t.
+//   - slerp: "omega", tensor name → Ω in radians; "lerp", tensor name → true
+//     where |cos Ω| > 0.9995 made it a plain lerp.
+//
+// Other methods report nothing. The map is a copy.
+func (m *Merger) Report() map[string]any { return m.e.reportCopy() }
 
 // tensorChunks are tensor i's chunks.
 func (e *engine) tensorChunks(i int) []chunkRef {
@@ -312,6 +566,33 @@ func (e *engine) tensorChunks(i int) []chunkRef {
 		end = e.first[i+1]
 	}
 	return e.chunks[e.first[i]:end]
+}
+
+// unit is a selection unit: its chunks (global indices), tensors and
+// element count.
+type unit struct {
+	chunks  []chunkRef
+	tensors []int
+	n       int64
+}
+
+// units groups the chunks by selection scope: one unit per tensor, or a
+// single unit for ScopeGlobal.
+func (e *engine) units() []unit {
+	if e.p.Scope == ScopeGlobal {
+		var n int64
+		ts := make([]int, len(e.tensors))
+		for ti, t := range e.tensors {
+			n += int64(t.Base.Len())
+			ts[ti] = ti
+		}
+		return []unit{{chunks: e.chunks, tensors: ts, n: n}}
+	}
+	us := make([]unit, len(e.tensors))
+	for ti, t := range e.tensors {
+		us[ti] = unit{chunks: e.tensorChunks(ti), tensors: []int{ti}, n: int64(t.Base.Len())}
+	}
+	return us
 }
 
 // allUnits lists every selection unit's index.
@@ -327,53 +608,52 @@ func (e *engine) allUnits() []int {
 	return us
 }
 
-// mergeChunk loads one chunk of every input, forms and sparsifies the task
-// vectors, combines them and stores the result.
-func (e *engine) mergeChunk(ch chunkRef, ws *workspace) error {
-	t := &e.tensors[ch.ti]
-	n := ch.hi - ch.lo
-	base := t.Base.View(ch.lo, n, ws.base)
-	if !finite(base) {
-		return e.nonFinite(ch, "the base model", base)
+// unitChunk is chunk ch's index inside its selection unit.
+func (e *engine) unitChunk(ch chunkRef) (u, c int) {
+	if e.p.Scope == ScopeGlobal {
+		return 0, ch.gc
 	}
-	models := ws.models[:e.T]
-	taus := ws.taus[:e.T]
-	for m := range e.T {
-		mv := t.Models[m].View(ch.lo, n, ws.models[m])
-		if !finite(mv) {
-			return e.nonFinite(ch, fmt.Sprintf("model %d", m), mv)
-		}
-		models[m] = mv
-		tau := ws.taus[m][:n]
-		for j, x := range mv {
-			tau[j] = x - base[j]
-		}
-		e.method.Sparsify.apply(e, m, ch, tau)
-		taus[m] = tau
-	}
-	out := ws.out[:n]
-	e.method.Combine.combine(e, base, models, taus, out)
-	t.Out.Store(out, ch.lo)
-	return nil
+	return ch.ti, ch.lc
 }
 
 func (e *engine) nonFinite(ch chunkRef, who string, x []float32) error {
 	for j, v := range x {
 		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
-			return fmt.Errorf("%w: tensor %q: %s has %v at flat index %d", ErrInput, e.tensors[ch.ti].Name, who, v, ch.lo+j)
+			return inputErr("tensor %q: %s has %v at flat index %d", e.tensors[ch.ti].Name, who, v, e.storageIndex(ch, j))
 		}
 	}
 	return nil
 }
 
-// finite reports whether every element is finite. x−x is 0 for finite x and
-// NaN for NaN and ±Inf, so one comparison after the loop suffices.
-func finite(x []float32) bool {
-	var acc float32
-	for _, v := range x {
-		acc += v - v
+// storageIndex maps entry j of chunk ch (layout order) to its flat index in
+// the tensor's storage.
+func (e *engine) storageIndex(ch chunkRef, j int) int {
+	g := &e.geom[ch.ti]
+	if !e.method.Rows || !g.transposed {
+		return ch.lo + j
 	}
-	return acc == 0
+	r, c := ch.r0+j/g.cols, j%g.cols
+	return c*g.rows + r
+}
+
+// finite reports whether every element is finite: an exponent field of all
+// ones (NaN, ±Inf) carries into bit 31 when 1 is added to it. Four
+// independent accumulators keep the loop at memory speed.
+func finite(x []float32) bool {
+	const expo, one = 0x7f800000, 0x00800000
+	var a0, a1, a2, a3 uint32
+	i := 0
+	for ; i+4 <= len(x); i += 4 {
+		q := x[i : i+4 : i+4]
+		a0 |= math.Float32bits(q[0])&expo + one
+		a1 |= math.Float32bits(q[1])&expo + one
+		a2 |= math.Float32bits(q[2])&expo + one
+		a3 |= math.Float32bits(q[3])&expo + one
+	}
+	for ; i < len(x); i++ {
+		a0 |= math.Float32bits(x[i])&expo + one
+	}
+	return (a0|a1|a2|a3)&0x80000000 == 0
 }
 
 // Methods lists the registered method names, sorted.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"math"
 	"math/rand/v2"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -113,7 +114,9 @@ func TestDareMatchesDefinition(t *testing.T) {
 	}
 }
 
-func randomMerge(r *rand.Rand, dt tensor.DType, sizes []int, T int) []Tensor {
+// randomMerge builds tensors of the given shapes (the last dimension
+// carries the rest for 1-D) with N(0, 1) bases and models.
+func randomMerge(r *rand.Rand, dt tensor.DType, shapes [][]int, T int) []Tensor {
 	var ts []Tensor
 	fill := func(n int) tensor.Vec {
 		x := make([]float32, n)
@@ -124,14 +127,37 @@ func randomMerge(r *rand.Rand, dt tensor.DType, sizes []int, T int) []Tensor {
 		v.Store(x, 0)
 		return v
 	}
-	for i, n := range sizes {
-		t := Tensor{Name: "t" + string(rune('a'+i)), Base: fill(n), Out: tensor.Alloc(n, dt)}
+	for i, shape := range shapes {
+		n := 1
+		for _, d := range shape {
+			n *= d
+		}
+		t := Tensor{Name: "t" + string(rune('a'+i)), Shape: shape, Base: fill(n), Out: tensor.Alloc(n, dt)}
 		for range T {
 			t.Models = append(t.Models, fill(n))
 		}
 		ts = append(ts, t)
 	}
 	return ts
+}
+
+// modelsFor is how many models the tests give a method: slerp takes two.
+func modelsFor(method string) int {
+	if method == "slerp" {
+		return 2
+	}
+	return 3
+}
+
+// testShapes exercise every chunking path: a tiny 1-D tensor, a matrix of
+// many short rows, a transposed matrix, rows longer than a chunk, and (with
+// big) a tensor large enough for the sampled top-k selection.
+func testShapes(big bool) [][]int {
+	s := [][]int{{7}, {50, 100}, {3, 2*parallel.Chunk + 3}, {9, 4, 3, 3}}
+	if big {
+		s = append(s, []int{exactUnit + 3*parallel.Chunk + 11})
+	}
+	return s
 }
 
 func outputs(ts []Tensor) [][]float32 {
@@ -146,15 +172,16 @@ func outputs(ts []Tensor) [][]float32 {
 
 func TestThreadCountDoesNotChangeBits(t *testing.T) {
 	defer parallel.SetThreads(0)
-	sizes := []int{7, 5000, 2*parallel.Chunk + 3, (1 << 20) + 11}
 	for _, dt := range []tensor.DType{tensor.F32, tensor.BF16, tensor.F16} {
 		for _, method := range Methods() {
 			for _, scope := range []Scope{ScopeTensor, ScopeGlobal} {
-				p := Params{Lambda: 0.7, Density: 0.3, Normalize: true, Seed: 9, Scope: scope}
+				p := DefaultParams(method)
+				p.Lambda, p.Density, p.Normalize, p.Seed, p.Scope = 0.7, 0.3, true, 9, scope
 				var ref [][]float32
 				for _, th := range []int{1, 2, 5} {
 					parallel.SetThreads(th)
-					ts := randomMerge(rand.New(rand.NewPCG(3, 4)), dt, sizes, 3)
+					ts := randomMerge(rand.New(rand.NewPCG(3, 4)), dt, testShapes(dt == tensor.F32), modelsFor(method))
+					ts[1].Transposed = true
 					if err := Run(method, p, ts); err != nil {
 						t.Fatal(err)
 					}
@@ -219,12 +246,17 @@ func TestBadInput(t *testing.T) {
 }
 
 func TestMergerStreamsLikeRun(t *testing.T) {
-	sizes := []int{5, 3000, parallel.Chunk + 9, 1<<20 + 3}
+	shapes := testShapes(false)
 	for _, method := range Methods() {
 		for _, scope := range []Scope{ScopeTensor, ScopeGlobal} {
-			p := Params{Lambda: 1.3, Densities: []float64{0.2, 0.5, 0.9}, Normalize: true, Seed: 5, Scope: scope}
-			ts := randomMerge(rand.New(rand.NewPCG(7, 8)), tensor.F32, sizes, 3)
-			if err := Run(method, p, ts); err != nil {
+			T := modelsFor(method)
+			p := DefaultParams(method)
+			p.Lambda, p.Normalize, p.Seed, p.Scope = 1.3, true, 5, scope
+			p.Densities = []float64{0.2, 0.5, 0.4}[:T]
+			ts := randomMerge(rand.New(rand.NewPCG(7, 8)), tensor.F32, shapes, T)
+			ts[1].Transposed = true
+			wantReport, err := RunReport(method, p, ts)
+			if err != nil {
 				t.Fatal(err)
 			}
 			want := outputs(ts)
@@ -233,13 +265,16 @@ func TestMergerStreamsLikeRun(t *testing.T) {
 				t.Fatal(err)
 			}
 			for i := m.Len() - 1; i >= 0; i-- { // any order
-				out := tensor.Alloc(sizes[i], tensor.F32)
+				out := tensor.Alloc(ts[i].Base.Len(), tensor.F32)
 				if err := m.Tensor(i, out); err != nil {
 					t.Fatal(err)
 				}
 				if !slices.Equal(out.F32, want[i]) {
 					t.Fatalf("%s scope %v tensor %d: streamed result differs from Run", method, scope, i)
 				}
+			}
+			if got := m.Report(); !reflect.DeepEqual(got, wantReport) {
+				t.Fatalf("%s scope %v: streamed report %v, Run's %v", method, scope, got, wantReport)
 			}
 		}
 	}

@@ -1,7 +1,8 @@
 package merge
 
 import (
-	"github.com/npsfuse/npsfuse/gocore/parallel"
+	"math"
+
 	"github.com/npsfuse/npsfuse/gocore/rng"
 	"github.com/npsfuse/npsfuse/gocore/topk"
 )
@@ -12,11 +13,18 @@ type Method struct {
 	Name     string
 	Sparsify Sparsifier
 	Combine  Combiner
+	// Rows is set for methods that work on whole rows (neurons): their
+	// chunks hold whole rows of the tensor's neuron layout, and transposed
+	// tensors are seen transposed back.
+	Rows bool
+	// density, when set, replaces Params' density (NeuroMerging keeps
+	// 1 − MaskRate).
+	density func(p *Params, m int) float64
 }
 
 // Sparsifier trims a model's task vector in place, one chunk at a time.
 type Sparsifier interface {
-	// usesDensity reports whether Params.Density must lie in (0, 1].
+	// usesDensity reports whether the density must lie in (0, 1].
 	usesDensity() bool
 	// prepare runs before the chunks of the given selection units are
 	// merged (e.g. to find their thresholds).
@@ -29,29 +37,87 @@ type Sparsifier interface {
 type Combiner interface {
 	// normalizes reports whether the combiner divides by a weight sum.
 	normalizes(p Params) bool
-	combine(e *engine, base []float32, models, taus [][]float32, out []float32)
+	// prepare runs after the sparsifier's prepare for the same units, for
+	// statistics the combination needs (cosines, quantiles, ...).
+	prepare(e *engine, units []int) error
+	// combine merges chunk ch: base and models are the inputs, taus the
+	// sparsified task vectors, all in layout order.
+	combine(e *engine, ch chunkRef, base []float32, models, taus [][]float32, out []float32)
+}
+
+// checker is implemented by components with parameters of their own to
+// validate when the merge is set up.
+type checker interface {
+	check(e *engine) error
+}
+
+// wholeModeler is implemented by combiners that need every tensor prepared
+// before any is merged.
+type wholeModeler interface {
+	wholeModel(e *engine) bool
+}
+
+// finisher is implemented by combiners with a step that runs once every
+// unit is prepared.
+type finisher interface {
+	finish(e *engine) error
 }
 
 var registry = map[string]Method{}
 
-func register(name string, s Sparsifier, c Combiner) {
-	registry[name] = Method{Name: name, Sparsify: s, Combine: c}
+func register(m Method) {
+	registry[m.Name] = m
 }
 
 func init() {
-	register("linear", keepAll{}, linear{})
-	register("task_arithmetic", keepAll{}, weightedSum{})
-	register("ties", topK{}, disjointMean{})
-	register("magnitude_prune", topK{}, weightedSum{})
-	register("dare_linear", dare{}, weightedSum{})
-	register("dare_ties", dare{}, disjointMean{})
+	register(Method{Name: "linear", Sparsify: keepAll{}, Combine: linear{}})
+	register(Method{Name: "task_arithmetic", Sparsify: keepAll{}, Combine: weightedSum{}})
+	register(Method{Name: "ties", Sparsify: topK{}, Combine: disjointMean{}})
+	register(Method{Name: "magnitude_prune", Sparsify: topK{}, Combine: weightedSum{}})
+	register(Method{Name: "dare_linear", Sparsify: dare{}, Combine: weightedSum{}})
+	register(Method{Name: "dare_ties", Sparsify: dare{}, Combine: disjointMean{}})
 }
 
 // sparsifyState is what a Sparsifier's prepare computes for the chunk loop.
 type sparsifyState struct {
 	// cuts[m][u] is the top-k cut of model m over selection unit u (a
-	// tensor, or everything for ScopeGlobal).
-	cuts [][]topk.Cut
+	// tensor, or everything for ScopeGlobal); the band sparsifier keeps its
+	// outer cut in outer.
+	cuts, outer [][]cut
+	// total[u][m] = Σ|τ_m| over unit u and kept[u][m] = Σ|τ̂_m| under cuts.
+	total, kept [][]float64
+}
+
+// wantSums reports whether the selections must sum magnitudes (for
+// NeuroMerging's σ_t).
+func (e *engine) wantSums() bool {
+	_, ok := e.method.Combine.(neuroMerge)
+	return ok
+}
+
+// storeSelections records selectUnits' results: per model, the cut of
+// target stride·m (and stride·m+1 into outer when stride is 2).
+func (e *engine) storeSelections(which []int, sels []unitSelection, stride int) {
+	nu := len(e.units())
+	if e.sp.cuts == nil {
+		e.sp.cuts, e.sp.outer = make([][]cut, e.T), make([][]cut, e.T)
+		for m := range e.T {
+			e.sp.cuts[m], e.sp.outer[m] = make([]cut, nu), make([]cut, nu)
+		}
+		e.sp.total, e.sp.kept = make([][]float64, nu), make([][]float64, nu)
+	}
+	for i, u := range which {
+		sel := sels[i]
+		e.sp.total[u] = sel.total
+		e.sp.kept[u] = make([]float64, e.T)
+		for m := range e.T {
+			e.sp.cuts[m][u] = sel.cuts[stride*m]
+			e.sp.kept[u][m] = sel.kept[stride*m]
+			if stride == 2 {
+				e.sp.outer[m][u] = sel.cuts[2*m+1]
+			}
+		}
+	}
 }
 
 // keepAll leaves task vectors as they are.
@@ -68,106 +134,50 @@ type topK struct{}
 func (topK) usesDensity() bool { return true }
 
 func (topK) prepare(e *engine, which []int) error {
-	units := e.units()
-	if e.sp.cuts == nil {
-		e.sp.cuts = make([][]topk.Cut, e.T)
-		for m := range e.T {
-			e.sp.cuts[m] = make([]topk.Cut, len(units))
+	sels, err := e.selectUnits(which, e.wantSums(), func(_ int, n int64) []rankTarget {
+		ts := make([]rankTarget, e.T)
+		for m := range ts {
+			ts[m] = rankTarget{m, int64(e.density(m) * float64(n))}
 		}
+		return ts
+	})
+	if err != nil {
+		return err
 	}
-	type job struct{ m, u int }
-	var big, small []job
-	for m := range e.T {
-		for _, u := range which {
-			un := units[u]
-			if un.n >= 1<<20 {
-				big = append(big, job{m, u})
-			} else {
-				small = append(small, job{m, u})
-			}
-		}
-	}
-	sel := func(j job, workers int) {
-		un := units[j.u]
-		k := int64(e.p.density(j.m) * float64(un.n))
-		src := e.magnitudes(j.m, un.chunks)
-		e.sp.cuts[j.m][j.u] = topk.Select(k, un.n, len(un.chunks), src, workers)
-	}
-	for _, j := range big {
-		sel(j, parallel.Threads())
-	}
-	parallel.For(len(small), func(_, i int) { sel(small[i], 1) })
+	e.storeSelections(which, sels, 1)
 	return nil
 }
 
 func (topK) apply(e *engine, m int, ch chunkRef, tau []float32) {
-	c := ch.lc
-	u := ch.ti
-	if e.p.Scope == ScopeGlobal {
-		c, u = ch.gc, 0
-	}
-	cut := &e.sp.cuts[m][u]
-	switch {
-	case cut.All:
-		return
-	case cut.None:
-		clear(tau)
-		return
-	}
-	b := cut.Bits
-	allow := cut.Allow(c)
-	for j, x := range tau {
-		a := topk.AbsBits(x)
-		switch {
-		case a > b:
-		case a == b && allow != 0:
-			allow-- // -1 (all ties kept) never reaches 0
-		default:
-			tau[j] = 0
-		}
-	}
+	u, c := e.unitChunk(ch)
+	keepTop(&e.sp.cuts[m][u], c, tau)
 }
 
-// unit is a selection unit: its chunks (global indices) and element count.
-type unit struct {
-	chunks []chunkRef
-	n      int64
-}
-
-// units groups the chunks by selection scope.
-func (e *engine) units() []unit {
-	if e.p.Scope == ScopeGlobal {
-		var n int64
-		for _, t := range e.tensors {
-			n += int64(t.Base.Len())
-		}
-		return []unit{{chunks: e.chunks, n: n}}
-	}
-	us := make([]unit, len(e.tensors))
-	for ti, t := range e.tensors {
-		end := len(e.chunks)
-		if ti+1 < len(e.first) {
-			end = e.first[ti+1]
-		}
-		us[ti] = unit{chunks: e.chunks[e.first[ti]:end], n: int64(t.Base.Len())}
-	}
-	return us
-}
-
-// magnitudes returns a topk.Source over |θ_m − θ₀| for the given chunks.
-func (e *engine) magnitudes(m int, chunks []chunkRef) topk.Source {
+// magnitudes returns a topk.Source over |θ_m − θ₀| for the given chunks;
+// non-finite inputs are recorded in fail (and rank as whatever bits they
+// have: the merge is abandoned anyway).
+func (e *engine) magnitudes(m int, chunks []chunkRef, fail *chunkError) topk.Source {
 	return func(c int, dst []uint32) []uint32 {
 		ch := chunks[c]
-		t := &e.tensors[ch.ti]
 		n := ch.hi - ch.lo
 		ws := e.workspace()
 		defer e.scratch.Put(ws)
-		base := t.Base.View(ch.lo, n, ws.base)
-		mv := t.Models[m].View(ch.lo, n, ws.models[0])
-		dst = dst[:n]
-		for j, x := range mv {
-			dst[j] = topk.AbsBits(x - base[j])
+		if cap(dst) < n {
+			dst = make([]uint32, n)
 		}
+		dst = dst[:n]
+		base, err := e.loadBase(ch, ws)
+		if err == nil {
+			var mv []float32
+			if mv, err = e.loadModel(ch, m, ws, ws.models[0]); err == nil {
+				for j, x := range mv {
+					dst[j] = topk.AbsBits(x - base[j])
+				}
+				return dst
+			}
+		}
+		fail.set(ch.gc, err)
+		clear(dst)
 		return dst
 	}
 }
@@ -182,7 +192,7 @@ func (dare) usesDensity() bool            { return true }
 func (dare) prepare(*engine, []int) error { return nil }
 
 func (dare) apply(e *engine, m int, ch chunkRef, tau []float32) {
-	d := float32(e.p.density(m))
+	d := float32(e.density(m))
 	if d >= 1 {
 		return
 	}
@@ -201,9 +211,10 @@ func (dare) apply(e *engine, m int, ch chunkRef, tau []float32) {
 // θ₀ + λ·Σ w_t τ_t, divided by Σ w_t when Normalize is set.
 type weightedSum struct{}
 
-func (weightedSum) normalizes(p Params) bool { return p.Normalize }
+func (weightedSum) normalizes(p Params) bool     { return p.Normalize }
+func (weightedSum) prepare(*engine, []int) error { return nil }
 
-func (weightedSum) combine(e *engine, base []float32, _, taus [][]float32, out []float32) {
+func (weightedSum) combine(e *engine, _ chunkRef, base []float32, _, taus [][]float32, out []float32) {
 	lam := float32(e.p.Lambda)
 	if e.p.Normalize {
 		lam /= e.wsum
@@ -233,30 +244,47 @@ func weightedSumInto(out, w []float32, x [][]float32) {
 // sum only when Normalize is set); 0 where none agrees.
 type disjointMean struct{}
 
-func (disjointMean) normalizes(Params) bool { return false }
+func (disjointMean) normalizes(Params) bool       { return false }
+func (disjointMean) prepare(*engine, []int) error { return nil }
 
-func (disjointMean) combine(e *engine, base []float32, _, taus [][]float32, out []float32) {
+func (disjointMean) combine(e *engine, _ chunkRef, base []float32, _, taus [][]float32, out []float32) {
 	lam := float32(e.p.Lambda)
-	norm := e.p.Normalize
-	weightedSumInto(out, e.w, taus) // the election sums, overwritten below
+	disjointMeanInto(out, e.w, taus, e.p.Normalize)
 	for j := range out {
-		pos := out[j] >= 0
+		out[j] = base[j] + lam*out[j]
+	}
+}
+
+// disjointMeanInto sets out to TIES' merged task vector (before λ and the
+// base): the (weighted, if norm) mean of the agreeing entries. The
+// agreement test runs on sign bits without branches (random signs defeat
+// branch prediction); a disagreeing entry adds +0 to the sums, which
+// leaves them bit for bit as skipping it would (they start at +0 and only
+// ever hold +0 or a sum of same-signed nonzero values).
+func disjointMeanInto(out, w []float32, taus [][]float32, norm bool) {
+	weightedSumInto(out, w, taus) // the election sums, overwritten below
+	for j := range out {
+		// γ's sign bit: set when the sum is negative (0 and −0 elect +).
+		s := math.Float32bits(out[j])
+		zero := uint32((int64(s&0x7fffffff) - 1) >> 63) // all ones when |sum| = 0
+		g := s & 0x80000000 &^ zero
 		var num, den float32
 		for m, tau := range taus {
-			v := e.w[m] * tau[j]
-			if (pos && v > 0) || (!pos && v < 0) {
-				num += v
-				den += e.w[m]
-			}
+			v := w[m] * tau[j]
+			x := math.Float32bits(v) ^ g
+			// Agreeing: v ≠ 0 with sign γ, i.e. 1 ≤ x ≤ 0x7fffffff.
+			nonzero := ^uint32((int64(x) - 1) >> 63)
+			mask := nonzero &^ uint32(int32(x)>>31)
+			num += math.Float32frombits(math.Float32bits(v) & mask)
+			den += math.Float32frombits(math.Float32bits(w[m]) & mask)
 		}
-		var r float32
-		if den != 0 {
-			r = num
-			if norm {
-				r = num / den
-			}
+		// No agreeing entry leaves num = +0. Agreeing weights that sum to 0
+		// (weights of both signs) divide by 1, as mergekit does.
+		r := num
+		if norm && den != 0 {
+			r = num / den
 		}
-		out[j] = base[j] + lam*r
+		out[j] = r
 	}
 }
 
@@ -264,9 +292,10 @@ func (disjointMean) combine(e *engine, base []float32, _, taus [][]float32, out 
 // division without Normalize); the base is not used.
 type linear struct{}
 
-func (linear) normalizes(p Params) bool { return p.Normalize }
+func (linear) normalizes(p Params) bool     { return p.Normalize }
+func (linear) prepare(*engine, []int) error { return nil }
 
-func (linear) combine(e *engine, _ []float32, models, _ [][]float32, out []float32) {
+func (linear) combine(e *engine, _ chunkRef, _ []float32, models, _ [][]float32, out []float32) {
 	inv := float32(1)
 	if e.p.Normalize {
 		inv = 1 / e.wsum

@@ -86,3 +86,36 @@ def load_state_dict(model: ModelLike, what: str = "model") -> StateDict:
         f"{what} is a {type(model).__name__}; pass a state dict, an nn.Module, "
         "or the path of a safetensors checkpoint"
     )
+
+
+def read_config(model: ModelLike) -> dict[str, Any] | None:
+    """The Hugging Face ``config.json`` of ``model``, if it has one.
+
+    A folder path gives its ``config.json`` (a single file, the
+    ``config.json`` beside it); an ``nn.Module`` with a ``config`` attribute
+    (a ``transformers`` model) gives ``config.to_dict()``. Anything else,
+    and a missing or unreadable file, gives ``None``.
+    """
+    if isinstance(model, torch.nn.Module):
+        cfg = getattr(model, "config", None)
+        to_dict = getattr(cfg, "to_dict", None)
+        if callable(to_dict):
+            d = to_dict()
+            return d if isinstance(d, dict) else None
+        return None
+    if isinstance(model, (str, os.PathLike)):
+        p = Path(model)
+        f = p / "config.json" if p.is_dir() else p.parent / "config.json"
+        try:
+            d = json.loads(f.read_text())
+        except (OSError, ValueError):
+            return None
+        return d if isinstance(d, dict) else None
+    return None
+
+
+def model_type(model: ModelLike) -> str | None:
+    """``config.json``'s ``model_type`` of ``model`` (see :func:`read_config`)."""
+    cfg = read_config(model)
+    mt = cfg.get("model_type") if cfg else None
+    return mt if isinstance(mt, str) else None

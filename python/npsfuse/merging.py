@@ -8,6 +8,7 @@ written by Go straight into tensors allocated here.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ import torch
 
 from . import _core
 from ._bridge import SUPPORTED, ArrowPack, check_tensor
-from ._state import ModelLike, StateDict, load_state_dict
+from ._state import ModelLike, StateDict, load_state_dict, model_type
 
 #: mergekit's default for ``normalize`` per method (``normalize=None``).
 DEFAULT_NORMALIZE: dict[str, bool] = {
@@ -27,10 +28,96 @@ DEFAULT_NORMALIZE: dict[str, bool] = {
     "dare_ties": False,
     "dare_linear": False,
     "magnitude_prune": False,
+    "breadcrumbs": False,
+    "breadcrumbs_ties": False,
+    "della": True,
+    "della_linear": False,
+    "consensus_ta": False,
+    "consensus_ties": True,
 }
 
 #: Methods whose ``density`` must lie in (0, 1].
-USES_DENSITY = frozenset({"ties", "dare_ties", "dare_linear", "magnitude_prune"})
+USES_DENSITY = frozenset({
+    "ties", "dare_ties", "dare_linear", "magnitude_prune", "breadcrumbs", "breadcrumbs_ties",
+    "della", "della_linear", "consensus_ties", "pcb",
+})
+
+#: Keyword arguments of :func:`merge` that belong to one method, with their
+#: defaults (mergekit's where mergekit has the method; ``lam2=None`` is
+#: NeuroMerging's automatic λ₂).
+METHOD_PARAMS: dict[str, dict[str, Any]] = {
+    "breadcrumbs": {"gamma": 0.01},
+    "breadcrumbs_ties": {"gamma": 0.01},
+    "della": {"epsilon": 0.15},
+    "della_linear": {"epsilon": 0.15},
+    "consensus_ta": {"k": 2, "tall_lambda": 0.4},
+    "consensus_ties": {"k": 2, "tall_lambda": 0.4},
+    "slerp": {"t": 0.5},
+    "neuro": {"mask_rate": 0.9, "lam1": 0.0, "lam2": None},
+}
+
+#: ``scope`` when it is not given: NeuroMerging trims over the whole model.
+DEFAULT_SCOPE: dict[str, str] = {"neuro": "global"}
+
+#: Weights that architectures store (in, out) instead of (out, in), by
+#: ``config.json``'s ``model_type``: GPT-2's Conv1D layers.
+TRANSPOSED_BY_MODEL_TYPE: dict[str, tuple[str, ...]] = {
+    "gpt2": (
+        "attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight",
+        "crossattention.c_attn.weight", "crossattention.q_attn.weight",
+        "crossattention.c_proj.weight",
+    ),
+}
+
+
+class MergeResult(dict):  # type: ignore[type-arg]
+    """The merged state dict (a plain ``dict`` of name → tensor), plus
+    :attr:`report`: what the method chose while merging.
+
+    ``report`` is a dict; its entries depend on the method:
+
+    * ``neuro``: ``lam1``, ``lam2`` (the λ₂ used), ``lam2_auto`` (whether it
+      was chosen as 1/(1 − max σ_t)) and ``sigma`` (σ_t per model, the L1
+      share of its task vector the trim removed);
+    * ``model_stock``: ``t``, tensor name → interpolation ratio;
+    * ``slerp``: ``omega``, tensor name → angle Ω in radians, and ``lerp``,
+      tensor name → whether |cos Ω| > 0.9995 made it a plain lerp;
+    * other methods: empty.
+    """
+
+    report: dict[str, Any]
+
+    def __init__(self, *args: Any, report: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.report = {} if report is None else report
+
+
+def matches(name: str, pattern: str) -> bool:
+    """Whether tensor ``name`` matches a ``transposed`` pattern.
+
+    A pattern is a shell-style glob matched against the whole name or
+    against any dot-separated suffix of it: ``mlp.c_fc.weight`` matches
+    ``transformer.h.3.mlp.c_fc.weight``, as does ``h.*.mlp.c_fc.weight``.
+    """
+    return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, "*." + pattern)
+
+
+def transposed_names(
+    names: Sequence[str], base: ModelLike, base_sd: StateDict, patterns: Sequence[str] | None
+) -> frozenset[str]:
+    """The 2-D tensors among ``names`` stored (in, out).
+
+    ``patterns=None`` detects them from the base's ``model_type`` (a Hugging
+    Face folder's ``config.json``, or an ``nn.Module``'s ``config``); a list
+    (possibly empty) names them explicitly.
+    """
+    if patterns is None:
+        patterns = TRANSPOSED_BY_MODEL_TYPE.get(model_type(base) or "", ())
+    elif isinstance(patterns, str):
+        patterns = [patterns]
+    return frozenset(
+        k for k in names if base_sd[k].dim() == 2 and any(matches(k, p) for p in patterns)
+    )
 
 
 def methods() -> list[str]:
@@ -105,8 +192,10 @@ def _run(
     base: StateDict,
     models: Sequence[StateDict],
     dtype: torch.dtype | None,
-) -> StateDict:
-    """Pack inputs and freshly allocated outputs, and run one Go merge call."""
+    transposed: frozenset[str] = frozenset(),
+) -> tuple[StateDict, dict[str, Any]]:
+    """Pack inputs and freshly allocated outputs, run one Go merge call, and
+    return the outputs and the method's report."""
     if dtype is not None and dtype not in SUPPORTED:
         raise TypeError(f"dtype {dtype} is not supported; use one of {list(SUPPORTED)}")
     items: list[tuple[str, torch.Tensor]] = []
@@ -119,8 +208,8 @@ def _run(
         out = torch.empty(b.shape, dtype=dtype or b.dtype)
         outs[k] = out
         items.append((f"{k} (output)", out))
-    pack = ArrowPack(items)
-    _core.call(
+    pack = ArrowPack(items, transposed)
+    report = _core.call(
         _core.go.Merge,
         method,
         json.dumps(params),
@@ -129,7 +218,7 @@ def _run(
         pack.arrays,
         pack.schemas,
     )
-    return outs
+    return outs, (json.loads(report) if report else {})
 
 
 def merge(
@@ -141,11 +230,12 @@ def merge(
     density: float = 0.2,
     lam: float = 1.0,
     normalize: bool | None = None,
-    scope: str = "tensor",
+    scope: str | None = None,
     seed: int = 0,
     dtype: torch.dtype | None = None,
+    transposed: Sequence[str] | None = None,
     **params: Any,
-) -> StateDict:
+) -> MergeResult:
     """Merge fine-tuned models that share one pre-trained base.
 
     Parameters
@@ -153,41 +243,70 @@ def merge(
     base
         The pre-trained model θ₀: a state dict, an ``nn.Module``, or the path of
         a safetensors checkpoint (Hugging Face folder or single file).
+        ``slerp`` does not use it (it interpolates the two models) but it is
+        still required: it fixes the tensor names, shapes and order.
     models
-        The fine-tuned models θ₁…θ_T, in the same forms.
+        The fine-tuned models θ₁…θ_T, in the same forms (``slerp``: exactly 2).
     method
-        One of :func:`methods` (``linear``, ``task_arithmetic``, ``ties``,
-        ``dare_linear``, ``dare_ties``, ``magnitude_prune``, ...).
+        One of :func:`methods`: ``linear``, ``task_arithmetic``, ``ties``,
+        ``dare_linear``, ``dare_ties``, ``magnitude_prune``, ``breadcrumbs``,
+        ``breadcrumbs_ties``, ``della``, ``della_linear``, ``consensus_ta``,
+        ``consensus_ties``, ``pcb``, ``model_stock``, ``slerp``, ``neuro``
+        (definitions: METHODS.md).
     weights
-        Per-model weights w_t (default all 1).
+        Per-model weights w_t (default all 1; PCB's per-task λ_t; ignored by
+        ``model_stock`` and ``slerp``).
     density
-        Fraction of task-vector entries kept by top-k (TIES, magnitude_prune)
-        or by DARE's random drop; in (0, 1].
+        Fraction of task-vector entries kept (top-k, DARE's and DELLA's random
+        drop, the breadcrumbs band, PCB's kept scores); in (0, 1].
     lam
-        λ, the scale of the merged task vector.
+        λ, the scale of the merged task vector (for ``neuro`` it multiplies
+        λ₁ and λ₂; ignored by ``model_stock`` and ``slerp``).
     normalize
         Divide by the sum of weights (of the agreeing models for TIES). ``None``
-        takes mergekit's default for the method (True for ``linear`` and
-        ``ties``, False otherwise), so a mergekit user's numbers carry over.
+        takes mergekit's default for the method (True for ``linear``, ``ties``,
+        ``della`` and ``consensus_ties``, False otherwise), so a mergekit
+        user's numbers carry over.
     scope
-        ``"tensor"`` ranks top-k per tensor; ``"global"`` over the whole model.
+        ``"tensor"`` ranks top-k (and PCB's quantiles) per tensor; ``"global"``
+        over the whole model. ``None``: ``"global"`` for ``neuro``,
+        ``"tensor"`` otherwise.
     seed
-        Seed of DARE's random drop; the draw for an entry depends only on
-        (seed, tensor name, model index, entry index).
+        Seed of DARE's and DELLA's random drop; the draw for an entry depends
+        only on (seed, tensor name, model index, entry index).
     dtype
         Output dtype (default: each tensor's base dtype). Arithmetic is float32.
+    transposed
+        Name patterns (see :func:`matches`) of 2-D weights stored (in, out),
+        which the per-neuron methods (``neuro``, ``della``, ``della_linear``)
+        transpose back. ``None`` detects them: GPT-2's Conv1D weights when
+        the base is a Hugging Face folder (or module) of ``model_type``
+        ``"gpt2"``.
+    **params
+        Method-specific parameters (:data:`METHOD_PARAMS`):
+        ``gamma`` (breadcrumbs: fraction of the largest |τ| dropped, 0.01);
+        ``epsilon`` (DELLA: keep probabilities span density ± ε, 0.15);
+        ``k``, ``tall_lambda`` (consensus: masks needed, 2, and the TALL
+        λ_t, 0.4, a number or one per model);
+        ``t`` (slerp: 0 gives the first model, 1 the second; 0.5);
+        ``mask_rate``, ``lam1``, ``lam2`` (NeuroMerging: fraction trimmed,
+        0.9; scale of the parallel part, 0; scale of the orthogonal part,
+        ``None`` = 1/(1 − max σ_t)).
 
     Returns
     -------
-    dict[str, torch.Tensor]
-        The merged state dict, in the base's key order. Integer and boolean
-        buffers are copied from the base (they must agree across models).
+    MergeResult
+        The merged state dict (a ``dict``), in the base's key order, with the
+        method's report in ``.report`` (e.g. NeuroMerging's chosen λ₂).
+        Integer and boolean buffers are copied from the base (they must
+        agree across models).
 
     Raises
     ------
     ValueError
-        Unknown method, density outside (0, 1], wrong number of weights, a
-        tensor missing from a model or of another shape, NaN/Inf in an input.
+        Unknown method or parameter, a parameter out of range, wrong number
+        of weights (or of models for slerp), a tensor missing from a model or
+        of another shape, NaN/Inf in an input.
     TypeError
         A tensor on a non-CPU device or of an unsupported dtype.
 
@@ -197,25 +316,31 @@ def merge(
     others are read in place. The Go engine releases the GIL while it works.
     """
     _check_method(method)
-    if params:
-        raise ValueError(f"unknown parameter(s) for {method!r}: {', '.join(sorted(params))}")
+    allowed = METHOD_PARAMS.get(method, {})
+    unknown = sorted(k for k in params if k not in allowed)
+    if unknown:
+        valid = ", ".join(sorted(allowed)) or "none"
+        raise ValueError(
+            f"unknown parameter(s) for {method!r}: {', '.join(unknown)} "
+            f"(its own parameters: {valid})"
+        )
     if method in USES_DENSITY and not (0.0 < density <= 1.0):
         raise ValueError(f"density must lie in (0, 1], got {density}")
     if not isinstance(models, Sequence) or isinstance(models, (str, bytes)) or not models:
         raise ValueError("models must be a non-empty list of fine-tuned models")
+    if method == "slerp" and len(models) != 2:
+        raise ValueError(f"slerp interpolates exactly 2 models, got {len(models)}")
     if weights is not None:
         weights = [float(w) for w in weights]
         if len(weights) != len(models):
             raise ValueError(f"{len(weights)} weights given for {len(models)} models")
         if not all(math.isfinite(w) for w in weights):
             raise ValueError(f"weights must be finite, got {weights}")
+    if scope is None:
+        scope = DEFAULT_SCOPE.get(method, "tensor")
     if scope not in ("tensor", "global"):
         raise ValueError(f"scope must be 'tensor' or 'global', got {scope!r}")
-    base_sd = load_state_dict(base, "base")
-    model_sds = [load_state_dict(m, f"model {i}") for i, m in enumerate(models)]
-    _check_shapes(base_sd, model_sds)
-    names, copied = _split(base_sd, model_sds)
-    go_params = {
+    go_params: dict[str, Any] = {
         "weights": weights,
         "density": float(density),
         "lambda": float(lam),
@@ -223,8 +348,72 @@ def merge(
         "scope": scope,
         "seed": int(seed),
     }
-    merged = _run(method, go_params, names, base_sd, model_sds, dtype) if names else {}
-    return {k: merged[k] if k in merged else copied[k] for k in base_sd}
+    go_params.update(_method_params(method, {**allowed, **params}, len(models)))
+    base_sd = load_state_dict(base, "base")
+    model_sds = [load_state_dict(m, f"model {i}") for i, m in enumerate(models)]
+    _check_shapes(base_sd, model_sds)
+    names, copied = _split(base_sd, model_sds)
+    flagged = transposed_names(names, base, base_sd, transposed)
+    merged: StateDict = {}
+    report: dict[str, Any] = {}
+    if names:
+        merged, report = _run(method, go_params, names, base_sd, model_sds, dtype, flagged)
+    return MergeResult(
+        {k: merged[k] if k in merged else copied[k] for k in base_sd}, report=report
+    )
+
+
+def _number(name: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ValueError(f"{name} must be a finite number, got {v!r}")
+    return float(v)
+
+
+def _method_params(method: str, p: dict[str, Any], n_models: int) -> dict[str, Any]:
+    """The JSON fields of a method's own parameters, checked."""
+    out: dict[str, Any] = {}
+    if "gamma" in p:
+        g = _number("gamma", p["gamma"])
+        if not 0.0 <= g < 1.0:
+            raise ValueError(f"gamma must lie in [0, 1), got {g}")
+        out["gamma"] = g
+    if "epsilon" in p:
+        eps = _number("epsilon", p["epsilon"])
+        if eps < 0:
+            raise ValueError(f"epsilon must be non-negative, got {eps}")
+        out["epsilon"] = eps
+    if "t" in p:
+        t = _number("t", p["t"])
+        if not 0.0 <= t <= 1.0:
+            raise ValueError(f"t must lie in [0, 1], got {t}")
+        out["t"] = t
+    if "k" in p:
+        k = p["k"]
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ValueError(f"k must be a non-negative integer, got {k!r}")
+        out["k"] = k
+    if "tall_lambda" in p:
+        tl = p["tall_lambda"]
+        if isinstance(tl, Sequence) and not isinstance(tl, str):
+            vals = [_number("tall_lambda", x) for x in tl]
+            if len(vals) != n_models:
+                raise ValueError(f"{len(vals)} tall_lambda values given for {n_models} models")
+            out["tall_lambdas"] = vals
+        else:
+            out["tall_lambda"] = _number("tall_lambda", tl)
+    if "mask_rate" in p:
+        mr = _number("mask_rate", p["mask_rate"])
+        if not 0.0 <= mr < 1.0:
+            raise ValueError(f"mask_rate must lie in [0, 1), got {mr}")
+        out["mask_rate"] = mr
+    if "lam1" in p:
+        out["lam1"] = _number("lam1", p["lam1"])
+    if "lam2" in p and p["lam2"] is not None:
+        l2 = _number("lam2", p["lam2"])
+        if l2 <= 0:
+            raise ValueError(f"lam2 must be positive (or None for the automatic value), got {l2}")
+        out["lam2"] = l2
+    return out
 
 
 def task_vector(
@@ -252,4 +441,4 @@ def task_vector(
     params = {"weights": [1.0, -1.0], "density": 1.0, "lambda": 1.0, "normalize": False,
               "scope": "tensor", "seed": 0}
     # linear with weights (1, −1) over (θ_ft, θ_pre) is exactly θ_ft − θ_pre.
-    return _run("linear", params, names, base_sd, [ft_sd, base_sd], dtype) if names else {}
+    return _run("linear", params, names, base_sd, [ft_sd, base_sd], dtype)[0] if names else {}

@@ -1,0 +1,143 @@
+package merge
+
+import (
+	"errors"
+	"fmt"
+	"math"
+)
+
+// Scope says over which entries a top-k selection ranks.
+type Scope int
+
+const (
+	// ScopeTensor ranks each tensor on its own (the default).
+	ScopeTensor Scope = iota
+	// ScopeGlobal ranks all tensors of a model together, in the order given.
+	ScopeGlobal
+)
+
+// ParseScope maps "tensor" and "global" to a Scope.
+func ParseScope(s string) (Scope, error) {
+	switch s {
+	case "", "tensor":
+		return ScopeTensor, nil
+	case "global":
+		return ScopeGlobal, nil
+	}
+	return 0, fmt.Errorf("unknown scope %q (want \"tensor\" or \"global\")", s)
+}
+
+// String returns "tensor" or "global".
+func (s Scope) String() string {
+	if s == ScopeGlobal {
+		return "global"
+	}
+	return "tensor"
+}
+
+// Params are the knobs of a merge. The first group is shared by all
+// methods; the rest belong to one method each and are ignored by the
+// others. Every zero value is a valid setting (it is not replaced by a
+// default); DefaultParams returns the recommended values.
+type Params struct {
+	// Weights w_t, one per model; nil means all 1. PCB uses them as its
+	// per-task λ_t; model_stock and slerp ignore them.
+	Weights []float32
+	// Density is the fraction of entries kept by sparsification, in (0, 1]
+	// (PCB: the fraction of β_t kept above the cut, the authors' ratio).
+	Density float64
+	// Densities, when set, gives each model its own density (mergekit's
+	// per-model `density`), overriding Density.
+	Densities []float64
+	// Lambda λ scales the merged task vector (model_stock and slerp ignore
+	// it; for neuro it multiplies λ₁ and λ₂).
+	Lambda float64
+	// Normalize divides by the sum of weights (of the agreeing models, for
+	// TIES' disjoint mean). PCB, model_stock, slerp and neuro ignore it.
+	Normalize bool
+	// Scope of the top-k ranking (and of PCB's quantiles).
+	Scope Scope
+	// Seed of every random choice (DARE, DELLA).
+	Seed uint64
+
+	// Gamma is breadcrumbs' fraction of largest |τ| dropped before the next
+	// Density fraction is kept (mergekit's gamma; default 0.01), in [0, 1).
+	Gamma float64
+	// Epsilon is DELLA's half-width ε of the keep probabilities, which run
+	// from Density−ε to Density+ε (mergekit's epsilon; default 0.15).
+	Epsilon float64
+	// T is slerp's interpolation parameter in [0, 1] (mergekit's t): 0
+	// returns the first model, 1 the second.
+	T float64
+	// K is the consensus methods' minimum number of TALL masks a coordinate
+	// must be active in (default 2).
+	K int
+	// TallLambda is the consensus methods' λ_t of the TALL masks (default
+	// 0.4); TallLambdas, when set, gives one per model.
+	TallLambda  float64
+	TallLambdas []float64
+	// MaskRate is NeuroMerging's fraction of each task vector trimmed away,
+	// in [0, 1) (default 0.9: the top 10 % by magnitude is kept).
+	MaskRate float64
+	// Lam1 is NeuroMerging's λ₁, the scale of the parallel part (default 0).
+	Lam1 float64
+	// Lam2 is NeuroMerging's λ₂, the scale of the orthogonal part and of the
+	// 1-D tensors; 0 selects the automatic 1 / (1 − max_t σ_t).
+	Lam2 float64
+}
+
+// DefaultParams returns the recommended settings for a method: mergekit's
+// defaults where mergekit has the method (including its `normalize`
+// default; density 0.2 is npsfuse's), METHODS.md's otherwise, and
+// NeuroMerging's global scope.
+func DefaultParams(method string) Params {
+	p := Params{
+		Density:    0.2,
+		Lambda:     1,
+		Gamma:      0.01,
+		Epsilon:    0.15,
+		T:          0.5,
+		K:          2,
+		TallLambda: 0.4,
+		MaskRate:   0.9,
+	}
+	switch method {
+	case "linear", "ties", "della", "consensus_ties":
+		p.Normalize = true
+	case "neuro":
+		p.Scope = ScopeGlobal
+	}
+	return p
+}
+
+// density is model m's density.
+func (p *Params) density(m int) float64 {
+	if p.Densities != nil {
+		return p.Densities[m]
+	}
+	return p.Density
+}
+
+// tallLambda is model m's TALL-mask λ_m.
+func (p *Params) tallLambda(m int) float64 {
+	if p.TallLambdas != nil {
+		return p.TallLambdas[m]
+	}
+	return p.TallLambda
+}
+
+// ErrInput marks errors caused by the caller's data or parameters.
+var ErrInput = errors.New("invalid merge input")
+
+// inputErr formats an error wrapping ErrInput.
+func inputErr(format string, a ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{ErrInput}, a...)...)
+}
+
+// finiteParam reports an error naming the parameter when x is NaN or ±Inf.
+func finiteParam(name string, x float64) error {
+	if math.IsNaN(x) || math.IsInf(x, 0) {
+		return inputErr("%s is %v", name, x)
+	}
+	return nil
+}

@@ -1,0 +1,477 @@
+package merge
+
+import (
+	"math"
+	"slices"
+
+	"github.com/npsfuse/npsfuse/gocore/parallel"
+	"github.com/npsfuse/npsfuse/gocore/tensor"
+	"github.com/npsfuse/npsfuse/gocore/topk"
+)
+
+// This file finds top-k cuts of the task vectors' magnitudes, for every
+// model of a selection unit in one pass over the data (the top-k of
+// METHODS.md: exactly k entries of largest |τ|, ties broken by lower index
+// in chunk order). It gives the same cut as topk.Select, which it falls
+// back to when its guess misses:
+//
+//  1. sample: a fixed sample of each unit's |τ_m| (n/64 entries, between
+//     minSample and sampleSize, in runs of sampleBlock at an even stride) brackets the k-th
+//     largest magnitude between two sample values lo ≤ hi, four standard
+//     deviations of the sample rank either side of the expected position;
+//  2. count: one pass over every chunk counts, per model, the entries above
+//     hi (and, for NeuroMerging's σ_t, sums magnitudes) and collects the
+//     candidates in [lo, hi] (about 1 % of the entries);
+//  3. finish: the cut is the (k − #above)-th largest candidate; the tie
+//     allowance of each chunk follows from the candidates equal to it. When
+//     the k-th largest is not among the candidates, topk.Select ranks that
+//     model's unit exactly instead.
+//
+// Everything is a function of the data and the fixed chunking, so the cut
+// does not depend on the thread count. Small units (≤ exactUnit entries)
+// skip the sample: every entry is a candidate. Cost: one read of every
+// input (topk.Select needs two or three per model) plus the sample.
+
+// cut is the outcome of a selection: an entry is kept when its magnitude
+// bits exceed bits, or equal bits and it is among the first allow[c] such
+// entries of its chunk c (allow nil: all of them).
+type cut struct {
+	none, all bool
+	bits      uint32
+	allow     []int32
+}
+
+// allowance is how many entries equal to bits chunk c keeps (−1: all).
+func (c *cut) allowance(chunk int) int {
+	if c.allow == nil {
+		return -1
+	}
+	return int(c.allow[chunk])
+}
+
+// keepTop zeroes the entries of tau (chunk c of its unit) outside the cut.
+func keepTop(ct *cut, c int, tau []float32) {
+	switch {
+	case ct.all:
+		return
+	case ct.none:
+		clear(tau)
+		return
+	}
+	b := ct.bits
+	allow := ct.allowance(c)
+	for j, x := range tau {
+		a := topk.AbsBits(x)
+		switch {
+		case a > b:
+		case a == b && allow != 0:
+			allow-- // -1 (all ties kept) never reaches 0
+		default:
+			tau[j] = 0
+		}
+	}
+}
+
+const (
+	sampleSize  = 1 << 16
+	minSample   = 1 << 13
+	sampleBlock = 16
+	exactUnit   = 1 << 17
+)
+
+// rankTarget asks for the cut keeping the k largest |τ_m| of a unit.
+type rankTarget struct {
+	m int
+	k int64
+}
+
+// unitSelection is what selectUnits computes for one unit.
+type unitSelection struct {
+	cuts []cut // one per target
+	// total[m] = Σ|τ_m| and kept[i] = Σ|τ̂| under cut i, in float64,
+	// summed per chunk and then in chunk order.
+	total []float64
+	kept  []float64
+}
+
+// window is a [lo, hi] window of magnitude bits of model m in a unit,
+// which should hold one or more targets' cuts.
+type window struct {
+	m      int
+	lo, hi uint32
+}
+
+// winCount is the counting pass's result for one chunk and window.
+type winCount struct {
+	above    int64   // entries with bits > hi
+	sumAbove float64 // Σ|τ| over the entries above hi (with sums)
+	cands    []uint32
+}
+
+// chunkCount is the counting pass's result for one chunk.
+type chunkCount struct {
+	win    []winCount
+	sumAll []float64 // per model, Σ|τ| over the chunk (with sums)
+}
+
+// selectUnits computes the cuts the targets ask for in each unit, with the
+// magnitude sums (see unitSelection) when sums is set.
+func (e *engine) selectUnits(units []int, sums bool, targets func(u int, n int64) []rankTarget) ([]unitSelection, error) {
+	all := e.units()
+	T := e.T
+	// 1. Windows per unit, from the targets' ranks.
+	wins := make([][]window, len(units))
+	winOf := make([][]int, len(units))
+	tgts := make([][]rankTarget, len(units))
+	for i, u := range units {
+		tgts[i] = targets(u, all[u].n)
+	}
+	parallel.For(len(units), func(_, i int) {
+		wins[i], winOf[i] = e.windows(all[units[i]], tgts[i])
+	})
+	// 2. One counting pass over the chunks of every unit.
+	type job struct{ i, c int }
+	var jobs []job
+	for i, u := range units {
+		for c := range all[u].chunks {
+			jobs = append(jobs, job{i, c})
+		}
+	}
+	counts := make([][]chunkCount, len(units)) // [unit][chunk]
+	for i, u := range units {
+		counts[i] = make([]chunkCount, len(all[u].chunks))
+	}
+	var fail chunkError
+	parallel.For(len(jobs), func(_, j int) {
+		jb := jobs[j]
+		ch := all[units[jb.i]].chunks[jb.c]
+		ws := e.workspace()
+		defer e.scratch.Put(ws)
+		cc, err := e.countChunk(ch, ws, wins[jb.i], sums)
+		if err != nil {
+			fail.set(ch.gc, err)
+			return
+		}
+		counts[jb.i][jb.c] = cc
+	})
+	if fail.err != nil {
+		return nil, fail.err
+	}
+	// 3. Finish every target.
+	res := make([]unitSelection, len(units))
+	for i, u := range units {
+		un := all[u]
+		sel := unitSelection{total: make([]float64, T)}
+		if sums {
+			for _, cc := range counts[i] {
+				for m := range T {
+					sel.total[m] += cc.sumAll[m]
+				}
+			}
+		}
+		for ti, t := range tgts[i] {
+			ct, kept, ok := finishCut(t, winOf[i][ti], un, counts[i])
+			if !ok {
+				var err error
+				if ct, kept, err = e.exactCut(un, t, sums); err != nil {
+					return nil, err
+				}
+			}
+			if ct.all {
+				kept = sel.total[t.m]
+			}
+			sel.cuts = append(sel.cuts, ct)
+			sel.kept = append(sel.kept, kept)
+		}
+		res[i] = sel
+	}
+	return res, nil
+}
+
+// windows picks, per target, the window of magnitudes that should hold its
+// cut, from a strided sample of the unit; targets that need no window
+// (k ≤ 0 or k ≥ n) get the first of their model's. Equal windows of a
+// model are shared; every model has at least one (its counting pass gives
+// the magnitude sums). Small units get the whole range.
+func (e *engine) windows(un unit, tgts []rankTarget) ([]window, []int) {
+	T := e.T
+	whole := func(m int) window { return window{m, 0, math.MaxUint32} }
+	var wins []window
+	add := func(w window) int {
+		for i, x := range wins {
+			if x == w {
+				return i
+			}
+		}
+		wins = append(wins, w)
+		return len(wins) - 1
+	}
+	of := make([]int, len(tgts))
+	if un.n <= exactUnit {
+		for m := range T {
+			add(whole(m))
+		}
+		for i, t := range tgts {
+			of[i] = add(whole(t.m))
+		}
+		return wins, of
+	}
+	// Blocks of sampleBlock consecutive entries (one cache line of float32)
+	// at a fixed stride: random single entries would cost a cache miss each.
+	// A unit of n entries gets n/64 samples, at least minSample (a
+	// smaller sample widens the windows) and at most sampleSize.
+	size := min(max(un.n/64, minSample), sampleSize)
+	blocks := size / sampleBlock
+	stride := (un.n + blocks - 1) / blocks
+	samples := make([][]uint32, T)
+	var pos int64 // unit index of the chunk's first entry
+	for _, ch := range un.chunks {
+		n := int64(ch.hi - ch.lo)
+		t := &e.tensors[ch.ti]
+		for g := (pos + stride - 1) / stride * stride; g < pos+n; g += stride {
+			for j := int(g - pos); j < int(min(g-pos+sampleBlock, n)); j++ {
+				idx := e.storageIndex(ch, j)
+				b := loadOne(t.Base, idx)
+				for m := range T {
+					samples[m] = append(samples[m], topk.AbsBits(loadOne(t.Models[m], idx)-b))
+				}
+			}
+		}
+		pos += n
+	}
+	for m := range T {
+		slices.Sort(samples[m])
+		slices.Reverse(samples[m]) // descending
+	}
+	first := make([]int, T)
+	for m := range first {
+		first[m] = -1
+	}
+	for i, t := range tgts {
+		if t.k <= 0 || t.k >= un.n {
+			of[i] = -1
+			continue
+		}
+		s := samples[t.m]
+		S := float64(len(s))
+		q := float64(t.k) / float64(un.n)
+		margin := 4*math.Sqrt(S*q*(1-q)) + 8
+		top := int(q*S - margin) // larger values: the hi end
+		bot := int(q*S + margin) // smaller values: the lo end
+		w := whole(t.m)
+		if top >= 0 {
+			w.hi = s[top]
+		}
+		if bot < len(s) {
+			w.lo = s[bot]
+		}
+		of[i] = add(w)
+		if first[t.m] < 0 {
+			first[t.m] = of[i]
+		}
+	}
+	for m := range T {
+		if first[m] < 0 {
+			first[m] = add(window{m, math.MaxUint32, math.MaxUint32}) // counts only
+		}
+	}
+	for i, t := range tgts {
+		if of[i] < 0 {
+			of[i] = first[t.m]
+		}
+	}
+	return wins, of
+}
+
+// loadOne reads element i of v as float32.
+func loadOne(v tensor.Vec, i int) float32 {
+	if v.DType == tensor.F32 {
+		return v.F32[i]
+	}
+	var x [1]float32
+	v.Load(x[:], i)
+	return x[0]
+}
+
+// countChunk is the counting pass over one chunk for every window. The
+// magnitude sums are formed only when sums is set (NeuroMerging's σ_t):
+// each model's total over even and odd entries separately, then added. The comparisons with hi run without branches; the
+// candidate test is rarely true (or, for whole-range windows, always), so
+// its branch is predictable.
+func (e *engine) countChunk(ch chunkRef, ws *workspace, wins []window, sums bool) (chunkCount, error) {
+	base, err := e.loadBase(ch, ws)
+	if err != nil {
+		return chunkCount{}, err
+	}
+	cc := chunkCount{win: make([]winCount, len(wins)), sumAll: make([]float64, e.T)}
+	mags := ws.out[:ch.hi-ch.lo] // the output buffer is free during preparation
+	for m := range e.T {
+		mv, err := e.loadModel(ch, m, ws, ws.models[0])
+		if err != nil {
+			return chunkCount{}, err
+		}
+		for j, x := range mv {
+			mags[j] = math.Float32frombits(topk.AbsBits(x - base[j]))
+		}
+		summedAll := false
+		for w, win := range wins {
+			if win.m != m {
+				continue
+			}
+			c := &cc.win[w]
+			lo, hi := win.lo, win.hi
+			var above int64
+			if !sums {
+				for _, v := range mags {
+					a := math.Float32bits(v)
+					above += int64((uint64(hi) - uint64(a)) >> 63)
+					if a >= lo && a <= hi {
+						c.cands = append(c.cands, a)
+					}
+				}
+				c.above = above
+				continue
+			}
+			var s0, s1, sumAbove float64
+			for j, v := range mags {
+				a := math.Float32bits(v)
+				gt := (uint64(hi) - uint64(a)) >> 63
+				above += int64(gt)
+				f := float64(v)
+				if j&1 == 0 {
+					s0 += f
+				} else {
+					s1 += f
+				}
+				sumAbove += math.Float64frombits(math.Float64bits(f) & -gt)
+				if a >= lo && a <= hi {
+					c.cands = append(c.cands, a)
+				}
+			}
+			c.above, c.sumAbove = above, sumAbove
+			if !summedAll {
+				cc.sumAll[m], summedAll = s0+s1, true
+			}
+		}
+	}
+	return cc, nil
+}
+
+// finishCut derives target t's cut from the counts of its window w, or
+// reports that the window missed it. The kept sum is meaningful when the
+// counting pass summed magnitudes.
+func finishCut(t rankTarget, w int, un unit, counts []chunkCount) (cut, float64, bool) {
+	switch {
+	case t.k <= 0:
+		return cut{none: true}, 0, true
+	case t.k >= un.n:
+		return cut{all: true}, 0, true
+	}
+	var above int64
+	var cands []uint32
+	for _, cc := range counts {
+		above += cc.win[w].above
+		cands = append(cands, cc.win[w].cands...)
+	}
+	kk := t.k - above
+	if kk <= 0 || kk > int64(len(cands)) {
+		return cut{}, 0, false
+	}
+	// The kk-th largest candidate.
+	var bits uint32
+	if kk == int64(len(cands)) {
+		bits = slices.Min(cands)
+	} else {
+		src := func(c int, dst []uint32) []uint32 {
+			lo := c * parallel.Chunk
+			return cands[lo:min(lo+parallel.Chunk, len(cands))]
+		}
+		bits = topk.Select(kk, int64(len(cands)), parallel.NumChunks(len(cands)), src, parallel.Threads()).Bits
+	}
+	// Ties: entries equal to bits, per chunk; above it: the count above hi
+	// plus the larger candidates.
+	gt := above
+	eq := make([]int32, len(counts))
+	var eqTotal int64
+	for c, cc := range counts {
+		for _, a := range cc.win[w].cands {
+			if a > bits {
+				gt++
+			} else if a == bits {
+				eq[c]++
+			}
+		}
+		eqTotal += int64(eq[c])
+	}
+	ct := cut{bits: bits}
+	keep := t.k - gt
+	if keep < eqTotal {
+		ct.allow = eq
+		for c, n := range eq {
+			a := int32(min(int64(n), keep))
+			eq[c] = a
+			keep -= int64(a)
+		}
+	}
+	// Σ|τ̂|: per chunk, the entries above hi, the larger candidates and the
+	// allowed ties; then in chunk order.
+	tie := float64(math.Float32frombits(bits))
+	var kept float64
+	for c, cc := range counts {
+		s := cc.win[w].sumAbove
+		for _, a := range cc.win[w].cands {
+			if a > bits {
+				s += float64(math.Float32frombits(a))
+			}
+		}
+		n := int64(0)
+		if ct.allow != nil {
+			n = int64(ct.allow[c])
+		} else {
+			for _, a := range cc.win[w].cands {
+				if a == bits {
+					n++
+				}
+			}
+		}
+		kept += s + float64(n)*tie
+	}
+	return ct, kept, true
+}
+
+// exactCut ranks model t.m's unit with topk.Select (the fallback when the
+// bracket missed) and sums the kept magnitudes in one more pass.
+func (e *engine) exactCut(un unit, t rankTarget, sums bool) (cut, float64, error) {
+	var fail chunkError
+	src := e.magnitudes(t.m, un.chunks, &fail)
+	tc := topk.Select(t.k, un.n, len(un.chunks), src, parallel.Threads())
+	if fail.err != nil {
+		return cut{}, 0, fail.err
+	}
+	ct := cut{none: tc.None, all: tc.All, bits: tc.Bits}
+	if !tc.None && !tc.All && tc.Allow(0) != -1 {
+		ct.allow = make([]int32, len(un.chunks))
+		for c := range ct.allow {
+			ct.allow[c] = int32(tc.Allow(c))
+		}
+	}
+	if !sums {
+		return ct, 0, fail.err
+	}
+	partial := make([]float64, len(un.chunks))
+	parallel.For(len(un.chunks), func(_, c int) {
+		buf := make([]uint32, 0, un.chunks[c].hi-un.chunks[c].lo)
+		mags := src(c, buf)
+		tau := make([]float32, len(mags))
+		for j, a := range mags {
+			tau[j] = math.Float32frombits(a)
+		}
+		keepTop(&ct, c, tau)
+		partial[c] = absSum(tau)
+	})
+	var kept float64
+	for _, s := range partial {
+		kept += s
+	}
+	return ct, kept, fail.err
+}
