@@ -51,7 +51,7 @@ type Checkpoint struct {
 func Open(path string) (*Checkpoint, error) {
 	st, err := os.Stat(path)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrCheckpoint, err)
+		return nil, fmt.Errorf("%w: %w", ErrCheckpoint, err)
 	}
 	c := &Checkpoint{Path: path, where: map[string]int{}}
 	var shards []string
@@ -74,7 +74,7 @@ func Open(path string) (*Checkpoint, error) {
 		f, err := safetensors.Open(s)
 		if err != nil {
 			c.Close()
-			return nil, fmt.Errorf("%w: %v", ErrCheckpoint, err)
+			return nil, fmt.Errorf("%w: %w", ErrCheckpoint, err)
 		}
 		c.files = append(c.files, f)
 		for _, n := range f.Names() {
@@ -123,13 +123,16 @@ func shardFiles(dir string) ([]string, []string, error) {
 		return found, nil, nil
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %v", ErrCheckpoint, err)
+		return nil, nil, fmt.Errorf("%w: %w", ErrCheckpoint, err)
 	}
 	var index struct {
 		WeightMap map[string]string `json:"weight_map"`
 	}
-	if err := json.Unmarshal(raw, &index); err != nil || index.WeightMap == nil {
-		return nil, nil, fmt.Errorf("%w: %s is not a valid safetensors index (%v)", ErrCheckpoint, idx, err)
+	if err := json.Unmarshal(raw, &index); err != nil {
+		return nil, nil, fmt.Errorf("%w: %s is not a valid safetensors index: %w", ErrCheckpoint, idx, err)
+	}
+	if index.WeightMap == nil {
+		return nil, nil, fmt.Errorf("%w: %s is not a valid safetensors index: no weight_map", ErrCheckpoint, idx)
 	}
 	set := map[string]bool{}
 	var order []string

@@ -94,7 +94,9 @@ func ParseConfig(text []byte, baseDir string) (*Config, error) {
 	c.Method = str(top, "merge_method", &bad)
 	switch {
 	case c.Method == "":
-		bad.add("merge_method is missing")
+		if absent(top["merge_method"]) {
+			bad.add("merge_method is missing")
+		}
 	default:
 		if _, ok := merge.Lookup(c.Method); !ok {
 			bad.add("unknown merge_method %q (valid: %s)", c.Method, strings.Join(merge.Methods(), ", "))
@@ -102,12 +104,15 @@ func ParseConfig(text []byte, baseDir string) (*Config, error) {
 	}
 	resolve := func(p string) string {
 		if p == "" || filepath.IsAbs(p) || baseDir == "" {
-			return p
+			if p == "" {
+				return p
+			}
+			return filepath.Clean(p) // so that "./base" and "base/" name the same model
 		}
 		return filepath.Join(baseDir, p)
 	}
 	c.BaseModel = resolve(str(top, "base_model", &bad))
-	if c.BaseModel == "" && c.Method != "linear" {
+	if c.BaseModel == "" && absent(top["base_model"]) && c.Method != "linear" {
 		bad.add("base_model is missing (every method but linear needs the pre-trained model)")
 	}
 	if c.BaseModel != "" {
@@ -162,6 +167,7 @@ func ParseConfig(text []byte, baseDir string) (*Config, error) {
 	if !ok || len(list) == 0 {
 		bad.add("models must be a non-empty list of {model: PATH, parameters: {...}}")
 	}
+	skippedBase := 0
 	for i, item := range list {
 		where := fmt.Sprintf("models[%d]", i)
 		m, ok := item.(map[string]any)
@@ -174,9 +180,11 @@ func ParseConfig(text []byte, baseDir string) (*Config, error) {
 				bad.add("%s: unknown key %q (known: model, parameters)", where, k)
 			}
 		}
-		mod := Model{Path: resolve(str(m, "model", &bad)), Weight: globalWeight}
+		mod := Model{Path: resolve(strAt(m, "model", where+".model", &bad)), Weight: globalWeight}
 		if mod.Path == "" {
-			bad.add("%s: model is missing", where)
+			if absent(m["model"]) { // else not a string, reported by strAt
+				bad.add("%s: model is missing", where)
+			}
 		} else if _, err := os.Stat(mod.Path); err != nil {
 			bad.add("%s: model %s does not exist", where, mod.Path)
 		}
@@ -204,11 +212,12 @@ func ParseConfig(text []byte, baseDir string) (*Config, error) {
 		// methods skip it (its task vector is zero).
 		if mod.Path != "" && mod.Path == c.BaseModel && c.Method != "linear" {
 			c.Notes = append(c.Notes, fmt.Sprintf("%s is the base model; it is left out of the merge", where))
+			skippedBase++
 			continue
 		}
 		c.Models = append(c.Models, mod)
 	}
-	if len(list) > 0 && len(c.Models) == 0 {
+	if skippedBase > 0 && len(c.Models) == 0 {
 		bad.add("models lists only the base model: nothing to merge")
 	}
 	for _, k := range []string{"dtype", "out_dtype"} {
@@ -263,7 +272,8 @@ func ParseConfig(text []byte, baseDir string) (*Config, error) {
 	}
 	if len(bad) > 0 {
 		sort.Strings(bad)
-		return nil, fmt.Errorf("%w:\n  - %s", ErrConfig, strings.Join(bad, "\n  - "))
+		// "prefix: " then the list: Python maps errors by their "…: " prefix.
+		return nil, fmt.Errorf("%w: the config has %s:\n  - %s", ErrConfig, plural(len(bad), "problem"), strings.Join(bad, "\n  - "))
 	}
 	return c, nil
 }
@@ -297,20 +307,34 @@ func (c *Config) Params() merge.Params {
 	return p
 }
 
+// plural is "1 problem", "2 problems".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}
+
+// absent reports whether a key's value is missing, null or empty.
+func absent(v any) bool { return v == nil || v == "" }
+
 func checkDensity(d float64, where string, bad *problems) {
 	if !(d > 0 && d <= 1) {
 		bad.add("%s must lie in (0, 1], got %v", where, d)
 	}
 }
 
-func str(m map[string]any, k string, bad *problems) string {
+func str(m map[string]any, k string, bad *problems) string { return strAt(m, k, k, bad) }
+
+// strAt is str with where naming the key in messages.
+func strAt(m map[string]any, k, where string, bad *problems) string {
 	v, ok := m[k]
 	if !ok || v == nil {
 		return ""
 	}
 	s, ok := v.(string)
 	if !ok {
-		bad.add("%s must be a string, got %v", k, v)
+		bad.add("%s must be a string, got %v", where, v)
 	}
 	return s
 }

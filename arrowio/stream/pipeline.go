@@ -53,7 +53,9 @@ type job struct {
 	info   safetensors.TensorInfo // output name, dtype, shape
 	merged int                    // index in the Merger, or -1 for a copy
 	copyOf []byte                 // base bytes to copy
+	conv   tensor.DType           // copyOf's float dtype when it must be converted to info.DType, else 0
 	names  []string               // tensors to advise (inputs)
+	read   int64                  // input bytes this job reads
 }
 
 // Run executes the merge described by cfg. It checks every input before
@@ -136,6 +138,10 @@ func Run(ctx context.Context, cfg *Config, opt Options) (res *Result, err error)
 			if merr := merger.Tensor(j.merged, v); merr != nil {
 				return nil, fmt.Errorf("%w (%s)", merr, modelList(cfg))
 			}
+		} else if j.conv != 0 {
+			if cerr := convert(buf, j); cerr != nil {
+				return nil, cerr
+			}
 		} else {
 			copy(buf, j.copyOf)
 		}
@@ -143,7 +149,7 @@ func Run(ctx context.Context, cfg *Config, opt Options) (res *Result, err error)
 		if werr := w.put(j.info.Name, buf); werr != nil {
 			return nil, werr
 		}
-		res.BytesRead += int64(len(j.names)) * j.info.ByteLen() // approximate for dtype changes
+		res.BytesRead += j.read
 		prog.step(j.info.ByteLen())
 	}
 	if err = w.finish(); err != nil {
@@ -157,6 +163,9 @@ func Run(ctx context.Context, cfg *Config, opt Options) (res *Result, err error)
 	}
 	if err = writeCard(out.Dir(), cfg, outDT); err != nil {
 		return nil, err
+	}
+	if cerr := ctx.Err(); cerr != nil { // a late cancel still leaves nothing behind
+		return nil, fmt.Errorf("merge cancelled: %w", cerr)
 	}
 	if err = out.Commit(); err != nil {
 		return nil, err
@@ -184,6 +193,7 @@ func plan(cfg *Config, opt Options, base *checkpoint.Checkpoint, models []*check
 		if !floatOK {
 			// Integer and boolean buffers are copied from the base.
 			j.copyOf, _ = base.Bytes(name)
+			j.read = int64(len(j.copyOf))
 			jobs = append(jobs, j)
 			continue
 		}
@@ -222,9 +232,17 @@ func plan(cfg *Config, opt Options, base *checkpoint.Checkpoint, models []*check
 				continue
 			}
 			inputs = append(inputs, mv)
+			j.read += int64(len(mb))
 		}
+		j.read += int64(len(bb))
 		if missing {
-			j.copyOf = bb
+			// The base's tensor is kept, in the output dtype like the rest.
+			j.copyOf, j.read = bb, int64(len(bb))
+			if outDT != 0 && outDT != bdt {
+				j.conv = bdt
+				j.info.DType = stDType(outDT)
+				j.info.Begin, j.info.End = 0, bi.NumElements()*int64(outDT.Size())
+			}
 			jobs = append(jobs, j)
 			continue
 		}
@@ -253,12 +271,33 @@ func plan(cfg *Config, opt Options, base *checkpoint.Checkpoint, models []*check
 		}
 	}
 	if len(bad) > 0 {
+		n := len(bad)
 		if len(bad) > 20 {
 			bad = append(bad[:20], fmt.Sprintf("… and %d more", len(bad)-20))
 		}
-		return nil, nil, fmt.Errorf("%w:\n  - %s", ErrInput, strings.Join(bad, "\n  - "))
+		return nil, nil, fmt.Errorf("%w: the checkpoints do not fit together (%s):\n  - %s", ErrInput, plural(n, "problem"), strings.Join(bad, "\n  - "))
 	}
 	return jobs, tensors, nil
+}
+
+// convert writes j.copyOf (dtype j.conv) into buf (dtype j.info.DType),
+// rounding to nearest even, one chunk at a time.
+func convert(buf []byte, j *job) error {
+	src, err := vecOf(j.copyOf, j.conv, "the base", j.info.Name)
+	if err != nil {
+		return err
+	}
+	dst, err := tensor.FromBytes(buf, mustTensorDType(j.info.DType))
+	if err != nil {
+		return err
+	}
+	scratch := make([]float32, min(parallel.Chunk, src.Len()))
+	for off := 0; off < src.Len(); off += len(scratch) {
+		s := scratch[:min(len(scratch), src.Len()-off)]
+		src.Load(s, off)
+		dst.Store(s, off)
+	}
+	return nil
 }
 
 // vecOf views a tensor's bytes; data a foreign writer left misaligned for

@@ -1,0 +1,480 @@
+"""``npsfuse merge`` against ``mergekit-yaml`` on a generated ~1B-parameter model.
+
+One run generates, under ``bench/work/bench_cli/``, a Llama-shaped base model
+(TinyLlama-1.1B's shape: hidden 2048, 22 layers, vocabulary 32 000) and three
+fine-tunes of it with random weights, stored as bfloat16 in sharded
+safetensors with an index, then merges them with ``ties`` and
+``task_arithmetic`` using the npsfuse command line and mergekit (installed from
+PyPI into its own venv, ``bench/work/mergekit-venv``) with the same config.
+
+Per run: wall time and peak RSS (``/usr/bin/time -v``), with the page cache
+emptied of the inputs before each run (``posix_fadvise(DONTNEED)``), so every
+run reads its inputs from disk. The sequential read speed of the same files is
+measured in the same run; bytes read / that speed is the disk-read bound.
+Outputs of the two tools are compared tensor by tensor (max abs difference and
+the number of differing elements). Both configs compute in float32 and write
+bfloat16 (``dtype: float32``, ``out_dtype: bfloat16``).
+
+Usage: ``python bench/bench_cli.py [--preset 1b|tiny] [--keep] [--reuse] [--warm]``.
+Figures go to ``bench/results/bench_cli.md`` and ``.json`` (``bench_cli_warm.*`` with
+``--warm``, where the inputs are read into the page cache before each run instead).
+Generated data is deleted at the end unless ``--keep``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from _common import BENCH_DIR, ROOT, Report
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+WORK = BENCH_DIR / "work"
+DATA = WORK / "bench_cli"
+MERGEKIT_VENV = WORK / "mergekit-venv"
+MERGEKIT = MERGEKIT_VENV / "bin" / "mergekit-yaml"
+
+#: Model shapes: ``1b`` is TinyLlama-1.1B's (1.10 B parameters); ``tiny``
+#: checks the script in seconds.
+PRESETS: dict[str, dict[str, int]] = {
+    "1b": {"vocab": 32000, "hidden": 2048, "inter": 5632, "layers": 22, "heads": 32, "kv": 4},
+    "tiny": {"vocab": 512, "hidden": 128, "inter": 344, "layers": 2, "heads": 4, "kv": 2},
+}
+SHARD_BYTES = 1_000_000_000  # input and output shards (bf16: 500 M parameters)
+STD, DELTA = 0.02, 0.002  # entries of the base; of the task vectors
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+
+def llama_config(p: dict[str, int]) -> dict[str, Any]:
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "vocab_size": p["vocab"], "hidden_size": p["hidden"], "intermediate_size": p["inter"],
+        "num_hidden_layers": p["layers"], "num_attention_heads": p["heads"],
+        "num_key_value_heads": p["kv"], "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "hidden_act": "silu",
+        "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
+        "torch_dtype": "bfloat16",
+    }
+
+
+def tensor_specs(p: dict[str, int]) -> list[tuple[str, tuple[int, ...]]]:
+    """Llama's state-dict names and shapes, in Hugging Face's order."""
+    h, i, kv = p["hidden"], p["inter"], p["hidden"] // p["heads"] * p["kv"]
+    specs: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (p["vocab"], h))]
+    for layer in range(p["layers"]):
+        pre = f"model.layers.{layer}."
+        specs += [
+            (pre + "self_attn.q_proj.weight", (h, h)), (pre + "self_attn.k_proj.weight", (kv, h)),
+            (pre + "self_attn.v_proj.weight", (kv, h)), (pre + "self_attn.o_proj.weight", (h, h)),
+            (pre + "mlp.gate_proj.weight", (i, h)), (pre + "mlp.up_proj.weight", (i, h)),
+            (pre + "mlp.down_proj.weight", (h, i)),
+            (pre + "input_layernorm.weight", (h,)), (pre + "post_attention_layernorm.weight", (h,)),
+        ]
+    specs += [("model.norm.weight", (h,)), ("lm_head.weight", (p["vocab"], h))]
+    return specs
+
+
+def _gen(seed: int, name: str) -> torch.Generator:
+    digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+
+
+def draw(name: str, shape: tuple[int, ...], model: int) -> torch.Tensor:
+    """Tensor ``name`` of the base (model −1) or of fine-tune ``model``, bf16.
+    Each tensor depends only on its name and model, so none is kept around."""
+    if len(shape) == 1:  # RMSNorm weights sit near 1
+        base = 1 + STD * torch.randn(shape, generator=_gen(-1, name))
+    else:
+        base = STD * torch.randn(shape, generator=_gen(-1, name))
+    base = base.to(torch.bfloat16)
+    if model < 0:
+        return base
+    delta = DELTA * torch.randn(shape, generator=_gen(model, name))
+    return (base.float() + delta).to(torch.bfloat16)
+
+
+def write_checkpoint(path: Path, p: dict[str, int], model: int) -> int:
+    """Write a sharded bf16 checkpoint (with index and config.json); returns bytes."""
+    path.mkdir(parents=True, exist_ok=True)
+    groups: list[list[tuple[str, tuple[int, ...]]]] = [[]]
+    size = 0
+    for name, shape in tensor_specs(p):
+        n = 2 * int(torch.tensor(shape).prod()) if shape else 2
+        if groups[-1] and size + n > SHARD_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append((name, shape))
+        size += n
+    weight_map: dict[str, str] = {}
+    total = 0
+    for k, group in enumerate(groups):
+        file = f"model-{k + 1:05d}-of-{len(groups):05d}.safetensors"
+        tensors = {name: draw(name, shape, model) for name, shape in group}
+        save_file(tensors, str(path / file), metadata={"format": "pt"})
+        for name, t in tensors.items():
+            weight_map[name] = file
+            total += t.numel() * t.element_size()
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    (path / "config.json").write_text(json.dumps(llama_config(p), indent=2))
+    return total
+
+
+def evict(paths: list[Path]) -> None:
+    """Drop the files' pages from the page cache (they are clean after fsync)."""
+    for root in paths:
+        for f in [root] if root.is_file() else sorted(root.rglob("*")):
+            if f.is_file():
+                fd = os.open(f, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                finally:
+                    os.close(fd)
+
+
+def cached_fraction(paths: list[Path]) -> float | None:
+    """Fraction of the files' bytes in the page cache (util-linux fincore)."""
+    exe = shutil.which("fincore")
+    if not exe:
+        return None
+    files = [str(f) for p in paths for f in sorted(p.glob("*.safetensors"))]
+    r = subprocess.run([exe, "--bytes", "--noheadings", "--raw", "-o", "RES,SIZE", *files],
+                       capture_output=True, text=True, check=False)
+    res = size = 0
+    for line in r.stdout.split("\n"):
+        if line.strip():
+            a, b = line.split()
+            res, size = res + int(a), size + int(b)
+    return res / size if size else None
+
+
+def read_speed(paths: list[Path]) -> tuple[int, float]:
+    """Read every weight file sequentially from disk; returns (bytes, seconds)."""
+    evict(paths)
+    return read_all(paths)
+
+
+def read_all(paths: list[Path]) -> tuple[int, float]:
+    """Read every weight file once (into the page cache); returns (bytes, seconds)."""
+    files = [f for p in paths for f in sorted(p.glob("*.safetensors"))]
+    buf = bytearray(16 << 20)
+    total = 0
+    t0 = time.perf_counter()
+    for f in files:
+        with open(f, "rb", buffering=0) as fh:
+            os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            while n := fh.readinto(buf):
+                total += n
+    return total, time.perf_counter() - t0
+
+
+_RSS = re.compile(r"Maximum resident set size \(kbytes\): (\d+)")
+_CPU = re.compile(r"(?:User|System) time \(seconds\): ([0-9.]+)")
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """Run ``cmd`` under ``/usr/bin/time -v``: wall seconds, peak RSS, status."""
+    t0 = time.perf_counter()
+    r = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env,
+                       check=False)
+    wall = time.perf_counter() - t0
+    m = _RSS.search(r.stderr)
+    out = {"wall_s": wall, "peak_rss_mb": int(m.group(1)) / 1024 if m else float("nan"),
+           "cpu_s": sum(float(x) for x in _CPU.findall(r.stderr)), "returncode": r.returncode}
+    if r.returncode != 0:
+        out["stderr_tail"] = r.stderr[-3000:]
+    return out
+
+
+def npsfuse_env() -> dict[str, str]:
+    env = {**os.environ, **OFFLINE}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "python"), env.get("PYTHONPATH")]))
+    return env
+
+
+def weight_files(d: Path) -> dict[str, Path]:
+    """Tensor name → shard of an output folder."""
+    idx = d / "model.safetensors.index.json"
+    if idx.is_file():
+        return {k: d / v for k, v in json.loads(idx.read_text())["weight_map"].items()}
+    out: dict[str, Path] = {}
+    for f in sorted(d.glob("*.safetensors")):
+        with safe_open(f, "pt") as fh:
+            out.update({k: f for k in fh.keys()})
+    return out
+
+
+def compare(a: Path, b: Path) -> dict[str, Any]:
+    """Max |a − b| over all tensors (float32), the number of differing elements,
+    and dtype/name mismatches."""
+    fa, fb = weight_files(a), weight_files(b)
+    res: dict[str, Any] = {"max_abs_diff": 0.0, "elements_differing": 0, "elements": 0,
+                           "tensors_differing": 0, "names_only_in_one": sorted(set(fa) ^ set(fb)),
+                           "dtypes": set()}
+    for name in sorted(set(fa) & set(fb)):
+        with safe_open(fa[name], "pt") as ha, safe_open(fb[name], "pt") as hb:
+            ta, tb = ha.get_tensor(name), hb.get_tensor(name)
+        res["dtypes"].add(f"{ta.dtype}/{tb.dtype}")
+        d = (ta.float() - tb.float()).abs()
+        n = int((d != 0).sum())
+        res["elements"] += d.numel()
+        res["elements_differing"] += n
+        res["tensors_differing"] += n > 0
+        if n:
+            res.setdefault("differing_tensors", []).append(name)
+        res["max_abs_diff"] = max(res["max_abs_diff"], float(d.max()) if d.numel() else 0.0)
+    res["dtypes"] = sorted(res["dtypes"])
+    return res
+
+
+def explain_ties(base: Path, models: list[Path], a: Path, b: Path, names: list[str],
+                 density: float) -> dict[str, Any]:
+    """For each named tensor, check that every element where the two ties
+    outputs differ is one where some model's |τ| equals its top-k cut (a tie
+    at the threshold, broken differently): the count of differing elements
+    and of those explained that way."""
+    files = [weight_files(d) for d in (base, *models, a, b)]
+
+    def get(i: int, name: str) -> torch.Tensor:
+        with safe_open(files[i][name], "pt") as fh:
+            return fh.get_tensor(name).float().reshape(-1)
+
+    differing = explained = 0
+    for name in names:
+        d = get(len(models) + 1, name) != get(len(models) + 2, name)
+        idx = d.nonzero().squeeze(1)
+        b0 = get(0, name)
+        at_cut = torch.zeros(idx.numel(), dtype=torch.bool)
+        for m in range(len(models)):
+            tau = (get(m + 1, name) - b0).abs()
+            k = max(1, int(density * tau.numel()))
+            cut = tau.kthvalue(tau.numel() - k + 1).values
+            at_cut |= tau[idx] == cut
+        differing += idx.numel()
+        explained += int(at_cut.sum())
+    return {"tensors_checked": len(names), "elements_differing": differing,
+            "explained_by_ties_at_the_cut": explained}
+
+
+def ensure_mergekit(notes: list[str]) -> bool:
+    """mergekit in its own venv (created with ``pip install mergekit`` if absent)."""
+    if MERGEKIT.exists():
+        return True
+    print("installing mergekit into", MERGEKIT_VENV, file=sys.stderr)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(MERGEKIT_VENV)], check=True)
+        pip = [str(MERGEKIT_VENV / "bin" / "python"), "-m", "pip", "install", "-q"]
+        subprocess.run([*pip, "--upgrade", "pip"], check=True)
+        r = subprocess.run([*pip, "mergekit"], capture_output=True, text=True, check=False)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        notes.append(f"mergekit could not be installed: {exc}")
+        return False
+    if r.returncode != 0 or not MERGEKIT.exists():
+        notes.append("`pip install mergekit` failed: " + r.stderr.strip()[-1000:])
+        return False
+    return True
+
+
+def mergekit_version() -> str:
+    r = subprocess.run([str(MERGEKIT_VENV / "bin" / "python"), "-c",
+                        "import importlib.metadata as m; print(m.version('mergekit'), "
+                        "m.version('torch'))"],
+                       capture_output=True, text=True, check=False)
+    return r.stdout.strip()
+
+
+def configs(base: Path, models: list[Path]) -> dict[str, dict[str, Any]]:
+    """The same mergekit-schema config for both tools, per method: compute in
+    float32, write bfloat16; weights 1 and normalize for ties, where mergekit's
+    and npsfuse's semantics agree."""
+    common = {"base_model": str(base), "dtype": "float32", "out_dtype": "bfloat16"}
+    return {
+        "task_arithmetic": {
+            "merge_method": "task_arithmetic", **common,
+            "models": [{"model": str(m), "parameters": {"weight": w}}
+                       for m, w in zip(models, [1.0, 0.5, 0.7], strict=True)],
+        },
+        "ties": {
+            "merge_method": "ties", **common,
+            "models": [{"model": str(m), "parameters": {"weight": 1.0, "density": 0.5}}
+                       for m in models],
+            "parameters": {"normalize": True, "int8_mask": True},
+        },
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="1b")
+    ap.add_argument("--keep", action="store_true", help="keep the generated checkpoints")
+    ap.add_argument("--methods", default="ties,task_arithmetic")
+    ap.add_argument("--no-mergekit", action="store_true", help="time npsfuse alone")
+    ap.add_argument("--reuse", action="store_true",
+                    help="reuse checkpoints a --keep run left (same preset)")
+    ap.add_argument("--warm", action="store_true",
+                    help="read the inputs into the page cache before each run instead of "
+                         "evicting them (results in bench_cli_warm.*)")
+    args = ap.parse_args()
+    p = PRESETS[args.preset]
+    notes: list[str] = []
+    cache = "warm" if args.warm else "cold"
+    report = Report(  # made first: its machine info records the load at the start
+        name="bench_cli_warm" if args.warm else "bench_cli", title="",
+        columns=["method", "tool", "wall s", "CPU s (user+sys)", "peak RSS MB",
+                 "disk-read bound s", "wall / disk bound", "mergekit wall / npsfuse wall",
+                 "mergekit CPU / npsfuse CPU", "npsfuse RSS / mergekit RSS",
+                 "max abs diff (npsfuse vs mergekit)", "elements differing", "elements"],
+    )
+    have_mk = not args.no_mergekit and ensure_mergekit(notes)
+    base = DATA / "base"
+    models = [DATA / f"ft{i}" for i in range(3)]
+    reuse = args.reuse and all((d / "model.safetensors.index.json").is_file()
+                               for d in (base, *models))
+    if not reuse:
+        shutil.rmtree(DATA, ignore_errors=True)
+        DATA.mkdir(parents=True)
+    else:
+        for stale in DATA.glob("*out-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+    try:
+        t0 = time.perf_counter()
+        if reuse:
+            nbytes = json.loads((base / "model.safetensors.index.json").read_text())[
+                "metadata"]["total_size"]
+        else:
+            nbytes = write_checkpoint(base, p, -1)
+            for i, m in enumerate(models):
+                write_checkpoint(m, p, i)
+        gen_s = time.perf_counter() - t0
+        params = nbytes // 2
+        inputs = [base, *models]
+        print(f"generated 4 × {params / 1e9:.3f} B parameters in {gen_s:.0f} s", file=sys.stderr)
+        read_bytes, read_s = read_speed(inputs)
+        speed = read_bytes / read_s
+        import_rss = {
+            "npsfuse": timed([sys.executable, "-c", "import npsfuse"], npsfuse_env()),
+        }
+        if have_mk:
+            import_rss["mergekit"] = timed(
+                [str(MERGEKIT_VENV / "bin" / "python"), "-c",
+                 "import mergekit.merge, mergekit.config"], {**os.environ, **OFFLINE})
+        rows: list[list[Any]] = []
+        runs: dict[str, dict[str, Any]] = {}
+        for method in args.methods.split(","):
+            cfg = configs(base, models)[method]
+            cfg_path = DATA / f"{method}.yaml"
+            cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+            outs: dict[str, Path] = {}
+            tools = ["npsfuse"] + (["mergekit"] if have_mk else [])
+            for tool in tools:
+                out = DATA / f"out-{method}-{tool}"
+                if tool == "npsfuse":
+                    cmd = [sys.executable, "-m", "npsfuse.cli", "merge", str(cfg_path), str(out),
+                           "--shard-size", str(SHARD_BYTES), "--quiet"]
+                    env = npsfuse_env()
+                else:
+                    cmd = [str(MERGEKIT), str(cfg_path), str(out), "--quiet",
+                           "--out-shard-size", str(SHARD_BYTES // 2)]
+                    env = {**os.environ, **OFFLINE}
+                if args.warm:
+                    read_all(inputs)
+                else:
+                    evict(inputs)
+                cached = cached_fraction(inputs)
+                print(f"{method}: {tool} …", file=sys.stderr)
+                r = timed(cmd, env)
+                r["inputs_cached_before"] = cached
+                runs[f"{method}/{tool}"] = r
+                if r["returncode"] != 0:
+                    notes.append(f"{tool} {method} failed (exit {r['returncode']}): "
+                                 + r.get("stderr_tail", "")[-800:])
+                    continue
+                outs[tool] = out
+                print(f"  {r['wall_s']:.1f} s, {r['peak_rss_mb']:.0f} MB", file=sys.stderr)
+            cmp = compare(outs["npsfuse"], outs["mergekit"]) if len(outs) == 2 else None
+            if cmp:
+                runs[f"{method}/compare"] = cmp
+                if method == "ties" and cmp.get("differing_tensors"):
+                    sample = sorted(cmp.pop("differing_tensors"),
+                                    key=lambda k: ("layers" not in k, k))[:6]
+                    runs["ties/tie-check"] = explain_ties(
+                        base, models, outs["npsfuse"], outs["mergekit"], sample, 0.5)
+                cmp.pop("differing_tensors", None)
+            n, mk = runs.get(f"{method}/npsfuse", {}), runs.get(f"{method}/mergekit", {})
+            for tool in tools:
+                r = runs[f"{method}/{tool}"]
+                row = [method, tool, r["wall_s"], r["cpu_s"], r["peak_rss_mb"],
+                       read_bytes / speed, r["wall_s"] / (read_bytes / speed)]
+                if tool == "npsfuse" and mk.get("returncode") == 0:
+                    row += [mk["wall_s"] / n["wall_s"], mk["cpu_s"] / n["cpu_s"],
+                            n["peak_rss_mb"] / mk["peak_rss_mb"]]
+                else:
+                    row += ["", "", ""]
+                if cmp and tool == "npsfuse":
+                    row += [cmp["max_abs_diff"], cmp["elements_differing"], cmp["elements"]]
+                else:
+                    row += ["", "", ""]
+                rows.append(row)
+            for o in outs.values():
+                shutil.rmtree(o, ignore_errors=True)
+        report.title = (f"npsfuse merge vs mergekit-yaml: {params / 1e9:.2f} B-parameter Llama, "
+                        f"base + 3 fine-tunes, bf16, sharded safetensors, {cache} page cache")
+        report.rows = rows
+        report.baselines = {
+            "parameters per model": params,
+            "bytes read per merge (4 checkpoints)": read_bytes,
+            "sequential read speed of those files, cold (GB/s)": speed / 1e9,
+            "disk-read bound (s)": read_bytes / speed,
+            "generation of the 4 checkpoints (s)": gen_s if not reuse else "reused",
+            "peak RSS of `import npsfuse` alone (MB)": import_rss["npsfuse"]["peak_rss_mb"],
+        }
+        if "mergekit" in import_rss:
+            report.baselines["peak RSS of `import mergekit` alone (MB)"] = (
+                import_rss["mergekit"]["peak_rss_mb"])
+            report.baselines["mergekit, torch (its venv)"] = mergekit_version()
+        report.notes = notes + [
+            "Each run starts with the four input checkpoints read into the page cache "
+            "('inputs_cached_before' in the JSON is fincore's fraction cached), so neither tool "
+            "waits for the disk; the disk-read bound is for reference." if args.warm else
+            "Each run starts with the four input checkpoints evicted from the page cache "
+            "(fsync + posix_fadvise DONTNEED; 'inputs_cached_before' in the JSON is fincore's "
+            "fraction still cached), so each reads them from disk.",
+            "Same YAML for both tools: dtype float32 (compute), out_dtype bfloat16; "
+            "task_arithmetic with weights 1, 0.5, 0.7; ties with weights 1, density 0.5, "
+            "normalize true, int8_mask true (ignored by npsfuse with a note).",
+            "Output shards of 1 GB for both (npsfuse --shard-size 1000000000, mergekit "
+            "--out-shard-size 500M parameters). npsfuse fsyncs each shard before renaming it; "
+            "mergekit does not fsync.",
+            "Peak RSS is /usr/bin/time -v's maximum resident set size, which counts mapped file "
+            "pages a process has touched, and the interpreter with torch imported.",
+            "Differences in ties come from the top-k cut when several |τ| tie at the threshold: "
+            "npsfuse keeps the lowest indices (documented, deterministic), mergekit whatever "
+            "torch.argsort (not stable) puts first.",
+            "Default threads for both (all cores). Other jobs may share the machine (see the "
+            "load averages below); CPU seconds (user+sys from /usr/bin/time) are less "
+            "sensitive to that than wall time.",
+        ]
+        report.extra_tables["Runs (raw)"] = (
+            ["run", "result"], [[k, json.dumps(v, default=str)[:400]] for k, v in runs.items()])
+        md, js = report.write()
+        print(md.read_text())
+    finally:
+        if not args.keep:
+            shutil.rmtree(DATA, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
