@@ -7,6 +7,7 @@ import (
 
 	"github.com/npsfuse/npsfuse/arrowio/bridge"
 	"github.com/npsfuse/npsfuse/gocore/nps"
+	"github.com/npsfuse/npsfuse/gocore/parallel"
 	"github.com/npsfuse/npsfuse/gocore/tensor"
 )
 
@@ -116,7 +117,8 @@ type npsWeights struct {
 // {"shared": [...]} or {"per_tensor": [[...], ...]}), keeping the top keep
 // fraction of |τ'| (over all tensors when global), and writes it into the
 // nOut output tensors at arrays/schemas (one per tensor, in decomposition
-// order, any float dtype). It returns the number of entries kept.
+// order, any float dtype; float32 outputs are written in place, others are
+// rounded from a float32 scratch). It returns the number of entries kept.
 func NPSBuild(h int, weights string, keep float64, global bool, nOut, arrays, schemas int) (kept int, err error) {
 	defer guard(&err)
 	b, err := bridge.ImportAt(uintptr(arrays), uintptr(schemas), nOut)
@@ -135,15 +137,31 @@ func NPSBuild(h int, weights string, keep float64, global bool, nOut, arrays, sc
 	if err := decodeStrict(nps.ErrInput, "weights", weights, &w); err != nil {
 		return 0, err
 	}
-	k, err := s.d.Build(nps.Weights{Shared: w.Shared, PerTensor: w.PerTensor}, keep, global, s.scratch)
-	if err != nil {
-		return 0, err
-	}
+	// float32 outputs are built in place; others go through the float32
+	// scratch and are rounded to their dtype afterwards (in parallel).
+	outs := make([][]float32, len(b.Tensors))
 	for i, t := range b.Tensors {
 		if t.Vec.Len() != len(s.scratch[i]) {
 			return 0, fmt.Errorf("%w: output %q has %d elements, want %d", nps.ErrInput, t.Name, t.Vec.Len(), len(s.scratch[i]))
 		}
-		t.Vec.Store(s.scratch[i], 0)
+		outs[i] = s.scratch[i]
+		if t.Vec.DType == tensor.F32 {
+			outs[i] = t.Vec.F32
+		}
+	}
+	k, err := s.d.Build(nps.Weights{Shared: w.Shared, PerTensor: w.PerTensor}, keep, global, outs)
+	if err != nil {
+		return 0, err
+	}
+	for i, t := range b.Tensors {
+		if t.Vec.DType == tensor.F32 {
+			continue
+		}
+		src := s.scratch[i]
+		parallel.For(parallel.NumChunks(len(src)), func(_, c int) {
+			lo, hi := c*parallel.Chunk, min((c+1)*parallel.Chunk, len(src))
+			t.Vec.Store(src[lo:hi], lo)
+		})
 	}
 	return int(k), nil
 }

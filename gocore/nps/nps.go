@@ -270,12 +270,29 @@ func (t *decomp) reweight(w []float64, dst []float32) error {
 		return nil
 	}
 	wRes := float32(w[M-1])
-	copy(dst, t.tau)
+	// dst = w_M·τ in one parallel pass, then dst += U·diag(c)·Vᵀ: the same
+	// float32 operations, in the same order, as linalg.ApplyWeighted(τ copy,
+	// U, c, Vᵀ, w_M), which runs one gonum Sgemm (see addLowRank for why not).
+	parallel.For(parallel.NumChunks(len(t.tau)), func(_, c int) {
+		lo, hi := c*parallel.Chunk, min((c+1)*parallel.Chunk, len(t.tau))
+		d := dst[lo:hi]
+		switch wRes {
+		case 1:
+			copy(d, t.tau[lo:hi])
+			return
+		case 0:
+			clear(d) // as BLAS does for beta = 0 (no −0 from 0·(−x))
+			return
+		}
+		for j, x := range t.tau[lo:hi] {
+			d[j] = wRes * x
+		}
+	})
 	coef := make([]float32, len(t.svd.S))
 	for j, s := range t.svd.S {
 		coef[j] = (float32(w[t.band[j]]) - wRes) * s
 	}
-	if err := linalg.ApplyWeighted(dst, t.svd.U, coef, t.svd.Vt, wRes); err != nil {
+	if err := addLowRank(dst, t.svd.U, coef, t.svd.Vt); err != nil {
 		return fmt.Errorf("tensor %q: %w", t.name, err)
 	}
 	return nil
