@@ -1,0 +1,844 @@
+"""``npsfuse.Evolver``: differential evolution over whole weight sets.
+
+Individuals are full sets of model weights (Evolver, Du, Li, Liu et al.,
+2024; CADE, Jiang, Du et al., 2024). Each individual's evolved tensors live in
+one contiguous flat buffer; offspring are written by the Go kernels
+(``gocore/evolve``) into one reused offspring buffer, in place and parallel
+over cores, and the caller's ``evaluate`` scores them on its dev set.
+
+Design
+------
+* **Buffers.** Python owns ``popsize + 1`` flat buffers (torch tensors in
+  memory, or ``torch.from_file`` memory maps under ``storage=DIR``); Go reads
+  and writes them through :class:`npsfuse._bridge.ArrowPack` without copies.
+  An accepted offspring is not copied: its buffer becomes the parent's and the
+  parent's old buffer becomes the next offspring buffer.
+* **Evaluation.** The state dict handed to ``evaluate`` is made of views into
+  the flat offspring buffer (no copies) plus the individual's non-evolved
+  tensors. It is valid until the next :meth:`Evolver.ask`; copy what you keep.
+* **Non-evolved tensors** (names matching ``exclude``, integer buffers) stay
+  with their individual: each fine-tuned model keeps its own head, and an
+  offspring inherits the head of its parent ``x_i``.
+* **Randomness** (visiting order, reference individuals, forced index,
+  crossover masks) lives in Go only and is keyed by (seed, generation,
+  individual, block): results are identical for any thread count, and a
+  saved run resumes bit for bit.
+* **Selection** is one-to-one and immediate: the offspring replaces its
+  parent only when its score is strictly higher, and later trials of the same
+  generation see the replacement (for the classic DE strategies this is the
+  asynchronous variant, which keeps memory at ``popsize + 1`` buffers).
+
+See :class:`Evolver` for the parameters and METHODS.md ("Search and
+evolution") for the definitions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import _core
+from ._bridge import SUPPORTED, ArrowPack
+from ._state import ModelLike, StateDict, load_state_dict
+from .merging import _check_shapes, methods
+from .merging import merge as _merge
+from .search_merge import SearchMergeResult, search_merge
+
+__all__ = [
+    "CADE_WEIGHT_SPACE", "STRATEGIES", "Evolver", "EvolverResult", "SearchMergeResult",
+    "search_merge",
+]
+
+#: Offspring operators: the Evolver authors' operator and classic DE.
+STRATEGIES: tuple[str, ...] = ("evolver", "rand/1/bin", "best/1/bin", "current-to-best/1/bin")
+
+#: Crossover units.
+GRANULARITIES: tuple[str, ...] = ("element", "tensor", "block")
+
+#: CADE's settings for DE over whole weight sets (Jiang, Du et al., 2024; the
+#: authors' code): F and CR anneal from 1e-5 to 1e-6 on a cosine with half
+#: period T = 40 generations. ``schedule="cosine"`` uses these bounds by
+#: default; pass ``period=40`` for the authors' T (the default is the run).
+CADE_WEIGHT_SPACE: dict[str, Any] = {"F": (1e-6, 1e-5), "CR": (1e-6, 1e-5), "T": 40}
+
+_MIN_POP = {"evolver": 2, "rand/1/bin": 4, "best/1/bin": 3, "current-to-best/1/bin": 3}
+_STATE_VERSION = 1
+
+Evaluate = Callable[[StateDict], float]
+
+
+def _go(fn: Callable[..., Any], *args: Any) -> Any:
+    return _core.call(fn, *args)
+
+
+def _finite_or_neg_inf(x: float) -> float:
+    return x if math.isfinite(x) else -math.inf
+
+
+def _json_fitness(fit: Sequence[float]) -> str:
+    return json.dumps([v if math.isfinite(v) else None for v in fit])
+
+
+def _resolve_dtype(
+    compute_dtype: torch.dtype | str, tensors: Sequence[torch.Tensor]
+) -> torch.dtype:
+    if isinstance(compute_dtype, str):
+        if compute_dtype == "model":
+            dts = {t.dtype for t in tensors}
+            if len(dts) == 1 and next(iter(dts)) in SUPPORTED:
+                return next(iter(dts))
+            return torch.float32
+        compute_dtype = getattr(torch, compute_dtype, None)  # type: ignore[assignment]
+    if compute_dtype not in SUPPORTED:
+        raise TypeError(
+            f"compute_dtype must be one of {list(SUPPORTED)} or 'model', got {compute_dtype!r}"
+        )
+    return compute_dtype  # type: ignore[return-value]
+
+
+def _unshared(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous tensors, cloning only those whose memory another already uses
+    (safetensors refuses shared storage, e.g. tied weights)."""
+    seen: set[int] = set()
+    out: dict[str, torch.Tensor] = {}
+    for k, t in sd.items():
+        t = t.detach().contiguous()
+        ptr = t.untyped_storage().data_ptr() if t.numel() else -1
+        if ptr in seen:
+            t = t.clone()
+        elif ptr != -1:
+            seen.add(ptr)
+        out[k] = t
+    return out
+
+
+class Evolver:
+    """Differential evolution over whole weight sets (Evolver and CADE).
+
+    Parameters
+    ----------
+    base
+        The pre-trained model θ₀ (state dict, ``nn.Module`` or safetensors
+        path). It fixes the tensor names, and is the merge base when ``merge``
+        is set.
+    population
+        The initial individuals: the fine-tuned models (optionally merged
+        models too, or use ``add_merges``), in the same forms as ``base``.
+    evaluate
+        ``evaluate(state_dict) -> float``: the dev-set score, higher is
+        better; NaN or ±Inf marks a failed evaluation (never accepted). The
+        state dict aliases a reused buffer: it is valid until the next trial.
+    strategy
+        ``"evolver"`` (default): v = (1 − F)·x_i + F·x_ref, computed as
+        x_i + F·(x_ref − x_i), with x_ref a random other individual with
+        probability p = 0.5/(G − g) + 0.5 and the best other one otherwise
+        (always random with ``merge``). ``"rand/1/bin"``: v = x_r1 + F·(x_r2 −
+        x_r3); ``"best/1/bin"``: v = x_best + F·(x_r1 − x_r2);
+        ``"current-to-best/1/bin"``: v = x_i + F·(x_best − x_i) + F·(x_r1 −
+        x_r2). Then binomial crossover with rate CR against x_i.
+    F, CR
+        Mutation factor and crossover rate for ``schedule="constant"``
+        (defaults 0.5 and 0.5, the Evolver authors'); ignored by ``"cosine"``.
+    schedule
+        ``"constant"`` or ``"cosine"`` (CADE): F(g) = F_min + ½(F_max −
+        F_min)(1 + cos(π g / T)), likewise CR, cycling with period 2T.
+    F_bounds, CR_bounds
+        ``(min, max)`` of the cosine; default CADE's weight-space values
+        (1e-6, 1e-5) for both (:data:`CADE_WEIGHT_SPACE`).
+    period
+        T, the cosine's half period in generations (default ``generations``:
+        one anneal from max to min over the run; CADE's code used 40). F and CR
+        then rise again smoothly (no restart jump), as in CADE.
+    generations
+        G, the number of generations :meth:`run` performs.
+    merge
+        ``None``: every individual is scored on its own and the best is
+        returned. A method of :func:`npsfuse.methods` (``"ties"``,
+        ``"task_arithmetic"``, ``"dare_ties"``, ...): "Evolver with merger" —
+        an offspring's score is the dev score of the merge of the population
+        with the offspring in place of its parent, accepted when higher than
+        the current merge's score; the result is that merge.
+    merge_params
+        Keyword arguments of :func:`npsfuse.merge` (``density``, ``lam``,
+        ``weights``, ``seed``, ...), for ``merge`` and ``add_merges``.
+    add_merges
+        Merge methods whose merges of ``population`` join it as extra
+        individuals (e.g. ``("ties", "task_arithmetic")``).
+    exclude
+        Regular expressions (``re.search``) of tensor names kept out of the
+        evolution, e.g. ``(r"classifier\\.",)``. Integer/bool tensors are never
+        evolved.
+    granularity
+        Crossover unit: ``"element"`` (per scalar, default), ``"tensor"``
+        (whole tensors from one parent) or ``"block"`` (``block_size``
+        elements).
+    block_size
+        Block length for ``granularity="block"``.
+    force_index
+        Force one element (or tensor/block) from the donor. Default: True for
+        the classic DE strategies, False for ``"evolver"`` (CADE's authors
+        force none: pass False).
+    compute_dtype
+        dtype of the population buffers: ``torch.float32`` (default),
+        ``torch.bfloat16``/``torch.float16``, or ``"model"`` (the models'
+        dtype). Arithmetic is float32 either way.
+    storage
+        ``"memory"`` or a directory: the buffers are then memory-mapped files
+        there, so a population larger than RAM works.
+    seed
+        Seed of every random choice.
+    progress
+        Show a tqdm progress bar in :meth:`run`.
+
+    Notes
+    -----
+    Memory: ``(popsize + 1)`` flat buffers plus what the caller holds (the
+    models passed in are loaded and copied one at a time); with ``merge``,
+    also the base and one merged model per trial.
+
+    Selection is strict (an equal score keeps the parent) and immediate. The
+    CADE defaults (Jiang, Du et al., 2024, authors' code): F and CR between
+    1e-6 and 1e-5 on a cosine of half period T = 40, DE/rand/1 with no forced
+    index — ``Evolver(..., strategy="rand/1/bin", schedule="cosine",
+    period=40, force_index=False)``. The Evolver defaults (Du, Li, Liu et al.,
+    2024): F = CR = 0.5, 15 generations in their runs.
+    Dense element crossover (CR ≥ 1/16) draws one 16-bit uniform per element
+    (CR is rounded to a multiple of 2⁻¹⁶); smaller CR draws geometric gaps
+    between the taken elements (see ``gocore/evolve``).
+    """
+
+    def __init__(
+        self,
+        base: ModelLike,
+        population: Sequence[ModelLike],
+        evaluate: Evaluate,
+        *,
+        strategy: str = "evolver",
+        F: float = 0.5,
+        CR: float = 0.5,
+        schedule: str = "constant",
+        F_bounds: tuple[float, float] | None = None,
+        CR_bounds: tuple[float, float] | None = None,
+        period: int | None = None,
+        generations: int = 10,
+        merge: str | None = None,
+        merge_params: Mapping[str, Any] | None = None,
+        add_merges: Sequence[str] = (),
+        exclude: Sequence[str | re.Pattern[str]] = (),
+        granularity: str = "element",
+        block_size: int = 4096,
+        force_index: bool | None = None,
+        compute_dtype: torch.dtype | str = torch.float32,
+        storage: str | os.PathLike[str] = "memory",
+        seed: int = 0,
+        progress: bool = True,
+    ) -> None:
+        if not callable(evaluate):
+            raise TypeError("evaluate must be a callable state_dict -> float")
+        if not isinstance(population, Sequence) or isinstance(population, (str, bytes)):
+            raise ValueError("population must be a list of models")
+        cfg = _make_config(
+            strategy=strategy, F=F, CR=CR, schedule=schedule, F_bounds=F_bounds,
+            CR_bounds=CR_bounds, period=period, generations=generations, merge=merge,
+            merge_params=merge_params, granularity=granularity, block_size=block_size,
+            force_index=force_index, seed=seed,
+        )
+        for m in add_merges:
+            if m not in methods():
+                raise ValueError(f"unknown merge method {m!r} in add_merges")
+        patterns = [re.compile(p) if isinstance(p, str) else p for p in exclude]
+        base_sd = load_state_dict(base, "base")
+        np_ = len(population) + len(add_merges)
+        if not population:
+            raise ValueError("population is empty")
+        if np_ < _MIN_POP[strategy]:
+            raise ValueError(
+                f"strategy {strategy!r} needs at least {_MIN_POP[strategy]} individuals, "
+                f"got {np_}"
+            )
+        names = [
+            k for k, t in base_sd.items()
+            if t.is_floating_point() and not any(p.search(k) for p in patterns)
+        ]
+        if not names:
+            raise ValueError("no floating-point tensor is left to evolve (check exclude)")
+        dtype = _resolve_dtype(compute_dtype, [base_sd[k] for k in names])
+        self._init_layout(list(base_sd), names, [tuple(base_sd[k].shape) for k in names], dtype)
+        segments = [self._offset[k] for k in names] + [self._n]
+        cfg["go_config"] = _go_config(cfg, segments)
+        self.evaluate = evaluate
+        self.progress = bool(progress)
+        self._cfg = cfg
+        self._np = np_
+        self._base = base_sd if merge is not None else None
+        self._alloc(storage)
+        self._slot_of = list(range(np_))
+        self._extras: list[dict[str, torch.Tensor]] = []
+        # One model at a time: load, check, copy into its buffer, drop.
+        for i, m in enumerate(population):
+            sd = load_state_dict(m, f"population[{i}]")
+            try:
+                _check_shapes(base_sd, [sd])
+            except ValueError as exc:
+                raise ValueError(str(exc).replace("model 0", f"population[{i}]")) from None
+            self._fill(i, sd)
+            del sd
+        n_pop = len(population)
+        for j, method in enumerate(add_merges):
+            merged = _merge(base_sd, [self.individual(i) for i in range(n_pop)], method,
+                            **cfg["merge_params"])
+            self._fill(n_pop + j, merged)
+            del merged
+        self._spare = np_
+        self._fitness = [-math.inf] * np_
+        self._merge_score = -math.inf
+        self._phase = "init"
+        self._init_pos = 0
+        self._gen = 0
+        self._pos = 0
+        self._order: list[int] = []
+        self._history: list[dict[str, Any]] = []
+        self._gen_stats: dict[str, Any] = {"accepted": 0, "scores": [], "F": None, "CR": None}
+        self._evals = 0
+        self._pending: tuple[str, int] | None = None
+        self._pending_sd: StateDict | None = None
+        self._version = 0
+
+    # ------------------------------------------------------------ layout --
+
+    def _init_layout(
+        self, keys: list[str], names: list[str], shapes: list[tuple[int, ...]], dtype: torch.dtype
+    ) -> None:
+        self._keys = keys
+        self._names = names
+        self._shape = dict(zip(names, shapes, strict=True))
+        self._offset: dict[str, int] = {}
+        self._numel: dict[str, int] = {}
+        off = 0
+        for k, s in zip(names, shapes, strict=True):
+            self._offset[k] = off
+            self._numel[k] = math.prod(s)
+            off += self._numel[k]
+        self._n = off
+        self._dtype = dtype
+
+    def _alloc(self, storage: str | os.PathLike[str]) -> None:
+        self._storage = "memory" if storage == "memory" else str(Path(storage).resolve())
+        count = self._np + 1
+        if self._storage == "memory":
+            self._slots = [torch.empty(self._n, dtype=self._dtype) for _ in range(count)]
+            return
+        d = Path(self._storage)
+        d.mkdir(parents=True, exist_ok=True)
+        nbytes = self._n * torch.tensor([], dtype=self._dtype).element_size()
+        self._slots = []
+        for k in range(count):
+            p = d / f"slot-{k}.bin"
+            with open(p, "wb") as f:
+                f.truncate(nbytes)
+            t = torch.from_file(str(p), shared=True, size=self._n, dtype=self._dtype)
+            self._slots.append(t)
+
+    def _fill(self, i: int, sd: Mapping[str, torch.Tensor]) -> None:
+        """Copy model ``sd``'s evolved tensors into buffer i; keep the rest."""
+        flat = self._slots[i]
+        for k in self._names:
+            o, n = self._offset[k], self._numel[k]
+            flat[o : o + n].copy_(sd[k].detach().reshape(-1))
+        self._extras.append({k: sd[k] for k in self._keys if k not in self._offset})
+
+    def _views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {
+            k: flat[self._offset[k] : self._offset[k] + self._numel[k]].view(self._shape[k])
+            for k in self._names
+        }
+
+    def _state_dict(self, flat: torch.Tensor, extras: Mapping[str, torch.Tensor]) -> StateDict:
+        v = self._views(flat)
+        return {k: v[k] if k in v else extras[k] for k in self._keys}
+
+    def individual(self, i: int) -> StateDict:
+        """Individual ``i`` as a state dict of views (valid until the next trial)."""
+        return self._state_dict(self._slots[self._slot_of[i]], self._extras[i])
+
+    def _population_sds(self, replace: tuple[int, StateDict] | None = None) -> list[StateDict]:
+        sds = [self.individual(i) for i in range(self._np)]
+        if replace is not None:
+            sds[replace[0]] = replace[1]
+        return sds
+
+    def _merged(self, sds: Sequence[StateDict]) -> StateDict:
+        assert self._base is not None
+        return _merge(self._base, sds, self._cfg["merge"], **self._cfg["merge_params"])
+
+    # -------------------------------------------------------- properties --
+
+    @property
+    def popsize(self) -> int:
+        """Number of individuals."""
+        return self._np
+
+    @property
+    def num_params(self) -> int:
+        """Number of evolved parameters per individual."""
+        return self._n
+
+    @property
+    def generation(self) -> int:
+        """Completed generations."""
+        return self._gen
+
+    @property
+    def done(self) -> bool:
+        """True once all ``generations`` are completed."""
+        return self._phase == "done"
+
+    @property
+    def fitness(self) -> list[float]:
+        """Per-individual scores (``merge=None``; −inf: failed or not yet evaluated)."""
+        return list(self._fitness)
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One record per completed generation (0: the initial population)."""
+        return [dict(h) for h in self._history]
+
+    def _best(self) -> tuple[int, float]:
+        b = max(range(self._np), key=lambda j: (self._fitness[j], -j))
+        return b, self._fitness[b]
+
+    # ---------------------------------------------------------- ask/tell --
+
+    def ask(self) -> StateDict:
+        """The next state dict to evaluate; report its score with :meth:`tell`.
+
+        First the initial population (each individual, or with ``merge`` the
+        merge of the population), then one trial per individual per
+        generation. Asking again before :meth:`tell` returns the same trial.
+
+        Raises
+        ------
+        RuntimeError
+            When all generations are done.
+        """
+        if self._pending is not None:
+            assert self._pending_sd is not None
+            return self._pending_sd
+        if self._phase == "done":
+            raise RuntimeError("the evolution is finished; read result()")
+        if self._phase == "init":
+            if self._cfg["merge"] is None:
+                sd = self.individual(self._init_pos)
+                self._pending = ("init", self._init_pos)
+            else:
+                sd = self._merged(self._population_sds())
+                self._pending = ("init", -1)
+        else:
+            if not self._order:
+                self._start_generation()
+            i = self._order[self._pos]
+            info = self._offspring(i)
+            if self._gen_stats["F"] is None:
+                self._gen_stats["F"], self._gen_stats["CR"] = info["f"], info["cr"]
+            sd = self._state_dict(self._slots[self._spare], self._extras[i])
+            if self._cfg["merge"] is not None:
+                sd = self._merged(self._population_sds(replace=(i, sd)))
+            self._pending = ("trial", i)
+        self._pending_sd = sd
+        return sd
+
+    def _start_generation(self) -> None:
+        spec = {"seed": self._cfg["seed"], "generation": self._gen, "np": self._np,
+                "shuffle": self._cfg["strategy"] == "evolver"}
+        self._order = json.loads(_go(_core.go.EvolveOrder, json.dumps(spec)))
+        self._pos = 0
+        self._gen_stats = {"accepted": 0, "scores": [], "F": None, "CR": None}
+
+    def _offspring(self, i: int) -> dict[str, Any]:
+        """Run the Go kernel: trial of individual i into the spare buffer."""
+        items = [(f"individual {j}", self._slots[self._slot_of[j]]) for j in range(self._np)]
+        items.append(("offspring", self._slots[self._spare]))
+        pack = ArrowPack(items)
+        fit = self._fitness if self._cfg["merge"] is None else [0.0] * self._np
+        out = _go(
+            _core.go.EvolveTrial, self._cfg["go_config"], self._gen, i, _json_fitness(fit),
+            self._np, pack.arrays, pack.schemas,
+        )
+        return json.loads(out)
+
+    def tell(self, score: float) -> bool:
+        """Report the score of the last :meth:`ask`; returns True when a trial
+        was accepted (replaced its parent, or improved the merge).
+
+        Raises
+        ------
+        RuntimeError
+            Without a pending :meth:`ask`.
+        """
+        if self._pending is None:
+            raise RuntimeError("tell() without a pending ask()")
+        kind, i = self._pending
+        s = _finite_or_neg_inf(float(score))
+        self._pending, self._pending_sd = None, None
+        self._evals += 1
+        accepted = False
+        if kind == "init":
+            if i >= 0:
+                self._fitness[i] = s
+                self._init_pos += 1
+                finished = self._init_pos == self._np
+            else:
+                self._merge_score = s
+                finished = True
+            if finished:
+                self._record(0, [s] if i < 0 else list(self._fitness), None, None, 0)
+                self._phase = "evolve"
+            self._version += 1
+            return False
+        self._gen_stats["scores"].append(s)
+        current = self._fitness[i] if self._cfg["merge"] is None else self._merge_score
+        if s > current:
+            accepted = True
+            self._slot_of[i], self._spare = self._spare, self._slot_of[i]
+            if self._cfg["merge"] is None:
+                self._fitness[i] = s
+            else:
+                self._merge_score = s
+            self._gen_stats["accepted"] += 1
+        self._pos += 1
+        if self._pos == self._np:
+            st = self._gen_stats
+            self._gen += 1
+            self._record(self._gen, st["scores"], st["F"], st["CR"], st["accepted"])
+            self._order = []
+            if self._gen >= self._cfg["generations"]:
+                self._phase = "done"
+        self._version += 1
+        return accepted
+
+    def _record(
+        self, g: int, scores: list[float], F: float | None, CR: float | None, accepted: int
+    ) -> None:
+        if self._cfg["merge"] is None:
+            finite = [v for v in self._fitness if math.isfinite(v)]
+            best = max(self._fitness)
+            mean = sum(finite) / len(finite) if finite else -math.inf
+        else:
+            finite = [v for v in scores if math.isfinite(v)]
+            best = self._merge_score
+            mean = sum(finite) / len(finite) if finite else -math.inf
+        self._history.append({"generation": g, "best": best, "mean": mean, "accepted": accepted,
+                              "F": F, "CR": CR, "evaluations": self._evals})
+
+    # --------------------------------------------------------------- run --
+
+    def _remaining(self) -> int:
+        if self._phase == "done":
+            return 0
+        left = (self._cfg["generations"] - self._gen) * self._np - self._pos
+        if self._phase == "init":
+            left += (self._np - self._init_pos) if self._cfg["merge"] is None else 1
+        return left
+
+    def run(self, *, checkpoint: str | os.PathLike[str] | None = None) -> EvolverResult:
+        """Evaluate until all generations are done and return the result.
+
+        Parameters
+        ----------
+        checkpoint
+            Directory to :meth:`save` into after the initial population and
+            after every generation (each save writes the whole population);
+            ``Evolver.resume(checkpoint, evaluate)`` continues from it exactly,
+            also after the process was killed mid-generation.
+        """
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self._remaining(), desc="evolve", unit="eval")
+        try:
+            while not self.done:
+                gen_before, phase_before = self._gen, self._phase
+                sd = self.ask()
+                score = self.evaluate(sd)
+                self.tell(score)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(gen=self._gen, best=f"{self._current_best():.4g}")
+                moved = self._gen != gen_before or self._phase != phase_before
+                if checkpoint is not None and moved:
+                    self.save(checkpoint)
+        finally:
+            if bar is not None:
+                bar.close()
+        return self.result()
+
+    def _current_best(self) -> float:
+        return self._best()[1] if self._cfg["merge"] is None else self._merge_score
+
+    def result(self) -> EvolverResult:
+        """The current result (the best individual, or the population's merge)."""
+        return EvolverResult(self)
+
+    # ------------------------------------------------------- persistence --
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the whole run state to the directory ``path`` (replaced
+        atomically): configuration, population, scores, history. A pending
+        trial is not saved; it is regenerated identically after resume.
+        """
+        dst = Path(path).resolve()
+        if self._storage != "memory" and dst == Path(self._storage):
+            raise ValueError("save into a directory other than storage")
+        tmp = dst.with_name(dst.name + f".tmp-{os.getpid()}")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        from safetensors.torch import save_file
+
+        for i in range(self._np):
+            flat = self._slots[self._slot_of[i]]
+            with open(tmp / f"individual-{i}.bin", "wb") as f:
+                f.write(memoryview(flat.view(torch.uint8).numpy()))
+        extras = {f"{i}/{k}": t for i, ex in enumerate(self._extras) for k, t in ex.items()}
+        save_file(_unshared(extras), str(tmp / "extras.safetensors"))
+        if self._base is not None:
+            save_file(_unshared(self._base), str(tmp / "base.safetensors"))
+        state = {
+            "version": _STATE_VERSION,
+            "config": {k: v for k, v in self._cfg.items() if k != "merge_params"},
+            "merge_params": self._cfg["merge_params"],
+            "keys": self._keys,
+            "names": self._names,
+            "shapes": [list(self._shape[k]) for k in self._names],
+            "dtype": str(self._dtype).removeprefix("torch."),
+            "storage": self._storage,
+            "progress": self.progress,
+            "popsize": self._np,
+            "fitness": self._fitness,
+            "merge_score": self._merge_score,
+            "phase": self._phase,
+            "init_pos": self._init_pos,
+            "generation": self._gen,
+            "pos": self._pos,
+            "order": self._order,
+            "gen_stats": self._gen_stats,
+            "history": self._history,
+            "evaluations": self._evals,
+        }
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+        old = dst.with_name(dst.name + f".old-{os.getpid()}")
+        if dst.exists():
+            dst.rename(old)
+        tmp.rename(dst)
+        if old.exists():
+            shutil.rmtree(old)
+
+    @classmethod
+    def resume(
+        cls,
+        path: str | os.PathLike[str],
+        evaluate: Evaluate,
+        *,
+        storage: str | os.PathLike[str] | None = None,
+        progress: bool | None = None,
+    ) -> Evolver:
+        """Continue a run saved by :meth:`save` (or ``run(checkpoint=...)``).
+
+        Parameters
+        ----------
+        path
+            The saved directory.
+        evaluate
+            The same evaluation function (it cannot be saved).
+        storage
+            Override where the buffers live (default: as saved).
+        progress
+            Override the progress bar setting.
+        """
+        from safetensors.torch import load_file
+
+        src = Path(path)
+        state = json.loads((src / "state.json").read_text())
+        if state.get("version") != _STATE_VERSION:
+            raise ValueError(f"{src}: unsupported state version {state.get('version')!r}")
+        self = cls.__new__(cls)
+        cfg = dict(state["config"])
+        cfg["merge_params"] = state["merge_params"]
+        self._cfg = cfg
+        self.evaluate = evaluate
+        self.progress = state["progress"] if progress is None else bool(progress)
+        self._np = state["popsize"]
+        self._init_layout(state["keys"], state["names"], [tuple(s) for s in state["shapes"]],
+                          getattr(torch, state["dtype"]))
+        extras = load_file(str(src / "extras.safetensors"))
+        self._extras = [{} for _ in range(self._np)]
+        for key, t in extras.items():
+            i, k = key.split("/", 1)
+            self._extras[int(i)][k] = t
+        self._base = load_file(str(src / "base.safetensors")) if cfg["merge"] is not None else None
+        self._alloc(state["storage"] if storage is None else storage)
+        for i in range(self._np):
+            with open(src / f"individual-{i}.bin", "rb") as f:
+                f.readinto(memoryview(self._slots[i].view(torch.uint8).numpy()))
+        self._slot_of = list(range(self._np))
+        self._spare = self._np
+        self._fitness = [float(v) for v in state["fitness"]]
+        self._merge_score = float(state["merge_score"])
+        self._phase = state["phase"]
+        self._init_pos = state["init_pos"]
+        self._gen = state["generation"]
+        self._pos = state["pos"]
+        self._order = list(state["order"])
+        self._gen_stats = state["gen_stats"]
+        self._history = state["history"]
+        self._evals = state["evaluations"]
+        self._pending, self._pending_sd = None, None
+        self._version = 0
+        return self
+
+
+class EvolverResult:
+    """What an :class:`Evolver` run produced.
+
+    Attributes
+    ----------
+    history
+        Per generation (0 = initial population): ``best`` (the best individual's
+        score, or with ``merge`` the current merge's score), ``mean`` (mean
+        individual score, or with ``merge`` the mean trial score of the
+        generation), ``accepted`` (offspring accepted), ``F``, ``CR``,
+        ``evaluations`` (cumulative).
+    best_score
+        Dev score of :meth:`state_dict`'s model.
+    best_index
+        The best individual (``merge=None``), else None.
+    """
+
+    def __init__(self, ev: Evolver) -> None:
+        self._ev = ev
+        self._version = ev._version
+        self.history = ev.history
+        self.merge = ev._cfg["merge"]
+        if self.merge is None:
+            self.best_index: int | None = ev._best()[0]
+            self.best_score = ev._best()[1]
+        else:
+            self.best_index = None
+            self.best_score = ev._merge_score
+        self.fitness = ev.fitness
+
+    def state_dict(self) -> StateDict:
+        """The result as a fresh state dict (the best individual, or the merge
+        of the final population), in the base's key order."""
+        ev = self._ev
+        if ev._version != self._version:
+            raise RuntimeError("the Evolver has changed since this result; call result() again")
+        if self.merge is not None:
+            return ev._merged(ev._population_sds())
+        assert self.best_index is not None
+        return {k: t.clone() for k, t in ev.individual(self.best_index).items()}
+
+    def plot(self, path: str | os.PathLike[str]) -> None:
+        """Save a PNG of best/mean score, accepted offspring, F and CR per generation."""
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        h = self.history
+        g = [r["generation"] for r in h]
+        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+        ax1.plot(g, [r["best"] for r in h], "o-", label="best" if self.merge is None else "merge")
+        ax1.plot(g, [r["mean"] for r in h], "s--", label="mean")
+        ax1.set_ylabel("dev score")
+        ax1.legend(loc="lower right")
+        axb = ax1.twinx()
+        axb.bar(g, [r["accepted"] for r in h], alpha=0.2, color="gray")
+        axb.set_ylabel("accepted")
+        gs = [r["generation"] for r in h if r["F"] is not None]
+        ax2.plot(gs, [r["F"] for r in h if r["F"] is not None], "o-", label="F")
+        ax2.plot(gs, [r["CR"] for r in h if r["CR"] is not None], "s--", label="CR")
+        if gs and min(r["F"] for r in h if r["F"] is not None) > 0:
+            ax2.set_yscale("log")
+        ax2.set_xlabel("generation")
+        ax2.legend()
+        fig.tight_layout()
+        fig.savefig(str(path), format="png")
+        plt.close(fig)
+
+
+def _go_config(cfg: Mapping[str, Any], segments: Sequence[int]) -> str:
+    """The JSON of gocore/evolve.Config for validated options and tensor boundaries."""
+    keys = ("strategy", "schedule", "granularity", "block_size", "force_index", "random_ref",
+            "seed", "generations")
+    go = {k: cfg[k] for k in keys}
+    go["segments"] = list(segments) if cfg["granularity"] == "tensor" else None
+    return json.dumps(go)
+
+
+def _make_config(
+    *, strategy: str, F: float, CR: float, schedule: str,
+    F_bounds: tuple[float, float] | None, CR_bounds: tuple[float, float] | None,
+    period: int | None, generations: int, merge: str | None,
+    merge_params: Mapping[str, Any] | None, granularity: str, block_size: int,
+    force_index: bool | None, seed: int,
+) -> dict[str, Any]:
+    """Validate the Evolver's options; return them with the Go config JSON."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
+    if granularity not in GRANULARITIES:
+        raise ValueError(
+            f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}"
+        )
+    if isinstance(generations, bool) or not isinstance(generations, int) or generations < 1:
+        raise ValueError(f"generations must be a positive integer, got {generations!r}")
+    if not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    if granularity == "block" and (not isinstance(block_size, int) or block_size < 1):
+        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    if merge is not None:
+        if merge not in methods():
+            raise ValueError(f"unknown merge method {merge!r}; valid: {', '.join(methods())}")
+        if strategy in ("best/1/bin", "current-to-best/1/bin"):
+            raise ValueError(
+                f"strategy {strategy!r} needs per-individual fitness, which merge={merge!r} "
+                "does not give; use 'evolver' or 'rand/1/bin'"
+            )
+    if schedule == "constant":
+        if F_bounds is not None or CR_bounds is not None or period is not None:
+            raise ValueError("F_bounds, CR_bounds and period apply to schedule='cosine'")
+        if not math.isfinite(F) or not 0.0 <= CR <= 1.0:
+            raise ValueError(f"need finite F and CR in [0, 1], got F={F}, CR={CR}")
+        spec: dict[str, Any] = {"kind": "constant", "f": float(F), "cr": float(CR)}
+    elif schedule == "cosine":
+        fb = tuple(CADE_WEIGHT_SPACE["F"] if F_bounds is None else F_bounds)
+        cb = tuple(CADE_WEIGHT_SPACE["CR"] if CR_bounds is None else CR_bounds)
+        t = generations if period is None else period
+        if len(fb) != 2 or not (math.isfinite(fb[0]) and math.isfinite(fb[1])) or fb[0] > fb[1]:
+            raise ValueError(f"F_bounds must be finite (min, max) with min <= max, got {F_bounds}")
+        if len(cb) != 2 or not 0.0 <= cb[0] <= cb[1] <= 1.0:
+            raise ValueError(f"CR_bounds must satisfy 0 <= min <= max <= 1, got {CR_bounds}")
+        if not isinstance(t, int) or t < 1:
+            raise ValueError(f"period must be a positive integer, got {period!r}")
+        spec = {"kind": "cosine", "f_min": float(fb[0]), "f_max": float(fb[1]),
+                "cr_min": float(cb[0]), "cr_max": float(cb[1]), "t": t}
+    else:
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
+    fi = (strategy != "evolver") if force_index is None else bool(force_index)
+    return {
+        "strategy": strategy, "schedule": spec, "granularity": granularity,
+        "block_size": int(block_size), "force_index": fi, "random_ref": merge is not None,
+        "seed": int(seed), "generations": generations, "merge": merge,
+        "merge_params": dict(merge_params or {}),
+        # Filled by _finish_config once the layout (segments) is known.
+        "go_config": None,
+    }

@@ -1,0 +1,325 @@
+"""``npsfuse.search_merge``: search a merge method's hyper-parameters.
+
+The low-dimensional counterpart of :class:`npsfuse.Evolver` (the job of
+mergekit-evolve): the search space is a box of merge parameters (λ, density,
+per-model weights and densities, method-specific knobs), each candidate is
+merged by :func:`npsfuse.merge`'s Go engine and scored by the caller's dev
+metric, and the optimiser is CMA-ES or differential evolution (optionally
+with CADE's cosine schedule) from :mod:`npsfuse.optim`, i.e. the Go
+optimisers of ``gocore/search``.
+
+The first candidate evaluated is the merge with the method's default
+parameters (clipped into the box), so on the dev metric the result is never
+worse than the plain merge when the defaults lie inside the box.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import merging as _m
+from ._state import ModelLike, StateDict, load_state_dict
+from .optim import Optimizer, cosine_schedule
+
+__all__ = ["SearchMergeResult", "search_merge"]
+
+Evaluate = Callable[[StateDict], float]
+
+#: Parameters that take one value per model when ``per_model=True``.
+PER_MODEL = frozenset({"weight", "density", "tall_lambda"})
+
+#: Defaults of the common parameters (the start point of the search).
+_DEFAULTS: dict[str, float] = {"lam": 1.0, "density": 0.2, "weight": 1.0}
+
+
+@dataclass
+class SearchMergeResult:
+    """Outcome of :func:`search_merge`.
+
+    Attributes
+    ----------
+    params
+        The best parameters, as keyword arguments of :func:`npsfuse.merge`
+        (per-model values as lists; ``density`` as ``densities`` when per model).
+    best_score
+        Their dev score.
+    start_score
+        Dev score of the start point (the method's defaults, clipped to the box).
+    history
+        Per generation: ``generation``, ``best`` (best so far), ``mean``
+        (mean of the generation's successful scores), ``evaluations``.
+    x
+        The best point in the search space; ``names`` labels its coordinates.
+    """
+
+    params: dict[str, Any]
+    best_score: float
+    start_score: float
+    history: list[dict[str, Any]]
+    x: np.ndarray
+    names: list[str]
+    _merge: Callable[[Mapping[str, Any]], StateDict] = field(repr=False)
+
+    def state_dict(self) -> StateDict:
+        """The merge with the best parameters (computed again, a fresh dict)."""
+        return self._merge(self.params)
+
+    def plot(self, path: str) -> None:
+        """Save a PNG of best and mean dev score per generation."""
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        g = [h["generation"] for h in self.history]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(g, [h["best"] for h in self.history], "o-", label="best")
+        ax.plot(g, [h["mean"] for h in self.history], "s--", label="mean")
+        ax.axhline(self.start_score, color="gray", lw=0.8, label="defaults")
+        ax.set_xlabel("generation")
+        ax.set_ylabel("dev score")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, format="png")
+        plt.close(fig)
+
+
+def _merge_fn(
+    base_sd: StateDict, model_sds: Sequence[StateDict], method: str, fixed: Mapping[str, Any]
+) -> Callable[[Mapping[str, Any]], StateDict]:
+    """``params -> merged state dict``; per-model densities go straight to the
+    Go engine (which supports them, as mergekit does) since :func:`merge` takes
+    one density."""
+
+    def run(params: Mapping[str, Any]) -> StateDict:
+        kw = {**fixed, **params}
+        densities = kw.pop("densities", None)
+        if densities is None:
+            return dict(_m.merge(base_sd, model_sds, method, **kw))
+        _m._check_method(method)
+        allowed = _m.METHOD_PARAMS.get(method, {})
+        scope = kw.pop("scope", None) or _m.DEFAULT_SCOPE.get(method, "tensor")
+        normalize = kw.pop("normalize", None)
+        weights = kw.pop("weights", None)
+        go_params: dict[str, Any] = {
+            "weights": None if weights is None else [float(w) for w in weights],
+            "density": float(np.mean(densities)),
+            "densities": [float(d) for d in densities],
+            "lambda": float(kw.pop("lam", 1.0)),
+            "normalize": (_m.DEFAULT_NORMALIZE.get(method, True) if normalize is None
+                          else bool(normalize)),
+            "scope": scope,
+            "seed": int(kw.pop("seed", 0)),
+        }
+        transposed = kw.pop("transposed", None)
+        kw.pop("density", None)
+        dtype = kw.pop("dtype", None)
+        unknown = sorted(k for k in kw if k not in allowed)
+        if unknown:
+            raise ValueError(f"unknown parameter(s) for {method!r}: {', '.join(unknown)}")
+        go_params.update(_m._method_params(method, {**allowed, **kw}, len(model_sds)))
+        names, copied = _m._split(base_sd, model_sds)
+        flagged = _m.transposed_names(names, base_sd, base_sd, transposed or [])
+        merged, _ = _m._run(method, go_params, names, base_sd, model_sds, dtype, flagged)
+        return {k: merged[k] if k in merged else copied[k] for k in base_sd}
+
+    return run
+
+
+def search_merge(
+    base: ModelLike,
+    models: Sequence[ModelLike],
+    method: str,
+    evaluate: Evaluate,
+    *,
+    params: Mapping[str, tuple[float, float]] | None = None,
+    per_model: bool = True,
+    optimizer: str = "de",
+    schedule: str = "cosine",
+    strategy: str = "rand/1/bin",
+    F: float = 0.5,
+    CR: float = 0.5,
+    F_bounds: tuple[float, float] = (0.1, 0.9),
+    CR_bounds: tuple[float, float] = (0.1, 0.9),
+    generations: int = 20,
+    popsize: int | None = None,
+    sigma0: float | None = None,
+    fixed: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> SearchMergeResult:
+    """Search merge hyper-parameters that maximise a dev metric.
+
+    Parameters
+    ----------
+    base, models
+        The pre-trained model and the fine-tuned models (state dicts, modules
+        or safetensors paths), as for :func:`npsfuse.merge`.
+    method
+        A method of :func:`npsfuse.methods`.
+    evaluate
+        ``evaluate(state_dict) -> float``, higher is better; NaN/±inf marks a
+        failed candidate.
+    params
+        Search box, parameter → ``(lo, hi)``. Names: ``lam``, ``density``,
+        ``weight`` (the per-model weights w_t) and the method's own parameters
+        (``gamma``, ``epsilon``, ``t``, ``tall_lambda``, ``mask_rate``, ``lam1``,
+        ``lam2``). Default ``{"lam": (0.5, 2.0), "density": (0.05, 0.5)}``
+        (``density`` only for methods that use it).
+    per_model
+        Give ``weight``, ``density`` and ``tall_lambda`` one coordinate per
+        model (mergekit-evolve's per-model parameters); the others stay global.
+    optimizer
+        ``"de"`` (differential evolution) or ``"cma"`` (CMA-ES).
+    schedule
+        DE only: ``"cosine"`` (CADE: F and CR anneal from ``F_bounds[1]``,
+        ``CR_bounds[1]`` to the lower bounds over the run; defaults 0.9 → 0.1,
+        METHODS.md's for low-dimensional searches) or ``"constant"`` (``F``,
+        ``CR``).
+    strategy
+        DE strategy: ``rand/1/bin``, ``best/1/bin`` or ``current-to-best/1/bin``.
+    F, CR, F_bounds, CR_bounds
+        DE control parameters (see ``schedule``).
+    generations
+        Generations after the initial population (DE) or in total (CMA-ES).
+    popsize
+        Population size (default: the optimiser's).
+    sigma0
+        CMA-ES initial step (default 0.3 · mean box width).
+    fixed
+        Other keyword arguments of :func:`npsfuse.merge`, held fixed
+        (e.g. ``{"seed": 1}``, ``{"normalize": False}``).
+    seed
+        Seed of the optimiser.
+    progress
+        Show a tqdm progress bar.
+
+    Returns
+    -------
+    SearchMergeResult
+        The best parameters, their score, the history; ``.state_dict()``
+        merges again with them.
+
+    Raises
+    ------
+    ValueError
+        Unknown method, optimizer, schedule or parameter; an empty or inverted box.
+    """
+    if method not in _m.methods():
+        raise ValueError(f"unknown merge method {method!r}; valid: {', '.join(_m.methods())}")
+    if optimizer not in ("de", "cma"):
+        raise ValueError(f"optimizer must be 'de' or 'cma', got {optimizer!r}")
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
+    if isinstance(generations, bool) or not isinstance(generations, int) or generations < 1:
+        raise ValueError(f"generations must be a positive integer, got {generations!r}")
+    if params is None:
+        params = {"lam": (0.5, 2.0)}
+        if method in _m.USES_DENSITY:
+            params = {**params, "density": (0.05, 0.5)}
+    fixed = dict(fixed or {})
+    own = _m.METHOD_PARAMS.get(method, {})
+    base_sd = load_state_dict(base, "base")
+    model_sds = [load_state_dict(m, f"model {i}") for i, m in enumerate(models)]
+    if not model_sds:
+        raise ValueError("models must be a non-empty list of fine-tuned models")
+    n_models = len(model_sds)
+    coords: list[tuple[str, int | None]] = []
+    lo: list[float] = []
+    hi: list[float] = []
+    x0: list[float] = []
+    for name, box in params.items():
+        key = "weight" if name == "weights" else name
+        if key not in ("lam", "density", "weight") and key not in own:
+            raise ValueError(
+                f"cannot search {name!r} for {method!r}; searchable: lam, density, weight"
+                + "".join(f", {k}" for k in own if k != "k")
+            )
+        if key == "k":
+            raise ValueError("k is an integer; fix it with fixed={'k': ...}")
+        a, b = (float(box[0]), float(box[1]))
+        if not (math.isfinite(a) and math.isfinite(b) and a <= b):
+            raise ValueError(
+                f"the box of {name!r} must be finite (lo, hi) with lo <= hi, got {box}"
+            )
+        default = _DEFAULTS.get(key, own.get(key))
+        start = (a + b) / 2 if default is None else min(max(float(default), a), b)
+        for i in range(n_models) if per_model and key in PER_MODEL else [None]:
+            coords.append((key, i))
+            lo.append(a)
+            hi.append(b)
+            x0.append(start)
+    if not coords:
+        raise ValueError("params is empty: nothing to search")
+    labels = [k if i is None else f"{k}[{i}]" for k, i in coords]
+
+    def to_params(x: np.ndarray) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        per: dict[str, list[float]] = {}
+        for (k, i), v in zip(coords, x, strict=True):
+            if i is None:
+                out[k] = float(v)
+            else:
+                per.setdefault(k, [0.0] * n_models)[i] = float(v)
+        for k, vals in per.items():
+            out[{"weight": "weights", "density": "densities"}.get(k, k)] = vals
+        if "weight" in out:
+            out["weights"] = [out.pop("weight")] * n_models
+        return out
+
+    merge_with = _merge_fn(base_sd, model_sds, method, fixed)
+    if optimizer == "de":
+        sched = (cosine_schedule(generations, f=F_bounds, cr=CR_bounds) if schedule == "cosine"
+                 else {"kind": "constant", "f": float(F), "cr": float(CR)})
+        opt = Optimizer("de", x0, bounds=(lo, hi), popsize=popsize, seed=seed,
+                        strategy=strategy, schedule=sched)
+    else:
+        opt = Optimizer("cma", x0, bounds=(lo, hi), popsize=popsize, seed=seed, sigma0=sigma0)
+    history: list[dict[str, Any]] = []
+    best_x, best_f, start_f = np.asarray(x0), -math.inf, -math.inf
+    evals = 0
+
+    def score(x: np.ndarray) -> float:
+        s = float(evaluate(merge_with(to_params(x))))
+        return s if math.isfinite(s) else -math.inf
+
+    if optimizer == "cma":  # CMA-ES samples around x0: evaluate the start itself first
+        start_f = best_f = score(best_x)
+        evals = 1
+    rounds = generations + (1 if optimizer == "de" else 0)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=rounds, desc=f"search {method}", unit="gen")
+    try:
+        with opt:
+            for r in range(rounds):
+                xs = opt.ask()
+                scores = []
+                for x in xs:
+                    s = score(x)
+                    if evals == 0:
+                        start_f = s  # DE's individual 0 is x0
+                    scores.append(s)
+                    evals += 1
+                    if s > best_f:
+                        best_x, best_f = np.array(x), s
+                opt.tell(scores)
+                ok = [s for s in scores if math.isfinite(s)]
+                history.append({"generation": r, "best": best_f,
+                                "mean": float(np.mean(ok)) if ok else -math.inf,
+                                "evaluations": evals})
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(best=f"{best_f:.4g}")
+    finally:
+        if bar is not None:
+            bar.close()
+    return SearchMergeResult(params=to_params(best_x), best_score=best_f, start_score=start_f,
+                             history=history, x=best_x, names=labels, _merge=merge_with)
