@@ -1,0 +1,536 @@
+package jobs
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+	"unsafe"
+
+	"github.com/npsfuse/npsfuse/arrowio/checkpoint"
+	"github.com/npsfuse/npsfuse/arrowio/stream"
+	"github.com/npsfuse/npsfuse/daemon/store"
+	"github.com/npsfuse/npsfuse/daemon/tensors"
+	"github.com/npsfuse/npsfuse/gocore/merge"
+	"github.com/npsfuse/npsfuse/gocore/tensor"
+)
+
+// resultSpec says where a tensor result goes.
+type resultSpec struct {
+	// Shm writes the result as an Arrow IPC file into the shared-memory
+	// folder (same-host clients map it); otherwise it goes to the results
+	// folder and is fetched with DoGet.
+	Shm bool `json:"shm,omitempty"`
+}
+
+// mergeSpec is a merge job: a mergekit-style configuration whose
+// base_model and models[].model are absolute paths inside the data roots
+// (checkpoint folders, .safetensors files, Arrow IPC tensor files) or
+// upload:NAME references. With OutDir the merge streams checkpoint to
+// checkpoint (arrowio/stream); without it the merged tensors are the
+// job's result.
+type mergeSpec struct {
+	Config       map[string]any `json:"config"`
+	OutDir       string         `json:"out_dir,omitempty"`
+	ShardSize    int64          `json:"shard_size,omitempty"`
+	DType        string         `json:"dtype,omitempty"`
+	AllowMissing bool           `json:"allow_missing,omitempty"`
+	Force        bool           `json:"force,omitempty"`
+	Result       resultSpec     `json:"result,omitempty"`
+	Cleanup      []string       `json:"cleanup,omitempty"`
+}
+
+// decodeStrict decodes a spec refusing unknown fields.
+func decodeStrict(spec json.RawMessage, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(spec))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return invalid("spec: %v", err)
+	}
+	return nil
+}
+
+// resolveMerge replaces every model reference of the config by the path
+// to read and parses the result with stream.ParseConfig (which reports
+// every problem of the configuration at once).
+func resolveMerge(e *Env, s *mergeSpec) (*stream.Config, []string, error) {
+	if s.Config == nil {
+		return nil, nil, invalid("config is missing (a mergekit-style mapping: merge_method, base_model, models)")
+	}
+	cfg := make(map[string]any, len(s.Config))
+	for k, v := range s.Config {
+		cfg[k] = v
+	}
+	var paths []string
+	resolve := func(v any, what string) (any, error) {
+		ref, ok := v.(string)
+		if !ok {
+			return v, nil // ParseConfig reports the type
+		}
+		p, err := e.Resolve(ref, what)
+		if err != nil {
+			return nil, err
+		}
+		paths = append(paths, p)
+		return p, nil
+	}
+	if b, ok := cfg["base_model"]; ok && b != nil {
+		p, err := resolve(b, "base_model")
+		if err != nil {
+			return nil, nil, err
+		}
+		cfg["base_model"] = p
+	}
+	if list, ok := cfg["models"].([]any); ok {
+		out := make([]any, len(list))
+		for i, item := range list {
+			m, ok := item.(map[string]any)
+			if !ok {
+				out[i] = item
+				continue
+			}
+			c := make(map[string]any, len(m))
+			for k, v := range m {
+				c[k] = v
+			}
+			if mv, ok := c["model"]; ok && mv != nil {
+				p, err := resolve(mv, fmt.Sprintf("models[%d].model", i))
+				if err != nil {
+					return nil, nil, err
+				}
+				c["model"] = p
+			}
+			out[i] = c
+		}
+		cfg["models"] = out
+	}
+	text, err := json.Marshal(cfg)
+	if err != nil {
+		return nil, nil, invalid("config: %v", err)
+	}
+	c, err := stream.ParseConfig(text, "")
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, paths, nil
+}
+
+func checkMerge(e *Env, raw json.RawMessage) (json.RawMessage, error) {
+	var s mergeSpec
+	if err := decodeStrict(raw, &s); err != nil {
+		return nil, err
+	}
+	_, paths, err := resolveMerge(e, &s)
+	if err != nil {
+		return nil, err
+	}
+	if s.DType != "" {
+		if _, err := tensor.ParseDType(s.DType); err != nil {
+			return nil, invalid("dtype: %v", err)
+		}
+	}
+	if s.ShardSize < 0 {
+		return nil, invalid("shard_size must be positive")
+	}
+	if s.OutDir != "" {
+		if s.Result.Shm {
+			return nil, invalid("result.shm and out_dir exclude each other: out_dir writes a checkpoint folder")
+		}
+		if _, err := e.OutputPath(s.OutDir, "out_dir"); err != nil {
+			return nil, err
+		}
+		for _, p := range paths {
+			if tensors.IsIPCPath(p) {
+				return nil, invalid("%s is an Arrow tensor file: out_dir merges read checkpoints (or uploads); drop out_dir to get the merged tensors instead", p)
+			}
+		}
+	} else if s.ShardSize != 0 || s.Force {
+		return nil, invalid("shard_size and force apply to out_dir merges only")
+	}
+	if s.Result.Shm && e.ShmDir == "" {
+		return nil, invalid("result.shm: the shared-memory path is disabled on this daemon")
+	}
+	if err := e.CheckCleanup(s.Cleanup); err != nil {
+		return nil, err
+	}
+	return json.Marshal(s)
+}
+
+func runMerge(rc *runCtx) (any, Session, error) {
+	var s mergeSpec
+	if err := decodeStrict(rc.job.Spec, &s); err != nil {
+		return nil, nil, err
+	}
+	cfg, _, err := resolveMerge(rc.env, &s)
+	if err != nil {
+		return nil, nil, err
+	}
+	if s.OutDir != "" {
+		res, err := runStreamMerge(rc, cfg, &s)
+		return res, nil, err
+	}
+	res, err := runTensorMerge(rc, cfg, &s)
+	return res, nil, err
+}
+
+// progressLine reads arrowio/stream's "merging i/n tensors" lines.
+var progressLine = regexp.MustCompile(`merging (\d+)/(\d+) tensors`)
+
+// streamProgress turns stream.Run's progress lines into job progress.
+type streamProgress struct{ rc *runCtx }
+
+// Write parses the last "merging i/n tensors" of b.
+func (p streamProgress) Write(b []byte) (int, error) {
+	if m := progressLine.FindAllSubmatch(b, -1); len(m) > 0 {
+		last := m[len(m)-1]
+		done, _ := strconv.ParseInt(string(last[1]), 10, 64)
+		total, _ := strconv.ParseInt(string(last[2]), 10, 64)
+		p.rc.progress(store.Progress{Done: done, Total: total, Unit: "tensors"})
+	}
+	return len(b), nil
+}
+
+// runStreamMerge merges checkpoint to checkpoint into out_dir.
+func runStreamMerge(rc *runCtx, cfg *stream.Config, s *mergeSpec) (any, error) {
+	out, err := rc.env.OutputPath(s.OutDir, "out_dir")
+	if err != nil {
+		return nil, err
+	}
+	force := s.Force
+	if rc.job.Attempts > 1 {
+		// An earlier attempt may have left its temporary folder, or even
+		// committed the output just before the crash: this job owns out_dir.
+		removeStaleTemps(out)
+		force = true
+	}
+	base := cfg.BaseModel
+	if base == "" {
+		base = cfg.Models[0].Path
+	}
+	largest, err := largestTensor(base)
+	if err != nil {
+		return nil, err
+	}
+	release, err := rc.reserve(4*largest, "this merge")
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	res, err := stream.Run(rc.ctx, cfg, stream.Options{OutDir: out, ShardSize: s.ShardSize, DType: s.DType,
+		AllowMissing: s.AllowMissing, Force: force, Progress: streamProgress{rc}})
+	if err != nil {
+		return nil, err
+	}
+	return map[string]any{"kind": "checkpoint", "out_dir": res.OutDir, "tensors": res.Tensors, "shards": res.Shards,
+		"bytes_read": res.BytesRead, "bytes_written": res.BytesWritten, "seconds": res.Seconds, "notes": res.Notes}, nil
+}
+
+// removeStaleTemps deletes temporary folders an interrupted stream merge
+// left beside out (arrowio/checkpoint.NewOutput names them
+// ".<name>.npsfuse-tmp-*").
+func removeStaleTemps(out string) {
+	old, _ := filepath.Glob(filepath.Join(filepath.Dir(out), "."+filepath.Base(out)+".npsfuse-tmp-*"))
+	for _, d := range old {
+		_ = os.RemoveAll(d)
+	}
+}
+
+func largestTensor(path string) (int64, error) {
+	src, err := tensors.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer src.Close()
+	var n int64
+	for _, name := range src.Names() {
+		m, _ := src.Meta(name)
+		n = max(n, m.Bytes())
+	}
+	return n, nil
+}
+
+// planned is one output tensor of an in-memory merge: merged by the
+// Merger (merged ≥ 0) or copied from the base (converted when conv ≠ 0).
+type planned struct {
+	meta   tensors.Meta
+	merged int
+	from   []byte
+	conv   tensor.DType
+}
+
+// gpt2Transposed are the Conv1D weights GPT-2-style models store (in, out).
+var gpt2Transposed = []string{"*attn.c_attn.weight", "*attn.c_proj.weight", "*mlp.c_fc.weight", "*mlp.c_proj.weight"}
+
+func matchAny(patterns []string, name string) bool {
+	for _, p := range patterns {
+		if ok, _ := filepath.Match(p, name); ok {
+			return true
+		}
+		if strings.HasPrefix(p, "*") && strings.HasSuffix(p, "*") && strings.Contains(name, strings.Trim(p, "*")) {
+			return true
+		}
+	}
+	return false
+}
+
+// kernelVec views b as dtype d, copying once into aligned memory if a
+// foreign writer left it misaligned.
+func kernelVec(b []byte, d tensor.DType) (tensor.Vec, error) {
+	if len(b) > 0 && uintptr(unsafe.Pointer(unsafe.SliceData(b)))%uintptr(d.Size()) != 0 {
+		b = append(make([]byte, 0, len(b)+8), b...)
+	}
+	return tensor.FromBytes(b, d)
+}
+
+// planMerge matches every base tensor with the models' and decides how
+// each output tensor is made.
+func planMerge(cfg *stream.Config, s *mergeSpec, base tensors.Source, models []tensors.Source) ([]planned, []merge.Tensor, []string, error) {
+	var outDT tensor.DType
+	for _, d := range []string{s.DType, cfg.OutDType, cfg.DType} {
+		if d != "" {
+			dt, err := tensor.ParseDType(d)
+			if err != nil {
+				return nil, nil, nil, invalid("dtype: %v", err)
+			}
+			outDT = dt
+			break
+		}
+	}
+	transposed := cfg.Transposed
+	var notes []string
+	dir := base.Path()
+	if st, err := os.Stat(dir); err == nil && !st.IsDir() {
+		dir = filepath.Dir(dir)
+	}
+	if len(transposed) == 0 && checkpoint.ModelType(dir) == "gpt2" {
+		transposed = gpt2Transposed
+		notes = append(notes, "model_type gpt2: Conv1D weights are treated as stored (in, out)")
+	}
+	var bad []string
+	var plan []planned
+	var mts []merge.Tensor
+	for _, name := range base.Names() {
+		bm, _ := base.Meta(name)
+		bb, err := base.Bytes(name)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		bdt, isFloat := tensors.KernelDType(bm.DType)
+		if !isFloat {
+			plan = append(plan, planned{meta: bm, merged: -1, from: bb})
+			continue
+		}
+		bv, err := kernelVec(bb, bdt)
+		if err != nil {
+			bad = append(bad, fmt.Sprintf("tensor %q of the base: %v", name, err))
+			continue
+		}
+		odt := outDT
+		if odt == 0 {
+			odt = bdt
+		}
+		out := tensors.Meta{Name: name, DType: tensors.FromKernel(odt), Shape: bm.Shape}
+		var inputs []tensor.Vec
+		missing := false
+		for mi, m := range models {
+			mm, ok := m.Meta(name)
+			if !ok {
+				if s.AllowMissing {
+					missing = true
+					notes = append(notes, fmt.Sprintf("tensor %q is missing from %s: the base's tensor is kept", name, m.Path()))
+					break
+				}
+				bad = append(bad, fmt.Sprintf("tensor %q is missing from model %d (%s); allow_missing keeps the base's", name, mi, m.Path()))
+				continue
+			}
+			if tensors.FormatShape(mm.Shape) != tensors.FormatShape(bm.Shape) {
+				bad = append(bad, fmt.Sprintf("tensor %q has shape [%s] in model %d (%s) but [%s] in the base", name,
+					tensors.FormatShape(mm.Shape), mi, m.Path(), tensors.FormatShape(bm.Shape)))
+				continue
+			}
+			mdt, ok := tensors.KernelDType(mm.DType)
+			if !ok {
+				bad = append(bad, fmt.Sprintf("tensor %q has dtype %s in model %d; floating-point tensors must stay floating-point", name, tensors.WireName(mm.DType), mi))
+				continue
+			}
+			mb, err := m.Bytes(name)
+			if err != nil {
+				return nil, nil, nil, err
+			}
+			mv, err := kernelVec(mb, mdt)
+			if err != nil {
+				bad = append(bad, fmt.Sprintf("tensor %q of model %d: %v", name, mi, err))
+				continue
+			}
+			inputs = append(inputs, mv)
+		}
+		if missing {
+			p := planned{meta: out, merged: -1, from: bb}
+			if odt != bdt {
+				p.conv = bdt
+			}
+			plan = append(plan, p)
+			continue
+		}
+		if len(inputs) != len(models) {
+			continue
+		}
+		plan = append(plan, planned{meta: out, merged: len(mts)})
+		mts = append(mts, merge.Tensor{Name: name, Shape: bm.IntShape(), Transposed: matchAny(transposed, name), Base: bv, Models: inputs})
+	}
+	for mi, m := range models {
+		for _, name := range m.Names() {
+			if _, ok := base.Meta(name); !ok {
+				bad = append(bad, fmt.Sprintf("tensor %q of model %d (%s) is not in the base", name, mi, m.Path()))
+			}
+		}
+	}
+	if len(bad) > 0 {
+		if len(bad) > 20 {
+			bad = append(bad[:20], fmt.Sprintf("… and %d more", len(bad)-20))
+		}
+		return nil, nil, nil, fmt.Errorf("%w:\n  - %s", stream.ErrInput, strings.Join(bad, "\n  - "))
+	}
+	return plan, mts, notes, nil
+}
+
+// runTensorMerge merges into a tensor file written straight from the
+// kernels: each merged tensor is computed into its place in the mapped
+// output file.
+func runTensorMerge(rc *runCtx, cfg *stream.Config, s *mergeSpec) (any, error) {
+	start := time.Now()
+	basePath := cfg.BaseModel
+	if basePath == "" {
+		basePath = cfg.Models[0].Path
+	}
+	var srcs []tensors.Source
+	defer func() { _ = tensors.CloseAll(srcs...) }()
+	base, err := rc.env.openSource(basePath)
+	if err != nil {
+		return nil, err
+	}
+	srcs = append(srcs, base)
+	models := make([]tensors.Source, len(cfg.Models))
+	for i, m := range cfg.Models {
+		if models[i], err = rc.env.openSource(m.Path); err != nil {
+			return nil, err
+		}
+		srcs = append(srcs, models[i])
+	}
+	plan, mts, notes, err := planMerge(cfg, s, base, models)
+	if err != nil {
+		return nil, err
+	}
+	var largest int64
+	for _, p := range plan {
+		largest = max(largest, p.meta.Bytes())
+	}
+	release, err := rc.reserve(2*largest, "this merge")
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	var merger *merge.Merger
+	if len(mts) > 0 {
+		if merger, err = merge.NewMerger(cfg.Method, cfg.Params(), mts); err != nil {
+			return nil, err
+		}
+	}
+	metas := make([]tensors.Meta, len(plan))
+	for i, p := range plan {
+		metas[i] = p.meta
+	}
+	res, err := writeTensorResult(rc, s.Result.Shm, metas, func(i int, dst []byte) error {
+		p := plan[i]
+		switch {
+		case p.merged >= 0:
+			out, err := tensor.FromBytes(dst, mustKernel(p.meta))
+			if err != nil {
+				return err
+			}
+			if err := merger.Tensor(p.merged, out); err != nil {
+				return fmt.Errorf("%w (base = %s)", err, basePath)
+			}
+		case p.conv != 0:
+			return convert(dst, mustKernel(p.meta), p.from, p.conv)
+		default:
+			copy(dst, p.from)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	res["notes"] = append(append([]string(nil), cfg.Notes...), notes...)
+	res["method"] = cfg.Method
+	res["seconds"] = time.Since(start).Seconds()
+	return res, nil
+}
+
+func mustKernel(m tensors.Meta) tensor.DType {
+	d, ok := tensors.KernelDType(m.DType)
+	if !ok {
+		panic(fmt.Sprintf("jobs: %v is not a kernel dtype", m.DType))
+	}
+	return d
+}
+
+// convert rounds src (dtype from) into dst (dtype to), chunk by chunk.
+func convert(dst []byte, to tensor.DType, src []byte, from tensor.DType) error {
+	sv, err := kernelVec(src, from)
+	if err != nil {
+		return err
+	}
+	dv, err := tensor.FromBytes(dst, to)
+	if err != nil {
+		return err
+	}
+	buf := make([]float32, min(1<<16, sv.Len()))
+	for off := 0; off < sv.Len(); off += len(buf) {
+		b := buf[:min(len(buf), sv.Len()-off)]
+		sv.Load(b, off)
+		dv.Store(b, off)
+	}
+	return nil
+}
+
+// writeTensorResult writes a job's tensor result file: fill computes
+// tensor i into dst, between cancellation checks, with progress per
+// tensor. It returns the result description.
+func writeTensorResult(rc *runCtx, shm bool, metas []tensors.Meta, fill func(i int, dst []byte) error) (map[string]any, error) {
+	path, err := rc.env.ResultPath(rc.job.ID, rc.job.Attempts, shm)
+	if err != nil {
+		return nil, err
+	}
+	var total int64
+	for _, m := range metas {
+		total += m.Bytes()
+	}
+	var done int64
+	size, err := tensors.WriteIPC(path, metas, func(i int, dst []byte) error {
+		if err := context.Cause(rc.ctx); err != nil {
+			return fmt.Errorf("stopped: %w", err)
+		}
+		if err := fill(i, dst); err != nil {
+			return err
+		}
+		done += metas[i].Bytes()
+		rc.progress(store.Progress{Done: int64(i + 1), Total: int64(len(metas)), Unit: "tensors",
+			Message: fmt.Sprintf("%d of %d bytes", done, total)})
+		return nil
+	}, rc.env.Durable && !shm)
+	if err != nil {
+		return nil, err
+	}
+	if shm && rc.env.BytesOut != nil {
+		rc.env.BytesOut("shm", total)
+	}
+	return map[string]any{"kind": "tensors", "format": "arrow", "path": path, "shm": shm,
+		"tensors": len(metas), "bytes": total, "file_bytes": size}, nil
+}

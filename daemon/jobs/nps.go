@@ -1,0 +1,499 @@
+package jobs
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"strings"
+
+	"github.com/npsfuse/npsfuse/arrowio/safetensors"
+	"github.com/npsfuse/npsfuse/daemon/store"
+	"github.com/npsfuse/npsfuse/daemon/tensors"
+	"github.com/npsfuse/npsfuse/gocore/nps"
+	"github.com/npsfuse/npsfuse/gocore/tensor"
+)
+
+// npsOptions are NPS-Pruning's knobs (METHODS.md, "NPS-Pruning"; Du, Fang,
+// Li et al., 2025), shared by nps_prune, compress and nps_search.
+type npsOptions struct {
+	// Subspaces M (default 8); Kind "svd" (default) or "magnitude"; Rank,
+	// PowerIters, Oversample and Seed of the randomized SVD.
+	Subspaces  int    `json:"subspaces,omitempty"`
+	Kind       string `json:"kind,omitempty"`
+	Rank       int    `json:"rank,omitempty"`
+	PowerIters int    `json:"power_iters,omitempty"`
+	Oversample int    `json:"oversample,omitempty"`
+	Seed       uint64 `json:"seed,omitempty"`
+	// Keep is the fraction r of |τ'| kept (default 0.1; compress 0.05).
+	Keep float64 `json:"keep,omitempty"`
+	// Global ranks over all tensors together (default true).
+	Global *bool `json:"global,omitempty"`
+}
+
+func (o *npsOptions) normalize(defaultKeep float64) error {
+	if o.Subspaces == 0 {
+		o.Subspaces = 8
+	}
+	if o.Subspaces < 1 || o.Subspaces > 64 {
+		return invalid("subspaces must lie in [1, 64], got %d", o.Subspaces)
+	}
+	if _, err := nps.ParseKind(o.Kind); err != nil {
+		return invalid("kind: %v", err)
+	}
+	if o.Kind == "" {
+		o.Kind = "svd"
+	}
+	if o.Rank < 0 || o.PowerIters < 0 || o.Oversample < 0 {
+		return invalid("rank, power_iters and oversample must be ≥ 0")
+	}
+	if o.Keep == 0 {
+		o.Keep = defaultKeep
+	}
+	if !(o.Keep > 0 && o.Keep <= 1) {
+		return invalid("keep must lie in (0, 1], got %v", o.Keep)
+	}
+	if o.Global == nil {
+		t := true
+		o.Global = &t
+	}
+	return nil
+}
+
+func (o *npsOptions) weights(w []float64) ([]float64, error) {
+	if w == nil {
+		w = make([]float64, o.Subspaces)
+		for i := range w {
+			w[i] = 1
+		}
+	}
+	if len(w) != o.Subspaces {
+		return nil, invalid("%d weights for %d subspaces", len(w), o.Subspaces)
+	}
+	for i, x := range w {
+		if math.IsNaN(x) || math.IsInf(x, 0) {
+			return nil, invalid("weights[%d] is %v", i, x)
+		}
+	}
+	return w, nil
+}
+
+// taskSet is a base and a fine-tuned model with the fine-tune's task
+// vector τ = θ_ft − θ₀ decomposed into subspaces.
+type taskSet struct {
+	base, model tensors.Source
+	names       []string // floating-point tensors, decomposed, in base order
+	metas       []tensors.Meta
+	copies      []string // other base tensors (copied into model outputs)
+	d           *nps.Decomposition
+	out         [][]float32 // Build's output (τ_NPS of the last Build)
+}
+
+func (t *taskSet) close() {
+	_ = tensors.CloseAll(t.base, t.model)
+}
+
+// numel is the number of decomposed entries.
+func (t *taskSet) numel() int64 {
+	var n int64
+	for _, m := range t.metas {
+		n += m.Numel()
+	}
+	return n
+}
+
+// newTaskSet opens base and model and decomposes τ. release must be held
+// by the caller for the returned set's lifetime (8 bytes per entry plus
+// the SVD factors).
+func newTaskSet(rc *runCtx, baseRef, modelRef string, o *npsOptions) (t *taskSet, release func(), err error) {
+	basePath, err := rc.env.Resolve(baseRef, "base")
+	if err != nil {
+		return nil, nil, err
+	}
+	modelPath, err := rc.env.Resolve(modelRef, "model")
+	if err != nil {
+		return nil, nil, err
+	}
+	t = &taskSet{}
+	defer func() {
+		if err != nil {
+			t.close()
+			if release != nil {
+				release()
+				release = nil
+			}
+		}
+	}()
+	if t.base, err = rc.env.openSource(basePath); err != nil {
+		return nil, nil, err
+	}
+	if t.model, err = rc.env.openSource(modelPath); err != nil {
+		return nil, nil, err
+	}
+	var bad []string
+	for _, name := range t.base.Names() {
+		bm, _ := t.base.Meta(name)
+		if _, ok := tensors.KernelDType(bm.DType); !ok {
+			t.copies = append(t.copies, name)
+			continue
+		}
+		mm, ok := t.model.Meta(name)
+		switch {
+		case !ok:
+			bad = append(bad, fmt.Sprintf("tensor %q is missing from the model", name))
+			continue
+		case tensors.FormatShape(mm.Shape) != tensors.FormatShape(bm.Shape):
+			bad = append(bad, fmt.Sprintf("tensor %q has shape [%s] in the model but [%s] in the base", name, tensors.FormatShape(mm.Shape), tensors.FormatShape(bm.Shape)))
+			continue
+		}
+		if _, ok := tensors.KernelDType(mm.DType); !ok {
+			bad = append(bad, fmt.Sprintf("tensor %q has dtype %s in the model", name, tensors.WireName(mm.DType)))
+			continue
+		}
+		t.names = append(t.names, name)
+		t.metas = append(t.metas, bm)
+	}
+	for _, name := range t.model.Names() {
+		if _, ok := t.base.Meta(name); !ok {
+			bad = append(bad, fmt.Sprintf("tensor %q of the model is not in the base", name))
+		}
+	}
+	if len(bad) > 0 {
+		return nil, nil, fmt.Errorf("%w:\n  - %s", nps.ErrInput, strings.Join(bad, "\n  - "))
+	}
+	if release, err = rc.reserve(8*t.numel()+(64<<20), "the task vector and its decomposition"); err != nil {
+		return nil, nil, err
+	}
+	rc.progress(store.Progress{Message: "computing task vectors"})
+	inputs := make([]nps.Input, len(t.names))
+	t.out = make([][]float32, len(t.names))
+	for i, name := range t.names {
+		bv, err := sourceVec(t.base, name)
+		if err != nil {
+			return nil, nil, err
+		}
+		mv, err := sourceVec(t.model, name)
+		if err != nil {
+			return nil, nil, err
+		}
+		n := bv.Len()
+		tau := make([]float32, n)
+		tmp := make([]float32, n)
+		mv.Load(tau, 0)
+		bv.Load(tmp, 0)
+		for j := range tau {
+			tau[j] -= tmp[j]
+		}
+		inputs[i] = nps.Input{Name: name, Shape: t.metas[i].IntShape(), Tau: tau}
+		t.out[i] = tmp // reused as Build's output
+	}
+	kind, _ := nps.ParseKind(o.Kind)
+	rc.progress(store.Progress{Message: fmt.Sprintf("decomposing %d tensors into %d subspaces", len(inputs), o.Subspaces)})
+	if t.d, err = nps.Decompose(inputs, nps.Options{Subspaces: o.Subspaces, Kind: kind, Rank: o.Rank,
+		PowerIters: o.PowerIters, Oversample: o.Oversample, Seed: o.Seed}); err != nil {
+		return nil, nil, err
+	}
+	return t, release, nil
+}
+
+// sourceVec views a floating-point tensor of src.
+func sourceVec(src tensors.Source, name string) (tensor.Vec, error) {
+	m, _ := src.Meta(name)
+	b, err := src.Bytes(name)
+	if err != nil {
+		return tensor.Vec{}, err
+	}
+	return kernelVec(b, mustKernel(m))
+}
+
+// build computes τ_NPS for weights w into t.out and returns how many
+// entries were kept.
+func (t *taskSet) build(w []float64, o *npsOptions) (int64, error) {
+	return t.d.Build(nps.Weights{Shared: w}, o.Keep, *o.Global, t.out)
+}
+
+// outputSet describes the tensors an NPS job writes from t.out: the
+// pruned task vector (float32, decomposed tensors only) or the transferred
+// model θ₀ + λ·τ_NPS (every base tensor; floating-point ones in dtype or
+// their base dtype).
+func (t *taskSet) outputSet(output string, lam float64, dtype string) ([]tensors.Meta, func(i int, dst []byte) error, error) {
+	if output == "task_vector" {
+		metas := make([]tensors.Meta, len(t.names))
+		for i, m := range t.metas {
+			metas[i] = tensors.Meta{Name: m.Name, DType: safetensors.F32, Shape: m.Shape}
+		}
+		return metas, func(i int, dst []byte) error {
+			v, err := tensor.FromBytes(dst, tensor.F32)
+			if err != nil {
+				return err
+			}
+			v.Store(t.out[i], 0)
+			return nil
+		}, nil
+	}
+	var outDT tensor.DType
+	if dtype != "" {
+		var err error
+		if outDT, err = tensor.ParseDType(dtype); err != nil {
+			return nil, nil, invalid("dtype: %v", err)
+		}
+	}
+	idx := map[string]int{}
+	for i, n := range t.names {
+		idx[n] = i
+	}
+	var metas []tensors.Meta
+	for _, name := range t.base.Names() {
+		m, _ := t.base.Meta(name)
+		if _, ok := idx[name]; ok && outDT != 0 {
+			m.DType = tensors.FromKernel(outDT)
+		}
+		metas = append(metas, m)
+	}
+	lams := []float32{float32(lam)}
+	return metas, func(i int, dst []byte) error {
+		name := metas[i].Name
+		k, ok := idx[name]
+		if !ok {
+			b, err := t.base.Bytes(name)
+			if err != nil {
+				return err
+			}
+			copy(dst, b)
+			return nil
+		}
+		out, err := tensor.FromBytes(dst, mustKernel(metas[i]))
+		if err != nil {
+			return err
+		}
+		bv, err := sourceVec(t.base, name)
+		if err != nil {
+			return err
+		}
+		return nps.Apply(out, bv, []tensor.Vec{tensor.FromF32(t.out[k])}, lams)
+	}, nil
+}
+
+// pruneSpec is an nps_prune job: prune one fine-tune's task vector with
+// fixed subspace weights and return θ₀ + λ·τ_NPS (output "model", the
+// default) or τ_NPS (output "task_vector").
+type pruneSpec struct {
+	Base  string `json:"base"`
+	Model string `json:"model"`
+	npsOptions
+	Weights []float64  `json:"weights,omitempty"`
+	Lam     *float64   `json:"lam,omitempty"`
+	Output  string     `json:"output,omitempty"`
+	DType   string     `json:"dtype,omitempty"`
+	Result  resultSpec `json:"result,omitempty"`
+	Cleanup []string   `json:"cleanup,omitempty"`
+}
+
+func (s *pruneSpec) normalize(e *Env) error {
+	if err := s.npsOptions.normalize(0.1); err != nil {
+		return err
+	}
+	w, err := s.weights(s.Weights)
+	if err != nil {
+		return err
+	}
+	s.Weights = w
+	if s.Lam == nil {
+		one := 1.0
+		s.Lam = &one
+	}
+	if math.IsNaN(*s.Lam) || math.IsInf(*s.Lam, 0) {
+		return invalid("lam must be finite")
+	}
+	switch s.Output {
+	case "":
+		s.Output = "model"
+	case "model", "task_vector":
+	default:
+		return invalid("output must be \"model\" or \"task_vector\", got %q", s.Output)
+	}
+	if s.DType != "" {
+		if _, err := tensor.ParseDType(s.DType); err != nil {
+			return invalid("dtype: %v", err)
+		}
+	}
+	if s.Result.Shm && e.ShmDir == "" {
+		return invalid("result.shm: the shared-memory path is disabled on this daemon")
+	}
+	for _, ref := range []struct{ r, w string }{{s.Base, "base"}, {s.Model, "model"}} {
+		if _, err := e.Resolve(ref.r, ref.w); err != nil {
+			return err
+		}
+	}
+	return e.CheckCleanup(s.Cleanup)
+}
+
+func checkPrune(e *Env, raw json.RawMessage) (json.RawMessage, error) {
+	var s pruneSpec
+	if err := decodeStrict(raw, &s); err != nil {
+		return nil, err
+	}
+	if err := s.normalize(e); err != nil {
+		return nil, err
+	}
+	return json.Marshal(s)
+}
+
+func runPrune(rc *runCtx) (any, Session, error) {
+	var s pruneSpec
+	if err := decodeStrict(rc.job.Spec, &s); err != nil {
+		return nil, nil, err
+	}
+	t, release, err := newTaskSet(rc, s.Base, s.Model, &s.npsOptions)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer release()
+	defer t.close()
+	kept, err := t.build(s.Weights, &s.npsOptions)
+	if err != nil {
+		return nil, nil, err
+	}
+	metas, fill, err := t.outputSet(s.Output, *s.Lam, s.DType)
+	if err != nil {
+		return nil, nil, err
+	}
+	res, err := writeTensorResult(rc, s.Result.Shm, metas, fill)
+	if err != nil {
+		return nil, nil, err
+	}
+	n := t.numel()
+	res["kept"], res["numel"], res["density"] = kept, n, float64(kept)/math.Max(1, float64(n))
+	res["output"] = s.Output
+	return res, nil, nil
+}
+
+// compressSpec is a compress job (METHODS.md, NPS-Pruning "Uses":
+// compression): every model's task vector pruned with NPS and stored as a
+// bit mask plus the kept values, θ₀ kept once by the caller. The tensors
+// follow python/npsfuse/compress.py's conventions: "{t}:{name}:mask" is
+// np.packbits (big bit order) of the kept entries ("kept" = a non-zero bit
+// pattern, so −0.0 survives), "{t}:{name}:values" the kept entries in flat
+// order, in the base tensor's dtype unless value_dtype says otherwise.
+type compressSpec struct {
+	Base   string   `json:"base"`
+	Models []string `json:"models"`
+	npsOptions
+	Weights    []float64  `json:"weights,omitempty"`
+	ValueDType string     `json:"value_dtype,omitempty"`
+	Result     resultSpec `json:"result,omitempty"`
+	Cleanup    []string   `json:"cleanup,omitempty"`
+}
+
+func checkCompress(e *Env, raw json.RawMessage) (json.RawMessage, error) {
+	var s compressSpec
+	if err := decodeStrict(raw, &s); err != nil {
+		return nil, err
+	}
+	if err := s.npsOptions.normalize(0.05); err != nil {
+		return nil, err
+	}
+	w, err := s.weights(s.Weights)
+	if err != nil {
+		return nil, err
+	}
+	s.Weights = w
+	if s.ValueDType != "" {
+		if _, err := tensor.ParseDType(s.ValueDType); err != nil {
+			return nil, invalid("value_dtype: %v", err)
+		}
+	}
+	if len(s.Models) == 0 {
+		return nil, invalid("models must list at least one fine-tuned model")
+	}
+	if _, err := e.Resolve(s.Base, "base"); err != nil {
+		return nil, err
+	}
+	for i, m := range s.Models {
+		if _, err := e.Resolve(m, fmt.Sprintf("models[%d]", i)); err != nil {
+			return nil, err
+		}
+	}
+	if s.Result.Shm && e.ShmDir == "" {
+		return nil, invalid("result.shm: the shared-memory path is disabled on this daemon")
+	}
+	if err := e.CheckCleanup(s.Cleanup); err != nil {
+		return nil, err
+	}
+	return json.Marshal(s)
+}
+
+// PackMask returns the bit mask of the kept entries of x (those whose bit
+// pattern is not all zeros, so −0.0 is kept), eight entries per byte, most
+// significant bit first (NumPy's packbits default), and the kept entries
+// in order. O(len(x)).
+func PackMask(x []float32) (mask []byte, values []float32) {
+	mask = make([]byte, (len(x)+7)/8)
+	for i, v := range x {
+		if math.Float32bits(v) != 0 {
+			mask[i>>3] |= 0x80 >> (i & 7)
+			values = append(values, v)
+		}
+	}
+	return mask, values
+}
+
+func runCompress(rc *runCtx) (any, Session, error) {
+	var s compressSpec
+	if err := decodeStrict(rc.job.Spec, &s); err != nil {
+		return nil, nil, err
+	}
+	var metas []tensors.Meta
+	var blobs [][]byte
+	var reports []map[string]any
+	for k, ref := range s.Models {
+		t, release, err := newTaskSet(rc, s.Base, ref, &s.npsOptions)
+		if err != nil {
+			return nil, nil, fmt.Errorf("models[%d]: %w", k, err)
+		}
+		kept, err := t.build(s.Weights, &s.npsOptions)
+		if err != nil {
+			release()
+			t.close()
+			return nil, nil, err
+		}
+		var bits float64
+		for i, name := range t.names {
+			vdt := mustKernel(t.metas[i])
+			if s.ValueDType != "" {
+				vdt, _ = tensor.ParseDType(s.ValueDType)
+			}
+			mask, vals := PackMask(t.out[i])
+			metas = append(metas, tensors.Meta{Name: fmt.Sprintf("%d:%s:mask", k, name), DType: safetensors.U8, Shape: []int64{int64(len(mask))}})
+			blobs = append(blobs, mask)
+			vb := make([]byte, len(vals)*vdt.Size())
+			if len(vals) > 0 {
+				v, err := tensor.FromBytes(vb, vdt)
+				if err != nil {
+					release()
+					t.close()
+					return nil, nil, err
+				}
+				v.Store(vals, 0)
+			}
+			metas = append(metas, tensors.Meta{Name: fmt.Sprintf("%d:%s:values", k, name), DType: tensors.FromKernel(vdt), Shape: []int64{int64(len(vals))}})
+			blobs = append(blobs, vb)
+			bits += float64(t.metas[i].Numel()) + float64(len(vals)*8*vdt.Size())
+		}
+		n := t.numel()
+		reports = append(reports, map[string]any{"model": ref, "kept": kept, "numel": n,
+			"bits_per_param": bits / math.Max(1, float64(n))})
+		release()
+		t.close()
+		rc.progress(store.Progress{Done: int64(k + 1), Total: int64(len(s.Models)), Unit: "models"})
+	}
+	res, err := writeTensorResult(rc, s.Result.Shm, metas, func(i int, dst []byte) error {
+		copy(dst, blobs[i])
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	res["models"] = reports
+	res["mask_bit_order"] = "big"
+	return res, nil, nil
+}

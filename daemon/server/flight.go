@@ -1,0 +1,336 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sync"
+
+	"github.com/apache/arrow/go/v15/arrow/flight"
+	"github.com/apache/arrow/go/v15/arrow/ipc"
+	"github.com/apache/arrow/go/v15/arrow/memory"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/npsfuse/npsfuse/daemon/config"
+	"github.com/npsfuse/npsfuse/daemon/jobs"
+	"github.com/npsfuse/npsfuse/daemon/store"
+	"github.com/npsfuse/npsfuse/daemon/tensors"
+)
+
+// service is the Arrow Flight service: tensors in with DoPut, out with
+// DoGet, jobs through DoAction, the job list through ListFlights.
+type service struct {
+	flight.BaseFlightServer
+	cfg     *config.Config
+	env     *jobs.Env
+	runner  *jobs.Runner
+	metrics *metrics
+	log     *slog.Logger
+	unix    bool
+
+	mu        sync.Mutex
+	uploading map[string]bool // upload names being received
+
+	actOnce sync.Once
+	acts    map[string]action
+}
+
+// chunkBytes is the largest tensor piece one DoGet message carries: well
+// under the message limit, large enough to amortise per-message costs.
+func (s *service) chunkBytes() int64 {
+	return min(s.cfg.MaxMessageBytes/2, 16<<20)
+}
+
+// decodeJSON decodes a request body strictly (unknown keys are errors).
+func decodeJSON(b []byte, v any, what string) error {
+	if len(bytes.TrimSpace(b)) == 0 {
+		b = []byte("{}")
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return status.Errorf(codes.InvalidArgument, "%s: bad JSON: %v", what, err)
+	}
+	return nil
+}
+
+// ticket names what DoGet streams: a job's result, a session candidate's
+// tensors, or an upload.
+type ticket struct {
+	Job       uint64    `json:"job,omitempty"`
+	Candidate []float64 `json:"candidate,omitempty"`
+	Upload    string    `json:"upload,omitempty"`
+	Chunk     int64     `json:"chunk,omitempty"`
+}
+
+// DoGet streams tensors as record batches of the tensor-set schema.
+func (s *service) DoGet(t *flight.Ticket, stream flight.FlightService_DoGetServer) error {
+	var tk ticket
+	if err := decodeJSON(t.Ticket, &tk, "ticket"); err != nil {
+		return err
+	}
+	chunk := s.chunkBytes()
+	if tk.Chunk > 0 {
+		chunk = min(tk.Chunk, s.cfg.MaxMessageBytes-(1<<16))
+	}
+	w := flight.NewRecordWriter(stream, ipc.WithSchema(tensors.Schema))
+	defer w.Close()
+	var sent int64
+	send := func(m tensors.Meta, off int64, data []byte) error {
+		rec := tensors.Record(m, off, data)
+		defer rec.Release()
+		sent += int64(len(data))
+		return w.Write(rec)
+	}
+	defer func() { s.metrics.bytesOut.WithLabelValues("flight").Add(float64(sent)) }()
+	switch {
+	case tk.Upload != "":
+		p, err := s.env.UploadPath(tk.Upload)
+		if err != nil {
+			return toStatus(err)
+		}
+		src, err := tensors.Open(p)
+		if err != nil {
+			return toStatus(err)
+		}
+		defer src.Close()
+		return toStatus(tensors.EachChunk(src, src.Names(), chunk, send))
+	case tk.Candidate != nil:
+		sess, err := s.session(tk.Job)
+		if err != nil {
+			return toStatus(err)
+		}
+		set, err := sess.Candidate(tk.Candidate)
+		if err != nil {
+			return toStatus(err)
+		}
+		defer set.Done()
+		var buf []byte
+		for i, m := range set.Metas {
+			n := m.Bytes()
+			if int64(cap(buf)) < n {
+				buf = make([]byte, n)
+			}
+			b := buf[:n]
+			if err := set.Fill(i, b); err != nil {
+				return toStatus(err)
+			}
+			for off := int64(0); off < n || off == 0; off += chunk {
+				if err := send(m, off, b[off:min(off+chunk, n)]); err != nil {
+					return err
+				}
+				if n == 0 {
+					break
+				}
+			}
+		}
+		return nil
+	default:
+		p, err := s.runner.ResultPath(tk.Job)
+		if err != nil {
+			return toStatus(err)
+		}
+		src, err := tensors.OpenIPC(p)
+		if err != nil {
+			return toStatus(err)
+		}
+		defer src.Close()
+		return toStatus(tensors.EachChunk(src, src.Names(), chunk, send))
+	}
+}
+
+// putCommand is DoPut's descriptor command: the upload's name and its
+// manifest (every tensor's name, dtype and shape).
+type putCommand struct {
+	Upload  string `json:"upload"`
+	Tensors []struct {
+		Name  string  `json:"name"`
+		DType string  `json:"dtype"`
+		Shape []int64 `json:"shape"`
+	} `json:"tensors"`
+}
+
+// DoPut receives an upload: the descriptor's command (putCommand) names
+// it, the record batches carry its tensors' pieces, in order per tensor.
+// It is stored as a safetensors file (fsynced) before the reply.
+func (s *service) DoPut(stream flight.FlightService_DoPutServer) error {
+	if s.runner.Draining() {
+		return status.Error(codes.Unavailable, "npsfused is shutting down: not accepting uploads")
+	}
+	rdr, err := flight.NewRecordReader(stream, ipc.WithAllocator(memory.DefaultAllocator))
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "upload: %v", err)
+	}
+	defer rdr.Release()
+	desc := rdr.LatestFlightDescriptor()
+	if desc == nil || desc.Type != flight.DescriptorCMD {
+		return status.Error(codes.InvalidArgument, "upload: the first message needs a CMD descriptor {\"upload\": NAME, \"tensors\": [{name, dtype, shape}]}")
+	}
+	var cmd putCommand
+	if err := decodeJSON(desc.Cmd, &cmd, "upload descriptor"); err != nil {
+		return err
+	}
+	if err := jobs.CheckUploadName(cmd.Upload); err != nil {
+		return toStatus(err)
+	}
+	if err := tensors.CheckSchema(rdr.Schema()); err != nil {
+		return toStatus(err)
+	}
+	metas := make([]tensors.Meta, len(cmd.Tensors))
+	var total int64
+	for i, t := range cmd.Tensors {
+		dt, err := tensors.ParseDType(t.DType)
+		if err != nil {
+			return status.Errorf(codes.InvalidArgument, "upload %s: tensor %q: %v", cmd.Upload, t.Name, err)
+		}
+		if t.Shape == nil {
+			t.Shape = []int64{}
+		}
+		metas[i] = tensors.Meta{Name: t.Name, DType: dt, Shape: t.Shape}
+		for _, d := range t.Shape {
+			if d < 0 {
+				return status.Errorf(codes.InvalidArgument, "upload %s: tensor %q has a negative dimension", cmd.Upload, t.Name)
+			}
+		}
+		total += metas[i].Bytes()
+		if total > s.cfg.MaxUploadBytes || total < 0 {
+			return status.Errorf(codes.ResourceExhausted, "upload %s is larger than max_upload_size (%s)",
+				cmd.Upload, config.FormatSize(s.cfg.MaxUploadBytes))
+		}
+	}
+	s.mu.Lock()
+	if s.uploading[cmd.Upload] || s.env.UploadExists(cmd.Upload) {
+		s.mu.Unlock()
+		return status.Errorf(codes.AlreadyExists, "upload %q already exists (names are single-use: delete it or pick another)", cmd.Upload)
+	}
+	s.uploading[cmd.Upload] = true
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.uploading, cmd.Upload)
+		s.mu.Unlock()
+	}()
+	uw, err := tensors.NewUploadWriter(s.env.FlightUploadPath(cmd.Upload), metas, map[string]string{"format": "pt", "uploaded_to": "npsfused"})
+	if err != nil {
+		return toStatus(err)
+	}
+	defer uw.Abort()
+	for rdr.Next() {
+		rows, err := tensors.RowsOf(rdr.Record())
+		if err != nil {
+			return toStatus(err)
+		}
+		for _, r := range rows {
+			if err := uw.Put(r); err != nil {
+				return status.Errorf(codes.InvalidArgument, "upload %s: %v", cmd.Upload, err)
+			}
+		}
+	}
+	if err := rdr.Err(); err != nil && !errors.Is(err, io.EOF) {
+		return status.Errorf(codes.InvalidArgument, "upload %s: %v", cmd.Upload, err)
+	}
+	if err := uw.Close(); err != nil {
+		return status.Errorf(codes.InvalidArgument, "upload %s: %v", cmd.Upload, err)
+	}
+	s.metrics.bytesIn.WithLabelValues("flight").Add(float64(uw.Bytes()))
+	body, _ := json.Marshal(map[string]any{"upload": cmd.Upload, "ref": jobs.UploadRef + cmd.Upload,
+		"tensors": len(metas), "bytes": uw.Bytes()})
+	return stream.Send(&flight.PutResult{AppMetadata: body})
+}
+
+// flightInfo describes a job: its status as app metadata, and a ticket
+// for its tensor result when it has one.
+func (s *service) flightInfo(st *jobs.Status) *flight.FlightInfo {
+	cmd, _ := json.Marshal(map[string]uint64{"job": st.ID})
+	meta, _ := json.Marshal(st)
+	info := &flight.FlightInfo{
+		Schema:           flight.SerializeSchema(tensors.Schema, memory.DefaultAllocator),
+		FlightDescriptor: &flight.FlightDescriptor{Type: flight.DescriptorCMD, Cmd: cmd},
+		TotalRecords:     -1, TotalBytes: -1, Ordered: true, AppMetadata: meta,
+	}
+	if st.State == store.Done {
+		var res struct {
+			Kind     string `json:"kind"`
+			Bytes    int64  `json:"bytes"`
+			Released bool   `json:"released"`
+		}
+		if json.Unmarshal(st.Result, &res) == nil && res.Kind == "tensors" && !res.Released {
+			info.TotalBytes = res.Bytes
+			info.Endpoint = []*flight.FlightEndpoint{{Ticket: &flight.Ticket{Ticket: cmd}}}
+		}
+	}
+	return info
+}
+
+// listCriteria is ListFlights' optional filter (JSON).
+type listCriteria struct {
+	State []store.State `json:"state,omitempty"`
+	Type  string        `json:"type,omitempty"`
+	After uint64        `json:"after,omitempty"`
+	Limit int           `json:"limit,omitempty"`
+}
+
+func (c listCriteria) filter() store.Filter {
+	limit := c.Limit
+	if limit <= 0 || limit > 10000 {
+		limit = 10000
+	}
+	return store.Filter{States: c.State, Type: c.Type, After: c.After, Limit: limit}
+}
+
+// ListFlights lists jobs, one FlightInfo each (status in app_metadata).
+func (s *service) ListFlights(c *flight.Criteria, stream flight.FlightService_ListFlightsServer) error {
+	var lc listCriteria
+	if err := decodeJSON(c.GetExpression(), &lc, "criteria"); err != nil {
+		return err
+	}
+	list, err := s.runner.List(lc.filter())
+	if err != nil {
+		return toStatus(err)
+	}
+	for _, st := range list {
+		if err := stream.Send(s.flightInfo(st)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// GetFlightInfo describes one job ({"job": id}).
+func (s *service) GetFlightInfo(ctx context.Context, d *flight.FlightDescriptor) (*flight.FlightInfo, error) {
+	var tk ticket
+	if err := decodeJSON(d.Cmd, &tk, "descriptor"); err != nil {
+		return nil, err
+	}
+	st, err := s.runner.Status(tk.Job)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return s.flightInfo(st), nil
+}
+
+// GetSchema returns the tensor-set schema for any descriptor.
+func (s *service) GetSchema(ctx context.Context, d *flight.FlightDescriptor) (*flight.SchemaResult, error) {
+	return &flight.SchemaResult{Schema: flight.SerializeSchema(tensors.Schema, memory.DefaultAllocator)}, nil
+}
+
+// session returns a ready session (draining daemons refuse).
+func (s *service) session(id uint64) (jobs.Session, error) {
+	if s.runner.Draining() {
+		return nil, fmt.Errorf("%w: sessions resume after the restart", jobs.ErrDraining)
+	}
+	return s.runner.Session(id)
+}
+
+// removeQuietly deletes a file, ignoring a missing one.
+func removeQuietly(p string) {
+	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+		slog.Warn("remove failed", "path", p, "error", err)
+	}
+}
