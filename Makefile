@@ -12,7 +12,7 @@ export PATH := $(TOOLS):$(VENV)/bin:$(PATH)
 
 GO_SOURCES := $(shell find gocore arrowio pybind daemon -name '*.go' -not -name '*_test.go' 2>/dev/null) go.mod go.sum
 
-.PHONY: all venv tools build install test test-go test-py lint demo bench clean fuzz experiment
+.PHONY: all venv tools build install test test-go test-py lint demo bench clean fuzz experiment bench-cli
 
 all: build
 
@@ -40,6 +40,7 @@ $(NATIVE)/.stamp: $(GO_SOURCES) $(GOPY)
 	$(GOPY) build -output=_build/gopy -vm=$(PYTHON) -name=gonps ./pybind
 	rm -rf $(NATIVE) && mkdir -p $(NATIVE)
 	cp _build/gopy/__init__.py _build/gopy/go.py _build/gopy/pybind.py _build/gopy/_gonps*.so $(NATIVE)/
+	go build -trimpath -o $(NATIVE)/npsfused ./daemon/cmd/npsfused
 	touch $@
 
 ## install: pip install . into the venv (the path users take)
@@ -65,6 +66,10 @@ lint: venv tools
 ## fuzz: a short run of every Go fuzz target
 fuzz:
 	go test ./arrowio/bridge -run XXX -fuzz FuzzImport -fuzztime 30s
+	go test ./arrowio/safetensors -run XXX -fuzz FuzzOpenBytes -fuzztime 30s
+	go test ./daemon/tensors -run XXX -fuzz FuzzParseIPC -fuzztime 30s
+	go test ./daemon/config -run XXX -fuzz FuzzParseSize -fuzztime 10s
+	go test ./daemon/config -run XXX -fuzz FuzzParseAddress -fuzztime 10s
 
 ## demo: a tiny base model and three fine-tunes, merged by every method
 demo: install
@@ -78,6 +83,12 @@ experiment: install
 bench: install
 	$(VENV)/bin/python bench/bench_bridge.py
 	$(VENV)/bin/python bench/bench_merge.py
+	$(VENV)/bin/python bench/bench_daemon.py
+
+## bench-cli: npsfuse merge vs mergekit-yaml on a generated 1.1B-parameter model
+## (≈ 20 GB disk, ≈ 30 min; mergekit is pip-installed into bench/work/mergekit-venv on first use)
+bench-cli: build
+	$(PYTHON) bench/bench_cli.py
 
 clean:
 	rm -rf _build build $(NATIVE) *.egg-info

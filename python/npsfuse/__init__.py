@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from . import _core
 from .checkpoint import merge_checkpoints
+from .client import Client
+from .evolve import Evolver, EvolverResult, search_merge
 from .merging import get_num_threads, merge, methods, set_num_threads, task_vector
 
 __version__ = "0.1.0"
@@ -18,11 +20,15 @@ if _core.go.Version() != __version__:  # pragma: no cover - broken install
     )
 
 __all__ = [
+    "Client",
+    "Evolver",
+    "EvolverResult",
     "__version__",
     "get_num_threads",
     "merge",
     "merge_checkpoints",
     "methods",
+    "search_merge",
     "set_num_threads",
     "task_vector",
 ]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from . import __version__
@@ -48,20 +50,53 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--force", action="store_true", help="replace a non-empty output folder")
     m.add_argument("--quiet", action="store_true", help="no progress line, no notes")
     m.set_defaults(func=_merge)
+    from ._cli_nps import add_commands
+
+    add_commands(sub)
+    sub.add_parser(
+        "daemon",
+        help="run npsfused, the daemon serving merges, pruning and searches "
+        "(arguments go to it, e.g. --config FILE)",
+    )
     return p
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C so that the merge removes its partial output."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["daemon"]:  # every flag after `daemon` belongs to npsfused
+        from ._daemon_entry import main as run_daemon
+
+        return int(run_daemon(argv[1:]) or 0)
     args = build_parser().parse_args(argv)
+    old = None
+    if threading.current_thread() is threading.main_thread():
+        old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.func(args))
+    except _Terminated:
+        print("npsfuse: terminated; nothing was written", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("npsfuse: interrupted; nothing was written", file=sys.stderr)
         return 130
     except (ValueError, TypeError, OSError) as exc:
         print(f"npsfuse: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # e.g. a write that failed (disk full): no traceback
+        print(f"npsfuse: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
 
 
 if __name__ == "__main__":
