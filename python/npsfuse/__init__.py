@@ -6,7 +6,7 @@ copies through the Arrow C Data Interface.
 
 from __future__ import annotations
 
-from . import _core
+from . import _core, compress, nps
 from .checkpoint import merge_checkpoints
 from .client import Client
 from .evolve import Evolver, EvolverResult, search_merge
@@ -24,6 +24,8 @@ __all__ = [
     "Evolver",
     "EvolverResult",
     "__version__",
+    "compress",
+    "nps",
     "get_num_threads",
     "merge",
     "merge_checkpoints",
