@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -29,15 +30,19 @@ type Model struct {
 // Config is a validated merge configuration in mergekit's schema plus
 // npsfuse's own keys (scope, seed, transposed).
 type Config struct {
-	Method     string
-	BaseModel  string
-	Models     []Model
-	Normalize  *bool // nil: the method's default
-	Lambda     float64
-	Density    float64
-	DType      string // mergekit's dtype (loading/compute dtype; arithmetic here is float32)
-	OutDType   string // output dtype; "" = DType, else the base's
-	Scope      merge.Scope
+	Method    string
+	BaseModel string
+	Models    []Model
+	Normalize *bool // nil: the method's default
+	Lambda    float64
+	Density   float64
+	DType     string // mergekit's dtype (loading/compute dtype; arithmetic here is float32)
+	OutDType  string // output dtype; "" = DType, else the base's
+	Scope     merge.Scope
+	scopeSet  bool
+	// Extra holds method-specific parameters (gamma, epsilon, t, k,
+	// tall_lambda, mask_rate, lam1, lam2).
+	Extra      map[string]float64
 	Seed       uint64
 	Transposed []string
 	// Notes are remarks for the user (ignored keys and the like).
@@ -53,9 +58,22 @@ var DefaultNormalize = map[string]bool{
 
 var (
 	topKeys    = set("merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", "tokenizer_source", "scope", "seed", "transposed")
-	globalKeys = set("normalize", "lambda", "int8_mask", "rescale", "density", "weight")
-	modelKeys  = set("model", "parameters")
-	perModel   = set("weight", "density")
+	globalKeys = set("normalize", "lambda", "int8_mask", "rescale", "density", "weight",
+		"gamma", "epsilon", "t", "k", "tall_lambda", "mask_rate", "lam1", "lam2")
+	// methodKeys are the global parameters of particular methods (mergekit's
+	// names where mergekit has the method), passed on to the engine.
+	methodKeys = map[string][]string{
+		"gamma":       {"breadcrumbs", "breadcrumbs_ties"},
+		"epsilon":     {"della", "della_linear"},
+		"t":           {"slerp"},
+		"k":           {"consensus_ta", "consensus_ties"},
+		"tall_lambda": {"consensus_ta", "consensus_ties"},
+		"mask_rate":   {"neuro"},
+		"lam1":        {"neuro"},
+		"lam2":        {"neuro"},
+	}
+	modelKeys = set("model", "parameters")
+	perModel  = set("weight", "density")
 )
 
 func set(keys ...string) map[string]bool {
@@ -143,6 +161,18 @@ func ParseConfig(text []byte, baseDir string) (*Config, error) {
 	if _, ok := gp["density"]; ok {
 		c.Density = num(gp, "density", "parameters.density", &bad)
 		checkDensity(c.Density, "parameters.density", &bad)
+	}
+	for k := range gp {
+		if owners, ok := methodKeys[k]; ok {
+			if c.Method != "" && !slices.Contains(owners, c.Method) {
+				bad.add("unknown parameter %q for merge_method %q (it belongs to %s)", k, c.Method, strings.Join(owners, ", "))
+				continue
+			}
+			if c.Extra == nil {
+				c.Extra = map[string]float64{}
+			}
+			c.Extra[k] = num(gp, k, "parameters."+k, &bad)
+		}
 	}
 	if _, ok := gp["lambda"]; ok {
 		c.Lambda = num(gp, "lambda", "parameters.lambda", &bad)
@@ -241,7 +271,7 @@ func ParseConfig(text []byte, baseDir string) (*Config, error) {
 		if err != nil {
 			bad.add("scope: %v", err)
 		}
-		c.Scope = sc
+		c.Scope, c.scopeSet = sc, true
 	}
 	if _, ok := top["seed"]; ok {
 		s := num(top, "seed", "seed", &bad)
@@ -280,10 +310,33 @@ func ParseConfig(text []byte, baseDir string) (*Config, error) {
 
 // Params turns the config into the engine's parameters.
 func (c *Config) Params() merge.Params {
-	p := merge.Params{Density: c.Density, Lambda: c.Lambda, Scope: c.Scope, Seed: c.Seed}
-	p.Normalize = DefaultNormalize[c.Method]
-	if _, known := DefaultNormalize[c.Method]; !known {
-		p.Normalize = true
+	p := merge.DefaultParams(c.Method)
+	p.Density, p.Lambda, p.Seed = c.Density, c.Lambda, c.Seed
+	if c.scopeSet {
+		p.Scope = c.Scope
+	}
+	if n, known := DefaultNormalize[c.Method]; known {
+		p.Normalize = n
+	}
+	for k, v := range c.Extra {
+		switch k {
+		case "gamma":
+			p.Gamma = v
+		case "epsilon":
+			p.Epsilon = v
+		case "t":
+			p.T = v
+		case "k":
+			p.K = int(v)
+		case "tall_lambda":
+			p.TallLambda = v
+		case "mask_rate":
+			p.MaskRate = v
+		case "lam1":
+			p.Lam1 = v
+		case "lam2":
+			p.Lam2 = v
+		}
 	}
 	if c.Normalize != nil {
 		p.Normalize = *c.Normalize

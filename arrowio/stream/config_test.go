@@ -371,3 +371,28 @@ func FuzzParseConfig(f *testing.F) {
 		}
 	})
 }
+
+func TestConfigMethodParameters(t *testing.T) {
+	dir := t.TempDir()
+	for _, d := range []string{"base", "a", "b"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	yml := "merge_method: breadcrumbs_ties\nbase_model: base\nmodels:\n  - model: a\n  - model: b\nparameters:\n  density: 0.5\n  gamma: 0.05\n"
+	c, err := ParseConfig([]byte(yml), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := c.Params()
+	if p.Gamma != 0.05 || p.Density != 0.5 || p.Epsilon != merge.DefaultParams("della").Epsilon {
+		t.Fatalf("params %+v", p)
+	}
+	c, err = ParseConfig([]byte("merge_method: neuro\nbase_model: base\nmodels:\n  - model: a\nparameters:\n  mask_rate: 0.8\n  lam1: 0.5\n"), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := c.Params(); p.MaskRate != 0.8 || p.Lam1 != 0.5 || p.Scope != merge.ScopeGlobal {
+		t.Fatalf("neuro params %+v", p)
+	}
+}
