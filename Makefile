@@ -38,7 +38,7 @@ $(NATIVE)/.stamp: $(GO_SOURCES) $(GOPY)
 	@$(PYTHON) -c "import pybindgen" 2>/dev/null || $(MAKE) venv
 	rm -rf _build/gopy
 	$(GOPY) build -output=_build/gopy -vm=$(PYTHON) -name=gonps ./pybind
-	rm -rf $(NATIVE) && mkdir -p $(NATIVE)
+	mkdir -p $(NATIVE) && rm -f $(NATIVE)/*.so $(NATIVE)/go.py $(NATIVE)/pybind.py $(NATIVE)/npsfused
 	cp _build/gopy/__init__.py _build/gopy/go.py _build/gopy/pybind.py _build/gopy/_gonps*.so $(NATIVE)/
 	go build -trimpath -o $(NATIVE)/npsfused ./daemon/cmd/npsfused
 	touch $@
