@@ -79,19 +79,22 @@ def main() -> None:
     rows = [("pre-trained", None, None, base_sd)]
     rows += [(f"fine-tune {i + 1}", None, None, sd) for i, sd in enumerate(fts)]
     for method in npsfuse.methods():
+        # slerp interpolates two models: the first two fine-tunes.
+        models = fts[:2] if method == "slerp" else fts
         t0 = time.perf_counter()
-        merged = npsfuse.merge(base_sd, fts, method, **PARAMS)
+        merged = npsfuse.merge(base_sd, models, method, **PARAMS)
         ms = (time.perf_counter() - t0) * 1e3
         diff = None
         if method in reference.METHODS:
             ref = reference.merge(
                 {k: v.numpy() for k, v in base_sd.items()},
-                [{k: v.numpy() for k, v in sd.items()} for sd in fts],
+                [{k: v.numpy() for k, v in sd.items()} for sd in models],
                 method,
                 **PARAMS,
             )
             diff = max(float(np.abs(merged[k].numpy() - ref[k]).max()) for k in ref)
-        rows.append((method, ms, diff, merged))
+        name = f"{method} (1+2)" if method == "slerp" else method
+        rows.append((name, ms, diff, merged))
     for name, ms, diff, sd in rows:
         accs = [_accuracy(sd, x, y) for x, y in tasks]
         t = f"{ms:10.2f}" if ms is not None else f"{'':>10}"
