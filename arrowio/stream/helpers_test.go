@@ -49,7 +49,7 @@ var defaultSpecs = []spec{
 func withDType(specs []spec, dt safetensors.DType) []spec {
 	out := slices.Clone(specs)
 	for i := range out {
-		if _, ok := floatDType(out[i].dt); ok {
+		if _, ok := checkpoint.KernelDType(out[i].dt); ok {
 			out[i].dt = dt
 		}
 	}
@@ -262,7 +262,7 @@ func mustParse(t testing.TB, text string) *Config {
 
 // vecOfTensor copies a tensor into aligned Go memory as a kernel Vec.
 func vecOfTensor(st safetensors.Tensor) tensor.Vec {
-	dt, ok := floatDType(st.DType)
+	dt, ok := checkpoint.KernelDType(st.DType)
 	if !ok {
 		panic("vecOfTensor: not a float tensor")
 	}
@@ -304,7 +304,7 @@ func reference(t testing.TB, cfg *Config, base tensors, models []tensors, outDT 
 	out := tensors{}
 	for _, name := range slices.Sorted(maps.Keys(base)) {
 		b := base[name]
-		bdt, isFloat := floatDType(b.DType)
+		bdt, isFloat := checkpoint.KernelDType(b.DType)
 		if !isFloat || slices.Contains(skip, name) {
 			out[name] = b
 			continue
@@ -326,7 +326,7 @@ func reference(t testing.TB, cfg *Config, base tensors, models []tensors, outDT 
 		t.Fatalf("merge.Run: %v", err)
 	}
 	for _, mt := range ts {
-		out[mt.Name] = safetensors.Tensor{DType: stDType(mt.Out.DType), Shape: base[mt.Name].Shape, Data: vecBytes(mt.Out)}
+		out[mt.Name] = safetensors.Tensor{DType: checkpoint.FromKernel(mt.Out.DType), Shape: base[mt.Name].Shape, Data: vecBytes(mt.Out)}
 	}
 	return out
 }
@@ -365,7 +365,7 @@ func assertEqual(t testing.TB, got, want tensors) {
 		}
 		if string(g.Data) != string(w.Data) {
 			diff := 0
-			if _, ok := floatDType(w.DType); ok {
+			if _, ok := checkpoint.KernelDType(w.DType); ok {
 				gv, wv := decode(g.Data, g.DType), decode(w.Data, w.DType)
 				for i := range wv {
 					if gv[i] != wv[i] {

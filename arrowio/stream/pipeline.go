@@ -188,7 +188,7 @@ func plan(cfg *Config, opt Options, base *checkpoint.Checkpoint, models []*check
 	var tensors []merge.Tensor
 	for _, name := range base.Names() {
 		bi, _ := base.Info(name)
-		bdt, floatOK := floatDType(bi.DType)
+		bdt, floatOK := checkpoint.KernelDType(bi.DType)
 		j := job{info: bi, merged: -1, names: []string{name}}
 		if !floatOK {
 			// Integer and boolean buffers are copied from the base.
@@ -220,7 +220,7 @@ func plan(cfg *Config, opt Options, base *checkpoint.Checkpoint, models []*check
 				bad = append(bad, fmt.Sprintf("tensor %q has shape %v in %s but %v in the base %s", name, mi2.Shape, m.File(name), bi.Shape, base.File(name)))
 				continue
 			}
-			mdt, ok := floatDType(mi2.DType)
+			mdt, ok := checkpoint.KernelDType(mi2.DType)
 			if !ok {
 				bad = append(bad, fmt.Sprintf("tensor %q has dtype %v in %s; floating-point tensors must stay floating-point", name, mi2.DType, m.File(name)))
 				continue
@@ -240,7 +240,7 @@ func plan(cfg *Config, opt Options, base *checkpoint.Checkpoint, models []*check
 			j.copyOf, j.read = bb, int64(len(bb))
 			if outDT != 0 && outDT != bdt {
 				j.conv = bdt
-				j.info.DType = stDType(outDT)
+				j.info.DType = checkpoint.FromKernel(outDT)
 				j.info.Begin, j.info.End = 0, bi.NumElements()*int64(outDT.Size())
 			}
 			jobs = append(jobs, j)
@@ -253,7 +253,7 @@ func plan(cfg *Config, opt Options, base *checkpoint.Checkpoint, models []*check
 		if odt == 0 {
 			odt = bdt
 		}
-		j.info.DType = stDType(odt)
+		j.info.DType = checkpoint.FromKernel(odt)
 		j.info.Begin, j.info.End = 0, bi.NumElements()*int64(odt.Size())
 		j.merged = len(tensors)
 		shape := make([]int, len(bi.Shape))

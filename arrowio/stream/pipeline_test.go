@@ -93,7 +93,7 @@ func TestRunMatchesInMemory(t *testing.T) {
 			for name, w := range want {
 				written += int64(len(w.Data))
 				read += int64(len(base[name].Data))
-				if _, ok := floatDType(base[name].DType); ok {
+				if _, ok := checkpoint.KernelDType(base[name].DType); ok {
 					for _, m := range models {
 						read += int64(len(m[name].Data))
 					}
@@ -311,7 +311,7 @@ func TestRunAllowMissing(t *testing.T) {
 			if outDT != 0 {
 				for _, n := range skip {
 					w := want[n]
-					want[n] = safetensors.Tensor{DType: stDType(outDT), Shape: w.Shape, Data: encode(decode(w.Data, w.DType), stDType(outDT))}
+					want[n] = safetensors.Tensor{DType: checkpoint.FromKernel(outDT), Shape: w.Shape, Data: encode(decode(w.Data, w.DType), checkpoint.FromKernel(outDT))}
 				}
 			}
 			assertEqual(t, readAll(t, out), want)
@@ -589,7 +589,7 @@ func TestRunOutputDType(t *testing.T) {
 			}
 			want := c.want
 			if want == 0 {
-				want, _ = floatDType(c.in)
+				want, _ = checkpoint.KernelDType(c.in)
 			}
 			if hf[c.cfgKey] != want.String() {
 				t.Errorf("config.json %s = %v, want %v", c.cfgKey, hf[c.cfgKey], want)

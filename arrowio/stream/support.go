@@ -16,32 +16,8 @@ import (
 	"github.com/npsfuse/npsfuse/gocore/tensor"
 )
 
-// floatDType maps a safetensors dtype to a kernel dtype; ok is false for
-// dtypes the kernels do not merge (integers, booleans, 8-bit floats, F64).
-func floatDType(d safetensors.DType) (tensor.DType, bool) {
-	switch d {
-	case safetensors.F32:
-		return tensor.F32, true
-	case safetensors.F16:
-		return tensor.F16, true
-	case safetensors.BF16:
-		return tensor.BF16, true
-	}
-	return 0, false
-}
-
-func stDType(d tensor.DType) safetensors.DType {
-	switch d {
-	case tensor.F16:
-		return safetensors.F16
-	case tensor.BF16:
-		return safetensors.BF16
-	}
-	return safetensors.F32
-}
-
 func mustTensorDType(d safetensors.DType) tensor.DType {
-	t, ok := floatDType(d)
+	t, ok := checkpoint.KernelDType(d)
 	if !ok {
 		panic(fmt.Sprintf("stream: %v is not a float dtype", d))
 	}

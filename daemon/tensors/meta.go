@@ -6,8 +6,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/npsfuse/npsfuse/arrowio/checkpoint"
 	"github.com/npsfuse/npsfuse/arrowio/safetensors"
-	"github.com/npsfuse/npsfuse/gocore/tensor"
 )
 
 // Columns are the tensor-set schema's columns, in order: every row is
@@ -53,30 +53,12 @@ func WireName(d safetensors.DType) string {
 	return d.String()
 }
 
-// KernelDType maps a safetensors dtype to a kernel dtype; ok is false for
-// dtypes kernels do not compute on (they are copied).
-func KernelDType(d safetensors.DType) (tensor.DType, bool) {
-	switch d {
-	case safetensors.F32:
-		return tensor.F32, true
-	case safetensors.F16:
-		return tensor.F16, true
-	case safetensors.BF16:
-		return tensor.BF16, true
-	}
-	return 0, false
-}
-
-// FromKernel maps a kernel dtype to its safetensors dtype.
-func FromKernel(d tensor.DType) safetensors.DType {
-	switch d {
-	case tensor.F16:
-		return safetensors.F16
-	case tensor.BF16:
-		return safetensors.BF16
-	}
-	return safetensors.F32
-}
+// KernelDType and FromKernel map between safetensors and kernel dtypes
+// (defined once, in arrowio/checkpoint).
+var (
+	KernelDType = checkpoint.KernelDType
+	FromKernel  = checkpoint.FromKernel
+)
 
 // ParseShape reads "2,3" (or "" for a scalar) into dimensions.
 func ParseShape(s string) ([]int64, error) {
