@@ -176,6 +176,7 @@ func Run(ctx context.Context, cfg *Config, opt Options) (res *Result, err error)
 	res.Shards = len(shards)
 	res.BytesWritten = totalBytes(infos)
 	res.Seconds = time.Since(start).Seconds()
+	res.Report = merger.Report()
 	return res, nil
 }
 

@@ -3,10 +3,12 @@ package stream
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -769,5 +771,38 @@ func TestRunMixedDTypes(t *testing.T) {
 			}
 			assertEqual(t, readAll(t, out), reference(t, mustParse(t, text), base, models, 0))
 		})
+	}
+}
+
+func TestRunReportsNeuroScales(t *testing.T) {
+	dir := t.TempDir()
+	r := rand.New(rand.NewPCG(11, 12))
+	mk := func(name string, scale float32) string {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		data := make([]byte, 4*8*6)
+		for i := 0; i < 48; i++ {
+			binary.LittleEndian.PutUint32(data[4*i:], math.Float32bits(1+scale*float32(r.NormFloat64())))
+		}
+		if err := safetensors.Save(filepath.Join(p, "model.safetensors"), map[string]safetensors.Tensor{
+			"w": {DType: safetensors.F32, Shape: []int64{8, 6}, Data: data}}, nil); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	base := mk("base", 0)
+	a, b := mk("a", 0.1), mk("b", 0.1)
+	cfg, err := ParseConfig([]byte("merge_method: neuro\nbase_model: "+base+"\nmodels:\n  - model: "+a+"\n  - model: "+b+"\n"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := Run(context.Background(), cfg, Options{OutDir: filepath.Join(dir, "out")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := res.Report["lam2"]; !ok {
+		t.Fatalf("report %v lacks lam2", res.Report)
 	}
 }

@@ -143,4 +143,8 @@ def merge_checkpoints(
     if not quiet:
         for note in result.get("notes") or []:
             print(f"npsfuse: note: {note}", file=sys.stderr)
+        report = result.get("report") or {}
+        if "lam2" in report:  # NeuroMerging's chosen scales
+            print(f"npsfuse: neuro: lam1 = {report.get('lam1')}, lam2 = {report['lam2']}"
+                  + (" (automatic)" if report.get("lam2_auto") else ""), file=sys.stderr)
     return Path(result["out_dir"])
