@@ -45,11 +45,11 @@ func (s *service) newActions() map[string]action {
 		"info":          {"daemon version, limits, shared-memory folder, job types, merge methods", s.actInfo},
 		"health":        {"{\"status\": \"ok\" | \"draining\"}", s.actHealth},
 		"submit":        {"{type, spec, idempotency_key?} → {job, existing}: store a job (on disk before the reply) and queue it", s.actSubmit},
-		"status":        {"{id} → the job's status", s.actStatus},
+		"status":        {"{id} → the job's status", statusByID("status", s.runner.Status)},
 		"watch":         {"{id, timeout?, interval?, until?: final|ready} → statuses until the job is final (or its session ready)", s.actWatch},
-		"cancel":        {"{id} → status: cancel a queued or running job or a session", s.actCancel},
+		"cancel":        {"{id} → status: cancel a queued or running job or a session", statusByID("cancel", s.runner.Cancel)},
 		"delete":        {"{id}: forget a finished job and delete its result file", s.actDelete},
-		"release":       {"{id}: delete a finished job's shared-memory result file once mapped", s.actRelease},
+		"release":       {"{id}: delete a finished job's shared-memory result file once mapped", statusByID("release", s.runner.Release)},
 		"jobs":          {"{state?, type?, after?, limit?} → {jobs: [...]}", s.actJobs},
 		"ask":           {"{id, timeout?} → {generation, candidates, done}: a session's next candidates", s.actAsk},
 		"tell":          {"{id, scores} → {generation, x, f, done}: their scores (null = failed)", s.actTell},
@@ -160,16 +160,19 @@ func (s *service) actSubmit(_ context.Context, body []byte, send func(any) error
 	return send(map[string]any{"job": st, "existing": existed})
 }
 
-func (s *service) actStatus(_ context.Context, body []byte, send func(any) error) error {
-	var req idBody
-	if err := decodeJSON(body, &req, "status"); err != nil {
-		return err
+// statusByID answers an {id} action with the job status fn returns for it.
+func statusByID(name string, fn func(uint64) (*jobs.Status, error)) func(context.Context, []byte, func(any) error) error {
+	return func(_ context.Context, body []byte, send func(any) error) error {
+		var req idBody
+		if err := decodeJSON(body, &req, name); err != nil {
+			return err
+		}
+		st, err := fn(req.ID)
+		if err != nil {
+			return err
+		}
+		return send(st)
 	}
-	st, err := s.runner.Status(req.ID)
-	if err != nil {
-		return err
-	}
-	return send(st)
 }
 
 func seconds(v float64, def, limit time.Duration) time.Duration {
@@ -197,18 +200,6 @@ func (s *service) actWatch(ctx context.Context, body []byte, send func(any) erro
 		func(st *jobs.Status) error { return send(st) })
 }
 
-func (s *service) actCancel(_ context.Context, body []byte, send func(any) error) error {
-	var req idBody
-	if err := decodeJSON(body, &req, "cancel"); err != nil {
-		return err
-	}
-	st, err := s.runner.Cancel(req.ID)
-	if err != nil {
-		return err
-	}
-	return send(st)
-}
-
 func (s *service) actDelete(_ context.Context, body []byte, send func(any) error) error {
 	var req idBody
 	if err := decodeJSON(body, &req, "delete"); err != nil {
@@ -218,18 +209,6 @@ func (s *service) actDelete(_ context.Context, body []byte, send func(any) error
 		return err
 	}
 	return send(map[string]uint64{"deleted": req.ID})
-}
-
-func (s *service) actRelease(_ context.Context, body []byte, send func(any) error) error {
-	var req idBody
-	if err := decodeJSON(body, &req, "release"); err != nil {
-		return err
-	}
-	st, err := s.runner.Release(req.ID)
-	if err != nil {
-		return err
-	}
-	return send(st)
 }
 
 func (s *service) actJobs(_ context.Context, body []byte, send func(any) error) error {
