@@ -9,6 +9,9 @@ GOPY       := $(TOOLS)/gopy
 STATICCHECK_VERSION := v0.8.2
 NATIVE     := python/npsfuse/_native
 export PATH := $(TOOLS):$(VENV)/bin:$(PATH)
+# The kernels' vector loops (gocore/vec) use Go's simd/archsimd, which needs
+# this experiment; without it they build as plain Go with the same results.
+export GOEXPERIMENT := simd
 
 GO_SOURCES := $(shell find gocore arrowio pybind daemon -name '*.go' -not -name '*_test.go' 2>/dev/null) go.mod go.sum
 
@@ -52,6 +55,7 @@ test: lint test-go install test-py
 
 test-go:
 	go test ./...
+	GOEXPERIMENT= go test ./gocore/...
 
 test-py: venv
 	cd tests && $(VENV)/bin/python -m pytest -q -p no:cacheprovider
@@ -60,6 +64,7 @@ test-py: venv
 lint: venv tools
 	@out=$$(gofmt -l gocore arrowio pybind daemon 2>/dev/null); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	go vet ./...
+	GOEXPERIMENT= go vet ./gocore/...
 	$(TOOLS)/staticcheck ./...
 	$(VENV)/bin/ruff check python tests $(wildcard bench)
 
@@ -83,6 +88,9 @@ experiment: install
 bench: install
 	$(VENV)/bin/python bench/bench_bridge.py
 	$(VENV)/bin/python bench/bench_merge.py
+	$(VENV)/bin/python bench/bench_nps.py
+	$(VENV)/bin/python bench/bench_cma.py
+	$(VENV)/bin/python bench/bench_evolve.py
 	$(VENV)/bin/python bench/bench_daemon.py
 
 ## bench-cli: npsfuse merge vs mergekit-yaml on a generated 1.1B-parameter model

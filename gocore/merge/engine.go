@@ -10,6 +10,7 @@ import (
 
 	"github.com/npsfuse/npsfuse/gocore/parallel"
 	"github.com/npsfuse/npsfuse/gocore/tensor"
+	"github.com/npsfuse/npsfuse/gocore/vec"
 )
 
 // Tensor is one named tensor of a merge: the base θ₀, the fine-tuned θ_t
@@ -400,7 +401,7 @@ func (e *engine) store(v tensor.Vec, ch chunkRef, ws *workspace, src []float32) 
 // non-finite entry.
 func (e *engine) loadBase(ch chunkRef, ws *workspace) ([]float32, error) {
 	b := e.view(e.tensors[ch.ti].Base, ch, ws, ws.base)
-	if !finite(b) {
+	if !vec.Finite(b) {
 		return nil, e.nonFinite(ch, "the base model", b)
 	}
 	return b, nil
@@ -410,7 +411,7 @@ func (e *engine) loadBase(ch chunkRef, ws *workspace) ([]float32, error) {
 // error naming the first non-finite entry.
 func (e *engine) loadModel(ch chunkRef, m int, ws *workspace, buf []float32) ([]float32, error) {
 	x := e.view(e.tensors[ch.ti].Models[m], ch, ws, buf)
-	if !finite(x) {
+	if !vec.Finite(x) {
 		return nil, e.nonFinite(ch, fmt.Sprintf("model %d", m), x)
 	}
 	return x, nil
@@ -434,9 +435,7 @@ func (e *engine) loadAll(ch chunkRef, ws *workspace) (base []float32, models, ta
 		}
 		models[m] = mv
 		tau := ws.taus[m][:n]
-		for j, x := range mv {
-			tau[j] = x - base[j]
-		}
+		vec.Sub(tau, mv, base)
 		taus[m] = tau
 	}
 	return base, models, taus, nil
@@ -476,6 +475,11 @@ func (e *engine) mergeChunks(chunks []chunkRef) error {
 // mergeChunk loads one chunk of every input, forms and sparsifies the task
 // vectors, combines them and stores the result.
 func (e *engine) mergeChunk(ch chunkRef, ws *workspace) error {
+	if d, ok := e.method.Combine.(direct); ok {
+		if _, all := e.method.Sparsify.(keepAll); all && !e.method.Rows {
+			return e.mergeDirect(d, ch, ws)
+		}
+	}
 	base, models, taus, err := e.loadAll(ch, ws)
 	if err != nil {
 		return err
@@ -486,6 +490,60 @@ func (e *engine) mergeChunk(ch chunkRef, ws *workspace) error {
 	out := ws.out[:ch.hi-ch.lo]
 	e.method.Combine.combine(e, ch, base, models, taus, out)
 	e.store(e.tensors[ch.ti].Out, ch, ws, out)
+	return nil
+}
+
+// direct is a Combiner that can merge straight from the inputs, in one
+// pass, when nothing is sparsified: no task-vector buffers, no separate
+// passes for the finiteness checks.
+type direct interface {
+	// direct writes chunk ch's result into out from the base and model
+	// chunks (storage order); base is nil when readsBase is false (the
+	// base is then only checked for NaN and ±Inf).
+	direct(e *engine, ch chunkRef, base []float32, models [][]float32, out []float32)
+	readsBase() bool
+}
+
+// mergeDirect merges chunk ch with a direct combiner. Float32 inputs are
+// read in place and a float32 output is written in place. A NaN or ±Inf in
+// any input makes the result non-finite (0·Inf is NaN too), so only the
+// result is checked; when it is not finite, the inputs are searched for the
+// culprit so that the error names the same entry as the general path. A
+// result that overflowed from finite inputs is kept, as there.
+func (e *engine) mergeDirect(d direct, ch chunkRef, ws *workspace) error {
+	t := &e.tensors[ch.ti]
+	n := ch.hi - ch.lo
+	base := t.Base.View(ch.lo, n, ws.base)
+	if !d.readsBase() {
+		// Every merge rejects a corrupt base, even one that ignores it.
+		if !vec.Finite(base) {
+			return e.nonFinite(ch, "the base model", base)
+		}
+		base = nil
+	}
+	models := ws.views[:e.T:e.T]
+	for m := range e.T {
+		models[m] = t.Models[m].View(ch.lo, n, ws.models[m])
+	}
+	out := ws.out[:n]
+	inPlace := t.Out.DType == tensor.F32
+	if inPlace {
+		out = t.Out.F32[ch.lo:ch.hi]
+	}
+	d.direct(e, ch, base, models, out)
+	if !vec.Finite(out) {
+		if base != nil && !vec.Finite(base) {
+			return e.nonFinite(ch, "the base model", base)
+		}
+		for m, x := range models {
+			if !vec.Finite(x) {
+				return e.nonFinite(ch, fmt.Sprintf("model %d", m), x)
+			}
+		}
+	}
+	if !inPlace {
+		t.Out.Store(out, ch.lo)
+	}
 	return nil
 }
 
@@ -634,26 +692,6 @@ func (e *engine) storageIndex(ch chunkRef, j int) int {
 	}
 	r, c := ch.r0+j/g.cols, j%g.cols
 	return c*g.rows + r
-}
-
-// finite reports whether every element is finite: an exponent field of all
-// ones (NaN, ±Inf) carries into bit 31 when 1 is added to it. Four
-// independent accumulators keep the loop at memory speed.
-func finite(x []float32) bool {
-	const expo, one = 0x7f800000, 0x00800000
-	var a0, a1, a2, a3 uint32
-	i := 0
-	for ; i+4 <= len(x); i += 4 {
-		q := x[i : i+4 : i+4]
-		a0 |= math.Float32bits(q[0])&expo + one
-		a1 |= math.Float32bits(q[1])&expo + one
-		a2 |= math.Float32bits(q[2])&expo + one
-		a3 |= math.Float32bits(q[3])&expo + one
-	}
-	for ; i < len(x); i++ {
-		a0 |= math.Float32bits(x[i])&expo + one
-	}
-	return (a0|a1|a2|a3)&0x80000000 == 0
 }
 
 // Methods lists the registered method names, sorted.

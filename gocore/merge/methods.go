@@ -5,6 +5,7 @@ import (
 
 	"github.com/npsfuse/npsfuse/gocore/rng"
 	"github.com/npsfuse/npsfuse/gocore/topk"
+	"github.com/npsfuse/npsfuse/gocore/vec"
 )
 
 // Method is one row of the registry: how task vectors are sparsified and how
@@ -214,6 +215,18 @@ type weightedSum struct{}
 func (weightedSum) normalizes(p Params) bool     { return p.Normalize }
 func (weightedSum) prepare(*engine, []int) error { return nil }
 
+// direct is combine computed from the inputs in one pass, with the same
+// rounding: θ₀ + λ'·Σ w_t (θ_t − θ₀), the sum in model order.
+func (weightedSum) direct(e *engine, _ chunkRef, base []float32, models [][]float32, out []float32) {
+	lam := float32(e.p.Lambda)
+	if e.p.Normalize {
+		lam /= e.wsum
+	}
+	vec.DeltaSum(out, base, models, e.w, lam)
+}
+
+func (weightedSum) readsBase() bool { return true }
+
 func (weightedSum) combine(e *engine, _ chunkRef, base []float32, _, taus [][]float32, out []float32) {
 	lam := float32(e.p.Lambda)
 	if e.p.Normalize {
@@ -226,16 +239,7 @@ func (weightedSum) combine(e *engine, _ chunkRef, base []float32, _, taus [][]fl
 }
 
 // weightedSumInto sets out = Σ_m w[m]·x[m], accumulating in model order.
-func weightedSumInto(out, w []float32, x [][]float32) {
-	clear(out)
-	for m, xm := range x {
-		wm := w[m]
-		xm = xm[:len(out)]
-		for j, v := range xm {
-			out[j] += wm * v
-		}
-	}
-}
+func weightedSumInto(out, w []float32, x [][]float32) { vec.WeightedSum(out, x, w, 1) }
 
 // disjointMean is TIES' elect and disjoint merge (Yadav et al. 2023, §3,
 // eqs. for γ and τ_m): γ = sign(Σ w_t τ_t) with γ = +1 when the sum is 0
@@ -295,15 +299,18 @@ type linear struct{}
 func (linear) normalizes(p Params) bool     { return p.Normalize }
 func (linear) prepare(*engine, []int) error { return nil }
 
+// direct is combine without the base or the task vectors: linear reads
+// only the models.
+func (l linear) direct(e *engine, ch chunkRef, _ []float32, models [][]float32, out []float32) {
+	l.combine(e, ch, nil, models, nil, out)
+}
+
+func (linear) readsBase() bool { return false }
+
 func (linear) combine(e *engine, _ chunkRef, _ []float32, models, _ [][]float32, out []float32) {
 	inv := float32(1)
 	if e.p.Normalize {
 		inv = 1 / e.wsum
 	}
-	weightedSumInto(out, e.w, models)
-	if inv != 1 {
-		for j := range out {
-			out[j] *= inv
-		}
-	}
+	vec.WeightedSum(out, models, e.w, inv)
 }

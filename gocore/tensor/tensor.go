@@ -5,6 +5,7 @@ import (
 	"math"
 	"unsafe"
 
+	"github.com/npsfuse/npsfuse/gocore/vec"
 	"github.com/x448/float16"
 )
 
@@ -128,10 +129,7 @@ func (v Vec) Load(dst []float32, off int) {
 	case F32:
 		copy(dst, v.F32[off:off+len(dst)])
 	case BF16:
-		src := v.U16[off : off+len(dst)]
-		for i, b := range src {
-			dst[i] = math.Float32frombits(uint32(b) << 16)
-		}
+		vec.WidenBF16(dst, v.U16[off:off+len(dst)])
 	case F16:
 		src := v.U16[off : off+len(dst)]
 		for i, b := range src {
@@ -158,10 +156,7 @@ func (v Vec) Store(src []float32, off int) {
 	case F32:
 		copy(v.F32[off:off+len(src)], src)
 	case BF16:
-		dst := v.U16[off : off+len(src)]
-		for i, x := range src {
-			dst[i] = BF16Bits(x)
-		}
+		vec.NarrowBF16(v.U16[off:off+len(src)], src)
 	case F16:
 		dst := v.U16[off : off+len(src)]
 		for i, x := range src {

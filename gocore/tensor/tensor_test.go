@@ -1,0 +1,79 @@
+package tensor
+
+import (
+	"math"
+	"testing"
+)
+
+func TestParseDType(t *testing.T) {
+	tests := []struct {
+		in   string
+		want DType
+		ok   bool
+	}{
+		{"float32", F32, true}, {"F32", F32, true}, {"fp16", F16, true}, {"half", F16, true},
+		{"bfloat16", BF16, true}, {"BF16", BF16, true}, {"int8", 0, false}, {"", 0, false},
+	}
+	for _, tc := range tests {
+		got, err := ParseDType(tc.in)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("ParseDType(%q) = %v, %v; want %v, ok=%v", tc.in, got, err, tc.want, tc.ok)
+		}
+	}
+}
+
+func TestFromBytes(t *testing.T) {
+	buf := make([]byte, 17)
+	tests := []struct {
+		name string
+		b    []byte
+		d    DType
+		n    int
+		ok   bool
+	}{
+		{"f32", buf[:16], F32, 4, true},
+		{"bf16", buf[:16], BF16, 8, true},
+		{"empty", buf[:0], F16, 0, true},
+		{"ragged", buf[:15], F32, 0, false},
+		{"misaligned", buf[1:9], F32, 0, false},
+		{"bad dtype", buf[:8], DType(9), 0, false},
+	}
+	for _, tc := range tests {
+		v, err := FromBytes(tc.b, tc.d)
+		if (err == nil) != tc.ok {
+			t.Errorf("%s: err = %v, want ok=%v", tc.name, err, tc.ok)
+			continue
+		}
+		if tc.ok && v.Len() != tc.n {
+			t.Errorf("%s: %d elements, want %d", tc.name, v.Len(), tc.n)
+		}
+	}
+}
+
+// TestLoadStore round-trips values through every storage type: exact for
+// values the type represents, nearest-even rounding otherwise.
+func TestLoadStore(t *testing.T) {
+	src := make([]float32, 37)
+	for j := range src {
+		src[j] = float32(j)*0.25 - 3 // exact in every dtype
+	}
+	for _, d := range []DType{F32, F16, BF16} {
+		v := Alloc(len(src)+3, d)
+		v.Store(src, 3)
+		got := make([]float32, len(src))
+		v.Load(got, 3)
+		for j := range src {
+			if got[j] != src[j] {
+				t.Fatalf("%v: entry %d is %v, want %v", d, j, got[j], src[j])
+			}
+		}
+		if view := v.View(3, len(src), make([]float32, len(src))); view[5] != src[5] {
+			t.Fatalf("%v: View gives %v, want %v", d, view[5], src[5])
+		}
+	}
+	v := Alloc(1, BF16)
+	v.Store([]float32{math.Float32frombits(0x3f818000)}, 0)
+	if v.U16[0] != 0x3f82 || BF16Bits(math.Float32frombits(0x3f818000)) != 0x3f82 {
+		t.Fatalf("bf16 tie rounds to %#04x, want 0x3f82", v.U16[0])
+	}
+}

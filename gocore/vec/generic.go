@@ -1,0 +1,21 @@
+//go:build !(goexperiment.simd && amd64)
+
+package vec
+
+const accelerated = false
+
+func deltaSum(out, base []float32, x [][]float32, w []float32, lam float32) {
+	deltaSumGo(out, base, x, w, lam)
+}
+
+func weightedSum(out []float32, x [][]float32, w []float32, scale float32) {
+	weightedSumGo(out, x, w, scale)
+}
+
+func finite(x []float32) bool { return finiteGo(x) }
+
+func sub(out, a, b []float32) { subGo(out, a, b) }
+
+func widenBF16(dst []float32, src []uint16) { widenBF16Go(dst, src) }
+
+func narrowBF16(dst []uint16, src []float32) { narrowBF16Go(dst, src) }
