@@ -229,6 +229,7 @@ def merge(
     if method not in NORMALIZE_DEFAULT:
         raise ValueError(f"unknown method {method!r}")
     names = list(base)
+    ranked = sorted(names)  # a global scope ranks the tensors in name order
     T = len(models)
     w = np.asarray([1.0] * T if weights is None else list(weights), dtype=F32)
     wsum = F32(0)
@@ -263,10 +264,10 @@ def merge(
         out = [{} for _ in range(T)]
         for m in range(T):
             if scope == "global":
-                cat = np.concatenate([raw[m][n] for n in names])
+                cat = np.concatenate([raw[m][n] for n in ranked])
                 mask = fn(cat, per_model_arg[m])
                 off = 0
-                for n in names:
+                for n in ranked:
                     size = raw[m][n].size
                     out[m][n] = np.where(mask[off : off + size], raw[m][n], F32(0))
                     off += size
@@ -354,10 +355,10 @@ def merge(
             res[n] = (F32(c0) * a + F32(c1) * bb).astype(F32)
     elif method == "pcb":
         if scope == "global":
-            cat = [np.concatenate([raw[m][n] for n in names]) for m in range(T)]
+            cat = [np.concatenate([raw[m][n] for n in ranked]) for m in range(T)]
             tm = pcb_unit(cat, dens, w)
             off = 0
-            for n in names:
+            for n in ranked:
                 size = b[n].size
                 res[n] = (b[n] + lam32 * tm[off : off + size]).astype(F32)
                 off += size

@@ -171,6 +171,20 @@ def test_global_scope_ranks_across_tensors() -> None:
     assert int((per["quiet"] != base["quiet"]).sum()) == int(d * 600)
 
 
+def test_global_ties_at_the_cut_follow_tensor_names_not_dict_order() -> None:
+    # Every |τ| is 1: the cut keeps the first half in (name, index) order,
+    # i.e. all of "a", whatever order the state dicts list the tensors in.
+    base = {"b": torch.zeros(4, 5), "a": torch.zeros(4, 5)}
+    model = {"b": torch.ones(4, 5), "a": -torch.ones(4, 5)}
+    for order in (["b", "a"], ["a", "b"]):
+        b = {k: base[k] for k in order}
+        m = {k: model[k] for k in order}
+        out = npsfuse.merge(b, [m], "magnitude_prune", density=0.5, scope="global")
+        assert torch.equal(out["a"], model["a"]), order
+        assert torch.equal(out["b"], base["b"]), order
+        assert list(out) == order
+
+
 def test_edge_shapes_empty_and_scalar() -> None:
     shapes = {"w": (20, 10), "empty": (0, 4), "scalar": (), "v": (7,)}
     base, models = make_family(shapes, n_models=2, seed=6)

@@ -270,7 +270,10 @@ def merge(
     scope
         ``"tensor"`` ranks top-k (and PCB's quantiles) per tensor; ``"global"``
         over the whole model. ``None``: ``"global"`` for ``neuro``,
-        ``"tensor"`` otherwise.
+        ``"tensor"`` otherwise. Equal magnitudes at the cut are kept in the
+        order of tensor names (sorted), then of entries, as by
+        ``npsfuse merge``: the result does not depend on the state dict's
+        order.
     seed
         Seed of DARE's and DELLA's random drop; the draw for an entry depends
         only on (seed, tensor name, model index, entry index).
@@ -357,7 +360,9 @@ def merge(
     merged: StateDict = {}
     report: dict[str, Any] = {}
     if names:
-        merged, report = _run(method, go_params, names, base_sd, model_sds, dtype, flagged)
+        # Sorted: a global top-k breaks ties in tensor order, as the CLI does.
+        merged, report = _run(method, go_params, sorted(names), base_sd, model_sds, dtype,
+                              flagged)
     return MergeResult(
         {k: merged[k] if k in merged else copied[k] for k in base_sd}, report=report
     )

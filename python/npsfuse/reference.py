@@ -13,7 +13,7 @@ Conventions reproduced
   makes TIES' sign election bit-exact even where the sum is tiny.
 * Top-k keeps exactly ⌊density·n⌋ entries of largest |τ|, ties broken by
   lower index; ``scope="global"`` ranks the concatenation of all tensors in
-  the state dict's order.
+  the order of their names (sorted), as ``npsfuse.merge`` and ``npsfuse merge`` do.
 * TIES elects γ = sign(Σ w_t τ̂_t), with γ = +1 where the sum is 0; the
   agreeing set is A = {t : w_t τ̂_t ≠ 0, sign(w_t τ̂_t) = γ} (for positive
   weights this is METHODS.md's sign τ̂_t = γ).
@@ -123,10 +123,11 @@ def _sparsify_topk(
 ) -> None:
     for tau in taus:
         if scope == "global":
-            flat = np.concatenate([tau[k] for k in names]) if names else np.zeros(0, F32)
+            ranked = sorted(names)  # tensors in name order, as npsfuse.merge
+            flat = np.concatenate([tau[k] for k in ranked]) if names else np.zeros(0, F32)
             mask = topk_mask(flat, density)
             off = 0
-            for k in names:
+            for k in ranked:
                 n = tau[k].size
                 tau[k] = np.where(mask[off : off + n], tau[k], F32(0))
                 off += n
@@ -206,7 +207,7 @@ def merge(
     ----------
     base
         θ₀: name → array (any shape). Only floating-point tensors belong here;
-        the order of the keys is the order of the global top-k ranking.
+        the global top-k ranks them in sorted name order.
     models
         θ₁…θ_T with the same names and shapes.
     method
