@@ -268,3 +268,37 @@ def test_unused_base_for_slerp_still_fixes_names() -> None:
     b = npsfuse.merge(shuffled, models, "slerp")
     assert list(b) == list(shuffled)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("method", ["breadcrumbs_ties", "della", "pcb"])
+def test_per_model_densities(method: str, fam) -> None:
+    base, models = fam
+    models = models[:3]
+    dens = [0.2, 0.5, 0.8]
+    got = npsfuse.merge(base, models, method, density=dens, transposed=TRANSPOSED, seed=3)
+    ref = rs.merge(to_numpy(base), [to_numpy(m) for m in models], method, density=dens,
+                   transposed=TRANSPOSED, seed=3)
+    _compare(got, ref, ATOL[method])
+    single = npsfuse.merge(base, models, method, density=0.2, transposed=TRANSPOSED, seed=3)
+    assert any(not torch.equal(got[k], single[k]) for k in got)
+
+
+def test_per_model_densities_sparsify_each_model_alone(fam) -> None:
+    # magnitude_prune without normalisation is θ₀ + Σ τ̂_t: each model's top-k
+    # at its own density, as when merging it alone.
+    base, models = fam
+    dens = [0.1, 0.4, 0.7]
+    got = npsfuse.merge(base, models[:3], "magnitude_prune", density=dens, normalize=False)
+    alone = [npsfuse.merge(base, [m], "magnitude_prune", density=d, normalize=False)
+             for m, d in zip(models[:3], dens, strict=True)]
+    for k, b in base.items():
+        want = b + sum(a[k] - b for a in alone)
+        torch.testing.assert_close(got[k], want, rtol=0, atol=1e-6)
+
+
+def test_per_model_densities_are_checked(fam) -> None:
+    base, models = fam
+    with pytest.raises(ValueError, match="2 densities given for 3 models"):
+        npsfuse.merge(base, models[:3], "ties", density=[0.5, 0.5])
+    with pytest.raises(ValueError, match=r"density of model 1 must lie in \(0, 1\], got 1.5"):
+        npsfuse.merge(base, models[:3], "ties", density=[0.5, 1.5, 0.5])

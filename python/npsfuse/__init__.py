@@ -10,7 +10,14 @@ from . import _core, compress, nps
 from .checkpoint import merge_checkpoints
 from .client import Client
 from .evolve import Evolver, EvolverResult, search_merge
-from .merging import get_num_threads, merge, methods, set_num_threads, task_vector
+from .merging import (
+    MergeResult,
+    get_num_threads,
+    merge,
+    methods,
+    set_num_threads,
+    task_vector,
+)
 
 __version__ = "0.1.0"
 
@@ -23,6 +30,7 @@ __all__ = [
     "Client",
     "Evolver",
     "EvolverResult",
+    "MergeResult",
     "__version__",
     "compress",
     "nps",

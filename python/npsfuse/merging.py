@@ -227,7 +227,7 @@ def merge(
     method: str = "ties",
     *,
     weights: Sequence[float] | None = None,
-    density: float = 0.2,
+    density: float | Sequence[float] = 0.2,
     lam: float = 1.0,
     normalize: bool | None = None,
     scope: str | None = None,
@@ -258,7 +258,8 @@ def merge(
         ``model_stock`` and ``slerp``).
     density
         Fraction of task-vector entries kept (top-k, DARE's and DELLA's random
-        drop, the breadcrumbs band, PCB's kept scores); in (0, 1].
+        drop, the breadcrumbs band, PCB's kept scores); in (0, 1]. One value
+        for all models, or one per model (mergekit's per-model ``density``).
     lam
         λ, the scale of the merged task vector (for ``neuro`` it multiplies
         λ₁ and λ₂; ignored by ``model_stock`` and ``slerp``).
@@ -327,10 +328,21 @@ def merge(
             f"unknown parameter(s) for {method!r}: {', '.join(unknown)} "
             f"(its own parameters: {valid})"
         )
-    if method in USES_DENSITY and not (0.0 < density <= 1.0):
-        raise ValueError(f"density must lie in (0, 1], got {density}")
     if not isinstance(models, Sequence) or isinstance(models, (str, bytes)) or not models:
         raise ValueError("models must be a non-empty list of fine-tuned models")
+    densities: list[float] | None = None
+    if isinstance(density, Sequence) and not isinstance(density, (str, bytes)):
+        densities = [float(d) for d in density]
+        if len(densities) != len(models):
+            raise ValueError(f"{len(densities)} densities given for {len(models)} models")
+        bad = [i for i, d in enumerate(densities) if not 0.0 < d <= 1.0]
+        if method in USES_DENSITY and bad:
+            raise ValueError(
+                f"density of model {bad[0]} must lie in (0, 1], got {densities[bad[0]]}"
+            )
+        density = min(densities)
+    elif method in USES_DENSITY and not (0.0 < density <= 1.0):  # type: ignore[operator]
+        raise ValueError(f"density must lie in (0, 1], got {density}")
     if method == "slerp" and len(models) != 2:
         raise ValueError(f"slerp interpolates exactly 2 models, got {len(models)}")
     if weights is not None:
@@ -345,7 +357,8 @@ def merge(
         raise ValueError(f"scope must be 'tensor' or 'global', got {scope!r}")
     go_params: dict[str, Any] = {
         "weights": weights,
-        "density": float(density),
+        "density": float(density),  # type: ignore[arg-type]
+        "densities": densities,
         "lambda": float(lam),
         "normalize": DEFAULT_NORMALIZE.get(method, True) if normalize is None else bool(normalize),
         "scope": scope,
