@@ -1,8 +1,6 @@
 package merge
 
 import (
-	"math"
-
 	"github.com/npsfuse/npsfuse/gocore/rng"
 	"github.com/npsfuse/npsfuse/gocore/topk"
 	"github.com/npsfuse/npsfuse/gocore/vec"
@@ -266,30 +264,7 @@ func (disjointMean) combine(e *engine, _ chunkRef, base []float32, _, taus [][]f
 // leaves them bit for bit as skipping it would (they start at +0 and only
 // ever hold +0 or a sum of same-signed nonzero values).
 func disjointMeanInto(out, w []float32, taus [][]float32, norm bool) {
-	weightedSumInto(out, w, taus) // the election sums, overwritten below
-	for j := range out {
-		// γ's sign bit: set when the sum is negative (0 and −0 elect +).
-		s := math.Float32bits(out[j])
-		zero := uint32((int64(s&0x7fffffff) - 1) >> 63) // all ones when |sum| = 0
-		g := s & 0x80000000 &^ zero
-		var num, den float32
-		for m, tau := range taus {
-			v := w[m] * tau[j]
-			x := math.Float32bits(v) ^ g
-			// Agreeing: v ≠ 0 with sign γ, i.e. 1 ≤ x ≤ 0x7fffffff.
-			nonzero := ^uint32((int64(x) - 1) >> 63)
-			mask := nonzero &^ uint32(int32(x)>>31)
-			num += math.Float32frombits(math.Float32bits(v) & mask)
-			den += math.Float32frombits(math.Float32bits(w[m]) & mask)
-		}
-		// No agreeing entry leaves num = +0. Agreeing weights that sum to 0
-		// (weights of both signs) divide by 1, as mergekit does.
-		r := num
-		if norm && den != 0 {
-			r = num / den
-		}
-		out[j] = r
-	}
+	vec.DisjointMean(out, taus, w, norm)
 }
 
 // linear is the weighted average of the models, Σ w_t θ_t / Σ w_t (no

@@ -7,6 +7,7 @@ import (
 	"github.com/npsfuse/npsfuse/gocore/parallel"
 	"github.com/npsfuse/npsfuse/gocore/tensor"
 	"github.com/npsfuse/npsfuse/gocore/topk"
+	"github.com/npsfuse/npsfuse/gocore/vec"
 )
 
 // This file finds top-k cuts of the task vectors' magnitudes, for every
@@ -58,18 +59,7 @@ func keepTop(ct *cut, c int, tau []float32) {
 		clear(tau)
 		return
 	}
-	b := ct.bits
-	allow := ct.allowance(c)
-	for j, x := range tau {
-		a := topk.AbsBits(x)
-		switch {
-		case a > b:
-		case a == b && allow != 0:
-			allow-- // -1 (all ties kept) never reaches 0
-		default:
-			tau[j] = 0
-		}
-	}
+	vec.KeepTop(tau, ct.bits, ct.allowance(c))
 }
 
 const (
@@ -310,9 +300,7 @@ func (e *engine) countChunk(ch chunkRef, ws *workspace, wins []window, sums bool
 		if err != nil {
 			return chunkCount{}, err
 		}
-		for j, x := range mv {
-			mags[j] = math.Float32frombits(topk.AbsBits(x - base[j]))
-		}
+		vec.AbsDiff(mags, mv, base)
 		summedAll := false
 		for w, win := range wins {
 			if win.m != m {
@@ -322,14 +310,7 @@ func (e *engine) countChunk(ch chunkRef, ws *workspace, wins []window, sums bool
 			lo, hi := win.lo, win.hi
 			var above int64
 			if !sums {
-				for _, v := range mags {
-					a := math.Float32bits(v)
-					above += int64((uint64(hi) - uint64(a)) >> 63)
-					if a >= lo && a <= hi {
-						c.cands = append(c.cands, a)
-					}
-				}
-				c.above = above
+				c.above, c.cands = vec.CountWindow(mags, lo, hi, c.cands)
 				continue
 			}
 			var s0, s1, sumAbove float64

@@ -19,3 +19,15 @@ func sub(out, a, b []float32) { subGo(out, a, b) }
 func widenBF16(dst []float32, src []uint16) { widenBF16Go(dst, src) }
 
 func narrowBF16(dst []uint16, src []float32) { narrowBF16Go(dst, src) }
+
+func absDiff(out, a, b []float32) { absDiffGo(out, a, b) }
+
+func countWindow(x []float32, lo, hi uint32, cands []uint32) (int64, []uint32) {
+	return countWindowGo(x, lo, hi, cands)
+}
+
+func keepTop(x []float32, b uint32, allow int) int { return keepTopGo(x, b, allow) }
+
+func disjointMean(out []float32, x [][]float32, w []float32, norm bool) {
+	disjointMeanGo(out, x, w, norm)
+}
