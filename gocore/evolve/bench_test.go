@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/npsfuse/npsfuse/gocore/parallel"
 	"github.com/npsfuse/npsfuse/gocore/search"
 	"github.com/npsfuse/npsfuse/gocore/tensor"
 )
@@ -11,7 +12,8 @@ import (
 // BenchmarkOffspring makes one trial over 16M float32 elements (64 MB per
 // buffer, beyond any cache). Bytes per op count the minimum traffic: every
 // source element read once and the offspring written once (for sparse CR,
-// the parent read and the offspring written).
+// the parent read and the offspring written). When the vector loops are
+// available, the ".../scalar" runs switch them off (the plain Go path).
 func BenchmarkOffspring(b *testing.B) {
 	const n = 1 << 24
 	pop := make([]tensor.Vec, 4)
@@ -36,20 +38,30 @@ func BenchmarkOffspring(b *testing.B) {
 		{search.CurrentToBest1Bin, Element, 0.9, 4},
 		{search.Rand1Bin, Tensor, 0.5, 4},
 	} {
-		b.Run(fmt.Sprintf("%s/%s/CR=%g", c.s, c.g, c.cr), func(b *testing.B) {
-			cfg := Config{Strategy: c.s, Schedule: search.ScheduleSpec{Kind: "constant", F: 0.5, CR: c.cr},
-				Granularity: c.g, BlockSize: 4096, Segments: []int{0, n / 4, n / 2, n}, Generations: 10, ForceIndex: true}
-			tr, err := cfg.Plan(0, 0, []float64{1, 2, 3, 4}, n)
-			if err != nil {
-				b.Fatal(err)
+		for _, vector := range []bool{true, false} {
+			if !vector && !accelerated {
+				continue
 			}
-			b.SetBytes(int64(4 * n * (c.sources + 1)))
-			for b.Loop() {
-				if _, err := Offspring(out, pop, &cfg, &tr); err != nil {
+			name := fmt.Sprintf("%s/%s/CR=%g", c.s, c.g, c.cr)
+			if !vector {
+				name += "/scalar"
+			}
+			b.Run(name, func(b *testing.B) {
+				defer setAccelerated(vector)()
+				cfg := Config{Strategy: c.s, Schedule: search.ScheduleSpec{Kind: "constant", F: 0.5, CR: c.cr},
+					Granularity: c.g, BlockSize: 4096, Segments: []int{0, n / 4, n / 2, n}, Generations: 10, ForceIndex: true}
+				tr, err := cfg.Plan(0, 0, []float64{1, 2, 3, 4}, n)
+				if err != nil {
 					b.Fatal(err)
 				}
-			}
-		})
+				b.SetBytes(int64(4 * n * (c.sources + 1)))
+				for b.Loop() {
+					if _, err := Offspring(out, pop, &cfg, &tr); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
 	}
 }
 
@@ -81,4 +93,82 @@ func BenchmarkDenseMask(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkTriad is the STREAM triad a[j] = b[j] + s·c[j] over 16M float32
+// elements on parallel.Chunk pieces, the yardstick for BenchmarkOffspring
+// (same accounting: 12 bytes per element, two reads and one write).
+func BenchmarkTriad(b *testing.B) {
+	const n = 1 << 24
+	x, y, z := make([]float32, n), make([]float32, n), make([]float32, n)
+	for j := range x {
+		x[j], y[j], z[j] = 0, 1, 2
+	}
+	const s = 0.5
+	b.SetBytes(12 * n)
+	for b.Loop() {
+		parallel.For(parallel.NumChunks(n), func(_, c int) {
+			lo := c * parallel.Chunk
+			hi := min(lo+parallel.Chunk, n)
+			a, bb, cc := x[lo:hi], y[lo:hi], z[lo:hi]
+			bb, cc = bb[:len(a)], cc[:len(a)]
+			for j := range a {
+				a[j] = bb[j] + s*cc[j]
+			}
+		})
+	}
+}
+
+// BenchmarkDense runs the dense element step (vector loop when accelerated)
+// on one L1-resident sub-block, per strategy. Bytes per op = 4 bytes per
+// element per source and for the output.
+func BenchmarkDense(b *testing.B) {
+	const n = subBlock
+	src := make([][]float32, 4)
+	for i := range src {
+		src[i] = make([]float32, n)
+		for j := range src[i] {
+			src[i][j] = float32(i*j%97) * 0.01
+		}
+	}
+	dst := make([]float32, n)
+	for _, c := range []struct {
+		st      search.Strategy
+		sources int
+	}{{StrategyEvolver, 2}, {search.Rand1Bin, 4}, {search.CurrentToBest1Bin, 4}} {
+		k := &kernel{c: &Config{Strategy: c.st}, f: 0.5}
+		refs := [3][]float32{src[1], src[2], src[3]}
+		b.Run(string(c.st)+"/dense", func(b *testing.B) {
+			r := search.NewRNG(1)
+			b.SetBytes(int64(4 * n * (c.sources + 1)))
+			for b.Loop() {
+				k.dense(dst, src[0], refs, r, DenseThreshold(0.5), 5)
+			}
+		})
+		b.Run(string(c.st)+"/denseGo", func(b *testing.B) {
+			r := search.NewRNG(1)
+			b.SetBytes(int64(4 * n * (c.sources + 1)))
+			for b.Loop() {
+				k.denseGo(dst, src[0], refs, r, DenseThreshold(0.5), 5)
+			}
+		})
+	}
+	// The mask words alone: RNG.Uint64 calls against drawWords (inlined steps).
+	w := make([]uint64, n/4)
+	b.Run("Uint64", func(b *testing.B) {
+		r := search.NewRNG(1)
+		b.SetBytes(n * 12)
+		for b.Loop() {
+			for i := range w {
+				w[i] = r.Uint64()
+			}
+		}
+	})
+	b.Run("drawWords", func(b *testing.B) {
+		r := search.NewRNG(1)
+		b.SetBytes(n * 12)
+		for b.Loop() {
+			drawWords(w, r)
+		}
+	})
 }

@@ -16,7 +16,8 @@
 //     schedule and no forced index, rand/1/bin is CADE (Jiang, Du et al.,
 //     2024).
 //
-// The donor arithmetic is search.DiffMutate and search.CurrentToBestMutate,
+// The donor arithmetic is search.DiffMutate and search.CurrentToBestMutate
+// (the vector loops reproduce them bit for bit),
 // index draws are search.PickDistinct on search.RNG, tensor/block masks are
 // search.BinomialMask, and F/CR come from search.Schedule: this package plans
 // trials and runs those operators over large buffers in parallel. The one
@@ -25,6 +26,22 @@
 // makes mispredict about half the time, so the dense path draws 16-bit
 // uniforms (four per 64-bit draw) and selects branch-free (see Offspring;
 // CR is then rounded to a multiple of 2⁻¹⁶).
+//
+// # Vector loops
+//
+// When the build sets GOEXPERIMENT=simd on amd64 and the CPU has AVX2, the
+// dense element step (donor, mask, select and count in one pass, eight
+// elements per step) and the donor loop of Tensor/Block segments run on
+// 256-bit vectors through simd/archsimd (simd_amd64.go); otherwise, and for
+// the last partial vector of a buffer, plain Go (generic.go and kernel.go)
+// does the same work. Both round every operation alike — a multiply, then an
+// add, never a fused multiply-add — and read the same words of the mask
+// stream, so results are bit for bit the same with and without the vector
+// loops (TestDenseVectorMatchesScalar, TestOffspringVectorMatchesScalar).
+// The one latitude is IEEE 754's: when two NaNs with different payloads meet
+// in one operation, which payload survives is not specified (the compiler
+// may swap the operands of a commutative scalar operation); the result is a
+// NaN either way.
 //
 // # Crossover granularity
 //

@@ -115,16 +115,17 @@ func randomPop(np, n int, seed uint64) [][]float32 {
 
 // donorRef is the donor element j computed from the strategy's definition.
 func donorRef(s search.Strategy, pop [][]float32, i int, refs []int, f float32, j int) float32 {
+	// Explicit conversions round each product, so no multiply-add is fused.
 	switch s {
 	case StrategyEvolver:
-		return pop[i][j] + f*(pop[refs[0]][j]-pop[i][j])
+		return pop[i][j] + float32(f*(pop[refs[0]][j]-pop[i][j]))
 	case search.CurrentToBest1Bin:
 		c := pop[i][j]
-		a := f * (pop[refs[0]][j] - c)
-		b := f * (pop[refs[1]][j] - pop[refs[2]][j])
+		a := float32(f * (pop[refs[0]][j] - c))
+		b := float32(f * (pop[refs[1]][j] - pop[refs[2]][j]))
 		return c + a + b
 	}
-	return pop[refs[0]][j] + f*(pop[refs[1]][j]-pop[refs[2]][j])
+	return pop[refs[0]][j] + float32(f*(pop[refs[1]][j]-pop[refs[2]][j]))
 }
 
 // maskRef re-derives the element mask from the package's stream definition.

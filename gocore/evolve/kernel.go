@@ -37,7 +37,8 @@ import (
 //   - Tensor, Block: the segments with t.SegMask set come from the donor.
 //
 // Chunks run in parallel on parallel.Threads() goroutines; the result does
-// not depend on their number. c is validated (and its default granularity
+// not depend on their number, nor on whether the vector loops run (see the
+// package documentation). c is validated (and its default granularity
 // filled in) first. O(n) time; scratch O(threads·parallel.Chunk).
 func Offspring(out tensor.Vec, pop []tensor.Vec, c *Config, t *Trial) (int64, error) {
 	n := out.Len()
@@ -190,15 +191,17 @@ func (k *kernel) chunk(s *scratch, b int) int64 {
 	var taken int64
 	for a := 0; a < hi-lo; a += subBlock {
 		z := min(a+subBlock, hi-lo)
-		k.mutate(dst[a:z], xi[a:z], [3][]float32{sub(refs[0], a, z), sub(refs[1], a, z), sub(refs[2], a, z)})
-		taken += selectDense(dst[a:z], xi[a:z], r, thr, k.t.JRand-lo-a)
+		taken += k.dense(dst[a:z], xi[a:z], [3][]float32{sub(refs[0], a, z), sub(refs[1], a, z), sub(refs[2], a, z)},
+			r, thr, k.t.JRand-lo-a)
 	}
 	k.store(dst, lo)
 	return taken
 }
 
 // subBlock is the length of the pieces a dense chunk is processed in; a
-// multiple of 4 so that the 16-bit lanes of the mask stream do not depend on it.
+// multiple of 4 so that the 16-bit lanes of the mask stream do not depend on
+// it (and of 8, the vector width, so that only a buffer's last piece has a
+// partial vector).
 const subBlock = 2048
 
 func sub(x []float32, a, z int) []float32 {
@@ -250,6 +253,20 @@ func selectDense(dst, xi []float32, r *search.RNG, thr uint64, jr int) int64 {
 		}
 	}
 	return int64(taken)
+}
+
+// drawWords sets w to the next len(w) outputs of r, exactly as len(w) calls
+// of r.Uint64 give them and leaving r in the same state: search.Step on a
+// copy of the state held in locals, because RNG.Uint64 is not inlined and a
+// call per word would cost about as much as the vector work it feeds.
+func drawWords(w []uint64, r *search.RNG) {
+	st := r.State()
+	s0, s1, s2, s3 := st[0], st[1], st[2], st[3]
+	for i := range w {
+		w[i], s0, s1, s2, s3 = search.Step(s0, s1, s2, s3)
+	}
+	// A valid state never steps to all zero, the one state SetState rejects.
+	_ = r.SetState(search.RNGState{s0, s1, s2, s3})
 }
 
 // sparse is the geometric-gap element crossover of a chunk (CR < SparseCR).
@@ -350,8 +367,17 @@ func (k *kernel) store(dst []float32, off int) {
 	}
 }
 
-// mutate writes the donor of the trial's strategy into dst.
-func (k *kernel) mutate(dst, xi []float32, refs [3][]float32) {
+// denseGo is the dense element step of one sub-block in plain Go, the
+// reference of the vector loop (dense): dst receives the donor, then the
+// trial; it returns how many elements came from the donor.
+func (k *kernel) denseGo(dst, xi []float32, refs [3][]float32, r *search.RNG, thr uint64, jr int) int64 {
+	k.mutateGo(dst, xi, refs)
+	return selectDense(dst, xi, r, thr, jr)
+}
+
+// mutateGo writes the donor of the trial's strategy into dst, in plain Go:
+// the definition the vector loops (mutate) reproduce bit for bit.
+func (k *kernel) mutateGo(dst, xi []float32, refs [3][]float32) {
 	switch k.c.Strategy {
 	case StrategyEvolver:
 		search.DiffMutate(dst, xi, refs[0], xi, k.f)

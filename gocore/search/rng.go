@@ -38,15 +38,24 @@ func NewRNG(seed uint64) *RNG {
 // Uint64 returns the next 64 uniformly distributed bits. O(1).
 func (r *RNG) Uint64() uint64 {
 	s := &r.s
-	out := bits.RotateLeft64(s[1]*5, 7) * 9
-	t := s[1] << 17
-	s[2] ^= s[0]
-	s[3] ^= s[1]
-	s[1] ^= s[2]
-	s[0] ^= s[3]
-	s[2] ^= t
-	s[3] = bits.RotateLeft64(s[3], 45)
+	var out uint64
+	out, s[0], s[1], s[2], s[3] = Step(s[0], s[1], s[2], s[3])
 	return out
+}
+
+// Step is one step of RNG's generator (xoshiro256**) on a state held in
+// variables: the output and the next state. RNG.Uint64 is Step on the RNG's
+// state; a kernel drawing many words in a tight loop keeps the state in
+// registers with it (RNG.State, Step…, RNG.SetState).
+func Step(s0, s1, s2, s3 uint64) (out, n0, n1, n2, n3 uint64) {
+	out = bits.RotateLeft64(s1*5, 7) * 9
+	t := s1 << 17
+	s2 ^= s0
+	s3 ^= s1
+	s1 ^= s2
+	s0 ^= s3
+	s2 ^= t
+	return out, s0, s1, s2, bits.RotateLeft64(s3, 45)
 }
 
 // Float64 returns a uniform value in [0, 1): the top 53 bits of one Uint64
