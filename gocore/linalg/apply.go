@@ -1,14 +1,10 @@
 package linalg
 
-import (
-	"fmt"
-
-	"gonum.org/v1/gonum/blas"
-	"gonum.org/v1/gonum/blas/blas32"
-)
+import "fmt"
 
 // ApplyWeighted computes dst = beta·dst + U·diag(coef)·Vt with a single
-// blas32 Sgemm, where u is m×r, coef has length r, vt is r×n and dst is an
+// matrix product (this package's GEMM, gemm.go: the operation order of
+// gonum's blas32 Sgemm, hence bit-identical to it), where u is m×r, coef has length r, vt is r×n and dst is an
 // m×n row-major slice (len(dst) == m·n). When beta == 0 the previous content
 // of dst is ignored (NaN included), as in BLAS.
 //
@@ -62,7 +58,7 @@ func ApplyWeighted(dst []float32, u Matrix, coef []float32, vt Matrix, beta floa
 			}
 		}
 	}
-	blas32.Implementation().Sgemm(blas.NoTrans, blas.NoTrans, m, n, r, 1, us, r, vs, n, beta, dst, n)
+	gemm(m, n, r, operand{data: us, ld: r}, operand{data: vs, ld: n}, beta, operand{data: dst, ld: n})
 	return nil
 }
 
@@ -82,7 +78,7 @@ func scale(x []float32, beta float32) {
 // Reconstruct writes the rank-r approximation U·diag(S)·Vt into dst, an
 // m×n row-major slice with m = U.Rows and n = Vt.Cols (len(dst) == m·n);
 // dst's previous content is ignored. It is [ApplyWeighted] with coef = S and
-// beta = 0: one Sgemm, 2·m·n·r flops. Errors: inconsistent shapes.
+// beta = 0: one matrix product, 2·m·n·r flops. Errors: inconsistent shapes.
 func (s SVD) Reconstruct(dst []float32) error {
 	if err := ApplyWeighted(dst, s.U, s.S, s.Vt, 0); err != nil {
 		return fmt.Errorf("reconstruct: %w", err)

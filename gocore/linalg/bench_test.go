@@ -92,3 +92,33 @@ func BenchmarkOrthonormalizeRows(b *testing.B) {
 		h.orthoRows(buf, a.Rows, a.Cols)
 	}
 }
+
+// BenchmarkGemm compares this package's GEMM with gonum's blas32 Sgemm on
+// the two big products of RandomizedSVD (rank 64 + oversampling 10, so
+// l = 74) for n×n inputs: Yᵀ = (A·V)ᵀ and Zᵀ = Qᵀ·A.
+func BenchmarkGemm(b *testing.B) {
+	const l = 74
+	for _, n := range []int{1024, 4096} {
+		a := uniformMatrix(2, n, n)
+		vt := uniformMatrix(4, l, n).Data
+		c := make([]float32, n*l)
+		impl := blas32.Implementation()
+		cases := []struct {
+			name string
+			run  func()
+		}{
+			{"Yt=(A*V)t/gemm", func() { timesBasis(c, a, vt) }},
+			{"Yt=(A*V)t/gonum", func() { impl.Sgemm(blas.NoTrans, blas.Trans, l, n, n, 1, vt, n, a.Data, n, 0, c, n) }},
+			{"Zt=Qt*A/gemm", func() { basisTimes(c, vt, a) }},
+			{"Zt=Qt*A/gonum", func() { impl.Sgemm(blas.NoTrans, blas.NoTrans, l, n, n, 1, vt, n, a.Data, n, 0, c, n) }},
+		}
+		for _, tc := range cases {
+			b.Run(fmt.Sprintf("%d/%s", n, tc.name), func(b *testing.B) {
+				for b.Loop() {
+					tc.run()
+				}
+				b.ReportMetric(2*float64(n)*float64(n)*l*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+			})
+		}
+	}
+}

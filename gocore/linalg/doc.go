@@ -7,10 +7,14 @@
 // "NPS-Pruning").
 //
 // All matrices are dense, row-major float32 ([Matrix]). The large products
-// run through gonum's blas32 Sgemm (pure Go with SSE assembly, parallel over
-// 64×64 output blocks, with a block partition that does not depend on
-// GOMAXPROCS, so results are bit-for-bit reproducible whatever the thread
-// count). The small dense factorisations (Householder QR/LQ and the SVD of
+// run on the package's own float32 GEMM (gemm.go), vectorised across output
+// columns with simd/archsimd (AVX-512 or AVX2, chosen at run time, when
+// built with GOEXPERIMENT=simd on amd64) and in plain Go otherwise. Every
+// output element is one sequential float32 sum over k (separate multiply and
+// add, zero A entries skipped, as gonum's Sgemm does), so results are bit for
+// bit the same whichever kernel runs and whatever the thread count
+// (parallel over fixed blocks of output rows). The small dense
+// factorisations (Householder QR/LQ and the SVD of
 // the (k+p)×(k+p) core) run in float64 through gonum's native LAPACK
 // (gonum.org/v1/gonum/lapack/gonum); no function in this package ever forms
 // a full SVD of the big matrix.

@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 
 	"gonum.org/v1/gonum/blas"
-	"gonum.org/v1/gonum/blas/blas32"
 	"gonum.org/v1/gonum/blas/blas64"
 	lapackpkg "gonum.org/v1/gonum/lapack"
 )
@@ -79,8 +78,10 @@ type SVD struct {
 // eigen-decomposition of B·Bᵀ). Finally U = Q·U_L and Vt = V_Lᵀ·Q_B.
 //
 // The orthonormal bases are stored transposed (l×m and l×n, one basis vector
-// per row) so that the big products run as Sgemm(NoTrans, Trans) and
-// Sgemm(NoTrans, NoTrans), the fastest shapes of gonum's blas32.
+// per row), as the Householder LQ factorisation wants them; the big products
+// run on this package's own float32 GEMM (gemm.go), vectorised across the l
+// basis vectors (AVX-512 or AVX2 with GOEXPERIMENT=simd, plain Go otherwise,
+// bit-identical either way).
 //
 // Each returned singular pair's sign is fixed so that the entry of largest
 // magnitude of each column of U is positive (first one on ties).
@@ -92,7 +93,7 @@ type SVD struct {
 // an empty matrix, a NaN/Inf entry, or a non-converging core SVD.
 //
 // Cost: (2q+2) products of m×n by n×l (≈ 2·m·n·l flops each) in float32
-// via blas32, plus O((m+n)·l²) float64 work for the factorisations and
+// (see gemm.go), plus O((m+n)·l²) float64 work for the factorisations and
 // O(m·n) for the input scan. Memory: O((m+n)·l) besides the output.
 func RandomizedSVD(a Matrix, opt Options) (SVD, error) {
 	if err := a.check("a"); err != nil {
@@ -110,7 +111,6 @@ func RandomizedSVD(a Matrix, opt Options) (SVD, error) {
 	}
 	k, l, q := opt.resolved(m, n)
 
-	impl := blas32.Implementation()
 	// Ωᵀ (l×n), later reused for the transposed right bases (l×n) and B.
 	w := make([]float32, l*n)
 	rng := rand.New(rand.NewPCG(opt.Seed, pcgStream))
@@ -122,18 +122,18 @@ func RandomizedSVD(a Matrix, opt Options) (SVD, error) {
 	var h householder
 
 	// Yᵀ = Ωᵀ·Aᵀ; Q = orth(Y).
-	impl.Sgemm(blas.NoTrans, blas.Trans, l, m, n, 1, w, n, a.Data, n, 0, qt, m)
+	timesBasis(qt, a, w)
 	h.orthoRows(qt, l, m)
 	for range q {
 		// Zᵀ = Qᵀ·A = (Aᵀ·Q)ᵀ; Q̃ = orth(Z).
-		impl.Sgemm(blas.NoTrans, blas.NoTrans, l, n, m, 1, qt, m, a.Data, n, 0, w, n)
+		basisTimes(w, qt, a)
 		h.orthoRows(w, l, n)
 		// Yᵀ = Q̃ᵀ·Aᵀ = (A·Q̃)ᵀ; Q = orth(Y).
-		impl.Sgemm(blas.NoTrans, blas.Trans, l, m, n, 1, w, n, a.Data, n, 0, qt, m)
+		timesBasis(qt, a, w)
 		h.orthoRows(qt, l, m)
 	}
 	// B = Qᵀ·A (l×n).
-	impl.Sgemm(blas.NoTrans, blas.NoTrans, l, n, m, 1, qt, m, a.Data, n, 0, w, n)
+	basisTimes(w, qt, a)
 
 	ul, s, vt, err := smallSVD(w, l, n, k, &h)
 	if err != nil {
@@ -141,7 +141,7 @@ func RandomizedSVD(a Matrix, opt Options) (SVD, error) {
 	}
 	// U = Q·U_L[:, :k] (m×k).
 	u := NewMatrix(m, k)
-	impl.Sgemm(blas.Trans, blas.NoTrans, m, k, l, 1, qt, m, ul, k, 0, u.Data, k)
+	gemm(m, k, l, operand{data: qt, ld: m, trans: true}, operand{data: ul, ld: k}, 0, operand{data: u.Data, ld: k})
 	fixSigns(u, vt)
 	return SVD{U: u, S: s, Vt: vt}, nil
 }
@@ -218,3 +218,22 @@ func fixSigns(u, vt Matrix) {
 }
 
 func abs32(x float32) float32 { return math.Float32frombits(math.Float32bits(x) &^ (1 << 31)) }
+
+// timesBasis computes Yᵀ = (A·V)ᵀ into yt (l×m) for the m×n matrix a and the
+// l×n transposed basis vt (one basis vector per row): yt[j][i] = Σ_p
+// A[i][p]·vt[j][p]. l = len(vt)/n.
+func timesBasis(yt []float32, a Matrix, vt []float32) {
+	m, n := a.Rows, a.Cols
+	l := len(vt) / n
+	gemm(m, l, n, operand{data: a.Data, ld: n}, operand{data: vt, ld: n, trans: true}, 0, operand{data: yt, ld: m, trans: true})
+}
+
+// basisTimes computes Zᵀ = Qᵀ·A into zt (l×n) for the m×n matrix a and the
+// l×m transposed basis qt: zt[j][i] = Σ_p qt[j][p]·A[p][i]. The product is
+// formed as Z = Aᵀ·Q (n×l), vectorised across the l basis vectors, and
+// stored transposed. l = len(qt)/m.
+func basisTimes(zt, qt []float32, a Matrix) {
+	m, n := a.Rows, a.Cols
+	l := len(qt) / m
+	gemm(n, l, m, operand{data: a.Data, ld: n, trans: true}, operand{data: qt, ld: m, trans: true}, 0, operand{data: zt, ld: n, trans: true})
+}
