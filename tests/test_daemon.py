@@ -552,6 +552,94 @@ def test_many_clients(daemon):
     assert daemon.peak_rss() < 512 << 20
 
 
+def test_submit_many(daemon):
+    base, fts = family(1, seed=21)
+    c = daemon.client()
+    refs = [c.upload(base), c.upload(fts[0])]
+    want = npsfuse.merge(base, fts, "task_arithmetic")
+    cfg = {"merge_method": "task_arithmetic", "base_model": refs[0], "models": [{"model": refs[1]}]}
+    spec = {"config": cfg, "result": {"shm": True}}
+    items = [{"type": "merge", "spec": spec, "idempotency_key": f"b-{i}"} for i in range(5)]
+    jobs = c.submit_many(items)
+    assert len({j.id for j in jobs}) == 5
+    for j in jobs:
+        assert same(j.result(timeout=60), want)
+    # a retried call finds the same jobs (one per key)
+    assert [j.id for j in c.submit_many(items)] == [j.id for j in jobs]
+    assert c.submit_many([]) == []
+    # one bad job refuses the whole call, naming it; nothing is stored
+    with pytest.raises(ValueError, match=r"jobs\[1\] \(teleport\)"):
+        c.submit_many([{"type": "merge", "spec": spec}, {"type": "teleport", "spec": {}}])
+    with pytest.raises(TypeError, match=r"jobs\[0\]"):
+        c.submit_many(["merge"])
+    with pytest.raises(ValueError, match=r"jobs\[0\]: unknown keys \['priority'\]"):
+        c.submit_many([{"type": "merge", "spec": spec, "priority": 1}])
+    with pytest.raises(ValueError, match=r"jobs\[0\]: 'type'"):
+        c.submit_many([{"spec": spec}])
+    assert len(c.jobs(type="merge")) == 5
+
+
+def _free_slabs(d: Daemon) -> list[str]:
+    return sorted(os.listdir(os.path.join(d.shm, "free")))
+
+
+def test_download_recycles_slabs_without_overwriting_held_tensors(daemon):
+    c = daemon.client()
+    g = torch.Generator().manual_seed(22)
+    sd = {"w": torch.randn(1024, 512, generator=g), "b": torch.randn(512, generator=g)}  # > 1 MiB
+    ref = c.upload(sd)
+    a = c.download_upload(ref)
+    b = c.download_upload(ref)  # a is held: b goes into another slab
+    assert same(a, sd) and same(b, sd)
+    b["w"].fill_(7.0)
+    assert same(a, sd), "writing one result changed another"
+    del b
+    assert c.release_results() == 1  # b's slab is handed back
+    assert len(_free_slabs(daemon)) == 1
+    for _ in range(3):  # steady state: the free slab is reused, a stays intact
+        x = c.download_upload(ref)
+        assert same(x, sd)
+        del x
+        assert c.release_results() == 1
+        assert same(a, sd)
+    assert len(_free_slabs(daemon)) == 1
+    assert len(c._slabs.maps) == 3  # the upload's slab and two result slabs, no more
+    del a
+    c.release_results()
+    assert len(_free_slabs(daemon)) == 2
+    c.delete_upload(ref)
+
+
+def test_job_result_slab_released_when_tensors_are_gone(daemon):
+    c = daemon.client()
+    g = torch.Generator().manual_seed(23)
+    base = {"w": torch.randn(1024, 512, generator=g)}
+    ft = {"w": base["w"] + 0.1}
+    want = npsfuse.merge(base, [ft], "task_arithmetic")
+    job = c.submit_merge(
+        {"merge_method": "task_arithmetic", "base_model": base, "models": [{"model": ft}]}
+    )
+    got = job.result(timeout=60)
+    assert same(got, want)
+    res = job.status()["result"]
+    assert res["slab"].startswith(c._slabs.prefix) and not res.get("released")
+    view = got["w"][:2]  # a view keeps the slab in use
+    del got
+    job._result = None
+    assert c.release_results() == 0
+    del view
+    assert c.release_results() == 1
+    res = job.status()["result"]
+    assert res["released"] is True and not os.path.exists(res["path"])
+    assert f"{res['slab']}.arrow" in _free_slabs(daemon)
+    # the next result of the same size goes into that slab
+    job2 = c.submit_merge(
+        {"merge_method": "task_arithmetic", "base_model": base, "models": [{"model": ft}]}
+    )
+    assert same(job2.result(timeout=60), want)
+    assert job2.status()["result"]["slab"] == res["slab"]
+
+
 def test_print_config_masks_tokens(npsfused_bin, tmp_path):
     secret = "very-secret-" + uuid.uuid4().hex
     cfg = tmp_path / "npsfused.yaml"

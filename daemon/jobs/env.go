@@ -57,6 +57,8 @@ type Env struct {
 	// BytesIn and BytesOut count tensor bytes read from and written to
 	// clients' shared-memory files (may be nil).
 	BytesIn, BytesOut func(transport string, n int64)
+
+	slabs slabPool // kept mappings of recycled shared-memory results
 }
 
 // Prepare creates the daemon's folders (mode 0700).
@@ -144,10 +146,13 @@ func (e *Env) CollectSlabs(age time.Duration) int {
 	n := 0
 	for _, ent := range entries {
 		info, err := ent.Info()
-		if err == nil && time.Since(info.ModTime()) > age && os.Remove(filepath.Join(e.ShmFreeDir(), ent.Name())) == nil {
+		p := filepath.Join(e.ShmFreeDir(), ent.Name())
+		if err == nil && time.Since(info.ModTime()) > age && os.Remove(p) == nil {
+			e.slabs.forget(p)
 			n++
 		}
 	}
+	e.slabs.sweep()
 	return n
 }
 
@@ -297,6 +302,7 @@ func (e *Env) RemoveResult(p string) error {
 		return fmt.Errorf("refusing to delete %s: not a result file", p)
 	}
 	err := os.Remove(c)
+	e.slabs.forget(c)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}

@@ -89,8 +89,8 @@ func checkEvolve(e *Env, raw json.RawMessage) (json.RawMessage, error) {
 			return nil, invalid("exclude: bad pattern %q: %v", p, err)
 		}
 	}
-	if s.Result.Shm && e.ShmDir == "" {
-		return nil, invalid("result.shm: the shared-memory path is disabled on this daemon")
+	if err := s.Result.check(e); err != nil {
+		return nil, err
 	}
 	if err := e.CheckCleanup(s.Cleanup); err != nil {
 		return nil, err
@@ -544,7 +544,7 @@ func (e *evolveSession) Finish() (any, error) {
 		return nil, fmt.Errorf("%w: no individual has been evaluated yet", ErrState)
 	}
 	set := e.tensorSet(b, e.pop[b])
-	res, err := writeTensorResult(e.rc, e.spec.Result.Shm, set.Metas, set.Fill)
+	res, err := writeTensorResult(e.rc, e.spec.Result, set.Metas, set.Fill)
 	if err != nil {
 		return nil, err
 	}

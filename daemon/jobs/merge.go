@@ -27,6 +27,27 @@ type resultSpec struct {
 	// folder (same-host clients map it); otherwise it goes to the results
 	// folder and is fetched with DoGet.
 	Shm bool `json:"shm,omitempty"`
+	// Recycle is the client's slab prefix: a shared-memory result goes
+	// into a free slab "<Recycle>-…" of its size that the client handed
+	// back (or a new one), and the result names the slab ("slab") so that
+	// the client can hand it back once it holds no view of it.
+	Recycle string `json:"recycle,omitempty"`
+}
+
+// check validates the result options against the daemon's configuration.
+func (r resultSpec) check(e *Env) error {
+	if r.Shm && e.ShmDir == "" {
+		return invalid("result.shm: the shared-memory path is disabled on this daemon")
+	}
+	if r.Recycle != "" {
+		if !r.Shm {
+			return invalid("result.recycle %q needs result.shm: slabs are shared-memory files", r.Recycle)
+		}
+		if err := CheckUploadName(r.Recycle); err != nil {
+			return fmt.Errorf("result.recycle: %w", err)
+		}
+	}
+	return nil
 }
 
 // mergeSpec is a merge job: a mergekit-style configuration whose
@@ -153,8 +174,8 @@ func checkMerge(e *Env, raw json.RawMessage) (json.RawMessage, error) {
 	} else if s.ShardSize != 0 || s.Force {
 		return nil, invalid("shard_size and force apply to out_dir merges only")
 	}
-	if s.Result.Shm && e.ShmDir == "" {
-		return nil, invalid("result.shm: the shared-memory path is disabled on this daemon")
+	if err := s.Result.check(e); err != nil {
+		return nil, err
 	}
 	if err := e.CheckCleanup(s.Cleanup); err != nil {
 		return nil, err
@@ -446,7 +467,7 @@ func runTensorMerge(rc *runCtx, cfg *stream.Config, s *mergeSpec) (any, error) {
 	for i, p := range plan {
 		metas[i] = p.meta
 	}
-	res, err := writeTensorResult(rc, s.Result.Shm, metas, func(i int, dst []byte) error {
+	res, err := writeTensorResult(rc, s.Result, metas, func(i int, dst []byte) error {
 		p := plan[i]
 		switch {
 		case p.merged >= 0:
@@ -503,7 +524,8 @@ func convert(dst []byte, to tensor.DType, src []byte, from tensor.DType) error {
 // writeTensorResult writes a job's tensor result file: fill computes
 // tensor i into dst, between cancellation checks, with progress per
 // tensor. It returns the result description.
-func writeTensorResult(rc *runCtx, shm bool, metas []tensors.Meta, fill func(i int, dst []byte) error) (map[string]any, error) {
+func writeTensorResult(rc *runCtx, out resultSpec, metas []tensors.Meta, fill func(i int, dst []byte) error) (map[string]any, error) {
+	shm := out.Shm
 	path, err := rc.env.ResultPath(rc.job.ID, rc.job.Attempts, shm)
 	if err != nil {
 		return nil, err
@@ -513,7 +535,7 @@ func writeTensorResult(rc *runCtx, shm bool, metas []tensors.Meta, fill func(i i
 		total += m.Bytes()
 	}
 	var done int64
-	size, err := tensors.WriteIPC(path, metas, func(i int, dst []byte) error {
+	size, slab, err := rc.env.WriteResult(path, out.Recycle, metas, func(i int, dst []byte) error {
 		if err := context.Cause(rc.ctx); err != nil {
 			return fmt.Errorf("stopped: %w", err)
 		}
@@ -531,6 +553,10 @@ func writeTensorResult(rc *runCtx, shm bool, metas []tensors.Meta, fill func(i i
 	if shm && rc.env.BytesOut != nil {
 		rc.env.BytesOut("shm", total)
 	}
-	return map[string]any{"kind": "tensors", "format": "arrow", "path": path, "shm": shm,
-		"tensors": len(metas), "bytes": total, "file_bytes": size}, nil
+	res := map[string]any{"kind": "tensors", "format": "arrow", "path": path, "shm": shm,
+		"tensors": len(metas), "bytes": total, "file_bytes": size}
+	if slab != "" {
+		res["slab"] = slab
+	}
+	return res, nil
 }

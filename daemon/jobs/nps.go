@@ -316,8 +316,8 @@ func (s *pruneSpec) normalize(e *Env) error {
 			return invalid("dtype: %v", err)
 		}
 	}
-	if s.Result.Shm && e.ShmDir == "" {
-		return invalid("result.shm: the shared-memory path is disabled on this daemon")
+	if err := s.Result.check(e); err != nil {
+		return err
 	}
 	for _, ref := range []struct{ r, w string }{{s.Base, "base"}, {s.Model, "model"}} {
 		if _, err := e.Resolve(ref.r, ref.w); err != nil {
@@ -357,7 +357,7 @@ func runPrune(rc *runCtx) (any, Session, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	res, err := writeTensorResult(rc, s.Result.Shm, metas, fill)
+	res, err := writeTensorResult(rc, s.Result, metas, fill)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -413,8 +413,8 @@ func checkCompress(e *Env, raw json.RawMessage) (json.RawMessage, error) {
 			return nil, err
 		}
 	}
-	if s.Result.Shm && e.ShmDir == "" {
-		return nil, invalid("result.shm: the shared-memory path is disabled on this daemon")
+	if err := s.Result.check(e); err != nil {
+		return nil, err
 	}
 	if err := e.CheckCleanup(s.Cleanup); err != nil {
 		return nil, err
@@ -486,7 +486,7 @@ func runCompress(rc *runCtx) (any, Session, error) {
 		t.close()
 		rc.progress(store.Progress{Done: int64(k + 1), Total: int64(len(s.Models)), Unit: "models"})
 	}
-	res, err := writeTensorResult(rc, s.Result.Shm, metas, func(i int, dst []byte) error {
+	res, err := writeTensorResult(rc, s.Result, metas, func(i int, dst []byte) error {
 		copy(dst, blobs[i])
 		return nil
 	})

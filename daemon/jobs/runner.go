@@ -197,10 +197,14 @@ func (r *Runner) Draining() bool {
 	return r.draining
 }
 
-func (r *Runner) enqueue(id uint64) {
+func (r *Runner) enqueue(ids ...uint64) {
 	r.mu.Lock()
-	r.queue = append(r.queue, id)
-	r.cond.Signal()
+	r.queue = append(r.queue, ids...)
+	if len(ids) == 1 {
+		r.cond.Signal()
+	} else if len(ids) > 1 {
+		r.cond.Broadcast()
+	}
 	r.mu.Unlock()
 }
 
@@ -421,42 +425,105 @@ func cleanupOf(spec json.RawMessage) []string {
 }
 
 // Submit validates and stores a job and queues it. With an idempotency
-// key seen before for the same request it returns that job (existed);
-// for a different request, an error wrapping store.ErrKeyReused.
+// key already used for the same request it returns the stored job and
+// existed = true (and queues nothing).
 func (r *Runner) Submit(typ string, spec json.RawMessage, key string) (*store.Job, bool, error) {
+	out, existed, err := r.submit([]Request{{Type: typ, Spec: spec, Key: key}})
+	if err != nil {
+		return nil, false, err
+	}
+	return out[0], existed[0], nil
+}
+
+// Request is one job to submit: its type, spec and optional idempotency key.
+type Request struct {
+	Type string          `json:"type"`
+	Spec json.RawMessage `json:"spec"`
+	Key  string          `json:"idempotency_key"`
+}
+
+// MaxBatch bounds how many jobs one SubmitMany call may carry.
+const MaxBatch = 10000
+
+// SubmitMany validates every request, then stores them all in one store
+// transaction (one commit, one fsync) and queues them in order: all or,
+// when any request is refused, none (the error names its index and type).
+// existed[i] reports a job found by its idempotency key.
+func (r *Runner) SubmitMany(reqs []Request) ([]*store.Job, []bool, error) {
+	if len(reqs) == 0 {
+		return nil, nil, invalid("submit_many: no jobs")
+	}
+	if len(reqs) > MaxBatch {
+		return nil, nil, fmt.Errorf("%w: submit_many: %d jobs exceed the limit of %d per call", ErrTooLarge, len(reqs), MaxBatch)
+	}
+	return r.submit(reqs)
+}
+
+func (r *Runner) submit(reqs []Request) ([]*store.Job, []bool, error) {
 	if r.Draining() {
-		return nil, false, fmt.Errorf("%w: not accepting new jobs", ErrDraining)
+		return nil, nil, fmt.Errorf("%w: not accepting new jobs", ErrDraining)
 	}
-	k, ok := kinds[typ]
-	if !ok {
-		return nil, false, invalid("unknown job type %q (known: %s)", typ, strings.Join(Types(), ", "))
+	name := func(i int, err error) error {
+		if len(reqs) == 1 {
+			return err
+		}
+		return fmt.Errorf("jobs[%d] (%s): %w", i, reqs[i].Type, err)
 	}
-	if len(key) > 256 {
-		return nil, false, invalid("idempotency key longer than 256 bytes")
-	}
-	hash := store.HashSpec(typ, spec)
-	if key != "" {
-		// A retried submit must find its job even after its inputs are gone.
-		if old, err := r.st.ByKey(key); err == nil {
-			if old.SpecHash != hash {
-				return nil, false, fmt.Errorf("%w: key %q belongs to job %d (%s)", store.ErrKeyReused, key, old.ID, old.Type)
+	out := make([]*store.Job, len(reqs))
+	existed := make([]bool, len(reqs))
+	var todo []*store.Job
+	var at []int
+	for i, q := range reqs {
+		k, ok := kinds[q.Type]
+		if !ok {
+			return nil, nil, name(i, invalid("unknown job type %q (known: %s)", q.Type, strings.Join(Types(), ", ")))
+		}
+		if len(q.Key) > 256 {
+			return nil, nil, name(i, invalid("idempotency key longer than 256 bytes"))
+		}
+		spec := q.Spec
+		if len(spec) == 0 {
+			spec = json.RawMessage("{}")
+		}
+		hash := store.HashSpec(q.Type, spec)
+		if q.Key != "" {
+			// A retried submit must find its job even after its inputs are gone.
+			if old, err := r.st.ByKey(q.Key); err == nil {
+				if old.SpecHash != hash {
+					return nil, nil, name(i, fmt.Errorf("%w: key %q belongs to job %d (%s)", store.ErrKeyReused, q.Key, old.ID, old.Type))
+				}
+				out[i], existed[i] = old, true
+				continue
 			}
-			return old, true, nil
+		}
+		norm, err := k.check(r.env, spec)
+		if err != nil {
+			return nil, nil, name(i, err)
+		}
+		todo = append(todo, &store.Job{Type: q.Type, Spec: norm, Key: q.Key, SpecHash: hash})
+		at = append(at, i)
+	}
+	if len(todo) > 0 {
+		stored, ex, err := r.st.SubmitMany(todo)
+		if err != nil {
+			return nil, nil, err
+		}
+		for n, j := range stored {
+			i := at[n]
+			out[i], existed[i] = j, ex[n]
+		}
+		var ids []uint64
+		for n, j := range stored {
+			if !ex[n] {
+				ids = append(ids, j.ID)
+			}
+		}
+		r.enqueue(ids...)
+		for _, id := range ids {
+			r.log.Debug("job submitted", "job", id)
 		}
 	}
-	norm, err := k.check(r.env, spec)
-	if err != nil {
-		return nil, false, err
-	}
-	j, existed, err := r.st.Submit(&store.Job{Type: typ, Spec: norm, Key: key, SpecHash: hash})
-	if err != nil {
-		return nil, false, err
-	}
-	if !existed {
-		r.enqueue(j.ID)
-		r.log.Debug("job submitted", "job", j.ID, "type", typ)
-	}
-	return j, existed, nil
+	return out, existed, nil
 }
 
 // Cancel stops a job: a queued one at once, a running one as soon as its
@@ -538,6 +605,10 @@ func (r *Runner) Status(id uint64) (*Status, error) {
 	}
 	return r.view(j), nil
 }
+
+// View returns job j (as the store returned it) as clients see it, with
+// its live progress, without reading the store again.
+func (r *Runner) View(j *store.Job) *Status { return r.view(j) }
 
 func (r *Runner) view(j *store.Job) *Status {
 	s := &Status{ID: j.ID, Type: j.Type, State: j.State, Progress: j.Progress, Error: j.Error, Result: j.Result,
@@ -633,7 +704,12 @@ func (r *Runner) Delete(id uint64) error {
 
 // Release deletes the shared-memory result file of a finished job once
 // its client has mapped it (the record stays; the result is then gone).
-func (r *Runner) Release(id uint64) (*Status, error) {
+func (r *Runner) Release(id uint64) (*Status, error) { return r.ReleaseAs(id, "") }
+
+// ReleaseAs is Release, except that with slab != "" the result file is
+// handed back to its client as the free slab slab (Env.RecycleResult)
+// instead of deleted: the client does so once it holds no view of it.
+func (r *Runner) ReleaseAs(id uint64, slab string) (*Status, error) {
 	j, err := r.st.Get(id)
 	if err != nil {
 		return nil, err
@@ -642,10 +718,15 @@ func (r *Runner) Release(id uint64) (*Status, error) {
 	if j.State != store.Done || p == "" {
 		return nil, fmt.Errorf("%w: job %d has no tensor result to release", ErrState, id)
 	}
-	if err := r.env.RemoveResult(p); err != nil {
-		return nil, err
+	if slab != "" {
+		err = r.env.RecycleResult(p, slab)
+	} else {
+		err = r.env.RemoveResult(p)
 	}
-	_, err = r.st.Update(id, func(j *store.Job) error {
+	if err != nil {
+		return nil, fmt.Errorf("job %d: %w", id, err)
+	}
+	j, err = r.st.Update(id, func(j *store.Job) error {
 		var m map[string]any
 		if json.Unmarshal(j.Result, &m) == nil {
 			m["released"] = true
@@ -656,7 +737,7 @@ func (r *Runner) Release(id uint64) (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
-	return r.Status(id)
+	return r.view(j), nil
 }
 
 // resultPath is the tensor file of a finished job ("" if it has none).

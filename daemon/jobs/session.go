@@ -353,7 +353,7 @@ func (n *npsSession) Finish() (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	res, err := writeTensorResult(n.rc, n.spec.Result.Shm, metas, fill)
+	res, err := writeTensorResult(n.rc, n.spec.Result, metas, fill)
 	if err != nil {
 		return nil, err
 	}

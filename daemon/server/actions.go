@@ -45,11 +45,12 @@ func (s *service) newActions() map[string]action {
 		"info":          {"daemon version, limits, shared-memory folder, job types, merge methods", s.actInfo},
 		"health":        {"{\"status\": \"ok\" | \"draining\"}", s.actHealth},
 		"submit":        {"{type, spec, idempotency_key?} → {job, existing}: store a job (on disk before the reply) and queue it", s.actSubmit},
+		"submit_many":   {"{jobs: [{type, spec, idempotency_key?}]} → {jobs: [{job, existing}]}: store all (one commit) or none, then queue them", s.actSubmitMany},
 		"status":        {"{id} → the job's status", statusByID("status", s.runner.Status)},
 		"watch":         {"{id, timeout?, interval?, until?: final|ready} → statuses until the job is final (or its session ready)", s.actWatch},
 		"cancel":        {"{id} → status: cancel a queued or running job or a session", statusByID("cancel", s.runner.Cancel)},
 		"delete":        {"{id}: forget a finished job and delete its result file", s.actDelete},
-		"release":       {"{id}: delete a finished job's shared-memory result file once mapped", statusByID("release", s.runner.Release)},
+		"release":       {"{id, recycle_as?}: delete a finished job's shared-memory result file once mapped (or hand it back as the free slab recycle_as)", s.actRelease},
 		"jobs":          {"{state?, type?, after?, limit?} → {jobs: [...]}", s.actJobs},
 		"ask":           {"{id, timeout?} → {generation, candidates, done}: a session's next candidates", s.actAsk},
 		"tell":          {"{id, scores} → {generation, x, f, done}: their scores (null = failed)", s.actTell},
@@ -58,7 +59,8 @@ func (s *service) newActions() map[string]action {
 		"candidate":     {"{id, params} → {path, bytes}: a candidate's tensors as an Arrow file in shared memory", s.actCandidate},
 		"upload_info":   {"{name} → the upload's tensors (validates it)", s.actUploadInfo},
 		"delete_upload": {"{name, recycle_as?}: delete an upload (or move a shared-memory one to the free slab recycle_as)", s.actDeleteUpload},
-		"export_upload": {"{name} → {path, bytes}: copy an upload into an Arrow file in shared memory", s.actExportUpload},
+		"export_upload": {"{name, recycle?} → {path, bytes, slab?}: copy an upload into an Arrow file in shared memory (a free slab of the client's when recycle names its prefix)", s.actExportUpload},
+		"recycle":       {"{path, slab}: hand a shared-memory file from export_upload or candidate back as the client's free slab", s.actRecycle},
 	}
 }
 
@@ -135,16 +137,9 @@ func (s *service) actHealth(_ context.Context, _ []byte, send func(any) error) e
 }
 
 func (s *service) actSubmit(_ context.Context, body []byte, send func(any) error) error {
-	var req struct {
-		Type string          `json:"type"`
-		Spec json.RawMessage `json:"spec"`
-		Key  string          `json:"idempotency_key"`
-	}
+	var req jobs.Request
 	if err := decodeJSON(body, &req, "submit"); err != nil {
 		return err
-	}
-	if len(req.Spec) == 0 {
-		req.Spec = json.RawMessage("{}")
 	}
 	j, existed, err := s.runner.Submit(req.Type, req.Spec, req.Key)
 	if err != nil {
@@ -153,11 +148,50 @@ func (s *service) actSubmit(_ context.Context, body []byte, send func(any) error
 	if !existed {
 		s.metrics.submitted.WithLabelValues(j.Type).Inc()
 	}
-	st, err := s.runner.Status(j.ID)
+	return send(submitReply{Job: s.runner.View(j), Existing: existed})
+}
+
+// submitReply is a submit's answer: the job as stored, and whether its
+// idempotency key named an earlier job.
+type submitReply struct {
+	Job      *jobs.Status `json:"job"`
+	Existing bool         `json:"existing"`
+}
+
+func (s *service) actSubmitMany(_ context.Context, body []byte, send func(any) error) error {
+	var req struct {
+		Jobs []jobs.Request `json:"jobs"`
+	}
+	if err := decodeJSON(body, &req, "submit_many"); err != nil {
+		return err
+	}
+	list, existed, err := s.runner.SubmitMany(req.Jobs)
 	if err != nil {
 		return err
 	}
-	return send(map[string]any{"job": st, "existing": existed})
+	out := make([]submitReply, len(list))
+	for i, j := range list {
+		if !existed[i] {
+			s.metrics.submitted.WithLabelValues(j.Type).Inc()
+		}
+		out[i] = submitReply{Job: s.runner.View(j), Existing: existed[i]}
+	}
+	return send(map[string]any{"jobs": out})
+}
+
+func (s *service) actRelease(_ context.Context, body []byte, send func(any) error) error {
+	var req struct {
+		ID        uint64 `json:"id"`
+		RecycleAs string `json:"recycle_as"`
+	}
+	if err := decodeJSON(body, &req, "release"); err != nil {
+		return err
+	}
+	st, err := s.runner.ReleaseAs(req.ID, req.RecycleAs)
+	if err != nil {
+		return err
+	}
+	return send(st)
 }
 
 // statusByID answers an {id} action with the job status fn returns for it.
@@ -318,8 +352,9 @@ func (s *service) shmFile(prefix string) (string, error) {
 
 func (s *service) actCandidate(_ context.Context, body []byte, send func(any) error) error {
 	var req struct {
-		ID     uint64    `json:"id"`
-		Params []float64 `json:"params"`
+		ID      uint64    `json:"id"`
+		Params  []float64 `json:"params"`
+		Recycle string    `json:"recycle"`
 	}
 	if err := decodeJSON(body, &req, "candidate"); err != nil {
 		return err
@@ -337,16 +372,20 @@ func (s *service) actCandidate(_ context.Context, body []byte, send func(any) er
 		return err
 	}
 	defer set.Done()
-	size, err := tensors.WriteIPC(path, set.Metas, set.Fill, false)
+	size, slab, err := s.env.WriteResult(path, req.Recycle, set.Metas, set.Fill, false)
 	if err != nil {
-		return err
+		return fmt.Errorf("candidate of job %d: %w", req.ID, err)
 	}
 	var n int64
 	for _, m := range set.Metas {
 		n += m.Bytes()
 	}
 	s.metrics.bytesOut.WithLabelValues("shm").Add(float64(n))
-	return send(map[string]any{"path": path, "bytes": n, "file_bytes": size})
+	res := map[string]any{"path": path, "bytes": n, "file_bytes": size}
+	if slab != "" {
+		res["slab"] = slab
+	}
+	return send(res)
 }
 
 type uploadBody struct {
@@ -409,7 +448,10 @@ func (s *service) actDeleteUpload(_ context.Context, body []byte, send func(any)
 }
 
 func (s *service) actExportUpload(_ context.Context, body []byte, send func(any) error) error {
-	var req uploadBody
+	var req struct {
+		Name    string `json:"name"`
+		Recycle string `json:"recycle"`
+	}
 	if err := decodeJSON(body, &req, "export_upload"); err != nil {
 		return err
 	}
@@ -431,22 +473,43 @@ func (s *service) actExportUpload(_ context.Context, body []byte, send func(any)
 	for i, n := range names {
 		metas[i], _ = src.Meta(n)
 	}
-	size, err := tensors.WriteIPC(out, metas, func(i int, dst []byte) error {
+	size, slab, err := s.env.WriteResult(out, req.Recycle, metas, func(i int, dst []byte) error {
 		b, err := src.Bytes(names[i])
 		if err != nil {
 			return err
 		}
-		tensors.ParallelCopy(dst, b)
+		tensors.CopyMapped(dst, b)
 		return nil
 	}, false)
 	if err != nil {
 		removeQuietly(out)
-		return err
+		return fmt.Errorf("export_upload %s: %w", req.Name, err)
 	}
 	var n int64
 	for _, m := range metas {
 		n += m.Bytes()
 	}
 	s.metrics.bytesOut.WithLabelValues("shm").Add(float64(n))
-	return send(map[string]any{"path": out, "bytes": n, "file_bytes": size, "format": "arrow"})
+	res := map[string]any{"path": out, "bytes": n, "file_bytes": size, "format": "arrow"}
+	if slab != "" {
+		res["slab"] = slab
+	}
+	return send(res)
+}
+
+func (s *service) actRecycle(_ context.Context, body []byte, send func(any) error) error {
+	var req struct {
+		Path string `json:"path"`
+		Slab string `json:"slab"`
+	}
+	if err := decodeJSON(body, &req, "recycle"); err != nil {
+		return err
+	}
+	if strings.HasPrefix(filepath.Base(req.Path), "job-") {
+		return fmt.Errorf("%w: recycle %s: a job's result is handed back with release {id, recycle_as}", jobs.ErrInvalid, req.Path)
+	}
+	if err := s.env.RecycleResult(req.Path, req.Slab); err != nil {
+		return err
+	}
+	return send(map[string]string{"recycled": req.Slab})
 }

@@ -17,7 +17,9 @@
 // fsynced). Writes from many goroutines are group-committed: one writer
 // goroutine takes every pending write, applies them in one transaction
 // and syncs once, so n concurrent submits cost about one fsync, and a
-// lone submit waits for exactly one (no batching delay).
+// lone submit waits for exactly one (no batching delay). SubmitMany
+// stores a batch of jobs in one transaction: one commit for all of them,
+// or none on error.
 //
 // # Idempotency
 //

@@ -261,56 +261,96 @@ func getJob(tx *bolt.Tx, id uint64) (*Job, error) {
 // here, and SpecHash when empty) and returns it. With an idempotency key already used for
 // the same request it returns the stored job and existed = true.
 func (s *Store) Submit(j *Job) (stored *Job, existed bool, err error) {
-	j = j.Clone()
-	if j.SpecHash == "" {
-		j.SpecHash = HashSpec(j.Type, j.Spec)
-	}
-	j.State = Queued
-	j.Submitted = time.Now().UTC()
-	err = s.apply(func(tx *bolt.Tx) error {
-		stored, existed = nil, false
-		keys := tx.Bucket(bucketKeys)
-		if j.Key != "" {
-			if v := keys.Get([]byte(j.Key)); v != nil {
-				old, err := getJob(tx, binary.BigEndian.Uint64(v))
-				if err != nil {
-					return err
-				}
-				if old.SpecHash != j.SpecHash {
-					return fmt.Errorf("%w: key %q belongs to job %d (%s)", ErrKeyReused, j.Key, old.ID, old.Type)
-				}
-				stored, existed = old, true
-				return nil
-			}
-		}
-		jobs := tx.Bucket(bucketJobs)
-		id, err := jobs.NextSequence()
-		if err != nil {
-			return err
-		}
-		j.ID = id
-		raw, err := json.Marshal(j)
-		if err != nil {
-			return err
-		}
-		if err := jobs.Put(key(id), raw); err != nil {
-			return err
-		}
-		if j.Key != "" {
-			if err := keys.Put([]byte(j.Key), key(id)); err != nil {
-				return err
-			}
-		}
-		stored = j
-		return nil
-	})
+	out, ex, err := s.SubmitMany([]*Job{j})
 	if err != nil {
 		return nil, false, err
 	}
-	if !existed {
-		s.count(nil, stored.State)
+	return out[0], ex[0], nil
+}
+
+// SubmitMany stores several new queued jobs in one transaction (one
+// commit, one fsync): all of them or, on error, none. Each job is handled
+// as by Submit; existed[i] reports a job found by its idempotency key
+// (also when an earlier job of the same call used that key).
+func (s *Store) SubmitMany(list []*Job) (stored []*Job, existed []bool, err error) {
+	now := time.Now().UTC()
+	in := make([]*Job, len(list))
+	for i, j := range list {
+		c := j.Clone()
+		if c.SpecHash == "" {
+			c.SpecHash = HashSpec(c.Type, c.Spec)
+		}
+		c.State, c.Submitted = Queued, now
+		in[i] = c
 	}
-	return stored.Clone(), existed, nil
+	stored, existed = make([]*Job, len(in)), make([]bool, len(in))
+	added := 0
+	err = s.apply(func(tx *bolt.Tx) error {
+		added = 0
+		for i, j := range in {
+			old, err := submitTx(tx, j)
+			if err != nil {
+				return err
+			}
+			if old != nil {
+				stored[i], existed[i] = old, true
+				continue
+			}
+			stored[i], existed[i] = j, false
+			added++
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	if added > 0 {
+		s.mu.Lock()
+		s.counts[Queued] += added
+		s.mu.Unlock()
+	}
+	for i := range stored {
+		stored[i] = stored[i].Clone()
+	}
+	return stored, existed, nil
+}
+
+// submitTx stores j (setting its ID) unless its idempotency key is taken:
+// then it returns the job that holds the key (ErrKeyReused if that job's
+// request differs).
+func submitTx(tx *bolt.Tx, j *Job) (*Job, error) {
+	keys := tx.Bucket(bucketKeys)
+	if j.Key != "" {
+		if v := keys.Get([]byte(j.Key)); v != nil {
+			old, err := getJob(tx, binary.BigEndian.Uint64(v))
+			if err != nil {
+				return nil, err
+			}
+			if old.SpecHash != j.SpecHash {
+				return nil, fmt.Errorf("%w: key %q belongs to job %d (%s)", ErrKeyReused, j.Key, old.ID, old.Type)
+			}
+			return old, nil
+		}
+	}
+	jobs := tx.Bucket(bucketJobs)
+	id, err := jobs.NextSequence()
+	if err != nil {
+		return nil, err
+	}
+	j.ID = id
+	raw, err := json.Marshal(j)
+	if err != nil {
+		return nil, err
+	}
+	if err := jobs.Put(key(id), raw); err != nil {
+		return nil, err
+	}
+	if j.Key != "" {
+		if err := keys.Put([]byte(j.Key), key(id)); err != nil {
+			return nil, err
+		}
+	}
+	return nil, nil
 }
 
 func (s *Store) count(from *State, to State) {

@@ -190,3 +190,59 @@ func TestSecondOpenFails(t *testing.T) {
 		t.Error("a second Open of a store in use succeeded")
 	}
 }
+
+func TestSubmitMany(t *testing.T) {
+	spec := func(a int) json.RawMessage { return json.RawMessage(fmt.Sprintf(`{"a":%d}`, a)) }
+	cases := []struct {
+		name    string
+		before  []*Job // submitted first, one by one
+		batch   []*Job
+		wantErr error
+		ids     []uint64
+		existed []bool
+		queued  int // queued jobs in the store afterwards
+	}{
+		{name: "all new", batch: []*Job{{Type: "merge", Spec: spec(1)}, {Type: "merge", Spec: spec(2), Key: "a"}, {Type: "evolve", Spec: spec(3)}},
+			ids: []uint64{1, 2, 3}, existed: []bool{false, false, false}, queued: 3},
+		{name: "key seen before", before: []*Job{{Type: "merge", Spec: spec(1), Key: "k"}},
+			batch: []*Job{{Type: "merge", Spec: spec(2)}, {Type: "merge", Spec: spec(1), Key: "k"}},
+			ids:   []uint64{2, 1}, existed: []bool{false, true}, queued: 2},
+		{name: "same key twice in the batch", batch: []*Job{{Type: "merge", Spec: spec(1), Key: "k"}, {Type: "merge", Spec: spec(1), Key: "k"}},
+			ids: []uint64{1, 1}, existed: []bool{false, true}, queued: 1},
+		{name: "key reused: none stored", before: []*Job{{Type: "merge", Spec: spec(1), Key: "k"}},
+			batch:   []*Job{{Type: "merge", Spec: spec(5)}, {Type: "merge", Spec: spec(2), Key: "k"}},
+			wantErr: ErrKeyReused, queued: 1},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			s := open(t, filepath.Join(t.TempDir(), "jobs.db"))
+			defer s.Close()
+			for _, j := range c.before {
+				if _, _, err := s.Submit(j); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got, existed, err := s.SubmitMany(c.batch)
+			if c.wantErr != nil {
+				if !errors.Is(err, c.wantErr) {
+					t.Fatalf("err %v, want %v", err, c.wantErr)
+				}
+			} else {
+				if err != nil {
+					t.Fatal(err)
+				}
+				for i, j := range got {
+					if j.ID != c.ids[i] || existed[i] != c.existed[i] || j.State != Queued {
+						t.Errorf("jobs[%d]: id %d existed %v state %s, want id %d existed %v", i, j.ID, existed[i], j.State, c.ids[i], c.existed[i])
+					}
+				}
+			}
+			if n := s.Counts()[Queued]; n != c.queued {
+				t.Errorf("counts: %d queued, want %d", n, c.queued)
+			}
+			if l, _ := s.List(Filter{}); len(l) != c.queued {
+				t.Errorf("%d jobs stored, want %d", len(l), c.queued)
+			}
+		})
+	}
+}

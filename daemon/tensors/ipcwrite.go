@@ -328,14 +328,46 @@ func WriteIPC(path string, metas []Meta, fill func(i int, dst []byte) error, dur
 	return l.Size, nil
 }
 
+// Fill writes the file's metadata into m (a mapping of exactly l.Size
+// bytes) and calls fill(i, dst) for tensor i's region, as WriteIPC does:
+// the way to write a tensor file into a file the caller already maps.
+func (l *IPCLayout) Fill(m []byte, fill func(i int, dst []byte) error) error {
+	if int64(len(m)) != l.Size {
+		return fmt.Errorf("%w: mapping of %d bytes for a %d-byte tensor file", ErrIPC, len(m), l.Size)
+	}
+	return l.fill(m, l.metas, fill)
+}
+
+// SmallFile is the size up to which WriteIPC writes from memory instead
+// of mapping the file: below it, recycling mapped files gains nothing.
+const SmallFile = smallFile
+
+// MapWritable maps size bytes of f read-write and shared (pre-faulted on
+// Linux); release the mapping with Unmap.
+func MapWritable(f *os.File, size int64) ([]byte, error) { return mapWritable(f, size) }
+
+// Unmap releases a mapping made by MapWritable.
+func Unmap(m []byte) error { return syscall.Munmap(m) }
+
+// CopyMapped is ParallelCopy for a src that is a file mapping not yet
+// touched (an upload): each goroutine faults its part of src in with one
+// call (MADV_POPULATE_READ on Linux) before copying it, which costs much
+// less than a page-fault trap per page.
+func CopyMapped(dst, src []byte) { parallelCopy(dst, src, true) }
+
 // ParallelCopy copies src into dst (len(dst) == len(src)) on up to
 // GOMAXPROCS goroutines in pieces of at least 4 MiB: one memory pass at
 // the machine's copy bandwidth rather than one core's.
-func ParallelCopy(dst, src []byte) {
+func ParallelCopy(dst, src []byte) { parallelCopy(dst, src, false) }
+
+func parallelCopy(dst, src []byte, fault bool) {
 	const piece = 4 << 20
 	n := len(src)
 	workers := min(runtime.GOMAXPROCS(0), n/piece)
 	if workers <= 1 {
+		if fault {
+			prefault(src)
+		}
 		copy(dst, src)
 		return
 	}
@@ -346,6 +378,9 @@ func ParallelCopy(dst, src []byte) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			if fault {
+				prefault(src[lo:hi])
+			}
 			copy(dst[lo:hi], src[lo:hi])
 		}()
 	}

@@ -45,6 +45,8 @@ import tempfile
 import threading
 import time
 import uuid
+import weakref
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -313,15 +315,28 @@ def _fill_ipc(mm: mmap.mmap, sd: Mapping[str, torch.Tensor]) -> None:
 
 
 class _Slabs:
-    """Shared-memory files this client keeps mapped and reuses for uploads.
+    """Shared-memory files this client keeps mapped and reuses ("slabs").
 
-    Mapping fresh tmpfs pages costs much more than copying into pages
-    already mapped, so an upload goes into a recycled file ("slab") of the
-    same size when one is free: the daemon moves a slab to ``free/`` when
-    the job that consumed it ends (cleanup ``recycle:NAME:SLAB``), and the
-    client renames it back into ``uploads/`` for the next upload. A slab
-    unused for 10 minutes is deleted by the daemon; its mapping here is
-    then dropped on the next attempt to reuse it.
+    Mapping tmpfs pages costs page-table work for every page, about as much
+    as copying them, and fresh pages must be allocated too; so the client
+    keeps its files mapped and reuses them:
+
+    * uploads: a new slab is written with plain file writes (no mapping on
+      the critical path; it is mapped in the background afterwards); later
+      uploads of the same size are copied into a free slab's mapping. The
+      daemon moves a slab to ``free/`` when the job that consumed it ends
+      (cleanup ``recycle:NAME:SLAB``) and the client renames it back into
+      ``uploads/``.
+    * results: the daemon writes shared-memory results into a free slab of
+      this client's prefix (``result.recycle``) and keeps its own mapping of
+      it. The client maps it once and hands out tensors that are views of
+      the mapping; only when every one of them is gone (a finalizer on their
+      common base) is the slab handed back (``release``/``recycle``), at the
+      client's next call. A tensor a caller holds is therefore never
+      overwritten.
+
+    A slab unused for 10 minutes is deleted by the daemon; its mapping here
+    is then dropped on the next attempt to reuse it.
     """
 
     MAX = 8  # slabs kept mapped per client
@@ -330,67 +345,168 @@ class _Slabs:
         self.uploads = os.path.join(shm_dir, "uploads")
         self.free = os.path.join(shm_dir, "free")
         self.prefix = f"s-{uuid.uuid4().hex[:12]}"
-        self.maps: dict[str, tuple[mmap.mmap, int]] = {}
+        # slab name → [mapping or None while it is being made, size, inode, mapper thread]
+        self.maps: dict[str, list[Any]] = {}
         self.count = 0
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
+        self.holds: dict[str, int] = {}  # slab → live result leases
+        self.owner: dict[str, tuple[str, Any]] = {}  # slab → ("job", id) | ("file", path)
+        self.dead: deque[str] = deque()  # leases whose views are all gone (finalizers)
 
     def write(self, name: str, sd: Mapping[str, torch.Tensor]) -> str:
         """Write upload ``name`` into a slab; returns the slab's name."""
         size = _ipc_size(sd)
         path = os.path.join(self.uploads, f"{name}.arrow")
         with self.lock:  # held while filling: _drop_one must not unmap it
-            slab = self._take(size, path)
-            try:
-                _fill_ipc(self.maps[slab][0], sd)
-            except BaseException:
-                _unlink(path)
-                raise
-        return slab
+            slab = self._claim(size, path)
+            if slab is not None:
+                try:
+                    _fill_ipc(self._mapping(slab), sd)
+                except BaseException:
+                    _unlink(path)
+                    raise
+                return slab
+            return self._write_new(size, path, sd)
 
-    def _take(self, size: int, path: str) -> str:
-        """Claim a free slab of ``size`` bytes (renamed to ``path``), or map a
-        new one."""
-        for slab, (_mm, sz) in self.maps.items():
-            if sz != size:
+    def _claim(self, size: int, path: str) -> str | None:
+        """Rename a free slab of ``size`` bytes to ``path``; None if there is none."""
+        for slab, (_mm, sz, _ino, _th) in list(self.maps.items()):
+            if sz != size or self.holds.get(slab):
                 continue
             try:  # the rename claims it atomically; it fails while a job uses it
                 os.rename(os.path.join(self.free, f"{slab}.arrow"), path)
             except FileNotFoundError:
                 continue
+            if _inode(path) != self.maps[slab][2]:  # not the file we mapped
+                self._forget(slab)
+                os.rename(path, os.path.join(self.free, f"{slab}.arrow"))
+                continue
             return slab
+        return None
+
+    def _write_new(self, size: int, path: str, sd: Mapping[str, torch.Tensor]) -> str:
+        """Write a new slab with file writes, then map it in the background."""
         if len(self.maps) >= self.MAX:
             self._drop_one()
         self.count += 1
         slab = f"{self.prefix}-{self.count}"
         fd, tmp = tempfile.mkstemp(prefix=f".{slab}.tmp-", dir=self.uploads)
         try:
-            os.ftruncate(fd, size)
-            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-            mm = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            with pa.OSFile(tmp, "wb") as f, pa.ipc.new_file(f, SCHEMA) as w:
+                for b in _file_batches(sd):
+                    w.write_batch(b)
+            if os.fstat(fd).st_size != size:
+                raise RuntimeError(f"upload {path}: wrote {os.fstat(fd).st_size} of {size} bytes")
+            entry: list[Any] = [None, size, os.fstat(fd).st_ino, None]
+            dup = os.dup(fd)
+            entry[3] = threading.Thread(target=_map_into, args=(entry, dup, size), daemon=True)
+            entry[3].start()
             os.rename(tmp, path)
         except BaseException:
             _unlink(tmp)
             raise
         finally:
             os.close(fd)
-        self.maps[slab] = (mm, size)
+        self.maps[slab] = entry
         return slab
+
+    def _mapping(self, slab: str) -> mmap.mmap:
+        entry = self.maps[slab]
+        if entry[3] is not None:
+            entry[3].join()
+            entry[3] = None
+        if entry[0] is None:
+            raise OSError(f"slab {slab}: mapping it failed")
+        return entry[0]
+
+    def adopt(self, slab: str, path: str) -> mmap.mmap:
+        """The mapping of result file ``path`` (slab ``slab``): the kept one
+        when it is the same file, else a new one (kept)."""
+        st = os.stat(path)
+        with self.lock:
+            entry = self.maps.get(slab)
+            if entry is not None and (entry[1], entry[2]) == (st.st_size, st.st_ino):
+                return self._mapping(slab)
+            if entry is not None:
+                self._forget(slab)
+            if len(self.maps) >= self.MAX:
+                self._drop_one()
+            fd = os.open(path, os.O_RDWR)
+            try:
+                flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+                mm = mmap.mmap(fd, st.st_size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            finally:
+                os.close(fd)
+            self.maps[slab] = [mm, st.st_size, st.st_ino, None]
+            return mm
+
+    def lease(self, slab: str, owner: tuple[str, Any], base: np.ndarray) -> None:
+        """Hold slab ``slab`` until ``base`` (every tensor's base) is gone;
+        ``owner`` says how to hand it back then."""
+        with self.lock:
+            self.holds[slab] = self.holds.get(slab, 0) + 1
+            self.owner[slab] = owner
+        weakref.finalize(base, self.dead.append, slab)
+
+    def expired(self) -> list[tuple[str, tuple[str, Any]]]:
+        """Slabs whose last lease ended since the previous call, with their owners."""
+        out = []
+        with self.lock:
+            while self.dead:
+                slab = self.dead.popleft()
+                n = self.holds.get(slab, 0) - 1
+                if n > 0:
+                    self.holds[slab] = n
+                    continue
+                self.holds.pop(slab, None)
+                owner = self.owner.pop(slab, None)
+                if owner is not None:
+                    out.append((slab, owner))
+        return out
+
+    def _forget(self, slab: str) -> None:
+        entry = self.maps.pop(slab)
+        if entry[3] is not None:
+            entry[3].join()
+        if entry[0] is not None:
+            try:
+                entry[0].close()
+            except BufferError:  # views still exported: the mapping goes with them
+                pass
 
     def _drop_one(self) -> None:
         """Unmap one slab: a free one (deleting its file) if there is one,
-        else the oldest (its file lives on until the daemon collects it)."""
-        victim = next(iter(self.maps))
-        for slab in self.maps:
+        else the oldest not leased (its file lives on until the daemon
+        collects it)."""
+        idle = [s for s in self.maps if not self.holds.get(s)]
+        if not idle:
+            return
+        victim = idle[0]
+        for slab in idle:
             free = os.path.join(self.free, f"{slab}.arrow")
             if os.path.exists(free):
                 _unlink(free)
                 victim = slab
                 break
-        mm, _ = self.maps.pop(victim)
-        try:
-            mm.close()
-        except BufferError:  # views still exported: the mapping goes with them
-            pass
+        self._forget(victim)
+
+
+def _map_into(entry: list[Any], fd: int, size: int) -> None:
+    """Map a new slab (pre-faulted) into ``entry[0]``; runs on a thread."""
+    try:
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        entry[0] = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    except OSError:
+        entry[0] = None
+    finally:
+        os.close(fd)
+
+
+def _inode(path: str) -> int:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return -1
 
 
 def _shape(s: str) -> list[int]:
@@ -438,15 +554,9 @@ class _Assembler:
         dst[offset : offset + n] = np.frombuffer(piece, dtype=np.uint8)
 
 
-def _read_ipc(path: str) -> dict[str, torch.Tensor]:
-    """Map an Arrow IPC tensor file privately (copy-on-write) and return its
-    tensors as views of the mapping: no copies, and writable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        mm = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
-    finally:
-        os.close(fd)
-    whole = pa.py_buffer(mm)
+def _ipc_tensors(whole: pa.Buffer, make: Any) -> dict[str, torch.Tensor]:
+    """The tensors of an Arrow IPC tensor file held in ``whole``:
+    ``make(dtype, count, byte_offset)`` builds each one over its bytes."""
     base = whole.address
     reader = pa.ipc.open_file(pa.BufferReader(whole))
     asm = _Assembler()
@@ -460,11 +570,35 @@ def _read_ipc(path: str) -> dict[str, torch.Tensor]:
             lo = start + int(offs[r] - offs[0])
             n = int(offs[r + 1] - offs[r])
 
-            def make(dt: torch.dtype, count: int, lo: int = lo) -> torch.Tensor:
-                return torch.frombuffer(mm, dtype=dt, count=count, offset=lo)
+            def mk(dt: torch.dtype, count: int, lo: int = lo) -> torch.Tensor:
+                return make(dt, count, lo)
 
-            asm.view(name, dtypes[r], shapes[r], offsets[r], n, make)
+            asm.view(name, dtypes[r], shapes[r], offsets[r], n, mk)
     return asm.out
+
+
+def _read_ipc(path: str) -> dict[str, torch.Tensor]:
+    """Map an Arrow IPC tensor file privately (copy-on-write) and return its
+    tensors as views of the mapping: no copies, and writable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        mm = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
+    finally:
+        os.close(fd)
+    return _ipc_tensors(
+        pa.py_buffer(mm), lambda dt, n, lo: torch.frombuffer(mm, dtype=dt, count=n, offset=lo)
+    )
+
+
+def _slab_tensors(mm: mmap.mmap) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+    """The tensors of a slab's mapping, as views of one numpy array over it
+    (returned too): the slab is in use as long as that array is alive."""
+    base = np.frombuffer(mm, dtype=np.uint8)
+    out = _ipc_tensors(
+        pa.py_buffer(base),
+        lambda dt, n, lo: torch.frombuffer(base, dtype=dt, count=n, offset=lo),
+    )
+    return out, base
 
 
 def decompress(
@@ -530,13 +664,17 @@ class Client:
         )
         self._want_shm = shm
         self._info: dict[str, Any] | None = None
+        self._shm: bool | None = None
         self._slabs: _Slabs | None = None
         self._slab_of: dict[str, str] = {}  # upload name → slab name
+        self._default_opts = flight.FlightCallOptions(timeout=timeout, headers=self._headers)
 
     # ---- plumbing
 
     def _opts(self, timeout: float | None = None) -> flight.FlightCallOptions:
-        return flight.FlightCallOptions(timeout=timeout or self.timeout, headers=self._headers)
+        if timeout is None or timeout == self.timeout:
+            return self._default_opts
+        return flight.FlightCallOptions(timeout=timeout, headers=self._headers)
 
     def _stream(
         self, action: str, body: Mapping[str, Any], timeout: float | None = None
@@ -558,8 +696,45 @@ class Client:
         return out[-1] if out else None
 
     def close(self) -> None:
-        """Close the connection."""
+        """Hand back the shared-memory results no longer in use, and close
+        the connection."""
+        try:
+            self.release_results()
+        except Exception:
+            pass
         self._fl.close()
+
+    def _slab_pool(self) -> _Slabs:
+        if self._slabs is None:
+            self._slabs = _Slabs(self.info()["shm_dir"])
+        return self._slabs
+
+    def release_results(self) -> int:
+        """Hand back to the daemon the shared-memory results whose tensors
+        are all gone, for reuse by the next results and uploads; returns how
+        many. Called at the start of every submit and download; call it
+        yourself after dropping results if the client stays idle."""
+        if self._slabs is None:
+            return 0
+        done = 0
+        for slab, (kind, arg) in self._slabs.expired():
+            try:
+                if kind == "job":
+                    self._call("release", {"id": arg, "recycle_as": slab})
+                else:
+                    self._call("recycle", {"path": arg, "slab": slab})
+                done += 1
+            except DaemonError:
+                pass  # the job or file is gone: nothing to hand back
+        return done
+
+    def _read_slab(self, path: str, slab: str, owner: tuple[str, Any]) -> dict[str, torch.Tensor]:
+        """The tensors of shared-memory result ``path`` written into slab
+        ``slab``: views of this client's mapping, leased until all are gone."""
+        pool = self._slab_pool()
+        out, base = _slab_tensors(pool.adopt(slab, path))
+        pool.lease(slab, owner, base)
+        return out
 
     def __enter__(self) -> Client:
         return self
@@ -584,12 +759,15 @@ class Client:
         """Whether tensors travel through shared memory."""
         if self._want_shm is False or not self._unix:
             return False
+        if self._shm is not None:
+            return self._shm
         d = self.info().get("shm_dir") or ""
         ok = bool(d) and os.access(os.path.join(d, "uploads"), os.W_OK)
         if self._want_shm and not ok:
             raise ConnectionError(
                 f"shared memory requested but the daemon's folder {d!r} is not writable here"
             )
+        self._shm = ok
         return ok
 
     # ---- tensors
@@ -606,11 +784,10 @@ class Client:
         sd = _state_dict(tensors)
         name = name or f"u-{uuid.uuid4().hex}"
         if self.shm:
-            if self._slabs is None:
-                self._slabs = _Slabs(self.info()["shm_dir"])
-            if os.path.exists(os.path.join(self._slabs.uploads, f"{name}.arrow")):
+            pool = self._slab_pool()
+            if os.path.exists(os.path.join(pool.uploads, f"{name}.arrow")):
                 raise FileExistsError(f"upload {name!r} already exists")
-            self._slab_of[name] = self._slabs.write(name, sd)
+            self._slab_of[name] = pool.write(name, sd)
             return f"upload:{name}"
         manifest = {
             "upload": name,
@@ -675,12 +852,27 @@ class Client:
         """The tensors of an upload (shared memory when possible, else ``DoGet``)."""
         name = ref.removeprefix("upload:")
         if self.shm:
-            res = self._call("export_upload", {"name": name})
-            try:
-                return _read_ipc(res["path"])
-            finally:
-                _unlink(res["path"])
+            self.release_results()
+            pool = self._slab_pool()
+            res = self._call("export_upload", {"name": name, "recycle": pool.prefix})
+            return self._shm_result(res)
         return self._fetch({"upload": name})
+
+    def _shm_result(self, res: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Tensors of a shared-memory file from export_upload / candidate:
+        a slab's views (handed back once unused), else a private mapping of
+        a file deleted at once."""
+        path = res["path"]
+        if res.get("slab"):
+            try:
+                return self._read_slab(path, res["slab"], ("file", path))
+            except BaseException:
+                _unlink(path)
+                raise
+        try:
+            return _read_ipc(path)
+        finally:
+            _unlink(path)
 
     def _ref(self, model: Any, uploads: dict[int, str], what: str) -> str:
         """A model reference for a spec: a path (absolute), ``upload:NAME``, or
@@ -714,16 +906,65 @@ class Client:
         are retried ``retries`` times with the same key.
         """
         key = idempotency_key or f"k-{uuid.uuid4().hex}"
-        body = {"type": type, "spec": dict(spec), "idempotency_key": key}
+        res = self._submit_call(
+            "submit", {"type": type, "spec": dict(spec), "idempotency_key": key}, retries
+        )
+        return self._job(res["job"])
+
+    def submit_many(self, jobs: Sequence[Mapping[str, Any]], *, retries: int = 3) -> list[Job]:
+        """Submit several jobs in one call, stored in one commit (one fsync).
+
+        Parameters
+        ----------
+        jobs
+            Items ``{"type": str, "spec": mapping, "idempotency_key": str}``
+            (the key is optional: one is made per job, so that retrying
+            the call never runs a job twice).
+        retries
+            Connection failures are retried this many times (same keys).
+
+        Returns
+        -------
+        list[Job]
+            The jobs, in order; all of them are on disk when this returns.
+            Either every job is stored or, if the daemon refuses one (the
+            error names ``jobs[i]``), none is.
+        """
+        body = []
+        for i, item in enumerate(jobs):
+            if not isinstance(item, Mapping):
+                raise TypeError(f"jobs[{i}] is a {type(item).__name__}, not a mapping")
+            extra = set(item) - {"type", "spec", "idempotency_key"}
+            if extra:
+                raise ValueError(
+                    f"jobs[{i}]: unknown keys {sorted(extra)} (type, spec, idempotency_key)"
+                )
+            typ, spec = item.get("type"), item.get("spec", {})
+            if not isinstance(typ, str) or not typ:
+                raise ValueError(f"jobs[{i}]: 'type' must be a job type name, got {typ!r}")
+            if not isinstance(spec, Mapping):
+                raise TypeError(
+                    f"jobs[{i}] ({typ}): 'spec' is a {type(spec).__name__}, not a mapping"
+                )
+            key = item.get("idempotency_key") or f"k-{uuid.uuid4().hex}"
+            body.append({"type": typ, "spec": dict(spec), "idempotency_key": key})
+        if not body:
+            return []
+        res = self._submit_call("submit_many", {"jobs": body}, retries)
+        return [self._job(r["job"]) for r in res["jobs"]]
+
+    def _submit_call(self, action: str, body: Mapping[str, Any], retries: int) -> Any:
+        self.release_results()
         for attempt in range(retries + 1):
             try:
-                res = self._call("submit", body)
-                break
+                return self._call(action, body)
             except _Unavailable:
                 if attempt == retries:
                     raise
                 time.sleep(0.2 * 2**attempt)
-        st = res["job"]
+        raise AssertionError("not reached")
+
+    def _job(self, st: Mapping[str, Any]) -> Job:
         cls = Session if st.get("session") else Job
         return cls(self, st["id"], st["type"], st)
 
@@ -742,7 +983,9 @@ class Client:
             raise
 
     def _result_spec(self) -> dict[str, Any]:
-        return {"shm": True} if self.shm else {}
+        if not self.shm:
+            return {}
+        return {"shm": True, "recycle": self._slab_pool().prefix}
 
     def submit_merge(
         self,
@@ -1074,7 +1317,12 @@ class Job:
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the job and return its result: the merged (pruned, ...)
         state dict, or the ``Path`` of the checkpoint folder for merges with
-        ``out_dir``. Raises ``JobFailedError`` / ``JobCancelledError``."""
+        ``out_dir``. Raises ``JobFailedError`` / ``JobCancelledError``.
+
+        Same host, the tensors are views of the shared-memory result file (no
+        copy, writable). A result above 1 MiB lives in one of the client's
+        slabs: it is handed back to the daemon for the next result only once
+        none of its tensors (nor this ``Job``, which caches them) is alive."""
         if self._result is not None:
             return self._result
         st = self.wait(timeout)
@@ -1090,9 +1338,13 @@ class Job:
                 raise LookupError(
                     f"job {self.id}: its shared-memory result was already fetched and released"
                 )
-            if res.get("shm") and self.client._unix and os.path.exists(res["path"]):
+            c = self.client
+            if res.get("shm") and c._unix and res.get("slab") and os.path.exists(res["path"]):
+                # views of a slab this client maps; handed back once all are gone
+                self._result = c._read_slab(res["path"], res["slab"], ("job", self.id))
+            elif res.get("shm") and c._unix and os.path.exists(res["path"]):
                 self._result = _read_ipc(res["path"])
-                self.client._call("release", {"id": self.id})
+                c._call("release", {"id": self.id})
             else:
                 self._result = self.client._fetch({"job": self.id})
         else:
@@ -1165,12 +1417,11 @@ class Session(Job):
     def candidate_state_dict(self, params: Sequence[float]) -> dict[str, torch.Tensor]:
         """The tensors of the candidate with these parameters."""
         params = [float(x) for x in params]
-        if self.client.shm:
-            r = self.client._call("candidate", {"id": self.id, "params": params}, timeout=600)
-            try:
-                return _read_ipc(r["path"])
-            finally:
-                _unlink(r["path"])
+        c = self.client
+        if c.shm:
+            c.release_results()
+            body = {"id": self.id, "params": params, "recycle": c._slab_pool().prefix}
+            return c._shm_result(c._call("candidate", body, timeout=600))
         return self.client._fetch({"job": self.id, "candidate": params})
 
     def finish(self) -> Session:
