@@ -221,6 +221,25 @@ def test_cli_module_quiet(llama: Family, tmp_path: Path) -> None:
     assert_bitwise_equal(load_output(tmp_path / "out"), expected(llama, method, kw))
 
 
+def test_cli_timing(llama: Family, tmp_path: Path) -> None:
+    """``--timing`` prints one JSON line of where the time went, even with
+    ``--quiet``; the output is unchanged."""
+    method, extra, kw = CASES[0]
+    cfg = write_yaml(tmp_path / "ties.yaml", config_for(llama, method, extra, kw))
+    r = run_cli("merge", str(cfg), str(tmp_path / "out"), "--shard-size", SHARD, "--quiet",
+                "--timing")
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("npsfuse: timing: "), r.stderr
+    t = json.loads(lines[0].removeprefix("npsfuse: timing: "))
+    keys = {"plan_s", "read_wait_s", "merge_s", "write_wait_s", "finish_s", "writer_s", "sync_s"}
+    assert keys | {"seconds"} == set(t)
+    assert all(t[k] >= 0 for k in keys) and t["merge_s"] > 0
+    parts = sum(t[k] for k in ("plan_s", "read_wait_s", "merge_s", "write_wait_s", "finish_s"))
+    assert parts <= t["seconds"] * 1.01 + 1e-3
+    assert_bitwise_equal(load_output(tmp_path / "out"), expected(llama, method, kw))
+
+
 def test_console_script(llama: Family, tmp_path: Path) -> None:
     """The ``npsfuse`` script: prints the output folder and the notes, and no
     progress line when stderr is not a terminal; relative paths resolve against

@@ -4,9 +4,10 @@
 // or a single .safetensors file.
 //
 // Reading maps every shard (arrowio/safetensors) and serves each tensor as
-// a zero-copy byte slice; Advise lets a streaming reader ask the kernel to
-// prefetch a tensor's pages and to drop them from the process's resident
-// set once merged. Writing lays tensors out into shards of bounded size,
+// a zero-copy byte slice; Advise and AdviseBytes let a streaming reader ask
+// the kernel to prefetch a tensor's pages and to drop them from the
+// process's resident set once merged, and Populate maps a range in, waiting
+// for its reads. Writing lays tensors out into shards of bounded size,
 // writes the index, and copies the configuration and tokenizer files, all
 // inside a temporary folder that replaces the destination in one rename.
 package checkpoint
@@ -19,6 +20,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 
@@ -187,25 +189,69 @@ func (c *Checkpoint) Bytes(name string) ([]byte, error) {
 	return c.files[i].Bytes(name)
 }
 
-// Advice values for Advise.
+// Advice values for Advise and AdviseBytes.
 const (
 	WillNeed = syscall.MADV_WILLNEED // start reading the pages in
 	DontNeed = syscall.MADV_DONTNEED // drop them from this process (they stay in the page cache)
 )
 
+// populateRead is Linux's MADV_POPULATE_READ (5.14+): fault the pages in,
+// waiting for their reads, without touching them from user space.
+const populateRead = 22
+
 // Advise passes madvise advice for the pages of the named tensor. Errors
 // are ignored: advice is a hint.
 func (c *Checkpoint) Advise(name string, advice int) {
 	b, err := c.Bytes(name)
-	if err != nil || len(b) == 0 {
+	if err != nil {
 		return
+	}
+	AdviseBytes(b, advice)
+}
+
+// AdviseBytes passes madvise advice for the pages holding b, a slice of a
+// mapping (from Bytes), widened to whole pages. Errors are ignored: advice
+// is a hint. Note that the kernel reads at most its read-ahead limit (a few
+// MB) per WillNeed call: callers that want a large range read in ask for it
+// piece by piece.
+func AdviseBytes(b []byte, advice int) {
+	_ = madvise(b, advice)
+}
+
+// Populate maps every page of b (a slice of a mapping) into the process,
+// waiting for pages that are not in the page cache yet to be read: after it
+// returns, reading b does not block on the disk. It uses MADV_POPULATE_READ
+// and, where the kernel lacks it, reads one byte of every page.
+func Populate(b []byte) { populate(b, madvise) }
+
+// populate is Populate with the madvise call as a parameter (tests make it
+// fail to exercise the fallback).
+func populate(b []byte, advise func([]byte, int) error) {
+	if len(b) == 0 || advise(b, populateRead) == nil {
+		return
+	}
+	page := os.Getpagesize()
+	var sink byte
+	for i := 0; i < len(b); i += page {
+		sink ^= b[i]
+	}
+	touchSink.Store(uint32(sink ^ b[len(b)-1]))
+}
+
+// touchSink keeps populate's fallback reads from being optimised away.
+var touchSink atomic.Uint32
+
+// madvise applies advice to the whole pages holding b.
+func madvise(b []byte, advice int) error {
+	if len(b) == 0 {
+		return nil
 	}
 	page := uintptr(os.Getpagesize())
 	start := uintptr(unsafe.Pointer(unsafe.SliceData(b)))
 	lo := start &^ (page - 1)
 	hi := start + uintptr(len(b))
 	region := unsafe.Slice((*byte)(unsafe.Add(unsafe.Pointer(unsafe.SliceData(b)), -int(start-lo))), int(hi-lo))
-	_ = syscall.Madvise(region, advice)
+	return syscall.Madvise(region, advice)
 }
 
 // Close unmaps every shard; Bytes slices die with it.

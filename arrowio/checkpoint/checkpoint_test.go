@@ -337,3 +337,52 @@ func FuzzOpenIndex(f *testing.F) {
 		}
 	})
 }
+
+// Populate and AdviseBytes work on any part of a mapped tensor (unaligned
+// starts and ends included) and leave its bytes readable and unchanged; the
+// fallback for kernels without MADV_POPULATE_READ reads every page.
+func TestPopulateAndAdviseBytes(t *testing.T) {
+	dir := t.TempDir()
+	data := make([]byte, 3*os.Getpagesize()+100)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	path := filepath.Join(dir, "model.safetensors")
+	ts := map[string]safetensors.Tensor{
+		"a": {DType: safetensors.U8, Shape: []int64{3}, Data: []byte{1, 2, 3}},
+		"w": {DType: safetensors.U8, Shape: []int64{int64(len(data))}, Data: data},
+	}
+	if err := safetensors.Save(path, ts, nil); err != nil {
+		t.Fatal(err)
+	}
+	ck, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ck.Close()
+	b, err := ck.Bytes("w")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range [][2]int{{0, len(b)}, {1, 5}, {100, len(b) - 3}, {7, 7}} {
+		part := b[r[0]:r[1]]
+		AdviseBytes(part, WillNeed)
+		Populate(part)
+		AdviseBytes(part, DontNeed)
+		if !bytes.Equal(part, data[r[0]:r[1]]) {
+			t.Errorf("bytes [%d, %d) changed", r[0], r[1])
+		}
+	}
+	Populate(nil)
+	AdviseBytes(nil, DontNeed)
+	var calls int
+	failing := func([]byte, int) error { calls++; return errors.New("EINVAL") }
+	populate(b[10:], failing)
+	populate(nil, failing)
+	if calls != 1 {
+		t.Errorf("madvise called %d times, want 1 (not for an empty slice)", calls)
+	}
+	if !bytes.Equal(b, data) {
+		t.Error("the fallback changed the bytes")
+	}
+}

@@ -2,13 +2,20 @@
 // mergekit-style configuration, maps the base and fine-tuned checkpoints,
 // and produces the merged checkpoint tensor by tensor.
 //
-// The pipeline per output tensor is read → merge → write: the kernel is
-// asked to prefetch the next tensors' pages (reads ahead), the merge runs on
-// all cores (gocore/merge's Merger), and a writer goroutine stores finished
-// tensors into their shard while the next one is merged (writes behind).
-// Merged input pages are dropped from the process's resident set, so peak
-// memory is a small multiple of the largest tensor, not of the model. With
-// scope global, the engine first ranks every tensor (one extra read pass).
-// Everything is written into a temporary folder beside the destination and
-// renamed into place at the end.
+// The pipeline per output tensor is read → merge → write. A prefetcher
+// goroutine asks the kernel for the inputs of the tensors ahead, in order,
+// in 2 MB pieces (madvise WILLNEED queues the reads without waiting, so the
+// disk sees many large requests at once), up to a window of input bytes
+// beyond the tensor being merged (Options.ReadAhead, 512 MiB by default;
+// these pages sit in the page cache, not in the resident set). The merge
+// loop maps the tensor's input pages (waiting for any still being read),
+// merges on all cores (gocore/merge's Merger: for a per-tensor top-k, its
+// ranking pass and merge pass both run over the pages mapped once), drops
+// the pages from the resident set, and hands the result to a writer
+// goroutine that stores it into its shard while the next one is merged
+// (writes behind). Peak memory is a small multiple of the largest tensor,
+// not of the model. With scope global, the engine first ranks every tensor
+// (one extra read pass). Result.Timing tells where the time went. Everything
+// is written into a temporary folder beside the destination and renamed
+// into place at the end.
 package stream

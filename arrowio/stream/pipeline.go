@@ -28,7 +28,10 @@ type Options struct {
 	Threads      int    // ≤ 0: all cores
 	DType        string // output dtype override (--dtype)
 	AllowMissing bool   // keep the base's tensor where a model lacks one
-	Force        bool   // replace a non-empty OutDir
+	// ReadAhead bounds how many input bytes are read ahead of the tensor
+	// being merged (into the page cache, not the resident set); ≤ 0: 512 MiB.
+	ReadAhead int64
+	Force     bool // replace a non-empty OutDir
 	// Progress receives a progress line now and then (nil: none).
 	Progress io.Writer
 }
@@ -43,6 +46,20 @@ type Result struct {
 	Seconds      float64        `json:"seconds"`
 	Notes        []string       `json:"notes"`
 	Report       map[string]any `json:"report,omitempty"`
+	Timing       Timing         `json:"timing"`
+}
+
+// Timing splits a run's wall time by what the merge loop spent it on, in
+// seconds. ReadWait + Merge + WriteWait + Finish + Plan ≈ Result.Seconds;
+// Writer overlaps with the rest (the writer's own goroutine).
+type Timing struct {
+	Plan      float64 `json:"plan_s"`       // open and validate the inputs, plan tensors and shards
+	ReadWait  float64 `json:"read_wait_s"`  // wait for input pages the read-ahead had not brought in yet
+	Merge     float64 `json:"merge_s"`      // merge (or convert, copy) into the output buffers
+	WriteWait float64 `json:"write_wait_s"` // wait for the writer: a free buffer or a queue slot
+	Finish    float64 `json:"finish_s"`     // last writes and fsyncs, index, config files, rename
+	Writer    float64 `json:"writer_s"`     // the writer goroutine's time writing and closing shards
+	Sync      float64 `json:"sync_s"`       // of which closing shards: fsync, rename
 }
 
 // DefaultShardSize is mergekit's and transformers' 5 GB.
@@ -54,7 +71,7 @@ type job struct {
 	merged int                    // index in the Merger, or -1 for a copy
 	copyOf []byte                 // base bytes to copy
 	conv   tensor.DType           // copyOf's float dtype when it must be converted to info.DType, else 0
-	names  []string               // tensors to advise (inputs)
+	inputs [][]byte               // the input bytes this job reads (slices of the mappings)
 	read   int64                  // input bytes this job reads
 }
 
@@ -120,16 +137,27 @@ func Run(ctx context.Context, cfg *Config, opt Options) (res *Result, err error)
 	}()
 	w := newWriter(out.Dir(), shards, cfg, outDT)
 	defer w.abort()
+	inputs := make([][][]byte, len(jobs))
+	for i, j := range jobs {
+		inputs[i] = j.inputs
+	}
+	pf := newPrefetcher(inputs, opt.ReadAhead, 0, func(b []byte) { checkpoint.AdviseBytes(b, checkpoint.WillNeed) })
+	defer pf.close()
 	prog := newProgress(opt.Progress, len(jobs), totalBytes(infos))
+	tm := &res.Timing
+	tm.Plan = time.Since(start).Seconds()
 	for i := range jobs {
 		if cerr := ctx.Err(); cerr != nil {
 			return nil, fmt.Errorf("merge cancelled: %w", cerr)
 		}
-		for k := i + 1; k <= i+2 && k < len(jobs); k++ { // read ahead
-			adviseAll(jobs[k].names, base, models, checkpoint.WillNeed)
-		}
 		j := &jobs[i]
+		t0 := time.Now()
+		for _, b := range j.inputs {
+			checkpoint.Populate(b)
+		}
+		t1 := time.Now()
 		buf := w.buffer(j.info.ByteLen())
+		t2 := time.Now()
 		if j.merged >= 0 {
 			v, verr := tensor.FromBytes(buf, mustTensorDType(j.info.DType))
 			if verr != nil {
@@ -145,13 +173,23 @@ func Run(ctx context.Context, cfg *Config, opt Options) (res *Result, err error)
 		} else {
 			copy(buf, j.copyOf)
 		}
-		adviseAll(j.names, base, models, checkpoint.DontNeed)
+		for _, b := range j.inputs {
+			checkpoint.AdviseBytes(b, checkpoint.DontNeed)
+		}
+		pf.release(i)
+		t3 := time.Now()
 		if werr := w.put(j.info.Name, buf); werr != nil {
 			return nil, werr
 		}
+		t4 := time.Now()
+		tm.ReadWait += t1.Sub(t0).Seconds()
+		tm.WriteWait += t2.Sub(t1).Seconds() + t4.Sub(t3).Seconds()
+		tm.Merge += t3.Sub(t2).Seconds()
 		res.BytesRead += j.read
 		prog.step(j.info.ByteLen())
 	}
+	pf.close()
+	tFinish := time.Now()
 	if err = w.finish(); err != nil {
 		return nil, err
 	}
@@ -175,7 +213,11 @@ func Run(ctx context.Context, cfg *Config, opt Options) (res *Result, err error)
 	res.Tensors = len(jobs)
 	res.Shards = len(shards)
 	res.BytesWritten = totalBytes(infos)
-	res.Seconds = time.Since(start).Seconds()
+	end := time.Now()
+	res.Seconds = end.Sub(start).Seconds()
+	tm.Finish = end.Sub(tFinish).Seconds()
+	tm.Writer = w.busy.Seconds()
+	tm.Sync = w.sync.Seconds()
 	res.Report = merger.Report()
 	return res, nil
 }
@@ -190,11 +232,12 @@ func plan(cfg *Config, opt Options, base *checkpoint.Checkpoint, models []*check
 	for _, name := range base.Names() {
 		bi, _ := base.Info(name)
 		bdt, floatOK := checkpoint.KernelDType(bi.DType)
-		j := job{info: bi, merged: -1, names: []string{name}}
+		j := job{info: bi, merged: -1}
 		if !floatOK {
 			// Integer and boolean buffers are copied from the base.
 			j.copyOf, _ = base.Bytes(name)
 			j.read = int64(len(j.copyOf))
+			j.inputs = [][]byte{j.copyOf}
 			jobs = append(jobs, j)
 			continue
 		}
@@ -206,6 +249,7 @@ func plan(cfg *Config, opt Options, base *checkpoint.Checkpoint, models []*check
 			bad = append(bad, err.Error())
 			continue
 		}
+		j.inputs = append(j.inputs, bb)
 		for mi, m := range models {
 			mi2, ok := m.Info(name)
 			if !ok {
@@ -233,12 +277,13 @@ func plan(cfg *Config, opt Options, base *checkpoint.Checkpoint, models []*check
 				continue
 			}
 			inputs = append(inputs, mv)
+			j.inputs = append(j.inputs, mb)
 			j.read += int64(len(mb))
 		}
 		j.read += int64(len(bb))
 		if missing {
 			// The base's tensor is kept, in the output dtype like the rest.
-			j.copyOf, j.read = bb, int64(len(bb))
+			j.copyOf, j.read, j.inputs = bb, int64(len(bb)), [][]byte{bb}
 			if outDT != 0 && outDT != bdt {
 				j.conv = bdt
 				j.info.DType = checkpoint.FromKernel(outDT)
@@ -321,15 +366,6 @@ func totalBytes(infos []safetensors.TensorInfo) int64 {
 		n += t.ByteLen()
 	}
 	return n
-}
-
-func adviseAll(names []string, base *checkpoint.Checkpoint, models []*checkpoint.Checkpoint, advice int) {
-	for _, n := range names {
-		base.Advise(n, advice)
-		for _, m := range models {
-			m.Advise(n, advice)
-		}
-	}
 }
 
 func modelList(cfg *Config) string {

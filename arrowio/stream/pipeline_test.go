@@ -806,3 +806,38 @@ func TestRunReportsNeuroScales(t *testing.T) {
 		t.Fatalf("report %v lacks lam2", res.Report)
 	}
 }
+
+// The read-ahead window changes when inputs are read, never what is
+// written: a window smaller than any tensor (the next tensor is still read
+// ahead) and the default give the same output, and the timing adds up.
+func TestRunReadAheadWindow(t *testing.T) {
+	base, models := family(41, withDType(defaultSpecs, safetensors.BF16), 3)
+	var outs []tensors
+	var text string
+	for _, ra := range []int64{1, 0, 1 << 40} {
+		root, basePath, paths := setup(t, base, models, 2)
+		text = yamlConfig("ties", basePath, paths, "density: 0.4", nil, "")
+		res, out, err := run(t, context.Background(), root, text, Options{ReadAhead: ra})
+		if err != nil {
+			t.Fatal(err)
+		}
+		outs = append(outs, readAll(t, out))
+		tm := res.Timing
+		parts := tm.Plan + tm.ReadWait + tm.Merge + tm.WriteWait + tm.Finish
+		for _, v := range []float64{tm.Plan, tm.ReadWait, tm.Merge, tm.WriteWait, tm.Finish, tm.Writer} {
+			if v < 0 {
+				t.Errorf("timing %+v has a negative part", tm)
+			}
+		}
+		if parts > res.Seconds*1.01+1e-3 || tm.Merge <= 0 || tm.Writer <= 0 {
+			t.Errorf("timing %+v does not fit %.4f s", tm, res.Seconds)
+		}
+	}
+	want := reference(t, mustParse(t, text), base, models, 0)
+	for i, o := range outs {
+		assertEqual(t, o, want)
+		if i > 0 {
+			assertEqual(t, o, outs[0])
+		}
+	}
+}

@@ -38,6 +38,8 @@ type writer struct {
 	done    chan struct{}
 	mu      sync.Mutex
 	err     error
+	busy    time.Duration // time spent in write (read by the loop's owner after done)
+	sync    time.Duration // of which closing shards (fsync, rename)
 }
 
 type item struct {
@@ -66,7 +68,9 @@ func (w *writer) loop() {
 	defer close(w.done)
 	for it := range w.queue {
 		if w.failed() == nil {
+			t := time.Now()
 			w.setErr(w.write(it))
+			w.busy += time.Since(t)
 		}
 		select {
 		case w.free <- it.buf:
@@ -89,7 +93,9 @@ func (w *writer) write(it item) error {
 	}
 	w.left[s]--
 	if w.left[s] == 0 {
+		t := time.Now()
 		err := w.open[s].Close()
+		w.sync += time.Since(t)
 		w.open[s] = nil
 		return err
 	}

@@ -55,6 +55,7 @@ def merge_checkpoints(
     allow_missing: bool = False,
     force: bool = False,
     quiet: bool = False,
+    timing: bool = False,
 ) -> Path:
     """Merge checkpoints on disk as a mergekit-style configuration describes.
 
@@ -84,6 +85,14 @@ def merge_checkpoints(
     quiet
         No progress line and no notes on stderr (the progress line is also
         off when stderr is not a terminal).
+    timing
+        Print where the time went on stderr (even with ``quiet``), as one line
+        ``npsfuse: timing: {JSON}`` with seconds: ``plan_s`` (open, check,
+        plan), ``read_wait_s`` (waiting for input pages the read-ahead had not
+        brought in yet), ``merge_s``, ``write_wait_s`` (waiting for the
+        writer), ``finish_s`` (last writes, index, rename), and ``writer_s`` /
+        ``sync_s`` (the writer's own busy time / closing shards, overlapped
+        with the rest), plus ``seconds`` (the whole run).
 
     Returns
     -------
@@ -147,4 +156,7 @@ def merge_checkpoints(
         if "lam2" in report:  # NeuroMerging's chosen scales
             print(f"npsfuse: neuro: lam1 = {report.get('lam1')}, lam2 = {report['lam2']}"
                   + (" (automatic)" if report.get("lam2_auto") else ""), file=sys.stderr)
+    if timing:
+        t = dict(result.get("timing") or {}, seconds=result.get("seconds"))
+        print(f"npsfuse: timing: {json.dumps(t)}", file=sys.stderr)
     return Path(result["out_dir"])

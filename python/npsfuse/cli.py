@@ -23,6 +23,7 @@ def _merge(args: argparse.Namespace) -> int:
         allow_missing=args.allow_missing,
         force=args.force,
         quiet=args.quiet,
+        timing=args.timing,
     )
     if not args.quiet:
         print(out)
@@ -49,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the base's tensor where a model lacks one (with a warning)")
     m.add_argument("--force", action="store_true", help="replace a non-empty output folder")
     m.add_argument("--quiet", action="store_true", help="no progress line, no notes")
+    m.add_argument("--timing", action="store_true",
+                   help="print where the time went (reading, merging, writing) on stderr")
     m.set_defaults(func=_merge)
     from ._cli_nps import add_commands
 
