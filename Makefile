@@ -76,9 +76,11 @@ fuzz:
 	go test ./daemon/config -run XXX -fuzz FuzzParseSize -fuzztime 10s
 	go test ./daemon/config -run XXX -fuzz FuzzParseAddress -fuzztime 10s
 
-## demo: a tiny base model and three fine-tunes, merged by every method
+## demo: a tiny base model and three fine-tunes merged by every method (checked against the
+## NumPy reference), then the short study on MiniLM fine-tunes (experiments/run.py --demo)
 demo: install
 	$(VENV)/bin/python -m npsfuse.demo
+	$(VENV)/bin/python experiments/run.py --demo
 
 ## experiment: the papers' comparisons on MiniLM fine-tunes (results in experiments/results/)
 experiment: install

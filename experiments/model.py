@@ -59,20 +59,50 @@ class Encoder:
         return {k: v.detach().clone() for k, v in self.top.state_dict().items()}
 
     @torch.no_grad()
-    def features(self, texts: list[str], labels: list[int], batch: int = 128) -> Features:
-        """Run the frozen bottom once over ``texts``."""
-        hs, ms = [], []
-        for i in range(0, len(texts), batch):
-            enc = self.tok(texts[i:i + batch], padding="max_length", truncation=True,
+    def features(self, texts: list[str], labels: list[int], batch: int = 64) -> Features:
+        """Run the frozen bottom once over ``texts``.
+
+        Texts are batched by length and each batch is padded only to its
+        longest text (the stored tensors are padded to ``max_len`` with
+        masked zeros), so short texts cost little.
+
+        Parameters
+        ----------
+        texts, labels
+            The examples.
+        batch
+            Texts per forward pass.
+
+        Returns
+        -------
+        Features
+            Hidden states (float16), masks and labels, in the order of ``texts``.
+        """
+        n = len(texts)
+        hidden = torch.zeros(n, self.max_len, self.hidden_size, dtype=torch.float16)
+        mask = torch.zeros(n, self.max_len, dtype=torch.bool)
+        lengths = [len(ids) for ids in self.tok(texts, truncation=True,
+                                                 max_length=self.max_len)["input_ids"]]
+        order = sorted(range(n), key=lengths.__getitem__)
+        for i in range(0, n, batch):
+            idx = order[i:i + batch]
+            enc = self.tok([texts[j] for j in idx], padding="longest", truncation=True,
                            max_length=self.max_len, return_tensors="pt")
             h = self.bert.embeddings(input_ids=enc["input_ids"],
                                      token_type_ids=enc.get("token_type_ids"))
-            ext = _extended(enc["attention_mask"].bool(), h.dtype)
+            m = enc["attention_mask"].bool()
+            ext = _extended(m, h.dtype)
             for layer in self.bert.encoder.layer[: self.first_tuned]:
                 h = _out(layer(h, attention_mask=ext))
-            hs.append(h.half())
-            ms.append(enc["attention_mask"].bool())
-        return Features(torch.cat(hs), torch.cat(ms), torch.tensor(labels, dtype=torch.long))
+            L = h.shape[1]
+            hidden[idx, :L] = h.half()
+            mask[idx, :L] = m
+        return Features(hidden, mask, torch.tensor(labels, dtype=torch.long))
+
+    def lengths(self, texts: list[str]) -> list[int]:
+        """Token counts of ``texts`` after truncation to ``max_len`` (no model run)."""
+        return [len(ids) for ids in self.tok(texts, truncation=True,
+                                             max_length=self.max_len)["input_ids"]]
 
     def forward_top(self, params: dict[str, torch.Tensor], h: torch.Tensor,
                     mask: torch.Tensor) -> torch.Tensor:
