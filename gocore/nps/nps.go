@@ -8,6 +8,7 @@ import (
 	"github.com/npsfuse/npsfuse/gocore/linalg"
 	"github.com/npsfuse/npsfuse/gocore/parallel"
 	"github.com/npsfuse/npsfuse/gocore/topk"
+	"github.com/npsfuse/npsfuse/gocore/vec"
 )
 
 // Kind selects how tensors are split into subspaces.
@@ -270,9 +271,9 @@ func (t *decomp) reweight(w []float64, dst []float32) error {
 		return nil
 	}
 	wRes := float32(w[M-1])
-	// dst = w_M·τ in one parallel pass, then dst += U·diag(c)·Vᵀ: the same
-	// float32 operations, in the same order, as linalg.ApplyWeighted(τ copy,
-	// U, c, Vᵀ, w_M), which runs one gonum Sgemm (see addLowRank for why not).
+	// dst = w_M·τ in one parallel pass, then dst += U·diag(c)·Vᵀ (linalg's
+	// GEMM, beta = 1): together the float32 operations, in the same order,
+	// of linalg.ApplyWeighted(τ copy, U, c, Vᵀ, w_M).
 	parallel.For(parallel.NumChunks(len(t.tau)), func(_, c int) {
 		lo, hi := c*parallel.Chunk, min((c+1)*parallel.Chunk, len(t.tau))
 		d := dst[lo:hi]
@@ -284,15 +285,13 @@ func (t *decomp) reweight(w []float64, dst []float32) error {
 			clear(d) // as BLAS does for beta = 0 (no −0 from 0·(−x))
 			return
 		}
-		for j, x := range t.tau[lo:hi] {
-			d[j] = wRes * x
-		}
+		vec.Scale(d, t.tau[lo:hi], wRes)
 	})
 	coef := make([]float32, len(t.svd.S))
 	for j, s := range t.svd.S {
 		coef[j] = (float32(w[t.band[j]]) - wRes) * s
 	}
-	if err := addLowRank(dst, t.svd.U, coef, t.svd.Vt); err != nil {
+	if err := linalg.ApplyWeighted(dst, t.svd.U, coef, t.svd.Vt, 1); err != nil {
 		return fmt.Errorf("tensor %q: %w", t.name, err)
 	}
 	return nil
@@ -316,9 +315,7 @@ func prune(xs [][]float32, keep float64, global bool) int64 {
 		src := func(c int, dst []uint32) []uint32 {
 			r := chunks[c]
 			dst = dst[:r.hi-r.lo]
-			for j, v := range xs[r.t][r.lo:r.hi] {
-				dst[j] = topk.AbsBits(v)
-			}
+			vec.AbsBits(dst, xs[r.t][r.lo:r.hi])
 			return dst
 		}
 		cut := topk.Select(k, n, len(chunks), src, parallel.Threads())
@@ -333,17 +330,7 @@ func prune(xs [][]float32, keep float64, global bool) int64 {
 				clear(x)
 				return
 			}
-			allow := cut.Allow(c)
-			for j, v := range x {
-				a := topk.AbsBits(v)
-				switch {
-				case a > cut.Bits:
-				case a == cut.Bits && allow != 0:
-					allow--
-				default:
-					x[j] = 0
-				}
-			}
+			vec.KeepTop(x, cut.Bits, cut.Allow(c))
 		})
 		kept += k
 	}

@@ -31,3 +31,7 @@ func keepTop(x []float32, b uint32, allow int) int { return keepTopGo(x, b, allo
 func disjointMean(out []float32, x [][]float32, w []float32, norm bool) {
 	disjointMeanGo(out, x, w, norm)
 }
+
+func absBits(dst []uint32, x []float32) { absBitsGo(dst, x) }
+
+func scale(out, x []float32, s float32) { scaleGo(out, x, s) }

@@ -99,3 +99,19 @@ func disjointMeanGo(out []float32, x [][]float32, w []float32, norm bool) {
 		out[j] = r
 	}
 }
+
+// AbsBits sets dst[j] to the bit pattern of |x[j]| (the sign bit cleared),
+// the key magnitude selection ranks by; x must be at least len(dst) long.
+func AbsBits(dst []uint32, x []float32) {
+	if len(x) < len(dst) {
+		panic("vec.AbsBits: input shorter than output")
+	}
+	absBits(dst, x[:len(dst)])
+}
+
+func absBitsGo(dst []uint32, x []float32) {
+	x = x[:len(dst)]
+	for j, v := range x {
+		dst[j] = math.Float32bits(v) & 0x7fffffff
+	}
+}

@@ -113,3 +113,16 @@ func disjointMean(out []float32, x [][]float32, w []float32, norm bool) {
 		disjointMeanGo(out[n:], tails(x, n), w, norm)
 	}
 }
+
+func absBits(dst []uint32, x []float32) {
+	if !accelerated {
+		absBitsGo(dst, x)
+		return
+	}
+	n := len(dst) &^ (lanes - 1)
+	m := archsimd.BroadcastUint32x8(0x7fffffff)
+	for j := 0; j < n; j += lanes {
+		archsimd.LoadFloat32x8Slice(x[j:]).AsUint32x8().And(m).StoreSlice(dst[j:])
+	}
+	absBitsGo(dst[n:], x[n:])
+}

@@ -33,6 +33,17 @@ func TestSelectionLoopsMatchScalar(t *testing.T) {
 		absDiffGo(want, a, b)
 		sameBits(t, "AbsDiff", got, want)
 
+		bits, wantBits := make([]uint32, n), make([]uint32, n)
+		AbsBits(bits, a)
+		absBitsGo(wantBits, a)
+		if !slices.Equal(bits, wantBits) {
+			t.Fatalf("n=%d: AbsBits differs", n)
+		}
+		sc, wantSc := make([]float32, n), make([]float32, n)
+		Scale(sc, a, -0.75)
+		scaleGo(wantSc, a, -0.75)
+		sameBits(t, "Scale", sc, wantSc)
+
 		mags := want
 		for _, win := range [][2]uint32{{0, 0}, {0, 0x3f800000}, {0x3f000000, 0x3fc00000}, {0x40000000, 0x7fffffff}, {1, 0x80000000}} {
 			ga, gc := CountWindow(mags, win[0], win[1], []uint32{42})

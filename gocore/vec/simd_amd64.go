@@ -182,3 +182,16 @@ func narrowBF16(dst []uint16, src []float32) {
 	}
 	narrowBF16Go(dst[n:], src[n:])
 }
+
+func scale(out, x []float32, s float32) {
+	if !accelerated {
+		scaleGo(out, x, s)
+		return
+	}
+	n := len(out) &^ (lanes - 1)
+	sv := archsimd.BroadcastFloat32x8(s)
+	for j := 0; j < n; j += lanes {
+		archsimd.LoadFloat32x8Slice(x[j:]).Mul(sv).StoreSlice(out[j:])
+	}
+	scaleGo(out[n:], x[n:], s)
+}

@@ -155,3 +155,18 @@ func narrowBF16Go(dst []uint16, src []float32) {
 		dst[j] = bf16Bits(x)
 	}
 }
+
+// Scale sets out[j] = s·x[j]; x must be at least len(out) long.
+func Scale(out, x []float32, s float32) {
+	if len(x) < len(out) {
+		panic("vec.Scale: input shorter than output")
+	}
+	scale(out, x[:len(out)], s)
+}
+
+func scaleGo(out, x []float32, s float32) {
+	x = x[:len(out)]
+	for j, v := range x {
+		out[j] = s * v
+	}
+}
