@@ -9,7 +9,7 @@ from pathlib import Path
 import npsfuse
 import pytest
 import torch
-from npsfuse.search_merge import _merge_fn
+from npsfuse._search_merge import _merge_fn
 
 SHAPES = {"a.weight": (20, 12), "a.bias": (12,), "b.weight": (6, 12)}
 

@@ -2,22 +2,19 @@
 
 The heavy work runs in Go kernels bound with gopy; tensors cross without
 copies through the Arrow C Data Interface.
+
+``import npsfuse`` loads only the Go extension: the parts that need PyTorch
+(:func:`merge`, :mod:`npsfuse.nps`, :class:`Evolver`, …) are imported on first
+use, so ``npsfuse merge`` on checkpoints never loads torch.
 """
 
 from __future__ import annotations
 
-from . import _core, compress, nps
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from . import _core
 from .checkpoint import merge_checkpoints
-from .client import Client
-from .evolve import Evolver, EvolverResult, search_merge
-from .merging import (
-    MergeResult,
-    get_num_threads,
-    merge,
-    methods,
-    set_num_threads,
-    task_vector,
-)
 
 __version__ = "0.1.0"
 
@@ -25,6 +22,52 @@ if _core.go.Version() != __version__:  # pragma: no cover - broken install
     raise ImportError(
         f"npsfuse {__version__} found Go core {_core.go.Version()}: reinstall the package"
     )
+
+if TYPE_CHECKING:
+    from . import compress, nps
+    from .client import Client
+    from .evolve import Evolver, EvolverResult, search_merge
+    from .merging import (
+        MergeResult,
+        get_num_threads,
+        merge,
+        methods,
+        set_num_threads,
+        task_vector,
+    )
+
+#: Public names defined in a submodule that imports torch: name → module.
+_LAZY = {
+    "Client": ".client",
+    "Evolver": ".evolve",
+    "EvolverResult": ".evolve",
+    "search_merge": ".evolve",
+    "MergeResult": ".merging",
+    "get_num_threads": ".merging",
+    "merge": ".merging",
+    "methods": ".merging",
+    "set_num_threads": ".merging",
+    "task_vector": ".merging",
+}
+_SUBMODULES = ("compress", "nps")
+
+
+def __getattr__(name: str) -> Any:
+    """Import the submodule behind a public name on first access (PEP 562)."""
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    if name in _LAZY:
+        module = importlib.import_module(_LAZY[name], __name__)
+        for n, m in _LAZY.items():  # bind every name the module provides
+            if m == _LAZY[name]:
+                globals()[n] = getattr(module, n)
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "Client",

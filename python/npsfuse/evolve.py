@@ -47,10 +47,10 @@ import torch
 
 from . import _core
 from ._bridge import SUPPORTED, ArrowPack
+from ._search_merge import SearchMergeResult, search_merge
 from ._state import ModelLike, StateDict, load_state_dict
 from .merging import _check_shapes, methods
 from .merging import merge as _merge
-from .search_merge import SearchMergeResult, search_merge
 
 __all__ = [
     "CADE_WEIGHT_SPACE", "STRATEGIES", "Evolver", "EvolverResult", "SearchMergeResult",
