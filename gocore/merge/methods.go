@@ -196,14 +196,7 @@ func (dare) apply(e *engine, m int, ch chunkRef, tau []float32) {
 		return
 	}
 	key := rng.Key(e.p.Seed, e.tensors[ch.ti].Name, m)
-	scale := 1 / d
-	for j := range tau {
-		if rng.Uniform(key, uint64(ch.lo+j)) < d {
-			tau[j] *= scale
-		} else {
-			tau[j] = 0
-		}
-	}
+	vec.DareDrop(tau, key, uint64(ch.lo), vec.DareThreshold(d), 1/d)
 }
 
 // weightedSum is task arithmetic (Ilharco et al. 2023, eq. 1):

@@ -13,7 +13,10 @@
 //	Uniform(k, i)   = (Bits(k, i) >> 40) · 2⁻²⁴   ∈ [0, 1), float32-exact
 package rng
 
-const golden = 0x9E3779B97F4A7C15
+// Golden is 2⁶⁴/φ, the stride of Bits' Weyl sequence.
+const Golden = 0x9E3779B97F4A7C15
+
+const golden uint64 = Golden
 
 // Mix is the SplitMix64 output function: a bijective 64-bit mixer.
 func Mix(z uint64) uint64 {

@@ -35,3 +35,7 @@ func disjointMean(out []float32, x [][]float32, w []float32, norm bool) {
 func absBits(dst []uint32, x []float32) { absBitsGo(dst, x) }
 
 func scale(out, x []float32, s float32) { scaleGo(out, x, s) }
+
+func dareDrop(tau []float32, key, start, thr uint64, scale float32) {
+	dareDropGo(tau, key, start, thr, scale)
+}
