@@ -117,6 +117,7 @@ func Merge(method, params string, nTensors, nModels, arrays, schemas int) (repor
 		}
 		ts[i] = merge.Tensor{Name: group[0].Name, Shape: group[0].Shape, Transposed: group[0].Transposed,
 			Base: group[0].Vec, Models: models, Out: group[per-1].Vec}
+		bridge.AdviseHugePages(group[per-1].Vec) // fresh output: fewer page faults
 	}
 	p := merge.DefaultParams(method)
 	p.Weights, p.Density, p.Densities, p.Lambda = mp.Weights, mp.Density, mp.Densities, mp.Lambda
