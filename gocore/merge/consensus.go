@@ -1,6 +1,10 @@
 package merge
 
-import "math"
+import (
+	"math"
+
+	"github.com/npsfuse/npsfuse/gocore/vec"
+)
 
 // Consensus merging with TALL masks (Wang, Dimitriadis et al., "Localizing
 // Task Information for Improved Model Merging and Compression", ICML 2024,
@@ -41,9 +45,9 @@ func (consensus) check(e *engine) error {
 
 func (c consensus) combine(e *engine, _ chunkRef, base []float32, models, taus [][]float32, out []float32) {
 	if c.ties {
-		disjointMeanInto(out, e.w, taus, e.p.Normalize)
+		vec.DisjointMean(out, taus, e.w, e.p.Normalize)
 	} else {
-		weightedSumInto(out, e.w, taus)
+		vec.WeightedSum(out, taus, e.w, 1)
 		if e.p.Normalize {
 			for j := range out {
 				out[j] /= e.wsum

@@ -223,14 +223,11 @@ func (weightedSum) combine(e *engine, _ chunkRef, base []float32, _, taus [][]fl
 	if e.p.Normalize {
 		lam /= e.wsum
 	}
-	weightedSumInto(out, e.w, taus)
+	vec.WeightedSum(out, taus, e.w, 1)
 	for j, b := range base[:len(out)] {
 		out[j] = b + lam*out[j]
 	}
 }
-
-// weightedSumInto sets out = Σ_m w[m]·x[m], accumulating in model order.
-func weightedSumInto(out, w []float32, x [][]float32) { vec.WeightedSum(out, x, w, 1) }
 
 // disjointMean is TIES' elect and disjoint merge (Yadav et al. 2023, §3,
 // eqs. for γ and τ_m): γ = sign(Σ w_t τ_t) with γ = +1 when the sum is 0
@@ -244,20 +241,10 @@ func (disjointMean) prepare(*engine, []int) error { return nil }
 
 func (disjointMean) combine(e *engine, _ chunkRef, base []float32, _, taus [][]float32, out []float32) {
 	lam := float32(e.p.Lambda)
-	disjointMeanInto(out, e.w, taus, e.p.Normalize)
+	vec.DisjointMean(out, taus, e.w, e.p.Normalize)
 	for j := range out {
 		out[j] = base[j] + lam*out[j]
 	}
-}
-
-// disjointMeanInto sets out to TIES' merged task vector (before λ and the
-// base): the (weighted, if norm) mean of the agreeing entries. The
-// agreement test runs on sign bits without branches (random signs defeat
-// branch prediction); a disagreeing entry adds +0 to the sums, which
-// leaves them bit for bit as skipping it would (they start at +0 and only
-// ever hold +0 or a sum of same-signed nonzero values).
-func disjointMeanInto(out, w []float32, taus [][]float32, norm bool) {
-	vec.DisjointMean(out, taus, w, norm)
 }
 
 // linear is the weighted average of the models, Σ w_t θ_t / Σ w_t (no

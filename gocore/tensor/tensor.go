@@ -166,15 +166,9 @@ func (v Vec) Store(src []float32, off int) {
 }
 
 // BF16Bits rounds x to bfloat16 (round to nearest, ties to even) and returns
-// its bit pattern. NaN stays NaN (quiet).
-func BF16Bits(x float32) uint16 {
-	b := math.Float32bits(x)
-	if b&0x7fffffff > 0x7f800000 { // NaN: keep it a quiet NaN
-		return uint16(b>>16) | 0x40
-	}
-	b += 0x7fff + (b>>16)&1
-	return uint16(b >> 16)
-}
+// its bit pattern. NaN stays NaN (quiet). It is vec.BF16Bits, the rounding
+// Store uses.
+func BF16Bits(x float32) uint16 { return vec.BF16Bits(x) }
 
 // HasNonFinite reports the index of the first NaN or ±Inf element, or -1.
 func (v Vec) HasNonFinite() int {

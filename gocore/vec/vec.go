@@ -139,8 +139,9 @@ func widenBF16Go(dst []float32, src []uint16) {
 	}
 }
 
-// bf16Bits rounds x to bfloat16 (nearest, ties to even; NaN stays quiet).
-func bf16Bits(x float32) uint16 {
+// BF16Bits rounds x to bfloat16 (nearest, ties to even) and returns its bit
+// pattern; NaN stays a quiet NaN with its sign and top payload bits.
+func BF16Bits(x float32) uint16 {
 	b := math.Float32bits(x)
 	if b&0x7fffffff > 0x7f800000 {
 		return uint16(b>>16) | 0x40
@@ -152,7 +153,7 @@ func bf16Bits(x float32) uint16 {
 func narrowBF16Go(dst []uint16, src []float32) {
 	src = src[:len(dst)]
 	for j, x := range src {
-		dst[j] = bf16Bits(x)
+		dst[j] = BF16Bits(x)
 	}
 }
 
