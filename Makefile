@@ -94,6 +94,7 @@ bench: install
 	$(VENV)/bin/python bench/bench_cma.py
 	$(VENV)/bin/python bench/bench_evolve.py
 	$(VENV)/bin/python bench/bench_daemon.py
+	$(VENV)/bin/python bench/bench_simd.py
 
 ## bench-cli: npsfuse merge vs mergekit-yaml on a generated 1.1B-parameter model
 ## (≈ 20 GB disk, ≈ 30 min; mergekit is pip-installed into bench/work/mergekit-venv on first use)

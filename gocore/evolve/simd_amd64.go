@@ -14,6 +14,15 @@ import (
 // run the scalar path in the same binary.
 var accelerated = archsimd.X86.AVX2()
 
+// dense and mutate end their vector loops with archsimd.ClearAVXUpperBits
+// (VZEROUPPER), once per call, before the scalar tail and the caller's code
+// run: Go's scalar float code is legacy SSE, which Intel CPUs slow down many
+// times over while the vector registers' upper halves are dirty (see the
+// same note in package vec). Between the first vector instruction and that
+// clear no legacy SSE may run either: dense copies the generator state
+// before its vector code starts (the copy is SSE), and the dense* loops
+// build their vectors themselves.
+
 // lanes is the vector width in float32 elements.
 const lanes = 8
 
@@ -63,8 +72,8 @@ func count(c archsimd.Int32x8) int64 {
 	var a [lanes]int32
 	c.Store(&a)
 	var s int64
-	for _, v := range a {
-		s -= int64(v)
+	for i := range a { // by index: ranging over the array copies it with SSE
+		s -= int64(a[i])
 	}
 	return s
 }
@@ -81,19 +90,18 @@ func (k *kernel) dense(dst, xi []float32, refs [3][]float32, r *search.RNG, thr 
 	if !accelerated || n == 0 {
 		return k.denseGo(dst, xi, refs, r, thr, jr)
 	}
-	m := newMaskVecs(thr, jr, n)
-	full := n / lanes
-	f := archsimd.BroadcastFloat32x8(k.f)
 	st := r.State()
+	full := n / lanes
 	var taken int64
 	switch k.c.Strategy {
 	case StrategyEvolver:
-		taken = denseEvolver(groups(dst, full), groups(xi, full), groups(refs[0], full), &st, f, &m)
+		taken = denseEvolver(groups(dst, full), groups(xi, full), groups(refs[0], full), &st, k.f, thr, jr, n)
 	case search.Rand1Bin, search.Best1Bin:
-		taken = denseDiff(groups(dst, full), groups(xi, full), groups(refs[0], full), groups(refs[1], full), groups(refs[2], full), &st, f, &m)
+		taken = denseDiff(groups(dst, full), groups(xi, full), groups(refs[0], full), groups(refs[1], full), groups(refs[2], full), &st, k.f, thr, jr, n)
 	case search.CurrentToBest1Bin:
-		taken = denseCurrentToBest(groups(dst, full), groups(xi, full), groups(refs[0], full), groups(refs[1], full), groups(refs[2], full), &st, f, &m)
+		taken = denseCurrentToBest(groups(dst, full), groups(xi, full), groups(refs[0], full), groups(refs[1], full), groups(refs[2], full), &st, k.f, thr, jr, n)
 	}
+	archsimd.ClearAVXUpperBits()
 	// A valid state never steps to all zero, the one state SetState rejects.
 	_ = r.SetState(st)
 	if a := full * lanes; a < n {
@@ -125,10 +133,13 @@ func maskWords(s0, s1, s2, s3 uint64) (u archsimd.Uint16x8, n0, n1, n2, n3 uint6
 	return v.SetElem(0, w0).SetElem(1, w1).AsUint16x8(), s0, s1, s2, s3
 }
 
-// denseEvolver: donor x + F·(ref − x).
-func denseEvolver(dst, xi, ref []group, st *search.RNGState, f archsimd.Float32x8, m *maskVecs) int64 {
+// denseEvolver: donor x + F·(ref − x), F = fs; the mask of threshold thr
+// and forced index jr over the piece of n elements (see newMaskVecs).
+func denseEvolver(dst, xi, ref []group, st *search.RNGState, fs float32, thr uint64, jr, n int) int64 {
 	xi, ref = xi[:len(dst)], ref[:len(dst)]
 	s0, s1, s2, s3 := st[0], st[1], st[2], st[3]
+	m := newMaskVecs(thr, jr, n)
+	f := archsimd.BroadcastFloat32x8(fs)
 	idx := archsimd.LoadInt32x8(&iota8)
 	var cnt archsimd.Int32x8
 	var u archsimd.Uint16x8
@@ -146,9 +157,11 @@ func denseEvolver(dst, xi, ref []group, st *search.RNGState, f archsimd.Float32x
 }
 
 // denseDiff: donor r0 + F·(r1 − r2).
-func denseDiff(dst, xi, r0, r1, r2 []group, st *search.RNGState, f archsimd.Float32x8, m *maskVecs) int64 {
+func denseDiff(dst, xi, r0, r1, r2 []group, st *search.RNGState, fs float32, thr uint64, jr, n int) int64 {
 	xi, r0, r1, r2 = xi[:len(dst)], r0[:len(dst)], r1[:len(dst)], r2[:len(dst)]
 	s0, s1, s2, s3 := st[0], st[1], st[2], st[3]
+	m := newMaskVecs(thr, jr, n)
+	f := archsimd.BroadcastFloat32x8(fs)
 	idx := archsimd.LoadInt32x8(&iota8)
 	var cnt archsimd.Int32x8
 	var u archsimd.Uint16x8
@@ -166,9 +179,11 @@ func denseDiff(dst, xi, r0, r1, r2 []group, st *search.RNGState, f archsimd.Floa
 }
 
 // denseCurrentToBest: donor x + F·(best − x) + F·(r1 − r2), best = r0.
-func denseCurrentToBest(dst, xi, r0, r1, r2 []group, st *search.RNGState, f archsimd.Float32x8, m *maskVecs) int64 {
+func denseCurrentToBest(dst, xi, r0, r1, r2 []group, st *search.RNGState, fs float32, thr uint64, jr, n int) int64 {
 	xi, r0, r1, r2 = xi[:len(dst)], r0[:len(dst)], r1[:len(dst)], r2[:len(dst)]
 	s0, s1, s2, s3 := st[0], st[1], st[2], st[3]
+	m := newMaskVecs(thr, jr, n)
+	f := archsimd.BroadcastFloat32x8(fs)
 	idx := archsimd.LoadInt32x8(&iota8)
 	var cnt archsimd.Int32x8
 	var u archsimd.Uint16x8
@@ -226,6 +241,7 @@ func (k *kernel) mutate(dst, xi []float32, refs [3][]float32) {
 				archsimd.LoadFloat32x8Slice(r1[j:]).Sub(archsimd.LoadFloat32x8Slice(r2[j:])).Mul(fv)).StoreSlice(dst[j:])
 		}
 	}
+	archsimd.ClearAVXUpperBits()
 	if full < n {
 		k.mutateGo(dst[full:], xi[full:], [3][]float32{tail(refs[0], full), tail(refs[1], full), tail(refs[2], full)})
 	}

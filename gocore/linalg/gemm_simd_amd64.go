@@ -7,6 +7,18 @@ import (
 	"unsafe"
 )
 
+// Each kernel ends with archsimd.ClearAVXUpperBits (VZEROUPPER), once per
+// call: the packing and the rest of the program are scalar Go, compiled to
+// legacy SSE instructions, which Intel CPUs slow down many times over while
+// the vector registers' upper halves are dirty (see package vec). For the
+// same reason the careful kernels test A's entries for zero on their bits
+// and load them only into the broadcasts: a float compare (UCOMISS) and the
+// load it needs (MOVSS) would be legacy SSE between vector instructions.
+
+// nonzero reports whether the float32 at p is not ±0 (as p's value != 0:
+// NaNs are nonzero), without a float compare.
+func nonzero(p unsafe.Pointer) bool { return *(*uint32)(p)&0x7fffffff != 0 }
+
 // Panel widths of the vector kernels (2 rows each): five 16-lane vectors
 // (AVX-512) and five 8-lane vectors (AVX2), each computed as 3 + 2.
 const (
@@ -98,6 +110,7 @@ func kernel512(kc int, ap, bp, acc []float32) {
 		c10.Store((*[16]float32)(t[128:144]))
 		c11.Store((*[16]float32)(t[144:160]))
 	}
+	archsimd.ClearAVXUpperBits()
 }
 
 // kernel512Careful is kernel512 with zero skipping: a row whose A entry
@@ -120,11 +133,12 @@ func kernel512Careful(kc int, ap, bp, acc []float32) {
 		c11 := archsimd.LoadFloat32x16((*[16]float32)(t[96:112]))
 		c12 := archsimd.LoadFloat32x16((*[16]float32)(t[112:128]))
 		for p := 0; p < kc; p++ {
-			a0, a1 := *(*float32)(unsafe.Add(pa, 8*p)), *(*float32)(unsafe.Add(pa, 8*p+4))
 			b := unsafe.Add(pb, 320*p+0)
+			p0, p1 := unsafe.Add(pa, 8*p), unsafe.Add(pa, 8*p+4)
+			n0, n1 := nonzero(p0), nonzero(p1)
 			switch {
-			case a0 != 0 && a1 != 0:
-				x0, x1 := archsimd.BroadcastFloat32x16(a0), archsimd.BroadcastFloat32x16(a1)
+			case n0 && n1:
+				x0, x1 := archsimd.BroadcastFloat32x16(*(*float32)(p0)), archsimd.BroadcastFloat32x16(*(*float32)(p1))
 				v0 := archsimd.LoadFloat32x16((*[16]float32)(unsafe.Add(b, 0)))
 				c00 = c00.Add(v0.Mul(x0))
 				c10 = c10.Add(v0.Mul(x1))
@@ -134,13 +148,13 @@ func kernel512Careful(kc int, ap, bp, acc []float32) {
 				v2 := archsimd.LoadFloat32x16((*[16]float32)(unsafe.Add(b, 128)))
 				c02 = c02.Add(v2.Mul(x0))
 				c12 = c12.Add(v2.Mul(x1))
-			case a0 != 0:
-				x := archsimd.BroadcastFloat32x16(a0)
+			case n0:
+				x := archsimd.BroadcastFloat32x16(*(*float32)(p0))
 				c00 = c00.Add(archsimd.LoadFloat32x16((*[16]float32)(unsafe.Add(b, 0))).Mul(x))
 				c01 = c01.Add(archsimd.LoadFloat32x16((*[16]float32)(unsafe.Add(b, 64))).Mul(x))
 				c02 = c02.Add(archsimd.LoadFloat32x16((*[16]float32)(unsafe.Add(b, 128))).Mul(x))
-			case a1 != 0:
-				x := archsimd.BroadcastFloat32x16(a1)
+			case n1:
+				x := archsimd.BroadcastFloat32x16(*(*float32)(p1))
 				c10 = c10.Add(archsimd.LoadFloat32x16((*[16]float32)(unsafe.Add(b, 0))).Mul(x))
 				c11 = c11.Add(archsimd.LoadFloat32x16((*[16]float32)(unsafe.Add(b, 64))).Mul(x))
 				c12 = c12.Add(archsimd.LoadFloat32x16((*[16]float32)(unsafe.Add(b, 128))).Mul(x))
@@ -160,23 +174,24 @@ func kernel512Careful(kc int, ap, bp, acc []float32) {
 		c10 := archsimd.LoadFloat32x16((*[16]float32)(t[128:144]))
 		c11 := archsimd.LoadFloat32x16((*[16]float32)(t[144:160]))
 		for p := 0; p < kc; p++ {
-			a0, a1 := *(*float32)(unsafe.Add(pa, 8*p)), *(*float32)(unsafe.Add(pa, 8*p+4))
 			b := unsafe.Add(pb, 320*p+192)
+			p0, p1 := unsafe.Add(pa, 8*p), unsafe.Add(pa, 8*p+4)
+			n0, n1 := nonzero(p0), nonzero(p1)
 			switch {
-			case a0 != 0 && a1 != 0:
-				x0, x1 := archsimd.BroadcastFloat32x16(a0), archsimd.BroadcastFloat32x16(a1)
+			case n0 && n1:
+				x0, x1 := archsimd.BroadcastFloat32x16(*(*float32)(p0)), archsimd.BroadcastFloat32x16(*(*float32)(p1))
 				v0 := archsimd.LoadFloat32x16((*[16]float32)(unsafe.Add(b, 0)))
 				c00 = c00.Add(v0.Mul(x0))
 				c10 = c10.Add(v0.Mul(x1))
 				v1 := archsimd.LoadFloat32x16((*[16]float32)(unsafe.Add(b, 64)))
 				c01 = c01.Add(v1.Mul(x0))
 				c11 = c11.Add(v1.Mul(x1))
-			case a0 != 0:
-				x := archsimd.BroadcastFloat32x16(a0)
+			case n0:
+				x := archsimd.BroadcastFloat32x16(*(*float32)(p0))
 				c00 = c00.Add(archsimd.LoadFloat32x16((*[16]float32)(unsafe.Add(b, 0))).Mul(x))
 				c01 = c01.Add(archsimd.LoadFloat32x16((*[16]float32)(unsafe.Add(b, 64))).Mul(x))
-			case a1 != 0:
-				x := archsimd.BroadcastFloat32x16(a1)
+			case n1:
+				x := archsimd.BroadcastFloat32x16(*(*float32)(p1))
 				c10 = c10.Add(archsimd.LoadFloat32x16((*[16]float32)(unsafe.Add(b, 0))).Mul(x))
 				c11 = c11.Add(archsimd.LoadFloat32x16((*[16]float32)(unsafe.Add(b, 64))).Mul(x))
 			}
@@ -186,6 +201,7 @@ func kernel512Careful(kc int, ap, bp, acc []float32) {
 		c10.Store((*[16]float32)(t[128:144]))
 		c11.Store((*[16]float32)(t[144:160]))
 	}
+	archsimd.ClearAVXUpperBits()
 }
 
 // kernel256 is the 2×40 AVX2 microkernel, for panels of A without
@@ -252,6 +268,7 @@ func kernel256(kc int, ap, bp, acc []float32) {
 		c10.Store((*[8]float32)(t[64:72]))
 		c11.Store((*[8]float32)(t[72:80]))
 	}
+	archsimd.ClearAVXUpperBits()
 }
 
 // kernel256Careful is kernel256 with zero skipping: a row whose A entry
@@ -274,11 +291,12 @@ func kernel256Careful(kc int, ap, bp, acc []float32) {
 		c11 := archsimd.LoadFloat32x8((*[8]float32)(t[48:56]))
 		c12 := archsimd.LoadFloat32x8((*[8]float32)(t[56:64]))
 		for p := 0; p < kc; p++ {
-			a0, a1 := *(*float32)(unsafe.Add(pa, 8*p)), *(*float32)(unsafe.Add(pa, 8*p+4))
 			b := unsafe.Add(pb, 160*p+0)
+			p0, p1 := unsafe.Add(pa, 8*p), unsafe.Add(pa, 8*p+4)
+			n0, n1 := nonzero(p0), nonzero(p1)
 			switch {
-			case a0 != 0 && a1 != 0:
-				x0, x1 := archsimd.BroadcastFloat32x8(a0), archsimd.BroadcastFloat32x8(a1)
+			case n0 && n1:
+				x0, x1 := archsimd.BroadcastFloat32x8(*(*float32)(p0)), archsimd.BroadcastFloat32x8(*(*float32)(p1))
 				v0 := archsimd.LoadFloat32x8((*[8]float32)(unsafe.Add(b, 0)))
 				c00 = c00.Add(v0.Mul(x0))
 				c10 = c10.Add(v0.Mul(x1))
@@ -288,13 +306,13 @@ func kernel256Careful(kc int, ap, bp, acc []float32) {
 				v2 := archsimd.LoadFloat32x8((*[8]float32)(unsafe.Add(b, 64)))
 				c02 = c02.Add(v2.Mul(x0))
 				c12 = c12.Add(v2.Mul(x1))
-			case a0 != 0:
-				x := archsimd.BroadcastFloat32x8(a0)
+			case n0:
+				x := archsimd.BroadcastFloat32x8(*(*float32)(p0))
 				c00 = c00.Add(archsimd.LoadFloat32x8((*[8]float32)(unsafe.Add(b, 0))).Mul(x))
 				c01 = c01.Add(archsimd.LoadFloat32x8((*[8]float32)(unsafe.Add(b, 32))).Mul(x))
 				c02 = c02.Add(archsimd.LoadFloat32x8((*[8]float32)(unsafe.Add(b, 64))).Mul(x))
-			case a1 != 0:
-				x := archsimd.BroadcastFloat32x8(a1)
+			case n1:
+				x := archsimd.BroadcastFloat32x8(*(*float32)(p1))
 				c10 = c10.Add(archsimd.LoadFloat32x8((*[8]float32)(unsafe.Add(b, 0))).Mul(x))
 				c11 = c11.Add(archsimd.LoadFloat32x8((*[8]float32)(unsafe.Add(b, 32))).Mul(x))
 				c12 = c12.Add(archsimd.LoadFloat32x8((*[8]float32)(unsafe.Add(b, 64))).Mul(x))
@@ -314,23 +332,24 @@ func kernel256Careful(kc int, ap, bp, acc []float32) {
 		c10 := archsimd.LoadFloat32x8((*[8]float32)(t[64:72]))
 		c11 := archsimd.LoadFloat32x8((*[8]float32)(t[72:80]))
 		for p := 0; p < kc; p++ {
-			a0, a1 := *(*float32)(unsafe.Add(pa, 8*p)), *(*float32)(unsafe.Add(pa, 8*p+4))
 			b := unsafe.Add(pb, 160*p+96)
+			p0, p1 := unsafe.Add(pa, 8*p), unsafe.Add(pa, 8*p+4)
+			n0, n1 := nonzero(p0), nonzero(p1)
 			switch {
-			case a0 != 0 && a1 != 0:
-				x0, x1 := archsimd.BroadcastFloat32x8(a0), archsimd.BroadcastFloat32x8(a1)
+			case n0 && n1:
+				x0, x1 := archsimd.BroadcastFloat32x8(*(*float32)(p0)), archsimd.BroadcastFloat32x8(*(*float32)(p1))
 				v0 := archsimd.LoadFloat32x8((*[8]float32)(unsafe.Add(b, 0)))
 				c00 = c00.Add(v0.Mul(x0))
 				c10 = c10.Add(v0.Mul(x1))
 				v1 := archsimd.LoadFloat32x8((*[8]float32)(unsafe.Add(b, 32)))
 				c01 = c01.Add(v1.Mul(x0))
 				c11 = c11.Add(v1.Mul(x1))
-			case a0 != 0:
-				x := archsimd.BroadcastFloat32x8(a0)
+			case n0:
+				x := archsimd.BroadcastFloat32x8(*(*float32)(p0))
 				c00 = c00.Add(archsimd.LoadFloat32x8((*[8]float32)(unsafe.Add(b, 0))).Mul(x))
 				c01 = c01.Add(archsimd.LoadFloat32x8((*[8]float32)(unsafe.Add(b, 32))).Mul(x))
-			case a1 != 0:
-				x := archsimd.BroadcastFloat32x8(a1)
+			case n1:
+				x := archsimd.BroadcastFloat32x8(*(*float32)(p1))
 				c10 = c10.Add(archsimd.LoadFloat32x8((*[8]float32)(unsafe.Add(b, 0))).Mul(x))
 				c11 = c11.Add(archsimd.LoadFloat32x8((*[8]float32)(unsafe.Add(b, 32))).Mul(x))
 			}
@@ -340,4 +359,5 @@ func kernel256Careful(kc int, ap, bp, acc []float32) {
 		c10.Store((*[8]float32)(t[64:72]))
 		c11.Store((*[8]float32)(t[72:80]))
 	}
+	archsimd.ClearAVXUpperBits()
 }

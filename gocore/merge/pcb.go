@@ -5,6 +5,7 @@ import (
 
 	"github.com/npsfuse/npsfuse/gocore/parallel"
 	"github.com/npsfuse/npsfuse/gocore/topk"
+	"github.com/npsfuse/npsfuse/gocore/vec"
 )
 
 // PCB-merging (Du, Lee, Li et al., "Parameter Competition Balancing for
@@ -32,6 +33,11 @@ func init() {
 
 // pcbQ is the clip quantile q of the authors' code.
 const pcbQ = 1e-4
+
+// pcbClearEvery: the scoring loops call vec.ClearAVXUpper every that many
+// entries, so that math.Exp does not run 100× slower for the rest of a
+// chunk after an asynchronous preemption (see vec.ClearAVXUpper).
+const pcbClearEvery = 256
 
 // pcbCut holds one model's statistics over one unit.
 type pcbCut struct {
@@ -131,6 +137,9 @@ func (e *engine) pcbUnit(un unit, u, workers int) error {
 		}
 		n := ch.hi - ch.lo
 		for j := range n {
+			if j%pcbClearEvery == 0 {
+				vec.ClearAVXUpper()
+			}
 			s := pcbSum(taus, j)
 			for m, tau := range taus {
 				dst[m][j] = orderKey(pcbScore(tau[j], s, &cuts[m], T))
@@ -181,6 +190,9 @@ func (pcb) combine(e *engine, ch chunkRef, base []float32, _, taus [][]float32, 
 	T := e.T
 	lam := float32(e.p.Lambda)
 	for j, b := range base[:len(out)] {
+		if j%pcbClearEvery == 0 {
+			vec.ClearAVXUpper()
+		}
 		s := pcbSum(taus, j)
 		var num, den float32
 		for m, tau := range taus {

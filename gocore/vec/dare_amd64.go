@@ -31,13 +31,20 @@ func dareDrop(tau []float32, key, start, thr uint64, scale float32) {
 	c2 := archsimd.BroadcastUint64x8(0x94D049BB133111EB)
 	tv := archsimd.BroadcastUint64x8(thr)
 	sv := archsimd.BroadcastFloat32x8(scale)
+	// Shifts by vectors of counts: ShiftAllRight(k) loads k with a legacy
+	// SSE MOVQ in the loop (see the note on accelerated).
+	s30 := archsimd.BroadcastUint64x8(30)
+	s27 := archsimd.BroadcastUint64x8(27)
+	s31 := archsimd.BroadcastUint64x8(31)
+	s40 := archsimd.BroadcastUint64x8(40)
 	for j := 0; j < n; j += lanes {
-		h := z.Xor(z.ShiftAllRight(30)).Mul(c1)
-		h = h.Xor(h.ShiftAllRight(27)).Mul(c2)
-		h = h.Xor(h.ShiftAllRight(31))
-		keep := archsimd.Mask32x8FromBits(h.ShiftAllRight(40).Less(tv).ToBits())
+		h := z.Xor(z.ShiftRight(s30)).Mul(c1)
+		h = h.Xor(h.ShiftRight(s27)).Mul(c2)
+		h = h.Xor(h.ShiftRight(s31))
+		keep := archsimd.Mask32x8FromBits(h.ShiftRight(s40).Less(tv).ToBits())
 		archsimd.LoadFloat32x8Slice(tau[j:]).Mul(sv).Masked(keep).StoreSlice(tau[j:])
 		z = z.Add(step)
 	}
+	archsimd.ClearAVXUpperBits() // see the note on accelerated
 	dareDropGo(tau[n:], key, start+uint64(n), thr, scale)
 }

@@ -3,7 +3,6 @@
 package vec
 
 import (
-	"math"
 	"math/bits"
 	"simd/archsimd"
 )
@@ -22,6 +21,7 @@ func absDiff(out, a, b []float32) {
 		d := archsimd.LoadFloat32x8Slice(a[j:]).Sub(archsimd.LoadFloat32x8Slice(b[j:]))
 		d.AsInt32x8().And(m).AsFloat32x8().StoreSlice(out[j:])
 	}
+	archsimd.ClearAVXUpperBits() // see the note on accelerated
 	absDiffGo(out[n:], a[n:], b[n:])
 }
 
@@ -39,17 +39,22 @@ func countWindow(x []float32, lo, hi uint32, cands []uint32) (int64, []uint32) {
 	lv := archsimd.BroadcastInt32x8(int32(lo))
 	hv := archsimd.BroadcastInt32x8(int32(hi))
 	var above int64
+	var bits [lanes]int32
 	for j := 0; j < n; j += lanes {
 		a := loadBits(x[j:])
 		above += popcount8(a.Greater(hv).ToBits())
 		if in := a.GreaterEqual(lv).And(a.LessEqual(hv)).ToBits(); in != 0 {
+			// The bits come from the vector: math.Float32bits(x[j+l])
+			// would be a legacy SSE MOVSS+MOVD between vector instructions.
+			a.Store(&bits)
 			for l := range lanes {
 				if in&(1<<l) != 0 {
-					cands = append(cands, math.Float32bits(x[j+l]))
+					cands = append(cands, uint32(bits[l]))
 				}
 			}
 		}
 	}
+	archsimd.ClearAVXUpperBits()
 	tail, cands := countWindowGo(x[n:], lo, hi, cands)
 	return above + tail, cands
 }
@@ -68,11 +73,15 @@ func keepTop(x []float32, b uint32, allow int) int {
 		if allow < 0 {
 			keep = a.GreaterEqual(bv)
 		} else if allow > 0 && a.Equal(bv).ToBits() != 0 {
+			// keepTopGo (inlined) reads the floats with legacy SSE: clear
+			// first (a rare branch: a group holding a tie at the bound).
+			archsimd.ClearAVXUpperBits()
 			allow = keepTopGo(x[j:j+lanes], b, allow)
 			continue
 		}
 		v.Masked(keep).StoreSlice(x[j:])
 	}
+	archsimd.ClearAVXUpperBits()
 	return keepTopGo(x[n:], b, allow)
 }
 
@@ -86,8 +95,9 @@ func disjointMean(out []float32, x [][]float32, w []float32, norm bool) {
 	wv := broadcast(&buf, w)
 	sign := archsimd.BroadcastInt32x8(-0x80000000)
 	abs := archsimd.BroadcastInt32x8(0x7fffffff)
-	zi := archsimd.BroadcastInt32x8(0)
-	zf := archsimd.BroadcastFloat32x8(0)
+	// Zero values, not BroadcastFloat32x8(0) (a legacy SSE XORPS).
+	var zi archsimd.Int32x8
+	var zf archsimd.Float32x8
 	for j := 0; j < n; j += lanes {
 		sum := archsimd.LoadFloat32x8Slice(x[0][j:]).Mul(wv[0])
 		for m := 1; m < len(x); m++ {
@@ -109,6 +119,7 @@ func disjointMean(out []float32, x [][]float32, w []float32, norm bool) {
 		}
 		r.StoreSlice(out[j:])
 	}
+	archsimd.ClearAVXUpperBits()
 	if n < len(out) {
 		disjointMeanGo(out[n:], tails(x, n), w, norm)
 	}
@@ -124,5 +135,6 @@ func absBits(dst []uint32, x []float32) {
 	for j := 0; j < n; j += lanes {
 		archsimd.LoadFloat32x8Slice(x[j:]).AsUint32x8().And(m).StoreSlice(dst[j:])
 	}
+	archsimd.ClearAVXUpperBits()
 	absBitsGo(dst[n:], x[n:])
 }
