@@ -191,8 +191,10 @@ def run_case(name: str, shapes: dict[str, tuple[int, ...]], repeat: int, triad_g
     base, models = make_family(shapes, T_MODELS)
     n_params = sum(b.numel() for b in base.values())
     print(f"{name}: {n_params / 1e6:.1f}M parameters, T = {T_MODELS}", flush=True)
-    timing = measure(lambda: npsfuse.merge(base, models, "neuro"), repeat=repeat, warmup=1)
-    got = npsfuse.merge(base, models, "neuro")
+    # lam2=None: the automatic λ₂ that torch_neuromerging computes too.
+    timing = measure(lambda: npsfuse.merge(base, models, "neuro", lam2=None), repeat=repeat,
+                     warmup=1)
+    got = npsfuse.merge(base, models, "neuro", lam2=None)
     print(f"  npsfuse best {timing.best:.3f} s (median {timing.median:.3f} s); "
           f"λ₂ = {got.report['lam2']:.6f}", flush=True)
     t0 = time.perf_counter()

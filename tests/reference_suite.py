@@ -212,7 +212,7 @@ def merge(
     t: float = 0.5,
     mask_rate: float = 0.9,
     lam1: float = 0.0,
-    lam2: float | None = None,
+    lam2: float | None = 1.0,
     report: dict | None = None,
 ) -> dict[str, np.ndarray]:
     """Merge float32 arrays by one of this module's :data:`METHODS`.

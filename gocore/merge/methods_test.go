@@ -405,6 +405,7 @@ func TestNeuroReport(t *testing.T) {
 	ts := shaped("w", []int{4}, make([]float32, 4), []float32{1, -2, 3, 4}, []float32{8, 1, 0, -1})
 	p := DefaultParams("neuro")
 	p.MaskRate = 0.5
+	p.Lam2 = 0 // automatic
 	rep, err := RunReport("neuro", p, ts)
 	if err != nil {
 		t.Fatal(err)
