@@ -31,7 +31,7 @@ from _common import Report, Timing, import_npsfuse, measure, triad
 npsfuse = import_npsfuse()
 from npsfuse import _core  # noqa: E402
 from npsfuse._bridge import ArrowPack  # noqa: E402
-from npsfuse.merging import DEFAULT_NORMALIZE  # noqa: E402
+from npsfuse.merging import DATA_AWARE, DEFAULT_NORMALIZE  # noqa: E402
 
 StateDict = dict[str, torch.Tensor]
 TorchMerge = Callable[[StateDict, Sequence[StateDict], "Params"], StateDict]
@@ -295,7 +295,8 @@ def main() -> None:
 
     n = args.tensor_len * args.tensors
     base, models = make_models(args.tensors, args.tensor_len)
-    available = npsfuse.methods()
+    # fisher and regmean need per-model statistics: bench/ has no data for them.
+    available = [m for m in npsfuse.methods() if m not in DATA_AWARE]
     # Methods with a PyTorch baseline (and the goals) first, then TIES
     # over the whole model, then every other registered method, npsfuse only.
     configs = [(m, m, "tensor") for m in TORCH if m in available]

@@ -39,7 +39,7 @@ from bench_neuro import bert_like_shapes, make_family
 npsfuse = import_npsfuse()
 from npsfuse import _core  # noqa: E402
 from npsfuse._bridge import ArrowPack  # noqa: E402
-from npsfuse.merging import DEFAULT_NORMALIZE, DEFAULT_SCOPE  # noqa: E402
+from npsfuse.merging import DATA_AWARE, DEFAULT_NORMALIZE, DEFAULT_SCOPE  # noqa: E402
 
 StateDict = dict[str, torch.Tensor]
 N_MODELS = 4
@@ -96,7 +96,9 @@ def main() -> None:
     n = sum(b.numel() for b in base.values())
     outs = {k: torch.zeros_like(b) for k, b in base.items()}
     print(f"{N_MODELS} models of {n / 1e6:.1f}M parameters", flush=True)
-    configs = [(m, m, DEFAULT_SCOPE.get(m, "tensor")) for m in npsfuse.methods()]
+    # fisher and regmean need per-model statistics, which this bench does not make.
+    configs = [(m, m, DEFAULT_SCOPE.get(m, "tensor")) for m in npsfuse.methods()
+               if m not in DATA_AWARE]
     configs.append(("ties (global)", "ties", "global"))
     if args.methods:
         wanted = set(args.methods.split(","))

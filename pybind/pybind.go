@@ -62,8 +62,8 @@ func Inspect(arrays, schemas, n int) (total int, err error) {
 
 // mergeParams is the JSON form of merge.Params that Python sends. The
 // method-specific fields are optional: a missing (or null) one takes
-// merge.DefaultParams' value for the method; lam2 null is NeuroMerging's
-// automatic λ₂.
+// merge.DefaultParams' value for the method; lam2 0 is NeuroMerging's
+// automatic λ₂ (Python's lam2=None).
 type mergeParams struct {
 	Weights     []float32 `json:"weights"`
 	Density     float64   `json:"density"`
@@ -81,45 +81,83 @@ type mergeParams struct {
 	MaskRate    *float64  `json:"mask_rate"`
 	Lam1        *float64  `json:"lam1"`
 	Lam2        *float64  `json:"lam2"`
+	FisherFloor *float64  `json:"fisher_floor"`
+	Alpha       *float64  `json:"alpha"`
+	// CommonSpaceFraction is Iso-CTS's common_space_fraction.
+	CommonSpaceFraction *float64 `json:"common_space_fraction"`
+	// Statistics[i] says that tensor i's group carries nModels statistics
+	// arrays (fisher, regmean) between the models and the output.
+	Statistics []bool `json:"statistics"`
 }
 
 // Merge runs a merge method over nTensors tensors of nModels models. The
 // pairs at arrays/schemas are tensor-major: for each tensor, the base, the
-// nModels fine-tuned versions, then the output buffer (written in place);
-// the base's field metadata carries the shape and the transposed flag.
-// params is a JSON object (see mergeParams). It returns the method's report
-// (merge.RunReport) as a JSON object. Errors caused by the input start with
-// "invalid merge input" or "bad tensor".
+// nModels fine-tuned versions, the nModels statistics when params'
+// "statistics" flags the tensor (fisher, regmean), then the output buffer
+// (written in place); the base's field metadata carries the shape and the
+// transposed flag. params is a JSON object (see mergeParams). It returns
+// the method's report (merge.RunReport) as a JSON object. Errors caused by
+// the input start with "invalid merge input" or "bad tensor".
 func Merge(method, params string, nTensors, nModels, arrays, schemas int) (report string, err error) {
 	defer guard(&err)
 	per := nModels + 2
-	b, err := bridge.ImportAt(uintptr(arrays), uintptr(schemas), nTensors*per)
+	// The parameters say how many structs there are (statistics add some):
+	// decode them first. With bad parameters the structs of the plain
+	// layout are still imported, to be released.
+	var mp mergeParams
+	dec := json.NewDecoder(strings.NewReader(params))
+	dec.DisallowUnknownFields()
+	perr := dec.Decode(&mp)
+	if perr == nil && mp.Statistics != nil && len(mp.Statistics) != nTensors {
+		perr = fmt.Errorf("%d statistics flags for %d tensors", len(mp.Statistics), nTensors)
+	}
+	count := nTensors * per
+	if perr == nil {
+		for _, s := range mp.Statistics {
+			if s {
+				count += nModels
+			}
+		}
+	}
+	b, err := bridge.ImportAt(uintptr(arrays), uintptr(schemas), count)
 	if err != nil {
 		return "", err
 	}
 	defer b.Release()
-	var mp mergeParams
-	dec := json.NewDecoder(strings.NewReader(params))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&mp); err != nil {
-		return "", fmt.Errorf("%w: parameters: %v", merge.ErrInput, err)
+	if perr != nil {
+		return "", fmt.Errorf("%w: parameters: %v", merge.ErrInput, perr)
 	}
 	scope, err := merge.ParseScope(mp.Scope)
 	if err != nil {
 		return "", fmt.Errorf("%w: %v", merge.ErrInput, err)
 	}
 	ts := make([]merge.Tensor, nTensors)
-	for i := range ts {
-		group := b.Tensors[i*per : (i+1)*per]
+	var stats map[string][]tensor.Vec
+	for i, off := 0, 0; i < nTensors; i++ {
+		n := per
+		if mp.Statistics != nil && mp.Statistics[i] {
+			n += nModels
+		}
+		group := b.Tensors[off : off+n]
+		off += n
 		models := make([]tensor.Vec, nModels)
 		for m := range models {
 			models[m] = group[1+m].Vec
 		}
+		if n > per {
+			if stats == nil {
+				stats = map[string][]tensor.Vec{}
+			}
+			for _, s := range group[1+nModels : 1+2*nModels] {
+				stats[group[0].Name] = append(stats[group[0].Name], s.Vec)
+			}
+		}
 		ts[i] = merge.Tensor{Name: group[0].Name, Shape: group[0].Shape, Transposed: group[0].Transposed,
-			Base: group[0].Vec, Models: models, Out: group[per-1].Vec}
-		bridge.AdviseHugePages(group[per-1].Vec) // fresh output: fewer page faults
+			Base: group[0].Vec, Models: models, Out: group[n-1].Vec}
+		bridge.AdviseHugePages(group[n-1].Vec) // fresh output: fewer page faults
 	}
 	p := merge.DefaultParams(method)
+	p.Statistics = stats
 	p.Weights, p.Density, p.Densities, p.Lambda = mp.Weights, mp.Density, mp.Densities, mp.Lambda
 	p.Normalize, p.Scope, p.Seed = mp.Normalize, scope, mp.Seed
 	set := func(dst *float64, src *float64) {
@@ -134,6 +172,9 @@ func Merge(method, params string, nTensors, nModels, arrays, schemas int) (repor
 	set(&p.MaskRate, mp.MaskRate)
 	set(&p.Lam1, mp.Lam1)
 	set(&p.Lam2, mp.Lam2)
+	set(&p.FisherFloor, mp.FisherFloor)
+	set(&p.Alpha, mp.Alpha)
+	set(&p.CommonSpaceFraction, mp.CommonSpaceFraction)
 	if mp.K != nil {
 		p.K = *mp.K
 	}

@@ -25,6 +25,10 @@ type Model struct {
 	Path    string
 	Weight  float64
 	Density *float64 // nil: the global density
+	// Statistics is the model's statistics file for the data-aware
+	// methods (fisher, regmean): a safetensors file of Fisher diagonals
+	// or Gram matrices by tensor name, resolved like the model's path.
+	Statistics string
 }
 
 // Config is a validated merge configuration in mergekit's schema plus
@@ -59,7 +63,8 @@ var DefaultNormalize = map[string]bool{
 var (
 	topKeys    = set("merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", "tokenizer_source", "scope", "seed", "transposed")
 	globalKeys = set("normalize", "lambda", "int8_mask", "rescale", "density", "weight",
-		"gamma", "epsilon", "t", "k", "tall_lambda", "mask_rate", "lam1", "lam2")
+		"gamma", "epsilon", "t", "k", "tall_lambda", "mask_rate", "lam1", "lam2",
+		"fisher_floor", "alpha", "common_space_fraction")
 	// methodKeys are the global parameters of particular methods (mergekit's
 	// names where mergekit has the method), passed on to the engine.
 	methodKeys = map[string][]string{
@@ -71,9 +76,16 @@ var (
 		"mask_rate":   {"neuro"},
 		"lam1":        {"neuro"},
 		"lam2":        {"neuro"},
+
+		"fisher_floor": {"fisher"},
+		"alpha":        {"regmean"},
+
+		"common_space_fraction": {"iso_cts"},
 	}
 	modelKeys = set("model", "parameters")
-	perModel  = set("weight", "density")
+	perModel  = set("weight", "density", "statistics")
+	// dataAware are the methods that need every model's statistics file.
+	dataAware = set("fisher", "regmean")
 )
 
 func set(keys ...string) map[string]bool {
@@ -237,6 +249,22 @@ func ParseConfig(text []byte, baseDir string) (*Config, error) {
 				checkDensity(d, where+".parameters.density", &bad)
 				mod.Density = &d
 			}
+			if v, ok := pm["statistics"]; ok && v != nil {
+				at := where + ".parameters.statistics"
+				switch {
+				case c.Method != "" && !dataAware[c.Method]:
+					bad.add("%s: only the data-aware methods (fisher, regmean) take statistics, not %q", at, c.Method)
+				default:
+					if mod.Statistics = resolve(strAt(pm, "statistics", at, &bad)); mod.Statistics != "" {
+						if st, err := os.Stat(mod.Statistics); err != nil || st.IsDir() {
+							bad.add("%s: %s is not a file", at, mod.Statistics)
+						}
+					}
+				}
+			}
+		}
+		if dataAware[c.Method] && mod.Statistics == "" && mod.Path != "" && mod.Path != c.BaseModel {
+			bad.add("%s: %s needs parameters.statistics (the model's statistics file, from npsfuse.stats.save)", where, c.Method)
 		}
 		// mergekit lets the base model appear among the models; task-vector
 		// methods skip it (its task vector is zero).
@@ -336,6 +364,12 @@ func (c *Config) Params() merge.Params {
 			p.Lam1 = v
 		case "lam2":
 			p.Lam2 = v
+		case "fisher_floor":
+			p.FisherFloor = v
+		case "alpha":
+			p.Alpha = v
+		case "common_space_fraction":
+			p.CommonSpaceFraction = v
 		}
 	}
 	if c.Normalize != nil {

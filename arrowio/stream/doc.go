@@ -15,7 +15,9 @@
 // goroutine that stores it into its shard while the next one is merged
 // (writes behind). Peak memory is a small multiple of the largest tensor,
 // not of the model. With scope global, the engine first ranks every tensor
-// (one extra read pass). Result.Timing tells where the time went. Everything
-// is written into a temporary folder beside the destination and renamed
-// into place at the end.
+// (one extra read pass). The data-aware methods (fisher, regmean) also map
+// each model's statistics file and read a tensor's statistics like its
+// inputs (Config.EngineParams). Result.Timing tells where the time went.
+// Everything is written into a temporary folder beside the destination and
+// renamed into place at the end.
 package stream

@@ -117,7 +117,21 @@ func Run(ctx context.Context, cfg *Config, opt Options) (res *Result, err error)
 	if err != nil {
 		return nil, err
 	}
-	merger, err := merge.NewMerger(cfg.Method, cfg.Params(), tensors)
+	params, stats, err := cfg.EngineParams(tensors)
+	if err != nil {
+		return nil, err
+	}
+	defer stats.Close()
+	res.Notes = append(res.Notes, stats.Notes...)
+	for i := range jobs { // statistics are read, prefetched and released like inputs
+		if j := &jobs[i]; j.merged >= 0 {
+			for _, b := range stats.Bytes[j.info.Name] {
+				j.inputs = append(j.inputs, b)
+				j.read += int64(len(b))
+			}
+		}
+	}
+	merger, err := merge.NewMerger(cfg.Method, params, tensors)
 	if err != nil {
 		return nil, err
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -126,6 +127,19 @@ func resolveMerge(e *Env, s *mergeSpec) (*stream.Config, []string, error) {
 					return nil, nil, err
 				}
 				c["model"] = p
+			}
+			// A data-aware method's statistics file is read like a model:
+			// inside the data roots only.
+			if pm, ok := c["parameters"].(map[string]any); ok {
+				if sv, ok := pm["statistics"]; ok && sv != nil {
+					p, err := resolve(sv, fmt.Sprintf("models[%d].parameters.statistics", i))
+					if err != nil {
+						return nil, nil, err
+					}
+					pm = maps.Clone(pm)
+					pm["statistics"] = p
+					c["parameters"] = pm
+				}
 			}
 			out[i] = c
 		}
@@ -459,7 +473,13 @@ func runTensorMerge(rc *runCtx, cfg *stream.Config, s *mergeSpec) (any, error) {
 	defer release()
 	var merger *merge.Merger
 	if len(mts) > 0 {
-		if merger, err = merge.NewMerger(cfg.Method, cfg.Params(), mts); err != nil {
+		params, stats, perr := cfg.EngineParams(mts)
+		if perr != nil {
+			return nil, perr
+		}
+		defer stats.Close()
+		notes = append(notes, stats.Notes...)
+		if merger, err = merge.NewMerger(cfg.Method, params, mts); err != nil {
 			return nil, err
 		}
 	}

@@ -19,5 +19,13 @@
 // (gonum.org/v1/gonum/lapack/gonum); no function in this package ever forms
 // a full SVD of the big matrix.
 //
+// For exact decompositions of weight-sized matrices (the subspace merges of
+// gocore/merge) it has [SymEig], a symmetric eigensolver (Householder
+// tridiagonalisation, then the implicit QL iteration with its rotations on
+// contiguous rows, vectorised), and on top of it [GramSVD] (leading singular
+// triplets) and [Polar] (the polar factor U·Vᵀ), both through the
+// eigendecomposition of the smaller Gram matrix formed in float64 — never a
+// dense SVD of the big matrix either.
+//
 // The package uses no cgo.
 package linalg

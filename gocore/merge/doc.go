@@ -10,7 +10,9 @@
 // PCB's balancing scores, Model Stock's and slerp's interpolations, or
 // NeuroMerging's per-neuron merge). A method is a row of the registry naming
 // one Sparsifier and one Combiner; each method's file cites its paper and
-// equations, and ../shared/METHODS.md gives the formulas.
+// equations, and ../shared/METHODS.md gives the formulas. The data-aware
+// methods (fisher, regmean) also read per-model statistics computed from
+// data (Params.Statistics: Fisher diagonals, Gram matrices; data.go).
 //
 // # Passes
 //

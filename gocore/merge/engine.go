@@ -91,6 +91,8 @@ type engine struct {
 	coef    [][2]float32 // per tensor: model_stock (t, 1−t), slerp (c_a, c_b)
 	pcb     [][]pcbCut   // per unit, per model
 	neuro   neuroState
+	data    dataState     // fisher, regmean (data.go)
+	sub     subspaceState // tsv, iso_c, iso_cts (subspace.go)
 	report  map[string]any
 	reportM sync.Mutex
 }
@@ -488,7 +490,13 @@ func (e *engine) mergeChunk(ch chunkRef, ws *workspace) error {
 		e.method.Sparsify.apply(e, m, ch, taus[m])
 	}
 	out := ws.out[:ch.hi-ch.lo]
-	e.method.Combine.combine(e, ch, base, models, taus, out)
+	if fc, ok := e.method.Combine.(fallibleCombiner); ok {
+		if err := fc.combineChecked(e, ch, base, models, taus, out); err != nil {
+			return err
+		}
+	} else {
+		e.method.Combine.combine(e, ch, base, models, taus, out)
+	}
 	e.store(e.tensors[ch.ti].Out, ch, ws, out)
 	return nil
 }
@@ -613,6 +621,9 @@ func (m *Merger) Tensor(i int, out tensor.Vec) error {
 //   - model_stock: "t", tensor name → the interpolation ratio t.
 //   - slerp: "omega", tensor name → Ω in radians; "lerp", tensor name → true
 //     where |cos Ω| > 0.9995 made it a plain lerp.
+//   - fisher, regmean: "plain_average", tensor name → true for the tensors
+//     without statistics (merged as the weighted mean); regmean also
+//     "ridge", tensor name → the ridge δ where the system was singular.
 //
 // Other methods report nothing. The map is a copy.
 func (m *Merger) Report() map[string]any { return m.e.reportCopy() }

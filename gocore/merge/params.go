@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+
+	"github.com/npsfuse/npsfuse/gocore/tensor"
 )
 
 // Scope says over which entries a top-k selection ranks.
@@ -82,8 +84,27 @@ type Params struct {
 	// Lam1 is NeuroMerging's λ₁, the scale of the parallel part (default 0).
 	Lam1 float64
 	// Lam2 is NeuroMerging's λ₂, the scale of the orthogonal part and of the
-	// 1-D tensors; 0 selects the automatic 1 / (1 − max_t σ_t).
+	// 1-D tensors (default 1); 0 selects the automatic 1 / (1 − max_t σ_t),
+	// which overshoots on dense task vectors (see the neuro method).
 	Lam2 float64
+
+	// Statistics are the data-aware methods' statistics, by tensor name,
+	// one float32 vector per model: fisher's diagonal Fisher (the tensor's
+	// length) or regmean's Gram matrix XᵀX/N of the layer's inputs (in×in,
+	// row-major). A tensor without an entry is merged as the weighted mean
+	// of the task vectors. Only fisher and regmean read them.
+	Statistics map[string][]tensor.Vec
+	// FisherFloor is fisher's lower bound on every Fisher value, > 0
+	// (Matena & Raffel's fisher_floor; default 1e-6): entries no example
+	// touched fall back to the weighted mean.
+	FisherFloor float64
+	// Alpha is regmean's non-diagonal multiplier α ∈ [0, 1] (Jin et al.'s
+	// reduce_non_diagonal_ratio; default 0.9): G̃ = α·G + (1−α)·diag(G).
+	Alpha float64
+	// CommonSpaceFraction is Iso-CTS's share of the rank given to the
+	// common subspace, in [0, 1] (the authors' common_space_fraction;
+	// default 0.8); the rest is split evenly between the tasks.
+	CommonSpaceFraction float64
 }
 
 // DefaultParams returns the recommended settings for a method: mergekit's
@@ -101,6 +122,9 @@ func DefaultParams(method string) Params {
 		TallLambda: 0.4,
 		MaskRate:   0.9,
 	}
+	p.Lam2 = 1 // not the automatic λ₂: see the neuro method
+	p.FisherFloor, p.Alpha = 1e-6, 0.9
+	p.CommonSpaceFraction = 0.8
 	switch method {
 	case "linear", "ties", "della", "consensus_ties":
 		p.Normalize = true

@@ -24,7 +24,8 @@ if _core.go.Version() != __version__:  # pragma: no cover - broken install
     )
 
 if TYPE_CHECKING:
-    from . import compress, nps
+    from . import compress, nps, stats
+    from ._adamerging import adamerging
     from .client import Client
     from .evolve import Evolver, EvolverResult, search_merge
     from .merging import (
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 #: Public names defined in a submodule that imports torch: name → module.
 _LAZY = {
     "Client": ".client",
+    "adamerging": "._adamerging",
     "Evolver": ".evolve",
     "EvolverResult": ".evolve",
     "search_merge": ".evolve",
@@ -49,7 +51,7 @@ _LAZY = {
     "set_num_threads": ".merging",
     "task_vector": ".merging",
 }
-_SUBMODULES = ("compress", "nps")
+_SUBMODULES = ("compress", "nps", "stats")
 
 
 def __getattr__(name: str) -> Any:
@@ -75,6 +77,7 @@ __all__ = [
     "EvolverResult",
     "MergeResult",
     "__version__",
+    "adamerging",
     "compress",
     "nps",
     "get_num_threads",
@@ -83,5 +86,6 @@ __all__ = [
     "methods",
     "search_merge",
     "set_num_threads",
+    "stats",
     "task_vector",
 ]

@@ -56,6 +56,22 @@ def _accuracy(sd: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> 
     return float((m(x).argmax(1) == y).float().mean())
 
 
+def _statistics(
+    method: str, fts: list[dict[str, torch.Tensor]], tasks: list[tuple[torch.Tensor, torch.Tensor]]
+) -> dict[str, object]:
+    """The data-aware methods' statistics: from each fine-tune on 512 of its
+    task's inputs (no labels)."""
+    if method not in ("fisher", "regmean"):
+        return {}
+    helper = npsfuse.stats.fisher if method == "fisher" else npsfuse.stats.regmean_grams
+    stats = []
+    for sd, (x, _) in zip(fts, tasks, strict=True):
+        m = _model()
+        m.load_state_dict(sd)
+        stats.append(helper(m, [x[:256], x[256:512]]))
+    return {"statistics": stats}
+
+
 def main() -> None:
     """Train, fine-tune, merge with every method and print the table."""
     torch.manual_seed(0)
@@ -81,8 +97,9 @@ def main() -> None:
     for method in npsfuse.methods():
         # slerp interpolates two models: the first two fine-tunes.
         models = fts[:2] if method == "slerp" else fts
+        extra = _statistics(method, fts, tasks)
         t0 = time.perf_counter()
-        merged = npsfuse.merge(base_sd, models, method, **PARAMS)
+        merged = npsfuse.merge(base_sd, models, method, **PARAMS, **extra)
         ms = (time.perf_counter() - t0) * 1e3
         diff = None
         if method in reference.METHODS:
@@ -91,6 +108,14 @@ def main() -> None:
                 [{k: v.numpy() for k, v in sd.items()} for sd in models],
                 method,
                 **PARAMS,
+            )
+            diff = max(float(np.abs(merged[k].numpy() - ref[k]).max()) for k in ref)
+        elif method in reference.SUBSPACE_METHODS:
+            ref = reference.merge_subspace(
+                {k: v.numpy() for k, v in base_sd.items()},
+                [{k: v.numpy() for k, v in sd.items()} for sd in models],
+                method,
+                lam=PARAMS["lam"],
             )
             diff = max(float(np.abs(merged[k].numpy() - ref[k]).max()) for k in ref)
         name = f"{method} (1+2)" if method == "slerp" else method

@@ -11,7 +11,8 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -43,8 +44,8 @@ USES_DENSITY = frozenset({
 })
 
 #: Keyword arguments of :func:`merge` that belong to one method, with their
-#: defaults (mergekit's where mergekit has the method; ``lam2=None`` is
-#: NeuroMerging's automatic λ₂).
+#: defaults (mergekit's where mergekit has the method; NeuroMerging's
+#: ``lam2=None`` selects its automatic λ₂ = 1/(1 − max σ_t), not the default).
 METHOD_PARAMS: dict[str, dict[str, Any]] = {
     "breadcrumbs": {"gamma": 0.01},
     "breadcrumbs_ties": {"gamma": 0.01},
@@ -53,8 +54,14 @@ METHOD_PARAMS: dict[str, dict[str, Any]] = {
     "consensus_ta": {"k": 2, "tall_lambda": 0.4},
     "consensus_ties": {"k": 2, "tall_lambda": 0.4},
     "slerp": {"t": 0.5},
-    "neuro": {"mask_rate": 0.9, "lam1": 0.0, "lam2": None},
+    "neuro": {"mask_rate": 0.9, "lam1": 0.0, "lam2": 1.0},
+    "iso_cts": {"common_space_fraction": 0.8},
+    "fisher": {"statistics": None, "fisher_floor": 1e-6},
+    "regmean": {"statistics": None, "alpha": 0.9},
 }
+
+#: Methods that need per-model statistics (``statistics=``, see :mod:`npsfuse.stats`).
+DATA_AWARE = frozenset({"fisher", "regmean"})
 
 #: ``scope`` when it is not given: NeuroMerging trims over the whole model.
 DEFAULT_SCOPE: dict[str, str] = {"neuro": "global"}
@@ -82,6 +89,11 @@ class MergeResult(dict):  # type: ignore[type-arg]
     * ``model_stock``: ``t``, tensor name → interpolation ratio;
     * ``slerp``: ``omega``, tensor name → angle Ω in radians, and ``lerp``,
       tensor name → whether |cos Ω| > 0.9995 made it a plain lerp;
+    * ``fisher``, ``regmean``: ``plain_average``, tensor name → True for the
+      tensors merged as the weighted mean for lack of statistics;
+      ``statistics_unused``, the names of statistics that match no merged
+      tensor (when there are any); ``regmean`` also ``ridge``, tensor name →
+      the ridge δ added where Σ_t w_t G̃_t was not positive definite;
     * other methods: empty.
     """
 
@@ -193,21 +205,34 @@ def _run(
     models: Sequence[StateDict],
     dtype: torch.dtype | None,
     transposed: frozenset[str] = frozenset(),
+    statistics: Sequence[StateDict] | None = None,
 ) -> tuple[StateDict, dict[str, Any]]:
     """Pack inputs and freshly allocated outputs, run one Go merge call, and
-    return the outputs and the method's report."""
+    return the outputs and the method's report.
+
+    ``statistics`` (fisher, regmean): one dict per model; a tensor named in
+    them gets its models' statistics packed after the models (flagged in
+    ``params["statistics"]``)."""
     if dtype is not None and dtype not in SUPPORTED:
         raise TypeError(f"dtype {dtype} is not supported; use one of {list(SUPPORTED)}")
     items: list[tuple[str, torch.Tensor]] = []
     outs: StateDict = {}
+    flags: list[bool] = []
     for k in names:
         b = check_tensor(k, base[k])
         items.append((k, b))
         for i, sd in enumerate(models):
             items.append((f"{k} (model {i})", check_tensor(k, sd[k])))
+        if statistics is not None:
+            flags.append(k in statistics[0])
+            if flags[-1]:
+                for i, st in enumerate(statistics):
+                    items.append((f"{k} (statistics {i})", check_tensor(k, st[k])))
         out = torch.empty(b.shape, dtype=dtype or b.dtype)
         outs[k] = out
         items.append((f"{k} (output)", out))
+    if statistics is not None:
+        params = {**params, "statistics": flags}
     pack = ArrowPack(items, transposed)
     report = _core.call(
         _core.go.Merge,
@@ -252,7 +277,13 @@ def merge(
         ``dare_linear``, ``dare_ties``, ``magnitude_prune``, ``breadcrumbs``,
         ``breadcrumbs_ties``, ``della``, ``della_linear``, ``consensus_ta``,
         ``consensus_ties``, ``pcb``, ``model_stock``, ``slerp``, ``neuro``
-        (definitions: METHODS.md).
+        (definitions: METHODS.md), and the data-aware ``fisher`` and
+        ``regmean``, which need ``statistics=`` (below).
+        The subspace merges ``tsv`` (TSV-Merge), ``iso_c`` and ``iso_cts``
+        (isotropic merging) decompose every 2-D weight whole (exact SVDs)
+        and average the other tensors' task vectors; they ignore
+        ``density``, ``normalize``, ``scope`` and ``seed``, and scale each
+        τ_t by its weight before the decomposition.
     weights
         Per-model weights w_t (default all 1; PCB's per-task λ_t; ignored by
         ``model_stock`` and ``slerp``).
@@ -283,9 +314,9 @@ def merge(
     transposed
         Name patterns (see :func:`matches`) of 2-D weights stored (in, out),
         which the per-neuron methods (``neuro``, ``della``, ``della_linear``)
-        transpose back. ``None`` detects them: GPT-2's Conv1D weights when
-        the base is a Hugging Face folder (or module) of ``model_type``
-        ``"gpt2"``.
+        and the subspace merges (``iso_cts`` depends on it) transpose back.
+        ``None`` detects them: GPT-2's Conv1D weights when the base is a
+        Hugging Face folder (or module) of ``model_type`` ``"gpt2"``.
     **params
         Method-specific parameters (:data:`METHOD_PARAMS`):
         ``gamma`` (breadcrumbs: fraction of the largest |τ| dropped, 0.01);
@@ -295,7 +326,18 @@ def merge(
         ``t`` (slerp: 0 gives the first model, 1 the second; 0.5);
         ``mask_rate``, ``lam1``, ``lam2`` (NeuroMerging: fraction trimmed,
         0.9; scale of the parallel part, 0; scale of the orthogonal part,
-        ``None`` = 1/(1 − max σ_t)).
+        1.0 — ``None`` selects the automatic 1/(1 − max σ_t), which
+        overshoots: 3–5 on small models, see the README);
+        ``statistics`` (``fisher``, ``regmean``: required, one per model, in
+        the models' order: a dict name → tensor or the path of a file written
+        by :func:`npsfuse.stats.save`; Fisher diagonals from
+        :func:`npsfuse.stats.fisher`, Gram matrices from
+        :func:`npsfuse.stats.regmean_grams`);
+        ``fisher_floor`` (Fisher merging: lower bound of every Fisher value,
+        1e-6); ``alpha`` (RegMean: multiplier of the Grams' off-diagonal
+        entries, 0.9).
+        ``common_space_fraction`` (Iso-CTS: share of each matrix's rank given
+        to the common subspace, in [0, 1]; 0.8, the authors' default).
 
     Returns
     -------
@@ -310,7 +352,9 @@ def merge(
     ValueError
         Unknown method or parameter, a parameter out of range, wrong number
         of weights (or of models for slerp), a tensor missing from a model or
-        of another shape, NaN/Inf in an input.
+        of another shape, NaN/Inf in an input; for ``fisher`` and
+        ``regmean``: missing statistics, statistics of the wrong shape, NaN,
+        Inf or negative Fisher values.
     TypeError
         A tensor on a non-CPU device or of an unsupported dtype.
 
@@ -318,6 +362,21 @@ def merge(
     -----
     Non-contiguous tensors are made contiguous once before the call; all
     others are read in place. The Go engine releases the GIL while it works.
+
+    ``fisher`` (Matena & Raffel, 2022) merges each entry as
+    θ₀ + λ·Σ_t w_t F̃_t τ_t / Σ_t w_t F̃_t with F̃_t = max(F_t, fisher_floor)
+    (for λ = 1 this is the paper's Σ_t w_t F̃_t θ_t / Σ_t w_t F̃_t; the
+    weights are the paper's merging coefficients λ_t). ``regmean`` (Jin et
+    al., 2023) merges every linear weight with a Gram matrix as
+    W₀ + λ·Δ, Δᵀ = (Σ_t w_t G̃_t)⁻¹ Σ_t w_t G̃_t τ_tᵀ, G̃ = α·G + (1 − α)·diag G,
+    solved in float64 by Cholesky (a small ridge towards the weighted mean
+    where the system is singular, reported). Tensors without statistics
+    (for RegMean: everything but linear weights) are merged as the weighted
+    mean of the task vectors, θ₀ + λ·Σ_t w_t τ_t / Σ_t w_t, and listed in the
+    report's ``plain_average``. Weights must be non-negative; ``normalize``,
+    ``density`` and ``scope`` are not used. Statistics naming tensors that
+    are not merged are ignored (listed in ``statistics_unused``); if none
+    matches, or a model lacks statistics another model has, ``ValueError``.
     """
     _check_method(method)
     allowed = METHOD_PARAMS.get(method, {})
@@ -351,6 +410,8 @@ def merge(
             raise ValueError(f"{len(weights)} weights given for {len(models)} models")
         if not all(math.isfinite(w) for w in weights):
             raise ValueError(f"weights must be finite, got {weights}")
+        if method in DATA_AWARE and any(w < 0 for w in weights):
+            raise ValueError(f"{method} needs non-negative weights, got {weights}")
     if scope is None:
         scope = DEFAULT_SCOPE.get(method, "tensor")
     if scope not in ("tensor", "global"):
@@ -370,12 +431,19 @@ def merge(
     _check_shapes(base_sd, model_sds)
     names, copied = _split(base_sd, model_sds)
     flagged = transposed_names(names, base, base_sd, transposed)
+    stats: list[StateDict] | None = None
+    unused: list[str] = []
+    if method in DATA_AWARE:
+        stats, unused = _statistics(method, params.get("statistics"), len(models), base_sd,
+                                    names)
     merged: StateDict = {}
     report: dict[str, Any] = {}
     if names:
         # Sorted: a global top-k breaks ties in tensor order, as the CLI does.
         merged, report = _run(method, go_params, sorted(names), base_sd, model_sds, dtype,
-                              flagged)
+                              flagged, stats)
+    if unused:
+        report["statistics_unused"] = unused
     return MergeResult(
         {k: merged[k] if k in merged else copied[k] for k in base_sd}, report=report
     )
@@ -426,12 +494,93 @@ def _method_params(method: str, p: dict[str, Any], n_models: int) -> dict[str, A
         out["mask_rate"] = mr
     if "lam1" in p:
         out["lam1"] = _number("lam1", p["lam1"])
-    if "lam2" in p and p["lam2"] is not None:
+    if "lam2" in p and p["lam2"] is None:
+        out["lam2"] = 0.0  # the engine's automatic λ₂
+    elif "lam2" in p:
         l2 = _number("lam2", p["lam2"])
         if l2 <= 0:
             raise ValueError(f"lam2 must be positive (or None for the automatic value), got {l2}")
         out["lam2"] = l2
+    if "fisher_floor" in p:
+        ff = _number("fisher_floor", p["fisher_floor"])
+        if ff <= 0:
+            raise ValueError(f"fisher_floor must be positive, got {ff}")
+        out["fisher_floor"] = ff
+    if "alpha" in p:
+        a = _number("alpha", p["alpha"])
+        if not 0.0 <= a <= 1.0:
+            raise ValueError(f"alpha must lie in [0, 1], got {a}")
+        out["alpha"] = a
+    if "common_space_fraction" in p:
+        f = _number("common_space_fraction", p["common_space_fraction"])
+        if not 0.0 <= f <= 1.0:
+            raise ValueError(f"common_space_fraction must lie in [0, 1], got {f}")
+        out["common_space_fraction"] = f
     return out
+
+
+def _statistics(
+    method: str, given: Any, n_models: int, base: StateDict, names: Sequence[str]
+) -> tuple[list[StateDict], list[str]]:
+    """The data-aware methods' statistics, checked: one float32 dict per
+    model restricted to the merged tensors, and the names that match none."""
+    if given is None:
+        raise ValueError(
+            f"{method} needs statistics=[…], one per model (see npsfuse.stats."
+            f"{'fisher' if method == 'fisher' else 'regmean_grams'})"
+        )
+    if isinstance(given, (str, bytes, os.PathLike)) or not isinstance(given, Sequence):
+        raise ValueError("statistics must be a list with one entry per model")
+    if len(given) != n_models:
+        raise ValueError(f"{len(given)} statistics given for {n_models} models")
+    from . import stats as _stats
+
+    loaded: list[Mapping[str, torch.Tensor]] = []
+    for i, st in enumerate(given):
+        if st is None:
+            raise ValueError(f"statistics of model {i} are missing")
+        if isinstance(st, (str, os.PathLike)):
+            st = _stats.load(st)
+        if not isinstance(st, Mapping):
+            raise ValueError(
+                f"statistics of model {i} must be a dict of tensors or a file path, "
+                f"got {type(st).__name__}"
+            )
+        loaded.append(st)
+    merged = set(names)
+    keys = sorted(set().union(*(set(st) for st in loaded)))
+    unused = [k for k in keys if k not in merged]
+    used = [k for k in keys if k in merged]
+    if not used:
+        raise ValueError(
+            f"none of the {method} statistics names a merged tensor "
+            f"(statistics name e.g. {keys[:3]}, the models {sorted(merged)[:3]})"
+            if keys else f"the {method} statistics are empty"
+        )
+    out: list[StateDict] = [{} for _ in loaded]
+    for k in used:
+        shape = tuple(base[k].shape)
+        for i, st in enumerate(loaded):
+            if k not in st:
+                have = next(j for j, s in enumerate(loaded) if k in s)
+                raise ValueError(
+                    f"statistics of model {i} lack tensor {k!r}, which model {have}'s have"
+                )
+            t = st[k]
+            if not isinstance(t, torch.Tensor):
+                raise ValueError(f"statistics of model {i} for tensor {k!r} are not a tensor")
+            if method == "fisher" and tuple(t.shape) != shape:
+                raise ValueError(
+                    f"the Fisher of tensor {k!r} for model {i} has shape {tuple(t.shape)}, "
+                    f"the tensor {shape}"
+                )
+            if method == "regmean" and (t.dim() != 2 or t.shape[0] != t.shape[1]):
+                raise ValueError(
+                    f"the Gram matrix of tensor {k!r} for model {i} has shape "
+                    f"{tuple(t.shape)}; it must be square (in × in)"
+                )
+            out[i][k] = t.detach().to("cpu", torch.float32)
+    return out, unused
 
 
 def task_vector(

@@ -26,7 +26,7 @@ Conventions reproduced
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -256,4 +256,261 @@ def merge(
                 s = (s / wsum).astype(F32)
             r = (b[k] + lam32 * s).astype(F32)
         out[k] = r.reshape(shape)
+    return out
+
+
+# --------------------------------------------------------- subspace merges
+#
+# TSV-Merge (Gargiulo et al., CVPR 2025) and Iso-C / Iso-CTS (Marczak et
+# al., ICML 2025), written from the authors' algorithms with full float64
+# SVDs (numpy.linalg.svd): the independent check of the Go engine's Gram
+# matrix route. Each 2-D tensor is decomposed whole; the others get the mean
+# of the weighted task vectors, in float32 exactly as for task arithmetic.
+
+#: The methods :func:`merge_subspace` implements.
+SUBSPACE_METHODS: tuple[str, ...] = ("iso_c", "iso_cts", "tsv")
+
+#: Relative rank tolerance: σ ≤ RANK_TOL·max(m, n)·σ₁ counts as zero
+#: (float32 machine epsilon, NumPy's ``matrix_rank`` rule for float32 data).
+RANK_TOL = 2.0**-23
+
+
+def _rank(s: np.ndarray, m: int, n: int) -> int:
+    """Number of singular values above the rank tolerance."""
+    if s.size == 0 or s[0] == 0:
+        return 0
+    return int(np.count_nonzero(s > RANK_TOL * max(m, n) * s[0]))
+
+
+def polar(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Polar factor Σ_{σ_i > tol} u_i v_iᵀ of ``a`` and all its singular values.
+
+    Parameters
+    ----------
+    a
+        An m×n float64 matrix.
+
+    Returns
+    -------
+    tuple
+        ``(P, s)``: the m×n partial isometry over the numerically nonzero
+        singular triplets (U·Vᵀ for a full-rank ``a``; zero for ``a = 0``) and
+        the min(m, n) singular values, descending.
+    """
+    u, s, vt = np.linalg.svd(a, full_matrices=False)
+    k = _rank(s, *a.shape)
+    return u[:, :k] @ vt[:k], s
+
+
+def truncated_svd(a: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The top ``k`` singular triplets of ``a``; pairs below the rank
+    tolerance are returned as zero vectors with σ = 0.
+
+    Returns
+    -------
+    tuple
+        ``(U, s, Vt)`` of shapes (m, k), (k,), (k, n).
+    """
+    u, s, vt = np.linalg.svd(a, full_matrices=False)
+    k = min(k, s.size)
+    keep = min(k, _rank(s, *a.shape))
+    u, s, vt = u[:, :k].copy(), s[:k].copy(), vt[:k].copy()
+    u[:, keep:], s[keep:], vt[keep:] = 0, 0, 0
+    return u, s, vt
+
+
+def iso_c_delta(total: np.ndarray) -> np.ndarray:
+    """Iso-C: σ̄·U·Vᵀ for Δ_TA = U·Σ·Vᵀ, σ̄ the mean of all its singular values."""
+    p, s = polar(total)
+    return s.mean() * p
+
+
+def iso_cts_sizes(r: int, n_tasks: int, fraction: float) -> tuple[int, int]:
+    """Iso-CTS's (common size, per-task size), rounded as the authors' code does:
+    k₀ = int(r·f), s = round((r − k₀)/T) (half to even), capped at r // T;
+    common = r − T·s."""
+    k0 = int(r * fraction)
+    per = min(round((r - k0) / n_tasks), r // n_tasks)
+    return r - n_tasks * per, per
+
+
+def iso_cts_delta(total: np.ndarray, tasks: Sequence[np.ndarray], fraction: float) -> np.ndarray:
+    """Iso-CTS: common subspace of Δ_TA plus each task's top directions
+    outside it, both sides orthogonalised, spectrum flattened to its mean."""
+    r = min(total.shape)
+    common, per = iso_cts_sizes(r, len(tasks), fraction)
+    if per == 0:
+        return iso_c_delta(total)
+    uc, sc, vc = truncated_svd(total, common)
+    us, ss, vs = [], [], []
+    for tau in tasks:
+        u, s, v = truncated_svd(tau - uc @ (uc.T @ tau), per)
+        us.append(u)
+        ss.append(s)
+        vs.append(v)
+    u_all = np.concatenate([*us, uc], axis=1)
+    s_all = np.concatenate([*ss, sc])
+    v_all = np.concatenate([*vs, vc], axis=0)
+    return s_all.mean() * (polar(u_all)[0] @ polar(v_all)[0])
+
+
+def tsv_delta(tasks: Sequence[np.ndarray]) -> np.ndarray:
+    """TSV-M: each task's top ⌊r/T⌋ singular triplets, U and V concatenated
+    and replaced by their polar factors, Δ = U⊥·S·V⊥ᵀ."""
+    m, n = tasks[0].shape
+    k = min(m, n) // len(tasks)
+    if k == 0:
+        return np.zeros((m, n))
+    parts = [truncated_svd(t, k) for t in tasks]
+    u = np.concatenate([p[0] for p in parts], axis=1)
+    s = np.concatenate([p[1] for p in parts])
+    v = np.concatenate([p[2] for p in parts], axis=0)
+    return polar(u)[0] @ np.diag(s) @ polar(v)[0]
+
+
+def merge_subspace(
+    base: Mapping[str, np.ndarray],
+    models: Sequence[Mapping[str, np.ndarray]],
+    method: str,
+    *,
+    weights: Sequence[float] | None = None,
+    lam: float = 1.0,
+    common_space_fraction: float = 0.8,
+    transposed: Collection[str] = (),
+) -> dict[str, np.ndarray]:
+    """``tsv``, ``iso_c`` or ``iso_cts`` on float32 arrays.
+
+    Task vectors are τ_t = θ_t − θ₀ in float32, scaled by their weights w_t
+    (in float64 for the 2-D tensors). 2-D tensors get θ₀ + λ·Δ with Δ from
+    :func:`tsv_delta`, :func:`iso_c_delta` or :func:`iso_cts_delta` in
+    float64, computed in the (out, in) layout: the tensors named in
+    ``transposed`` (stored (in, out)) are transposed first and back after —
+    TSV and Iso-C do not depend on it, Iso-CTS does (it removes the common
+    subspace on the output side). The other tensors get
+    θ₀ + λ·(Σ_t w_t τ_t)/T in float32, summed in model order.
+
+    Returns
+    -------
+    dict[str, numpy.ndarray]
+        float32 arrays of the base's shapes, in the base's key order.
+    """
+    if method not in SUBSPACE_METHODS:
+        raise ValueError(f"unknown method {method!r}")
+    n_tasks = len(models)
+    w = np.asarray([1.0] * n_tasks if weights is None else list(weights), dtype=F32)
+    lam32 = F32(lam)
+    out: dict[str, np.ndarray] = {}
+    for k in base:
+        b = np.asarray(base[k], dtype=F32)
+        taus = [(np.asarray(sd[k], dtype=F32) - b).astype(F32) for sd in models]
+        if b.ndim == 2 and b.size > 0:
+            flip = k in transposed
+            tasks = [float(wt) * (t.T if flip else t).astype(np.float64)
+                     for wt, t in zip(w, taus, strict=True)]
+            total = np.sum(tasks, axis=0)
+            if method == "iso_c":
+                d = iso_c_delta(total)
+            elif method == "iso_cts":
+                d = iso_cts_delta(total, tasks, common_space_fraction)
+            else:
+                d = tsv_delta(tasks)
+            out[k] = (b + lam32 * (d.T if flip else d).astype(F32)).astype(F32)
+        else:
+            s = weighted_sum(w, [t.ravel() for t in taus])
+            r = (b.ravel() + lam32 * (s / F32(n_tasks)).astype(F32)).astype(F32)
+            out[k] = r.reshape(b.shape)
+    return out
+
+
+# ------------------------------------------------------- data-aware merges
+
+
+def _weighted_mean_tv(
+    w: np.ndarray, b: np.ndarray, taus: Sequence[np.ndarray], lam: float
+) -> np.ndarray:
+    """θ₀ + λ·Σ_t w_t τ_t / Σ_t w_t, rounded like task_arithmetic with normalize."""
+    wsum = F32(0)
+    for wt in w:
+        wsum = F32(wsum + wt)
+    scale = F32(F32(lam) / wsum)
+    return (b + scale * weighted_sum(w, taus)).astype(F32)
+
+
+def fisher_merge(
+    base: Mapping[str, np.ndarray],
+    models: Sequence[Mapping[str, np.ndarray]],
+    fishers: Sequence[Mapping[str, np.ndarray]],
+    *,
+    weights: Sequence[float] | None = None,
+    fisher_floor: float = 1e-6,
+    lam: float = 1.0,
+) -> dict[str, np.ndarray]:
+    """Fisher merging (Matena & Raffel 2022, eq. 3) in task-vector form.
+
+    Per entry, in float32 and model order: F̃_t = max(F_t, fisher_floor),
+    θ₀ + λ·(Σ_t w_t F̃_t τ_t) / (Σ_t w_t F̃_t); a tensor without Fisher
+    values is θ₀ + λ·Σ_t w_t τ_t / Σ_t w_t.
+    """
+    T = len(models)
+    w = np.asarray([1.0] * T if weights is None else list(weights), dtype=F32)
+    floor = F32(fisher_floor)
+    out: dict[str, np.ndarray] = {}
+    for k in base:
+        b = np.asarray(base[k], dtype=F32)
+        taus = [(np.asarray(sd[k], dtype=F32) - b).astype(F32) for sd in models]
+        if k not in fishers[0]:
+            out[k] = _weighted_mean_tv(w, b, taus, lam)
+            continue
+        num = np.zeros_like(b)
+        den = np.zeros_like(b)
+        for wt, tau, fs in zip(w, taus, fishers, strict=True):
+            wf = (wt * np.maximum(np.asarray(fs[k], dtype=F32), floor)).astype(F32)
+            num = (num + (wf * tau).astype(F32)).astype(F32)
+            den = (den + wf).astype(F32)
+        out[k] = (b + (F32(lam) * (num / den).astype(F32)).astype(F32)).astype(F32)
+    return out
+
+
+def regmean_merge(
+    base: Mapping[str, np.ndarray],
+    models: Sequence[Mapping[str, np.ndarray]],
+    grams: Sequence[Mapping[str, np.ndarray]],
+    *,
+    weights: Sequence[float] | None = None,
+    alpha: float = 0.9,
+    lam: float = 1.0,
+    transposed: Sequence[str] = (),
+) -> dict[str, np.ndarray]:
+    """RegMean (Jin et al. 2023, eq. 2) in task-vector form, solved in float64.
+
+    For a weight W (out×in; stored (in, out) when named in ``transposed``)
+    with Gram matrices G_t: G̃_t = α·sym(G_t) + (1−α)·diag(G_t),
+    Δᵀ = (Σ_t w_t G̃_t)⁻¹ Σ_t w_t G̃_t τ_tᵀ, result W₀ + λ·Δ rounded to
+    float32. Every other tensor: θ₀ + λ·Σ_t w_t τ_t / Σ_t w_t (float32).
+    """
+    T = len(models)
+    w = np.asarray([1.0] * T if weights is None else list(weights), dtype=F32)
+    out: dict[str, np.ndarray] = {}
+    for k in base:
+        b = np.asarray(base[k], dtype=F32)
+        if k not in grams[0]:
+            taus = [(np.asarray(sd[k], dtype=F32) - b).astype(F32) for sd in models]
+            out[k] = _weighted_mean_tv(w, b, taus, lam)
+            continue
+        tr = k in transposed
+        w0 = (b.T if tr else b).astype(np.float64)
+        n_in = w0.shape[1]
+        a = np.zeros((n_in, n_in))
+        rhs = np.zeros((n_in, w0.shape[0]))
+        for wt, sd, gs in zip(w, models, grams, strict=True):
+            g = np.asarray(gs[k], dtype=np.float64)
+            g = (g + g.T) / 2
+            gt = alpha * g + (1.0 - alpha) * np.diag(np.diag(g))
+            tau = np.asarray(sd[k], dtype=np.float64)
+            tau = (tau.T if tr else tau) - w0
+            a += float(wt) * gt
+            rhs += float(wt) * gt @ tau.T
+        delta = np.linalg.solve(a, rhs).T
+        r = (w0 + lam * delta).astype(F32)
+        out[k] = r.T.copy() if tr else r
     return out
