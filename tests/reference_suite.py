@@ -210,9 +210,9 @@ def merge(
     k: int = 2,
     tall_lambda: float | Sequence[float] = 0.4,
     t: float = 0.5,
-    mask_rate: float = 0.9,
+    mask_rate: float = 0.5,
     lam1: float = 0.0,
-    lam2: float | None = 1.0,
+    lam2: float | None = None,
     report: dict | None = None,
 ) -> dict[str, np.ndarray]:
     """Merge float32 arrays by one of this module's :data:`METHODS`.

@@ -52,7 +52,7 @@ def _close(got: StateDict, ref: dict[str, np.ndarray], atol: float = 1e-5) -> No
         {"scope": "tensor"},
         {"mask_rate": 0.5, "lam1": 1.0, "lam2": 1.5},
         {"mask_rate": 0.0, "lam1": 0.3, "lam": 0.5, "weights": "ramp"},
-        {"lam2": None},  # the automatic 1/(1 − max σ_t)
+        {"mask_rate": 0.9},  # the authors' heavier trim, automatic λ₂
     ],
 )
 def test_matches_per_neuron_svd(n_models: int, kw: dict) -> None:
@@ -66,18 +66,21 @@ def test_matches_per_neuron_svd(n_models: int, kw: dict) -> None:
     _close(got, ref)
     assert got.report["lam2"] == pytest.approx(want_report["lam2"], rel=1e-12)
     assert got.report["sigma"] == pytest.approx(want_report["sigma"], rel=1e-9)
-    assert got.report["lam2_auto"] is ("lam2" in kw and kw["lam2"] is None)
+    assert got.report["lam2_auto"] is (kw.get("lam2") is None)
     assert got.report["lam1"] == kw.get("lam1", 0.0)
 
 
 def test_defaults() -> None:
     base, models = make_family(SHAPES, 3, seed=11, delta=0.1)
     a = _merge(base, models)
-    b = _merge(base, models, scope="global", mask_rate=0.9, lam1=0.0, lam2=1.0)
+    b = _merge(base, models, scope="global", mask_rate=0.5, lam1=0.0, lam2=None)
     assert all(torch.equal(a[k], b[k]) for k in a)
     sigma = a.report["sigma"]
-    assert a.report["lam2"] == 1.0 and a.report["lam2_auto"] is False
-    assert all(0.5 < s < 1 for s in sigma)  # keeping 10 % of N(0, σ²) entries
+    assert a.report["lam2_auto"] is True
+    assert a.report["lam2"] == pytest.approx(1 / (1 - max(a.report["sigma"])), rel=1e-12)
+    # Trimming the smaller half of N(0, s²) entries removes 1 − exp(−z²/2) = 0.20
+    # of the L1 mass (z = 0.6745, the median of |x|/s).
+    assert all(0.15 < s < 0.25 for s in sigma)
 
 
 def test_one_model_gives_the_trimmed_task_vector() -> None:

@@ -1,12 +1,14 @@
 """NeuroMerging's no-validation defaults (issue 12, part 3).
 
-The automatic λ₂ = 1/(1 − max_t σ_t) that ``neuro`` used by default (σ_t the
-L1 share of τ_t its 90 % trim removes) scales the merged task vector by
-3–5 on small models, which throws the merge far past the fine-tunes: on
-``make demo``'s model ``neuro`` fell 15–18 points below TIES and 14–16
-below the pre-trained model. The default is now λ₂ = 1 (``lam2=None`` still selects
-the automatic value). These tests pin both the behaviour on the demo's
-model and the two λ₂ rules on hand-made inputs.
+The automatic λ₂ = 1/(1 − max_t σ_t) (σ_t the L1 share of τ_t the trim
+removes) restores the trimmed mass. With the authors' heavy trim (mask_rate
+0.9, the default until issue 12) σ_t ≈ 0.65–0.8 and λ₂ = 3–5: on ``make
+demo``'s model that threw the merge 15–18 points below TIES. A fixed λ₂ = 1
+at that trim (tried first) is right here but 7 points below TIES on the
+study's MiniLM fine-tunes, which need the trimmed mass back. The default is
+now mask_rate 0.5 with the automatic λ₂ (1.3 on both): within a point of TIES
+on both. These tests pin the behaviour on the demo's model and the λ₂ rule
+on hand-made inputs.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from torch import nn
 DIM, HIDDEN, CLASSES = 32, 128, 4
 
 #: How far (accuracy points) neuro may fall below TIES. Measured on this
-#: setting, seeds 0–4: with λ₂ = 1, neuro − TIES = +0.9 … +2.3, neuro − TA =
-#: +16 … +19 and neuro − pre-trained = +2.8 … +3.5; with the old automatic
-#: λ₂ (4.6–4.8 here) they were −18.1 … −15.2, −1.5 … +1.8 and −16.2 … −13.9.
+#: setting, seeds 0–2, neuro − TIES: +0.4, +0.9, +0.5 with the defaults
+#: (mask_rate 0.5, automatic λ₂ = 1.31–1.33); −15.6, −15.2, −16.4 with
+#: mask_rate 0.9 and the automatic λ₂ (4.6–4.8), the default before issue 12.
 TIES_MARGIN = 1.0
 
 
@@ -104,18 +106,30 @@ def test_defaults_competitive_on_demo_model(seed: int) -> None:
     assert acc >= pre, msg
 
 
-def test_default_lam2_is_one() -> None:
+def test_default_is_half_trim_with_automatic_lam2() -> None:
     base, fts, _ = _setting(0)
     got = npsfuse.merge(base, fts, "neuro")
-    assert got.report["lam2"] == 1.0 and got.report["lam2_auto"] is False
-    assert METHOD_PARAMS["neuro"]["lam2"] == 1.0
-    same = npsfuse.merge(base, fts, "neuro", mask_rate=0.9, lam1=0.0, lam2=1.0, scope="global")
+    assert METHOD_PARAMS["neuro"] == {"mask_rate": 0.5, "lam1": 0.0, "lam2": None}
+    assert got.report["lam2_auto"] is True
+    assert got.report["lam2"] == pytest.approx(1 / (1 - max(got.report["sigma"])), rel=1e-12)
+    # Half the L1 mass or less is trimmed, so the rescale stays mild (1.31–1.33 here).
+    assert 1 < got.report["lam2"] < 1.5
+    same = npsfuse.merge(base, fts, "neuro", mask_rate=0.5, lam1=0.0, lam2=None, scope="global")
     assert all(torch.equal(got[k], same[k]) for k in got)
-    # The automatic rule stays available: lam2=None.
-    auto = npsfuse.merge(base, fts, "neuro", lam2=None)
-    assert auto.report["lam2_auto"] is True
-    assert auto.report["lam2"] == pytest.approx(1 / (1 - max(auto.report["sigma"])), rel=1e-12)
-    assert auto.report["sigma"] == pytest.approx(got.report["sigma"], rel=1e-12)
+    # A fixed λ₂ stays available.
+    fixed = npsfuse.merge(base, fts, "neuro", lam2=1.0)
+    assert fixed.report["lam2"] == 1.0 and fixed.report["lam2_auto"] is False
+
+
+def test_heavy_trim_with_automatic_lam2_overshoots_on_demo_model() -> None:
+    # The default before issue 12 (mask_rate 0.9, automatic λ₂ = 4.6–4.8
+    # here) fell 15–18 points below TIES on this model: it is kept reachable,
+    # and this pins that it is not what the defaults do.
+    base, fts, tests = _setting(0)
+    old = npsfuse.merge(base, fts, "neuro", mask_rate=0.9)
+    assert old.report["lam2"] > 4
+    ties = _accuracy(npsfuse.merge(base, fts, "ties"), tests)
+    assert _accuracy(old, tests) < ties - 10
 
 
 def test_automatic_lam2_by_hand() -> None:
@@ -130,7 +144,7 @@ def test_automatic_lam2_by_hand() -> None:
     assert got.report["sigma"] == pytest.approx([0.3, 0.1], abs=1e-12)
     assert got.report["lam2"] == pytest.approx(1 / 0.7, rel=1e-12)
     np.testing.assert_allclose(got["w"].numpy(), np.array([8, 1, 3, 4]) / 0.7, rtol=1e-6)
-    fixed = npsfuse.merge(base, models, "neuro", mask_rate=0.5)
+    fixed = npsfuse.merge(base, models, "neuro", mask_rate=0.5, lam2=1.0)
     np.testing.assert_array_equal(fixed["w"].numpy(), [8, 1, 3, 4])
 
 
@@ -143,7 +157,7 @@ def test_automatic_lam2_on_gaussian_task_vectors() -> None:
     base = {"w": torch.zeros(300, 400)}
     models = [{"w": torch.from_numpy(rng.standard_normal((300, 400)).astype(np.float32))}
               for _ in range(3)]
-    got = npsfuse.merge(base, models, "neuro", lam2=None)
+    got = npsfuse.merge(base, models, "neuro", mask_rate=0.9, lam2=None)
     z = 1.6448536269514722
     want = np.exp(z * z / 2)  # φ(0)/φ(z)
     assert got.report["lam2"] == pytest.approx(want, rel=0.02)

@@ -496,7 +496,7 @@ func TestDefaultParams(t *testing.T) {
 		{"della_linear", false, ScopeTensor}, {"task_arithmetic", false, ScopeTensor}, {"neuro", false, ScopeGlobal},
 	} {
 		p := DefaultParams(tc.method)
-		if p.Normalize != tc.normalize || p.Scope != tc.scope || p.Gamma != 0.01 || p.Epsilon != 0.15 || p.MaskRate != 0.9 || p.K != 2 || p.TallLambda != 0.4 || p.Lambda != 1 {
+		if p.Normalize != tc.normalize || p.Scope != tc.scope || p.Gamma != 0.01 || p.Epsilon != 0.15 || p.MaskRate != 0.5 || p.K != 2 || p.TallLambda != 0.4 || p.Lambda != 1 {
 			t.Errorf("%s: %+v", tc.method, p)
 		}
 	}

@@ -6,11 +6,12 @@ import (
 	"testing"
 )
 
-// TestNeuroDefaultLam2 pins NeuroMerging's no-validation λ₂ (issue 12):
-// DefaultParams gives λ₂ = 1; Lam2 = 0 still selects 1/(1 − max_t σ_t).
+// TestNeuroDefaultLam2 pins NeuroMerging's no-validation defaults (issue
+// 12): MaskRate ½ and the automatic λ₂ = 1/(1 − max_t σ_t) (Lam2 = 0); a
+// positive Lam2 fixes λ₂.
 func TestNeuroDefaultLam2(t *testing.T) {
-	if got := DefaultParams("neuro").Lam2; got != 1 {
-		t.Fatalf("DefaultParams(neuro).Lam2 = %v, want 1", got)
+	if p := DefaultParams("neuro"); p.Lam2 != 0 || p.MaskRate != 0.5 {
+		t.Fatalf("DefaultParams(neuro) has Lam2 %v, MaskRate %v; want 0 (automatic), 0.5", p.Lam2, p.MaskRate)
 	}
 	// One tensor, two models, mask_rate ½: σ = (0.3, 0.1) (TestNeuroReport);
 	// elementwise TIES of τ̂₁ = [0 0 3 4], τ̂₂ = [8 1 0 0] is [8 1 3 4].
@@ -21,8 +22,8 @@ func TestNeuroDefaultLam2(t *testing.T) {
 		wantLam2 float64
 		wantAuto bool
 	}{
-		{"default", 1, 1, false},
-		{"automatic", 0, 1 / 0.7, true},
+		{"default (automatic)", 0, 1 / 0.7, true},
+		{"fixed at one", 1, 1, false},
 		{"explicit", 2.5, 2.5, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -48,8 +49,8 @@ func TestNeuroDefaultLam2(t *testing.T) {
 	}
 }
 
-// TestNeuroAutoLam2Gaussian shows the scale of the automatic λ₂ the old
-// default applied: the top 10 % of N(0, 1) entries (|x| > z = 1.6449)
+// TestNeuroAutoLam2Gaussian shows the scale of the automatic λ₂ at the
+// authors' heavier trim (MaskRate 0.9), the default before issue 12: the top 10 % of N(0, 1) entries (|x| > z = 1.6449)
 // hold φ(z)/φ(0) = 0.2585 of the L1 mass, so 1/(1 − σ) = exp(z²/2) = 3.87.
 func TestNeuroAutoLam2Gaussian(t *testing.T) {
 	const n = 200 * 300
@@ -63,7 +64,7 @@ func TestNeuroAutoLam2Gaussian(t *testing.T) {
 	}
 	ts := shaped("w", []int{200, 300}, make([]float32, n), models...)
 	p := DefaultParams("neuro")
-	p.Lam2 = 0
+	p.MaskRate, p.Lam2 = 0.9, 0
 	rep, err := RunReport("neuro", p, ts)
 	if err != nil {
 		t.Fatal(err)

@@ -79,13 +79,14 @@ type Params struct {
 	TallLambda  float64
 	TallLambdas []float64
 	// MaskRate is NeuroMerging's fraction of each task vector trimmed away,
-	// in [0, 1) (default 0.9: the top 10 % by magnitude is kept).
+	// in [0, 1) (default 0.5: the top half by magnitude is kept; see the
+	// neuro method for why not the authors' 0.8–0.95).
 	MaskRate float64
 	// Lam1 is NeuroMerging's λ₁, the scale of the parallel part (default 0).
 	Lam1 float64
 	// Lam2 is NeuroMerging's λ₂, the scale of the orthogonal part and of the
-	// 1-D tensors (default 1); 0 selects the automatic 1 / (1 − max_t σ_t),
-	// which overshoots on dense task vectors (see the neuro method).
+	// 1-D tensors; 0 (the default) selects the automatic 1 / (1 − max_t σ_t),
+	// which restores the L1 mass the trim removed (see the neuro method).
 	Lam2 float64
 
 	// Statistics are the data-aware methods' statistics, by tensor name,
@@ -120,9 +121,8 @@ func DefaultParams(method string) Params {
 		T:          0.5,
 		K:          2,
 		TallLambda: 0.4,
-		MaskRate:   0.9,
+		MaskRate:   0.5,
 	}
-	p.Lam2 = 1 // not the automatic λ₂: see the neuro method
 	p.FisherFloor, p.Alpha = 1e-6, 0.9
 	p.CommonSpaceFraction = 0.8
 	switch method {

@@ -45,7 +45,7 @@ USES_DENSITY = frozenset({
 
 #: Keyword arguments of :func:`merge` that belong to one method, with their
 #: defaults (mergekit's where mergekit has the method; NeuroMerging's
-#: ``lam2=None`` selects its automatic λ₂ = 1/(1 − max σ_t), not the default).
+#: ``lam2=None``, the default, selects its automatic λ₂ = 1/(1 − max σ_t)).
 METHOD_PARAMS: dict[str, dict[str, Any]] = {
     "breadcrumbs": {"gamma": 0.01},
     "breadcrumbs_ties": {"gamma": 0.01},
@@ -54,7 +54,7 @@ METHOD_PARAMS: dict[str, dict[str, Any]] = {
     "consensus_ta": {"k": 2, "tall_lambda": 0.4},
     "consensus_ties": {"k": 2, "tall_lambda": 0.4},
     "slerp": {"t": 0.5},
-    "neuro": {"mask_rate": 0.9, "lam1": 0.0, "lam2": 1.0},
+    "neuro": {"mask_rate": 0.5, "lam1": 0.0, "lam2": None},
     "iso_cts": {"common_space_fraction": 0.8},
     "fisher": {"statistics": None, "fisher_floor": 1e-6},
     "regmean": {"statistics": None, "alpha": 0.9},
