@@ -14,8 +14,11 @@ import (
 // source element read once and the offspring written once (for sparse CR,
 // the parent read and the offspring written). When the vector loops are
 // available, the ".../scalar" runs switch them off (the plain Go path).
-func BenchmarkOffspring(b *testing.B) {
-	const n = 1 << 24
+func BenchmarkOffspring(b *testing.B) { benchOffspring(b, 1<<24, true) }
+
+// benchOffspring runs the offspring benchmark cases over n elements, and
+// with scalar also each case with the vector loops switched off.
+func benchOffspring(b *testing.B, n int, scalar bool) {
 	pop := make([]tensor.Vec, 4)
 	for i := range pop {
 		x := make([]float32, n)
@@ -39,7 +42,7 @@ func BenchmarkOffspring(b *testing.B) {
 		{search.Rand1Bin, Tensor, 0.5, 4},
 	} {
 		for _, vector := range []bool{true, false} {
-			if !vector && !accelerated {
+			if !vector && (!scalar || !accelerated) {
 				continue
 			}
 			name := fmt.Sprintf("%s/%s/CR=%g", c.s, c.g, c.cr)
