@@ -103,13 +103,7 @@ func isoCTSDelta(p *Params, sum linalg.Matrix, tasks []linalg.Matrix) (linalg.Ma
 		return linalg.Matrix{}, err
 	}
 	// [U_1 … U_T U_common], likewise the singular values and Vᵀ's rows.
-	parts := append(own, c)
-	u, sv, vt := concatSVDs(parts, m, n)
-	pu, _, err := linalg.Polar(u)
-	if err != nil {
-		return linalg.Matrix{}, err
-	}
-	pvt, _, err := linalg.Polar(vt)
+	pu, sv, pvt, err := orthogonalFactors(append(own, c), m, n)
 	if err != nil {
 		return linalg.Matrix{}, err
 	}
@@ -123,6 +117,21 @@ func isoCTSDelta(p *Params, sum linalg.Matrix, tasks []linalg.Matrix) (linalg.Ma
 		coef[i] = float32(mean)
 	}
 	return lowRank(pu, coef, pvt)
+}
+
+// orthogonalFactors concatenates the SVDs' factors (concatSVDs) and
+// replaces U and Vᵀ by their polar factors, the nearest matrices with
+// orthonormal columns and rows: the orthogonalisation of TSV-Merge and
+// Iso-CTS. The singular values are returned in concatenation order.
+func orthogonalFactors(parts []linalg.SVD, m, n int) (pu linalg.Matrix, sv []float32, pvt linalg.Matrix, err error) {
+	u, sv, vt := concatSVDs(parts, m, n)
+	if pu, _, err = linalg.Polar(u); err != nil {
+		return linalg.Matrix{}, nil, linalg.Matrix{}, err
+	}
+	if pvt, _, err = linalg.Polar(vt); err != nil {
+		return linalg.Matrix{}, nil, linalg.Matrix{}, err
+	}
+	return pu, sv, pvt, nil
 }
 
 // concatSVDs places the factors side by side: U = [U_1 … U_p] (m×K), the

@@ -59,12 +59,7 @@ func tsvDelta(_ *Params, sum linalg.Matrix, tasks []linalg.Matrix) (linalg.Matri
 	if err != nil {
 		return linalg.Matrix{}, err
 	}
-	u, sv, vt := concatSVDs(parts, m, n)
-	pu, _, err := linalg.Polar(u)
-	if err != nil {
-		return linalg.Matrix{}, err
-	}
-	pvt, _, err := linalg.Polar(vt)
+	pu, sv, pvt, err := orthogonalFactors(parts, m, n)
 	if err != nil {
 		return linalg.Matrix{}, err
 	}
