@@ -31,7 +31,7 @@ from _common import Report, Timing, import_npsfuse, measure, triad
 npsfuse = import_npsfuse()
 from npsfuse import _core  # noqa: E402
 from npsfuse._bridge import ArrowPack  # noqa: E402
-from npsfuse.merging import DATA_AWARE, DEFAULT_NORMALIZE  # noqa: E402
+from npsfuse.merging import DATA_AWARE, DEFAULT_NORMALIZE, _params  # noqa: E402
 
 StateDict = dict[str, torch.Tensor]
 TorchMerge = Callable[[StateDict, Sequence[StateDict], "Params"], StateDict]
@@ -225,14 +225,8 @@ def engine_only(
     if repeat <= 0:
         return None
     params = json.dumps(
-        {
-            "weights": p.weights,
-            "density": p.density,
-            "lambda": p.lam,
-            "normalize": p.normalize,
-            "scope": p.scope,
-            "seed": p.seed,
-        }
+        _params(p.method, len(models), weights=p.weights, density=p.density, lam=p.lam,
+                normalize=p.normalize, scope=p.scope, seed=p.seed)
     )
     names = list(base)
 
@@ -296,7 +290,8 @@ def main() -> None:
     n = args.tensor_len * args.tensors
     base, models = make_models(args.tensors, args.tensor_len)
     # fisher and regmean need per-model statistics: bench/ has no data for them.
-    available = [m for m in npsfuse.methods() if m not in DATA_AWARE]
+    # nearswap merges one model into the base, unlike every row here (bench_suite times it).
+    available = [m for m in npsfuse.methods() if m not in DATA_AWARE and m != "nearswap"]
     # Methods with a PyTorch baseline (and the goals) first, then TIES
     # over the whole model, then every other registered method, npsfuse only.
     configs = [(m, m, "tensor") for m in TORCH if m in available]

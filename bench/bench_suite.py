@@ -39,7 +39,12 @@ from bench_neuro import bert_like_shapes, make_family
 npsfuse = import_npsfuse()
 from npsfuse import _core  # noqa: E402
 from npsfuse._bridge import ArrowPack  # noqa: E402
-from npsfuse.merging import DATA_AWARE, DEFAULT_NORMALIZE, DEFAULT_SCOPE  # noqa: E402
+from npsfuse.merging import (  # noqa: E402
+    DATA_AWARE,
+    DEFAULT_NORMALIZE,
+    DEFAULT_SCOPE,
+    _params,
+)
 
 StateDict = dict[str, torch.Tensor]
 N_MODELS = 4
@@ -66,13 +71,16 @@ PASSES: dict[str, str] = {
 }
 
 
+#: Parameters a method requires (nearswap has no default t).
+REQUIRED: dict[str, dict[str, float]] = {"nearswap": {"t": 0.01}}
+
+
 def engine_call(method: str, scope: str, base: StateDict, models: list[StateDict],
                 outs: StateDict) -> None:
     """npsfuse.merge's Go call on prepared outputs (private API)."""
-    params = json.dumps({
-        "weights": None, "density": 0.2, "lambda": 1.0,
-        "normalize": DEFAULT_NORMALIZE.get(method, True), "scope": scope, "seed": 0,
-    })
+    params = json.dumps(_params(method, len(models), density=0.2, lam=1.0,
+                                normalize=DEFAULT_NORMALIZE.get(method, True), scope=scope,
+                                seed=0, **REQUIRED.get(method, {})))
     items: list[tuple[str, torch.Tensor]] = []
     for k in base:
         items.append((k, base[k]))
@@ -120,10 +128,12 @@ def main() -> None:
         ],
     )
     for label, method, scope in configs:
-        ms = models[:2] if method == "slerp" else models
+        ms = models[:2] if method == "slerp" else models[:1] if method == "nearswap" else models
         arrays = len(ms) + 1 + (0 if method in ("linear", "slerp") else 1)
         moved = arrays * 4 * n
-        t_merge = measure(lambda m=method, s=scope, ms=ms: npsfuse.merge(base, ms, m, scope=s),
+        kw = REQUIRED.get(method, {})
+        t_merge = measure(lambda m=method, s=scope, ms=ms, kw=kw: npsfuse.merge(base, ms, m,
+                                                                               scope=s, **kw),
                           repeat=args.repeat, warmup=1)
         t_eng = measure(lambda m=method, s=scope, ms=ms: engine_call(m, s, base, ms, outs),
                         repeat=args.repeat, warmup=1)

@@ -12,7 +12,9 @@ package pybind
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"runtime/debug"
+	"strconv"
 	"strings"
 
 	"github.com/npsfuse/npsfuse/arrowio/bridge"
@@ -60,34 +62,99 @@ func Inspect(arrays, schemas, n int) (total int, err error) {
 	return total, nil
 }
 
-// mergeParams is the JSON form of merge.Params that Python sends. The
-// method-specific fields are optional: a missing (or null) one takes
-// merge.DefaultParams' value for the method; lam2 0 is NeuroMerging's
-// automatic λ₂ (Python's lam2=None).
+// mergeParams is the JSON form of a merge's parameters that Python sends:
+// the raw values by spec name (merge.Values: "global" once, "models" one
+// mapping per model), resolved against the method's row of the spec table
+// by merge.Resolve, as the YAML door does.
 type mergeParams struct {
-	Weights     []float32 `json:"weights"`
-	Density     float64   `json:"density"`
-	Densities   []float64 `json:"densities"`
-	Lambda      float64   `json:"lambda"`
-	Normalize   bool      `json:"normalize"`
-	Scope       string    `json:"scope"`
-	Seed        uint64    `json:"seed"`
-	Gamma       *float64  `json:"gamma"`
-	Epsilon     *float64  `json:"epsilon"`
-	T           *float64  `json:"t"`
-	K           *int      `json:"k"`
-	TallLambda  *float64  `json:"tall_lambda"`
-	TallLambdas []float64 `json:"tall_lambdas"`
-	MaskRate    *float64  `json:"mask_rate"`
-	Lam1        *float64  `json:"lam1"`
-	Lam2        *float64  `json:"lam2"`
-	FisherFloor *float64  `json:"fisher_floor"`
-	Alpha       *float64  `json:"alpha"`
-	// CommonSpaceFraction is Iso-CTS's common_space_fraction.
-	CommonSpaceFraction *float64 `json:"common_space_fraction"`
+	Global map[string]any   `json:"global"`
+	Models []map[string]any `json:"models"`
 	// Statistics[i] says that tensor i's group carries nModels statistics
 	// arrays (fisher, regmean) between the models and the output.
 	Statistics []bool `json:"statistics"`
+}
+
+// decodeParams reads params and resolves them for method and nModels
+// models; the error lists every problem, named as npsfuse.merge's
+// keywords are.
+func decodeParams(method, params string, nModels int) (merge.Params, mergeParams, error) {
+	var mp mergeParams
+	dec := json.NewDecoder(strings.NewReader(params))
+	dec.DisallowUnknownFields()
+	dec.UseNumber()
+	if err := dec.Decode(&mp); err != nil {
+		return merge.Params{}, mp, fmt.Errorf("%w: parameters: %v", merge.ErrInput, err)
+	}
+	v := merge.Values{Global: numbers(mp.Global), Models: make([]map[string]any, len(mp.Models))}
+	for i, m := range mp.Models {
+		v.Models[i] = numbers(m)
+	}
+	p, bad := merge.Resolve(method, nModels, v)
+	if len(bad) > 0 {
+		return p, mp, fmt.Errorf("%w: %s", merge.ErrInput, strings.Join(merge.Format(bad, merge.PythonWhere), "; "))
+	}
+	return p, mp, nil
+}
+
+// numbers turns JSON numbers into int (whole numbers) or float64, as YAML
+// gives them.
+func numbers(m map[string]any) map[string]any {
+	out := make(map[string]any, len(m))
+	for k, v := range m {
+		if str, ok := v.(string); ok { // Python's NaN and ±Inf, which JSON cannot carry
+			if f, err := strconv.ParseFloat(str, 64); err == nil && (math.IsNaN(f) || math.IsInf(f, 0)) {
+				out[k] = f
+				continue
+			}
+		}
+		n, ok := v.(json.Number)
+		if !ok {
+			out[k] = v
+			continue
+		}
+		if i, err := n.Int64(); err == nil {
+			out[k] = int(i)
+		} else if u, err := strconv.ParseUint(n.String(), 10, 64); err == nil {
+			out[k] = u // a seed above 2⁶³
+		} else if f, err := n.Float64(); err == nil {
+			out[k] = f
+		} else {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// CheckParams resolves a merge's parameters (the JSON of Merge's params)
+// for nModels models without merging: Python calls it before loading any
+// model, so a bad value fails at once.
+func CheckParams(method, params string, nModels int) (err error) {
+	defer guard(&err)
+	_, _, err = decodeParams(method, params, nModels)
+	return err
+}
+
+// MethodSpecs returns the spec table as JSON: {"methods": [...],
+// "params": [...], "common": [...]} (merge.MethodSpec and
+// merge.ParamSpec). Python derives its keywords, defaults and docs from it.
+func MethodSpecs() (out string, err error) {
+	defer guard(&err)
+	var doc struct {
+		Methods []merge.MethodSpec `json:"methods"`
+		Params  []merge.ParamSpec  `json:"params"`
+		Common  []string           `json:"common"`
+	}
+	for _, m := range merge.Methods() {
+		s, _ := merge.Spec(m)
+		doc.Methods = append(doc.Methods, s)
+	}
+	for _, n := range merge.ParamNames() {
+		p, _ := merge.Param(n)
+		doc.Params = append(doc.Params, p)
+	}
+	doc.Common = merge.Common
+	b, err := json.Marshal(doc)
+	return string(b), err
 }
 
 // Merge runs a merge method over nTensors tensors of nModels models. The
@@ -104,15 +171,12 @@ func Merge(method, params string, nTensors, nModels, arrays, schemas int) (repor
 	// The parameters say how many structs there are (statistics add some):
 	// decode them first. With bad parameters the structs of the plain
 	// layout are still imported, to be released.
-	var mp mergeParams
-	dec := json.NewDecoder(strings.NewReader(params))
-	dec.DisallowUnknownFields()
-	perr := dec.Decode(&mp)
+	p, mp, perr := decodeParams(method, params, nModels)
 	if perr == nil && mp.Statistics != nil && len(mp.Statistics) != nTensors {
-		perr = fmt.Errorf("%d statistics flags for %d tensors", len(mp.Statistics), nTensors)
+		perr = fmt.Errorf("%w: parameters: %d statistics flags for %d tensors", merge.ErrInput, len(mp.Statistics), nTensors)
 	}
 	count := nTensors * per
-	if perr == nil {
+	if len(mp.Statistics) == nTensors { // decoded, even if the values are bad
 		for _, s := range mp.Statistics {
 			if s {
 				count += nModels
@@ -125,17 +189,13 @@ func Merge(method, params string, nTensors, nModels, arrays, schemas int) (repor
 	}
 	defer b.Release()
 	if perr != nil {
-		return "", fmt.Errorf("%w: parameters: %v", merge.ErrInput, perr)
-	}
-	scope, err := merge.ParseScope(mp.Scope)
-	if err != nil {
-		return "", fmt.Errorf("%w: %v", merge.ErrInput, err)
+		return "", perr
 	}
 	ts := make([]merge.Tensor, nTensors)
 	var stats map[string][]tensor.Vec
 	for i, off := 0, 0; i < nTensors; i++ {
 		n := per
-		if mp.Statistics != nil && mp.Statistics[i] {
+		if len(mp.Statistics) == nTensors && mp.Statistics[i] {
 			n += nModels
 		}
 		group := b.Tensors[off : off+n]
@@ -156,29 +216,7 @@ func Merge(method, params string, nTensors, nModels, arrays, schemas int) (repor
 			Base: group[0].Vec, Models: models, Out: group[n-1].Vec}
 		bridge.AdviseHugePages(group[n-1].Vec) // fresh output: fewer page faults
 	}
-	p := merge.DefaultParams(method)
 	p.Statistics = stats
-	p.Weights, p.Density, p.Densities, p.Lambda = mp.Weights, mp.Density, mp.Densities, mp.Lambda
-	p.Normalize, p.Scope, p.Seed = mp.Normalize, scope, mp.Seed
-	set := func(dst *float64, src *float64) {
-		if src != nil {
-			*dst = *src
-		}
-	}
-	set(&p.Gamma, mp.Gamma)
-	set(&p.Epsilon, mp.Epsilon)
-	set(&p.T, mp.T)
-	set(&p.TallLambda, mp.TallLambda)
-	set(&p.MaskRate, mp.MaskRate)
-	set(&p.Lam1, mp.Lam1)
-	set(&p.Lam2, mp.Lam2)
-	set(&p.FisherFloor, mp.FisherFloor)
-	set(&p.Alpha, mp.Alpha)
-	set(&p.CommonSpaceFraction, mp.CommonSpaceFraction)
-	if mp.K != nil {
-		p.K = *mp.K
-	}
-	p.TallLambdas = mp.TallLambdas
 	rep, err := merge.RunReport(method, p, ts)
 	if err != nil {
 		return "", err
@@ -188,4 +226,48 @@ func Merge(method, params string, nTensors, nModels, arrays, schemas int) (repor
 		return "", fmt.Errorf("merge report: %w", err)
 	}
 	return string(out), nil
+}
+
+// transposedQuery is TransposedNames' input: the tensors (name and shape)
+// and the patterns, null for the model type's.
+type transposedQuery struct {
+	Names     []string `json:"names"`
+	Shapes    [][]int  `json:"shapes"`
+	Patterns  []string `json:"patterns"`
+	ModelType string   `json:"model_type"`
+}
+
+// TransposedNames returns, as a JSON list, the names of query's 2-D
+// tensors stored (in, out) under merge's layout rules (merge.IsTransposed,
+// merge.TransposedPatterns): the rule every door applies.
+func TransposedNames(query string) (out string, err error) {
+	defer guard(&err)
+	var q transposedQuery
+	if err := json.Unmarshal([]byte(query), &q); err != nil {
+		return "", fmt.Errorf("%w: transposed query: %v", merge.ErrInput, err)
+	}
+	if len(q.Shapes) != len(q.Names) {
+		return "", fmt.Errorf("%w: %d shapes for %d names", merge.ErrInput, len(q.Shapes), len(q.Names))
+	}
+	for _, p := range q.Patterns {
+		if err := merge.CheckPattern(p); err != nil {
+			return "", fmt.Errorf("%w: transposed: %v", merge.ErrInput, err)
+		}
+	}
+	patterns := merge.TransposedPatterns(q.Patterns, q.ModelType)
+	names := []string{}
+	for i, n := range q.Names {
+		if merge.IsTransposed(n, q.Shapes[i], patterns) {
+			names = append(names, n)
+		}
+	}
+	b, err := json.Marshal(names)
+	return string(b), err
+}
+
+// TransposedByModelType returns merge.TransposedByModelType as JSON.
+func TransposedByModelType() (out string, err error) {
+	defer guard(&err)
+	b, err := json.Marshal(merge.TransposedByModelType)
+	return string(b), err
 }

@@ -18,10 +18,10 @@ from pyarrow.cffi import ffi
 
 
 def _params(**kw: object) -> str:
-    p = {"weights": None, "density": 1.0, "lambda": 1.0, "normalize": False,
-         "scope": "tensor", "seed": 0}
-    p.update(kw)
-    return json.dumps(p)
+    """The engine's JSON for a one-model linear merge (npsfuse.merge's keywords)."""
+    from npsfuse.merging import _params as engine_params
+
+    return json.dumps(engine_params("linear", 1, normalize=False, **kw))
 
 
 def _buffer_address(pack: ArrowPack, i: int) -> int:

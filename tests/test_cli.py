@@ -611,7 +611,7 @@ def test_config_problems_listed_at_once(tmp_path: Path, capsys) -> None:
     for w in (
         "models[0].parameters.density must lie in (0, 1], got 1.5",
         f"models[1]: model {tmp_path / 'nope'} does not exist",
-        'unknown parameter "epsilon"',
+        "parameters.epsilon is not a parameter of",
         'unknown key "slices"',
     ):
         assert w in err, (w, err)

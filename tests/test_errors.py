@@ -37,7 +37,7 @@ def test_density_outside_unit_interval(
     base, models = small
     with pytest.raises(ValueError, match="density") as err:
         npsfuse.merge(base, models, method, density=density)
-    assert str(density) in str(err.value)
+    assert format(density, 'g') in str(err.value).lower()  # the engine writes 0, NaN
 
 
 @pytest.mark.parametrize("weights", [[1.0], [1.0, 2.0, 3.0], []])
@@ -45,14 +45,14 @@ def test_weights_of_wrong_length(
     small: tuple[StateDict, list[StateDict]], weights: list[float]
 ) -> None:
     base, models = small
-    with pytest.raises(ValueError, match=rf"{len(weights)} weights given for 2 models"):
+    with pytest.raises(ValueError, match=rf"{len(weights)} values of weights given for 2 models"):
         npsfuse.merge(base, models, "task_arithmetic", weights=weights)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_non_finite_weights(small: tuple[StateDict, list[StateDict]], bad: float) -> None:
     base, models = small
-    with pytest.raises(ValueError, match="weights must be finite"):
+    with pytest.raises(ValueError, match="weights of model 1 must be a finite number"):
         npsfuse.merge(base, models, "linear", weights=[1.0, bad])
 
 
@@ -209,7 +209,7 @@ def test_task_vector_shape_mismatch(small: tuple[StateDict, list[StateDict]]) ->
 def test_go_input_errors_become_value_errors() -> None:
     with pytest.raises(ValueError, match="parameters"):
         _core.call(_core.go.Merge, "ties", json.dumps({"bogus": 1}), 0, 1, 0, 0)
-    with pytest.raises(ValueError, match="unknown method"):
+    with pytest.raises(ValueError, match="unknown merge method"):
         _core.call(_core.go.Merge, "nope", "{}", 0, 1, 0, 0)
 
 

@@ -3,7 +3,6 @@ package stream
 import (
 	"errors"
 	"fmt"
-	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -22,9 +21,10 @@ var ErrConfig = errors.New("invalid merge config")
 
 // Model is one entry of the config's models list.
 type Model struct {
-	Path    string
-	Weight  float64
-	Density *float64 // nil: the global density
+	Path string
+	// Parameters are the model's own parameters as written (weight,
+	// density, …), for the model card; the merge uses Config.Params.
+	Parameters map[string]any
 	// Statistics is the model's statistics file for the data-aware
 	// methods (fisher, regmean): a safetensors file of Fisher diagonals
 	// or Gram matrices by tensor name, resolved like the model's path.
@@ -37,55 +37,23 @@ type Config struct {
 	Method    string
 	BaseModel string
 	Models    []Model
-	Normalize *bool // nil: the method's default
-	Lambda    float64
-	Density   float64
-	DType     string // mergekit's dtype (loading/compute dtype; arithmetic here is float32)
-	OutDType  string // output dtype; "" = DType, else the base's
-	Scope     merge.Scope
-	scopeSet  bool
-	// Extra holds method-specific parameters (gamma, epsilon, t, k,
-	// tall_lambda, mask_rate, lam1, lam2).
-	Extra      map[string]float64
-	Seed       uint64
+	// Parameters are the global parameters as written, for the model card.
+	Parameters map[string]any
+	DType      string // mergekit's dtype (loading/compute dtype; arithmetic here is float32)
+	OutDType   string // output dtype; "" = DType, else the base's
 	Transposed []string
+	// params are the engine's parameters, resolved by merge.Resolve from
+	// the method's row of the spec table.
+	params merge.Params
 	// Notes are remarks for the user (ignored keys and the like).
 	Notes []string
 }
 
-// DefaultNormalize is mergekit's default for `normalize` per method.
-var DefaultNormalize = map[string]bool{
-	"linear": true, "task_arithmetic": false, "ties": true, "dare_ties": false,
-	"dare_linear": false, "magnitude_prune": false, "breadcrumbs": false,
-	"breadcrumbs_ties": false, "della": true, "della_linear": false,
-}
-
 var (
-	topKeys    = set("merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", "tokenizer_source", "scope", "seed", "transposed")
-	globalKeys = set("normalize", "lambda", "int8_mask", "rescale", "density", "weight",
-		"gamma", "epsilon", "t", "k", "tall_lambda", "mask_rate", "lam1", "lam2",
-		"fisher_floor", "alpha", "common_space_fraction")
-	// methodKeys are the global parameters of particular methods (mergekit's
-	// names where mergekit has the method), passed on to the engine.
-	methodKeys = map[string][]string{
-		"gamma":       {"breadcrumbs", "breadcrumbs_ties"},
-		"epsilon":     {"della", "della_linear"},
-		"t":           {"slerp"},
-		"k":           {"consensus_ta", "consensus_ties"},
-		"tall_lambda": {"consensus_ta", "consensus_ties"},
-		"mask_rate":   {"neuro"},
-		"lam1":        {"neuro"},
-		"lam2":        {"neuro"},
-
-		"fisher_floor": {"fisher"},
-		"alpha":        {"regmean"},
-
-		"common_space_fraction": {"iso_cts"},
-	}
+	topKeys = set("merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", "tokenizer_source", "scope", "seed", "transposed")
+	// topParams are npsfuse's parameters written at the top level.
+	topParams = []string{"scope", "seed"}
 	modelKeys = set("model", "parameters")
-	perModel  = set("weight", "density", "statistics")
-	// dataAware are the methods that need every model's statistics file.
-	dataAware = set("fisher", "regmean")
 )
 
 func set(keys ...string) map[string]bool {
@@ -115,7 +83,7 @@ func ParseConfig(text []byte, baseDir string) (*Config, error) {
 		return nil, fmt.Errorf("%w: the config must be a mapping with merge_method, base_model and models", ErrConfig)
 	}
 	var bad problems
-	c := &Config{Lambda: 1}
+	c := &Config{}
 	for k := range top {
 		if !topKeys[k] {
 			bad.add("unknown key %q (known: %s)", k, keys(topKeys))
@@ -132,6 +100,7 @@ func ParseConfig(text []byte, baseDir string) (*Config, error) {
 			bad.add("unknown merge_method %q (valid: %s)", c.Method, strings.Join(merge.Methods(), ", "))
 		}
 	}
+	spec, knownMethod := merge.Spec(c.Method)
 	resolve := func(p string) string {
 		if p == "" || filepath.IsAbs(p) || baseDir == "" {
 			if p == "" {
@@ -160,50 +129,28 @@ func ParseConfig(text []byte, baseDir string) (*Config, error) {
 			gp = m
 		}
 	}
-	for k := range gp {
-		if !globalKeys[k] {
-			bad.add("unknown parameter %q (known: %s)", k, keys(globalKeys))
-		}
-	}
-	globalWeight := 1.0
-	if _, ok := gp["weight"]; ok {
-		globalWeight = num(gp, "weight", "parameters.weight", &bad)
-	}
-	c.Density = 1
-	if _, ok := gp["density"]; ok {
-		c.Density = num(gp, "density", "parameters.density", &bad)
-		checkDensity(c.Density, "parameters.density", &bad)
-	}
-	for k := range gp {
-		if owners, ok := methodKeys[k]; ok {
-			if c.Method != "" && !slices.Contains(owners, c.Method) {
-				bad.add("unknown parameter %q for merge_method %q (it belongs to %s)", k, c.Method, strings.Join(owners, ", "))
-				continue
+	values := merge.Values{Global: map[string]any{}}
+	for k, v := range gp {
+		switch {
+		case k == "int8_mask":
+			c.Notes = append(c.Notes, "parameters.int8_mask is accepted and ignored: npsfuse keeps masks as it needs them")
+		case k == "rescale":
+			if b, ok := v.(bool); !ok || !b {
+				bad.add("parameters.rescale: only true (DARE's 1/density rescale) is supported, got %v", v)
 			}
-			if c.Extra == nil {
-				c.Extra = map[string]float64{}
-			}
-			c.Extra[k] = num(gp, k, "parameters."+k, &bad)
+		case slices.Contains(topParams, k):
+			bad.add("parameters.%s: %s is a top-level key of the config, not a parameter", k, k)
+		default:
+			values.Global[k] = v
 		}
 	}
-	if _, ok := gp["lambda"]; ok {
-		c.Lambda = num(gp, "lambda", "parameters.lambda", &bad)
-	}
-	if v, ok := gp["normalize"]; ok {
-		if b, ok := v.(bool); ok {
-			c.Normalize = &b
-		} else {
-			bad.add("parameters.normalize must be true or false, got %v", v)
+	for _, k := range topParams {
+		if v, ok := top[k]; ok {
+			values.Global[k] = v
 		}
 	}
-	if _, ok := gp["int8_mask"]; ok {
-		c.Notes = append(c.Notes, "parameters.int8_mask is accepted and ignored: npsfuse keeps masks as it needs them")
-	}
-	if v, ok := gp["rescale"]; ok {
-		if b, ok := v.(bool); !ok || !b {
-			bad.add("parameters.rescale: only true (DARE's 1/density rescale) is supported, got %v", v)
-		}
-	}
+	c.Parameters = gp
+	var modelIndex []int // the config's models[i] of each merged model
 	// Models.
 	list, ok := top["models"].([]any)
 	if !ok || len(list) == 0 {
@@ -222,7 +169,7 @@ func ParseConfig(text []byte, baseDir string) (*Config, error) {
 				bad.add("%s: unknown key %q (known: model, parameters)", where, k)
 			}
 		}
-		mod := Model{Path: resolve(strAt(m, "model", where+".model", &bad)), Weight: globalWeight}
+		mod := Model{Path: resolve(strAt(m, "model", where+".model", &bad))}
 		if mod.Path == "" {
 			if absent(m["model"]) { // else not a string, reported by strAt
 				bad.add("%s: model is missing", where)
@@ -230,40 +177,26 @@ func ParseConfig(text []byte, baseDir string) (*Config, error) {
 		} else if _, err := os.Stat(mod.Path); err != nil {
 			bad.add("%s: model %s does not exist", where, mod.Path)
 		}
+		own := map[string]any{}
 		if pv, ok := m["parameters"]; ok && pv != nil {
 			pm, ok := pv.(map[string]any)
 			if !ok {
 				bad.add("%s.parameters must be a mapping", where)
-				pm = nil
 			}
-			for k := range pm {
-				if !perModel[k] {
-					bad.add("%s: unknown parameter %q (known: %s)", where, k, keys(perModel))
-				}
+			for k, v := range pm {
+				own[k] = v
 			}
-			if _, ok := pm["weight"]; ok {
-				mod.Weight = num(pm, "weight", where+".parameters.weight", &bad)
-			}
-			if _, ok := pm["density"]; ok {
-				d := num(pm, "density", where+".parameters.density", &bad)
-				checkDensity(d, where+".parameters.density", &bad)
-				mod.Density = &d
-			}
-			if v, ok := pm["statistics"]; ok && v != nil {
-				at := where + ".parameters.statistics"
-				switch {
-				case c.Method != "" && !dataAware[c.Method]:
-					bad.add("%s: only the data-aware methods (fisher, regmean) take statistics, not %q", at, c.Method)
-				default:
-					if mod.Statistics = resolve(strAt(pm, "statistics", at, &bad)); mod.Statistics != "" {
-						if st, err := os.Stat(mod.Statistics); err != nil || st.IsDir() {
-							bad.add("%s: %s is not a file", at, mod.Statistics)
-						}
-					}
+			mod.Parameters = pm
+		}
+		if v, ok := own["statistics"]; ok && v != nil && knownMethod && spec.DataAware {
+			at := where + ".parameters.statistics"
+			if mod.Statistics = resolve(strAt(own, "statistics", at, &bad)); mod.Statistics != "" {
+				if st, err := os.Stat(mod.Statistics); err != nil || st.IsDir() {
+					bad.add("%s: %s is not a file", at, mod.Statistics)
 				}
 			}
 		}
-		if dataAware[c.Method] && mod.Statistics == "" && mod.Path != "" && mod.Path != c.BaseModel {
+		if knownMethod && spec.DataAware && mod.Statistics == "" && mod.Path != "" && mod.Path != c.BaseModel {
 			bad.add("%s: %s needs parameters.statistics (the model's statistics file, from npsfuse.stats.save)", where, c.Method)
 		}
 		// mergekit lets the base model appear among the models; task-vector
@@ -274,6 +207,8 @@ func ParseConfig(text []byte, baseDir string) (*Config, error) {
 			continue
 		}
 		c.Models = append(c.Models, mod)
+		values.Models = append(values.Models, own)
+		modelIndex = append(modelIndex, i)
 	}
 	if skippedBase > 0 && len(c.Models) == 0 {
 		bad.add("models lists only the base model: nothing to merge")
@@ -294,39 +229,38 @@ func ParseConfig(text []byte, baseDir string) (*Config, error) {
 	if v, ok := top["tokenizer_source"]; ok && v != nil && v != "base" {
 		bad.add("tokenizer_source: only \"base\" is supported (the base model's tokenizer is copied), got %v", v)
 	}
-	if s := str(top, "scope", &bad); s != "" {
-		sc, err := merge.ParseScope(s)
-		if err != nil {
-			bad.add("scope: %v", err)
-		}
-		c.Scope, c.scopeSet = sc, true
-	}
-	if _, ok := top["seed"]; ok {
-		s := num(top, "seed", "seed", &bad)
-		if s < 0 || s != math.Trunc(s) || s > 1<<53 {
-			bad.add("seed must be a non-negative integer, got %v", s)
-		}
-		c.Seed = uint64(s)
-	}
 	if v, ok := top["transposed"]; ok && v != nil {
 		l, ok := v.([]any)
 		if !ok {
 			bad.add("transposed must be a list of tensor-name patterns")
 		}
+		c.Transposed = []string{} // given: an empty list means none, not the model type's
 		for _, p := range l {
 			s, ok := p.(string)
 			if !ok {
 				bad.add("transposed: %v is not a string", p)
 				continue
 			}
-			if _, err := filepath.Match(s, ""); err != nil {
-				bad.add("transposed: bad pattern %q: %v", s, err)
+			if err := merge.CheckPattern(s); err != nil {
+				bad.add("transposed: %v", err)
 			}
 			c.Transposed = append(c.Transposed, s)
 		}
 	}
-	if c.Method == "slerp" && len(c.Models) != 2 {
-		bad.add("slerp merges exactly two models, got %d", len(c.Models))
+	if knownMethod && len(c.Models) > 0 {
+		p, problems := merge.Resolve(c.Method, len(c.Models), values)
+		for _, msg := range merge.Format(problems, func(param string, model int) string {
+			switch {
+			case model >= 0:
+				return fmt.Sprintf("models[%d].parameters.%s", modelIndex[model], param)
+			case slices.Contains(topParams, param):
+				return param
+			}
+			return "parameters." + param
+		}) {
+			bad.add("%s", msg)
+		}
+		c.params = p
 	}
 	if len(bad) > 0 {
 		sort.Strings(bad)
@@ -336,61 +270,13 @@ func ParseConfig(text []byte, baseDir string) (*Config, error) {
 	return c, nil
 }
 
-// Params turns the config into the engine's parameters.
+// Params returns the engine's parameters: the method's defaults from the
+// spec table, overridden by the config's values (merge.Resolve).
 func (c *Config) Params() merge.Params {
-	p := merge.DefaultParams(c.Method)
-	p.Density, p.Lambda, p.Seed = c.Density, c.Lambda, c.Seed
-	if c.scopeSet {
-		p.Scope = c.Scope
-	}
-	if n, known := DefaultNormalize[c.Method]; known {
-		p.Normalize = n
-	}
-	for k, v := range c.Extra {
-		switch k {
-		case "gamma":
-			p.Gamma = v
-		case "epsilon":
-			p.Epsilon = v
-		case "t":
-			p.T = v
-		case "k":
-			p.K = int(v)
-		case "tall_lambda":
-			p.TallLambda = v
-		case "mask_rate":
-			p.MaskRate = v
-		case "lam1":
-			p.Lam1 = v
-		case "lam2":
-			p.Lam2 = v
-		case "fisher_floor":
-			p.FisherFloor = v
-		case "alpha":
-			p.Alpha = v
-		case "common_space_fraction":
-			p.CommonSpaceFraction = v
-		}
-	}
-	if c.Normalize != nil {
-		p.Normalize = *c.Normalize
-	}
-	per := false
-	for _, m := range c.Models {
-		p.Weights = append(p.Weights, float32(m.Weight))
-		if m.Density != nil {
-			per = true
-		}
-	}
-	if per {
-		for _, m := range c.Models {
-			d := c.Density
-			if m.Density != nil {
-				d = *m.Density
-			}
-			p.Densities = append(p.Densities, d)
-		}
-	}
+	p := c.params
+	p.Weights = slices.Clone(p.Weights)
+	p.Densities = slices.Clone(p.Densities)
+	p.TallLambdas = slices.Clone(p.TallLambdas)
 	return p
 }
 
@@ -405,12 +291,6 @@ func plural(n int, noun string) string {
 // absent reports whether a key's value is missing, null or empty.
 func absent(v any) bool { return v == nil || v == "" }
 
-func checkDensity(d float64, where string, bad *problems) {
-	if !(d > 0 && d <= 1) {
-		bad.add("%s must lie in (0, 1], got %v", where, d)
-	}
-}
-
 func str(m map[string]any, k string, bad *problems) string { return strAt(m, k, k, bad) }
 
 // strAt is str with where naming the key in messages.
@@ -424,23 +304,6 @@ func strAt(m map[string]any, k, where string, bad *problems) string {
 		bad.add("%s must be a string, got %v", where, v)
 	}
 	return s
-}
-
-func num(m map[string]any, k, where string, bad *problems) float64 {
-	switch v := m[k].(type) {
-	case int:
-		return float64(v)
-	case float64:
-		if math.IsNaN(v) || math.IsInf(v, 0) {
-			bad.add("%s must be finite, got %v", where, v)
-		}
-		return v
-	case []any:
-		bad.add("%s: per-layer gradients (lists) are not supported yet; give one number", where)
-	default:
-		bad.add("%s must be a number, got %v", where, m[k])
-	}
-	return 0
 }
 
 func keys(m map[string]bool) string {

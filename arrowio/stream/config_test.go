@@ -59,17 +59,17 @@ func badConfigs() []badConfig {
 		{"base_model missing", "merge_method: ties\n" + models, []string{"base_model is missing"}},
 		{"base_model does not exist", "merge_method: ties\nbase_model: nowhere\n" + models, []string{"base_model ", "nowhere does not exist"}},
 		{"parameters not a mapping", head + models + "parameters: [1]\n", []string{"parameters must be a mapping"}},
-		{"unknown global parameter", head + models + "parameters: {epsilon: 0.1}\n", []string{`unknown parameter "epsilon"`}},
+		{"unknown global parameter", head + models + "parameters: {epsilon: 0.1}\n", []string{"parameters.epsilon is not a parameter of ties (it belongs to della, della_linear)"}},
 		{"global density zero", head + models + "parameters: {density: 0}\n", []string{"parameters.density must lie in (0, 1], got 0"}},
 		{"global density above one", head + models + "parameters: {density: 1.5}\n", []string{"parameters.density must lie in (0, 1], got 1.5"}},
 		{"per-model density negative", head + "models:\n  - model: ft0\n    parameters: {density: -0.1}\n",
 			[]string{"models[0].parameters.density must lie in (0, 1], got -0.1"}},
 		{"weight not a number", head + "models:\n  - model: ft0\n    parameters: {weight: heavy}\n",
 			[]string{"models[0].parameters.weight must be a number, got heavy"}},
-		{"weight NaN", head + "models:\n  - model: ft0\n    parameters: {weight: .nan}\n", []string{"models[0].parameters.weight must be finite"}},
-		{"lambda infinite", head + models + "parameters: {lambda: .inf}\n", []string{"parameters.lambda must be finite"}},
+		{"weight NaN", head + "models:\n  - model: ft0\n    parameters: {weight: .nan}\n", []string{"models[0].parameters.weight must be a finite number, got NaN"}},
+		{"lambda infinite", head + models + "parameters: {lambda: .inf}\n", []string{"parameters.lambda must be a finite number, got +Inf"}},
 		{"per-layer weight list", head + "models:\n  - model: ft0\n    parameters: {weight: [0.1, 0.9]}\n",
-			[]string{"models[0].parameters.weight: per-layer gradients"}},
+			[]string{"models[0].parameters.weight must be a number, got a list (per-layer gradients"}},
 		{"normalize not a bool", head + models + "parameters: {normalize: 1}\n", []string{"parameters.normalize must be true or false, got 1"}},
 		{"rescale false", head + models + "parameters: {rescale: false}\n", []string{"parameters.rescale: only true"}},
 		{"models missing", head, []string{"models must be a non-empty list"}},
@@ -82,15 +82,15 @@ func badConfigs() []badConfig {
 		{"model key missing", head + "models:\n  - parameters: {weight: 1}\n", []string{"models[0]: model is missing"}},
 		{"model does not exist", head + "models:\n  - model: ft0\n  - model: ft9\n", []string{"models[1]: model ", "ft9 does not exist"}},
 		{"unknown model key", head + "models:\n  - model: ft0\n    weight: 1\n", []string{`models[0]: unknown key "weight"`}},
-		{"unknown per-model parameter", head + "models:\n  - model: ft0\n    parameters: {gamma: 0.1}\n", []string{`models[0]: unknown parameter "gamma"`}},
+		{"unknown per-model parameter", head + "models:\n  - model: ft0\n    parameters: {gamma: 0.1}\n", []string{"models[0].parameters.gamma is not a parameter of ties (it belongs to breadcrumbs, breadcrumbs_ties)"}},
 		{"model parameters not a mapping", head + "models:\n  - model: ft0\n    parameters: 3\n", []string{"models[0].parameters must be a mapping"}},
 		{"only the base model", head + "models:\n  - model: base\n", []string{"models lists only the base model"}},
 		{"unknown dtype", good + "out_dtype: float8\n", []string{`out_dtype: unknown dtype "float8"`}},
 		{"unknown compute dtype", strings.Replace(good, "bfloat16", "int4", 1), []string{`dtype: unknown dtype "int4"`}},
 		{"tokenizer_source union", good + "tokenizer_source: union\n", []string{`tokenizer_source: only "base"`}},
-		{"unknown scope", good + "scope: layer\n", []string{`scope: unknown scope "layer"`}},
-		{"negative seed", good + "seed: -1\n", []string{"seed must be a non-negative integer, got -1"}},
-		{"fractional seed", good + "seed: 1.5\n", []string{"seed must be a non-negative integer, got 1.5"}},
+		{"unknown scope", good + "scope: layer\n", []string{`scope must be one of "tensor", "global", got layer`}},
+		{"negative seed", good + "seed: -1\n", []string{"seed must be ≥ 0, got -1"}},
+		{"fractional seed", good + "seed: 1.5\n", []string{"seed must be a whole number, got 1.5"}},
 		{"seed not a number", good + "seed: abc\n", []string{"seed must be a number, got abc"}},
 		{"transposed not a list", good + "transposed: '*.w'\n", []string{"transposed must be a list"}},
 		{"transposed bad pattern", good + "transposed: ['[a']\n", []string{`transposed: bad pattern "[a"`}},
@@ -141,16 +141,29 @@ dtype: float8
 scope: layer
 slices: []
 `
+	// The parameters are checked against the method's row of the spec
+	// table: with an unknown method, they are not checked (no knock-on
+	// errors); with a known one, every bad value is listed too.
 	want := []string{
 		`unknown merge_method "frankenmerge"`,
-		"models[0].parameters.density must lie in (0, 1], got 1.5",
 		"models[1]: model " + filepath.Join(root, "missing-model") + " does not exist",
-		"models[2].parameters.weight must be finite",
-		`models[2]: unknown parameter "gamma"`,
-		`unknown parameter "epsilon"`,
 		`dtype: unknown dtype "float8"`,
-		`scope: unknown scope "layer"`,
 		`unknown key "slices"`,
+	}
+	if _, err := ParseConfig([]byte(strings.Replace(text, "frankenmerge", "ties", 1)), root); err == nil {
+		t.Fatal("accepted with ties")
+	} else {
+		for _, w := range []string{
+			"models[0].parameters.density must lie in (0, 1], got 1.5",
+			"models[2].parameters.weight must be a finite number, got NaN",
+			"models[2].parameters.gamma is not a parameter of ties",
+			"parameters.epsilon is not a parameter of ties",
+			`scope must be one of "tensor", "global", got layer`,
+		} {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("with ties, the error does not list %q:\n%v", w, err)
+			}
+		}
 	}
 	_, err := ParseConfig([]byte(text), root)
 	if err == nil {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"path/filepath"
 	"strings"
 	"time"
 	"unsafe"
@@ -320,7 +319,7 @@ func plan(cfg *Config, opt Options, base *checkpoint.Checkpoint, models []*check
 		for k, d := range bi.Shape {
 			shape[k] = int(d)
 		}
-		tensors = append(tensors, merge.Tensor{Name: name, Shape: shape, Transposed: matchAny(transposed, name), Base: bv, Models: inputs})
+		tensors = append(tensors, merge.Tensor{Name: name, Shape: shape, Transposed: merge.IsTransposed(name, shape, transposed), Base: bv, Models: inputs})
 		jobs = append(jobs, j)
 	}
 	for _, m := range models {
@@ -402,31 +401,19 @@ func sameShape(a, b []int64) bool {
 	return true
 }
 
-func matchAny(patterns []string, name string) bool {
-	for _, p := range patterns {
-		if ok, _ := filepath.Match(p, name); ok {
-			return true
-		}
-		if strings.Contains(name, strings.Trim(p, "*")) && strings.HasPrefix(p, "*") && strings.HasSuffix(p, "*") {
-			return true
-		}
-	}
-	return false
-}
-
-// gpt2Transposed are the Conv1D weights GPT-2-style models store as (in, out).
-var gpt2Transposed = []string{"*attn.c_attn.weight", "*attn.c_proj.weight", "*mlp.c_fc.weight", "*mlp.c_proj.weight"}
-
-// transposedPatterns are the config's patterns, or GPT-2's when the base's
-// config.json says model_type gpt2.
+// transposedPatterns are the config's patterns when it gives them (an
+// empty list included), else those of the base's model_type (merge's
+// layout rules, the same in every door).
 func transposedPatterns(cfg *Config, dir string) ([]string, string) {
-	if len(cfg.Transposed) > 0 {
+	if cfg.Transposed != nil {
 		return cfg.Transposed, ""
 	}
-	if checkpoint.ModelType(dir) == "gpt2" {
-		return gpt2Transposed, "model_type gpt2: Conv1D weights (c_attn, c_proj, c_fc) are treated as stored (in, out)"
+	mt := checkpoint.ModelType(dir)
+	p := merge.TransposedPatterns(nil, mt)
+	if len(p) == 0 {
+		return nil, ""
 	}
-	return nil, ""
+	return p, fmt.Sprintf("model_type %s: %s are treated as stored (in, out)", mt, strings.Join(p, ", "))
 }
 
 // configDType is config.json's torch_dtype: the output dtype, or that of

@@ -44,7 +44,7 @@ func (s *Statistics) Close() {
 func (c *Config) EngineParams(tensors []merge.Tensor) (p merge.Params, _ *Statistics, err error) {
 	p = c.Params()
 	st := &Statistics{}
-	if !dataAware[c.Method] {
+	if spec, _ := merge.Spec(c.Method); !spec.DataAware {
 		return p, st, nil
 	}
 	defer func() {

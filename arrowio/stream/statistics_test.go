@@ -41,11 +41,11 @@ func TestParseConfigStatistics(t *testing.T) {
 		{"merge_method: regmean\nbase_model: base\nmodels:\n  - model: ft0\n    parameters: {statistics: nope.safetensors}\n",
 			"models[0].parameters.statistics: " + filepath.Join(root, "nope.safetensors") + " is not a file"},
 		{"merge_method: ties\nbase_model: base\nmodels:\n  - model: ft0\n    parameters: {statistics: f0.safetensors}\n",
-			`only the data-aware methods (fisher, regmean) take statistics, not "ties"`},
+			"models[0].parameters.statistics is not a parameter of ties (it belongs to fisher, regmean)"},
 		{"merge_method: fisher\nbase_model: base\nmodels:\n  - model: ft0\n    parameters: {statistics: 3}\n",
 			"models[0].parameters.statistics must be a string"},
 		{"merge_method: fisher\nbase_model: base\nmodels:\n  - model: ft0\n    parameters: {statistics: f0.safetensors}\nparameters: {alpha: 0.5}\n",
-			`unknown parameter "alpha" for merge_method "fisher" (it belongs to regmean)`},
+			"parameters.alpha is not a parameter of fisher (it belongs to regmean)"},
 	}
 	for _, c := range cases {
 		_, err := ParseConfig([]byte(c.text), root)

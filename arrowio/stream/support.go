@@ -209,10 +209,13 @@ func human(b float64) string {
 // writeCard writes a short README.md model card with the configuration.
 func writeCard(dir string, cfg *Config, dt tensor.DType) error {
 	type model struct {
-		Model      string             `yaml:"model"`
-		Parameters map[string]float64 `yaml:"parameters,omitempty"`
+		Model      string         `yaml:"model"`
+		Parameters map[string]any `yaml:"parameters,omitempty"`
 	}
-	doc := map[string]any{"merge_method": cfg.Method, "parameters": map[string]any{"lambda": cfg.Lambda, "density": cfg.Density}}
+	doc := map[string]any{"merge_method": cfg.Method}
+	if len(cfg.Parameters) > 0 {
+		doc["parameters"] = cfg.Parameters
+	}
 	if cfg.BaseModel != "" {
 		doc["base_model"] = cfg.BaseModel
 	}
@@ -221,11 +224,7 @@ func writeCard(dir string, cfg *Config, dt tensor.DType) error {
 	}
 	var ms []model
 	for _, m := range cfg.Models {
-		p := map[string]float64{"weight": m.Weight}
-		if m.Density != nil {
-			p["density"] = *m.Density
-		}
-		ms = append(ms, model{m.Path, p})
+		ms = append(ms, model{m.Path, m.Parameters})
 	}
 	doc["models"] = ms
 	y, err := yaml.Marshal(doc)

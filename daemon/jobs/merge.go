@@ -299,9 +299,6 @@ type planned struct {
 	conv   tensor.DType
 }
 
-// gpt2Transposed are the Conv1D weights GPT-2-style models store (in, out).
-var gpt2Transposed = []string{"*attn.c_attn.weight", "*attn.c_proj.weight", "*mlp.c_fc.weight", "*mlp.c_proj.weight"}
-
 func matchAny(patterns []string, name string) bool {
 	for _, p := range patterns {
 		if ok, _ := filepath.Match(p, name); ok {
@@ -343,9 +340,11 @@ func planMerge(cfg *stream.Config, s *mergeSpec, base tensors.Source, models []t
 	if st, err := os.Stat(dir); err == nil && !st.IsDir() {
 		dir = filepath.Dir(dir)
 	}
-	if len(transposed) == 0 && checkpoint.ModelType(dir) == "gpt2" {
-		transposed = gpt2Transposed
-		notes = append(notes, "model_type gpt2: Conv1D weights are treated as stored (in, out)")
+	if transposed == nil {
+		mt := checkpoint.ModelType(dir)
+		if transposed = merge.TransposedPatterns(nil, mt); len(transposed) > 0 {
+			notes = append(notes, fmt.Sprintf("model_type %s: %s are treated as stored (in, out)", mt, strings.Join(transposed, ", ")))
+		}
 	}
 	var bad []string
 	var plan []planned
@@ -417,7 +416,7 @@ func planMerge(cfg *stream.Config, s *mergeSpec, base tensors.Source, models []t
 			continue
 		}
 		plan = append(plan, planned{meta: out, merged: len(mts)})
-		mts = append(mts, merge.Tensor{Name: name, Shape: bm.IntShape(), Transposed: matchAny(transposed, name), Base: bv, Models: inputs})
+		mts = append(mts, merge.Tensor{Name: name, Shape: bm.IntShape(), Transposed: merge.IsTransposed(name, bm.IntShape(), transposed), Base: bv, Models: inputs})
 	}
 	for mi, m := range models {
 		for _, name := range m.Names() {

@@ -102,13 +102,13 @@ func BenchmarkMerge(b *testing.B) {
 	for _, c := range cfgs {
 		b.Run(c.name, func(b *testing.B) {
 			ts := all
-			if c.method == "slerp" {
+			if n := modelsFor(c.method); n < len(all[0].Models) {
 				ts = slices.Clone(all)
 				for i := range ts {
-					ts[i].Models = ts[i].Models[:2]
+					ts[i].Models = ts[i].Models[:n]
 				}
 			}
-			p := DefaultParams(c.method)
+			p := testParams(c.method)
 			p.Density, p.Lambda, p.Seed = 0.2, 1, 1
 			if c.global {
 				p.Scope = ScopeGlobal

@@ -25,13 +25,6 @@ type band struct{}
 
 func (band) usesDensity() bool { return true }
 
-func (band) check(e *engine) error {
-	if g := e.p.Gamma; !(g >= 0 && g < 1) {
-		return inputErr("gamma %v is outside [0, 1)", g)
-	}
-	return nil
-}
-
 // bandCounts returns g and k for model m over n entries.
 func (e *engine) bandCounts(m int, n int64) (g, k int64) {
 	k = int64(e.density(m) * float64(n))

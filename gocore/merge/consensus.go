@@ -27,22 +27,6 @@ type consensus struct{ ties bool }
 func (c consensus) normalizes(p Params) bool   { return !c.ties && p.Normalize }
 func (consensus) prepare(*engine, []int) error { return nil }
 
-func (consensus) check(e *engine) error {
-	if e.p.K < 0 {
-		return inputErr("k %d is negative", e.p.K)
-	}
-	if e.p.TallLambdas != nil && len(e.p.TallLambdas) != e.T {
-		return inputErr("%d TALL lambdas for %d models", len(e.p.TallLambdas), e.T)
-	}
-	for m := range e.T {
-		l := e.p.tallLambda(m)
-		if math.IsNaN(l) || math.IsInf(l, 0) || l < 0 {
-			return inputErr("TALL lambda %v must be finite and non-negative", l)
-		}
-	}
-	return nil
-}
-
 func (c consensus) combine(e *engine, _ chunkRef, base []float32, models, taus [][]float32, out []float32) {
 	if c.ties {
 		vec.DisjointMean(out, taus, e.w, e.p.Normalize)

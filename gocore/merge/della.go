@@ -37,13 +37,7 @@ func (magprune) usesDensity() bool            { return true }
 func (magprune) prepare(*engine, []int) error { return nil }
 
 func (magprune) check(e *engine) error {
-	eps := e.p.Epsilon
-	if err := finiteParam("epsilon", eps); err != nil {
-		return err
-	}
-	if eps < 0 {
-		return inputErr("epsilon %v is negative", eps)
-	}
+	eps := e.p.Epsilon // its range is the spec table's; the pair's is checked here
 	for m := range e.T {
 		d := e.density(m)
 		if !(d > 0 && d < 1) {

@@ -6,6 +6,7 @@ import (
 	"math"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 
 	"github.com/npsfuse/npsfuse/gocore/parallel"
@@ -138,6 +139,9 @@ func newEngine(m Method, p Params, tensors []Tensor) (*engine, error) {
 	if T == 0 {
 		return nil, inputErr("no models to merge")
 	}
+	if bad := checkValues(methodSpecs[m.Name], &p, T); len(bad) > 0 {
+		return nil, inputErr("%s", strings.Join(Format(bad, NameWhere), "; "))
+	}
 	w := p.Weights
 	if w == nil {
 		w = make([]float32, T)
@@ -145,31 +149,15 @@ func newEngine(m Method, p Params, tensors []Tensor) (*engine, error) {
 			w[i] = 1
 		}
 	}
-	if len(w) != T {
-		return nil, inputErr("%d weights for %d models", len(w), T)
-	}
 	var wsum float32
-	for i, x := range w {
-		if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
-			return nil, inputErr("weight %d is %v", i, x)
-		}
+	for _, x := range w {
 		wsum += x
-	}
-	if p.Densities != nil && len(p.Densities) != T {
-		return nil, inputErr("%d densities for %d models", len(p.Densities), T)
 	}
 	e := &engine{method: m, p: p, tensors: tensors, T: T, w: w, wsum: wsum, report: map[string]any{}}
 	for _, c := range []any{m.Sparsify, m.Combine} {
 		if ck, ok := c.(checker); ok {
 			if err := ck.check(e); err != nil {
 				return nil, err
-			}
-		}
-	}
-	if m.Sparsify.usesDensity() {
-		for i := range T {
-			if d := e.density(i); !(d > 0 && d <= 1) {
-				return nil, inputErr("density %v is outside (0, 1]", d)
 			}
 		}
 	}

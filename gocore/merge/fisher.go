@@ -38,9 +38,6 @@ type fisherMerge struct{}
 func (fisherMerge) normalizes(Params) bool { return true }
 
 func (fisherMerge) check(e *engine) error {
-	if f := e.p.FisherFloor; !(f > 0) || f > 1e30 {
-		return inputErr("fisher_floor %v must be a positive number", f)
-	}
 	if err := checkDataWeights(e, "fisher"); err != nil {
 		return err
 	}

@@ -172,7 +172,7 @@ func TestFisherBadInput(t *testing.T) {
 		{"models", func(p *Params) { p.Statistics["enc.w"] = p.Statistics["enc.w"][:1] }, "statistics for 1 models, expected 2"},
 		{"unknown tensor", func(p *Params) { p.Statistics["dec.w"] = p.Statistics["enc.w"] }, `tensor "dec.w", which is not merged`},
 		{"dtype", func(p *Params) { p.Statistics["enc.w"][0] = tensor.Alloc(2, tensor.BF16) }, "are bfloat16; they must be float32"},
-		{"floor", func(p *Params) { p.FisherFloor = 0 }, "fisher_floor 0 must be a positive number"},
+		{"floor", func(p *Params) { p.FisherFloor = 0 }, "fisher_floor must lie in (0, 1e+30], got 0"},
 		{"negative weight", func(p *Params) { p.Weights = []float32{2, -1} }, "weight 1 is -1"},
 		{"zero weights", func(p *Params) { p.Weights = []float32{0, 0} }, "weights sum to 0"},
 	}

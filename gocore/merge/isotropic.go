@@ -50,14 +50,6 @@ func init() {
 // isoCTS is subspaceMerge with Iso-CTS's parameter check.
 type isoCTS struct{ subspaceMerge }
 
-func (c isoCTS) check(e *engine) error {
-	f := e.p.CommonSpaceFraction
-	if !(f >= 0 && f <= 1) {
-		return inputErr("common_space_fraction %v is outside [0, 1]", f)
-	}
-	return c.subspaceMerge.check(e)
-}
-
 // isoCDelta is Iso-C's Δ = σ̄·polar(Δ_TA).
 func isoCDelta(_ *Params, sum linalg.Matrix, _ []linalg.Matrix) (linalg.Matrix, error) {
 	p, sv, err := linalg.Polar(sum)

@@ -143,10 +143,23 @@ func randomMerge(r *rand.Rand, dt tensor.DType, shapes [][]int, T int) []Tensor 
 
 // modelsFor is how many models the tests give a method: slerp takes two.
 func modelsFor(method string) int {
-	if method == "slerp" {
+	switch method {
+	case "slerp":
 		return 2
+	case "nearswap":
+		return 1
 	}
 	return 3
+}
+
+// testParams is DefaultParams with a value for what a method requires
+// (nearswap's t).
+func testParams(method string) Params {
+	p := DefaultParams(method)
+	if method == "nearswap" {
+		p.T = 0.05
+	}
+	return p
 }
 
 // testShapes exercise every chunking path: a tiny 1-D tensor, a matrix of
@@ -175,7 +188,7 @@ func TestThreadCountDoesNotChangeBits(t *testing.T) {
 	for _, dt := range []tensor.DType{tensor.F32, tensor.BF16, tensor.F16} {
 		for _, method := range Methods() {
 			for _, scope := range []Scope{ScopeTensor, ScopeGlobal} {
-				p := DefaultParams(method)
+				p := testParams(method)
 				p.Lambda, p.Density, p.Normalize, p.Seed, p.Scope = 0.7, 0.3, true, 9, scope
 				var ref [][]float32
 				for _, th := range []int{1, 2, 5} {
@@ -226,9 +239,9 @@ func TestBadInput(t *testing.T) {
 		want   string
 	}{
 		{"unknown method", "tiess", Params{}, one("w", []float32{0}, []float32{1}), `unknown method "tiess"`},
-		{"density 0", "ties", Params{Density: 0}, one("w", []float32{0}, []float32{1}), "density 0 is outside (0, 1]"},
-		{"density > 1", "dare_ties", Params{Density: 1.5}, one("w", []float32{0}, []float32{1}), "density 1.5"},
-		{"weights length", "task_arithmetic", Params{Weights: []float32{1, 2}}, one("w", []float32{0}, []float32{1}), "2 weights for 1 models"},
+		{"density 0", "ties", Params{Density: 0}, one("w", []float32{0}, []float32{1}), "density must lie in (0, 1], got 0"},
+		{"density > 1", "dare_ties", Params{Density: 1.5}, one("w", []float32{0}, []float32{1}), "density must lie in (0, 1], got 1.5"},
+		{"weights length", "task_arithmetic", Params{Weights: []float32{1, 2}}, one("w", []float32{0}, []float32{1}), "weight has 2 values for 1 models"},
 		{"zero weight sum", "linear", Params{Normalize: true, Weights: []float32{1, -1}}, one("w", []float32{0}, []float32{1}, []float32{2}), "weights sum to 0"},
 		{"length", "task_arithmetic", Params{}, one("enc.w", []float32{0, 0}, []float32{1}), `tensor "enc.w": model 0 has 1 elements, base has 2`},
 		{"nan in model", "task_arithmetic", Params{}, one("enc.w", []float32{0, 0}, []float32{1, 2}, []float32{1, nan}), `tensor "enc.w": model 1 has NaN at flat index 1`},
@@ -250,7 +263,7 @@ func TestMergerStreamsLikeRun(t *testing.T) {
 	for _, method := range Methods() {
 		for _, scope := range []Scope{ScopeTensor, ScopeGlobal} {
 			T := modelsFor(method)
-			p := DefaultParams(method)
+			p := testParams(method)
 			p.Lambda, p.Normalize, p.Seed, p.Scope = 1.3, true, 5, scope
 			p.Densities = []float64{0.2, 0.5, 0.4}[:T]
 			ts := randomMerge(rand.New(rand.NewPCG(7, 8)), tensor.F32, shapes, T)
@@ -291,7 +304,7 @@ func TestPerModelDensity(t *testing.T) {
 		t.Fatalf("got %v, want %v", ts[0].Out.F32, want)
 	}
 	p.Densities = []float64{0.5}
-	if err := Run("ties", p, ts); err == nil || !strings.Contains(err.Error(), "1 densities for 2 models") {
+	if err := Run("ties", p, ts); err == nil || !strings.Contains(err.Error(), "density has 1 values for 2 models") {
 		t.Fatalf("got %v", err)
 	}
 }

@@ -20,13 +20,6 @@ type modelStock struct{}
 
 func (modelStock) normalizes(Params) bool { return false }
 
-func (modelStock) check(e *engine) error {
-	if e.T < 2 {
-		return inputErr("model_stock needs at least 2 fine-tuned models, got %d", e.T)
-	}
-	return nil
-}
-
 // pairIndex numbers the pairs a ≤ b of T models row by row.
 func pairIndex(T, a, b int) int { return a*T - a*(a-1)/2 + (b - a) }
 

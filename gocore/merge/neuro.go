@@ -62,19 +62,7 @@ type neuroMerge struct{}
 func (neuroMerge) normalizes(Params) bool { return false }
 
 func (neuroMerge) check(e *engine) error {
-	p := &e.p
-	if !(p.MaskRate >= 0 && p.MaskRate < 1) {
-		return inputErr("mask_rate %v is outside [0, 1)", p.MaskRate)
-	}
-	if err := finiteParam("lam1", p.Lam1); err != nil {
-		return err
-	}
-	if err := finiteParam("lam2", p.Lam2); err != nil {
-		return err
-	}
-	if p.Lam2 < 0 {
-		return inputErr("lam2 %v is negative (0 selects it automatically)", p.Lam2)
-	}
+	p := &e.p // ranges: the spec table's
 	e.neuro.lam2 = p.Lam2
 	e.setReport("lam1", p.Lam1)
 	if p.Lam2 != 0 {

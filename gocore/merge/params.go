@@ -3,7 +3,6 @@ package merge
 import (
 	"errors"
 	"fmt"
-	"math"
 
 	"github.com/npsfuse/npsfuse/gocore/tensor"
 )
@@ -108,29 +107,18 @@ type Params struct {
 	CommonSpaceFraction float64
 }
 
-// DefaultParams returns the recommended settings for a method: mergekit's
-// defaults where mergekit has the method (including its `normalize`
-// default; density 0.2 is npsfuse's), METHODS.md's otherwise, and
-// NeuroMerging's global scope.
+// DefaultParams returns a method's recommended settings for Go callers:
+// its row's defaults in the spec table (mergekit's where mergekit has the
+// method, its `normalize` default included) with npsfuse's density 0.2,
+// the default of npsfuse.merge. An unknown method gets the common
+// defaults.
 func DefaultParams(method string) Params {
-	p := Params{
-		Density:    0.2,
-		Lambda:     1,
-		Gamma:      0.01,
-		Epsilon:    0.15,
-		T:          0.5,
-		K:          2,
-		TallLambda: 0.4,
-		MaskRate:   0.5,
+	s, ok := methodSpecs[method]
+	if !ok {
+		s = &MethodSpec{Scope: "tensor"}
 	}
-	p.FisherFloor, p.Alpha = 1e-6, 0.9
-	p.CommonSpaceFraction = 0.8
-	switch method {
-	case "linear", "ties", "della", "consensus_ties":
-		p.Normalize = true
-	case "neuro":
-		p.Scope = ScopeGlobal
-	}
+	p := s.Defaults()
+	p.Density = paramSpecs["density"].PythonDefault.(float64)
 	return p
 }
 
@@ -156,12 +144,4 @@ var ErrInput = errors.New("invalid merge input")
 // inputErr formats an error wrapping ErrInput.
 func inputErr(format string, a ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrInput}, a...)...)
-}
-
-// finiteParam reports an error naming the parameter when x is NaN or ±Inf.
-func finiteParam(name string, x float64) error {
-	if math.IsNaN(x) || math.IsInf(x, 0) {
-		return inputErr("%s is %v", name, x)
-	}
-	return nil
 }

@@ -49,17 +49,6 @@ type pcb struct{}
 
 func (pcb) normalizes(Params) bool { return false }
 
-// check validates the density, which the engine checks only for
-// sparsifiers that use it (PCB's sparsifier keeps everything).
-func (pcb) check(e *engine) error {
-	for m := range e.T {
-		if d := e.density(m); !(d > 0 && d <= 1) {
-			return inputErr("density %v is outside (0, 1]", d)
-		}
-	}
-	return nil
-}
-
 // ascRank is the rank from the top (1 = largest) of ascending position i
 // among d entries.
 func ascRank(d, i int64) int64 { return d - i }

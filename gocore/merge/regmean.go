@@ -100,9 +100,6 @@ func regmeanLayout(t *Tensor, gramLen int) (linearLayout, error) {
 }
 
 func (regMean) check(e *engine) error {
-	if a := e.p.Alpha; !(a >= 0 && a <= 1) {
-		return inputErr("regmean: alpha %v is outside [0, 1]", a)
-	}
 	if err := checkDataWeights(e, "regmean"); err != nil {
 		return err
 	}

@@ -276,7 +276,7 @@ func TestRegMeanBadInput(t *testing.T) {
 		{"nan", func(p *Params) { p.Statistics["fc.weight"][1].F32[3] = nan }, `tensor "fc.weight": the Gram matrix of model 1 has NaN at flat index 3`},
 		{"negative diagonal", func(p *Params) { p.Statistics["fc.weight"][0].F32[0] = -2 }, "negative diagonal entry -2 at (0, 0)"},
 		{"size", func(p *Params) { p.Statistics["fc.weight"][0] = tensor.FromF32(make([]float32, 9)) }, "is 3×3, but the tensor's shape is [2 2]"},
-		{"alpha", func(p *Params) { p.Alpha = 1.5 }, "alpha 1.5 is outside [0, 1]"},
+		{"alpha", func(p *Params) { p.Alpha = 1.5 }, "alpha must lie in [0, 1], got 1.5"},
 		{"negative weight", func(p *Params) { p.Weights = []float32{-1, 2} }, "weight 0 is -1"},
 	}
 	for _, tc := range cases {

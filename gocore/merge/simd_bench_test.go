@@ -57,8 +57,8 @@ func BenchmarkMergeSmall(b *testing.B) {
 	for _, method := range Methods() {
 		b.Run(method, func(b *testing.B) {
 			models := smallModels
-			if method == "slerp" {
-				models = 2
+			if n := modelsFor(method); n < 3 { // slerp, nearswap
+				models = n
 			}
 			ts := make([]Tensor, smallTensors)
 			for ti := range ts {
@@ -72,7 +72,7 @@ func BenchmarkMergeSmall(b *testing.B) {
 					ts[ti].Models = append(ts[ti].Models, tensor.FromF32(d.models[m][ti]))
 				}
 			}
-			p := DefaultParams(method)
+			p := testParams(method)
 			p.Density, p.Lambda, p.Seed = 0.2, 1, 1
 			b.SetBytes(int64((models + 1) * 4 * smallTensors * smallRows * smallCols))
 			// No untimed first run: the slowest methods take a second.

@@ -23,16 +23,6 @@ const slerpDotThreshold = 0.9995
 
 func (slerp) normalizes(Params) bool { return false }
 
-func (slerp) check(e *engine) error {
-	if e.T != 2 {
-		return inputErr("slerp interpolates exactly 2 models, got %d", e.T)
-	}
-	if t := e.p.T; !(t >= 0 && t <= 1) {
-		return inputErr("slerp t %v is outside [0, 1]", t)
-	}
-	return nil
-}
-
 func (slerp) prepare(e *engine, units []int) error {
 	tis := e.unitTensors(units)
 	sums, err := e.tensorSums(tis, 3, func(ch chunkRef, ws *workspace, acc []float64) error {

@@ -61,9 +61,6 @@ type subspaceMerge struct {
 func (subspaceMerge) normalizes(Params) bool { return false }
 
 func (subspaceMerge) check(e *engine) error {
-	if err := finiteParam("lambda", e.p.Lambda); err != nil {
-		return err
-	}
 	e.sub.delta = make([][]float32, len(e.tensors))
 	e.sub.left = make([]atomic.Int64, len(e.tensors))
 	return nil

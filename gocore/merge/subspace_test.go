@@ -366,9 +366,9 @@ func TestSubspaceBadInput(t *testing.T) {
 		ts     []Tensor
 		want   string
 	}{
-		{"fraction > 1", "iso_cts", Params{Lambda: 1, CommonSpaceFraction: 1.5}, mat2(2, 2, []float32{1, 0, 0, 1}), "common_space_fraction 1.5 is outside [0, 1]"},
-		{"fraction NaN", "iso_cts", Params{Lambda: 1, CommonSpaceFraction: math.NaN()}, mat2(2, 2, []float32{1, 0, 0, 1}), "common_space_fraction NaN"},
-		{"lambda NaN", "tsv", Params{Lambda: math.NaN()}, mat2(2, 2, []float32{1, 0, 0, 1}), "lambda is NaN"},
+		{"fraction > 1", "iso_cts", Params{Lambda: 1, CommonSpaceFraction: 1.5}, mat2(2, 2, []float32{1, 0, 0, 1}), "common_space_fraction must lie in [0, 1], got 1.5"},
+		{"fraction NaN", "iso_cts", Params{Lambda: 1, CommonSpaceFraction: math.NaN()}, mat2(2, 2, []float32{1, 0, 0, 1}), "common_space_fraction must be a finite number, got NaN"},
+		{"lambda NaN", "tsv", Params{Lambda: math.NaN()}, mat2(2, 2, []float32{1, 0, 0, 1}), "lambda must be a finite number, got NaN"},
 		{"NaN in a matrix", "tsv", Params{Lambda: 1}, shaped("enc.w", []int{2, 2}, make([]float32, 4), []float32{1, 0, 0, 1}, []float32{1, nan, 0, 1}), `tensor "enc.w": model 1 has NaN at flat index 1`},
 		{"Inf in a bias", "iso_c", Params{Lambda: 1}, shaped("enc.b", []int{2}, []float32{0, float32(math.Inf(1))}, []float32{1, 0}), `tensor "enc.b": the base model has +Inf at flat index 1`},
 	}

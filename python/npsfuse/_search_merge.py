@@ -92,41 +92,15 @@ class SearchMergeResult:
 def _merge_fn(
     base_sd: StateDict, model_sds: Sequence[StateDict], method: str, fixed: Mapping[str, Any]
 ) -> Callable[[Mapping[str, Any]], StateDict]:
-    """``params -> merged state dict``; per-model densities go straight to the
-    Go engine (which supports them, as mergekit does) since :func:`merge` takes
-    one density."""
+    """``params -> merged state dict`` (per-model densities are passed as
+    :func:`merge`'s density list)."""
 
     def run(params: Mapping[str, Any]) -> StateDict:
         kw = {**fixed, **params}
         densities = kw.pop("densities", None)
-        if densities is None:
-            return dict(_m.merge(base_sd, model_sds, method, **kw))
-        _m._check_method(method)
-        allowed = _m.METHOD_PARAMS.get(method, {})
-        scope = kw.pop("scope", None) or _m.DEFAULT_SCOPE.get(method, "tensor")
-        normalize = kw.pop("normalize", None)
-        weights = kw.pop("weights", None)
-        go_params: dict[str, Any] = {
-            "weights": None if weights is None else [float(w) for w in weights],
-            "density": float(np.mean(densities)),
-            "densities": [float(d) for d in densities],
-            "lambda": float(kw.pop("lam", 1.0)),
-            "normalize": (_m.DEFAULT_NORMALIZE.get(method, True) if normalize is None
-                          else bool(normalize)),
-            "scope": scope,
-            "seed": int(kw.pop("seed", 0)),
-        }
-        transposed = kw.pop("transposed", None)
-        kw.pop("density", None)
-        dtype = kw.pop("dtype", None)
-        unknown = sorted(k for k in kw if k not in allowed)
-        if unknown:
-            raise ValueError(f"unknown parameter(s) for {method!r}: {', '.join(unknown)}")
-        go_params.update(_m._method_params(method, {**allowed, **kw}, len(model_sds)))
-        names, copied = _m._split(base_sd, model_sds)
-        flagged = _m.transposed_names(names, base_sd, base_sd, transposed or [])
-        merged, _ = _m._run(method, go_params, names, base_sd, model_sds, dtype, flagged)
-        return {k: merged[k] if k in merged else copied[k] for k in base_sd}
+        if densities is not None:
+            kw["density"] = [float(d) for d in densities]
+        return dict(_m.merge(base_sd, model_sds, method, **kw))
 
     return run
 

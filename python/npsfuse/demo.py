@@ -95,9 +95,12 @@ def main() -> None:
     rows = [("pre-trained", None, None, base_sd)]
     rows += [(f"fine-tune {i + 1}", None, None, sd) for i, sd in enumerate(fts)]
     for method in npsfuse.methods():
-        # slerp interpolates two models: the first two fine-tunes.
-        models = fts[:2] if method == "slerp" else fts
+        # slerp interpolates two models (the first two fine-tunes), nearswap
+        # moves the base towards one (the first, with a distance t of 0.01).
+        models = fts[:2] if method == "slerp" else fts[:1] if method == "nearswap" else fts
         extra = _statistics(method, fts, tasks)
+        if method == "nearswap":
+            extra["t"] = 0.01
         t0 = time.perf_counter()
         merged = npsfuse.merge(base_sd, models, method, **PARAMS, **extra)
         ms = (time.perf_counter() - t0) * 1e3
@@ -118,7 +121,7 @@ def main() -> None:
                 lam=PARAMS["lam"],
             )
             diff = max(float(np.abs(merged[k].numpy() - ref[k]).max()) for k in ref)
-        name = f"{method} (1+2)" if method == "slerp" else method
+        name = {"slerp": "slerp (1+2)", "nearswap": "nearswap (1)"}.get(method, method)
         rows.append((name, ms, diff, merged))
     for name, ms, diff, sd in rows:
         accs = [_accuracy(sd, x, y) for x, y in tasks]

@@ -8,72 +8,48 @@ written by Go straight into tensors allocated here.
 
 from __future__ import annotations
 
-import fnmatch
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
-from . import _core
+from . import _core, _spec
 from ._bridge import SUPPORTED, ArrowPack, check_tensor
 from ._state import ModelLike, StateDict, load_state_dict, model_type
 
-#: mergekit's default for ``normalize`` per method (``normalize=None``).
-DEFAULT_NORMALIZE: dict[str, bool] = {
-    "linear": True,
-    "task_arithmetic": False,
-    "ties": True,
-    "dare_ties": False,
-    "dare_linear": False,
-    "magnitude_prune": False,
-    "breadcrumbs": False,
-    "breadcrumbs_ties": False,
-    "della": True,
-    "della_linear": False,
-    "consensus_ta": False,
-    "consensus_ties": True,
-}
+# Views of the engine's spec table (gocore/merge/table.go), read from the
+# extension at import: the method table is declared once, in Go.
+_TABLE = _spec.table()
 
-#: Methods whose ``density`` must lie in (0, 1].
-USES_DENSITY = frozenset({
-    "ties", "dare_ties", "dare_linear", "magnitude_prune", "breadcrumbs", "breadcrumbs_ties",
-    "della", "della_linear", "consensus_ties", "pcb",
-})
+#: mergekit's default for ``normalize`` per method (``normalize=None``).
+DEFAULT_NORMALIZE: dict[str, bool] = {m.name: m.normalize for m in _TABLE.methods.values()}
+
+#: Methods that read ``density`` (it must lie in (0, 1]).
+USES_DENSITY = frozenset(m.name for m in _TABLE.methods.values() if "density" in m.params)
 
 #: Keyword arguments of :func:`merge` that belong to one method, with their
 #: defaults (mergekit's where mergekit has the method; NeuroMerging's
-#: ``lam2=None``, the default, selects its automatic λ₂ = 1/(1 − max σ_t)).
+#: ``lam2=None``, the default, selects its automatic λ₂ = 1/(1 − max σ_t);
+#: ``statistics=None`` means required).
 METHOD_PARAMS: dict[str, dict[str, Any]] = {
-    "breadcrumbs": {"gamma": 0.01},
-    "breadcrumbs_ties": {"gamma": 0.01},
-    "della": {"epsilon": 0.15},
-    "della_linear": {"epsilon": 0.15},
-    "consensus_ta": {"k": 2, "tall_lambda": 0.4},
-    "consensus_ties": {"k": 2, "tall_lambda": 0.4},
-    "slerp": {"t": 0.5},
-    "neuro": {"mask_rate": 0.5, "lam1": 0.0, "lam2": None},
-    "iso_cts": {"common_space_fraction": 0.8},
-    "fisher": {"statistics": None, "fisher_floor": 1e-6},
-    "regmean": {"statistics": None, "alpha": 0.9},
+    m: _spec.method_params(m) for m in _TABLE.methods if _spec.method_params(m)
 }
 
 #: Methods that need per-model statistics (``statistics=``, see :mod:`npsfuse.stats`).
-DATA_AWARE = frozenset({"fisher", "regmean"})
+DATA_AWARE = frozenset(m.name for m in _TABLE.methods.values() if m.data_aware)
 
 #: ``scope`` when it is not given: NeuroMerging trims over the whole model.
-DEFAULT_SCOPE: dict[str, str] = {"neuro": "global"}
+DEFAULT_SCOPE: dict[str, str] = {
+    m.name: m.scope for m in _TABLE.methods.values() if m.scope != "tensor"
+}
 
 #: Weights that architectures store (in, out) instead of (out, in), by
-#: ``config.json``'s ``model_type``: GPT-2's Conv1D layers.
+#: ``config.json``'s ``model_type``: GPT-2's Conv1D layers (the engine's
+#: table, ``gocore/merge/layout.go``, which every door uses).
 TRANSPOSED_BY_MODEL_TYPE: dict[str, tuple[str, ...]] = {
-    "gpt2": (
-        "attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight",
-        "crossattention.c_attn.weight", "crossattention.q_attn.weight",
-        "crossattention.c_proj.weight",
-    ),
+    k: tuple(v) for k, v in json.loads(_core.call(_core.go.TransposedByModelType)).items()
 }
 
 
@@ -107,11 +83,22 @@ class MergeResult(dict):  # type: ignore[type-arg]
 def matches(name: str, pattern: str) -> bool:
     """Whether tensor ``name`` matches a ``transposed`` pattern.
 
-    A pattern is a shell-style glob matched against the whole name or
-    against any dot-separated suffix of it: ``mlp.c_fc.weight`` matches
+    A pattern is a shell-style glob (Go's ``path.Match`` syntax: ``*``,
+    ``?``, ``[a-z]``, ``[^a]``) matched against the whole name or against
+    any dot-separated suffix of it: ``mlp.c_fc.weight`` matches
     ``transformer.h.3.mlp.c_fc.weight``, as does ``h.*.mlp.c_fc.weight``.
+    The engine decides (the same rule as ``npsfuse merge`` and the daemon).
     """
-    return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, "*." + pattern)
+    return bool(_transposed([name], [(1, 1)], [pattern], ""))
+
+
+def _transposed(
+    names: Sequence[str], shapes: Sequence[Sequence[int]], patterns: Sequence[str] | None,
+    model_type: str,
+) -> list[str]:
+    query = {"names": list(names), "shapes": [list(s) for s in shapes],
+             "patterns": None if patterns is None else list(patterns), "model_type": model_type}
+    return json.loads(_core.call(_core.go.TransposedNames, json.dumps(query)))
 
 
 def transposed_names(
@@ -123,13 +110,11 @@ def transposed_names(
     Face folder's ``config.json``, or an ``nn.Module``'s ``config``); a list
     (possibly empty) names them explicitly.
     """
-    if patterns is None:
-        patterns = TRANSPOSED_BY_MODEL_TYPE.get(model_type(base) or "", ())
-    elif isinstance(patterns, str):
+    if isinstance(patterns, str):
         patterns = [patterns]
-    return frozenset(
-        k for k in names if base_sd[k].dim() == 2 and any(matches(k, p) for p in patterns)
-    )
+    names = list(names)
+    return frozenset(_transposed(names, [tuple(base_sd[k].shape) for k in names], patterns,
+                                 (model_type(base) or "") if patterns is None else ""))
 
 
 def methods() -> list[str]:
@@ -276,9 +261,10 @@ def merge(
         One of :func:`methods`: ``linear``, ``task_arithmetic``, ``ties``,
         ``dare_linear``, ``dare_ties``, ``magnitude_prune``, ``breadcrumbs``,
         ``breadcrumbs_ties``, ``della``, ``della_linear``, ``consensus_ta``,
-        ``consensus_ties``, ``pcb``, ``model_stock``, ``slerp``, ``neuro``
-        (definitions: METHODS.md), and the data-aware ``fisher`` and
-        ``regmean``, which need ``statistics=`` (below).
+        ``consensus_ties``, ``pcb``, ``model_stock``, ``slerp``, ``nearswap``
+        (one fine-tuned model, ``t=`` required), ``neuro`` (definitions:
+        METHODS.md; every parameter: docs/methods.md), and the data-aware
+        ``fisher`` and ``regmean``, which need ``statistics=`` (below).
         The subspace merges ``tsv`` (TSV-Merge), ``iso_c`` and ``iso_cts``
         (isotropic merging) decompose every 2-D weight whole (exact SVDs)
         and average the other tensors' task vectors; they ignore
@@ -323,7 +309,9 @@ def merge(
         ``epsilon`` (DELLA: keep probabilities span density ± ε, 0.15);
         ``k``, ``tall_lambda`` (consensus: masks needed, 2, and the TALL
         λ_t, 0.4, a number or one per model);
-        ``t`` (slerp: 0 gives the first model, 1 the second; 0.5);
+        ``t`` (slerp: 0 gives the first model, 1 the second; 0.5; nearswap:
+        the distance below which an entry takes the fine-tuned value, > 0,
+        required);
         ``mask_rate``, ``lam1``, ``lam2`` (NeuroMerging: fraction trimmed,
         0.9; scale of the parallel part, 0; scale of the orthogonal part,
         1.0 — ``None`` selects the automatic 1/(1 − max σ_t), which
@@ -350,8 +338,10 @@ def merge(
     Raises
     ------
     ValueError
-        Unknown method or parameter, a parameter out of range, wrong number
-        of weights (or of models for slerp), a tensor missing from a model or
+        Unknown method or parameter, a parameter out of range (the engine's
+        spec table checks every value, with the words ``npsfuse merge`` and
+        the daemon use), wrong number of weights (or of models for slerp and
+        nearswap), a tensor missing from a model or
         of another shape, NaN/Inf in an input; for ``fisher`` and
         ``regmean``: missing statistics, statistics of the wrong shape, NaN,
         Inf or negative Fisher values.
@@ -378,54 +368,10 @@ def merge(
     are not merged are ignored (listed in ``statistics_unused``); if none
     matches, or a model lacks statistics another model has, ``ValueError``.
     """
-    _check_method(method)
-    allowed = METHOD_PARAMS.get(method, {})
-    unknown = sorted(k for k in params if k not in allowed)
-    if unknown:
-        valid = ", ".join(sorted(allowed)) or "none"
-        raise ValueError(
-            f"unknown parameter(s) for {method!r}: {', '.join(unknown)} "
-            f"(its own parameters: {valid})"
-        )
     if not isinstance(models, Sequence) or isinstance(models, (str, bytes)) or not models:
         raise ValueError("models must be a non-empty list of fine-tuned models")
-    densities: list[float] | None = None
-    if isinstance(density, Sequence) and not isinstance(density, (str, bytes)):
-        densities = [float(d) for d in density]
-        if len(densities) != len(models):
-            raise ValueError(f"{len(densities)} densities given for {len(models)} models")
-        bad = [i for i, d in enumerate(densities) if not 0.0 < d <= 1.0]
-        if method in USES_DENSITY and bad:
-            raise ValueError(
-                f"density of model {bad[0]} must lie in (0, 1], got {densities[bad[0]]}"
-            )
-        density = min(densities)
-    elif method in USES_DENSITY and not (0.0 < density <= 1.0):  # type: ignore[operator]
-        raise ValueError(f"density must lie in (0, 1], got {density}")
-    if method == "slerp" and len(models) != 2:
-        raise ValueError(f"slerp interpolates exactly 2 models, got {len(models)}")
-    if weights is not None:
-        weights = [float(w) for w in weights]
-        if len(weights) != len(models):
-            raise ValueError(f"{len(weights)} weights given for {len(models)} models")
-        if not all(math.isfinite(w) for w in weights):
-            raise ValueError(f"weights must be finite, got {weights}")
-        if method in DATA_AWARE and any(w < 0 for w in weights):
-            raise ValueError(f"{method} needs non-negative weights, got {weights}")
-    if scope is None:
-        scope = DEFAULT_SCOPE.get(method, "tensor")
-    if scope not in ("tensor", "global"):
-        raise ValueError(f"scope must be 'tensor' or 'global', got {scope!r}")
-    go_params: dict[str, Any] = {
-        "weights": weights,
-        "density": float(density),  # type: ignore[arg-type]
-        "densities": densities,
-        "lambda": float(lam),
-        "normalize": DEFAULT_NORMALIZE.get(method, True) if normalize is None else bool(normalize),
-        "scope": scope,
-        "seed": int(seed),
-    }
-    go_params.update(_method_params(method, {**allowed, **params}, len(models)))
+    go_params = _params(method, len(models), weights=weights, density=density, lam=lam,
+                        normalize=normalize, scope=scope, seed=seed, **params)
     base_sd = load_state_dict(base, "base")
     model_sds = [load_state_dict(m, f"model {i}") for i, m in enumerate(models)]
     _check_shapes(base_sd, model_sds)
@@ -449,74 +395,18 @@ def merge(
     )
 
 
-def _number(name: str, v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise ValueError(f"{name} must be a finite number, got {v!r}")
-    return float(v)
-
-
-def _method_params(method: str, p: dict[str, Any], n_models: int) -> dict[str, Any]:
-    """The JSON fields of a method's own parameters, checked."""
-    out: dict[str, Any] = {}
-    if "gamma" in p:
-        g = _number("gamma", p["gamma"])
-        if not 0.0 <= g < 1.0:
-            raise ValueError(f"gamma must lie in [0, 1), got {g}")
-        out["gamma"] = g
-    if "epsilon" in p:
-        eps = _number("epsilon", p["epsilon"])
-        if eps < 0:
-            raise ValueError(f"epsilon must be non-negative, got {eps}")
-        out["epsilon"] = eps
-    if "t" in p:
-        t = _number("t", p["t"])
-        if not 0.0 <= t <= 1.0:
-            raise ValueError(f"t must lie in [0, 1], got {t}")
-        out["t"] = t
-    if "k" in p:
-        k = p["k"]
-        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-            raise ValueError(f"k must be a non-negative integer, got {k!r}")
-        out["k"] = k
-    if "tall_lambda" in p:
-        tl = p["tall_lambda"]
-        if isinstance(tl, Sequence) and not isinstance(tl, str):
-            vals = [_number("tall_lambda", x) for x in tl]
-            if len(vals) != n_models:
-                raise ValueError(f"{len(vals)} tall_lambda values given for {n_models} models")
-            out["tall_lambdas"] = vals
-        else:
-            out["tall_lambda"] = _number("tall_lambda", tl)
-    if "mask_rate" in p:
-        mr = _number("mask_rate", p["mask_rate"])
-        if not 0.0 <= mr < 1.0:
-            raise ValueError(f"mask_rate must lie in [0, 1), got {mr}")
-        out["mask_rate"] = mr
-    if "lam1" in p:
-        out["lam1"] = _number("lam1", p["lam1"])
-    if "lam2" in p and p["lam2"] is None:
-        out["lam2"] = 0.0  # the engine's automatic λ₂
-    elif "lam2" in p:
-        l2 = _number("lam2", p["lam2"])
-        if l2 <= 0:
-            raise ValueError(f"lam2 must be positive (or None for the automatic value), got {l2}")
-        out["lam2"] = l2
-    if "fisher_floor" in p:
-        ff = _number("fisher_floor", p["fisher_floor"])
-        if ff <= 0:
-            raise ValueError(f"fisher_floor must be positive, got {ff}")
-        out["fisher_floor"] = ff
-    if "alpha" in p:
-        a = _number("alpha", p["alpha"])
-        if not 0.0 <= a <= 1.0:
-            raise ValueError(f"alpha must lie in [0, 1], got {a}")
-        out["alpha"] = a
-    if "common_space_fraction" in p:
-        f = _number("common_space_fraction", p["common_space_fraction"])
-        if not 0.0 <= f <= 1.0:
-            raise ValueError(f"common_space_fraction must lie in [0, 1], got {f}")
-        out["common_space_fraction"] = f
-    return out
+def _params(method: str, n_models: int, **kw: Any) -> dict[str, Any]:
+    """The engine's parameters of a call, checked by the engine against the
+    method's row of the spec table (the checks and messages of a YAML config
+    and a daemon job); ``None`` values of the common keywords mean "the
+    method's default"."""
+    _check_method(method)
+    for key in ("weights", "normalize", "scope"):
+        if kw.get(key) is None:
+            kw.pop(key, None)
+    p = _spec.payload(method, n_models, kw)
+    _spec.check(method, n_models, p)
+    return p
 
 
 def _statistics(
@@ -605,7 +495,6 @@ def task_vector(
     ft_sd = load_state_dict(finetuned, "finetuned")
     _check_shapes(base_sd, [ft_sd])
     names = [k for k, t in base_sd.items() if not _is_buffer(t)]
-    params = {"weights": [1.0, -1.0], "density": 1.0, "lambda": 1.0, "normalize": False,
-              "scope": "tensor", "seed": 0}
+    params = _params("linear", 2, weights=[1.0, -1.0], normalize=False)
     # linear with weights (1, −1) over (θ_ft, θ_pre) is exactly θ_ft − θ_pre.
     return _run("linear", params, names, base_sd, [ft_sd, base_sd], dtype)[0] if names else {}

@@ -1,0 +1,61 @@
+package merge
+
+// The method table: one row per method, naming the parameters it reads
+// (their declarations are in spec.go) and its method-dependent defaults.
+// A test checks it against the kernels' registry, so a method cannot be
+// added without its row, nor a row without its kernel.
+func init() {
+	ties := []string{"weight", "density", "lambda", "normalize", "scope"}
+	random := []string{"weight", "density", "lambda", "normalize", "seed"}
+	subspace := []string{"weight", "lambda"}
+	for _, s := range []MethodSpec{
+		{Name: "linear", Doc: "Weighted average of the models, Σ w_t θ_t / Σ w_t (the base is not used).",
+			Params: []string{"weight", "normalize"}, Normalize: true, Mergekit: true},
+		{Name: "task_arithmetic", Doc: "θ₀ + λ·Σ w_t τ_t (Ilharco et al., 2023).",
+			Params: []string{"weight", "lambda", "normalize"}, Mergekit: true},
+		{Name: "ties", Doc: "Top-k trim, sign election, disjoint mean (Yadav et al., 2023).",
+			Params: ties, Normalize: true, Mergekit: true},
+		{Name: "magnitude_prune", Doc: "Top-k trim of each task vector, then the weighted sum.",
+			Params: ties},
+		{Name: "dare_linear", Doc: "DARE: random drop with rescale, then the weighted sum (Yu et al., 2024).",
+			Params: random, Mergekit: true},
+		{Name: "dare_ties", Doc: "DARE's random drop, then TIES' sign election and disjoint mean.",
+			Params: random, Mergekit: true},
+		{Name: "breadcrumbs", Doc: "Drop the largest γ and keep the next density fraction by |τ|, then the weighted sum (Davari & Belilovsky, 2024).",
+			Params: append(ties[:len(ties):len(ties)], "gamma"), Mergekit: true},
+		{Name: "breadcrumbs_ties", Doc: "Breadcrumbs' band, then TIES' sign election and disjoint mean.",
+			Params: append(ties[:len(ties):len(ties)], "gamma"), Mergekit: true},
+		{Name: "della", Doc: "DELLA: magnitude-ranked keep probabilities in density ± ε per neuron, then TIES' election (Deep et al., 2024).",
+			Params: append(random[:len(random):len(random)], "epsilon"), Normalize: true, Mergekit: true},
+		{Name: "della_linear", Doc: "DELLA's drop, then the weighted sum.",
+			Params: append(random[:len(random):len(random)], "epsilon"), Mergekit: true},
+		{Name: "consensus_ta", Doc: "Task arithmetic restricted to the entries at least k TALL masks share (Wang et al., 2024).",
+			Params: []string{"weight", "lambda", "normalize", "k", "tall_lambda"}},
+		{Name: "consensus_ties", Doc: "TIES restricted to the entries at least k TALL masks share.",
+			Params: append(ties[:len(ties):len(ties)], "k", "tall_lambda"), Normalize: true},
+		{Name: "pcb", Doc: "PCB: intra- and inter-task balancing scores, top-k of the scores, weighted by them (Du et al., 2024).",
+			Params: []string{"weight", "density", "lambda", "scope"}},
+		{Name: "model_stock", Doc: "Model Stock: the average pulled towards the base by the task vectors' mean cosine (Jang et al., 2024).",
+			Params: nil, MinModels: 2, Mergekit: true},
+		{Name: "slerp", Doc: "Spherical interpolation between exactly two models, per tensor.",
+			Params: []string{"t"}, MinModels: 2, MaxModels: 2, Mergekit: true},
+		{Name: "nearswap", Doc: "NearSwap: each entry moves from the base towards the one fine-tuned model by clamp(t / |θ₀ − θ₁|, 0, 1).",
+			Params: []string{"t"}, MinModels: 1, MaxModels: 1, Mergekit: true,
+			Overrides: map[string]Override{"t": {Required: true, Range: &Range{Min: ptr(0), MinOpen: true},
+				Doc: "NearSwap: distance below which an entry takes the fine-tuned model's value."}}},
+		{Name: "neuro", Doc: "NeuroMerging: per-neuron split of the trimmed τ into the part parallel to the pre-trained neuron and the orthogonal rest (Fang et al., 2025).",
+			Params: []string{"weight", "lambda", "scope", "mask_rate", "lam1", "lam2"}, Scope: "global"},
+		{Name: "tsv", Doc: "TSV-Merge: each task's top singular vectors, decorrelated across tasks (Gargiulo et al., 2025).",
+			Params: subspace},
+		{Name: "iso_c", Doc: "Iso-C: task arithmetic's spectrum flattened to its mean singular value (Marczak et al., 2025).",
+			Params: subspace},
+		{Name: "iso_cts", Doc: "Iso-CTS: isotropic merge of a common subspace and task-specific ones.",
+			Params: append(subspace[:len(subspace):len(subspace)], "common_space_fraction")},
+		{Name: "fisher", Doc: "Fisher merging: per-entry Fisher-weighted mean of the task vectors (Matena & Raffel, 2022).",
+			Params: []string{"weight", "lambda", "statistics", "fisher_floor"}, DataAware: true},
+		{Name: "regmean", Doc: "RegMean: per linear layer, the weights that best reproduce every model's outputs on its inputs (Jin et al., 2023).",
+			Params: []string{"weight", "lambda", "statistics", "alpha"}, DataAware: true},
+	} {
+		spec(s)
+	}
+}

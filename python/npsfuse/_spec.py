@@ -1,0 +1,152 @@
+"""The merge methods' spec table, read from the Go engine at import.
+
+Every method declares its parameters once, in Go (``gocore/merge/spec.go``
+and ``table.go``): names, types, defaults, ranges, per-model or global, and
+docs. This module reads that table from the extension and derives what the
+Python door needs from it: the keyword names of :func:`npsfuse.merge`, the
+defaults shown in its docs, and the JSON the engine resolves (with the same
+checks and messages as a YAML config or a daemon job).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from . import _core
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter's declaration (``merge.ParamSpec``)."""
+
+    name: str
+    python: str
+    kind: str
+    per_model: str
+    default: Any
+    auto: str
+    doc: str
+    range: dict[str, Any] | None
+    choices: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method's row (``merge.MethodSpec``)."""
+
+    name: str
+    doc: str
+    params: tuple[str, ...]
+    min_models: int
+    max_models: int
+    normalize: bool
+    scope: str
+    data_aware: bool
+    mergekit: bool
+
+
+@dataclass(frozen=True)
+class Table:
+    """The whole spec table."""
+
+    methods: dict[str, Method]
+    params: dict[str, Param]
+    common: tuple[str, ...]
+
+    def own(self, method: str) -> tuple[str, ...]:
+        """The method's parameters that are not common, in table order."""
+        return tuple(p for p in self.methods[method].params if p not in self.common)
+
+
+@lru_cache(maxsize=1)
+def table() -> Table:
+    """The spec table (read from the extension once)."""
+    raw = json.loads(_core.call(_core.go.MethodSpecs))
+    params = {
+        p["name"]: Param(p["name"], p.get("python") or p["name"], p["kind"], p["per_model"],
+                         p.get("python_default", p.get("default")), p.get("auto", ""), p["doc"],
+                         p.get("range"), tuple(p.get("choices") or ()))
+        for p in raw["params"]
+    }
+    methods = {
+        m["name"]: Method(m["name"], m["doc"], tuple(m.get("params") or ()), m["min_models"],
+                          m.get("max_models", 0), m["normalize"], m["scope"],
+                          m.get("data_aware", False), m.get("mergekit", False))
+        for m in raw["methods"]
+    }
+    return Table(methods, params, tuple(raw["common"]))
+
+
+def _is_list(v: Any) -> bool:
+    return isinstance(v, Sequence) and not isinstance(v, (str, bytes))
+
+
+def _value(name: str, v: Any) -> Any:
+    """A keyword's value as JSON: numbers as numbers (NaN/Inf kept as a
+    string the engine names), everything else unchanged."""
+    if isinstance(v, bool) or v is None or isinstance(v, str):
+        return v
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else repr(v)
+    try:
+        f = float(v)  # numpy and torch scalars
+    except (TypeError, ValueError):
+        return repr(v)
+    return f if math.isfinite(f) else repr(f)
+
+
+def payload(method: str, n_models: int, values: dict[str, Any]) -> dict[str, Any]:
+    """The engine's JSON for ``values``, keyed by :func:`npsfuse.merge`'s
+    keywords (``weights``, ``lam``, method parameters): a list for a
+    per-model parameter gives each model its own value.
+
+    Raises
+    ------
+    ValueError
+        A list of the wrong length, or a list for a parameter that takes
+        one value (the engine checks everything else).
+    """
+    t = table()
+    by_python = {p.python: p for p in t.params.values()}
+    glob: dict[str, Any] = {}
+    models: list[dict[str, Any]] = [{} for _ in range(n_models)]
+    for key, v in values.items():
+        p = by_python.get(key) or t.params.get(key)
+        name = p.name if p else key
+        if p is not None and p.kind == "data":
+            glob[name] = None  # loaded by the door; the engine checks the method takes it
+            continue
+        if _is_list(v) and p is not None and p.per_model != "global":
+            vals = list(v)
+            if len(vals) != n_models:
+                raise ValueError(f"{len(vals)} values of {key} given for {n_models} models")
+            for i, x in enumerate(vals):
+                models[i][name] = _value(key, x)
+            continue
+        if _is_list(v):
+            raise ValueError(f"{key} takes one value, not a list")
+        glob[name] = _value(key, v)
+    out: dict[str, Any] = {"global": glob}
+    if any(models):
+        out["models"] = models
+    return out
+
+
+def check(method: str, n_models: int, p: dict[str, Any]) -> None:
+    """Resolve ``p`` (see :func:`payload`) in the engine without merging;
+    ``ValueError`` lists every problem."""
+    _core.call(_core.go.CheckParams, method, json.dumps(p), n_models)
+
+
+def method_params(method: str) -> dict[str, Any]:
+    """The method's own keywords and their defaults (``None``: automatic,
+    or, for ``statistics``, required)."""
+    t = table()
+    return {t.params[n].python: t.params[n].default for n in t.own(method)}
