@@ -266,7 +266,15 @@ def _methods(t: Tally, cfg: Config, plan: methods.Plan, S: int, n: int, P: float
     rows = (3 + (cfg.probe_row and cfg.head != "probe") + cfg.train_head + len(plan.specs)
             + plan.adamerging + len(searches.search_rows(cfg)))
     val = plan.lam_rows * len(cfg.lam_grid) + n + search_evals(cfg)
-    t.add("eval", S * (rows * test + val * vs), S * (rows + val) * n)
+    # A model's score on every task is one call over all tasks' examples; the
+    # individual fine-tunes and the probe row are scored one task per call.
+    # So are NPS fusion's per-task NPS-Pruning searches (each of their evaluations counts
+    # as one all-task evaluation in search_evals, but is n single-task calls).
+    per_task = 1 + (cfg.probe_row and cfg.head != "probe")
+    fused = len(cfg.fusion_keeps) * config.nps_evals(cfg) if searches.enabled(
+        cfg, "nps_fusion") else 0
+    t.add("eval", S * (rows * test + val * vs),
+          S * (rows - per_task + val + per_task * n + fused * (n - 1)))
     for spec in plan.specs:
         t.add(f"merge:{spec.method}", S * (2 if spec.lam_grid else 1) * n * P,
               S * (2 if spec.lam_grid else 1))

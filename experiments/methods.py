@@ -72,6 +72,15 @@ def uses_density(method: str) -> bool:
     return method in USES_DENSITY
 
 
+def model_bounds(method: str) -> tuple[int, int]:
+    """How many fine-tuned models ``method`` merges: (min, max), max 0 for
+    no bound (the engine's spec table)."""
+    from npsfuse import _spec
+
+    row = _spec.table().methods.get(method)
+    return (row.min_models, row.max_models) if row else (1, 0)
+
+
 def _wanted(cfg: Config, method: str) -> str | None:
     """Why ``method`` is left out by the configuration (None: it runs)."""
     if cfg.methods is not None and method not in cfg.methods:
@@ -108,8 +117,10 @@ def plan(cfg: Config, available: Sequence[str] | None = None) -> Plan:
     add(MergeSpec(names.NEURO_NOVAL, "neuro", {}, False))
     for m in avail:
         why = _wanted(cfg, m)
-        if m == "slerp" and n != 2:
-            why = why or f"interpolates exactly 2 models; this run merges {n}"
+        lo, hi = model_bounds(m)
+        if not lo <= n <= (hi or n):
+            count = f"exactly {lo}" if lo == hi else f"{lo}–{hi}" if hi else f"at least {lo}"
+            why = why or f"merges {count} models; this run merges {n}"
         if m in DATA_AWARE and not has_stats:
             why = why or "needs npsfuse.stats, absent from this build"
         if why:

@@ -241,6 +241,27 @@ def embed(enc: Encoder, params: StateDict, f: Features,
     return torch.cat(zs), torch.cat(ys)
 
 
+def concat(fs: list[Features]) -> Features:
+    """The examples of ``fs`` one after another (one batch stream for all tasks)."""
+    return Features(torch.cat([f.hidden for f in fs]), torch.cat([f.mask for f in fs]),
+                    torch.cat([f.labels for f in fs]))
+
+
+@torch.inference_mode()
+def embed_in_order(enc: Encoder, params: StateDict, f: Features,
+                   batch: int = 128) -> torch.Tensor:
+    """Pooled embeddings of ``f``'s examples in their own order (computed in
+    length order, so each batch is padded only to its longest example)."""
+    order = by_length(f)
+    z = torch.zeros(len(f), enc.hidden_size)
+    pos = 0
+    for h, m, _ in batches(f, order, batch):
+        zb = enc.pooled(params, h, m)
+        z[order[pos:pos + len(zb)]] = zb
+        pos += len(zb)
+    return z
+
+
 @torch.inference_mode()
 def predict(enc: Encoder, params: StateDict, head: nn.Module, f: Features,
             batch: int = 128) -> tuple[torch.Tensor, torch.Tensor]:

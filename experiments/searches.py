@@ -124,7 +124,7 @@ def ties_search(st: Study, optimizer: str, schedule: str) -> StateDict:
     gens = config.de_generations(c) if optimizer == "de" else config.cma_generations(c)
     res = npsfuse.search_merge(
         st.theta0, st.finetuned, "ties", st.ev.val_score,
-        params={"lam": (min(c.lam_grid), max(c.lam_grid)),
+        params={"lam": (c.search_lam[0], c.search_lam[1]),
                 "density": (c.search_density[0], c.search_density[1])},
         per_model=False, optimizer=optimizer, schedule=schedule, F=c.de_fixed_f,
         CR=c.de_fixed_cr, generations=gens, popsize=c.popsize, seed=st.seed, progress=False)

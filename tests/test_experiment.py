@@ -96,6 +96,47 @@ def test_every_task_has_one_prompt_per_class_and_loads() -> None:
         assert not set(s.test[0]) & (set(s.train[0]) | set(s.val[0])), t.name
 
 
+def test_out_of_domain_task_is_outside_the_population_and_shares_a_family() -> None:
+    import study
+    import tasks
+
+    full = config.Config()
+    t, why = study.resolve_ood(full)
+    assert t is not None and t.name not in full.tasks, why
+    assert t.family in {tasks.get(n).family for n in full.tasks}
+    # Non-topic families come first: with a sentiment task left out, it is chosen.
+    t, _ = study.resolve_ood(full.with_overrides({"tasks": ["sms_spam", "tweets", "bbc"]}))
+    assert t is not None and t.family == "sentiment"
+    assert study.resolve_ood(full.with_overrides({"ood_task": None}))[0] is None
+
+
+def test_joint_evaluation_matches_per_task_evaluation() -> None:
+    """All tasks in one length-sorted pass give each example the embedding it
+    gets in its own task's pass (val_score and test rely on it)."""
+    import model
+    import torch
+
+    enc = model.Encoder(1, 16)
+    theta = enc.top_state()
+    g = torch.Generator().manual_seed(0)
+
+    def feats(n: int) -> model.Features:
+        lens = torch.randint(2, 17, (n,), generator=g)
+        mask = torch.arange(16)[None, :] < lens[:, None]
+        h = (torch.randn(n, 16, enc.hidden_size, generator=g) * mask[..., None]).half()
+        return model.Features(h, mask, torch.randint(0, 2, (n,), generator=g))
+
+    fs = [feats(37), feats(20), feats(51)]
+    joint = model.embed_in_order(enc, theta, model.concat(fs), batch=16)
+    pos = 0
+    for f in fs:
+        z, _ = model.embed(enc, theta, f, batch=16)  # length order within the task
+        own = torch.empty_like(z)
+        own[model.by_length(f)] = z
+        torch.testing.assert_close(joint[pos:pos + len(f)], own, rtol=1e-5, atol=1e-5)
+        pos += len(f)
+
+
 def test_fit_recovers_per_call_and_per_unit_costs() -> None:
     samples = [(1.0, u, 0.2 + 1e-4 * u, 0.0) for u in (500, 1000, 5000, 20000)]
     a, b = cost.fit(samples, 2)
