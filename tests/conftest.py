@@ -8,6 +8,7 @@ folder against the pip-installed package); during development run them with
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 
 import npsfuse
 import numpy as np
@@ -120,3 +121,27 @@ def to_numpy(sd: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
 def as_numpy() -> Callable[[Mapping[str, torch.Tensor]], dict[str, np.ndarray]]:
     """The :func:`to_numpy` helper."""
     return to_numpy
+
+
+def save_family(root: Path, base: Mapping[str, torch.Tensor],
+                models: Sequence[Mapping[str, torch.Tensor]]) -> tuple[Path, list[Path]]:
+    """Folders ``root/base`` and ``root/ft{i}``, one ``model.safetensors`` each."""
+    from safetensors.torch import save_file
+
+    paths = []
+    for name, sd in [("base", base)] + [(f"ft{i}", m) for i, m in enumerate(models)]:
+        d = root / name
+        d.mkdir()
+        save_file(dict(sd), str(d / "model.safetensors"), metadata={"format": "pt"})
+        paths.append(d)
+    return paths[0], paths[1:]
+
+
+def load_folder(out: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the safetensors shards in folder ``out``."""
+    from safetensors.torch import load_file
+
+    sd: dict[str, torch.Tensor] = {}
+    for f in sorted(out.glob("*.safetensors")):
+        sd.update(load_file(f))
+    return sd

@@ -17,7 +17,7 @@ import npsfuse
 import pytest
 import torch
 import yaml
-from conftest import make_family
+from conftest import load_folder, make_family, save_family
 from npsfuse import _spec
 from test_daemon import daemon, make_daemon, npsfused_bin  # noqa: F401  (the daemon fixtures)
 
@@ -82,25 +82,8 @@ def _case(method: str) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, 
     return {"parameters": params, **top}, per_model, kw
 
 
-def _save(root: Path, base: StateDict, models: list[StateDict]) -> tuple[Path, list[Path]]:
-    from safetensors.torch import save_file
-
-    paths = []
-    for name, sd in [("base", base)] + [(f"ft{i}", m) for i, m in enumerate(models)]:
-        d = root / name
-        d.mkdir()
-        save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
-        paths.append(d)
-    return paths[0], paths[1:]
-
-
-def _load(out: Path) -> StateDict:
-    from safetensors.torch import load_file
-
-    sd: StateDict = {}
-    for f in sorted(out.glob("*.safetensors")):
-        sd.update(load_file(f))
-    return sd
+_save = save_family
+_load = load_folder
 
 
 def _assert_equal(got: StateDict, want: StateDict, door: str) -> None:

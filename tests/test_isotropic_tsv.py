@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import make_family, to_numpy
+from conftest import load_folder, make_family, save_family, to_numpy
 from npsfuse import reference as ref
 from test_daemon import daemon, make_daemon, npsfused_bin  # noqa: F401  (the daemon fixtures)
 
@@ -170,25 +170,10 @@ def test_bad_parameters(fam) -> None:
 
 def _checkpoints(root: Path) -> tuple[Path, list[Path]]:
     """A base and three fine-tunes, one safetensors file per folder."""
-    from safetensors.torch import save_file
-
-    base, models = make_family(SHAPES, 3, seed=13, delta=0.1)
-    paths = []
-    for name, sd in [("base", base)] + [(f"ft{i}", m) for i, m in enumerate(models)]:
-        d = root / name
-        d.mkdir()
-        save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
-        paths.append(d)
-    return paths[0], paths[1:]
+    return save_family(root, *make_family(SHAPES, 3, seed=13, delta=0.1))
 
 
-def _load(out: Path) -> StateDict:
-    from safetensors.torch import load_file
-
-    sd: StateDict = {}
-    for f in sorted(out.glob("*.safetensors")):
-        sd.update(load_file(f))
-    return sd
+_load = load_folder
 
 
 #: (method, YAML parameters, npsfuse.merge keywords), per-model weights apart.
