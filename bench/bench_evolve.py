@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -36,7 +37,8 @@ import torch
 from _common import Report, import_npsfuse, measure, triad
 
 npsfuse = import_npsfuse()
-from npsfuse.evolve import _go_config, _make_config  # noqa: E402
+from npsfuse import _core  # noqa: E402
+from npsfuse.evolve import _make_config  # noqa: E402
 
 POPSIZE = 8
 N_TENSORS = 25
@@ -198,8 +200,11 @@ def main() -> None:
         cfg = _make_config(schedule="constant", F_bounds=None, CR_bounds=None, period=None,
                            generations=1000, merge=None, merge_params=None, block_size=4096,
                            force_index=None, seed=0, **kw)
-        cfg["go_config"] = _go_config(cfg, [ev._offset[k] for k in ev._names] + [ev._n])
-        ev._cfg = cfg
+        ev._cfg = cfg  # a new engine session: it scores the initial population first
+        ev._state = json.loads(_core.call(_core.go.EvolveStart, ev._session_config()))
+        for _ in range(POPSIZE):
+            ev.ask()
+            ev.tell(0.0)
 
         def generation() -> None:
             for _ in range(POPSIZE):

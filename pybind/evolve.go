@@ -4,12 +4,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"strings"
 
 	"github.com/npsfuse/npsfuse/arrowio/bridge"
 	"github.com/npsfuse/npsfuse/gocore/evolve"
-	"github.com/npsfuse/npsfuse/gocore/search"
 	"github.com/npsfuse/npsfuse/gocore/tensor"
 )
 
@@ -25,75 +23,88 @@ func evolveErr(err error) error {
 	return err
 }
 
-// EvolveOrder returns, as a JSON list, the order in which generation
-// "generation" of a weight-space evolution visits its "np" individuals
-// (spec is JSON {"seed", "generation", "np", "shuffle"}; see evolve.Order).
-func EvolveOrder(spec string) (order string, err error) {
+// EvolveStart starts a weight-space evolution run: config is the JSON of
+// evolve.SessionConfig; it returns the session's state as JSON, which
+// Python keeps and passes to the other Evolve functions.
+func EvolveStart(config string) (state string, err error) {
 	defer guard(&err)
-	var s struct {
-		Seed       uint64 `json:"seed"`
-		Generation int    `json:"generation"`
-		NP         int    `json:"np"`
-		Shuffle    bool   `json:"shuffle"`
+	c, err := evolve.DecodeSessionConfig([]byte(config))
+	if err != nil {
+		return "", evolveErr(err)
 	}
-	if err := decodeStrict(ErrSearch, "order spec", spec, &s); err != nil {
-		return "", err
+	s, err := evolve.NewSession(c)
+	if err != nil {
+		return "", evolveErr(err)
 	}
-	if s.NP < 1 || s.Generation < 0 {
-		return "", fmt.Errorf("%w: order needs np >= 1 and generation >= 0, got %d, %d", ErrSearch, s.NP, s.Generation)
-	}
-	b, err := json.Marshal(evolve.Order(s.Seed, s.Generation, s.NP, s.Shuffle))
+	b, err := json.Marshal(s)
 	return string(b), err
 }
 
-// EvolveTrial plans the trial of individual "individual" at generation
-// "generation" (evolve.Config.Plan) and writes it into the offspring buffer
-// (evolve.Offspring). config is the JSON of evolve.Config; fitness is the
-// JSON list of the nPop individuals' fitness (null, NaN or ±Inf: failed).
-// The pairs at arrays/schemas are the nPop flat individual buffers in index
-// order, then the offspring buffer (written in place); all of one dtype and
-// length. It returns JSON {"refs", "f", "cr", "j_rand", "taken"}.
-func EvolveTrial(config string, generation, individual int, fitness string, nPop, arrays, schemas int) (info string, err error) {
+// EvolveAsk returns, as a JSON list, the candidates the session in state
+// awaits scores for (evolve.Session.Ask).
+func EvolveAsk(state string) (candidates string, err error) {
+	defer guard(&err)
+	s, err := evolve.Restore([]byte(state))
+	if err != nil {
+		return "", evolveErr(err)
+	}
+	c, err := s.Ask()
+	if err != nil {
+		return "", evolveErr(err)
+	}
+	b, err := json.Marshal(c)
+	return string(b), err
+}
+
+// EvolveTell tells the score of the first candidate EvolveAsk returns
+// (evolve.Session.Tell); it returns JSON {"state", "outcome"}.
+func EvolveTell(state string, score float64) (out string, err error) {
+	defer guard(&err)
+	s, err := evolve.Restore([]byte(state))
+	if err != nil {
+		return "", evolveErr(err)
+	}
+	o, err := s.Tell(score)
+	if err != nil {
+		return "", evolveErr(err)
+	}
+	b, err := json.Marshal(map[string]any{"state": s, "outcome": o})
+	return string(b), err
+}
+
+// EvolveOffspring writes the trial of parent "individual" in the current
+// generation of the session in state (evolve.Session.Trial) into the
+// offspring buffer (evolve.Offspring). The pairs at arrays/schemas are the
+// nPop flat individual buffers in index order, then the offspring buffer;
+// all of one dtype and length. It returns how many elements came from the
+// donor.
+func EvolveOffspring(state string, individual, nPop, arrays, schemas int) (taken int, err error) {
 	defer guard(&err)
 	if nPop < 1 {
-		return "", fmt.Errorf("%w: population of %d individuals", ErrSearch, nPop)
+		return 0, fmt.Errorf("%w: population of %d individuals", ErrSearch, nPop)
 	}
 	b, err := bridge.ImportAt(uintptr(arrays), uintptr(schemas), nPop+1)
 	if err != nil {
-		return "", err
+		return 0, err
 	}
 	defer b.Release()
-	out := b.Tensors[nPop].Vec
-	c, err := evolve.DecodeConfig([]byte(config), out.Len())
-	if err != nil {
-		return "", evolveErr(err)
-	}
-	var raw []*search.JSONFloat
-	if err := json.Unmarshal([]byte(fitness), &raw); err != nil {
-		return "", fmt.Errorf("%w: fitness: %v", ErrSearch, err)
-	}
-	if len(raw) != nPop {
-		return "", fmt.Errorf("%w: %d fitness values for %d individuals", ErrSearch, len(raw), nPop)
-	}
-	fit := make([]float64, nPop)
-	for i, v := range raw {
-		fit[i] = math.Inf(-1)
-		if v != nil {
-			fit[i] = float64(*v)
-		}
-	}
-	t, err := c.Plan(generation, individual, fit, out.Len())
-	if err != nil {
-		return "", evolveErr(err)
-	}
 	pop := make([]tensor.Vec, nPop)
 	for i := range pop {
 		pop[i] = b.Tensors[i].Vec
 	}
-	taken, err := evolve.Offspring(out, pop, &c, &t)
+	out := b.Tensors[nPop].Vec
+	s, err := evolve.Restore([]byte(state))
 	if err != nil {
-		return "", evolveErr(err)
+		return 0, evolveErr(err)
 	}
-	res, err := json.Marshal(map[string]any{"refs": t.Refs, "f": t.F, "cr": t.CR, "j_rand": t.JRand, "taken": taken})
-	return string(res), err
+	c := s.Config()
+	if nPop != c.Population || out.Len() != c.N {
+		return 0, fmt.Errorf("%w: %d buffers of %d elements for a session of %d individuals of %d", ErrSearch, nPop, out.Len(), c.Population, c.N)
+	}
+	t, err := s.Trial(individual)
+	if err != nil {
+		return 0, evolveErr(err)
+	}
+	n, err := evolve.Offspring(out, pop, &c.Config, &t)
+	return int(n), evolveErr(err)
 }

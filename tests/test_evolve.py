@@ -215,12 +215,28 @@ def reference_trial(
 def go_trial(
     cfg: dict[str, Any], g: int, i: int, fit: Sequence[float], pop: Sequence[torch.Tensor]
 ) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Individual i's trial at generation g, with fitness ``fit``, from the
+    engine session (``gocore/evolve.Session``): initial scores ``fit``, then
+    rejected trials (−inf) until i's trial of generation g is open."""
+    sess = {**cfg, "population": len(pop), "n": pop[0].numel()}
+    state = json.loads(_core.call(_core.go.EvolveStart, json.dumps(sess)))
+
+    def tell(score: float) -> dict[str, Any]:
+        return json.loads(_core.call(_core.go.EvolveTell, json.dumps(state), score))["state"]
+
+    for v in fit:
+        state = tell(v)
+    while True:
+        cands = json.loads(_core.call(_core.go.EvolveAsk, json.dumps(state)))
+        trial = next((c["trial"] for c in cands if c["individual"] == i), None)
+        if cands[0]["generation"] == g and trial is not None:
+            break
+        state = tell(-math.inf)
     out = torch.empty_like(pop[0])
     pack = ArrowPack([(f"x{j}", t) for j, t in enumerate(pop)] + [("out", out)])
-    fj = json.dumps([v if math.isfinite(v) else None for v in fit])
-    info = _core.call(_core.go.EvolveTrial, json.dumps(cfg), g, i, fj, len(pop), pack.arrays,
-                      pack.schemas)
-    return out, json.loads(info)
+    taken = _core.call(_core.go.EvolveOffspring, json.dumps(state), i, len(pop), pack.arrays,
+                       pack.schemas)
+    return out, {**trial, "taken": taken}
 
 
 def make_cfg(**kw: Any) -> dict[str, Any]:
@@ -563,7 +579,7 @@ def test_granularities_and_bf16() -> None:
     kinds = set()
     for _ in range(8):
         off = ev.ask()
-        parent = ev.individual(ev._order[ev._pos])
+        parent = ev.individual(ev._cand["individual"])
         for k in ("w", "b"):
             same = off[k] == parent[k]
             assert bool(same.all()) or not bool(same.any())
@@ -607,7 +623,11 @@ def test_go_rejects_bad_trial_input() -> None:
     pop = [torch.zeros(10) for _ in range(3)]
     with pytest.raises(ValueError, match="at least 4"):
         go_trial(make_cfg(strategy="rand/1/bin"), 0, 0, [0.0] * 3, pop)
-    with pytest.raises(ValueError, match="fitness values"):
-        go_trial(make_cfg(), 0, 0, [0.0] * 2, pop)
     with pytest.raises(ValueError, match="granularity"):
         go_trial(make_cfg(granularity="row"), 0, 0, [0.0] * 3, pop)
+    with pytest.raises(ValueError, match="session state"):
+        _core.call(_core.go.EvolveAsk, '{"phase": "init"}')
+    state = _core.call(_core.go.EvolveStart, json.dumps({**make_cfg(), "population": 3, "n": 10}))
+    pack = ArrowPack([(f"x{j}", t) for j, t in enumerate(pop[:2])] + [("out", pop[2])])
+    with pytest.raises(ValueError, match="2 buffers of 10 elements for a session of 3"):
+        _core.call(_core.go.EvolveOffspring, state, 0, 2, pack.arrays, pack.schemas)

@@ -15,10 +15,12 @@
 //     holds a CMA-ES or DE optimizer (gocore/search) over the subspace
 //     weights, and the client asks for candidates and tells their scores;
 //   - evolve: an interactive session of weight-space evolution (Evolver's
-//     operator or DE/CADE's, gocore/evolve) over a population of
-//     fine-tuned models the daemon holds; its checkpoint is the list of
-//     scores told, replayed after a restart (every operator is
-//     deterministic), so the population never has to be written out.
+//     operator or DE/CADE's, optionally "with merger") over a population of
+//     fine-tuned models the daemon holds, driven by gocore/evolve.Session,
+//     the engine npsfuse.Evolver drives too; its checkpoint is the
+//     session's JSON, whose told scores are replayed after a restart (every
+//     decision is deterministic) and must give the saved state again, so
+//     the population never has to be written out.
 //
 // Life cycle: Submit validates a spec (cheaply: no tensor data is read)
 // and stores the job queued before returning; a worker takes it, marks it

@@ -1,25 +1,30 @@
 package jobs
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"math"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 
 	"github.com/npsfuse/npsfuse/daemon/store"
 	"github.com/npsfuse/npsfuse/daemon/tensors"
 	"github.com/npsfuse/npsfuse/gocore/evolve"
+	"github.com/npsfuse/npsfuse/gocore/merge"
 	"github.com/npsfuse/npsfuse/gocore/search"
 	"github.com/npsfuse/npsfuse/gocore/tensor"
 )
 
 // evolveSpec is an evolve session: weight-space evolution of a population
 // of fine-tuned models (METHODS.md, "Search and evolution"): Evolver's
-// operator (Du, Li, Liu et al., 2024) or DE/CADE's (Jiang, Du et al., 2024),
-// planned and computed by gocore/evolve. The daemon holds the population;
-// the client scores candidates on its dev set.
+// operator (Du, Li, Liu et al., 2024) or DE/CADE's (Jiang, Du et al.,
+// 2024). gocore/evolve.Session makes every decision, as it does for
+// npsfuse.Evolver; the daemon holds the population and builds the
+// candidates, the client scores them on its dev set.
 type evolveSpec struct {
 	// Models are the initial population (every one with the same tensors).
 	Models []string `json:"models"`
@@ -38,22 +43,52 @@ type evolveSpec struct {
 	Generations int `json:"generations,omitempty"`
 	// Exclude lists name patterns of tensors not evolved (task heads):
 	// every individual keeps its own.
-	Exclude []string   `json:"exclude,omitempty"`
-	Result  resultSpec `json:"result,omitempty"`
-	Cleanup []string   `json:"cleanup,omitempty"`
+	Exclude []string `json:"exclude,omitempty"`
+	// Merge selects Evolver "with merger": a candidate is the merge (by
+	// this method, of Base and the population with the trial in place of
+	// its parent), and so is the result. MergeParams are its parameters,
+	// resolved by the engine's spec table as npsfuse.merge's are.
+	Merge       string       `json:"merge,omitempty"`
+	Base        string       `json:"base,omitempty"`
+	MergeParams *mergeValues `json:"merge_params,omitempty"`
+	Result      resultSpec   `json:"result,omitempty"`
+	Cleanup     []string     `json:"cleanup,omitempty"`
 }
 
-func (s *evolveSpec) config(n int, segments []int) (evolve.Config, error) {
-	c := evolve.Config{Strategy: search.Strategy(s.Strategy), Schedule: *s.Schedule,
+// mergeValues is the JSON of merge.Values (Python's _spec.payload).
+type mergeValues struct {
+	Global map[string]any   `json:"global,omitempty"`
+	Models []map[string]any `json:"models,omitempty"`
+}
+
+// config is the session's configuration for individuals of n elements.
+func (s *evolveSpec) config(n int, segments []int) (evolve.SessionConfig, error) {
+	c := evolve.SessionConfig{Config: evolve.Config{Strategy: search.Strategy(s.Strategy), Schedule: *s.Schedule,
 		Granularity: evolve.Granularity(s.Granularity), BlockSize: s.BlockSize, ForceIndex: s.ForceIndex,
-		RandomRef: s.RandomRef, Seed: s.Seed, Generations: s.Generations}
+		RandomRef: s.RandomRef, Seed: s.Seed, Generations: s.Generations}, Population: len(s.Models), N: n, Merger: s.Merge != ""}
 	if c.Granularity == evolve.Tensor {
 		c.Segments = segments
 	}
-	if err := c.Validate(n); err != nil {
+	if err := c.Validate(); err != nil {
 		return c, invalid("%v", err)
 	}
 	return c, nil
+}
+
+// mergeParams resolves the merger's parameters.
+func (s *evolveSpec) mergeParams() (merge.Params, error) {
+	if ms, ok := merge.Spec(s.Merge); ok && ms.DataAware {
+		return merge.Params{}, invalid("merge: %s needs statistics, which an evolve session does not take", s.Merge)
+	}
+	var v merge.Values
+	if s.MergeParams != nil {
+		v = merge.Values{Global: s.MergeParams.Global, Models: s.MergeParams.Models}
+	}
+	p, bad := merge.Resolve(s.Merge, len(s.Models), v)
+	if len(bad) > 0 {
+		return p, invalid("merge_params: %s", strings.Join(merge.Format(bad, merge.NameWhere), "; "))
+	}
+	return p, nil
 }
 
 func checkEvolve(e *Env, raw json.RawMessage) (json.RawMessage, error) {
@@ -70,19 +105,27 @@ func checkEvolve(e *Env, raw json.RawMessage) (json.RawMessage, error) {
 	if s.Generations == 0 {
 		s.Generations = 15
 	}
-	if s.Granularity == "" {
-		s.Granularity = string(evolve.Element)
-	}
-	if _, err := s.config(-1, nil); err != nil {
-		return nil, err
-	}
 	if len(s.Models) < 2 {
 		return nil, invalid("models must list the initial population (at least 2 fine-tuned models)")
+	}
+	if _, err := s.config(1, []int{0, 1}); err != nil {
+		return nil, err
 	}
 	for i, m := range s.Models {
 		if _, err := e.Resolve(m, fmt.Sprintf("models[%d]", i)); err != nil {
 			return nil, err
 		}
+	}
+	switch {
+	case s.Merge != "":
+		if _, err := e.Resolve(s.Base, "base"); err != nil {
+			return nil, err
+		}
+		if _, err := s.mergeParams(); err != nil {
+			return nil, err
+		}
+	case s.Base != "" || s.MergeParams != nil:
+		return nil, invalid("base and merge_params belong to merge (Evolver with merger)")
 	}
 	for _, p := range s.Exclude {
 		if _, err := filepath.Match(p, ""); err != nil {
@@ -98,41 +141,26 @@ func checkEvolve(e *Env, raw json.RawMessage) (json.RawMessage, error) {
 	return json.Marshal(s)
 }
 
-// evolveTrial is an asked candidate: individual i's offspring at plan
-// generation g, or (g = −1) individual i itself for its first evaluation.
-type evolveTrial struct {
-	g, i  int
-	trial evolve.Trial
-}
-
 // evolveSession is a running evolve session.
 type evolveSession struct {
 	mu      sync.Mutex
 	rc      *runCtx
 	cancel  context.CancelFunc
 	spec    evolveSpec
-	cfg     evolve.Config
+	cfg     evolve.SessionConfig
+	s       *evolve.Session
 	srcs    []tensors.Source
-	names   []string // evolved tensors, in the flattened order
+	base    tensors.Source // the merge base (Merge), else nil
+	params  merge.Params   // the merger's (Merge)
+	names   []string       // evolved tensors, in name order: the flattened order
+	index   map[string]int // position of each evolved tensor in names
 	metas   []tensors.Meta
 	offsets []int // start of each evolved tensor in the flat buffer
 	n       int
 	pop     [][]float32
-	fit     []float64 // NaN until evaluated
 	scratch []float32
-	gen     int // 0: initial evaluation; g ≥ 1: plan generation g−1
-	order   []int
-	pos     int
-	pending []evolveTrial
-	history [][]float64 // every tell's scores, replayed after a restart
 	release func()
 	closed  bool
-}
-
-// evolveState is the session checkpoint: the told scores (the population
-// is rebuilt by replaying them; every operator is deterministic).
-type evolveState struct {
-	History [][]float64 `json:"history"`
 }
 
 func runEvolve(rc *runCtx) (any, Session, error) {
@@ -145,21 +173,36 @@ func runEvolve(rc *runCtx) (any, Session, error) {
 	defer func() {
 		if !ok {
 			_ = tensors.CloseAll(es.srcs...)
+			if es.base != nil {
+				_ = es.base.Close()
+			}
 			if es.release != nil {
 				es.release()
 			}
 		}
 	}()
-	for i, ref := range s.Models {
-		p, err := rc.env.Resolve(ref, fmt.Sprintf("models[%d]", i))
+	open := func(ref, what string) (tensors.Source, error) {
+		p, err := rc.env.Resolve(ref, what)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
-		src, err := rc.env.openSource(p)
+		return rc.env.openSource(p)
+	}
+	for i, ref := range s.Models {
+		src, err := open(ref, fmt.Sprintf("models[%d]", i))
 		if err != nil {
 			return nil, nil, err
 		}
 		es.srcs = append(es.srcs, src)
+	}
+	var err error
+	if s.Merge != "" {
+		if es.base, err = open(s.Base, "base"); err != nil {
+			return nil, nil, err
+		}
+		if es.params, err = s.mergeParams(); err != nil {
+			return nil, nil, err
+		}
 	}
 	if err := es.layout(); err != nil {
 		return nil, nil, err
@@ -169,14 +212,10 @@ func runEvolve(rc *runCtx) (any, Session, error) {
 	if s.Strategy != string(evolve.StrategyEvolver) {
 		need += int64(es.n) * 4 * int64(np) // accepted offspring of a generation
 	}
-	var err error
 	if es.release, err = rc.reserve(need, "the population"); err != nil {
 		return nil, nil, err
 	}
-	segments := make([]int, 0, len(es.offsets)+1)
-	segments = append(segments, es.offsets...)
-	segments = append(segments, es.n)
-	if es.cfg, err = s.config(es.n, segments); err != nil {
+	if es.cfg, err = s.config(es.n, append(slices.Clone(es.offsets), es.n)); err != nil {
 		return nil, nil, err
 	}
 	rc.progress(store.Progress{Message: fmt.Sprintf("loading %d individuals of %d parameters", np, es.n)})
@@ -194,24 +233,9 @@ func runEvolve(rc *runCtx) (any, Session, error) {
 		}
 		es.pop = append(es.pop, x)
 	}
-	es.fit = make([]float64, np)
-	for i := range es.fit {
-		es.fit[i] = math.NaN()
-	}
 	es.scratch = make([]float32, es.n)
-	if len(rc.job.Checkpoint) > 0 {
-		var st evolveState
-		if err := json.Unmarshal(rc.job.Checkpoint, &st); err != nil {
-			return nil, nil, fmt.Errorf("session checkpoint: %w", err)
-		}
-		for g, scores := range st.History {
-			if _, err := es.askLocked(); err != nil {
-				return nil, nil, fmt.Errorf("replaying tell %d: %w", g, err)
-			}
-			if err := es.tellLocked(scores); err != nil {
-				return nil, nil, fmt.Errorf("replaying tell %d: %w", g, err)
-			}
-		}
+	if es.s, err = es.restore(rc.job.Checkpoint); err != nil {
+		return nil, nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	src := *rc
@@ -220,6 +244,29 @@ func runEvolve(rc *runCtx) (any, Session, error) {
 	src.progress(es.progress())
 	ok = true
 	return nil, es, nil
+}
+
+// restore starts the session, or resumes it from its checkpoint (the
+// session's JSON) by replaying the told scores on the initial population;
+// the replayed state must be the saved one.
+func (e *evolveSession) restore(checkpoint json.RawMessage) (*evolve.Session, error) {
+	if len(checkpoint) == 0 {
+		return evolve.NewSession(e.cfg)
+	}
+	saved, err := evolve.Restore(checkpoint)
+	if err != nil {
+		return nil, fmt.Errorf("session checkpoint: %w", err)
+	}
+	s, err := evolve.Replay(e.cfg, saved.Scores(), e.apply)
+	if err != nil {
+		return nil, fmt.Errorf("session checkpoint: %w", err)
+	}
+	a, _ := json.Marshal(s)
+	b, _ := json.Marshal(saved)
+	if !bytes.Equal(a, b) {
+		return nil, fmt.Errorf("session checkpoint: its scores replayed on these models give another state (did the models or the spec change?)")
+	}
+	return s, nil
 }
 
 func firstNaN(x []float32) int {
@@ -231,13 +278,16 @@ func firstNaN(x []float32) int {
 	return -1
 }
 
-// layout picks the evolved tensors (floating-point, not excluded, in model
-// 0's order) and checks every individual has them with the same shapes.
+// layout picks the evolved tensors (floating-point, not excluded, in name
+// order, as npsfuse.Evolver lays them out) and checks every individual has
+// them with the same shapes; with a merger, every model must have exactly
+// the base's tensors, as npsfuse.merge requires.
 func (e *evolveSession) layout() error {
 	first := e.srcs[0]
-	for _, name := range first.Names() {
+	e.index = map[string]int{}
+	for _, name := range slices.Sorted(slices.Values(first.Names())) {
 		m, _ := first.Meta(name)
-		if _, ok := tensors.KernelDType(m.DType); !ok || excluded(e.spec.Exclude, name) {
+		if _, ok := tensors.KernelDType(m.DType); !ok || matchAny(e.spec.Exclude, name) {
 			continue
 		}
 		for k, src := range e.srcs[1:] {
@@ -249,6 +299,7 @@ func (e *evolveSession) layout() error {
 				return invalid("models[%d]: tensor %q is not floating-point", k+1, name)
 			}
 		}
+		e.index[name] = len(e.names)
 		e.names = append(e.names, name)
 		e.metas = append(e.metas, m)
 		e.offsets = append(e.offsets, e.n)
@@ -257,133 +308,61 @@ func (e *evolveSession) layout() error {
 	if e.n == 0 {
 		return invalid("no floating-point tensors to evolve")
 	}
+	if e.base == nil {
+		return nil
+	}
+	for k, src := range e.srcs {
+		if len(src.Names()) != len(e.base.Names()) {
+			return invalid("models[%d] has %d tensors, the base %d (the merger needs the same tensors)", k, len(src.Names()), len(e.base.Names()))
+		}
+		for _, name := range e.base.Names() {
+			bm, _ := e.base.Meta(name)
+			if m, ok := src.Meta(name); !ok || tensors.FormatShape(m.Shape) != tensors.FormatShape(bm.Shape) {
+				return invalid("models[%d] lacks the base's tensor %q of shape [%s]", k, name, tensors.FormatShape(bm.Shape))
+			}
+		}
+	}
 	return nil
 }
 
-// excluded reports whether a tensor is kept out of evolution (filepath.Match
-// patterns; "*x*" also matches names containing x).
-func excluded(patterns []string, name string) bool { return matchAny(patterns, name) }
-
-func (e *evolveSession) done() bool { return e.gen > e.spec.Generations }
-
 func (e *evolveSession) progress() store.Progress {
-	p := store.Progress{Done: int64(max(e.gen-1, 0)), Total: int64(e.spec.Generations), Unit: "generations"}
-	if b := best(e.fit); b >= 0 {
-		p.Message = fmt.Sprintf("best %.6g (individual %d)", e.fit[b], b)
+	p := store.Progress{Done: int64(e.s.Generation()), Total: int64(e.spec.Generations), Unit: "generations"}
+	if b, f := e.s.Best(); !math.IsInf(f, -1) {
+		p.Message = fmt.Sprintf("best %.6g (individual %d; −1: the merge)", f, b)
 	}
 	return p
 }
 
-// best is the highest-fitness evaluated individual, or −1.
-func best(fit []float64) int {
-	b := -1
-	for i, f := range fit {
-		if !math.IsNaN(f) && !math.IsInf(f, 0) && (b < 0 || f > fit[b]) {
-			b = i
-		}
-	}
-	return b
-}
-
-// askLocked plans the pending candidates (once per tell).
-func (e *evolveSession) askLocked() ([]evolveTrial, error) {
-	if e.pending != nil || e.done() {
-		return e.pending, nil
-	}
-	np := len(e.pop)
-	if e.gen == 0 {
-		for i := 0; i < np; i++ {
-			e.pending = append(e.pending, evolveTrial{g: -1, i: i})
-		}
-		return e.pending, nil
-	}
-	g := e.gen - 1
-	if e.cfg.Strategy == evolve.StrategyEvolver {
-		if e.order == nil {
-			e.order, e.pos = evolve.Order(e.cfg.Seed, g, np, true), 0
-		}
-		i := e.order[e.pos]
-		t, err := e.cfg.Plan(g, i, e.fit, e.n)
-		if err != nil {
-			return nil, err
-		}
-		e.pending = []evolveTrial{{g: g, i: i, trial: t}}
-		return e.pending, nil
-	}
-	for i := 0; i < np; i++ {
-		t, err := e.cfg.Plan(g, i, e.fit, e.n)
-		if err != nil {
-			return nil, err
-		}
-		e.pending = append(e.pending, evolveTrial{g: g, i: i, trial: t})
-	}
-	return e.pending, nil
-}
-
-// offspring computes a pending trial's vector into dst.
-func (e *evolveSession) offspring(t evolveTrial, dst []float32) error {
-	if t.g < 0 {
-		copy(dst, e.pop[t.i])
-		return nil
-	}
+// offspring computes a trial's vector into dst.
+func (e *evolveSession) offspring(t evolve.Trial, dst []float32) error {
 	pop := make([]tensor.Vec, len(e.pop))
 	for k, x := range e.pop {
 		pop[k] = tensor.FromF32(x)
 	}
-	_, err := evolve.Offspring(tensor.FromF32(dst), pop, &e.cfg, &t.trial)
+	_, err := evolve.Offspring(tensor.FromF32(dst), pop, &e.cfg.Config, &t)
 	return err
 }
 
-// tellLocked applies the scores of the pending candidates: initial
-// fitness, or selection (an offspring replaces its parent only when its
-// score is strictly higher — Evolver's rule and CADE's).
-func (e *evolveSession) tellLocked(scores []float64) error {
-	if e.pending == nil {
-		return fmt.Errorf("%w: tell without a pending ask", ErrState)
-	}
-	if len(scores) != len(e.pending) {
-		return invalid("%d scores for %d candidates", len(scores), len(e.pending))
-	}
-	better := func(s, f float64) bool {
-		return !math.IsNaN(s) && !math.IsInf(s, 0) && (math.IsNaN(f) || math.IsInf(f, 0) || s > f)
-	}
-	switch {
-	case e.gen == 0:
-		copy(e.fit, scores)
-		e.gen = 1
-	case e.cfg.Strategy == evolve.StrategyEvolver:
-		t := e.pending[0]
-		if better(scores[0], e.fit[t.i]) {
-			if err := e.offspring(t, e.scratch); err != nil {
-				return err
-			}
-			copy(e.pop[t.i], e.scratch)
-			e.fit[t.i] = scores[0]
+// apply puts the trials an outcome accepts in their parents' places: all
+// are built from the population before any replaces its parent.
+func (e *evolveSession) apply(o evolve.Outcome) error {
+	next := make([][]float32, len(o.Replace))
+	for k, c := range o.Replace {
+		next[k] = e.scratch
+		if k > 0 {
+			next[k] = make([]float32, e.n)
 		}
-		e.pos++
-		if e.pos == len(e.order) {
-			e.gen, e.order, e.pos = e.gen+1, nil, 0
+		if err := e.offspring(*c.Trial, next[k]); err != nil {
+			return err
 		}
-	default:
-		accepted := map[int][]float32{}
-		for k, t := range e.pending {
-			if better(scores[k], e.fit[t.i]) {
-				x := make([]float32, e.n)
-				if err := e.offspring(t, x); err != nil {
-					return err
-				}
-				accepted[t.i] = x
-			}
-		}
-		for k, t := range e.pending {
-			if x, ok := accepted[t.i]; ok {
-				e.pop[t.i], e.fit[t.i] = x, scores[k]
-			}
-		}
-		e.gen++
 	}
-	e.pending = nil
-	e.history = append(e.history, append([]float64(nil), scores...))
+	for k, c := range o.Replace {
+		old := e.pop[c.Individual]
+		e.pop[c.Individual] = next[k]
+		if k == 0 {
+			e.scratch = old
+		}
+	}
 	return nil
 }
 
@@ -395,59 +374,82 @@ func (e *evolveSession) usable() error {
 }
 
 // Ask implements Session: {"generation", "candidates": [[g, i]…], "done"}
-// where each candidate names individual i's offspring at plan generation g
-// (g = −1: individual i itself, for its first evaluation).
+// where each candidate names individual i's offspring at generation g
+// (g = −1: individual i itself for the initial evaluation, or, i = −1,
+// the merge of the population).
 func (e *evolveSession) Ask() (any, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if err := e.usable(); err != nil {
 		return nil, err
 	}
-	ts, err := e.askLocked()
+	cs, err := e.s.Ask()
 	if err != nil {
 		return nil, err
 	}
-	cands := make([][]float64, len(ts))
-	for k, t := range ts {
-		cands[k] = []float64{float64(t.g), float64(t.i)}
+	cands := make([][]float64, len(cs))
+	for k, c := range cs {
+		cands[k] = []float64{float64(c.Generation), float64(c.Individual)}
 	}
-	return map[string]any{"generation": max(e.gen-1, 0), "candidates": cands, "done": e.done()}, nil
+	return map[string]any{"generation": e.s.Generation(), "candidates": cands, "done": e.s.Done()}, nil
 }
 
-// Tell implements Session.
+// Tell implements Session: one score per candidate Ask returns.
 func (e *evolveSession) Tell(scores []float64) (any, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if err := e.usable(); err != nil {
 		return nil, err
 	}
-	if err := e.tellLocked(scores); err != nil {
+	cs, err := e.s.Ask()
+	if err != nil {
 		return nil, err
 	}
-	if err := e.rc.checkpoint(evolveState{History: e.history}); err != nil {
+	if len(cs) == 0 {
+		return nil, fmt.Errorf("%w: tell without a pending ask (the evolution is finished)", ErrState)
+	}
+	if len(scores) != len(cs) {
+		return nil, invalid("%d scores for %d candidates", len(scores), len(cs))
+	}
+	for _, v := range scores {
+		o, err := e.s.Tell(v)
+		if err != nil {
+			return nil, err
+		}
+		if err := e.apply(o); err != nil {
+			return nil, err
+		}
+	}
+	if err := e.rc.checkpoint(e.s); err != nil {
 		return nil, err
 	}
 	e.rc.progress(e.progress())
 	return e.bestLocked(), nil
 }
 
+// bestLocked describes the best so far: "x" names it for Candidate ([−2, i]:
+// individual i; [−1, −1]: the merge of the population), "f" is its score,
+// "fitness" every individual's.
 func (e *evolveSession) bestLocked() map[string]any {
-	b := best(e.fit)
-	out := map[string]any{"generation": max(e.gen-1, 0), "done": e.done(), "x": nil, "f": search.JSONFloat(math.Inf(-1))}
-	if b >= 0 {
-		out["x"], out["f"] = []float64{-2, float64(b)}, search.JSONFloat(e.fit[b])
-		out["individual"] = b
+	b, f := e.s.Best()
+	out := map[string]any{"generation": e.s.Generation(), "done": e.s.Done(), "x": nil, "f": search.JSONFloat(math.Inf(-1))}
+	if !math.IsInf(f, -1) {
+		out["f"] = search.JSONFloat(f)
+		out["x"] = []float64{-1, -1}
+		if b >= 0 {
+			out["x"], out["individual"] = []float64{-2, float64(b)}, b
+		}
 	}
-	fits := make([]search.JSONFloat, len(e.fit))
-	for i, f := range e.fit {
-		fits[i] = search.JSONFloat(f)
+	fits := e.s.Fitness()
+	js := make([]search.JSONFloat, len(fits))
+	for i, f := range fits {
+		js[i] = search.JSONFloat(f)
 	}
-	out["fitness"] = fits
+	out["fitness"] = js
 	return out
 }
 
-// Best implements Session: the best individual ("x" = [−2, i] names it
-// for Candidate), its fitness and every individual's.
+// Best implements Session (see bestLocked).
 func (e *evolveSession) Best() (any, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -457,71 +459,64 @@ func (e *evolveSession) Best() (any, error) {
 	return e.bestLocked(), nil
 }
 
-// Candidate implements Session for [g, i]: a pending candidate, or (g = −2)
-// the current individual i.
+// Candidate implements Session for [g, i]: individual i as it is now
+// (g = −2 or −1), the merge of the population ([−1, −1], merger), or the
+// open trial of parent i in generation g (with a merger, merged).
 func (e *evolveSession) Candidate(params []float64) (*TensorSet, error) {
 	e.mu.Lock()
-	ok := false
-	defer func() {
-		if !ok {
-			e.mu.Unlock()
-		}
-	}()
-	if err := e.usable(); err != nil {
+	set, err := e.candidate(params)
+	if err != nil {
+		e.mu.Unlock()
 		return nil, err
 	}
-	if len(params) != 2 || params[1] != math.Trunc(params[1]) || params[1] < 0 || int(params[1]) >= len(e.pop) {
-		return nil, invalid("an evolve candidate is [generation, individual], got %v", params)
-	}
-	g, i := int(params[0]), int(params[1])
-	var vec []float32
-	switch {
-	case g == -2:
-		vec = e.pop[i]
-	default:
-		var t *evolveTrial
-		for k := range e.pending {
-			if e.pending[k].g == g && e.pending[k].i == i {
-				t = &e.pending[k]
-			}
-		}
-		if t == nil {
-			return nil, fmt.Errorf("%w: candidate %v is not pending (ask first; told candidates are gone)", ErrState, params)
-		}
-		if err := e.offspring(*t, e.scratch); err != nil {
-			return nil, err
-		}
-		vec = e.scratch
-	}
-	set := e.tensorSet(i, vec)
-	ok = true
 	var once sync.Once
 	set.Done = func() { once.Do(e.mu.Unlock) }
 	return set, nil
+}
+
+func (e *evolveSession) candidate(params []float64) (*TensorSet, error) {
+	if err := e.usable(); err != nil {
+		return nil, err
+	}
+	if len(params) != 2 || params[0] != math.Trunc(params[0]) || params[1] != math.Trunc(params[1]) ||
+		params[1] < -1 || int(params[1]) >= len(e.pop) || (params[1] == -1 && (params[0] != -1 || e.base == nil)) {
+		return nil, invalid("an evolve candidate is [generation, individual], got %v", params)
+	}
+	switch g, i := int(params[0]), int(params[1]); {
+	case i < 0:
+		return e.mergedSet(-1, nil)
+	case g == -2 || g == -1:
+		return e.tensorSet(i, e.pop[i]), nil
+	default:
+		t, err := e.s.Trial(i)
+		if err != nil || g != e.s.Generation() {
+			return nil, fmt.Errorf("%w: candidate %v is not pending (ask first; told candidates are gone)", ErrState, params)
+		}
+		if err := e.offspring(t, e.scratch); err != nil {
+			return nil, err
+		}
+		if e.base != nil {
+			return e.mergedSet(i, e.scratch)
+		}
+		return e.tensorSet(i, e.scratch), nil
+	}
 }
 
 // tensorSet materialises individual i's model with vec as its evolved
 // tensors (rounded to each tensor's dtype); other tensors are i's own.
 func (e *evolveSession) tensorSet(i int, vec []float32) *TensorSet {
 	src := e.srcs[i]
-	idx := map[string]int{}
-	for k, n := range e.names {
-		idx[n] = k
-	}
 	names := src.Names()
 	metas := make([]tensors.Meta, len(names))
 	for k, n := range names {
 		metas[k], _ = src.Meta(n)
 	}
 	return &TensorSet{Metas: metas, Fill: func(k int, dst []byte) error {
-		t, ok := idx[names[k]]
+		t, ok := e.index[names[k]]
 		if !ok {
 			b, err := src.Bytes(names[k])
-			if err != nil {
-				return err
-			}
 			copy(dst, b)
-			return nil
+			return err
 		}
 		out, err := tensor.FromBytes(dst, mustKernel(metas[k]))
 		if err != nil {
@@ -532,28 +527,91 @@ func (e *evolveSession) tensorSet(i int, vec []float32) *TensorSet {
 	}}
 }
 
-// Finish implements Session: the best individual's model is the result.
+// mergedSet is the merge, by the spec's merger, of the base and the
+// population with vec as individual replace's evolved tensors (replace ≥
+// 0): npsfuse.merge's result for the same state dicts — every
+// floating-point tensor merged in name order into the base's dtype, the
+// others copied from the base.
+func (e *evolveSession) mergedSet(replace int, vec []float32) (*TensorSet, error) {
+	names := e.base.Names()
+	metas := make([]tensors.Meta, len(names))
+	merged := map[string]int{}
+	var mts []merge.Tensor
+	for k, name := range names {
+		metas[k], _ = e.base.Meta(name)
+	}
+	for _, name := range slices.Sorted(slices.Values(names)) {
+		bm, _ := e.base.Meta(name)
+		if _, ok := tensors.KernelDType(bm.DType); !ok {
+			continue // not floating-point: copied
+		}
+		bv, err := sourceVec(e.base, name)
+		if err != nil {
+			return nil, err
+		}
+		t := merge.Tensor{Name: name, Shape: bm.IntShape(), Base: bv, Models: make([]tensor.Vec, len(e.pop))}
+		for j, x := range e.pop {
+			if j == replace {
+				x = vec
+			}
+			at, evolved := e.index[name]
+			mm, _ := e.srcs[j].Meta(name)
+			if _, ok := tensors.KernelDType(mm.DType); !ok && !evolved {
+				return nil, invalid("models[%d]: tensor %q is not floating-point, but the base's is", j, name)
+			}
+			if evolved {
+				t.Models[j] = tensor.FromF32(x[e.offsets[at] : e.offsets[at]+bv.Len()])
+			} else if t.Models[j], err = sourceVec(e.srcs[j], name); err != nil {
+				return nil, err
+			}
+		}
+		merged[name] = len(mts)
+		mts = append(mts, t)
+	}
+	m, err := merge.NewMerger(e.spec.Merge, e.params, mts)
+	if err != nil {
+		return nil, err
+	}
+	return &TensorSet{Metas: metas, Fill: func(k int, dst []byte) error {
+		at, ok := merged[names[k]]
+		if !ok {
+			b, err := e.base.Bytes(names[k])
+			copy(dst, b)
+			return err
+		}
+		out, err := tensor.FromBytes(dst, mustKernel(metas[k]))
+		if err != nil {
+			return err
+		}
+		return m.Tensor(at, out)
+	}}, nil
+}
+
+// Finish implements Session: the best individual's model (with a merger,
+// the merge of the population) is the result.
 func (e *evolveSession) Finish() (any, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if err := e.usable(); err != nil {
 		return nil, err
 	}
-	b := best(e.fit)
-	if b < 0 {
-		return nil, fmt.Errorf("%w: no individual has been evaluated yet", ErrState)
+	best := e.bestLocked()
+	if best["x"] == nil {
+		return nil, fmt.Errorf("%w: no candidate has been scored successfully yet", ErrState)
 	}
-	set := e.tensorSet(b, e.pop[b])
+	set, err := e.candidate(best["x"].([]float64))
+	if err != nil {
+		return nil, err
+	}
 	res, err := writeTensorResult(e.rc, e.spec.Result, set.Metas, set.Fill)
 	if err != nil {
 		return nil, err
 	}
-	res["individual"], res["f"], res["generation"] = b, search.JSONFloat(e.fit[b]), max(e.gen-1, 0)
-	fits := make([]search.JSONFloat, len(e.fit))
-	for i, f := range e.fit {
-		fits[i] = search.JSONFloat(f)
+	for _, k := range []string{"f", "generation", "fitness", "individual"} {
+		if v, ok := best[k]; ok {
+			res[k] = v
+		}
 	}
-	res["fitness"] = fits
 	return res, nil
 }
 
@@ -567,6 +625,9 @@ func (e *evolveSession) Close() {
 	e.closed = true
 	e.cancel()
 	_ = tensors.CloseAll(e.srcs...)
+	if e.base != nil {
+		_ = e.base.Close()
+	}
 	e.pop, e.scratch = nil, nil
 	e.release()
 }

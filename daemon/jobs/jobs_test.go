@@ -11,6 +11,7 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -294,6 +295,12 @@ func TestSubmitRefusals(t *testing.T) {
 		{"teleport", map[string]any{}, ErrInvalid},
 		{"evolve", map[string]any{"models": []string{paths[1]}}, ErrInvalid},
 		{"evolve", map[string]any{"models": []string{paths[0], paths[1]}, "strategy": "swarm"}, ErrInvalid},
+		{"evolve", map[string]any{"models": []string{paths[0], paths[1], paths[1]}, "strategy": "best/1/bin", "merge": "ties", "base": paths[0]}, ErrInvalid},
+		{"evolve", map[string]any{"models": []string{paths[0], paths[1]}, "base": paths[0]}, ErrInvalid},
+		{"evolve", map[string]any{"models": []string{paths[0], paths[1]}, "merge": "fisher", "base": paths[0]}, ErrInvalid},
+		{"evolve", map[string]any{"models": []string{paths[0], paths[1]}, "merge": "ties", "base": paths[0],
+			"merge_params": map[string]any{"global": map[string]any{"density": 2}}}, ErrInvalid},
+		{"evolve", map[string]any{"models": []string{paths[0], paths[1]}, "merge": "ties", "base": outside}, config.ErrOutsideRoots},
 		{"nps_prune", map[string]any{"base": paths[0], "model": paths[1], "keep": 2.0}, ErrInvalid},
 		{"nps_search", map[string]any{"base": paths[0], "model": paths[1], "optimizer": "sgd"}, ErrInvalid},
 	}
@@ -568,12 +575,18 @@ func TestBudget(t *testing.T) {
 // evolveRun drives an evolve session (scores: closeness of the candidate's
 // layer.bias to 0.3), crashing once before telling ask number crashAt; it
 // returns the asked candidates, the scores told and the final fitness.
-func evolveRun(t *testing.T, strategy string, crashAt int) (asked [][]float64, fit []any) {
+// merger names the merge method of Evolver "with merger" ("": none).
+func evolveRun(t *testing.T, strategy, merger string, crashAt int) (asked [][]float64, fit []any) {
 	t.Helper()
 	f := newFixture(t, 1)
 	paths, _, _ := f.family(t, 3, 21)
-	j := submit(t, f, "evolve", map[string]any{"models": paths[1:], "strategy": strategy, "generations": 3, "seed": 5,
-		"schedule": map[string]any{"kind": "constant", "f": 0.5, "cr": 0.5}, "exclude": []string{"head.*"}})
+	spec := map[string]any{"models": paths[1:], "strategy": strategy, "generations": 3, "seed": 5,
+		"schedule": map[string]any{"kind": "constant", "f": 0.5, "cr": 0.5}, "exclude": []string{"head.*"}}
+	if merger != "" {
+		spec["merge"], spec["base"] = merger, paths[0]
+		spec["merge_params"] = map[string]any{"global": map[string]any{"lambda": 0.5}}
+	}
+	j := submit(t, f, "evolve", spec)
 	score := func(sess Session, c []float64) float64 {
 		set, err := sess.Candidate(c)
 		if err != nil {
@@ -633,18 +646,99 @@ func evolveRun(t *testing.T, strategy string, crashAt int) (asked [][]float64, f
 }
 
 func TestEvolveSession(t *testing.T) {
-	for _, strategy := range []string{"evolver", "best/1/bin"} {
-		asked, end := evolveRun(t, strategy, -1)
-		// generation 0 evaluates the 3 individuals; then 3 generations of 3
-		// trials (Evolver asks them one at a time, DE all at once).
-		if len(asked) != 3+9 {
-			t.Errorf("%s: %d candidates asked, want 12", strategy, len(asked))
+	for _, c := range []struct {
+		strategy, merger string
+		asked            int
+	}{
+		// The initial evaluation (3 individuals, or 1 merge of them), then 3
+		// generations of 3 trials (Evolver asks them one at a time, DE all
+		// at once).
+		{"evolver", "", 3 + 9},
+		{"best/1/bin", "", 3 + 9},
+		{"evolver", "task_arithmetic", 1 + 9},
+	} {
+		asked, end := evolveRun(t, c.strategy, c.merger, -1)
+		if len(asked) != c.asked {
+			t.Errorf("%s %s: %d candidates asked, want %d", c.strategy, c.merger, len(asked), c.asked)
 		}
-		asked2, end2 := evolveRun(t, strategy, 5)
+		asked2, end2 := evolveRun(t, c.strategy, c.merger, 5)
 		if fmt.Sprint(asked) != fmt.Sprint(asked2) || fmt.Sprint(end) != fmt.Sprint(end2) {
-			t.Errorf("%s: the run interrupted by a crash differs:\n%v %v\n%v %v", strategy, asked, end, asked2, end2)
+			t.Errorf("%s %s: the run interrupted by a crash differs:\n%v %v\n%v %v", c.strategy, c.merger, asked, end, asked2, end2)
 		}
 	}
+}
+
+// TestEvolveMerger checks the merger mode's candidates: the initial one and
+// the result are task_arithmetic of the base and the population, a trial's
+// is that with the trial in place of its parent.
+func TestEvolveMerger(t *testing.T) {
+	f := newFixture(t, 1)
+	paths, data, metas := f.family(t, 2, 23)
+	j := submit(t, f, "evolve", map[string]any{"models": paths[1:], "generations": 1, "seed": 2, "merge": "task_arithmetic",
+		"base": paths[0], "merge_params": map[string]any{"global": map[string]any{"lambda": 0.5}},
+		"schedule": map[string]any{"kind": "constant", "f": 1, "cr": 1}})
+	sess, err := f.r.WaitSession(context.Background(), j.ID, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// θ₀ + 0.5·Σ(θ_t − θ₀) over tensor k, with individual `in` replaced by `by`.
+	want := func(k, in, by int) []float32 {
+		out := make([]float32, len(data[0][k]))
+		for e := range out {
+			s := float32(0)
+			for m := 1; m < len(data); m++ {
+				if m-1 == in {
+					s += data[by+1][k][e] - data[0][k][e]
+				} else {
+					s += data[m][k][e] - data[0][k][e]
+				}
+			}
+			out[e] = data[0][k][e] + 0.5*s
+		}
+		return out
+	}
+	check := func(c []float64, in, by int) {
+		t.Helper()
+		set, err := sess.Candidate(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer set.Done()
+		for k, m := range set.Metas {
+			b := make([]byte, m.Bytes())
+			if err := set.Fill(k, b); err != nil {
+				t.Fatal(err)
+			}
+			w := want(slices.IndexFunc(metas, func(x tensors.Meta) bool { return x.Name == m.Name }), in, by)
+			for e, v := range f32(b) {
+				if math.Abs(float64(v-w[e])) > 1e-5 {
+					t.Fatalf("candidate %v, %s[%d] = %v, want %v", c, m.Name, e, v, w[e])
+				}
+			}
+		}
+	}
+	res, _ := sess.Ask()
+	if c := res.(map[string]any)["candidates"].([][]float64); fmt.Sprint(c) != "[[-1 -1]]" {
+		t.Fatalf("the first candidate is %v, want the merge [[-1 -1]]", c)
+	}
+	check([]float64{-1, -1}, -1, 0)
+	if _, err := sess.Tell([]float64{1}); err != nil {
+		t.Fatal(err)
+	}
+	// F = 1, CR = 1: the offspring of i is its reference, the other one.
+	res, _ = sess.Ask()
+	c := res.(map[string]any)["candidates"].([][]float64)[0]
+	i := int(c[1])
+	check(c, i, 1-i)
+	bst, err := sess.Tell([]float64{2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := bst.(map[string]any); fmt.Sprint(b["x"]) != "[-1 -1]" || float64(b["f"].(search.JSONFloat)) != 2 {
+		t.Fatalf("best after an accepted trial: %v", b)
+	}
+	// Individual i is now a copy of the other one.
+	check([]float64{-1, -1}, i, 1-i)
 }
 
 // TestEvolveSelection checks the selection rule by hand: an offspring that

@@ -27,6 +27,17 @@
 // uniforms (four per 64-bit draw) and selects branch-free (see Offspring;
 // CR is then rounded to a multiple of 2⁻¹⁶).
 //
+// # Sessions
+//
+// Session (session.go) is the engine of a whole run on top of these
+// kernels: an ask/tell state machine, serialisable as JSON, that plans
+// every trial, keeps fitness, selects, decides when an accepted trial
+// replaces its parent (at once for Evolver's operator and the merger mode,
+// per generation for the DE strategies) and records the history. Both
+// doors — npsfuse.Evolver through pybind and the daemon's evolve sessions
+// — drive it and only build and score what it hands out, so a seed gives
+// the same run through either.
+//
 // # Vector loops
 //
 // When the build sets GOEXPERIMENT=simd on amd64 and the CPU has AVX2, the

@@ -1189,18 +1189,24 @@ class Client:
         force_index: bool = False,
         random_ref: bool = False,
         exclude: Sequence[str] = (),
+        merge: str | None = None,
+        base: Any = None,
+        merge_params: Mapping[str, Any] | None = None,
         seed: int = 0,
         idempotency_key: str | None = None,
     ) -> Session:
         """Start a weight-space evolution session over a population of
         fine-tuned models (Evolver, or DE/CADE with ``strategy="rand/1/bin"``
-        and a cosine ``schedule``). The daemon holds the population; each
+        and a cosine ``schedule``), run by the engine :class:`npsfuse.Evolver`
+        drives (same seed, same run). The daemon holds the population; each
         candidate is a whole model to score on your dev set (higher is
-        better). Evolver asks one offspring at a time (replacement is
-        immediate), DE strategies a generation at once; the first ask
-        evaluates the initial individuals. ``exclude`` names tensors (heads)
-        each individual keeps. :meth:`Session.finish` makes the best
-        individual the result."""
+        better). Evolver asks one offspring at a time, DE strategies a
+        generation at once; the first ask evaluates the initial individuals.
+        ``exclude`` names tensors (heads) each individual keeps. ``merge``
+        (with ``base`` and ``merge_params``, :func:`npsfuse.merge`'s keywords)
+        is Evolver "with merger": candidates are merges of the population.
+        :meth:`Session.finish` makes the best individual (or the merge) the
+        result."""
         uploads: dict[int, str] = {}
         spec: dict[str, Any] = {
             "models": [self._ref(m, uploads, f"models[{i}]") for i, m in enumerate(models)],
@@ -1217,6 +1223,11 @@ class Client:
             spec["schedule"] = dict(schedule)
         if block_size is not None:
             spec["block_size"] = int(block_size)
+        if merge is not None:
+            from . import _spec
+
+            spec["merge"], spec["base"] = merge, self._ref(base, uploads, "base")
+            spec["merge_params"] = _spec.payload(merge, len(models), dict(merge_params or {}))
         job = self._submit_with_uploads("evolve", spec, uploads, idempotency_key)
         assert isinstance(job, Session)
         return job

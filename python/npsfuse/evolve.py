@@ -8,11 +8,17 @@ over cores, and the caller's ``evaluate`` scores them on its dev set.
 
 Design
 ------
+* **Engine.** Every decision of the run (visiting order, trials, F and CR,
+  selection, replacement, history) is made by the Go session
+  ``gocore/evolve.Session``, the one the daemon's evolve sessions drive too:
+  this class holds its JSON state, builds the trials it hands out and applies
+  its verdicts, so a seed evolves alike in a notebook and through the daemon.
 * **Buffers.** Python owns ``popsize + 1`` flat buffers (torch tensors in
-  memory, or ``torch.from_file`` memory maps under ``storage=DIR``); Go reads
-  and writes them through :class:`npsfuse._bridge.ArrowPack` without copies.
-  An accepted offspring is not copied: its buffer becomes the parent's and the
-  parent's old buffer becomes the next offspring buffer.
+  memory, or ``torch.from_file`` memory maps under ``storage=DIR``), plus,
+  for the DE strategies, one per accepted trial waiting for the end of its
+  generation; Go reads and writes them through
+  :class:`npsfuse._bridge.ArrowPack` without copies. An accepted offspring is
+  not copied: its buffer becomes the parent's.
 * **Evaluation.** The state dict handed to ``evaluate`` is made of views into
   the flat offspring buffer (no copies) plus the individual's non-evolved
   tensors. It is valid until the next :meth:`Evolver.ask`; copy what you keep.
@@ -23,10 +29,11 @@ Design
   crossover masks) lives in Go only and is keyed by (seed, generation,
   individual, block): results are identical for any thread count, and a
   saved run resumes bit for bit.
-* **Selection** is one-to-one and immediate: the offspring replaces its
-  parent only when its score is strictly higher, and later trials of the same
-  generation see the replacement (for the classic DE strategies this is the
-  asynchronous variant, which keeps memory at ``popsize + 1`` buffers).
+* **Selection** is one-to-one: the offspring replaces its parent only when
+  its score is strictly higher. ``"evolver"`` and the merger mode replace at
+  once (the next trial sees it, as the Evolver authors do); the DE strategies
+  build a generation's trials from the population at its start and replace
+  when it ends (classic DE and CADE).
 
 See :class:`Evolver` for the parameters and METHODS.md ("Search and
 evolution") for the definitions.
@@ -69,22 +76,13 @@ GRANULARITIES: tuple[str, ...] = ("element", "tensor", "block")
 #: default; pass ``period=40`` for the authors' T (the default is the run).
 CADE_WEIGHT_SPACE: dict[str, Any] = {"F": (1e-6, 1e-5), "CR": (1e-6, 1e-5), "T": 40}
 
-_MIN_POP = {"evolver": 2, "rand/1/bin": 4, "best/1/bin": 3, "current-to-best/1/bin": 3}
-_STATE_VERSION = 1
+_STATE_VERSION = 2
 
 Evaluate = Callable[[StateDict], float]
 
 
 def _go(fn: Callable[..., Any], *args: Any) -> Any:
     return _core.call(fn, *args)
-
-
-def _finite_or_neg_inf(x: float) -> float:
-    return x if math.isfinite(x) else -math.inf
-
-
-def _json_fitness(fit: Sequence[float]) -> str:
-    return json.dumps([v if math.isfinite(v) else None for v in fit])
 
 
 def _resolve_dtype(
@@ -200,11 +198,14 @@ class Evolver:
 
     Notes
     -----
-    Memory: ``(popsize + 1)`` flat buffers plus what the caller holds (the
-    models passed in are loaded and copied one at a time); with ``merge``,
-    also the base and one merged model per trial.
+    Memory: ``(popsize + 1)`` flat buffers (for the DE strategies up to
+    ``popsize`` more, for accepted trials waiting for their generation's
+    end) plus what the caller holds (the models passed in are loaded and
+    copied one at a time); with ``merge``, also the base and one merged model
+    per trial.
 
-    Selection is strict (an equal score keeps the parent) and immediate. The
+    Selection is strict (an equal score keeps the parent). ``"evolver"`` and
+    ``merge`` replace at once; the DE strategies per generation. The
     CADE defaults (Jiang, Du et al., 2024, authors' code): F and CR between
     1e-6 and 1e-5 on a cosine of half period T = 40, DE/rand/1 with no forced
     index — ``Evolver(..., strategy="rand/1/bin", schedule="cosine",
@@ -256,31 +257,24 @@ class Evolver:
                 raise ValueError(f"unknown merge method {m!r} in add_merges")
         patterns = [re.compile(p) if isinstance(p, str) else p for p in exclude]
         base_sd = load_state_dict(base, "base")
-        np_ = len(population) + len(add_merges)
         if not population:
             raise ValueError("population is empty")
-        if np_ < _MIN_POP[strategy]:
-            raise ValueError(
-                f"strategy {strategy!r} needs at least {_MIN_POP[strategy]} individuals, "
-                f"got {np_}"
-            )
-        names = [
+        # Name order: the daemon flattens a model alike.
+        names = sorted(
             k for k, t in base_sd.items()
             if t.is_floating_point() and not any(p.search(k) for p in patterns)
-        ]
+        )
         if not names:
             raise ValueError("no floating-point tensor is left to evolve (check exclude)")
         dtype = _resolve_dtype(compute_dtype, [base_sd[k] for k in names])
         self._init_layout(list(base_sd), names, [tuple(base_sd[k].shape) for k in names], dtype)
-        segments = [self._offset[k] for k in names] + [self._n]
-        cfg["go_config"] = _go_config(cfg, segments)
+        self._cfg = cfg
+        self._np = len(population) + len(add_merges)
+        self._state: dict[str, Any] = json.loads(_go(_core.go.EvolveStart, self._session_config()))
         self.evaluate = evaluate
         self.progress = bool(progress)
-        self._cfg = cfg
-        self._np = np_
         self._base = base_sd if merge is not None else None
         self._alloc(storage)
-        self._slot_of = list(range(np_))
         self._extras: list[dict[str, torch.Tensor]] = []
         # One model at a time: load, check, copy into its buffer, drop.
         for i, m in enumerate(population):
@@ -297,18 +291,7 @@ class Evolver:
                             **cfg["merge_params"])
             self._fill(n_pop + j, merged)
             del merged
-        self._spare = np_
-        self._fitness = [-math.inf] * np_
-        self._merge_score = -math.inf
-        self._phase = "init"
-        self._init_pos = 0
-        self._gen = 0
-        self._pos = 0
-        self._order: list[int] = []
-        self._history: list[dict[str, Any]] = []
-        self._gen_stats: dict[str, Any] = {"accepted": 0, "scores": [], "F": None, "CR": None}
-        self._evals = 0
-        self._pending: tuple[str, int] | None = None
+        self._cand: dict[str, Any] | None = None
         self._pending_sd: StateDict | None = None
         self._version = 0
 
@@ -331,21 +314,28 @@ class Evolver:
         self._dtype = dtype
 
     def _alloc(self, storage: str | os.PathLike[str]) -> None:
+        """Buffers: one per individual (``_slot_of``), the spare that receives
+        the next trial, accepted trials waiting for their generation's end
+        (``_held``) and free ones."""
         self._storage = "memory" if storage == "memory" else str(Path(storage).resolve())
-        count = self._np + 1
+        if self._storage != "memory":
+            Path(self._storage).mkdir(parents=True, exist_ok=True)
+        self._slots: list[torch.Tensor] = []
+        self._slot_of = [self._new_slot() for _ in range(self._np)]
+        self._spare = self._new_slot()
+        self._held: dict[int, int] = {}
+        self._free: list[int] = []
+
+    def _new_slot(self) -> int:
         if self._storage == "memory":
-            self._slots = [torch.empty(self._n, dtype=self._dtype) for _ in range(count)]
-            return
-        d = Path(self._storage)
-        d.mkdir(parents=True, exist_ok=True)
-        nbytes = self._n * torch.tensor([], dtype=self._dtype).element_size()
-        self._slots = []
-        for k in range(count):
-            p = d / f"slot-{k}.bin"
+            self._slots.append(torch.empty(self._n, dtype=self._dtype))
+        else:
+            p = Path(self._storage) / f"slot-{len(self._slots)}.bin"
             with open(p, "wb") as f:
-                f.truncate(nbytes)
-            t = torch.from_file(str(p), shared=True, size=self._n, dtype=self._dtype)
-            self._slots.append(t)
+                f.truncate(self._n * torch.tensor([], dtype=self._dtype).element_size())
+            self._slots.append(torch.from_file(str(p), shared=True, size=self._n,
+                                               dtype=self._dtype))
+        return len(self._slots) - 1
 
     def _fill(self, i: int, sd: Mapping[str, torch.Tensor]) -> None:
         """Copy model ``sd``'s evolved tensors into buffer i; keep the rest."""
@@ -375,6 +365,16 @@ class Evolver:
             sds[replace[0]] = replace[1]
         return sds
 
+    def _session_config(self) -> str:
+        """The JSON of gocore/evolve.SessionConfig for this run."""
+        keys = ("strategy", "schedule", "granularity", "block_size", "force_index", "seed",
+                "generations")
+        go = {k: self._cfg[k] for k in keys}
+        tensor = self._cfg["granularity"] == "tensor"
+        go["segments"] = [self._offset[k] for k in self._names] + [self._n] if tensor else None
+        go |= {"population": self._np, "n": self._n, "merger": self._cfg["merge"] is not None}
+        return json.dumps(go)
+
     def _merged(self, sds: Sequence[StateDict]) -> StateDict:
         assert self._base is not None
         return _merge(self._base, sds, self._cfg["merge"], **self._cfg["merge_params"])
@@ -394,26 +394,31 @@ class Evolver:
     @property
     def generation(self) -> int:
         """Completed generations."""
-        return self._gen
+        return int(self._state["generation"])
 
     @property
     def done(self) -> bool:
         """True once all ``generations`` are completed."""
-        return self._phase == "done"
+        return self._state["phase"] == "done"
 
     @property
     def fitness(self) -> list[float]:
         """Per-individual scores (``merge=None``; −inf: failed or not yet evaluated)."""
-        return list(self._fitness)
+        return [float(v) for v in self._state["fitness"]]
 
     @property
     def history(self) -> list[dict[str, Any]]:
         """One record per completed generation (0: the initial population)."""
-        return [dict(h) for h in self._history]
+        return [h | {"best": float(h["best"]), "mean": float(h["mean"])}
+                for h in self._state["history"]]
+
+    @property
+    def _merge_score(self) -> float:
+        return float(self._state["merge_score"])
 
     def _best(self) -> tuple[int, float]:
-        b = max(range(self._np), key=lambda j: (self._fitness[j], -j))
-        return b, self._fitness[b]
+        b = int(self._state["best"])
+        return b, float(self._state["fitness"][b])
 
     # ---------------------------------------------------------- ask/tell --
 
@@ -429,124 +434,72 @@ class Evolver:
         RuntimeError
             When all generations are done.
         """
-        if self._pending is not None:
+        if self._cand is not None:
             assert self._pending_sd is not None
             return self._pending_sd
-        if self._phase == "done":
+        if self.done:
             raise RuntimeError("the evolution is finished; read result()")
-        if self._phase == "init":
-            if self._cfg["merge"] is None:
-                sd = self.individual(self._init_pos)
-                self._pending = ("init", self._init_pos)
-            else:
-                sd = self._merged(self._population_sds())
-                self._pending = ("init", -1)
+        c = self._session(_core.go.EvolveAsk)[0]
+        i = c["individual"]
+        if c.get("trial") is None:
+            sd = self._merged(self._population_sds()) if c.get("merge") else self.individual(i)
         else:
-            if not self._order:
-                self._start_generation()
-            i = self._order[self._pos]
-            info = self._offspring(i)
-            if self._gen_stats["F"] is None:
-                self._gen_stats["F"], self._gen_stats["CR"] = info["f"], info["cr"]
+            self._build(i, self._spare)
             sd = self._state_dict(self._slots[self._spare], self._extras[i])
-            if self._cfg["merge"] is not None:
+            if c.get("merge"):
                 sd = self._merged(self._population_sds(replace=(i, sd)))
-            self._pending = ("trial", i)
-        self._pending_sd = sd
+        self._cand, self._pending_sd = c, sd
         return sd
 
-    def _start_generation(self) -> None:
-        spec = {"seed": self._cfg["seed"], "generation": self._gen, "np": self._np,
-                "shuffle": self._cfg["strategy"] == "evolver"}
-        self._order = json.loads(_go(_core.go.EvolveOrder, json.dumps(spec)))
-        self._pos = 0
-        self._gen_stats = {"accepted": 0, "scores": [], "F": None, "CR": None}
+    def _session(self, fn: Callable[..., str], *args: Any) -> Any:
+        """Call a session function of ``pybind`` on the current state."""
+        return json.loads(_go(fn, json.dumps(self._state), *args))
 
-    def _offspring(self, i: int) -> dict[str, Any]:
-        """Run the Go kernel: trial of individual i into the spare buffer."""
+    def _build(self, i: int, slot: int) -> None:
+        """Run the Go kernel: the session's trial of parent i into buffer ``slot``."""
         items = [(f"individual {j}", self._slots[self._slot_of[j]]) for j in range(self._np)]
-        items.append(("offspring", self._slots[self._spare]))
+        items.append(("offspring", self._slots[slot]))
         pack = ArrowPack(items)
-        fit = self._fitness if self._cfg["merge"] is None else [0.0] * self._np
-        out = _go(
-            _core.go.EvolveTrial, self._cfg["go_config"], self._gen, i, _json_fitness(fit),
-            self._np, pack.arrays, pack.schemas,
-        )
-        return json.loads(out)
+        _go(_core.go.EvolveOffspring, json.dumps(self._state), i, self._np, pack.arrays,
+            pack.schemas)
 
     def tell(self, score: float) -> bool:
         """Report the score of the last :meth:`ask`; returns True when a trial
-        was accepted (replaced its parent, or improved the merge).
+        was accepted (it replaces its parent, at once or when its generation
+        ends, or it improved the merge).
 
         Raises
         ------
         RuntimeError
             Without a pending :meth:`ask`.
         """
-        if self._pending is None:
+        if self._cand is None:
             raise RuntimeError("tell() without a pending ask()")
-        kind, i = self._pending
-        s = _finite_or_neg_inf(float(score))
-        self._pending, self._pending_sd = None, None
-        self._evals += 1
-        accepted = False
-        if kind == "init":
-            if i >= 0:
-                self._fitness[i] = s
-                self._init_pos += 1
-                finished = self._init_pos == self._np
-            else:
-                self._merge_score = s
-                finished = True
-            if finished:
-                self._record(0, [s] if i < 0 else list(self._fitness), None, None, 0)
-                self._phase = "evolve"
-            self._version += 1
-            return False
-        self._gen_stats["scores"].append(s)
-        current = self._fitness[i] if self._cfg["merge"] is None else self._merge_score
-        if s > current:
-            accepted = True
-            self._slot_of[i], self._spare = self._spare, self._slot_of[i]
-            if self._cfg["merge"] is None:
-                self._fitness[i] = s
-            else:
-                self._merge_score = s
-            self._gen_stats["accepted"] += 1
-        self._pos += 1
-        if self._pos == self._np:
-            st = self._gen_stats
-            self._gen += 1
-            self._record(self._gen, st["scores"], st["F"], st["CR"], st["accepted"])
-            self._order = []
-            if self._gen >= self._cfg["generations"]:
-                self._phase = "done"
+        i = self._cand["individual"]
+        r = self._session(_core.go.EvolveTell, float(score))
+        self._state, out = r["state"], r["outcome"]
+        self._cand, self._pending_sd = None, None
+        if out.get("keep"):  # replaces its parent when the generation ends
+            self._held[i] = self._spare
+            self._spare = self._free.pop() if self._free else self._new_slot()
+        for rep in out.get("replace") or []:
+            j, old = rep["individual"], self._slot_of[rep["individual"]]
+            if j in self._held:
+                self._slot_of[j] = self._held.pop(j)
+                self._free.append(old)
+            else:  # the trial just told, in the spare buffer
+                self._slot_of[j], self._spare = self._spare, old
         self._version += 1
-        return accepted
-
-    def _record(
-        self, g: int, scores: list[float], F: float | None, CR: float | None, accepted: int
-    ) -> None:
-        if self._cfg["merge"] is None:
-            finite = [v for v in self._fitness if math.isfinite(v)]
-            best = max(self._fitness)
-            mean = sum(finite) / len(finite) if finite else -math.inf
-        else:
-            finite = [v for v in scores if math.isfinite(v)]
-            best = self._merge_score
-            mean = sum(finite) / len(finite) if finite else -math.inf
-        self._history.append({"generation": g, "best": best, "mean": mean, "accepted": accepted,
-                              "F": F, "CR": CR, "evaluations": self._evals})
+        return bool(out["accepted"])
 
     # --------------------------------------------------------------- run --
 
     def _remaining(self) -> int:
-        if self._phase == "done":
-            return 0
-        left = (self._cfg["generations"] - self._gen) * self._np - self._pos
-        if self._phase == "init":
-            left += (self._np - self._init_pos) if self._cfg["merge"] is None else 1
-        return left
+        st = self._state
+        left = (self._cfg["generations"] - st["generation"]) * self._np - len(st["told"])
+        if st["phase"] == "init":
+            left += 1 if self._cfg["merge"] is not None else self._np
+        return 0 if self.done else left
 
     def run(self, *, checkpoint: str | os.PathLike[str] | None = None) -> EvolverResult:
         """Evaluate until all generations are done and return the result.
@@ -566,14 +519,14 @@ class Evolver:
             bar = tqdm(total=self._remaining(), desc="evolve", unit="eval")
         try:
             while not self.done:
-                gen_before, phase_before = self._gen, self._phase
+                before = (self.generation, self._state["phase"])
                 sd = self.ask()
                 score = self.evaluate(sd)
                 self.tell(score)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(gen=self._gen, best=f"{self._current_best():.4g}")
-                moved = self._gen != gen_before or self._phase != phase_before
+                    bar.set_postfix(gen=self.generation, best=f"{self._current_best():.4g}")
+                moved = (self.generation, self._state["phase"]) != before
                 if checkpoint is not None and moved:
                     self.save(checkpoint)
         finally:
@@ -623,16 +576,7 @@ class Evolver:
             "storage": self._storage,
             "progress": self.progress,
             "popsize": self._np,
-            "fitness": self._fitness,
-            "merge_score": self._merge_score,
-            "phase": self._phase,
-            "init_pos": self._init_pos,
-            "generation": self._gen,
-            "pos": self._pos,
-            "order": self._order,
-            "gen_stats": self._gen_stats,
-            "history": self._history,
-            "evaluations": self._evals,
+            "session": self._state,
         }
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
         old = dst.with_name(dst.name + f".old-{os.getpid()}")
@@ -689,19 +633,13 @@ class Evolver:
         for i in range(self._np):
             with open(src / f"individual-{i}.bin", "rb") as f:
                 f.readinto(memoryview(self._slots[i].view(torch.uint8).numpy()))
-        self._slot_of = list(range(self._np))
-        self._spare = self._np
-        self._fitness = [float(v) for v in state["fitness"]]
-        self._merge_score = float(state["merge_score"])
-        self._phase = state["phase"]
-        self._init_pos = state["init_pos"]
-        self._gen = state["generation"]
-        self._pos = state["pos"]
-        self._order = list(state["order"])
-        self._gen_stats = state["gen_stats"]
-        self._history = state["history"]
-        self._evals = state["evaluations"]
-        self._pending, self._pending_sd = None, None
+        self._state = state["session"]
+        # Accepted trials of the open generation were not saved: rebuild them
+        # (the population has not changed since they were built).
+        for i in self._state["held"]:
+            self._held[i] = self._new_slot()
+            self._build(i, self._held[i])
+        self._cand, self._pending_sd = None, None
         self._version = 0
         return self
 
@@ -776,15 +714,6 @@ class EvolverResult:
         plt.close(fig)
 
 
-def _go_config(cfg: Mapping[str, Any], segments: Sequence[int]) -> str:
-    """The JSON of gocore/evolve.Config for validated options and tensor boundaries."""
-    keys = ("strategy", "schedule", "granularity", "block_size", "force_index", "random_ref",
-            "seed", "generations")
-    go = {k: cfg[k] for k in keys}
-    go["segments"] = list(segments) if cfg["granularity"] == "tensor" else None
-    return json.dumps(go)
-
-
 def _make_config(
     *, strategy: str, F: float, CR: float, schedule: str,
     F_bounds: tuple[float, float] | None, CR_bounds: tuple[float, float] | None,
@@ -792,32 +721,18 @@ def _make_config(
     merge_params: Mapping[str, Any] | None, granularity: str, block_size: int,
     force_index: bool | None, seed: int,
 ) -> dict[str, Any]:
-    """Validate the Evolver's options; return them with the Go config JSON."""
+    """Validate the Evolver's options (the engine checks the rest)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
-    if granularity not in GRANULARITIES:
-        raise ValueError(
-            f"unknown granularity {granularity!r}; valid: {', '.join(GRANULARITIES)}"
-        )
     if isinstance(generations, bool) or not isinstance(generations, int) or generations < 1:
         raise ValueError(f"generations must be a positive integer, got {generations!r}")
     if not isinstance(seed, int) or not 0 <= seed < 2**64:
         raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-    if granularity == "block" and (not isinstance(block_size, int) or block_size < 1):
-        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
-    if merge is not None:
-        if merge not in methods():
-            raise ValueError(f"unknown merge method {merge!r}; valid: {', '.join(methods())}")
-        if strategy in ("best/1/bin", "current-to-best/1/bin"):
-            raise ValueError(
-                f"strategy {strategy!r} needs per-individual fitness, which merge={merge!r} "
-                "does not give; use 'evolver' or 'rand/1/bin'"
-            )
+    if merge is not None and merge not in methods():
+        raise ValueError(f"unknown merge method {merge!r}; valid: {', '.join(methods())}")
     if schedule == "constant":
         if F_bounds is not None or CR_bounds is not None or period is not None:
             raise ValueError("F_bounds, CR_bounds and period apply to schedule='cosine'")
-        if not math.isfinite(F) or not 0.0 <= CR <= 1.0:
-            raise ValueError(f"need finite F and CR in [0, 1], got F={F}, CR={CR}")
         spec: dict[str, Any] = {"kind": "constant", "f": float(F), "cr": float(CR)}
     elif schedule == "cosine":
         fb = tuple(CADE_WEIGHT_SPACE["F"] if F_bounds is None else F_bounds)
@@ -836,9 +751,6 @@ def _make_config(
     fi = (strategy != "evolver") if force_index is None else bool(force_index)
     return {
         "strategy": strategy, "schedule": spec, "granularity": granularity,
-        "block_size": int(block_size), "force_index": fi, "random_ref": merge is not None,
-        "seed": int(seed), "generations": generations, "merge": merge,
-        "merge_params": dict(merge_params or {}),
-        # Filled by _finish_config once the layout (segments) is known.
-        "go_config": None,
+        "block_size": int(block_size), "force_index": fi, "seed": int(seed),
+        "generations": generations, "merge": merge, "merge_params": dict(merge_params or {}),
     }
