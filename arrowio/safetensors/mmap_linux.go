@@ -11,9 +11,11 @@ import (
 // mapFile maps path read-only and shared. Files shorter than the 8-byte
 // prefix (including empty files, which mmap refuses) are read instead, so
 // newFile reports them as truncated. The unmap function is nil when nothing
-// was mapped.
+// was mapped. The file is opened non-blocking, so that a FIFO or device
+// named like a weight file is refused instead of blocking the open until
+// a writer appears.
 func mapFile(path string) ([]byte, func([]byte) error, error) {
-	fd, err := os.Open(path)
+	fd, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, nil, ioErr(path, err)
 	}
@@ -23,7 +25,7 @@ func mapFile(path string) ([]byte, func([]byte) error, error) {
 		return nil, nil, ioErr(path, err)
 	}
 	if !st.Mode().IsRegular() {
-		return nil, nil, fileErr(path, ErrIO, "not a regular file", nil)
+		return nil, nil, fileErr(path, ErrIO, fmt.Sprintf("not a regular file (%s)", FileKind(st.Mode())), nil)
 	}
 	size := st.Size()
 	if size < 8 {

@@ -33,6 +33,12 @@ type Options struct {
 	Force     bool // replace a non-empty OutDir
 	// Progress receives a progress line now and then (nil: none).
 	Progress io.Writer
+	// OnOutput, when set, is called with the temporary folder the output
+	// is written into (renamed to OutDir at the end) as soon as it exists,
+	// before anything is written; an error stops the merge. The daemon
+	// records it so that a retry after a crash removes only what this
+	// run created.
+	OnOutput func(tmpDir string) error
 }
 
 // Result describes a finished merge.
@@ -91,6 +97,10 @@ func Run(ctx context.Context, cfg *Config, opt Options) (res *Result, err error)
 	if basePath == "" { // linear without a base: the first model lays out the output
 		basePath = cfg.Models[0].Path
 	}
+	// A FIFO or device named like an input would block an open forever.
+	if err := CheckInputFiles(cfg); err != nil {
+		return nil, err
+	}
 	base, err := checkpoint.Open(basePath)
 	if err != nil {
 		return nil, err
@@ -148,6 +158,11 @@ func Run(ctx context.Context, cfg *Config, opt Options) (res *Result, err error)
 			out.Abort()
 		}
 	}()
+	if opt.OnOutput != nil {
+		if err = opt.OnOutput(out.Dir()); err != nil {
+			return nil, err
+		}
+	}
 	w := newWriter(out.Dir(), shards, cfg, outDT)
 	defer w.abort()
 	inputs := make([][][]byte, len(jobs))

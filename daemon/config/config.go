@@ -217,6 +217,9 @@ func Load(fs *pflag.FlagSet) (*Config, error) {
 		file = f.Value.String()
 	}
 	if file != "" {
+		if err := checkConfigFile(file); err != nil {
+			return nil, err
+		}
 		v.SetConfigFile(file)
 		v.SetConfigType("yaml")
 		if err := v.ReadInConfig(); err != nil {
@@ -252,6 +255,23 @@ func Load(fs *pflag.FlagSet) (*Config, error) {
 	}
 	c.File = file
 	return c, nil
+}
+
+// checkConfigFile refuses a configuration path that is missing, a folder,
+// or not a regular file (reading a FIFO would block the start forever).
+func checkConfigFile(file string) error {
+	st, err := os.Stat(file)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("%w: configuration file %s does not exist", ErrConfig, file)
+	case err != nil:
+		return fmt.Errorf("%w: configuration file %s: %v", ErrConfig, file, err)
+	case st.IsDir():
+		return fmt.Errorf("%w: configuration file %s is a directory: --config (or NPSFUSE_CONFIG) names the YAML file itself", ErrConfig, file)
+	case !st.Mode().IsRegular():
+		return fmt.Errorf("%w: configuration file %s is not a regular file (%s)", ErrConfig, file, st.Mode().Type())
+	}
+	return nil
 }
 
 // trimList drops surrounding blanks and empty entries ("a, b," → [a b]).

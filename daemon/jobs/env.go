@@ -48,6 +48,8 @@ type Env struct {
 	// ShmDir is the shared-memory folder ("" = none): uploads in
 	// ShmDir/uploads (name.arrow), results in ShmDir/results.
 	ShmDir string
+	// Store is the job store file (outputs may not replace it or its folder).
+	Store string
 	// Durable makes result files fsynced before a job is done.
 	Durable bool
 	// Log receives the runner's structured log.
@@ -211,6 +213,9 @@ func (e *Env) Resolve(ref, what string) (string, error) {
 	if _, err := os.Stat(p); err != nil {
 		return "", invalid("%s %s does not exist", what, ref)
 	}
+	if err := e.checkInputFiles(p, what); err != nil {
+		return "", err
+	}
 	return p, nil
 }
 
@@ -269,8 +274,10 @@ func within(p, dir string) bool {
 	return dir != "" && (p == dir || strings.HasPrefix(p, dir+string(filepath.Separator)))
 }
 
-// OutputPath checks an output folder or file requested by a spec: absolute
-// and inside the data roots (not the shared-memory folder).
+// OutputPath checks an output folder or file requested by a spec: absolute,
+// inside the data roots, and neither a data root nor a folder holding one,
+// nor inside or above the daemon's own folders (shared memory, uploads,
+// results, the job store): a merge with force replaces its whole out_dir.
 func (e *Env) OutputPath(p, what string) (string, error) {
 	if !filepath.IsAbs(p) {
 		return "", invalid("%s %q must be an absolute path", what, p)
@@ -278,6 +285,9 @@ func (e *Env) OutputPath(p, what string) (string, error) {
 	r, err := e.Roots.Check(p)
 	if err != nil {
 		return "", fmt.Errorf("%s: %w", what, err)
+	}
+	if err := e.checkOutputPlace(r, p, what); err != nil {
+		return "", err
 	}
 	return r, nil
 }

@@ -73,7 +73,7 @@ func decodeStrict(spec json.RawMessage, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(spec))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		return invalid("spec: %v", err)
+		return invalid("spec: %s", DescribeJSONError(err))
 	}
 	return nil
 }
@@ -238,11 +238,16 @@ func runStreamMerge(rc *runCtx, cfg *stream.Config, s *mergeSpec) (any, error) {
 		return nil, err
 	}
 	force := s.Force
+	var prev *fileKey // out_dir as an earlier attempt committed it
 	if rc.job.Attempts > 1 {
 		// An earlier attempt may have left its temporary folder, or even
-		// committed the output just before the crash: this job owns out_dir.
-		removeStaleTemps(out)
-		force = true
+		// committed the output just before the crash. Only what that
+		// attempt recorded as its own is removed or replaced: out_dir is
+		// replaced without force only if it is the folder the attempt
+		// committed (the same inode), never a folder the user made.
+		if prev = recoverOutput(rc.log, out, rc.job.Checkpoint); prev != nil {
+			force = true
+		}
 	}
 	base := cfg.BaseModel
 	if base == "" {
@@ -258,22 +263,13 @@ func runStreamMerge(rc *runCtx, cfg *stream.Config, s *mergeSpec) (any, error) {
 	}
 	defer release()
 	res, err := stream.Run(rc.ctx, cfg, stream.Options{OutDir: out, ShardSize: s.ShardSize, DType: s.DType,
-		AllowMissing: s.AllowMissing, Force: force, Progress: streamProgress{rc}})
+		AllowMissing: s.AllowMissing, Force: force, Progress: streamProgress{rc},
+		OnOutput: func(tmp string) error { return markOutput(rc, tmp, prev) }})
 	if err != nil {
 		return nil, err
 	}
 	return map[string]any{"kind": "checkpoint", "out_dir": res.OutDir, "tensors": res.Tensors, "shards": res.Shards,
 		"bytes_read": res.BytesRead, "bytes_written": res.BytesWritten, "seconds": res.Seconds, "notes": res.Notes}, nil
-}
-
-// removeStaleTemps deletes temporary folders an interrupted stream merge
-// left beside out (arrowio/checkpoint.NewOutput names them
-// ".<name>.npsfuse-tmp-*").
-func removeStaleTemps(out string) {
-	old, _ := filepath.Glob(filepath.Join(filepath.Dir(out), "."+filepath.Base(out)+".npsfuse-tmp-*"))
-	for _, d := range old {
-		_ = os.RemoveAll(d)
-	}
 }
 
 func largestTensor(path string) (int64, error) {

@@ -30,6 +30,14 @@ type npsOptions struct {
 	Global *bool `json:"global,omitempty"`
 }
 
+// Limits of the randomized SVD's options: rank and oversample are clipped
+// to a tensor's smaller side anyway (no weight matrix has 2^20 rows and
+// columns), and each power iteration costs two passes over the tensor.
+const (
+	maxRank       = 1 << 20
+	maxPowerIters = 100
+)
+
 func (o *npsOptions) normalize(defaultKeep float64) error {
 	if o.Subspaces == 0 {
 		o.Subspaces = 8
@@ -45,6 +53,14 @@ func (o *npsOptions) normalize(defaultKeep float64) error {
 	}
 	if o.Rank < 0 || o.PowerIters < 0 || o.Oversample < 0 {
 		return invalid("rank, power_iters and oversample must be ≥ 0")
+	}
+	for _, f := range []struct {
+		name   string
+		v, max int
+	}{{"rank", o.Rank, maxRank}, {"oversample", o.Oversample, maxRank}, {"power_iters", o.PowerIters, maxPowerIters}} {
+		if f.v > f.max {
+			return invalid("%s %d is over the limit of %d", f.name, f.v, f.max)
+		}
 	}
 	if o.Keep == 0 {
 		o.Keep = defaultKeep

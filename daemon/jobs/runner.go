@@ -147,7 +147,7 @@ func (r *Runner) Recover() error {
 				}
 				j.State = store.Queued
 				note = fmt.Sprintf("interrupted while running (attempt %d) by a daemon restart; resumed", j.Attempts)
-				if len(j.Checkpoint) > 0 {
+				if k := kinds[j.Type]; len(j.Checkpoint) > 0 && k != nil && k.session {
 					note += " from its last checkpoint"
 				}
 				j.Notes = append(j.Notes, note)

@@ -65,6 +65,14 @@ type searchSpec struct {
 	Cleanup     []string   `json:"cleanup,omitempty"`
 }
 
+// Limits of an nps_search spec: popsize bounds the optimizer's
+// population (CMA-ES's default for 64 weights is 16, DE's 640);
+// generations bounds the planned run.
+const (
+	MaxPopsize     = 10000
+	MaxGenerations = 1_000_000
+)
+
 func (s *searchSpec) normalize(e *Env) error {
 	p := pruneSpec{Base: s.Base, Model: s.Model, npsOptions: s.npsOptions, Weights: s.X0, Lam: s.Lam,
 		Output: s.Output, DType: s.DType, Result: s.Result, Cleanup: s.Cleanup}
@@ -96,6 +104,14 @@ func (s *searchSpec) normalize(e *Env) error {
 	}
 	if s.Popsize < 0 || s.Generations < 0 {
 		return invalid("popsize and generations must be ≥ 0")
+	}
+	// The optimizers allocate per individual: bound the population before
+	// one is built (10**12 would exhaust memory, 2**62 overflow a size).
+	if s.Popsize > MaxPopsize {
+		return invalid("popsize %d is over the limit of %d (0 = the optimizer's default)", s.Popsize, MaxPopsize)
+	}
+	if s.Generations > MaxGenerations {
+		return invalid("generations %d is over the limit of %d (0 = no limit: finish the session yourself)", s.Generations, MaxGenerations)
 	}
 	if s.Optimizer == "de" && s.Schedule == nil {
 		gens := max(s.Generations, 1)

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"syscall"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -29,7 +30,7 @@ func codeOf(err error) codes.Code {
 		return codes.AlreadyExists
 	case errors.Is(err, jobs.ErrDraining), errors.Is(err, store.ErrClosed):
 		return codes.Unavailable
-	case errors.Is(err, jobs.ErrTooLarge):
+	case errors.Is(err, jobs.ErrTooLarge), noSpace(err):
 		return codes.ResourceExhausted
 	case errors.Is(err, jobs.ErrUnsupported):
 		return codes.Unimplemented
@@ -49,6 +50,12 @@ func codeOf(err error) codes.Code {
 		return codes.InvalidArgument
 	}
 	return codes.Internal
+}
+
+// noSpace reports a write that failed because the file system is full
+// (or the user's quota is).
+func noSpace(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
 }
 
 // toStatus turns an error into a gRPC status error (statuses pass through).

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/npsfuse/npsfuse/arrowio/safetensors"
 	"github.com/npsfuse/npsfuse/daemon/config"
 	"github.com/npsfuse/npsfuse/daemon/jobs"
 	"github.com/npsfuse/npsfuse/daemon/store"
@@ -55,7 +56,7 @@ func decodeJSON(b []byte, v any, what string) error {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		return status.Errorf(codes.InvalidArgument, "%s: bad JSON: %v", what, err)
+		return status.Errorf(codes.InvalidArgument, "%s: %s", what, jobs.DescribeJSONError(err))
 	}
 	return nil
 }
@@ -218,7 +219,7 @@ func (s *service) DoPut(stream flight.FlightService_DoPutServer) error {
 	}()
 	uw, err := tensors.NewUploadWriter(s.env.FlightUploadPath(cmd.Upload), metas, map[string]string{"format": "pt", "uploaded_to": "npsfused"})
 	if err != nil {
-		return toStatus(err)
+		return uploadStatus(cmd.Upload, err)
 	}
 	defer uw.Abort()
 	for rdr.Next() {
@@ -228,7 +229,7 @@ func (s *service) DoPut(stream flight.FlightService_DoPutServer) error {
 		}
 		for _, r := range rows {
 			if err := uw.Put(r); err != nil {
-				return status.Errorf(codes.InvalidArgument, "upload %s: %v", cmd.Upload, err)
+				return uploadStatus(cmd.Upload, err)
 			}
 		}
 	}
@@ -236,12 +237,30 @@ func (s *service) DoPut(stream flight.FlightService_DoPutServer) error {
 		return status.Errorf(codes.InvalidArgument, "upload %s: %v", cmd.Upload, err)
 	}
 	if err := uw.Close(); err != nil {
-		return status.Errorf(codes.InvalidArgument, "upload %s: %v", cmd.Upload, err)
+		return uploadStatus(cmd.Upload, err)
 	}
 	s.metrics.bytesIn.WithLabelValues("flight").Add(float64(uw.Bytes()))
 	body, _ := json.Marshal(map[string]any{"upload": cmd.Upload, "ref": jobs.UploadRef + cmd.Upload,
 		"tensors": len(metas), "bytes": uw.Bytes()})
 	return stream.Send(&flight.PutResult{AppMetadata: body})
+}
+
+// uploadStatus is the status of an upload that failed while it was
+// stored: RESOURCE_EXHAUSTED when the daemon's disk (or quota) is full,
+// INVALID_ARGUMENT for pieces that do not fit the manifest, and the
+// error's own code (INTERNAL for other I/O failures) otherwise.
+func uploadStatus(name string, err error) error {
+	code := codeOf(err)
+	if errors.Is(err, safetensors.ErrIO) {
+		code = codes.Internal // the daemon's disk failed, not the client's data
+	}
+	switch {
+	case noSpace(err):
+		return status.Errorf(codes.ResourceExhausted, "upload %s: the daemon's upload folder is full (%v); free space or lower the upload's size", name, err)
+	case code == codes.Internal:
+		return status.Errorf(code, "upload %s: storing it failed: %v", name, err)
+	}
+	return status.Errorf(code, "upload %s: %v", name, err)
 }
 
 // flightInfo describes a job: its status as app metadata, and a ticket

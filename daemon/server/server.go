@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -53,7 +54,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	defer st.Close()
 	var m *metrics
-	env := &jobs.Env{Roots: roots, Uploads: cfg.Uploads, Results: cfg.Results, ShmDir: shm, Durable: cfg.StoreSync, Log: log,
+	env := &jobs.Env{Roots: roots, Uploads: cfg.Uploads, Results: cfg.Results, ShmDir: shm, Store: cfg.Store, Durable: cfg.StoreSync, Log: log,
 		KernelSeconds: func(t string, s float64) {
 			m.kernel.WithLabelValues(t).Add(s)
 			m.jobSeconds.WithLabelValues(t).Observe(s)
@@ -79,6 +80,10 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			return fmt.Errorf("metrics_listen %s: %w", cfg.MetricsListen, err)
 		}
 		metricsAddr = ln.Addr().String()
+		if !loopback(cfg.MetricsListen) {
+			log.Warn("metrics_listen is reachable from other hosts and has no authentication: anyone who can connect reads /metrics (job counts, types, sizes) and /healthz; bind it to 127.0.0.1 or firewall it",
+				"metrics_listen", cfg.MetricsListen)
+		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg}))
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -116,8 +121,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	gs := grpc.NewServer(
 		grpc.MaxRecvMsgSize(int(cfg.MaxMessageBytes)),
 		grpc.MaxSendMsgSize(int(cfg.MaxMessageBytes)),
-		grpc.ChainUnaryInterceptor(auth.unary(obs)),
-		grpc.ChainStreamInterceptor(auth.stream(obs)),
+		grpc.ChainUnaryInterceptor(auth.unary(obs), recoverUnary(log)),
+		grpc.ChainStreamInterceptor(auth.stream(obs), recoverStream(log)),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.InitialWindowSize(8<<20), grpc.InitialConnWindowSize(16<<20),
 		grpc.ReadBufferSize(1<<20), grpc.WriteBufferSize(1<<20),
@@ -181,6 +186,21 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	log.Info("npsfused stopped")
 	return runErr
+}
+
+// loopback reports whether a host:port listens on the loopback interface
+// only (127.0.0.0/8, ::1 or localhost); "", 0.0.0.0, :: and other hosts
+// are reachable from the network.
+func loopback(hostPort string) bool {
+	host, _, err := net.SplitHostPort(hostPort)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // listen opens the Flight listener. A Unix socket's folder is created with

@@ -9,6 +9,7 @@ import (
 	"syscall"
 
 	"github.com/npsfuse/npsfuse/arrowio/checkpoint"
+	"github.com/npsfuse/npsfuse/arrowio/safetensors"
 )
 
 // Source is a read-only set of named tensors whose bytes are views of a
@@ -167,9 +168,10 @@ func (s *IPCSource) Close() error {
 }
 
 // mapFile maps a whole file read-only (an empty file gives an error: no
-// valid tensor file is empty).
+// valid tensor file is empty). The open does not block: a FIFO or device
+// named like a tensor file is refused instead of stalling the worker.
 func mapFile(path string) ([]byte, error) {
-	f, err := os.Open(path)
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -179,7 +181,7 @@ func mapFile(path string) ([]byte, error) {
 		return nil, err
 	}
 	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%w: %s is not a regular file", ErrIPC, path)
+		return nil, fmt.Errorf("%w: %s is %s, not a regular file", ErrIPC, path, safetensors.FileKind(st.Mode()))
 	}
 	if st.Size() == 0 {
 		return nil, fmt.Errorf("%w: %s is empty", ErrIPC, path)
