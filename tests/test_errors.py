@@ -218,3 +218,17 @@ def test_go_bad_tensor_errors_become_type_errors() -> None:
         _core.call(_core.go.Inspect, 0, 0, 1)
     with pytest.raises(TypeError, match="negative"):
         _core.call(_core.go.Inspect, 0, 0, -1)
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties", "dare_ties", "breadcrumbs", "della"])
+def test_overflow_is_refused_not_written(method: str) -> None:
+    """λ ≥ 3e38, or a float16 sum beyond 65504, must not become ±Inf silently."""
+    g = torch.Generator().manual_seed(0)
+    base = {"w": torch.randn(4, 8, generator=g)}
+    models = [{"w": base["w"] + torch.randn(4, 8, generator=g)} for _ in range(2)]
+    with pytest.raises(ValueError, match=r'tensor "w": the merged value .* every input is finite'):
+        npsfuse.merge(base, models, method, lam=3e38, density=0.5)
+    half = {"w": torch.full((4, 8), 60000.0, dtype=torch.float16)}
+    up = [{"w": torch.full((4, 8), 65000.0, dtype=torch.float16)} for _ in range(2)]
+    with pytest.raises(ValueError, match="does not fit the output dtype float16"):
+        npsfuse.merge(half, up, "task_arithmetic", lam=1.0)

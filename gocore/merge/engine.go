@@ -485,6 +485,9 @@ func (e *engine) mergeChunk(ch chunkRef, ws *workspace) error {
 	} else {
 		e.method.Combine.combine(e, ch, base, models, taus, out)
 	}
+	if err := e.checkResult(ch, out); err != nil {
+		return err
+	}
 	e.store(e.tensors[ch.ti].Out, ch, ws, out)
 	return nil
 }
@@ -505,7 +508,8 @@ type direct interface {
 // any input makes the result non-finite (0·Inf is NaN too), so only the
 // result is checked; when it is not finite, the inputs are searched for the
 // culprit so that the error names the same entry as the general path. A
-// result that overflowed from finite inputs is kept, as there.
+// result that overflowed from finite inputs is refused, as there
+// (checkResult).
 func (e *engine) mergeDirect(d direct, ch chunkRef, ws *workspace) error {
 	t := &e.tensors[ch.ti]
 	n := ch.hi - ch.lo
@@ -536,6 +540,9 @@ func (e *engine) mergeDirect(d direct, ch chunkRef, ws *workspace) error {
 				return e.nonFinite(ch, fmt.Sprintf("model %d", m), x)
 			}
 		}
+	}
+	if err := e.checkResult(ch, out); err != nil {
+		return err
 	}
 	if !inPlace {
 		t.Out.Store(out, ch.lo)
@@ -678,6 +685,48 @@ func (e *engine) nonFinite(ch chunkRef, who string, x []float32) error {
 		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
 			return inputErr("tensor %q: %s has %v at flat index %d", e.tensors[ch.ti].Name, who, v, e.storageIndex(ch, j))
 		}
+	}
+	return nil
+}
+
+// Overflow thresholds: a float32 value whose magnitude reaches these rounds
+// to ±Inf when narrowed (halfway between the largest finite value, 65504
+// and 0x7F7F, and the next step).
+var (
+	f16Overflow  = float32(65520)
+	bf16Overflow = math.Float32frombits(0x7F7F8000)
+)
+
+// checkResult refuses a merged chunk (layout order) that is not finite
+// although its inputs are — λ or the weights made it overflow float32 — or
+// that does not fit the output's dtype (float16 ends at 65504): a merge
+// never writes ±Inf or NaN. The error names the tensor and the first such
+// entry.
+func (e *engine) checkResult(ch chunkRef, out []float32) error {
+	t := &e.tensors[ch.ti]
+	limit := float32(math.Inf(1))
+	switch t.Out.DType {
+	case tensor.F16:
+		limit = f16Overflow
+	case tensor.BF16:
+		limit = bf16Overflow
+	}
+	if limit > math.MaxFloat32 && vec.Finite(out) {
+		return nil
+	}
+	for j, v := range out {
+		a := v
+		if a < 0 {
+			a = -a
+		}
+		if a < limit { // false for NaN
+			continue
+		}
+		i := e.storageIndex(ch, j)
+		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+			return inputErr("tensor %q: the merged value at flat index %d is %v although every input is finite: λ or the weights are too large", t.Name, i, v)
+		}
+		return inputErr("tensor %q: the merged value %v at flat index %d does not fit the output dtype %v (it would become ±Inf): lower λ or the weights, or write a wider dtype", t.Name, v, i, t.Out.DType)
 	}
 	return nil
 }
