@@ -618,3 +618,15 @@ def test_config_problems_listed_at_once(tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "out").exists()
     assert cli.main(["merge", str(tmp_path / "missing.yaml"), str(tmp_path / "out")]) == 2
     assert "missing.yaml" in capsys.readouterr().err
+
+
+def test_merge_checkpoints_names_what_a_bad_config_path_is(tmp_path: Path) -> None:
+    """The API says what the CLI says: missing, a directory, a FIFO."""
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        npsfuse.merge_checkpoints(tmp_path / "missing.yaml", tmp_path / "out")
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        npsfuse.merge_checkpoints(tmp_path, tmp_path / "out")
+    fifo = tmp_path / "merge.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="is a FIFO, not a regular file"):
+        npsfuse.merge_checkpoints(fifo, tmp_path / "out")

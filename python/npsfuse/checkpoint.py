@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import re
+import stat
 import sys
 import threading
 from collections.abc import Mapping
@@ -25,6 +26,41 @@ _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
           "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
 _job_ids = itertools.count(1)
+
+
+def _file_kind(mode: int) -> str:
+    """What a non-regular file is, for error messages."""
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return name
+    return "a special file"
+
+
+def _check_config_file(path: str | os.PathLike[str]) -> None:
+    """Refuse a config path that is missing or not a regular file, saying
+    what it is, before anything opens it (reading a FIFO would block).
+
+    Raises
+    ------
+    OSError
+        ``FileNotFoundError``, ``IsADirectoryError`` or ``OSError`` naming
+        the path.
+    """
+    path = os.fspath(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file {path!r} does not exist") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(f"config {path!r} is a directory: give the YAML file itself")
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(f"config {path!r} is {_file_kind(st.st_mode)}, not a regular file")
 
 
 def parse_size(size: str | int) -> int:
@@ -107,7 +143,9 @@ def merge_checkpoints(
         A bad configuration or checkpoint (all problems listed), mismatched
         tensors, NaN/Inf in an input.
     OSError
-        ``out_dir`` exists and is not empty (without ``force``).
+        ``out_dir`` exists and is not empty (without ``force``); the config
+        path is missing (``FileNotFoundError``), a directory
+        (``IsADirectoryError``) or not a regular file (a FIFO would block).
     KeyboardInterrupt
         On Ctrl-C; the partial output is removed and ``out_dir`` untouched.
     """
@@ -115,8 +153,7 @@ def merge_checkpoints(
         text = json.dumps(dict(config))
     else:
         p = Path(config)
-        if not p.is_file():
-            raise FileNotFoundError(f"config file {str(p)!r} does not exist")
+        _check_config_file(p)
         text = p.read_text()
     options = {
         "out_dir": os.fspath(out_dir),

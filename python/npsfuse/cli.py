@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
-import stat
 import sys
 import threading
 from collections.abc import Sequence
@@ -13,44 +11,9 @@ from collections.abc import Sequence
 from . import __version__
 
 
-def _file_kind(mode: int) -> str:
-    """What a non-regular file is, for error messages."""
-    for test, name in (
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-    ):
-        if test(mode):
-            return name
-    return "a special file"
-
-
-def _check_config_file(path: str) -> None:
-    """Refuse a config path that is missing or not a regular file, saying
-    what it is, before anything opens it (reading a FIFO would block).
-
-    Raises
-    ------
-    OSError
-        ``FileNotFoundError``, ``IsADirectoryError`` or ``OSError`` naming
-        the path.
-    """
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"config file {path!r} does not exist") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise IsADirectoryError(f"config {path!r} is a directory: give the YAML file itself")
-    if not stat.S_ISREG(st.st_mode):
-        raise OSError(f"config {path!r} is {_file_kind(st.st_mode)}, not a regular file")
-
-
 def _merge(args: argparse.Namespace) -> int:
     from .checkpoint import merge_checkpoints
 
-    _check_config_file(args.config)
     out = merge_checkpoints(
         args.config,
         args.out_dir,
