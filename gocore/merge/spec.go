@@ -2,6 +2,7 @@ package merge
 
 import (
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"sort"
@@ -350,14 +351,7 @@ func Param(name string) (ParamSpec, bool) {
 }
 
 // ParamNames returns every parameter's name, sorted.
-func ParamNames() []string {
-	out := make([]string, 0, len(paramSpecs))
-	for k := range paramSpecs {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}
+func ParamNames() []string { return slices.Sorted(maps.Keys(paramSpecs)) }
 
 // Owners returns the methods that read parameter name, sorted.
 func Owners(name string) []string {
@@ -492,14 +486,6 @@ func Resolve(method string, nModels int, v Values) (Params, []Problem) {
 	add := func(param string, model int, format string, a ...any) {
 		bad = append(bad, Problem{Param: param, Model: model, Msg: fmt.Sprintf(format, a...)})
 	}
-	names := func(m map[string]any) []string {
-		out := make([]string, 0, len(m))
-		for k := range m {
-			out = append(out, k)
-		}
-		sort.Strings(out)
-		return out
-	}
 	// convert reads one raw value of ps; ok false after adding a problem.
 	convert := func(ps *ParamSpec, raw any, model int) (float64, bool) {
 		switch ps.Kind {
@@ -586,7 +572,7 @@ func Resolve(method string, nModels int, v Values) (Params, []Problem) {
 		add("", -1, "parameters given for %d models, but there are %d", len(v.Models), nModels)
 	}
 	for m, mv := range v.Models {
-		for _, name := range names(mv) {
+		for _, name := range slices.Sorted(maps.Keys(mv)) {
 			ps, ok := accepts(name, m)
 			if !ok || ps.Kind == KindData {
 				continue
@@ -609,7 +595,7 @@ func Resolve(method string, nModels int, v Values) (Params, []Problem) {
 			perModel[name][m], perGiven[name][m] = x, true
 		}
 	}
-	for _, name := range names(v.Global) {
+	for _, name := range slices.Sorted(maps.Keys(v.Global)) {
 		ps, ok := accepts(name, -1)
 		if !ok || ps.Kind == KindData {
 			continue
@@ -655,7 +641,7 @@ func Resolve(method string, nModels int, v Values) (Params, []Problem) {
 			}
 		}
 	}
-	for _, name := range names(toAny(perModel)) {
+	for _, name := range slices.Sorted(maps.Keys(perModel)) {
 		ps := paramSpecs[name]
 		vals, given := perModel[name], perGiven[name]
 		fill := 1.0 // weight's default
@@ -736,14 +722,6 @@ func checkValues(s *MethodSpec, p *Params, nModels int) []Problem {
 		}
 	}
 	return bad
-}
-
-func toAny(m map[string][]float64) map[string]any {
-	out := make(map[string]any, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
 }
 
 func quoted(s []string) []string {

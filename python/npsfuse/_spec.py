@@ -86,7 +86,7 @@ def _is_list(v: Any) -> bool:
     return isinstance(v, Sequence) and not isinstance(v, (str, bytes))
 
 
-def _value(name: str, v: Any) -> Any:
+def _value(v: Any) -> Any:
     """A keyword's value as JSON: numbers as numbers (NaN/Inf kept as a
     string the engine names), everything else unchanged."""
     if isinstance(v, bool) or v is None or isinstance(v, str):
@@ -128,11 +128,11 @@ def payload(method: str, n_models: int, values: dict[str, Any]) -> dict[str, Any
             if len(vals) != n_models:
                 raise ValueError(f"{len(vals)} values of {key} given for {n_models} models")
             for i, x in enumerate(vals):
-                models[i][name] = _value(key, x)
+                models[i][name] = _value(x)
             continue
         if _is_list(v):
             raise ValueError(f"{key} takes one value, not a list")
-        glob[name] = _value(key, v)
+        glob[name] = _value(v)
     out: dict[str, Any] = {"global": glob}
     if any(models):
         out["models"] = models
