@@ -3,7 +3,6 @@ package pybind
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"os"
 	"sync"
 
@@ -36,8 +35,8 @@ type checkpointOptions struct {
 func MergeCheckpoints(jobID int, config, baseDir, options string) (result string, err error) {
 	defer guard(&err)
 	var o checkpointOptions
-	if err := json.Unmarshal([]byte(options), &o); err != nil {
-		return "", fmt.Errorf("%w: options: %v", stream.ErrConfig, err)
+	if err := decodeStrict(stream.ErrConfig, "options", options, &o); err != nil {
+		return "", err
 	}
 	cfg, err := stream.ParseConfig([]byte(config), baseDir)
 	if err != nil {

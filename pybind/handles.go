@@ -1,10 +1,9 @@
 package pybind
 
 import (
+	"encoding/json"
 	"fmt"
 	"sync"
-
-	"github.com/npsfuse/npsfuse/gocore/search"
 )
 
 // handles keeps Go objects that Python refers to by an integer id between
@@ -34,14 +33,41 @@ func getHandle[T any](h int) (T, error) {
 	return v, nil
 }
 
+// withHandle runs f on the object behind h and returns its result as
+// JSON ("" for a nil result); errors and panics come back guarded. An
+// exported function that only works on a handle is this one call.
+func withHandle[T any](h int, f func(T) (any, error)) (out string, err error) {
+	defer guard(&err)
+	v, err := getHandle[T](h)
+	if err != nil {
+		return "", err
+	}
+	r, err := f(v)
+	if err != nil || r == nil {
+		return "", err
+	}
+	b, err := json.Marshal(r)
+	return string(b), err
+}
+
+// newHandle decodes config (strict JSON; errors wrap kind and name what),
+// builds the object from it and returns its handle.
+func newHandle[C, T any](kind error, what, config string, build func(C) (T, error)) (h int, err error) {
+	defer guard(&err)
+	var c C
+	if err := decodeStrict(kind, what, config, &c); err != nil {
+		return 0, err
+	}
+	v, err := build(c)
+	if err != nil {
+		return 0, err
+	}
+	return putHandle(v), nil
+}
+
 // Free releases the object behind a handle; unknown handles are ignored.
 func Free(h int) {
 	handles.Lock()
-	if d, ok := handles.objs[h].(*search.DE); ok {
-		deSchedules.Lock()
-		delete(deSchedules.m, d)
-		deSchedules.Unlock()
-	}
 	delete(handles.objs, h)
 	handles.Unlock()
 }

@@ -3,7 +3,6 @@ package pybind
 import (
 	"encoding/json"
 	"fmt"
-	"strings"
 
 	"github.com/npsfuse/npsfuse/arrowio/bridge"
 	"github.com/npsfuse/npsfuse/gocore/nps"
@@ -15,6 +14,7 @@ import (
 type npsState struct {
 	d       *nps.Decomposition
 	scratch [][]float32
+	pool    parallel.Pool
 }
 
 type npsOptions struct {
@@ -24,16 +24,7 @@ type npsOptions struct {
 	PowerIters int    `json:"power_iters"`
 	Oversample int    `json:"oversample"`
 	Seed       uint64 `json:"seed"`
-}
-
-// decodeStrict decodes JSON refusing unknown fields; errors wrap kind.
-func decodeStrict(kind error, what, text string, v any) error {
-	dec := json.NewDecoder(strings.NewReader(text))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("%w: %s: %v", kind, what, err)
-	}
-	return nil
+	Threads    int    `json:"threads"` // ≤ 0: the process default
 }
 
 // NPSDecompose forms τ = θ_ft − θ₀ for nTensors tensors (pairs at
@@ -60,52 +51,41 @@ func NPSDecompose(options string, nTensors, arrays, schemas int) (h int, err err
 	scratch := make([][]float32, nTensors)
 	for i := range inputs {
 		base, ft := b.Tensors[2*i], b.Tensors[2*i+1]
-		n := base.Vec.Len()
-		if ft.Vec.Len() != n {
-			return 0, fmt.Errorf("%w: tensor %q: %d elements in the fine-tuned model, %d in the base", nps.ErrInput, base.Name, ft.Vec.Len(), n)
-		}
-		tau := make([]float32, n)
-		tmp := make([]float32, n)
-		ft.Vec.Load(tau, 0)
-		base.Vec.Load(tmp, 0)
-		for j := range tau {
-			tau[j] -= tmp[j]
+		tau, tmp, err := nps.TaskVector(base.Name, base.Vec, ft.Vec)
+		if err != nil {
+			return 0, err
 		}
 		inputs[i] = nps.Input{Name: base.Name, Shape: base.Shape, Tau: tau}
 		scratch[i] = tmp // reused as Build's output buffer
 	}
 	d, err := nps.Decompose(inputs, nps.Options{Subspaces: o.Subspaces, Kind: kind, Rank: o.Rank,
-		PowerIters: o.PowerIters, Oversample: o.Oversample, Seed: o.Seed})
+		PowerIters: o.PowerIters, Oversample: o.Oversample, Seed: o.Seed, Pool: parallel.Pool{Threads: o.Threads}})
 	if err != nil {
 		return 0, err
 	}
-	return putHandle(&npsState{d: d, scratch: scratch}), nil
+	return putHandle(&npsState{d: d, scratch: scratch, pool: parallel.Pool{Threads: o.Threads}}), nil
 }
 
 // NPSInfo describes a decomposition as JSON: subspaces, elements, and per
 // tensor its name, element count and SVD rank (0: magnitude bands).
 func NPSInfo(h int) (info string, err error) {
-	defer guard(&err)
-	s, err := getHandle[*npsState](h)
-	if err != nil {
-		return "", err
-	}
-	type t struct {
-		Name  string `json:"name"`
-		Numel int    `json:"numel"`
-		Rank  int    `json:"rank"`
-	}
-	out := struct {
-		Subspaces int   `json:"subspaces"`
-		Elements  int64 `json:"elements"`
-		Tensors   []t   `json:"tensors"`
-	}{Subspaces: s.d.Subspaces(), Elements: s.d.NumElements()}
-	for i := range s.d.Len() {
-		name, n, r := s.d.TensorInfo(i)
-		out.Tensors = append(out.Tensors, t{name, n, r})
-	}
-	raw, err := json.Marshal(out)
-	return string(raw), err
+	return withHandle(h, func(s *npsState) (any, error) {
+		type t struct {
+			Name  string `json:"name"`
+			Numel int    `json:"numel"`
+			Rank  int    `json:"rank"`
+		}
+		out := struct {
+			Subspaces int   `json:"subspaces"`
+			Elements  int64 `json:"elements"`
+			Tensors   []t   `json:"tensors"`
+		}{Subspaces: s.d.Subspaces(), Elements: s.d.NumElements()}
+		for i := range s.d.Len() {
+			name, n, r := s.d.TensorInfo(i)
+			out.Tensors = append(out.Tensors, t{name, n, r})
+		}
+		return out, nil
+	})
 }
 
 type npsWeights struct {
@@ -158,7 +138,7 @@ func NPSBuild(h int, weights string, keep float64, global bool, nOut, arrays, sc
 			continue
 		}
 		src := s.scratch[i]
-		parallel.For(parallel.NumChunks(len(src)), func(_, c int) {
+		s.pool.For(parallel.NumChunks(len(src)), func(_, c int) {
 			lo, hi := c*parallel.Chunk, min((c+1)*parallel.Chunk, len(src))
 			t.Vec.Store(src[lo:hi], lo)
 		})
@@ -187,9 +167,57 @@ func Apply(lams string, nTensors, nTaus, arrays, schemas int) (err error) {
 		for k := range taus {
 			taus[k] = g[1+k].Vec
 		}
-		if err := nps.Apply(g[per-1].Vec, g[0].Vec, taus, l); err != nil {
+		if err := nps.Apply(parallel.Pool{}, g[per-1].Vec, g[0].Vec, taus, l); err != nil {
 			return fmt.Errorf("tensor %q: %w", g[0].Name, err)
 		}
 	}
 	return nil
+}
+
+// NPSSessionNew starts a search session (gocore/nps.Session: the start
+// point first, then optimizer generations) from the JSON of
+// nps.SessionConfig; it returns a handle for the other NPSSession
+// functions and Free.
+func NPSSessionNew(config string) (h int, err error) {
+	return newHandle(ErrSearch, "search config", config, nps.NewSession)
+}
+
+// NPSSessionRestore continues a session from NPSSessionState's JSON.
+func NPSSessionRestore(state string) (h int, err error) {
+	defer guard(&err)
+	s, err := nps.RestoreSession([]byte(state))
+	if err != nil {
+		return 0, err
+	}
+	return putHandle(s), nil
+}
+
+// NPSSessionAsk returns the pending candidates as a JSON list of vectors.
+func NPSSessionAsk(h int) (string, error) {
+	return withHandle(h, func(s *nps.Session) (any, error) { return s.Ask(), nil })
+}
+
+// NPSSessionTell tells the asked candidates' scores (a JSON list; null
+// marks a failed evaluation).
+func NPSSessionTell(h int, scores string) error {
+	_, err := withHandle(h, func(s *nps.Session) (any, error) {
+		f, err := parseScores(scores)
+		if err != nil {
+			return nil, err
+		}
+		return nil, s.Tell(f)
+	})
+	return err
+}
+
+// NPSSessionState is the session's whole state as JSON.
+func NPSSessionState(h int) (string, error) {
+	return withHandle(h, func(s *nps.Session) (any, error) { return s, nil })
+}
+
+// NPSSessionInfo describes the session as JSON (nps.Summary: started,
+// pending, generation, done, best_x, best_f, start_f, evaluations, failures,
+// history).
+func NPSSessionInfo(h int) (string, error) {
+	return withHandle(h, func(s *nps.Session) (any, error) { return s.Summary(), nil })
 }

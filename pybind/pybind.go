@@ -26,11 +26,27 @@ import (
 // version is the Go core's version; the Python package checks it matches.
 const version = "0.1.0"
 
-// guard turns a panic into an error carrying the panic value and stack.
+// guard turns a panic into an error carrying the panic value and stack
+// (an Internal fault), and tags every error with its kind for Python
+// (exportErr). Every exported function that returns an error defers it.
 func guard(err *error) {
 	if r := recover(); r != nil {
 		*err = fmt.Errorf("internal error (Go panic): %v\n%s", r, debug.Stack())
 	}
+	*err = exportErr(*err)
+}
+
+// decodeStrict decodes the JSON a door call carries, refusing unknown
+// fields; numbers bound for an any become json.Number (see numbers).
+// Errors wrap kind and name what was decoded.
+func decodeStrict(kind error, what, text string, v any) error {
+	dec := json.NewDecoder(strings.NewReader(text))
+	dec.DisallowUnknownFields()
+	dec.UseNumber()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: %s: %v", kind, what, err)
+	}
+	return nil
 }
 
 // Version returns the version of the Go core.
@@ -39,10 +55,11 @@ func Version() string { return version }
 // Methods returns the merge methods' names, comma-separated and sorted.
 func Methods() string { return strings.Join(merge.Methods(), ",") }
 
-// SetThreads sets how many goroutines kernels use (n ≤ 0: all cores).
+// SetThreads sets the process default of how many goroutines kernels use
+// (n ≤ 0: all cores); a call that names its own thread count keeps it.
 func SetThreads(n int) { parallel.SetThreads(n) }
 
-// Threads returns how many goroutines kernels use.
+// Threads returns the process default of how many goroutines kernels use.
 func Threads() int { return parallel.Threads() }
 
 // Inspect imports n tensors (contiguous ArrowArray structs at arrays,
@@ -72,6 +89,9 @@ type mergeParams struct {
 	// Statistics[i] says that tensor i's group carries nModels statistics
 	// arrays (fisher, regmean) between the models and the output.
 	Statistics []bool `json:"statistics"`
+	// Threads is the merge's thread count (absent or ≤ 0: the process default,
+	// SetThreads).
+	Threads int `json:"threads"`
 }
 
 // decodeParams reads params and resolves them for method and nModels
@@ -79,17 +99,15 @@ type mergeParams struct {
 // keywords are.
 func decodeParams(method, params string, nModels int) (merge.Params, mergeParams, error) {
 	var mp mergeParams
-	dec := json.NewDecoder(strings.NewReader(params))
-	dec.DisallowUnknownFields()
-	dec.UseNumber()
-	if err := dec.Decode(&mp); err != nil {
-		return merge.Params{}, mp, fmt.Errorf("%w: parameters: %v", merge.ErrInput, err)
+	if err := decodeStrict(merge.ErrInput, "parameters", params, &mp); err != nil {
+		return merge.Params{}, mp, err
 	}
 	v := merge.Values{Global: numbers(mp.Global), Models: make([]map[string]any, len(mp.Models))}
 	for i, m := range mp.Models {
 		v.Models[i] = numbers(m)
 	}
 	p, bad := merge.Resolve(method, nModels, v)
+	p.Pool = parallel.Pool{Threads: mp.Threads}
 	if len(bad) > 0 {
 		return p, mp, fmt.Errorf("%w: %s", merge.ErrInput, strings.Join(merge.Format(bad, merge.PythonWhere), "; "))
 	}
@@ -226,43 +244,6 @@ func Merge(method, params string, nTensors, nModels, arrays, schemas int) (repor
 		return "", fmt.Errorf("merge report: %w", err)
 	}
 	return string(out), nil
-}
-
-// transposedQuery is TransposedNames' input: the tensors (name and shape)
-// and the patterns, null for the model type's.
-type transposedQuery struct {
-	Names     []string `json:"names"`
-	Shapes    [][]int  `json:"shapes"`
-	Patterns  []string `json:"patterns"`
-	ModelType string   `json:"model_type"`
-}
-
-// TransposedNames returns, as a JSON list, the names of query's 2-D
-// tensors stored (in, out) under merge's layout rules (merge.IsTransposed,
-// merge.TransposedPatterns): the rule every door applies.
-func TransposedNames(query string) (out string, err error) {
-	defer guard(&err)
-	var q transposedQuery
-	if err := json.Unmarshal([]byte(query), &q); err != nil {
-		return "", fmt.Errorf("%w: transposed query: %v", merge.ErrInput, err)
-	}
-	if len(q.Shapes) != len(q.Names) {
-		return "", fmt.Errorf("%w: %d shapes for %d names", merge.ErrInput, len(q.Shapes), len(q.Names))
-	}
-	for _, p := range q.Patterns {
-		if err := merge.CheckPattern(p); err != nil {
-			return "", fmt.Errorf("%w: transposed: %v", merge.ErrInput, err)
-		}
-	}
-	patterns := merge.TransposedPatterns(q.Patterns, q.ModelType)
-	names := []string{}
-	for i, n := range q.Names {
-		if merge.IsTransposed(n, q.Shapes[i], patterns) {
-			names = append(names, n)
-		}
-	}
-	b, err := json.Marshal(names)
-	return string(b), err
 }
 
 // TransposedByModelType returns merge.TransposedByModelType as JSON.

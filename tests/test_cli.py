@@ -507,7 +507,7 @@ BAD: dict[str, Callable[[Path], tuple[Path | str, list[str]]]] = {
     ),
     "shape mismatch": lambda d: (
         _modify(d, lambda sd: _with(sd, c__weight=torch.zeros(9))),
-        ['tensor "c.weight" has shape [9] in {f} but [3 3] in the base'],
+        ['tensor "c.weight" has shape [9] in model 1 ({f}) but [3 3] in the base'],
     ),
     "NaN": lambda d: (
         _modify(d, _nan),
@@ -578,7 +578,8 @@ def test_allow_missing_keeps_base_tensor(tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
     assert cli.main(["merge", str(yml), str(out), "--allow-missing"]) == 0
     err = capsys.readouterr().err
-    assert f'note: tensor "b.bias" is missing from {models[1]}: the base\'s tensor is kept' in err
+    note = f'note: tensor "b.bias" is missing from model 1 ({models[1]}): the base\'s tensor'
+    assert note + " is kept" in err
     got = load_output(out)
     base_sd = load_file(base / "model.safetensors")
     assert torch.equal(got["b.bias"], base_sd["b.bias"])

@@ -378,7 +378,8 @@ def test_nps_search_session(daemon):
     base, fts = family(1, seed=7)
     c = daemon.client()
     asked, best = search_run(c, base, fts[0])
-    assert len(asked) == 3 and all(len(g) == 5 for g in asked)
+    # the start point alone (all weights 1), then 3 generations of 5
+    assert [len(g) for g in asked] == [1, 5, 5, 5]
     # a candidate's tensors over shared memory and over Flight agree
     s = c.nps_search(base, fts[0], keep=0.2, subspaces=4, seed=9)
     cand = s.ask()[0]
@@ -670,5 +671,5 @@ def test_merge_on_save_callback(daemon):
     cb.on_save(args, state, TrainerControl())  # a repeated save does not merge twice
     assert len({j.id for j in cb.jobs}) == 1
     cb.on_train_end(args, state, TrainerControl())
-    merged = load_file(str(out / "checkpoint-5-merged" / "model.safetensors"))
+    merged = load_file(str(out / "merged" / "checkpoint-5" / "model.safetensors"))
     assert same(merged, npsfuse.merge(base, fts, "task_arithmetic", lam=0.5))

@@ -74,14 +74,14 @@ def test_empty_model_list(small: tuple[StateDict, list[StateDict]]) -> None:
 def test_tensor_missing_from_a_model(small: tuple[StateDict, list[StateDict]]) -> None:
     base, models = small
     del models[1]["b"]
-    with pytest.raises(ValueError, match=r"'b'.*missing from model 1"):
+    with pytest.raises(ValueError, match=r'"b" is missing from model 1'):
         npsfuse.merge(base, models, "ties")
 
 
 def test_extra_tensor_in_a_model(small: tuple[StateDict, list[StateDict]]) -> None:
     base, models = small
     models[0]["extra.weight"] = torch.zeros(3)
-    with pytest.raises(ValueError, match=r"model 0.*'extra.weight'"):
+    with pytest.raises(ValueError, match=r'"extra.weight" of model 0 is not in the base'):
         npsfuse.merge(base, models, "ties")
 
 
@@ -93,7 +93,7 @@ def test_shape_mismatch_names_tensor_and_both_shapes(
     with pytest.raises(ValueError) as err:
         npsfuse.merge(base, models, "ties")
     msg = str(err.value)
-    assert "'w'" in msg and "(5, 6)" in msg and "(6, 5)" in msg and "model 1" in msg
+    assert 'tensor "w" has shape [5 6] in model 1 but [6 5] in the base' in msg
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -135,7 +135,8 @@ def test_unsupported_float_dtype(
     base, models = small
     for sd in [base, *models]:
         sd["w"] = sd["w"].to(dtype)
-    with pytest.raises(TypeError, match=rf"'w'.*{re.escape(str(dtype))}"):
+    name = {torch.float64: "F64", torch.complex64: "C64"}[dtype]
+    with pytest.raises(TypeError, match=f'"w" has dtype {name} in the base'):
         npsfuse.merge(base, models, "ties")
 
 
@@ -147,7 +148,8 @@ def test_integer_tensors_that_differ(
     base["ids"] = torch.zeros(4, dtype=dtype)
     models[0]["ids"] = torch.zeros(4, dtype=dtype)
     models[1]["ids"] = torch.ones(4, dtype=dtype)
-    with pytest.raises(TypeError, match=rf"'ids'.*{re.escape(str(dtype))}.*model 1"):
+    name = {torch.int64: "I64", torch.int32: "I32", torch.bool: "BOOL"}[dtype]
+    with pytest.raises(TypeError, match=rf'"ids" \({name}\) differs between the base and model 1'):
         npsfuse.merge(base, models, "ties")
 
 
@@ -199,7 +201,7 @@ def test_not_a_model(small: tuple[StateDict, list[StateDict]]) -> None:
 def test_task_vector_shape_mismatch(small: tuple[StateDict, list[StateDict]]) -> None:
     base, models = small
     models[0]["b"] = torch.zeros(6)
-    with pytest.raises(ValueError, match=r"'b'.*\(6,\).*\(5,\)"):
+    with pytest.raises(ValueError, match=r'"b" has shape \[6\] in model 0 but \[5\] in the base'):
         npsfuse.task_vector(base, models[0])
 
 

@@ -130,7 +130,8 @@ def test_handles_are_freed() -> None:
     "args,kw,match",
     [
         (("nelder-mead", [1.0]), {}, "unknown optimizer"),
-        (("cma", [1.0, 1.0]), {"bounds": ([0.0, 2.0], [1.0, 1.0])}, "inverted at index 1"),
+        (("cma", [1.0, 1.0]), {"bounds": ([0.0, 2.0], [1.0, 1.0])},
+         "coordinate 1: need finite Lo <= Hi"),
         (("cma", [1.0]), {"bounds": ([0.0, 0.0], [1.0, 1.0])}, r"scalar or 1 value\(s\)"),
         (("cma", [3.0]), {"bounds": (0.0, 2.0)}, "X0"),
         (("cma", [1.0]), {}, "Sigma0"),

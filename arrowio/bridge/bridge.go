@@ -1,7 +1,6 @@
 package bridge
 
 import (
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -10,6 +9,7 @@ import (
 	"github.com/apache/arrow/go/v15/arrow"
 	"github.com/apache/arrow/go/v15/arrow/cdata"
 
+	"github.com/npsfuse/npsfuse/gocore/fault"
 	"github.com/npsfuse/npsfuse/gocore/tensor"
 )
 
@@ -18,7 +18,7 @@ import (
 const DTypeKey = "npsfuse.dtype"
 
 // ErrTensor marks a tensor that cannot be imported.
-var ErrTensor = errors.New("bad tensor")
+var ErrTensor = fault.New(fault.InvalidTensor, "bad tensor")
 
 // ShapeKey and TransposedKey are field-metadata keys: the tensor's shape as
 // comma-separated dimensions ("768,3072"; "" for a scalar), and "1" for a

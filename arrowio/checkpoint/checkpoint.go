@@ -25,6 +25,7 @@ import (
 	"unsafe"
 
 	"github.com/npsfuse/npsfuse/arrowio/safetensors"
+	"github.com/npsfuse/npsfuse/gocore/fault"
 )
 
 // IndexFile is the name of the shard index of a sharded checkpoint.
@@ -34,7 +35,7 @@ const IndexFile = "model.safetensors.index.json"
 const SingleFile = "model.safetensors"
 
 // ErrCheckpoint marks a checkpoint that cannot be read.
-var ErrCheckpoint = errors.New("bad checkpoint")
+var ErrCheckpoint = fault.New(fault.InvalidInput, "bad checkpoint")
 
 // Checkpoint is an open checkpoint: every shard memory-mapped.
 type Checkpoint struct {
@@ -115,7 +116,7 @@ func shardFiles(dir string) ([]string, []string, error) {
 		return []string{single}, nil, nil
 	}
 	idx := filepath.Join(dir, IndexFile)
-	raw, err := os.ReadFile(idx)
+	raw, err := ReadRegular(idx)
 	if errors.Is(err, os.ErrNotExist) {
 		found, _ := filepath.Glob(filepath.Join(dir, "*.safetensors"))
 		if len(found) == 0 {

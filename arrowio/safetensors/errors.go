@@ -4,6 +4,8 @@ import (
 	"errors"
 	"io/fs"
 	"strconv"
+
+	"github.com/npsfuse/npsfuse/gocore/fault"
 )
 
 // Sentinel errors. Every error this package returns for a malformed file, a
@@ -11,34 +13,34 @@ import (
 var (
 	// ErrTruncated: the file is shorter than the 8-byte length prefix, or
 	// than 8 plus the header length it declares.
-	ErrTruncated = errors.New("safetensors: truncated file")
+	ErrTruncated = fault.New(fault.InvalidInput, "safetensors: truncated file")
 	// ErrHeaderTooLarge: the declared header length exceeds MaxHeaderSize.
-	ErrHeaderTooLarge = errors.New("safetensors: header too large")
+	ErrHeaderTooLarge = fault.New(fault.InvalidInput, "safetensors: header too large")
 	// ErrBadHeader: the header is not UTF-8, not JSON, not one object, or a
 	// field is missing or has the wrong JSON type.
-	ErrBadHeader = errors.New("safetensors: malformed header")
+	ErrBadHeader = fault.New(fault.InvalidInput, "safetensors: malformed header")
 	// ErrDType: a dtype name is not one the format defines.
-	ErrDType = errors.New("safetensors: unknown dtype")
+	ErrDType = fault.New(fault.InvalidInput, "safetensors: unknown dtype")
 	// ErrShape: a shape dimension is negative or does not fit in int64.
-	ErrShape = errors.New("safetensors: invalid shape")
+	ErrShape = fault.New(fault.InvalidInput, "safetensors: invalid shape")
 	// ErrOffsets: data_offsets out of range or reversed, or tensors that
 	// overlap, leave a hole, or do not reach the end of the data section.
-	ErrOffsets = errors.New("safetensors: invalid data offsets")
+	ErrOffsets = fault.New(fault.InvalidInput, "safetensors: invalid data offsets")
 	// ErrSizeMismatch: a byte length differs from dtype size × element count
 	// (or that product overflows, or is not a whole number of bytes).
-	ErrSizeMismatch = errors.New("safetensors: byte length does not match dtype and shape")
+	ErrSizeMismatch = fault.New(fault.InvalidInput, "safetensors: byte length does not match dtype and shape")
 	// ErrDuplicate: a tensor name occurs twice (in a header, in the list
 	// given to NewWriter, or a tensor is written twice).
-	ErrDuplicate = errors.New("safetensors: duplicate tensor")
+	ErrDuplicate = fault.New(fault.InvalidInput, "safetensors: duplicate tensor")
 	// ErrNotFound: no tensor has the given name.
-	ErrNotFound = errors.New("safetensors: no such tensor")
+	ErrNotFound = fault.New(fault.InvalidInput, "safetensors: no such tensor")
 	// ErrIncomplete: Writer.Close found a tensor whose bytes were not all
 	// written.
-	ErrIncomplete = errors.New("safetensors: tensor not fully written")
+	ErrIncomplete = fault.New(fault.InvalidInput, "safetensors: tensor not fully written")
 	// ErrIO: a read, write, fsync or rename failed; the cause is wrapped too.
-	ErrIO = errors.New("safetensors: I/O error")
+	ErrIO = fault.New(fault.Internal, "safetensors: I/O error")
 	// ErrClosed: the File or Writer was already closed (or aborted).
-	ErrClosed = errors.New("safetensors: use of closed file")
+	ErrClosed = fault.New(fault.Internal, "safetensors: use of closed file")
 )
 
 // Error is the error type of this package. Its message reads

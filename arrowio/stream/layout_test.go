@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/npsfuse/npsfuse/arrowio/checkpoint"
 	"github.com/npsfuse/npsfuse/gocore/merge"
 )
 
@@ -29,7 +30,7 @@ func TestTransposedPatternsOfAConfig(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			cfg := mustParseAt(t, c.yaml, root)
-			patterns, _ := transposedPatterns(cfg, filepath.Join(root, "base"))
+			patterns := merge.TransposedPatterns(cfg.Transposed, checkpoint.ModelType(filepath.Join(root, "base")))
 			var got []string
 			for _, n := range names {
 				shape := []int{4, 8}

@@ -256,14 +256,14 @@ func TestRunSharding(t *testing.T) {
 	}
 }
 
-// Integer and boolean tensors are copied from the base, whatever the
-// models hold, and a model may lack them.
+// Integer and boolean tensors are copied from the base, unchanged by
+// out_dtype; the models must hold the same values (gocore/plan's rule, as
+// in npsfuse.merge), and a model may lack one only with AllowMissing.
 func TestRunCopiesIntegerTensors(t *testing.T) {
 	base, models := family(3, defaultSpecs, 2)
-	models[0]["position_ids"] = safetensors.Tensor{DType: safetensors.I64, Shape: []int64{1, 12}, Data: bytes.Repeat([]byte{7}, 96)}
-	delete(models[1], "mask")
 	root, basePath, paths := setup(t, base, models, 1)
-	_, out, err := run(t, context.Background(), root, yamlConfig("task_arithmetic", basePath, paths, "", nil, "out_dtype: bfloat16\n"), Options{})
+	text := yamlConfig("task_arithmetic", basePath, paths, "", nil, "out_dtype: bfloat16\n")
+	_, out, err := run(t, context.Background(), root, text, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -271,6 +271,29 @@ func TestRunCopiesIntegerTensors(t *testing.T) {
 	for _, n := range []string{"position_ids", "mask"} {
 		if g := got[n]; g.DType != base[n].DType || !slices.Equal(g.Shape, base[n].Shape) || !bytes.Equal(g.Data, base[n].Data) {
 			t.Errorf("%s: got %v%v %v, want the base's %v", n, g.DType, g.Shape, g.Data, base[n].Data)
+		}
+	}
+
+	models[0]["position_ids"] = safetensors.Tensor{DType: safetensors.I64, Shape: []int64{1, 12}, Data: bytes.Repeat([]byte{7}, 96)}
+	delete(models[1], "mask")
+	root, basePath, paths = setup(t, base, models, 1)
+	text = yamlConfig("task_arithmetic", basePath, paths, "", nil, "")
+	for _, allow := range []bool{false, true} {
+		_, _, err := run(t, context.Background(), root, text, Options{AllowMissing: allow})
+		if !errors.Is(err, ErrInput) {
+			t.Fatalf("allow missing %v: error %v does not wrap ErrInput", allow, err)
+		}
+		want := []string{`tensor "position_ids" (I64) differs between the base and model 0 (` + filepath.Join(paths[0], checkpoint.SingleFile) + ")"}
+		if !allow {
+			want = append(want, `tensor "mask" is missing from model 1 (`+paths[1]+"); --allow-missing keeps the base's")
+		}
+		for _, w := range want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("allow missing %v: error does not contain %q:\n%v", allow, w, err)
+			}
+		}
+		if allow && strings.Contains(err.Error(), "mask") {
+			t.Errorf("AllowMissing: the missing mask is still refused:\n%v", err)
 		}
 	}
 }
@@ -346,22 +369,22 @@ func TestRunRejectsMismatches(t *testing.T) {
 		{"shape mismatch", func(_ tensors, ms []tensors) {
 			w := ms[1]["layers.0.attn.weight"]
 			ms[1]["layers.0.attn.weight"] = safetensors.Tensor{DType: w.DType, Shape: []int64{48, 64}, Data: w.Data}
-		}, []string{`tensor "layers.0.attn.weight" has shape [48 64] in %m1 but [64 48] in the base %b`}},
+		}, []string{`tensor "layers.0.attn.weight" has shape [48 64] in model 1 (%m1) but [64 48] in the base (%b)`}},
 		{"float tensor stored as int", func(_ tensors, ms []tensors) {
 			w := ms[1]["layers.0.attn.bias"]
 			ms[1]["layers.0.attn.bias"] = safetensors.Tensor{DType: safetensors.I32, Shape: w.Shape, Data: w.Data}
-		}, []string{`tensor "layers.0.attn.bias" has dtype I32 in %m1`}},
+		}, []string{`tensor "layers.0.attn.bias" has dtype I32 in model 1 (%m1) but F32 in the base`}},
 		{"float8 tensor", func(_ tensors, ms []tensors) {
 			ms[1]["layers.0.attn.bias"] = safetensors.Tensor{DType: safetensors.F8E4M3, Shape: []int64{48}, Data: make([]byte, 48)}
-		}, []string{`tensor "layers.0.attn.bias" has dtype F8_E4M3 in %m1`}},
+		}, []string{`tensor "layers.0.attn.bias" has dtype F8_E4M3 in model 1 (%m1)`}},
 		{"extra tensor", func(_ tensors, ms []tensors) {
 			ms[1]["lm_head.weight"] = ms[1]["head.weight"]
-		}, []string{`tensor "lm_head.weight" of %m1 is not in the base model`}},
+		}, []string{`tensor "lm_head.weight" of model 1 (%m1) is not in the base`}},
 		{"several problems", func(_ tensors, ms []tensors) {
 			delete(ms[1], "embed.weight")
 			w := ms[1]["head.weight"]
 			ms[1]["head.weight"] = safetensors.Tensor{DType: w.DType, Shape: []int64{105}, Data: w.Data}
-		}, []string{`tensor "embed.weight" is missing from model 1`, `tensor "head.weight" has shape [105] in %m1`}},
+		}, []string{`tensor "embed.weight" is missing from model 1`, `tensor "head.weight" has shape [105] in model 1 (%m1)`}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

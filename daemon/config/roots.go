@@ -6,10 +6,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/npsfuse/npsfuse/gocore/fault"
 )
 
 // ErrOutsideRoots marks a path that is not inside any data root.
-var ErrOutsideRoots = errors.New("path outside the data roots")
+var ErrOutsideRoots = fault.New(fault.Permission, "path outside the data roots")
 
 // Roots is the set of directories jobs may touch.
 type Roots struct {

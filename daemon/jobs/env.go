@@ -13,23 +13,25 @@ import (
 
 	"github.com/npsfuse/npsfuse/daemon/config"
 	"github.com/npsfuse/npsfuse/daemon/tensors"
+	"github.com/npsfuse/npsfuse/gocore/fault"
+	"github.com/npsfuse/npsfuse/gocore/parallel"
 )
 
 // Error kinds; the server maps them to gRPC status codes.
 var (
 	// ErrInvalid marks a bad request (unknown job type, bad spec).
-	ErrInvalid = errors.New("invalid request")
+	ErrInvalid = fault.New(fault.InvalidInput, "invalid request")
 	// ErrDraining marks a request refused because the daemon is shutting down.
-	ErrDraining = errors.New("npsfused is shutting down")
+	ErrDraining = fault.New(fault.Unavailable, "npsfused is shutting down")
 	// ErrTooLarge marks a job or upload over a configured limit.
-	ErrTooLarge = errors.New("request too large")
+	ErrTooLarge = fault.New(fault.ResourceExhausted, "request too large")
 	// ErrUnsupported marks a job type this build cannot run.
-	ErrUnsupported = errors.New("not supported")
+	ErrUnsupported = fault.New(fault.Unimplemented, "not supported")
 	// ErrState marks a call that does not fit the job's state (ask on a
 	// finished session, result of a running job, ...).
-	ErrState = errors.New("wrong job state")
+	ErrState = fault.New(fault.FailedPrecondition, "wrong job state")
 	// ErrNoUpload marks a reference to an upload that does not exist.
-	ErrNoUpload = errors.New("no such upload")
+	ErrNoUpload = fault.New(fault.NotFound, "no such upload")
 )
 
 func invalid(format string, a ...any) error {
@@ -41,7 +43,7 @@ func invalid(format string, a ...any) error {
 type Env struct {
 	// Roots are the data roots, the shared-memory folder included.
 	Roots config.Roots
-	// Uploads holds uploads received over Flight (name.safetensors).
+	// Uploads holds uploads received over Flight (name.arrow).
 	Uploads string
 	// Results holds tensor results written for Flight clients.
 	Results string
@@ -59,6 +61,9 @@ type Env struct {
 	// BytesIn and BytesOut count tensor bytes read from and written to
 	// clients' shared-memory files (may be nil).
 	BytesIn, BytesOut func(transport string, n int64)
+	// Pool is the kernels' thread count (the config's threads; zero value:
+	// all cores), passed with every kernel call.
+	Pool parallel.Pool
 
 	slabs slabPool // kept mappings of recycled shared-memory results
 }
@@ -96,7 +101,7 @@ const UploadRef = "upload:"
 
 // FlightUploadPath is where an upload received over Flight is stored.
 func (e *Env) FlightUploadPath(name string) string {
-	return filepath.Join(e.Uploads, name+".safetensors")
+	return filepath.Join(e.Uploads, name+".arrow")
 }
 
 // ShmUploadPath is where a same-host client puts an upload (name.arrow).
@@ -127,7 +132,7 @@ func (e *Env) RecycleUpload(name, slab string) error {
 	if err != nil {
 		return err
 	}
-	if !tensors.IsIPCPath(p) || e.ShmDir == "" {
+	if p != e.ShmUploadPath(name) {
 		return os.Remove(p)
 	}
 	dst := filepath.Join(e.ShmFreeDir(), slab+".arrow")

@@ -15,6 +15,7 @@ import (
 	"github.com/npsfuse/npsfuse/daemon/tensors"
 	"github.com/npsfuse/npsfuse/gocore/evolve"
 	"github.com/npsfuse/npsfuse/gocore/merge"
+	"github.com/npsfuse/npsfuse/gocore/parallel"
 	"github.com/npsfuse/npsfuse/gocore/search"
 	"github.com/npsfuse/npsfuse/gocore/tensor"
 )
@@ -145,6 +146,7 @@ func checkEvolve(e *Env, raw json.RawMessage) (json.RawMessage, error) {
 type evolveSession struct {
 	mu      sync.Mutex
 	rc      *runCtx
+	pool    parallel.Pool // the daemon's thread count (Env.Pool), set before any kernel runs
 	cancel  context.CancelFunc
 	spec    evolveSpec
 	cfg     evolve.SessionConfig
@@ -168,7 +170,7 @@ func runEvolve(rc *runCtx) (any, Session, error) {
 	if err := decodeStrict(rc.job.Spec, &s); err != nil {
 		return nil, nil, err
 	}
-	es := &evolveSession{spec: s}
+	es := &evolveSession{spec: s, pool: rc.env.Pool}
 	ok := false
 	defer func() {
 		if !ok {
@@ -339,7 +341,9 @@ func (e *evolveSession) offspring(t evolve.Trial, dst []float32) error {
 	for k, x := range e.pop {
 		pop[k] = tensor.FromF32(x)
 	}
-	_, err := evolve.Offspring(tensor.FromF32(dst), pop, &e.cfg.Config, &t)
+	c := e.cfg.Config
+	c.Pool = e.pool
+	_, err := evolve.Offspring(tensor.FromF32(dst), pop, &c, &t)
 	return err
 }
 
@@ -568,7 +572,9 @@ func (e *evolveSession) mergedSet(replace int, vec []float32) (*TensorSet, error
 		merged[name] = len(mts)
 		mts = append(mts, t)
 	}
-	m, err := merge.NewMerger(e.spec.Merge, e.params, mts)
+	p := e.params
+	p.Pool = e.pool
+	m, err := merge.NewMerger(e.spec.Merge, p, mts)
 	if err != nil {
 		return nil, err
 	}

@@ -208,7 +208,8 @@ func TestMergeMatchesEngine(t *testing.T) {
 			ts[i] = merge.Tensor{Name: m.Name, Shape: m.IntShape(), Base: tensor.FromF32(data[0][i]), Out: tensor.FromF32(outs[i]),
 				Models: []tensor.Vec{tensor.FromF32(data[1][i]), tensor.FromF32(data[2][i]), tensor.FromF32(data[3][i])}}
 		}
-		p := merge.Params{Weights: []float32{1, 0.5, 1}, Density: 0.3, Lambda: 1, Seed: 7, Normalize: method == "ties"}
+		p := merge.Params{Weights: []float32{1, 0.5, 1}, Density: 0.3, Lambda: 1, Seed: 7, Normalize: method == "ties",
+			Rescale: method == "dare_linear"} // mergekit's defaults (the spec table's)
 		if err := merge.Run(method, p, ts); err != nil {
 			t.Fatal(err)
 		}

@@ -1,15 +1,17 @@
 package jobs
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"math"
-	"strings"
 
 	"github.com/npsfuse/npsfuse/arrowio/safetensors"
 	"github.com/npsfuse/npsfuse/daemon/store"
 	"github.com/npsfuse/npsfuse/daemon/tensors"
 	"github.com/npsfuse/npsfuse/gocore/nps"
+	"github.com/npsfuse/npsfuse/gocore/parallel"
+	"github.com/npsfuse/npsfuse/gocore/plan"
 	"github.com/npsfuse/npsfuse/gocore/tensor"
 )
 
@@ -97,11 +99,11 @@ func (o *npsOptions) weights(w []float64) ([]float64, error) {
 // vector τ = θ_ft − θ₀ decomposed into subspaces.
 type taskSet struct {
 	base, model tensors.Source
-	names       []string // floating-point tensors, decomposed, in base order
+	names       []string // floating-point tensors, decomposed, in name order
 	metas       []tensors.Meta
-	copies      []string // other base tensors (copied into model outputs)
 	d           *nps.Decomposition
-	out         [][]float32 // Build's output (τ_NPS of the last Build)
+	out         [][]float32   // Build's output (τ_NPS of the last Build)
+	pool        parallel.Pool // the daemon's thread count (Env.Pool)
 }
 
 func (t *taskSet) close() {
@@ -129,14 +131,14 @@ func newTaskSet(rc *runCtx, baseRef, modelRef string, o *npsOptions) (t *taskSet
 	if err != nil {
 		return nil, nil, err
 	}
+	// On error: close what is open and give the reservation back (the
+	// returns set t and release to nil first, so keep them apart).
 	t = &taskSet{}
+	ts, rel := t, func() {}
 	defer func() {
 		if err != nil {
-			t.close()
-			if release != nil {
-				release()
-				release = nil
-			}
+			ts.close()
+			rel()
 		}
 	}()
 	if t.base, err = rc.env.openSource(basePath); err != nil {
@@ -145,40 +147,37 @@ func newTaskSet(rc *runCtx, baseRef, modelRef string, o *npsOptions) (t *taskSet
 	if t.model, err = rc.env.openSource(modelPath); err != nil {
 		return nil, nil, err
 	}
-	var bad []string
-	for _, name := range t.base.Names() {
-		bm, _ := t.base.Meta(name)
-		if _, ok := tensors.KernelDType(bm.DType); !ok {
-			t.copies = append(t.copies, name)
-			continue
-		}
-		mm, ok := t.model.Meta(name)
-		switch {
-		case !ok:
-			bad = append(bad, fmt.Sprintf("tensor %q is missing from the model", name))
-			continue
-		case tensors.FormatShape(mm.Shape) != tensors.FormatShape(bm.Shape):
-			bad = append(bad, fmt.Sprintf("tensor %q has shape [%s] in the model but [%s] in the base", name, tensors.FormatShape(mm.Shape), tensors.FormatShape(bm.Shape)))
-			continue
-		}
-		if _, ok := tensors.KernelDType(mm.DType); !ok {
-			bad = append(bad, fmt.Sprintf("tensor %q has dtype %s in the model", name, tensors.WireName(mm.DType)))
-			continue
-		}
-		t.names = append(t.names, name)
-		t.metas = append(t.metas, bm)
-	}
-	for _, name := range t.model.Names() {
-		if _, ok := t.base.Meta(name); !ok {
-			bad = append(bad, fmt.Sprintf("tensor %q of the model is not in the base", name))
-		}
-	}
-	if len(bad) > 0 {
-		return nil, nil, fmt.Errorf("%w:\n  - %s", nps.ErrInput, strings.Join(bad, "\n  - "))
-	}
-	if release, err = rc.reserve(8*t.numel()+(64<<20), "the task vector and its decomposition"); err != nil {
+	// The planner's rule, as for merges (integer tensors must match the
+	// base's, values included). Merged() is in tensor-name order, as
+	// npsfuse.nps lays them out: a global top-k keeps ties at the cut in
+	// name order, as merge does.
+	p, err := plan.Make(sourceInput(t.base), []plan.Input{sourceInput(t.model)}, plan.Options{})
+	if err != nil {
 		return nil, nil, err
 	}
+	if err := p.Verify(func(name string, _ int) (bool, error) {
+		bb, err := t.base.Bytes(name)
+		if err != nil {
+			return false, err
+		}
+		mb, err := t.model.Bytes(name)
+		return bytes.Equal(mb, bb), err
+	}); err != nil {
+		return nil, nil, err
+	}
+	if len(p.Problems) > 0 {
+		return nil, nil, fmt.Errorf("%w: %s", nps.ErrInput, p.Message())
+	}
+	for _, e := range p.Merged() {
+		bm, _ := t.base.Meta(e.Name)
+		t.names = append(t.names, e.Name)
+		t.metas = append(t.metas, bm)
+	}
+	r, err := rc.reserve(8*t.numel()+(64<<20), "the task vector and its decomposition")
+	if err != nil {
+		return nil, nil, err
+	}
+	rel = r
 	rc.progress(store.Progress{Message: "computing task vectors"})
 	inputs := make([]nps.Input, len(t.names))
 	t.out = make([][]float32, len(t.names))
@@ -191,24 +190,21 @@ func newTaskSet(rc *runCtx, baseRef, modelRef string, o *npsOptions) (t *taskSet
 		if err != nil {
 			return nil, nil, err
 		}
-		n := bv.Len()
-		tau := make([]float32, n)
-		tmp := make([]float32, n)
-		mv.Load(tau, 0)
-		bv.Load(tmp, 0)
-		for j := range tau {
-			tau[j] -= tmp[j]
+		tau, tmp, err := nps.TaskVector(name, bv, mv)
+		if err != nil {
+			return nil, nil, err
 		}
 		inputs[i] = nps.Input{Name: name, Shape: t.metas[i].IntShape(), Tau: tau}
 		t.out[i] = tmp // reused as Build's output
 	}
 	kind, _ := nps.ParseKind(o.Kind)
 	rc.progress(store.Progress{Message: fmt.Sprintf("decomposing %d tensors into %d subspaces", len(inputs), o.Subspaces)})
+	t.pool = rc.env.Pool
 	if t.d, err = nps.Decompose(inputs, nps.Options{Subspaces: o.Subspaces, Kind: kind, Rank: o.Rank,
-		PowerIters: o.PowerIters, Oversample: o.Oversample, Seed: o.Seed}); err != nil {
+		PowerIters: o.PowerIters, Oversample: o.Oversample, Seed: o.Seed, Pool: t.pool}); err != nil {
 		return nil, nil, err
 	}
-	return t, release, nil
+	return t, rel, nil
 }
 
 // sourceVec views a floating-point tensor of src.
@@ -285,7 +281,7 @@ func (t *taskSet) outputSet(output string, lam float64, dtype string) ([]tensors
 		if err != nil {
 			return err
 		}
-		return nps.Apply(out, bv, []tensor.Vec{tensor.FromF32(t.out[k])}, lams)
+		return nps.Apply(t.pool, out, bv, []tensor.Vec{tensor.FromF32(t.out[k])}, lams)
 	}, nil
 }
 

@@ -3,12 +3,14 @@ package jobs
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"sync"
 
 	"github.com/npsfuse/npsfuse/daemon/store"
 	"github.com/npsfuse/npsfuse/daemon/tensors"
+	"github.com/npsfuse/npsfuse/gocore/nps"
 	"github.com/npsfuse/npsfuse/gocore/search"
 )
 
@@ -95,12 +97,8 @@ func (s *searchSpec) normalize(e *Env) error {
 			return invalid("x0[%d] = %v is outside [%v, %v]", i, x, *s.Lo, *s.Hi)
 		}
 	}
-	switch s.Optimizer {
-	case "":
-		s.Optimizer = "cma"
-	case "cma", "de":
-	default:
-		return invalid("optimizer must be \"cma\" or \"de\", got %q", s.Optimizer)
+	if s.Optimizer == "" {
+		s.Optimizer = "cma" // others are checked by the engine's factory (search.New)
 	}
 	if s.Popsize < 0 || s.Generations < 0 {
 		return invalid("popsize and generations must be ≥ 0")
@@ -113,58 +111,29 @@ func (s *searchSpec) normalize(e *Env) error {
 	if s.Generations > MaxGenerations {
 		return invalid("generations %d is over the limit of %d (0 = no limit: finish the session yourself)", s.Generations, MaxGenerations)
 	}
-	if s.Optimizer == "de" && s.Schedule == nil {
-		gens := max(s.Generations, 1)
-		sp := search.SpecOf(search.DefaultCosine(gens))
-		s.Schedule = &sp
-	}
-	if s.Schedule != nil {
-		if _, err := s.Schedule.Schedule(); err != nil {
-			return invalid("schedule: %v", err)
-		}
-	}
-	_, err := s.newOptimizer() // validates the optimizer's options
+	_, err := s.session() // validates the optimizer's options
 	return err
 }
 
-func (s *searchSpec) bounds() (lo, hi []float64) {
-	lo, hi = make([]float64, s.Subspaces), make([]float64, s.Subspaces)
+// session starts the engine's search session (gocore/nps.Session, the one
+// npsfuse.nps.Search drives): the start point x0 first, then one optimizer
+// generation per ask. Generations 0 plans none: the client finishes.
+func (s *searchSpec) session() (*nps.Session, error) {
+	lo, hi := make([]float64, s.Subspaces), make([]float64, s.Subspaces)
 	for i := range lo {
 		lo[i], hi[i] = *s.Lo, *s.Hi
 	}
-	return lo, hi
-}
-
-func (s *searchSpec) newOptimizer() (search.Optimizer, error) {
-	lo, hi := s.bounds()
-	switch s.Optimizer {
-	case "cma":
-		o, err := search.NewCMAES(search.CMAESOptions{X0: s.X0, Sigma0: s.Sigma0, Lo: lo, Hi: hi,
-			Popsize: s.Popsize, Minimize: s.Minimize, Seed: s.Seed})
-		if err != nil {
-			return nil, invalid("%v", err)
-		}
-		return o, nil
-	default:
-		sched, err := s.Schedule.Schedule()
-		if err != nil {
-			return nil, invalid("schedule: %v", err)
-		}
-		o, err := search.NewDE(search.DEOptions{Lo: lo, Hi: hi, X0: s.X0, Popsize: s.Popsize,
-			Strategy: search.Strategy(s.Strategy), Schedule: sched, Minimize: s.Minimize, Seed: s.Seed})
-		if err != nil {
-			return nil, invalid("%v", err)
-		}
-		return o, nil
+	gens := s.Generations
+	if gens == 0 {
+		gens = -1
 	}
-}
-
-// searchState is a session checkpoint: the optimizer's full state
-// (gocore/search State/Restore, RNG included).
-type searchState struct {
-	Optimizer string             `json:"optimizer"`
-	CMA       *search.CMAESState `json:"cma,omitempty"`
-	DE        *search.DEState    `json:"de,omitempty"`
+	sess, err := nps.NewSession(nps.SessionConfig{Config: search.Config{Optimizer: s.Optimizer, Sigma0: s.Sigma0,
+		Lo: lo, Hi: hi, Popsize: s.Popsize, Seed: s.Seed, Strategy: s.Strategy, Schedule: s.Schedule,
+		Minimize: s.Minimize}, Start: s.X0, Generations: gens})
+	if err != nil {
+		return nil, invalid("%v", err)
+	}
+	return sess, nil
 }
 
 func checkSearch(e *Env, raw json.RawMessage) (json.RawMessage, error) {
@@ -186,7 +155,7 @@ type npsSession struct {
 	spec    searchSpec
 	t       *taskSet
 	release func()
-	opt     search.Optimizer
+	s       *nps.Session
 	closed  bool
 }
 
@@ -199,9 +168,11 @@ func runSearch(rc *runCtx) (any, Session, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	opt, err := s.newOptimizer()
+	sess, err := s.session()
 	if err == nil && len(rc.job.Checkpoint) > 0 {
-		opt, err = restoreOptimizer(rc.job.Checkpoint, s.Schedule)
+		if sess, err = nps.RestoreSession(rc.job.Checkpoint); err != nil {
+			err = fmt.Errorf("session checkpoint (one written before the engine's search session cannot be resumed): %w", err)
+		}
 	}
 	if err != nil {
 		release()
@@ -212,44 +183,14 @@ func runSearch(rc *runCtx) (any, Session, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	src := *rc
 	src.ctx = ctx
-	sess := &npsSession{rc: &src, cancel: cancel, spec: s, t: t, release: release, opt: opt}
-	src.progress(sess.progress())
-	return nil, sess, nil
-}
-
-func restoreOptimizer(raw json.RawMessage, sched *search.ScheduleSpec) (search.Optimizer, error) {
-	var st searchState
-	if err := json.Unmarshal(raw, &st); err != nil {
-		return nil, fmt.Errorf("session checkpoint: %w", err)
-	}
-	switch {
-	case st.Optimizer == "cma" && st.CMA != nil:
-		return search.RestoreCMAES(*st.CMA)
-	case st.Optimizer == "de" && st.DE != nil && sched != nil:
-		sc, err := sched.Schedule()
-		if err != nil {
-			return nil, err
-		}
-		return search.RestoreDE(*st.DE, sc)
-	}
-	return nil, fmt.Errorf("session checkpoint names no optimizer")
-}
-
-func (n *npsSession) state() searchState {
-	switch o := n.opt.(type) {
-	case *search.CMAES:
-		st := o.State()
-		return searchState{Optimizer: "cma", CMA: &st}
-	case *search.DE:
-		st := o.State()
-		return searchState{Optimizer: "de", DE: &st}
-	}
-	return searchState{}
+	ns := &npsSession{rc: &src, cancel: cancel, spec: s, t: t, release: release, s: sess}
+	src.progress(ns.progress())
+	return nil, ns, nil
 }
 
 func (n *npsSession) progress() store.Progress {
-	_, f := n.opt.Best()
-	p := store.Progress{Done: int64(n.opt.Generation()), Total: int64(n.spec.Generations), Unit: "generations"}
+	_, f := n.s.Best()
+	p := store.Progress{Done: int64(n.s.Generation()), Total: int64(n.spec.Generations), Unit: "generations"}
 	if !math.IsInf(f, 0) {
 		p.Message = fmt.Sprintf("best %.6g", f)
 	}
@@ -264,20 +205,22 @@ func (n *npsSession) usable() error {
 }
 
 // Ask implements Session: {"generation", "candidates": [[w…]…], "done"}.
+// The first ask is the start point x0 alone (all weights 1: magnitude
+// top-k), then one optimizer generation per ask.
 func (n *npsSession) Ask() (any, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if err := n.usable(); err != nil {
 		return nil, err
 	}
-	g := n.opt.Generation()
-	if n.spec.Generations > 0 && g >= n.spec.Generations {
+	g := n.s.Generation()
+	if n.s.Done() {
 		return map[string]any{"generation": g, "candidates": [][]float64{}, "done": true}, nil
 	}
-	cands := n.opt.Ask()
+	cands := n.s.Ask()
 	// Checkpoint with the pending batch: after a crash the restored
-	// optimizer asks the same candidates, so the client's tell still fits.
-	if err := n.rc.checkpoint(n.state()); err != nil {
+	// session asks the same candidates, so the client's tell still fits.
+	if err := n.rc.checkpoint(n.s); err != nil {
 		return nil, err
 	}
 	return map[string]any{"generation": g, "candidates": cands, "done": false}, nil
@@ -290,30 +233,39 @@ func (n *npsSession) Tell(scores []float64) (any, error) {
 	if err := n.usable(); err != nil {
 		return nil, err
 	}
-	if err := n.opt.Tell(scores); err != nil {
+	if err := n.s.Tell(scores); err != nil {
+		if errors.Is(err, nps.ErrNotAsked) {
+			return nil, fmt.Errorf("%w: %v", ErrState, err)
+		}
 		return nil, invalid("%v", err)
 	}
-	if err := n.rc.checkpoint(n.state()); err != nil {
+	if err := n.rc.checkpoint(n.s); err != nil {
 		return nil, err
 	}
 	n.rc.progress(n.progress())
-	return n.bestLocked(), nil
+	return n.bestLocked(false), nil
 }
 
-func (n *npsSession) bestLocked() map[string]any {
-	x, f := n.opt.Best()
-	return map[string]any{"generation": n.opt.Generation(), "x": x, "f": search.JSONFloat(f),
-		"done": n.spec.Generations > 0 && n.opt.Generation() >= n.spec.Generations}
+// bestLocked is {"generation", "x", "f", "done"}; with all, also the start
+// point's score, the evaluation counts and the history.
+func (n *npsSession) bestLocked(all bool) map[string]any {
+	s := n.s.Summary()
+	out := map[string]any{"generation": s.Generation, "x": s.BestX, "f": s.BestF, "done": s.Done}
+	if all {
+		out["start_f"], out["evaluations"], out["failures"], out["history"] = s.StartF, s.Evals, s.Failures, s.History
+	}
+	return out
 }
 
-// Best implements Session: {"generation", "x", "f", "done"}.
+// Best implements Session: {"generation", "x", "f", "done", "start_f",
+// "evaluations", "failures", "history"}.
 func (n *npsSession) Best() (any, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if err := n.usable(); err != nil {
 		return nil, err
 	}
-	return n.bestLocked(), nil
+	return n.bestLocked(true), nil
 }
 
 // Candidate implements Session: θ₀ + λ·τ_NPS(w) (or τ_NPS) for weights w.
@@ -329,10 +281,7 @@ func (n *npsSession) Candidate(w []float64) (*TensorSet, error) {
 	if err := n.usable(); err != nil {
 		return nil, err
 	}
-	if len(w) != n.spec.Subspaces {
-		return nil, invalid("candidate has %d weights, the session searches %d", len(w), n.spec.Subspaces)
-	}
-	for i, x := range w {
+	for i, x := range w { // the weights' count is Build's check
 		if math.IsNaN(x) || math.IsInf(x, 0) {
 			return nil, invalid("candidate weight %d is %v", i, x)
 		}
@@ -356,8 +305,8 @@ func (n *npsSession) Finish() (any, error) {
 	if err := n.usable(); err != nil {
 		return nil, err
 	}
-	x, f := n.opt.Best()
-	note := ""
+	s := n.s.Summary()
+	x, note := s.BestX, ""
 	if x == nil {
 		x, note = n.spec.X0, "no candidate was evaluated successfully: the result uses x0"
 	}
@@ -373,7 +322,8 @@ func (n *npsSession) Finish() (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	res["best_x"], res["best_f"], res["generation"] = x, search.JSONFloat(f), n.opt.Generation()
+	res["generation"], res["done"], res["best_x"], res["best_f"] = s.Generation, s.Done, s.BestX, s.BestF
+	res["start_f"], res["evaluations"], res["failures"], res["history"] = s.StartF, s.Evals, s.Failures, s.History
 	res["kept"], res["numel"] = kept, n.t.numel()
 	if note != "" {
 		res["notes"] = []string{note}

@@ -14,11 +14,10 @@ import (
 	"time"
 
 	"github.com/apache/arrow/go/v15/arrow/flight"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/npsfuse/npsfuse/daemon/jobs"
 	"github.com/npsfuse/npsfuse/daemon/tensors"
+	"github.com/npsfuse/npsfuse/gocore/fault"
 	"github.com/npsfuse/npsfuse/gocore/merge"
 )
 
@@ -91,11 +90,11 @@ func (s *service) DoAction(a *flight.Action, stream flight.FlightService_DoActio
 			names = append(names, n)
 		}
 		sort.Strings(names)
-		return status.Errorf(codes.InvalidArgument, "unknown action %q (known: %s)", a.Type, strings.Join(names, ", "))
+		return statusf(fault.InvalidInput, "unknown action %q (known: %s)", a.Type, strings.Join(names, ", "))
 	}
 	setActionName(stream.Context(), a.Type)
 	if len(a.Body) > maxActionBody {
-		return status.Errorf(codes.ResourceExhausted, "action %s: body of %d bytes exceeds the %d-byte limit (specs name tensors; upload tensors with DoPut)", a.Type, len(a.Body), maxActionBody)
+		return statusf(fault.ResourceExhausted, "action %s: body of %d bytes exceeds the %d-byte limit (specs name tensors; upload tensors with DoPut)", a.Type, len(a.Body), maxActionBody)
 	}
 	send := func(v any) error {
 		b, err := json.Marshal(v)
@@ -418,12 +417,10 @@ func (s *service) actUploadInfo(_ context.Context, body []byte, send func(any) e
 		list = append(list, t{n, tensors.WireName(m.DType), m.Shape})
 		total += m.Bytes()
 	}
-	format := "safetensors"
-	if tensors.IsIPCPath(p) {
-		format = "arrow"
+	if p == s.env.ShmUploadPath(req.Name) {
 		s.metrics.bytesIn.WithLabelValues("shm").Add(float64(total))
 	}
-	return send(map[string]any{"name": req.Name, "ref": jobs.UploadRef + req.Name, "format": format,
+	return send(map[string]any{"name": req.Name, "ref": jobs.UploadRef + req.Name, "format": "arrow",
 		"tensors": list, "bytes": total})
 }
 

@@ -1,61 +1,39 @@
 package server
 
 import (
-	"context"
 	"errors"
 	"syscall"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/npsfuse/npsfuse/arrowio/checkpoint"
-	"github.com/npsfuse/npsfuse/arrowio/safetensors"
-	"github.com/npsfuse/npsfuse/arrowio/stream"
-	"github.com/npsfuse/npsfuse/daemon/config"
-	"github.com/npsfuse/npsfuse/daemon/jobs"
-	"github.com/npsfuse/npsfuse/daemon/store"
-	"github.com/npsfuse/npsfuse/daemon/tensors"
-	"github.com/npsfuse/npsfuse/gocore/merge"
-	"github.com/npsfuse/npsfuse/gocore/nps"
+	"github.com/npsfuse/npsfuse/gocore/fault"
 )
 
-// codeOf maps an error to the gRPC status code clients see.
-func codeOf(err error) codes.Code {
-	switch {
-	case errors.Is(err, config.ErrOutsideRoots):
-		return codes.PermissionDenied
-	case errors.Is(err, store.ErrNotFound), errors.Is(err, jobs.ErrNoUpload):
-		return codes.NotFound
-	case errors.Is(err, store.ErrKeyReused):
-		return codes.AlreadyExists
-	case errors.Is(err, jobs.ErrDraining), errors.Is(err, store.ErrClosed):
-		return codes.Unavailable
-	case errors.Is(err, jobs.ErrTooLarge), noSpace(err):
-		return codes.ResourceExhausted
-	case errors.Is(err, jobs.ErrUnsupported):
-		return codes.Unimplemented
-	case errors.Is(err, jobs.ErrState), errors.Is(err, store.ErrTransition):
-		return codes.FailedPrecondition
-	case errors.Is(err, jobs.ErrInvalid), errors.Is(err, stream.ErrConfig), errors.Is(err, stream.ErrInput),
-		errors.Is(err, merge.ErrInput), errors.Is(err, nps.ErrInput), errors.Is(err, tensors.ErrIPC),
-		errors.Is(err, checkpoint.ErrCheckpoint), errors.Is(err, safetensors.ErrBadHeader):
-		return codes.InvalidArgument
-	case errors.Is(err, context.Canceled):
-		return codes.Canceled
-	case errors.Is(err, context.DeadlineExceeded):
-		return codes.DeadlineExceeded
-	}
-	var se *safetensors.Error
-	if errors.As(err, &se) {
-		return codes.InvalidArgument
-	}
-	return codes.Internal
+// grpcCodes is the one mapping of the error taxonomy (gocore/fault) to the
+// gRPC codes clients see. Every kind has a row.
+var grpcCodes = map[fault.Kind]codes.Code{
+	fault.Internal:           codes.Internal,
+	fault.InvalidInput:       codes.InvalidArgument,
+	fault.InvalidTensor:      codes.InvalidArgument,
+	fault.NotFound:           codes.NotFound,
+	fault.Permission:         codes.PermissionDenied,
+	fault.ResourceExhausted:  codes.ResourceExhausted,
+	fault.Cancelled:          codes.Canceled,
+	fault.AlreadyExists:      codes.AlreadyExists,
+	fault.FailedPrecondition: codes.FailedPrecondition,
+	fault.Unavailable:        codes.Unavailable,
+	fault.Unimplemented:      codes.Unimplemented,
+	fault.DeadlineExceeded:   codes.DeadlineExceeded,
 }
 
-// noSpace reports a write that failed because the file system is full
-// (or the user's quota is).
-func noSpace(err error) bool {
-	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
+// codeOf maps an error to the gRPC status code clients see: its kind
+// (fault.KindOf) through grpcCodes.
+func codeOf(err error) codes.Code {
+	if c, ok := grpcCodes[fault.KindOf(err)]; ok {
+		return c
+	}
+	return codes.Internal
 }
 
 // toStatus turns an error into a gRPC status error (statuses pass through).
@@ -67,4 +45,16 @@ func toStatus(err error) error {
 		return err
 	}
 	return status.Error(codeOf(err), err.Error())
+}
+
+// statusf is a status error of kind k with a formatted message, for the
+// handlers' own checks (the code still comes from grpcCodes).
+func statusf(k fault.Kind, format string, a ...any) error {
+	return toStatus(fault.Errorf(k, format, a...))
+}
+
+// noSpace reports a write that failed because the file system is full
+// (or the user's quota is); fault.KindOf classifies it ResourceExhausted.
+func noSpace(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
 }

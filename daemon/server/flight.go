@@ -12,16 +12,12 @@ import (
 	"sync"
 
 	"github.com/apache/arrow/go/v15/arrow/flight"
-	"github.com/apache/arrow/go/v15/arrow/ipc"
-	"github.com/apache/arrow/go/v15/arrow/memory"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
-	"github.com/npsfuse/npsfuse/arrowio/safetensors"
 	"github.com/npsfuse/npsfuse/daemon/config"
 	"github.com/npsfuse/npsfuse/daemon/jobs"
 	"github.com/npsfuse/npsfuse/daemon/store"
 	"github.com/npsfuse/npsfuse/daemon/tensors"
+	"github.com/npsfuse/npsfuse/gocore/fault"
 )
 
 // service is the Arrow Flight service: tensors in with DoPut, out with
@@ -56,7 +52,7 @@ func decodeJSON(b []byte, v any, what string) error {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		return status.Errorf(codes.InvalidArgument, "%s: %s", what, jobs.DescribeJSONError(err))
+		return statusf(fault.InvalidInput, "%s: %s", what, jobs.DescribeJSONError(err))
 	}
 	return nil
 }
@@ -70,7 +66,10 @@ type ticket struct {
 	Chunk     int64     `json:"chunk,omitempty"`
 }
 
-// DoGet streams tensors as record batches of the tensor-set schema.
+// DoGet streams tensors as one-row record batches of the tensor-set
+// schema, encoded as they are in tensor files (tensors.PieceMessage):
+// the schema message first, then each tensor in pieces of at most chunk
+// bytes.
 func (s *service) DoGet(t *flight.Ticket, stream flight.FlightService_DoGetServer) error {
 	var tk ticket
 	if err := decodeJSON(t.Ticket, &tk, "ticket"); err != nil {
@@ -80,70 +79,86 @@ func (s *service) DoGet(t *flight.Ticket, stream flight.FlightService_DoGetServe
 	if tk.Chunk > 0 {
 		chunk = min(tk.Chunk, s.cfg.MaxMessageBytes-(1<<16))
 	}
-	w := flight.NewRecordWriter(stream, ipc.WithSchema(tensors.Schema))
-	defer w.Close()
 	var sent int64
+	started := false
+	start := func() error {
+		if started {
+			return nil
+		}
+		started = true
+		return stream.Send(&flight.FlightData{DataHeader: tensors.SchemaHeader()})
+	}
 	send := func(m tensors.Meta, off int64, data []byte) error {
-		rec := tensors.Record(m, off, data)
-		defer rec.Release()
+		if err := start(); err != nil {
+			return err
+		}
+		h, b := tensors.PieceMessage(m, off, data)
 		sent += int64(len(data))
-		return w.Write(rec)
+		return stream.Send(&flight.FlightData{DataHeader: h, DataBody: b})
 	}
 	defer func() { s.metrics.bytesOut.WithLabelValues("flight").Add(float64(sent)) }()
-	switch {
-	case tk.Upload != "":
-		p, err := s.env.UploadPath(tk.Upload)
-		if err != nil {
-			return toStatus(err)
+	var err error
+	if tk.Candidate != nil {
+		err = s.sendCandidate(tk.Job, tk.Candidate, chunk, send)
+	} else {
+		var p string
+		if tk.Upload != "" {
+			p, err = s.env.UploadPath(tk.Upload)
+		} else {
+			p, err = s.runner.ResultPath(tk.Job)
 		}
-		src, err := tensors.Open(p)
-		if err != nil {
-			return toStatus(err)
+		if err == nil {
+			err = sendFile(p, chunk, send)
 		}
-		defer src.Close()
-		return toStatus(tensors.EachChunk(src, src.Names(), chunk, send))
-	case tk.Candidate != nil:
-		sess, err := s.session(tk.Job)
-		if err != nil {
-			return toStatus(err)
-		}
-		set, err := sess.Candidate(tk.Candidate)
-		if err != nil {
-			return toStatus(err)
-		}
-		defer set.Done()
-		var buf []byte
-		for i, m := range set.Metas {
-			n := m.Bytes()
-			if int64(cap(buf)) < n {
-				buf = make([]byte, n)
-			}
-			b := buf[:n]
-			if err := set.Fill(i, b); err != nil {
-				return toStatus(err)
-			}
-			for off := int64(0); off < n || off == 0; off += chunk {
-				if err := send(m, off, b[off:min(off+chunk, n)]); err != nil {
-					return err
-				}
-				if n == 0 {
-					break
-				}
-			}
-		}
-		return nil
-	default:
-		p, err := s.runner.ResultPath(tk.Job)
-		if err != nil {
-			return toStatus(err)
-		}
-		src, err := tensors.OpenIPC(p)
-		if err != nil {
-			return toStatus(err)
-		}
-		defer src.Close()
-		return toStatus(tensors.EachChunk(src, src.Names(), chunk, send))
 	}
+	if err != nil {
+		return toStatus(err)
+	}
+	return start() // an empty set is the schema alone
+}
+
+// sendFile sends the tensors of a tensor file (an upload, a result).
+func sendFile(p string, chunk int64, send func(tensors.Meta, int64, []byte) error) error {
+	src, err := tensors.OpenIPC(p)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	return tensors.EachChunk(src, src.Names(), chunk, send)
+}
+
+// sendCandidate builds a session candidate's tensors one at a time and
+// sends them.
+func (s *service) sendCandidate(job uint64, params []float64, chunk int64, send func(tensors.Meta, int64, []byte) error) error {
+	sess, err := s.session(job)
+	if err != nil {
+		return err
+	}
+	set, err := sess.Candidate(params)
+	if err != nil {
+		return err
+	}
+	defer set.Done()
+	var buf []byte
+	for i, m := range set.Metas {
+		n := m.Bytes()
+		if int64(cap(buf)) < n {
+			buf = make([]byte, n)
+		}
+		b := buf[:n]
+		if err := set.Fill(i, b); err != nil {
+			return err
+		}
+		for off := int64(0); off < n || off == 0; off += chunk {
+			if err := send(m, off, b[off:min(off+chunk, n)]); err != nil {
+				return err
+			}
+			if n == 0 {
+				break
+			}
+		}
+	}
+	return nil
 }
 
 // putCommand is DoPut's descriptor command: the upload's name and its
@@ -157,38 +172,55 @@ type putCommand struct {
 	} `json:"tensors"`
 }
 
-// DoPut receives an upload: the descriptor's command (putCommand) names
-// it, the record batches carry its tensors' pieces, in order per tensor.
-// It is stored as a safetensors file (fsynced) before the reply.
+// DoPut receives an upload (receiveUpload) and replies with its
+// reference once it is stored.
 func (s *service) DoPut(stream flight.FlightService_DoPutServer) error {
 	if s.runner.Draining() {
-		return status.Error(codes.Unavailable, "npsfused is shutting down: not accepting uploads")
+		return statusf(fault.Unavailable, "npsfused is shutting down: not accepting uploads")
 	}
-	rdr, err := flight.NewRecordReader(stream, ipc.WithAllocator(memory.DefaultAllocator))
+	body, n, err := s.receiveUpload(stream.Recv)
 	if err != nil {
-		return status.Errorf(codes.InvalidArgument, "upload: %v", err)
+		return err
 	}
-	defer rdr.Release()
-	desc := rdr.LatestFlightDescriptor()
+	s.metrics.bytesIn.WithLabelValues("flight").Add(float64(n))
+	return stream.Send(&flight.PutResult{AppMetadata: body})
+}
+
+// receiveUpload reads an upload from Flight messages: the first one's
+// descriptor command (putCommand) names it and lists its tensors; the
+// messages carry the tensor-set schema, then record batches with the
+// tensors' pieces, in order per tensor. Every message goes through
+// tensors.StreamDecoder, the bounds-checked reader that tensor files go
+// through too (fuzzed by FuzzDoPut), and every piece straight into its
+// place in an Arrow IPC tensor file laid out from the manifest, the
+// format of every tensor set the daemon stores. The file is fsynced
+// before the reply (its JSON body and the tensor bytes received).
+func (s *service) receiveUpload(recv func() (*flight.FlightData, error)) ([]byte, int64, error) {
+	first, err := recv()
+	if err != nil {
+		return nil, 0, statusf(fault.InvalidInput, "upload: %v", err)
+	}
+	desc := first.GetFlightDescriptor()
 	if desc == nil || desc.Type != flight.DescriptorCMD {
-		return status.Error(codes.InvalidArgument, "upload: the first message needs a CMD descriptor {\"upload\": NAME, \"tensors\": [{name, dtype, shape}]}")
+		return nil, 0, statusf(fault.InvalidInput, "upload: the first message needs a CMD descriptor {\"upload\": NAME, \"tensors\": [{name, dtype, shape}]}")
 	}
 	var cmd putCommand
 	if err := decodeJSON(desc.Cmd, &cmd, "upload descriptor"); err != nil {
-		return err
+		return nil, 0, err
 	}
 	if err := jobs.CheckUploadName(cmd.Upload); err != nil {
-		return toStatus(err)
+		return nil, 0, toStatus(err)
 	}
-	if err := tensors.CheckSchema(rdr.Schema()); err != nil {
-		return toStatus(err)
+	var dec tensors.StreamDecoder
+	if _, err := dec.Next(first.DataHeader, first.DataBody); err != nil {
+		return nil, 0, uploadStatus(cmd.Upload, err)
 	}
 	metas := make([]tensors.Meta, len(cmd.Tensors))
 	var total int64
 	for i, t := range cmd.Tensors {
 		dt, err := tensors.ParseDType(t.DType)
 		if err != nil {
-			return status.Errorf(codes.InvalidArgument, "upload %s: tensor %q: %v", cmd.Upload, t.Name, err)
+			return nil, 0, statusf(fault.InvalidInput, "upload %s: tensor %q: %v", cmd.Upload, t.Name, err)
 		}
 		if t.Shape == nil {
 			t.Shape = []int64{}
@@ -196,19 +228,19 @@ func (s *service) DoPut(stream flight.FlightService_DoPutServer) error {
 		metas[i] = tensors.Meta{Name: t.Name, DType: dt, Shape: t.Shape}
 		for _, d := range t.Shape {
 			if d < 0 {
-				return status.Errorf(codes.InvalidArgument, "upload %s: tensor %q has a negative dimension", cmd.Upload, t.Name)
+				return nil, 0, statusf(fault.InvalidInput, "upload %s: tensor %q has a negative dimension", cmd.Upload, t.Name)
 			}
 		}
 		total += metas[i].Bytes()
 		if total > s.cfg.MaxUploadBytes || total < 0 {
-			return status.Errorf(codes.ResourceExhausted, "upload %s is larger than max_upload_size (%s)",
+			return nil, 0, statusf(fault.ResourceExhausted, "upload %s is larger than max_upload_size (%s)",
 				cmd.Upload, config.FormatSize(s.cfg.MaxUploadBytes))
 		}
 	}
 	s.mu.Lock()
 	if s.uploading[cmd.Upload] || s.env.UploadExists(cmd.Upload) {
 		s.mu.Unlock()
-		return status.Errorf(codes.AlreadyExists, "upload %q already exists (names are single-use: delete it or pick another)", cmd.Upload)
+		return nil, 0, statusf(fault.AlreadyExists, "upload %q already exists (names are single-use: delete it or pick another)", cmd.Upload)
 	}
 	s.uploading[cmd.Upload] = true
 	s.mu.Unlock()
@@ -217,50 +249,53 @@ func (s *service) DoPut(stream flight.FlightService_DoPutServer) error {
 		delete(s.uploading, cmd.Upload)
 		s.mu.Unlock()
 	}()
-	uw, err := tensors.NewUploadWriter(s.env.FlightUploadPath(cmd.Upload), metas, map[string]string{"format": "pt", "uploaded_to": "npsfused"})
+	uw, err := tensors.NewUploadWriter(s.env.FlightUploadPath(cmd.Upload), metas)
 	if err != nil {
-		return uploadStatus(cmd.Upload, err)
+		return nil, 0, uploadStatus(cmd.Upload, err)
 	}
 	defer uw.Abort()
-	for rdr.Next() {
-		rows, err := tensors.RowsOf(rdr.Record())
+	for {
+		fd, err := recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
 		if err != nil {
-			return toStatus(err)
+			return nil, 0, statusf(fault.InvalidInput, "upload %s: %v", cmd.Upload, err)
+		}
+		rows, err := dec.Next(fd.DataHeader, fd.DataBody)
+		if err != nil {
+			return nil, 0, uploadStatus(cmd.Upload, err)
 		}
 		for _, r := range rows {
 			if err := uw.Put(r); err != nil {
-				return uploadStatus(cmd.Upload, err)
+				return nil, 0, uploadStatus(cmd.Upload, err)
 			}
 		}
 	}
-	if err := rdr.Err(); err != nil && !errors.Is(err, io.EOF) {
-		return status.Errorf(codes.InvalidArgument, "upload %s: %v", cmd.Upload, err)
+	if !dec.Started() {
+		return nil, 0, statusf(fault.InvalidInput, "upload %s: no message carried the tensor-set schema %v", cmd.Upload, tensors.Columns)
 	}
 	if err := uw.Close(); err != nil {
-		return uploadStatus(cmd.Upload, err)
+		return nil, 0, uploadStatus(cmd.Upload, err)
 	}
-	s.metrics.bytesIn.WithLabelValues("flight").Add(float64(uw.Bytes()))
 	body, _ := json.Marshal(map[string]any{"upload": cmd.Upload, "ref": jobs.UploadRef + cmd.Upload,
 		"tensors": len(metas), "bytes": uw.Bytes()})
-	return stream.Send(&flight.PutResult{AppMetadata: body})
+	return body, uw.Bytes(), nil
 }
 
 // uploadStatus is the status of an upload that failed while it was
-// stored: RESOURCE_EXHAUSTED when the daemon's disk (or quota) is full,
-// INVALID_ARGUMENT for pieces that do not fit the manifest, and the
-// error's own code (INTERNAL for other I/O failures) otherwise.
+// stored, with the code of its kind: RESOURCE_EXHAUSTED when the daemon's
+// disk (or quota) is full, INVALID_ARGUMENT for pieces that do not fit the
+// manifest, INTERNAL for other I/O failures (safetensors.ErrIO).
 func uploadStatus(name string, err error) error {
-	code := codeOf(err)
-	if errors.Is(err, safetensors.ErrIO) {
-		code = codes.Internal // the daemon's disk failed, not the client's data
-	}
-	switch {
+	switch k := fault.KindOf(err); {
 	case noSpace(err):
-		return status.Errorf(codes.ResourceExhausted, "upload %s: the daemon's upload folder is full (%v); free space or lower the upload's size", name, err)
-	case code == codes.Internal:
-		return status.Errorf(code, "upload %s: storing it failed: %v", name, err)
+		return statusf(k, "upload %s: the daemon's upload folder is full (%w); free space or lower the upload's size", name, err)
+	case k == fault.Internal:
+		return statusf(k, "upload %s: storing it failed: %w", name, err)
+	default:
+		return statusf(k, "upload %s: %w", name, err)
 	}
-	return status.Errorf(code, "upload %s: %v", name, err)
 }
 
 // flightInfo describes a job: its status as app metadata, and a ticket
@@ -269,7 +304,7 @@ func (s *service) flightInfo(st *jobs.Status) *flight.FlightInfo {
 	cmd, _ := json.Marshal(map[string]uint64{"job": st.ID})
 	meta, _ := json.Marshal(st)
 	info := &flight.FlightInfo{
-		Schema:           flight.SerializeSchema(tensors.Schema, memory.DefaultAllocator),
+		Schema:           tensors.SchemaMessage(),
 		FlightDescriptor: &flight.FlightDescriptor{Type: flight.DescriptorCMD, Cmd: cmd},
 		TotalRecords:     -1, TotalBytes: -1, Ordered: true, AppMetadata: meta,
 	}
@@ -336,7 +371,7 @@ func (s *service) GetFlightInfo(ctx context.Context, d *flight.FlightDescriptor)
 
 // GetSchema returns the tensor-set schema for any descriptor.
 func (s *service) GetSchema(ctx context.Context, d *flight.FlightDescriptor) (*flight.SchemaResult, error) {
-	return &flight.SchemaResult{Schema: flight.SerializeSchema(tensors.Schema, memory.DefaultAllocator)}, nil
+	return &flight.SchemaResult{Schema: tensors.SchemaMessage()}, nil
 }
 
 // session returns a ready session (draining daemons refuse).

@@ -7,15 +7,15 @@ import (
 	"runtime/debug"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
+
+	"github.com/npsfuse/npsfuse/gocore/fault"
 )
 
 // panicStatus logs a handler's panic with its stack and returns the
 // INTERNAL status the client gets instead of a dead daemon.
 func panicStatus(log *slog.Logger, method string, p any) error {
 	log.Error("handler panic recovered", "method", method, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
-	return status.Errorf(codes.Internal, "internal error in %s (a bug in npsfused, recovered; please report it): %v", shortMethod(method), p)
+	return statusf(fault.Internal, "internal error in %s (a bug in npsfused, recovered; please report it): %v", shortMethod(method), p)
 }
 
 // recoverUnary turns a panic in a unary handler into an INTERNAL error.

@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/apache/arrow/go/v15/arrow/flight"
-	"github.com/apache/arrow/go/v15/arrow/ipc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -215,25 +214,27 @@ func put(t *testing.T, c flight.Client, name string, ts map[string][]float32, ch
 		manifest = append(manifest, tm{n, "float32", []int64{int64(len(ts[n]))}})
 	}
 	cmd, _ := json.Marshal(map[string]any{"upload": name, "tensors": manifest})
-	w := flight.NewRecordWriter(stream, ipc.WithSchema(tensors.Schema))
-	w.SetFlightDescriptor(&flight.FlightDescriptor{Type: flight.DescriptorCMD, Cmd: cmd})
+	msg := func(fd *flight.FlightData) error {
+		err := stream.Send(fd)
+		if err == io.EOF { // the server ended the call: its status follows
+			_, err = stream.Recv()
+		}
+		return err
+	}
+	if err := msg(&flight.FlightData{FlightDescriptor: &flight.FlightDescriptor{Type: flight.DescriptorCMD, Cmd: cmd},
+		DataHeader: tensors.SchemaHeader()}); err != nil {
+		return err
+	}
 	for _, n := range names {
 		b := f32bytes(ts[n])
 		m := tensors.Meta{Name: n, DType: safetensors.F32, Shape: []int64{int64(len(ts[n]))}}
 		for off := 0; off < len(b); off += chunk {
-			rec := tensors.Record(m, int64(off), b[off:min(off+chunk, len(b))])
-			err := w.Write(rec)
-			rec.Release()
-			if err == io.EOF { // the server ended the call: its status follows
-				_, err = stream.Recv()
-				return err
-			}
-			if err != nil {
+			h, body := tensors.PieceMessage(m, int64(off), b[off:min(off+chunk, len(b))])
+			if err := msg(&flight.FlightData{DataHeader: h, DataBody: body}); err != nil {
 				return err
 			}
 		}
 	}
-	w.Close()
 	if err := stream.CloseSend(); err != nil {
 		return err
 	}
@@ -263,14 +264,17 @@ func fetch(t *testing.T, c flight.Client, ticket string) (map[string][]byte, err
 	if err != nil {
 		return nil, err
 	}
-	r, err := flight.NewRecordReader(s)
-	if err != nil {
-		return nil, err
-	}
-	defer r.Release()
+	var dec tensors.StreamDecoder
 	out := map[string][]byte{}
-	for r.Next() {
-		rows, err := tensors.RowsOf(r.Record())
+	for {
+		fd, err := s.Recv()
+		if err == io.EOF {
+			return out, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		rows, err := dec.Next(fd.DataHeader, fd.DataBody)
 		if err != nil {
 			return nil, err
 		}
@@ -278,7 +282,6 @@ func fetch(t *testing.T, c flight.Client, ticket string) (map[string][]byte, err
 			out[row.Name] = append(out[row.Name], row.Data...)
 		}
 	}
-	return out, r.Err()
 }
 
 func TestUploadMergeFetch(t *testing.T) {

@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -14,6 +13,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/npsfuse/npsfuse/gocore/fault"
 )
 
 // State is a job's place in its life cycle.
@@ -51,10 +52,10 @@ func CanTransition(from, to State) bool {
 
 // Errors returned by the store.
 var (
-	ErrNotFound   = errors.New("no such job")
-	ErrKeyReused  = errors.New("idempotency key reused with a different request")
-	ErrTransition = errors.New("invalid job state transition")
-	ErrClosed     = errors.New("job store closed")
+	ErrNotFound   = fault.New(fault.NotFound, "no such job")
+	ErrKeyReused  = fault.New(fault.AlreadyExists, "idempotency key reused with a different request")
+	ErrTransition = fault.New(fault.FailedPrecondition, "invalid job state transition")
+	ErrClosed     = fault.New(fault.Unavailable, "job store closed")
 )
 
 // Progress is how far a job has come: Done of Total units, plus a message.

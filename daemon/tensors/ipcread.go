@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"math"
+
+	"github.com/npsfuse/npsfuse/gocore/fault"
 )
 
 // ErrIPC marks an Arrow IPC file or stream that is not a valid tensor set.
-var ErrIPC = errors.New("bad tensor file")
+var ErrIPC = fault.New(fault.InvalidInput, "bad tensor file")
 
 // Arrow flatbuffer enum values used here (format/Schema.fbs, Message.fbs).
 const (
@@ -178,12 +180,31 @@ func parseBatch(b []byte, off, metaLen, bodyLen int64, cols []colKind) ([]Chunk,
 	if fbLen <= 0 || fbLen > off+metaLen-fbStart {
 		return nil, fmt.Errorf("message length %d does not fit its %d-byte block", fbLen, metaLen)
 	}
-	msg, err := fbuf{b[fbStart : fbStart+fbLen]}.root()
+	return batchRows(b[fbStart:fbStart+fbLen], b[off+metaLen:off+metaLen+bodyLen], cols)
+}
+
+// message returns the root table of an IPC message's flatbuffer and its
+// header type.
+func message(meta []byte) (table, uint8, error) {
+	msg, err := fbuf{meta}.root()
 	if err != nil {
-		return nil, fmt.Errorf("message: %v", err)
+		return table{}, 0, fmt.Errorf("message: %v", err)
 	}
 	ht, err := msg.u8(1, 0)
-	if err != nil || ht != headerRecordBatch {
+	if err != nil {
+		return table{}, 0, fmt.Errorf("message header type: %v", err)
+	}
+	return msg, ht, nil
+}
+
+// batchRows reads a record batch message (meta: its flatbuffer) whose
+// body is body, and returns its rows (Data aliases body).
+func batchRows(meta, body []byte, cols []colKind) ([]Chunk, error) {
+	msg, ht, err := message(meta)
+	if err != nil {
+		return nil, err
+	}
+	if ht != headerRecordBatch {
 		return nil, fmt.Errorf("message is not a record batch (header type %d)", ht)
 	}
 	rb, ok, err := msg.sub(2)
@@ -223,10 +244,9 @@ func parseBatch(b []byte, off, metaLen, bodyLen int64, cols []colKind) ([]Chunk,
 			perRow += 4
 		}
 	}
-	if rows > bodyLen/perRow {
-		return nil, fmt.Errorf("%d rows cannot fit a %d-byte body", rows, bodyLen)
+	if rows > int64(len(body))/perRow {
+		return nil, fmt.Errorf("%d rows cannot fit a %d-byte body", rows, len(body))
 	}
-	body := b[off+metaLen : off+metaLen+bodyLen]
 	buffer := func(k int) ([]byte, error) {
 		bo, _ := rb.f.i64(bs + 16*k)
 		bl, _ := rb.f.i64(bs + 16*k + 8)

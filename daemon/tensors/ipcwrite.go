@@ -30,9 +30,10 @@ type IPCLayout struct {
 	footer  []byte
 }
 
-// bodyPlan is the body layout of a one-row batch: the 14 buffers'
-// (offset, length) pairs and the body length.
-func bodyPlan(m Meta) (bufs [14][2]int64, dataOff, bodyLen int64) {
+// bodyPlan is the body layout of a one-row batch holding n bytes of
+// tensor m: the 14 buffers' (offset, length) pairs and the body length.
+// The data buffer starts 64-byte aligned.
+func bodyPlan(m Meta, n int64) (bufs [14][2]int64, dataOff, bodyLen int64) {
 	pad8 := func(x int64) int64 { return (x + 7) &^ 7 }
 	var at int64
 	put := func(k int, n int64) {
@@ -51,8 +52,33 @@ func bodyPlan(m Meta) (bufs [14][2]int64, dataOff, bodyLen int64) {
 	put(12, 16) // two int64 offsets
 	at = (at + 63) &^ 63
 	dataOff = at
-	put(13, m.Bytes())
+	put(13, n)
 	return bufs, dataOff, at
+}
+
+// bodyPrefix is the body of a one-row batch up to its data buffer: the
+// name, dtype and shape strings, the piece's byte offset and the data
+// column's offsets [0, n).
+func bodyPrefix(m Meta, offset, n int64) []byte {
+	bufs, dataOff, _ := bodyPlan(m, n)
+	body := make([]byte, dataOff)
+	strs := []string{m.Name, WireName(m.DType), FormatShape(m.Shape)}
+	for c, s := range strs {
+		binary.LittleEndian.PutUint32(body[bufs[3*c+1][0]+4:], uint32(len(s)))
+		copy(body[bufs[3*c+2][0]:], s)
+	}
+	binary.LittleEndian.PutUint64(body[bufs[10][0]:], uint64(offset))
+	binary.LittleEndian.PutUint64(body[bufs[12][0]+8:], uint64(n))
+	return body
+}
+
+// batchMessage is the flatbuffer of a one-row record batch message
+// holding n bytes of m, and its body length.
+func batchMessage(m Meta, n int64) ([]byte, int64) {
+	bufs, _, bodyLen := bodyPlan(m, n)
+	return buildMessage(headerRecordBatch, func(b *flatbuffers.Builder) flatbuffers.UOffsetT {
+		return buildBatch(b, bufs[:])
+	}, bodyLen), bodyLen
 }
 
 // PlanIPC lays out a tensor file for metas (names must be unique and
@@ -75,16 +101,13 @@ func PlanIPC(metas []Meta) (*IPCLayout, error) {
 	l.schema = encapsulate(buildMessage(headerSchema, buildSchema, 0), 8, 8)
 	pos := int64(8 + len(l.schema))
 	for _, m := range metas {
-		bufs, dataOff, bodyLen := bodyPlan(m)
-		fb := buildMessage(headerRecordBatch, func(b *flatbuffers.Builder) flatbuffers.UOffsetT {
-			return buildBatch(b, bufs[:])
-		}, bodyLen)
+		fb, bodyLen := batchMessage(m, m.Bytes())
 		msg := encapsulate(fb, pos, 64) // so that the body starts 64-byte aligned
 		l.blocks = append(l.blocks, pos)
 		l.msgs = append(l.msgs, msg)
 		pos += int64(len(msg))
 		l.bodies = append(l.bodies, pos)
-		l.dataOff = append(l.dataOff, dataOff)
+		l.dataOff = append(l.dataOff, bodyLen-pad8(m.Bytes()))
 		pos += bodyLen
 	}
 	l.eos = pos
@@ -100,31 +123,37 @@ func (l *IPCLayout) DataPos(i int) int64 { return l.bodies[i] + l.dataOff[i] }
 // WriteMeta writes everything but the tensors' bytes into dst (the whole
 // file, len(dst) == Size, zero-filled as a fresh file is).
 func (l *IPCLayout) WriteMeta(dst []byte) {
-	copy(dst, "ARROW1\x00\x00")
-	copy(dst[8:], l.schema)
-	for i, m := range l.metas {
-		copy(dst[l.blocks[i]:], l.msgs[i])
-		body := dst[l.bodies[i]:]
-		bufs, _, _ := bodyPlan(m)
-		strs := []string{m.Name, WireName(m.DType), FormatShape(m.Shape)}
-		for c, s := range strs {
-			offs := body[bufs[3*c+1][0]:]
-			binary.LittleEndian.PutUint32(offs[0:], 0)
-			binary.LittleEndian.PutUint32(offs[4:], uint32(len(s)))
-			copy(body[bufs[3*c+2][0]:], s)
-		}
-		binary.LittleEndian.PutUint64(body[bufs[10][0]:], 0) // byte offset 0: the whole tensor
-		offs := body[bufs[12][0]:]
-		binary.LittleEndian.PutUint64(offs[0:], 0)
-		binary.LittleEndian.PutUint64(offs[8:], uint64(m.Bytes()))
-	}
-	binary.LittleEndian.PutUint32(dst[l.eos:], 0xFFFFFFFF)
-	binary.LittleEndian.PutUint32(dst[l.eos+4:], 0)
-	fpos := l.eos + 8
-	copy(dst[fpos:], l.footer)
-	binary.LittleEndian.PutUint32(dst[fpos+int64(len(l.footer)):], uint32(len(l.footer)))
-	copy(dst[fpos+int64(len(l.footer))+4:], "ARROW1")
+	_ = l.segments(func(off int64, b []byte) error {
+		copy(dst[off:], b)
+		return nil
+	})
 }
+
+// segments calls emit with every part of the file but the tensors' bytes
+// and zero padding (a fresh file is zero-filled), in file order.
+func (l *IPCLayout) segments(emit func(off int64, b []byte) error) error {
+	if err := emit(0, []byte("ARROW1\x00\x00")); err != nil {
+		return err
+	}
+	if err := emit(8, l.schema); err != nil {
+		return err
+	}
+	for i, m := range l.metas {
+		if err := emit(l.blocks[i], l.msgs[i]); err != nil {
+			return err
+		}
+		if err := emit(l.bodies[i], bodyPrefix(m, 0, m.Bytes())); err != nil {
+			return err
+		}
+	}
+	tail := binary.LittleEndian.AppendUint32(nil, 0xFFFFFFFF) // end-of-stream marker
+	tail = binary.LittleEndian.AppendUint32(tail, 0)
+	tail = append(tail, l.footer...)
+	tail = binary.LittleEndian.AppendUint32(tail, uint32(len(l.footer)))
+	return emit(l.eos, append(tail, "ARROW1"...))
+}
+
+func pad8(x int64) int64 { return (x + 7) &^ 7 }
 
 // encapsulate frames a flatbuffer message: continuation marker, length,
 // the flatbuffer, zero padding so that the message written at file offset

@@ -10,7 +10,13 @@ import (
 
 // mapWritable maps size bytes of f read-write and shared, pre-faulting the
 // pages (MAP_POPULATE) so that filling them costs no page-fault traps.
+// The file's blocks are allocated first: on a full file system (a small
+// /dev/shm) that fails here with ENOSPC, where writing through the map of
+// a sparse file would kill the process with SIGBUS.
 func mapWritable(f *os.File, size int64) ([]byte, error) {
+	if err := syscall.Fallocate(int(f.Fd()), 0, 0, size); err != nil && err != syscall.EOPNOTSUPP {
+		return nil, fmt.Errorf("reserving %d bytes for %s: %w", size, f.Name(), err)
+	}
 	m, err := syscall.Mmap(int(f.Fd()), 0, int(size), syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_SHARED|syscall.MAP_POPULATE)
 	if err != nil {
 		return nil, fmt.Errorf("mmap %s: %w", f.Name(), err)

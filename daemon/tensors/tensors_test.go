@@ -238,7 +238,7 @@ func TestUploadWriter(t *testing.T) {
 	dir := t.TempDir()
 	metas := []Meta{{Name: "w", DType: safetensors.F32, Shape: []int64{4}}, {Name: "e", DType: safetensors.F32, Shape: []int64{0}}}
 	data := pattern(16, 1)
-	u, err := NewUploadWriter(filepath.Join(dir, "u.safetensors"), metas, nil)
+	u, err := NewUploadWriter(filepath.Join(dir, "u.arrow"), metas)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,7 +259,7 @@ func TestUploadWriter(t *testing.T) {
 	if err := u.Close(); err != nil {
 		t.Fatal(err)
 	}
-	src, err := Open(filepath.Join(dir, "u.safetensors"))
+	src, err := OpenIPC(filepath.Join(dir, "u.arrow"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -268,7 +268,7 @@ func TestUploadWriter(t *testing.T) {
 		t.Error("uploaded bytes differ")
 	}
 	// An incomplete upload fails at Close and leaves nothing behind.
-	u2, err := NewUploadWriter(filepath.Join(dir, "v.safetensors"), metas[:1], nil)
+	u2, err := NewUploadWriter(filepath.Join(dir, "v.arrow"), metas[:1])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -278,7 +278,7 @@ func TestUploadWriter(t *testing.T) {
 	if err := u2.Close(); err == nil {
 		t.Error("incomplete upload closed without error")
 	}
-	if _, err := os.Stat(filepath.Join(dir, "v.safetensors")); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(filepath.Join(dir, "v.arrow")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("incomplete upload left a file (%v)", err)
 	}
 }

@@ -110,7 +110,7 @@ func BenchmarkTriad(b *testing.B) {
 	const s = 0.5
 	b.SetBytes(12 * n)
 	for b.Loop() {
-		parallel.For(parallel.NumChunks(n), func(_, c int) {
+		parallel.Pool{}.For(parallel.NumChunks(n), func(_, c int) {
 			lo := c * parallel.Chunk
 			hi := min(lo+parallel.Chunk, n)
 			a, bb, cc := x[lo:hi], y[lo:hi], z[lo:hi]

@@ -294,7 +294,6 @@ func TestOffspringSegments(t *testing.T) {
 }
 
 func TestThreadCountInvariance(t *testing.T) {
-	defer parallel.SetThreads(0)
 	const n = 5*parallel.Chunk + 77
 	pop := randomPop(4, n, 11)
 	for _, g := range []Granularity{Element, Block} {
@@ -303,7 +302,7 @@ func TestThreadCountInvariance(t *testing.T) {
 			cfg.Granularity, cfg.BlockSize, cfg.ForceIndex = g, 3000, true
 			var ref []float32
 			for _, th := range []int{1, 2, 3, 8} {
-				parallel.SetThreads(th)
+				cfg.Pool = parallel.Pool{Threads: th}
 				tr, err := cfg.Plan(2, 1, []float64{4, 3, 2, 1}, n)
 				if err != nil {
 					t.Fatal(err)

@@ -36,7 +36,7 @@ import (
 //     CR = 0 takes nothing (and draws nothing) but JRand.
 //   - Tensor, Block: the segments with t.SegMask set come from the donor.
 //
-// Chunks run in parallel on parallel.Threads() goroutines; the result does
+// Chunks run in parallel on c.Pool's goroutines; the result does
 // not depend on their number, nor on whether the vector loops run (see the
 // package documentation). c is validated (and its default granularity
 // filled in) first. O(n) time; scratch O(threads·parallel.Chunk).
@@ -57,7 +57,7 @@ func Offspring(out tensor.Vec, pop []tensor.Vec, c *Config, t *Trial) (int64, er
 		k.refs[r] = pop[j]
 	}
 	nc := parallel.NumChunks(n)
-	w := parallel.Workers(nc)
+	w := c.Pool.Workers(nc)
 	k.scratch = make([]scratch, w)
 	taken := make([]int64, nc)
 	parallel.ForN(nc, w, func(worker, b int) {

@@ -3,16 +3,17 @@ package evolve
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math"
 
+	"github.com/npsfuse/npsfuse/gocore/fault"
+	"github.com/npsfuse/npsfuse/gocore/parallel"
 	"github.com/npsfuse/npsfuse/gocore/rng"
 	"github.com/npsfuse/npsfuse/gocore/search"
 )
 
 // ErrInput marks invalid configurations, trials or buffers.
-var ErrInput = errors.New("invalid evolve input")
+var ErrInput = fault.New(fault.InvalidInput, "invalid evolve input")
 
 // StrategyEvolver is the operator of Evolver (Du, Li, Liu et al., 2024):
 // v = x_i + F·(x_ref − x_i), i.e. (1 − F)·x_i + F·x_ref. The other strategies
@@ -59,6 +60,9 @@ type Config struct {
 	Seed uint64 `json:"seed"`
 	// Generations is G, the planned number of generations (>= 1).
 	Generations int `json:"generations"`
+	// Pool is Offspring's thread count (zero value: the process default);
+	// not part of the state, and results do not depend on it.
+	Pool parallel.Pool `json:"-"`
 }
 
 // DecodeConfig parses a Config from strict JSON (unknown fields and trailing

@@ -1,6 +1,10 @@
 package linalg
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/npsfuse/npsfuse/gocore/parallel"
+)
 
 // ApplyWeighted computes dst = beta·dst + U·diag(coef)·Vt with a single
 // matrix product (this package's GEMM, gemm.go: the operation order of
@@ -16,7 +20,7 @@ import "fmt"
 // dst must not overlap u.Data, vt.Data or coef; none of those is modified.
 // The smaller of u and vt is copied once and scaled by coef (O(min(m,n)·r)).
 // Cost: 2·m·n·r flops. Errors: inconsistent shapes.
-func ApplyWeighted(dst []float32, u Matrix, coef []float32, vt Matrix, beta float32) error {
+func ApplyWeighted(pool parallel.Pool, dst []float32, u Matrix, coef []float32, vt Matrix, beta float32) error {
 	if err := u.check("u"); err != nil {
 		return fmt.Errorf("apply weighted: %w", err)
 	}
@@ -58,7 +62,7 @@ func ApplyWeighted(dst []float32, u Matrix, coef []float32, vt Matrix, beta floa
 			}
 		}
 	}
-	gemm(m, n, r, operand{data: us, ld: r}, operand{data: vs, ld: n}, beta, operand{data: dst, ld: n})
+	gemm(pool, m, n, r, operand{data: us, ld: r}, operand{data: vs, ld: n}, beta, operand{data: dst, ld: n})
 	return nil
 }
 
@@ -79,8 +83,8 @@ func scale(x []float32, beta float32) {
 // m×n row-major slice with m = U.Rows and n = Vt.Cols (len(dst) == m·n);
 // dst's previous content is ignored. It is [ApplyWeighted] with coef = S and
 // beta = 0: one matrix product, 2·m·n·r flops. Errors: inconsistent shapes.
-func (s SVD) Reconstruct(dst []float32) error {
-	if err := ApplyWeighted(dst, s.U, s.S, s.Vt, 0); err != nil {
+func (s SVD) Reconstruct(pool parallel.Pool, dst []float32) error {
+	if err := ApplyWeighted(pool, dst, s.U, s.S, s.Vt, 0); err != nil {
 		return fmt.Errorf("reconstruct: %w", err)
 	}
 	return nil

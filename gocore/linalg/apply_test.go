@@ -5,6 +5,8 @@ import (
 	"math"
 	"math/rand/v2"
 	"testing"
+
+	"github.com/npsfuse/npsfuse/gocore/parallel"
 )
 
 func TestApplyWeightedHandComputed(t *testing.T) {
@@ -24,7 +26,7 @@ func TestApplyWeightedHandComputed(t *testing.T) {
 		{"beta 0.5", 0.5, []float32{2, 4, 6, 8, 10, 12}, []float32{1, 0, 2, 3, 12, 7}},
 	}
 	for _, tc := range cases {
-		if err := ApplyWeighted(tc.dst, u, coef, vt, tc.beta); err != nil {
+		if err := ApplyWeighted(parallel.Pool{}, tc.dst, u, coef, vt, tc.beta); err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
 		for i := range tc.want {
@@ -65,7 +67,7 @@ func TestApplyWeightedRandom(t *testing.T) {
 				want[i*n+j] = s
 			}
 		}
-		if err := ApplyWeighted(dst, u, coef, vt, beta); err != nil {
+		if err := ApplyWeighted(parallel.Pool{}, dst, u, coef, vt, beta); err != nil {
 			t.Fatal(err)
 		}
 		for i := range want {
@@ -79,7 +81,7 @@ func TestApplyWeightedRandom(t *testing.T) {
 func TestApplyWeightedEdgeCases(t *testing.T) {
 	// r = 0: only the beta scaling remains.
 	dst := []float32{1, 2, 3, 4}
-	if err := ApplyWeighted(dst, NewMatrix(2, 0), nil, NewMatrix(0, 2), 3); err != nil {
+	if err := ApplyWeighted(parallel.Pool{}, dst, NewMatrix(2, 0), nil, NewMatrix(0, 2), 3); err != nil {
 		t.Fatal(err)
 	}
 	for i, want := range []float32{3, 6, 9, 12} {
@@ -101,7 +103,7 @@ func TestApplyWeightedEdgeCases(t *testing.T) {
 		{"vt data", make([]float32, 6), NewMatrix(2, 2), Matrix{Rows: 2, Cols: 3}, []float32{1, 1}},
 	}
 	for _, tc := range bad {
-		if err := ApplyWeighted(tc.dst, tc.u, tc.coef, tc.vt, 1); !errors.Is(err, errShape) {
+		if err := ApplyWeighted(parallel.Pool{}, tc.dst, tc.u, tc.coef, tc.vt, 1); !errors.Is(err, errShape) {
 			t.Errorf("%s: err = %v", tc.name, err)
 		}
 	}

@@ -7,6 +7,8 @@ import (
 
 	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/blas/blas32"
+
+	"github.com/npsfuse/npsfuse/gocore/parallel"
 )
 
 // uniformMatrix returns an m×n matrix of uniform [-1, 1) entries (its content
@@ -75,7 +77,7 @@ func BenchmarkApplyWeighted(b *testing.B) {
 	dst := uniformMatrix(8, n, n).Data
 	b.ResetTimer()
 	for b.Loop() {
-		if err := ApplyWeighted(dst, u, coef, vt, 0.5); err != nil {
+		if err := ApplyWeighted(parallel.Pool{}, dst, u, coef, vt, 0.5); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -107,9 +109,9 @@ func BenchmarkGemm(b *testing.B) {
 			name string
 			run  func()
 		}{
-			{"Yt=(A*V)t/gemm", func() { timesBasis(c, a, vt) }},
+			{"Yt=(A*V)t/gemm", func() { timesBasis(parallel.Pool{}, c, a, vt) }},
 			{"Yt=(A*V)t/gonum", func() { impl.Sgemm(blas.NoTrans, blas.Trans, l, n, n, 1, vt, n, a.Data, n, 0, c, n) }},
-			{"Zt=Qt*A/gemm", func() { basisTimes(c, vt, a) }},
+			{"Zt=Qt*A/gemm", func() { basisTimes(parallel.Pool{}, c, vt, a) }},
 			{"Zt=Qt*A/gonum", func() { impl.Sgemm(blas.NoTrans, blas.NoTrans, l, n, n, 1, vt, n, a.Data, n, 0, c, n) }},
 		}
 		for _, tc := range cases {

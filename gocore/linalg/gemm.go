@@ -110,14 +110,14 @@ type gemmScratch struct {
 var scratchPool = sync.Pool{New: func() any { return new(gemmScratch) }}
 
 // gemm computes C = β·C + A·B (m×n, inner dimension k) for operands in
-// either layout, as defined at the top of this file, on parallel.Threads()
+// either layout, as defined at the top of this file, on pool's
 // goroutines. C must not overlap A or B.
-func gemm(m, n, k int, a, b operand, beta float32, c operand) {
-	gemmWith(gemmKernel, m, n, k, a, b, beta, c)
+func gemm(pool parallel.Pool, m, n, k int, a, b operand, beta float32, c operand) {
+	gemmWith(pool, gemmKernel, m, n, k, a, b, beta, c)
 }
 
 // gemmWith is gemm with an explicit kernel.
-func gemmWith(kern microKernel, m, n, k int, a, b operand, beta float32, c operand) {
+func gemmWith(pool parallel.Pool, kern microKernel, m, n, k int, a, b operand, beta float32, c operand) {
 	if m == 0 || n == 0 {
 		return
 	}
@@ -131,14 +131,14 @@ func gemmWith(kern microKernel, m, n, k int, a, b operand, beta float32, c opera
 	}
 	mr, nr := kern.mr, kern.nr
 	panels := (n + nr - 1) / nr
-	bp := packB(b, k, n, nr, panels)
+	bp := packB(pool, b, k, n, nr, panels)
 	mc := gemmMC
 	if a.trans {
 		mc = gemmMCT
 	}
 	tasks := (m + mc - 1) / mc
 	kBlocks := (k + gemmKC - 1) / gemmKC
-	parallel.For(tasks, func(_, t int) {
+	pool.For(tasks, func(_, t int) {
 		s := scratchPool.Get().(*gemmScratch)
 		defer scratchPool.Put(s)
 		i0 := t * mc
@@ -206,9 +206,9 @@ func growF32(s []float32, n int) []float32 {
 
 // packB copies the k×n operand b into panels nr columns wide, zero padded:
 // element (p, j) of panel q = j/nr is at [(q*k+p)*nr + j%nr].
-func packB(b operand, k, n, nr, panels int) []float32 {
+func packB(pool parallel.Pool, b operand, k, n, nr, panels int) []float32 {
 	bp := make([]float32, panels*k*nr)
-	parallel.For(panels, func(_, q int) {
+	pool.For(panels, func(_, q int) {
 		j0 := q * nr
 		w := min(nr, n-j0)
 		dst := bp[q*k*nr : (q+1)*k*nr]

@@ -59,7 +59,6 @@ func TestGemmBitsMatchDefinition(t *testing.T) {
 		{1, 1, 1}, {7, 9, 13}, {65, 130, 74}, {2, 81, 3}, {33, 74, 600},
 		{100, 17, 1100}, {3, 200, 64}, {1, 160, 1}, {41, 1, 37}, {5, 4, 0}, {0, 3, 2}, {4, 0, 2},
 	}
-	defer parallel.SetThreads(0)
 	for si, sh := range shapes {
 		for _, layout := range []int{0, 1, 2, 3, 4, 5, 6, 7} {
 			aT, bT, cT := layout&1 != 0, layout&2 != 0, layout&4 != 0
@@ -78,10 +77,9 @@ func TestGemmBitsMatchDefinition(t *testing.T) {
 				gemmRef(sh.m, sh.n, sh.k, a, b, beta, want)
 				for _, kern := range testKernels() {
 					for _, threads := range []int{1, 2, 5} {
-						parallel.SetThreads(threads)
 						got := c0
 						got.data = slices.Clone(c0.data)
-						gemmWith(kern, sh.m, sh.n, sh.k, a, b, beta, got)
+						gemmWith(parallel.Pool{Threads: threads}, kern, sh.m, sh.n, sh.k, a, b, beta, got)
 						for i := range got.data {
 							if math.Float32bits(got.data[i]) != math.Float32bits(want.data[i]) {
 								t.Fatalf("%s: kernel %s %d×%d, %d threads: element %d = %v, want %v",
@@ -106,7 +104,7 @@ func TestGemmMatchesGonumSgemm(t *testing.T) {
 			c := randOperand(rng, sh.m, sh.n, false, 0)
 			want := slices.Clone(c.data)
 			blas32.Implementation().Sgemm(blas.NoTrans, blas.NoTrans, sh.m, sh.n, sh.k, 1, a.data, a.ld, b.data, b.ld, beta, want, sh.n)
-			gemm(sh.m, sh.n, sh.k, a, b, beta, c)
+			gemm(parallel.Pool{}, sh.m, sh.n, sh.k, a, b, beta, c)
 			for i := range want {
 				if math.Float32bits(c.data[i]) != math.Float32bits(want[i]) {
 					t.Fatalf("%v beta %v: element %d = %v, Sgemm gives %v", sh, beta, i, c.data[i], want[i])

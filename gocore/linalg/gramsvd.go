@@ -39,14 +39,14 @@ const RankTol = 0x1p-23
 // so the result does not depend on the thread count. Cost: about
 // m·n·r/2 float64 multiply-adds (the upper triangle, mirrored), parallel
 // over blocks of rows.
-func Gram(a Matrix) ([]float64, error) {
+func Gram(pool parallel.Pool, a Matrix) ([]float64, error) {
 	if err := a.check("a"); err != nil {
 		return nil, fmt.Errorf("gram matrix: %w", err)
 	}
 	if a.Rows < a.Cols {
 		a = a.Transpose()
 	}
-	return gramTall(a.Data, a.Rows, a.Cols), nil
+	return gramTall(pool, a.Data, a.Rows, a.Cols), nil
 }
 
 // gramBlock is the number of rows of the Gram matrix one task accumulates.
@@ -56,10 +56,10 @@ const gramBlock = 16
 // G[i][j] = Σ_k a[k][i]·a[k][j], summed over k in order (the products are
 // exact). Tasks own blocks of gramBlock rows of G (upper triangle) and
 // stream the rows of a once, four at a time (rank4Kernel).
-func gramTall(a []float32, m, n int) []float64 {
+func gramTall(pool parallel.Pool, a []float32, m, n int) []float64 {
 	g := make([]float64, n*n)
 	blocks := (n + gramBlock - 1) / gramBlock
-	parallel.For(blocks, func(_, b int) {
+	pool.For(blocks, func(_, b int) {
 		i0 := b * gramBlock
 		i1 := min(i0+gramBlock, n)
 		var x [4][]float64
@@ -110,9 +110,9 @@ func rank4Go(g []float64, x *[4][]float64, a *[4]float64) {
 // tallEig returns the singular values of the m×n matrix a with m ≥ n
 // (descending, from the clamped eigenvalues of AᵀA) and its right singular
 // vectors, one per row of an n×n float64 matrix.
-func tallEig(a Matrix) (sv, z []float64, err error) {
+func tallEig(pool parallel.Pool, a Matrix) (sv, z []float64, err error) {
 	n := a.Cols
-	vals, z, err := SymEig(gramTall(a.Data, a.Rows, n), n)
+	vals, z, err := SymEig(pool, gramTall(pool, a.Data, a.Rows, n), n)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -158,7 +158,7 @@ func splitExact(sv []float64, k int) int {
 // with σⱼ ≥ σ₁/exactCut, float64 dot products (exactly widened entries,
 // float64 sums) below, so that every uⱼ is accurate to float32 precision
 // however small σⱼ is (above the rank tolerance).
-func leftVectors(a Matrix, z, sv []float64, lo, k int) Matrix {
+func leftVectors(pool parallel.Pool, a Matrix, z, sv []float64, lo, k int) Matrix {
 	m, n := a.Rows, a.Cols
 	w := k - lo
 	u := NewMatrix(m, w)
@@ -169,7 +169,7 @@ func leftVectors(a Matrix, z, sv []float64, lo, k int) Matrix {
 	if nb := b - lo; nb > 0 {
 		vt := make([]float32, nb*n)
 		to32(vt, z[lo*n:b*n])
-		gemm(m, nb, n, operand{data: a.Data, ld: n}, operand{data: vt, ld: n, trans: true}, 0, operand{data: u.Data, ld: w})
+		gemm(pool, m, nb, n, operand{data: a.Data, ld: n}, operand{data: vt, ld: n, trans: true}, 0, operand{data: u.Data, ld: w})
 		inv := make([]float32, nb)
 		for j := range inv {
 			inv[j] = float32(1 / sv[lo+j])
@@ -186,7 +186,7 @@ func leftVectors(a Matrix, z, sv []float64, lo, k int) Matrix {
 	}
 	dot := blas64.Implementation()
 	blocks := (m + gramBlock - 1) / gramBlock
-	parallel.For(blocks, func(_, blk int) {
+	pool.For(blocks, func(_, blk int) {
 		row := make([]float64, n)
 		for i := blk * gramBlock; i < min((blk+1)*gramBlock, m); i++ {
 			to64(row, a.Data[i*n:(i+1)*n])
@@ -215,7 +215,7 @@ func leftVectors(a Matrix, z, sv []float64, lo, k int) Matrix {
 // a is not modified. Errors: inconsistent shape, a NaN or ±Inf entry, or an
 // eigensolver failure. Cost: the Gram matrix and its eigendecomposition,
 // plus one m×n×k product (part of it in float64).
-func GramSVD(a Matrix, k int) (SVD, error) {
+func GramSVD(pool parallel.Pool, a Matrix, k int) (SVD, error) {
 	if err := a.check("a"); err != nil {
 		return SVD{}, fmt.Errorf("gram svd: %w", err)
 	}
@@ -232,7 +232,7 @@ func GramSVD(a Matrix, k int) (SVD, error) {
 	if m < n {
 		tall = a.Transpose() // its right singular vectors are a's left ones
 	}
-	sv, z, err := tallEig(tall)
+	sv, z, err := tallEig(pool, tall)
 	if err != nil {
 		return SVD{}, fmt.Errorf("gram svd of %d×%d: %w", m, n, err)
 	}
@@ -241,8 +241,8 @@ func GramSVD(a Matrix, k int) (SVD, error) {
 	for i := 0; i < kept; i++ {
 		out.S[i] = float32(sv[i])
 	}
-	derived := leftVectors(tall, z, sv, 0, kept) // tall.Rows × kept
-	known := make([]float32, kept*r)             // kept×r: one singular vector per row
+	derived := leftVectors(pool, tall, z, sv, 0, kept) // tall.Rows × kept
+	known := make([]float32, kept*r)                   // kept×r: one singular vector per row
 	to32(known, z[:kept*r])
 	if m >= n {
 		copy(out.Vt.Data, known)
@@ -284,7 +284,7 @@ func GramSVD(a Matrix, k int) (SVD, error) {
 // eigensolver failure. Cost: the Gram matrix, its eigendecomposition, one
 // r×r×r and one m×n×r float32 product, and m·n·s float64 multiply-adds for
 // the s singular values below σ₁/16.
-func Polar(a Matrix) (Matrix, []float64, error) {
+func Polar(pool parallel.Pool, a Matrix) (Matrix, []float64, error) {
 	if err := a.check("a"); err != nil {
 		return Matrix{}, nil, fmt.Errorf("polar factor: %w", err)
 	}
@@ -293,7 +293,7 @@ func Polar(a Matrix) (Matrix, []float64, error) {
 	}
 	m, n := a.Rows, a.Cols
 	if m < n {
-		p, sv, err := Polar(a.Transpose())
+		p, sv, err := Polar(pool, a.Transpose())
 		if err != nil {
 			return Matrix{}, nil, err
 		}
@@ -303,7 +303,7 @@ func Polar(a Matrix) (Matrix, []float64, error) {
 	if n == 0 {
 		return p, []float64{}, nil
 	}
-	sv, z, err := tallEig(a)
+	sv, z, err := tallEig(pool, a)
 	if err != nil {
 		return Matrix{}, nil, fmt.Errorf("polar factor of %d×%d: %w", m, n, err)
 	}
@@ -321,15 +321,15 @@ func Polar(a Matrix) (Matrix, []float64, error) {
 			}
 		}
 		w := make([]float32, n*n)
-		gemm(n, n, b, operand{data: zb, ld: n, trans: true}, operand{data: scaled, ld: n}, 0, operand{data: w, ld: n})
-		gemm(m, n, n, operand{data: a.Data, ld: n}, operand{data: w, ld: n}, 0, operand{data: p.Data, ld: n})
+		gemm(pool, n, n, b, operand{data: zb, ld: n, trans: true}, operand{data: scaled, ld: n}, 0, operand{data: w, ld: n})
+		gemm(pool, m, n, n, operand{data: a.Data, ld: n}, operand{data: w, ld: n}, 0, operand{data: p.Data, ld: n})
 	}
 	if s := kept - b; s > 0 {
 		// P += U_s·V_sᵀ with U_s = a·V_s/σ in float64.
-		us := leftVectors(a, z, sv, b, kept).Data // m×s
+		us := leftVectors(pool, a, z, sv, b, kept).Data // m×s
 		vs := make([]float32, s*n)
 		to32(vs, z[b*n:kept*n])
-		gemm(m, n, s, operand{data: us, ld: s}, operand{data: vs, ld: n}, 1, operand{data: p.Data, ld: n})
+		gemm(pool, m, n, s, operand{data: us, ld: s}, operand{data: vs, ld: n}, 1, operand{data: p.Data, ld: n})
 	}
 	return p, sv, nil
 }
@@ -339,7 +339,7 @@ func Polar(a Matrix) (Matrix, []float64, error) {
 // (or zero) columns. Computed in float32 as C = Uᵀ·a (k×n), then a − U·C,
 // on this package's GEMM. a and u are not modified. Errors: inconsistent
 // shapes. Cost: 2·m·n·k multiply-adds.
-func ProjectOut(a, u Matrix) (Matrix, error) {
+func ProjectOut(pool parallel.Pool, a, u Matrix) (Matrix, error) {
 	if err := a.check("a"); err != nil {
 		return Matrix{}, fmt.Errorf("project out: %w", err)
 	}
@@ -355,10 +355,10 @@ func ProjectOut(a, u Matrix) (Matrix, error) {
 		return out, nil
 	}
 	c := make([]float32, k*n)
-	gemm(k, n, m, operand{data: u.Data, ld: k, trans: true}, operand{data: a.Data, ld: n}, 0, operand{data: c, ld: n})
+	gemm(pool, k, n, m, operand{data: u.Data, ld: k, trans: true}, operand{data: a.Data, ld: n}, 0, operand{data: c, ld: n})
 	for i := range c {
 		c[i] = -c[i]
 	}
-	gemm(m, n, k, operand{data: u.Data, ld: k}, operand{data: c, ld: n}, 1, operand{data: out.Data, ld: n})
+	gemm(pool, m, n, k, operand{data: u.Data, ld: k}, operand{data: c, ld: n}, 1, operand{data: out.Data, ld: n})
 	return out, nil
 }

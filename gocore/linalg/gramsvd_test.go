@@ -22,7 +22,7 @@ func TestGramExact(t *testing.T) {
 			a.Data[i] = float32(rng.NormFloat64())
 		}
 		a.Data[3] = 0 // a zero entry takes the skip path
-		g, err := Gram(a)
+		g, err := Gram(parallel.Pool{}, a)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -68,7 +68,7 @@ func TestGramSVDKnown(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			kn := buildKnown(uint64(tc.m*tc.n), tc.m, tc.n, tc.s)
-			got, err := GramSVD(kn.a, tc.k)
+			got, err := GramSVD(parallel.Pool{}, kn.a, tc.k)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -158,7 +158,7 @@ func TestPolarKnown(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			kn := buildKnown(uint64(tc.m+7*tc.n), tc.m, tc.n, tc.s)
-			p, sv, err := Polar(kn.a)
+			p, sv, err := Polar(parallel.Pool{}, kn.a)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -184,7 +184,7 @@ func TestPolarKnown(t *testing.T) {
 }
 
 func TestPolarZeroAndErrors(t *testing.T) {
-	p, sv, err := Polar(NewMatrix(4, 3))
+	p, sv, err := Polar(parallel.Pool{}, NewMatrix(4, 3))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -198,16 +198,16 @@ func TestPolarZeroAndErrors(t *testing.T) {
 	}
 	bad := NewMatrix(2, 2)
 	bad.Data[1] = float32(math.Inf(1))
-	if _, _, err := Polar(bad); err == nil {
+	if _, _, err := Polar(parallel.Pool{}, bad); err == nil {
 		t.Error("Inf accepted")
 	}
-	if _, err := GramSVD(bad, 1); err == nil {
+	if _, err := GramSVD(parallel.Pool{}, bad, 1); err == nil {
 		t.Error("Inf accepted by GramSVD")
 	}
-	if _, err := GramSVD(Matrix{Rows: 2, Cols: 2}, 1); err == nil {
+	if _, err := GramSVD(parallel.Pool{}, Matrix{Rows: 2, Cols: 2}, 1); err == nil {
 		t.Error("bad shape accepted")
 	}
-	s, err := GramSVD(NewMatrix(3, 5), 2)
+	s, err := GramSVD(parallel.Pool{}, NewMatrix(3, 5), 2)
 	if err != nil || s.S[0] != 0 || s.S[1] != 0 {
 		t.Errorf("zero matrix: %v %v", s.S, err)
 	}
@@ -217,16 +217,14 @@ func TestPolarZeroAndErrors(t *testing.T) {
 // count (the GEMM, the Gram matrix and the rotations split work by fixed
 // blocks).
 func TestGramSVDPolarThreadInvariance(t *testing.T) {
-	defer parallel.SetThreads(0)
 	kn := buildKnown(9, 300, 140, geometric(140, 0.97))
 	var refP, refU []float32
 	for _, th := range []int{1, 2, 4} {
-		parallel.SetThreads(th)
-		p, _, err := Polar(kn.a)
+		p, _, err := Polar(parallel.Pool{Threads: th}, kn.a)
 		if err != nil {
 			t.Fatal(err)
 		}
-		s, err := GramSVD(kn.a, 40)
+		s, err := GramSVD(parallel.Pool{Threads: th}, kn.a, 40)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -252,7 +250,7 @@ func TestPolarIsolatedSmallSingularValue(t *testing.T) {
 	for _, sh := range [][2]int{{60, 40}, {40, 60}, {40, 40}} {
 		m, n := sh[0], sh[1]
 		kn := buildKnown(17, m, n, s)
-		p, _, err := Polar(kn.a)
+		p, _, err := Polar(parallel.Pool{}, kn.a)
 		if err != nil {
 			t.Fatal(err)
 		}

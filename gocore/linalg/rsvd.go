@@ -9,6 +9,8 @@ import (
 	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/blas/blas64"
 	lapackpkg "gonum.org/v1/gonum/lapack"
+
+	"github.com/npsfuse/npsfuse/gocore/parallel"
 )
 
 // Defaults used by [RandomizedSVD] when the corresponding [Options] field is 0.
@@ -35,6 +37,9 @@ type Options struct {
 	// Seed selects the Gaussian test matrix; equal seeds give bit-identical
 	// results whatever GOMAXPROCS is.
 	Seed uint64
+	// Pool is the thread count of the products (zero value: the process
+	// default); the result does not depend on it.
+	Pool parallel.Pool
 }
 
 // resolved returns (k, l, q): target rank, sketch width and power
@@ -110,6 +115,7 @@ func RandomizedSVD(a Matrix, opt Options) (SVD, error) {
 		return SVD{}, fmt.Errorf("randomized svd: non-finite entry %v at (%d, %d)", a.Data[i], i/n, i%n)
 	}
 	k, l, q := opt.resolved(m, n)
+	pool := opt.Pool
 
 	// Ωᵀ (l×n), later reused for the transposed right bases (l×n) and B.
 	w := make([]float32, l*n)
@@ -122,18 +128,18 @@ func RandomizedSVD(a Matrix, opt Options) (SVD, error) {
 	var h householder
 
 	// Yᵀ = Ωᵀ·Aᵀ; Q = orth(Y).
-	timesBasis(qt, a, w)
+	timesBasis(pool, qt, a, w)
 	h.orthoRows(qt, l, m)
 	for range q {
 		// Zᵀ = Qᵀ·A = (Aᵀ·Q)ᵀ; Q̃ = orth(Z).
-		basisTimes(w, qt, a)
+		basisTimes(pool, w, qt, a)
 		h.orthoRows(w, l, n)
 		// Yᵀ = Q̃ᵀ·Aᵀ = (A·Q̃)ᵀ; Q = orth(Y).
-		timesBasis(qt, a, w)
+		timesBasis(pool, qt, a, w)
 		h.orthoRows(qt, l, m)
 	}
 	// B = Qᵀ·A (l×n).
-	basisTimes(w, qt, a)
+	basisTimes(pool, w, qt, a)
 
 	ul, s, vt, err := smallSVD(w, l, n, k, &h)
 	if err != nil {
@@ -141,7 +147,7 @@ func RandomizedSVD(a Matrix, opt Options) (SVD, error) {
 	}
 	// U = Q·U_L[:, :k] (m×k).
 	u := NewMatrix(m, k)
-	gemm(m, k, l, operand{data: qt, ld: m, trans: true}, operand{data: ul, ld: k}, 0, operand{data: u.Data, ld: k})
+	gemm(pool, m, k, l, operand{data: qt, ld: m, trans: true}, operand{data: ul, ld: k}, 0, operand{data: u.Data, ld: k})
 	fixSigns(u, vt)
 	return SVD{U: u, S: s, Vt: vt}, nil
 }
@@ -222,18 +228,18 @@ func abs32(x float32) float32 { return math.Float32frombits(math.Float32bits(x) 
 // timesBasis computes Yᵀ = (A·V)ᵀ into yt (l×m) for the m×n matrix a and the
 // l×n transposed basis vt (one basis vector per row): yt[j][i] = Σ_p
 // A[i][p]·vt[j][p]. l = len(vt)/n.
-func timesBasis(yt []float32, a Matrix, vt []float32) {
+func timesBasis(pool parallel.Pool, yt []float32, a Matrix, vt []float32) {
 	m, n := a.Rows, a.Cols
 	l := len(vt) / n
-	gemm(m, l, n, operand{data: a.Data, ld: n}, operand{data: vt, ld: n, trans: true}, 0, operand{data: yt, ld: m, trans: true})
+	gemm(pool, m, l, n, operand{data: a.Data, ld: n}, operand{data: vt, ld: n, trans: true}, 0, operand{data: yt, ld: m, trans: true})
 }
 
 // basisTimes computes Zᵀ = Qᵀ·A into zt (l×n) for the m×n matrix a and the
 // l×m transposed basis qt: zt[j][i] = Σ_p qt[j][p]·A[p][i]. The product is
 // formed as Z = Aᵀ·Q (n×l), vectorised across the l basis vectors, and
 // stored transposed. l = len(qt)/m.
-func basisTimes(zt, qt []float32, a Matrix) {
+func basisTimes(pool parallel.Pool, zt, qt []float32, a Matrix) {
 	m, n := a.Rows, a.Cols
 	l := len(qt) / m
-	gemm(n, l, m, operand{data: a.Data, ld: n, trans: true}, operand{data: qt, ld: m, trans: true}, 0, operand{data: zt, ld: n, trans: true})
+	gemm(pool, n, l, m, operand{data: a.Data, ld: n, trans: true}, operand{data: qt, ld: m, trans: true}, 0, operand{data: zt, ld: n, trans: true})
 }

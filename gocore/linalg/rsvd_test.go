@@ -6,6 +6,8 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"testing"
+
+	"github.com/npsfuse/npsfuse/gocore/parallel"
 )
 
 func harmonic(n int) []float64 {
@@ -150,7 +152,7 @@ func TestRandomizedSVDReconstructExactRank(t *testing.T) {
 	for i := range dst {
 		dst[i] = float32(math.NaN()) // must be ignored
 	}
-	if err := got.Reconstruct(dst); err != nil {
+	if err := got.Reconstruct(parallel.Pool{}, dst); err != nil {
 		t.Fatal(err)
 	}
 	worst := 0.0
@@ -160,7 +162,7 @@ func TestRandomizedSVDReconstructExactRank(t *testing.T) {
 	if worst > 1e-5 {
 		t.Errorf("max |A − USVᵀ| = %.3g", worst)
 	}
-	if err := got.Reconstruct(make([]float32, 10)); !errors.Is(err, errShape) {
+	if err := got.Reconstruct(parallel.Pool{}, make([]float32, 10)); !errors.Is(err, errShape) {
 		t.Errorf("Reconstruct into a short slice: err = %v", err)
 	}
 }

@@ -1,6 +1,10 @@
 package linalg
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/npsfuse/npsfuse/gocore/parallel"
+)
 
 // BenchmarkLinalgSmall times, at 512×512, the two GEMM shapes of the
 // randomized SVD (rank 64 + oversampling 10, so l = 74) and the whole
@@ -17,8 +21,8 @@ func BenchmarkLinalgSmall(b *testing.B) {
 		name string
 		run  func() error
 	}{
-		{"Yt=(A*V)t", func() error { timesBasis(c, a, vt); return nil }},
-		{"Zt=Qt*A", func() error { basisTimes(c, vt, a); return nil }},
+		{"Yt=(A*V)t", func() error { timesBasis(parallel.Pool{}, c, a, vt); return nil }},
+		{"Zt=Qt*A", func() error { basisTimes(parallel.Pool{}, c, vt, a); return nil }},
 		{"RandomizedSVD", func() error {
 			_, err := RandomizedSVD(a, Options{Rank: 64, PowerIters: 2, Seed: 1})
 			return err

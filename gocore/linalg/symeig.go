@@ -38,7 +38,7 @@ var errEigNoConvergence = errors.New("linalg: symmetric eigensolver did not conv
 // about 4/3·n³ flops for the reduction, 4/3·n³ to form Q and roughly
 // 3·n³ to 5·n³ for the rotations; O(n²) memory. Errors: n < 0, len(a) <
 // n·n, a NaN or ±Inf entry, or no convergence.
-func SymEig(a []float64, n int) (vals, z []float64, err error) {
+func SymEig(pool parallel.Pool, a []float64, n int) (vals, z []float64, err error) {
 	if n < 0 || len(a) < n*n {
 		return nil, nil, fmt.Errorf("symmetric eigendecomposition of a %d×%d matrix with %d entries: %w", n, n, len(a), errShape)
 	}
@@ -70,7 +70,7 @@ func SymEig(a []float64, n int) (vals, z []float64, err error) {
 			zt[j*n+i] = q[i*n+j]
 		}
 	}
-	if err := tridiagQL(d, e, zt, n); err != nil {
+	if err := tridiagQL(pool, d, e, zt, n); err != nil {
 		return nil, nil, fmt.Errorf("symmetric eigendecomposition of a %d×%d matrix: %w", n, n, err)
 	}
 	// Descending order; equal values keep their order.
@@ -100,7 +100,7 @@ type givens struct {
 // bottom-up as the QL variant), overwriting d with the eigenvalues
 // (unsorted) and rotating the rows of zt (n×n) along: on return row i of zt
 // is the input rows' combination belonging to d[i].
-func tridiagQL(d, e, zt []float64, n int) error {
+func tridiagQL(pool parallel.Pool, d, e, zt []float64, n int) error {
 	const eps = 0x1p-52
 	var sweep []givens
 	for l := 0; l < n; l++ {
@@ -147,7 +147,7 @@ func tridiagQL(d, e, zt []float64, n int) error {
 				g = c*r - b
 				sweep = append(sweep, givens{i: i, c: c, s: s})
 			}
-			rotateRows(zt, n, sweep)
+			rotateRows(pool, zt, n, sweep)
 			if !deflated {
 				d[l] -= p
 				e[l] = g
@@ -167,7 +167,7 @@ const rotateRowsBlock = 128
 // and row_i ← c·row_i − s·row_{i+1} (old values on the right). Columns
 // are independent, so blocks of them run in parallel when the sweep is
 // long; every entry sees the same operations either way.
-func rotateRows(zt []float64, n int, sweep []givens) {
+func rotateRows(pool parallel.Pool, zt []float64, n int, sweep []givens) {
 	if len(sweep) == 0 {
 		return
 	}
@@ -177,11 +177,11 @@ func rotateRows(zt []float64, n int, sweep []givens) {
 		}
 	}
 	blocks := (n + rotateRowsBlock - 1) / rotateRowsBlock
-	if blocks < 2 || len(sweep)*n < 1<<16 || parallel.Threads() < 2 {
+	if blocks < 2 || len(sweep)*n < 1<<16 || pool.Size() < 2 {
 		apply(0, n)
 		return
 	}
-	parallel.For(blocks, func(_, b int) {
+	pool.For(blocks, func(_, b int) {
 		apply(b*rotateRowsBlock, min((b+1)*rotateRowsBlock, n))
 	})
 }

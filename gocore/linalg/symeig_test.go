@@ -76,7 +76,7 @@ func TestSymEigAgainstGonum(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			n := tc.n
 			in := slices.Clone(tc.a)
-			vals, z, err := SymEig(tc.a, n)
+			vals, z, err := SymEig(parallel.Pool{}, tc.a, n)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -127,12 +127,10 @@ func TestSymEigAgainstGonum(t *testing.T) {
 // TestSymEigThreadInvariance: the rotations are shared out over columns
 // only when a sweep is long; the bits must not depend on it.
 func TestSymEigThreadInvariance(t *testing.T) {
-	defer parallel.SetThreads(0)
 	a := symFromSpectrum(5, geometric(300, 0.98))
 	var ref []float64
 	for _, th := range []int{1, 2, 3} {
-		parallel.SetThreads(th)
-		vals, z, err := SymEig(a, 300)
+		vals, z, err := SymEig(parallel.Pool{Threads: th}, a, 300)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -148,13 +146,13 @@ func TestSymEigThreadInvariance(t *testing.T) {
 }
 
 func TestSymEigErrors(t *testing.T) {
-	if _, _, err := SymEig(make([]float64, 3), 2); err == nil {
+	if _, _, err := SymEig(parallel.Pool{}, make([]float64, 3), 2); err == nil {
 		t.Error("short input accepted")
 	}
-	if _, _, err := SymEig([]float64{1, math.NaN(), math.NaN(), 1}, 2); err == nil {
+	if _, _, err := SymEig(parallel.Pool{}, []float64{1, math.NaN(), math.NaN(), 1}, 2); err == nil {
 		t.Error("NaN accepted")
 	}
-	vals, z, err := SymEig(nil, 0)
+	vals, z, err := SymEig(parallel.Pool{}, nil, 0)
 	if err != nil || len(vals) != 0 || len(z) != 0 {
 		t.Errorf("empty: %v %v %v", vals, z, err)
 	}

@@ -142,7 +142,7 @@ func BenchmarkSlerp(b *testing.B) {
 
 // BenchmarkTriad is the STREAM triad a[i] = b[i] + s·c[i] over three arrays
 // as large as the merge's per-model data summed over tensors, split into
-// parallel.Chunk pieces on parallel.Threads() goroutines like the merge
+// parallel.Chunk pieces on the default pool's goroutines like the merge
 // kernels. Its MB/s (12 bytes per element) is the bandwidth the merge's
 // MB/s is measured against.
 func BenchmarkTriad(b *testing.B) {
@@ -154,7 +154,7 @@ func BenchmarkTriad(b *testing.B) {
 	const s = 0.5
 	b.SetBytes(int64(12 * n))
 	for b.Loop() {
-		parallel.For(parallel.NumChunks(n), func(_, c int) {
+		parallel.Pool{}.For(parallel.NumChunks(n), func(_, c int) {
 			lo := c * parallel.Chunk
 			hi := min(lo+parallel.Chunk, n)
 			a, bb, cc := x[lo:hi], y[lo:hi], z[lo:hi]

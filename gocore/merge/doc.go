@@ -36,7 +36,7 @@
 //
 // # Determinism and reports
 //
-// Work is spread over parallel.Threads() goroutines; arithmetic is float32
+// Work is spread over Params.Pool's goroutines; arithmetic is float32
 // whatever the storage (statistics accumulate in float64), each element is
 // computed the same way on any goroutine, reductions combine per-chunk
 // partial results in chunk order, and random draws come from rng streams

@@ -216,17 +216,16 @@ func dataParams(method string, ts []Tensor, seed uint64) Params {
 }
 
 func TestDataAwareThreadsAndStreaming(t *testing.T) {
-	defer parallel.SetThreads(0)
 	shapes := [][]int{{7}, {40, 30}, {70, 70}, {3, 5, 2}}
 	for _, method := range []string{"fisher", "regmean"} {
 		for _, dt := range []tensor.DType{tensor.F32, tensor.BF16} {
 			var ref [][]float32
 			var refRep map[string]any
 			for _, th := range []int{1, 2, 5} {
-				parallel.SetThreads(th)
 				ts := randomMerge(rand.New(rand.NewPCG(3, 4)), dt, shapes, 3)
 				ts[2].Transposed = true
 				p := dataParams(method, ts, 1)
+				p.Pool = parallel.Pool{Threads: th}
 				rep, err := RunReport(method, p, ts)
 				if err != nil {
 					t.Fatal(err)

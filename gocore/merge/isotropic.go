@@ -4,6 +4,7 @@ import (
 	"math"
 
 	"github.com/npsfuse/npsfuse/gocore/linalg"
+	"github.com/npsfuse/npsfuse/gocore/parallel"
 )
 
 // Isotropic merging (Marczak, Magistri, Cygert, Twardowski, Bagdanov & van
@@ -51,12 +52,12 @@ func init() {
 type isoCTS struct{ subspaceMerge }
 
 // isoCDelta is Iso-C's Δ = σ̄·polar(Δ_TA).
-func isoCDelta(_ *Params, sum linalg.Matrix, _ []linalg.Matrix) (linalg.Matrix, error) {
-	p, sv, err := linalg.Polar(sum)
+func isoCDelta(p *Params, sum linalg.Matrix, _ []linalg.Matrix) (linalg.Matrix, error) {
+	q, sv, err := linalg.Polar(p.Pool, sum)
 	if err != nil {
 		return linalg.Matrix{}, err
 	}
-	return scaled(p, meanSingular(sv)), nil
+	return scaled(q, meanSingular(sv)), nil
 }
 
 // isoCTSSizes returns Iso-CTS's common-subspace size k and per-task size s
@@ -78,24 +79,24 @@ func isoCTSDelta(p *Params, sum linalg.Matrix, tasks []linalg.Matrix) (linalg.Ma
 	if per == 0 {
 		return isoCDelta(p, sum, nil)
 	}
-	c, err := linalg.GramSVD(sum, common)
+	c, err := linalg.GramSVD(p.Pool, sum, common)
 	if err != nil {
 		return linalg.Matrix{}, err
 	}
 	own := make([]linalg.SVD, T)
-	err = forTasks(T, func(t int) error {
-		rest, err := linalg.ProjectOut(tasks[t], c.U)
+	err = forTasks(p.Pool, T, func(t int) error {
+		rest, err := linalg.ProjectOut(p.Pool, tasks[t], c.U)
 		if err != nil {
 			return err
 		}
-		own[t], err = linalg.GramSVD(rest, per)
+		own[t], err = linalg.GramSVD(p.Pool, rest, per)
 		return err
 	})
 	if err != nil {
 		return linalg.Matrix{}, err
 	}
 	// [U_1 … U_T U_common], likewise the singular values and Vᵀ's rows.
-	pu, sv, pvt, err := orthogonalFactors(append(own, c), m, n)
+	pu, sv, pvt, err := orthogonalFactors(p.Pool, append(own, c), m, n)
 	if err != nil {
 		return linalg.Matrix{}, err
 	}
@@ -108,19 +109,19 @@ func isoCTSDelta(p *Params, sum linalg.Matrix, tasks []linalg.Matrix) (linalg.Ma
 	for i := range coef {
 		coef[i] = float32(mean)
 	}
-	return lowRank(pu, coef, pvt)
+	return lowRank(p.Pool, pu, coef, pvt)
 }
 
 // orthogonalFactors concatenates the SVDs' factors (concatSVDs) and
 // replaces U and Vᵀ by their polar factors, the nearest matrices with
 // orthonormal columns and rows: the orthogonalisation of TSV-Merge and
 // Iso-CTS. The singular values are returned in concatenation order.
-func orthogonalFactors(parts []linalg.SVD, m, n int) (pu linalg.Matrix, sv []float32, pvt linalg.Matrix, err error) {
+func orthogonalFactors(pool parallel.Pool, parts []linalg.SVD, m, n int) (pu linalg.Matrix, sv []float32, pvt linalg.Matrix, err error) {
 	u, sv, vt := concatSVDs(parts, m, n)
-	if pu, _, err = linalg.Polar(u); err != nil {
+	if pu, _, err = linalg.Polar(pool, u); err != nil {
 		return linalg.Matrix{}, nil, linalg.Matrix{}, err
 	}
-	if pvt, _, err = linalg.Polar(vt); err != nil {
+	if pvt, _, err = linalg.Polar(pool, vt); err != nil {
 		return linalg.Matrix{}, nil, linalg.Matrix{}, err
 	}
 	return pu, sv, pvt, nil
@@ -150,9 +151,9 @@ func concatSVDs(parts []linalg.SVD, m, n int) (u linalg.Matrix, sv []float32, vt
 }
 
 // lowRank returns U·diag(coef)·Vt as a new matrix.
-func lowRank(u linalg.Matrix, coef []float32, vt linalg.Matrix) (linalg.Matrix, error) {
+func lowRank(pool parallel.Pool, u linalg.Matrix, coef []float32, vt linalg.Matrix) (linalg.Matrix, error) {
 	d := linalg.NewMatrix(u.Rows, vt.Cols)
-	if err := linalg.ApplyWeighted(d.Data, u, coef, vt, 0); err != nil {
+	if err := linalg.ApplyWeighted(pool, d.Data, u, coef, vt, 0); err != nil {
 		return linalg.Matrix{}, err
 	}
 	return d, nil

@@ -73,9 +73,9 @@ func (pcb) prepare(e *engine, which []int) error {
 		}
 	}
 	for _, u := range big {
-		one(u, parallel.Threads())
+		one(u, e.p.Pool.Size())
 	}
-	parallel.For(len(small), func(_, i int) { one(small[i], 1) })
+	e.p.Pool.For(len(small), func(_, i int) { one(small[i], 1) })
 	return fail.err
 }
 

@@ -248,7 +248,7 @@ func (e *engine) regmeanSolve(ti int) ([]float32, error) {
 			tau[k] = float64(x[k]) - float64(base[k])
 			tauMean[k] += float64(w * tau[k])
 		}
-		gemmTiles(!lay.transposed, in, out, in, w, g, in, tau, ldTau, rhs, out)
+		gemmTiles(e.p.Pool, !lay.transposed, in, out, in, w, g, in, tau, ldTau, rhs, out)
 	}
 	wsum := float64(e.wsum)
 	for k := range tauMean {
@@ -330,15 +330,15 @@ const gemmTile = 64
 // leading dimension lda), op(B) k×n (B stored n×k when transB, else k×n)
 // and C m×n. Each 64×64 tile of C is one call of gonum's Dgemm, which runs
 // it serially, so the result does not depend on how tiles are spread over
-// parallel.Threads() goroutines.
-func gemmTiles(transB bool, m, n, k int, alpha float64, a []float64, lda int, b []float64, ldb int, c []float64, ldc int) {
+// the pool's goroutines.
+func gemmTiles(pool parallel.Pool, transB bool, m, n, k int, alpha float64, a []float64, lda int, b []float64, ldb int, c []float64, ldc int) {
 	var impl blasgonum.Implementation
 	tm, tn := (m+gemmTile-1)/gemmTile, (n+gemmTile-1)/gemmTile
 	tb := blas.NoTrans
 	if transB {
 		tb = blas.Trans
 	}
-	parallel.For(tm*tn, func(_, t int) {
+	pool.For(tm*tn, func(_, t int) {
 		i0, j0 := (t/tn)*gemmTile, (t%tn)*gemmTile
 		mi, nj := min(gemmTile, m-i0), min(gemmTile, n-j0)
 		bs := b[j0:]

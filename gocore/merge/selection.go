@@ -116,7 +116,7 @@ func (e *engine) selectUnits(units []int, sums bool, targets func(u int, n int64
 	for i, u := range units {
 		tgts[i] = targets(u, all[u].n)
 	}
-	parallel.For(len(units), func(_, i int) {
+	e.p.Pool.For(len(units), func(_, i int) {
 		wins[i], winOf[i] = e.windows(all[units[i]], tgts[i])
 	})
 	// 2. One counting pass over the chunks of every unit.
@@ -132,7 +132,7 @@ func (e *engine) selectUnits(units []int, sums bool, targets func(u int, n int64
 		counts[i] = make([]chunkCount, len(all[u].chunks))
 	}
 	var fail chunkError
-	parallel.For(len(jobs), func(_, j int) {
+	e.p.Pool.For(len(jobs), func(_, j int) {
 		jb := jobs[j]
 		ch := all[units[jb.i]].chunks[jb.c]
 		ws := e.workspace()
@@ -160,7 +160,7 @@ func (e *engine) selectUnits(units []int, sums bool, targets func(u int, n int64
 			}
 		}
 		for ti, t := range tgts[i] {
-			ct, kept, ok := finishCut(t, winOf[i][ti], un, counts[i])
+			ct, kept, ok := finishCut(e.p.Pool, t, winOf[i][ti], un, counts[i])
 			if !ok {
 				var err error
 				if ct, kept, err = e.exactCut(un, t, sums); err != nil {
@@ -341,7 +341,7 @@ func (e *engine) countChunk(ch chunkRef, ws *workspace, wins []window, sums bool
 // finishCut derives target t's cut from the counts of its window w, or
 // reports that the window missed it. The kept sum is meaningful when the
 // counting pass summed magnitudes.
-func finishCut(t rankTarget, w int, un unit, counts []chunkCount) (cut, float64, bool) {
+func finishCut(pool parallel.Pool, t rankTarget, w int, un unit, counts []chunkCount) (cut, float64, bool) {
 	switch {
 	case t.k <= 0:
 		return cut{none: true}, 0, true
@@ -367,7 +367,7 @@ func finishCut(t rankTarget, w int, un unit, counts []chunkCount) (cut, float64,
 			lo := c * parallel.Chunk
 			return cands[lo:min(lo+parallel.Chunk, len(cands))]
 		}
-		bits = topk.Select(kk, int64(len(cands)), parallel.NumChunks(len(cands)), src, parallel.Threads()).Bits
+		bits = topk.Select(kk, int64(len(cands)), parallel.NumChunks(len(cands)), src, pool.Size()).Bits
 	}
 	// Ties: entries equal to bits, per chunk; above it: the count above hi
 	// plus the larger candidates.
@@ -425,7 +425,7 @@ func finishCut(t rankTarget, w int, un unit, counts []chunkCount) (cut, float64,
 func (e *engine) exactCut(un unit, t rankTarget, sums bool) (cut, float64, error) {
 	var fail chunkError
 	src := e.magnitudes(t.m, un.chunks, &fail)
-	tc := topk.Select(t.k, un.n, len(un.chunks), src, parallel.Threads())
+	tc := topk.Select(t.k, un.n, len(un.chunks), src, e.p.Pool.Size())
 	if fail.err != nil {
 		return cut{}, 0, fail.err
 	}
@@ -440,7 +440,7 @@ func (e *engine) exactCut(un unit, t rankTarget, sums bool) (cut, float64, error
 		return ct, 0, fail.err
 	}
 	partial := make([]float64, len(un.chunks))
-	parallel.For(len(un.chunks), func(_, c int) {
+	e.p.Pool.For(len(un.chunks), func(_, c int) {
 		buf := make([]uint32, 0, un.chunks[c].hi-un.chunks[c].lo)
 		mags := src(c, buf)
 		tau := make([]float32, len(mags))

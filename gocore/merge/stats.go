@@ -4,8 +4,6 @@ import (
 	"math"
 
 	"gonum.org/v1/gonum/blas/gonum"
-
-	"github.com/npsfuse/npsfuse/gocore/parallel"
 )
 
 // dot64 is Σ x_i·y_i over float32 inputs, accumulated in float64 (gonum's
@@ -31,7 +29,7 @@ func (e *engine) tensorSums(tis []int, width int, fn func(ch chunkRef, ws *works
 	}
 	accs := make([]float64, len(chunks)*width)
 	var fail chunkError
-	parallel.For(len(chunks), func(_, c int) {
+	e.p.Pool.For(len(chunks), func(_, c int) {
 		ws := e.workspace()
 		defer e.scratch.Put(ws)
 		if err := fn(chunks[c], ws, accs[c*width:(c+1)*width]); err != nil {

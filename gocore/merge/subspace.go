@@ -101,7 +101,7 @@ func (s subspaceMerge) prepare(e *engine, units []int) error {
 func (e *engine) checkTensorFinite(ti int) error {
 	chunks := e.tensorChunks(ti)
 	var fail chunkError
-	parallel.For(len(chunks), func(_, c int) {
+	e.p.Pool.For(len(chunks), func(_, c int) {
 		ws := e.workspace()
 		defer e.scratch.Put(ws)
 		if _, _, _, err := e.loadAll(chunks[c], ws); err != nil {
@@ -126,7 +126,7 @@ func (s subspaceMerge) tensorDelta(e *engine, ti int) ([]float32, error) {
 	}
 	chunks := e.tensorChunks(ti)
 	var fail chunkError
-	parallel.For(len(chunks), func(_, c int) {
+	e.p.Pool.For(len(chunks), func(_, c int) {
 		ch := chunks[c]
 		ws := e.workspace()
 		defer e.scratch.Put(ws)
@@ -206,9 +206,9 @@ func meanSingular(sv []float64) float64 {
 
 // forTasks runs fn(t) for every task in parallel and returns the error of
 // the lowest-numbered failing task.
-func forTasks(T int, fn func(t int) error) error {
+func forTasks(pool parallel.Pool, T int, fn func(t int) error) error {
 	errs := make([]error, T)
-	parallel.For(T, func(_, t int) { errs[t] = fn(t) })
+	pool.For(T, func(_, t int) { errs[t] = fn(t) })
 	for t, err := range errs {
 		if err != nil {
 			return fmt.Errorf("model %d: %w", t, err)

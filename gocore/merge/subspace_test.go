@@ -93,7 +93,7 @@ func randMat(r *rand.Rand, rows, cols int, sigma float64) []float32 {
 // spectrum returns the singular values of the m×n matrix x, descending.
 func spectrum(t *testing.T, x []float32, m, n int) []float64 {
 	t.Helper()
-	s, err := linalg.GramSVD(linalg.Matrix{Rows: m, Cols: n, Data: x}, min(m, n))
+	s, err := linalg.GramSVD(parallel.Pool{}, linalg.Matrix{Rows: m, Cols: n, Data: x}, min(m, n))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,7 +229,6 @@ func TestSubspaceTransposedIsTranspose(t *testing.T) {
 // the same bits on 1, 2 and 3 threads (the generic thread test covers the
 // small shapes and every dtype).
 func TestSubspaceThreadsLargeMatrix(t *testing.T) {
-	defer parallel.SetThreads(0)
 	r := rand.New(rand.NewPCG(8, 8))
 	const rows, cols = 310, 270
 	base := randMat(r, rows, cols, 1)
@@ -237,9 +236,10 @@ func TestSubspaceThreadsLargeMatrix(t *testing.T) {
 	for _, method := range []string{"tsv", "iso_c", "iso_cts"} {
 		var ref []float32
 		for _, th := range []int{1, 2, 3} {
-			parallel.SetThreads(th)
 			ts := shaped("w", []int{rows, cols}, base, models...)
-			if err := Run(method, DefaultParams(method), ts); err != nil {
+			pp := DefaultParams(method)
+			pp.Pool = parallel.Pool{Threads: th}
+			if err := Run(method, pp, ts); err != nil {
 				t.Fatal(err)
 			}
 			if ref == nil {

@@ -43,7 +43,7 @@ func init() {
 }
 
 // tsvDelta is TSV-M's Δ for one matrix.
-func tsvDelta(_ *Params, sum linalg.Matrix, tasks []linalg.Matrix) (linalg.Matrix, error) {
+func tsvDelta(p *Params, sum linalg.Matrix, tasks []linalg.Matrix) (linalg.Matrix, error) {
 	m, n := sum.Rows, sum.Cols
 	T := len(tasks)
 	k := min(m, n) / T
@@ -51,17 +51,17 @@ func tsvDelta(_ *Params, sum linalg.Matrix, tasks []linalg.Matrix) (linalg.Matri
 		return linalg.NewMatrix(m, n), nil
 	}
 	parts := make([]linalg.SVD, T)
-	err := forTasks(T, func(t int) error {
+	err := forTasks(p.Pool, T, func(t int) error {
 		var err error
-		parts[t], err = linalg.GramSVD(tasks[t], k)
+		parts[t], err = linalg.GramSVD(p.Pool, tasks[t], k)
 		return err
 	})
 	if err != nil {
 		return linalg.Matrix{}, err
 	}
-	pu, sv, pvt, err := orthogonalFactors(parts, m, n)
+	pu, sv, pvt, err := orthogonalFactors(p.Pool, parts, m, n)
 	if err != nil {
 		return linalg.Matrix{}, err
 	}
-	return lowRank(pu, sv, pvt)
+	return lowRank(p.Pool, pu, sv, pvt)
 }

@@ -10,9 +10,9 @@ import (
 // Apply writes out = base + Σ_i lam[i]·taus[i] in float32 arithmetic,
 // rounded to out's dtype: transfer (one task vector, METHODS.md "Uses":
 // θ₀ + λ·τ_NPS) and fusion (θ₀ + Σ λ_i τ_NPS,i). All vectors have base's
-// length; out must not alias an input. Parallel over chunks; the sum runs
+// length; out must not alias an input. Parallel over chunks (on pool); the sum runs
 // in task order, so results do not depend on the thread count.
-func Apply(out, base tensor.Vec, taus []tensor.Vec, lam []float32) error {
+func Apply(pool parallel.Pool, out, base tensor.Vec, taus []tensor.Vec, lam []float32) error {
 	n := base.Len()
 	if len(taus) != len(lam) {
 		return fmt.Errorf("%w: %d task vectors, %d scales", ErrInput, len(taus), len(lam))
@@ -25,8 +25,8 @@ func Apply(out, base tensor.Vec, taus []tensor.Vec, lam []float32) error {
 			return fmt.Errorf("%w: task vector %d has %d elements, base has %d", ErrInput, i, t.Len(), n)
 		}
 	}
-	bufs := make([][]float32, parallel.Workers(parallel.NumChunks(n)))
-	parallel.For(parallel.NumChunks(n), func(w, c int) {
+	bufs := make([][]float32, pool.Workers(parallel.NumChunks(n)))
+	pool.For(parallel.NumChunks(n), func(w, c int) {
 		if bufs[w] == nil {
 			bufs[w] = make([]float32, 3*parallel.Chunk)
 		}

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/npsfuse/npsfuse/gocore/linalg"
+	"github.com/npsfuse/npsfuse/gocore/parallel"
 )
 
 // benchDecomposition decomposes nMat random dim×dim matrices into 8 SVD
@@ -44,7 +45,7 @@ func BenchmarkBuild(b *testing.B) {
 	b.Run("reweight", func(b *testing.B) {
 		for b.Loop() {
 			for i := range d.tensors {
-				if err := d.tensors[i].reweight(w.Shared, out[i]); err != nil {
+				if err := d.tensors[i].reweight(parallel.Pool{}, w.Shared, out[i]); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -59,7 +60,7 @@ func BenchmarkBuild(b *testing.B) {
 				copy(work[i], out[i])
 			}
 			b.StartTimer()
-			prune(work, 0.1, true)
+			prune(parallel.Pool{}, work, 0.1, true)
 		}
 	})
 	b.Run("magnitude", func(b *testing.B) {
@@ -91,7 +92,7 @@ func BenchmarkLowRank(b *testing.B) {
 	dst := randn(rng, n*n)
 	flops := 2.0 * n * n * r
 	for b.Loop() {
-		if err := linalg.ApplyWeighted(dst, u, coef, vt, 1); err != nil {
+		if err := linalg.ApplyWeighted(parallel.Pool{}, dst, u, coef, vt, 1); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -2,8 +2,9 @@
 // 2025): a task vector τ is split into subspaces q_m with τ = Σ_m q_m, each
 // subspace gets a weight w_m, and the top `keep` fraction of the reweighted
 // τ' = Σ_m w_m q_m by magnitude is kept (METHODS.md, "NPS-Pruning", steps
-// 1–3). The search for w (step 4) lives in gocore/search and is driven by
-// the caller.
+// 1–3). The search for w (step 4) is Session: the start point first, then
+// the generations of an optimizer from gocore/search (search.New), driven by
+// every door alike (npsfuse.nps.Search, the daemon's nps_search).
 //
 // The decomposition is computed once per tensor and kept compactly: for a
 // 2-D tensor the factors U, S, Vᵀ of a randomized truncated SVD of rank R

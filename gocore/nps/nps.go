@@ -1,10 +1,10 @@
 package nps
 
 import (
-	"errors"
 	"fmt"
 	"math"
 
+	"github.com/npsfuse/npsfuse/gocore/fault"
 	"github.com/npsfuse/npsfuse/gocore/linalg"
 	"github.com/npsfuse/npsfuse/gocore/parallel"
 	"github.com/npsfuse/npsfuse/gocore/topk"
@@ -34,7 +34,7 @@ func ParseKind(s string) (Kind, error) {
 }
 
 // ErrInput marks bad arguments.
-var ErrInput = errors.New("invalid NPS input")
+var ErrInput = fault.New(fault.InvalidInput, "invalid NPS input")
 
 // Options configure Decompose.
 type Options struct {
@@ -49,6 +49,9 @@ type Options struct {
 	PowerIters, Oversample int
 	// Seed of the randomized SVD's sketch (per tensor: Seed + tensor index).
 	Seed uint64
+	// Pool is the thread count of Decompose and of the decomposition's
+	// Build (zero value: the process default); results do not depend on it.
+	Pool parallel.Pool
 }
 
 // Input is one tensor's task vector. Decompose keeps Tau (it does not copy
@@ -64,6 +67,7 @@ type Decomposition struct {
 	m       int
 	tensors []decomp
 	total   int64
+	pool    parallel.Pool
 }
 
 type decomp struct {
@@ -83,7 +87,7 @@ func Decompose(inputs []Input, opt Options) (*Decomposition, error) {
 	if M < 1 {
 		return nil, fmt.Errorf("%w: subspaces must be ≥ 1, got %d", ErrInput, M)
 	}
-	d := &Decomposition{m: M}
+	d := &Decomposition{m: M, pool: opt.Pool}
 	for i, in := range inputs {
 		rows, cols := shape2(in.Shape, len(in.Tau))
 		if rows*cols != len(in.Tau) {
@@ -101,7 +105,7 @@ func Decompose(inputs []Input, opt Options) (*Decomposition, error) {
 			}
 			r = min(r, rows, cols)
 			s, err := linalg.RandomizedSVD(linalg.Matrix{Rows: rows, Cols: cols, Data: in.Tau},
-				linalg.Options{Rank: r, Oversample: opt.Oversample, PowerIters: opt.PowerIters, Seed: opt.Seed + uint64(i)})
+				linalg.Options{Rank: r, Oversample: opt.Oversample, PowerIters: opt.PowerIters, Seed: opt.Seed + uint64(i), Pool: opt.Pool})
 			if err != nil {
 				return nil, fmt.Errorf("tensor %q: %w", in.Name, err)
 			}
@@ -111,7 +115,7 @@ func Decompose(inputs []Input, opt Options) (*Decomposition, error) {
 				t.band[j] = min(RankBand(j), M-2)
 			}
 		} else {
-			t.thresholds = magnitudeBands(in.Tau, M)
+			t.thresholds = magnitudeBands(opt.Pool, in.Tau, M)
 		}
 		d.tensors = append(d.tensors, t)
 	}
@@ -143,13 +147,13 @@ func shape2(shape []int, n int) (int, int) {
 // magnitudeBands returns M−1 descending thresholds cutting |x| into M
 // equal-count bands (band 0 = largest magnitudes). Entries equal to a
 // threshold go to the band above it, so counts are equal up to ties.
-func magnitudeBands(x []float32, M int) []uint32 {
+func magnitudeBands(pool parallel.Pool, x []float32, M int) []uint32 {
 	th := make([]uint32, M-1)
 	n := int64(len(x))
 	src, nc := chunkSource(x)
 	for b := 0; b < M-1; b++ {
 		k := n * int64(b+1) / int64(M)
-		cut := topk.Select(k, n, nc, src, parallel.Threads())
+		cut := topk.Select(k, n, nc, src, pool.Size())
 		switch {
 		case cut.None:
 			th[b] = math.MaxUint32 // nothing in this band
@@ -241,15 +245,15 @@ func (d *Decomposition) Build(w Weights, keep float64, global bool, out [][]floa
 		}
 	}
 	for i := range d.tensors {
-		if err := d.tensors[i].reweight(w.of(i), out[i]); err != nil {
+		if err := d.tensors[i].reweight(d.pool, w.of(i), out[i]); err != nil {
 			return 0, err
 		}
 	}
-	return prune(out, keep, global), nil
+	return prune(d.pool, out, keep, global), nil
 }
 
 // reweight writes τ' = Σ_m w_m q_m into dst.
-func (t *decomp) reweight(w []float64, dst []float32) error {
+func (t *decomp) reweight(pool parallel.Pool, w []float64, dst []float32) error {
 	M := len(w)
 	if t.svd == nil {
 		ws := make([]float32, M)
@@ -257,7 +261,7 @@ func (t *decomp) reweight(w []float64, dst []float32) error {
 			ws[i] = float32(v)
 		}
 		th := t.thresholds
-		parallel.For(parallel.NumChunks(len(t.tau)), func(_, c int) {
+		pool.For(parallel.NumChunks(len(t.tau)), func(_, c int) {
 			lo, hi := c*parallel.Chunk, min((c+1)*parallel.Chunk, len(t.tau))
 			for j, x := range t.tau[lo:hi] {
 				a := topk.AbsBits(x)
@@ -274,7 +278,7 @@ func (t *decomp) reweight(w []float64, dst []float32) error {
 	// dst = w_M·τ in one parallel pass, then dst += U·diag(c)·Vᵀ (linalg's
 	// GEMM, beta = 1): together the float32 operations, in the same order,
 	// of linalg.ApplyWeighted(τ copy, U, c, Vᵀ, w_M).
-	parallel.For(parallel.NumChunks(len(t.tau)), func(_, c int) {
+	pool.For(parallel.NumChunks(len(t.tau)), func(_, c int) {
 		lo, hi := c*parallel.Chunk, min((c+1)*parallel.Chunk, len(t.tau))
 		d := dst[lo:hi]
 		switch wRes {
@@ -291,7 +295,7 @@ func (t *decomp) reweight(w []float64, dst []float32) error {
 	for j, s := range t.svd.S {
 		coef[j] = (float32(w[t.band[j]]) - wRes) * s
 	}
-	if err := linalg.ApplyWeighted(dst, t.svd.U, coef, t.svd.Vt, 1); err != nil {
+	if err := linalg.ApplyWeighted(pool, dst, t.svd.U, coef, t.svd.Vt, 1); err != nil {
 		return fmt.Errorf("tensor %q: %w", t.name, err)
 	}
 	return nil
@@ -299,7 +303,7 @@ func (t *decomp) reweight(w []float64, dst []float32) error {
 
 // prune zeroes all but the top ⌊keep·n⌋ magnitudes of xs (jointly when
 // global) and returns how many it kept.
-func prune(xs [][]float32, keep float64, global bool) int64 {
+func prune(pool parallel.Pool, xs [][]float32, keep float64, global bool) int64 {
 	type ref struct{ t, lo, hi int }
 	var kept int64
 	run := func(group []int) {
@@ -318,12 +322,12 @@ func prune(xs [][]float32, keep float64, global bool) int64 {
 			vec.AbsBits(dst, xs[r.t][r.lo:r.hi])
 			return dst
 		}
-		cut := topk.Select(k, n, len(chunks), src, parallel.Threads())
+		cut := topk.Select(k, n, len(chunks), src, pool.Size())
 		if cut.All {
 			kept += n
 			return
 		}
-		parallel.For(len(chunks), func(_, c int) {
+		pool.For(len(chunks), func(_, c int) {
 			r := chunks[c]
 			x := xs[r.t][r.lo:r.hi]
 			if cut.None {

@@ -128,7 +128,7 @@ func TestSVDBandsAreRankRanges(t *testing.T) {
 
 func TestMagnitudeBandsEqualCount(t *testing.T) {
 	x := randn(rand.New(rand.NewPCG(5, 5)), 10000)
-	th := magnitudeBands(x, 4)
+	th := magnitudeBands(parallel.Pool{}, x, 4)
 	counts := make([]int, 4)
 	for _, v := range x {
 		a := math.Float32bits(v) & 0x7fffffff
@@ -183,13 +183,11 @@ func TestBuildKeepsExactlyK(t *testing.T) {
 }
 
 func TestBuildThreadInvariant(t *testing.T) {
-	defer parallel.SetThreads(0)
 	r := rand.New(rand.NewPCG(9, 9))
 	in := []Input{{Name: "big", Shape: []int{300, 200}, Tau: randn(r, 60000)}, {Name: "v", Shape: []int{5000}, Tau: randn(r, 5000)}}
 	var ref [][]float32
 	for _, th := range []int{1, 2, 3} {
-		parallel.SetThreads(th)
-		d, err := Decompose(in, Options{Subspaces: 8, Seed: 4})
+		d, err := Decompose(in, Options{Subspaces: 8, Seed: 4, Pool: parallel.Pool{Threads: th}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -233,13 +231,13 @@ func TestApply(t *testing.T) {
 	t2 := tensor.Alloc(3, tensor.BF16)
 	t2.Store([]float32{0.5, 0.5, 0.5}, 0)
 	out := tensor.Alloc(3, tensor.F32)
-	if err := Apply(out, base, []tensor.Vec{t1, t2}, []float32{2, -2}); err != nil {
+	if err := Apply(parallel.Pool{}, out, base, []tensor.Vec{t1, t2}, []float32{2, -2}); err != nil {
 		t.Fatal(err)
 	}
 	if want := []float32{2, 1, 0}; !slices.Equal(out.F32, want) {
 		t.Fatalf("got %v want %v", out.F32, want)
 	}
-	if err := Apply(out, base, []tensor.Vec{t1}, []float32{1, 2}); err == nil {
+	if err := Apply(parallel.Pool{}, out, base, []tensor.Vec{t1}, []float32{1, 2}); err == nil {
 		t.Fatal("mismatched scales accepted")
 	}
 }

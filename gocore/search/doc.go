@@ -12,6 +12,10 @@
 //     one-to-one greedy selection and a pluggable F/CR Schedule, including the
 //     periodic cosine schedule of CADE (Jiang, Du et al., 2024).
 //
+// New (factory.go) builds either from a JSON-friendly Config, and Save /
+// Restore carry its whole state (a DE's schedule inside DEState): the one
+// factory every door and session uses.
+//
 // # Direction of optimisation
 //
 // Both optimisers MAXIMISE by default: Tell takes one fitness per asked point

@@ -4,9 +4,9 @@ The low-dimensional counterpart of :class:`npsfuse.Evolver` (the job of
 mergekit-evolve): the search space is a box of merge parameters (λ, density,
 per-model weights and densities, method-specific knobs), each candidate is
 merged by :func:`npsfuse.merge`'s Go engine and scored by the caller's dev
-metric, and the optimiser is CMA-ES or differential evolution (optionally
-with CADE's cosine schedule) from :mod:`npsfuse.optim`, i.e. the Go
-optimisers of ``gocore/search``.
+metric, and the search is the engine's search session (``gocore/nps.Session``,
+the one NPS-Pruning uses) over CMA-ES or differential evolution (optionally
+with CADE's cosine schedule) from ``gocore/search``.
 
 The first candidate evaluated is the merge with the method's default
 parameters (clipped into the box), so on the dev metric the result is never
@@ -24,7 +24,8 @@ import numpy as np
 
 from . import merging as _m
 from ._state import ModelLike, StateDict, load_state_dict
-from .optim import Optimizer, cosine_schedule
+from .nps._engine import _Session
+from .optim import cosine_schedule
 
 __all__ = ["SearchMergeResult", "search_merge"]
 
@@ -247,53 +248,49 @@ def search_merge(
         return out
 
     merge_with = _merge_fn(base_sd, model_sds, method, fixed)
+    # The engine's search session, as for NPS: CMA-ES scores the start (the
+    # defaults) first; DE has it as its individual 0 (start_in_population).
+    opts: dict[str, Any] = {}
     if optimizer == "de":
-        sched = (cosine_schedule(generations, f=F_bounds, cr=CR_bounds) if schedule == "cosine"
-                 else {"kind": "constant", "f": float(F), "cr": float(CR)})
-        opt = Optimizer("de", x0, bounds=(lo, hi), popsize=popsize, seed=seed,
-                        strategy=strategy, schedule=sched)
-    else:
-        opt = Optimizer("cma", x0, bounds=(lo, hi), popsize=popsize, seed=seed, sigma0=sigma0)
-    history: list[dict[str, Any]] = []
-    best_x, best_f, start_f = np.asarray(x0), -math.inf, -math.inf
-    evals = 0
-
-    def score(x: np.ndarray) -> float:
-        s = float(evaluate(merge_with(to_params(x))))
-        return s if math.isfinite(s) else -math.inf
-
-    if optimizer == "cma":  # CMA-ES samples around x0: evaluate the start itself first
-        start_f = best_f = score(best_x)
-        evals = 1
+        opts["strategy"] = strategy
+        opts["start_in_population"] = True
+        opts["schedule"] = (cosine_schedule(generations, f=F_bounds, cr=CR_bounds)
+                            if schedule == "cosine"
+                            else {"kind": "constant", "f": float(F), "cr": float(CR)})
+    elif sigma0 is not None:
+        opts["sigma0"] = float(sigma0)
     rounds = generations + (1 if optimizer == "de" else 0)
+    session = _Session.new(np.asarray(x0), bounds=(lo, hi), optimizer=optimizer, popsize=popsize,
+                           seed=seed, generations=rounds, options=opts)
+    history: list[dict[str, Any]] = []
+
+    def run() -> list[float]:
+        scores = [float(evaluate(merge_with(to_params(x)))) for x in session.ask()]
+        session.tell(scores)  # a non-finite score is a failed candidate
+        return [s for s in scores if math.isfinite(s)]
+
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=rounds, desc=f"search {method}", unit="gen")
     try:
-        with opt:
-            for r in range(rounds):
-                xs = opt.ask()
-                scores = []
-                for x in xs:
-                    s = score(x)
-                    if evals == 0:
-                        start_f = s  # DE's individual 0 is x0
-                    scores.append(s)
-                    evals += 1
-                    if s > best_f:
-                        best_x, best_f = np.array(x), s
-                opt.tell(scores)
-                ok = [s for s in scores if math.isfinite(s)]
-                history.append({"generation": r, "best": best_f,
-                                "mean": float(np.mean(ok)) if ok else -math.inf,
-                                "evaluations": evals})
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(best=f"{best_f:.4g}")
+        if optimizer == "cma":
+            run()  # the start point
+        for r in range(rounds):
+            ok = run()
+            info = session.info()
+            history.append({"generation": r, "best": info["best_f"],
+                            "mean": float(np.mean(ok)) if ok else -math.inf,
+                            "evaluations": info["evaluations"]})
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(best=f"{info['best_f']:.4g}")
     finally:
+        session.close()
         if bar is not None:
             bar.close()
-    return SearchMergeResult(params=to_params(best_x), best_score=best_f, start_score=start_f,
-                             history=history, x=best_x, names=labels, _merge=merge_with)
+    best_x = np.asarray(x0) if info["best_x"] is None else info["best_x"]
+    return SearchMergeResult(params=to_params(best_x), best_score=info["best_f"],
+                             start_score=info["start_f"], history=history, x=best_x,
+                             names=labels, _merge=merge_with)

@@ -34,12 +34,12 @@ import torch
 
 from ._state import ModelLike, StateDict, load_state_dict
 from .nps import NPSResult, _apply, _atomic_write, fingerprint
+from .nps._result import _INT_OF_SIZE
 
 __all__ = ["load", "load_task_vector", "report", "save", "tasks"]
 
 _FORMAT = "npsfuse.compressed"
 _VERSION = 1
-_INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 _DTYPES = {str(d): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64)}
 
 

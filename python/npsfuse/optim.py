@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +78,12 @@ def _parse_float(v: Any) -> float:
     return float(v)
 
 
+def _scores_json(scores: Iterable[float | None]) -> str:
+    """Scores as the engine reads them: JSON, a failed one (None, NaN, ±inf) null."""
+    return json.dumps([None if v is None or not math.isfinite(float(v)) else float(v)
+                       for v in scores])
+
+
 def cosine_schedule(
     t: int, f: tuple[float, float] = (0.1, 0.9), cr: tuple[float, float] = (0.1, 0.9),
     *, jitter: bool = False,
@@ -106,7 +112,36 @@ def cosine_schedule(
             "cr_min": float(cr[0]), "cr_max": float(cr[1]), "t": int(t), "jitter": bool(jitter)}
 
 
-class Optimizer:
+class _Handle:
+    """A Go object behind an integer handle, freed by :meth:`close` (or GC).
+
+    Shared by :class:`Optimizer` and the NPS engine's objects
+    (``npsfuse.nps._engine``); ``_what`` names the object in the error a
+    closed one raises.
+    """
+
+    _h = 0
+    _what = "the object"
+
+    def _handle(self) -> int:
+        if not self._h:
+            raise ValueError(f"{self._what} is closed")
+        return self._h
+
+    def close(self) -> None:
+        """Free the Go state; further calls raise ``ValueError``. Idempotent."""
+        h, self._h = self._h, 0
+        if h:
+            try:
+                _core.go.Free(h)
+            except Exception:  # pragma: no cover - interpreter shutdown
+                pass
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class Optimizer(_Handle):
     """CMA-ES or differential evolution over a box, driven by ask/tell.
 
     Parameters
@@ -144,6 +179,8 @@ class Optimizer:
     ``ValueError``.
     """
 
+    _what = "the optimizer"
+
     def __init__(
         self,
         optimizer: str = "cma",
@@ -158,9 +195,10 @@ class Optimizer:
         minimize: bool = False,
         n: int | None = None,
     ) -> None:
-        self._h = 0
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        # The engine (search.New) checks the optimizer's name, lo <= hi and
+        # x0 inside the box. Checked here: what JSON cannot carry (non-finite
+        # numbers), what the engine reads differently (0 is its default
+        # sigma0 and popsize), and what Python says more helpfully.
         if x0 is None and n is None:
             raise ValueError("give x0 or the dimension n")
         dim = int(np.asarray(x0).size) if x0 is not None else int(n)  # type: ignore[arg-type]
@@ -171,14 +209,8 @@ class Optimizer:
         if x0 is not None:
             config["x0"] = _as_vector(x0, dim, "x0")
         if bounds is not None:
-            lo = _as_vector(bounds[0], dim, "lower bounds")
-            hi = _as_vector(bounds[1], dim, "upper bounds")
-            bad = [i for i in range(dim) if lo[i] > hi[i]]
-            if bad:
-                raise ValueError(
-                    f"bounds are inverted at index {bad[0]}: lo={lo[bad[0]]} > hi={hi[bad[0]]}"
-                )
-            config["lo"], config["hi"] = lo, hi
+            config["lo"] = _as_vector(bounds[0], dim, "lower bounds")
+            config["hi"] = _as_vector(bounds[1], dim, "upper bounds")
         elif optimizer == "de":
             raise ValueError("differential evolution needs bounds")
         if sigma0 is not None:
@@ -212,7 +244,6 @@ class Optimizer:
         """
         text = state if isinstance(state, str) else json.dumps(state)
         self = cls.__new__(cls)
-        self._h = 0
         try:
             parsed = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -222,11 +253,6 @@ class Optimizer:
         key = "cma" if self.optimizer == "cma" else "de"
         self.dim = int(parsed[key]["n"])
         return self
-
-    def _handle(self) -> int:
-        if not self._h:
-            raise ValueError("the optimizer is closed")
-        return self._h
 
     def ask(self) -> np.ndarray:
         """The next candidates, an array of shape (popsize, n).
@@ -247,11 +273,7 @@ class Optimizer:
         ValueError
             Without a pending ask, or with the wrong number of values.
         """
-        vals: list[float | None] = []
-        for v in fitness:
-            f = None if v is None else float(v)
-            vals.append(f if f is not None and math.isfinite(f) else None)
-        _core.call(_core.go.OptTell, self._handle(), json.dumps(vals))
+        _core.call(_core.go.OptTell, self._handle(), _scores_json(fitness))
 
     def best(self) -> Best:
         """The best evaluated point so far (see :class:`Best`)."""
@@ -272,24 +294,12 @@ class Optimizer:
         """The complete state (including the RNG and any pending ask) as JSON text."""
         return str(_core.call(_core.go.OptState, self._handle()))
 
-    def close(self) -> None:
-        """Free the Go state; further calls raise ``ValueError``. Idempotent."""
-        h, self._h = getattr(self, "_h", 0), 0
-        if h:
-            try:
-                _core.go.Free(h)
-            except Exception:  # pragma: no cover - interpreter shutdown
-                pass
-
     def __enter__(self) -> Optimizer:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __del__(self) -> None:
-        self.close()
-
     def __repr__(self) -> str:
-        state = "closed" if not getattr(self, "_h", 0) else f"handle {self._h}"
+        state = "closed" if not self._h else f"handle {self._h}"
         return f"Optimizer({self.optimizer!r}, n={self.dim}, {state})"

@@ -1,5 +1,8 @@
 package tensors
 
+// The tensor-set schema as arrow-go values, for interoperability tests:
+// the daemon itself encodes and decodes tensor sets with its own code.
+
 import (
 	"fmt"
 
@@ -109,36 +112,4 @@ func Record(m Meta, offset int64, data []byte) arrow.Record {
 		c.Release()
 	}
 	return rec
-}
-
-// EachChunk calls fn for consecutive pieces of at most chunk bytes of
-// every tensor of src, in order (a zero-byte tensor gives one empty
-// piece). Pieces alias src.
-func EachChunk(src Source, names []string, chunk int64, fn func(m Meta, offset int64, data []byte) error) error {
-	if chunk <= 0 {
-		return fmt.Errorf("chunk size must be positive")
-	}
-	for _, name := range names {
-		m, ok := src.Meta(name)
-		if !ok {
-			return fmt.Errorf("%s has no tensor %q", src.Path(), name)
-		}
-		b, err := src.Bytes(name)
-		if err != nil {
-			return err
-		}
-		if len(b) == 0 {
-			if err := fn(m, 0, b); err != nil {
-				return err
-			}
-			continue
-		}
-		for off := int64(0); off < int64(len(b)); off += chunk {
-			end := min(off+chunk, int64(len(b)))
-			if err := fn(m, off, b[off:end]); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
 }

@@ -1,0 +1,170 @@
+"""Using NPS results: :func:`transfer` (θ₀ + λ·τ_NPS) and :func:`fuse`
+(θ₀ + Σ λ_i τ_NPS,i, the λ searched by the engine's search session on request).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._state import ModelLike, StateDict, load_state_dict
+from ._engine import _apply, _Session
+from ._result import NPSResult, _plot_history
+from ._search import Evaluate, _check_bounds, _check_options, _Failures, _fmt, _progress
+
+
+def transfer(base: ModelLike, result: NPSResult | str | os.PathLike, lam: float = 1.0) -> StateDict:
+    """θ₀ + λ·τ_NPS: apply a pruned task vector to ``base``.
+
+    ``result`` is an :class:`NPSResult` or the path of one saved with
+    :meth:`NPSResult.save`; ``base`` must be the model it was computed from
+    (checked by fingerprint).
+    """
+    if not isinstance(result, NPSResult):
+        result = NPSResult.load(result)
+    return result.state_dict(lam, base=base)
+
+
+class FusionResult:
+    """The outcome of :func:`fuse`.
+
+    Attributes
+    ----------
+    lambdas : numpy.ndarray
+        λ_i, one per task vector.
+    score, start_score : float or None
+        Validation score of the chosen λ, and of the start λ (None without
+        ``evaluate``).
+    history : list of dict
+        Per generation: best, mean, lambdas, best_so_far, failed.
+    """
+
+    def __init__(
+        self,
+        base: StateDict,
+        names: list[str],
+        taus: list[StateDict],
+        lambdas: np.ndarray,
+        score: float | None,
+        start_score: float | None,
+        history: list[dict[str, Any]],
+    ) -> None:
+        self._base, self._names, self._taus = base, names, taus
+        self.lambdas = np.asarray(lambdas, dtype=np.float64)
+        self.score = score
+        self.start_score = start_score
+        self.history = history
+
+    def __repr__(self) -> str:
+        return f"FusionResult(lambdas={self.lambdas.tolist()}, score={self.score})"
+
+    def state_dict(self) -> StateDict:
+        """θ₀ + Σ λ_i τ_i in the base's dtypes (Go ``Apply``, float32 arithmetic)."""
+        return _apply(self._base, self._names, self._taus, self.lambdas.tolist())
+
+    def plot(self, path: str | os.PathLike) -> Path:
+        """Write a PNG: fitness and λ per generation."""
+        return _plot_history(path, self.history, self.start_score, "lambdas", "λ", "fusion")
+
+
+def _as_tau(r: NPSResult | Mapping[str, torch.Tensor] | str | os.PathLike,
+            base: StateDict, i: int) -> StateDict:
+    if isinstance(r, (str, os.PathLike)):
+        r = NPSResult.load(r)
+    if isinstance(r, NPSResult):
+        r._resolve_base(base)
+        return r._tau
+    if isinstance(r, Mapping):
+        tau = load_state_dict(r, f"task vector {i}")
+        extra = [k for k in tau if k not in base]
+        if extra:
+            raise ValueError(f"task vector {i} has tensor {extra[0]!r}, which the base lacks")
+        return tau
+    raise TypeError(f"result {i} is a {type(r).__name__}; pass an NPSResult, a path, or a "
+                    "task-vector state dict")
+
+
+def fuse(
+    base: ModelLike,
+    results: Sequence[NPSResult | Mapping[str, torch.Tensor] | str | os.PathLike],
+    evaluate: Evaluate | None = None,
+    lambdas: Sequence[float] | None = None,
+    *,
+    optimizer: str = "cma",
+    generations: int = 30,
+    popsize: int | None = None,
+    bounds: tuple[float, float] = (0.0, 2.0),
+    seed: int = 0,
+    progress: bool = True,
+    optimizer_options: Mapping[str, Any] | None = None,
+) -> FusionResult:
+    """Fuse task vectors: θ₀ + Σ λ_i τ_NPS,i, with λ searched when ``evaluate`` is given.
+
+    Parameters
+    ----------
+    base
+        θ₀ (checked against each :class:`NPSResult`'s fingerprint).
+    results
+        :class:`NPSResult` s, paths of saved ones, or task-vector state dicts
+        (name → τ, any subset of the base's floating-point tensors).
+    evaluate
+        ``evaluate(state_dict) -> float`` (higher is better). Without it the
+        λ are ``lambdas`` (default all 1) and nothing is searched.
+    lambdas
+        The λ (without ``evaluate``) or the search's start point (with it;
+        evaluated first, so the result is never worse on ``evaluate``).
+    optimizer, generations, popsize, bounds, seed, progress, optimizer_options
+        As in :func:`prune`; the search is over λ ∈ [lo, hi]^k.
+
+    Returns
+    -------
+    FusionResult
+        ``.lambdas``, ``.score``, ``.history`` and ``.state_dict()``.
+    """
+    if not isinstance(results, Sequence) or isinstance(results, (str, bytes)) or not results:
+        raise ValueError("results must be a non-empty list")
+    sd = load_state_dict(base, "base")
+    names = [k for k, t in sd.items()
+             if (t.is_floating_point() or t.is_complex()) and t.numel() > 0]
+    taus = [_as_tau(r, sd, i) for i, r in enumerate(results)]
+    k = len(taus)
+    start = np.ones(k) if lambdas is None else np.asarray([float(x) for x in lambdas])
+    if start.shape != (k,):
+        raise ValueError(f"{start.size} lambdas given for {k} results")
+    if not np.all(np.isfinite(start)):
+        raise ValueError(f"lambdas must be finite, got {start.tolist()}")
+    if evaluate is None:
+        return FusionResult(sd, names, taus, start, None, None, [])
+    lo, hi = _check_bounds(bounds)
+    if int(generations) < 0:  # the session reads a negative count as "no plan"
+        raise ValueError(f"generations must be >= 0, got {generations}")
+    core = _Session.new(start, bounds=(lo, hi), optimizer=optimizer, popsize=popsize,
+                        seed=int(seed), generations=int(generations),
+                        options=_check_options(optimizer_options))
+    fails = _Failures()
+    try:
+
+        def run() -> dict[str, Any]:
+            scores = []
+            for p in core.ask():
+                scores.append(fails.evaluate(evaluate, _apply(sd, names, taus, p.tolist())))
+            core.tell(scores)
+            return core.info("lambdas")
+
+        c = run()
+        with _progress(generations, progress, "fusion") as bar:
+            for _ in range(int(generations)):
+                c = run()
+                h = c["history"][-1]
+                bar.set_postfix(best=_fmt(h["best_so_far"]), mean=_fmt(h["mean"]))
+                bar.update(1)
+    finally:
+        core.close()
+    if c["best_x"] is None:
+        raise RuntimeError(f"every evaluation failed ({c['failures']} of {c['evaluations']})")
+    return FusionResult(sd, names, taus, c["best_x"], c["best_f"], c["start_f"], c["history"])

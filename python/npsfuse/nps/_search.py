@@ -1,0 +1,504 @@
+"""NPS-Pruning's search: :class:`Search` (ask/tell, resumable) and :func:`prune`.
+
+Both drive the engine's search session (``gocore/nps.Session``, through
+:class:`._engine._Session`), as the daemon's ``nps_search`` does: the start
+point (all weights 1 = global magnitude top-k of τ) is scored first, then one
+optimizer generation per ask; the session keeps the best, the history and the
+generation count, so a fixed seed gives the same run bit for bit in a
+notebook and through the daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._state import ModelLike, StateDict, load_state_dict
+from ._engine import _apply, _Decomposition, _prunable, _Session
+from ._result import NPSResult, fingerprint
+
+logger = logging.getLogger("npsfuse.nps")
+
+Evaluate = Callable[[StateDict], float]
+
+_SEARCH_FORMAT = "npsfuse.nps_search"
+#: Version 2: the state of the engine's session ("session"); version 1
+#: (npsfuse before issue 13, "core") cannot be resumed.
+_SEARCH_VERSION = 2
+_KINDS = ("svd", "magnitude")
+_SCOPES = ("global", "tensor")
+_OPTIMIZER_OPTIONS = frozenset({"sigma0", "strategy", "schedule"})
+
+
+def _check_keep(keep: float) -> float:
+    keep = float(keep)
+    if not (0.0 < keep <= 1.0):
+        raise ValueError(f"keep must lie in (0, 1], got {keep}")
+    return keep
+
+
+def _check_bounds(bounds: tuple[float, float]) -> tuple[float, float]:
+    try:
+        lo, hi = (float(b) for b in bounds)
+    except (TypeError, ValueError):
+        raise ValueError(f"bounds must be a pair (lo, hi) of numbers, got {bounds!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"bounds must be finite, got ({lo}, {hi})")
+    if lo >= hi:
+        raise ValueError(f"bounds are inverted or empty: lo={lo} must be < hi={hi}")
+    return lo, hi
+
+
+def _check_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    opts = dict(options or {})
+    unknown = sorted(set(opts) - _OPTIMIZER_OPTIONS)
+    if unknown:
+        raise ValueError(
+            f"unknown optimizer option(s) {', '.join(unknown)}; valid: "
+            f"{', '.join(sorted(_OPTIMIZER_OPTIONS))}"
+        )
+    if "sigma0" in opts:
+        s = float(opts["sigma0"])
+        if not (math.isfinite(s) and s > 0):
+            raise ValueError(f"sigma0 must be finite and > 0, got {s}")
+        opts["sigma0"] = s
+    return opts
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning from the caller point at user code."""
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+    f = sys._getframe(1)
+    level = 1
+    while f.f_back is not None and os.path.abspath(f.f_code.co_filename).startswith(pkg):
+        f = f.f_back
+        level += 1
+    return level
+
+
+class _Failures:
+    """Scores failed evaluations −inf, warning once per kind of failure."""
+
+    def __init__(self) -> None:
+        self._warned: set[str] = set()
+
+    def _warn(self, kind: str, msg: str) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
+            warnings.warn(
+                msg + "; the candidate is scored -inf and the search goes on "
+                "(further failures are counted, not reported)",
+                RuntimeWarning,
+                stacklevel=_user_stacklevel(),
+            )
+
+    def value(self, v: Any) -> float:
+        """A user-reported score as a float, −inf (with a warning) when not finite."""
+        f = math.nan if v is None else float(v)
+        if not math.isfinite(f):
+            self._warn("score", f"a score was {v}")
+            return -math.inf
+        return f
+
+    def evaluate(self, evaluate: Evaluate, sd: StateDict) -> float:
+        """``evaluate(sd)`` as a float; an exception or a non-number is scored −inf."""
+        try:
+            f = float(evaluate(sd))
+        except Exception as exc:  # user code may fail in any way; the search goes on
+            logger.debug("evaluate failed", exc_info=True)
+            self._warn("error", f"evaluate raised {type(exc).__name__}: {exc}")
+            return -math.inf
+        if not math.isfinite(f):
+            self._warn("score", f"evaluate returned {f}")
+            return -math.inf
+        return f
+
+
+class Search:
+    """NPS-Pruning as ask/tell, for evaluation that lives in your own loop.
+
+    Parameters
+    ----------
+    base, finetuned
+        θ₀ and θ_ft: state dicts, ``nn.Module`` s or safetensors checkpoints.
+    keep
+        Fraction r ∈ (0, 1] of task-vector entries kept.
+    subspaces
+        M ≥ 1, subspaces per tensor.
+    kind
+        ``"svd"`` (rank bands + residual for matrices, magnitude bands for 1-D
+        tensors) or ``"magnitude"`` (magnitude bands everywhere).
+    optimizer
+        ``"cma"`` (CMA-ES) or ``"de"`` (differential evolution; default
+        schedule: cosine F and CR 0.9 → 0.1 over ``generations``).
+    generations
+        The planned number of search generations (sets :attr:`done` and the
+        DE schedule); asking beyond it is allowed.
+    popsize
+        Candidates per generation (default CMA-ES 4 + ⌊3 ln d⌋, DE 10 d, with
+        d = M, or T·M with ``per_layer``).
+    bounds
+        ``(lo, hi)`` of every weight, lo < hi.
+    per_layer
+        Give each *tensor* (what "layer" means here: every floating-point
+        tensor of the state dict, biases and norms included) its own M
+        weights, d = T·M, instead of one set shared by all.
+    scope
+        ``"global"`` (METHODS default): the top-k ranks all tensors together;
+        ``"tensor"``: ⌊keep·n⌋ per tensor.
+    rank
+        SVD rank R (default 2^(M−2), the top edge of the last band).
+    seed
+        Seeds the randomized SVD and the optimiser.
+    optimizer_options
+        The optimizer's options (``sigma0``, ``strategy``,
+        ``schedule``).
+
+    Notes
+    -----
+    The first :meth:`ask` returns one candidate, the start point (all weights
+    1 = global magnitude top-k of τ); every later one a generation of the
+    optimiser (for DE the first of those is its initial population: the
+    start point and popsize − 1 uniform draws). :meth:`state` captures
+    everything but the decomposition, which :meth:`resume` recomputes
+    (deterministic per seed), so a resumed search continues exactly as the
+    uninterrupted one would. Go memory: 8 bytes per
+    pruned parameter plus the SVD factors. Free it with :meth:`close` (or
+    ``with``; garbage collection also does).
+    """
+
+    def __init__(
+        self,
+        base: ModelLike,
+        finetuned: ModelLike,
+        *,
+        keep: float = 0.1,
+        subspaces: int = 8,
+        kind: str = "svd",
+        optimizer: str = "cma",
+        generations: int = 30,
+        popsize: int | None = None,
+        bounds: tuple[float, float] = (0.0, 2.0),
+        per_layer: bool = False,
+        scope: str = "global",
+        rank: int | None = None,
+        seed: int = 0,
+        optimizer_options: Mapping[str, Any] | None = None,
+        _state: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._dec: _Decomposition | None = None
+        self._core: _Session | None = None
+        keep = _check_keep(keep)
+        if isinstance(subspaces, bool) or int(subspaces) != subspaces or subspaces < 1:
+            raise ValueError(f"subspaces must be an integer >= 1, got {subspaces}")
+        if kind not in _KINDS:
+            raise ValueError(f"kind must be one of {', '.join(_KINDS)}, got {kind!r}")
+        if scope not in _SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(_SCOPES)}, got {scope!r}")
+        if optimizer not in ("cma", "de"):
+            raise ValueError(f"unknown optimizer {optimizer!r}; valid: cma, de")
+        if int(generations) < 0:
+            raise ValueError(f"generations must be >= 0, got {generations}")
+        if popsize is not None and int(popsize) < 2:
+            raise ValueError(f"popsize must be at least 2, got {popsize}")
+        if rank is not None and int(rank) < 1:
+            raise ValueError(f"rank must be >= 1, got {rank}")
+        lo, hi = _check_bounds(bounds)
+        _check_options(optimizer_options)
+        self._base = load_state_dict(base, "base")
+        ft = load_state_dict(finetuned, "finetuned")
+        self.names = _prunable(self._base, [ft])
+        if not self.names:
+            raise ValueError("the models have no non-empty floating-point tensor to prune")
+        self.config: dict[str, Any] = {
+            "keep": keep, "subspaces": int(subspaces), "kind": kind, "optimizer": optimizer,
+            "generations": int(generations), "popsize": None if popsize is None else int(popsize),
+            "bounds": [lo, hi], "per_layer": bool(per_layer), "scope": scope,
+            "rank": None if rank is None else int(rank), "seed": int(seed),
+            "optimizer_options": dict(optimizer_options or {}),
+        }
+        self.fingerprints = {"base": fingerprint(self._base, self.names),
+                             "finetuned": fingerprint(ft, self.names)}
+        if _state is not None and dict(_state["fingerprints"]) != self.fingerprints:
+            which = [k for k in ("base", "finetuned")
+                     if _state["fingerprints"][k] != self.fingerprints[k]]
+            raise ValueError(
+                f"the {' and '.join(which)} model(s) differ from those of the saved search "
+                "(fingerprint mismatch)"
+            )
+        self._dec = _Decomposition(self._base, ft, self.names, subspaces=int(subspaces),
+                                   kind=kind, rank=rank or 0, seed=int(seed))
+        self._tau = {k: torch.empty(self._base[k].shape, dtype=self._base[k].dtype)
+                     for k in self.names}
+        m = int(subspaces)
+        start = np.ones((len(self.names), m) if per_layer else (m,))
+        if _state is None:
+            self._core = _Session.new(start, bounds=(lo, hi), optimizer=optimizer,
+                                      popsize=popsize, seed=int(seed),
+                                      generations=int(generations),
+                                      options=_check_options(optimizer_options))
+        else:
+            self._core = _Session.restore(_state["session"], start.shape)
+        self._failures = _Failures()
+
+    # -- ask/tell --------------------------------------------------------------
+
+    def _c(self) -> _Session:
+        if self._core is None:
+            raise ValueError("the search is closed")
+        return self._core
+
+    def candidates(self) -> np.ndarray:
+        """The pending candidates' weights, shape (count, M) or (count, T, M).
+
+        Like :meth:`ask` without building the models; use with :meth:`build`
+        to hold one candidate model in memory at a time.
+        """
+        return self._c().ask()
+
+    def build(self, weights: np.ndarray | Sequence[float]) -> StateDict:
+        """θ₀ + τ_NPS for one weight vector ((M,), or (T, M) with ``per_layer``).
+
+        A fresh state dict in the base's dtypes (integer buffers are the
+        base's own tensors).
+        """
+        w = np.asarray(weights, dtype=np.float64)
+        want = self._c().shape
+        if w.shape != want:
+            raise ValueError(f"weights must have shape {want}, got {w.shape}")
+        assert self._dec is not None
+        self._dec.build(w, self.config["keep"], self.config["scope"], self._tau)
+        return _apply(self._base, self.names, [self._tau], [1.0])
+
+    def ask(self) -> list[StateDict]:
+        """The candidate models to evaluate: a list of state dicts θ₀ + τ_NPS.
+
+        The first call returns only the start point (magnitude top-k). Calling
+        ``ask`` again before :meth:`tell` returns the same candidates. Memory:
+        one model per candidate (see :meth:`candidates` for less).
+        """
+        return [self.build(w) for w in self.candidates()]
+
+    def tell(self, scores: Sequence[float | None]) -> None:
+        """Report the candidates' scores (higher is better), in :meth:`ask` order.
+
+        ``None``, NaN and ±inf mark failed candidates (scored −inf, with one
+        warning per search).
+        """
+        self._c().tell([self._failures.value(v) for v in scores])
+
+    def _evaluate_pending(self, evaluate: Evaluate) -> None:
+        """Evaluate the pending candidates one model at a time and tell the scores."""
+        self._c().tell([self._failures.evaluate(evaluate, self.build(w))
+                        for w in self.candidates()])
+
+    # -- progress ---------------------------------------------------------------
+
+    @property
+    def generation(self) -> int:
+        """Completed search generations (the start point is not one)."""
+        return int(self._c().info()["generation"])
+
+    @property
+    def done(self) -> bool:
+        """Whether the planned ``generations`` have run."""
+        return bool(self._c().info()["done"])
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """Per generation: best, mean, weights, best_so_far, failed (see NPSResult)."""
+        return self._c().info("weights")["history"]
+
+    @property
+    def best(self) -> tuple[np.ndarray | None, float]:
+        """The best weights evaluated so far and their score (None, −inf before any)."""
+        c = self._c().info()
+        return c["best_x"], c["best_f"]
+
+    def result(self) -> NPSResult:
+        """The best candidate so far as an :class:`NPSResult`.
+
+        Raises
+        ------
+        RuntimeError
+            When no candidate has been evaluated successfully.
+        """
+        c = self._c().info("weights")
+        if c["best_x"] is None:
+            raise RuntimeError(
+                "no candidate has a finite score yet"
+                + (f" ({c['failures']} evaluations failed)" if c["failures"] else "")
+            )
+        assert self._dec is not None
+        tau = {k: torch.empty(self._base[k].shape, dtype=self._base[k].dtype)
+               for k in self.names}
+        kept = self._dec.build(c["best_x"], self.config["keep"], self.config["scope"], tau)
+        cfg = {k: v for k, v in self.config.items() if k != "keep"}
+        return NPSResult(
+            tau=tau, weights=c["best_x"], keep=self.config["keep"], score=c["best_f"],
+            start_score=c["start_f"], history=c["history"], kept=kept, config=cfg,
+            evaluations=c["evaluations"], failures=c["failures"],
+            base_fingerprint=self.fingerprints["base"], base=self._base,
+        )
+
+    # -- persistence --------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """Everything needed to continue this search, as a JSON-serialisable dict.
+
+        Config, model fingerprints, optimiser state (RNG and any pending ask
+        included), history and the best point; not the models or the
+        decomposition. Safe to take at any time, also between ask and tell.
+        """
+        return {
+            "format": _SEARCH_FORMAT,
+            "version": _SEARCH_VERSION,
+            "config": dict(self.config),
+            "fingerprints": dict(self.fingerprints),
+            "session": self._c().state(),
+        }
+
+    @classmethod
+    def resume(
+        cls, state: Mapping[str, Any] | str, base: ModelLike, finetuned: ModelLike
+    ) -> Search:
+        """Continue a search from :meth:`state` (a dict or its JSON text).
+
+        The decomposition is recomputed from ``base`` and ``finetuned``, which
+        must be the models of the saved search (checked by fingerprint).
+
+        Raises
+        ------
+        ValueError
+            A malformed state, or other models.
+        """
+        if isinstance(state, str):
+            state = json.loads(state)
+        if not isinstance(state, Mapping) or state.get("format") != _SEARCH_FORMAT:
+            raise ValueError("not a saved NPS search state (format field missing or wrong)")
+        if state.get("version") == 1:
+            raise ValueError(
+                "this NPS search state was saved by an npsfuse before the engine's search "
+                "session (state version 1) and cannot be resumed: start the search again"
+            )
+        if state.get("version") != _SEARCH_VERSION:
+            raise ValueError(f"unsupported NPS search state version {state.get('version')!r}")
+        cfg = dict(state["config"])
+        return cls(
+            base, finetuned, keep=cfg["keep"], subspaces=cfg["subspaces"], kind=cfg["kind"],
+            optimizer=cfg["optimizer"], generations=cfg["generations"], popsize=cfg["popsize"],
+            bounds=tuple(cfg["bounds"]), per_layer=cfg["per_layer"], scope=cfg["scope"],
+            rank=cfg["rank"], seed=cfg["seed"], optimizer_options=cfg["optimizer_options"],
+            _state=state,
+        )
+
+    def close(self) -> None:
+        """Free the Go decomposition and optimiser. Idempotent."""
+        if self._dec is not None:
+            self._dec.close()
+            self._dec = None
+        if self._core is not None:
+            self._core.close()
+            self._core = None
+
+    def __enter__(self) -> Search:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
+
+def _progress(total: int, enabled: bool, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc=desc, unit="gen", leave=True)
+
+
+def _fmt(x: float | None) -> str:
+    return "failed" if x is None or not math.isfinite(x) else f"{x:.4g}"
+
+
+def prune(
+    base: ModelLike,
+    finetuned: ModelLike,
+    evaluate: Evaluate,
+    *,
+    keep: float = 0.1,
+    subspaces: int = 8,
+    kind: str = "svd",
+    optimizer: str = "cma",
+    generations: int = 30,
+    popsize: int | None = None,
+    bounds: tuple[float, float] = (0.0, 2.0),
+    per_layer: bool = False,
+    scope: str = "global",
+    rank: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    optimizer_options: Mapping[str, Any] | None = None,
+) -> NPSResult:
+    """NPS-Pruning: search subspace weights that maximise ``evaluate``.
+
+    Parameters
+    ----------
+    base, finetuned
+        θ₀ and θ_ft (state dicts, ``nn.Module`` s or safetensors checkpoints).
+    evaluate
+        ``evaluate(state_dict) -> float``, higher is better (e.g. validation
+        accuracy); called once for the start point and ``generations ×
+        popsize`` times after. Each call gets a fresh state dict. A call that
+        raises, or returns NaN/±inf, scores −inf (one ``RuntimeWarning`` per
+        kind of failure; the count is in :attr:`NPSResult.failures`).
+    keep, subspaces, kind, optimizer, popsize, bounds, per_layer, scope, rank, seed,
+    optimizer_options
+        See :class:`Search`. ``per_layer`` means per *tensor*.
+    generations
+        Search generations after the start point.
+    progress
+        Show a tqdm bar over generations (best/mean in the postfix).
+
+    Returns
+    -------
+    NPSResult
+        The best candidate evaluated. The start point (all weights 1) is
+        global magnitude top-k of τ, so ``result.score >=
+        result.start_score``: never worse than magnitude pruning on the
+        validation metric.
+
+    Raises
+    ------
+    ValueError
+        keep outside (0, 1], subspaces < 1, bounds inverted, unknown kind,
+        optimizer or scope, models that do not match.
+    RuntimeError
+        When every evaluation failed.
+    """
+    with Search(base, finetuned, keep=keep, subspaces=subspaces, kind=kind,
+                optimizer=optimizer, generations=generations, popsize=popsize, bounds=bounds,
+                per_layer=per_layer, scope=scope, rank=rank, seed=seed,
+                optimizer_options=optimizer_options) as s:
+        s._evaluate_pending(evaluate)
+        with _progress(generations, progress, f"NPS keep={s.config['keep']:g}") as bar:
+            while not s.done:
+                s._evaluate_pending(evaluate)
+                h = s.history[-1]
+                bar.set_postfix(best=_fmt(h["best_so_far"]), mean=_fmt(h["mean"]))
+                bar.update(1)
+        return s.result()
+
+
