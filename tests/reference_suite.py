@@ -15,7 +15,8 @@ Conventions beyond :mod:`reference`'s
   for an entry uses its flat index in that layout.
 * DELLA: in a row of n entries, ascending rank r (ties by lower index) keeps
   the entry with probability p = f32(density − ε) + f32(r/(n−1))·f32(2ε)
-  (n = 1: r/(n−1) := 0.5), rescaled by 1/p (mergekit's della_magprune).
+  (n = 1: r/(n−1) := 0.5); the kept entries are rescaled by one factor per
+  tensor and model restoring the L1 norm (mergekit's rescale, its default).
 * Breadcrumbs: keep the ranks [g, g+k) from the top, k = ⌊density·n⌋,
   g = min(⌊γ·n⌋, n − k) (mergekit's magnitude_outliers counts).
 * PCB: the authors' ``PCB_merge`` with quantile positions ⌊d·q⌋,
@@ -33,7 +34,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from reference import disjoint_mean, stream_key, topk_mask, uniform, weighted_sum
+from reference import disjoint_mean, l1_rescaled, stream_key, topk_mask, uniform, weighted_sum
 
 F32 = np.float32
 
@@ -107,7 +108,7 @@ def della_rows(
     else:
         rn = np.full(rows.shape, F32(0.5))
     p = (F32(density - eps) + (rn * (F32(2) * F32(eps))).astype(F32)).astype(F32)
-    return np.where(u < p, rows / p, F32(0)).astype(F32)
+    return l1_rescaled(rows, np.where(u < p, rows, F32(0)).astype(F32))
 
 
 # ---------------------------------------------------------- neuro / TIES

@@ -1,8 +1,10 @@
 package stream
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -11,13 +13,14 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/npsfuse/npsfuse/gocore/fault"
 	"github.com/npsfuse/npsfuse/gocore/merge"
 	"github.com/npsfuse/npsfuse/gocore/tensor"
 )
 
 // ErrConfig marks a merge configuration with problems; its message lists
 // every problem found, one per line.
-var ErrConfig = errors.New("invalid merge config")
+var ErrConfig = fault.New(fault.InvalidInput, "invalid merge config")
 
 // Model is one entry of the config's models list.
 type Model struct {
@@ -75,8 +78,14 @@ func (p *problems) add(format string, args ...any) { *p = append(*p, fmt.Sprintf
 // Paths must exist.
 func ParseConfig(text []byte, baseDir string) (*Config, error) {
 	var raw any
-	if err := yaml.Unmarshal(text, &raw); err != nil {
+	dec := yaml.NewDecoder(bytes.NewReader(text))
+	if err := dec.Decode(&raw); err != nil && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("%w: not valid YAML: %v", ErrConfig, err)
+	}
+	var more any
+	if err := dec.Decode(&more); !errors.Is(err, io.EOF) {
+		// mergekit (yaml.safe_load) refuses a stream of several documents too.
+		return nil, fmt.Errorf("%w: the file holds more than one YAML document (separated by ---): give one merge config per file", ErrConfig)
 	}
 	top, ok := raw.(map[string]any)
 	if !ok {
@@ -111,7 +120,7 @@ func ParseConfig(text []byte, baseDir string) (*Config, error) {
 		return filepath.Join(baseDir, p)
 	}
 	c.BaseModel = resolve(str(top, "base_model", &bad))
-	if c.BaseModel == "" && absent(top["base_model"]) && c.Method != "linear" {
+	if c.BaseModel == "" && absent(top["base_model"]) && c.Method != "linear" && knownMethod {
 		bad.add("base_model is missing (every method but linear needs the pre-trained model)")
 	}
 	if c.BaseModel != "" {
@@ -134,10 +143,6 @@ func ParseConfig(text []byte, baseDir string) (*Config, error) {
 		switch {
 		case k == "int8_mask":
 			c.Notes = append(c.Notes, "parameters.int8_mask is accepted and ignored: npsfuse keeps masks as it needs them")
-		case k == "rescale":
-			if b, ok := v.(bool); !ok || !b {
-				bad.add("parameters.rescale: only true (DARE's 1/density rescale) is supported, got %v", v)
-			}
 		case slices.Contains(topParams, k):
 			bad.add("parameters.%s: %s is a top-level key of the config, not a parameter", k, k)
 		default:
@@ -157,6 +162,7 @@ func ParseConfig(text []byte, baseDir string) (*Config, error) {
 		bad.add("models must be a non-empty list of {model: PATH, parameters: {...}}")
 	}
 	skippedBase := 0
+	slerpBase := -1
 	for i, item := range list {
 		where := fmt.Sprintf("models[%d]", i)
 		m, ok := item.(map[string]any)
@@ -200,8 +206,13 @@ func ParseConfig(text []byte, baseDir string) (*Config, error) {
 			bad.add("%s: %s needs parameters.statistics (the model's statistics file, from npsfuse.stats.save)", where, c.Method)
 		}
 		// mergekit lets the base model appear among the models; task-vector
-		// methods skip it (its task vector is zero).
-		if mod.Path != "" && mod.Path == c.BaseModel && c.Method != "linear" {
+		// methods skip it (its task vector is zero). Slerp in mergekit's form
+		// lists the base and the other model: the base is its first model
+		// (t = 0 gives the base).
+		if mod.Path != "" && mod.Path == c.BaseModel && c.Method == "slerp" {
+			slerpBase = len(c.Models)
+		}
+		if mod.Path != "" && mod.Path == c.BaseModel && c.Method != "linear" && c.Method != "slerp" {
 			c.Notes = append(c.Notes, fmt.Sprintf("%s is the base model; it is left out of the merge", where))
 			skippedBase++
 			continue
@@ -212,6 +223,19 @@ func ParseConfig(text []byte, baseDir string) (*Config, error) {
 	}
 	if skippedBase > 0 && len(c.Models) == 0 {
 		bad.add("models lists only the base model: nothing to merge")
+	}
+	if slerpBase > 0 { // the base first, as mergekit's v0
+		c.Models = append(append([]Model{c.Models[slerpBase]}, c.Models[:slerpBase]...), c.Models[slerpBase+1:]...)
+		values.Models = append(append([]map[string]any{values.Models[slerpBase]}, values.Models[:slerpBase]...), values.Models[slerpBase+1:]...)
+		modelIndex = append(append([]int{modelIndex[slerpBase]}, modelIndex[:slerpBase]...), modelIndex[slerpBase+1:]...)
+	}
+	// linear with a base_model not among the models: mergekit averages the
+	// base in, as the last model, with the global weight.
+	if c.Method == "linear" && c.BaseModel != "" && len(c.Models) > 0 && !slices.ContainsFunc(c.Models, func(m Model) bool { return m.Path == c.BaseModel }) {
+		c.Models = append(c.Models, Model{Path: c.BaseModel})
+		values.Models = append(values.Models, map[string]any{})
+		modelIndex = append(modelIndex, -1)
+		c.Notes = append(c.Notes, "base_model is not among the models: linear averages it in as the last model, with parameters.weight (as mergekit does)")
 	}
 	for _, k := range []string{"dtype", "out_dtype"} {
 		s := str(top, k, &bad)
@@ -251,6 +275,8 @@ func ParseConfig(text []byte, baseDir string) (*Config, error) {
 		p, problems := merge.Resolve(c.Method, len(c.Models), values)
 		for _, msg := range merge.Format(problems, func(param string, model int) string {
 			switch {
+			case model >= 0 && modelIndex[model] < 0:
+				return fmt.Sprintf("base_model's %s (from parameters.%s)", param, param)
 			case model >= 0:
 				return fmt.Sprintf("models[%d].parameters.%s", modelIndex[model], param)
 			case slices.Contains(topParams, param):

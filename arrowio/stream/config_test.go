@@ -68,10 +68,22 @@ func badConfigs() []badConfig {
 			[]string{"models[0].parameters.weight must be a number, got heavy"}},
 		{"weight NaN", head + "models:\n  - model: ft0\n    parameters: {weight: .nan}\n", []string{"models[0].parameters.weight must be a finite number, got NaN"}},
 		{"lambda infinite", head + models + "parameters: {lambda: .inf}\n", []string{"parameters.lambda must be a finite number, got +Inf"}},
-		{"per-layer weight list", head + "models:\n  - model: ft0\n    parameters: {weight: [0.1, 0.9]}\n",
-			[]string{"models[0].parameters.weight must be a number, got a list (per-layer gradients"}},
+		{"gradient point a list", head + "models:\n  - model: ft0\n    parameters: {weight: [[0.1], 0.9]}\n",
+			[]string{"models[0].parameters.weight gradient point 0 must be a number, got [0.1]"}},
+		{"gradient point out of range", head + models + "parameters: {density: [0.5, 1.5]}\n",
+			[]string{"parameters.density must lie in (0, 1], got 1.5"}},
+		{"condition without value", head + models + "parameters: {density: [{filter: mlp}]}\n",
+			[]string{"parameters.density condition 0 has no value"}},
+		{"condition unknown key", head + models + "parameters: {density: [{filter: mlp, values: 0.3}]}\n",
+			[]string{`parameters.density condition 0: unknown key "values"`}},
+		{"gradient with global scope", head + models + "parameters: {density: [0.2, 0.8]}\nscope: global\n",
+			[]string{"parameters.density varies by tensor (a gradient or filter list), which ties cannot take: scope: global"}},
+		{"gradient of the seed", strings.Replace(head, "ties", "dare_ties", 1) + models + "seed: [1, 2]\n",
+			[]string{"seed must be a number, got [1 2] (gradients and filter lists are taken by numeric and true/false parameters only)"}},
+		{"unknown method without base", "merge_method: frankenmerge\n" + models, []string{`unknown merge_method "frankenmerge"`}},
+		{"two documents", good + "---\n" + good, []string{"more than one YAML document"}},
 		{"normalize not a bool", head + models + "parameters: {normalize: 1}\n", []string{"parameters.normalize must be true or false, got 1"}},
-		{"rescale false", head + models + "parameters: {rescale: false}\n", []string{"parameters.rescale: only true"}},
+		{"rescale not a bool", head + models + "parameters: {rescale: 1}\n", []string{"parameters.rescale must be true or false, got 1"}},
 		{"models missing", head, []string{"models must be a non-empty list"}},
 		{"models empty", head + "models: []\n", []string{"models must be a non-empty list"}},
 		{"model entry not a mapping", head + "models: [ft0]\n", []string{"models[0] must be a mapping with a model key"}},
@@ -407,5 +419,66 @@ func TestConfigMethodParameters(t *testing.T) {
 	}
 	if p := c.Params(); p.MaskRate != 0.8 || p.Lam1 != 0.5 || p.Scope != merge.ScopeGlobal {
 		t.Fatalf("neuro params %+v", p)
+	}
+}
+
+// mergekit's forms: slerp with the base among its two models (the base
+// first), linear with a base it averages in, gradients and filter lists
+// evaluated per tensor with mergekit's precedence, rescale false.
+func TestParseConfigMergekitForms(t *testing.T) {
+	root := configRoot(t)
+	parse := func(text string) *Config {
+		t.Helper()
+		c, err := ParseConfig([]byte(text), root)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	c := parse("merge_method: slerp\nbase_model: ft1\nmodels:\n  - model: ft0\n  - model: ft1\nparameters: {t: [0, 1]}\n")
+	if len(c.Models) != 2 || filepath.Base(c.Models[0].Path) != "ft1" || filepath.Base(c.Models[1].Path) != "ft0" {
+		t.Fatalf("slerp models %+v, want the base first", c.Models)
+	}
+	p := c.Params()
+	names := []string{"model.embed_tokens.weight", "model.layers.0.mlp.w", "model.layers.2.mlp.w", "model.layers.4.mlp.w"}
+	pos := merge.LayerPositions(names)
+	for i, want := range []float64{0, 0, 0.5, 1} {
+		if got := p.ForTensor(names[i], pos[i]).T; got != want {
+			t.Errorf("%s: t %v, want %v", names[i], got, want)
+		}
+	}
+	c = parse("merge_method: linear\nbase_model: base\nmodels:\n  - model: ft0\n  - model: ft1\nparameters: {weight: 0.5}\n")
+	if len(c.Models) != 3 || filepath.Base(c.Models[2].Path) != "base" {
+		t.Fatalf("linear models %+v, want the base last", c.Models)
+	}
+	if w := c.Params().Weights; !slices.Equal(w, []float32{0.5, 0.5, 0.5}) {
+		t.Fatalf("linear weights %v", w)
+	}
+	c = parse(`merge_method: ties
+base_model: base
+models:
+  - model: ft0
+    parameters: {weight: [{filter: mlp, value: 2}]}
+  - model: ft1
+    parameters: {weight: 3}
+parameters: {weight: [0, 1], density: [{filter: attn, value: 0.2}, {value: 0.6}], rescale: false}
+`)
+	p = c.Params()
+	if p.Rescale {
+		t.Error("rescale: false ignored")
+	}
+	for _, tc := range []struct {
+		name    string
+		t       float64
+		weights []float32
+		density []float64
+	}{
+		{"m.layers.1.mlp.w", 0.25, []float32{2, 3}, []float64{0.6, 0.6}},
+		{"m.layers.1.attn.w", 0.25, []float32{0.25, 3}, []float64{0.2, 0.2}},
+	} {
+		q := p.ForTensor(tc.name, tc.t)
+		if !slices.Equal(q.Weights, tc.weights) || !slices.Equal(q.Densities, tc.density) {
+			t.Errorf("%s: weights %v densities %v, want %v %v", tc.name, q.Weights, q.Densities, tc.weights, tc.density)
+		}
 	}
 }

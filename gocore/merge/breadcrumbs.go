@@ -28,7 +28,7 @@ func (band) usesDensity() bool { return true }
 // bandCounts returns g and k for model m over n entries.
 func (e *engine) bandCounts(m int, n int64) (g, k int64) {
 	k = int64(e.density(m) * float64(n))
-	g = int64(e.p.Gamma * float64(n))
+	g = int64(e.p.gamma(m) * float64(n))
 	g = min(g, n-k)
 	return g, k
 }
@@ -50,10 +50,16 @@ func (band) prepare(e *engine, which []int) error {
 		return err
 	}
 	e.storeSelections(which, sels, 2)
-	return nil
+	return e.prepareRescale(which, bandMask)
 }
 
 func (band) apply(e *engine, m int, ch chunkRef, tau []float32) {
+	bandMask(e, m, ch, tau)
+	scaleKept(tau, e.rescaleFactor(ch.ti, m))
+}
+
+// bandMask zeroes the entries outside model m's band.
+func bandMask(e *engine, m int, ch chunkRef, tau []float32) {
 	u, c := e.unitChunk(ch)
 	in, out := &e.sp.cuts[m][u], &e.sp.outer[m][u]
 	if out.none {

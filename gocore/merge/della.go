@@ -12,8 +12,10 @@ import (
 // in Model Merging through Magnitude-Based Sampling", 2024, §3 MAGPRUNE,
 // eqs. 1–3): per row of the task vector, entries are ranked by |τ| and kept
 // with a probability that rises linearly with the rank, from density−ε for
-// the smallest to density+ε for the largest; kept entries are divided by
-// their probability. Then TIES' elect and disjoint mean (`della`) or task
+// the smallest to density+ε for the largest; with Rescale (the default, as
+// in mergekit) the kept entries are multiplied by one factor per tensor and
+// model that restores the task vector's L1 norm (rescale.go; the paper
+// divides each by its own probability instead). Then TIES' elect and disjoint mean (`della`) or task
 // arithmetic (`della_linear`), scaled by λ (mergekit's `lambda`).
 //
 // In a row of n entries the entry of ascending rank r (0 for the smallest,
@@ -33,18 +35,23 @@ func init() {
 // magprune is DELLA's rank-dependent random drop and rescale.
 type magprune struct{}
 
-func (magprune) usesDensity() bool            { return true }
-func (magprune) prepare(*engine, []int) error { return nil }
+func (magprune) usesDensity() bool { return true }
+
+func (magprune) prepare(e *engine, units []int) error {
+	return e.prepareRescale(units, func(e *engine, m int, ch chunkRef, tau []float32) {
+		dellaMask(e, m, ch, tau, 1)
+	})
+}
 
 func (magprune) check(e *engine) error {
-	eps := e.p.Epsilon // its range is the spec table's; the pair's is checked here
 	for m := range e.T {
+		eps := e.p.epsilon(m) // its range is the spec table's; the pair's is checked here
 		d := e.density(m)
 		if !(d > 0 && d < 1) {
 			continue // density 1 keeps everything; others fail the density check
 		}
-		if !(d-eps > 0 && d+eps <= 1) {
-			return inputErr("density ± epsilon must lie in (0, 1]: density %v, epsilon %v", d, eps)
+		if !(d-eps > 0 && d+eps < 1) { // mergekit's bounds
+			return inputErr("density ± epsilon must lie in (0, 1): density %v, epsilon %v", d, eps)
 		}
 	}
 	return nil
@@ -68,11 +75,17 @@ func dellaPool(n int) *dellaScratch {
 }
 
 func (magprune) apply(e *engine, m int, ch chunkRef, tau []float32) {
+	dellaMask(e, m, ch, tau, e.rescaleFactor(ch.ti, m))
+}
+
+// dellaMask zeroes the entries DELLA drops from chunk ch of model m's τ
+// and multiplies the kept ones by scale.
+func dellaMask(e *engine, m int, ch chunkRef, tau []float32, scale float32) {
 	d := e.density(m)
 	if d >= 1 {
 		return
 	}
-	eps := e.p.Epsilon
+	eps := e.p.epsilon(m)
 	lo := float32(d - eps)
 	span := 2 * float32(eps)
 	g := &e.geom[ch.ti]
@@ -94,7 +107,7 @@ func (magprune) apply(e *engine, m int, ch chunkRef, tau []float32) {
 			}
 			p := lo + float32(rn*span)
 			if rng.Uniform(key, base+uint64(j)) < p {
-				row[j] = x / p
+				row[j] = x * scale
 			} else {
 				row[j] = 0
 			}

@@ -90,6 +90,7 @@ type engine struct {
 	sp sparsifyState
 	// Per-method state filled by the Combiner's prepare.
 	coef    [][2]float32 // per tensor: model_stock (t, 1−t), slerp (c_a, c_b)
+	rescale [][]float32  // per tensor, per model: the L1 rescale factor (rescale.go)
 	pcb     [][]pcbCut   // per unit, per model
 	neuro   neuroState
 	data    dataState     // fisher, regmean (data.go)
@@ -112,6 +113,9 @@ func RunReport(method string, p Params, tensors []Tensor) (map[string]any, error
 	m, ok := registry[method]
 	if !ok {
 		return nil, inputErr("unknown method %q (valid: %v)", method, Methods())
+	}
+	if p.Tensorwise != nil {
+		return runTensorwise(method, p, tensors)
 	}
 	e, err := newEngine(m, p, tensors)
 	if err != nil {
@@ -451,7 +455,7 @@ func (c *chunkError) set(gc int, err error) {
 // the lowest-numbered failing chunk.
 func (e *engine) mergeChunks(chunks []chunkRef) error {
 	var fail chunkError
-	parallel.For(len(chunks), func(_, i int) {
+	e.p.Pool.For(len(chunks), func(_, i int) {
 		ch := chunks[i]
 		ws := e.workspace()
 		defer e.scratch.Put(ws)
@@ -557,7 +561,8 @@ func (e *engine) mergeDirect(d direct, ch chunkRef, ws *workspace) error {
 // tensor (reading every input once more) before merging; otherwise each
 // call prepares just its tensor.
 type Merger struct {
-	e *engine
+	e  *engine
+	tw *tensorwiseMerger // parameters that vary by tensor (e nil)
 }
 
 // NewMerger checks the method, parameters and inputs like Run; the
@@ -571,6 +576,9 @@ func NewMerger(method string, p Params, tensors []Tensor) (*Merger, error) {
 	for i := range ts {
 		ts[i].Out = tensor.Vec{}
 	}
+	if p.Tensorwise != nil {
+		return newTensorwiseMerger(method, p, ts)
+	}
 	e, err := newEngine(m, p, ts)
 	if err != nil {
 		return nil, err
@@ -579,12 +587,20 @@ func NewMerger(method string, p Params, tensors []Tensor) (*Merger, error) {
 }
 
 // Len is the number of tensors.
-func (m *Merger) Len() int { return len(m.e.tensors) }
+func (m *Merger) Len() int {
+	if m.tw != nil {
+		return len(m.tw.at)
+	}
+	return len(m.e.tensors)
+}
 
 // Tensor merges tensor i into out (the base's length, any dtype), in
 // parallel over its chunks. The result is bit for bit the one Run writes.
 // Calls must not overlap.
 func (m *Merger) Tensor(i int, out tensor.Vec) error {
+	if m.tw != nil {
+		return m.tw.tensor(i, out)
+	}
 	e := m.e
 	if i < 0 || i >= len(e.tensors) {
 		return inputErr("tensor index %d out of range [0, %d)", i, len(e.tensors))
@@ -621,7 +637,12 @@ func (m *Merger) Tensor(i int, out tensor.Vec) error {
 //     "ridge", tensor name → the ridge δ where the system was singular.
 //
 // Other methods report nothing. The map is a copy.
-func (m *Merger) Report() map[string]any { return m.e.reportCopy() }
+func (m *Merger) Report() map[string]any {
+	if m.tw != nil {
+		return m.tw.report()
+	}
+	return m.e.reportCopy()
+}
 
 // tensorChunks are tensor i's chunks.
 func (e *engine) tensorChunks(i int) []chunkRef {

@@ -94,19 +94,22 @@ func TestDareMatchesDefinition(t *testing.T) {
 	}
 	ts := one("layer.0.weight", base, m)
 	d := 0.3
-	if err := Run("dare_linear", Params{Lambda: 1, Density: d, Seed: 42}, ts); err != nil {
+	if err := Run("dare_linear", Params{Lambda: 1, Density: d, Seed: 42, Rescale: true}, ts); err != nil {
 		t.Fatal(err)
 	}
 	key := rng.Key(42, "layer.0.weight", 0)
 	kept := 0
-	for i, got := range ts[0].Out.F32 {
-		want := float32(0)
+	masked := make([]float32, n)
+	for i := range masked {
 		if rng.Uniform(key, uint64(i)) < float32(d) {
-			want = m[i] * (1 / float32(d))
+			masked[i] = m[i]
 			kept++
 		}
-		if got != want {
-			t.Fatalf("element %d: got %v want %v", i, got, want)
+	}
+	want := l1Rescaled(m, masked)
+	for i, got := range ts[0].Out.F32 {
+		if got != want[i] {
+			t.Fatalf("element %d: got %v want %v", i, got, want[i])
 		}
 	}
 	if frac := float64(kept) / float64(n); math.Abs(frac-d) > 0.01 {
@@ -184,7 +187,6 @@ func outputs(ts []Tensor) [][]float32 {
 }
 
 func TestThreadCountDoesNotChangeBits(t *testing.T) {
-	defer parallel.SetThreads(0)
 	for _, dt := range []tensor.DType{tensor.F32, tensor.BF16, tensor.F16} {
 		for _, method := range Methods() {
 			for _, scope := range []Scope{ScopeTensor, ScopeGlobal} {
@@ -192,7 +194,7 @@ func TestThreadCountDoesNotChangeBits(t *testing.T) {
 				p.Lambda, p.Density, p.Normalize, p.Seed, p.Scope = 0.7, 0.3, true, 9, scope
 				var ref [][]float32
 				for _, th := range []int{1, 2, 5} {
-					parallel.SetThreads(th)
+					p.Pool = parallel.Pool{Threads: th}
 					ts := randomMerge(rand.New(rand.NewPCG(3, 4)), dt, testShapes(dt == tensor.F32), modelsFor(method))
 					ts[1].Transposed = true
 					if err := Run(method, p, ts); err != nil {

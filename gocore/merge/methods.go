@@ -144,12 +144,18 @@ func (topK) prepare(e *engine, which []int) error {
 		return err
 	}
 	e.storeSelections(which, sels, 1)
-	return nil
+	return e.prepareRescale(which, topKMask)
+}
+
+// topKMask zeroes the entries outside model m's top-k cut.
+func topKMask(e *engine, m int, ch chunkRef, tau []float32) {
+	u, c := e.unitChunk(ch)
+	keepTop(&e.sp.cuts[m][u], c, tau)
 }
 
 func (topK) apply(e *engine, m int, ch chunkRef, tau []float32) {
-	u, c := e.unitChunk(ch)
-	keepTop(&e.sp.cuts[m][u], c, tau)
+	topKMask(e, m, ch, tau)
+	scaleKept(tau, e.rescaleFactor(ch.ti, m))
 }
 
 // magnitudes returns a topk.Source over |θ_m − θ₀| for the given chunks;
@@ -181,14 +187,26 @@ func (e *engine) magnitudes(m int, chunks []chunkRef, fail *chunkError) topk.Sou
 	}
 }
 
-// dare drops each entry with probability 1 − density and rescales the kept
-// ones by 1/density (Yu et al. 2024, "Language Models are Super Mario", eq. 2).
-// The draw for entry i of tensor name and model m is
-// rng.Uniform(rng.Key(seed, name, m), i) < density.
+// dare drops each entry with probability 1 − density (Yu et al. 2024,
+// "Language Models are Super Mario", eq. 2) and, with Rescale, scales the
+// kept ones by the factor that restores the task vector's L1 norm over the
+// tensor (mergekit's rescale; rescale.go). The draw for entry i of tensor
+// name and model m is rng.Uniform(rng.Key(seed, name, m), i) < density.
 type dare struct{}
 
-func (dare) usesDensity() bool            { return true }
-func (dare) prepare(*engine, []int) error { return nil }
+func (dare) usesDensity() bool { return true }
+
+func (dare) prepare(e *engine, units []int) error { return e.prepareRescale(units, dareMask) }
+
+// dareMask zeroes the entries DARE drops from chunk ch of model m's τ.
+func dareMask(e *engine, m int, ch chunkRef, tau []float32) {
+	d := float32(e.density(m))
+	if d >= 1 {
+		return
+	}
+	key := rng.Key(e.p.Seed, e.tensors[ch.ti].Name, m)
+	vec.DareDrop(tau, key, uint64(ch.lo), vec.DareThreshold(d), 1)
+}
 
 func (dare) apply(e *engine, m int, ch chunkRef, tau []float32) {
 	d := float32(e.density(m))
@@ -196,7 +214,7 @@ func (dare) apply(e *engine, m int, ch chunkRef, tau []float32) {
 		return
 	}
 	key := rng.Key(e.p.Seed, e.tensors[ch.ti].Name, m)
-	vec.DareDrop(tau, key, uint64(ch.lo), vec.DareThreshold(d), 1/d)
+	vec.DareDrop(tau, key, uint64(ch.lo), vec.DareThreshold(d), e.rescaleFactor(ch.ti, m))
 }
 
 // weightedSum is task arithmetic (Ilharco et al. 2023, eq. 1):
@@ -262,10 +280,13 @@ func (l linear) direct(e *engine, ch chunkRef, _ []float32, models [][]float32, 
 
 func (linear) readsBase() bool { return false }
 
+// The sum is divided by Σ w_t, not multiplied by its inverse, which rounds
+// as mergekit's linear does.
 func (linear) combine(e *engine, _ chunkRef, _ []float32, models, _ [][]float32, out []float32) {
-	inv := float32(1)
+	vec.WeightedSum(out, models, e.w, 1)
 	if e.p.Normalize {
-		inv = 1 / e.wsum
+		for j := range out {
+			out[j] /= e.wsum
+		}
 	}
-	vec.WeightedSum(out, models, e.w, inv)
 }

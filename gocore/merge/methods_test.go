@@ -211,11 +211,29 @@ func dellaExpected(tau []float32, rows, cols int, density, eps float64, key uint
 			}
 			p := float32(density-eps) + float32(rn*(2*float32(eps)))
 			if rng.Uniform(key, uint64(r*cols+j)) < p {
-				out[r*cols+j] = row[j] / p
+				out[r*cols+j] = row[j]
 			}
 		}
 	}
-	return out
+	return l1Rescaled(tau, out)
+}
+
+// l1Rescaled multiplies kept by float32(Σ|tau|)/float32(Σ|kept|) (mergekit's
+// L1 rescale), unless a sum is below 1e-7.
+func l1Rescaled(tau, kept []float32) []float32 {
+	var before, after float64
+	for j := range tau {
+		before += math.Abs(float64(tau[j]))
+		after += math.Abs(float64(kept[j]))
+	}
+	if float32(before) < 1e-7 || float32(after) < 1e-7 {
+		return kept
+	}
+	f := float32(before) / float32(after)
+	for j := range kept {
+		kept[j] *= f
+	}
+	return kept
 }
 
 func TestDellaMatchesDefinition(t *testing.T) {
@@ -240,7 +258,7 @@ func TestDellaMatchesDefinition(t *testing.T) {
 			}
 		}
 		ts := shaped("blk.w", tc.shape, make([]float32, n), tau)
-		p := Params{Lambda: 1, Density: 0.4, Epsilon: 0.2, Seed: 3}
+		p := Params{Lambda: 1, Density: 0.4, Epsilon: 0.2, Seed: 3, Rescale: true}
 		if err := Run("della_linear", p, ts); err != nil {
 			t.Fatal(err)
 		}
@@ -462,7 +480,8 @@ func TestNewMethodsBadInput(t *testing.T) {
 		{"model_stock one", "model_stock", Params{}, one("w", []float32{0}, []float32{1}), "at least 2 fine-tuned models, got 1"},
 		{"model_stock opposite", "model_stock", Params{}, one("w", []float32{0, 0}, []float32{1, 1}, []float32{-1, -1}), `task vectors of tensor "w" cancel out`},
 		{"gamma", "breadcrumbs", Params{Density: 0.5, Gamma: 1}, two(), "gamma must lie in [0, 1), got 1"},
-		{"della epsilon", "della", Params{Density: 0.2, Epsilon: 0.3}, two(), "density ± epsilon must lie in (0, 1]"},
+		{"della epsilon", "della", Params{Density: 0.2, Epsilon: 0.3}, two(), "density ± epsilon must lie in (0, 1)"},
+		{"della density + epsilon = 1", "della", Params{Density: 0.8, Epsilon: 0.2}, two(), "density ± epsilon must lie in (0, 1)"},
 		{"della negative epsilon", "della_linear", Params{Density: 0.2, Epsilon: -0.1}, two(), "epsilon must be ≥ 0, got -0.1"},
 		{"della density", "della", Params{Density: 0}, two(), "density must lie in (0, 1], got 0"},
 		{"pcb density", "pcb", Params{Density: 2}, two(), "density must lie in (0, 1], got 2"},

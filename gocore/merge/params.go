@@ -1,9 +1,10 @@
 package merge
 
 import (
-	"errors"
 	"fmt"
 
+	"github.com/npsfuse/npsfuse/gocore/fault"
+	"github.com/npsfuse/npsfuse/gocore/parallel"
 	"github.com/npsfuse/npsfuse/gocore/tensor"
 )
 
@@ -67,6 +68,15 @@ type Params struct {
 	// Epsilon is DELLA's half-width ε of the keep probabilities, which run
 	// from Density−ε to Density+ε (mergekit's epsilon; default 0.15).
 	Epsilon float64
+	// Gammas and Epsilons, when set, give each model its own γ and ε
+	// (mergekit reads both per model), overriding Gamma and Epsilon.
+	Gammas, Epsilons []float64
+	// Rescale makes the sparsifying methods scale each sparsified task
+	// vector, per tensor and model, by one factor Σ|τ| / Σ|τ̂| that restores
+	// its L1 norm (mergekit's rescale; its default is true for DARE and
+	// DELLA, false for the others). Without it DARE and DELLA keep the
+	// surviving entries as they are.
+	Rescale bool
 	// T is slerp's interpolation parameter in [0, 1] (mergekit's t): 0
 	// returns the first model, 1 the second.
 	T float64
@@ -105,6 +115,16 @@ type Params struct {
 	// common subspace, in [0, 1] (the authors' common_space_fraction;
 	// default 0.8); the rest is split evenly between the tasks.
 	CommonSpaceFraction float64
+
+	// Tensorwise holds the parameters whose values vary by tensor
+	// (mergekit's gradients and filter lists; see Setting), set by
+	// Resolve. Every merge evaluates them per tensor (ForTensor); nil: none.
+	Tensorwise *TensorSettings
+
+	// Pool is the merge's thread count (zero value: the process default,
+	// parallel.SetThreads). It travels with the call, so merges with
+	// different counts may run at once; results do not depend on it.
+	Pool parallel.Pool
 }
 
 // DefaultParams returns a method's recommended settings for Go callers:
@@ -130,6 +150,22 @@ func (p *Params) density(m int) float64 {
 	return p.Density
 }
 
+// gamma is model m's breadcrumbs γ.
+func (p *Params) gamma(m int) float64 {
+	if p.Gammas != nil {
+		return p.Gammas[m]
+	}
+	return p.Gamma
+}
+
+// epsilon is model m's DELLA ε.
+func (p *Params) epsilon(m int) float64 {
+	if p.Epsilons != nil {
+		return p.Epsilons[m]
+	}
+	return p.Epsilon
+}
+
 // tallLambda is model m's TALL-mask λ_m.
 func (p *Params) tallLambda(m int) float64 {
 	if p.TallLambdas != nil {
@@ -139,7 +175,7 @@ func (p *Params) tallLambda(m int) float64 {
 }
 
 // ErrInput marks errors caused by the caller's data or parameters.
-var ErrInput = errors.New("invalid merge input")
+var ErrInput = fault.New(fault.InvalidInput, "invalid merge input")
 
 // inputErr formats an error wrapping ErrInput.
 func inputErr(format string, a ...any) error {

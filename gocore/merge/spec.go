@@ -1,6 +1,7 @@
 package merge
 
 import (
+	"encoding/json"
 	"fmt"
 	"maps"
 	"math"
@@ -157,6 +158,8 @@ type MethodSpec struct {
 	MaxModels int `json:"max_models,omitempty"`
 	// Normalize is its default for normalize (mergekit's).
 	Normalize bool `json:"normalize"`
+	// Rescale is its default for rescale (mergekit's).
+	Rescale bool `json:"rescale,omitempty"`
 	// Scope is its default top-k scope.
 	Scope string `json:"scope"`
 	// DataAware methods need per-model statistics.
@@ -238,7 +241,7 @@ func init() {
 		set: func(p *Params, v []float64, _ bool) { p.Lambda = v[0] }})
 	param(ParamSpec{Name: "normalize", Kind: KindBool, PerModel: Global,
 		Doc: "Divide by the sum of weights (of the agreeing models for TIES); the default is mergekit's, per method.",
-		get: func(*Params) ([]float64, bool) { return nil, false },
+		get: func(p *Params) ([]float64, bool) { return []float64{boolValue(p.Normalize)}, false },
 		set: func(p *Params, v []float64, _ bool) { p.Normalize = v[0] != 0 }})
 	param(ParamSpec{Name: "scope", Kind: KindChoice, PerModel: Global, Choices: []string{"tensor", "global"},
 		Doc: "Over which entries top-k (and PCB's quantiles) rank: each tensor, or the whole model (ties at the cut kept in tensor-name order).",
@@ -248,14 +251,40 @@ func init() {
 		Doc: "Seed of every random choice (DARE, DELLA); an entry's draw depends only on (seed, tensor name, model, entry).",
 		get: func(*Params) ([]float64, bool) { return nil, false },
 		set: func(p *Params, v []float64, _ bool) { p.Seed = uint64(v[0]) }})
-	param(ParamSpec{Name: "gamma", Kind: KindFloat, PerModel: Global, Default: 0.01, Range: in(0, 1, false, true),
-		Doc: "Breadcrumbs: fraction of the largest |τ| dropped before the next density fraction is kept.",
-		get: func(p *Params) ([]float64, bool) { return []float64{p.Gamma}, false },
-		set: func(p *Params, v []float64, _ bool) { p.Gamma = v[0] }})
-	param(ParamSpec{Name: "epsilon", Kind: KindFloat, PerModel: Global, Default: 0.15, Range: &Range{Min: ptr(0)},
-		Doc: "DELLA: half-width ε of the keep probabilities, which run from density − ε to density + ε.",
-		get: func(p *Params) ([]float64, bool) { return []float64{p.Epsilon}, false },
-		set: func(p *Params, v []float64, _ bool) { p.Epsilon = v[0] }})
+	param(ParamSpec{Name: "gamma", Kind: KindFloat, PerModel: Either, Default: 0.01, Range: in(0, 1, false, true),
+		Doc: "Breadcrumbs: fraction of the largest |τ| dropped before the next density fraction is kept, one value or one per model.",
+		get: func(p *Params) ([]float64, bool) {
+			if p.Gammas != nil {
+				return p.Gammas, true
+			}
+			return []float64{p.Gamma}, false
+		},
+		set: func(p *Params, v []float64, per bool) {
+			if per {
+				p.Gammas = slices.Clone(v)
+				return
+			}
+			p.Gamma, p.Gammas = v[0], nil
+		}})
+	param(ParamSpec{Name: "epsilon", Kind: KindFloat, PerModel: Either, Default: 0.15, Range: &Range{Min: ptr(0)},
+		Doc: "DELLA: half-width ε of the keep probabilities, which run from density − ε to density + ε, one value or one per model.",
+		get: func(p *Params) ([]float64, bool) {
+			if p.Epsilons != nil {
+				return p.Epsilons, true
+			}
+			return []float64{p.Epsilon}, false
+		},
+		set: func(p *Params, v []float64, per bool) {
+			if per {
+				p.Epsilons = slices.Clone(v)
+				return
+			}
+			p.Epsilon, p.Epsilons = v[0], nil
+		}})
+	param(ParamSpec{Name: "rescale", Kind: KindBool, PerModel: Global,
+		Doc: "Scale each sparsified task vector, per tensor and model, by one factor restoring its L1 norm (mergekit's rescale); the default is mergekit's, per method (true for DARE and DELLA).",
+		get: func(p *Params) ([]float64, bool) { return []float64{boolValue(p.Rescale)}, false },
+		set: func(p *Params, v []float64, _ bool) { p.Rescale = v[0] != 0 }})
 	param(ParamSpec{Name: "t", Kind: KindFloat, PerModel: Global, Default: 0.5, Range: in(0, 1, false, false),
 		Doc: "Slerp: interpolation parameter; 0 gives the first model, 1 the second.",
 		get: func(p *Params) ([]float64, bool) { return []float64{p.T}, false },
@@ -387,7 +416,7 @@ func (s MethodSpec) Own() []string {
 
 // Defaults returns the method's Params when nothing is given.
 func (s MethodSpec) Defaults() Params {
-	p := Params{Normalize: s.Normalize}
+	p := Params{Normalize: s.Normalize, Rescale: s.Rescale}
 	p.Scope, _ = ParseScope(s.Scope)
 	for _, ps := range paramSpecs {
 		if f, ok := ps.Default.(float64); ok && ps.Kind == KindFloat {
@@ -487,7 +516,8 @@ func Resolve(method string, nModels int, v Values) (Params, []Problem) {
 		bad = append(bad, Problem{Param: param, Model: model, Msg: fmt.Sprintf(format, a...)})
 	}
 	// convert reads one raw value of ps; ok false after adding a problem.
-	convert := func(ps *ParamSpec, raw any, model int) (float64, bool) {
+	var convert func(ps *ParamSpec, raw any, model int) (float64, bool)
+	convert = func(ps *ParamSpec, raw any, model int) (float64, bool) {
 		switch ps.Kind {
 		case KindBool:
 			b, isBool := raw.(bool)
@@ -527,8 +557,10 @@ func Resolve(method string, nModels int, v Values) (Params, []Problem) {
 			x = n
 		case float32:
 			x = float64(n)
-		case []any:
-			add(ps.Name, model, "must be a number, got a list (per-layer gradients are not supported yet)")
+		case json.Number: // nested in Python's JSON
+			return convert(ps, jsonNumber(n), model)
+		case []any, map[string]any:
+			add(ps.Name, model, "must be a number, got %v (gradients and filter lists are taken by numeric and true/false parameters only)", raw)
 			return 0, false
 		default:
 			add(ps.Name, model, "must be a number, got %v", raw)
@@ -566,6 +598,49 @@ func Resolve(method string, nModels int, v Values) (Params, []Problem) {
 		}
 		return ps, true
 	}
+	// setting reads a value that may be a gradient or a filter list: a
+	// Setting when it varies by tensor (its numbers checked against the
+	// parameter's range here), else its one number.
+	setting := func(ps *ParamSpec, raw any, model int) (float64, Setting, bool) {
+		switch raw.(type) {
+		case []any, map[string]any:
+		default:
+			x, ok := convert(ps, raw, model)
+			return x, nil, ok
+		}
+		if ps.Kind != KindFloat && ps.Kind != KindBool {
+			x, ok := convert(ps, raw, model) // refused, naming the kinds that take lists
+			return x, nil, ok
+		}
+		ok := true
+		leaf := func(v any) (float64, bool) {
+			x, good := convert(ps, v, model)
+			if good && s.Reads(ps.Name) {
+				if r := s.rangeOf(ps); r != nil && !r.contains(x) {
+					add(ps.Name, model, "must %s, got %v", r.describe(), x)
+					good = false
+				}
+			}
+			ok = ok && good
+			return x, good
+		}
+		st, msg := parseSetting(raw, leaf, ps.Kind == KindBool)
+		if msg != "" {
+			if msg != "-" {
+				add(ps.Name, model, "%s", msg)
+			}
+			return 0, nil, false
+		}
+		if !ok {
+			return 0, nil, false
+		}
+		if !st.Varies() {
+			return st[0].Values[0], nil, true
+		}
+		return 0, st, true
+	}
+	varyGlobal := map[string]Setting{}
+	varyModels := map[string][]Setting{}
 	perModel := map[string][]float64{}
 	perGiven := map[string][]bool{}
 	if len(v.Models) > nModels {
@@ -584,8 +659,15 @@ func Resolve(method string, nModels int, v Values) (Params, []Problem) {
 			if mv[name] == nil {
 				continue
 			}
-			x, ok := convert(ps, mv[name], m)
+			x, varies, ok := setting(ps, mv[name], m)
 			if !ok {
+				continue
+			}
+			if varies != nil {
+				if varyModels[name] == nil {
+					varyModels[name] = make([]Setting, nModels)
+				}
+				varyModels[name][m] = varies
 				continue
 			}
 			if perModel[name] == nil {
@@ -607,8 +689,12 @@ func Resolve(method string, nModels int, v Values) (Params, []Problem) {
 			}
 			continue
 		}
-		x, ok := convert(ps, raw, -1)
+		x, varies, ok := setting(ps, raw, -1)
 		if !ok {
+			continue
+		}
+		if varies != nil {
+			varyGlobal[name] = varies
 			continue
 		}
 		if ps.PerModel == Global {
@@ -669,8 +755,120 @@ func Resolve(method string, nModels int, v Values) (Params, []Problem) {
 		}
 		paramSpecs["weight"].set(&p, w, true)
 	}
+	if len(varyGlobal)+len(varyModels) > 0 {
+		p.Tensorwise = tensorwise(s, &p, nModels, v, varyGlobal, varyModels)
+		if why := s.wholeModel(&p); why != "" {
+			for _, name := range p.Tensorwise.names() {
+				add(name, -1, "varies by tensor (a gradient or filter list), which %s cannot take: %s", s.Name, why)
+			}
+		}
+	}
+	if m, ok := registry[s.Name]; ok && p.Rescale && s.Reads("rescale") {
+		if _, ok := m.Sparsify.(rescaler); !ok {
+			if _, none := m.Sparsify.(keepAll); !none {
+				add("rescale", -1, "true is not supported for %s (its selection keeps no L1 norm to restore; give false)", s.Name)
+			}
+		}
+	}
 	bad = append(bad, checkValues(s, &p, nModels)...)
 	return p, bad
+}
+
+// tensorwise gathers every source of the parameters that vary by tensor
+// (see TensorSettings): the varying ones, the numbers given beside them
+// (already resolved into p) and the defaults.
+func tensorwise(s *MethodSpec, p *Params, nModels int, v Values, varyGlobal map[string]Setting, varyModels map[string][]Setting) *TensorSettings {
+	ts := &TensorSettings{Global: map[string]Setting{}, Models: make([]map[string]Setting, nModels), Default: map[string]float64{}}
+	def := s.Defaults()
+	names := map[string]bool{}
+	for n := range varyGlobal {
+		names[n] = true
+	}
+	for n := range varyModels {
+		names[n] = true
+	}
+	number := func(raw any) (Setting, bool) {
+		var x float64
+		switch n := raw.(type) {
+		case int:
+			x = float64(n)
+		case int64:
+			x = float64(n)
+		case float64:
+			x = n
+		case float32:
+			x = float64(n)
+		case json.Number:
+			f, err := n.Float64()
+			if err != nil {
+				return nil, false
+			}
+			x = f
+		default:
+			return nil, false
+		}
+		return Setting{{Values: []float64{x}}}, true
+	}
+	for name := range names {
+		ps := paramSpecs[name]
+		d := 1.0 // weight's default
+		if cur, _ := ps.get(&def); len(cur) == 1 {
+			d = cur[0]
+		}
+		ts.Default[name] = d
+		if g, ok := varyGlobal[name]; ok {
+			ts.Global[name] = g
+		} else if g, ok := number(v.Global[name]); ok {
+			ts.Global[name] = g
+		}
+		for m := range nModels {
+			own := Setting(nil)
+			if vm := varyModels[name]; vm != nil {
+				own = vm[m]
+			}
+			if own == nil && m < len(v.Models) {
+				own, _ = number(v.Models[m][name])
+			}
+			if own != nil {
+				if ts.Models[m] == nil {
+					ts.Models[m] = map[string]Setting{}
+				}
+				ts.Models[m][name] = own
+			}
+		}
+	}
+	// p holds the values of tensors no condition matches in any source
+	// (what a check of p sees): the defaults.
+	for name := range names {
+		ps := paramSpecs[name]
+		if ps.PerModel == Global {
+			ps.set(p, []float64{ts.Default[name]}, false)
+			continue
+		}
+		vals := make([]float64, nModels)
+		for m := range vals {
+			vals[m] = ts.Default[name]
+		}
+		ps.set(p, vals, true)
+	}
+	return ts
+}
+
+// wholeModel says why the method, with p, ranks or measures the whole
+// model at once (so one value per tensor cannot apply), or "".
+func (s *MethodSpec) wholeModel(p *Params) string {
+	if p.Scope == ScopeGlobal {
+		return "scope: global ranks every tensor of a model together"
+	}
+	m, ok := registry[s.Name]
+	if !ok {
+		return ""
+	}
+	e := &engine{method: m, p: *p}
+	if wm, ok := m.Combine.(wholeModeler); ok && wm.wholeModel(e) {
+		return "it measures the whole model before merging any tensor"
+	}
+	return ""
 }
 
 // Check applies the method's rules to Params built directly (Go callers,
@@ -722,6 +920,14 @@ func checkValues(s *MethodSpec, p *Params, nModels int) []Problem {
 		}
 	}
 	return bad
+}
+
+// boolValue is 1 for true, 0 for false.
+func boolValue(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func quoted(s []string) []string {

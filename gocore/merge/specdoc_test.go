@@ -22,7 +22,18 @@ func methodsDoc() string {
 	b.WriteString("`npsfuse merge` and the daemon's merge job.\n\n")
 	b.WriteString("Every method accepts the common parameters (" + strings.Join(quotedCode(Common), ", ") + ");\n")
 	b.WriteString("those it does not read are ignored, as in mergekit.\n\n")
-	b.WriteString("## Methods\n\n| method | models | reads | normalize | scope | mergekit | what it computes |\n|---|---|---|---|---|---|---|\n")
+	b.WriteString("Numeric and true/false parameters also take mergekit's per-tensor forms, globally and\n")
+	b.WriteString("per model: a\n")
+	b.WriteString("gradient (a list of numbers interpolated over the layers: a tensor of layer i of L sits at\n")
+	b.WriteString("i/(L−1), every other tensor at 0) and a filter list (`[{filter: self_attn, value: 0.3},\n")
+	b.WriteString("{value: 0.7}]`: the first condition whose filter is a substring of the tensor's name, or\n")
+	b.WriteString("that has none, applies; its value is a number or a gradient; a true/false gradient picks\n")
+	b.WriteString("its point ⌊t·(n−1)⌋ instead of interpolating). A model's own value comes\n")
+	b.WriteString("first, then the global one, then the default. In Python a dict or a list of dicts is such\n")
+	b.WriteString("a value for every model, and for a parameter that takes one value a list is a gradient.\n")
+	b.WriteString("A method that ranks or measures the whole model at once (`scope: global`, `neuro`'s\n")
+	b.WriteString("automatic λ₂) refuses them.\n\n")
+	b.WriteString("## Methods\n\n| method | models | reads | normalize | rescale | scope | mergekit | what it computes |\n|---|---|---|---|---|---|---|---|\n")
 	for _, m := range Methods() {
 		s := methodSpecs[m]
 		models := fmt.Sprintf("≥ %d", s.MinModels)
@@ -40,7 +51,11 @@ func methodsDoc() string {
 		if s.Mergekit {
 			mk = "yes"
 		}
-		fmt.Fprintf(&b, "| `%s` | %s | %s | %v | %s | %s | %s |\n", m, models, reads, s.Normalize, s.Scope, mk, cell(s.Doc))
+		rescale := ""
+		if s.Reads("rescale") {
+			rescale = fmt.Sprint(s.Rescale)
+		}
+		fmt.Fprintf(&b, "| `%s` | %s | %s | %v | %s | %s | %s | %s |\n", m, models, reads, s.Normalize, rescale, s.Scope, mk, cell(s.Doc))
 	}
 	b.WriteString("\n## Parameters\n\n| parameter | Python keyword | type | one value or per model | default (config) | range | meaning |\n|---|---|---|---|---|---|---|\n")
 	for _, n := range ParamNames() {

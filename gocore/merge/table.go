@@ -5,30 +5,30 @@ package merge
 // A test checks it against the kernels' registry, so a method cannot be
 // added without its row, nor a row without its kernel.
 func init() {
-	ties := []string{"weight", "density", "lambda", "normalize", "scope"}
-	random := []string{"weight", "density", "lambda", "normalize", "seed"}
+	ties := []string{"weight", "density", "lambda", "normalize", "scope", "rescale"}
+	random := []string{"weight", "density", "lambda", "normalize", "seed", "rescale"}
 	subspace := []string{"weight", "lambda"}
 	for _, s := range []MethodSpec{
 		{Name: "linear", Doc: "Weighted average of the models, Σ w_t θ_t / Σ w_t (the base is not used).",
 			Params: []string{"weight", "normalize"}, Normalize: true, Mergekit: true},
 		{Name: "task_arithmetic", Doc: "θ₀ + λ·Σ w_t τ_t (Ilharco et al., 2023).",
-			Params: []string{"weight", "lambda", "normalize"}, Mergekit: true},
+			Params: []string{"weight", "lambda", "normalize", "rescale"}, Mergekit: true},
 		{Name: "ties", Doc: "Top-k trim, sign election, disjoint mean (Yadav et al., 2023).",
 			Params: ties, Normalize: true, Mergekit: true},
 		{Name: "magnitude_prune", Doc: "Top-k trim of each task vector, then the weighted sum.",
 			Params: ties},
 		{Name: "dare_linear", Doc: "DARE: random drop with rescale, then the weighted sum (Yu et al., 2024).",
-			Params: random, Mergekit: true},
+			Params: random, Rescale: true, Mergekit: true},
 		{Name: "dare_ties", Doc: "DARE's random drop, then TIES' sign election and disjoint mean.",
-			Params: random, Mergekit: true},
+			Params: random, Rescale: true, Mergekit: true},
 		{Name: "breadcrumbs", Doc: "Drop the largest γ and keep the next density fraction by |τ|, then the weighted sum (Davari & Belilovsky, 2024).",
 			Params: append(ties[:len(ties):len(ties)], "gamma"), Mergekit: true},
 		{Name: "breadcrumbs_ties", Doc: "Breadcrumbs' band, then TIES' sign election and disjoint mean.",
 			Params: append(ties[:len(ties):len(ties)], "gamma"), Mergekit: true},
 		{Name: "della", Doc: "DELLA: magnitude-ranked keep probabilities in density ± ε per neuron, then TIES' election (Deep et al., 2024).",
-			Params: append(random[:len(random):len(random)], "epsilon"), Normalize: true, Mergekit: true},
+			Params: append(random[:len(random):len(random)], "epsilon"), Normalize: true, Rescale: true, Mergekit: true},
 		{Name: "della_linear", Doc: "DELLA's drop, then the weighted sum.",
-			Params: append(random[:len(random):len(random)], "epsilon"), Mergekit: true},
+			Params: append(random[:len(random):len(random)], "epsilon"), Rescale: true, Mergekit: true},
 		{Name: "consensus_ta", Doc: "Task arithmetic restricted to the entries at least k TALL masks share (Wang et al., 2024).",
 			Params: []string{"weight", "lambda", "normalize", "k", "tall_lambda"}},
 		{Name: "consensus_ties", Doc: "TIES restricted to the entries at least k TALL masks share.",

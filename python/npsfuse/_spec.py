@@ -48,6 +48,7 @@ class Method:
     scope: str
     data_aware: bool
     mergekit: bool
+    rescale: bool = False
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,8 @@ def table() -> Table:
     methods = {
         m["name"]: Method(m["name"], m["doc"], tuple(m.get("params") or ()), m["min_models"],
                           m.get("max_models", 0), m["normalize"], m["scope"],
-                          m.get("data_aware", False), m.get("mergekit", False))
+                          m.get("data_aware", False), m.get("mergekit", False),
+                          m.get("rescale", False))
         for m in raw["methods"]
     }
     return Table(methods, params, tuple(raw["common"]))
@@ -102,10 +104,31 @@ def _value(v: Any) -> Any:
     return f if math.isfinite(f) else repr(f)
 
 
+def _setting(v: Any) -> Any:
+    """A value in mergekit's per-tensor forms (a gradient list, a
+    ``{"filter": …, "value": …}`` dict or a list of them) as JSON."""
+    if isinstance(v, dict):
+        return {k: _setting(x) for k, x in v.items()}
+    if _is_list(v):
+        return [_setting(x) for x in v]
+    return _value(v)
+
+
+def _is_setting(v: Any) -> bool:
+    """A dict, or a non-empty list of dicts: one mergekit filter list for
+    every model."""
+    if isinstance(v, dict):
+        return True
+    return _is_list(v) and len(v) > 0 and all(isinstance(x, dict) for x in v)
+
+
 def payload(method: str, n_models: int, values: dict[str, Any]) -> dict[str, Any]:
     """The engine's JSON for ``values``, keyed by :func:`npsfuse.merge`'s
     keywords (``weights``, ``lam``, method parameters): a list for a
-    per-model parameter gives each model its own value.
+    per-model parameter gives each model its own value (a number, or a
+    gradient list or filter list for that model); a dict or a list of dicts
+    is a filter list for every model; for a parameter that takes one value,
+    a list is a gradient over the layers (see docs/methods.md).
 
     Raises
     ------
@@ -123,16 +146,17 @@ def payload(method: str, n_models: int, values: dict[str, Any]) -> dict[str, Any
         if p is not None and p.kind == "data":
             glob[name] = None  # loaded by the door; the engine checks the method takes it
             continue
+        if _is_setting(v):
+            glob[name] = _setting(v)
+            continue
         if _is_list(v) and p is not None and p.per_model != "global":
             vals = list(v)
             if len(vals) != n_models:
                 raise ValueError(f"{len(vals)} values of {key} given for {n_models} models")
             for i, x in enumerate(vals):
-                models[i][name] = _value(x)
+                models[i][name] = _setting(x)
             continue
-        if _is_list(v):
-            raise ValueError(f"{key} takes one value, not a list")
-        glob[name] = _value(v)
+        glob[name] = _setting(v)  # a list: a gradient, checked by the engine
     out: dict[str, Any] = {"global": glob}
     if any(models):
         out["models"] = models

@@ -139,15 +139,24 @@ def _sparsify_topk(
 def _sparsify_dare(
     taus: list[dict[str, np.ndarray]], names: Sequence[str], density: float, seed: int
 ) -> None:
-    # The rescale multiplies by the float32 number 1/density (rather than
-    # dividing by density): a shared factor keeps exact cancellations exact,
-    # e.g. τ = (−a, −b, a+b) on a bf16 grid still sums to 0 after rescaling,
-    # so the TIES election after DARE does not hinge on a last-bit rounding.
-    scale = F32(1) / F32(density)
+    # The rescale is mergekit's: one float32 factor per tensor and model,
+    # Σ|τ| / Σ|τ̂| over the tensor (sums in float64), restoring the L1 norm.
     for m, tau in enumerate(taus):
         for k in names:
+            if density >= 1:
+                continue
             keep = dare_mask(seed, k, m, tau[k].size, density)
-            tau[k] = np.where(keep, tau[k] * scale, F32(0)).astype(F32)
+            tau[k] = l1_rescaled(tau[k], np.where(keep, tau[k], F32(0)).astype(F32))
+
+
+def l1_rescaled(tau: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """``kept`` times float32(Σ|tau|) / float32(Σ|kept|) (sums in float64),
+    mergekit's L1 rescale; unchanged when either sum is below 1e-7."""
+    before = F32(np.abs(tau.astype(np.float64)).sum())
+    after = F32(np.abs(kept.astype(np.float64)).sum())
+    if before < F32(1e-7) or after < F32(1e-7):
+        return kept
+    return (kept * F32(before / after)).astype(F32)
 
 
 # ---------------------------------------------------------------- combine
