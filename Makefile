@@ -15,7 +15,7 @@ export GOEXPERIMENT := simd
 
 GO_SOURCES := $(shell find gocore arrowio pybind daemon -name '*.go' -not -name '*_test.go' 2>/dev/null) go.mod go.sum
 
-.PHONY: all venv tools build install test test-go test-py lint demo bench clean fuzz experiment bench-cli
+.PHONY: all venv tools build install test test-go test-py lint demo bench clean fuzz chaos experiment bench-cli
 
 all: build
 
@@ -68,13 +68,16 @@ lint: venv tools
 	$(TOOLS)/staticcheck ./...
 	$(VENV)/bin/ruff check python tests $(wildcard bench)
 
-## fuzz: a short run of every Go fuzz target
+## fuzz: every Go fuzz target for FUZZTIME (20s) each, at least MIN_EXECS (1000) inputs
+## each; the table goes to bench/results/fuzz.md
 fuzz:
-	go test ./arrowio/bridge -run XXX -fuzz FuzzImport -fuzztime 30s
-	go test ./arrowio/safetensors -run XXX -fuzz FuzzOpenBytes -fuzztime 30s
-	go test ./daemon/tensors -run XXX -fuzz FuzzParseIPC -fuzztime 30s
-	go test ./daemon/config -run XXX -fuzz FuzzParseSize -fuzztime 10s
-	go test ./daemon/config -run XXX -fuzz FuzzParseAddress -fuzztime 10s
+	tools/fuzz.sh
+
+## chaos: fault injection against the real daemon and CLI (kill -9, disk full, bad inputs,
+## vanishing clients) for CHAOS_SECONDS (120), invariants checked after every case
+CHAOS_SECONDS ?= 120
+chaos: install
+	cd tests && CHAOS_SECONDS=$(CHAOS_SECONDS) $(VENV)/bin/python chaos.py
 
 ## demo: a tiny base model and three fine-tunes merged by every method (checked against the
 ## NumPy reference), then the short study on MiniLM fine-tunes (experiments/run.py --demo)
@@ -93,6 +96,7 @@ bench: install
 	$(VENV)/bin/python bench/bench_nps.py
 	$(VENV)/bin/python bench/bench_cma.py
 	$(VENV)/bin/python bench/bench_evolve.py
+	$(VENV)/bin/python bench/bench_evolve_spiking.py
 	$(VENV)/bin/python bench/bench_daemon.py
 	$(VENV)/bin/python bench/bench_simd.py
 

@@ -7,8 +7,10 @@ config says it is a folder."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import npsfuse
@@ -99,3 +101,81 @@ def test_config_that_is_a_directory(tmp_path: Path) -> None:
     assert f"config '{tmp_path}' is a directory" in r.stderr, r.stderr
     r = run_merge(str(tmp_path / "missing.yaml"), str(tmp_path / "out"))
     assert r.returncode == 2 and "does not exist" in r.stderr, r.stderr
+
+
+def _slow_merge(tmp: Path) -> tuple[Path, Path]:
+    """A config whose merge takes seconds (pcb on 3 × 8M entries)."""
+    g = torch.Generator().manual_seed(5)
+    base = {"w": torch.randn(4096, 2048, generator=g)}
+    paths = []
+    for i in range(4):
+        d = tmp / f"m{i}"
+        d.mkdir()
+        save_file(
+            {"w": base["w"] + 0.01 * i * torch.randn(4096, 2048, generator=g)},
+            str(d / "model.safetensors"),
+        )
+        paths.append(str(d))
+    cfg = tmp / "merge.yml"
+    cfg.write_text(yaml.safe_dump({
+        "merge_method": "pcb", "base_model": paths[0],
+        "models": [{"model": p, "parameters": {"weight": 1.0, "density": 0.5}} for p in paths[1:]],
+    }))  # fmt: skip
+    return cfg, tmp / "out"
+
+
+def _start(cfg: Path, out: Path) -> subprocess.Popen[str]:
+    p = subprocess.Popen(
+        [sys.executable, "-m", "npsfuse.cli", "merge", str(cfg), str(out), "--threads", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not list(out.parent.glob(".out.npsfuse-tmp-*")):
+        assert p.poll() is None, p.communicate()
+        assert time.monotonic() < deadline, "the merge never started"
+        time.sleep(0.02)
+    time.sleep(0.3)  # into the merge
+    return p
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_merge_leaves_nothing(tmp_path: Path, sig: signal.Signals) -> None:
+    """Issue 16 Low 11: Ctrl-C or SIGTERM during ``npsfuse merge`` removes
+    the partial output every time (it was left in 7 of 8 runs)."""
+    cfg, out = _slow_merge(tmp_path)
+    for _ in range(3):
+        p = _start(cfg, out)
+        p.send_signal(sig)
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 128 + sig, err
+        assert "nothing was written" in err, err
+        assert not out.exists()
+        assert not list(tmp_path.glob(".out.npsfuse-tmp-*")), err
+
+
+def test_next_run_removes_what_a_killed_merge_left(tmp_path: Path) -> None:
+    """Issue 16 Low 11: after kill -9 the partial output stays; the next
+    merge into the same folder removes it (its writer is dead)."""
+    cfg, out = _slow_merge(tmp_path)
+    p = _start(cfg, out)
+    p.kill()
+    p.communicate(timeout=60)
+    left = list(tmp_path.glob(".out.npsfuse-tmp-*"))
+    assert len(left) == 1
+    r = run_merge(str(tmp_path / "merge.yml"), str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert not list(tmp_path.glob(".out.npsfuse-tmp-*"))
+    assert (out / "model.safetensors").exists()
+
+
+def test_input_truncated_during_the_merge(tmp_path: Path) -> None:
+    """Issue 16 Medium 4: a model file truncated while it is merged (what
+    saving a checkpoint over itself does) fails the merge with a message and
+    leaves nothing; it killed the CLI with SIGABRT and left the temp folder."""
+    cfg, out = _slow_merge(tmp_path)
+    p = _start(cfg, out)
+    os.truncate(tmp_path / "m3" / "model.safetensors", 0)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 2, err
+    assert "changed while it was being read" in err, err
+    assert not out.exists() and not list(tmp_path.glob(".out.npsfuse-tmp-*"))

@@ -254,6 +254,33 @@ def _unshare_prefix() -> list[str] | None:
     return None
 
 
+def on_tmpfs(d: Daemon, folder: Path, prefix: list[str], tmp: Path, size: str = "2m") -> None:
+    """Make d start in a mount namespace of its own with a tmpfs of size
+    (mode 0700) on folder: a small disk that only the daemon sees."""
+    wrapper = tmp / "npsfused-on-tmpfs"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f"exec {' '.join(prefix)} sh -c "
+        f'\'mount -t tmpfs -o size={size},mode=700 tmpfs "$0" && exec "$@"\' '
+        f'"{folder}" "{d.binary}" "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    d.binary = str(wrapper)
+
+
+def merge_config(
+    d: Daemon, name: str, n: int, seed: int, method: str = "task_arithmetic", shapes=None, **params
+) -> tuple[dict, list[str]]:
+    """A family saved under d's data root and a merge config of it."""
+    base, fts = family(n, seed=seed, **({"shapes": shapes} if shapes else {}))
+    sb = save(base, d.root / f"{name}base")
+    sms = [save(ft, d.root / f"{name}ft{i}") for i, ft in enumerate(fts)]
+    cfg = {"merge_method": method, "base_model": sb, "models": [{"model": m} for m in sms]}
+    if params:
+        cfg["parameters"] = params
+    return cfg, sms
+
+
 def test_disk_full_upload_is_resource_exhausted(daemons, tmp_path):
     prefix = _unshare_prefix()
     if prefix is None:
@@ -261,14 +288,7 @@ def test_disk_full_upload_is_resource_exhausted(daemons, tmp_path):
     d = daemons(start=False)
     state = d.dir / "state"
     state.mkdir()
-    wrapper = tmp_path / "npsfused-on-tmpfs"
-    wrapper.write_text(
-        "#!/bin/sh\n"
-        f'exec {" ".join(prefix)} sh -c \'mount -t tmpfs -o size=2m tmpfs "$0" && exec "$@"\' '
-        f'"{state}" "{d.binary}" "$@"\n'
-    )
-    wrapper.chmod(0o755)
-    d.binary = str(wrapper)
+    on_tmpfs(d, state, prefix, tmp_path)
     d.start()
     loc = "grpc+unix://" + d.address.removeprefix("unix://")
     fl = flight.FlightClient(loc)
@@ -327,3 +347,117 @@ def test_config_path_that_is_a_directory(npsfused_bin, tmp_path):  # noqa: F811
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert r.returncode == 2 and "not a regular file" in r.stderr
+
+
+# ------------------------------------------------------------ Medium 7
+
+
+@pytest.mark.parametrize("which", ["shm_dir", "socket"])
+def test_folders_another_user_prepared_are_refused(daemons, which):
+    """Issue 16 Medium 7: a shm_dir or socket folder that other users may
+    write (as one they pre-created would be) stops the daemon at start with
+    a message naming it; a private one is accepted, and a shm_dir that was
+    only readable by others is closed to them."""
+    d = daemons(start=False)
+    folder = Path(d.shm) if which == "shm_dir" else d.dir / "sock"
+    folder.mkdir()
+    folder.chmod(0o777)
+    if which == "socket":
+        i = d.args.index("--listen")
+        d.args[i + 1] = f"unix://{folder}/d.sock"
+        d.address = f"unix://{folder}/d.sock"
+    with pytest.raises(RuntimeError, match="npsfused exited 1") as e:
+        d.start()
+    assert str(folder) in str(e.value) and "mode 0777" in str(e.value)
+    folder.chmod(0o755)
+    alive(d.start())
+    if which == "shm_dir":
+        assert folder.stat().st_mode & 0o077 == 0
+
+
+# ------------------------------------------------------------ Low 14
+
+
+def test_retention_removes_old_jobs_and_results_at_restart(daemons):
+    """Issue 16 Low 14: finished jobs and their result files are removed by
+    the retention policy (here retention_jobs = 1, applied at start), oldest
+    first, and the metrics count what was removed."""
+    d = daemons()
+    c = d.client()
+    cfg, _ = merge_config(d, "r", 2, seed=41)
+    jobs = []
+    for i in range(3):
+        j = c.submit("merge", {"config": {**cfg, "parameters": {"lambda": 0.5 + i}}})
+        assert j.wait(timeout=60)["state"] == "done"
+        jobs.append(j)
+    files = [Path(j.status()["result"]["path"]) for j in jobs]
+    assert all(f.exists() for f in files)
+    d.stop()
+    d.args += ["--retention-jobs", "1"]
+    d.start()
+    c = d.client()
+    listed = [j.id for j in c.jobs()]
+    assert listed == [jobs[-1].id], listed
+    assert [f.exists() for f in files] == [False, False, True]
+    metrics = d.metrics()
+    assert 'npsfused_retention_removed_total{what="jobs"} 2' in metrics, metrics[-2000:]
+
+
+# ------------------------------------------------------------ High 2
+
+
+@pytest.mark.parametrize("where", ["shm", "results"])
+def test_result_larger_than_free_space_fails_the_job_not_the_daemon(daemons, tmp_path, where):
+    """Issue 16 High 2: a merge result larger than the free space of
+    shm_dir (or the results folder) fails that job with a clear error; the
+    daemon lives (it died with SIGBUS writing through the map of a sparse
+    file) and leaves no temporary file behind."""
+    prefix = _unshare_prefix()
+    if prefix is None:
+        pytest.skip("cannot mount a small tmpfs here (no mount namespace / user namespace)")
+    d = daemons(start=False)
+    target = Path(d.shm) if where == "shm" else d.dir / "state" / "results"
+    target.mkdir(mode=0o700, parents=True)
+    on_tmpfs(d, target, prefix, tmp_path)
+    d.start()
+    c = d.client()
+    cfg, _ = merge_config(d, "f", 2, seed=43, shapes={"w": (1024, 1024)})  # 4 MiB: twice the space
+    j = c.submit("merge", {"config": cfg, "result": {"shm": where == "shm"}})
+    st = j.wait(timeout=60)
+    assert st["state"] == "failed", st
+    assert "no space left on device" in st["error"], st["error"]
+    alive(d)
+    # The tmpfs lives in the daemon's mount namespace: look through its root.
+    inside = Path(f"/proc/{d.proc.pid}/root{target}")
+    left = [p.name for p in inside.rglob("*") if p.is_file()]
+    assert not [n for n in left if n.startswith(".")], left
+
+
+# ------------------------------------------------------------ Medium 4
+
+
+def test_input_truncated_while_merged_fails_the_job_not_the_daemon(daemons):
+    """Issue 16 Medium 4: an input truncated while the daemon merges it (a
+    checkpoint saved over itself) fails that job with a message; the daemon
+    (SIGBUS before) and the other jobs live on, and no partial output stays."""
+    d = daemons()
+    c = d.client()
+    # Two tensors merged in name order: truncate once the first is done, so
+    # that the file is certainly mapped and the second is read from it.
+    shapes = {"a": (1024, 1024), "w": (4096, 2048)}
+    cfg, sms = merge_config(d, "t", 3, seed=44, method="pcb", shapes=shapes, density=0.5)
+    out = d.root / "tout"
+    j = c.submit("merge", {"config": cfg, "out_dir": str(out)})
+    deadline = time.monotonic() + 60
+    while j.status()["progress"].get("done", 0) < 1:
+        assert time.monotonic() < deadline and j.status()["state"] in ("queued", "running")
+        time.sleep(0.005)
+    os.truncate(Path(sms[2]) / "model.safetensors", 0)
+    st = j.wait(timeout=120)
+    assert st["state"] == "failed", st
+    assert "changed while it was being read" in st["error"], st["error"]
+    alive(d)
+    assert not out.exists() and not list(d.root.glob(".tout.npsfuse-tmp-*"))
+    ok = c.submit("merge", {"config": {**cfg, "merge_method": "task_arithmetic",
+                                       "models": cfg["models"][:2]}})  # fmt: skip
+    assert ok.wait(timeout=120)["state"] == "done"

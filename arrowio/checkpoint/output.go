@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/npsfuse/npsfuse/arrowio/safetensors"
+	"github.com/npsfuse/npsfuse/gocore/fault"
 )
 
 // AuxFiles are copied from the base checkpoint's folder into the output
@@ -23,7 +24,7 @@ var AuxFiles = []string{
 }
 
 // ErrOutput marks an output folder that cannot be written.
-var ErrOutput = errors.New("bad output folder")
+var ErrOutput = fault.New(fault.AlreadyExists, "bad output folder")
 
 // Output is a checkpoint folder under construction: everything is written
 // into a temporary folder beside the destination, which Commit renames
@@ -32,10 +33,15 @@ type Output struct {
 	final, tmp string
 	force      bool
 	done       bool
+	// Stale lists the temporary folders of killed earlier runs (into the
+	// same destination) that NewOutput removed.
+	Stale []string
 }
 
 // NewOutput prepares to write the folder dir. An existing non-empty dir is
-// refused unless force is set (it is then replaced at Commit).
+// refused unless force is set (it is then replaced at Commit). Temporary
+// folders that killed earlier runs left beside dir are removed first
+// (RemoveStale); the new one records its writer for the same purpose.
 func NewOutput(dir string, force bool) (*Output, error) {
 	dir = filepath.Clean(dir)
 	if entries, err := os.ReadDir(dir); err == nil && len(entries) > 0 && !force {
@@ -44,17 +50,22 @@ func NewOutput(dir string, force bool) (*Output, error) {
 		if st, serr := os.Stat(dir); serr == nil && !st.IsDir() {
 			return nil, fmt.Errorf("%w: %s exists and is not a folder", ErrOutput, dir)
 		}
-		return nil, fmt.Errorf("%w: %v", ErrOutput, err)
+		return nil, fmt.Errorf("%w: %w", ErrOutput, err)
 	}
 	parent := filepath.Dir(dir)
 	if err := os.MkdirAll(parent, 0o755); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrOutput, err)
+		return nil, fmt.Errorf("%w: %w", ErrOutput, err)
 	}
+	stale := RemoveStale(dir)
 	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(dir)+".npsfuse-tmp-")
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrOutput, err)
+		return nil, fmt.Errorf("%w: %w", ErrOutput, err)
 	}
-	return &Output{final: dir, tmp: tmp, force: force}, nil
+	if err := markOwner(tmp); err != nil {
+		_ = os.RemoveAll(tmp)
+		return nil, fmt.Errorf("%w: %w", ErrOutput, err)
+	}
+	return &Output{final: dir, tmp: tmp, force: force, Stale: stale}, nil
 }
 
 // Dir is the temporary folder to write into.
@@ -69,8 +80,11 @@ func (o *Output) Commit() error {
 		return fmt.Errorf("%w: output already committed or aborted", ErrOutput)
 	}
 	o.done = true
+	if err := os.Remove(filepath.Join(o.tmp, ownerFile)); err != nil && !os.IsNotExist(err) {
+		return fmt.Errorf("%w: %w", ErrOutput, err)
+	}
 	if err := os.Chmod(o.tmp, 0o755); err != nil {
-		return fmt.Errorf("%w: %v", ErrOutput, err)
+		return fmt.Errorf("%w: %w", ErrOutput, err)
 	}
 	var old string
 	if _, err := os.Stat(o.final); err == nil {
@@ -78,14 +92,14 @@ func (o *Output) Commit() error {
 		// that a failure in between leaves either the old or the new folder.
 		old = o.tmp + ".old"
 		if err := os.Rename(o.final, old); err != nil {
-			return fmt.Errorf("%w: %v", ErrOutput, err)
+			return fmt.Errorf("%w: %w", ErrOutput, err)
 		}
 	}
 	if err := os.Rename(o.tmp, o.final); err != nil {
 		if old != "" {
 			_ = os.Rename(old, o.final)
 		}
-		return fmt.Errorf("%w: %v", ErrOutput, err)
+		return fmt.Errorf("%w: %w", ErrOutput, err)
 	}
 	if old != "" {
 		_ = os.RemoveAll(old)
@@ -164,7 +178,7 @@ func WriteIndex(dir string, shards []Shard) error {
 // AuxFiles that exist. A missing config.json is not an error (a bare
 // .safetensors input has none).
 func CopyConfig(srcDir, dstDir, torchDType string) error {
-	raw, err := os.ReadFile(filepath.Join(srcDir, "config.json"))
+	raw, err := ReadRegular(filepath.Join(srcDir, "config.json"))
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 	case err != nil:
@@ -203,7 +217,7 @@ func CopyConfig(srcDir, dstDir, torchDType string) error {
 }
 
 func copyFile(src, dst string) error {
-	in, err := os.Open(src)
+	in, err := OpenRegular(src)
 	if err != nil {
 		return err
 	}
@@ -221,7 +235,7 @@ func copyFile(src, dst string) error {
 
 // ModelType reads config.json's "model_type" in dir ("" when absent).
 func ModelType(dir string) string {
-	raw, err := os.ReadFile(filepath.Join(dir, "config.json"))
+	raw, err := ReadRegular(filepath.Join(dir, "config.json"))
 	if err != nil {
 		return ""
 	}

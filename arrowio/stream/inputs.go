@@ -93,7 +93,7 @@ func indexShards(idx string) ([]string, error) {
 	if !st.Mode().IsRegular() || st.Size() > maxIndexBytes {
 		return nil, fmt.Errorf("%s: not a regular file under %d bytes", idx, maxIndexBytes)
 	}
-	raw, err := os.ReadFile(idx)
+	raw, err := checkpoint.ReadRegular(idx)
 	if err != nil {
 		return nil, err
 	}

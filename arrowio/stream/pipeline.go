@@ -1,8 +1,8 @@
 package stream
 
 import (
+	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -11,20 +11,22 @@ import (
 
 	"github.com/npsfuse/npsfuse/arrowio/checkpoint"
 	"github.com/npsfuse/npsfuse/arrowio/safetensors"
+	"github.com/npsfuse/npsfuse/gocore/fault"
 	"github.com/npsfuse/npsfuse/gocore/merge"
 	"github.com/npsfuse/npsfuse/gocore/parallel"
+	"github.com/npsfuse/npsfuse/gocore/plan"
 	"github.com/npsfuse/npsfuse/gocore/tensor"
 )
 
 // ErrInput marks checkpoints that do not fit together (missing tensors,
 // shape mismatches, unsupported dtypes); messages name file and tensor.
-var ErrInput = errors.New("invalid merge input")
+var ErrInput = fault.New(fault.InvalidInput, "invalid merge input")
 
 // Options are the command line's knobs.
 type Options struct {
 	OutDir       string
 	ShardSize    int64  // bytes per output shard; ≤ 0: 5 GB
-	Threads      int    // ≤ 0: all cores
+	Threads      int    // kernel goroutines of this run; ≤ 0: the process default (all cores)
 	DType        string // output dtype override (--dtype)
 	AllowMissing bool   // keep the base's tensor where a model lacks one
 	// ReadAhead bounds how many input bytes are read ahead of the tensor
@@ -33,6 +35,10 @@ type Options struct {
 	Force     bool // replace a non-empty OutDir
 	// Progress receives a progress line now and then (nil: none).
 	Progress io.Writer
+	// OnProgress, when set, is called after each output tensor with the
+	// number of tensors done and the total, on Run's goroutine (it should
+	// return quickly). The daemon publishes job progress with it.
+	OnProgress func(done, total int64)
 	// OnOutput, when set, is called with the temporary folder the output
 	// is written into (renamed to OutDir at the end) as soon as it exists,
 	// before anything is written; an error stops the merge. The daemon
@@ -84,14 +90,20 @@ type job struct {
 // writing anything; on any error or cancellation nothing is left at
 // opt.OutDir.
 func Run(ctx context.Context, cfg *Config, opt Options) (res *Result, err error) {
+	// An input truncated while it is mapped (a checkpoint saved over
+	// itself) is an error, not SIGBUS: the deferred cleanups of runPipeline
+	// remove the partial output.
+	err = parallel.Guard(func() error {
+		res, err = runPipeline(ctx, cfg, opt)
+		return err
+	})
+	return res, err
+}
+
+func runPipeline(ctx context.Context, cfg *Config, opt Options) (res *Result, err error) {
 	start := time.Now()
 	if opt.ShardSize <= 0 {
 		opt.ShardSize = DefaultShardSize
-	}
-	if opt.Threads > 0 {
-		old := parallel.Threads()
-		parallel.SetThreads(opt.Threads)
-		defer parallel.SetThreads(old)
 	}
 	basePath := cfg.BaseModel
 	if basePath == "" { // linear without a base: the first model lays out the output
@@ -118,11 +130,7 @@ func Run(ctx context.Context, cfg *Config, opt Options) (res *Result, err error)
 		return nil, err
 	}
 	res = &Result{Notes: append([]string(nil), cfg.Notes...)}
-	transposed, note := transposedPatterns(cfg, base.Dir)
-	if note != "" {
-		res.Notes = append(res.Notes, note)
-	}
-	jobs, tensors, err := plan(cfg, opt, base, models, outDT, transposed, res)
+	jobs, tensors, err := planJobs(cfg, opt, base, models, outDT, res)
 	if err != nil {
 		return nil, err
 	}
@@ -130,6 +138,7 @@ func Run(ctx context.Context, cfg *Config, opt Options) (res *Result, err error)
 	if err != nil {
 		return nil, err
 	}
+	params.Pool = parallel.Pool{Threads: opt.Threads} // travels with this run only
 	defer stats.Close()
 	res.Notes = append(res.Notes, stats.Notes...)
 	for i := range jobs { // statistics are read, prefetched and released like inputs
@@ -153,11 +162,10 @@ func Run(ctx context.Context, cfg *Config, opt Options) (res *Result, err error)
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		if err != nil {
-			out.Abort()
-		}
-	}()
+	// Unconditional, so that a panic unwinding through runPipeline (a memory fault
+	// that Guard turns into an error) removes the partial output too;
+	// after Commit, Abort does nothing.
+	defer out.Abort()
 	if opt.OnOutput != nil {
 		if err = opt.OnOutput(out.Dir()); err != nil {
 			return nil, err
@@ -215,6 +223,9 @@ func Run(ctx context.Context, cfg *Config, opt Options) (res *Result, err error)
 		tm.Merge += t3.Sub(t2).Seconds()
 		res.BytesRead += j.read
 		prog.step(j.info.ByteLen())
+		if opt.OnProgress != nil {
+			opt.OnProgress(int64(i+1), int64(len(jobs)))
+		}
 	}
 	pf.close()
 	tFinish := time.Now()
@@ -250,108 +261,87 @@ func Run(ctx context.Context, cfg *Config, opt Options) (res *Result, err error)
 	return res, nil
 }
 
-// plan checks every tensor of every model against the base and decides,
-// per base tensor, whether it is merged or copied.
-func plan(cfg *Config, opt Options, base *checkpoint.Checkpoint, models []*checkpoint.Checkpoint,
-	outDT tensor.DType, transposed []string, res *Result) ([]job, []merge.Tensor, error) {
-	var bad []string
-	var jobs []job
+// planJobs matches the checkpoints (gocore/plan, the rule of every door),
+// compares the models' integer tensors with the base's, and lays out one
+// job per output tensor, in tensor-name order.
+func planJobs(cfg *Config, opt Options, base *checkpoint.Checkpoint, models []*checkpoint.Checkpoint,
+	outDT tensor.DType, res *Result) ([]job, []merge.Tensor, error) {
+	inputs := make([]plan.Input, len(models))
+	for i, m := range models {
+		inputs[i] = planInput(m)
+	}
+	po := plan.Options{Transposed: cfg.Transposed, ModelType: checkpoint.ModelType(base.Dir),
+		AllowMissing: opt.AllowMissing, MissingOption: "--allow-missing", NoBase: cfg.BaseModel == ""}
+	if outDT != 0 {
+		po.OutDType = checkpoint.FromKernel(outDT).String()
+	}
+	p, err := plan.Make(planInput(base), inputs, po)
+	if err != nil {
+		return nil, nil, err
+	}
+	_ = p.Verify(func(name string, i int) (bool, error) {
+		bb, _ := base.Bytes(name)
+		mb, _ := models[i].Bytes(name)
+		return bytes.Equal(mb, bb), nil
+	})
+	if len(p.Problems) > 0 {
+		return nil, nil, fmt.Errorf("%w: %s", ErrInput, p.Message())
+	}
+	res.Notes = append(res.Notes, p.Notes...)
+	jobs := make([]job, 0, len(p.Entries))
 	var tensors []merge.Tensor
-	for _, name := range base.Names() {
-		bi, _ := base.Info(name)
-		bdt, floatOK := checkpoint.KernelDType(bi.DType)
-		j := job{info: bi, merged: -1}
-		if !floatOK {
-			// Integer and boolean buffers are copied from the base.
-			j.copyOf, _ = base.Bytes(name)
-			j.read = int64(len(j.copyOf))
-			j.inputs = [][]byte{j.copyOf}
+	for _, e := range p.Entries {
+		bi, _ := base.Info(e.Name)
+		bb, _ := base.Bytes(e.Name)
+		j := job{info: bi, merged: e.Merged, inputs: [][]byte{bb}, read: int64(len(bb))}
+		odt, _ := safetensors.ParseDType(e.DType)
+		if odt != bi.DType { // a float output in another dtype
+			j.info.DType = odt
+			j.info.Begin, j.info.End = 0, bi.NumElements()*int64(odt.Size())
+		}
+		if e.Action == plan.Copy {
+			j.copyOf = bb
+			if odt != bi.DType {
+				j.conv, _ = checkpoint.KernelDType(bi.DType)
+			}
 			jobs = append(jobs, j)
 			continue
 		}
-		inputs := make([]tensor.Vec, 0, len(models))
-		missing := false
-		bb, _ := base.Bytes(name)
-		bv, err := vecOf(bb, bdt, base.File(name), name)
+		bdt, _ := checkpoint.KernelDType(bi.DType)
+		bv, err := vecOf(bb, bdt, base.File(e.Name), e.Name)
 		if err != nil {
-			bad = append(bad, err.Error())
-			continue
+			return nil, nil, fmt.Errorf("%w: %v", ErrInput, err)
 		}
-		j.inputs = append(j.inputs, bb)
-		for mi, m := range models {
-			mi2, ok := m.Info(name)
-			if !ok {
-				if opt.AllowMissing {
-					missing = true
-					res.Notes = append(res.Notes, fmt.Sprintf("tensor %q is missing from %s: the base's tensor is kept (--allow-missing)", name, m.Path))
-					break
-				}
-				bad = append(bad, fmt.Sprintf("tensor %q is missing from model %d (%s); --allow-missing keeps the base's", name, mi, m.Path))
-				continue
-			}
-			if !sameShape(mi2.Shape, bi.Shape) {
-				bad = append(bad, fmt.Sprintf("tensor %q has shape %v in %s but %v in the base %s", name, mi2.Shape, m.File(name), bi.Shape, base.File(name)))
-				continue
-			}
-			mdt, ok := checkpoint.KernelDType(mi2.DType)
-			if !ok {
-				bad = append(bad, fmt.Sprintf("tensor %q has dtype %v in %s; floating-point tensors must stay floating-point", name, mi2.DType, m.File(name)))
-				continue
-			}
-			mb, _ := m.Bytes(name)
-			mv, err := vecOf(mb, mdt, m.File(name), name)
+		t := merge.Tensor{Name: e.Name, Shape: make([]int, len(e.Shape)), Transposed: e.Transposed, Base: bv}
+		for k, d := range e.Shape {
+			t.Shape[k] = int(d)
+		}
+		for _, m := range models {
+			mi, _ := m.Info(e.Name)
+			mdt, _ := checkpoint.KernelDType(mi.DType)
+			mb, _ := m.Bytes(e.Name)
+			mv, err := vecOf(mb, mdt, m.File(e.Name), e.Name)
 			if err != nil {
-				bad = append(bad, err.Error())
-				continue
+				return nil, nil, fmt.Errorf("%w: %v", ErrInput, err)
 			}
-			inputs = append(inputs, mv)
+			t.Models = append(t.Models, mv)
 			j.inputs = append(j.inputs, mb)
 			j.read += int64(len(mb))
 		}
-		j.read += int64(len(bb))
-		if missing {
-			// The base's tensor is kept, in the output dtype like the rest.
-			j.copyOf, j.read, j.inputs = bb, int64(len(bb)), [][]byte{bb}
-			if outDT != 0 && outDT != bdt {
-				j.conv = bdt
-				j.info.DType = checkpoint.FromKernel(outDT)
-				j.info.Begin, j.info.End = 0, bi.NumElements()*int64(outDT.Size())
-			}
-			jobs = append(jobs, j)
-			continue
-		}
-		if len(inputs) != len(models) {
-			continue // reported above
-		}
-		odt := outDT
-		if odt == 0 {
-			odt = bdt
-		}
-		j.info.DType = checkpoint.FromKernel(odt)
-		j.info.Begin, j.info.End = 0, bi.NumElements()*int64(odt.Size())
-		j.merged = len(tensors)
-		shape := make([]int, len(bi.Shape))
-		for k, d := range bi.Shape {
-			shape[k] = int(d)
-		}
-		tensors = append(tensors, merge.Tensor{Name: name, Shape: shape, Transposed: merge.IsTransposed(name, shape, transposed), Base: bv, Models: inputs})
+		tensors = append(tensors, t)
 		jobs = append(jobs, j)
 	}
-	for _, m := range models {
-		for _, name := range m.Names() {
-			if _, ok := base.Info(name); !ok {
-				bad = append(bad, fmt.Sprintf("tensor %q of %s is not in the base model %s", name, m.File(name), base.Path))
-			}
-		}
-	}
-	if len(bad) > 0 {
-		n := len(bad)
-		if len(bad) > 20 {
-			bad = append(bad[:20], fmt.Sprintf("… and %d more", len(bad)-20))
-		}
-		return nil, nil, fmt.Errorf("%w: the checkpoints do not fit together (%s):\n  - %s", ErrInput, plural(n, "problem"), strings.Join(bad, "\n  - "))
-	}
 	return jobs, tensors, nil
+}
+
+// planInput is a checkpoint's tensor list for the planner.
+func planInput(c *checkpoint.Checkpoint) plan.Input {
+	in := plan.Input{Where: c.Path}
+	for _, name := range c.Names() {
+		info, _ := c.Info(name)
+		in.Tensors = append(in.Tensors, plan.Tensor{Name: name, DType: info.DType.String(), Shape: info.Shape, File: c.File(name)})
+	}
+	return in
 }
 
 // convert writes j.copyOf (dtype j.conv) into buf (dtype j.info.DType),
@@ -402,33 +392,6 @@ func modelList(cfg *Config) string {
 		parts = append(parts, fmt.Sprintf("model %d = %s", i, m.Path))
 	}
 	return strings.Join(parts, ", ")
-}
-
-func sameShape(a, b []int64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
-// transposedPatterns are the config's patterns when it gives them (an
-// empty list included), else those of the base's model_type (merge's
-// layout rules, the same in every door).
-func transposedPatterns(cfg *Config, dir string) ([]string, string) {
-	if cfg.Transposed != nil {
-		return cfg.Transposed, ""
-	}
-	mt := checkpoint.ModelType(dir)
-	p := merge.TransposedPatterns(nil, mt)
-	if len(p) == 0 {
-		return nil, ""
-	}
-	return p, fmt.Sprintf("model_type %s: %s are treated as stored (in, out)", mt, strings.Join(p, ", "))
 }
 
 // configDType is config.json's torch_dtype: the output dtype, or that of

@@ -15,11 +15,13 @@ import (
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
 	"gopkg.in/yaml.v3"
+
+	"github.com/npsfuse/npsfuse/gocore/fault"
 )
 
 // ErrConfig marks an invalid configuration; the message lists every
 // problem found, one per line.
-var ErrConfig = errors.New("invalid npsfused configuration")
+var ErrConfig = fault.New(fault.InvalidInput, "invalid npsfused configuration")
 
 // EnvPrefix is the prefix of the environment variables read.
 const EnvPrefix = "NPSFUSE"
@@ -58,6 +60,17 @@ type Config struct {
 	StoreSync bool
 	// LogLevel is debug, info, warn or error; LogFormat json or text.
 	LogLevel, LogFormat string
+	// RetentionAge removes a finished job (record and result file) this
+	// long after it finished; 0 keeps it.
+	RetentionAge time.Duration
+	// RetentionJobs keeps at most this many finished jobs (0: no limit).
+	RetentionJobs int
+	// RetentionBytes bounds the result files of finished jobs together
+	// (0: no limit); the oldest jobs go first.
+	RetentionBytes int64
+	// SessionIdleTimeout cancels a session no client used for this long
+	// (0: never).
+	SessionIdleTimeout time.Duration
 	// File is the configuration file read ("" = none).
 	File string
 }
@@ -116,27 +129,35 @@ type raw struct {
 	StoreSync      bool          `mapstructure:"store_sync"`
 	LogLevel       string        `mapstructure:"log_level"`
 	LogFormat      string        `mapstructure:"log_format"`
+	RetentionAge   time.Duration `mapstructure:"retention_age"`
+	RetentionJobs  int           `mapstructure:"retention_jobs"`
+	RetentionBytes string        `mapstructure:"retention_bytes"`
+	SessionIdle    time.Duration `mapstructure:"session_idle_timeout"`
 }
 
 // Defaults returns the built-in default of every key, for the current
 // user's runtime and state directories.
 func Defaults() map[string]any {
 	return map[string]any{
-		"listen":           "unix://" + filepath.Join(RuntimeDir(), "npsfused", "npsfused.sock"),
-		"tokens":           []string{},
-		"data_roots":       []string{},
-		"store":            filepath.Join(StateDir(), "npsfused", "jobs.db"),
-		"shm_dir":          defaultShmDir(),
-		"workers":          max(1, runtime.NumCPU()/2),
-		"threads":          0,
-		"memory_budget":    "50%",
-		"metrics_listen":   "127.0.0.1:9464",
-		"max_message_size": "64MiB",
-		"max_upload_size":  "64GiB",
-		"drain_timeout":    "30s",
-		"store_sync":       true,
-		"log_level":        "info",
-		"log_format":       "json",
+		"listen":               "unix://" + filepath.Join(RuntimeDir(), "npsfused", "npsfused.sock"),
+		"tokens":               []string{},
+		"data_roots":           []string{},
+		"store":                filepath.Join(StateDir(), "npsfused", "jobs.db"),
+		"shm_dir":              defaultShmDir(),
+		"workers":              max(1, runtime.NumCPU()/2),
+		"threads":              0,
+		"memory_budget":        "50%",
+		"metrics_listen":       "127.0.0.1:9464",
+		"max_message_size":     "64MiB",
+		"max_upload_size":      "64GiB",
+		"drain_timeout":        "30s",
+		"store_sync":           true,
+		"log_level":            "info",
+		"log_format":           "json",
+		"retention_age":        "168h",
+		"retention_jobs":       10000,
+		"retention_bytes":      "0",
+		"session_idle_timeout": "24h",
 	}
 }
 
@@ -173,6 +194,8 @@ var flagKeys = map[string]string{
 	"metrics-listen": "metrics_listen", "max-message-size": "max_message_size",
 	"max-upload-size": "max_upload_size", "drain-timeout": "drain_timeout", "store-sync": "store_sync",
 	"log-level": "log_level", "log-format": "log_format",
+	"retention-age": "retention_age", "retention-jobs": "retention_jobs", "retention-bytes": "retention_bytes",
+	"session-idle-timeout": "session_idle_timeout",
 }
 
 // Flags declares npsfused's flags on fs: --config, --print-config,
@@ -198,6 +221,10 @@ func Flags(fs *pflag.FlagSet) {
 	fs.Bool("store-sync", true, "fsync every job-store commit")
 	fs.String("log-level", str("log_level"), "debug, info, warn or error")
 	fs.String("log-format", str("log_format"), "json or text")
+	fs.Duration("retention-age", 168*time.Hour, "remove finished jobs and their results this long after they finished (0 = keep)")
+	fs.Int("retention-jobs", d["retention_jobs"].(int), "keep at most this many finished jobs, oldest removed first (0 = no limit)")
+	fs.String("retention-bytes", str("retention_bytes"), "bound the result files of finished jobs together, oldest removed first (0 = no limit)")
+	fs.Duration("session-idle-timeout", 24*time.Hour, "cancel a session no client used for this long (0 = never)")
 }
 
 // Load builds the configuration from defaults, the YAML file (--config or
@@ -376,6 +403,23 @@ func (r raw) validate() (*Config, error) {
 	if r.DrainTimeout < 0 {
 		add("drain_timeout must be ≥ 0, got %v", r.DrainTimeout)
 	}
+	if r.RetentionAge < 0 {
+		add("retention_age must be ≥ 0 (0 = keep), got %v", r.RetentionAge)
+	}
+	c.RetentionAge = r.RetentionAge
+	if r.RetentionJobs < 0 {
+		add("retention_jobs must be ≥ 0 (0 = no limit), got %d", r.RetentionJobs)
+	}
+	c.RetentionJobs = r.RetentionJobs
+	if b := strings.TrimSpace(r.RetentionBytes); b != "" && b != "0" {
+		if c.RetentionBytes, err = ParseSize(b, 0); err != nil {
+			add("retention_bytes: %v", err)
+		}
+	}
+	if r.SessionIdle < 0 {
+		add("session_idle_timeout must be ≥ 0 (0 = never), got %v", r.SessionIdle)
+	}
+	c.SessionIdleTimeout = r.SessionIdle
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
@@ -432,6 +476,10 @@ func (c *Config) Print(w io.Writer) error {
 	for i, t := range c.Tokens {
 		toks[i] = Mask(t)
 	}
+	retentionBytes := "0"
+	if c.RetentionBytes > 0 {
+		retentionBytes = FormatSize(c.RetentionBytes)
+	}
 	out := struct {
 		Listen         string   `yaml:"listen"`
 		Tokens         []string `yaml:"tokens"`
@@ -448,9 +496,14 @@ func (c *Config) Print(w io.Writer) error {
 		StoreSync      bool     `yaml:"store_sync"`
 		LogLevel       string   `yaml:"log_level"`
 		LogFormat      string   `yaml:"log_format"`
+		RetentionAge   string   `yaml:"retention_age"`
+		RetentionJobs  int      `yaml:"retention_jobs"`
+		RetentionBytes string   `yaml:"retention_bytes"`
+		SessionIdle    string   `yaml:"session_idle_timeout"`
 	}{c.Listen.String(), toks, c.DataRoots, c.Store, c.ShmDir, c.Workers, c.Threads,
 		FormatSize(c.MemoryBudget), c.MetricsListen, FormatSize(c.MaxMessageBytes), FormatSize(c.MaxUploadBytes),
-		c.DrainTimeout.String(), c.StoreSync, c.LogLevel, c.LogFormat}
+		c.DrainTimeout.String(), c.StoreSync, c.LogLevel, c.LogFormat,
+		c.RetentionAge.String(), c.RetentionJobs, retentionBytes, c.SessionIdleTimeout.String()}
 	if c.File != "" {
 		if _, err := fmt.Fprintf(w, "# from defaults, %s, NPSFUSE_* and flags\n", c.File); err != nil {
 			return err

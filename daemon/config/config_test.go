@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spf13/pflag"
 )
@@ -241,4 +242,37 @@ func FuzzParseAddress(f *testing.F) {
 			t.Fatalf("%q → %+v → %q → %+v, %v", s, a, a.String(), back, err)
 		}
 	})
+}
+
+func TestRetentionKeys(t *testing.T) {
+	clearEnv(t)
+	c, err := load(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.RetentionAge != 168*time.Hour || c.RetentionJobs != 10000 || c.RetentionBytes != 0 || c.SessionIdleTimeout != 24*time.Hour {
+		t.Errorf("defaults: age %v jobs %d bytes %d idle %v", c.RetentionAge, c.RetentionJobs, c.RetentionBytes, c.SessionIdleTimeout)
+	}
+	c, err = load(t, "--retention-age", "1h", "--retention-jobs", "5", "--retention-bytes", "2GiB", "--session-idle-timeout", "0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.RetentionAge != time.Hour || c.RetentionJobs != 5 || c.RetentionBytes != 2<<30 || c.SessionIdleTimeout != 0 {
+		t.Errorf("flags: %+v", c)
+	}
+	var buf bytes.Buffer
+	if err := c.Print(&buf); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"retention_age: 1h0m0s", "retention_jobs: 5", "retention_bytes: 2GiB", "session_idle_timeout: 0s"} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("printed configuration lacks %q:\n%s", want, buf.String())
+		}
+	}
+	_, err = load(t, "--retention-age", "-1h", "--retention-jobs", "-2", "--retention-bytes", "lots", "--session-idle-timeout", "-1s")
+	for _, want := range []string{"retention_age must be ≥ 0", "retention_jobs must be ≥ 0", "retention_bytes:", "session_idle_timeout must be ≥ 0"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v does not mention %q", err, want)
+		}
+	}
 }

@@ -12,16 +12,46 @@ import (
 // memory_budget). A job reserves its estimate before it allocates and
 // waits while others hold too much; a job larger than the whole budget
 // fails at once instead of waiting forever.
+//
+// Shared-memory result files live in RAM (tmpfs) after their job ended,
+// until the client releases them: Hold keeps their bytes counted until
+// Drop.
 type Budget struct {
 	mu    sync.Mutex
 	total int64
 	used  int64
-	wake  chan struct{} // closed and replaced on every release
+	held  map[string]int64 // result file → bytes, counted in used
+	wake  chan struct{}    // closed and replaced on every release
 }
 
 // NewBudget returns a budget of total bytes.
 func NewBudget(total int64) *Budget {
-	return &Budget{total: total, wake: make(chan struct{})}
+	return &Budget{total: total, held: map[string]int64{}, wake: make(chan struct{})}
+}
+
+// Hold counts n bytes under key (a shared-memory result file) until
+// Drop(key). It does not wait: the job that wrote the file reserved its
+// bytes, and releases that reservation after holding them here.
+func (b *Budget) Hold(key string, n int64) {
+	if n <= 0 {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.used += n - b.held[key]
+	b.held[key] = n
+}
+
+// Drop stops counting key's bytes (the file was released or deleted).
+func (b *Budget) Drop(key string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if n, ok := b.held[key]; ok {
+		delete(b.held, key)
+		b.used -= n
+		close(b.wake)
+		b.wake = make(chan struct{})
+	}
 }
 
 // Reserve waits until n bytes fit and takes them; the returned function

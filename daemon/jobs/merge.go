@@ -8,17 +8,17 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"strings"
 	"time"
 	"unsafe"
 
 	"github.com/npsfuse/npsfuse/arrowio/checkpoint"
+	"github.com/npsfuse/npsfuse/arrowio/safetensors"
 	"github.com/npsfuse/npsfuse/arrowio/stream"
 	"github.com/npsfuse/npsfuse/daemon/store"
 	"github.com/npsfuse/npsfuse/daemon/tensors"
 	"github.com/npsfuse/npsfuse/gocore/merge"
+	"github.com/npsfuse/npsfuse/gocore/plan"
 	"github.com/npsfuse/npsfuse/gocore/tensor"
 )
 
@@ -182,7 +182,7 @@ func checkMerge(e *Env, raw json.RawMessage) (json.RawMessage, error) {
 		}
 		for _, p := range paths {
 			if tensors.IsIPCPath(p) {
-				return nil, invalid("%s is an Arrow tensor file: out_dir merges read checkpoints (or uploads); drop out_dir to get the merged tensors instead", p)
+				return nil, invalid("%s is an Arrow tensor file: out_dir merges read checkpoint folders and .safetensors files; drop out_dir to get the merged tensors instead", p)
 			}
 		}
 	} else if s.ShardSize != 0 || s.Force {
@@ -212,23 +212,6 @@ func runMerge(rc *runCtx) (any, Session, error) {
 	}
 	res, err := runTensorMerge(rc, cfg, &s)
 	return res, nil, err
-}
-
-// progressLine reads arrowio/stream's "merging i/n tensors" lines.
-var progressLine = regexp.MustCompile(`merging (\d+)/(\d+) tensors`)
-
-// streamProgress turns stream.Run's progress lines into job progress.
-type streamProgress struct{ rc *runCtx }
-
-// Write parses the last "merging i/n tensors" of b.
-func (p streamProgress) Write(b []byte) (int, error) {
-	if m := progressLine.FindAllSubmatch(b, -1); len(m) > 0 {
-		last := m[len(m)-1]
-		done, _ := strconv.ParseInt(string(last[1]), 10, 64)
-		total, _ := strconv.ParseInt(string(last[2]), 10, 64)
-		p.rc.progress(store.Progress{Done: done, Total: total, Unit: "tensors"})
-	}
-	return len(b), nil
 }
 
 // runStreamMerge merges checkpoint to checkpoint into out_dir.
@@ -263,7 +246,10 @@ func runStreamMerge(rc *runCtx, cfg *stream.Config, s *mergeSpec) (any, error) {
 	}
 	defer release()
 	res, err := stream.Run(rc.ctx, cfg, stream.Options{OutDir: out, ShardSize: s.ShardSize, DType: s.DType,
-		AllowMissing: s.AllowMissing, Force: force, Progress: streamProgress{rc},
+		AllowMissing: s.AllowMissing, Force: force, Threads: rc.env.Pool.Threads,
+		OnProgress: func(done, total int64) {
+			rc.progress(store.Progress{Done: done, Total: total, Unit: "tensors"})
+		},
 		OnOutput: func(tmp string) error { return markOutput(rc, tmp, prev) }})
 	if err != nil {
 		return nil, err
@@ -316,118 +302,120 @@ func kernelVec(b []byte, d tensor.DType) (tensor.Vec, error) {
 	return tensor.FromBytes(b, d)
 }
 
-// planMerge matches every base tensor with the models' and decides how
-// each output tensor is made.
-func planMerge(cfg *stream.Config, s *mergeSpec, base tensors.Source, models []tensors.Source) ([]planned, []merge.Tensor, []string, error) {
-	var outDT tensor.DType
+// planMerge matches the models with the base (gocore/plan: the rule of
+// every door), compares their integer tensors with the base's, and lays
+// the output out in the base's order; merged tensors are in name order.
+//
+// reserve is called once the plan holds, before any aligned copy is made,
+// with the largest output tensor's bytes, the bytes of misaligned inputs
+// that will be copied, and the output's total bytes.
+func planMerge(cfg *stream.Config, s *mergeSpec, base tensors.Source, models []tensors.Source, reserve func(largest, copies, total int64) error) ([]planned, []merge.Tensor, []string, error) {
+	opt := plan.Options{Transposed: cfg.Transposed, AllowMissing: s.AllowMissing, MissingOption: "allow_missing", NoBase: cfg.BaseModel == ""}
 	for _, d := range []string{s.DType, cfg.OutDType, cfg.DType} {
 		if d != "" {
 			dt, err := tensor.ParseDType(d)
 			if err != nil {
 				return nil, nil, nil, invalid("dtype: %v", err)
 			}
-			outDT = dt
+			opt.OutDType = tensors.FromKernel(dt).String()
 			break
 		}
 	}
-	transposed := cfg.Transposed
-	var notes []string
 	dir := base.Path()
 	if st, err := os.Stat(dir); err == nil && !st.IsDir() {
 		dir = filepath.Dir(dir)
 	}
-	if transposed == nil {
-		mt := checkpoint.ModelType(dir)
-		if transposed = merge.TransposedPatterns(nil, mt); len(transposed) > 0 {
-			notes = append(notes, fmt.Sprintf("model_type %s: %s are treated as stored (in, out)", mt, strings.Join(transposed, ", ")))
-		}
+	opt.ModelType = checkpoint.ModelType(dir)
+	inputs := make([]plan.Input, len(models))
+	for i, m := range models {
+		inputs[i] = sourceInput(m)
 	}
-	var bad []string
-	var plan []planned
-	var mts []merge.Tensor
-	for _, name := range base.Names() {
-		bm, _ := base.Meta(name)
+	p, err := plan.Make(sourceInput(base), inputs, opt)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if err := p.Verify(func(name string, i int) (bool, error) {
 		bb, err := base.Bytes(name)
 		if err != nil {
-			return nil, nil, nil, err
+			return false, err
 		}
-		bdt, isFloat := tensors.KernelDType(bm.DType)
-		if !isFloat {
-			plan = append(plan, planned{meta: bm, merged: -1, from: bb})
-			continue
-		}
-		bv, err := kernelVec(bb, bdt)
-		if err != nil {
-			bad = append(bad, fmt.Sprintf("tensor %q of the base: %v", name, err))
-			continue
-		}
-		odt := outDT
-		if odt == 0 {
-			odt = bdt
-		}
-		out := tensors.Meta{Name: name, DType: tensors.FromKernel(odt), Shape: bm.Shape}
-		var inputs []tensor.Vec
-		missing := false
-		for mi, m := range models {
-			mm, ok := m.Meta(name)
-			if !ok {
-				if s.AllowMissing {
-					missing = true
-					notes = append(notes, fmt.Sprintf("tensor %q is missing from %s: the base's tensor is kept", name, m.Path()))
-					break
-				}
-				bad = append(bad, fmt.Sprintf("tensor %q is missing from model %d (%s); allow_missing keeps the base's", name, mi, m.Path()))
-				continue
-			}
-			if tensors.FormatShape(mm.Shape) != tensors.FormatShape(bm.Shape) {
-				bad = append(bad, fmt.Sprintf("tensor %q has shape [%s] in model %d (%s) but [%s] in the base", name,
-					tensors.FormatShape(mm.Shape), mi, m.Path(), tensors.FormatShape(bm.Shape)))
-				continue
-			}
-			mdt, ok := tensors.KernelDType(mm.DType)
-			if !ok {
-				bad = append(bad, fmt.Sprintf("tensor %q has dtype %s in model %d; floating-point tensors must stay floating-point", name, tensors.WireName(mm.DType), mi))
-				continue
-			}
-			mb, err := m.Bytes(name)
+		mb, err := models[i].Bytes(name)
+		return bytes.Equal(mb, bb), err
+	}); err != nil {
+		return nil, nil, nil, err
+	}
+	if len(p.Problems) > 0 {
+		return nil, nil, nil, fmt.Errorf("%w: %s", stream.ErrInput, p.Message())
+	}
+	srcs := append([]tensors.Source{base}, models...)
+	var largest, copies, total int64
+	for _, e := range p.Entries {
+		dt, _ := safetensors.ParseDType(e.DType)
+		n, _ := safetensors.ByteSize(dt, e.Shape)
+		largest, total = max(largest, n), total+n
+	}
+	for _, e := range p.Merged() {
+		for _, src := range srcs {
+			meta, _ := src.Meta(e.Name)
+			b, err := src.Bytes(e.Name)
 			if err != nil {
 				return nil, nil, nil, err
 			}
-			mv, err := kernelVec(mb, mdt)
+			if len(b) > 0 && uintptr(unsafe.Pointer(unsafe.SliceData(b)))%uintptr(mustKernel(meta).Size()) != 0 {
+				copies += int64(len(b))
+			}
+		}
+	}
+	if err := reserve(largest, copies, total); err != nil {
+		return nil, nil, nil, err
+	}
+	var mts []merge.Tensor
+	for _, e := range p.Merged() {
+		t := merge.Tensor{Name: e.Name, Transposed: e.Transposed}
+		for i, src := range srcs {
+			meta, _ := src.Meta(e.Name)
+			b, err := src.Bytes(e.Name)
 			if err != nil {
-				bad = append(bad, fmt.Sprintf("tensor %q of model %d: %v", name, mi, err))
-				continue
+				return nil, nil, nil, err
 			}
-			inputs = append(inputs, mv)
-		}
-		if missing {
-			p := planned{meta: out, merged: -1, from: bb}
-			if odt != bdt {
-				p.conv = bdt
+			v, err := kernelVec(b, mustKernel(meta))
+			if err != nil {
+				return nil, nil, nil, fmt.Errorf("%w: tensor %q of %s: %v", stream.ErrInput, e.Name, src.Path(), err)
 			}
-			plan = append(plan, p)
-			continue
-		}
-		if len(inputs) != len(models) {
-			continue
-		}
-		plan = append(plan, planned{meta: out, merged: len(mts)})
-		mts = append(mts, merge.Tensor{Name: name, Shape: bm.IntShape(), Transposed: merge.IsTransposed(name, bm.IntShape(), transposed), Base: bv, Models: inputs})
-	}
-	for mi, m := range models {
-		for _, name := range m.Names() {
-			if _, ok := base.Meta(name); !ok {
-				bad = append(bad, fmt.Sprintf("tensor %q of model %d (%s) is not in the base", name, mi, m.Path()))
+			if i == 0 {
+				t.Shape, t.Base = meta.IntShape(), v
+			} else {
+				t.Models = append(t.Models, v)
 			}
 		}
+		mts = append(mts, t)
 	}
-	if len(bad) > 0 {
-		if len(bad) > 20 {
-			bad = append(bad[:20], fmt.Sprintf("… and %d more", len(bad)-20))
+	var out []planned
+	for _, e := range p.InBaseOrder() {
+		bm, _ := base.Meta(e.Name)
+		dt, _ := safetensors.ParseDType(e.DType)
+		pl := planned{meta: tensors.Meta{Name: e.Name, DType: dt, Shape: bm.Shape}, merged: e.Merged}
+		if e.Action == plan.Copy {
+			if pl.from, err = base.Bytes(e.Name); err != nil {
+				return nil, nil, nil, err
+			}
+			if dt != bm.DType {
+				pl.conv = mustKernel(bm)
+			}
 		}
-		return nil, nil, nil, fmt.Errorf("%w:\n  - %s", stream.ErrInput, strings.Join(bad, "\n  - "))
+		out = append(out, pl)
 	}
-	return plan, mts, notes, nil
+	return out, mts, p.Notes, nil
+}
+
+// sourceInput is a tensor source's list for the planner.
+func sourceInput(src tensors.Source) plan.Input {
+	in := plan.Input{Where: src.Path()}
+	for _, name := range src.Names() {
+		m, _ := src.Meta(name)
+		in.Tensors = append(in.Tensors, plan.Tensor{Name: name, DType: m.DType.String(), Shape: m.Shape})
+	}
+	return in
 }
 
 // runTensorMerge merges into a tensor file written straight from the
@@ -453,25 +441,36 @@ func runTensorMerge(rc *runCtx, cfg *stream.Config, s *mergeSpec) (any, error) {
 		}
 		srcs = append(srcs, models[i])
 	}
-	plan, mts, notes, err := planMerge(cfg, s, base, models)
+	var release func()
+	defer func() {
+		if release != nil {
+			release()
+		}
+	}()
+	// The reservation is taken before the aligned copies are made: the
+	// working memory, the copies of misaligned inputs, and a shared-memory
+	// result (RAM), which stays held after the job until it is released.
+	var resultBytes int64
+	plan, mts, notes, err := planMerge(cfg, s, base, models, func(largest, copies, total int64) error {
+		need := 2*largest + copies
+		if s.Result.Shm {
+			resultBytes = total
+			need += total
+		}
+		var err error
+		release, err = rc.reserve(need, "this merge")
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
-	var largest int64
-	for _, p := range plan {
-		largest = max(largest, p.meta.Bytes())
-	}
-	release, err := rc.reserve(2*largest, "this merge")
-	if err != nil {
-		return nil, err
-	}
-	defer release()
 	var merger *merge.Merger
 	if len(mts) > 0 {
 		params, stats, perr := cfg.EngineParams(mts)
 		if perr != nil {
 			return nil, perr
 		}
+		params.Pool = rc.env.Pool
 		defer stats.Close()
 		notes = append(notes, stats.Notes...)
 		if merger, err = merge.NewMerger(cfg.Method, params, mts); err != nil {
@@ -502,6 +501,9 @@ func runTensorMerge(rc *runCtx, cfg *stream.Config, s *mergeSpec) (any, error) {
 	})
 	if err != nil {
 		return nil, err
+	}
+	if s.Result.Shm {
+		rc.r.budget.Hold(res["path"].(string), resultBytes)
 	}
 	res["notes"] = append(append([]string(nil), cfg.Notes...), notes...)
 	res["method"] = cfg.Method

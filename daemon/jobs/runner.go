@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/npsfuse/npsfuse/daemon/store"
+	"github.com/npsfuse/npsfuse/gocore/parallel"
 )
 
 // MaxAttempts is how many times a job interrupted by a crash is resumed
@@ -96,6 +97,7 @@ type active struct {
 type sessionEntry struct {
 	s        Session
 	progress store.Progress
+	used     time.Time // last ask/tell/state through Session (for SessionIdle)
 }
 
 // Runner owns the queue, the workers and the live sessions. Every
@@ -329,7 +331,7 @@ func (r *Runner) execute(id uint64) {
 			r.settle(id, log, nil, nil, cause, secs)
 			return
 		}
-		r.sessions[id] = &sessionEntry{s: sess, progress: store.Progress{Message: "ready"}}
+		r.sessions[id] = &sessionEntry{s: sess, progress: store.Progress{Message: "ready"}, used: time.Now()}
 		r.mu.Unlock()
 		_, err := r.st.Update(id, func(j *store.Job) error {
 			j.Attempts = 0 // a ready session survives any number of restarts
@@ -352,7 +354,12 @@ func (r *Runner) protect(k *kind, rc *runCtx) (res any, s Session, err error) {
 			err = fmt.Errorf("internal error (Go panic): %v\n%s", p, debug.Stack())
 		}
 	}()
-	return k.run(rc)
+	// A mapped input truncated under the job fails the job, not the daemon.
+	err = parallel.Guard(func() error {
+		res, s, err = k.run(rc)
+		return err
+	})
+	return res, s, err
 }
 
 // settle records how a batch job (or a session's setup or finish) ended.
@@ -698,6 +705,7 @@ func (r *Runner) Delete(id uint64) error {
 		if err := r.env.RemoveResult(p); err != nil {
 			return err
 		}
+		r.budget.Drop(p)
 	}
 	return r.st.Delete(id)
 }
@@ -726,6 +734,7 @@ func (r *Runner) ReleaseAs(id uint64, slab string) (*Status, error) {
 	if err != nil {
 		return nil, fmt.Errorf("job %d: %w", id, err)
 	}
+	r.budget.Drop(p)
 	j, err = r.st.Update(id, func(j *store.Job) error {
 		var m map[string]any
 		if json.Unmarshal(j.Result, &m) == nil {
@@ -774,6 +783,9 @@ func (r *Runner) ResultPath(id uint64) (string, error) {
 func (r *Runner) Session(id uint64) (Session, error) {
 	r.mu.Lock()
 	e, ok := r.sessions[id]
+	if ok {
+		e.used = time.Now()
+	}
 	r.mu.Unlock()
 	if ok {
 		return e.s, nil

@@ -19,6 +19,8 @@ type metrics struct {
 	authFailures *prometheus.CounterVec
 	rpcs         *prometheus.CounterVec
 	rpcSeconds   *prometheus.HistogramVec
+	removed      *prometheus.CounterVec
+	resultBytes  prometheus.Gauge
 }
 
 // stateCollector reports jobs by state from the store's counters.
@@ -58,7 +60,14 @@ func newMetrics(st *store.Store, r *jobs.Runner, budget *jobs.Budget, total int6
 		rpcSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "npsfused_rpc_seconds",
 			Help: "Flight call latency by method.", Buckets: prometheus.ExponentialBuckets(0.0001, 4, 12)}, []string{"method"}),
 	}
-	reg.MustRegister(m.submitted, m.bytesIn, m.bytesOut, m.kernel, m.jobSeconds, m.authFailures, m.rpcs, m.rpcSeconds,
+	m.removed = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "npsfused_retention_removed_total",
+		Help: "What the retention policy removed: finished jobs, their result bytes, idle sessions expired."}, []string{"what"})
+	m.resultBytes = prometheus.NewGauge(prometheus.GaugeOpts{Name: "npsfused_result_bytes",
+		Help: "Bytes of result files of finished jobs, as of the last retention sweep."})
+	for _, w := range []string{"jobs", "bytes", "sessions"} {
+		m.removed.WithLabelValues(w)
+	}
+	reg.MustRegister(m.removed, m.resultBytes, m.submitted, m.bytesIn, m.bytesOut, m.kernel, m.jobSeconds, m.authFailures, m.rpcs, m.rpcSeconds,
 		stateCollector{st: st, desc: prometheus.NewDesc("npsfused_jobs", "Jobs in the store, by state.", []string{"state"}, nil)},
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "npsfused_queue_depth", Help: "Jobs waiting for a worker."},
 			func() float64 { return float64(r.QueueDepth()) }),
@@ -86,4 +95,12 @@ func newMetrics(st *store.Store, r *jobs.Runner, budget *jobs.Budget, total int6
 		m.authFailures.WithLabelValues(r)
 	}
 	return m
+}
+
+// swept records one retention sweep.
+func (m *metrics) swept(s jobs.Swept) {
+	m.removed.WithLabelValues("jobs").Add(float64(s.Jobs))
+	m.removed.WithLabelValues("bytes").Add(float64(s.Bytes))
+	m.removed.WithLabelValues("sessions").Add(float64(s.Sessions))
+	m.resultBytes.Set(float64(s.ResultBytes))
 }

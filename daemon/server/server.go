@@ -31,9 +31,6 @@ const slabAge = 10 * time.Minute
 // Run serves until ctx ends, then drains and returns. Errors are start-up
 // failures (a bad listener, a locked store) or a failing listener.
 func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
-	if cfg.Threads > 0 {
-		parallel.SetThreads(cfg.Threads)
-	}
 	shm := ""
 	if cfg.ShmDir != "" {
 		if err := os.MkdirAll(cfg.ShmDir, 0o700); err != nil {
@@ -42,6 +39,9 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		var err error
 		if shm, err = filepath.EvalSymlinks(cfg.ShmDir); err != nil {
 			return fmt.Errorf("shm_dir: %w", err)
+		}
+		if err := config.CheckPrivateDir(shm, "shm_dir", true); err != nil {
+			return err
 		}
 	}
 	roots, err := config.NewRoots(append(append([]string(nil), cfg.DataRoots...), shm)...)
@@ -55,6 +55,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	defer st.Close()
 	var m *metrics
 	env := &jobs.Env{Roots: roots, Uploads: cfg.Uploads, Results: cfg.Results, ShmDir: shm, Store: cfg.Store, Durable: cfg.StoreSync, Log: log,
+		Pool: parallel.Pool{Threads: cfg.Threads},
 		KernelSeconds: func(t string, s float64) {
 			m.kernel.WithLabelValues(t).Add(s)
 			m.jobSeconds.WithLabelValues(t).Observe(s)
@@ -151,6 +152,17 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		close(gcStop)
 		<-gcDone
 	}()
+	retCtx, retStop := context.WithCancel(ctx)
+	retDone := make(chan struct{})
+	go func() { // finished jobs, results and idle sessions past the retention policy
+		defer close(retDone)
+		runner.RunRetention(retCtx, jobs.Retention{MaxAge: cfg.RetentionAge, MaxJobs: cfg.RetentionJobs,
+			MaxResultBytes: cfg.RetentionBytes, SessionIdle: cfg.SessionIdleTimeout}, sweepEvery, m.swept)
+	}()
+	defer func() {
+		retStop()
+		<-retDone
+	}()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- gs.Serve(lis) }()
 	counts := st.Counts()
@@ -203,6 +215,10 @@ func loopback(hostPort string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
+// sweepEvery is how often the retention policy is applied (and once at
+// start).
+const sweepEvery = time.Minute
+
 // listen opens the Flight listener. A Unix socket's folder is created with
 // mode 0700 and the socket chmod'ed 0600; a stale socket file (nobody
 // answering) is replaced, a live one is an error.
@@ -216,6 +232,9 @@ func listen(a config.Address) (net.Listener, func(), error) {
 	}
 	if err := os.MkdirAll(filepath.Dir(a.Addr), 0o700); err != nil {
 		return nil, nil, fmt.Errorf("listen %s: %w", a, err)
+	}
+	if err := config.CheckPrivateDir(filepath.Dir(a.Addr), "listen "+a.String()+": the socket's folder", false); err != nil {
+		return nil, nil, err
 	}
 	if _, err := os.Lstat(a.Addr); err == nil {
 		if c, err := net.DialTimeout("unix", a.Addr, time.Second); err == nil {

@@ -3,9 +3,11 @@
 The heavy work runs in Go kernels bound with gopy; tensors cross without
 copies through the Arrow C Data Interface.
 
-``import npsfuse`` loads only the Go extension: the parts that need PyTorch
-(:func:`merge`, :mod:`npsfuse.nps`, :class:`Evolver`, …) are imported on first
-use, so ``npsfuse merge`` on checkpoints never loads torch.
+``import npsfuse`` loads neither PyTorch nor the Go extension: the parts
+that need PyTorch (:func:`merge`, :mod:`npsfuse.nps`, :class:`Evolver`, …)
+are imported on first use, so ``npsfuse merge`` on checkpoints never loads
+torch, and the Go runtime starts at the first call (see ``_core``: a process
+forked before that can use npsfuse).
 """
 
 from __future__ import annotations
@@ -13,18 +15,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from . import _core
+from ._core import CancelledError, ResourceExhaustedError
 from .checkpoint import merge_checkpoints
 
 __version__ = "0.1.0"
 
-if _core.go.Version() != __version__:  # pragma: no cover - broken install
-    raise ImportError(
-        f"npsfuse {__version__} found Go core {_core.go.Version()}: reinstall the package"
-    )
-
 if TYPE_CHECKING:
-    from . import compress, nps, stats
+    from . import compress, nps, spiking, stats
     from ._adamerging import adamerging
     from .client import Client
     from .evolve import Evolver, EvolverResult, search_merge
@@ -51,7 +48,7 @@ _LAZY = {
     "set_num_threads": ".merging",
     "task_vector": ".merging",
 }
-_SUBMODULES = ("compress", "nps", "stats")
+_SUBMODULES = ("compress", "nps", "spiking", "stats")
 
 
 def __getattr__(name: str) -> Any:
@@ -72,10 +69,12 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "CancelledError",
     "Client",
     "Evolver",
     "EvolverResult",
     "MergeResult",
+    "ResourceExhaustedError",
     "__version__",
     "adamerging",
     "compress",
@@ -86,6 +85,7 @@ __all__ = [
     "methods",
     "search_merge",
     "set_num_threads",
+    "spiking",
     "stats",
     "task_vector",
 ]

@@ -166,6 +166,10 @@ def merge_checkpoints(
     }
     job = next(_job_ids)
     box: dict[str, Any] = {}
+    # An Event, not Thread.join: CPython 3.10-3.12 can mark a thread stopped
+    # when Ctrl-C lands in join(timeout), and a later join() then returns
+    # before the Go call has removed its temporary folder.
+    finished = threading.Event()
 
     def work() -> None:
         try:
@@ -173,15 +177,20 @@ def merge_checkpoints(
             box["result"] = _core.call(_core.go.MergeCheckpoints, job, text, "", opts)
         except BaseException as exc:  # handed to the caller's thread
             box["error"] = exc
+        finally:
+            finished.set()
 
-    t = threading.Thread(target=work, name=f"npsfuse-merge-{job}", daemon=True)
-    t.start()
+    threading.Thread(target=work, name=f"npsfuse-merge-{job}", daemon=True).start()
     try:
-        while t.is_alive():
-            t.join(0.2)
+        while not finished.wait(0.2):
+            pass
     except KeyboardInterrupt:
         _core.go.CancelJob(job)
-        t.join()
+        while not finished.is_set():  # the cleanup takes well under a second:
+            try:  # a second Ctrl-C must not cut it short
+                finished.wait(0.2)
+            except KeyboardInterrupt:
+                continue
         raise
     if "error" in box:
         raise box["error"]
