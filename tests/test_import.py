@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from safetensors.numpy import save_file
 
 
@@ -51,3 +52,23 @@ def test_cli_merge_does_not_load_torch(tmp_path: Path) -> None:
             "print(rc, 'torch' in sys.modules)")
     assert _run(code) == "0 False"
     assert (out / "model.safetensors").exists()
+
+
+def test_missing_extra_names_the_install_command(monkeypatch) -> None:
+    """Issue 18 item 2: a missing optional dependency names its extra."""
+    import sys
+
+    from npsfuse._extras import EXTRAS, need
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"Evolver.plot needs matplotlib.*npsfuse\[plot\]"):
+        need("matplotlib", "plot", "Evolver.plot")
+    assert EXTRAS["plot"] == ("matplotlib",)
+
+
+def test_package_is_typed() -> None:
+    from pathlib import Path
+
+    import npsfuse
+
+    assert (Path(npsfuse.__file__).parent / "py.typed").is_file()

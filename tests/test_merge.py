@@ -504,3 +504,31 @@ def test_ties_agreeing_weights_summing_to_zero(method: str, normalize: bool) -> 
     want = run_reference(base, models, method, density=1.0, weights=[1.0, -1.0],
                          normalize=normalize)
     assert_matches(got, want)
+
+
+def test_merge_result_has_a_short_repr() -> None:
+    """Issue 18 item 15: displaying a MergeResult printed every tensor."""
+    base = {"a.weight": torch.zeros(300, 400), "b.bias": torch.zeros(400)}
+    fts = [{k: v + i for k, v in base.items()} for i in (1, 2)]
+    r = npsfuse.merge(base, fts, "task_arithmetic")
+    assert repr(r) == "<MergeResult: 2 tensors, 120.4K parameters, float32>"
+    n = npsfuse.merge(base, fts, "neuro")
+    assert "report: " in repr(n) and "lam1" in repr(n)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "torch.bfloat16", torch.bfloat16])
+def test_dtype_by_name(dtype: Any) -> None:
+    """Issue 18 item 14: dtype names are accepted as the CLI, Client and
+    Evolver accept them; a bad one is refused naming the choices."""
+    base = {"w": torch.zeros(4, 3)}
+    fts = [{"w": torch.ones(4, 3)}, {"w": 2 * torch.ones(4, 3)}]
+    r = npsfuse.merge(base, fts, "task_arithmetic", dtype=dtype)
+    assert r["w"].dtype == torch.bfloat16
+    want = npsfuse.merge(base, fts, "task_arithmetic", dtype=torch.bfloat16)
+    assert torch.equal(r["w"], want["w"])
+
+
+def test_bad_dtype_name_is_refused() -> None:
+    base = {"w": torch.zeros(4, 3)}
+    with pytest.raises(TypeError, match=r"dtype must be one of float32, float16, bfloat16.*'int8'"):
+        npsfuse.merge(base, [base], "task_arithmetic", dtype="int8")

@@ -26,6 +26,17 @@ _WIRE: dict[torch.dtype, tuple[pa.DataType, dict[bytes, bytes] | None]] = {
 #: dtypes the Go kernels accept.
 SUPPORTED = tuple(_WIRE)
 
+
+def as_dtype(dtype: torch.dtype | str, what: str = "dtype") -> torch.dtype:
+    """A supported float dtype from a ``torch.dtype`` or its name
+    (``"bfloat16"``, ``"torch.bfloat16"``), as the CLI, the Client and the
+    Evolver take them; ``TypeError`` naming ``what`` otherwise."""
+    d = getattr(torch, dtype.removeprefix("torch."), None) if isinstance(dtype, str) else dtype
+    if d not in SUPPORTED:
+        names = ", ".join(str(t).removeprefix("torch.") for t in SUPPORTED)
+        raise TypeError(f"{what} must be one of {names} (a torch.dtype or its name), got {dtype!r}")
+    return d  # type: ignore[return-value]
+
 _ARRAY_SIZE = ffi.sizeof("struct ArrowArray")
 _SCHEMA_SIZE = ffi.sizeof("struct ArrowSchema")
 

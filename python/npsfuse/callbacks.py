@@ -41,8 +41,12 @@ class MergeOnSave(TrainerCallback):
         The merge's global ``parameters`` (``density``, ``lambda``, ``normalize``).
     out_dir
         Where each merge goes, a template with ``{checkpoint}`` (the
-        checkpoint folder), ``{step}`` and ``{output_dir}``; inside the data
-        roots. Default ``"{checkpoint}-merged"``.
+        checkpoint folder's path), ``{name}`` (its name, ``checkpoint-STEP``),
+        ``{step}`` and ``{output_dir}``; inside the data roots. Default
+        ``"{output_dir}/merged/{name}"``: a folder the Trainer's checkpoint
+        rotation (``save_total_limit``) never matches. Do not use a name
+        that starts with ``checkpoint-`` directly in ``output_dir``: rotation
+        would take it for a checkpoint and delete it (or a real one).
     dtype
         Output dtype (default: the base's).
     client, address, token
@@ -53,6 +57,11 @@ class MergeOnSave(TrainerCallback):
         failure (``False``: leave them running in the daemon).
     timeout
         Seconds to wait per job at the end of training (``None``: no limit).
+    on_unavailable
+        What a save does when no daemon answers: ``"warn"`` (default: log a
+        warning, skip this merge, training goes on), ``"local"`` (merge in
+        this process with :func:`npsfuse.merge_checkpoints`; training waits
+        for it) or ``"raise"`` (stop training with the ``ConnectionError``).
 
     Notes
     -----
@@ -60,6 +69,10 @@ class MergeOnSave(TrainerCallback):
     checkpoint folder must hold full weights (``model.safetensors`` or
     shards) with the base's tensor names; PEFT adapter checkpoints are not
     merged. ``jobs`` lists the submitted :class:`~npsfuse.client.Job` objects.
+
+    With ``save_total_limit``, the Trainer deletes the oldest checkpoint at
+    the next save: before a save returns, the merges of the checkpoints the
+    next rotation may delete are waited for, so no merge loses its input.
     """
 
     def __init__(
@@ -70,14 +83,20 @@ class MergeOnSave(TrainerCallback):
         models: Sequence[str | os.PathLike] = (),
         weights: Sequence[float] | None = None,
         parameters: Mapping[str, Any] | None = None,
-        out_dir: str = "{checkpoint}-merged",
+        out_dir: str = "{output_dir}/merged/{name}",
         dtype: str | None = None,
         client: Client | None = None,
         address: str | None = None,
         token: str | None = None,
         wait_on_train_end: bool = True,
         timeout: float | None = None,
+        on_unavailable: str = "warn",
     ) -> None:
+        if on_unavailable not in ("warn", "local", "raise"):
+            raise ValueError(
+                f'on_unavailable must be "warn", "local" or "raise", got {on_unavailable!r}'
+            )
+        self.on_unavailable = on_unavailable
         self.base_model = os.path.abspath(os.fspath(base_model))
         self.method = method
         self.models = [os.path.abspath(os.fspath(m)) for m in models]
@@ -95,6 +114,7 @@ class MergeOnSave(TrainerCallback):
         self.wait_on_train_end = wait_on_train_end
         self.timeout = timeout
         self.jobs: list[Job] = []
+        self._settled: set[int] = set()
 
     @property
     def client(self) -> Client:
@@ -137,16 +157,52 @@ class MergeOnSave(TrainerCallback):
             return
         ckpt = os.path.abspath(ckpt)
         out = self.out_dir.format(
-            checkpoint=ckpt, step=state.global_step, output_dir=args.output_dir
+            checkpoint=ckpt,
+            name=os.path.basename(ckpt),
+            step=state.global_step,
+            output_dir=args.output_dir,
         )
-        job = self.client.submit_merge(
-            self.config_for(ckpt),
-            out_dir=out,
-            dtype=self.dtype,
-            idempotency_key=f"merge-on-save:{ckpt}:{state.global_step}:{os.path.abspath(out)}",
-        )
+        try:
+            job = self.client.submit_merge(
+                self.config_for(ckpt),
+                out_dir=out,
+                dtype=self.dtype,
+                idempotency_key=f"merge-on-save:{ckpt}:{state.global_step}:{os.path.abspath(out)}",
+            )
+        except ConnectionError as exc:
+            if self.on_unavailable == "raise":
+                raise
+            if self.on_unavailable == "warn":
+                log.warning("MergeOnSave: step %d not merged: %s", state.global_step, exc)
+                return
+            from .checkpoint import merge_checkpoints
+
+            log.info("MergeOnSave: no daemon (%s); merging step %d here", exc, state.global_step)
+            merge_checkpoints(self.config_for(ckpt), out, dtype=self.dtype, force=True, quiet=True)
+            return
         self.jobs.append(job)
         log.info("MergeOnSave: step %d: merge job %d → %s", state.global_step, job.id, out)
+        limit = getattr(args, "save_total_limit", None)
+        if limit:
+            # The next save deletes the oldest checkpoint still on disk: the
+            # merges of all but the newest limit - 1 must have read theirs.
+            for j in self.jobs[: max(len(self.jobs) - (limit - 1), 0)]:
+                self._settle(j, self.timeout)
+
+    def _settle(self, job: Job, timeout: float | None) -> None:
+        """Wait for job once and log how it ended."""
+        if job.id in self._settled:
+            return
+        try:
+            st = job.wait(timeout)
+        except TimeoutError:
+            log.warning("MergeOnSave: merge job %d still running", job.id)
+            return
+        self._settled.add(job.id)
+        if st["state"] != "done":
+            log.warning(
+                "MergeOnSave: merge job %d %s: %s", job.id, st["state"], st.get("error", "")
+            )
 
     def on_train_end(
         self,
@@ -159,12 +215,4 @@ class MergeOnSave(TrainerCallback):
         if not self.wait_on_train_end:
             return
         for job in self.jobs:
-            try:
-                st = job.wait(self.timeout)
-            except TimeoutError:
-                log.warning("MergeOnSave: merge job %d still running", job.id)
-                continue
-            if st["state"] != "done":
-                log.warning(
-                    "MergeOnSave: merge job %d %s: %s", job.id, st["state"], st.get("error", "")
-                )
+            self._settle(job, self.timeout)

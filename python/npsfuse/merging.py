@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from . import _core, _spec
-from ._bridge import SUPPORTED, ArrowPack, check_tensor
+from ._bridge import ArrowPack, as_dtype, check_tensor
 from ._state import ModelLike, StateDict, load_state_dict, model_type
 
 # Views of the engine's spec table (gocore/merge/table.go), read from the
@@ -79,6 +79,21 @@ class MergeResult(dict):  # type: ignore[type-arg]
         super().__init__(*args, **kwargs)
         self.report = {} if report is None else report
 
+    def __repr__(self) -> str:
+        """A one-line summary (the tensors themselves would print megabytes)."""
+        numel = sum(int(t.numel()) for t in self.values() if isinstance(t, torch.Tensor))
+        dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in self.values()
+                         if isinstance(t, torch.Tensor)})  # fmt: skip
+        size = next((f"{numel / d:.1f}{u}" for d, u in ((1e9, "G"), (1e6, "M"), (1e3, "K"))
+                     if numel >= d), str(numel))  # fmt: skip
+        report = f"; report: {', '.join(self.report)}" if self.report else ""
+        return (f"<MergeResult: {len(self)} tensors, {size} parameters, "
+                f"{'/'.join(dtypes) or 'no dtype'}{report}>")  # fmt: skip
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        """IPython and Jupyter show the summary, not the dict."""
+        p.text(repr(self))
+
 
 def matches(name: str, pattern: str) -> bool:
     """Whether tensor ``name`` matches a ``transposed`` pattern.
@@ -89,32 +104,8 @@ def matches(name: str, pattern: str) -> bool:
     ``transformer.h.3.mlp.c_fc.weight``, as does ``h.*.mlp.c_fc.weight``.
     The engine decides (the same rule as ``npsfuse merge`` and the daemon).
     """
-    return bool(_transposed([name], [(1, 1)], [pattern], ""))
-
-
-def _transposed(
-    names: Sequence[str], shapes: Sequence[Sequence[int]], patterns: Sequence[str] | None,
-    model_type: str,
-) -> list[str]:
-    query = {"names": list(names), "shapes": [list(s) for s in shapes],
-             "patterns": None if patterns is None else list(patterns), "model_type": model_type}
-    return json.loads(_core.call(_core.go.TransposedNames, json.dumps(query)))
-
-
-def transposed_names(
-    names: Sequence[str], base: ModelLike, base_sd: StateDict, patterns: Sequence[str] | None
-) -> frozenset[str]:
-    """The 2-D tensors among ``names`` stored (in, out).
-
-    ``patterns=None`` detects them from the base's ``model_type`` (a Hugging
-    Face folder's ``config.json``, or an ``nn.Module``'s ``config``); a list
-    (possibly empty) names them explicitly.
-    """
-    if isinstance(patterns, str):
-        patterns = [patterns]
-    names = list(names)
-    return frozenset(_transposed(names, [tuple(base_sd[k].shape) for k in names], patterns,
-                                 (model_type(base) or "") if patterns is None else ""))
+    t = torch.empty(1, 1)
+    return bool(_plan({name: t}, [{name: t}], [pattern])[0].get("transposed"))
 
 
 def methods() -> list[str]:
@@ -138,48 +129,61 @@ def _check_method(method: str) -> None:
         raise ValueError(f"unknown merge method {method!r}; valid methods: {', '.join(valid)}")
 
 
+#: safetensors' names of torch dtypes: the planner's vocabulary.
+_DTYPE_NAMES: dict[torch.dtype, str] = {
+    torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+    torch.complex64: "C64", torch.int64: "I64", torch.int32: "I32", torch.int16: "I16",
+    torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+    **{getattr(torch, f"uint{b}"): f"U{b}" for b in (16, 32, 64) if hasattr(torch, f"uint{b}")},
+}
+
+
+def _plan(
+    base: StateDict, models: Sequence[StateDict], patterns: Sequence[str] | None = None,
+    mtype: str = "", verify: bool = True,
+) -> list[dict[str, Any]]:
+    """Match ``models`` with ``base`` by the engine's planner (``gocore/plan``,
+    the rule and the words of ``npsfuse merge`` and the daemon): one entry per
+    tensor of the base, in name order, ``"action"`` ``"merge"`` or ``"copy"``
+    (integer and boolean tensors, whose values every model must share: compared
+    here unless ``verify`` is false), ``"transposed"`` under ``patterns``
+    (``None``: those of ``mtype``). Inputs that do not fit raise ``TypeError``
+    (dtypes, integer values) or ``ValueError``, listing every problem."""
+    request: dict[str, Any] = {
+        "base": _listing(base), "models": [_listing(sd) for sd in models],
+        "options": {"transposed": None if patterns is None else list(patterns),
+                    "model_type": mtype},
+    }
+    plan = json.loads(_core.call(_core.go.PlanMerge, json.dumps(request)))
+    if not plan["error"] and verify:
+        request["differ"] = [{"tensor": e["name"], "model": i} for e in plan["entries"]
+                             if e.get("verify") for i, sd in enumerate(models)
+                             if not torch.equal(sd[e["name"]], base[e["name"]])]
+        if request["differ"]:
+            plan = json.loads(_core.call(_core.go.PlanMerge, json.dumps(request)))
+    if plan["error"]:
+        dtypes = all(p["kind"] in ("dtype", "values") for p in plan["problems"])
+        raise (TypeError if dtypes else ValueError)(plan["error"])
+    return plan["entries"]
+
+
+def _listing(sd: StateDict) -> dict[str, Any]:
+    return {"tensors": [{"name": k, "dtype": _DTYPE_NAMES.get(t.dtype, str(t.dtype)),
+                         "shape": list(t.shape)} for k, t in sd.items()]}
+
+
 def _check_shapes(base: StateDict, models: Sequence[StateDict]) -> None:
-    for i, sd in enumerate(models):
-        missing = [k for k in base if k not in sd]
-        if missing:
-            raise ValueError(
-                f"tensor {missing[0]!r} is missing from model {i}"
-                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-            )
-        extra = [k for k in sd if k not in base]
-        if extra:
-            raise ValueError(f"model {i} has tensor {extra[0]!r}, which the base model lacks")
-        for k, b in base.items():
-            if tuple(sd[k].shape) != tuple(b.shape):
-                raise ValueError(
-                    f"tensor {k!r} has shape {tuple(sd[k].shape)} in model {i} "
-                    f"but {tuple(b.shape)} in the base model"
-                )
-
-
-def _is_buffer(t: torch.Tensor) -> bool:
-    """Integer and boolean tensors (position ids, masks) are copied, not merged."""
-    return not (t.is_floating_point() or t.is_complex())
+    """Raise unless ``models`` fit ``base`` (:func:`_plan`)."""
+    _plan(base, models)
 
 
 def _split(
     base: StateDict, models: Sequence[StateDict]
 ) -> tuple[list[str], dict[str, torch.Tensor]]:
-    """Names to merge, and integer/bool buffers taken from the base unchanged."""
-    names: list[str] = []
-    copied: dict[str, torch.Tensor] = {}
-    for k, b in base.items():
-        if _is_buffer(b):
-            for i, sd in enumerate(models):
-                if not torch.equal(sd[k], b):
-                    raise TypeError(
-                        f"tensor {k!r} has dtype {b.dtype} and differs between the base and "
-                        f"model {i}; only floating-point tensors can be merged"
-                    )
-            copied[k] = b
-        else:
-            names.append(k)
-    return names, copied
+    """Names to merge (in the base's order), and the integer/bool tensors
+    taken from the base unchanged (:func:`_plan`)."""
+    merged = {e["name"] for e in _plan(base, models) if e["action"] == "merge"}
+    return [k for k in base if k in merged], {k: t for k, t in base.items() if k not in merged}
 
 
 def _run(
@@ -188,7 +192,7 @@ def _run(
     names: Sequence[str],
     base: StateDict,
     models: Sequence[StateDict],
-    dtype: torch.dtype | None,
+    dtype: torch.dtype | str | None,
     transposed: frozenset[str] = frozenset(),
     statistics: Sequence[StateDict] | None = None,
 ) -> tuple[StateDict, dict[str, Any]]:
@@ -198,8 +202,8 @@ def _run(
     ``statistics`` (fisher, regmean): one dict per model; a tensor named in
     them gets its models' statistics packed after the models (flagged in
     ``params["statistics"]``)."""
-    if dtype is not None and dtype not in SUPPORTED:
-        raise TypeError(f"dtype {dtype} is not supported; use one of {list(SUPPORTED)}")
+    if dtype is not None:
+        dtype = as_dtype(dtype)
     items: list[tuple[str, torch.Tensor]] = []
     outs: StateDict = {}
     flags: list[bool] = []
@@ -242,8 +246,9 @@ def merge(
     normalize: bool | None = None,
     scope: str | None = None,
     seed: int = 0,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     transposed: Sequence[str] | None = None,
+    threads: int | None = None,
     **params: Any,
 ) -> MergeResult:
     """Merge fine-tuned models that share one pre-trained base.
@@ -272,7 +277,12 @@ def merge(
         τ_t by its weight before the decomposition.
     weights
         Per-model weights w_t (default all 1; PCB's per-task λ_t; ignored by
-        ``model_stock`` and ``slerp``).
+        ``model_stock`` and ``slerp``). Numeric parameters also take
+        mergekit's per-tensor forms (docs/methods.md): a dict
+        ``{"filter": "mlp", "value": …}`` or a list of them applies to every
+        model; inside a per-model list each entry may be a number, a
+        gradient list or such a filter list; for a parameter taking one
+        value (``lam``, ``t``, …) a list is a gradient over the layers.
     density
         Fraction of task-vector entries kept (top-k, DARE's and DELLA's random
         drop, the breadcrumbs band, PCB's kept scores); in (0, 1]. One value
@@ -296,17 +306,27 @@ def merge(
         Seed of DARE's and DELLA's random drop; the draw for an entry depends
         only on (seed, tensor name, model index, entry index).
     dtype
-        Output dtype (default: each tensor's base dtype). Arithmetic is float32.
+        Output dtype, a ``torch.dtype`` or its name (``"bfloat16"``; default:
+        each tensor's base dtype). Arithmetic is float32.
     transposed
         Name patterns (see :func:`matches`) of 2-D weights stored (in, out),
         which the per-neuron methods (``neuro``, ``della``, ``della_linear``)
         and the subspace merges (``iso_cts`` depends on it) transpose back.
         ``None`` detects them: GPT-2's Conv1D weights when the base is a
         Hugging Face folder (or module) of ``model_type`` ``"gpt2"``.
+    threads
+        Goroutines this call's kernels use (default ``None``: the process
+        default, :func:`set_num_threads`, else all cores). It applies to
+        this call only; the result is bit-identical for any value.
     **params
         Method-specific parameters (:data:`METHOD_PARAMS`):
-        ``gamma`` (breadcrumbs: fraction of the largest |τ| dropped, 0.01);
-        ``epsilon`` (DELLA: keep probabilities span density ± ε, 0.15);
+        ``gamma`` (breadcrumbs: fraction of the largest |τ| dropped, 0.01,
+        a number or one per model);
+        ``epsilon`` (DELLA: keep probabilities span density ± ε, 0.15, a
+        number or one per model);
+        ``rescale`` (DARE, DELLA, TIES, breadcrumbs: scale each sparsified
+        task vector by one factor per tensor restoring its L1 norm, as
+        mergekit; ``None``: mergekit's default, True for DARE and DELLA);
         ``k``, ``tall_lambda`` (consensus: masks needed, 2, and the TALL
         λ_t, 0.4, a number or one per model);
         ``t`` (slerp: 0 gives the first model, 1 the second; 0.5; nearswap:
@@ -346,7 +366,8 @@ def merge(
         ``regmean``: missing statistics, statistics of the wrong shape, NaN,
         Inf or negative Fisher values.
     TypeError
-        A tensor on a non-CPU device or of an unsupported dtype.
+        A tensor on a non-CPU device or of an unsupported dtype, or an
+        integer/bool tensor whose dtype or values differ from the base's.
 
     Notes
     -----
@@ -372,11 +393,17 @@ def merge(
         raise ValueError("models must be a non-empty list of fine-tuned models")
     go_params = _params(method, len(models), weights=weights, density=density, lam=lam,
                         normalize=normalize, scope=scope, seed=seed, **params)
+    if threads is not None:
+        go_params["threads"] = int(threads)
     base_sd = load_state_dict(base, "base")
     model_sds = [load_state_dict(m, f"model {i}") for i, m in enumerate(models)]
-    _check_shapes(base_sd, model_sds)
-    names, copied = _split(base_sd, model_sds)
-    flagged = transposed_names(names, base, base_sd, transposed)
+    if isinstance(transposed, str):
+        transposed = [transposed]
+    plan = _plan(base_sd, model_sds, transposed,
+                 (model_type(base) or "") if transposed is None else "")
+    # In name order: a global top-k breaks ties in tensor order, as the CLI does.
+    names = [e["name"] for e in plan if e["action"] == "merge"]
+    flagged = frozenset(e["name"] for e in plan if e.get("transposed"))
     stats: list[StateDict] | None = None
     unused: list[str] = []
     if method in DATA_AWARE:
@@ -385,13 +412,12 @@ def merge(
     merged: StateDict = {}
     report: dict[str, Any] = {}
     if names:
-        # Sorted: a global top-k breaks ties in tensor order, as the CLI does.
-        merged, report = _run(method, go_params, sorted(names), base_sd, model_sds, dtype,
-                              flagged, stats)
+        merged, report = _run(method, go_params, names, base_sd, model_sds, dtype, flagged,
+                              stats)
     if unused:
         report["statistics_unused"] = unused
     return MergeResult(
-        {k: merged[k] if k in merged else copied[k] for k in base_sd}, report=report
+        {k: merged.get(k, t) for k, t in base_sd.items()}, report=report
     )
 
 
@@ -474,7 +500,7 @@ def _statistics(
 
 
 def task_vector(
-    base: ModelLike, finetuned: ModelLike, *, dtype: torch.dtype | None = None
+    base: ModelLike, finetuned: ModelLike, *, dtype: torch.dtype | str | None = None
 ) -> StateDict:
     """τ = θ_ft − θ_pre for every floating-point tensor.
 
@@ -493,8 +519,8 @@ def task_vector(
     """
     base_sd = load_state_dict(base, "base")
     ft_sd = load_state_dict(finetuned, "finetuned")
-    _check_shapes(base_sd, [ft_sd])
-    names = [k for k, t in base_sd.items() if not _is_buffer(t)]
+    merged = {e["name"] for e in _plan(base_sd, [ft_sd], verify=False) if e["action"] == "merge"}
+    names = [k for k in base_sd if k in merged]
     params = _params("linear", 2, weights=[1.0, -1.0], normalize=False)
     # linear with weights (1, −1) over (θ_ft, θ_pre) is exactly θ_ft − θ_pre.
     return _run("linear", params, names, base_sd, [ft_sd, base_sd], dtype)[0] if names else {}
