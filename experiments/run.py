@@ -11,6 +11,7 @@ Usage::
     python experiments/run.py --demo                # the short one (make demo)
     python experiments/run.py --tasks sms_spam,r8 --config my.yaml --set lr=3e-4
     python experiments/run.py --list-tasks
+    python experiments/run.py --only spiking        # issue 19's spiking study alone
 
 The configuration is a preset (full, ``--demo``, ``--mini``), then the keys
 of ``--config`` (JSON or YAML), then ``--tasks`` / ``--seeds``, then each
@@ -64,6 +65,10 @@ def parser() -> argparse.ArgumentParser:
                     help="override one key (value read as JSON when it parses)")
     ap.add_argument("--out", help="results folder (default experiments/results[-demo])")
     ap.add_argument("--list-tasks", action="store_true", help="list registered tasks and exit")
+    ap.add_argument("--only", choices=("study", "spiking"),
+                    help="run one part: the MiniLM study or the spiking CADE study "
+                         "(both by default; --demo and --mini run the study only, "
+                         "--mini --only spiking a miniature of the spiking one)")
     return ap
 
 
@@ -80,7 +85,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     default = "results-demo" if args.demo else "results-mini" if args.mini else "results"
-    study.run(cfg, Path(args.out) if args.out else HERE / default)
+    out = Path(args.out) if args.out else HERE / default
+    if args.only != "spiking":
+        study.run(cfg, out)
+    if args.only == "spiking" or (args.only is None and not (args.demo or args.mini)):
+        import importlib.util
+
+        if importlib.util.find_spec("spikingjelly") is None:
+            print("spiking study skipped: spikingjelly is not installed "
+                  "(.venv/bin/pip install --no-deps -r requirements-experiment.txt)",
+                  file=sys.stderr)
+            return 2 if args.only == "spiking" else 0
+        import spiking_study  # needs spikingjelly: only imported when run
+
+        spiking_study.run(out, spiking_study.QUICK if args.mini else None)
     return 0
 
 

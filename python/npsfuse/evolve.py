@@ -53,7 +53,8 @@ from typing import Any
 import torch
 
 from . import _core
-from ._bridge import SUPPORTED, ArrowPack
+from ._bridge import SUPPORTED, ArrowPack, as_dtype
+from ._extras import need
 from ._search_merge import SearchMergeResult, search_merge
 from ._state import ModelLike, StateDict, load_state_dict
 from .merging import _check_shapes, methods
@@ -94,12 +95,7 @@ def _resolve_dtype(
             if len(dts) == 1 and next(iter(dts)) in SUPPORTED:
                 return next(iter(dts))
             return torch.float32
-        compute_dtype = getattr(torch, compute_dtype, None)  # type: ignore[assignment]
-    if compute_dtype not in SUPPORTED:
-        raise TypeError(
-            f"compute_dtype must be one of {list(SUPPORTED)} or 'model', got {compute_dtype!r}"
-        )
-    return compute_dtype  # type: ignore[return-value]
+    return as_dtype(compute_dtype, "compute_dtype (or 'model')")
 
 
 def _unshared(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -130,6 +126,9 @@ class Evolver:
     population
         The initial individuals: the fine-tuned models (optionally merged
         models too, or use ``add_merges``), in the same forms as ``base``.
+        Each needs the base's tensors; without ``merge`` only the evolved
+        ones must match the base's shapes, and the others (heads, BatchNorm
+        statistics and counters) are the individual's own.
     evaluate
         ``evaluate(state_dict) -> float``: the dev-set score, higher is
         better; NaN or ±Inf marks a failed evaluation (never accepted). The
@@ -174,6 +173,12 @@ class Evolver:
         Regular expressions (``re.search``) of tensor names kept out of the
         evolution, e.g. ``(r"classifier\\.",)``. Integer/bool tensors are never
         evolved.
+    include
+        Regular expressions (``re.search``): when given, only tensors whose
+        name matches one of them (and none of ``exclude``) are evolved; the
+        others stay with their individual like excluded ones. Default: every
+        floating-point tensor. :mod:`npsfuse.spiking` has the rule set for
+        SpikingJelly models.
     granularity
         Crossover unit: ``"element"`` (per scalar, default), ``"tensor"``
         (whole tensors from one parent) or ``"block"`` (``block_size``
@@ -234,6 +239,7 @@ class Evolver:
         merge_params: Mapping[str, Any] | None = None,
         add_merges: Sequence[str] = (),
         exclude: Sequence[str | re.Pattern[str]] = (),
+        include: Sequence[str | re.Pattern[str]] | None = None,
         granularity: str = "element",
         block_size: int = 4096,
         force_index: bool | None = None,
@@ -256,6 +262,8 @@ class Evolver:
             if m not in methods():
                 raise ValueError(f"unknown merge method {m!r} in add_merges")
         patterns = [re.compile(p) if isinstance(p, str) else p for p in exclude]
+        wanted = None if include is None else [
+            re.compile(p) if isinstance(p, str) else p for p in include]
         base_sd = load_state_dict(base, "base")
         if not population:
             raise ValueError("population is empty")
@@ -263,9 +271,11 @@ class Evolver:
         names = sorted(
             k for k, t in base_sd.items()
             if t.is_floating_point() and not any(p.search(k) for p in patterns)
+            and (wanted is None or any(p.search(k) for p in wanted))
         )
         if not names:
-            raise ValueError("no floating-point tensor is left to evolve (check exclude)")
+            raise ValueError(
+                "no floating-point tensor is left to evolve (check include and exclude)")
         dtype = _resolve_dtype(compute_dtype, [base_sd[k] for k in names])
         self._init_layout(list(base_sd), names, [tuple(base_sd[k].shape) for k in names], dtype)
         self._cfg = cfg
@@ -279,10 +289,20 @@ class Evolver:
         # One model at a time: load, check, copy into its buffer, drop.
         for i, m in enumerate(population):
             sd = load_state_dict(m, f"population[{i}]")
+            # Without a merger only the evolved tensors must fit the base; the
+            # others (heads, BatchNorm statistics and counters) stay with their
+            # individual and may differ from the base's.
+            ref, mine = base_sd, sd
+            if merge is None:
+                lacking = [k for k in base_sd if k not in sd]
+                if lacking:
+                    raise ValueError(f"population[{i}] lacks tensor {lacking[0]!r} of the base")
+                ref = {k: base_sd[k] for k in names}
+                mine = {k: sd[k] for k in names}
             try:
-                _check_shapes(base_sd, [sd])
-            except ValueError as exc:
-                raise ValueError(str(exc).replace("model 0", f"population[{i}]")) from None
+                _check_shapes(ref, [mine])
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(str(exc).replace("model 0", f"population[{i}]")) from None
             self._fill(i, sd)
             del sd
         n_pop = len(population)
@@ -687,8 +707,7 @@ class EvolverResult:
 
     def plot(self, path: str | os.PathLike[str]) -> None:
         """Save a PNG of best/mean score, accepted offspring, F and CR per generation."""
-        import matplotlib
-
+        matplotlib = need("matplotlib", "plot", "Evolver.plot")
         matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
 
