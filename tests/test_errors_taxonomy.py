@@ -122,3 +122,18 @@ def test_public_exception_classes() -> None:
     disk, ``except OSError``) working."""
     assert issubclass(npsfuse.CancelledError, RuntimeError)
     assert issubclass(npsfuse.ResourceExhaustedError, OSError)
+
+
+def test_client_classes_are_the_in_process_ones_too(make_daemon) -> None:  # noqa: F811
+    """The client's NOT_FOUND and RESOURCE_EXHAUSTED errors are instances of
+    the in-process classes (FileNotFoundError, ResourceExhaustedError) and of
+    the classes the client raised before (LookupError, ValueError)."""
+    from npsfuse.client._errors import translate
+
+    d = make_daemon()
+    with pytest.raises(FileNotFoundError) as info:
+        d.client().job(987654).status()
+    assert isinstance(info.value, LookupError)
+    exc = translate(Exception("Flight returned resource exhausted error, with message: disk full"))
+    assert isinstance(exc, npsfuse.ResourceExhaustedError) and isinstance(exc, ValueError)
+    assert str(exc) == "disk full"

@@ -9,6 +9,8 @@ from contextlib import contextmanager
 import pyarrow as pa
 import pyarrow.flight as flight
 
+from .._core import ResourceExhaustedError
+
 
 class DaemonError(RuntimeError):
     """An error reported by npsfused that has no more specific class."""
@@ -26,8 +28,14 @@ class JobCancelledError(DaemonError):
     """The job was cancelled."""
 
 
-class _NotFound(DaemonError, LookupError):
-    pass
+class _NotFound(DaemonError, FileNotFoundError, LookupError):
+    """NOT_FOUND: the in-process class (FileNotFoundError) and the
+    client's earlier one (LookupError) both catch it."""
+
+
+class _Exhausted(DaemonError, ResourceExhaustedError, ValueError):
+    """RESOURCE_EXHAUSTED: npsfuse.ResourceExhaustedError, as in process,
+    and ValueError, as the client raised before."""
 
 
 class _Invalid(DaemonError, ValueError):
@@ -58,7 +66,7 @@ _MSG = re.compile(
 
 _CODES: dict[str, type[DaemonError]] = {
     "invalid argument": _Invalid,
-    "resource exhausted": _Invalid,
+    "resource exhausted": _Exhausted,
     "out of range": _Invalid,
     "not found": _NotFound,
     "unauthorized": _Denied,
