@@ -37,6 +37,10 @@ CONSTANT = {"kind": "constant", "f": 0.6, "cr": 0.8}
 #: and strategy the NPS search accepts.
 CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("cma", {"optimizer": "cma"}, {"optimizer": "cma"}),
+    # The default start (all 1) outside the box: scored as given, clipped for the optimizer,
+    # in both doors (the daemon refused it).
+    ("cma-start-outside-box", {"optimizer": "cma", "bounds": (0.2, 0.9)},
+     {"optimizer": "cma", "lo": 0.2, "hi": 0.9}),
     ("cma-sigma0-magnitude-tensor", {"optimizer": "cma", "optimizer_options": {"sigma0": 0.3},
                                      "kind": "magnitude", "scope": "tensor"},
      {"optimizer": "cma", "sigma0": 0.3, "kind": "magnitude", "scope": "tensor"}),

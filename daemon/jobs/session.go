@@ -92,11 +92,8 @@ func (s *searchSpec) normalize(e *Env) error {
 	if !(*s.Lo < *s.Hi) || math.IsInf(*s.Lo, 0) || math.IsInf(*s.Hi, 0) {
 		return invalid("need finite lo < hi, got [%v, %v]", *s.Lo, *s.Hi)
 	}
-	for i, x := range s.X0 {
-		if x < *s.Lo || x > *s.Hi {
-			return invalid("x0[%d] = %v is outside [%v, %v]", i, x, *s.Lo, *s.Hi)
-		}
-	}
+	// An x0 outside [lo, hi] is scored as given and clipped into the box for
+	// the optimizer (nps.Session), as npsfuse.nps.Search does.
 	if s.Optimizer == "" {
 		s.Optimizer = "cma" // others are checked by the engine's factory (search.New)
 	}
