@@ -37,9 +37,14 @@ NON_DEFAULT: dict[str, Any] = {
     "density": 0.4, "lambda": 0.9, "seed": 3, "gamma": 0.05, "epsilon": 0.05, "t": 0.3,
     "k": 1, "tall_lambda": 0.6, "mask_rate": 0.7, "lam1": 0.5, "lam2": 2.0,
     "fisher_floor": 1e-5, "alpha": 0.7, "common_space_fraction": 0.6, "scope": "global",
+    "normalize_weights": False, "eps": 1e-6, "max_iter": 3, "tol": 1e-4,
+    "select_topk": 0.4, "int8_mask": True, "nuslerp_flatten": False, "nuslerp_row_wise": True,
 }
 #: Method-specific values where the shared one does not fit.
-SPECIAL: dict[tuple[str, str], Any] = {("nearswap", "t"): 0.02}
+SPECIAL: dict[tuple[str, str], Any] = {
+    ("nearswap", "t"): 0.02,
+    ("nuslerp", "nuslerp_flatten"): True,  # the only form supported (false is refused)
+}
 
 TABLE = _spec.table()
 #: Every method but the data-aware ones (their YAML and daemon paths need

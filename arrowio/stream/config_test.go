@@ -59,7 +59,7 @@ func badConfigs() []badConfig {
 		{"base_model missing", "merge_method: ties\n" + models, []string{"base_model is missing"}},
 		{"base_model does not exist", "merge_method: ties\nbase_model: nowhere\n" + models, []string{"base_model ", "nowhere does not exist"}},
 		{"parameters not a mapping", head + models + "parameters: [1]\n", []string{"parameters must be a mapping"}},
-		{"unknown global parameter", head + models + "parameters: {epsilon: 0.1}\n", []string{"parameters.epsilon is not a parameter of ties (it belongs to della, della_linear)"}},
+		{"unknown global parameter", head + models + "parameters: {epsilon: 0.1}\n", []string{"parameters.epsilon is not a parameter of ties (it belongs to della, della_linear, ram)"}},
 		{"global density zero", head + models + "parameters: {density: 0}\n", []string{"parameters.density must lie in (0, 1], got 0"}},
 		{"global density above one", head + models + "parameters: {density: 1.5}\n", []string{"parameters.density must lie in (0, 1], got 1.5"}},
 		{"per-model density negative", head + "models:\n  - model: ft0\n    parameters: {density: -0.1}\n",

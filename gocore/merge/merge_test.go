@@ -144,13 +144,11 @@ func randomMerge(r *rand.Rand, dt tensor.DType, shapes [][]int, T int) []Tensor 
 	return ts
 }
 
-// modelsFor is how many models the tests give a method: slerp takes two.
+// modelsFor is how many models the tests give a method: its row's
+// maximum where it has one, else three.
 func modelsFor(method string) int {
-	switch method {
-	case "slerp":
-		return 2
-	case "nearswap":
-		return 1
+	if s, ok := methodSpecs[method]; ok && s.MaxModels > 0 {
+		return s.MaxModels // slerp, nuslerp: 2; nearswap, arcee_fusion: 1
 	}
 	return 3
 }

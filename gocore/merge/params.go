@@ -115,6 +115,24 @@ type Params struct {
 	// common subspace, in [0, 1] (the authors' common_space_fraction;
 	// default 0.8); the rest is split evenly between the tasks.
 	CommonSpaceFraction float64
+	// RawWeights makes multislerp use the weights as given instead of
+	// dividing them by their sum (mergekit's normalize_weights: false; the
+	// zero value normalizes, mergekit's default).
+	RawWeights bool
+	// Eps is multislerp's ε, added to every norm it divides by (mergekit's
+	// eps; default 1e-8).
+	Eps float64
+	// MaxIter and Tol are karcher's iteration limit (default 10) and
+	// tolerance on norms, angles and the tangent step (default 1e-5).
+	MaxIter int
+	Tol     float64
+	// SelectTopK is SCE's fraction of the entries of nonzero variance
+	// across the task vectors kept, in [0, 1] (mergekit's select_topk;
+	// default 1: all).
+	SelectTopK float64
+	// NuslerpRows is nuslerp_flatten: false (per-row interpolation), which
+	// nuslerp refuses; the zero value flattens, mergekit's default.
+	NuslerpRows bool
 
 	// Tensorwise holds the parameters whose values vary by tensor
 	// (mergekit's gradients and filter lists; see Setting), set by

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import npsfuse
-from npsfuse import reference
+from npsfuse import _spec, reference
 
 DIM, HIDDEN, CLASSES = 32, 128, 4
 PARAMS = {"density": 0.3, "lam": 1.0, "seed": 0}
@@ -95,9 +95,10 @@ def main() -> None:
     rows = [("pre-trained", None, None, base_sd)]
     rows += [(f"fine-tune {i + 1}", None, None, sd) for i, sd in enumerate(fts)]
     for method in npsfuse.methods():
-        # slerp interpolates two models (the first two fine-tunes), nearswap
-        # moves the base towards one (the first, with a distance t of 0.01).
-        models = fts[:2] if method == "slerp" else fts[:1] if method == "nearswap" else fts
+        # Methods with a model bound take the first fine-tunes: slerp and
+        # nuslerp two, nearswap (with a distance t of 0.01) and arcee_fusion one.
+        most = _spec.table().methods[method].max_models
+        models = fts[:most] if most else fts
         extra = _statistics(method, fts, tasks)
         if method == "nearswap":
             extra["t"] = 0.01

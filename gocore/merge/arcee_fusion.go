@@ -1,0 +1,121 @@
+package merge
+
+import (
+	"math"
+	"slices"
+)
+
+// Arcee Fusion (mergekit's arcee_fusion): between the base θ₀ and one
+// fine-tuned model θ₁, each entry's importance is |θ₁ − θ₀| times the KL
+// divergence KL(p‖q) of its row (the tensor's last dimension, as stored),
+// p = softmax(θ₁'s row) + 1e-8, q = softmax(θ₀'s row) + 1e-8; the entries
+// whose importance reaches median + 1.5·(Q3 − Q1) (Tukey's upper fence;
+// the quartiles are the sorted importances at ⌊q·(n−1)⌋, as mergekit takes
+// them) take θ₀ + (θ₁ − θ₀), the others keep θ₀. Softmaxes and KL sums are
+// float64 rounded to float32, the importances and the fence float32. Where
+// mergekit estimates the quartiles of a tensor above a million entries from
+// a random sample, npsfuse sorts every entry (deterministic). Each tensor is
+// held whole (three float32 copies) while its fence is found. Exactly one
+// fine-tuned model; weights, λ and Normalize are not used.
+func init() {
+	register(Method{Name: "arcee_fusion", Sparsify: keepAll{}, Combine: arceeFusion{}})
+}
+
+// afState is one tensor's row KL divergences and fence.
+type afState struct {
+	cols  int       // row length (the last dimension)
+	kl    []float32 // per row
+	fence float32
+}
+
+type arceeFusion struct{}
+
+func (arceeFusion) normalizes(Params) bool { return false }
+
+func (arceeFusion) prepare(e *engine, units []int) error {
+	tis := e.unitTensors(units)
+	if e.fusion == nil {
+		e.fusion = make([]afState, len(e.tensors))
+	}
+	for _, ti := range tis {
+		t := &e.tensors[ti]
+		n := t.Base.Len()
+		if n == 0 {
+			continue
+		}
+		cols := n
+		if len(t.Shape) > 0 && t.Shape[len(t.Shape)-1] > 0 {
+			cols = t.Shape[len(t.Shape)-1]
+		}
+		b := t.Base.View(0, n, make([]float32, n))
+		x := t.Models[0].View(0, n, make([]float32, n))
+		st := afState{cols: cols, kl: make([]float32, n/cols)}
+		e.p.Pool.For(len(st.kl), func(_, r int) {
+			st.kl[r] = rowKL(x[r*cols:(r+1)*cols], b[r*cols:(r+1)*cols])
+		})
+		imp := make([]float32, n)
+		for j := range imp {
+			imp[j] = fusionImportance(x[j], b[j], st.kl[j/cols])
+		}
+		slices.Sort(imp)
+		at := func(q float32) float32 { return imp[int64(q*float32(n-1))] }
+		q1, med, q3 := at(0.25), at(0.5), at(0.75)
+		st.fence = med + float32(1.5*(q3-q1))
+		e.fusion[ti] = st
+	}
+	return nil
+}
+
+// rowKL is Σ p log(p/q) over one row, p and q the softmaxes of x and b plus
+// 1e-8 (float32, as mergekit), summed in float64 and rounded to float32.
+func rowKL(x, b []float32) float32 {
+	px, qb := softmax64(x), softmax64(b)
+	eps := float32(1e-8)
+	var kl float64
+	for j := range px {
+		p := float32(px[j]) + eps
+		q := float32(qb[j]) + eps
+		kl += float64(p) * math.Log(float64(p/q))
+	}
+	return float32(kl)
+}
+
+// softmax64 is softmax(v) in float64.
+func softmax64(v []float32) []float64 {
+	m := math.Inf(-1)
+	for _, x := range v {
+		m = max(m, float64(x))
+	}
+	out := make([]float64, len(v))
+	var s float64
+	for j, x := range v {
+		out[j] = math.Exp(float64(x) - m)
+		s += out[j]
+	}
+	for j := range out {
+		out[j] /= s
+	}
+	return out
+}
+
+// fusionImportance is |x − b|·KL in float32.
+func fusionImportance(x, b, kl float32) float32 {
+	d := x - b
+	if d < 0 {
+		d = -d
+	}
+	return d * kl
+}
+
+func (arceeFusion) combine(e *engine, ch chunkRef, base []float32, models, _ [][]float32, out []float32) {
+	st := &e.fusion[ch.ti]
+	x := models[0]
+	for j := range out {
+		b := base[j]
+		if fusionImportance(x[j], b, st.kl[(ch.lo+j)/st.cols]) >= st.fence {
+			out[j] = b + (x[j] - b)
+		} else {
+			out[j] = b
+		}
+	}
+}
