@@ -65,7 +65,7 @@ func MergeCheckpoints(jobID int, config, baseDir, options string) (result string
 	return string(b), err
 }
 
-// CancelJob stops the checkpoint merge with the given id; it reports
+// CancelJob stops the checkpoint merge (or MergeJob) with the given id; it reports
 // whether such a merge was running. The merge removes its partial output.
 func CancelJob(jobID int) bool {
 	jobs.Lock()

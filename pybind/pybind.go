@@ -10,6 +10,7 @@
 package pybind
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -175,15 +176,16 @@ func MethodSpecs() (out string, err error) {
 	return string(b), err
 }
 
-// Merge runs a merge method over nTensors tensors of nModels models. The
-// pairs at arrays/schemas are tensor-major: for each tensor, the base, the
+// mergeWith runs a merge method over nTensors tensors of nModels models
+// until ctx is done (Merge, MergeJob). The pairs at arrays/schemas are
+// tensor-major: for each tensor, the base, the
 // nModels fine-tuned versions, the nModels statistics when params'
 // "statistics" flags the tensor (fisher, regmean), then the output buffer
 // (written in place); the base's field metadata carries the shape and the
 // transposed flag. params is a JSON object (see mergeParams). It returns
 // the method's report (merge.RunReport) as a JSON object. Errors caused by
 // the input start with "invalid merge input" or "bad tensor".
-func Merge(method, params string, nTensors, nModels, arrays, schemas int) (report string, err error) {
+func mergeWith(ctx context.Context, method, params string, nTensors, nModels, arrays, schemas int) (report string, err error) {
 	defer guard(&err)
 	per := nModels + 2
 	// The parameters say how many structs there are (statistics add some):
@@ -235,7 +237,7 @@ func Merge(method, params string, nTensors, nModels, arrays, schemas int) (repor
 		bridge.AdviseHugePages(group[n-1].Vec) // fresh output: fewer page faults
 	}
 	p.Statistics = stats
-	rep, err := merge.RunReport(method, p, ts)
+	rep, err := merge.RunReportContext(ctx, method, p, ts)
 	if err != nil {
 		return "", err
 	}

@@ -412,8 +412,8 @@ def test_save_load_round_trip(small_result: tuple, tmp_path: Path) -> None:
 
 def test_plot_writes_a_png(small_result: tuple, tmp_path: Path) -> None:
     _, _, res = small_result
-    out = res.plot(tmp_path / "nps.png")
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    res.plot(tmp_path / "nps.png")
+    assert (tmp_path / "nps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_fuse(small_result: tuple) -> None:

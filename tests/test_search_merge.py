@@ -65,15 +65,15 @@ def test_cade_de_improves_ties(family: Callable) -> None:
 def test_per_model_densities_reach_the_engine(family: Callable) -> None:
     base, models = family(SHAPES, 3, seed=5)
     run = _merge_fn(base, models, "ties", {})
-    equal = run({"densities": [0.3, 0.3, 0.3], "lam": 1.2})
+    equal = run({"density": [0.3, 0.3, 0.3], "lam": 1.2})
     plain = npsfuse.merge(base, models, "ties", density=0.3, lam=1.2)
     assert all(torch.equal(equal[k], plain[k]) for k in plain)
-    mixed = run({"densities": [0.1, 0.3, 0.9], "lam": 1.2})
+    mixed = run({"density": [0.1, 0.3, 0.9], "lam": 1.2})
     assert any(not torch.equal(mixed[k], plain[k]) for k in plain)
     score = _distance_to(plain)
     res = npsfuse.search_merge(base, models, "ties", score, generations=2, popsize=5,
                                progress=False)
-    assert len(res.params["densities"]) == 3 and "lam" in res.params
+    assert len(res.params["density"]) == 3 and "lam" in res.params
     assert res.best_score == score(res.state_dict())
 
 

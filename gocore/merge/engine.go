@@ -1,6 +1,7 @@
 package merge
 
 import (
+	"context"
 	"fmt"
 	"maps"
 	"math"
@@ -90,6 +91,9 @@ type engine struct {
 	sp sparsifyState
 	// Per-method state filled by the Combiner's prepare.
 	coef    [][2]float32 // per tensor: model_stock (t, 1−t), slerp (c_a, c_b)
+	mix     [][]float64  // per tensor: multislerp's, karcher's, nuslerp's coefficient of each input
+	sce     []sceState   // per tensor: SCE's variance cut and weights (sce.go)
+	fusion  []afState    // per tensor: arcee_fusion's row KLs and fence (arcee_fusion.go)
 	rescale [][]float32  // per tensor, per model: the L1 rescale factor (rescale.go)
 	pcb     [][]pcbCut   // per unit, per model
 	neuro   neuroState
@@ -97,6 +101,7 @@ type engine struct {
 	sub     subspaceState // tsv, iso_c, iso_cts (subspace.go)
 	report  map[string]any
 	reportM sync.Mutex
+	ctx     context.Context // RunReportContext's: checked between chunks; nil: never cancelled
 }
 
 // Run merges tensors with the named method. It returns an error wrapping
@@ -110,17 +115,28 @@ func Run(method string, p Params, tensors []Tensor) error {
 // RunReport is Run that also returns the method's report: the values it
 // chose while merging (see Merger.Report). The map is the caller's.
 func RunReport(method string, p Params, tensors []Tensor) (map[string]any, error) {
+	return RunReportContext(context.Background(), method, p, tensors)
+}
+
+// RunReportContext is RunReport that stops once ctx is done, returning an
+// error that wraps ctx.Err() ("merge cancelled: context canceled"). ctx is
+// checked before each preparation step and before each chunk (about 16 Ki
+// entries), so a cancel takes effect within one chunk's work per thread,
+// or one preparation step (a subspace method's decompositions, a global
+// top-k); the outputs are then partly written.
+func RunReportContext(ctx context.Context, method string, p Params, tensors []Tensor) (map[string]any, error) {
 	m, ok := registry[method]
 	if !ok {
 		return nil, inputErr("unknown method %q (valid: %v)", method, Methods())
 	}
 	if p.Tensorwise != nil {
-		return runTensorwise(method, p, tensors)
+		return runTensorwise(ctx, method, p, tensors)
 	}
 	e, err := newEngine(m, p, tensors)
 	if err != nil {
 		return nil, err
 	}
+	e.ctx = ctx
 	for _, t := range e.tensors {
 		if t.Out.DType == 0 {
 			return nil, inputErr("tensor %q has no output buffer", t.Name)
@@ -256,6 +272,9 @@ func (e *engine) wholeModel() bool {
 // the given selection units that are not prepared yet; once every unit is,
 // the combiner's finishing step (statistics over the whole model) runs.
 func (e *engine) prepareUnits(us []int) error {
+	if err := e.cancelled(); err != nil {
+		return err
+	}
 	var todo []int
 	for _, u := range us {
 		if !e.prepared[u] {
@@ -264,6 +283,9 @@ func (e *engine) prepareUnits(us []int) error {
 	}
 	if len(todo) > 0 {
 		if err := e.method.Sparsify.prepare(e, todo); err != nil {
+			return err
+		}
+		if err := e.cancelled(); err != nil {
 			return err
 		}
 		if err := e.method.Combine.prepare(e, todo); err != nil {
@@ -277,11 +299,26 @@ func (e *engine) prepareUnits(us []int) error {
 		return nil
 	}
 	if f, ok := e.method.Combine.(finisher); ok {
+		if err := e.cancelled(); err != nil {
+			return err
+		}
 		if err := f.finish(e); err != nil {
 			return err
 		}
 	}
 	e.all = true
+	return nil
+}
+
+// cancelled returns an error wrapping the context's error once the
+// context of RunReportContext is done, else nil.
+func (e *engine) cancelled() error {
+	if e.ctx == nil {
+		return nil
+	}
+	if err := e.ctx.Err(); err != nil {
+		return fmt.Errorf("merge cancelled: %w", err)
+	}
 	return nil
 }
 
@@ -457,6 +494,10 @@ func (e *engine) mergeChunks(chunks []chunkRef) error {
 	var fail chunkError
 	e.p.Pool.For(len(chunks), func(_, i int) {
 		ch := chunks[i]
+		if err := e.cancelled(); err != nil {
+			fail.set(ch.gc, err)
+			return
+		}
 		ws := e.workspace()
 		defer e.scratch.Put(ws)
 		if err := e.mergeChunk(ch, ws); err != nil {

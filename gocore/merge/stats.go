@@ -30,6 +30,10 @@ func (e *engine) tensorSums(tis []int, width int, fn func(ch chunkRef, ws *works
 	accs := make([]float64, len(chunks)*width)
 	var fail chunkError
 	e.p.Pool.For(len(chunks), func(_, c int) {
+		if err := e.cancelled(); err != nil { // RunReportContext's ctx, per chunk
+			fail.set(chunks[c].gc, err)
+			return
+		}
 		ws := e.workspace()
 		defer e.scratch.Put(ws)
 		if err := fn(chunks[c], ws, accs[c*width:(c+1)*width]); err != nil {

@@ -1,6 +1,7 @@
 package merge
 
 import (
+	"context"
 	"maps"
 	"slices"
 
@@ -38,8 +39,8 @@ func tensorGroups(p Params, tensors []Tensor) ([]Params, [][]int) {
 	return params, members
 }
 
-// runTensorwise is RunReport for parameters that vary by tensor.
-func runTensorwise(method string, p Params, tensors []Tensor) (map[string]any, error) {
+// runTensorwise is RunReportContext for parameters that vary by tensor.
+func runTensorwise(ctx context.Context, method string, p Params, tensors []Tensor) (map[string]any, error) {
 	params, members := tensorGroups(p, tensors)
 	report := map[string]any{}
 	for g, idx := range members {
@@ -47,7 +48,7 @@ func runTensorwise(method string, p Params, tensors []Tensor) (map[string]any, e
 		for j, i := range idx {
 			sub[j] = tensors[i]
 		}
-		rep, err := RunReport(method, params[g], sub)
+		rep, err := RunReportContext(ctx, method, params[g], sub)
 		if err != nil {
 			return nil, err
 		}

@@ -16,16 +16,21 @@ worse than the plain merge when the defaults lie inside the box.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import merging as _m
+from ._display import finish, new_figure, progress_bar
 from ._state import ModelLike, StateDict, load_state_dict
 from .nps._engine import _Session
 from .optim import cosine_schedule
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
 
 __all__ = ["SearchMergeResult", "search_merge"]
 
@@ -45,8 +50,10 @@ class SearchMergeResult:
     Attributes
     ----------
     params
-        The best parameters, as keyword arguments of :func:`npsfuse.merge`
-        (per-model values as lists; ``density`` as ``densities`` when per model).
+        The best parameters with the ``fixed`` ones, exactly as keyword
+        arguments of :func:`npsfuse.merge` (per-model values as lists, e.g.
+        ``weights``, ``density``): ``npsfuse.merge(base, models, method,
+        **result.params)`` is :meth:`state_dict`.
     best_score
         Their dev score.
     start_score
@@ -70,38 +77,40 @@ class SearchMergeResult:
         """The merge with the best parameters (computed again, a fresh dict)."""
         return self._merge(self.params)
 
-    def plot(self, path: str) -> None:
-        """Save a PNG of best and mean dev score per generation."""
-        import matplotlib
+    def plot(self, path: str | os.PathLike[str] | None = None) -> Figure:
+        """Best and mean dev score per generation.
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        Parameters
+        ----------
+        path
+            Also write the figure there as a PNG.
 
+        Returns
+        -------
+        matplotlib.figure.Figure
+            The figure (shown inline in Jupyter); pyplot is not used, so
+            nothing is left open. Needs matplotlib (``npsfuse[plot]``).
+        """
+        fig = new_figure("SearchMergeResult.plot", (6, 4))
+        ax = fig.subplots()
         g = [h["generation"] for h in self.history]
-        fig, ax = plt.subplots(figsize=(6, 4))
         ax.plot(g, [h["best"] for h in self.history], "o-", label="best")
         ax.plot(g, [h["mean"] for h in self.history], "s--", label="mean")
         ax.axhline(self.start_score, color="gray", lw=0.8, label="defaults")
         ax.set_xlabel("generation")
         ax.set_ylabel("dev score")
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(path, format="png")
-        plt.close(fig)
+        return finish(fig, path, dpi=100)
 
 
 def _merge_fn(
     base_sd: StateDict, model_sds: Sequence[StateDict], method: str, fixed: Mapping[str, Any]
 ) -> Callable[[Mapping[str, Any]], StateDict]:
-    """``params -> merged state dict`` (per-model densities are passed as
-    :func:`merge`'s density list)."""
+    """``params -> merged state dict``: ``params`` are :func:`merge`'s keywords,
+    over the ``fixed`` ones."""
 
     def run(params: Mapping[str, Any]) -> StateDict:
-        kw = {**fixed, **params}
-        densities = kw.pop("densities", None)
-        if densities is not None:
-            kw["density"] = [float(d) for d in densities]
-        return dict(_m.merge(base_sd, model_sds, method, **kw))
+        return dict(_m.merge(base_sd, model_sds, method, **{**fixed, **params}))
 
     return run
 
@@ -241,10 +250,10 @@ def search_merge(
                 out[k] = float(v)
             else:
                 per.setdefault(k, [0.0] * n_models)[i] = float(v)
-        for k, vals in per.items():
-            out[{"weight": "weights", "density": "densities"}.get(k, k)] = vals
-        if "weight" in out:
-            out["weights"] = [out.pop("weight")] * n_models
+        out.update(per)  # one value per model: merge's list form
+        if "weight" in out:  # merge's keyword is weights=, always a list
+            w = out.pop("weight")
+            out["weights"] = w if isinstance(w, list) else [w] * n_models
         return out
 
     merge_with = _merge_fn(base_sd, model_sds, method, fixed)
@@ -271,9 +280,7 @@ def search_merge(
 
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=rounds, desc=f"search {method}", unit="gen")
+        bar = progress_bar(total=rounds, desc=f"search {method}", unit="gen")
     try:
         if optimizer == "cma":
             run()  # the start point
@@ -291,6 +298,6 @@ def search_merge(
         if bar is not None:
             bar.close()
     best_x = np.asarray(x0) if info["best_x"] is None else info["best_x"]
-    return SearchMergeResult(params=to_params(best_x), best_score=info["best_f"],
+    return SearchMergeResult(params={**fixed, **to_params(best_x)}, best_score=info["best_f"],
                              start_score=info["start_f"], history=history, x=best_x,
                              names=labels, _merge=merge_with)

@@ -48,17 +48,20 @@ import re
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from . import _core
 from ._bridge import SUPPORTED, ArrowPack, as_dtype
-from ._extras import need
+from ._display import finish, new_figure, progress_bar
 from ._search_merge import SearchMergeResult, search_merge
 from ._state import ModelLike, StateDict, load_state_dict
 from .merging import _check_shapes, methods
 from .merging import merge as _merge
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
 
 __all__ = [
     "CADE_WEIGHT_SPACE", "STRATEGIES", "Evolver", "EvolverResult", "SearchMergeResult",
@@ -534,9 +537,7 @@ class Evolver:
         """
         bar = None
         if self.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=self._remaining(), desc="evolve", unit="eval")
+            bar = progress_bar(total=self._remaining(), desc="evolve", unit="eval")
         try:
             while not self.done:
                 before = (self.generation, self._state["phase"])
@@ -553,6 +554,10 @@ class Evolver:
             if bar is not None:
                 bar.close()
         return self.result()
+
+    def plot(self, path: str | os.PathLike[str] | None = None) -> Figure:
+        """The current result's figure: :meth:`EvolverResult.plot`."""
+        return self.result().plot(path)
 
     def _current_best(self) -> float:
         return self._best()[1] if self._cfg["merge"] is None else self._merge_score
@@ -620,18 +625,36 @@ class Evolver:
         Parameters
         ----------
         path
-            The saved directory.
+            The saved directory (or its ``state.json``).
         evaluate
             The same evaluation function (it cannot be saved).
         storage
             Override where the buffers live (default: as saved).
         progress
             Override the progress bar setting.
+
+        Raises
+        ------
+        FileNotFoundError
+            ``path`` does not exist.
+        ValueError
+            ``path`` is not a directory written by :meth:`save`, or was
+            written by an unsupported version.
         """
         from safetensors.torch import load_file
 
         src = Path(path)
-        state = json.loads((src / "state.json").read_text())
+        if src.is_file() and src.name == "state.json":
+            src = src.parent
+        if not src.is_dir():
+            raise FileNotFoundError(f"{src}: no saved Evolver run (not a directory)")
+        try:
+            state = json.loads((src / "state.json").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{src} is not a saved Evolver run (its state.json cannot be "
+                             f"read: {exc})") from None
+        if not isinstance(state, dict) or "session" not in state:
+            raise ValueError(f"{src} is not a saved Evolver run (state.json lacks the session)")
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"{src}: unsupported state version {state.get('version')!r}")
         self = cls.__new__(cls)
@@ -705,15 +728,24 @@ class EvolverResult:
         assert self.best_index is not None
         return {k: t.clone() for k, t in ev.individual(self.best_index).items()}
 
-    def plot(self, path: str | os.PathLike[str]) -> None:
-        """Save a PNG of best/mean score, accepted offspring, F and CR per generation."""
-        matplotlib = need("matplotlib", "plot", "Evolver.plot")
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+    def plot(self, path: str | os.PathLike[str] | None = None) -> Figure:
+        """Best/mean score, accepted offspring, F and CR per generation.
 
+        Parameters
+        ----------
+        path
+            Also write the figure there as a PNG.
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+            The figure (shown inline in Jupyter); pyplot is not used, so
+            nothing is left open. Needs matplotlib (``npsfuse[plot]``).
+        """
+        fig = new_figure("Evolver.plot", (7, 6))
         h = self.history
         g = [r["generation"] for r in h]
-        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+        ax1, ax2 = fig.subplots(2, 1, sharex=True)
         ax1.plot(g, [r["best"] for r in h], "o-", label="best" if self.merge is None else "merge")
         ax1.plot(g, [r["mean"] for r in h], "s--", label="mean")
         ax1.set_ylabel("dev score")
@@ -728,9 +760,7 @@ class EvolverResult:
             ax2.set_yscale("log")
         ax2.set_xlabel("generation")
         ax2.legend()
-        fig.tight_layout()
-        fig.savefig(str(path), format="png")
-        plt.close(fig)
+        return finish(fig, path, dpi=100)
 
 
 def _make_config(

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from . import _core, _spec
+from . import _core, _jobs, _spec
 from ._bridge import ArrowPack, as_dtype, check_tensor
 from ._state import ModelLike, StateDict, load_state_dict, model_type
 
@@ -223,14 +223,15 @@ def _run(
     if statistics is not None:
         params = {**params, "statistics": flags}
     pack = ArrowPack(items, transposed)
-    report = _core.call(
-        _core.go.Merge,
+    report = _jobs.run(  # in a worker thread: Ctrl-C cancels the Go call
+        _core.go.MergeJob,
         method,
         json.dumps(params),
         len(names),
         len(models),
         pack.arrays,
         pack.schemas,
+        nbytes=sum(t.nbytes for _, t in items),
     )
     return outs, (json.loads(report) if report else {})
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -16,6 +15,9 @@ from .._state import ModelLike, StateDict, load_state_dict
 from ._engine import _apply, _Session
 from ._result import NPSResult, _plot_history
 from ._search import Evaluate, _check_bounds, _check_options, _Failures, _fmt, _progress
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
 
 
 def transfer(base: ModelLike, result: NPSResult | str | os.PathLike, lam: float = 1.0) -> StateDict:
@@ -67,9 +69,22 @@ class FusionResult:
         """θ₀ + Σ λ_i τ_i in the base's dtypes (Go ``Apply``, float32 arithmetic)."""
         return _apply(self._base, self._names, self._taus, self.lambdas.tolist())
 
-    def plot(self, path: str | os.PathLike) -> Path:
-        """Write a PNG: fitness and λ per generation."""
-        return _plot_history(path, self.history, self.start_score, "lambdas", "λ", "fusion")
+    def plot(self, path: str | os.PathLike | None = None) -> Figure:
+        """Fitness and λ per generation.
+
+        Parameters
+        ----------
+        path
+            Also write the figure there as a PNG.
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+            The figure (shown inline in Jupyter; pyplot is not used). Needs
+            matplotlib (``npsfuse[plot]``).
+        """
+        return _plot_history(path, self.history, self.start_score, "lambdas", "λ", "fusion",
+                             "FusionResult.plot")
 
 
 def _as_tau(r: NPSResult | Mapping[str, torch.Tensor] | str | os.PathLike,

@@ -13,11 +13,12 @@ import os
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from .._display import finish, new_figure
 from .._state import ModelLike, StateDict, load_state_dict
 from ._engine import _apply
 
@@ -25,6 +26,9 @@ from ._engine import _apply
 FINGERPRINT_SAMPLES = 4096
 _RESULT_FORMAT = "npsfuse.nps_result"
 _FORMAT_VERSION = 1
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
@@ -106,19 +110,17 @@ def _none_to_neginf(x: float | None) -> float:
 
 
 def _plot_history(
-    path: str | os.PathLike,
+    path: str | os.PathLike | None,
     history: Sequence[Mapping[str, Any]],
     start_score: float | None,
     key: str,
     label: str,
     title: str,
-) -> Path:
-    """PNG: fitness per generation (top) and searched values per generation (bottom)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(8, 6.5), layout="constrained")
-    FigureCanvasAgg(fig)
+    what: str,
+) -> Figure:
+    """Fitness per generation (top) and searched values per generation
+    (bottom); written as a PNG to ``path`` when given."""
+    fig = new_figure(what, (8, 6.5))
     ax1, ax2 = fig.subplots(2, 1, sharex=True)
     gens = [h["generation"] for h in history]
 
@@ -147,9 +149,7 @@ def _plot_history(
                             and rows[0].ndim > 1 else ""))
     if width:
         ax2.legend(loc="upper left", fontsize="x-small", ncol=min(width, 4))
-    out = Path(path)
-    fig.savefig(out, format="png", dpi=110)
-    return out
+    return finish(fig, path)
 
 
 class NPSResult:
@@ -275,13 +275,22 @@ class NPSResult:
         sd = self._resolve_base(base)
         return _apply(sd, self.tensor_names, [self._tau], [float(lam)])
 
-    def plot(self, path: str | os.PathLike) -> Path:
-        """Write a PNG: fitness per generation, and band weights per generation.
+    def plot(self, path: str | os.PathLike | None = None) -> Figure:
+        """Fitness per generation, and band weights per generation.
 
-        Needs matplotlib (any backend; pyplot is not used).
+        Parameters
+        ----------
+        path
+            Also write the figure there as a PNG.
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+            The figure (shown inline in Jupyter); pyplot is not used, so
+            nothing is left open. Needs matplotlib (``npsfuse[plot]``).
         """
         return _plot_history(path, self.history, self.start_score, "weights", "w",
-                             f"NPS-Pruning, keep={self.keep:g}")
+                             f"NPS-Pruning, keep={self.keep:g}", "NPSResult.plot")
 
     def _meta(self) -> dict[str, Any]:
         return {

@@ -17,11 +17,13 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .._display import progress_bar
 from .._state import ModelLike, StateDict, load_state_dict
 from ._engine import _apply, _Decomposition, _prunable, _Session
 from ._result import NPSResult, fingerprint
@@ -367,31 +369,44 @@ class Search:
             "session": self._c().state(),
         }
 
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write :meth:`state` as JSON to the file ``path`` (replaced atomically).
+
+        ``Search.resume(path, base, finetuned)`` continues from it.
+        """
+        out = Path(path)
+        tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(self.state(), indent=1))
+        os.replace(tmp, out)
+        return out
+
     @classmethod
     def resume(
-        cls, state: Mapping[str, Any] | str, base: ModelLike, finetuned: ModelLike
+        cls, state: Mapping[str, Any] | str | os.PathLike[str], base: ModelLike,
+        finetuned: ModelLike,
     ) -> Search:
-        """Continue a search from :meth:`state` (a dict or its JSON text).
+        """Continue a search from :meth:`state` or :meth:`save`.
 
-        The decomposition is recomputed from ``base`` and ``finetuned``, which
-        must be the models of the saved search (checked by fingerprint).
+        Parameters
+        ----------
+        state
+            The dict of :meth:`state`, its JSON text, or the path (``str`` or
+            path-like) of a JSON file holding it (as written by :meth:`save`).
+            A string is read as JSON text when it starts with ``{``, else as
+            a path.
+        base, finetuned
+            The models of the saved search (checked by fingerprint); the
+            decomposition is recomputed from them.
 
         Raises
         ------
         ValueError
-            A malformed state, or other models.
+            A malformed state, a file that is not a saved search state, or
+            other models.
+        FileNotFoundError
+            A path that does not exist.
         """
-        if isinstance(state, str):
-            state = json.loads(state)
-        if not isinstance(state, Mapping) or state.get("format") != _SEARCH_FORMAT:
-            raise ValueError("not a saved NPS search state (format field missing or wrong)")
-        if state.get("version") == 1:
-            raise ValueError(
-                "this NPS search state was saved by an npsfuse before the engine's search "
-                "session (state version 1) and cannot be resumed: start the search again"
-            )
-        if state.get("version") != _SEARCH_VERSION:
-            raise ValueError(f"unsupported NPS search state version {state.get('version')!r}")
+        state = _load_state(state)
         cfg = dict(state["config"])
         return cls(
             base, finetuned, keep=cfg["keep"], subspaces=cfg["subspaces"], kind=cfg["kind"],
@@ -423,10 +438,37 @@ class Search:
             pass
 
 
-def _progress(total: int, enabled: bool, desc: str) -> Any:
-    from tqdm.auto import tqdm
+def _load_state(state: Mapping[str, Any] | str | os.PathLike[str]) -> Mapping[str, Any]:
+    """A saved search state from a dict, its JSON text or a JSON file, checked."""
+    where = "the state text"
+    if isinstance(state, os.PathLike) or (isinstance(state, str)
+                                          and not state.lstrip().startswith("{")):
+        where = str(state)
+        if Path(state).is_dir():
+            raise ValueError(f"{where} is a directory, not a saved NPS search state "
+                             "(a JSON file written by Search.save)")
+        state = Path(state).read_text(encoding="utf-8", errors="replace")
+    if isinstance(state, str):
+        try:
+            state = json.loads(state)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{where} is not a saved NPS search state (not JSON: {exc})"
+                             ) from None
+    if not isinstance(state, Mapping) or state.get("format") != _SEARCH_FORMAT:
+        raise ValueError(f"{where} is not a saved NPS search state "
+                         "(format field missing or wrong)")
+    if state.get("version") == 1:
+        raise ValueError(
+            "this NPS search state was saved by an npsfuse before the engine's search "
+            "session (state version 1) and cannot be resumed: start the search again"
+        )
+    if state.get("version") != _SEARCH_VERSION:
+        raise ValueError(f"unsupported NPS search state version {state.get('version')!r}")
+    return state
 
-    return tqdm(total=total, disable=not enabled, desc=desc, unit="gen", leave=True)
+
+def _progress(total: int, enabled: bool, desc: str) -> Any:
+    return progress_bar(total=total, disable=not enabled, desc=desc, unit="gen", leave=True)
 
 
 def _fmt(x: float | None) -> str:
