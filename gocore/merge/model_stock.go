@@ -26,18 +26,7 @@ func pairIndex(T, a, b int) int { return a*T - a*(a-1)/2 + (b - a) }
 func (modelStock) prepare(e *engine, units []int) error {
 	tis := e.unitTensors(units)
 	T := e.T
-	sums, err := e.tensorSums(tis, T*(T+1)/2, func(ch chunkRef, ws *workspace, acc []float64) error {
-		_, _, taus, err := e.loadAll(ch, ws)
-		if err != nil {
-			return err
-		}
-		for a := range T {
-			for b := a; b < T; b++ {
-				acc[pairIndex(T, a, b)] = dot64(taus[a], taus[b])
-			}
-		}
-		return nil
-	})
+	sums, err := e.taskGrams(tis)
 	if err != nil {
 		return err
 	}

@@ -48,18 +48,7 @@ func (multislerp) prepare(e *engine, units []int) error {
 	if T == 1 {
 		return nil // θ_1 as it is
 	}
-	sums, err := e.tensorSums(tis, T*(T+1)/2, func(ch chunkRef, ws *workspace, acc []float64) error {
-		_, _, taus, err := e.loadAll(ch, ws)
-		if err != nil {
-			return err
-		}
-		for a := range T {
-			for b := a; b < T; b++ {
-				acc[pairIndex(T, a, b)] = dot64(taus[a], taus[b])
-			}
-		}
-		return nil
-	})
+	sums, err := e.taskGrams(tis)
 	if err != nil {
 		return err
 	}

@@ -97,3 +97,22 @@ func (e *engine) reportTensor(key, name string, v any) {
 		m[name] = x
 	}
 }
+
+// taskGrams returns, per tensor of tis, the T(T+1)/2 inner products
+// τ_a·τ_b (a ≤ b, in pairIndex order) of its task vectors, summed in
+// float64 over the chunks in order (model_stock, multislerp).
+func (e *engine) taskGrams(tis []int) ([][]float64, error) {
+	T := e.T
+	return e.tensorSums(tis, T*(T+1)/2, func(ch chunkRef, ws *workspace, acc []float64) error {
+		_, _, taus, err := e.loadAll(ch, ws)
+		if err != nil {
+			return err
+		}
+		for a := range T {
+			for b := a; b < T; b++ {
+				acc[pairIndex(T, a, b)] = dot64(taus[a], taus[b])
+			}
+		}
+		return nil
+	})
+}
