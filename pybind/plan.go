@@ -3,7 +3,6 @@ package pybind
 import (
 	"encoding/json"
 	"fmt"
-	"strings"
 
 	"github.com/npsfuse/npsfuse/gocore/merge"
 	"github.com/npsfuse/npsfuse/gocore/plan"
@@ -26,10 +25,8 @@ func PlanMerge(request string) (out string, err error) {
 			Model  int    `json:"model"`
 		} `json:"differ"`
 	}
-	dec := json.NewDecoder(strings.NewReader(request))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&q); err != nil {
-		return "", fmt.Errorf("%w: plan request: %v", merge.ErrInput, err)
+	if err := decodeStrict(merge.ErrInput, "plan request", request, &q); err != nil {
+		return "", err
 	}
 	p, err := plan.Make(q.Base, q.Models, q.Options)
 	if err != nil {
