@@ -7,8 +7,10 @@ import (
 )
 
 // ApplyWeighted computes dst = beta·dst + U·diag(coef)·Vt with a single
-// matrix product (this package's GEMM, gemm.go: the operation order of
-// gonum's blas32 Sgemm, hence bit-identical to it), where u is m×r, coef has length r, vt is r×n and dst is an
+// matrix product (this package's GEMM, gemm.go: one fused multiply-add
+// chain per element with the assembly kernels on amd64; in the portable
+// build the operation order of gonum's blas32 Sgemm, hence bit-identical
+// to it), where u is m×r, coef has length r, vt is r×n and dst is an
 // m×n row-major slice (len(dst) == m·n). When beta == 0 the previous content
 // of dst is ignored (NaN included), as in BLAS.
 //

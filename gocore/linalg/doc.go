@@ -7,13 +7,17 @@
 // "NPS-Pruning").
 //
 // All matrices are dense, row-major float32 ([Matrix]). The large products
-// run on the package's own float32 GEMM (gemm.go), vectorised across output
-// columns with simd/archsimd (AVX-512 or AVX2, chosen at run time, when
-// built with GOEXPERIMENT=simd on amd64) and in plain Go otherwise. Every
-// output element is one sequential float32 sum over k (separate multiply and
-// add, zero A entries skipped, as gonum's Sgemm does), so results are bit for
-// bit the same whichever kernel runs and whatever the thread count
-// (parallel over fixed blocks of output rows). The small dense
+// run on the package's own float32 GEMM (gemm.go). On amd64 it uses
+// register-blocked FMA micro-kernels in Go assembly (gemm_fma_amd64.s:
+// AVX-512 5×80 tiles, else AVX2+FMA 6×16, chosen at run time): every output
+// element is one chain of fused multiply-adds in k order. Elsewhere, and
+// with -tags purego, the portable kernels (plain Go, or simd/archsimd
+// vectors with GOEXPERIMENT=simd) compute the same chain with a separate
+// multiply and add, zero A entries skipped, as gonum's Sgemm does. Within a
+// build the results are bit for bit the same whatever the thread count
+// (parallel over fixed blocks of output elements); between the assembly
+// and the portable builds they differ by the rounding of the products,
+// within a bound gemm.go states and gemm_fma_test.go checks. The small dense
 // factorisations (Householder QR/LQ and the SVD of
 // the (k+p)×(k+p) core) run in float64 through gonum's native LAPACK
 // (gonum.org/v1/gonum/lapack/gonum); no function in this package ever forms

@@ -7,25 +7,44 @@ import (
 )
 
 // This file holds the package's own float32 matrix product, used instead of
-// gonum's blas32 Sgemm for the products of RandomizedSVD and ApplyWeighted.
+// gonum's blas32 Sgemm for the products of RandomizedSVD, GramSVD, Polar
+// and ApplyWeighted.
 //
-// Definition (the same for every kernel, thread count and blocking):
+// Definition (the same for every thread count and blocking):
 //
 //	C[i][j] ← β·C[i][j]  (exactly 0 when β = 0, C[i][j] unchanged when β = 1)
-//	for p = 0, 1, …, K−1:  if A[i][p] ≠ 0 { C[i][j] ← C[i][j] + A[i][p]·B[p][j] }
+//	for p = 0, 1, …, K−1:  C[i][j] ← C[i][j] + A[i][p]·B[p][j]
 //
-// with every product and every sum rounded to float32 separately (never a
-// fused multiply-add). This is the operation order of gonum's Sgemm for
-// (NoTrans, NoTrans), zero skipping included, so for that case the results
-// are bit-identical to it. Vector kernels run across output columns j: lane c
-// of a vector holds C[i][j+c] and sees exactly the scalar sequence above, so
-// the AVX-512, AVX2 and plain-Go kernels agree bit for bit. The work is
-// blocked over i (gemmMC rows per parallel task, gemmMR rows per kernel
-// call) and j (panels of the kernel's width). The k loop is run in blocks
-// of gemmKC so that a block of the packed B stays in cache, but the running
-// sum of each element is carried from one block to the next in float32 (kept
-// in a tile buffer, never a separate partial sum), so each C[i][j] is the one
-// sequential chain of additions above.
+// each output element being one sequential chain of float32 operations in
+// p order, whatever the thread count, tile shape or k blocking. How a step
+// rounds depends on the kernel family:
+//
+//   - Fused (the default on amd64 CPUs with AVX2+FMA or AVX-512 unless
+//     built with -tags purego; assembly in gemm_fma_amd64.s): C ← fma(A[i][p], B[p][j], C), one rounding per
+//     step and no zero skipping (fma(0, x, c) = c for finite x, so skipping
+//     would only change a sign of zero or hide an Inf/NaN of B).
+//   - Portable (plain Go; the archsimd AVX-512/AVX2 kernels of
+//     gemm_simd_amd64.go; every build with -tags purego or off amd64): the
+//     product and the sum rounded separately (never fused), A[i][p] = 0
+//     skipped. This is the operation order of gonum's Sgemm for (NoTrans,
+//     NoTrans), zero skipping included, so for that case the results are
+//     bit-identical to it.
+//
+// Within a family every kernel gives the same bits; between the families
+// an element differs by at most 3·K·2⁻²⁴·(|β·C| + Σ_p |A[i][p]·B[p][j]|)
+// (each chain is within K·u resp. 2K·u of the exact sum, u = 2⁻²⁴), which
+// gemm_fma_test.go checks. Vector kernels run across output columns j:
+// lane c of a vector holds C[i][j+c] and sees exactly the scalar sequence
+// above. The work is blocked over i (parallel tasks of a multiple of the
+// kernel's mr rows, mr rows per kernel call) and j (panels of the kernel's
+// width nr; for a short, wide C the tasks also split the panels). The
+// fused kernels read an A stored by rows in place (no packing), and run a
+// product whose A and B are both stored transposed as Cᵀ = Bᵀ·Aᵀ (the
+// same fma chains). The k loop is run in blocks of the kernel's kc so that a
+// block of the packed B panel stays in cache while it is reused by every
+// mr-row panel of the task, but the running sum of each element is carried
+// from one block to the next in float32 (kept in a tile buffer, never a
+// separate partial sum), so each C[i][j] is the one sequential chain above.
 
 const (
 	gemmMC = 32 // output rows per parallel task
@@ -33,7 +52,10 @@ const (
 	// gemmMCT contiguous values from each of kc rows apart in memory, and
 	// longer runs use the memory bandwidth better.
 	gemmMCT = 128
-	gemmKC  = 512 // k values per block of the packed operands
+	gemmKC  = 512 // k values per block of the packed operands, by default
+	// gemmShortWide is the largest m for which the fused kernels run C as
+	// one block of rows (see gemmWith).
+	gemmShortWide = 256
 )
 
 // operand is a float32 matrix operand of gemm: element (i, p) is
@@ -61,15 +83,24 @@ func (o operand) set(i, p int, v float32) {
 	}
 }
 
-// microKernel computes one mr×nr tile: for p = 0…kc−1, every row r with
-// ap[p*mr+r] ≠ 0 and every column c, acc[r*nr+c] += ap[p*mr+r]·bp[p*nr+c]
-// (product and sum rounded separately). acc holds the running sums on entry
-// and on return. fn may assume that the rows it must compute have no zero
-// in ap (gemm checks when packing); careful makes no such assumption.
+// microKernel computes one mr×nr tile: for p = 0…kc−1, every row r and
+// every column c, acc[r*nr+c] += ap[p*mr+r]·bp[p*nr+c], rounded as its
+// family says (see the top of this file; the portable kernels skip rows
+// with ap[p*mr+r] = 0). acc holds the running sums on entry and on return.
+// fn may assume that the rows it must compute have no zero in ap (gemm
+// checks when packing); careful makes no such assumption (for the fused
+// kernels, which skip nothing, the two are the same). direct, when not
+// nil, is fn reading A where it lies instead of a packed panel: entry
+// (r, p) at a[r*rs+p*cs]; gemm uses it for whole mr-row panels of an A
+// stored by rows, which then needs no packing. kc, when not 0, overrides
+// gemmKC as the k block length.
 type microKernel struct {
 	name        string
 	mr, nr      int
 	fn, careful func(kc int, ap, bp, acc []float32)
+	direct      func(kc int, a []float32, rs, cs int, bp, acc []float32)
+	fused       bool
+	kc          int
 }
 
 // scalarKernel returns the plain-Go kernel for mr×nr tiles.
@@ -102,12 +133,26 @@ func kernelGo(kc, mr, nr int, ap, bp, acc []float32) {
 // gemmKernel is the kernel gemm uses; tests swap it.
 var gemmKernel = bestKernel()
 
+// bestKernel returns the widest assembly FMA kernel the CPU runs, else the
+// best portable kernel.
+func bestKernel() microKernel {
+	if ks := fmaKernels(); len(ks) > 0 {
+		return ks[0]
+	}
+	return portableKernel()
+}
+
 // gemmScratch is a worker's reusable buffers.
 type gemmScratch struct {
-	ap, tiles []float32
+	ap, bp, tiles []float32
+	zero          []bool
 }
 
 var scratchPool = sync.Pool{New: func() any { return new(gemmScratch) }}
+
+// packBufs holds the buffers of packed B, reused from one product to the
+// next (a swapped product packs a whole n×n operand).
+var packBufs = sync.Pool{New: func() any { return new([]float32) }}
 
 // gemm computes C = β·C + A·B (m×n, inner dimension k) for operands in
 // either layout, as defined at the top of this file, on pool's
@@ -129,53 +174,123 @@ func gemmWith(pool parallel.Pool, kern microKernel, m, n, k int, a, b operand, b
 		}
 		return
 	}
+	if kern.fused && a.trans && b.trans {
+		// Cᵀ = Bᵀ·Aᵀ with both factors stored by rows: A's rows are then
+		// read in place (kern.direct) and B is packed by contiguous
+		// copies. Each element is the same fma chain (the product in an
+		// fma is exact, hence commutes), so the bits do not change.
+		m, n = n, m
+		a, b = operand{data: b.data, ld: b.ld}, operand{data: a.data, ld: a.ld}
+		c.trans = !c.trans
+	}
 	mr, nr := kern.mr, kern.nr
+	kcMax := gemmKC
+	if kern.kc > 0 {
+		kcMax = kern.kc
+	}
 	panels := (n + nr - 1) / nr
-	bp := packB(pool, b, k, n, nr, panels)
 	mc := gemmMC
 	if a.trans {
 		mc = gemmMCT
 	}
-	tasks := (m + mc - 1) / mc
-	kBlocks := (k + gemmKC - 1) / gemmKC
-	pool.For(tasks, func(_, t int) {
+	// A short, wide C (the fused kernels only): one row block of all m
+	// rows, so that each task packs its own kc×nr blocks of B right
+	// before the kernels use them (B then goes through memory once, and
+	// is never packed whole); otherwise B is packed once, up front, for
+	// all row blocks to share.
+	shortWide := kern.fused && m <= gemmShortWide
+	if shortWide {
+		mc = m
+	}
+	mc = (mc + mr - 1) / mr * mr // whole mr-row panels in every task
+	rowTasks := (m + mc - 1) / mc
+	var bp []float32
+	if !shortWide {
+		bpBuf := packBufs.Get().(*[]float32)
+		defer packBufs.Put(bpBuf)
+		bp = packB(pool, bpBuf, b, k, n, nr, panels)
+	}
+	// Few row blocks: the tasks also split the column panels into groups,
+	// for the threads to share the work. Which task computes an element
+	// does not change its bits.
+	groups := 1
+	if threads := pool.Size(); rowTasks < 2*threads {
+		groups = min(panels, (4*threads+rowTasks-1)/rowTasks)
+	}
+	perGroup := (panels + groups - 1) / groups
+	groups = (panels + perGroup - 1) / perGroup
+	kBlocks := (k + kcMax - 1) / kcMax
+	pool.For(rowTasks*groups, func(_, t int) {
 		s := scratchPool.Get().(*gemmScratch)
 		defer scratchPool.Put(s)
-		i0 := t * mc
+		i0 := t / groups * mc
+		p0 := t % groups * perGroup
+		p1 := min(p0+perGroup, panels)
 		rows := min(mc, m-i0)
 		subs := (rows + mr - 1) / mr
 		tileLen := mr * nr
 		nTiles := 1
 		if kBlocks > 1 {
-			nTiles = subs * panels
+			nTiles = subs * (p1 - p0)
 		}
-		s.ap = growF32(s.ap, subs*mr*min(k, gemmKC))
+		s.ap = growF32(s.ap, subs*mr*min(k, kcMax))
+		if shortWide {
+			s.bp = growF32(s.bp, min(k, kcMax)*nr)
+		}
 		s.tiles = growF32(s.tiles, nTiles*tileLen)
-		var zero [gemmMCT]bool
-		for k0 := 0; k0 < k; k0 += gemmKC {
-			kc := min(gemmKC, k-k0)
-			packA(s.ap, a, mr, i0, rows, k0, kc, zero[:subs])
-			for sb := 0; sb < subs; sb++ {
-				ap := s.ap[sb*mr*kc : (sb+1)*mr*kc]
-				r0 := i0 + sb*mr
-				nrows := min(mr, i0+rows-r0)
-				fn := kern.fn
-				if zero[sb] {
-					fn = kern.careful
+		if cap(s.zero) < subs {
+			s.zero = make([]bool, subs)
+		}
+		zero := s.zero[:subs]
+		clear(zero)
+		// With a direct kernel and A stored by rows, only a last partial
+		// mr-row panel is packed (as panel 0 of s.ap).
+		direct := kern.direct != nil && !a.trans
+		for k0 := 0; k0 < k; k0 += kcMax {
+			kc := min(kcMax, k-k0)
+			switch {
+			case !direct:
+				packA(s.ap, a, mr, i0, rows, k0, kc, zero, !kern.fused)
+			case rows%mr != 0:
+				r0 := i0 + rows/mr*mr
+				packA(s.ap, a, mr, r0, i0+rows-r0, k0, kc, zero[:1], false)
+			}
+			// Panel outer, row panel inner: the kc×nr block of packed B
+			// stays in L1 while every mr-row panel of the task uses it.
+			for p := p0; p < p1; p++ {
+				c0 := p * nr
+				ncols := min(nr, n-c0)
+				var bpk []float32
+				if shortWide {
+					bpk = s.bp[:kc*nr]
+					packBBlock(bpk, b, k0, k0+kc, c0, ncols, nr)
+				} else {
+					off := (p*k + k0) * nr
+					bpk = bp[off : off+kc*nr]
 				}
-				for p := 0; p < panels; p++ {
+				for sb := 0; sb < subs; sb++ {
+					r0 := i0 + sb*mr
+					nrows := min(mr, i0+rows-r0)
+					fn := kern.fn
+					if zero[sb] {
+						fn = kern.careful
+					}
 					ti := 0
 					if kBlocks > 1 {
-						ti = sb*panels + p
+						ti = sb*(p1-p0) + p - p0
 					}
 					tile := s.tiles[ti*tileLen : (ti+1)*tileLen]
-					c0 := p * nr
-					ncols := min(nr, n-c0)
 					if k0 == 0 {
 						loadTile(tile, mr, nr, c, r0, nrows, c0, ncols, beta)
 					}
-					off := (p*k + k0) * nr
-					fn(kc, ap, bp[off:off+kc*nr], tile)
+					switch {
+					case !direct:
+						fn(kc, s.ap[sb*mr*kc:(sb+1)*mr*kc], bpk, tile)
+					case nrows < mr:
+						fn(kc, s.ap[:mr*kc], bpk, tile)
+					default:
+						kern.direct(kc, a.data[r0*a.ld+k0:], a.ld, 1, bpk, tile)
+					}
 					if k0+kc == k {
 						storeTile(tile, nr, c, r0, nrows, c0, ncols)
 					}
@@ -205,38 +320,57 @@ func growF32(s []float32, n int) []float32 {
 }
 
 // packB copies the k×n operand b into panels nr columns wide, zero padded:
-// element (p, j) of panel q = j/nr is at [(q*k+p)*nr + j%nr].
-func packB(pool parallel.Pool, b operand, k, n, nr, panels int) []float32 {
-	bp := make([]float32, panels*k*nr)
+// element (p, j) of panel q = j/nr is at [(q*k+p)*nr + j%nr]. The panels
+// go to *buf, grown when too short.
+func packB(pool parallel.Pool, buf *[]float32, b operand, k, n, nr, panels int) []float32 {
+	bp := growF32(*buf, panels*k*nr)
+	*buf = bp
 	pool.For(panels, func(_, q int) {
 		j0 := q * nr
-		w := min(nr, n-j0)
-		dst := bp[q*k*nr : (q+1)*k*nr]
-		if b.trans {
-			// Row j of the storage holds column j of the operand.
-			for c := 0; c < w; c++ {
-				src := b.data[(j0+c)*b.ld : (j0+c)*b.ld+k]
-				for p, v := range src {
-					dst[p*nr+c] = v
-				}
-			}
-			return
-		}
-		for p := 0; p < k; p++ {
-			copy(dst[p*nr:p*nr+w], b.data[p*b.ld+j0:p*b.ld+j0+w])
-		}
+		packBBlock(bp[q*k*nr:(q+1)*k*nr], b, 0, k, j0, min(nr, n-j0), nr)
 	})
 	return bp
 }
 
+// packBBlock copies rows p0…p1−1, columns j0…j0+w−1 of the operand b into
+// dst, nr values a row (element (p, j0+c) at [(p−p0)*nr + c]), zero
+// padding columns w…nr−1.
+func packBBlock(dst []float32, b operand, p0, p1, j0, w, nr int) {
+	dst = dst[:(p1-p0)*nr]
+	if w < nr {
+		clear(dst)
+	}
+	if b.trans {
+		// Row j of the storage holds column j of the operand. Blocks of
+		// 64 k values keep the strided writes within L1.
+		for q0 := p0; q0 < p1; q0 += 64 {
+			q1 := min(q0+64, p1)
+			for c := 0; c < w; c++ {
+				src := b.data[(j0+c)*b.ld+q0 : (j0+c)*b.ld+q1]
+				d := dst[(q0-p0)*nr+c:]
+				for p, v := range src {
+					d[p*nr] = v
+				}
+			}
+		}
+		return
+	}
+	for p := p0; p < p1; p++ {
+		copy(dst[(p-p0)*nr:(p-p0)*nr+w], b.data[p*b.ld+j0:p*b.ld+j0+w])
+	}
+}
+
 // packA copies rows i0…i0+rows−1, columns k0…k0+kc−1 of the operand a
 // into dst as consecutive mr-row panels (element (r, p) of panel s at
-// [s*mr*kc + p*mr + r]), zero padding the rows past the end, and sets
-// zero[s] when panel s has a zero in one of its real rows.
-func packA(dst []float32, a operand, mr, i0, rows, k0, kc int, zero []bool) {
+// [s*mr*kc + p*mr + r]), zero padding the rows past the end, and, when
+// findZero is set, sets zero[s] when panel s has a zero in one of its real
+// rows (else leaves zero all false).
+func packA(dst []float32, a operand, mr, i0, rows, k0, kc int, zero []bool, findZero bool) {
 	subs := len(zero)
 	dst = dst[:subs*mr*kc]
-	defer findZeros(dst, mr, rows, kc, zero)
+	if findZero {
+		defer findZeros(dst, mr, rows, kc, zero)
+	}
 	if rows < subs*mr {
 		clear(dst[(subs-1)*mr*kc:])
 	}
@@ -328,14 +462,18 @@ func loadTile(tile []float32, mr, nr int, c operand, r0, nrows, c0, ncols int, b
 
 // storeTile writes the nrows×ncols block of the tile to C at (r0, c0).
 func storeTile(tile []float32, nr int, c operand, r0, nrows, c0, ncols int) {
+	if c.trans {
+		// Column by column: each storage row (nrows contiguous values,
+		// one or two cache lines) is written in one visit.
+		for j := 0; j < ncols; j++ {
+			dst := c.data[(c0+j)*c.ld+r0 : (c0+j)*c.ld+r0+nrows]
+			for r := range dst {
+				dst[r] = tile[r*nr+j]
+			}
+		}
+		return
+	}
 	for r := 0; r < nrows; r++ {
-		t := tile[r*nr : r*nr+ncols]
-		if !c.trans {
-			copy(c.data[(r0+r)*c.ld+c0:(r0+r)*c.ld+c0+ncols], t)
-			continue
-		}
-		for j, v := range t {
-			c.data[(c0+j)*c.ld+r0+r] = v
-		}
+		copy(c.data[(r0+r)*c.ld+c0:(r0+r)*c.ld+c0+ncols], tile[r*nr:r*nr+ncols])
 	}
 }

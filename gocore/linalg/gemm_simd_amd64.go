@@ -26,8 +26,9 @@ const (
 	nr256 = 40
 )
 
-// bestKernel returns the widest vector kernel the CPU runs, else plain Go.
-func bestKernel() microKernel {
+// portableKernel returns the widest archsimd kernel the CPU runs, else plain
+// Go: the best kernel that gives the bits of gemm's definition.
+func portableKernel() microKernel {
 	if ks := vectorKernels(); len(ks) > 0 {
 		return ks[0]
 	}

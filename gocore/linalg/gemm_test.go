@@ -27,11 +27,12 @@ func gemmRef(m, n, k int, a, b operand, beta float32, c operand) {
 	}
 }
 
-// testKernels returns the vector kernels of this build and CPU plus plain-Go
-// kernels of several tile shapes.
+// testKernels returns the portable kernels: the archsimd kernels of this
+// build and CPU plus plain-Go kernels of several tile shapes (the fused
+// assembly kernels are tested in gemm_fma_test.go).
 func testKernels() []microKernel {
 	ks := vectorKernels()
-	ks = append(ks, bestKernel(), scalarKernel(4, 32), scalarKernel(1, 1), scalarKernel(3, 7), scalarKernel(2, 80))
+	ks = append(ks, portableKernel(), scalarKernel(4, 32), scalarKernel(1, 1), scalarKernel(3, 7), scalarKernel(2, 80))
 	return ks
 }
 
@@ -50,7 +51,7 @@ func randOperand(rng *rand.Rand, r, c int, trans bool, zeroFrac float64) operand
 	return operand{data: d, ld: max(c, 1)}
 }
 
-// Every kernel (AVX-512, AVX2 and plain Go of various tile shapes) gives the
+// Every portable kernel (AVX-512, AVX2 and plain Go of various tile shapes) gives the
 // bits of the plain definition, for odd shapes, every transpose, β ∈ {0, 1,
 // 0.5}, sparse A (zero skipping), k beyond one k block, and 1, 2 or 5
 // threads.
@@ -93,8 +94,9 @@ func TestGemmBitsMatchDefinition(t *testing.T) {
 	}
 }
 
-// For (NoTrans, NoTrans) gemm is bit-identical to gonum's blas32 Sgemm with
-// α = 1 (same operation order, zero skipping included).
+// For (NoTrans, NoTrans) gemm with the portable kernels is bit-identical to
+// gonum's blas32 Sgemm with α = 1 (same operation order, zero skipping
+// included).
 func TestGemmMatchesGonumSgemm(t *testing.T) {
 	for _, sh := range []struct{ m, n, k int }{{7, 9, 13}, {130, 65, 74}, {70, 300, 64}, {40, 90, 700}} {
 		for _, beta := range []float32{0, 1, -0.75} {
@@ -104,7 +106,7 @@ func TestGemmMatchesGonumSgemm(t *testing.T) {
 			c := randOperand(rng, sh.m, sh.n, false, 0)
 			want := slices.Clone(c.data)
 			blas32.Implementation().Sgemm(blas.NoTrans, blas.NoTrans, sh.m, sh.n, sh.k, 1, a.data, a.ld, b.data, b.ld, beta, want, sh.n)
-			gemm(parallel.Pool{}, sh.m, sh.n, sh.k, a, b, beta, c)
+			gemmWith(parallel.Pool{}, portableKernel(), sh.m, sh.n, sh.k, a, b, beta, c)
 			for i := range want {
 				if math.Float32bits(c.data[i]) != math.Float32bits(want[i]) {
 					t.Fatalf("%v beta %v: element %d = %v, Sgemm gives %v", sh, beta, i, c.data[i], want[i])

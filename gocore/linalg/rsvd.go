@@ -85,8 +85,10 @@ type SVD struct {
 // The orthonormal bases are stored transposed (l×m and l×n, one basis vector
 // per row), as the Householder LQ factorisation wants them; the big products
 // run on this package's own float32 GEMM (gemm.go), vectorised across the l
-// basis vectors (AVX-512 or AVX2 with GOEXPERIMENT=simd, plain Go otherwise,
-// bit-identical either way).
+// basis vectors: FMA assembly kernels on amd64 (AVX-512 or AVX2), the
+// portable kernels elsewhere or with -tags purego. The result is the same
+// for every thread count; the assembly and the portable builds differ by
+// the GEMM's rounding (bounded, see gemm.go).
 //
 // Each returned singular pair's sign is fixed so that the entry of largest
 // magnitude of each column of U is positive (first one on ties).
