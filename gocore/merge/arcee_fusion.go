@@ -3,6 +3,8 @@ package merge
 import (
 	"math"
 	"slices"
+
+	"github.com/npsfuse/npsfuse/gocore/vec"
 )
 
 // Arcee Fusion (mergekit's arcee_fusion): between the base θ₀ and one
@@ -73,6 +75,9 @@ func rowKL(x, b []float32) float32 {
 	eps := float32(1e-8)
 	var kl float64
 	for j := range px {
+		if j%pcbClearEvery == 0 {
+			vec.ClearAVXUpper() // as in PCB: math.Log after a preemption
+		}
 		p := float32(px[j]) + eps
 		q := float32(qb[j]) + eps
 		kl += float64(p) * math.Log(float64(p/q))
@@ -89,6 +94,9 @@ func softmax64(v []float32) []float64 {
 	out := make([]float64, len(v))
 	var s float64
 	for j, x := range v {
+		if j%pcbClearEvery == 0 {
+			vec.ClearAVXUpper() // as in PCB: math.Exp after a preemption
+		}
 		out[j] = math.Exp(float64(x) - m)
 		s += out[j]
 	}

@@ -96,6 +96,10 @@ type engine struct {
 	fusion  []afState    // per tensor: arcee_fusion's row KLs and fence (arcee_fusion.go)
 	rescale [][]float32  // per tensor, per model: the L1 rescale factor (rescale.go)
 	pcb     [][]pcbCut   // per unit, per model
+	pcbKeys pcbKept      // per unit: β's keys kept for the merge pass (pcb.go)
+	// checked[u]: the top-k counting pass found every input of unit u
+	// finite (selection.go), so the merge pass need not check them again.
+	checked []bool
 	neuro   neuroState
 	data    dataState     // fisher, regmean (data.go)
 	sub     subspaceState // tsv, iso_c, iso_cts (subspace.go)
@@ -142,10 +146,7 @@ func RunReportContext(ctx context.Context, method string, p Params, tensors []Te
 			return nil, inputErr("tensor %q has no output buffer", t.Name)
 		}
 	}
-	if err := e.prepareAll(); err != nil {
-		return nil, err
-	}
-	if err := e.mergeChunks(e.chunks); err != nil {
+	if err := e.prepareAndMerge(); err != nil {
 		return nil, err
 	}
 	return e.reportCopy(), nil
@@ -451,8 +452,16 @@ func (e *engine) loadModel(ch chunkRef, m int, ws *workspace, buf []float32) ([]
 // loadAll loads the base and every model of chunk ch and forms the raw task
 // vectors τ_m = θ_m − θ₀ in ws.taus.
 func (e *engine) loadAll(ch chunkRef, ws *workspace) (base []float32, models, taus [][]float32, err error) {
+	return e.loadAllChecked(ch, ws, false)
+}
+
+// loadAllChecked is loadAll that skips the NaN/±Inf checks of the inputs
+// when checked is set (the preparation already made them).
+func (e *engine) loadAllChecked(ch chunkRef, ws *workspace, checked bool) (base []float32, models, taus [][]float32, err error) {
 	n := ch.hi - ch.lo
-	if base, err = e.loadBase(ch, ws); err != nil {
+	if checked {
+		base = e.view(e.tensors[ch.ti].Base, ch, ws, ws.base)
+	} else if base, err = e.loadBase(ch, ws); err != nil {
 		return nil, nil, nil, err
 	}
 	// ws.views holds the chunk views: for float32 storage they are the
@@ -460,8 +469,10 @@ func (e *engine) loadAll(ch chunkRef, ws *workspace) (base []float32, models, ta
 	models = ws.views[:e.T:e.T]
 	taus = ws.tauViews[:e.T:e.T]
 	for m := range e.T {
-		mv, err := e.loadModel(ch, m, ws, ws.models[m])
-		if err != nil {
+		var mv []float32
+		if checked {
+			mv = e.view(e.tensors[ch.ti].Models[m], ch, ws, ws.models[m])
+		} else if mv, err = e.loadModel(ch, m, ws, ws.models[m]); err != nil {
 			return nil, nil, nil, err
 		}
 		models[m] = mv
@@ -515,7 +526,8 @@ func (e *engine) mergeChunk(ch chunkRef, ws *workspace) error {
 			return e.mergeDirect(d, ch, ws)
 		}
 	}
-	base, models, taus, err := e.loadAll(ch, ws)
+	u, _ := e.unitChunk(ch)
+	base, models, taus, err := e.loadAllChecked(ch, ws, e.checked != nil && e.checked[u])
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,8 @@ package merge
 
 import (
 	"math"
+	"sync"
+	"sync/atomic"
 
 	"github.com/npsfuse/npsfuse/gocore/parallel"
 	"github.com/npsfuse/npsfuse/gocore/topk"
@@ -26,7 +28,10 @@ import (
 //
 // A min-max normalisation over a constant row gives 0. Normalize is not
 // used. The quantiles take two three-pass radix selections per unit (over
-// every model at once) before the merge pass.
+// every model at once) before the merge pass. The second selection's keys
+// (β of every entry and model) are kept for the merge pass while they fit
+// in pcbKeepBytes, so that exp and tanh run once per entry and model
+// instead of twice (see pcbKept).
 func init() {
 	register(Method{Name: "pcb", Sparsify: keepAll{}, Combine: pcb{}})
 }
@@ -38,6 +43,73 @@ const pcbQ = 1e-4
 // entries, so that math.Exp does not run 100× slower for the rest of a
 // chunk after an asynchronous preemption (see vec.ClearAVXUpper).
 const pcbClearEvery = 256
+
+// pcbKeepBytes bounds the memory the β keys kept between preparation and
+// the merge pass may take, over all units at once (a variable for the
+// tests, which lower it to take the path that scores again).
+var pcbKeepBytes int64 = keyCacheBytes
+
+// pcbKept holds, per unit, the order keys of β_t that the preparation's
+// second selection computed, for the merge pass (pcb.combine) to decode
+// instead of computing exp and tanh again: the same float32 β, bit for bit
+// (fromOrderKey inverts orderKey). A unit's keys are dropped once all of
+// its chunks are merged; units whose keys would push the total past
+// pcbKeepBytes keep none and are scored again when merged.
+type pcbKept struct {
+	mu    sync.Mutex
+	bytes int64 // held now, over all units
+	units []pcbUnitKeys
+}
+
+// pcbUnitKeys are one unit's kept keys: keys[m] in unit order (chunk c's
+// at offs[c]), and how many chunks are still to be merged.
+type pcbUnitKeys struct {
+	keys  [][]uint32
+	offs  []int
+	bytes int64
+	left  atomic.Int64
+}
+
+// reserve books room for n bytes of keys, reporting whether it fits.
+func (k *pcbKept) reserve(n int64) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.bytes+n > pcbKeepBytes {
+		return false
+	}
+	k.bytes += n
+	return true
+}
+
+// release returns n bytes of the budget.
+func (k *pcbKept) release(n int64) {
+	k.mu.Lock()
+	k.bytes -= n
+	k.mu.Unlock()
+}
+
+// chunkKeys returns unit u's kept keys and chunk c's offset in them, or nil
+// when the unit kept none (or they were dropped).
+func (k *pcbKept) chunkKeys(u, c int) ([][]uint32, int) {
+	if u >= len(k.units) {
+		return nil, 0
+	}
+	uk := &k.units[u]
+	if uk.keys == nil {
+		return nil, 0
+	}
+	return uk.keys, uk.offs[c]
+}
+
+// merged notes that one chunk of unit u is merged; after the last one the
+// unit's keys are dropped.
+func (k *pcbKept) merged(u int) {
+	uk := &k.units[u]
+	if uk.left.Add(-1) == 0 {
+		uk.keys, uk.offs = nil, nil
+		k.release(uk.bytes)
+	}
+}
 
 // pcbCut holds one model's statistics over one unit.
 type pcbCut struct {
@@ -57,6 +129,7 @@ func (pcb) prepare(e *engine, which []int) error {
 	units := e.units()
 	if e.pcb == nil {
 		e.pcb = make([][]pcbCut, len(units))
+		e.pcbKeys.units = make([]pcbUnitKeys, len(units))
 	}
 	var big, small []int
 	for _, u := range which {
@@ -94,7 +167,7 @@ func (e *engine) pcbUnit(un unit, u, workers int) error {
 		ihi := int64(float64(d)*(1-pcbQ) - 1)
 		targets = append(targets, keyTarget{m, ascRank(d, ilo)}, keyTarget{m, ascRank(d, ihi)})
 	}
-	keys, err := e.selectKeys(un.chunks, T, targets, workers, func(ch chunkRef, ws *workspace, dst [][]uint32) error {
+	keys, _, err := e.selectKeys(un.chunks, T, targets, false, workers, func(ch chunkRef, ws *workspace, dst [][]uint32) error {
 		_, _, taus, err := e.loadAll(ch, ws)
 		if err != nil {
 			return err
@@ -119,7 +192,9 @@ func (e *engine) pcbUnit(un unit, u, workers int) error {
 		icut := int64(float64(d) * (1 - e.density(m)))
 		targets = append(targets, keyTarget{m, ascRank(d, icut)}, keyTarget{m, 1})
 	}
-	keys, err = e.selectKeys(un.chunks, T, targets, workers, func(ch chunkRef, ws *workspace, dst [][]uint32) error {
+	size := int64(T) * d * 4
+	keep := size <= keyCacheBytes && e.pcbKeys.reserve(size)
+	keys, kept, err := e.selectKeys(un.chunks, T, targets, keep, workers, func(ch chunkRef, ws *workspace, dst [][]uint32) error {
 		_, _, taus, err := e.loadAll(ch, ws)
 		if err != nil {
 			return err
@@ -136,6 +211,19 @@ func (e *engine) pcbUnit(un unit, u, workers int) error {
 		}
 		return nil
 	})
+	if keep {
+		if err != nil || kept == nil {
+			e.pcbKeys.release(size)
+		} else {
+			uk := &e.pcbKeys.units[u]
+			uk.keys, uk.bytes = kept, size
+			uk.offs = make([]int, len(un.chunks))
+			for c := 1; c < len(un.chunks); c++ {
+				uk.offs[c] = uk.offs[c-1] + un.chunks[c-1].hi - un.chunks[c-1].lo
+			}
+			uk.left.Store(int64(len(un.chunks)))
+		}
+	}
 	if err != nil {
 		return err
 	}
@@ -174,12 +262,14 @@ func pcbScore(tau, s float32, c *pcbCut, T int) float32 {
 }
 
 func (pcb) combine(e *engine, ch chunkRef, base []float32, _, taus [][]float32, out []float32) {
-	u, _ := e.unitChunk(ch)
+	u, uc := e.unitChunk(ch)
 	cuts := e.pcb[u]
 	T := e.T
 	lam := float32(e.p.Lambda)
+	// β from the preparation's keys when they were kept, else computed.
+	keys, off := e.pcbKeys.chunkKeys(u, uc)
 	for j, b := range base[:len(out)] {
-		if j%pcbClearEvery == 0 {
+		if keys == nil && j%pcbClearEvery == 0 {
 			vec.ClearAVXUpper()
 		}
 		s := pcbSum(taus, j)
@@ -189,7 +279,13 @@ func (pcb) combine(e *engine, ch chunkRef, base []float32, _, taus [][]float32, 
 			x := tau[j]
 			var sc float32
 			if c.bmax > c.cut {
-				sc = (max(pcbScore(x, s, c, T), c.cut) - c.cut) / (c.bmax - c.cut)
+				var beta float32
+				if keys != nil {
+					beta = fromOrderKey(keys[m][off+j])
+				} else {
+					beta = pcbScore(x, s, c, T)
+				}
+				sc = (max(beta, c.cut) - c.cut) / (c.bmax - c.cut)
 			}
 			tc := pcbClip(x, c)
 			if x < 0 {
@@ -201,6 +297,9 @@ func (pcb) combine(e *engine, ch chunkRef, base []float32, _, taus [][]float32, 
 			den += sc
 		}
 		out[j] = b + lam*(num/max(den, 1e-12))
+	}
+	if keys != nil {
+		e.pcbKeys.merged(u)
 	}
 }
 
@@ -237,8 +336,12 @@ const keyCacheBytes = 512 << 20
 // target at once; the keys of the first pass are kept for the others when
 // they fit in keyCacheBytes. Histograms are per worker and per target,
 // summed in a fixed order, so the result does not depend on scheduling.
-func (e *engine) selectKeys(chunks []chunkRef, streams int, targets []keyTarget, workers int,
-	src func(ch chunkRef, ws *workspace, dst [][]uint32) error) ([]uint32, error) {
+// The targets of one stream share the first pass's histogram, and a
+// stream's two targets (PCB asks for two quantiles per model) share one
+// read of its keys in the later passes. With keep, the kept keys are returned too (per stream, in chunk order;
+// nil when they did not fit).
+func (e *engine) selectKeys(chunks []chunkRef, streams int, targets []keyTarget, keep bool, workers int,
+	src func(ch chunkRef, ws *workspace, dst [][]uint32) error) ([]uint32, [][]uint32, error) {
 	const bins = 1 << 11
 	workers = max(1, min(workers, len(chunks)))
 	nt := len(targets)
@@ -246,6 +349,25 @@ func (e *engine) selectKeys(chunks []chunkRef, streams int, targets []keyTarget,
 	rem := make([]int64, nt)
 	for i, t := range targets {
 		rem[i] = t.k
+	}
+	// lead[i] is the first target of target i's stream (the first pass's
+	// histogram is the same for all of them); pair[i] the other target of
+	// a stream that has exactly two (−1 otherwise), whose later passes
+	// share one read of the keys.
+	lead := make([]int, nt)
+	pair := make([]int, nt)
+	for i, t := range targets {
+		lead[i], pair[i] = i, -1
+		var same []int
+		for j, u := range targets {
+			if u.s == t.s {
+				same = append(same, j)
+			}
+		}
+		lead[i] = same[0]
+		if len(same) == 2 {
+			pair[i] = same[0] + same[1] - i
+		}
 	}
 	offs := make([]int, len(chunks)+1)
 	for c, ch := range chunks {
@@ -301,34 +423,57 @@ func (e *engine) selectKeys(chunks []chunkRef, streams int, targets []keyTarget,
 			}
 			h := hist[w]
 			mask := uint32(1)<<ps.width - 1
+			ps0 := ps.shift + ps.width
 			for i, t := range targets {
 				ht := h[i*bins : (i+1)*bins]
 				keys := dst[t.s][:n]
-				if p == 0 {
+				switch {
+				case p == 0 && lead[i] != i:
+					// The first pass's histogram is the stream's: the
+					// target's lead target counts it.
+				case p == 0:
 					for _, k := range keys {
 						ht[k>>ps.shift]++
 					}
-					continue
-				}
-				pre := prefix[i]
-				ps0 := ps.shift + ps.width
-				for _, k := range keys {
-					if k>>ps0 == pre {
-						ht[(k>>ps.shift)&mask]++
+				case pair[i] > i:
+					// Two targets of one stream: one read of its keys.
+					j := pair[i]
+					hj := h[j*bins : (j+1)*bins]
+					pre, prj := prefix[i], prefix[j]
+					for _, k := range keys {
+						if k>>ps0 == pre {
+							ht[(k>>ps.shift)&mask]++
+						}
+						if k>>ps0 == prj {
+							hj[(k>>ps.shift)&mask]++
+						}
+					}
+				case pair[i] >= 0:
+					// Counted with its pair.
+				default:
+					pre := prefix[i]
+					for _, k := range keys {
+						if k>>ps0 == pre {
+							ht[(k>>ps.shift)&mask]++
+						}
 					}
 				}
 			}
 		})
 		if fail.err != nil {
-			return nil, fail.err
+			return nil, nil, fail.err
 		}
 		for i := range targets {
+			hi := i // whose histogram target i reads
+			if p == 0 {
+				hi = lead[i]
+			}
 			var cum int64
 			b := int(1)<<ps.width - 1
 			for ; b > 0; b-- {
 				var c int64
 				for w := range hist {
-					c += int64(hist[w][i*bins+b])
+					c += int64(hist[w][hi*bins+b])
 				}
 				if cum+c >= rem[i] {
 					break
@@ -339,5 +484,8 @@ func (e *engine) selectKeys(chunks []chunkRef, streams int, targets []keyTarget,
 			prefix[i] = prefix[i]<<ps.width | uint32(b)
 		}
 	}
-	return prefix, nil
+	if !keep {
+		cache = nil
+	}
+	return prefix, cache, nil
 }

@@ -147,6 +147,13 @@ func (e *engine) selectUnits(units []int, sums bool, targets func(u int, n int64
 	if fail.err != nil {
 		return nil, fail.err
 	}
+	// Every input chunk of these units is now known to be finite.
+	if e.checked == nil {
+		e.checked = make([]bool, len(all))
+	}
+	for _, u := range units {
+		e.checked[u] = true
+	}
 	// 3. Finish every target.
 	res := make([]unitSelection, len(units))
 	for i, u := range units {
@@ -230,8 +237,7 @@ func (e *engine) windows(un unit, tgts []rankTarget) ([]window, []int) {
 		pos += n
 	}
 	for m := range T {
-		slices.Sort(samples[m])
-		slices.Reverse(samples[m]) // descending
+		sortDesc(samples[m])
 	}
 	first := make([]int, T)
 	for m := range first {
@@ -271,6 +277,33 @@ func (e *engine) windows(un unit, tgts []rankTarget) ([]window, []int) {
 		}
 	}
 	return wins, of
+}
+
+// sortDesc sorts s in descending order: a least-significant-digit radix
+// sort in three passes of 11 bits (on ^v, so that ascending keys are
+// descending values), linear where a comparison sort of the 64Ki samples
+// of every model and unit took a noticeable share of a TIES merge.
+func sortDesc(s []uint32) {
+	const bits, bins = 11, 1 << 11
+	src, dst := s, make([]uint32, len(s))
+	for shift := uint(0); shift < 32; shift += bits {
+		var pos [bins]int
+		for _, v := range src {
+			pos[(^v>>shift)&(bins-1)]++
+		}
+		at := 0
+		for b, c := range pos {
+			pos[b] = at
+			at += c
+		}
+		for _, v := range src {
+			k := (^v >> shift) & (bins - 1)
+			dst[pos[k]] = v
+			pos[k]++
+		}
+		src, dst = dst, src
+	}
+	copy(s, src)
 }
 
 // loadOne reads element i of v as float32.

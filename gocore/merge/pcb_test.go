@@ -1,0 +1,98 @@
+package merge
+
+import (
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	"github.com/npsfuse/npsfuse/gocore/parallel"
+	"github.com/npsfuse/npsfuse/gocore/tensor"
+)
+
+// pcbOutputs merges ts with PCB and returns copies of the outputs.
+func pcbOutputs(t *testing.T, p Params, ts []Tensor) [][]float32 {
+	t.Helper()
+	if err := Run("pcb", p, ts); err != nil {
+		t.Fatal(err)
+	}
+	out := make([][]float32, len(ts))
+	for i, tt := range ts {
+		out[i] = make([]float32, tt.Out.Len())
+		tt.Out.Load(out[i], 0)
+	}
+	return out
+}
+
+// TestPCBKeptKeysBitForBit checks that the merge pass gives the same bits
+// whether it decodes β from the keys kept by the preparation or scores the
+// entries again: with the budget for every unit, for none, and for some,
+// per tensor and with the global scope, at several thread counts, and
+// through the streaming Merger.
+func TestPCBKeptKeysBitForBit(t *testing.T) {
+	defer func(b int64) { pcbKeepBytes = b }(pcbKeepBytes)
+	shapes := [][]int{{7}, {50, 100}, {3, 2*parallel.Chunk + 3}, {exactUnit + parallel.Chunk + 11}}
+	for _, scope := range []Scope{ScopeTensor, ScopeGlobal} {
+		r := rand.New(rand.NewPCG(11, 12))
+		ts := randomMerge(r, tensor.F32, shapes, 3)
+		p := Params{Lambda: 0.8, Density: 0.3, Scope: scope, Weights: []float32{1, 0.5, 2}}
+		pcbKeepBytes = 0
+		want := pcbOutputs(t, p, ts)
+		// 3 models × 4 B per entry: room for the two small tensors only.
+		for _, budget := range []int64{keyCacheBytes, 3 * 4 * (7 + 5000)} {
+			for _, threads := range []int{1, 2, 3} {
+				pcbKeepBytes = budget
+				p.Pool = parallel.Pool{Threads: threads}
+				got := pcbOutputs(t, p, ts)
+				for i := range want {
+					if !slices.Equal(got[i], want[i]) {
+						t.Fatalf("scope %v, budget %d, %d threads: tensor %q differs from the merge that scores again",
+							scope, budget, threads, ts[i].Name)
+					}
+				}
+			}
+		}
+		pcbKeepBytes = keyCacheBytes
+		mg, err := NewMerger("pcb", p, ts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range ts {
+			out := tensor.Alloc(ts[i].Base.Len(), tensor.F32)
+			if err := mg.Tensor(i, out); err != nil {
+				t.Fatal(err)
+			}
+			if got := out.F32; !slices.Equal(got, want[i]) {
+				t.Fatalf("scope %v: Merger.Tensor(%d) differs from Run", scope, i)
+			}
+		}
+	}
+}
+
+// TestPCBKeptKeysReleased checks the budget bookkeeping: keys are held
+// between preparation and merge, and every byte is handed back once every
+// chunk is merged.
+func TestPCBKeptKeysReleased(t *testing.T) {
+	r := rand.New(rand.NewPCG(13, 14))
+	ts := randomMerge(r, tensor.F32, [][]int{{50, 100}, {3, 2*parallel.Chunk + 3}}, 2)
+	e, err := newEngine(registry["pcb"], Params{Lambda: 1, Density: 0.5}, ts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.prepareAll(); err != nil {
+		t.Fatal(err)
+	}
+	if want := int64(2 * 4 * (5000 + 6*parallel.Chunk + 9)); e.pcbKeys.bytes != want {
+		t.Fatalf("held %d bytes after preparation, want %d", e.pcbKeys.bytes, want)
+	}
+	if err := e.mergeChunks(e.chunks); err != nil {
+		t.Fatal(err)
+	}
+	if e.pcbKeys.bytes != 0 {
+		t.Fatalf("held %d bytes after the merge, want 0", e.pcbKeys.bytes)
+	}
+	for u := range e.pcbKeys.units {
+		if e.pcbKeys.units[u].keys != nil {
+			t.Fatalf("unit %d still holds its keys", u)
+		}
+	}
+}
