@@ -40,36 +40,37 @@ func EvolveStart(config string) (state string, err error) {
 	return string(b), err
 }
 
-// EvolveAsk returns, as a JSON list, the candidates the session in state
-// awaits scores for (evolve.Session.Ask).
-func EvolveAsk(state string) (candidates string, err error) {
+// withState runs f on the session whose JSON is state and returns f's
+// result as JSON; errors and panics come back guarded, relabelled by
+// evolveErr. The session lives in Python between calls: only its JSON
+// crosses.
+func withState(state string, f func(*evolve.Session) (any, error)) (out string, err error) {
 	defer guard(&err)
 	s, err := evolve.Restore([]byte(state))
 	if err != nil {
 		return "", evolveErr(err)
 	}
-	c, err := s.Ask()
+	r, err := f(s)
 	if err != nil {
 		return "", evolveErr(err)
 	}
-	b, err := json.Marshal(c)
+	b, err := json.Marshal(r)
 	return string(b), err
+}
+
+// EvolveAsk returns, as a JSON list, the candidates the session in state
+// awaits scores for (evolve.Session.Ask).
+func EvolveAsk(state string) (candidates string, err error) {
+	return withState(state, func(s *evolve.Session) (any, error) { return s.Ask() })
 }
 
 // EvolveTell tells the score of the first candidate EvolveAsk returns
 // (evolve.Session.Tell); it returns JSON {"state", "outcome"}.
 func EvolveTell(state string, score float64) (out string, err error) {
-	defer guard(&err)
-	s, err := evolve.Restore([]byte(state))
-	if err != nil {
-		return "", evolveErr(err)
-	}
-	o, err := s.Tell(score)
-	if err != nil {
-		return "", evolveErr(err)
-	}
-	b, err := json.Marshal(map[string]any{"state": s, "outcome": o})
-	return string(b), err
+	return withState(state, func(s *evolve.Session) (any, error) {
+		o, err := s.Tell(score)
+		return map[string]any{"state": s, "outcome": o}, err
+	})
 }
 
 // EvolveOffspring writes the trial of parent "individual" in the current

@@ -48,7 +48,7 @@ func TestHandleHelpers(t *testing.T) {
 	}
 	before := NumHandlesLive()
 	for config, want := range map[string]string{
-		`{"optimizer": "cma", "x0": [1], "bogus": 1}`:                `optimizer config: json: unknown field "bogus"`,
+		`{"optimizer": "cma", "x0": [1], "bogus": 1}`:                `optimizer config: unknown field "bogus"`,
 		`{"optimizer": "nelder-mead", "x0": [1]}`:                    `unknown optimizer "nelder-mead" (want "cma" or "de")`,
 		`{"optimizer": "cma", "x0": [1], "sigma0": 1, "popsize": 1}`: "Popsize must be >= 2",
 	} {

@@ -10,13 +10,6 @@ import (
 	"github.com/npsfuse/npsfuse/gocore/tensor"
 )
 
-// npsState is a decomposition plus the float32 scratch Build writes into.
-type npsState struct {
-	d       *nps.Decomposition
-	scratch [][]float32
-	pool    parallel.Pool
-}
-
 type npsOptions struct {
 	Subspaces  int    `json:"subspaces"`
 	Kind       string `json:"kind"`
@@ -47,29 +40,23 @@ func NPSDecompose(options string, nTensors, arrays, schemas int) (h int, err err
 	if err != nil {
 		return 0, fmt.Errorf("%w: %v", nps.ErrInput, err)
 	}
-	inputs := make([]nps.Input, nTensors)
-	scratch := make([][]float32, nTensors)
+	inputs := make([]nps.TaskInput, nTensors)
 	for i := range inputs {
 		base, ft := b.Tensors[2*i], b.Tensors[2*i+1]
-		tau, tmp, err := nps.TaskVector(base.Name, base.Vec, ft.Vec)
-		if err != nil {
-			return 0, err
-		}
-		inputs[i] = nps.Input{Name: base.Name, Shape: base.Shape, Tau: tau}
-		scratch[i] = tmp // reused as Build's output buffer
+		inputs[i] = nps.TaskInput{Name: base.Name, Shape: base.Shape, Base: base.Vec, FT: ft.Vec}
 	}
-	d, err := nps.Decompose(inputs, nps.Options{Subspaces: o.Subspaces, Kind: kind, Rank: o.Rank,
+	t, err := nps.NewTask(inputs, nps.Options{Subspaces: o.Subspaces, Kind: kind, Rank: o.Rank,
 		PowerIters: o.PowerIters, Oversample: o.Oversample, Seed: o.Seed, Pool: parallel.Pool{Threads: o.Threads}})
 	if err != nil {
 		return 0, err
 	}
-	return putHandle(&npsState{d: d, scratch: scratch, pool: parallel.Pool{Threads: o.Threads}}), nil
+	return putHandle(t), nil
 }
 
 // NPSInfo describes a decomposition as JSON: subspaces, elements, and per
 // tensor its name, element count and SVD rank (0: magnitude bands).
 func NPSInfo(h int) (info string, err error) {
-	return withHandle(h, func(s *npsState) (any, error) {
+	return withHandle(h, func(d *nps.Task) (any, error) {
 		type t struct {
 			Name  string `json:"name"`
 			Numel int    `json:"numel"`
@@ -79,9 +66,9 @@ func NPSInfo(h int) (info string, err error) {
 			Subspaces int   `json:"subspaces"`
 			Elements  int64 `json:"elements"`
 			Tensors   []t   `json:"tensors"`
-		}{Subspaces: s.d.Subspaces(), Elements: s.d.NumElements()}
-		for i := range s.d.Len() {
-			name, n, r := s.d.TensorInfo(i)
+		}{Subspaces: d.Subspaces(), Elements: d.NumElements()}
+		for i := range d.Len() {
+			name, n, r := d.TensorInfo(i)
 			out.Tensors = append(out.Tensors, t{name, n, r})
 		}
 		return out, nil
@@ -106,44 +93,20 @@ func NPSBuild(h int, weights string, keep float64, global bool, nOut, arrays, sc
 		return 0, err
 	}
 	defer b.Release()
-	s, err := getHandle[*npsState](h)
+	t, err := getHandle[*nps.Task](h)
 	if err != nil {
 		return 0, err
-	}
-	if nOut != s.d.Len() {
-		return 0, fmt.Errorf("%w: %d output tensors for %d decomposed tensors", nps.ErrInput, nOut, s.d.Len())
 	}
 	var w npsWeights
 	if err := decodeStrict(nps.ErrInput, "weights", weights, &w); err != nil {
 		return 0, err
 	}
-	// float32 outputs are built in place; others go through the float32
-	// scratch and are rounded to their dtype afterwards (in parallel).
-	outs := make([][]float32, len(b.Tensors))
-	for i, t := range b.Tensors {
-		if t.Vec.Len() != len(s.scratch[i]) {
-			return 0, fmt.Errorf("%w: output %q has %d elements, want %d", nps.ErrInput, t.Name, t.Vec.Len(), len(s.scratch[i]))
-		}
-		outs[i] = s.scratch[i]
-		if t.Vec.DType == tensor.F32 {
-			outs[i] = t.Vec.F32
-		}
+	outs := make([]tensor.Vec, len(b.Tensors))
+	for i, o := range b.Tensors {
+		outs[i] = o.Vec
 	}
-	k, err := s.d.Build(nps.Weights{Shared: w.Shared, PerTensor: w.PerTensor}, keep, global, outs)
-	if err != nil {
-		return 0, err
-	}
-	for i, t := range b.Tensors {
-		if t.Vec.DType == tensor.F32 {
-			continue
-		}
-		src := s.scratch[i]
-		s.pool.For(parallel.NumChunks(len(src)), func(_, c int) {
-			lo, hi := c*parallel.Chunk, min((c+1)*parallel.Chunk, len(src))
-			t.Vec.Store(src[lo:hi], lo)
-		})
-	}
-	return int(k), nil
+	k, err := t.BuildInto(nps.Weights{Shared: w.Shared, PerTensor: w.PerTensor}, keep, global, outs)
+	return int(k), err
 }
 
 // Apply writes, for each of nTensors tensors, out = base + Σ_i λ_i·τ_i

@@ -13,12 +13,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"math"
 	"runtime/debug"
-	"strconv"
 	"strings"
 
 	"github.com/npsfuse/npsfuse/arrowio/bridge"
+	"github.com/npsfuse/npsfuse/gocore/fault"
 	"github.com/npsfuse/npsfuse/gocore/merge"
 	"github.com/npsfuse/npsfuse/gocore/parallel"
 	"github.com/npsfuse/npsfuse/gocore/tensor"
@@ -37,14 +36,11 @@ func guard(err *error) {
 	*err = exportErr(*err)
 }
 
-// decodeStrict decodes the JSON a door call carries, refusing unknown
-// fields; numbers bound for an any become json.Number (see numbers).
-// Errors wrap kind and name what was decoded.
+// decodeStrict decodes the JSON a door call carries (fault.DecodeJSON,
+// the daemon's rule); numbers bound for an any become json.Number, which
+// merge.Resolve reads exactly. Errors wrap kind and name what was decoded.
 func decodeStrict(kind error, what, text string, v any) error {
-	dec := json.NewDecoder(strings.NewReader(text))
-	dec.DisallowUnknownFields()
-	dec.UseNumber()
-	if err := dec.Decode(v); err != nil {
+	if err := fault.DecodeJSON([]byte(text), v, true); err != nil {
 		return fmt.Errorf("%w: %s: %v", kind, what, err)
 	}
 	return nil
@@ -103,45 +99,13 @@ func decodeParams(method, params string, nModels int) (merge.Params, mergeParams
 	if err := decodeStrict(merge.ErrInput, "parameters", params, &mp); err != nil {
 		return merge.Params{}, mp, err
 	}
-	v := merge.Values{Global: numbers(mp.Global), Models: make([]map[string]any, len(mp.Models))}
-	for i, m := range mp.Models {
-		v.Models[i] = numbers(m)
-	}
-	p, bad := merge.Resolve(method, nModels, v)
+	// json.Numbers and Python's "nan"/"inf" strings are read by Resolve.
+	p, bad := merge.Resolve(method, nModels, merge.Values{Global: mp.Global, Models: mp.Models})
 	p.Pool = parallel.Pool{Threads: mp.Threads}
 	if len(bad) > 0 {
 		return p, mp, fmt.Errorf("%w: %s", merge.ErrInput, strings.Join(merge.Format(bad, merge.PythonWhere), "; "))
 	}
 	return p, mp, nil
-}
-
-// numbers turns JSON numbers into int (whole numbers) or float64, as YAML
-// gives them.
-func numbers(m map[string]any) map[string]any {
-	out := make(map[string]any, len(m))
-	for k, v := range m {
-		if str, ok := v.(string); ok { // Python's NaN and ±Inf, which JSON cannot carry
-			if f, err := strconv.ParseFloat(str, 64); err == nil && (math.IsNaN(f) || math.IsInf(f, 0)) {
-				out[k] = f
-				continue
-			}
-		}
-		n, ok := v.(json.Number)
-		if !ok {
-			out[k] = v
-			continue
-		}
-		if i, err := n.Int64(); err == nil {
-			out[k] = int(i)
-		} else if u, err := strconv.ParseUint(n.String(), 10, 64); err == nil {
-			out[k] = u // a seed above 2⁶³
-		} else if f, err := n.Float64(); err == nil {
-			out[k] = f
-		} else {
-			out[k] = v
-		}
-	}
-	return out
 }
 
 // CheckParams resolves a merge's parameters (the JSON of Merge's params)

@@ -3,7 +3,6 @@ package pybind
 import (
 	"encoding/json"
 	"fmt"
-	"math"
 
 	"github.com/npsfuse/npsfuse/gocore/search"
 )
@@ -25,19 +24,12 @@ func OptAsk(h int) (cands string, err error) {
 	return withHandle(h, func(o search.Optimizer) (any, error) { return o.Ask(), nil })
 }
 
-// parseScores decodes a JSON list of scores; null (and NaN, ±Inf) mark a
-// failed evaluation.
+// parseScores decodes a JSON list of scores (search.Scores, the daemon's
+// rule); null (and NaN, ±Inf) mark a failed evaluation.
 func parseScores(fitness string) ([]float64, error) {
-	var raw []*search.JSONFloat
-	if err := json.Unmarshal([]byte(fitness), &raw); err != nil {
+	var f search.Scores
+	if err := json.Unmarshal([]byte(fitness), &f); err != nil {
 		return nil, fmt.Errorf("%w: fitness: %v", ErrSearch, err)
-	}
-	f := make([]float64, len(raw))
-	for i, v := range raw {
-		f[i] = math.Inf(-1)
-		if v != nil {
-			f[i] = float64(*v)
-		}
 	}
 	return f, nil
 }

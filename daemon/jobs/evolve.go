@@ -6,10 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
-	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 
 	"github.com/npsfuse/npsfuse/daemon/store"
 	"github.com/npsfuse/npsfuse/daemon/tensors"
@@ -17,6 +15,7 @@ import (
 	"github.com/npsfuse/npsfuse/gocore/merge"
 	"github.com/npsfuse/npsfuse/gocore/parallel"
 	"github.com/npsfuse/npsfuse/gocore/search"
+	"github.com/npsfuse/npsfuse/gocore/session"
 	"github.com/npsfuse/npsfuse/gocore/tensor"
 )
 
@@ -42,7 +41,8 @@ type evolveSpec struct {
 	Seed        uint64 `json:"seed,omitempty"`
 	// Generations G (default 15); Ask reports done after them.
 	Generations int `json:"generations,omitempty"`
-	// Exclude lists name patterns of tensors not evolved (task heads):
+	// Exclude lists regular expressions of names of tensors not evolved
+	// (task heads; the engine's rule, evolve.Exclude, as npsfuse.Evolver's):
 	// every individual keeps its own.
 	Exclude []string `json:"exclude,omitempty"`
 	// Merge selects Evolver "with merger": a candidate is the merge (by
@@ -128,10 +128,8 @@ func checkEvolve(e *Env, raw json.RawMessage) (json.RawMessage, error) {
 	case s.Base != "" || s.MergeParams != nil:
 		return nil, invalid("base and merge_params belong to merge (Evolver with merger)")
 	}
-	for _, p := range s.Exclude {
-		if _, err := filepath.Match(p, ""); err != nil {
-			return nil, invalid("exclude: bad pattern %q: %v", p, err)
-		}
+	if _, err := evolve.CompileExclude(s.Exclude); err != nil {
+		return nil, invalid("%v", err)
 	}
 	if err := s.Result.check(e); err != nil {
 		return nil, err
@@ -144,7 +142,7 @@ func checkEvolve(e *Env, raw json.RawMessage) (json.RawMessage, error) {
 
 // evolveSession is a running evolve session.
 type evolveSession struct {
-	mu      sync.Mutex
+	session.Guard
 	rc      *runCtx
 	pool    parallel.Pool // the daemon's thread count (Env.Pool), set before any kernel runs
 	cancel  context.CancelFunc
@@ -162,7 +160,6 @@ type evolveSession struct {
 	pop     [][]float32
 	scratch []float32
 	release func()
-	closed  bool
 }
 
 func runEvolve(rc *runCtx) (any, Session, error) {
@@ -170,7 +167,7 @@ func runEvolve(rc *runCtx) (any, Session, error) {
 	if err := decodeStrict(rc.job.Spec, &s); err != nil {
 		return nil, nil, err
 	}
-	es := &evolveSession{spec: s, pool: rc.env.Pool}
+	es := &evolveSession{Guard: session.Guard{Closed: errClosed}, spec: s, pool: rc.env.Pool}
 	ok := false
 	defer func() {
 		if !ok {
@@ -285,11 +282,15 @@ func firstNaN(x []float32) int {
 // them with the same shapes; with a merger, every model must have exactly
 // the base's tensors, as npsfuse.merge requires.
 func (e *evolveSession) layout() error {
+	exclude, err := evolve.CompileExclude(e.spec.Exclude)
+	if err != nil {
+		return invalid("%v", err)
+	}
 	first := e.srcs[0]
 	e.index = map[string]int{}
 	for _, name := range slices.Sorted(slices.Values(first.Names())) {
 		m, _ := first.Meta(name)
-		if _, ok := tensors.KernelDType(m.DType); !ok || matchAny(e.spec.Exclude, name) {
+		if _, ok := tensors.KernelDType(m.DType); !ok || exclude.Excludes(name) {
 			continue
 		}
 		for k, src := range e.srcs[1:] {
@@ -370,41 +371,30 @@ func (e *evolveSession) apply(o evolve.Outcome) error {
 	return nil
 }
 
-func (e *evolveSession) usable() error {
-	if e.closed {
-		return fmt.Errorf("%w: session closed", ErrState)
-	}
-	return nil
-}
-
 // Ask implements Session: {"generation", "candidates": [[g, i]…], "done"}
 // where each candidate names individual i's offspring at generation g
 // (g = −1: individual i itself for the initial evaluation, or, i = −1,
 // the merge of the population).
 func (e *evolveSession) Ask() (any, error) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if err := e.usable(); err != nil {
-		return nil, err
-	}
-	cs, err := e.s.Ask()
-	if err != nil {
-		return nil, err
-	}
-	cands := make([][]float64, len(cs))
-	for k, c := range cs {
-		cands[k] = []float64{float64(c.Generation), float64(c.Individual)}
-	}
-	return map[string]any{"generation": e.s.Generation(), "candidates": cands, "done": e.s.Done()}, nil
+	return session.Do(&e.Guard, func() (any, error) {
+		cs, err := e.s.Ask()
+		if err != nil {
+			return nil, err
+		}
+		cands := make([][]float64, len(cs))
+		for k, c := range cs {
+			cands[k] = []float64{float64(c.Generation), float64(c.Individual)}
+		}
+		return map[string]any{"generation": e.s.Generation(), "candidates": cands, "done": e.s.Done()}, nil
+	})
 }
 
 // Tell implements Session: one score per candidate Ask returns.
 func (e *evolveSession) Tell(scores []float64) (any, error) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if err := e.usable(); err != nil {
-		return nil, err
-	}
+	return session.Do(&e.Guard, func() (any, error) { return e.tell(scores) })
+}
+
+func (e *evolveSession) tell(scores []float64) (any, error) {
 	cs, err := e.s.Ask()
 	if err != nil {
 		return nil, err
@@ -455,33 +445,27 @@ func (e *evolveSession) bestLocked() map[string]any {
 
 // Best implements Session (see bestLocked).
 func (e *evolveSession) Best() (any, error) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if err := e.usable(); err != nil {
-		return nil, err
-	}
-	return e.bestLocked(), nil
+	return session.Do(&e.Guard, func() (any, error) { return e.bestLocked(), nil })
 }
 
 // Candidate implements Session for [g, i]: individual i as it is now
 // (g = −2 or −1), the merge of the population ([−1, −1], merger), or the
 // open trial of parent i in generation g (with a merger, merged).
 func (e *evolveSession) Candidate(params []float64) (*TensorSet, error) {
-	e.mu.Lock()
-	set, err := e.candidate(params)
+	done, err := e.Hold()
 	if err != nil {
-		e.mu.Unlock()
 		return nil, err
 	}
-	var once sync.Once
-	set.Done = func() { once.Do(e.mu.Unlock) }
+	set, err := e.candidate(params)
+	if err != nil {
+		done()
+		return nil, err
+	}
+	set.Done = done
 	return set, nil
 }
 
 func (e *evolveSession) candidate(params []float64) (*TensorSet, error) {
-	if err := e.usable(); err != nil {
-		return nil, err
-	}
 	if len(params) != 2 || params[0] != math.Trunc(params[0]) || params[1] != math.Trunc(params[1]) ||
 		params[1] < -1 || int(params[1]) >= len(e.pop) || (params[1] == -1 && (params[0] != -1 || e.base == nil)) {
 		return nil, invalid("an evolve candidate is [generation, individual], got %v", params)
@@ -596,11 +580,10 @@ func (e *evolveSession) mergedSet(replace int, vec []float32) (*TensorSet, error
 // Finish implements Session: the best individual's model (with a merger,
 // the merge of the population) is the result.
 func (e *evolveSession) Finish() (any, error) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if err := e.usable(); err != nil {
-		return nil, err
-	}
+	return session.Do(&e.Guard, e.finish)
+}
+
+func (e *evolveSession) finish() (any, error) {
 	best := e.bestLocked()
 	if best["x"] == nil {
 		return nil, fmt.Errorf("%w: no candidate has been scored successfully yet", ErrState)
@@ -623,17 +606,13 @@ func (e *evolveSession) Finish() (any, error) {
 
 // Close implements Session.
 func (e *evolveSession) Close() {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.closed {
-		return
-	}
-	e.closed = true
-	e.cancel()
-	_ = tensors.CloseAll(e.srcs...)
-	if e.base != nil {
-		_ = e.base.Close()
-	}
-	e.pop, e.scratch = nil, nil
-	e.release()
+	e.Guard.Close(func() {
+		e.cancel()
+		_ = tensors.CloseAll(e.srcs...)
+		if e.base != nil {
+			_ = e.base.Close()
+		}
+		e.pop, e.scratch = nil, nil
+		e.release()
+	})
 }

@@ -8,7 +8,6 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 	"unsafe"
 
@@ -17,6 +16,7 @@ import (
 	"github.com/npsfuse/npsfuse/arrowio/stream"
 	"github.com/npsfuse/npsfuse/daemon/store"
 	"github.com/npsfuse/npsfuse/daemon/tensors"
+	"github.com/npsfuse/npsfuse/gocore/fault"
 	"github.com/npsfuse/npsfuse/gocore/merge"
 	"github.com/npsfuse/npsfuse/gocore/plan"
 	"github.com/npsfuse/npsfuse/gocore/tensor"
@@ -68,12 +68,10 @@ type mergeSpec struct {
 	Cleanup      []string       `json:"cleanup,omitempty"`
 }
 
-// decodeStrict decodes a spec refusing unknown fields.
+// decodeStrict decodes a spec by every door's rule (fault.DecodeJSON).
 func decodeStrict(spec json.RawMessage, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(spec))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return invalid("spec: %s", DescribeJSONError(err))
+	if err := fault.DecodeJSON(spec, v, false); err != nil {
+		return invalid("spec: %v", err)
 	}
 	return nil
 }
@@ -145,6 +143,9 @@ func resolveMerge(e *Env, s *mergeSpec) (*stream.Config, []string, error) {
 		}
 		cfg["models"] = out
 	}
+	if err := resolveSlices(cfg, resolve); err != nil {
+		return nil, nil, err
+	}
 	text, err := json.Marshal(cfg)
 	if err != nil {
 		return nil, nil, invalid("config: %v", err)
@@ -156,14 +157,66 @@ func resolveMerge(e *Env, s *mergeSpec) (*stream.Config, []string, error) {
 	return c, paths, nil
 }
 
+// resolveSlices replaces the model references of a slices config (each
+// slice's base_model and its sources' models) by the paths to read, in
+// place; ParseConfig reports malformed entries.
+func resolveSlices(cfg map[string]any, resolve func(v any, what string) (any, error)) error {
+	list, ok := cfg["slices"].([]any)
+	if !ok {
+		return nil
+	}
+	out := make([]any, len(list))
+	for i, item := range list {
+		sl, ok := item.(map[string]any)
+		if !ok {
+			out[i] = item
+			continue
+		}
+		sl = maps.Clone(sl)
+		if b, ok := sl["base_model"]; ok && b != nil {
+			p, err := resolve(b, fmt.Sprintf("slices[%d].base_model", i))
+			if err != nil {
+				return err
+			}
+			sl["base_model"] = p
+		}
+		if srcs, ok := sl["sources"].([]any); ok {
+			rs := make([]any, len(srcs))
+			for j, sv := range srcs {
+				src, ok := sv.(map[string]any)
+				if !ok {
+					rs[j] = sv
+					continue
+				}
+				src = maps.Clone(src)
+				if mv, ok := src["model"]; ok && mv != nil {
+					p, err := resolve(mv, fmt.Sprintf("slices[%d].sources[%d].model", i, j))
+					if err != nil {
+						return err
+					}
+					src["model"] = p
+				}
+				rs[j] = src
+			}
+			sl["sources"] = rs
+		}
+		out[i] = sl
+	}
+	cfg["slices"] = out
+	return nil
+}
+
 func checkMerge(e *Env, raw json.RawMessage) (json.RawMessage, error) {
 	var s mergeSpec
 	if err := decodeStrict(raw, &s); err != nil {
 		return nil, err
 	}
-	_, paths, err := resolveMerge(e, &s)
+	cfg, paths, err := resolveMerge(e, &s)
 	if err != nil {
 		return nil, err
+	}
+	if len(cfg.Slices) > 0 && s.OutDir == "" {
+		return nil, invalid("a slices merge writes a checkpoint folder: give out_dir")
 	}
 	if s.DType != "" {
 		if _, err := tensor.ParseDType(s.DType); err != nil {
@@ -205,6 +258,9 @@ func runMerge(rc *runCtx) (any, Session, error) {
 	cfg, _, err := resolveMerge(rc.env, &s)
 	if err != nil {
 		return nil, nil, err
+	}
+	if len(cfg.Slices) > 0 && s.OutDir == "" {
+		return nil, nil, invalid("a slices merge writes a checkpoint folder: give out_dir")
 	}
 	if s.OutDir != "" {
 		res, err := runStreamMerge(rc, cfg, &s)
@@ -279,18 +335,6 @@ type planned struct {
 	merged int
 	from   []byte
 	conv   tensor.DType
-}
-
-func matchAny(patterns []string, name string) bool {
-	for _, p := range patterns {
-		if ok, _ := filepath.Match(p, name); ok {
-			return true
-		}
-		if strings.HasPrefix(p, "*") && strings.HasSuffix(p, "*") && strings.Contains(name, strings.Trim(p, "*")) {
-			return true
-		}
-	}
-	return false
 }
 
 // kernelVec views b as dtype d, copying once into aligned memory if a

@@ -101,8 +101,7 @@ type taskSet struct {
 	base, model tensors.Source
 	names       []string // floating-point tensors, decomposed, in name order
 	metas       []tensors.Meta
-	d           *nps.Decomposition
-	out         [][]float32   // Build's output (τ_NPS of the last Build)
+	task        *nps.Task     // τ decomposed; task.Out holds the last Build's τ_NPS
 	pool        parallel.Pool // the daemon's thread count (Env.Pool)
 }
 
@@ -178,29 +177,20 @@ func newTaskSet(rc *runCtx, baseRef, modelRef string, o *npsOptions) (t *taskSet
 		return nil, nil, err
 	}
 	rel = r
-	rc.progress(store.Progress{Message: "computing task vectors"})
-	inputs := make([]nps.Input, len(t.names))
-	t.out = make([][]float32, len(t.names))
+	inputs := make([]nps.TaskInput, len(t.names))
 	for i, name := range t.names {
-		bv, err := sourceVec(t.base, name)
-		if err != nil {
+		inputs[i] = nps.TaskInput{Name: name, Shape: t.metas[i].IntShape()}
+		if inputs[i].Base, err = sourceVec(t.base, name); err != nil {
 			return nil, nil, err
 		}
-		mv, err := sourceVec(t.model, name)
-		if err != nil {
+		if inputs[i].FT, err = sourceVec(t.model, name); err != nil {
 			return nil, nil, err
 		}
-		tau, tmp, err := nps.TaskVector(name, bv, mv)
-		if err != nil {
-			return nil, nil, err
-		}
-		inputs[i] = nps.Input{Name: name, Shape: t.metas[i].IntShape(), Tau: tau}
-		t.out[i] = tmp // reused as Build's output
 	}
 	kind, _ := nps.ParseKind(o.Kind)
-	rc.progress(store.Progress{Message: fmt.Sprintf("decomposing %d tensors into %d subspaces", len(inputs), o.Subspaces)})
+	rc.progress(store.Progress{Message: fmt.Sprintf("computing task vectors; decomposing %d tensors into %d subspaces", len(inputs), o.Subspaces)})
 	t.pool = rc.env.Pool
-	if t.d, err = nps.Decompose(inputs, nps.Options{Subspaces: o.Subspaces, Kind: kind, Rank: o.Rank,
+	if t.task, err = nps.NewTask(inputs, nps.Options{Subspaces: o.Subspaces, Kind: kind, Rank: o.Rank,
 		PowerIters: o.PowerIters, Oversample: o.Oversample, Seed: o.Seed, Pool: t.pool}); err != nil {
 		return nil, nil, err
 	}
@@ -217,13 +207,13 @@ func sourceVec(src tensors.Source, name string) (tensor.Vec, error) {
 	return kernelVec(b, mustKernel(m))
 }
 
-// build computes τ_NPS for weights w into t.out and returns how many
-// entries were kept.
+// build computes τ_NPS for weights w into t.task.Out and returns how
+// many entries were kept.
 func (t *taskSet) build(w []float64, o *npsOptions) (int64, error) {
-	return t.d.Build(nps.Weights{Shared: w}, o.Keep, *o.Global, t.out)
+	return t.task.Build(nps.Weights{Shared: w}, o.Keep, *o.Global)
 }
 
-// outputSet describes the tensors an NPS job writes from t.out: the
+// outputSet describes the tensors an NPS job writes from t.task.Out: the
 // pruned task vector (float32, decomposed tensors only) or the transferred
 // model θ₀ + λ·τ_NPS (every base tensor; floating-point ones in dtype or
 // their base dtype).
@@ -238,7 +228,7 @@ func (t *taskSet) outputSet(output string, lam float64, dtype string) ([]tensors
 			if err != nil {
 				return err
 			}
-			v.Store(t.out[i], 0)
+			v.Store(t.task.Out[i], 0)
 			return nil
 		}, nil
 	}
@@ -281,7 +271,7 @@ func (t *taskSet) outputSet(output string, lam float64, dtype string) ([]tensors
 		if err != nil {
 			return err
 		}
-		return nps.Apply(t.pool, out, bv, []tensor.Vec{tensor.FromF32(t.out[k])}, lams)
+		return nps.Apply(t.pool, out, bv, []tensor.Vec{tensor.FromF32(t.task.Out[k])}, lams)
 	}, nil
 }
 
@@ -474,7 +464,7 @@ func runCompress(rc *runCtx) (any, Session, error) {
 			if s.ValueDType != "" {
 				vdt, _ = tensor.ParseDType(s.ValueDType)
 			}
-			mask, vals := PackMask(t.out[i])
+			mask, vals := PackMask(t.task.Out[i])
 			metas = append(metas, tensors.Meta{Name: fmt.Sprintf("%d:%s:mask", k, name), DType: safetensors.U8, Shape: []int64{int64(len(mask))}})
 			blobs = append(blobs, mask)
 			vb := make([]byte, len(vals)*vdt.Size())

@@ -6,12 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"sync"
 
 	"github.com/npsfuse/npsfuse/daemon/store"
 	"github.com/npsfuse/npsfuse/daemon/tensors"
 	"github.com/npsfuse/npsfuse/gocore/nps"
 	"github.com/npsfuse/npsfuse/gocore/search"
+	"github.com/npsfuse/npsfuse/gocore/session"
 )
 
 // Session is an interactive job: the daemon holds the optimizer and its
@@ -146,15 +146,17 @@ func checkSearch(e *Env, raw json.RawMessage) (json.RawMessage, error) {
 
 // npsSession is a running nps_search.
 type npsSession struct {
-	mu      sync.Mutex
+	session.Guard
 	rc      *runCtx
 	cancel  context.CancelFunc
 	spec    searchSpec
 	t       *taskSet
 	release func()
 	s       *nps.Session
-	closed  bool
 }
+
+// errClosed is a daemon session's closed error (session.Guard.Closed).
+var errClosed = fmt.Errorf("%w: session closed", ErrState)
 
 func runSearch(rc *runCtx) (any, Session, error) {
 	var s searchSpec
@@ -180,7 +182,7 @@ func runSearch(rc *runCtx) (any, Session, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	src := *rc
 	src.ctx = ctx
-	ns := &npsSession{rc: &src, cancel: cancel, spec: s, t: t, release: release, s: sess}
+	ns := &npsSession{Guard: session.Guard{Closed: errClosed}, rc: &src, cancel: cancel, spec: s, t: t, release: release, s: sess}
 	src.progress(ns.progress())
 	return nil, ns, nil
 }
@@ -194,53 +196,40 @@ func (n *npsSession) progress() store.Progress {
 	return p
 }
 
-func (n *npsSession) usable() error {
-	if n.closed {
-		return fmt.Errorf("%w: session closed", ErrState)
-	}
-	return nil
-}
-
 // Ask implements Session: {"generation", "candidates": [[w…]…], "done"}.
 // The first ask is the start point x0 alone (all weights 1: magnitude
 // top-k), then one optimizer generation per ask.
 func (n *npsSession) Ask() (any, error) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if err := n.usable(); err != nil {
-		return nil, err
-	}
-	g := n.s.Generation()
-	if n.s.Done() {
-		return map[string]any{"generation": g, "candidates": [][]float64{}, "done": true}, nil
-	}
-	cands := n.s.Ask()
-	// Checkpoint with the pending batch: after a crash the restored
-	// session asks the same candidates, so the client's tell still fits.
-	if err := n.rc.checkpoint(n.s); err != nil {
-		return nil, err
-	}
-	return map[string]any{"generation": g, "candidates": cands, "done": false}, nil
+	return session.Do(&n.Guard, func() (any, error) {
+		g := n.s.Generation()
+		if n.s.Done() {
+			return map[string]any{"generation": g, "candidates": [][]float64{}, "done": true}, nil
+		}
+		cands := n.s.Ask()
+		// Checkpoint with the pending batch: after a crash the restored
+		// session asks the same candidates, so the client's tell still fits.
+		if err := n.rc.checkpoint(n.s); err != nil {
+			return nil, err
+		}
+		return map[string]any{"generation": g, "candidates": cands, "done": false}, nil
+	})
 }
 
 // Tell implements Session.
 func (n *npsSession) Tell(scores []float64) (any, error) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if err := n.usable(); err != nil {
-		return nil, err
-	}
-	if err := n.s.Tell(scores); err != nil {
-		if errors.Is(err, nps.ErrNotAsked) {
-			return nil, fmt.Errorf("%w: %v", ErrState, err)
+	return session.Do(&n.Guard, func() (any, error) {
+		if err := n.s.Tell(scores); err != nil {
+			if errors.Is(err, nps.ErrNotAsked) {
+				return nil, fmt.Errorf("%w: %v", ErrState, err)
+			}
+			return nil, invalid("%v", err)
 		}
-		return nil, invalid("%v", err)
-	}
-	if err := n.rc.checkpoint(n.s); err != nil {
-		return nil, err
-	}
-	n.rc.progress(n.progress())
-	return n.bestLocked(false), nil
+		if err := n.rc.checkpoint(n.s); err != nil {
+			return nil, err
+		}
+		n.rc.progress(n.progress())
+		return n.bestLocked(false), nil
+	})
 }
 
 // bestLocked is {"generation", "x", "f", "done"}; with all, also the start
@@ -257,27 +246,26 @@ func (n *npsSession) bestLocked(all bool) map[string]any {
 // Best implements Session: {"generation", "x", "f", "done", "start_f",
 // "evaluations", "failures", "history"}.
 func (n *npsSession) Best() (any, error) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if err := n.usable(); err != nil {
-		return nil, err
-	}
-	return n.bestLocked(true), nil
+	return session.Do(&n.Guard, func() (any, error) { return n.bestLocked(true), nil })
 }
 
 // Candidate implements Session: θ₀ + λ·τ_NPS(w) (or τ_NPS) for weights w.
 // The session stays locked until Done (Build's buffers are shared).
 func (n *npsSession) Candidate(w []float64) (*TensorSet, error) {
-	n.mu.Lock()
-	ok := false
-	defer func() {
-		if !ok {
-			n.mu.Unlock()
-		}
-	}()
-	if err := n.usable(); err != nil {
+	done, err := n.Hold()
+	if err != nil {
 		return nil, err
 	}
+	set, err := n.candidate(w)
+	if err != nil {
+		done()
+		return nil, err
+	}
+	set.Done = done
+	return set, nil
+}
+
+func (n *npsSession) candidate(w []float64) (*TensorSet, error) {
 	for i, x := range w { // the weights' count is Build's check
 		if math.IsNaN(x) || math.IsInf(x, 0) {
 			return nil, invalid("candidate weight %d is %v", i, x)
@@ -287,21 +275,15 @@ func (n *npsSession) Candidate(w []float64) (*TensorSet, error) {
 		return nil, err
 	}
 	metas, fill, err := n.t.outputSet(n.spec.Output, *n.spec.Lam, n.spec.DType)
-	if err != nil {
-		return nil, err
-	}
-	ok = true
-	var once sync.Once
-	return &TensorSet{Metas: metas, Fill: fill, Done: func() { once.Do(n.mu.Unlock) }}, nil
+	return &TensorSet{Metas: metas, Fill: fill}, err
 }
 
 // Finish implements Session: the best weights' tensors become the result.
 func (n *npsSession) Finish() (any, error) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if err := n.usable(); err != nil {
-		return nil, err
-	}
+	return session.Do(&n.Guard, n.finish)
+}
+
+func (n *npsSession) finish() (any, error) {
 	s := n.s.Summary()
 	x, note := s.BestX, ""
 	if x == nil {
@@ -330,13 +312,9 @@ func (n *npsSession) Finish() (any, error) {
 
 // Close implements Session.
 func (n *npsSession) Close() {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.closed {
-		return
-	}
-	n.closed = true
-	n.cancel()
-	n.t.close()
-	n.release()
+	n.Guard.Close(func() {
+		n.cancel()
+		n.t.close()
+		n.release()
+	})
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/npsfuse/npsfuse/daemon/tensors"
 	"github.com/npsfuse/npsfuse/gocore/fault"
 	"github.com/npsfuse/npsfuse/gocore/merge"
+	"github.com/npsfuse/npsfuse/gocore/search"
 )
 
 // Version is the daemon's version (the Python package's).
@@ -283,8 +284,8 @@ func (s *service) actAsk(ctx context.Context, body []byte, send func(any) error)
 
 func (s *service) actTell(_ context.Context, body []byte, send func(any) error) error {
 	var req struct {
-		ID     uint64     `json:"id"`
-		Scores []*float64 `json:"scores"`
+		ID     uint64        `json:"id"`
+		Scores search.Scores `json:"scores"`
 	}
 	if err := decodeJSON(body, &req, "tell"); err != nil {
 		return err
@@ -293,15 +294,7 @@ func (s *service) actTell(_ context.Context, body []byte, send func(any) error) 
 	if err != nil {
 		return err
 	}
-	scores := make([]float64, len(req.Scores))
-	for i, v := range req.Scores {
-		if v == nil {
-			scores[i] = math.NaN()
-		} else {
-			scores[i] = *v
-		}
-	}
-	res, err := sess.Tell(scores)
+	res, err := sess.Tell(req.Scores) // null: a failed evaluation (NaN)
 	if err != nil {
 		return err
 	}

@@ -49,10 +49,8 @@ func decodeJSON(b []byte, v any, what string) error {
 	if len(bytes.TrimSpace(b)) == 0 {
 		b = []byte("{}")
 	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return statusf(fault.InvalidInput, "%s: %s", what, jobs.DescribeJSONError(err))
+	if err := fault.DecodeJSON(b, v, false); err != nil {
+		return statusf(fault.InvalidInput, "%s: %v", what, err)
 	}
 	return nil
 }

@@ -1,12 +1,12 @@
 package evolve
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"math"
 	"strings"
 
+	"github.com/npsfuse/npsfuse/gocore/fault"
 	"github.com/npsfuse/npsfuse/gocore/search"
 )
 
@@ -183,13 +183,8 @@ func DecodeSessionConfig(data []byte) (SessionConfig, error) {
 }
 
 func decodeStrict(data []byte, v any, what string) error {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	if err := fault.DecodeJSON(data, v, false); err != nil {
 		return fmt.Errorf("%w: %s: %v", ErrInput, what, err)
-	}
-	if dec.More() {
-		return fmt.Errorf("%w: %s: trailing data after the JSON object", ErrInput, what)
 	}
 	return nil
 }

@@ -78,3 +78,26 @@ func fromJSONFloats(x []JSONFloat) []float64 {
 	}
 	return out
 }
+
+// Scores are told scores as every door receives them in JSON (pybind's
+// OptTell and NPSSessionTell, the daemon's tell): a list of numbers, the
+// strings JSONFloat reads ("NaN", "-Inf", …) and null, which marks a failed
+// evaluation and becomes NaN. The engine ranks every non-finite score as a
+// failed evaluation.
+type Scores []float64
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (s *Scores) UnmarshalJSON(b []byte) error {
+	var raw []*JSONFloat
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return err
+	}
+	*s = make(Scores, len(raw))
+	for i, v := range raw {
+		(*s)[i] = math.NaN()
+		if v != nil {
+			(*s)[i] = float64(*v)
+		}
+	}
+	return nil
+}

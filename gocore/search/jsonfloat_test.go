@@ -60,3 +60,36 @@ func FuzzJSONFloat(f *testing.F) {
 		}
 	})
 }
+
+func TestScoresDecoding(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want []float64 // NaN compared as NaN
+		err  bool
+	}{
+		{in: `[1.5, -2, 0]`, want: []float64{1.5, -2, 0}},
+		{in: `[null, 3]`, want: []float64{math.NaN(), 3}},
+		{in: `["NaN", "-Inf", "+Inf", "Inf"]`, want: []float64{math.NaN(), math.Inf(-1), math.Inf(1), math.Inf(1)}},
+		{in: `[]`, want: []float64{}},
+		{in: `["one"]`, err: true},
+		{in: `{"a": 1}`, err: true},
+		{in: `[true]`, err: true},
+	} {
+		var s Scores
+		err := json.Unmarshal([]byte(tc.in), &s)
+		if (err != nil) != tc.err {
+			t.Fatalf("%s: error %v, want error %v", tc.in, err, tc.err)
+		}
+		if tc.err {
+			continue
+		}
+		if len(s) != len(tc.want) {
+			t.Fatalf("%s: %v, want %v", tc.in, s, tc.want)
+		}
+		for i, w := range tc.want {
+			if g := s[i]; g != w && !(math.IsNaN(g) && math.IsNaN(w)) {
+				t.Errorf("%s: [%d] = %v, want %v", tc.in, i, g, w)
+			}
+		}
+	}
+}

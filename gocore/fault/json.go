@@ -1,6 +1,7 @@
-package jobs
+package fault
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,10 +10,32 @@ import (
 	"unicode"
 )
 
-// DescribeJSONError turns an encoding/json decoding error into a message
-// for clients: the JSON field and what it must hold ("seed: got number
-// -1, want an integer in [0, 2^64)"), without Go type or struct names.
-func DescribeJSONError(err error) string {
+// DecodeJSON is how every door reads the JSON a caller sends (a daemon
+// job's spec, a Python call's options, a session's state): one value,
+// unknown fields refused, nothing after it. With numbers, numbers bound
+// for an any become json.Number (the door turns them into int or float64
+// as YAML gives them). Errors say in the caller's terms what is wrong
+// (DescribeJSON), without Go type or struct names; they carry no kind:
+// the caller wraps them with its own sentinel and names what it decoded.
+func DecodeJSON(data []byte, v any, numbers bool) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if numbers {
+		dec.UseNumber()
+	}
+	if err := dec.Decode(v); err != nil {
+		return errors.New(DescribeJSON(err))
+	}
+	if dec.More() {
+		return errors.New("trailing data after the JSON value")
+	}
+	return nil
+}
+
+// DescribeJSON turns an encoding/json decoding error into a message for
+// users: the JSON field and what it must hold ("seed: got number -1, want
+// an integer in [0, 2^64)"), without Go type or struct names.
+func DescribeJSON(err error) string {
 	var te *json.UnmarshalTypeError
 	var se *json.SyntaxError
 	switch {
@@ -34,8 +57,8 @@ func DescribeJSONError(err error) string {
 }
 
 // jsonField keeps the JSON keys of a decoding error's field path: the
-// names of embedded Go structs (which hold capital letters, unlike this
-// daemon's snake_case keys) are dropped.
+// names of embedded Go structs (which hold capital letters, unlike the
+// doors' snake_case keys) are dropped.
 func jsonField(path string) string {
 	var keep []string
 	for _, p := range strings.Split(path, ".") {
