@@ -18,9 +18,17 @@ Outputs of the two tools are compared tensor by tensor (max abs difference and
 the number of differing elements). Both configs compute in float32 and write
 bfloat16 (``dtype: float32``, ``out_dtype: bfloat16``).
 
-Usage: ``python bench/bench_cli.py [--preset 1b|tiny] [--keep] [--reuse] [--warm]``.
+Besides ``ties`` and ``task_arithmetic`` it runs two configs in mergekit's
+documented shapes: ``slerp_gradient`` (slerp of the base and one fine-tune with a
+``t`` gradient per filter, mergekit's README example) and ``slices`` (a
+passthrough frankenmerge: the first three quarters of one fine-tune's layers
+stacked on the last three quarters of another's).
+
+Usage: ``python bench/bench_cli.py [--preset 1b|small|tiny] [--methods ...] [--mergekit PATH]
+[--keep] [--reuse] [--warm]``.
 Figures go to ``bench/results/bench_cli.md`` and ``.json`` (``bench_cli_warm.*`` with
-``--warm``, where the inputs are read into the page cache before each run instead).
+``--warm``, where the inputs are read into the page cache before each run instead;
+a preset other than ``1b`` adds its name: ``bench_cli_small.*``).
 Generated data is deleted at the end unless ``--keep``.
 """
 
@@ -50,10 +58,13 @@ DATA = WORK / "bench_cli"
 MERGEKIT_VENV = WORK / "mergekit-venv"
 MERGEKIT = MERGEKIT_VENV / "bin" / "mergekit-yaml"
 
-#: Model shapes: ``1b`` is TinyLlama-1.1B's (1.10 B parameters); ``tiny``
-#: checks the script in seconds.
+#: Model shapes: ``1b`` is TinyLlama-1.1B's (1.10 B parameters); ``small``
+#: (0.16 B: TinyLlama's vocabulary, half its width, 8 layers) runs every
+#: method against mergekit in a few minutes on 2 cores; ``tiny`` checks the
+#: script in seconds.
 PRESETS: dict[str, dict[str, int]] = {
     "1b": {"vocab": 32000, "hidden": 2048, "inter": 5632, "layers": 22, "heads": 32, "kv": 4},
+    "small": {"vocab": 32000, "hidden": 1024, "inter": 2816, "layers": 8, "heads": 16, "kv": 4},
     "tiny": {"vocab": 512, "hidden": 128, "inter": 344, "layers": 2, "heads": 4, "kv": 2},
 }
 SHARD_BYTES = 1_000_000_000  # input and output shards (bf16: 500 M parameters)
@@ -371,19 +382,41 @@ def ensure_mergekit(notes: list[str]) -> bool:
 
 
 def mergekit_version() -> str:
-    r = subprocess.run([str(MERGEKIT_VENV / "bin" / "python"), "-c",
+    r = subprocess.run([str(MERGEKIT.parent / "python"), "-c",
                         "import importlib.metadata as m; print(m.version('mergekit'), "
                         "m.version('torch'))"],
                        capture_output=True, text=True, check=False)
     return r.stdout.strip()
 
 
-def configs(base: Path, models: list[Path]) -> dict[str, dict[str, Any]]:
+#: slerp's t per filter, mergekit's README example: a gradient over the layers.
+SLERP_T = [
+    {"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]},
+    {"filter": "mlp", "value": [1, 0.5, 0.7, 0.3, 0]},
+    {"value": 0.5},
+]
+
+
+def configs(base: Path, models: list[Path], layers: int) -> dict[str, dict[str, Any]]:
     """The same mergekit-schema config for both tools, per method: compute in
     float32, write bfloat16; weights 1 and normalize for ties, where mergekit's
-    and npsfuse's semantics agree."""
+    and npsfuse's semantics agree. ``slices`` stacks layers [0, ¾L) of the
+    first fine-tune on [¼L, L) of the second (passthrough)."""
     common = {"base_model": str(base), "dtype": "float32", "out_dtype": "bfloat16"}
+    q = layers // 4
     return {
+        "slerp_gradient": {
+            "merge_method": "slerp", **common,
+            "models": [{"model": str(base)}, {"model": str(models[0])}],
+            "parameters": {"t": SLERP_T},
+        },
+        "slices": {
+            "merge_method": "passthrough", "dtype": "float32", "out_dtype": "bfloat16",
+            "slices": [
+                {"sources": [{"model": str(models[0]), "layer_range": [0, layers - q]}]},
+                {"sources": [{"model": str(models[1]), "layer_range": [q, layers]}]},
+            ],
+        },
         "task_arithmetic": {
             "merge_method": "task_arithmetic", **common,
             "models": [{"model": str(m), "parameters": {"weight": w}}
@@ -399,10 +432,14 @@ def configs(base: Path, models: list[Path]) -> dict[str, dict[str, Any]]:
 
 
 def main() -> None:
+    global MERGEKIT
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", choices=sorted(PRESETS), default="1b")
     ap.add_argument("--keep", action="store_true", help="keep the generated checkpoints")
-    ap.add_argument("--methods", default="ties,task_arithmetic")
+    ap.add_argument("--methods", default="ties,task_arithmetic,slerp_gradient,slices")
+    ap.add_argument("--mergekit", type=Path, default=MERGEKIT,
+                    help="the mergekit-yaml to compare with (default: installed into "
+                         "bench/work/mergekit-venv on first use)")
     ap.add_argument("--no-mergekit", action="store_true", help="time npsfuse alone")
     ap.add_argument("--reuse", action="store_true",
                     help="reuse checkpoints a --keep run left (same preset)")
@@ -410,11 +447,13 @@ def main() -> None:
                     help="read the inputs into the page cache before each run instead of "
                          "evicting them (results in bench_cli_warm.*)")
     args = ap.parse_args()
+    MERGEKIT = args.mergekit.absolute()
     p = PRESETS[args.preset]
     notes: list[str] = []
     cache = "warm" if args.warm else "cold"
     report = Report(  # made first: its machine info records the load at the start
-        name="bench_cli_warm" if args.warm else "bench_cli", title="",
+        name=("bench_cli_warm" if args.warm else "bench_cli")
+        + ("" if args.preset == "1b" else f"_{args.preset}"), title="",
         columns=["method", "tool", "wall s", "CPU s (user+sys)", "peak RSS MB",
                  "disk-read bound s", "wall / disk bound", "parallel disk-read bound s",
                  "wall / parallel bound", "mergekit wall / npsfuse wall",
@@ -457,12 +496,12 @@ def main() -> None:
         }
         if have_mk:
             import_rss["mergekit"] = timed(
-                [str(MERGEKIT_VENV / "bin" / "python"), "-c",
+                [str(MERGEKIT.parent / "python"), "-c",
                  "import mergekit.merge, mergekit.config"], {**os.environ, **OFFLINE})
         rows: list[list[Any]] = []
         runs: dict[str, dict[str, Any]] = {}
         for method in args.methods.split(","):
-            cfg = configs(base, models)[method]
+            cfg = configs(base, models, p["layers"])[method]
             cfg_path = DATA / f"{method}.yaml"
             cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
             outs: dict[str, Path] = {}
@@ -549,7 +588,10 @@ def main() -> None:
             "fraction still cached), so each reads them from disk.",
             "Same YAML for both tools: dtype float32 (compute), out_dtype bfloat16; "
             "task_arithmetic with weights 1, 0.5, 0.7; ties with weights 1, density 0.5, "
-            "normalize true, int8_mask true (ignored by npsfuse with a note).",
+            "normalize true, int8_mask true (ignored by npsfuse with a note); slerp_gradient: "
+            "slerp of the base and fine-tune 0 with t per filter (self_attn [0, 0.5, 0.3, 0.7, 1], "
+            "mlp [1, 0.5, 0.7, 0.3, 0], else 0.5: mergekit's README example); slices: passthrough "
+            "of fine-tune 0's layers [0, ¾L) then fine-tune 1's [¼L, L) (1.5·L layers out).",
             "Output shards of 1 GB for both (npsfuse --shard-size 1000000000, mergekit "
             "--out-shard-size 500M parameters). npsfuse fsyncs each shard before renaming it; "
             "mergekit does not fsync.",
@@ -558,6 +600,13 @@ def main() -> None:
             "Differences in ties come from the top-k cut when several |τ| tie at the threshold: "
             "npsfuse keeps the lowest indices (documented, deterministic), mergekit whatever "
             "torch.argsort (not stable) puts first.",
+            "Differences in slerp_gradient come from slerp's coefficients: npsfuse computes cos Ω "
+            "and the two coefficients in float64, mergekit in float32 (element by element in "
+            "tests/test_mergekit_compat.py::test_slerp_differences_are_its_coefficients); rounded "
+            "to bfloat16, a few entries per thousand fall on the other side of a rounding "
+            "boundary. slices (passthrough) copies values and must be bit for bit mergekit's.",
+            f"Model size: preset {args.preset} ({p['layers']} layers, hidden {p['hidden']}, "
+            f"intermediate {p['inter']}, vocabulary {p['vocab']}); mergekit-yaml: {MERGEKIT}.",
             "Default threads for both (all cores). Other jobs may share the machine (see the "
             "load averages below); CPU seconds (user+sys from /usr/bin/time) are less "
             "sensitive to that than wall time.",

@@ -39,7 +39,12 @@ type Model struct {
 type Config struct {
 	Method    string
 	BaseModel string
-	Models    []Model
+	// Models are the models merged whole; with Slices, every model the
+	// slices read, once each.
+	Models []Model
+	// Slices, when set, are the output's slices (mergekit's `slices:`,
+	// instead of models: frankenmerges; see slices.go).
+	Slices []Slice
 	// Parameters are the global parameters as written, for the model card.
 	Parameters map[string]any
 	DType      string // mergekit's dtype (loading/compute dtype; arithmetic here is float32)
@@ -53,7 +58,7 @@ type Config struct {
 }
 
 var (
-	topKeys = set("merge_method", "base_model", "models", "parameters", "dtype", "out_dtype", "tokenizer_source", "scope", "seed", "transposed")
+	topKeys = set("merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype", "tokenizer_source", "scope", "seed", "transposed")
 	// topParams are npsfuse's parameters written at the top level.
 	topParams = []string{"scope", "seed"}
 	modelKeys = set("model", "parameters")
@@ -85,11 +90,14 @@ func ParseConfig(text []byte, baseDir string) (*Config, error) {
 	var more any
 	if err := dec.Decode(&more); !errors.Is(err, io.EOF) {
 		// mergekit (yaml.safe_load) refuses a stream of several documents too.
-		return nil, fmt.Errorf("%w: the file holds more than one YAML document (separated by ---): give one merge config per file", ErrConfig)
+		return nil, fmt.Errorf("%w: the file holds more than one YAML document (separated by ---): give one merge config per file, or run named documents that use each other's outputs with `npsfuse multi` (mergekit-multi's format)", ErrConfig)
 	}
 	top, ok := raw.(map[string]any)
 	if !ok {
 		return nil, fmt.Errorf("%w: the config must be a mapping with merge_method, base_model and models", ErrConfig)
+	}
+	if err := otherTool(top); err != nil {
+		return nil, err
 	}
 	var bad problems
 	c := &Config{}
@@ -120,8 +128,9 @@ func ParseConfig(text []byte, baseDir string) (*Config, error) {
 		return filepath.Join(baseDir, p)
 	}
 	c.BaseModel = resolve(str(top, "base_model", &bad))
-	if c.BaseModel == "" && absent(top["base_model"]) && c.Method != "linear" && knownMethod {
-		bad.add("base_model is missing (every method but linear needs the pre-trained model)")
+	_, hasSlices := top["slices"]
+	if c.BaseModel == "" && absent(top["base_model"]) && c.Method != "linear" && c.Method != "passthrough" && knownMethod && !hasSlices {
+		bad.add("base_model is missing (every method but linear and passthrough needs the pre-trained model)")
 	}
 	if c.BaseModel != "" {
 		if _, err := os.Stat(c.BaseModel); err != nil {
@@ -158,8 +167,12 @@ func ParseConfig(text []byte, baseDir string) (*Config, error) {
 	var modelIndex []int // the config's models[i] of each merged model
 	// Models.
 	list, ok := top["models"].([]any)
-	if !ok || len(list) == 0 {
-		bad.add("models must be a non-empty list of {model: PATH, parameters: {...}}")
+	switch _, hasModels := top["models"]; {
+	case hasSlices && hasModels:
+		bad.add("give either models or slices, not both (mergekit: exactly one of models, slices or modules)")
+	case hasSlices:
+	case !ok || len(list) == 0:
+		bad.add("models must be a non-empty list of {model: PATH, parameters: {...}} (or give slices)")
 	}
 	skippedBase := 0
 	slerpBase := -1
@@ -212,7 +225,7 @@ func ParseConfig(text []byte, baseDir string) (*Config, error) {
 		if mod.Path != "" && mod.Path == c.BaseModel && c.Method == "slerp" {
 			slerpBase = len(c.Models)
 		}
-		if mod.Path != "" && mod.Path == c.BaseModel && c.Method != "linear" && c.Method != "slerp" {
+		if mod.Path != "" && mod.Path == c.BaseModel && c.Method != "linear" && c.Method != "slerp" && c.Method != "passthrough" {
 			c.Notes = append(c.Notes, fmt.Sprintf("%s is the base model; it is left out of the merge", where))
 			skippedBase++
 			continue
@@ -230,12 +243,21 @@ func ParseConfig(text []byte, baseDir string) (*Config, error) {
 		modelIndex = append(append([]int{modelIndex[slerpBase]}, modelIndex[:slerpBase]...), modelIndex[slerpBase+1:]...)
 	}
 	// linear with a base_model not among the models: mergekit averages the
-	// base in, as the last model, with the global weight.
-	if c.Method == "linear" && c.BaseModel != "" && len(c.Models) > 0 && !slices.ContainsFunc(c.Models, func(m Model) bool { return m.Path == c.BaseModel }) {
+	// base in, as the last model, with the global weight (the spec table's
+	// BaseAsModel).
+	if spec.BaseAsModel && c.BaseModel != "" && len(c.Models) > 0 && !slices.ContainsFunc(c.Models, func(m Model) bool { return m.Path == c.BaseModel }) {
 		c.Models = append(c.Models, Model{Path: c.BaseModel})
 		values.Models = append(values.Models, map[string]any{})
 		modelIndex = append(modelIndex, -1)
 		c.Notes = append(c.Notes, "base_model is not among the models: linear averages it in as the last model, with parameters.weight (as mergekit does)")
+	}
+	// passthrough passes one model through: mergekit adds a base_model that
+	// is not among the models as a second input, and refuses the pair.
+	if c.Method == "passthrough" && c.BaseModel != "" && len(c.Models) == 1 && c.Models[0].Path != c.BaseModel {
+		bad.add("passthrough takes one model, and base_model %s is another: drop base_model (mergekit merges it in as a second input and refuses)", c.BaseModel)
+	}
+	if _, hasModels := top["models"]; hasSlices && !hasModels {
+		parseSlices(c, top["slices"], values.Global, resolve, &bad)
 	}
 	for _, k := range []string{"dtype", "out_dtype"} {
 		s := str(top, k, &bad)
@@ -271,7 +293,7 @@ func ParseConfig(text []byte, baseDir string) (*Config, error) {
 			c.Transposed = append(c.Transposed, s)
 		}
 	}
-	if knownMethod && len(c.Models) > 0 {
+	if knownMethod && len(c.Models) > 0 && len(c.Slices) == 0 {
 		p, problems := merge.Resolve(c.Method, len(c.Models), values)
 		for _, msg := range merge.Format(problems, func(param string, model int) string {
 			switch {
@@ -339,4 +361,22 @@ func keys(m map[string]bool) string {
 	}
 	sort.Strings(ks)
 	return strings.Join(ks, ", ")
+}
+
+// otherTool recognises a config written for another mergekit command and
+// names the npsfuse command that runs it, instead of listing every key the
+// merge schema does not know.
+func otherTool(top map[string]any) error {
+	if _, merge := top["merge_method"]; merge {
+		return nil
+	}
+	if _, ok := top["experts"]; ok {
+		return fmt.Errorf("%w: this is a mergekit-moe config (it has experts:): build the mixture of experts with `npsfuse moe CONFIG OUT_DIR`", ErrConfig)
+	}
+	_, genome := top["genome"]
+	_, tasks := top["tasks"]
+	if genome || tasks {
+		return fmt.Errorf("%w: this is a mergekit-evolve config (it has genome:/tasks:): npsfuse searches merge parameters with `npsfuse search` (or evolves weight sets with `npsfuse evolve`); see docs/cli.md", ErrConfig)
+	}
+	return nil
 }

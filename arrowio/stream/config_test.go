@@ -49,10 +49,13 @@ type badConfig struct {
 func badConfigs() []badConfig {
 	models := "models:\n  - model: ft0\n  - model: ft1\n"
 	head := "merge_method: ties\nbase_model: base\n"
-	return []badConfig{
+	return append([]badConfig{
 		{"invalid YAML", "merge_method: [ties\n", []string{"not valid YAML"}},
 		{"not a mapping", "- ties\n- base\n", []string{"must be a mapping with merge_method"}},
-		{"unknown top-level key", good + "slices: []\n", []string{`unknown key "slices"`}},
+		{"mergekit-moe config", "base_model: base\nexperts:\n  - source_model: ft0\n", []string{"mergekit-moe config", "npsfuse moe"}},
+		{"mergekit-evolve config", "genome:\n  models: [ft0]\ntasks: []\n", []string{"mergekit-evolve config", "npsfuse search"}},
+		{"several documents", good + "---\n" + good, []string{"more than one YAML document", "npsfuse multi"}},
+		{"unknown top-level key", good + "modules: {}\n", []string{`unknown key "modules"`}},
 		{"merge_method missing", "base_model: base\n" + models, []string{"merge_method is missing"}},
 		{"unknown merge_method", "merge_method: frankenmerge\nbase_model: base\n" + models, []string{`unknown merge_method "frankenmerge"`}},
 		{"merge_method not a string", "merge_method: [ties]\nbase_model: base\n" + models, []string{"merge_method must be a string"}},
@@ -104,10 +107,14 @@ func badConfigs() []badConfig {
 		{"negative seed", good + "seed: -1\n", []string{"seed must be ≥ 0, got -1"}},
 		{"fractional seed", good + "seed: 1.5\n", []string{"seed must be a whole number, got 1.5"}},
 		{"seed not a number", good + "seed: abc\n", []string{"seed must be a number, got abc"}},
+		{"lambda unused by linear", "merge_method: linear\nmodels:\n  - model: ft0\n  - model: ft1\nparameters: {lambda: 2}\n", []string{"parameters.lambda is not used by linear (its parameters: weight, normalize)"}},
+		{"weight unused by slerp", "merge_method: slerp\nbase_model: base\nmodels:\n  - model: ft0\n    parameters: {weight: 1}\n  - model: ft1\nparameters: {t: 0.5}\n",
+			[]string{"models[0].parameters.weight is not used by slerp"}},
+		{"typo gets did you mean", strings.Replace(good, "normalize: true", "densty: 0.5", 1), []string{"densty is not a parameter of ties", "(did you mean density?)"}},
 		{"transposed not a list", good + "transposed: '*.w'\n", []string{"transposed must be a list"}},
 		{"transposed bad pattern", good + "transposed: ['[a']\n", []string{`transposed: bad pattern "[a"`}},
 		{"transposed not strings", good + "transposed: [3]\n", []string{"transposed: 3 is not a string"}},
-	}
+	}, badSliceConfigs()...)
 }
 
 func TestParseConfigProblems(t *testing.T) {
@@ -151,7 +158,7 @@ models:
 parameters: {lambda: 0.5, epsilon: 0.1}
 dtype: float8
 scope: layer
-slices: []
+modules: {}
 `
 	// The parameters are checked against the method's row of the spec
 	// table: with an unknown method, they are not checked (no knock-on
@@ -160,7 +167,7 @@ slices: []
 		`unknown merge_method "frankenmerge"`,
 		"models[1]: model " + filepath.Join(root, "missing-model") + " does not exist",
 		`dtype: unknown dtype "float8"`,
-		`unknown key "slices"`,
+		`unknown key "modules"`,
 	}
 	if _, err := ParseConfig([]byte(strings.Replace(text, "frankenmerge", "ties", 1)), root); err == nil {
 		t.Fatal("accepted with ties")
@@ -367,6 +374,9 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add(`{"merge_method": "linear", "models": [{"model": "ft0"}, {"model": "ft1"}]}`)
 	f.Add("merge_method: dare_linear\nbase_model: base\nmodels:\n  - model: ft0\n    parameters: {density: 1e-9}\nseed: 9007199254740992\n")
 	f.Add("&a [*a]")
+	for _, s := range goodSliceConfigs {
+		f.Add(s)
+	}
 	root := configRoot(f)
 	f.Fuzz(func(t *testing.T, text string) {
 		cfg, err := ParseConfig([]byte(text), root)
@@ -378,6 +388,10 @@ func FuzzParseConfig(f *testing.F) {
 		}
 		if _, ok := merge.Lookup(cfg.Method); !ok {
 			t.Fatalf("accepted unknown method %q", cfg.Method)
+		}
+		if len(cfg.Slices) > 0 {
+			checkSlices(t, cfg)
+			return
 		}
 		if len(cfg.Models) == 0 {
 			t.Fatal("accepted a config with no models to merge")
@@ -391,7 +405,7 @@ func FuzzParseConfig(f *testing.F) {
 				t.Fatalf("accepted density %v", d)
 			}
 		}
-		if cfg.BaseModel == "" && cfg.Method != "linear" {
+		if cfg.BaseModel == "" && cfg.Method != "linear" && cfg.Method != "passthrough" {
 			t.Fatalf("accepted %s without a base model", cfg.Method)
 		}
 	})

@@ -62,13 +62,15 @@ func TestRunRefusesNonRegularInputs(t *testing.T) {
 			fifo := c.fifo(root, b, m)
 			mkfifo(t, fifo)
 			var perModel []string
-			if c.method == "fisher" {
+			global := "density: 0.5"
+			if c.method == "fisher" { // fisher does not read density, and refuses it
 				perModel = []string{"statistics: " + fifo, "statistics: " + fifo}
+				global = ""
 			}
 			before := entries(t, root)
 			done := make(chan error, 1)
 			go func() {
-				_, _, err := run(t, context.Background(), root, yamlConfig(c.method, b, m, "density: 0.5", perModel, ""), Options{})
+				_, _, err := run(t, context.Background(), root, yamlConfig(c.method, b, m, global, perModel, ""), Options{})
 				done <- err
 			}()
 			var err error

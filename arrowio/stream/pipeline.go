@@ -84,6 +84,7 @@ type job struct {
 	conv   tensor.DType           // copyOf's float dtype when it must be converted to info.DType, else 0
 	inputs [][]byte               // the input bytes this job reads (slices of the mappings)
 	read   int64                  // input bytes this job reads
+	merger *merge.Merger          // the Merger of a merged tensor
 }
 
 // Run executes the merge described by cfg. It checks every input before
@@ -109,6 +110,9 @@ func runPipeline(ctx context.Context, cfg *Config, opt Options) (res *Result, er
 	if basePath == "" { // linear without a base: the first model lays out the output
 		basePath = cfg.Models[0].Path
 	}
+	if len(cfg.Slices) > 0 && cfg.BaseModel == "" { // config.json: the first slice's first source's
+		basePath = cfg.Slices[0].Sources[0].Path
+	}
 	// A FIFO or device named like an input would block an open forever.
 	if err := CheckInputFiles(cfg); err != nil {
 		return nil, err
@@ -130,29 +134,11 @@ func runPipeline(ctx context.Context, cfg *Config, opt Options) (res *Result, er
 		return nil, err
 	}
 	res = &Result{Notes: append([]string(nil), cfg.Notes...)}
-	jobs, tensors, err := planJobs(cfg, opt, base, models, outDT, res)
+	jobs, mergers, layers, stats, err := planAll(cfg, opt, base, models, outDT, res)
 	if err != nil {
 		return nil, err
 	}
-	params, stats, err := cfg.EngineParams(tensors)
-	if err != nil {
-		return nil, err
-	}
-	params.Pool = parallel.Pool{Threads: opt.Threads} // travels with this run only
 	defer stats.Close()
-	res.Notes = append(res.Notes, stats.Notes...)
-	for i := range jobs { // statistics are read, prefetched and released like inputs
-		if j := &jobs[i]; j.merged >= 0 {
-			for _, b := range stats.Bytes[j.info.Name] {
-				j.inputs = append(j.inputs, b)
-				j.read += int64(len(b))
-			}
-		}
-	}
-	merger, err := merge.NewMerger(cfg.Method, params, tensors)
-	if err != nil {
-		return nil, err
-	}
 	infos := make([]safetensors.TensorInfo, len(jobs))
 	for i, j := range jobs {
 		infos[i] = j.info
@@ -199,7 +185,7 @@ func runPipeline(ctx context.Context, cfg *Config, opt Options) (res *Result, er
 			if verr != nil {
 				return nil, verr
 			}
-			if merr := merger.Tensor(j.merged, v); merr != nil {
+			if merr := j.merger.Tensor(j.merged, v); merr != nil {
 				return nil, fmt.Errorf("%w (%s)", merr, modelList(cfg))
 			}
 		} else if j.conv != 0 {
@@ -238,6 +224,11 @@ func runPipeline(ctx context.Context, cfg *Config, opt Options) (res *Result, er
 	if err = checkpoint.CopyConfig(base.Dir, out.Dir(), configDType(outDT, jobs)); err != nil {
 		return nil, err
 	}
+	if len(cfg.Slices) > 0 {
+		if err = setLayerCount(out.Dir(), layers); err != nil {
+			return nil, err
+		}
+	}
 	if err = writeCard(out.Dir(), cfg, outDT); err != nil {
 		return nil, err
 	}
@@ -257,7 +248,7 @@ func runPipeline(ctx context.Context, cfg *Config, opt Options) (res *Result, er
 	tm.Finish = end.Sub(tFinish).Seconds()
 	tm.Writer = w.busy.Seconds()
 	tm.Sync = w.sync.Seconds()
-	res.Report = merger.Report()
+	res.Report = joinReports(mergers)
 	return res, nil
 }
 
@@ -279,9 +270,39 @@ func planJobs(cfg *Config, opt Options, base *checkpoint.Checkpoint, models []*c
 	if err != nil {
 		return nil, nil, err
 	}
+	ms := make([]source, len(models))
+	for i, m := range models {
+		ms[i] = source{c: m}
+	}
+	return jobsOf(p, source{c: base}, ms, res)
+}
+
+// source is a checkpoint as a plan's input: from maps the plan's tensor
+// names to the checkpoint's (nil: the same names).
+type source struct {
+	c    *checkpoint.Checkpoint
+	from map[string]string
+}
+
+// name is the checkpoint's name of the plan's tensor name.
+func (s source) name(n string) string {
+	if s.from != nil {
+		return s.from[n]
+	}
+	return n
+}
+
+func (s source) info(n string) (safetensors.TensorInfo, bool) { return s.c.Info(s.name(n)) }
+func (s source) bytes(n string) ([]byte, error)               { return s.c.Bytes(s.name(n)) }
+func (s source) file(n string) string                         { return s.c.File(s.name(n)) }
+
+// jobsOf compares the models' integer tensors with the base's (the
+// entries marked Verify) and lays out one job per entry of p, in p's
+// order, named as p names them.
+func jobsOf(p *plan.Plan, base source, models []source, res *Result) ([]job, []merge.Tensor, error) {
 	_ = p.Verify(func(name string, i int) (bool, error) {
-		bb, _ := base.Bytes(name)
-		mb, _ := models[i].Bytes(name)
+		bb, _ := base.bytes(name)
+		mb, _ := models[i].bytes(name)
 		return bytes.Equal(mb, bb), nil
 	})
 	if len(p.Problems) > 0 {
@@ -291,8 +312,9 @@ func planJobs(cfg *Config, opt Options, base *checkpoint.Checkpoint, models []*c
 	jobs := make([]job, 0, len(p.Entries))
 	var tensors []merge.Tensor
 	for _, e := range p.Entries {
-		bi, _ := base.Info(e.Name)
-		bb, _ := base.Bytes(e.Name)
+		bi, _ := base.info(e.Name)
+		bb, _ := base.bytes(e.Name)
+		bi.Name = e.Name
 		j := job{info: bi, merged: e.Merged, inputs: [][]byte{bb}, read: int64(len(bb))}
 		odt, _ := safetensors.ParseDType(e.DType)
 		if odt != bi.DType { // a float output in another dtype
@@ -308,7 +330,7 @@ func planJobs(cfg *Config, opt Options, base *checkpoint.Checkpoint, models []*c
 			continue
 		}
 		bdt, _ := checkpoint.KernelDType(bi.DType)
-		bv, err := vecOf(bb, bdt, base.File(e.Name), e.Name)
+		bv, err := vecOf(bb, bdt, base.file(e.Name), e.Name)
 		if err != nil {
 			return nil, nil, fmt.Errorf("%w: %v", ErrInput, err)
 		}
@@ -317,10 +339,10 @@ func planJobs(cfg *Config, opt Options, base *checkpoint.Checkpoint, models []*c
 			t.Shape[k] = int(d)
 		}
 		for _, m := range models {
-			mi, _ := m.Info(e.Name)
+			mi, _ := m.info(e.Name)
 			mdt, _ := checkpoint.KernelDType(mi.DType)
-			mb, _ := m.Bytes(e.Name)
-			mv, err := vecOf(mb, mdt, m.File(e.Name), e.Name)
+			mb, _ := m.bytes(e.Name)
+			mv, err := vecOf(mb, mdt, m.file(e.Name), e.Name)
 			if err != nil {
 				return nil, nil, fmt.Errorf("%w: %v", ErrInput, err)
 			}
@@ -415,4 +437,46 @@ func outputDType(cfg *Config, opt Options) (tensor.DType, error) {
 		}
 	}
 	return 0, nil // decided per tensor below
+}
+
+// planAll plans the run's jobs and makes their Mergers: a slices merge's
+// (planSlices, which also returns the output's layer count), or one
+// Merger over every merged tensor of the models' merge (planJobs), with
+// the data-aware methods' statistics read, prefetched and released like
+// inputs (the caller closes them after the merge).
+func planAll(cfg *Config, opt Options, base *checkpoint.Checkpoint, models []*checkpoint.Checkpoint,
+	outDT tensor.DType, res *Result) ([]job, []*merge.Merger, int, *Statistics, error) {
+	if len(cfg.Slices) > 0 {
+		ck := opened{}
+		for i, m := range cfg.Models {
+			ck[m.Path] = models[i]
+		}
+		jobs, mergers, layers, err := planSlices(cfg, opt, ck, outDT, checkpoint.ModelType(base.Dir), res)
+		return jobs, mergers, layers, &Statistics{}, err
+	}
+	jobs, tensors, err := planJobs(cfg, opt, base, models, outDT, res)
+	if err != nil {
+		return nil, nil, 0, nil, err
+	}
+	params, stats, err := cfg.EngineParams(tensors)
+	if err != nil {
+		return nil, nil, 0, nil, err
+	}
+	params.Pool = parallel.Pool{Threads: opt.Threads} // travels with this run only
+	res.Notes = append(res.Notes, stats.Notes...)
+	merger, err := merge.NewMerger(cfg.Method, params, tensors)
+	if err != nil {
+		stats.Close()
+		return nil, nil, 0, nil, err
+	}
+	for i := range jobs { // statistics are read, prefetched and released like inputs
+		if j := &jobs[i]; j.merged >= 0 {
+			j.merger = merger
+			for _, b := range stats.Bytes[j.info.Name] {
+				j.inputs = append(j.inputs, b)
+				j.read += int64(len(b))
+			}
+		}
+	}
+	return jobs, []*merge.Merger{merger}, 0, stats, nil
 }

@@ -227,6 +227,10 @@ func writeCard(dir string, cfg *Config, dt tensor.DType) error {
 		ms = append(ms, model{m.Path, m.Parameters})
 	}
 	doc["models"] = ms
+	if len(cfg.Slices) > 0 {
+		delete(doc, "models")
+		doc["slices"] = cardSlices(cfg)
+	}
 	y, err := yaml.Marshal(doc)
 	if err != nil {
 		return err

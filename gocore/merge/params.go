@@ -133,6 +133,10 @@ type Params struct {
 	// NuslerpRows is nuslerp_flatten: false (per-row interpolation), which
 	// nuslerp refuses; the zero value flattens, mergekit's default.
 	NuslerpRows bool
+	// Scale is passthrough's factor (mergekit's scale; default 1, the
+	// tensor as it is); Scales, when set, gives one per model.
+	Scale  float64
+	Scales []float64
 
 	// Tensorwise holds the parameters whose values vary by tensor
 	// (mergekit's gradients and filter lists; see Setting), set by

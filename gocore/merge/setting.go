@@ -294,10 +294,15 @@ func numbers(list []any, leaf func(any) (float64, bool)) ([]float64, string) {
 	return vals, ""
 }
 
-// jsonNumber converts a json.Number (nested values from Python's JSON).
+// jsonNumber converts a json.Number (values from Python's JSON) as YAML
+// gives numbers: int for whole numbers, uint64 above 2⁶³ (a seed), else
+// float64.
 func jsonNumber(n json.Number) any {
 	if i, err := n.Int64(); err == nil {
 		return int(i)
+	}
+	if u, err := strconv.ParseUint(n.String(), 10, 64); err == nil {
+		return u
 	}
 	if f, err := n.Float64(); err == nil {
 		return f

@@ -7,6 +7,7 @@ import (
 	"math"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -149,7 +150,8 @@ type MethodSpec struct {
 	// Doc says what it computes, in one line.
 	Doc string `json:"doc"`
 	// Params are the names of the parameters it reads, common ones
-	// included; the common parameters it does not read are accepted and
+	// included; of the common parameters it does not read, weight, density
+	// and lambda are refused (unusedRefused), the others accepted and
 	// ignored (as mergekit does).
 	Params []string `json:"params"`
 	// MinModels and MaxModels bound the number of fine-tuned models
@@ -166,6 +168,12 @@ type MethodSpec struct {
 	DataAware bool `json:"data_aware,omitempty"`
 	// Mergekit names methods mergekit has under the same name.
 	Mergekit bool `json:"mergekit,omitempty"`
+	// BaseAsModel methods, in a mergekit config, merge a base_model that
+	// is not among the models as one more model, the last, with the
+	// global parameters (mergekit's linear): stream.ParseConfig (the CLI
+	// and the daemon) applies it. npsfuse.merge does not yet (its linear
+	// ignores the base).
+	BaseAsModel bool `json:"base_as_model,omitempty"`
 	// Overrides change a shared parameter's declaration for this method
 	// (nearswap's t is a distance threshold, slerp's an interpolation
 	// weight).
@@ -195,6 +203,10 @@ func (s *MethodSpec) rangeOf(ps *ParamSpec) *Range {
 
 // Common are the parameters every method accepts.
 var Common = []string{"weight", "density", "lambda", "normalize", "scope", "seed"}
+
+// unusedRefused are the common parameters refused by a method that does
+// not read them (the others are accepted and ignored).
+var unusedRefused = []string{"weight", "density", "lambda"}
 
 // paramSpecs are all parameters, by name.
 var paramSpecs = map[string]*ParamSpec{}
@@ -342,6 +354,21 @@ func init() {
 		Doc: "Iso-CTS: share of each matrix's rank given to the common subspace; the rest is split evenly between the tasks.",
 		get: func(p *Params) ([]float64, bool) { return []float64{p.CommonSpaceFraction}, false },
 		set: func(p *Params, v []float64, _ bool) { p.CommonSpaceFraction = v[0] }})
+	param(ParamSpec{Name: "scale", Kind: KindFloat, PerModel: Either, Default: 1.0,
+		Doc: "Passthrough: factor the model's tensor is multiplied by (1 keeps it as it is), one value or one per model.",
+		get: func(p *Params) ([]float64, bool) {
+			if p.Scales != nil {
+				return p.Scales, true
+			}
+			return []float64{p.Scale}, false
+		},
+		set: func(p *Params, v []float64, per bool) {
+			if per {
+				p.Scales = slices.Clone(v)
+				return
+			}
+			p.Scale, p.Scales = v[0], nil
+		}})
 }
 
 // methodSpecs are the methods' rows, by name.
@@ -501,8 +528,9 @@ func Format(ps []Problem, where Where) []string {
 
 // Resolve checks a call's raw values against method's row and returns
 // the Params to merge with, or every problem found. Parameters the method
-// does not take are problems (naming the methods that do); common ones it
-// ignores are accepted. nModels is the number of fine-tuned models.
+// does not take are problems (naming the methods that do), and so are
+// weight, density and lambda where it does not read them; the other
+// common ones it ignores are accepted. nModels is the number of fine-tuned models.
 func Resolve(method string, nModels int, v Values) (Params, []Problem) {
 	s, ok := methodSpecs[method]
 	if !ok {
@@ -557,8 +585,15 @@ func Resolve(method string, nModels int, v Values) (Params, []Problem) {
 			x = n
 		case float32:
 			x = float64(n)
-		case json.Number: // nested in Python's JSON
+		case json.Number: // Python's JSON
 			return convert(ps, jsonNumber(n), model)
+		case string: // Python's NaN and ±Inf, which JSON cannot carry
+			f, err := strconv.ParseFloat(n, 64)
+			if err != nil || !(math.IsNaN(f) || math.IsInf(f, 0)) {
+				add(ps.Name, model, "must be a number, got %v", raw)
+				return 0, false
+			}
+			x = f
 		case []any, map[string]any:
 			add(ps.Name, model, "must be a number, got %v (gradients and filter lists are taken by numeric and true/false parameters only)", raw)
 			return 0, false
@@ -586,14 +621,22 @@ func Resolve(method string, nModels int, v Values) (Params, []Problem) {
 		}
 		return x, true
 	}
-	accepts := func(name string, model int) (*ParamSpec, bool) {
+	accepts := func(name string, model int, raw any) (*ParamSpec, bool) {
 		ps, known := paramSpecs[name]
 		if !known || !s.Accepts(name) {
 			if owners := Owners(name); known && len(owners) > 0 {
 				add(name, model, "is not a parameter of %s (it belongs to %s)", method, strings.Join(owners, ", "))
 			} else {
-				add(name, model, "is not a parameter of %s (its own parameters: %s)", method, orNone(s.Own()))
+				add(name, model, "is not a parameter of %s (its own parameters: %s)%s", method, orNone(s.Own()), s.suggest(name))
 			}
+			return nil, false
+		}
+		// weight, density and lambda change the result of every method that
+		// reads them: given to one that does not, the value would be ignored
+		// silently, so it is refused (issue 18 item 7). The run options
+		// (normalize, scope, seed) are still accepted everywhere.
+		if raw != nil && slices.Contains(unusedRefused, name) && !s.Reads(name) {
+			add(name, model, "is not used by %s (its parameters: %s)", method, orNone(s.Params))
 			return nil, false
 		}
 		return ps, true
@@ -648,7 +691,7 @@ func Resolve(method string, nModels int, v Values) (Params, []Problem) {
 	}
 	for m, mv := range v.Models {
 		for _, name := range slices.Sorted(maps.Keys(mv)) {
-			ps, ok := accepts(name, m)
+			ps, ok := accepts(name, m, mv[name])
 			if !ok || ps.Kind == KindData {
 				continue
 			}
@@ -678,7 +721,7 @@ func Resolve(method string, nModels int, v Values) (Params, []Problem) {
 		}
 	}
 	for _, name := range slices.Sorted(maps.Keys(v.Global)) {
-		ps, ok := accepts(name, -1)
+		ps, ok := accepts(name, -1, v.Global[name])
 		if !ok || ps.Kind == KindData {
 			continue
 		}
@@ -936,6 +979,46 @@ func quoted(s []string) []string {
 		out[i] = fmt.Sprintf("%q", x)
 	}
 	return out
+}
+
+// suggest is " (did you mean X?)" when name looks like a misspelling of
+// one of the method's parameters (common ones included), else "".
+func (s MethodSpec) suggest(name string) string {
+	best, bestD := "", 0
+	for _, c := range slices.Concat(s.Params, Common) {
+		d := editDistance(strings.ToLower(name), c)
+		if d <= max(1, len(c)/3) && (best == "" || d < bestD) {
+			best, bestD = c, d
+		}
+	}
+	if best == "" {
+		return ""
+	}
+	if py := paramSpecs[best].Python; py != "" && py != best {
+		return fmt.Sprintf(" (did you mean %s? In Python: %s=)", best, py)
+	}
+	return fmt.Sprintf(" (did you mean %s?)", best)
+}
+
+// editDistance is the Levenshtein distance between a and b (bytes).
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 func orNone(s []string) string {

@@ -10,7 +10,7 @@ func init() {
 	subspace := []string{"weight", "lambda"}
 	for _, s := range []MethodSpec{
 		{Name: "linear", Doc: "Weighted average of the models, Σ w_t θ_t / Σ w_t (the base is not used).",
-			Params: []string{"weight", "normalize"}, Normalize: true, Mergekit: true},
+			Params: []string{"weight", "normalize"}, Normalize: true, Mergekit: true, BaseAsModel: true},
 		{Name: "task_arithmetic", Doc: "θ₀ + λ·Σ w_t τ_t (Ilharco et al., 2023).",
 			Params: []string{"weight", "lambda", "normalize", "rescale"}, Mergekit: true},
 		{Name: "ties", Doc: "Top-k trim, sign election, disjoint mean (Yadav et al., 2023).",
@@ -57,6 +57,8 @@ func init() {
 			Params: []string{"epsilon"}, Mergekit: true,
 			Overrides: map[string]Override{"epsilon": {Default: 1e-5,
 				Doc: "RAM: a task-vector entry counts when its magnitude exceeds ε, one value or one per model."}}},
+		{Name: "passthrough", Doc: "Passthrough: the one model's tensor as it is, or times its scale (frankenmerges: `slices:` with one source per slice).",
+			Params: []string{"scale"}, MinModels: 1, MaxModels: 1, Mergekit: true},
 		{Name: "neuro", Doc: "NeuroMerging: per-neuron split of the trimmed τ into the part parallel to the pre-trained neuron and the orthogonal rest (Fang et al., 2025).",
 			Params: []string{"weight", "lambda", "scope", "mask_rate", "lam1", "lam2"}, Scope: "global"},
 		{Name: "tsv", Doc: "TSV-Merge: each task's top singular vectors, decorrelated across tasks (Gargiulo et al., 2025).",
