@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import _executor
 from . import merging as _m
 from ._display import finish, new_figure, progress_bar
 from ._state import ModelLike, StateDict, load_state_dict
@@ -136,6 +137,7 @@ def search_merge(
     fixed: Mapping[str, Any] | None = None,
     seed: int = 0,
     progress: bool = True,
+    executor: Any = None,
 ) -> SearchMergeResult:
     """Search merge hyper-parameters that maximise a dev metric.
 
@@ -182,6 +184,12 @@ def search_merge(
         Seed of the optimiser.
     progress
         Show a tqdm progress bar.
+    executor
+        ``None`` (evaluate here, one candidate at a time), ``"ray"``, an
+        :class:`npsfuse.executors.RayExecutor` or a list of its worker
+        actors: a generation's candidates are merged and evaluated
+        concurrently on Ray workers, which hold the models once and receive
+        only the merge parameters (same result for a seed).
 
     Returns
     -------
@@ -273,8 +281,11 @@ def search_merge(
                            seed=seed, generations=rounds, options=opts)
     history: list[dict[str, Any]] = []
 
+    scoring = _executor.merge_evaluator(executor, merge_with, to_params, evaluate)
+    score = scoring.__enter__()
+
     def run() -> list[float]:
-        scores = [float(evaluate(merge_with(to_params(x)))) for x in session.ask()]
+        scores = score(session.ask())
         session.tell(scores)  # a non-finite score is a failed candidate
         return [s for s in scores if math.isfinite(s)]
 
@@ -295,6 +306,7 @@ def search_merge(
                 bar.set_postfix(best=f"{info['best_f']:.4g}")
     finally:
         session.close()
+        scoring.__exit__(None, None, None)
         if bar is not None:
             bar.close()
     best_x = np.asarray(x0) if info["best_x"] is None else info["best_x"]

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .. import _executor
 from .._state import ModelLike, StateDict, load_state_dict
 from ._engine import _apply, _Session
 from ._result import NPSResult, _plot_history
@@ -117,6 +118,7 @@ def fuse(
     seed: int = 0,
     progress: bool = True,
     optimizer_options: Mapping[str, Any] | None = None,
+    executor: Any = None,
 ) -> FusionResult:
     """Fuse task vectors: θ₀ + Σ λ_i τ_NPS,i, with λ searched when ``evaluate`` is given.
 
@@ -135,6 +137,9 @@ def fuse(
         evaluated first, so the result is never worse on ``evaluate``).
     optimizer, generations, popsize, bounds, seed, progress, optimizer_options
         As in :func:`prune`; the search is over λ ∈ [lo, hi]^k.
+    executor
+        As in :func:`prune`: score a generation's λ concurrently on Ray
+        workers, which hold the base and the task vectors.
 
     Returns
     -------
@@ -163,21 +168,19 @@ def fuse(
                         options=_check_options(optimizer_options))
     fails = _Failures()
     try:
+        with _executor.fuse_evaluator(executor, sd, names, taus, evaluate, fails) as score:
 
-        def run() -> dict[str, Any]:
-            scores = []
-            for p in core.ask():
-                scores.append(fails.evaluate(evaluate, _apply(sd, names, taus, p.tolist())))
-            core.tell(scores)
-            return core.info("lambdas")
+            def run() -> dict[str, Any]:
+                core.tell(score(core.ask()))
+                return core.info("lambdas")
 
-        c = run()
-        with _progress(generations, progress, "fusion") as bar:
-            for _ in range(int(generations)):
-                c = run()
-                h = c["history"][-1]
-                bar.set_postfix(best=_fmt(h["best_so_far"]), mean=_fmt(h["mean"]))
-                bar.update(1)
+            c = run()
+            with _progress(generations, progress, "fusion") as bar:
+                for _ in range(int(generations)):
+                    c = run()
+                    h = c["history"][-1]
+                    bar.set_postfix(best=_fmt(h["best_so_far"]), mean=_fmt(h["mean"]))
+                    bar.update(1)
     finally:
         core.close()
     if c["best_x"] is None:

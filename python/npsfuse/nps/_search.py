@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import _executor
 from .._display import progress_bar
 from .._state import ModelLike, StateDict, load_state_dict
 from ._engine import _apply, _Decomposition, _prunable, _Session
@@ -493,6 +494,7 @@ def prune(
     seed: int = 0,
     progress: bool = True,
     optimizer_options: Mapping[str, Any] | None = None,
+    executor: Any = None,
 ) -> NPSResult:
     """NPS-Pruning: search subspace weights that maximise ``evaluate``.
 
@@ -513,6 +515,12 @@ def prune(
         Search generations after the start point.
     progress
         Show a tqdm bar over generations (best/mean in the postfix).
+    executor
+        ``None`` (evaluate here, one candidate at a time), ``"ray"``, an
+        :class:`npsfuse.executors.RayExecutor` or a list of its worker
+        actors: a generation's candidates are built and evaluated
+        concurrently on Ray workers (same result for a seed; see
+        :mod:`npsfuse.executors`).
 
     Returns
     -------
@@ -533,11 +541,12 @@ def prune(
     with Search(base, finetuned, keep=keep, subspaces=subspaces, kind=kind,
                 optimizer=optimizer, generations=generations, popsize=popsize, bounds=bounds,
                 per_layer=per_layer, scope=scope, rank=rank, seed=seed,
-                optimizer_options=optimizer_options) as s:
-        s._evaluate_pending(evaluate)
+                optimizer_options=optimizer_options) as s, \
+            _executor.nps_evaluator(executor, s, evaluate, finetuned) as evaluate_pending:
+        evaluate_pending()
         with _progress(generations, progress, f"NPS keep={s.config['keep']:g}") as bar:
             while not s.done:
-                s._evaluate_pending(evaluate)
+                evaluate_pending()
                 h = s.history[-1]
                 bar.set_postfix(best=_fmt(h["best_so_far"]), mean=_fmt(h["mean"]))
                 bar.update(1)
