@@ -101,11 +101,20 @@ def test_every_door_refuses_with_the_same_words(case, tmp_path: Path, daemon) ->
     name, spoil, problems = case
     base, models = _family(31)
     spoil(base, models)
-    kind = TypeError if name in ("float stored as int", "float64", "integer values",
+    kind = TypeError if name in ("float stored as int", "integer values",
                                  "integer dtype") else ValueError
-    with pytest.raises(kind) as notebook:
-        npsfuse.merge(base, models, "ties")
-    assert _problems(str(notebook.value)) == problems
+    if name == "float64":
+        # npsfuse.merge narrows float64 inputs to float32 (issue #18, item 10) and returns
+        # float64; the checkpoint doors (Go reads the files) still refuse F64 tensors.
+        got = npsfuse.merge(base, models, "ties")
+        narrowed = {k: v.float() if v.dtype == torch.float64 else v for k, v in base.items()}
+        want = npsfuse.merge(narrowed, models, "ties")
+        assert got["norm.weight"].dtype == torch.float64
+        assert torch.equal(got["norm.weight"].float(), want["norm.weight"])
+    else:
+        with pytest.raises(kind) as notebook:
+            npsfuse.merge(base, models, "ties")
+        assert _problems(str(notebook.value)) == problems
 
     base_dir, dirs = save_family(tmp_path, base, models)
     cfg = {"merge_method": "ties", "base_model": str(base_dir),

@@ -81,6 +81,23 @@ def parse_size(size: str | int) -> int:
     return n
 
 
+def _hub_refs(config: str | Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The parsed config when it names a Hub id or a ``model+lora``
+    (:mod:`npsfuse._hub`), else ``None``: the text goes to Go as it is, and
+    Go reports whatever is wrong with it."""
+    from ._hub import needs_resolving
+
+    if isinstance(config, Mapping):
+        return config if needs_resolving(config) else None
+    import yaml
+
+    try:
+        docs = list(yaml.safe_load_all(config))
+    except yaml.YAMLError:
+        return None
+    return docs[0] if len(docs) == 1 and needs_resolving(docs[0]) else None
+
+
 def merge_checkpoints(
     config: str | os.PathLike | Mapping[str, Any],
     out_dir: str | os.PathLike,
@@ -104,7 +121,15 @@ def merge_checkpoints(
         ``int8_mask`` accepted and ignored), ``dtype``, ``out_dtype``, and
         npsfuse's ``scope`` (``tensor``/``global``), ``seed`` and ``transposed``.
         Relative paths are resolved against the working directory, as mergekit
-        does. Every problem is reported at once, before any work starts.
+        does. A model may also be a Hugging Face Hub id (``org/name``,
+        ``org/name@revision``: the cached snapshot, downloaded when online)
+        or mergekit's ``MODEL+LORA`` (the PEFT LoRA adapter LORA merged into
+        MODEL, written to a temporary folder beside ``out_dir`` and removed
+        afterwards); a PEFT adapter folder listed as a model is
+        ``base_model+ADAPTER``; PyTorch ``.bin`` checkpoints are converted
+        there too (``torch.load(weights_only=True)``), see
+        :mod:`npsfuse._hub`. Every problem is reported at once, before any
+        work starts.
     out_dir
         Destination folder. It must not exist or be empty, unless ``force``.
     shard_size
@@ -155,6 +180,14 @@ def merge_checkpoints(
         p = Path(config)
         _check_config_file(p)
         text = p.read_text()
+    refs = _hub_refs(config if isinstance(config, Mapping) else text)
+    if refs is not None:  # Hub ids and model+lora become local folders first
+        from ._hub import resolved_config
+
+        with resolved_config(refs, out_dir) as conf:
+            return merge_checkpoints(conf, out_dir, shard_size=shard_size, threads=threads,
+                                     dtype=dtype, allow_missing=allow_missing, force=force,
+                                     quiet=quiet, timing=timing)
     options = {
         "out_dir": os.fspath(out_dir),
         "shard_size": parse_size(shard_size),
