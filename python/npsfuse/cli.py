@@ -30,9 +30,26 @@ def _merge(args: argparse.Namespace) -> int:
     return 0
 
 
+_DESCRIPTION = ("Slim, transfer and fuse fine-tuned models: merge checkpoints, prune task "
+                "vectors (NPS), evolve and search merges. `npsfuse COMMAND --help` describes "
+                "each command.")
+
+
+def add_merge_options(m: argparse.ArgumentParser) -> None:
+    """The options of ``merge_checkpoints`` that ``npsfuse merge`` and ``npsfuse multi`` share."""
+    m.add_argument("--shard-size", default="5GB", help="max bytes per output shard (default 5GB)")
+    m.add_argument("--threads", type=int, default=None, help="kernel threads (default: all cores)")
+    m.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+                   help="output dtype (default: the config's out_dtype/dtype, else the base's)")
+    m.add_argument("--allow-missing", action="store_true",
+                   help="keep the base's tensor where a model lacks one (with a warning)")
+    m.add_argument("--force", action="store_true", help="replace non-empty output folders")
+    m.add_argument("--quiet", action="store_true", help="no progress line, no notes")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``npsfuse`` command."""
-    p = argparse.ArgumentParser(prog="npsfuse", description=__doc__)
+    p = argparse.ArgumentParser(prog="npsfuse", description=_DESCRIPTION)
     p.add_argument("--version", action="version", version=f"npsfuse {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     m = sub.add_parser(
@@ -42,20 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("config", help="YAML config (mergekit schema)")
     m.add_argument("out_dir", help="output folder (must not exist or be empty)")
-    m.add_argument("--shard-size", default="5GB", help="max bytes per output shard (default 5GB)")
-    m.add_argument("--threads", type=int, default=None, help="kernel threads (default: all cores)")
-    m.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
-                   help="output dtype (default: the config's out_dtype/dtype, else the base's)")
-    m.add_argument("--allow-missing", action="store_true",
-                   help="keep the base's tensor where a model lacks one (with a warning)")
-    m.add_argument("--force", action="store_true", help="replace a non-empty output folder")
-    m.add_argument("--quiet", action="store_true", help="no progress line, no notes")
+    add_merge_options(m)
     m.add_argument("--timing", action="store_true",
                    help="print where the time went (reading, merging, writing) on stderr")
     m.set_defaults(func=_merge)
     from ._cli_nps import add_commands
 
     add_commands(sub)
+    from ._cli_run import add_commands as add_search_commands
+
+    add_search_commands(sub)
+    from ._cli_mergekit import add_commands as add_mergekit_commands
+
+    add_mergekit_commands(sub)
     sub.add_parser(
         "daemon",
         help="run npsfused, the daemon serving merges, pruning and searches "

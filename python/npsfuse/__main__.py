@@ -1,0 +1,7 @@
+"""``python -m npsfuse``: the ``npsfuse`` command line."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
