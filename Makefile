@@ -93,17 +93,40 @@ experiment: install
 bench: install
 	$(VENV)/bin/python bench/bench_bridge.py
 	$(VENV)/bin/python bench/bench_merge.py
+	$(VENV)/bin/python bench/bench_merge_limits.py
 	$(VENV)/bin/python bench/bench_nps.py
 	$(VENV)/bin/python bench/bench_cma.py
 	$(VENV)/bin/python bench/bench_evolve.py
 	$(VENV)/bin/python bench/bench_evolve_spiking.py
 	$(VENV)/bin/python bench/bench_daemon.py
 	$(VENV)/bin/python bench/bench_simd.py
+	$(VENV)/bin/python bench/bench_rsvd.py
+	$(VENV)/bin/python bench/bench_ray.py
 
 ## bench-cli: npsfuse merge vs mergekit-yaml on a generated 1.1B-parameter model
 ## (≈ 20 GB disk, ≈ 30 min; mergekit is pip-installed into bench/work/mergekit-venv on first use)
 bench-cli: build
 	$(PYTHON) bench/bench_cli.py
+
+## wheel: the manylinux2014 platform wheel in dist/ (extension + npsfused, repaired by
+## auditwheel; no Go needed to install it); ARCH=aarch64 cross-builds it with Zig
+ARCH ?= x86_64
+.PHONY: wheel wheel-smoke
+wheel: venv tools $(VENV)/.wheel-stamp
+	PYTHON=$(PYTHON) TOOLS_PYTHON=$(VENV)/bin/python GOPY=$(GOPY) tools/wheel_build.sh $(ARCH)
+$(VENV)/.wheel-stamp: requirements-wheel.txt
+	$(VENV)/bin/pip install -q -r requirements-wheel.txt
+	touch $@
+
+## wheel-smoke: installs dist/'s wheel in a fresh venv without Go and runs the quick start
+wheel-smoke:
+	PYTHON=$(PYTHON) tools/wheel_smoke.sh
+
+## wheel-check-aarch64: the aarch64 wheel's extension and daemon under qemu (Debian's arm64
+## CPython 3.11), merging like the x86_64 wheel (needs root for apt; both wheels in dist/)
+.PHONY: wheel-check-aarch64
+wheel-check-aarch64:
+	PYTHON=$(PYTHON) tools/wheel_aarch64_check.sh
 
 clean:
 	rm -rf _build build $(NATIVE) *.egg-info
