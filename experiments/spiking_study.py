@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -72,6 +73,10 @@ class SpikingConfig:
     period: int = 25
     test_every: int = 5
     threads: int = 1
+    #: Worker processes over seeds, one thread each (one per seed by default:
+    #: arms are timed in CPU seconds, so sharing the cores does not bias them);
+    #: 1 runs the seeds in turn.
+    workers: int = 3
     arms: tuple[str, ...] = ("cade", "de-mean", "de-classic")
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -196,6 +201,35 @@ def _sgd(start: dict, lr: float, train: sm.Split, dev: sm.Split, test: sm.Split,
             "epochs": epochs, "lr": lr}
 
 
+def _run_seed(pre: dict, seed: int, cfg: SpikingConfig) -> dict[str, Any]:
+    """One seed of the study: its split, population, DE arms and SGD arm."""
+    torch.set_num_threads(cfg.threads)
+    npsfuse.set_num_threads(cfg.threads)
+    train, dev, test = sm.target_task(seed, cfg.n_train, cfg.n_dev)
+    probe = sm.new_model(0)
+    probe.load_state_dict(pre)
+    r: dict[str, Any] = {"pretrained": {"dev": sm.accuracy(probe, dev),
+                                        "test": sm.accuracy(probe, test)}}
+    t0 = time.perf_counter()
+    pop, info = _population(pre, train, dev, seed, cfg)
+    r["population"] = info
+    r["finetune_seconds"] = time.perf_counter() - t0
+    r["arms"] = {}
+    for arm in cfg.arms:
+        r["arms"][arm] = _evolve(arm, pre, pop, dev, test, seed, cfg)
+        a = r["arms"][arm]
+        print(f"[spiking] seed {seed} {arm}: dev {a['dev']:.2f} test {a['test']:.2f} "
+              f"in {a['seconds']:.0f} CPU s, {a['wall']:.0f} s wall", flush=True)
+    cade = r["arms"].get("cade") or next(iter(r["arms"].values()))
+    best_i = max(range(len(info)), key=lambda i: (info[i]["dev"], -i))
+    r["arms"]["sgd"] = _sgd(pop[best_i], info[best_i]["lr"], train, dev, test, seed,
+                            cade["seconds"], cade["seconds"] / cade["evaluations"])
+    a = r["arms"]["sgd"]
+    print(f"[spiking] seed {seed} sgd: dev {a['dev']:.2f} test {a['test']:.2f} "
+          f"in {a['seconds']:.0f} CPU s ({a['epochs']} epochs)", flush=True)
+    return r
+
+
 def run(out: Path, cfg: SpikingConfig | None = None) -> dict[str, Any]:
     """Run the study; write ``spiking.{md,json}``, plots and the results.md section."""
     cfg = cfg or SpikingConfig()
@@ -213,29 +247,16 @@ def run(out: Path, cfg: SpikingConfig | None = None) -> dict[str, Any]:
                            "params": sum(p.numel() for p in pre_model.parameters()),
                            "source_acc_train": sm.accuracy(pre_model, src), "seeds": {}}
     print(f"[spiking] pre-trained in {pretrain_s:.0f} s", flush=True)
-    for seed in cfg.seeds:
-        train, dev, test = sm.target_task(seed, cfg.n_train, cfg.n_dev)
-        probe = sm.new_model(0)
-        probe.load_state_dict(pre)
-        r: dict[str, Any] = {"pretrained": {"dev": sm.accuracy(probe, dev),
-                                            "test": sm.accuracy(probe, test)}}
-        t0 = time.perf_counter()
-        pop, info = _population(pre, train, dev, seed, cfg)
-        r["population"] = info
-        r["finetune_seconds"] = time.perf_counter() - t0
-        r["arms"] = {}
-        for arm in cfg.arms:
-            r["arms"][arm] = _evolve(arm, pre, pop, dev, test, seed, cfg)
-            a = r["arms"][arm]
-            print(f"[spiking] seed {seed} {arm}: dev {a['dev']:.2f} test {a['test']:.2f} "
-                  f"in {a['seconds']:.0f} CPU s, {a['wall']:.0f} s wall", flush=True)
-        cade = r["arms"].get("cade") or next(iter(r["arms"].values()))
-        best_i = max(range(len(info)), key=lambda i: (info[i]["dev"], -i))
-        r["arms"]["sgd"] = _sgd(pop[best_i], info[best_i]["lr"], train, dev, test, seed,
-                                cade["seconds"], cade["seconds"] / cade["evaluations"])
-        a = r["arms"]["sgd"]
-        print(f"[spiking] seed {seed} sgd: dev {a['dev']:.2f} test {a['test']:.2f} "
-              f"in {a['seconds']:.0f} CPU s ({a['epochs']} epochs)", flush=True)
+    jobs = [(pre, seed, cfg) for seed in cfg.seeds]
+    if cfg.workers > 1 and len(jobs) > 1:
+        # Seeds are independent: run them in worker processes, one thread
+        # each (spawn: npsfuse refuses a fork after the parent used it).
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(min(cfg.workers, len(jobs))) as pool:
+            results = pool.starmap(_run_seed, jobs)
+    else:
+        results = [_run_seed(*j) for j in jobs]
+    for seed, r in zip(cfg.seeds, results):
         raw["seeds"][str(seed)] = r
     raw["wall_seconds"] = time.perf_counter() - t_all
     import spiking_report

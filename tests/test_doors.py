@@ -39,6 +39,7 @@ NON_DEFAULT: dict[str, Any] = {
     "fisher_floor": 1e-5, "alpha": 0.7, "common_space_fraction": 0.6, "scope": "global",
     "normalize_weights": False, "eps": 1e-6, "max_iter": 3, "tol": 1e-4,
     "select_topk": 0.4, "int8_mask": True, "nuslerp_flatten": False, "nuslerp_row_wise": True,
+    "scale": 0.7,
 }
 #: Method-specific values where the shared one does not fit.
 SPECIAL: dict[tuple[str, str], Any] = {
@@ -108,8 +109,10 @@ def test_notebook_cli_daemon_agree(method: str, tmp_path: Path, daemon) -> None:
 
     base_dir, dirs = _save(tmp_path, base, models)
     # A YAML linear with a base_model averages the base in (as mergekit);
-    # npsfuse.merge's linear ignores its base: the configs name none.
-    yaml_base = None if method == "linear" else str(base_dir)
+    # npsfuse.merge's linear ignores its base: the configs name none. A
+    # passthrough config with a base is refused (two inputs, as mergekit).
+    no_base = method in ("linear", "passthrough")
+    yaml_base = None if no_base else str(base_dir)
     cfg = {"merge_method": method, "base_model": yaml_base, **top,
            "models": [{"model": str(d), "parameters": p} for d, p in
                       zip(dirs, per_model, strict=True)]}
@@ -118,7 +121,7 @@ def test_notebook_cli_daemon_agree(method: str, tmp_path: Path, daemon) -> None:
     out = npsfuse.merge_checkpoints(path, tmp_path / "out", quiet=True)
     _assert_equal(_load(out), want, "npsfuse merge")
 
-    job = {"merge_method": method, "base_model": None if method == "linear" else base, **top,
+    job = {"merge_method": method, "base_model": None if no_base else base, **top,
            "models": [{"model": m, "parameters": p} for m, p in
                       zip(models, per_model, strict=True)]}
     got = daemon.client().submit_merge(job).result(timeout=120)

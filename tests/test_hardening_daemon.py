@@ -459,5 +459,6 @@ def test_input_truncated_while_merged_fails_the_job_not_the_daemon(daemons):
     alive(d)
     assert not out.exists() and not list(d.root.glob(".tout.npsfuse-tmp-*"))
     ok = c.submit("merge", {"config": {**cfg, "merge_method": "task_arithmetic",
+                                       "parameters": {},  # pcb's density: not task_arithmetic's
                                        "models": cfg["models"][:2]}})  # fmt: skip
     assert ok.wait(timeout=120)["state"] == "done"

@@ -101,11 +101,13 @@ def test_parameters_and_weights(method: str, fam) -> None:
     kw = PARAMS[method]
     got = npsfuse.merge(base, models, method, weights=weights, transposed=TRANSPOSED, **kw)
     _compare(got, _ref(base, models, method, weights=weights, **kw))
-    # density, normalize, seed and scope are not read.
+    # normalize and seed are accepted and not read; density is refused (issue #18, item 7).
     other = npsfuse.merge(base, models, method, weights=weights, transposed=TRANSPOSED,
-                          density=0.1, normalize=True, seed=5, **kw)
+                          normalize=True, seed=5, **kw)
     for k in got:
         assert torch.equal(got[k], other[k]), k
+    with pytest.raises(ValueError, match=f"density is not used by {method}"):
+        npsfuse.merge(base, models, method, weights=weights, density=0.1, **kw)
 
 
 def test_iso_cts_fraction_limits(fam) -> None:

@@ -13,6 +13,7 @@ import pytest
 import reference as ref
 import torch
 from conftest import SHAPES, StateDict, make_family, to_numpy
+from npsfuse.merging import USES_DENSITY
 from safetensors.torch import save_file
 
 ATOL = 1e-6
@@ -185,12 +186,17 @@ def test_global_ties_at_the_cut_follow_tensor_names_not_dict_order() -> None:
         assert list(out) == order
 
 
+def _density(method: str, d: float) -> dict[str, float]:
+    """``density=d`` for a method that reads it (the others refuse it)."""
+    return {"density": d} if method in USES_DENSITY else {}
+
+
 def test_edge_shapes_empty_and_scalar() -> None:
     shapes = {"w": (20, 10), "empty": (0, 4), "scalar": (), "v": (7,)}
     base, models = make_family(shapes, n_models=2, seed=6)
     for method in ref.METHODS:
         for scope in ("tensor", "global"):
-            got = npsfuse.merge(base, models, method, density=0.5, scope=scope)
+            got = npsfuse.merge(base, models, method, scope=scope, **_density(method, 0.5))
             want = run_reference(base, models, method, density=0.5, scope=scope)
             assert got["empty"].shape == (0, 4) and got["scalar"].shape == ()
             assert_matches(got, want)
@@ -231,7 +237,8 @@ def test_low_precision_inputs_float32_output(method: str, dtype: torch.dtype) ->
     # Widening is exact and the arithmetic float32, so a float32 output
     # matches the reference run on the widened values to float32 precision.
     base, models = make_family(seed=10, dtype=dtype)
-    got = npsfuse.merge(base, models, method, density=0.4, seed=5, dtype=torch.float32)
+    got = npsfuse.merge(base, models, method, seed=5, dtype=torch.float32,
+                        **_density(method, 0.4))
     want = run_reference(base, models, method, density=0.4, seed=5)
     for t in got.values():
         assert t.dtype == torch.float32
@@ -432,8 +439,9 @@ def test_safetensors_folder_matches_state_dicts(
     for i, m in enumerate(models):
         _save_folder(m, tmp_path / f"ft{i}", sharded)
     paths = [str(tmp_path / f"ft{i}") for i in range(len(models))]
-    got = npsfuse.merge(tmp_path / "base", paths, method, density=0.4, seed=4, scope=scope)
-    want = npsfuse.merge(base, models, method, density=0.4, seed=4, scope=scope)
+    kw = {"density": 0.4} if method in USES_DENSITY else {}
+    got = npsfuse.merge(tmp_path / "base", paths, method, seed=4, scope=scope, **kw)
+    want = npsfuse.merge(base, models, method, seed=4, scope=scope, **kw)
     assert set(got) == set(want)
     for k in want:
         assert torch.equal(got[k], want[k]), k
@@ -456,7 +464,7 @@ def test_single_safetensors_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize("method", ref.METHODS)
 def test_integer_buffers_copied_from_base(method: str) -> None:
     base, models = make_family(seed=20, buffers=True)
-    got = npsfuse.merge(base, models, method, density=0.5)
+    got = npsfuse.merge(base, models, method, **_density(method, 0.5))
     assert list(got) == list(base)
     for k in ("position_ids", "mask"):
         assert got[k].dtype == base[k].dtype

@@ -970,3 +970,50 @@ def test_arcee_fusion_matches_mergekit_but_at_its_fence(
         assert bool(near[differ].all()), f"{k}: an entry away from the fence differs"
         flips += int(differ.sum())
     assert flips <= 8, flips
+
+
+@pytest.fixture(scope="session")
+def llama_lora(llama: dict[str, Any]) -> str:
+    """A PEFT LoRA adapter for the base (random B, rsLoRA, a rank pattern)."""
+    peft = pytest.importorskip("peft")
+    base = transformers.LlamaForCausalLM.from_pretrained(llama["base"]).float()
+    torch.manual_seed(5)
+    pm = peft.get_peft_model(base, peft.LoraConfig(
+        r=4, lora_alpha=8, use_rslora=True, init_lora_weights=False,
+        target_modules=["q_proj", "v_proj", "down_proj"], rank_pattern={"down_proj": 2}))
+    out = llama["root"] / "lora"
+    pm.save_pretrained(out)
+    return str(out)
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties"])
+def test_model_plus_lora_matches_mergekit(
+    llama: dict[str, Any], llama_lora: str, tmp_path: Path, method: str
+) -> None:
+    """`model+lora` (#14 item 5): mergekit merges the adapter with PEFT
+    (merge_and_unload) into a cache folder and merges that; npsfuse merges
+    it on the fly, bit for bit the same weights, so the results agree as for
+    plain models (the same bound as test_deterministic_methods_match_mergekit:
+    bit for bit)."""
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    params = {"weight": 0.7, **({"density": 0.5} if method == "ties" else {})}
+    conf = {"merge_method": method, "base_model": llama["base"], "dtype": "float32",
+            "models": [{"model": llama["ft"][0], "parameters": params},
+                       {"model": f"{llama['base']}+{llama_lora}", "parameters": params}]}
+    run_merge(MergeConfiguration.model_validate(conf), str(tmp_path / "mk"),
+              options=MergeOptions(copy_tokenizer=False, quiet=True, random_seed=0,
+                                   write_model_card=False,
+                                   lora_merge_cache=str(tmp_path / "cache")))
+    want = _load(tmp_path / "mk")
+    r = _run_npsfuse(conf, tmp_path / "np")
+    assert r.returncode == 0, r.stderr
+    got = _load(tmp_path / "np")
+    assert set(got) == set(want)
+    factors = safetensors_torch.load_file(Path(llama_lora) / "adapter_model.safetensors")
+    assert all(t.any() for t in factors.values()), "a zero factor: the adapter changes nothing"
+    worst = max((_ulps(got[k], want[k]), k) for k in want)
+    assert worst[0] == 0, f"{method}: {worst[0]} ulps at {worst[1]}"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".npsfuse-inputs")]

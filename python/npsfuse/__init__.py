@@ -23,6 +23,8 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from . import compress, nps, spiking, stats
     from ._adamerging import adamerging
+    from ._moe import moe
+    from ._multi import multi_merge
     from .client import Client
     from .evolve import Evolver, EvolverResult, search_merge
     from .merging import (
@@ -45,6 +47,8 @@ _LAZY = {
     "get_num_threads": ".merging",
     "merge": ".merging",
     "methods": ".merging",
+    "moe": "._moe",
+    "multi_merge": "._multi",
     "set_num_threads": ".merging",
     "task_vector": ".merging",
 }
@@ -83,6 +87,8 @@ __all__ = [
     "merge",
     "merge_checkpoints",
     "methods",
+    "moe",
+    "multi_merge",
     "search_merge",
     "set_num_threads",
     "spiking",

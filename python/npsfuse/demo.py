@@ -19,6 +19,7 @@ from torch import nn
 
 import npsfuse
 from npsfuse import _spec, reference
+from npsfuse.merging import USES_DENSITY
 
 DIM, HIDDEN, CLASSES = 32, 128, 4
 PARAMS = {"density": 0.3, "lam": 1.0, "seed": 0}
@@ -103,7 +104,10 @@ def main() -> None:
         if method == "nearswap":
             extra["t"] = 0.01
         t0 = time.perf_counter()
-        merged = npsfuse.merge(base_sd, models, method, **PARAMS, **extra)
+        # density only for the methods that use it (the others refuse it)
+        kw = {k: v for k, v in PARAMS.items()
+              if k != "density" or method in USES_DENSITY}
+        merged = npsfuse.merge(base_sd, models, method, **kw, **extra)
         ms = (time.perf_counter() - t0) * 1e3
         diff = None
         if method in reference.METHODS:

@@ -166,6 +166,22 @@ class Evolver:
         an offspring's score is the dev score of the merge of the population
         with the offspring in place of its parent, accepted when higher than
         the current merge's score; the result is that merge.
+
+        Which mode: without a merger the result is one individual, so use
+        it when one model should serve the dev set (fine-tunes of the same
+        task from different seeds or augmentations, CADE's setting). With a
+        merger the result is the population's merge, so use it to fuse
+        different tasks, where no single fine-tune covers the dev set. It
+        starts from the plain merge (the first score) and keeps a trial only
+        when the merge's dev score rises strictly, so it never returns less
+        than the plain merge on the dev set, and returns exactly the plain
+        merge when no trial improves it. That is common with few trials
+        (3 generations of 3 models are 9 trials) and a coarse metric:
+        accuracy on a few hundred examples scores most trials equal to the
+        current merge, and an equal score is rejected. Use a finer dev
+        metric (mean log-likelihood or minus the loss) and more generations.
+        Read ``result().history``: a trial ``mean`` far below ``best`` means
+        steps that are too large (lower ``F`` or ``CR``).
     merge_params
         Keyword arguments of :func:`npsfuse.merge` (``density``, ``lam``,
         ``weights``, ``seed``, ...), for ``merge`` and ``add_merges``.
@@ -524,7 +540,9 @@ class Evolver:
             left += 1 if self._cfg["merge"] is not None else self._np
         return 0 if self.done else left
 
-    def run(self, *, checkpoint: str | os.PathLike[str] | None = None) -> EvolverResult:
+    def run(
+        self, *, checkpoint: str | os.PathLike[str] | None = None, executor: Any = None
+    ) -> EvolverResult:
         """Evaluate until all generations are done and return the result.
 
         Parameters
@@ -534,7 +552,20 @@ class Evolver:
             after every generation (each save writes the whole population);
             ``Evolver.resume(checkpoint, evaluate)`` continues from it exactly,
             also after the process was killed mid-generation.
+        executor
+            ``None`` (evaluate here), ``"ray"``, an
+            :class:`npsfuse.executors.RayExecutor` or a list of its worker
+            actors: Ray workers hold the population and build and score the
+            trials themselves. The DE strategies score a generation's trials
+            concurrently (they replace parents when the generation ends);
+            ``"evolver"`` and ``merge`` replace at once, so trials run
+            speculatively and are scored again after an acceptance. The
+            result equals the in-process run's (see :mod:`npsfuse.executors`).
         """
+        if executor is not None:
+            from ._executor import run_evolver
+
+            return run_evolver(self, executor, checkpoint)
         bar = None
         if self.progress:
             bar = progress_bar(total=self._remaining(), desc="evolve", unit="eval")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -250,6 +251,8 @@ def merge(
     dtype: torch.dtype | str | None = None,
     transposed: Sequence[str] | None = None,
     threads: int | None = None,
+    include: Sequence[str | re.Pattern[str]] | None = None,
+    exclude: Sequence[str | re.Pattern[str]] | None = None,
     **params: Any,
 ) -> MergeResult:
     """Merge fine-tuned models that share one pre-trained base.
@@ -258,11 +261,24 @@ def merge(
     ----------
     base
         The pre-trained model θ₀: a state dict, an ``nn.Module``, or the path of
-        a safetensors checkpoint (Hugging Face folder or single file).
+        a checkpoint (Hugging Face folder or single file; safetensors, else
+        PyTorch ``.bin`` files loaded with ``torch.load(weights_only=True)``),
+        a Hugging Face Hub id ``org/name[@revision]`` (its snapshot in the
+        Hugging Face cache, downloaded when online) or mergekit's
+        ``MODEL+LORA``. float64 tensors are merged in float32 (as everything)
+        and returned as float64.
         ``slerp`` does not use it (it interpolates the two models) but it is
         still required: it fixes the tensor names, shapes and order.
     models
-        The fine-tuned models θ₁…θ_T, in the same forms (``slerp``: exactly 2).
+        The fine-tuned models θ₁…θ_T, in the same forms (``slerp``: exactly 2),
+        or PEFT LoRA adapters: an adapter folder (``adapter_config.json`` and
+        ``adapter_model.safetensors``) is merged into ``base`` first, a
+        ``peft.PeftModel`` (or a model with adapters loaded) gives its base
+        weights with its active adapters merged in — PEFT's
+        ``merge_and_unload()`` weights, bit for bit (scaling ``lora_alpha/r``
+        or rsLoRA's ``lora_alpha/√r``, ``rank_pattern``/``alpha_pattern``,
+        ``fan_in_fan_out``, ``modules_to_save``). A module with LoRA layers
+        given as ``base`` counts without its adapters.
     method
         One of :func:`methods`: ``linear``, ``task_arithmetic``, ``ties``,
         ``dare_linear``, ``dare_ties``, ``magnitude_prune``, ``breadcrumbs``,
@@ -273,12 +289,13 @@ def merge(
         ``fisher`` and ``regmean``, which need ``statistics=`` (below).
         The subspace merges ``tsv`` (TSV-Merge), ``iso_c`` and ``iso_cts``
         (isotropic merging) decompose every 2-D weight whole (exact SVDs)
-        and average the other tensors' task vectors; they ignore
-        ``density``, ``normalize``, ``scope`` and ``seed``, and scale each
+        and average the other tensors' task vectors; they refuse
+        ``density`` and ignore ``normalize``, ``scope`` and ``seed``, and scale each
         τ_t by its weight before the decomposition.
     weights
-        Per-model weights w_t (default all 1; PCB's per-task λ_t; ignored by
-        ``model_stock`` and ``slerp``). Numeric parameters also take
+        Per-model weights w_t (default all 1; PCB's per-task λ_t; refused by
+        methods that do not use them, e.g. ``model_stock`` and ``slerp``).
+        Numeric parameters also take
         mergekit's per-tensor forms (docs/methods.md): a dict
         ``{"filter": "mlp", "value": …}`` or a list of them applies to every
         model; inside a per-model list each entry may be a number, a
@@ -290,7 +307,10 @@ def merge(
         for all models, or one per model (mergekit's per-model ``density``).
     lam
         λ, the scale of the merged task vector (for ``neuro`` it multiplies
-        λ₁ and λ₂; ignored by ``model_stock`` and ``slerp``).
+        λ₁ and λ₂). A method that does not use ``lam`` or ``density``
+        (``model_stock``, ``slerp``, ``task_arithmetic``'s density, ...)
+        refuses a value other than the default, naming it, rather than
+        ignoring it; the defaults themselves are not passed to it.
     normalize
         Divide by the sum of weights (of the agreeing models for TIES). ``None``
         takes mergekit's default for the method (True for ``linear``, ``ties``,
@@ -319,6 +339,12 @@ def merge(
         Goroutines this call's kernels use (default ``None``: the process
         default, :func:`set_num_threads`, else all cores). It applies to
         this call only; the result is bit-identical for any value.
+    include, exclude
+        Regular expressions (``re.search``, the Evolver's syntax) of tensor
+        names: only tensors matching one of ``include`` (default: all) and
+        none of ``exclude`` are merged; the others are the base's, and the
+        models need not have them (e.g. ``exclude=[r"^classifier\\."]`` for
+        task-specific heads).
     **params
         Method-specific parameters (:data:`METHOD_PARAMS`):
         ``gamma`` (breadcrumbs: fraction of the largest |τ| dropped, 0.01,
@@ -397,11 +423,14 @@ def merge(
     if threads is not None:
         go_params["threads"] = int(threads)
     base_sd = load_state_dict(base, "base")
-    model_sds = [load_state_dict(m, f"model {i}") for i, m in enumerate(models)]
+    model_sds = [load_state_dict(m, f"model {i}", base=base_sd) for i, m in enumerate(models)]
+    full_sd = base_sd
+    base_sd, model_sds = _select(base_sd, model_sds, include, exclude)
+    base_sd, model_sds, wide = _narrow_float64(base_sd, model_sds)
     if isinstance(transposed, str):
         transposed = [transposed]
-    plan = _plan(base_sd, model_sds, transposed,
-                 (model_type(base) or "") if transposed is None else "")
+    plan = _plan_or_hint(base_sd, model_sds, transposed,
+                         (model_type(base) or "") if transposed is None else "")
     # In name order: a global top-k breaks ties in tensor order, as the CLI does.
     names = [e["name"] for e in plan if e["action"] == "merge"]
     flagged = frozenset(e["name"] for e in plan if e.get("transposed"))
@@ -417,9 +446,80 @@ def merge(
                               stats)
     if unused:
         report["statistics_unused"] = unused
+    if dtype is None:  # float64 inputs were merged in float32; the result is float64
+        merged = {k: t.to(torch.float64) if k in wide else t for k, t in merged.items()}
     return MergeResult(
-        {k: merged.get(k, t) for k, t in base_sd.items()}, report=report
+        {k: merged.get(k, t) for k, t in full_sd.items()}, report=report
     )
+
+
+def _select(
+    base: StateDict, models: Sequence[StateDict],
+    include: Sequence[str | re.Pattern[str]] | None,
+    exclude: Sequence[str | re.Pattern[str]] | None,
+) -> tuple[StateDict, list[StateDict]]:
+    """The tensors :func:`merge` merges: names matching (``re.search``) one of
+    ``include`` (all when ``None``) and none of ``exclude``, as the Evolver
+    selects them. Models need not have the others."""
+    if include is None and not exclude:
+        return base, list(models)
+    def compiled(ps: Any, what: str) -> list[re.Pattern[str]]:
+        if isinstance(ps, (str, re.Pattern)):
+            ps = [ps]
+        try:
+            return [re.compile(p) if isinstance(p, str) else p for p in ps]
+        except re.error as exc:
+            raise ValueError(f"{what}: invalid regular expression: {exc}") from None
+    inc = None if include is None else compiled(include, "include")
+    exc = compiled(exclude or (), "exclude")
+    names = [k for k in base if not any(p.search(k) for p in exc)
+             and (inc is None or any(p.search(k) for p in inc))]
+    if not names:
+        raise ValueError(f"include/exclude select none of the base's {len(base)} tensors "
+                         f"(e.g. {next(iter(base), '')!r})")
+    return ({k: base[k] for k in names},
+            [{k: sd[k] for k in names if k in sd} for sd in models])
+
+
+def _narrow_float64(
+    base: StateDict, models: Sequence[StateDict]
+) -> tuple[StateDict, list[StateDict], frozenset[str]]:
+    """float64 tensors as float32 copies (the engine computes in float32),
+    and the names whose base tensor is float64 (their result is cast back)."""
+    wide = frozenset(k for k, t in base.items() if t.dtype == torch.float64)
+    if not wide and not any(t.dtype == torch.float64 for sd in models for t in sd.values()):
+        return base, list(models), wide
+
+    def narrow(sd: StateDict) -> StateDict:
+        return {k: t.to(torch.float32) if t.dtype == torch.float64 else t for k, t in sd.items()}
+    return narrow(base), [narrow(sd) for sd in models], wide
+
+
+def _plan_or_hint(
+    base: StateDict, models: Sequence[StateDict], patterns: Sequence[str] | None, mtype: str
+) -> list[dict[str, Any]]:
+    """:func:`_plan`, with a hint when a model that does not fit is a LoRA
+    adapter's state dict (factors, not weights)."""
+    try:
+        return _plan(base, models, patterns, mtype)
+    except ValueError as exc:
+        from ._peft import CONFIG_FILE, looks_like_adapter
+
+        which = [i for i, sd in enumerate(models) if looks_like_adapter(sd)]
+        if which:
+            raise ValueError(
+                f"{exc}\nmodel {which[0]} looks like a PEFT LoRA adapter (its tensors are "
+                "lora_A/lora_B factors): pass the adapter folder (with its "
+                f"{CONFIG_FILE}) or the PeftModel instead, and it is merged into the base's "
+                "weights"
+            ) from None
+        raise
+
+
+def _is_default(value: Any, default: Any) -> bool:
+    """Whether a keyword still holds :func:`merge`'s default (a number)."""
+    return (not isinstance(value, bool) and isinstance(value, (int, float))
+            and value == default)
 
 
 def _params(method: str, n_models: int, **kw: Any) -> dict[str, Any]:
@@ -431,6 +531,13 @@ def _params(method: str, n_models: int, **kw: Any) -> dict[str, Any]:
     for key in ("weights", "normalize", "scope"):
         if kw.get(key) is None:
             kw.pop(key, None)
+    # density and lam always have a value here: the engine refuses them for a
+    # method that does not use them, so their defaults are not sent to such
+    # methods (an explicit value other than the default is, and is refused).
+    reads = _TABLE.methods[method].params
+    for key, name in (("density", "density"), ("lam", "lambda")):
+        if name not in reads and key in kw and _is_default(kw[key], _TABLE.params[name].default):
+            del kw[key]
     p = _spec.payload(method, n_models, kw)
     _spec.check(method, n_models, p)
     return p
@@ -508,7 +615,9 @@ def task_vector(
     Parameters
     ----------
     base, finetuned
-        State dicts, modules or safetensors checkpoints (see :func:`merge`).
+        State dicts, modules or checkpoints (see :func:`merge`); ``finetuned``
+        may be a PEFT LoRA adapter (folder or ``PeftModel``), merged into
+        ``base`` first.
     dtype
         Output dtype (default: the base tensor's dtype); the difference is
         computed in float32.
@@ -519,9 +628,13 @@ def task_vector(
         One entry per floating-point tensor; integer/bool buffers are left out.
     """
     base_sd = load_state_dict(base, "base")
-    ft_sd = load_state_dict(finetuned, "finetuned")
+    ft_sd = load_state_dict(finetuned, "finetuned", base=base_sd)
+    base_sd, (ft_sd,), wide = _narrow_float64(base_sd, [ft_sd])
     merged = {e["name"] for e in _plan(base_sd, [ft_sd], verify=False) if e["action"] == "merge"}
     names = [k for k in base_sd if k in merged]
     params = _params("linear", 2, weights=[1.0, -1.0], normalize=False)
     # linear with weights (1, −1) over (θ_ft, θ_pre) is exactly θ_ft − θ_pre.
-    return _run("linear", params, names, base_sd, [ft_sd, base_sd], dtype)[0] if names else {}
+    tau = _run("linear", params, names, base_sd, [ft_sd, base_sd], dtype)[0] if names else {}
+    if dtype is None:
+        tau = {k: t.to(torch.float64) if k in wide else t for k, t in tau.items()}
+    return tau

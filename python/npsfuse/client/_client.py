@@ -172,7 +172,24 @@ class Client(Transfer):
                 m = dict(m) if isinstance(m, Mapping) and "model" in m else {"model": m}
                 m["model"] = ref(m["model"], f"models[{i}].model")
                 models.append(m)
-            cfg["models"] = models
+            if "slices" not in cfg:
+                cfg["models"] = models
+            slices = []
+            for i, sl in enumerate(cfg.get("slices") or []):
+                sl = dict(sl) if isinstance(sl, Mapping) else sl
+                if isinstance(sl, dict):
+                    if sl.get("base_model") is not None:
+                        sl["base_model"] = ref(sl["base_model"], f"slices[{i}].base_model")
+                    srcs = []
+                    for j, src in enumerate(sl.get("sources") or []):
+                        if isinstance(src, Mapping) and src.get("model") is not None:
+                            where = f"slices[{i}].sources[{j}].model"
+                            src = dict(src, model=ref(src["model"], where))
+                        srcs.append(src)
+                    sl["sources"] = srcs
+                slices.append(sl)
+            if "slices" in cfg:
+                cfg["slices"] = slices
             spec: dict[str, Any] = {"config": cfg}
             if out_dir is not None:
                 spec["out_dir"] = os.path.abspath(os.fspath(out_dir))
@@ -313,7 +330,8 @@ class Client(Transfer):
         candidate is a whole model to score on your dev set (higher is
         better). Evolver asks one offspring at a time, DE strategies a
         generation at once; the first ask evaluates the initial individuals.
-        ``exclude`` names tensors (heads) each individual keeps. ``merge``
+        ``exclude`` holds regular expressions (searched in the names, as
+        :class:`npsfuse.Evolver`'s) of tensors (heads) each individual keeps. ``merge``
         (with ``base`` and ``merge_params``, :func:`npsfuse.merge`'s keywords)
         is Evolver "with merger": candidates are merges of the population.
         :meth:`Session.finish` makes the best individual (or the merge) the
