@@ -9,6 +9,7 @@ stopped; and leave no partial output behind.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -162,6 +163,24 @@ def test_prune_resumes_exactly(setup: dict[str, Any]) -> None:
                                            "evaluate_kwargs": {"target": setup["target"]}})
     assert cli.main(["prune", str(other), str(setup["root"] / "o.nps"), "--quiet",
                      "--checkpoint", str(ck), "--resume"]) == 2
+
+
+def test_search_resumes_exactly(setup: dict[str, Any]) -> None:
+    fields = {"base": "base", "models": ["ft0", "ft1"], "method": "task_arithmetic", **SEARCH,
+              "evaluate": "hook:evaluate"}
+    stop = setup["config"]("stop.yaml", {**fields, "evaluate_kwargs": {
+        "target": setup["target"], "stop_after": 6}})
+    go = setup["config"]("go.yaml", {**fields, "evaluate_kwargs": {"target": setup["target"]}})
+    out, ck = setup["root"] / "s", setup["root"] / "s.json"
+    assert cli.main(["search", str(stop), str(out), "--quiet", "--checkpoint", str(ck)]) == 130
+    assert ck.is_file() and not out.exists()
+    assert cli.main(["search", str(go), str(out), "--quiet", "--checkpoint", str(ck)]) == 2
+    assert cli.main(["search", str(go), str(out), "--quiet", "--checkpoint", str(ck),
+                     "--resume"]) == 0
+    res = npsfuse.search_merge(setup["base"], setup["models"][:2], "task_arithmetic",
+                               _evaluate(setup["target"]), progress=False, **SEARCH)
+    _same(load_file(out / "model.safetensors"), res.state_dict())
+    assert json.loads((out / "result.json").read_text())["history"] == res.history
 
 
 def test_evolve_resumes_exactly(setup: dict[str, Any]) -> None:

@@ -217,6 +217,36 @@ def test_few_subspaces(subspaces: int, kind: str) -> None:
 # ------------------------------------------------------------ resume / state --
 
 
+class _Stop(KeyboardInterrupt):
+    """Ctrl-C (evaluate's exceptions are scored -inf; an interrupt stops the search)."""
+
+
+def test_prune_checkpoint_continues_to_the_uninterrupted_result(task: Task, tmp_path) -> None:
+    """prune(checkpoint=) saves every generation; a second call continues from
+    the file (evaluating only what is left) to the uninterrupted result."""
+    kw = dict(keep=0.05, subspaces=4, optimizer="de", generations=5, popsize=4, seed=3)
+    full = nps.prune(task.base, task.finetuned, task.validate, progress=False, **kw)
+    calls = [0]
+
+    def flaky(sd: StateDict) -> float:
+        calls[0] += 1
+        if calls[0] == 12:  # inside the third generation
+            raise _Stop
+        return task.validate(sd)
+
+    ck = tmp_path / "prune.json"
+    with pytest.raises(_Stop):
+        nps.prune(task.base, task.finetuned, flaky, progress=False, checkpoint=ck, **kw)
+    evaluate, seen = _counting(task.validate)
+    res = nps.prune(task.base, task.finetuned, evaluate, progress=False, checkpoint=ck, **kw)
+    assert 0 < len(seen) < full.evaluations
+    np.testing.assert_array_equal(res.weights, full.weights)
+    assert res.score == full.score and res.history == full.history
+    with pytest.raises(ValueError, match="other values of keep"):
+        nps.prune(task.base, task.finetuned, evaluate, progress=False, checkpoint=ck,
+                  **{**kw, "keep": 0.1})
+
+
 @pytest.mark.parametrize("optimizer", ["cma", "de"])
 def test_resume_gives_the_uninterrupted_result(task: Task, optimizer: str) -> None:
     kw = dict(keep=0.05, subspaces=6, optimizer=optimizer, generations=8, popsize=6, seed=7)
@@ -445,6 +475,37 @@ def test_fuse(small_result: tuple) -> None:
         nps.fuse(base, [res, other], lambdas=[1.0, 1.0, 1.0])
     with pytest.raises(ValueError, match="not the one"):
         nps.fuse({k: (v + 1 if v.is_floating_point() else v) for k, v in base.items()}, [res])
+
+
+def test_fuse_checkpoint_continues(small_result: tuple, tmp_path: Path) -> None:
+    base, ft, res = small_result
+    other = {k: torch.randn(base[k].shape, generator=torch.Generator().manual_seed(5)) * 0.01
+             for k in ("layer.0.weight", "layer.1.weight")}
+    target = ft["layer.1.weight"]
+
+    def score(sd: StateDict) -> float:
+        return -float(((sd["layer.1.weight"] - target) ** 2).sum())
+
+    kw = dict(generations=6, popsize=5, seed=2, progress=False)
+    full = nps.fuse(base, [res, other], score, **kw)
+    calls = [0]
+
+    def flaky(sd: StateDict) -> float:
+        calls[0] += 1
+        if calls[0] == 14:  # inside the third generation
+            raise _Stop
+        return score(sd)
+
+    ck = tmp_path / "fuse.json"
+    with pytest.raises(_Stop):
+        nps.fuse(base, [res, other], flaky, checkpoint=ck, **kw)
+    evaluate, seen = _counting(score)
+    got = nps.fuse(base, [res, other], evaluate, checkpoint=ck, **kw)
+    assert len(seen) == 4 * 5  # generations 3..6 only
+    np.testing.assert_array_equal(got.lambdas, full.lambdas)
+    assert got.score == full.score and got.history == full.history
+    with pytest.raises(ValueError, match="other seed"):
+        nps.fuse(base, [res, other], score, checkpoint=ck, **{**kw, "seed": 3})
 
 
 def test_bfloat16_model() -> None:

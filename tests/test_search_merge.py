@@ -3,6 +3,7 @@ CADE's cosine schedule and CMA-ES (the Go optimisers behind npsfuse.optim)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -96,3 +97,46 @@ def test_plot_and_errors(family: Callable, tmp_path: Path) -> None:
             npsfuse.search_merge(base, models, "linear", score, progress=False, **kw)
     with pytest.raises(ValueError, match="unknown merge method"):
         npsfuse.search_merge(base, models, "nope", score, progress=False)
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("optimizer", ["de", "cma"])
+def test_checkpoint_resumes_exactly(family: Callable, tmp_path: Path, optimizer: str) -> None:
+    """Interrupted mid-search, the checkpoint continues to the uninterrupted
+    run's result and history; another search's checkpoint is refused."""
+    base, models = family(SHAPES, 3, seed=6)
+    score = _distance_to(_tau_sum(base, models, [1.2] * 3))
+    kw = {"params": {"lam": (0.5, 2.0), "weight": (0, 2)}, "optimizer": optimizer,
+          "generations": 5, "popsize": 6, "seed": 3, "progress": False}
+    want = npsfuse.search_merge(base, models, "task_arithmetic", score, **kw)
+    calls = [0]
+
+    def flaky(sd: dict) -> float:
+        calls[0] += 1
+        if calls[0] == 17:  # inside the third generation
+            raise _Stop
+        return score(sd)
+
+    ck = tmp_path / "search.json"
+    with pytest.raises(_Stop):
+        npsfuse.search_merge(base, models, "task_arithmetic", flaky, checkpoint=ck, **kw)
+    assert ck.is_file()
+    saved = len(json.loads(ck.read_text())["history"])
+    assert 0 < saved < len(want.history)
+    seen = [0]
+
+    def counted(sd: dict) -> float:
+        seen[0] += 1
+        return score(sd)
+
+    got = npsfuse.search_merge(base, models, "task_arithmetic", counted, checkpoint=ck, **kw)
+    # only the generations after the checkpoint were evaluated again
+    assert seen[0] == want.history[-1]["evaluations"] - want.history[saved - 1]["evaluations"]
+    assert got.history == want.history and got.params == want.params
+    assert got.best_score == want.best_score and got.start_score == want.start_score
+    with pytest.raises(ValueError, match="other seed"):
+        npsfuse.search_merge(base, models, "task_arithmetic", score, checkpoint=ck,
+                             **{**kw, "seed": 4})

@@ -346,7 +346,6 @@ def _finite(x: float) -> float | None:
 def run_prune(args: argparse.Namespace) -> int:
     """``npsfuse prune CONFIG OUT``: :func:`npsfuse.nps.prune`, result saved to OUT."""
     from . import nps
-    from .nps._search import _fmt, _progress
 
     cfg = load_config(args.config, "prune")
     out = Path(args.output)
@@ -354,37 +353,15 @@ def run_prune(args: argparse.Namespace) -> int:
     evaluate = _hook(cfg)
     kw = _api_kwargs(cfg, ("base", "finetuned"))
     progress = not args.quiet
-    if args.checkpoint is None:
-        res = nps.prune(cfg["base"], cfg["finetuned"], evaluate, progress=progress, **kw)
-    else:  # nps.prune's loop, with the search state saved after every generation
-        ck = Path(args.checkpoint)
-        fresh = not (args.resume and ck.exists())
-        if not fresh:
-            s = nps.Search.resume(ck, cfg["base"], cfg["finetuned"])
-            differ = _differing(s.config, kw)
-            if differ:
-                s.close()
-                raise ValueError(f"checkpoint {str(ck)!r} was saved with other values of "
-                                 f"{', '.join(differ)} than the config's")
-        elif ck.exists() and not args.force:
+    ck = None if args.checkpoint is None else Path(args.checkpoint)
+    if ck is not None and ck.exists() and not args.resume:
+        if not args.force:
             raise FileExistsError(f"checkpoint {str(ck)!r} exists (use --resume to continue "
                                   "it, or --force to start again)")
-        else:
-            s = nps.Search(cfg["base"], cfg["finetuned"], **kw)
-        with s, _hint(ck):
-            if fresh:
-                s._evaluate_pending(evaluate)  # the start point
-                s.save(ck)
-            with _progress(s.config["generations"], progress,
-                           f"NPS keep={s.config['keep']:g}") as bar:
-                bar.update(s.generation)
-                while not s.done:
-                    s._evaluate_pending(evaluate)
-                    s.save(ck)
-                    h = s.history[-1]
-                    bar.set_postfix(best=_fmt(h["best_so_far"]), mean=_fmt(h["mean"]))
-                    bar.update(1)
-            res = s.result()
+        ck.unlink()
+    with _hint(ck):
+        res = nps.prune(cfg["base"], cfg["finetuned"], evaluate, progress=progress,
+                        checkpoint=ck, **kw)
     res.save(out)
     if not args.quiet:
         print(f"{out}: score {res.score:.6g} (magnitude top-k start {res.start_score:.6g}), "
@@ -402,20 +379,6 @@ def _hint(checkpoint: Path | None) -> Iterator[None]:
             print(f"npsfuse: {checkpoint} holds the run so far; run the same command with "
                   "--resume to continue it", file=sys.stderr)
         raise
-
-
-def _differing(saved: Mapping[str, Any], given: Mapping[str, Any]) -> list[str]:
-    """The fields of ``given`` whose value differs from a saved search's config."""
-    out = []
-    for k, v in given.items():
-        have = saved.get(k)
-        if k == "bounds":
-            v = [float(x) for x in v]
-        if k == "optimizer_options":
-            v = dict(v or {})
-        if have != v:
-            out.append(k)
-    return out
 
 
 def run_evolve(args: argparse.Namespace) -> int:
@@ -456,8 +419,15 @@ def run_search(args: argparse.Namespace) -> int:
     _check_target(out, args.force, folder=True)
     evaluate = _hook(cfg)
     kw = _api_kwargs(cfg, ("base", "models", "method"))
-    res = search_merge(cfg["base"], cfg["models"], cfg["method"], evaluate,
-                       progress=not args.quiet, **kw)
+    ck = None if args.checkpoint is None else Path(args.checkpoint)
+    if ck is not None and ck.exists() and not args.resume:
+        if not args.force:
+            raise FileExistsError(f"checkpoint {str(ck)!r} exists (use --resume to continue "
+                                  "it, or --force to start again)")
+        ck.unlink()
+    with _hint(ck):
+        res = search_merge(cfg["base"], cfg["models"], cfg["method"], evaluate,
+                           progress=not args.quiet, checkpoint=ck, **kw)
     summary = {"method": cfg["method"], "params": res.params,
                "best_score": _finite(res.best_score), "start_score": _finite(res.start_score),
                "history": res.history}
@@ -524,7 +494,9 @@ def add_commands(subparsers: Any) -> None:
     )
     s.add_argument("config", help="YAML config: base, models, method, evaluate, params, ...")
     s.add_argument("out_dir", help="output folder: model.safetensors, result.json")
-    _common(s, resume=False)
+    s.add_argument("--checkpoint", metavar="FILE", default=None,
+                   help="save the search state to FILE after every generation")
+    _common(s, resume=True)
     s.set_defaults(func=run_search)
 
 
@@ -535,6 +507,7 @@ def signature_fields(command: str) -> set[str]:
     from .evolve import Evolver, search_merge
 
     fn = {"prune": nps.prune, "evolve": Evolver.__init__, "search": search_merge}[command]
-    # progress is --quiet; an executor (npsfuse.executors) is a live object, not YAML.
+    # progress is --quiet, checkpoint is --checkpoint; an executor (npsfuse.executors) is a
+    # live object, not YAML.
     return {n for n in inspect.signature(fn).parameters
-            if n not in ("self", "evaluate", "progress", "executor")}
+            if n not in ("self", "evaluate", "progress", "executor", "checkpoint")}

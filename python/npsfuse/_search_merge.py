@@ -28,6 +28,7 @@ from . import merging as _m
 from ._display import finish, new_figure, progress_bar
 from ._state import ModelLike, StateDict, load_state_dict
 from .nps._engine import _Session
+from .nps._result import load_run, save_run
 from .optim import cosine_schedule
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -138,6 +139,7 @@ def search_merge(
     seed: int = 0,
     progress: bool = True,
     executor: Any = None,
+    checkpoint: str | os.PathLike[str] | None = None,
 ) -> SearchMergeResult:
     """Search merge hyper-parameters that maximise a dev metric.
 
@@ -190,6 +192,12 @@ def search_merge(
         actors: a generation's candidates are merged and evaluated
         concurrently on Ray workers, which hold the models once and receive
         only the merge parameters (same result for a seed).
+    checkpoint
+        A JSON file the search state (optimizer, RNG, history) is written to
+        after every generation (atomically). When the file exists, the search
+        continues from it: the result equals an uninterrupted run's. It must
+        have been written by a call with the same method, box, optimizer
+        settings and seed (otherwise ``ValueError`` names what differs).
 
     Returns
     -------
@@ -277,9 +285,17 @@ def search_merge(
     elif sigma0 is not None:
         opts["sigma0"] = float(sigma0)
     rounds = generations + (1 if optimizer == "de" else 0)
-    session = _Session.new(np.asarray(x0), bounds=(lo, hi), optimizer=optimizer, popsize=popsize,
-                           seed=seed, generations=rounds, options=opts)
+    fingerprint = {"method": method, "names": labels, "lo": lo, "hi": hi, "x0": x0,
+                   "optimizer": optimizer, "popsize": popsize, "seed": seed,
+                   "rounds": rounds, "options": opts}
+    saved = load_run(checkpoint, fingerprint, "search_merge")
     history: list[dict[str, Any]] = []
+    if saved is None:
+        session = _Session.new(np.asarray(x0), bounds=(lo, hi), optimizer=optimizer,
+                               popsize=popsize, seed=seed, generations=rounds, options=opts)
+    else:
+        session = _Session.restore(saved["state"], (len(x0),))
+        history = list(saved["history"])
 
     scoring = _executor.merge_evaluator(executor, merge_with, to_params, evaluate)
     score = scoring.__enter__()
@@ -293,14 +309,19 @@ def search_merge(
     if progress:
         bar = progress_bar(total=rounds, desc=f"search {method}", unit="gen")
     try:
-        if optimizer == "cma":
+        info = session.info()
+        if bar is not None and history:
+            bar.update(len(history))
+        if optimizer == "cma" and not history:
             run()  # the start point
-        for r in range(rounds):
+        for r in range(len(history), rounds):
             ok = run()
             info = session.info()
             history.append({"generation": r, "best": info["best_f"],
                             "mean": float(np.mean(ok)) if ok else -math.inf,
                             "evaluations": info["evaluations"]})
+            if checkpoint is not None:
+                save_run(checkpoint, fingerprint, state=session.state(), history=history)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(best=f"{info['best_f']:.4g}")
@@ -313,3 +334,4 @@ def search_merge(
     return SearchMergeResult(params={**fixed, **to_params(best_x)}, best_score=info["best_f"],
                              start_score=info["start_f"], history=history, x=best_x,
                              names=labels, _merge=merge_with)
+

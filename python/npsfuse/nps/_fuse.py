@@ -14,7 +14,7 @@ import torch
 from .. import _executor
 from .._state import ModelLike, StateDict, load_state_dict
 from ._engine import _apply, _Session
-from ._result import NPSResult, _plot_history
+from ._result import NPSResult, _plot_history, load_run, save_run
 from ._search import Evaluate, _check_bounds, _check_options, _Failures, _fmt, _progress
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -119,6 +119,7 @@ def fuse(
     progress: bool = True,
     optimizer_options: Mapping[str, Any] | None = None,
     executor: Any = None,
+    checkpoint: str | os.PathLike[str] | None = None,
 ) -> FusionResult:
     """Fuse task vectors: θ₀ + Σ λ_i τ_NPS,i, with λ searched when ``evaluate`` is given.
 
@@ -140,6 +141,10 @@ def fuse(
     executor
         As in :func:`prune`: score a generation's λ concurrently on Ray
         workers, which hold the base and the task vectors.
+    checkpoint
+        A JSON file the λ search is saved to after the start point and after
+        every generation; when it exists, the search continues from it to the
+        uninterrupted run's result (a checkpoint of another search is refused).
 
     Returns
     -------
@@ -163,21 +168,33 @@ def fuse(
     lo, hi = _check_bounds(bounds)
     if int(generations) < 0:  # the session reads a negative count as "no plan"
         raise ValueError(f"generations must be >= 0, got {generations}")
-    core = _Session.new(start, bounds=(lo, hi), optimizer=optimizer, popsize=popsize,
-                        seed=int(seed), generations=int(generations),
-                        options=_check_options(optimizer_options))
+    options = _check_options(optimizer_options)
+    spec = {"start": start.tolist(), "bounds": [lo, hi], "optimizer": optimizer,
+            "popsize": popsize, "seed": int(seed), "generations": int(generations),
+            "options": options, "results": k}
+    saved = load_run(checkpoint, spec, "fuse")
+    if saved is None:
+        core = _Session.new(start, bounds=(lo, hi), optimizer=optimizer, popsize=popsize,
+                            seed=int(seed), generations=int(generations), options=options)
+        done = -1  # the start point is still to be scored
+    else:
+        core = _Session.restore(saved["state"], (k,))
+        done = int(saved["done"])
     fails = _Failures()
     try:
         with _executor.fuse_evaluator(executor, sd, names, taus, evaluate, fails) as score:
 
-            def run() -> dict[str, Any]:
+            def run(g: int) -> dict[str, Any]:
                 core.tell(score(core.ask()))
+                if checkpoint is not None:
+                    save_run(checkpoint, spec, state=core.state(), done=g)
                 return core.info("lambdas")
 
-            c = run()
+            c = run(0) if done < 0 else core.info("lambdas")
             with _progress(generations, progress, "fusion") as bar:
-                for _ in range(int(generations)):
-                    c = run()
+                bar.update(max(done, 0))
+                for g in range(max(done, 0), int(generations)):
+                    c = run(g + 1)
                     h = c["history"][-1]
                     bar.set_postfix(best=_fmt(h["best_so_far"]), mean=_fmt(h["mean"]))
                     bar.update(1)
@@ -186,3 +203,4 @@ def fuse(
     if c["best_x"] is None:
         raise RuntimeError(f"every evaluation failed ({c['failures']} of {c['evaluations']})")
     return FusionResult(sd, names, taus, c["best_x"], c["best_f"], c["start_f"], c["history"])
+

@@ -101,6 +101,34 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path
     return path
 
 
+def load_run(path: str | os.PathLike[str] | None, spec: Mapping[str, Any],
+             what: str) -> dict[str, Any] | None:
+    """A search saved by :func:`save_run` to continue, or ``None`` when ``path``
+    is ``None`` or does not exist yet. ``spec`` (the call's settings) must equal
+    the saved one; otherwise ``ValueError`` names the settings that differ."""
+    if path is None or not os.path.exists(path):
+        return None
+    try:
+        saved = json.loads(Path(path).read_text())
+        old = saved["spec"]
+        if not isinstance(old, dict):
+            raise TypeError("spec is not a mapping")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"checkpoint {str(path)!r} is not a {what} checkpoint "
+                         f"({type(exc).__name__}: {exc})") from None
+    differ = sorted(k for k in spec if json.dumps(old.get(k)) != json.dumps(spec[k]))
+    if differ:
+        raise ValueError(f"checkpoint {str(path)!r} was written by a search with other "
+                         f"{', '.join(differ)}: delete it or use another file")
+    return saved
+
+
+def save_run(path: str | os.PathLike[str], spec: Mapping[str, Any], **payload: Any) -> None:
+    """Write a search's ``spec`` and ``payload`` (JSON-able) to ``path`` atomically."""
+    text = json.dumps({"spec": dict(spec), **payload})
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
 def _finite_or_none(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 

@@ -495,6 +495,7 @@ def prune(
     progress: bool = True,
     optimizer_options: Mapping[str, Any] | None = None,
     executor: Any = None,
+    checkpoint: str | os.PathLike[str] | None = None,
 ) -> NPSResult:
     """NPS-Pruning: search subspace weights that maximise ``evaluate``.
 
@@ -521,6 +522,11 @@ def prune(
         actors: a generation's candidates are built and evaluated
         concurrently on Ray workers (same result for a seed; see
         :mod:`npsfuse.executors`).
+    checkpoint
+        A JSON file the search is saved to (:meth:`Search.save`) after the
+        start point and after every generation. When it exists, the search
+        continues from it (:meth:`Search.resume`) to the uninterrupted run's
+        result; a checkpoint saved with other settings is refused, naming them.
 
     Returns
     -------
@@ -538,18 +544,48 @@ def prune(
     RuntimeError
         When every evaluation failed.
     """
-    with Search(base, finetuned, keep=keep, subspaces=subspaces, kind=kind,
-                optimizer=optimizer, generations=generations, popsize=popsize, bounds=bounds,
-                per_layer=per_layer, scope=scope, rank=rank, seed=seed,
-                optimizer_options=optimizer_options) as s, \
-            _executor.nps_evaluator(executor, s, evaluate, finetuned) as evaluate_pending:
-        evaluate_pending()
-        with _progress(generations, progress, f"NPS keep={s.config['keep']:g}") as bar:
+    settings = {"keep": keep, "subspaces": subspaces, "kind": kind, "optimizer": optimizer,
+                "generations": generations, "popsize": popsize, "bounds": bounds,
+                "per_layer": per_layer, "scope": scope, "rank": rank, "seed": seed,
+                "optimizer_options": optimizer_options}
+    ck = None if checkpoint is None else Path(checkpoint)
+    resumed = ck is not None and ck.exists()
+    s = Search.resume(ck, base, finetuned) if resumed else Search(base, finetuned, **settings)
+    if resumed:
+        differ = differing(s.config, settings)
+        if differ:
+            s.close()
+            raise ValueError(f"checkpoint {str(ck)!r} was saved with other values of "
+                             f"{', '.join(differ)}: delete it or use another file")
+    with s, _executor.nps_evaluator(executor, s, evaluate, finetuned) as evaluate_pending:
+        if not resumed:
+            evaluate_pending()  # the start point
+            if ck is not None:
+                s.save(ck)
+        with _progress(s.config["generations"], progress,
+                       f"NPS keep={s.config['keep']:g}") as bar:
+            bar.update(s.generation)
             while not s.done:
                 evaluate_pending()
+                if ck is not None:
+                    s.save(ck)
                 h = s.history[-1]
                 bar.set_postfix(best=_fmt(h["best_so_far"]), mean=_fmt(h["mean"]))
                 bar.update(1)
         return s.result()
+
+
+def differing(saved: Mapping[str, Any], given: Mapping[str, Any]) -> list[str]:
+    """The settings in ``given`` whose value differs from a saved search's config."""
+    out = []
+    for k, v in given.items():
+        have = saved.get(k)
+        if k == "bounds":
+            v = [float(x) for x in v]
+        if k == "optimizer_options":
+            v = dict(v or {})
+        if have != v:
+            out.append(k)
+    return out
 
 
