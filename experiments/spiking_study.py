@@ -256,7 +256,7 @@ def run(out: Path, cfg: SpikingConfig | None = None) -> dict[str, Any]:
             results = pool.starmap(_run_seed, jobs)
     else:
         results = [_run_seed(*j) for j in jobs]
-    for seed, r in zip(cfg.seeds, results):
+    for seed, r in zip(cfg.seeds, results, strict=True):
         raw["seeds"][str(seed)] = r
     raw["wall_seconds"] = time.perf_counter() - t_all
     import spiking_report

@@ -309,7 +309,9 @@ class Study:
                                    "ref_ms": None, "max_abs_diff": None}
             try:
                 t0 = time.perf_counter()
-                merged = npsfuse.merge(self.theta0, models, method, **params, **extra)
+                used = {k: v for k, v in params.items()
+                        if k != "density" or methods.uses_density(method)}  # others refuse it
+                merged = npsfuse.merge(self.theta0, models, method, **used, **extra)
                 row["ms"] = 1e3 * (time.perf_counter() - t0)
                 if method in reference.METHODS and not extra:
                     t0 = time.perf_counter()

@@ -48,6 +48,7 @@ from typing import Any
 
 import torch
 import yaml
+from npsfuse.merging import USES_DENSITY
 from safetensors.torch import load_file, save_file
 
 HERE = Path(__file__).resolve().parent
@@ -133,10 +134,13 @@ class Chaos:
     # ------------------------------------------------------------ helpers
 
     def config(self, method: str, out_models: int = 3) -> dict[str, Any]:
+        params: dict[str, float] = {"weight": 0.7}
+        if method in USES_DENSITY:  # the others refuse it
+            params["density"] = 0.5
         return {
             "merge_method": method,
             "base_model": str(self.models[0]),
-            "models": [{"model": str(m), "parameters": {"weight": 0.7, "density": 0.5}}
+            "models": [{"model": str(m), "parameters": dict(params)}
                        for m in self.models[1 : 1 + out_models]],
             "seed": 3,
         }  # fmt: skip
