@@ -204,10 +204,11 @@ def cost_model(report: Report, rates: dict[str, float], ov: dict[str, Any],
         "the Evolver's immediate rule (\"evolver\", merger) wastes the speculative "
         "trials after an accepted one, which this model does not count.",
         "The per-candidate overhead o is a difference of best-of-6 wall times of a "
-        "candidate build of about a second on a shared 2-core machine, so it carries "
-        "that noise (an earlier run of this script measured +190 ms, another −300 ms with "
-        "means instead of minima); the transport itself is small: a request is ~100 "
-        "bytes and the driver's share d is milliseconds.",
+        f"candidate build ({ov['local']:.3f} s here), so it carries the machine's noise "
+        "(on a 2-core machine loaded by other users, runs of this script gave +190, +273 "
+        "and −117 ms; on a quiet one, load average 0.2, −16 ms: no overhead measurable "
+        "above that noise); the transport itself is small: a request is ~100 bytes and "
+        "the driver's share d is milliseconds.",
         f"Evaluation-bound throughput: {rates['1 worker(s)']:.2f} evaluations/s with 1 "
         f"worker and {rates['2 worker(s)']:.2f} with 2 (ideal {1 / EVAL_SECONDS:.0f} "
         f"and {2 / EVAL_SECONDS:.0f}); in-process {rates['in-process']:.2f}.",
