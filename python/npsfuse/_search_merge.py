@@ -324,7 +324,7 @@ def search_merge(
                 save_run(checkpoint, fingerprint, state=session.state(), history=history)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(best=f"{info['best_f']:.4g}")
+                bar.set_postfix(best=f"{info['best_f']:.4g}", evals=info["evaluations"])
     finally:
         session.close()
         scoring.__exit__(None, None, None)

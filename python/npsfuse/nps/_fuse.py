@@ -196,7 +196,8 @@ def fuse(
                 for g in range(max(done, 0), int(generations)):
                     c = run(g + 1)
                     h = c["history"][-1]
-                    bar.set_postfix(best=_fmt(h["best_so_far"]), mean=_fmt(h["mean"]))
+                    bar.set_postfix(best=_fmt(h["best_so_far"]), mean=_fmt(h["mean"]),
+                                    evals=c["evaluations"])
                     bar.update(1)
     finally:
         core.close()

@@ -569,8 +569,10 @@ def prune(
                 evaluate_pending()
                 if ck is not None:
                     s.save(ck)
-                h = s.history[-1]
-                bar.set_postfix(best=_fmt(h["best_so_far"]), mean=_fmt(h["mean"]))
+                c = s._c().info("weights")
+                h = c["history"][-1]
+                bar.set_postfix(best=_fmt(h["best_so_far"]), mean=_fmt(h["mean"]),
+                                evals=c["evaluations"])
                 bar.update(1)
         return s.result()
 
