@@ -42,16 +42,8 @@ func MergeCheckpoints(jobID int, config, baseDir, options string) (result string
 	if err != nil {
 		return "", err
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	jobs.Lock()
-	jobs.cancel[jobID] = cancel
-	jobs.Unlock()
-	defer func() {
-		jobs.Lock()
-		delete(jobs.cancel, jobID)
-		jobs.Unlock()
-	}()
+	ctx, done := startJob(jobID)
+	defer done()
 	opt := stream.Options{OutDir: o.OutDir, ShardSize: o.ShardSize, Threads: o.Threads, DType: o.DType,
 		AllowMissing: o.AllowMissing, Force: o.Force}
 	if o.Progress {
@@ -75,4 +67,19 @@ func CancelJob(jobID int) bool {
 		c()
 	}
 	return ok
+}
+
+// startJob registers a cancellable job under jobID (CancelJob stops it);
+// done cancels its context and removes it from the table.
+func startJob(jobID int) (ctx context.Context, done func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	jobs.Lock()
+	jobs.cancel[jobID] = cancel
+	jobs.Unlock()
+	return ctx, func() {
+		jobs.Lock()
+		delete(jobs.cancel, jobID)
+		jobs.Unlock()
+		cancel()
+	}
 }

@@ -22,15 +22,7 @@ func Merge(method, params string, nTensors, nModels, arrays, schemas int) (repor
 // of MergeCheckpoints positive, as both share one table.
 func MergeJob(jobID int, method, params string, nTensors, nModels, arrays, schemas int) (report string, err error) {
 	defer guard(&err)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	jobs.Lock()
-	jobs.cancel[jobID] = cancel
-	jobs.Unlock()
-	defer func() {
-		jobs.Lock()
-		delete(jobs.cancel, jobID)
-		jobs.Unlock()
-	}()
+	ctx, done := startJob(jobID)
+	defer done()
 	return mergeWith(ctx, method, params, nTensors, nModels, arrays, schemas)
 }

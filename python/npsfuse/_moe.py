@@ -164,9 +164,9 @@ class _Tensors:
     def __init__(self, folder: Path) -> None:
         from safetensors import safe_open
 
-        files = sorted(folder.glob("*.safetensors"))
-        if not files:
-            raise FileNotFoundError(f"{folder}: no .safetensors files")
+        from ._paths import safetensors_files
+
+        files = safetensors_files(folder)  # the index's shards, or the folder's files
         self.folder = folder
         self._where: dict[str, Any] = {}
         self._handles = [safe_open(str(f), framework="pt") for f in files]
