@@ -72,6 +72,15 @@ def uses_density(method: str) -> bool:
     return method in USES_DENSITY
 
 
+def has_lambda(method: str) -> bool:
+    """Whether ``method`` declares ``lambda`` (npsfuse's ``lam``) in the engine's
+    spec table; the others (karcher, multislerp, sce, ram, …) refuse it."""
+    from npsfuse import _spec
+
+    row = _spec.table().methods.get(method)
+    return row is not None and "lambda" in row.params
+
+
 def model_bounds(method: str) -> tuple[int, int]:
     """How many fine-tuned models ``method`` merges: (min, max), max 0 for
     no bound (the engine's spec table)."""
@@ -132,8 +141,12 @@ def plan(cfg: Config, available: Sequence[str] | None = None) -> Plan:
             specs.append(MergeSpec(names.SLERP, m, {"t": 0.5}, False))
         elif m != "linear":
             dens = d if uses_density(m) else None
-            specs.append(MergeSpec(names.lam_row(m, dens), m,
-                                   {"density": dens} if dens is not None else {}))
+            # A method without λ (a mean such as karcher or multislerp, or
+            # sce/ram, which mergekit defines without one) runs with its
+            # defaults: no λ to choose on the validation set.
+            lam = has_lambda(m)
+            specs.append(MergeSpec(names.lam_row(m, dens) if lam else names.plain_row(m), m,
+                                   {"density": dens} if dens is not None else {}, lam))
     if "ties" in avail and _wanted(cfg, "ties") is None:
         for k in cfg.fusion_keeps:
             if k != d:
@@ -281,9 +294,12 @@ def build_fn(st: Study, spec: MergeSpec) -> Callable[[float], StateDict]:
     if spec.method in DATA_AWARE:
         params["statistics"] = statistics(st, spec.method)
 
+    takes_lam = has_lambda(spec.method)
+
     def build(lam: float) -> StateDict:
+        call = {**params, "lam": lam} if takes_lam else params
         with st.meter.work(f"merge:{spec.method}", len(st.finetuned) * st.n_params):
-            return npsfuse.merge(st.theta0, st.finetuned, spec.method, **{**params, "lam": lam})
+            return npsfuse.merge(st.theta0, st.finetuned, spec.method, **call)
 
     if not spec.lam_grid:
         fixed_lam = params.pop("lam", 1.0)

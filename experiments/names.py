@@ -61,6 +61,11 @@ def lam_row(method: str, density: float | None) -> str:
     return f"{label} ({inner}λ on val.)"
 
 
+def plain_row(method: str) -> str:
+    """The row of a method without λ, run with its defaults."""
+    return LABELS.get(method, (method, False))[0]
+
+
 def nps_fusion(keep: float) -> str:
     """NPS fusion at keep ratio ``keep``."""
     return f"NPS fusion (keep {keep})"

@@ -149,6 +149,20 @@ def test_fit_recovers_per_call_and_per_unit_costs() -> None:
 # ------------------------------------------------------------- miniature --
 
 
+def test_lambda_rows_only_for_methods_with_lambda() -> None:
+    """A row chooses λ only for a method that takes one: the others (karcher,
+    multislerp, sce, ram) refuse ``lam`` other than its default, so a λ grid
+    fails them whenever λ* is not 1 (the full study's karcher did)."""
+    import methods
+
+    plan = methods.plan(config.Config(skip_methods=[]))
+    for spec in plan.specs:
+        if spec.lam_grid:
+            assert methods.has_lambda(spec.method), spec
+    no_lam = {s.method for s in plan.specs if not methods.has_lambda(s.method)}
+    assert {"karcher", "sce"} <= no_lam, no_lam
+
+
 def test_files_written(mini: tuple[Path, dict]) -> None:
     out, _ = mini
     for name in ("results.md", "raw.json", "accuracy.png", "claims.png", "pruning.png",
