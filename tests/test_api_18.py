@@ -256,10 +256,10 @@ def test_searches_use_the_plain_bar_in_a_kernel_without_widgets(
         warnings.simplefilter("always")  # tqdm.auto warns "IProgress not found"
         npsfuse.search_merge(base, models, "ties", _distance_to(base), generations=1,
                              popsize=4, progress=True)
-        nps.prune(base, models[0], _distance_to(models[0]), keep=0.2, generations=1,
+        nps.prune(base, models[0], _distance_to(models[0]), density=0.2, generations=1,
                   popsize=4, progress=True)
         base_e, models_e = _evolver_family()
-        Evolver(base_e, models_e, _distance_to(base_e), generations=1, progress=True).run()
+        Evolver(base_e, models_e, _distance_to(base_e), generations=1).run(progress=True)
     assert [str(w.message) for w in caught] == []
     err = capsys.readouterr().err
     assert "search ties" in err and "evolve" in err

@@ -203,9 +203,9 @@ def test_evolve_resumes_exactly(setup: dict[str, Any]) -> None:
 # ------------------------------------------------------------ bad configs --
 
 @pytest.mark.parametrize(("command", "fields", "words"), [
-    ("prune", {"keeep": 0.2}, ["unknown field 'keeep'", "did you mean 'keep'?"]),
+    ("prune", {"densty": 0.2}, ["unknown field 'densty'", "did you mean 'density'?"]),
     ("prune", {"Generations": 2}, ["did you mean 'generations'?"]),
-    ("prune", {"keep": "lots"}, ["keep must be a number, got 'lots'"]),
+    ("prune", {"density": "lots"}, ["density must be a number, got 'lots'"]),
     ("prune", {"bounds": [0, 1, 2]}, ["bounds must be a list of two numbers"]),
     ("prune", {"per_layer": "yes"}, ["per_layer must be true or false"]),
     ("evolve", {"popluation": ["ft0"]}, ["did you mean 'population'?",

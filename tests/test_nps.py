@@ -224,7 +224,7 @@ class _Stop(KeyboardInterrupt):
 def test_prune_checkpoint_continues_to_the_uninterrupted_result(task: Task, tmp_path) -> None:
     """prune(checkpoint=) saves every generation; a second call continues from
     the file (evaluating only what is left) to the uninterrupted result."""
-    kw = dict(keep=0.05, subspaces=4, optimizer="de", generations=5, popsize=4, seed=3)
+    kw = dict(density=0.05, subspaces=4, optimizer="de", generations=5, popsize=4, seed=3)
     full = nps.prune(task.base, task.finetuned, task.validate, progress=False, **kw)
     calls = [0]
 
@@ -242,9 +242,9 @@ def test_prune_checkpoint_continues_to_the_uninterrupted_result(task: Task, tmp_
     assert 0 < len(seen) < full.evaluations
     np.testing.assert_array_equal(res.weights, full.weights)
     assert res.score == full.score and res.history == full.history
-    with pytest.raises(ValueError, match="other values of keep"):
+    with pytest.raises(ValueError, match="other values of density"):
         nps.prune(task.base, task.finetuned, evaluate, progress=False, checkpoint=ck,
-                  **{**kw, "keep": 0.1})
+                  **{**kw, "density": 0.1})
 
 
 @pytest.mark.parametrize("optimizer", ["cma", "de"])
@@ -318,9 +318,9 @@ def test_tell_protocol(task: Task) -> None:
 @pytest.mark.parametrize(
     "kw,match",
     [
-        ({"keep": 0.0}, "keep must lie in"),
-        ({"keep": 1.5}, "keep must lie in"),
-        ({"keep": float("nan")}, "keep must lie in"),
+        ({"density": 0.0}, "density must lie in"),
+        ({"density": 1.5}, "density must lie in"),
+        ({"density": float("nan")}, "density must lie in"),
         ({"subspaces": 0}, "subspaces"),
         ({"subspaces": 2.5}, "subspaces"),
         ({"bounds": (2.0, 0.0)}, "inverted"),
@@ -351,39 +351,43 @@ def test_mismatched_models() -> None:
         nps.prune({"i": torch.arange(3)}, {"i": torch.arange(3)}, lambda sd: 0.0)
 
 
-def test_failing_evaluate_is_scored_minus_inf_and_warned_once() -> None:
+def test_failed_scores_are_minus_inf_and_warned_once_and_errors_raise() -> None:
+    """The policy of every search (npsfuse._vocab): NaN/±inf marks a failed
+    candidate (−inf, one RuntimeWarning), an exception reaches the caller."""
     base, (ft,) = make_family({"w": (8, 6), "b": (6,)}, n_models=1, seed=4)
     n = [0]
 
     def flaky(sd: StateDict) -> float:
         n[0] += 1
         if n[0] % 3 == 0:
-            raise RuntimeError("GPU fell over")
+            return float("inf")
         if n[0] % 3 == 1 and n[0] > 1:
             return float("nan")
         return float(-((sd["w"] - ft["w"]) ** 2).sum())
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = nps.prune(base, ft, flaky, keep=0.3, generations=5, popsize=4, progress=False)
+        res = nps.prune(base, ft, flaky, density=0.3, generations=5, popsize=4, progress=False)
     ours = [w for w in caught if issubclass(w.category, RuntimeWarning)]
     assert all(w.filename == __file__ for w in ours)  # points at the caller, not npsfuse
     msgs = [str(w.message) for w in ours]
-    assert len([m for m in msgs if "GPU fell over" in m]) == 1
-    assert len([m for m in msgs if "nan" in m]) == 1
+    assert len([m for m in msgs if "candidate failed" in m]) == 1
     assert res.failures == sum(h["failed"] for h in res.history) > 0
     assert math.isfinite(res.score)
+
+    def broken(sd: StateDict) -> float:
+        raise RuntimeError("GPU fell over")
+
+    with pytest.raises(RuntimeError, match="GPU fell over"):
+        nps.prune(base, ft, broken, density=0.3, generations=5, popsize=4, progress=False)
 
 
 def test_every_evaluation_failing_is_an_error() -> None:
     base, (ft,) = make_family({"w": (8, 6)}, n_models=1, seed=4)
 
-    def broken(sd: StateDict) -> float:
-        raise KeyError("metric")
-
-    with pytest.warns(RuntimeWarning, match="KeyError"), \
+    with pytest.warns(RuntimeWarning, match="nan"), \
             pytest.raises(RuntimeError, match="no candidate has a finite score"):
-        nps.prune(base, ft, broken, generations=2, popsize=3, progress=False)
+        nps.prune(base, ft, lambda sd: float("nan"), generations=2, popsize=3, progress=False)
 
 
 # --------------------------------------------------------- results and uses --

@@ -190,14 +190,21 @@ def failing(sd: dict[str, torch.Tensor]) -> float:
     return score(sd)
 
 
+def nan_sometimes(sd: dict[str, torch.Tensor]) -> float:
+    return math.nan if int(abs(float(sd["a.weight"].sum())) * 1e4) % 3 == 0 else score(sd)
+
+
 def test_evaluate_errors_behave_as_in_process(pool: list[Any]) -> None:
-    kw = dict(keep=0.2, subspaces=4, generations=2, popsize=6, seed=5, progress=False)
-    with pytest.warns(RuntimeWarning, match="ArithmeticError"):
-        local = nps.prune(BASE, MODELS[0], failing, **kw)
-    with pytest.warns(RuntimeWarning, match="ArithmeticError"):
-        remote = nps.prune(BASE, MODELS[0], failing, executor=pool, **kw)
+    """The policy of every search: NaN is a failed candidate, an error raises."""
+    kw = dict(density=0.2, subspaces=4, generations=2, popsize=6, seed=5, progress=False)
+    with pytest.warns(RuntimeWarning, match="candidate failed"):
+        local = nps.prune(BASE, MODELS[0], nan_sometimes, **kw)
+    with pytest.warns(RuntimeWarning, match="candidate failed"):
+        remote = nps.prune(BASE, MODELS[0], nan_sometimes, executor=pool, **kw)
     assert remote.failures == local.failures
     assert (remote.score == local.score) or (math.isnan(remote.score) and math.isnan(local.score))
+    with pytest.raises(ArithmeticError, match="no score"):
+        nps.prune(BASE, MODELS[0], failing, executor=pool, **kw)
     with pytest.raises(ArithmeticError, match="no score"):
         npsfuse.search_merge(BASE, MODELS, "task_arithmetic", failing, executor=pool,
                              generations=1, popsize=4, progress=False,

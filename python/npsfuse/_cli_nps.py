@@ -2,15 +2,18 @@
 
 ``compress BASE RESULT [RESULT ...] -o FILE`` packs NPS results (files
 written by :meth:`npsfuse.nps.NPSResult.save`) into one compressed file and
-prints bits per parameter per task; ``decompress FILE BASE TASK OUT_DIR``
+prints bits per parameter per task; ``decompress BASE FILE TASK OUT_DIR``
 rebuilds one task's model as ``OUT_DIR/model.safetensors`` (plus the base's
-``config.json`` when BASE is a folder that has one).
+``config.json`` when BASE is a folder that has one). Both take the base
+first, as :func:`npsfuse.compress.load`; the old ``decompress FILE BASE ...``
+order still works, with a deprecation message, when FILE is a compressed file.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -64,13 +67,17 @@ def _decompress(args: argparse.Namespace) -> int:
     from . import compress
     from .nps import _atomic_write
 
+    if compress._is_compressed(args.base) and not compress._is_compressed(args.file):
+        print("npsfuse decompress: the order FILE BASE is deprecated, use "
+              "npsfuse decompress BASE FILE TASK OUT_DIR", file=sys.stderr)
+        args.base, args.file = args.file, args.base
     out = Path(args.out_dir)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{str(out)!r} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not args.force:
         raise FileExistsError(f"output folder {str(out)!r} is not empty (use --force)")
     try:
-        sd = compress.load(args.file, args.base, args.task, lam=args.lam)
+        sd = compress.load(args.base, args.file, args.task, lam=args.lam)
     except KeyError as exc:  # unknown task: the CLI reports ValueError/OSError
         raise ValueError(exc.args[0]) from None
     out.mkdir(parents=True, exist_ok=True)
@@ -117,8 +124,8 @@ def add_commands(subparsers: Any) -> None:
         description="Write θ₀ + λ·τ_task as OUT_DIR/model.safetensors, bit-identical to the "
                     "pruned result; copies config.json from BASE when it is a folder.",
     )
+    d.add_argument("base", help="the base model the file was made for")
     d.add_argument("file", help="the compressed file")
-    d.add_argument("base", help="the base model it was made for")
     d.add_argument("task", help="the task to rebuild")
     d.add_argument("out_dir", help="output folder (must not exist or be empty)")
     d.add_argument("--lam", type=float, default=1.0, help="scale λ of the task vector (1)")

@@ -109,7 +109,7 @@ _HOOK: dict[str, Check] = {"evaluate": _str, "evaluate_kwargs": _mapping}
 #: ``npsfuse prune``: the keywords of :func:`npsfuse.nps.prune` (``progress`` is ``--quiet``).
 PRUNE: dict[str, Check] = {
     "base": _str, "finetuned": _str, **_HOOK,
-    "keep": _num, "subspaces": _int, "kind": _str, "optimizer": _str, "generations": _int,
+    "density": _num, "subspaces": _int, "kind": _str, "optimizer": _str, "generations": _int,
     "popsize": _optional(_int), "bounds": _pair, "per_layer": _bool, "scope": _str,
     "rank": _optional(_int), "seed": _int, "optimizer_options": _optional(_mapping),
 }
@@ -131,7 +131,14 @@ SEARCH: dict[str, Check] = {
     "params": _optional(_boxes), "per_model": _bool, "optimizer": _str, "schedule": _str,
     "strategy": _str, "F": _num, "CR": _num, "F_bounds": _pair, "CR_bounds": _pair,
     "generations": _int, "popsize": _optional(_int), "sigma0": _optional(_num),
-    "fixed": _optional(_mapping), "seed": _int,
+    "merge_params": _optional(_mapping), "seed": _int,
+}
+
+#: Old field names still read for one release (with a deprecation message on
+#: stderr), as the Python API's deprecated aliases (:mod:`npsfuse._vocab`).
+RENAMED: dict[str, dict[str, str]] = {
+    "prune": {"keep": "density"},
+    "search": {"fixed": "merge_params"},
 }
 
 _REQUIRED = {"prune": ("base", "finetuned", "evaluate"),
@@ -142,12 +149,16 @@ _SCHEMAS = {"prune": PRUNE, "evolve": EVOLVE, "search": SEARCH}
 _PATHS = ("base", "finetuned", "population", "models")
 
 
-def _suggest(name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+def _suggest(name: str, known: list[str], renamed: Mapping[str, str] | None = None) -> str:
+    """The hint "(did you mean 'x'?)" for the known field closest to ``name``;
+    when a deprecated old name (``renamed``) is closest, its new name."""
+    renamed = renamed or {}
+    names = [*known, *renamed]
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
     if not close:
-        low = {k.lower(): k for k in known}
+        low = {k.lower(): k for k in names}
         close = [low[name.lower()]] if name.lower() in low else []
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    return f" (did you mean {renamed.get(close[0], close[0])!r}?)" if close else ""
 
 
 def load_config(path: str | os.PathLike[str], command: str) -> dict[str, Any]:
@@ -183,9 +194,19 @@ def load_config(path: str | os.PathLike[str], command: str) -> dict[str, Any]:
     schema = _SCHEMAS[command]
     known = sorted(schema)
     problems = []
+    renamed = RENAMED.get(command, {})
+    for old, new in renamed.items():
+        if old not in raw:
+            continue
+        if new in raw:
+            problems.append(f"both {old!r} (deprecated) and {new!r} are given; keep only {new!r}")
+            continue
+        print(f"npsfuse {command}: {p}: field {old!r} is deprecated, use {new!r} (the old "
+              "name goes in the next release)", file=sys.stderr)
+        raw = {(new if k == old else k): v for k, v in raw.items()}
     for key, value in raw.items():
         if not isinstance(key, str) or key not in schema:
-            problems.append(f"unknown field {key!r}{_suggest(str(key), known)}")
+            problems.append(f"unknown field {key!r}{_suggest(str(key), known, renamed)}")
             continue
         msg = schema[key](value)
         if msg is not None:
@@ -397,11 +418,11 @@ def run_evolve(args: argparse.Namespace) -> int:
         raise FileExistsError(f"checkpoint {str(ck)!r} exists (use --resume to continue it, "
                               "or --force to start again)")
     if ck is not None and args.resume and ck.exists():
-        ev = Evolver.resume(ck, evaluate, progress=not args.quiet)
+        ev = Evolver.resume(ck, evaluate)
     else:
-        ev = Evolver(cfg["base"], cfg["population"], evaluate, progress=not args.quiet, **kw)
+        ev = Evolver(cfg["base"], cfg["population"], evaluate, **kw)
     with _hint(ck):
-        res = ev.run(checkpoint=ck)
+        res = ev.run(checkpoint=ck, progress=not args.quiet)
     summary = {"best_score": _finite(res.best_score), "best_index": res.best_index,
                "merge": res.merge, "history": res.history}
     _write_folder(out, lambda d: _save_model(d, res.state_dict(), cfg["base"], summary))
@@ -463,7 +484,7 @@ def add_commands(subparsers: Any) -> None:
                     "for npsfuse compress or nps.transfer).",
         epilog=_EPILOG,
     )
-    p.add_argument("config", help="YAML config: base, finetuned, evaluate, keep, ...")
+    p.add_argument("config", help="YAML config: base, finetuned, evaluate, density, ...")
     p.add_argument("output", help="the NPS result file to write (.nps.safetensors)")
     p.add_argument("--checkpoint", metavar="FILE", default=None,
                    help="save the search state to FILE after every generation")

@@ -36,8 +36,8 @@ and fans the candidates of one ask out to Ray actors:
   has its candidate re-run on another worker; a pool npsfuse created starts
   a replacement actor (up to ``max_restarts``), a pool the user built
   shrinks. Errors raised by ``evaluate`` are not faults: they come back to
-  the driver and are handled as in-process (NPS scores them −inf, the
-  others raise).
+  the driver and are raised there, as in-process (every search's policy,
+  :mod:`npsfuse._vocab`; a NaN score is a failed candidate).
 
 The public names are in :mod:`npsfuse.executors`.
 """
@@ -150,7 +150,7 @@ class _NPSBuild:
         from .nps._search import Search
 
         c = self.config
-        self._s = Search(self.base, self.finetuned, keep=c["keep"], subspaces=c["subspaces"],
+        self._s = Search(self.base, self.finetuned, density=c["density"], subspaces=c["subspaces"],
                          kind=c["kind"], optimizer=c["optimizer"], generations=c["generations"],
                          popsize=c["popsize"], bounds=tuple(c["bounds"]),
                          per_layer=c["per_layer"], scope=c["scope"], rank=c["rank"],
@@ -704,8 +704,9 @@ def drive_session(
     session
         A :class:`npsfuse.client.Session`.
     evaluate
-        ``evaluate(state_dict) -> float`` run on the workers; an error or a
-        non-finite score is told as a failed evaluation.
+        ``evaluate(state_dict) -> float`` run on the workers; a non-finite
+        score is told as a failed evaluation, an error it raises is raised
+        here (the session stays; call this again to go on).
     executor
         ``"ray"``, a :class:`RayExecutor` or a list of worker actors. The
         workers must reach the daemon's address (use a TCP address for a
@@ -733,11 +734,8 @@ def drive_session(
                     break
                 outs = run.map([c.params for c in cands])
                 scores: list[float | None] = []
-                for o in outs:
-                    try:
-                        v = float(o.unwrap())
-                    except Exception:  # user code failed: a failed evaluation
-                        v = math.nan
+                for o in outs:  # evaluate's errors raise here, as in every search
+                    v = float(o.unwrap())
                     scores.append(v if math.isfinite(v) else None)
                 best = session.tell(scores)
                 bar.update(len(cands))

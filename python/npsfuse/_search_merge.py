@@ -27,6 +27,7 @@ from . import _executor
 from . import merging as _m
 from ._display import finish, new_figure, progress_bar
 from ._state import ModelLike, StateDict, load_state_dict
+from ._vocab import GENERATIONS, FailedScores, Scored, renamed
 from .nps._engine import _Session
 from .nps._result import load_run, save_run
 from .optim import cosine_schedule
@@ -52,7 +53,7 @@ class SearchMergeResult:
     Attributes
     ----------
     params
-        The best parameters with the ``fixed`` ones, exactly as keyword
+        The best parameters with the ``merge_params`` held fixed, exactly as keyword
         arguments of :func:`npsfuse.merge` (per-model values as lists, e.g.
         ``weights``, ``density``): ``npsfuse.merge(base, models, method,
         **result.params)`` is :meth:`state_dict`.
@@ -106,17 +107,19 @@ class SearchMergeResult:
 
 
 def _merge_fn(
-    base_sd: StateDict, model_sds: Sequence[StateDict], method: str, fixed: Mapping[str, Any]
+    base_sd: StateDict, model_sds: Sequence[StateDict], method: str,
+    merge_params: Mapping[str, Any],
 ) -> Callable[[Mapping[str, Any]], StateDict]:
     """``params -> merged state dict``: ``params`` are :func:`merge`'s keywords,
-    over the ``fixed`` ones."""
+    over the fixed ``merge_params``."""
 
     def run(params: Mapping[str, Any]) -> StateDict:
-        return dict(_m.merge(base_sd, model_sds, method, **{**fixed, **params}))
+        return dict(_m.merge(base_sd, model_sds, method, **{**merge_params, **params}))
 
     return run
 
 
+@renamed(fixed="merge_params")
 def search_merge(
     base: ModelLike,
     models: Sequence[ModelLike],
@@ -132,10 +135,10 @@ def search_merge(
     CR: float = 0.5,
     F_bounds: tuple[float, float] = (0.1, 0.9),
     CR_bounds: tuple[float, float] = (0.1, 0.9),
-    generations: int = 20,
+    generations: int = GENERATIONS,
     popsize: int | None = None,
     sigma0: float | None = None,
-    fixed: Mapping[str, Any] | None = None,
+    merge_params: Mapping[str, Any] | None = None,
     seed: int = 0,
     progress: bool = True,
     executor: Any = None,
@@ -147,12 +150,17 @@ def search_merge(
     ----------
     base, models
         The pre-trained model and the fine-tuned models (state dicts, modules
-        or safetensors paths), as for :func:`npsfuse.merge`.
+        or safetensors paths), as for :func:`npsfuse.merge`; a fine-tuned
+        model may be a PEFT LoRA adapter folder or a ``PeftModel``, merged
+        into the base's weights on the fly as :func:`npsfuse.merge` does.
     method
         A method of :func:`npsfuse.methods`.
     evaluate
-        ``evaluate(state_dict) -> float``, higher is better; NaN/±inf marks a
-        failed candidate.
+        ``evaluate(state_dict) -> float``, higher is better. NaN or ±inf
+        marks a failed candidate (scored −inf, never chosen, one
+        ``RuntimeWarning`` per search); an exception it raises stops the
+        search and reaches the caller (``checkpoint=`` continues it), as in
+        every search of npsfuse.
     params
         Search box, parameter → ``(lo, hi)``. Names: ``lam``, ``density``,
         ``weight`` (the per-model weights w_t) and the method's own parameters
@@ -174,14 +182,17 @@ def search_merge(
     F, CR, F_bounds, CR_bounds
         DE control parameters (see ``schedule``).
     generations
-        Generations after the initial population (DE) or in total (CMA-ES).
+        Generations after the initial population (DE) or in total (CMA-ES);
+        default 20, as every search.
     popsize
         Population size (default: the optimiser's).
     sigma0
         CMA-ES initial step (default 0.3 · mean box width).
-    fixed
+    merge_params
         Other keyword arguments of :func:`npsfuse.merge`, held fixed
-        (e.g. ``{"seed": 1}``, ``{"normalize": False}``).
+        (e.g. ``{"seed": 1}``, ``{"normalize": False}``), the name
+        :class:`npsfuse.Evolver` uses; ``fixed``, the old name, is a
+        deprecated alias.
     seed
         Seed of the optimiser.
     progress
@@ -209,6 +220,10 @@ def search_merge(
     ------
     ValueError
         Unknown method, optimizer, schedule or parameter; an empty or inverted box.
+    RuntimeError
+        Every candidate failed.
+    TypeError
+        ``evaluate`` returned something that is not a number.
     """
     if method not in _m.methods():
         raise ValueError(f"unknown merge method {method!r}; valid: {', '.join(_m.methods())}")
@@ -222,10 +237,11 @@ def search_merge(
         params = {"lam": (0.5, 2.0)}
         if method in _m.USES_DENSITY:
             params = {**params, "density": (0.05, 0.5)}
-    fixed = dict(fixed or {})
+    fixed = dict(merge_params or {})
     own = _m.METHOD_PARAMS.get(method, {})
     base_sd = load_state_dict(base, "base")
-    model_sds = [load_state_dict(m, f"model {i}") for i, m in enumerate(models)]
+    # A PEFT LoRA adapter (folder or PeftModel) is merged into the base's weights.
+    model_sds = [load_state_dict(m, f"model {i}", base=base_sd) for i, m in enumerate(models)]
     if not model_sds:
         raise ValueError("models must be a non-empty list of fine-tuned models")
     n_models = len(model_sds)
@@ -241,7 +257,7 @@ def search_merge(
                 + "".join(f", {k}" for k in own if k != "k")
             )
         if key == "k":
-            raise ValueError("k is an integer; fix it with fixed={'k': ...}")
+            raise ValueError("k is an integer; fix it with merge_params={'k': ...}")
         a, b = (float(box[0]), float(box[1]))
         if not (math.isfinite(a) and math.isfinite(b) and a <= b):
             raise ValueError(
@@ -297,11 +313,12 @@ def search_merge(
         session = _Session.restore(saved["state"], (len(x0),))
         history = list(saved["history"])
 
-    scoring = _executor.merge_evaluator(executor, merge_with, to_params, evaluate)
+    scoring = _executor.merge_evaluator(executor, merge_with, to_params, Scored(evaluate))
     score = scoring.__enter__()
+    failed = FailedScores()
 
     def run() -> list[float]:
-        scores = score(session.ask())
+        scores = [failed.check(s) for s in score(session.ask())]
         session.tell(scores)  # a non-finite score is a failed candidate
         return [s for s in scores if math.isfinite(s)]
 
@@ -330,7 +347,10 @@ def search_merge(
         scoring.__exit__(None, None, None)
         if bar is not None:
             bar.close()
-    best_x = np.asarray(x0) if info["best_x"] is None else info["best_x"]
+    if info["best_x"] is None:
+        raise RuntimeError(f"every evaluation failed ({info['failures']} of "
+                           f"{info['evaluations']} candidates)")
+    best_x = info["best_x"]
     return SearchMergeResult(params={**fixed, **to_params(best_x)}, best_score=info["best_f"],
                              start_score=info["start_f"], history=history, x=best_x,
                              names=labels, _merge=merge_with)

@@ -14,11 +14,12 @@ File layout (safetensors):
 * metadata ``format = "npsfuse.compressed"``, ``version``, and
   ``npsfuse.meta``: JSON with the base's :func:`npsfuse.nps.fingerprint`
   over the covered tensors, the tensors (name, shape, dtype), and per task
-  its name, keep, kept count and NPS weights when known.
+  its name, keep (the NPS result's density; the file format's name),
+  kept count and NPS weights when known.
 
 "Kept" means a non-zero bit pattern, so −0.0 survives and a round trip is
 exact. Bits per parameter for a task are 1 (the mask) plus
-keep × bits-per-value: r = 0.05 in float32 is 2.6 bits, in bfloat16 1.8.
+density × bits-per-value: r = 0.05 in float32 is 2.6 bits, in bfloat16 1.8.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 
 from ._state import ModelLike, StateDict, load_state_dict
+from ._vocab import deprecated
 from .nps import NPSResult, _apply, _atomic_write, fingerprint
 from .nps._result import _INT_OF_SIZE
 
@@ -57,7 +59,7 @@ def _as_task(
         r = NPSResult.load(r)
     if isinstance(r, NPSResult):
         r._resolve_base(base)
-        info = {"keep": r.keep, "weights": r.weights.tolist(), "score": r.score
+        info = {"keep": r.density, "weights": r.weights.tolist(), "score": r.score
                 if np.isfinite(r.score) else None, "config": r.config}
         return r._tau, info
     if isinstance(r, Mapping):
@@ -194,12 +196,27 @@ def _check_base(meta: Mapping[str, Any], sd: StateDict) -> list[str]:
 
 
 def load_task_vector(
-    path: str | os.PathLike, task: str, base: ModelLike | None = None
+    path: str | os.PathLike, task: str, *args: Any, base: ModelLike | None = None
 ) -> StateDict:
     """τ of one task from a compressed file (dense, in the stored dtypes).
 
-    ``base``, when given, is checked against the stored fingerprint.
+    Parameters
+    ----------
+    path
+        The compressed file.
+    task
+        The task's name (:func:`tasks`).
+    base
+        Keyword only: when given, checked against the stored fingerprint
+        (no model is built, so it is not positional; passing it as the third
+        positional argument is deprecated).
     """
+    if args:
+        if len(args) > 1 or base is not None:
+            raise TypeError("load_task_vector() takes path, task and the keyword base=")
+        deprecated("compress.load_task_vector()", "base as the third positional argument",
+                   "base=")
+        base = args[0]
     from safetensors import safe_open
 
     meta = _read_meta(path)
@@ -227,11 +244,36 @@ def load_task_vector(
     return out
 
 
-def load(path: str | os.PathLike, base: ModelLike, task: str, lam: float = 1.0) -> StateDict:
+def _is_compressed(x: Any) -> bool:
+    """Whether ``x`` is the path of an npsfuse compressed file (reads its header only)."""
+    if not isinstance(x, (str, os.PathLike)) or not Path(x).is_file():
+        return False
+    try:
+        _read_meta(x)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def load(base: ModelLike, path: str | os.PathLike, task: str, lam: float = 1.0) -> StateDict:
     """Rebuild θ₀ + λ·τ_task from a compressed file.
 
     Bit-identical to the :meth:`~npsfuse.nps.NPSResult.state_dict` of the
     saved result (same Go ``Apply`` on the same base-dtype τ).
+
+    Parameters
+    ----------
+    base
+        θ₀, the model the file was made for: the base first, then what is
+        applied onto it, then λ, as :func:`npsfuse.nps.transfer`. The old
+        order ``load(path, base, task, lam)`` still works (with a
+        ``DeprecationWarning``) when the first argument is a compressed file.
+    path
+        The compressed file.
+    task
+        The task to rebuild (:func:`tasks`).
+    lam
+        λ, the scale of the task vector.
 
     Raises
     ------
@@ -241,6 +283,9 @@ def load(path: str | os.PathLike, base: ModelLike, task: str, lam: float = 1.0) 
         ``base`` is not the model the file was made for (fingerprint), or
         the file is not a compressed npsfuse file.
     """
+    if _is_compressed(base) and not _is_compressed(path):
+        deprecated("compress.load()", "the order (path, base, task)", "(base, path, task)")
+        base, path = path, base
     sd = load_state_dict(base, "base")
     meta = _read_meta(path)
     _task_index(meta, task, path)

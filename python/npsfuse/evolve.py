@@ -57,6 +57,7 @@ from ._bridge import SUPPORTED, ArrowPack, as_dtype
 from ._display import finish, new_figure, progress_bar
 from ._search_merge import SearchMergeResult, search_merge
 from ._state import ModelLike, StateDict, load_state_dict
+from ._vocab import GENERATIONS, FailedScores, deprecated, score_of
 from .merging import _check_shapes, methods
 from .merging import merge as _merge
 
@@ -128,14 +129,19 @@ class Evolver:
         is set.
     population
         The initial individuals: the fine-tuned models (optionally merged
-        models too, or use ``add_merges``), in the same forms as ``base``.
+        models too, or use ``add_merges``), in the same forms as ``base``; a
+        PEFT LoRA adapter folder or a ``PeftModel`` is merged into the base's
+        weights on the fly, as :func:`npsfuse.merge` does.
         Each needs the base's tensors; without ``merge`` only the evolved
         ones must match the base's shapes, and the others (heads, BatchNorm
         statistics and counters) are the individual's own.
     evaluate
         ``evaluate(state_dict) -> float``: the dev-set score, higher is
-        better; NaN or ±Inf marks a failed evaluation (never accepted). The
-        state dict aliases a reused buffer: it is valid until the next trial.
+        better; NaN or ±Inf marks a failed evaluation (never accepted, one
+        ``RuntimeWarning`` per run); an exception it raises stops
+        :meth:`run` and reaches the caller (``run(checkpoint=)`` and
+        :meth:`resume` continue), as in every search of npsfuse. The state
+        dict aliases a reused buffer: it is valid until the next trial.
     strategy
         ``"evolver"`` (default): v = (1 − F)·x_i + F·x_ref, computed as
         x_i + F·(x_ref − x_i), with x_ref a random other individual with
@@ -158,7 +164,8 @@ class Evolver:
         one anneal from max to min over the run; CADE's code used 40). F and CR
         then rise again smoothly (no restart jump), as in CADE.
     generations
-        G, the number of generations :meth:`run` performs.
+        G, the number of generations :meth:`run` performs (default 20, the
+        default of every search).
     merge
         ``None``: every individual is scored on its own and the best is
         returned. A method of :func:`npsfuse.methods` (``"ties"``,
@@ -218,7 +225,8 @@ class Evolver:
     seed
         Seed of every random choice.
     progress
-        Show a tqdm progress bar in :meth:`run`.
+        Deprecated: pass ``progress`` to :meth:`run` (the call that runs the
+        search, as for every search); here it sets :meth:`run`'s default.
 
     Notes
     -----
@@ -253,7 +261,7 @@ class Evolver:
         F_bounds: tuple[float, float] | None = None,
         CR_bounds: tuple[float, float] | None = None,
         period: int | None = None,
-        generations: int = 10,
+        generations: int = GENERATIONS,
         merge: str | None = None,
         merge_params: Mapping[str, Any] | None = None,
         add_merges: Sequence[str] = (),
@@ -265,8 +273,10 @@ class Evolver:
         compute_dtype: torch.dtype | str = torch.float32,
         storage: str | os.PathLike[str] = "memory",
         seed: int = 0,
-        progress: bool = True,
+        progress: bool | None = None,
     ) -> None:
+        if progress is not None:
+            deprecated("Evolver()", "progress=", "Evolver.run(progress=...)")
         if not callable(evaluate):
             raise TypeError("evaluate must be a callable state_dict -> float")
         if not isinstance(population, Sequence) or isinstance(population, (str, bytes)):
@@ -301,13 +311,16 @@ class Evolver:
         self._np = len(population) + len(add_merges)
         self._state: dict[str, Any] = json.loads(_go(_core.go.EvolveStart, self._session_config()))
         self.evaluate = evaluate
-        self.progress = bool(progress)
+        #: :meth:`run`'s default for ``progress``.
+        self.progress = True if progress is None else bool(progress)
+        self._failed = FailedScores()
         self._base = base_sd if merge is not None else None
         self._alloc(storage)
         self._extras: list[dict[str, torch.Tensor]] = []
         # One model at a time: load, check, copy into its buffer, drop.
         for i, m in enumerate(population):
-            sd = load_state_dict(m, f"population[{i}]")
+            # A PEFT LoRA adapter (folder or PeftModel) is merged into the base.
+            sd = load_state_dict(m, f"population[{i}]", base=base_sd)
             # Without a merger only the evolved tensors must fit the base; the
             # others (heads, BatchNorm statistics and counters) stay with their
             # individual and may differ from the base's.
@@ -502,20 +515,27 @@ class Evolver:
         _go(_core.go.EvolveOffspring, json.dumps(self._state), i, self._np, pack.arrays,
             pack.schemas)
 
-    def tell(self, score: float) -> bool:
+    def tell(self, score: float | None) -> bool:
         """Report the score of the last :meth:`ask`; returns True when a trial
         was accepted (it replaces its parent, at once or when its generation
         ends, or it improved the merge).
+
+        ``None``, NaN and ±inf mark a failed evaluation (never accepted; one
+        ``RuntimeWarning`` per run).
 
         Raises
         ------
         RuntimeError
             Without a pending :meth:`ask`.
+        TypeError
+            ``score`` is not a number (nor None).
         """
         if self._cand is None:
             raise RuntimeError("tell() without a pending ask()")
+        f = math.nan if score is None else score_of(score)
+        self._failed.check(None if score is None else f, "a score was")
         i = self._cand["individual"]
-        r = self._session(_core.go.EvolveTell, float(score))
+        r = self._session(_core.go.EvolveTell, f)
         self._state, out = r["state"], r["outcome"]
         self._cand, self._pending_sd = None, None
         if out.get("keep"):  # replaces its parent when the generation ends
@@ -541,7 +561,11 @@ class Evolver:
         return 0 if self.done else left
 
     def run(
-        self, *, checkpoint: str | os.PathLike[str] | None = None, executor: Any = None
+        self,
+        *,
+        checkpoint: str | os.PathLike[str] | None = None,
+        executor: Any = None,
+        progress: bool | None = None,
     ) -> EvolverResult:
         """Evaluate until all generations are done and return the result.
 
@@ -561,19 +585,35 @@ class Evolver:
             ``"evolver"`` and ``merge`` replace at once, so trials run
             speculatively and are scored again after an acceptance. The
             result equals the in-process run's (see :mod:`npsfuse.executors`).
+        progress
+            Show a tqdm progress bar (default True, or the deprecated
+            constructor setting).
+
+        Raises
+        ------
+        RuntimeError
+            Every evaluation failed (NaN or ±inf).
+        TypeError
+            ``evaluate`` returned something that is not a number.
         """
+        show = self.progress if progress is None else bool(progress)
         if executor is not None:
             from ._executor import run_evolver
 
-            return run_evolver(self, executor, checkpoint)
+            saved, self.progress = self.progress, show  # run_evolver reads it
+            try:
+                run_evolver(self, executor, checkpoint)
+            finally:
+                self.progress = saved
+            return self._checked_result()
         bar = None
-        if self.progress:
+        if show:
             bar = progress_bar(total=self._remaining(), desc="evolve", unit="eval")
         try:
             while not self.done:
                 before = (self.generation, self._state["phase"])
                 sd = self.ask()
-                score = self.evaluate(sd)
+                score = score_of(self.evaluate(sd))
                 self.tell(score)
                 if bar is not None:
                     bar.update(1)
@@ -584,6 +624,12 @@ class Evolver:
         finally:
             if bar is not None:
                 bar.close()
+        return self._checked_result()
+
+    def _checked_result(self) -> EvolverResult:
+        if not math.isfinite(self._current_best()):
+            raise RuntimeError("every evaluation of the run failed (NaN or ±inf scores): "
+                               "check evaluate")
         return self.result()
 
     def plot(self, path: str | os.PathLike[str] | None = None) -> Figure:
@@ -662,7 +708,7 @@ class Evolver:
         storage
             Override where the buffers live (default: as saved).
         progress
-            Override the progress bar setting.
+            Deprecated: pass ``progress`` to :meth:`run`.
 
         Raises
         ------
@@ -674,6 +720,8 @@ class Evolver:
         """
         from safetensors.torch import load_file
 
+        if progress is not None:
+            deprecated("Evolver.resume()", "progress=", "Evolver.run(progress=...)")
         src = Path(path)
         if src.is_file() and src.name == "state.json":
             src = src.parent
@@ -694,6 +742,7 @@ class Evolver:
         self._cfg = cfg
         self.evaluate = evaluate
         self.progress = state["progress"] if progress is None else bool(progress)
+        self._failed = FailedScores()
         self._np = state["popsize"]
         self._init_layout(state["keys"], state["names"], [tuple(s) for s in state["shapes"]],
                           getattr(torch, state["dtype"]))

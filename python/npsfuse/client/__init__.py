@@ -15,7 +15,7 @@ checkpoint into every rank::
     })
     merged = job.result(timeout=600)               # dict[str, torch.Tensor]
 
-    search = client.nps_search(base_sd, ft_sd, keep=0.1, generations=20)
+    search = client.nps_search(base_sd, ft_sd, density=0.1, generations=20)
     while not search.done:   # client.evolve([ft_a, ft_b, ft_c]) works the same way
         cands = search.ask()
         search.tell([evaluate(c.state_dict()) for c in cands])

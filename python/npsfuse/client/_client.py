@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import uuid
@@ -9,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .._vocab import GENERATIONS, deprecated, renamed, take_renamed
 from ._errors import _Unavailable
 from ._jobs import Job, Session, job_of
 from ._transfer import Transfer
@@ -18,6 +20,24 @@ Ref = Callable[[Any, str], str]
 
 #: NPS options sent as JSON lists.
 _LISTS = ("weights", "x0")
+
+
+def _lo_hi(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Accept ``keep=`` for ``density=`` and ``lo=``/``hi=`` for
+    ``bounds=(lo, hi)``, deprecated (the vocabulary of :mod:`npsfuse._vocab`)."""
+
+    @functools.wraps(fn)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        take_renamed(kwargs, "Client.nps_search()", "keep", "density")
+        if "lo" in kwargs or "hi" in kwargs:
+            if "bounds" in kwargs:
+                raise TypeError("Client.nps_search() got both lo=/hi= (deprecated) and "
+                                "bounds=; pass only bounds=(lo, hi)")
+            deprecated("Client.nps_search()", "lo= and hi=", "bounds=(lo, hi)")
+            kwargs["bounds"] = (float(kwargs.pop("lo", 0.0)), float(kwargs.pop("hi", 2.0)))
+        return fn(self, *args, **kwargs)
+
+    return call
 
 
 class Client(Transfer):
@@ -211,8 +231,20 @@ class Client(Transfer):
         """Submit an NPS job from its method's arguments (``locals()``):
         ``base``, ``model`` and ``models`` become references (tensors are
         uploaded), ``scope`` the ``global`` flag; options that are ``None``,
-        ``False`` or empty (``x0`` aside) take the daemon's defaults."""
+        ``False`` or empty (``x0`` aside) take the daemon's defaults. The
+        daemon's job spec keeps its own names: ``density`` is sent as
+        ``keep``, ``bounds`` as ``lo`` and ``hi``."""
         skip = {"self", "base", "model", "models", "scope", "idempotency_key"}
+        args = dict(args)
+        if "density" in args:
+            args["keep"] = args.pop("density")
+        if "bounds" in args:
+            bounds = args.pop("bounds")
+            try:
+                args["lo"], args["hi"] = (float(b) for b in bounds)
+            except (TypeError, ValueError):
+                raise ValueError(f"bounds must be a pair (lo, hi) of numbers, got {bounds!r}"
+                                 ) from None
 
         def build(ref: Ref) -> dict[str, Any]:
             spec: dict[str, Any] = {}
@@ -232,12 +264,13 @@ class Client(Transfer):
 
         return self._submit_refs(type, args["idempotency_key"], build)
 
+    @renamed(keep="density")
     def submit_nps_prune(
         self,
         base: Any,
         model: Any,
         *,
-        keep: float = 0.1,
+        density: float = 0.1,
         subspaces: int = 8,
         weights: Sequence[float] | None = None,
         kind: str = "svd",
@@ -248,16 +281,18 @@ class Client(Transfer):
         dtype: str | None = None,
         idempotency_key: str | None = None,
     ) -> Job:
-        """NPS-Pruning of one fine-tune: keep ``keep`` of the reweighted task
-        vector; the result is θ₀ + λ·τ_NPS (``output="model"``) or τ_NPS."""
+        """NPS-Pruning of one fine-tune: keep the fraction ``density`` of the
+        reweighted task vector (``keep``, the old name, is a deprecated
+        alias); the result is θ₀ + λ·τ_NPS (``output="model"``) or τ_NPS."""
         return self._submit_nps("nps_prune", locals())
 
+    @renamed(keep="density")
     def submit_compress(
         self,
         base: Any,
         models: Sequence[Any],
         *,
-        keep: float = 0.05,
+        density: float = 0.05,
         subspaces: int = 8,
         weights: Sequence[float] | None = None,
         kind: str = "svd",
@@ -266,26 +301,27 @@ class Client(Transfer):
         seed: int = 0,
         idempotency_key: str | None = None,
     ) -> Job:
-        """NPS compression: each model's task vector as a bit mask plus kept
+        """NPS compression (keeping the fraction ``density``; ``keep`` is a
+        deprecated alias): each model's task vector as a bit mask plus kept
         values (``{i}:{name}:mask``, ``{i}:{name}:values``, in the base's
         dtype unless ``value_dtype``); see :func:`decompress`."""
         return self._submit_nps("compress", locals())
 
     # ---- sessions
 
+    @_lo_hi
     def nps_search(
         self,
         base: Any,
         model: Any,
         *,
-        keep: float = 0.1,
+        density: float = 0.1,
         subspaces: int = 8,
         kind: str = "svd",
         optimizer: str = "cma",
         popsize: int | None = None,
-        generations: int | None = None,
-        lo: float = 0.0,
-        hi: float = 2.0,
+        generations: int | None = GENERATIONS,
+        bounds: tuple[float, float] = (0.0, 2.0),
         x0: Sequence[float] | None = None,
         sigma0: float | None = None,
         strategy: str | None = None,
@@ -300,7 +336,11 @@ class Client(Transfer):
     ) -> Session:
         """Start an NPS search session: the daemon decomposes τ and holds a
         CMA-ES (or DE) over the subspace weights; use :meth:`Session.ask` and
-        :meth:`Session.tell`. Higher scores are better unless ``minimize``."""
+        :meth:`Session.tell`. Higher scores are better unless ``minimize``.
+        The names are :func:`npsfuse.nps.prune`'s: ``density`` (``keep``
+        deprecated), ``bounds=(lo, hi)`` (``lo=``/``hi=`` deprecated),
+        ``generations`` (default 20 as every search; ``None`` plans none:
+        the session runs until you finish it)."""
         job = self._submit_nps("nps_search", locals())
         assert isinstance(job, Session)
         return job
@@ -310,7 +350,7 @@ class Client(Transfer):
         models: Sequence[Any],
         *,
         strategy: str = "evolver",
-        generations: int = 15,
+        generations: int = GENERATIONS,
         schedule: Mapping[str, Any] | None = None,
         granularity: str = "element",
         block_size: int | None = None,
@@ -326,7 +366,8 @@ class Client(Transfer):
         """Start a weight-space evolution session over a population of
         fine-tuned models (Evolver, or DE/CADE with ``strategy="rand/1/bin"``
         and a cosine ``schedule``), run by the engine :class:`npsfuse.Evolver`
-        drives (same seed, same run). The daemon holds the population; each
+        drives (same seed, same run; default 20 generations, as every
+        search). The daemon holds the population; each
         candidate is a whole model to score on your dev set (higher is
         better). Evolver asks one offspring at a time, DE strategies a
         generation at once; the first ask evaluates the initial individuals.

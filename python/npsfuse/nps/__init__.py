@@ -3,8 +3,8 @@
 NPS-Pruning (Du, Fang, Li et al., 2025; METHODS.md, "NPS-Pruning") splits
 every tensor's task vector τ = θ_ft − θ₀ into M subspaces q_m with τ = Σ q_m
 (SVD rank bands plus the residual for matrices, magnitude bands for 1-D
-tensors), reweights them, τ' = Σ_m w_m q_m, keeps the top ``keep`` fraction
-of |τ'| over the whole model, and searches w ∈ [lo, hi]^M with CMA-ES or
+tensors), reweights them, τ' = Σ_m w_m q_m, keeps the top ``density``
+fraction of |τ'| over the whole model, and searches w ∈ [lo, hi]^M with CMA-ES or
 differential evolution to maximise the caller's validation metric of
 θ₀ + τ_NPS. The decomposition, the candidate build and θ₀ + λτ run in the Go
 kernels (``gocore/nps``); the search is the engine's search session
@@ -15,7 +15,7 @@ one the daemon's ``nps_search`` drives.
 first candidate evaluated is plain global magnitude top-k of τ. The search
 returns the best candidate it evaluated, the start included, so on the
 validation metric NPS is never worse than magnitude top-k at the same
-``keep`` (:attr:`NPSResult.start_score` holds that baseline's score).
+``density`` (:attr:`NPSResult.start_score` holds that baseline's score).
 
 Entry points: :func:`prune` (the whole search with a callback), :class:`Search`
 (ask/tell for evaluation inside a training loop, resumable), :func:`transfer`

@@ -109,14 +109,14 @@ class _Decomposition(_Handle):
         self.info = json.loads(_core.call(_core.go.NPSInfo, self._h))
 
     def build(
-        self, weights: np.ndarray, keep: float, scope: str, out: Mapping[str, torch.Tensor]
+        self, weights: np.ndarray, density: float, scope: str, out: Mapping[str, torch.Tensor]
     ) -> int:
         """Write τ_NPS for ``weights`` ((M,) shared or (T, M) per tensor) into ``out``."""
         h = self._handle()
         w = np.asarray(weights, dtype=np.float64)
         spec = {"shared": w.tolist()} if w.ndim == 1 else {"per_tensor": w.tolist()}
         pack = ArrowPack([(k, out[k]) for k in self.names])
-        return int(_core.call(_core.go.NPSBuild, h, json.dumps(spec), float(keep),
+        return int(_core.call(_core.go.NPSBuild, h, json.dumps(spec), float(density),
                               scope == "global", len(self.names), pack.arrays, pack.schemas))
 
 

@@ -13,6 +13,7 @@ import torch
 
 from .. import _executor
 from .._state import ModelLike, StateDict, load_state_dict
+from .._vocab import GENERATIONS
 from ._engine import _apply, _Session
 from ._result import NPSResult, _plot_history, load_run, save_run
 from ._search import Evaluate, _check_bounds, _check_options, _Failures, _fmt, _progress
@@ -26,7 +27,8 @@ def transfer(base: ModelLike, result: NPSResult | str | os.PathLike, lam: float 
 
     ``result`` is an :class:`NPSResult` or the path of one saved with
     :meth:`NPSResult.save`; ``base`` must be the model it was computed from
-    (checked by fingerprint).
+    (checked by fingerprint). The order is the library's: the base first,
+    then what is applied onto it, then λ (as :func:`npsfuse.compress.load`).
     """
     if not isinstance(result, NPSResult):
         result = NPSResult.load(result)
@@ -112,7 +114,7 @@ def fuse(
     lambdas: Sequence[float] | None = None,
     *,
     optimizer: str = "cma",
-    generations: int = 30,
+    generations: int = GENERATIONS,
     popsize: int | None = None,
     bounds: tuple[float, float] = (0.0, 2.0),
     seed: int = 0,
@@ -132,12 +134,15 @@ def fuse(
         (name → τ, any subset of the base's floating-point tensors).
     evaluate
         ``evaluate(state_dict) -> float`` (higher is better). Without it the
-        λ are ``lambdas`` (default all 1) and nothing is searched.
+        λ are ``lambdas`` (default all 1) and nothing is searched. NaN or
+        ±inf marks a failed candidate (−inf, one ``RuntimeWarning``); an
+        exception stops the search and reaches the caller, as in :func:`prune`.
     lambdas
         The λ (without ``evaluate``) or the search's start point (with it;
         evaluated first, so the result is never worse on ``evaluate``).
     optimizer, generations, popsize, bounds, seed, progress, optimizer_options
-        As in :func:`prune`; the search is over λ ∈ [lo, hi]^k.
+        As in :func:`prune` (default 20 generations, as every search); the
+        search is over λ ∈ [lo, hi]^k.
     executor
         As in :func:`prune`: score a generation's λ concurrently on Ray
         workers, which hold the base and the task vectors.

@@ -20,6 +20,7 @@ import torch
 
 from .._display import finish, new_figure
 from .._state import ModelLike, StateDict, load_state_dict
+from .._vocab import deprecated, renamed
 from ._engine import _apply
 
 #: Elements sampled per tensor by :func:`fingerprint`.
@@ -188,8 +189,9 @@ class NPSResult:
     weights : numpy.ndarray
         The best subspace weights: shape (M,) shared by all tensors, or
         (T, M) with ``per_layer`` (row i for ``tensor_names[i]``).
-    keep : float
-        Fraction of task-vector entries kept.
+    density : float
+        Fraction of task-vector entries kept (``keep``, its old name, is a
+        deprecated alias).
     score : float
         The best validation score found (``evaluate`` of θ₀ + τ_NPS).
     start_score : float or None
@@ -201,7 +203,7 @@ class NPSResult:
         failed), ``weights`` (the generation's best candidate), ``best_so_far``
         and ``failed`` (candidates scored −inf).
     kept : int
-        Entries of τ_NPS kept (⌊keep·n⌋ over all pruned entries for the
+        Entries of τ_NPS kept (⌊density·n⌋ over all pruned entries for the
         global scope).
     tensor_names : list of str
         The pruned tensors (floating point, non-empty), in name order.
@@ -214,12 +216,13 @@ class NPSResult:
         :func:`fingerprint` of the base over ``tensor_names``.
     """
 
+    @renamed(keep="density")
     def __init__(
         self,
         *,
         tau: StateDict,
         weights: np.ndarray,
-        keep: float,
+        density: float,
         score: float,
         start_score: float | None,
         history: list[dict[str, Any]],
@@ -232,7 +235,7 @@ class NPSResult:
     ) -> None:
         self._tau = tau
         self.weights = np.asarray(weights, dtype=np.float64)
-        self.keep = float(keep)
+        self.density = float(density)
         self.score = float(score)
         self.start_score = start_score
         self.history = history
@@ -246,8 +249,14 @@ class NPSResult:
 
     def __repr__(self) -> str:
         w = np.array2string(self.weights, precision=3, threshold=16)
-        return (f"NPSResult(keep={self.keep}, score={self.score:.6g}, "
+        return (f"NPSResult(density={self.density}, score={self.score:.6g}, "
                 f"start_score={self.start_score}, weights={w})")
+
+    @property
+    def keep(self) -> float:
+        """Deprecated alias of :attr:`density`."""
+        deprecated("NPSResult", ".keep", ".density")
+        return self.density
 
     def task_vector(self) -> StateDict:
         """τ_NPS: the pruned, reweighted task vector, in the base's dtypes.
@@ -318,12 +327,12 @@ class NPSResult:
             nothing is left open. Needs matplotlib (``npsfuse[plot]``).
         """
         return _plot_history(path, self.history, self.start_score, "weights", "w",
-                             f"NPS-Pruning, keep={self.keep:g}", "NPSResult.plot")
+                             f"NPS-Pruning, density={self.density:g}", "NPSResult.plot")
 
     def _meta(self) -> dict[str, Any]:
         return {
             "weights": self.weights.tolist(),
-            "keep": self.keep,
+            "keep": self.density,  # the file format's name (version 1)
             "score": _finite_or_none(self.score),
             "start_score": _finite_or_none(self.start_score),
             "history": self.history,
@@ -386,7 +395,7 @@ class NPSResult:
         res = cls(
             tau=tau,
             weights=np.asarray(info["weights"], dtype=np.float64),
-            keep=info["keep"],
+            density=info["keep"],
             score=_none_to_neginf(info["score"]),
             start_score=info["start_score"],
             history=info["history"],

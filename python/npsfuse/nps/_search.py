@@ -14,8 +14,6 @@ import json
 import logging
 import math
 import os
-import sys
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ import torch
 from .. import _executor
 from .._display import progress_bar
 from .._state import ModelLike, StateDict, load_state_dict
+from .._vocab import GENERATIONS, FailedScores, renamed, score_of
 from ._engine import _apply, _Decomposition, _prunable, _Session
 from ._result import NPSResult, fingerprint
 
@@ -42,11 +41,11 @@ _SCOPES = ("global", "tensor")
 _OPTIMIZER_OPTIONS = frozenset({"sigma0", "strategy", "schedule"})
 
 
-def _check_keep(keep: float) -> float:
-    keep = float(keep)
-    if not (0.0 < keep <= 1.0):
-        raise ValueError(f"keep must lie in (0, 1], got {keep}")
-    return keep
+def _check_density(density: float) -> float:
+    density = float(density)
+    if not (0.0 < density <= 1.0):
+        raise ValueError(f"density must lie in (0, 1], got {density}")
+    return density
 
 
 def _check_bounds(bounds: tuple[float, float]) -> tuple[float, float]:
@@ -77,53 +76,30 @@ def _check_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
     return opts
 
 
-def _user_stacklevel() -> int:
-    """The ``stacklevel`` that makes a warning from the caller point at user code."""
-    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-    f = sys._getframe(1)
-    level = 1
-    while f.f_back is not None and os.path.abspath(f.f_code.co_filename).startswith(pkg):
-        f = f.f_back
-        level += 1
-    return level
-
-
 class _Failures:
-    """Scores failed evaluations −inf, warning once per kind of failure."""
+    """The search's failed candidates: a score that is None, NaN or ±inf is
+    −inf, with one ``RuntimeWarning`` per search; an exception raised by
+    ``evaluate`` reaches the caller (the vocabulary's one policy, see
+    :mod:`npsfuse._vocab`)."""
 
     def __init__(self) -> None:
-        self._warned: set[str] = set()
-
-    def _warn(self, kind: str, msg: str) -> None:
-        if kind not in self._warned:
-            self._warned.add(kind)
-            warnings.warn(
-                msg + "; the candidate is scored -inf and the search goes on "
-                "(further failures are counted, not reported)",
-                RuntimeWarning,
-                stacklevel=_user_stacklevel(),
-            )
+        self._scores = FailedScores()
 
     def value(self, v: Any) -> float:
         """A user-reported score as a float, −inf (with a warning) when not finite."""
-        f = math.nan if v is None else float(v)
-        if not math.isfinite(f):
-            self._warn("score", f"a score was {v}")
-            return -math.inf
-        return f
+        return self._scores.check(v, "a score was")
 
     def evaluate(self, evaluate: Evaluate, sd: StateDict) -> float:
-        """``evaluate(sd)`` as a float; an exception or a non-number is scored −inf."""
-        try:
-            f = float(evaluate(sd))
-        except Exception as exc:  # user code may fail in any way; the search goes on
-            logger.debug("evaluate failed", exc_info=True)
-            self._warn("error", f"evaluate raised {type(exc).__name__}: {exc}")
-            return -math.inf
-        if not math.isfinite(f):
-            self._warn("score", f"evaluate returned {f}")
-            return -math.inf
-        return f
+        """``evaluate(sd)`` as a float; NaN/±inf is −inf (with a warning).
+
+        Raises
+        ------
+        TypeError
+            ``evaluate`` returned something that is not a number.
+        Exception
+            Whatever ``evaluate`` raised.
+        """
+        return self._scores.check(score_of(evaluate(sd)))
 
 
 class Search:
@@ -132,9 +108,13 @@ class Search:
     Parameters
     ----------
     base, finetuned
-        θ₀ and θ_ft: state dicts, ``nn.Module`` s or safetensors checkpoints.
-    keep
-        Fraction r ∈ (0, 1] of task-vector entries kept.
+        θ₀ and θ_ft: state dicts, ``nn.Module`` s or safetensors checkpoints;
+        θ_ft may also be a PEFT LoRA adapter folder or a ``PeftModel``,
+        merged into θ₀ on the fly as :func:`npsfuse.merge` does.
+    density
+        Fraction r ∈ (0, 1] of task-vector entries kept (the vocabulary's
+        name for a kept fraction, as in :func:`npsfuse.merge`; ``keep`` is a
+        deprecated alias).
     subspaces
         M ≥ 1, subspaces per tensor.
     kind
@@ -145,7 +125,8 @@ class Search:
         schedule: cosine F and CR 0.9 → 0.1 over ``generations``).
     generations
         The planned number of search generations (sets :attr:`done` and the
-        DE schedule); asking beyond it is allowed.
+        DE schedule); asking beyond it is allowed. Default
+        :data:`npsfuse._vocab.GENERATIONS` (20), as every search.
     popsize
         Candidates per generation (default CMA-ES 4 + ⌊3 ln d⌋, DE 10 d, with
         d = M, or T·M with ``per_layer``).
@@ -157,7 +138,7 @@ class Search:
         weights, d = T·M, instead of one set shared by all.
     scope
         ``"global"`` (METHODS default): the top-k ranks all tensors together;
-        ``"tensor"``: ⌊keep·n⌋ per tensor.
+        ``"tensor"``: ⌊density·n⌋ per tensor.
     rank
         SVD rank R (default 2^(M−2), the top edge of the last band).
     seed
@@ -179,16 +160,17 @@ class Search:
     ``with``; garbage collection also does).
     """
 
+    @renamed(keep="density")
     def __init__(
         self,
         base: ModelLike,
         finetuned: ModelLike,
         *,
-        keep: float = 0.1,
+        density: float = 0.1,
         subspaces: int = 8,
         kind: str = "svd",
         optimizer: str = "cma",
-        generations: int = 30,
+        generations: int = GENERATIONS,
         popsize: int | None = None,
         bounds: tuple[float, float] = (0.0, 2.0),
         per_layer: bool = False,
@@ -200,7 +182,7 @@ class Search:
     ) -> None:
         self._dec: _Decomposition | None = None
         self._core: _Session | None = None
-        keep = _check_keep(keep)
+        density = _check_density(density)
         if isinstance(subspaces, bool) or int(subspaces) != subspaces or subspaces < 1:
             raise ValueError(f"subspaces must be an integer >= 1, got {subspaces}")
         if kind not in _KINDS:
@@ -218,12 +200,14 @@ class Search:
         lo, hi = _check_bounds(bounds)
         _check_options(optimizer_options)
         self._base = load_state_dict(base, "base")
-        ft = load_state_dict(finetuned, "finetuned")
+        # A PEFT LoRA adapter folder (or PeftModel) is merged into the base's
+        # weights on the fly, as npsfuse.merge does.
+        ft = load_state_dict(finetuned, "finetuned", base=self._base)
         self.names = _prunable(self._base, [ft])
         if not self.names:
             raise ValueError("the models have no non-empty floating-point tensor to prune")
         self.config: dict[str, Any] = {
-            "keep": keep, "subspaces": int(subspaces), "kind": kind, "optimizer": optimizer,
+            "density": density, "subspaces": int(subspaces), "kind": kind, "optimizer": optimizer,
             "generations": int(generations), "popsize": None if popsize is None else int(popsize),
             "bounds": [lo, hi], "per_layer": bool(per_layer), "scope": scope,
             "rank": None if rank is None else int(rank), "seed": int(seed),
@@ -279,7 +263,7 @@ class Search:
         if w.shape != want:
             raise ValueError(f"weights must have shape {want}, got {w.shape}")
         assert self._dec is not None
-        self._dec.build(w, self.config["keep"], self.config["scope"], self._tau)
+        self._dec.build(w, self.config["density"], self.config["scope"], self._tau)
         return _apply(self._base, self.names, [self._tau], [1.0])
 
     def ask(self) -> list[StateDict]:
@@ -344,10 +328,10 @@ class Search:
         assert self._dec is not None
         tau = {k: torch.empty(self._base[k].shape, dtype=self._base[k].dtype)
                for k in self.names}
-        kept = self._dec.build(c["best_x"], self.config["keep"], self.config["scope"], tau)
-        cfg = {k: v for k, v in self.config.items() if k != "keep"}
+        kept = self._dec.build(c["best_x"], self.config["density"], self.config["scope"], tau)
+        cfg = {k: v for k, v in self.config.items() if k != "density"}
         return NPSResult(
-            tau=tau, weights=c["best_x"], keep=self.config["keep"], score=c["best_f"],
+            tau=tau, weights=c["best_x"], density=self.config["density"], score=c["best_f"],
             start_score=c["start_f"], history=c["history"], kept=kept, config=cfg,
             evaluations=c["evaluations"], failures=c["failures"],
             base_fingerprint=self.fingerprints["base"], base=self._base,
@@ -410,8 +394,9 @@ class Search:
         state = _load_state(state)
         cfg = dict(state["config"])
         return cls(
-            base, finetuned, keep=cfg["keep"], subspaces=cfg["subspaces"], kind=cfg["kind"],
-            optimizer=cfg["optimizer"], generations=cfg["generations"], popsize=cfg["popsize"],
+            base, finetuned, density=_saved_density(cfg), subspaces=cfg["subspaces"],
+            kind=cfg["kind"], optimizer=cfg["optimizer"], generations=cfg["generations"],
+            popsize=cfg["popsize"],
             bounds=tuple(cfg["bounds"]), per_layer=cfg["per_layer"], scope=cfg["scope"],
             rank=cfg["rank"], seed=cfg["seed"], optimizer_options=cfg["optimizer_options"],
             _state=state,
@@ -437,6 +422,12 @@ class Search:
             self.close()
         except Exception:  # pragma: no cover - interpreter shutdown
             pass
+
+
+def _saved_density(cfg: Mapping[str, Any]) -> float:
+    """The density of a saved config (``keep`` in states saved before the
+    vocabulary of issue 18)."""
+    return float(cfg["density"] if "density" in cfg else cfg["keep"])
 
 
 def _load_state(state: Mapping[str, Any] | str | os.PathLike[str]) -> Mapping[str, Any]:
@@ -476,16 +467,17 @@ def _fmt(x: float | None) -> str:
     return "failed" if x is None or not math.isfinite(x) else f"{x:.4g}"
 
 
+@renamed(keep="density")
 def prune(
     base: ModelLike,
     finetuned: ModelLike,
     evaluate: Evaluate,
     *,
-    keep: float = 0.1,
+    density: float = 0.1,
     subspaces: int = 8,
     kind: str = "svd",
     optimizer: str = "cma",
-    generations: int = 30,
+    generations: int = GENERATIONS,
     popsize: int | None = None,
     bounds: tuple[float, float] = (0.0, 2.0),
     per_layer: bool = False,
@@ -502,18 +494,22 @@ def prune(
     Parameters
     ----------
     base, finetuned
-        θ₀ and θ_ft (state dicts, ``nn.Module`` s or safetensors checkpoints).
+        θ₀ and θ_ft (state dicts, ``nn.Module`` s or safetensors checkpoints;
+        θ_ft also a PEFT LoRA adapter folder or ``PeftModel``, see :class:`Search`).
     evaluate
         ``evaluate(state_dict) -> float``, higher is better (e.g. validation
         accuracy); called once for the start point and ``generations ×
         popsize`` times after. Each call gets a fresh state dict. A call that
-        raises, or returns NaN/±inf, scores −inf (one ``RuntimeWarning`` per
-        kind of failure; the count is in :attr:`NPSResult.failures`).
-    keep, subspaces, kind, optimizer, popsize, bounds, per_layer, scope, rank, seed,
+        returns NaN or ±inf marks a failed candidate, scored −inf (one
+        ``RuntimeWarning`` per search; the count is in
+        :attr:`NPSResult.failures`); an exception it raises stops the search
+        and reaches the caller (``checkpoint=`` continues it), as in every
+        search of npsfuse.
+    density, subspaces, kind, optimizer, popsize, bounds, per_layer, scope, rank, seed,
     optimizer_options
         See :class:`Search`. ``per_layer`` means per *tensor*.
     generations
-        Search generations after the start point.
+        Search generations after the start point (default 20, as every search).
     progress
         Show a tqdm bar over generations (best/mean in the postfix).
     executor
@@ -539,15 +535,19 @@ def prune(
     Raises
     ------
     ValueError
-        keep outside (0, 1], subspaces < 1, bounds inverted, unknown kind,
+        density outside (0, 1], subspaces < 1, bounds inverted, unknown kind,
         optimizer or scope, models that do not match.
     RuntimeError
         When every evaluation failed.
+    TypeError
+        ``evaluate`` returned something that is not a number.
     """
-    settings = {"keep": keep, "subspaces": subspaces, "kind": kind, "optimizer": optimizer,
+    settings = {"density": density, "subspaces": subspaces, "kind": kind, "optimizer": optimizer,
                 "generations": generations, "popsize": popsize, "bounds": bounds,
                 "per_layer": per_layer, "scope": scope, "rank": rank, "seed": seed,
                 "optimizer_options": optimizer_options}
+    base = load_state_dict(base, "base")
+    finetuned = load_state_dict(finetuned, "finetuned", base=base)  # PEFT adapters merged
     ck = None if checkpoint is None else Path(checkpoint)
     resumed = ck is not None and ck.exists()
     s = Search.resume(ck, base, finetuned) if resumed else Search(base, finetuned, **settings)
@@ -563,7 +563,7 @@ def prune(
             if ck is not None:
                 s.save(ck)
         with _progress(s.config["generations"], progress,
-                       f"NPS keep={s.config['keep']:g}") as bar:
+                       f"NPS density={s.config['density']:g}") as bar:
             bar.update(s.generation)
             while not s.done:
                 evaluate_pending()
