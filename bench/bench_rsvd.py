@@ -53,6 +53,18 @@ SHAPES = ((768, 768), (1024, 1024), (2048, 2048), (3072, 768))
 FULL_SVD_SHAPE = (1024, 1024)
 GEMM_SIZES = (1024, 2048)
 LINE = re.compile(r"^Benchmark(\S+?)(?:-\d+)?\s+\d+\s+([\d.]+) ns/op(.*)$")
+PROFILE_SHAPE = "1024x1024"
+# Phases of the profile: pprof -focus regular expressions (a sample counts
+# for a phase when its stack goes through a matching function).
+PROFILE_PHASES = (
+    ("GEMM (float32 FMA assembly, packing included)", r"linalg\.gemmWith"),
+    ("CholeskyQR2 (bases and B, float64 kernels)", r"linalg\.\(\*cholQR\)"),
+    ("Householder LQ (dgelqf + dorglq)", r"lapack/gonum\.Implementation\.(Dgelqf|Dorglq)"),
+    ("core SVD of the l×l factor (dgesvd)", r"lapack/gonum\.Implementation\.Dgesvd"),
+    ("Gaussian test matrix", r"NormFloat64"),
+    ("non-finite scan of A", r"linalg\.firstNonFinite"),
+)
+PROFILE_TOTAL = re.compile(r"Showing nodes accounting for \S+, ([\d.]+)% of (\S+) total")
 
 
 def build(tmp: Path) -> Path:
@@ -114,6 +126,45 @@ def cpu_id() -> str:
         f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')} "
         f"stepping {fields.get('stepping', '?')}; {' '.join(ext) or 'no AVX2/FMA/AVX-512'}"
     )
+
+
+def profile(binary: Path, tmp: Path) -> list[list[object]]:
+    """CPU profile of ``BenchmarkRSVDShapes/1024x1024`` (2 threads): the share
+    of the samples spent in each phase of ``PROFILE_PHASES``."""
+    prof = tmp / "rsvd.prof"
+    subprocess.run(
+        [
+            str(binary),
+            "-test.run=^$",
+            f"-test.bench=^BenchmarkRSVDShapes$/^{PROFILE_SHAPE}$",
+            "-test.benchtime=40x",
+            f"-test.cpu={THREADS}",
+            f"-test.cpuprofile={prof}",
+        ],
+        cwd=ROOT / "gocore" / "linalg",
+        capture_output=True,
+        check=True,
+    )
+    rows: list[list[object]] = []
+    for phase, regex in PROFILE_PHASES:
+        res = subprocess.run(
+            [
+                "go",
+                "tool",
+                "pprof",
+                "-top",
+                "-nodecount=1",
+                f"-focus={regex}",
+                str(binary),
+                str(prof),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        m = PROFILE_TOTAL.search(res.stdout)
+        rows.append([phase, f"`{regex}`", float(m.group(1)) if m else 0.0])
+    return rows
 
 
 def torch_time(fn: Callable[[], object], calls: int, warmup: bool = True) -> float:
@@ -213,6 +264,7 @@ def main() -> None:
                 if key.startswith("GemmKernels/"):
                     gemm.setdefault(key, []).append(metrics["GFLOP/s"])
                     gemm_of_peak.setdefault(key, []).append(metrics["GFLOP/s"] / peak)
+        prof_rows = profile(binary, Path(tmp))
     elapsed = time.perf_counter() - t0
 
     # The repetition whose FMA peak was highest: the least disturbed by
@@ -283,6 +335,10 @@ def main() -> None:
         ],
         gemm_rows,
     )
+    rep.extra_tables[f"CPU profile of the Go side, {PROFILE_SHAPE}, 2 threads"] = (
+        ["phase", "pprof -focus", "% of samples"],
+        prof_rows,
+    )
     rep.baselines["peak FMA GFLOP/s per repetition (register-only FMA loop, 2 threads)"] = [
         round(p, 1) for p in peaks
     ]
@@ -305,6 +361,9 @@ def main() -> None:
         "independent ZMM FMAs an iteration, registers only) on 2 goroutines, measured "
         "in each repetition next to the GEMMs: what this process gets from the FMA "
         "units, clock and other load included.",
+        "orthonormalisation: CholeskyQR2 in float64 on AVX-512 kernels (gocore/linalg/"
+        "cholqr.go) where the CPU has AVX-512 and the panel is well enough conditioned, "
+        "else Householder LQ (gonum dgelqf + dorglq); the profile table shows which ran.",
         "the GEMM's results are not bit-identical to the portable (plain-Go, -tags "
         "purego) build: one fused multiply-add per step; the difference is bounded "
         "(gocore/linalg/gemm.go, gemm_fma_test.go).",

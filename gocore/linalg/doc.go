@@ -21,7 +21,10 @@
 // factorisations (Householder QR/LQ and the SVD of
 // the (k+p)×(k+p) core) run in float64 through gonum's native LAPACK
 // (gonum.org/v1/gonum/lapack/gonum); no function in this package ever forms
-// a full SVD of the big matrix.
+// a full SVD of the big matrix. On CPUs with AVX-512 the randomized SVD
+// orthonormalises its bases by CholeskyQR2 instead (cholqr.go: float64
+// Gram matrix and triangular product on assembly kernels whose Go twins give
+// the same bits), falling back to Householder for ill-conditioned panels.
 //
 // For exact decompositions of weight-sized matrices (the subspace merges of
 // gocore/merge) it has [SymEig], a symmetric eigensolver (Householder

@@ -58,6 +58,11 @@ const (
 	gemmShortWide = 256
 )
 
+// gemmTasksPerThread is how many tasks per thread gemm aims at when it
+// splits the column panels of a C with few row blocks (a var for the
+// tuning benchmarks).
+var gemmTasksPerThread = 4
+
 // operand is a float32 matrix operand of gemm: element (i, p) is
 // data[i*ld+p], or data[p*ld+i] when trans is set.
 type operand struct {
@@ -215,7 +220,7 @@ func gemmWith(pool parallel.Pool, kern microKernel, m, n, k int, a, b operand, b
 	// does not change its bits.
 	groups := 1
 	if threads := pool.Size(); rowTasks < 2*threads {
-		groups = min(panels, (4*threads+rowTasks-1)/rowTasks)
+		groups = min(panels, (gemmTasksPerThread*threads+rowTasks-1)/rowTasks)
 	}
 	perGroup := (panels + groups - 1) / groups
 	groups = (panels + perGroup - 1) / perGroup
@@ -235,7 +240,7 @@ func gemmWith(pool parallel.Pool, kern microKernel, m, n, k int, a, b operand, b
 		}
 		s.ap = growF32(s.ap, subs*mr*min(k, kcMax))
 		if shortWide {
-			s.bp = growF32(s.bp, min(k, kcMax)*nr)
+			s.bp = growF32(s.bp, min(k, kcMax)*nr*(p1-p0))
 		}
 		s.tiles = growF32(s.tiles, nTiles*tileLen)
 		if cap(s.zero) < subs {
@@ -255,6 +260,11 @@ func gemmWith(pool parallel.Pool, kern microKernel, m, n, k int, a, b operand, b
 				r0 := i0 + rows/mr*mr
 				packA(s.ap, a, mr, r0, i0+rows-r0, k0, kc, zero[:1], false)
 			}
+			if shortWide {
+				// The task's kc×nr blocks of B, all its panels at once:
+				// B's rows are read in runs of (p1−p0)·nr values.
+				packBPanels(s.bp, b, k0, kc, p0*nr, min(p1*nr, n)-p0*nr, nr)
+			}
 			// Panel outer, row panel inner: the kc×nr block of packed B
 			// stays in L1 while every mr-row panel of the task uses it.
 			for p := p0; p < p1; p++ {
@@ -262,8 +272,7 @@ func gemmWith(pool parallel.Pool, kern microKernel, m, n, k int, a, b operand, b
 				ncols := min(nr, n-c0)
 				var bpk []float32
 				if shortWide {
-					bpk = s.bp[:kc*nr]
-					packBBlock(bpk, b, k0, k0+kc, c0, ncols, nr)
+					bpk = s.bp[(p-p0)*kc*nr : (p-p0+1)*kc*nr]
 				} else {
 					off := (p*k + k0) * nr
 					bpk = bp[off : off+kc*nr]
@@ -357,6 +366,31 @@ func packBBlock(dst []float32, b operand, p0, p1, j0, w, nr int) {
 	}
 	for p := p0; p < p1; p++ {
 		copy(dst[(p-p0)*nr:(p-p0)*nr+w], b.data[p*b.ld+j0:p*b.ld+j0+w])
+	}
+}
+
+// packBPanels packs rows k0…k0+kc−1, columns j0…j0+w−1 of the operand b
+// as consecutive kc×nr blocks of nr columns each, as packBBlock does one
+// block (the last block zero padded). For b stored by rows it copies each
+// row's run of w values in one visit.
+func packBPanels(dst []float32, b operand, k0, kc, j0, w, nr int) {
+	panels := (w + nr - 1) / nr
+	dst = dst[:panels*kc*nr]
+	if b.trans {
+		for q := 0; q < panels; q++ {
+			c0 := q * nr
+			packBBlock(dst[q*kc*nr:(q+1)*kc*nr], b, k0, k0+kc, j0+c0, min(nr, w-c0), nr)
+		}
+		return
+	}
+	if w < panels*nr {
+		clear(dst[(panels-1)*kc*nr:])
+	}
+	for p := 0; p < kc; p++ {
+		src := b.data[(k0+p)*b.ld+j0 : (k0+p)*b.ld+j0+w]
+		for q, c0 := 0, 0; c0 < w; q, c0 = q+1, c0+nr {
+			copy(dst[q*kc*nr+p*nr:q*kc*nr+p*nr+nr], src[c0:min(c0+nr, w)])
+		}
 	}
 }
 

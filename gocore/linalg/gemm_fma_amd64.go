@@ -74,7 +74,7 @@ const (
 func fmaKernels() []microKernel {
 	var ks []microKernel
 	if hasAVX512 {
-		ks = append(ks, fmaMicroKernel("fma512", mr512, nr512fma, 64, fmaKernel512))
+		ks = append(ks, fmaMicroKernel("fma512", mr512, nr512fma, 256, fmaKernel512))
 	}
 	if hasAVX2FMA {
 		ks = append(ks, fmaMicroKernel("fma256", mr256, nr256fma, 512, fmaKernel256))

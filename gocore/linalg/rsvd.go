@@ -76,14 +76,18 @@ type SVD struct {
 // randomized range finder of Halko, Martinsson & Tropp (2011): a Gaussian
 // test matrix Ω (n×l, l = k+p) drawn sequentially from a PCG stream seeded by
 // opt.Seed, Y = A·Ω, then q subspace iterations (Algorithm 4.4) with a
-// Householder re-orthonormalisation after every product by A and by Aᵀ, then
+// re-orthonormalisation after every product by A and by Aᵀ, then
 // (Algorithm 5.1) B = Qᵀ·A (l×n), whose SVD is obtained from an LQ
 // factorisation B = L·Q_B followed by a dense SVD of the l×l factor L
 // (both in float64, backward stable: no squaring of the spectrum as with an
 // eigen-decomposition of B·Bᵀ). Finally U = Q·U_L and Vt = V_Lᵀ·Q_B.
 //
+// The orthonormalisations and the LQ factorisation of B are CholeskyQR2
+// in float64 on AVX-512 kernels (cholqr.go) where the CPU has them and the
+// panel is not too ill-conditioned for it (cond ≲ 10⁷, checked), else
+// Householder (LAPACK dgelqf + dorglq, gonum's native implementation).
 // The orthonormal bases are stored transposed (l×m and l×n, one basis vector
-// per row), as the Householder LQ factorisation wants them; the big products
+// per row), as both factorisations want them; the big products
 // run on this package's own float32 GEMM (gemm.go), vectorised across the l
 // basis vectors: FMA assembly kernels on amd64 (AVX-512 or AVX2), the
 // portable kernels elsewhere or with -tags purego. The result is the same
@@ -100,8 +104,10 @@ type SVD struct {
 // an empty matrix, a NaN/Inf entry, or a non-converging core SVD.
 //
 // Cost: (2q+2) products of m×n by n×l (≈ 2·m·n·l flops each) in float32
-// (see gemm.go), plus O((m+n)·l²) float64 work for the factorisations and
-// O(m·n) for the input scan. Memory: O((m+n)·l) besides the output.
+// (see gemm.go), plus O((m+n)·l²) float64 work for the factorisations.
+// NaN and ±Inf are found in Y = A·Ω (a non-finite entry of A makes its row
+// of Y non-finite), A itself being scanned only then. Memory: O((m+n)·l)
+// besides the output.
 func RandomizedSVD(a Matrix, opt Options) (SVD, error) {
 	if err := a.check("a"); err != nil {
 		return SVD{}, fmt.Errorf("randomized svd: %w", err)
@@ -113,37 +119,65 @@ func RandomizedSVD(a Matrix, opt Options) (SVD, error) {
 	if opt.Rank < 1 {
 		return SVD{}, fmt.Errorf("randomized svd: rank %d < 1: %w", opt.Rank, errShape)
 	}
-	if i := firstNonFinite(a.Data); i >= 0 {
-		return SVD{}, fmt.Errorf("randomized svd: non-finite entry %v at (%d, %d)", a.Data[i], i/n, i%n)
-	}
 	k, l, q := opt.resolved(m, n)
 	pool := opt.Pool
 
 	// Ωᵀ (l×n), later reused for the transposed right bases (l×n) and B.
 	w := make([]float32, l*n)
 	rng := rand.New(rand.NewPCG(opt.Seed, pcgStream))
+	zeroInOmega := false
 	for i := range w {
 		w[i] = float32(rng.NormFloat64())
+		zeroInOmega = zeroInOmega || w[i] == 0
 	}
 	// Qᵀ (l×m): the transposed left basis.
 	qt := make([]float32, l*m)
 	var h householder
+	cq := cholQR{kern: cholKern}
+	fast := cholFast
+	// The bases of the power iterations may keep one CholeskyQR pass;
+	// the last Q (that of U = Q·U_L) gets both.
+	orth := func(p []float32, r, c int, last bool) {
+		if fast && cq.rows(pool, p, r, c, !last) {
+			return
+		}
+		h.orthoRows(p, r, c)
+	}
 
 	// Yᵀ = Ωᵀ·Aᵀ; Q = orth(Y).
 	timesBasis(pool, qt, a, w)
-	h.orthoRows(qt, l, m)
-	for range q {
+	// A NaN or ±Inf in row i of A makes row i of Y = A·Ω non-finite when
+	// Ω has no zero (each entry of Y is a chain of sums that takes in the
+	// non-finite product A[i][p]·Ω[p][j] and cannot return to a finite
+	// value), so A itself is scanned only then, or when Ω has a zero
+	// (probability about l·n·2⁻³²), to name the first such entry.
+	if zeroInOmega || firstNonFinite(qt) >= 0 {
+		if i := firstNonFinite(a.Data); i >= 0 {
+			return SVD{}, fmt.Errorf("randomized svd: non-finite entry %v at (%d, %d)", a.Data[i], i/n, i%n)
+		}
+	}
+	orth(qt, l, m, q == 0)
+	for it := range q {
 		// Zᵀ = Qᵀ·A = (Aᵀ·Q)ᵀ; Q̃ = orth(Z).
 		basisTimes(pool, w, qt, a)
-		h.orthoRows(w, l, n)
+		orth(w, l, n, false)
 		// Yᵀ = Q̃ᵀ·Aᵀ = (A·Q̃)ᵀ; Q = orth(Y).
 		timesBasis(pool, qt, a, w)
-		h.orthoRows(qt, l, m)
+		orth(qt, l, m, it == q-1)
 	}
 	// B = Qᵀ·A (l×n).
 	basisTimes(pool, w, qt, a)
 
-	ul, s, vt, err := smallSVD(w, l, n, k, &h)
+	var ul, s []float32
+	var vt Matrix
+	var err error
+	ok := false
+	if fast {
+		ul, s, vt, ok = smallSVDGram(pool, &cq, w, l, n, k)
+	}
+	if !ok {
+		ul, s, vt, err = smallSVD(w, l, n, k, &h)
+	}
 	if err != nil {
 		return SVD{}, fmt.Errorf("randomized svd of %d×%d, rank %d: %w", m, n, k, err)
 	}
@@ -200,6 +234,44 @@ func smallSVD(b []float32, l, n, k int, h *householder) (ul []float32, s []float
 		s[i] = float32(math.Max(sig[i], 0))
 	}
 	return ul, s, vt, nil
+}
+
+// gramSVDMinRatio is the smallest λ_{k−1}/λ_0 (eigenvalues of B·Bᵀ, i.e.
+// (σ_{k−1}/σ_0)²) for which smallSVDGram's result is kept: each σ_i is
+// then within about u·(σ_0/σ_i)² ≤ 2⁻³³ (relative) of that of a
+// backward-stable SVD, far below float32's rounding.
+const gramSVDMinRatio = 0x1p-20
+
+// smallSVDGram is smallSVD through the eigendecomposition of the l×l
+// Gram matrix B·Bᵀ = U_L·Σ²·U_Lᵀ, formed in float64 on the CholeskyQR2's
+// gram kernel (products of float32 entries are exact), solved by [SymEig];
+// then Vt = Σ⁻¹·U_L[:, :k]ᵀ·B on the apply kernel. Squaring the spectrum
+// costs accuracy for small σ only: ok is false (and the caller falls back
+// to smallSVD's LQ + dgesvd) when σ_{k−1}/σ_0 < 2⁻¹⁰ (gramSVDMinRatio),
+// when σ_0 = 0, or when SymEig fails.
+func smallSVDGram(pool parallel.Pool, cq *cholQR, b []float32, l, n, k int) (ul []float32, s []float32, vt Matrix, ok bool) {
+	cq.load(b, l, n)
+	cq.gram(pool, cq.x)
+	g := make([]float64, l*l)
+	for i := 0; i < l; i++ {
+		copy(g[i*l:(i+1)*l], cq.g[i*cq.rp:i*cq.rp+l])
+	}
+	vals, z, err := SymEig(pool, g, l)
+	if err != nil || !(vals[0] > 0) || !(vals[k-1] >= gramSVDMinRatio*vals[0]) || math.IsInf(vals[0], 0) {
+		return nil, nil, Matrix{}, false
+	}
+	s = make([]float32, k)
+	t := make([]float64, k*l) // Σ⁻¹·U_L[:, :k]ᵀ
+	ul = make([]float32, l*k)
+	for i := 0; i < k; i++ {
+		sig := math.Sqrt(vals[i])
+		s[i] = float32(sig)
+		for p, v := range z[i*l : (i+1)*l] {
+			t[i*l+p] = v / sig
+			ul[p*k+i] = float32(v)
+		}
+	}
+	return ul, s, cq.timesQ(pool, t, k, l), true
 }
 
 // fixSigns flips singular pairs (column j of u, row j of vt) so that the

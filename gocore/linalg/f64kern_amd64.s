@@ -1,0 +1,170 @@
+//go:build amd64 && !purego
+
+#include "textflag.h"
+
+// float64 AVX-512 kernels of the CholeskyQR2 orthonormalisation (cholqr.go,
+// f64kern_amd64.go). Every output element (lane) is one chain of fused
+// multiply-adds in index order starting from +0, exactly as the Go twins
+// gramGo and applyGo compute it with math.FMA, so both give the same bits.
+// Each routine ends with VZEROUPPER (see gemm_fma_amd64.s).
+
+// func gramKernel512(n int, x, y *float64, ld int, out *float64)
+// 4×4 block of dot products, lane-wise: out[(4i+j)*8+c] = Σ_t x_i[8t+c]·y_j[8t+c]
+// for t = 0…n/8−1 (n a multiple of 8, rows ld bytes apart). Accumulators
+// Z0–Z15 (Z(4i+j)), the x rows in Z16–Z19, the y rows in Z20–Z23.
+TEXT ·gramKernel512(SB), NOSPLIT, $0-40
+	MOVQ n+0(FP), CX
+	MOVQ x+8(FP), SI
+	MOVQ y+16(FP), DI
+	MOVQ ld+24(FP), R8
+	MOVQ out+32(FP), DX
+	LEAQ (R8)(R8*2), R9
+	VPXORQ Z0, Z0, Z0
+	VMOVAPD Z0, Z1
+	VMOVAPD Z0, Z2
+	VMOVAPD Z0, Z3
+	VMOVAPD Z0, Z4
+	VMOVAPD Z0, Z5
+	VMOVAPD Z0, Z6
+	VMOVAPD Z0, Z7
+	VMOVAPD Z0, Z8
+	VMOVAPD Z0, Z9
+	VMOVAPD Z0, Z10
+	VMOVAPD Z0, Z11
+	VMOVAPD Z0, Z12
+	VMOVAPD Z0, Z13
+	VMOVAPD Z0, Z14
+	VMOVAPD Z0, Z15
+	SHRQ $3, CX
+	JZ gramdone
+gramloop:
+	VMOVUPD (SI), Z16
+	VMOVUPD (SI)(R8*1), Z17
+	VMOVUPD (SI)(R8*2), Z18
+	VMOVUPD (SI)(R9*1), Z19
+	VMOVUPD (DI), Z20
+	VMOVUPD (DI)(R8*1), Z21
+	VMOVUPD (DI)(R8*2), Z22
+	VMOVUPD (DI)(R9*1), Z23
+	VFMADD231PD Z20, Z16, Z0
+	VFMADD231PD Z21, Z16, Z1
+	VFMADD231PD Z22, Z16, Z2
+	VFMADD231PD Z23, Z16, Z3
+	VFMADD231PD Z20, Z17, Z4
+	VFMADD231PD Z21, Z17, Z5
+	VFMADD231PD Z22, Z17, Z6
+	VFMADD231PD Z23, Z17, Z7
+	VFMADD231PD Z20, Z18, Z8
+	VFMADD231PD Z21, Z18, Z9
+	VFMADD231PD Z22, Z18, Z10
+	VFMADD231PD Z23, Z18, Z11
+	VFMADD231PD Z20, Z19, Z12
+	VFMADD231PD Z21, Z19, Z13
+	VFMADD231PD Z22, Z19, Z14
+	VFMADD231PD Z23, Z19, Z15
+	ADDQ $64, SI
+	ADDQ $64, DI
+	DECQ CX
+	JNZ gramloop
+gramdone:
+	VMOVUPD Z0, 0(DX)
+	VMOVUPD Z1, 64(DX)
+	VMOVUPD Z2, 128(DX)
+	VMOVUPD Z3, 192(DX)
+	VMOVUPD Z4, 256(DX)
+	VMOVUPD Z5, 320(DX)
+	VMOVUPD Z6, 384(DX)
+	VMOVUPD Z7, 448(DX)
+	VMOVUPD Z8, 512(DX)
+	VMOVUPD Z9, 576(DX)
+	VMOVUPD Z10, 640(DX)
+	VMOVUPD Z11, 704(DX)
+	VMOVUPD Z12, 768(DX)
+	VMOVUPD Z13, 832(DX)
+	VMOVUPD Z14, 896(DX)
+	VMOVUPD Z15, 960(DX)
+	VZEROUPPER
+	RET
+
+// func applyKernel512(kk int, t *float64, ldt int, y *float64, ldy int, out *float64, ldo int)
+// 4×32 tile of out = T·Y: out[r][c] = Σ_{j<kk} t[r][j]·y[j][c], T's rows ldt
+// bytes apart, Y's ldy, out's ldo. Accumulators Z0–Z15 (row r in
+// Z(4r)…Z(4r+3)), the Y row in Z16–Z19, the broadcast T entries in Z20–Z23.
+TEXT ·applyKernel512(SB), NOSPLIT, $0-56
+	MOVQ kk+0(FP), CX
+	MOVQ t+8(FP), SI
+	MOVQ ldt+16(FP), R8
+	MOVQ y+24(FP), DI
+	MOVQ ldy+32(FP), R10
+	MOVQ out+40(FP), DX
+	MOVQ ldo+48(FP), R11
+	LEAQ (R8)(R8*2), R9
+	VPXORQ Z0, Z0, Z0
+	VMOVAPD Z0, Z1
+	VMOVAPD Z0, Z2
+	VMOVAPD Z0, Z3
+	VMOVAPD Z0, Z4
+	VMOVAPD Z0, Z5
+	VMOVAPD Z0, Z6
+	VMOVAPD Z0, Z7
+	VMOVAPD Z0, Z8
+	VMOVAPD Z0, Z9
+	VMOVAPD Z0, Z10
+	VMOVAPD Z0, Z11
+	VMOVAPD Z0, Z12
+	VMOVAPD Z0, Z13
+	VMOVAPD Z0, Z14
+	VMOVAPD Z0, Z15
+	TESTQ CX, CX
+	JLE applydone
+applyloop:
+	VMOVUPD 0(DI), Z16
+	VMOVUPD 64(DI), Z17
+	VMOVUPD 128(DI), Z18
+	VMOVUPD 192(DI), Z19
+	VBROADCASTSD (SI), Z20
+	VBROADCASTSD (SI)(R8*1), Z21
+	VBROADCASTSD (SI)(R8*2), Z22
+	VBROADCASTSD (SI)(R9*1), Z23
+	VFMADD231PD Z16, Z20, Z0
+	VFMADD231PD Z17, Z20, Z1
+	VFMADD231PD Z18, Z20, Z2
+	VFMADD231PD Z19, Z20, Z3
+	VFMADD231PD Z16, Z21, Z4
+	VFMADD231PD Z17, Z21, Z5
+	VFMADD231PD Z18, Z21, Z6
+	VFMADD231PD Z19, Z21, Z7
+	VFMADD231PD Z16, Z22, Z8
+	VFMADD231PD Z17, Z22, Z9
+	VFMADD231PD Z18, Z22, Z10
+	VFMADD231PD Z19, Z22, Z11
+	VFMADD231PD Z16, Z23, Z12
+	VFMADD231PD Z17, Z23, Z13
+	VFMADD231PD Z18, Z23, Z14
+	VFMADD231PD Z19, Z23, Z15
+	ADDQ $8, SI
+	ADDQ R10, DI
+	DECQ CX
+	JNZ applyloop
+applydone:
+	VMOVUPD Z0, 0(DX)
+	VMOVUPD Z1, 64(DX)
+	VMOVUPD Z2, 128(DX)
+	VMOVUPD Z3, 192(DX)
+	ADDQ R11, DX
+	VMOVUPD Z4, 0(DX)
+	VMOVUPD Z5, 64(DX)
+	VMOVUPD Z6, 128(DX)
+	VMOVUPD Z7, 192(DX)
+	ADDQ R11, DX
+	VMOVUPD Z8, 0(DX)
+	VMOVUPD Z9, 64(DX)
+	VMOVUPD Z10, 128(DX)
+	VMOVUPD Z11, 192(DX)
+	ADDQ R11, DX
+	VMOVUPD Z12, 0(DX)
+	VMOVUPD Z13, 64(DX)
+	VMOVUPD Z14, 128(DX)
+	VMOVUPD Z15, 192(DX)
+	VZEROUPPER
+	RET
