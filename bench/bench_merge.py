@@ -31,7 +31,7 @@ from _common import Report, Timing, import_npsfuse, measure, triad
 npsfuse = import_npsfuse()
 from npsfuse import _core  # noqa: E402
 from npsfuse._bridge import ArrowPack  # noqa: E402
-from npsfuse.merging import DATA_AWARE, DEFAULT_NORMALIZE, _params  # noqa: E402
+from npsfuse.merging import BASE_AS_MODEL, DATA_AWARE, DEFAULT_NORMALIZE, _params  # noqa: E402
 
 StateDict = dict[str, torch.Tensor]
 TorchMerge = Callable[[StateDict, Sequence[StateDict], "Params"], StateDict]
@@ -351,8 +351,9 @@ def main() -> None:
                 }
             else:  # the method's own defaults
                 kw = {}
-            last["npsfuse"] = npsfuse.merge(
-                base, used, p.method, density=p.density, lam=p.lam, seed=p.seed, **kw
+            last["npsfuse"] = npsfuse.merge(  # linear: the models alone (base=None)
+                None if p.method in BASE_AS_MODEL else base, used, p.method,
+                density=p.density, lam=p.lam, seed=p.seed, **kw
             )
 
         def run_torch(p: Params = p, last: dict[str, StateDict] = last) -> None:
@@ -374,7 +375,7 @@ def main() -> None:
                 first = next(iter(base))
                 t0 = time.perf_counter()
                 npsfuse.merge(
-                    {first: base[first]},
+                    None if method in BASE_AS_MODEL else {first: base[first]},
                     [{first: m[first]} for m in used],
                     method,
                     density=p.density,

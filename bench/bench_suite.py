@@ -40,6 +40,7 @@ npsfuse = import_npsfuse()
 from npsfuse import _core  # noqa: E402
 from npsfuse._bridge import ArrowPack  # noqa: E402
 from npsfuse.merging import (  # noqa: E402
+    BASE_AS_MODEL,
     DATA_AWARE,
     DEFAULT_NORMALIZE,
     DEFAULT_SCOPE,
@@ -132,8 +133,9 @@ def main() -> None:
         arrays = len(ms) + 1 + (0 if method in ("linear", "slerp") else 1)
         moved = arrays * 4 * n
         kw = REQUIRED.get(method, {})
-        t_merge = measure(lambda m=method, s=scope, ms=ms, kw=kw: npsfuse.merge(base, ms, m,
-                                                                               scope=s, **kw),
+        b = None if method in BASE_AS_MODEL else base  # linear: the models alone
+        t_merge = measure(lambda m=method, s=scope, ms=ms, kw=kw, b=b: npsfuse.merge(b, ms, m,
+                                                                                    scope=s, **kw),
                           repeat=args.repeat, warmup=1)
         t_eng = measure(lambda m=method, s=scope, ms=ms: engine_call(m, s, base, ms, outs),
                         repeat=args.repeat, warmup=1)

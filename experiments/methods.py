@@ -43,12 +43,15 @@ REBUILD_TOL = 1e-5
 
 @dataclass(frozen=True)
 class MergeSpec:
-    """One row of plain merging: ``npsfuse.merge(θ₀, fts, method, **params)``."""
+    """One row of plain merging: ``npsfuse.merge(θ₀, fts, method, **params)``
+    (``npsfuse.merge(None, fts, …)`` when ``base`` is false: weight averaging
+    of the fine-tunes alone, which ``linear`` with θ₀ would average in)."""
 
     row: str
     method: str
     params: dict[str, Any] = field(default_factory=dict)
     lam_grid: bool = True
+    base: bool = True
 
 
 @dataclass
@@ -120,7 +123,7 @@ def plan(cfg: Config, available: Sequence[str] | None = None) -> Plan:
         if why is None and spec.method in avail:
             specs.append(spec)
 
-    add(MergeSpec(names.AVERAGING, "linear", {}, False))
+    add(MergeSpec(names.AVERAGING, "linear", {}, False, base=False))
     add(MergeSpec(names.TA_NOVAL, "task_arithmetic", {"lam": 0.4}, False))
     add(MergeSpec(names.ties_noval(d), "ties", {"density": d, "lam": 1.0}, False))
     add(MergeSpec(names.NEURO_NOVAL, "neuro", {}, False))
@@ -299,7 +302,8 @@ def build_fn(st: Study, spec: MergeSpec) -> Callable[[float], StateDict]:
     def build(lam: float) -> StateDict:
         call = {**params, "lam": lam} if takes_lam else params
         with st.meter.work(f"merge:{spec.method}", len(st.finetuned) * st.n_params):
-            return npsfuse.merge(st.theta0, st.finetuned, spec.method, **call)
+            return npsfuse.merge(st.theta0 if spec.base else None, st.finetuned, spec.method,
+                                 **call)
 
     if not spec.lam_grid:
         fixed_lam = params.pop("lam", 1.0)

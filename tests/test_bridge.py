@@ -165,4 +165,8 @@ def test_merge_returns_fresh_tensors_not_inputs() -> None:
     base, models = make_family({"w": (10, 10)}, n_models=1, seed=32)
     out = npsfuse.merge(base, models, "linear")
     assert out["w"].data_ptr() not in (base["w"].data_ptr(), models[0]["w"].data_ptr())
-    assert torch.equal(out["w"], models[0]["w"])  # the average of one model is itself
+    # linear averages the base in as the last model
+    assert torch.equal(out["w"], (models[0]["w"] + base["w"]) / 2)
+    alone = npsfuse.merge(None, models, "linear")
+    assert alone["w"].data_ptr() != models[0]["w"].data_ptr()
+    assert torch.equal(alone["w"], models[0]["w"])  # the average of one model is itself

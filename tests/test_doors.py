@@ -108,10 +108,9 @@ def test_notebook_cli_daemon_agree(method: str, tmp_path: Path, daemon) -> None:
     want = npsfuse.merge(base, models, method, **kw)
 
     base_dir, dirs = _save(tmp_path, base, models)
-    # A YAML linear with a base_model averages the base in (as mergekit);
-    # npsfuse.merge's linear ignores its base: the configs name none. A
+    # linear averages the base in at every door (as mergekit). A
     # passthrough config with a base is refused (two inputs, as mergekit).
-    no_base = method in ("linear", "passthrough")
+    no_base = method == "passthrough"
     yaml_base = None if no_base else str(base_dir)
     cfg = {"merge_method": method, "base_model": yaml_base, **top,
            "models": [{"model": str(d), "parameters": p} for d, p in

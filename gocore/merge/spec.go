@@ -171,8 +171,9 @@ type MethodSpec struct {
 	// BaseAsModel methods, in a mergekit config, merge a base_model that
 	// is not among the models as one more model, the last, with the
 	// global parameters (mergekit's linear): stream.ParseConfig (the CLI
-	// and the daemon) applies it. npsfuse.merge does not yet (its linear
-	// ignores the base).
+	// and the daemon) and npsfuse.merge (python/npsfuse/merging.py, which
+	// reads the flag from MethodSpecs) apply it; npsfuse.merge accepts
+	// base=None only for these methods.
 	BaseAsModel bool `json:"base_as_model,omitempty"`
 	// Overrides change a shared parameter's declaration for this method
 	// (nearswap's t is a distance threshold, slerp's an interpolation

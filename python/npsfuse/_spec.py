@@ -49,6 +49,10 @@ class Method:
     data_aware: bool
     mergekit: bool
     rescale: bool = False
+    #: A ``base_model`` that is not among the models is merged as one more
+    #: model, the last, with the global parameters (mergekit's ``linear``);
+    #: such a method also merges without a base.
+    base_as_model: bool = False
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,7 @@ def table() -> Table:
         m["name"]: Method(m["name"], m["doc"], tuple(m.get("params") or ()), m["min_models"],
                           m.get("max_models", 0), m["normalize"], m["scope"],
                           m.get("data_aware", False), m.get("mergekit", False),
-                          m.get("rescale", False))
+                          m.get("rescale", False), m.get("base_as_model", False))
         for m in raw["methods"]
     }
     return Table(methods, params, tuple(raw["common"]))
@@ -122,13 +126,21 @@ def _is_setting(v: Any) -> bool:
     return _is_list(v) and len(v) > 0 and all(isinstance(x, dict) for x in v)
 
 
-def payload(method: str, n_models: int, values: dict[str, Any]) -> dict[str, Any]:
+def payload(
+    method: str, n_models: int, values: dict[str, Any], base_last: bool = False
+) -> dict[str, Any]:
     """The engine's JSON for ``values``, keyed by :func:`npsfuse.merge`'s
     keywords (``weights``, ``lam``, method parameters): a list for a
     per-model parameter gives each model its own value (a number, or a
     gradient list or filter list for that model); a dict or a list of dicts
     is a filter list for every model; for a parameter that takes one value,
     a list is a gradient over the layers (see docs/methods.md).
+
+    ``base_last``: the last of the ``n_models`` is the base, merged as a
+    model (a ``base_as_model`` method): a per-model list may leave its value
+    out (``n_models − 1`` entries), and the base then takes the global
+    value, else the declared default, as a YAML config's ``base_model``
+    does; with ``n_models`` entries the last is the base's.
 
     Raises
     ------
@@ -151,7 +163,13 @@ def payload(method: str, n_models: int, values: dict[str, Any]) -> dict[str, Any
             continue
         if _is_list(v) and p is not None and p.per_model != "global":
             vals = list(v)
-            if len(vals) != n_models:
+            if base_last and len(vals) not in (n_models - 1, n_models):
+                raise ValueError(
+                    f"{len(vals)} values of {key} given for {n_models - 1} models ({method} "
+                    f"also merges the base, as the last model: give {n_models - 1} values, "
+                    f"or {n_models} with the base's last)"
+                )
+            if not base_last and len(vals) != n_models:
                 raise ValueError(f"{len(vals)} values of {key} given for {n_models} models")
             for i, x in enumerate(vals):
                 models[i][name] = _setting(x)

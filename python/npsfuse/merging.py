@@ -38,6 +38,11 @@ METHOD_PARAMS: dict[str, dict[str, Any]] = {
     m: _spec.method_params(m) for m in _TABLE.methods if _spec.method_params(m)
 }
 
+#: Methods that merge a base not among the models as one more model, the
+#: last (mergekit's ``linear``), and merge without a base when ``base=None``:
+#: the spec table's ``base_as_model``.
+BASE_AS_MODEL = frozenset(m.name for m in _TABLE.methods.values() if m.base_as_model)
+
 #: Methods that need per-model statistics (``statistics=``, see :mod:`npsfuse.stats`).
 DATA_AWARE = frozenset(m.name for m in _TABLE.methods.values() if m.data_aware)
 
@@ -141,7 +146,7 @@ _DTYPE_NAMES: dict[torch.dtype, str] = {
 
 def _plan(
     base: StateDict, models: Sequence[StateDict], patterns: Sequence[str] | None = None,
-    mtype: str = "", verify: bool = True,
+    mtype: str = "", verify: bool = True, no_base: bool = False,
 ) -> list[dict[str, Any]]:
     """Match ``models`` with ``base`` by the engine's planner (``gocore/plan``,
     the rule and the words of ``npsfuse merge`` and the daemon): one entry per
@@ -149,11 +154,16 @@ def _plan(
     (integer and boolean tensors, whose values every model must share: compared
     here unless ``verify`` is false), ``"transposed"`` under ``patterns``
     (``None``: those of ``mtype``). Inputs that do not fit raise ``TypeError``
-    (dtypes, integer values) or ``ValueError``, listing every problem."""
+    (dtypes, integer values) or ``ValueError``, listing every problem.
+    ``no_base``: there is no base (``base`` is ``models[0]``), and messages
+    name the first model "model 0", as for a YAML config without
+    ``base_model``."""
+    options: dict[str, Any] = {"transposed": None if patterns is None else list(patterns),
+                               "model_type": mtype}
+    if no_base:
+        options["no_base"] = True
     request: dict[str, Any] = {
-        "base": _listing(base), "models": [_listing(sd) for sd in models],
-        "options": {"transposed": None if patterns is None else list(patterns),
-                    "model_type": mtype},
+        "base": _listing(base), "models": [_listing(sd) for sd in models], "options": options,
     }
     plan = json.loads(_core.call(_core.go.PlanMerge, json.dumps(request)))
     if not plan["error"] and verify:
@@ -238,11 +248,11 @@ def _run(
 
 
 def merge(
-    base: ModelLike,
+    base: ModelLike | None,
     models: Sequence[ModelLike],
     method: str = "ties",
     *,
-    weights: Sequence[float] | None = None,
+    weights: Sequence[float] | float | None = None,
     density: float | Sequence[float] = 0.2,
     lam: float = 1.0,
     normalize: bool | None = None,
@@ -269,6 +279,14 @@ def merge(
         and returned as float64.
         ``slerp`` does not use it (it interpolates the two models) but it is
         still required: it fixes the tensor names, shapes and order.
+        ``linear`` (every method of :data:`BASE_AS_MODEL`, the spec table's
+        ``base_as_model``) averages a base that is not among ``models`` (not
+        the same object, nor the same path) in as one more model, the last,
+        as mergekit and ``npsfuse merge`` do with a ``base_model`` (see
+        ``weights`` for its weight); ``base=None`` merges the models alone
+        (the plain weight average, a model soup), the first model fixing
+        the tensor names, shapes and order, as a YAML config without
+        ``base_model``. The other methods need a base and refuse ``None``.
     models
         The fine-tuned models θ₁…θ_T, in the same forms (``slerp``: exactly 2),
         or PEFT LoRA adapters: an adapter folder (``adapter_config.json`` and
@@ -295,6 +313,13 @@ def merge(
     weights
         Per-model weights w_t (default all 1; PCB's per-task λ_t; refused by
         methods that do not use them, e.g. ``model_stock`` and ``slerp``).
+        One number is every model's weight (a YAML config's global
+        ``parameters.weight``). When ``linear`` averages the base in, the
+        base is the last model: ``len(models) + 1`` values give its weight
+        last; with ``len(models)`` values it takes the default 1, which is
+        what ``npsfuse merge`` gives a ``base_model`` without a global
+        ``parameters.weight`` (mergekit requires one there); one number is
+        the base's weight too.
         Numeric parameters also take
         mergekit's per-tensor forms (docs/methods.md): a dict
         ``{"filter": "mlp", "value": …}`` or a list of them applies to every
@@ -312,7 +337,8 @@ def merge(
         refuses a value other than the default, naming it, rather than
         ignoring it; the defaults themselves are not passed to it.
     normalize
-        Divide by the sum of weights (of the agreeing models for TIES). ``None``
+        Divide by the sum of weights (of the agreeing models for TIES; for
+        ``linear`` with its base averaged in, the base's weight included). ``None``
         takes mergekit's default for the method (True for ``linear``, ``ties``,
         ``della`` and ``consensus_ties``, False otherwise), so a mergekit
         user's numbers carry over.
@@ -385,6 +411,7 @@ def merge(
     Raises
     ------
     ValueError
+        ``base=None`` for a method that needs a base.
         Unknown method or parameter, a parameter out of range (the engine's
         spec table checks every value, with the words ``npsfuse merge`` and
         the daemon use), wrong number of weights (or of models for slerp and
@@ -418,19 +445,40 @@ def merge(
     """
     if not isinstance(models, Sequence) or isinstance(models, (str, bytes)) or not models:
         raise ValueError("models must be a non-empty list of fine-tuned models")
-    go_params = _params(method, len(models), weights=weights, density=density, lam=lam,
-                        normalize=normalize, scope=scope, seed=seed, **params)
+    _check_method(method)
+    if base is None and method not in BASE_AS_MODEL:
+        raise ValueError(
+            f"{method} needs a base model (the pre-trained θ₀); base=None is only for "
+            f"{', '.join(sorted(BASE_AS_MODEL))}, which merge the models without one"
+        )
+    # linear with a base that is not among the models: mergekit averages it
+    # in as the last model (as stream.ParseConfig does for npsfuse merge).
+    base_last = (method in BASE_AS_MODEL and base is not None
+                 and not any(_same_input(base, m) for m in models))
+    go_params = _params(method, len(models) + int(base_last), base_last, weights=weights,
+                        density=density, lam=lam, normalize=normalize, scope=scope, seed=seed,
+                        **params)
     if threads is not None:
         go_params["threads"] = int(threads)
-    base_sd = load_state_dict(base, "base")
-    model_sds = [load_state_dict(m, f"model {i}", base=base_sd) for i, m in enumerate(models)]
+    if base is None:  # the first model lays the output out, as without base_model
+        base_sd = load_state_dict(models[0], "model 0")
+        model_sds = [base_sd, *(load_state_dict(m, f"model {i}")
+                                for i, m in enumerate(models[1:], 1))]
+    else:
+        base_sd = load_state_dict(base, "base")
+        model_sds = [load_state_dict(m, f"model {i}", base=base_sd)
+                     for i, m in enumerate(models)]
+        if base_last:
+            model_sds.append(base_sd)
     full_sd = base_sd
     base_sd, model_sds = _select(base_sd, model_sds, include, exclude)
     base_sd, model_sds, wide = _narrow_float64(base_sd, model_sds)
     if isinstance(transposed, str):
         transposed = [transposed]
+    layout = models[0] if base is None else base
     plan = _plan_or_hint(base_sd, model_sds, transposed,
-                         (model_type(base) or "") if transposed is None else "")
+                         (model_type(layout) or "") if transposed is None else "",
+                         no_base=base is None)
     # In name order: a global top-k breaks ties in tensor order, as the CLI does.
     names = [e["name"] for e in plan if e["action"] == "merge"]
     flagged = frozenset(e["name"] for e in plan if e.get("transposed"))
@@ -495,13 +543,27 @@ def _narrow_float64(
     return narrow(base), [narrow(sd) for sd in models], wide
 
 
+def _same_input(a: ModelLike, b: ModelLike) -> bool:
+    """Whether ``a`` and ``b`` name the same model: the same object, or the
+    same path (as a YAML config compares ``base_model`` with the models)."""
+    if a is b:
+        return True
+    if isinstance(a, (str, os.PathLike)) and isinstance(b, (str, os.PathLike)):
+        def where(p: str | os.PathLike[str]) -> str:
+            s = os.fspath(p)
+            return os.path.realpath(s) if os.path.exists(s) else s
+        return where(a) == where(b)
+    return False
+
+
 def _plan_or_hint(
-    base: StateDict, models: Sequence[StateDict], patterns: Sequence[str] | None, mtype: str
+    base: StateDict, models: Sequence[StateDict], patterns: Sequence[str] | None, mtype: str,
+    no_base: bool = False,
 ) -> list[dict[str, Any]]:
     """:func:`_plan`, with a hint when a model that does not fit is a LoRA
     adapter's state dict (factors, not weights)."""
     try:
-        return _plan(base, models, patterns, mtype)
+        return _plan(base, models, patterns, mtype, no_base=no_base)
     except ValueError as exc:
         from ._peft import CONFIG_FILE, looks_like_adapter
 
@@ -522,11 +584,12 @@ def _is_default(value: Any, default: Any) -> bool:
             and value == default)
 
 
-def _params(method: str, n_models: int, **kw: Any) -> dict[str, Any]:
+def _params(method: str, n_models: int, base_last: bool = False, **kw: Any) -> dict[str, Any]:
     """The engine's parameters of a call, checked by the engine against the
     method's row of the spec table (the checks and messages of a YAML config
     and a daemon job); ``None`` values of the common keywords mean "the
-    method's default"."""
+    method's default". ``base_last``: the last of the ``n_models`` is the
+    base merged as a model (see :func:`npsfuse._spec.payload`)."""
     _check_method(method)
     for key in ("weights", "normalize", "scope"):
         if kw.get(key) is None:
@@ -538,7 +601,7 @@ def _params(method: str, n_models: int, **kw: Any) -> dict[str, Any]:
     for key, name in (("density", "density"), ("lam", "lambda")):
         if name not in reads and key in kw and _is_default(kw[key], _TABLE.params[name].default):
             del kw[key]
-    p = _spec.payload(method, n_models, kw)
+    p = _spec.payload(method, n_models, kw, base_last=base_last)
     _spec.check(method, n_models, p)
     return p
 

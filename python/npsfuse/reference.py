@@ -47,6 +47,10 @@ NORMALIZE_DEFAULT: dict[str, bool] = {
 
 METHODS: tuple[str, ...] = tuple(sorted(NORMALIZE_DEFAULT))
 
+#: Methods that average a base not among the models in as one more model,
+#: the last (mergekit's ``linear``), and merge without one (``base=None``).
+BASE_AS_MODEL: frozenset[str] = frozenset({"linear"})
+
 
 # --------------------------------------------------------------------- RNG
 
@@ -199,7 +203,7 @@ def disjoint_mean(w: np.ndarray, taus: Sequence[np.ndarray], normalize: bool) ->
 
 
 def merge(
-    base: Mapping[str, np.ndarray],
+    base: Mapping[str, np.ndarray] | None,
     models: Sequence[Mapping[str, np.ndarray]],
     method: str,
     *,
@@ -216,14 +220,19 @@ def merge(
     ----------
     base
         θ₀: name → array (any shape). Only floating-point tensors belong here;
-        the global top-k ranks them in sorted name order.
+        the global top-k ranks them in sorted name order. ``linear``
+        (:data:`BASE_AS_MODEL`) averages a base that is not among ``models``
+        (not the same object) in as model T+1; ``None`` for ``linear``
+        only: the models alone, named and ordered as the first.
     models
         θ₁…θ_T with the same names and shapes.
     method
         ``linear``, ``task_arithmetic``, ``ties``, ``dare_linear``,
         ``dare_ties`` or ``magnitude_prune``.
     weights, density, lam, normalize, scope, seed
-        As in ``npsfuse.merge`` (``normalize=None``: mergekit's default).
+        As in ``npsfuse.merge`` (``normalize=None``: mergekit's default);
+        with the base averaged in, T weights give it weight 1, T+1 give its
+        weight last.
 
     Returns
     -------
@@ -232,6 +241,14 @@ def merge(
     """
     if method not in NORMALIZE_DEFAULT:
         raise ValueError(f"unknown method {method!r}")
+    if base is None:
+        if method not in BASE_AS_MODEL:
+            raise ValueError(f"{method} needs a base")
+        base = models[0]
+    elif method in BASE_AS_MODEL and not any(m is base for m in models):
+        models = [*models, base]
+        if weights is not None and len(weights) == len(models) - 1:
+            weights = [*weights, 1.0]
     names = list(base)
     T = len(models)
     w = np.asarray([1.0] * T if weights is None else list(weights), dtype=F32)
