@@ -111,7 +111,7 @@ func BenchmarkGemm(b *testing.B) {
 		}{
 			{"Yt=(A*V)t/gemm", func() { timesBasis(parallel.Pool{}, c, a, vt) }},
 			{"Yt=(A*V)t/gonum", func() { impl.Sgemm(blas.NoTrans, blas.Trans, l, n, n, 1, vt, n, a.Data, n, 0, c, n) }},
-			{"Zt=Qt*A/gemm", func() { basisTimes(parallel.Pool{}, c, vt, a) }},
+			{"Zt=Qt*A/gemm", func() { basisTimes(parallel.Pool{}, c, vt, a, nil) }},
 			{"Zt=Qt*A/gonum", func() { impl.Sgemm(blas.NoTrans, blas.NoTrans, l, n, n, 1, vt, n, a.Data, n, 0, c, n) }},
 		}
 		for _, tc := range cases {

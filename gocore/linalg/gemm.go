@@ -168,6 +168,30 @@ func gemm(pool parallel.Pool, m, n, k int, a, b operand, beta float32, c operand
 
 // gemmWith is gemm with an explicit kernel.
 func gemmWith(pool parallel.Pool, kern microKernel, m, n, k int, a, b operand, beta float32, c operand) {
+	gemmPacked(pool, kern, m, n, k, a, b, beta, c, nil)
+}
+
+// packCache keeps a B operand packed whole (packB's layout) from one
+// product to the next: RandomizedSVD multiplies the same A several times
+// in the short, wide shape, whose tasks would otherwise each pack their
+// blocks of A again for every product. The packed values are B's own, so
+// the bits of the products do not depend on it. B's values must not change
+// while it is cached (the cache knows the operand by its first element's
+// address and its shape). The zero value is empty.
+type packCache struct {
+	data     []float32
+	b        *float32 // B's first element: which operand is packed
+	ld, k, n int
+	nr       int
+}
+
+// gemmCacheMax is the largest B (in elements) gemmPacked keeps packed.
+const gemmCacheMax = 1 << 24
+
+// gemmPacked is gemmWith that, for a short, wide C, reads B packed whole
+// from pc (packing it there first when pc holds another operand); pc nil,
+// or a B larger than gemmCacheMax, packs per task as gemmWith does.
+func gemmPacked(pool parallel.Pool, kern microKernel, m, n, k int, a, b operand, beta float32, c operand, pc *packCache) {
 	if m == 0 || n == 0 {
 		return
 	}
@@ -210,11 +234,19 @@ func gemmWith(pool parallel.Pool, kern microKernel, m, n, k int, a, b operand, b
 	mc = (mc + mr - 1) / mr * mr // whole mr-row panels in every task
 	rowTasks := (m + mc - 1) / mc
 	var bp []float32
-	if !shortWide {
+	switch {
+	case !shortWide:
 		bpBuf := packBufs.Get().(*[]float32)
 		defer packBufs.Put(bpBuf)
 		bp = packB(pool, bpBuf, b, k, n, nr, panels)
+	case pc != nil && !b.trans && k*n <= gemmCacheMax:
+		if pc.b != &b.data[0] || pc.ld != b.ld || pc.k != k || pc.n != n || pc.nr != nr {
+			pc.data = packB(pool, &pc.data, b, k, n, nr, panels)
+			pc.b, pc.ld, pc.k, pc.n, pc.nr = &b.data[0], b.ld, k, n, nr
+		}
+		bp = pc.data
 	}
+	packEach := shortWide && bp == nil // each task packs its own blocks
 	// Few row blocks: the tasks also split the column panels into groups,
 	// for the threads to share the work. Which task computes an element
 	// does not change its bits.
@@ -239,7 +271,7 @@ func gemmWith(pool parallel.Pool, kern microKernel, m, n, k int, a, b operand, b
 			nTiles = subs * (p1 - p0)
 		}
 		s.ap = growF32(s.ap, subs*mr*min(k, kcMax))
-		if shortWide {
+		if packEach {
 			s.bp = growF32(s.bp, min(k, kcMax)*nr*(p1-p0))
 		}
 		s.tiles = growF32(s.tiles, nTiles*tileLen)
@@ -260,7 +292,7 @@ func gemmWith(pool parallel.Pool, kern microKernel, m, n, k int, a, b operand, b
 				r0 := i0 + rows/mr*mr
 				packA(s.ap, a, mr, r0, i0+rows-r0, k0, kc, zero[:1], false)
 			}
-			if shortWide {
+			if packEach {
 				// The task's kc×nr blocks of B, all its panels at once:
 				// B's rows are read in runs of (p1−p0)·nr values.
 				packBPanels(s.bp, b, k0, kc, p0*nr, min(p1*nr, n)-p0*nr, nr)
@@ -271,7 +303,7 @@ func gemmWith(pool parallel.Pool, kern microKernel, m, n, k int, a, b operand, b
 				c0 := p * nr
 				ncols := min(nr, n-c0)
 				var bpk []float32
-				if shortWide {
+				if packEach {
 					bpk = s.bp[(p-p0)*kc*nr : (p-p0+1)*kc*nr]
 				} else {
 					off := (p*k + k0) * nr
@@ -334,6 +366,23 @@ func growF32(s []float32, n int) []float32 {
 func packB(pool parallel.Pool, buf *[]float32, b operand, k, n, nr, panels int) []float32 {
 	bp := growF32(*buf, panels*k*nr)
 	*buf = bp
+	if !b.trans {
+		// B stored by rows: blocks of 64 rows, each row read once in
+		// one run (a panel at a time would read nr values from every
+		// row, one page apart).
+		if n < panels*nr {
+			clear(bp[(panels-1)*k*nr:])
+		}
+		pool.For((k+63)/64, func(_, t int) {
+			for p := t * 64; p < min(k, t*64+64); p++ {
+				src := b.data[p*b.ld : p*b.ld+n]
+				for q, c0 := 0, 0; c0 < n; q, c0 = q+1, c0+nr {
+					copy(bp[(q*k+p)*nr:(q*k+p+1)*nr], src[c0:min(c0+nr, n)])
+				}
+			}
+		})
+		return bp
+	}
 	pool.For(panels, func(_, q int) {
 		j0 := q * nr
 		packBBlock(bp[q*k*nr:(q+1)*k*nr], b, 0, k, j0, min(nr, n-j0), nr)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 
 	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/blas/blas64"
@@ -74,8 +75,8 @@ type SVD struct {
 
 // RandomizedSVD computes a rank-k truncated SVD of the m×n matrix a with the
 // randomized range finder of Halko, Martinsson & Tropp (2011): a Gaussian
-// test matrix Ω (n×l, l = k+p) drawn sequentially from a PCG stream seeded by
-// opt.Seed, Y = A·Ω, then q subspace iterations (Algorithm 4.4) with a
+// test matrix Ω (n×l, l = k+p) drawn from PCG streams seeded by opt.Seed
+// (one per column of Ω), Y = A·Ω, then q subspace iterations (Algorithm 4.4) with a
 // re-orthonormalisation after every product by A and by Aᵀ, then
 // (Algorithm 5.1) B = Qᵀ·A (l×n), whose SVD is obtained from an LQ
 // factorisation B = L·Q_B followed by a dense SVD of the l×l factor L
@@ -123,16 +124,11 @@ func RandomizedSVD(a Matrix, opt Options) (SVD, error) {
 	pool := opt.Pool
 
 	// Ωᵀ (l×n), later reused for the transposed right bases (l×n) and B.
-	w := make([]float32, l*n)
-	rng := rand.New(rand.NewPCG(opt.Seed, pcgStream))
-	zeroInOmega := false
-	for i := range w {
-		w[i] = float32(rng.NormFloat64())
-		zeroInOmega = zeroInOmega || w[i] == 0
-	}
+	w, zeroInOmega := gaussianRows(pool, opt.Seed, l, n)
 	// Qᵀ (l×m): the transposed left basis.
 	qt := make([]float32, l*m)
 	var h householder
+	var pc packCache // A packed for the products by Qᵀ
 	cq := cholQR{kern: cholKern}
 	fast := cholFast
 	// The bases of the power iterations may keep one CholeskyQR pass;
@@ -159,14 +155,14 @@ func RandomizedSVD(a Matrix, opt Options) (SVD, error) {
 	orth(qt, l, m, q == 0)
 	for it := range q {
 		// Zᵀ = Qᵀ·A = (Aᵀ·Q)ᵀ; Q̃ = orth(Z).
-		basisTimes(pool, w, qt, a)
+		basisTimes(pool, w, qt, a, &pc)
 		orth(w, l, n, false)
 		// Yᵀ = Q̃ᵀ·Aᵀ = (A·Q̃)ᵀ; Q = orth(Y).
 		timesBasis(pool, qt, a, w)
 		orth(qt, l, m, it == q-1)
 	}
 	// B = Qᵀ·A (l×n).
-	basisTimes(pool, w, qt, a)
+	basisTimes(pool, w, qt, a, &pc)
 
 	var ul, s []float32
 	var vt Matrix
@@ -187,6 +183,27 @@ func RandomizedSVD(a Matrix, opt Options) (SVD, error) {
 	fixSigns(u, vt)
 	return SVD{U: u, S: s, Vt: vt}, nil
 }
+
+// gaussianRows returns an r×c matrix of standard normal float32 values,
+// row i drawn from its own PCG stream (seed, pcgStream + i·pcgRowStep)
+// so that the rows are drawn in parallel and the values do not depend on
+// the thread count, and whether one of them is zero.
+func gaussianRows(pool parallel.Pool, seed uint64, r, c int) ([]float32, bool) {
+	w := make([]float32, r*c)
+	zero := make([]bool, r)
+	pool.For(r, func(_, i int) {
+		rng := rand.New(rand.NewPCG(seed, pcgStream+uint64(i)*pcgRowStep))
+		row := w[i*c : (i+1)*c]
+		for j := range row {
+			row[j] = float32(rng.NormFloat64())
+			zero[i] = zero[i] || row[j] == 0
+		}
+	})
+	return w, slices.Contains(zero, true)
+}
+
+// pcgRowStep separates the second PCG words of the rows of Ω.
+const pcgRowStep = 0xbf58476d1ce4e5b9
 
 // errNoConvergence reports a failure of the dense core SVD (LAPACK dgesvd).
 var errNoConvergence = errors.New("linalg: core SVD did not converge")
@@ -312,8 +329,10 @@ func timesBasis(pool parallel.Pool, yt []float32, a Matrix, vt []float32) {
 // l×m transposed basis qt: zt[j][i] = Σ_p qt[j][p]·A[p][i]. The product is
 // formed as Z = Aᵀ·Q (n×l), vectorised across the l basis vectors, and
 // stored transposed. l = len(qt)/m.
-func basisTimes(pool parallel.Pool, zt, qt []float32, a Matrix) {
+// pc, when not nil, keeps A packed from one call to the next (see
+// packCache).
+func basisTimes(pool parallel.Pool, zt, qt []float32, a Matrix, pc *packCache) {
 	m, n := a.Rows, a.Cols
 	l := len(qt) / m
-	gemm(pool, n, l, m, operand{data: a.Data, ld: n, trans: true}, operand{data: qt, ld: m, trans: true}, 0, operand{data: zt, ld: n, trans: true})
+	gemmPacked(pool, gemmKernel, n, l, m, operand{data: a.Data, ld: n, trans: true}, operand{data: qt, ld: m, trans: true}, 0, operand{data: zt, ld: n, trans: true}, pc)
 }

@@ -22,7 +22,7 @@ func BenchmarkLinalgSmall(b *testing.B) {
 		run  func() error
 	}{
 		{"Yt=(A*V)t", func() error { timesBasis(parallel.Pool{}, c, a, vt); return nil }},
-		{"Zt=Qt*A", func() error { basisTimes(parallel.Pool{}, c, vt, a); return nil }},
+		{"Zt=Qt*A", func() error { basisTimes(parallel.Pool{}, c, vt, a, nil); return nil }},
 		{"RandomizedSVD", func() error {
 			_, err := RandomizedSVD(a, Options{Rank: 64, PowerIters: 2, Seed: 1})
 			return err
