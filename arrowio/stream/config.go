@@ -55,10 +55,14 @@ type Config struct {
 	params merge.Params
 	// Notes are remarks for the user (ignored keys and the like).
 	Notes []string
+	// Vocab, when set, is the merged vocabulary (tokenizer_source other
+	// than base, the tokenizer: block, chat_template), built by npsfuse's
+	// Python side into the npsfuse_vocabulary key; see vocab.go.
+	Vocab *Vocabulary
 }
 
 var (
-	topKeys = set("merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype", "tokenizer_source", "scope", "seed", "transposed")
+	topKeys = set("merge_method", "base_model", "models", "slices", "parameters", "dtype", "out_dtype", "tokenizer_source", "tokenizer", "chat_template", "npsfuse_vocabulary", "scope", "seed", "transposed")
 	// topParams are npsfuse's parameters written at the top level.
 	topParams = []string{"scope", "seed"}
 	modelKeys = set("model", "parameters")
@@ -272,9 +276,7 @@ func ParseConfig(text []byte, baseDir string) (*Config, error) {
 			c.OutDType = s
 		}
 	}
-	if v, ok := top["tokenizer_source"]; ok && v != nil && v != "base" {
-		bad.add("tokenizer_source: only \"base\" is supported (the base model's tokenizer is copied), got %v", v)
-	}
+	parseTokenizerKeys(c, top, resolve, &bad)
 	if v, ok := top["transposed"]; ok && v != nil {
 		l, ok := v.([]any)
 		if !ok {

@@ -102,7 +102,7 @@ func badConfigs() []badConfig {
 		{"only the base model", head + "models:\n  - model: base\n", []string{"models lists only the base model"}},
 		{"unknown dtype", good + "out_dtype: float8\n", []string{`out_dtype: unknown dtype "float8"`}},
 		{"unknown compute dtype", strings.Replace(good, "bfloat16", "int4", 1), []string{`dtype: unknown dtype "int4"`}},
-		{"tokenizer_source union", good + "tokenizer_source: union\n", []string{`tokenizer_source: only "base"`}},
+		{"tokenizer_source union", good + "tokenizer_source: union\n", []string{"run this config with `npsfuse merge`"}},
 		{"unknown scope", good + "scope: layer\n", []string{`scope must be one of "tensor", "global", got layer`}},
 		{"negative seed", good + "seed: -1\n", []string{"seed must be ≥ 0, got -1"}},
 		{"fractional seed", good + "seed: 1.5\n", []string{"seed must be a whole number, got 1.5"}},

@@ -229,6 +229,9 @@ func runPipeline(ctx context.Context, cfg *Config, opt Options) (res *Result, er
 			return nil, err
 		}
 	}
+	if err = writeVocabFiles(out.Dir(), cfg.Vocab); err != nil {
+		return nil, err
+	}
 	if err = writeCard(out.Dir(), cfg, outDT); err != nil {
 		return nil, err
 	}
@@ -257,24 +260,31 @@ func runPipeline(ctx context.Context, cfg *Config, opt Options) (res *Result, er
 // job per output tensor, in tensor-name order.
 func planJobs(cfg *Config, opt Options, base *checkpoint.Checkpoint, models []*checkpoint.Checkpoint,
 	outDT tensor.DType, res *Result) ([]job, []merge.Tensor, error) {
+	vp, err := newVocabPlan(cfg, base, models) // the merged vocabulary's row maps (vocab.go)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := checkVocabSizes(cfg, base, models); err != nil {
+		return nil, nil, err
+	}
 	inputs := make([]plan.Input, len(models))
 	for i, m := range models {
-		inputs[i] = planInput(m)
+		inputs[i] = vp.planInput(m)
 	}
 	po := plan.Options{Transposed: cfg.Transposed, ModelType: checkpoint.ModelType(base.Dir),
 		AllowMissing: opt.AllowMissing, MissingOption: "--allow-missing", NoBase: cfg.BaseModel == ""}
 	if outDT != 0 {
 		po.OutDType = checkpoint.FromKernel(outDT).String()
 	}
-	p, err := plan.Make(planInput(base), inputs, po)
+	p, err := plan.Make(vp.planInput(base), inputs, po)
 	if err != nil {
 		return nil, nil, err
 	}
 	ms := make([]source, len(models))
 	for i, m := range models {
-		ms[i] = source{c: m}
+		ms[i] = source{c: m, vocab: vp}
 	}
-	return jobsOf(p, source{c: base}, ms, res)
+	return jobsOf(p, source{c: base, vocab: vp}, ms, res)
 }
 
 // source is a checkpoint as a plan's input: from maps the plan's tensor
@@ -282,6 +292,9 @@ func planJobs(cfg *Config, opt Options, base *checkpoint.Checkpoint, models []*c
 type source struct {
 	c    *checkpoint.Checkpoint
 	from map[string]string
+	// vocab, when set, gives the vocabulary tensors in the merged
+	// vocabulary's rows (computed float32, not mapped: not in job inputs).
+	vocab *vocabPlan
 }
 
 // name is the checkpoint's name of the plan's tensor name.
@@ -292,9 +305,27 @@ func (s source) name(n string) string {
 	return n
 }
 
-func (s source) info(n string) (safetensors.TensorInfo, bool) { return s.c.Info(s.name(n)) }
-func (s source) bytes(n string) ([]byte, error)               { return s.c.Bytes(s.name(n)) }
-func (s source) file(n string) string                         { return s.c.File(s.name(n)) }
+func (s source) info(n string) (safetensors.TensorInfo, bool) {
+	info, ok := s.c.Info(s.name(n))
+	if ok && s.vocab.applies(s.c, s.name(n)) {
+		info.Shape, info.DType = s.vocab.shape(info), safetensors.F32
+		info.Begin, info.End = 0, info.NumElements()*4
+	}
+	return info, ok
+}
+
+func (s source) bytes(n string) ([]byte, error) {
+	if s.vocab.applies(s.c, s.name(n)) {
+		rows, err := s.vocab.rows(s.c, s.name(n))
+		return vocabBytes(rows), err
+	}
+	return s.c.Bytes(s.name(n))
+}
+
+// mapped reports whether the tensor's bytes are the checkpoint's mapping
+// (read ahead and released like inputs).
+func (s source) mapped(n string) bool { return !s.vocab.applies(s.c, s.name(n)) }
+func (s source) file(n string) string { return s.c.File(s.name(n)) }
 
 // jobsOf compares the models' integer tensors with the base's (the
 // entries marked Verify) and lays out one job per entry of p, in p's
@@ -313,9 +344,15 @@ func jobsOf(p *plan.Plan, base source, models []source, res *Result) ([]job, []m
 	var tensors []merge.Tensor
 	for _, e := range p.Entries {
 		bi, _ := base.info(e.Name)
-		bb, _ := base.bytes(e.Name)
+		bb, err := base.bytes(e.Name)
+		if err != nil {
+			return nil, nil, err
+		}
 		bi.Name = e.Name
-		j := job{info: bi, merged: e.Merged, inputs: [][]byte{bb}, read: int64(len(bb))}
+		j := job{info: bi, merged: e.Merged, read: int64(len(bb))}
+		if base.mapped(e.Name) {
+			j.inputs = [][]byte{bb}
+		}
 		odt, _ := safetensors.ParseDType(e.DType)
 		if odt != bi.DType { // a float output in another dtype
 			j.info.DType = odt
@@ -341,13 +378,18 @@ func jobsOf(p *plan.Plan, base source, models []source, res *Result) ([]job, []m
 		for _, m := range models {
 			mi, _ := m.info(e.Name)
 			mdt, _ := checkpoint.KernelDType(mi.DType)
-			mb, _ := m.bytes(e.Name)
+			mb, err := m.bytes(e.Name)
+			if err != nil {
+				return nil, nil, err
+			}
 			mv, err := vecOf(mb, mdt, m.file(e.Name), e.Name)
 			if err != nil {
 				return nil, nil, fmt.Errorf("%w: %v", ErrInput, err)
 			}
 			t.Models = append(t.Models, mv)
-			j.inputs = append(j.inputs, mb)
+			if m.mapped(e.Name) {
+				j.inputs = append(j.inputs, mb)
+			}
 			j.read += int64(len(mb))
 		}
 		tensors = append(tensors, t)

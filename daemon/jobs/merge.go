@@ -87,6 +87,9 @@ func resolveMerge(e *Env, s *mergeSpec) (*stream.Config, []string, error) {
 	for k, v := range s.Config {
 		cfg[k] = v
 	}
+	if _, ok := cfg["npsfuse_vocabulary"]; ok { // its tokenizer folder and paths are not confined
+		return nil, nil, invalid("config: npsfuse_vocabulary is the internal key of `npsfuse merge` (row maps built in Python); the daemon does not merge tokenizers: run configs with tokenizer_source, tokenizer: or chat_template with `npsfuse merge`")
+	}
 	var paths []string
 	resolve := func(v any, what string) (any, error) {
 		ref, ok := v.(string)

@@ -98,6 +98,26 @@ def _hub_refs(config: str | Mapping[str, Any]) -> Mapping[str, Any] | None:
     return docs[0] if len(docs) == 1 and needs_resolving(docs[0]) else None
 
 
+def _tokenizer_refs(config: str | Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The parsed config when it has mergekit's tokenizer keys and no row
+    maps yet (:mod:`npsfuse._tokenizer`), else ``None``."""
+    from ._tokenizer import needs_tokenizer
+
+    if not isinstance(config, Mapping):
+        import yaml
+
+        try:
+            docs = list(yaml.safe_load_all(config))
+        except yaml.YAMLError:
+            return None
+        if len(docs) != 1 or not isinstance(docs[0], Mapping):
+            return None
+        config = docs[0]
+    if "npsfuse_vocabulary" in config or "slices" in config or not needs_tokenizer(config):
+        return None
+    return config
+
+
 def merge_checkpoints(
     config: str | os.PathLike | Mapping[str, Any],
     out_dir: str | os.PathLike,
@@ -185,6 +205,14 @@ def merge_checkpoints(
         from ._hub import resolved_config
 
         with resolved_config(refs, out_dir) as conf:
+            return merge_checkpoints(conf, out_dir, shard_size=shard_size, threads=threads,
+                                     dtype=dtype, allow_missing=allow_missing, force=force,
+                                     quiet=quiet, timing=timing)
+    tok = _tokenizer_refs(config if isinstance(config, Mapping) else text)
+    if tok is not None:  # the merged tokenizer and its row maps (npsfuse._tokenizer)
+        from ._tokenizer import prepared
+
+        with prepared(tok, out_dir) as conf:
             return merge_checkpoints(conf, out_dir, shard_size=shard_size, threads=threads,
                                      dtype=dtype, allow_missing=allow_missing, force=force,
                                      quiet=quiet, timing=timing)

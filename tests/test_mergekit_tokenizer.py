@@ -1,0 +1,259 @@
+"""Differential test of merged tokenizers (issue #14 item 4) against mergekit 0.1.5.
+
+A tiny random Llama (2 layers, float32, untied LM head) with a word-level
+tokenizer written here, and two fine-tunes that each add tokens (one shared,
+one their own) and grow their embedding and LM head: the vocabularies
+differ. ``npsfuse merge`` and mergekit's ``run_merge`` merge the same
+configs (``tokenizer_source: base | union | <model>``, the ``tokenizer:``
+block with ``tokens:`` rules and ``pad_to_multiple_of``, ``chat_template``);
+every tensor must agree within 1 float32 ulp (padding rows, the mean of a
+model's token rows, within the float32 sum's error bound: torch sums in
+another order) and the saved tokenizers must have the same vocabulary, ids
+and chat template.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+mergekit = pytest.importorskip("mergekit")
+safetensors_torch = pytest.importorskip("safetensors.torch")
+
+WORDS = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(37)]  # 40 tokens
+ADDED = [["<x>", "<a>"], ["<x>", "<b>", "<c>"], []]  # the fine-tunes' added tokens
+VOCAB_TENSORS = ("model.embed_tokens.weight", "lm_head.weight")
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + "
+    "message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}"
+)
+
+
+def _save_tokenizer(folder: Path, added: list[str], template: str | None = None) -> None:
+    tok = tokenizers.Tokenizer(
+        tokenizers.models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>")
+    )
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    fast.add_tokens(added)
+    if template:
+        fast.chat_template = template
+    fast.save_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """base (40 tokens), ft0 (+<x>, <a>: 42), ft1 (+<x>, <b>, <c>: 43) and
+    ft2 (the base's 40)."""
+    root = tmp_path_factory.mktemp("tokfamily")
+
+    def config(vocab: int) -> Any:
+        return transformers.LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=32,
+            tie_word_embeddings=False,
+        )
+
+    torch.manual_seed(0)
+    base = transformers.LlamaForCausalLM(config(len(WORDS))).float()
+    base.save_pretrained(root / "base", safe_serialization=True)
+    _save_tokenizer(root / "base", [], CHATML)
+    sd = base.state_dict()
+    for i, added in enumerate(ADDED):
+        g = torch.Generator().manual_seed(i + 1)
+        n = len(WORDS) + len(added)
+        ft = {}
+        for k, v in sd.items():
+            v = v + 0.02 * torch.randn(v.shape, generator=g)
+            if k in ("model.embed_tokens.weight", "lm_head.weight"):
+                v = torch.cat([v, torch.randn((len(added), v.shape[1]), generator=g)])
+            ft[k] = v
+        m = transformers.LlamaForCausalLM(config(n)).float()
+        m.load_state_dict(ft)
+        m.save_pretrained(root / f"ft{i}", safe_serialization=True)
+        _save_tokenizer(root / f"ft{i}", added, CHATML if i == 0 else None)
+    return {
+        "base": str(root / "base"),
+        **{f"ft{i}": str(root / f"ft{i}") for i in range(len(ADDED))},
+    }
+
+
+def _load(folder: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        out.update(safetensors_torch.load_file(f))
+    return out
+
+
+def _ordered(x: Any) -> Any:
+    i = x.float().contiguous().view(torch.int32).long()
+    return torch.where(i < 0, -(i & 0x7FFFFFFF), i)
+
+
+def _ulps(a: Any, b: Any) -> int:
+    return int((_ordered(a) - _ordered(b)).abs().max().item()) if a.numel() else 0
+
+
+def _mergekit(conf: dict[str, Any], out: Path) -> None:
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    run_merge(
+        MergeConfiguration.model_validate(conf),
+        str(out),
+        options=MergeOptions(
+            copy_tokenizer=True, quiet=True, random_seed=0, write_model_card=False
+        ),
+    )
+
+
+def _npsfuse(conf: dict[str, Any], out: Path) -> subprocess.CompletedProcess[str]:
+    path = out.with_suffix(".yml")
+    path.write_text(yaml.safe_dump(conf))
+    return subprocess.run(
+        [sys.executable, "-m", "npsfuse.cli", "merge", str(path), str(out), "--force"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def _cases(f: dict[str, str]) -> dict[str, dict[str, Any]]:
+    ta = {
+        "merge_method": "task_arithmetic",
+        "base_model": f["base"],
+        "dtype": "float32",
+        "models": [
+            {"model": f["ft0"], "parameters": {"weight": 0.7}},
+            {"model": f["ft1"], "parameters": {"weight": 0.4}},
+        ],
+    }
+    # Equal weights: with others, linear's own rounding differs from
+    # mergekit's fused multiply-add (test_mergekit_compat), not the vocabulary.
+    lin = {
+        "merge_method": "linear",
+        "dtype": "float32",
+        "models": [
+            {"model": f["ft0"], "parameters": {"weight": 1.0}},
+            {"model": f["ft1"], "parameters": {"weight": 1.0}},
+        ],
+    }
+    return {
+        "base": {**ta, "tokenizer_source": "base"},
+        "union": {**ta, "tokenizer_source": "union"},
+        "model as source": {**ta, "tokenizer_source": f["ft1"]},
+        "linear union without base": {**lin, "tokenizer_source": "union"},
+        "tokens rules and padding": {
+            **ta,
+            "tokenizer": {
+                "source": "union",
+                "pad_to_multiple_of": 16,
+                "tokens": {
+                    "<a>": {"source": {"kind": "zero"}},
+                    "<b>": {"source": {"kind": "model_token", "model": f["ft0"], "token": "w3"}},
+                    "w5": {"source": f["ft1"], "force": True},
+                    "<new>": {"source": {"kind": "model_token", "model": f["base"], "token_id": 7}},
+                },
+            },
+        },
+        "chat template by name": {**ta, "tokenizer_source": "union", "chat_template": "chatml"},
+        "chat template auto": {**ta, "tokenizer_source": "base", "chat_template": "auto"},
+        "chat template literal, no tokenizer source": {
+            "merge_method": "linear",
+            "dtype": "float32",
+            "chat_template": CHATML + " ",
+            "models": [
+                {"model": f["base"], "parameters": {"weight": 1.0}},
+                {"model": f["ft2"], "parameters": {"weight": 1.0}},
+            ],
+        },
+    }
+
+
+@pytest.mark.parametrize("name", list(_cases({"base": "", "ft0": "", "ft1": "", "ft2": ""})))
+def test_tokenizer_merge_matches_mergekit(
+    family: dict[str, str], tmp_path: Path, name: str
+) -> None:
+    conf = _cases(family)[name]
+    want_dir, got_dir = tmp_path / "mergekit", tmp_path / "npsfuse"
+    _mergekit(conf, want_dir)
+    run = _npsfuse(conf, got_dir)
+    assert run.returncode == 0, run.stderr
+    want, got = _load(want_dir), _load(got_dir)
+    assert sorted(got) == sorted(want)
+    tokens = len(transformers.AutoTokenizer.from_pretrained(want_dir).get_vocab())
+    for k in want:
+        assert got[k].shape == want[k].shape, (k, got[k].shape, want[k].shape)
+        assert got[k].dtype == want[k].dtype, k
+        w, g = want[k], got[k]
+        if k in VOCAB_TENSORS and w.shape[0] > tokens:
+            # Padding rows are each model's mean of its token rows: torch
+            # sums them in its own order (lanes and levels that depend on
+            # the shape), npsfuse in float64. Both are within the float32
+            # sum's error bound, N·u·max|x| per mean, times the 3 inputs the
+            # merge combines; the token rows stay within 1 ulp.
+            bound = 3 * tokens * 2.0**-24 * float(w.abs().max())
+            diff = float((g[tokens:] - w[tokens:]).abs().max())
+            assert diff <= bound, (k, diff, bound)
+            w, g = w[:tokens], g[:tokens]
+        assert _ulps(g, w) <= 1, (k, _ulps(g, w))
+    cw = json.loads((want_dir / "config.json").read_text())
+    cg = json.loads((got_dir / "config.json").read_text())
+    assert cg["vocab_size"] == cw["vocab_size"]
+    tw = transformers.AutoTokenizer.from_pretrained(want_dir)
+    tg = transformers.AutoTokenizer.from_pretrained(got_dir)
+    assert tg.get_vocab() == tw.get_vocab()
+    assert tg.chat_template == tw.chat_template
+    assert {i: str(t) for i, t in tg.added_tokens_decoder.items()} == {
+        i: str(t) for i, t in tw.added_tokens_decoder.items()
+    }
+    text = "w1 <x> w2 <b> w3 <c> <a> w36"
+    assert tg(text)["input_ids"] == tw(text)["input_ids"]
+
+
+def test_vocabulary_mismatch_is_explained(family: dict[str, str], tmp_path: Path) -> None:
+    conf = {
+        "merge_method": "task_arithmetic",
+        "base_model": family["base"],
+        "models": [{"model": family["ft0"]}, {"model": family["ft1"]}],
+    }
+    run = _npsfuse(conf, tmp_path / "out")
+    assert run.returncode != 0
+    msg = " ".join(run.stderr.split())
+    for part in ("vocabularies differ", ": 40", ": 42", ": 43", "tokenizer_source: base", "union"):
+        assert part in msg, (part, run.stderr)
+    assert not (tmp_path / "out").exists()
+
+
+def test_merge_checkpoints_takes_tokenizer_keys(family: dict[str, str], tmp_path: Path) -> None:
+    """The Python door: a dict config with the tokenizer: block, as the CLI."""
+    import npsfuse
+
+    conf = _cases(family)["tokens rules and padding"]
+    out = npsfuse.merge_checkpoints(conf, tmp_path / "out", quiet=True)
+    sd = _load(out)
+    vocab = transformers.AutoTokenizer.from_pretrained(out).get_vocab()
+    assert sd["model.embed_tokens.weight"].shape[0] == 48  # 44 tokens + <new> = 45, padded to 16
+    assert len(vocab) == 45
+    # <a> is ft0's own token; the base and ft1 take zeros (its rule), so
+    # task arithmetic gives 0 + 0.7·(a − 0) + 0.4·(0 − 0).
+    a = _load(Path(family["ft0"]))["model.embed_tokens.weight"][len(WORDS) + 1]
+    torch.testing.assert_close(sd["model.embed_tokens.weight"][vocab["<a>"]], 0.7 * a)
+    assert not list(tmp_path.glob(".npsfuse-tokenizer-*"))  # the temporary folder is removed
