@@ -82,6 +82,9 @@ type engine struct {
 	first    []int // first global chunk of each tensor
 	maxChunk int
 	scratch  sync.Pool
+	// fused is the template of the method's fused merge pass (fused.go),
+	// nil when it has none.
+	fused *vec.TaskMerge
 
 	// Preparation state: prepared[u] for each selection unit, all once
 	// every unit is prepared and the finishing step ran.
@@ -222,6 +225,7 @@ func newEngine(m Method, p Params, tensors []Tensor) (*engine, error) {
 		e.addChunks(ti, n, g)
 	}
 	e.prepared = make([]bool, len(e.units()))
+	e.fused = e.fusedPlan()
 	return e, nil
 }
 
@@ -362,6 +366,7 @@ type workspace struct {
 	tauViews [][]float32
 	out      []float32
 	seg      []float32
+	bands    []vec.Band // mergeFused's per-model keep rules
 }
 
 func (e *engine) workspace() *workspace {
@@ -521,10 +526,13 @@ func (e *engine) mergeChunks(chunks []chunkRef) error {
 // mergeChunk loads one chunk of every input, forms and sparsifies the task
 // vectors, combines them and stores the result.
 func (e *engine) mergeChunk(ch chunkRef, ws *workspace) error {
-	if d, ok := e.method.Combine.(direct); ok {
+	if d, ok := e.method.Combine.(direct); ok && !generalOnly {
 		if _, all := e.method.Sparsify.(keepAll); all && !e.method.Rows {
 			return e.mergeDirect(d, ch, ws)
 		}
+	}
+	if e.fused != nil && !generalOnly {
+		return e.mergeFused(e.fused, ch, ws)
 	}
 	u, _ := e.unitChunk(ch)
 	base, models, taus, err := e.loadAllChecked(ch, ws, e.checked != nil && e.checked[u])
@@ -548,6 +556,10 @@ func (e *engine) mergeChunk(ch chunkRef, ws *workspace) error {
 	e.store(e.tensors[ch.ti].Out, ch, ws, out)
 	return nil
 }
+
+// generalOnly makes mergeChunk take its general path for every method (no
+// direct or fused pass): the tests compare the fast passes with it.
+var generalOnly bool
 
 // direct is a Combiner that can merge straight from the inputs, in one
 // pass, when nothing is sparsified: no task-vector buffers, no separate

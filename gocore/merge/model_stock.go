@@ -2,6 +2,8 @@ package merge
 
 import (
 	"math"
+
+	"github.com/npsfuse/npsfuse/gocore/vec"
 )
 
 // Model Stock (Jang, Yun & Han, "Model Stock: All we need is just a few
@@ -55,6 +57,15 @@ func (modelStock) prepare(e *engine, units []int) error {
 	}
 	return nil
 }
+
+// direct is combine from the inputs where they are stored, in one vector
+// pass (mergeDirect).
+func (modelStock) direct(e *engine, ch chunkRef, base []float32, models [][]float32, out []float32) {
+	c := e.coef[ch.ti]
+	vec.MeanLerp(out, base, models, c[0], c[1])
+}
+
+func (modelStock) readsBase() bool { return true }
 
 func (modelStock) combine(e *engine, ch chunkRef, base []float32, models, _ [][]float32, out []float32) {
 	c := e.coef[ch.ti]

@@ -1,6 +1,7 @@
 package merge
 
 import (
+	"fmt"
 	"math"
 	"slices"
 
@@ -166,8 +167,20 @@ func (e *engine) selectUnits(units []int, sums bool, targets func(u int, n int64
 				}
 			}
 		}
+		// The targets' cuts in parallel (each is a function of its own
+		// window's counts), then the rare exact rankings in order.
+		type done struct {
+			ct   cut
+			kept float64
+			ok   bool
+		}
+		fin := make([]done, len(tgts[i]))
+		e.p.Pool.For(len(tgts[i]), func(_, ti int) {
+			d := &fin[ti]
+			d.ct, d.kept, d.ok = finishCut(e.p.Pool, tgts[i][ti], winOf[i][ti], un, counts[i])
+		})
 		for ti, t := range tgts[i] {
-			ct, kept, ok := finishCut(e.p.Pool, t, winOf[i][ti], un, counts[i])
+			ct, kept, ok := fin[ti].ct, fin[ti].kept, fin[ti].ok
 			if !ok {
 				var err error
 				if ct, kept, err = e.exactCut(un, t, sums); err != nil {
@@ -220,25 +233,27 @@ func (e *engine) windows(un unit, tgts []rankTarget) ([]window, []int) {
 	size := min(max(un.n/64, minSample), sampleSize)
 	blocks := size / sampleBlock
 	stride := (un.n + blocks - 1) / blocks
+	// One model per goroutine: the gathering and the sort of a unit's
+	// samples ran on one core while the other waited (a unit is prepared
+	// alone when its tensor fills a group of prepareAndMerge).
 	samples := make([][]uint32, T)
-	var pos int64 // unit index of the chunk's first entry
-	for _, ch := range un.chunks {
-		n := int64(ch.hi - ch.lo)
-		t := &e.tensors[ch.ti]
-		for g := (pos + stride - 1) / stride * stride; g < pos+n; g += stride {
-			for j := int(g - pos); j < int(min(g-pos+sampleBlock, n)); j++ {
-				idx := e.storageIndex(ch, j)
-				b := loadOne(t.Base, idx)
-				for m := range T {
-					samples[m] = append(samples[m], topk.AbsBits(loadOne(t.Models[m], idx)-b))
+	e.p.Pool.For(T, func(_, m int) {
+		s := make([]uint32, 0, size+sampleBlock)
+		var pos int64 // unit index of the chunk's first entry
+		for _, ch := range un.chunks {
+			n := int64(ch.hi - ch.lo)
+			t := &e.tensors[ch.ti]
+			for g := (pos + stride - 1) / stride * stride; g < pos+n; g += stride {
+				for j := int(g - pos); j < int(min(g-pos+sampleBlock, n)); j++ {
+					idx := e.storageIndex(ch, j)
+					s = append(s, topk.AbsBits(loadOne(t.Models[m], idx)-loadOne(t.Base, idx)))
 				}
 			}
+			pos += n
 		}
-		pos += n
-	}
-	for m := range T {
-		sortDesc(samples[m])
-	}
+		sortDesc(s)
+		samples[m] = s
+	})
 	first := make([]int, T)
 	for m := range first {
 		first[m] = -1
@@ -327,6 +342,10 @@ func (e *engine) countChunk(ch chunkRef, ws *workspace, wins []window, sums bool
 		return chunkCount{}, err
 	}
 	cc := chunkCount{win: make([]winCount, len(wins)), sumAll: make([]float64, e.T)}
+	if !sums {
+		err := e.countChunkFused(ch, ws, base, wins, &cc)
+		return cc, err
+	}
 	mags := ws.out[:ch.hi-ch.lo] // the output buffer is free during preparation
 	for m := range e.T {
 		mv, err := e.loadModel(ch, m, ws, ws.models[0])
@@ -369,6 +388,46 @@ func (e *engine) countChunk(ch chunkRef, ws *workspace, wins []window, sums bool
 		}
 	}
 	return cc, nil
+}
+
+// countChunkFused is countChunk without the magnitude sums: per model, one
+// vec.CountDiffWindows pass over the model's chunk (read where it is
+// stored) counts every window of the model and checks the model for NaN
+// and ±Inf, instead of a finiteness pass, a pass writing |τ| and a
+// counting pass per window.
+func (e *engine) countChunkFused(ch chunkRef, ws *workspace, base []float32, wins []window, cc *chunkCount) error {
+	var lo, hi [8]uint32
+	var above [8]int64
+	var cands [8][]uint32
+	var which [8]int
+	for m := range e.T {
+		x := e.view(e.tensors[ch.ti].Models[m], ch, ws, ws.models[0])
+		k := 0
+		checked := false
+		flush := func() bool {
+			ok := vec.CountDiffWindows(x, base, lo[:k], hi[:k], above[:k], cands[:k])
+			for i := range k {
+				c := &cc.win[which[i]]
+				c.above, c.cands = above[i], cands[i]
+			}
+			checked, k = true, 0
+			return ok
+		}
+		for w, win := range wins {
+			if win.m != m {
+				continue
+			}
+			lo[k], hi[k], above[k], cands[k], which[k] = win.lo, win.hi, 0, nil, w
+			k++
+			if k == len(lo) && !flush() {
+				return e.nonFinite(ch, fmt.Sprintf("model %d", m), x)
+			}
+		}
+		if (k > 0 || !checked) && !flush() {
+			return e.nonFinite(ch, fmt.Sprintf("model %d", m), x)
+		}
+	}
+	return nil
 }
 
 // finishCut derives target t's cut from the counts of its window w, or

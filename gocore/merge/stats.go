@@ -3,6 +3,8 @@ package merge
 import (
 	"math"
 
+	"github.com/npsfuse/npsfuse/gocore/vec"
+
 	"gonum.org/v1/gonum/blas/gonum"
 )
 
@@ -104,6 +106,18 @@ func (e *engine) reportTensor(key, name string, v any) {
 func (e *engine) taskGrams(tis []int) ([][]float64, error) {
 	T := e.T
 	return e.tensorSums(tis, T*(T+1)/2, func(ch chunkRef, ws *workspace, acc []float64) error {
+		if !generalOnly {
+			// Every product in one pass over the inputs, bit for bit the
+			// sums below (vec.TaskGrams); it declines where it cannot.
+			base := e.view(e.tensors[ch.ti].Base, ch, ws, ws.base)
+			models := ws.views[:T:T]
+			for m := range T {
+				models[m] = e.view(e.tensors[ch.ti].Models[m], ch, ws, ws.models[m])
+			}
+			if vec.TaskGrams(acc, base, models) {
+				return nil
+			}
+		}
 		_, _, taus, err := e.loadAll(ch, ws)
 		if err != nil {
 			return err

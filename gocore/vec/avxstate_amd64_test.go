@@ -75,6 +75,18 @@ func TestVectorLoopsLeaveUpperClean(t *testing.T) {
 			{"DisjointMean", func() { DisjointMean(out, x, w, false) }},
 			{"DisjointMean/norm", func() { DisjointMean(out, x, w, true) }},
 			{"DareDrop", func() { copy(out, a); DareDrop(out, 7, 0, DareThreshold(0.5), 2) }},
+			{"MergeTasks/ties", func() {
+				MergeTasks(out, a, x, &TaskMerge{W: w, Lam: 1, Disjoint: true, Norm: true,
+					Bands: []Band{{In: Cut{tie, 3}, Out: Nothing}, {In: Everything, Out: Cut{tie, 2}}, {In: Cut{tie, -1}, Out: Nothing}}})
+			}},
+			{"MergeTasks/consensus", func() {
+				MergeTasks(out, a, x, &TaskMerge{W: w, Lam: 1, DivOn: true, Div: 2, Scale: w, TallLam: w, K: 2, Check: true})
+			}},
+			{"CountDiffWindows", func() {
+				CountDiffWindows(a, b, []uint32{0, math.Float32bits(2)}, []uint32{math.Float32bits(1), math.Float32bits(5)}, make([]int64, 2), make([][]uint32, 2))
+			}},
+			{"MeanLerp", func() { MeanLerp(out, a, x, 0.3, 0.7) }},
+			{"TaskGrams", func() { TaskGrams(make([]float64, 6), a, x) }},
 		}
 		for _, c := range cases {
 			if s := avxstate.ExpSlowdown(c.run, expSlowdownReps); s > maxExpSlowdown {
