@@ -52,11 +52,9 @@ def _save_tokenizer(folder: Path, added: list[str], template: str | None = None)
     fast.save_pretrained(folder)
 
 
-@pytest.fixture(scope="module")
-def family(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def _make_family(root: Path, tied: bool) -> dict[str, str]:
     """base (40 tokens), ft0 (+<x>, <a>: 42), ft1 (+<x>, <b>, <c>: 43) and
-    ft2 (the base's 40)."""
-    root = tmp_path_factory.mktemp("tokfamily")
+    ft2 (the base's 40); ``tied``: the LM head is the embedding."""
 
     def config(vocab: int) -> Any:
         return transformers.LlamaConfig(
@@ -67,7 +65,7 @@ def family(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
             num_attention_heads=2,
             num_key_value_heads=1,
             max_position_embeddings=32,
-            tie_word_embeddings=False,
+            tie_word_embeddings=tied,
         )
 
     torch.manual_seed(0)
@@ -92,6 +90,18 @@ def family(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "base": str(root / "base"),
         **{f"ft{i}": str(root / f"ft{i}") for i in range(len(ADDED))},
     }
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The family with an untied LM head."""
+    return _make_family(tmp_path_factory.mktemp("tokfamily"), tied=False)
+
+
+@pytest.fixture(scope="module")
+def tied_family(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The family with tied embeddings (no lm_head.weight stored)."""
+    return _make_family(tmp_path_factory.mktemp("tiedfamily"), tied=True)
 
 
 def _load(folder: Path) -> dict[str, Any]:
@@ -191,7 +201,19 @@ def _cases(f: dict[str, str]) -> dict[str, dict[str, Any]]:
 def test_tokenizer_merge_matches_mergekit(
     family: dict[str, str], tmp_path: Path, name: str
 ) -> None:
-    conf = _cases(family)[name]
+    _compare(_cases(family)[name], tmp_path)
+
+
+@pytest.mark.parametrize("name", ["union", "tokens rules and padding"])
+def test_tied_embeddings_match_mergekit(
+    tied_family: dict[str, str], tmp_path: Path, name: str
+) -> None:
+    _compare(_cases(tied_family)[name], tmp_path)
+    assert "lm_head.weight" not in _load(tmp_path / "npsfuse")
+
+
+def _compare(conf: dict[str, Any], tmp_path: Path) -> None:
+    """Merge conf with both tools; compare tensors, config and tokenizer."""
     want_dir, got_dir = tmp_path / "mergekit", tmp_path / "npsfuse"
     _mergekit(conf, want_dir)
     run = _npsfuse(conf, got_dir)
