@@ -225,8 +225,9 @@ func gemmPacked(pool parallel.Pool, kern microKernel, m, n, k int, a, b operand,
 	// A short, wide C (the fused kernels only): one row block of all m
 	// rows, so that each task packs its own kc×nr blocks of B right
 	// before the kernels use them (B then goes through memory once, and
-	// is never packed whole); otherwise B is packed once, up front, for
-	// all row blocks to share.
+	// is never packed whole), unless pc keeps B packed whole for several
+	// products; otherwise B is packed once, up front, for all row blocks
+	// to share.
 	shortWide := kern.fused && m <= gemmShortWide
 	if shortWide {
 		mc = m

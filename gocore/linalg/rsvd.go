@@ -128,7 +128,10 @@ func RandomizedSVD(a Matrix, opt Options) (SVD, error) {
 	// Qᵀ (l×m): the transposed left basis.
 	qt := make([]float32, l*m)
 	var h householder
-	var pc packCache // A packed for the products by Qᵀ
+	// A packed for the products by Qᵀ, in a buffer reused across calls.
+	pcBuf := packBufs.Get().(*[]float32)
+	pc := packCache{data: *pcBuf}
+	defer func() { *pcBuf = pc.data; packBufs.Put(pcBuf) }()
 	cq := cholQR{kern: cholKern}
 	fast := cholFast
 	// The bases of the power iterations may keep one CholeskyQR pass;
