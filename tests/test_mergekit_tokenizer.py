@@ -279,3 +279,25 @@ def test_merge_checkpoints_takes_tokenizer_keys(family: dict[str, str], tmp_path
     a = _load(Path(family["ft0"]))["model.embed_tokens.weight"][len(WORDS) + 1]
     torch.testing.assert_close(sd["model.embed_tokens.weight"][vocab["<a>"]], 0.7 * a)
     assert not list(tmp_path.glob(".npsfuse-tokenizer-*"))  # the temporary folder is removed
+
+
+def test_relative_paths_and_missing_model(
+    family: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Paths are resolved against the working directory, in the tokenizer
+    rules too; a missing model is named, before anything is written."""
+    import npsfuse
+
+    monkeypatch.chdir(Path(family["base"]).parent)
+    conf = {
+        "merge_method": "task_arithmetic",
+        "base_model": "./base",
+        "models": [{"model": "ft0"}, {"model": "ft1/"}],
+        "tokenizer": {"source": "union", "tokens": {"<x>": {"source": "./ft1", "force": True}}},
+    }
+    out = npsfuse.merge_checkpoints(conf, tmp_path / "out", quiet=True)
+    assert json.loads((out / "config.json").read_text())["vocab_size"] == 44
+    conf["models"].append({"model": "nowhere"})
+    with pytest.raises(ValueError, match="nowhere is not a folder"):
+        npsfuse.merge_checkpoints(conf, tmp_path / "out2", quiet=True)
+    assert not (tmp_path / "out2").exists()

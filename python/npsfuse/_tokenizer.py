@@ -229,6 +229,9 @@ def vocabulary(
     if not paths:
         raise ValueError("the config names no models")
     local = [resolve(p) for p in paths]
+    for w, p in zip(paths, local, strict=True):
+        if not os.path.isdir(p):
+            raise ValueError(f"model {w} is not a folder: the merged tokenizer reads each model's")
     base = 0  # mergekit: the base model, else the first model
     has_base = bool(config.get("base_model"))
     chat = config.get("chat_template")
