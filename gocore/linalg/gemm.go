@@ -58,11 +58,6 @@ const (
 	gemmShortWide = 256
 )
 
-// gemmTasksPerThread is how many tasks per thread gemm aims at when it
-// splits the column panels of a C with few row blocks (a var for the
-// tuning benchmarks).
-var gemmTasksPerThread = 4
-
 // operand is a float32 matrix operand of gemm: element (i, p) is
 // data[i*ld+p], or data[p*ld+i] when trans is set.
 type operand struct {
@@ -253,7 +248,7 @@ func gemmPacked(pool parallel.Pool, kern microKernel, m, n, k int, a, b operand,
 	// does not change its bits.
 	groups := 1
 	if threads := pool.Size(); rowTasks < 2*threads {
-		groups = min(panels, (gemmTasksPerThread*threads+rowTasks-1)/rowTasks)
+		groups = min(panels, (4*threads+rowTasks-1)/rowTasks)
 	}
 	perGroup := (panels + groups - 1) / groups
 	groups = (panels + perGroup - 1) / perGroup
