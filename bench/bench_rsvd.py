@@ -57,10 +57,11 @@ PROFILE_SHAPE = "1024x1024"
 # Phases of the profile: pprof -focus regular expressions (a sample counts
 # for a phase when its stack goes through a matching function).
 PROFILE_PHASES = (
-    ("GEMM (float32 FMA assembly, packing included)", r"linalg\.gemmWith"),
+    ("GEMM (float32 FMA assembly, packing included)", r"linalg\.gemm(With|Packed)"),
     ("CholeskyQR2 (bases and B, float64 kernels)", r"linalg\.\(\*cholQR\)"),
     ("Householder LQ (dgelqf + dorglq)", r"lapack/gonum\.Implementation\.(Dgelqf|Dorglq)"),
     ("core SVD of the l×l factor (dgesvd)", r"lapack/gonum\.Implementation\.Dgesvd"),
+    ("eigendecomposition of B·Bᵀ (SymEig)", r"linalg\.SymEig"),
     ("Gaussian test matrix", r"NormFloat64"),
     ("non-finite scan of A", r"linalg\.firstNonFinite"),
 )
@@ -137,7 +138,7 @@ def profile(binary: Path, tmp: Path) -> list[list[object]]:
             str(binary),
             "-test.run=^$",
             f"-test.bench=^BenchmarkRSVDShapes$/^{PROFILE_SHAPE}$",
-            "-test.benchtime=40x",
+            "-test.benchtime=150x",
             f"-test.cpu={THREADS}",
             f"-test.cpuprofile={prof}",
         ],
@@ -153,7 +154,7 @@ def profile(binary: Path, tmp: Path) -> list[list[object]]:
                 "tool",
                 "pprof",
                 "-top",
-                "-nodecount=1",
+                "-nodecount=100000",
                 f"-focus={regex}",
                 str(binary),
                 str(prof),
@@ -336,7 +337,7 @@ def main() -> None:
         gemm_rows,
     )
     rep.extra_tables[f"CPU profile of the Go side, {PROFILE_SHAPE}, 2 threads"] = (
-        ["phase", "pprof -focus", "% of samples"],
+        ["phase", "pprof -focus", "% of all samples (stacks through the phase)"],
         prof_rows,
     )
     rep.baselines["peak FMA GFLOP/s per repetition (register-only FMA loop, 2 threads)"] = [
