@@ -26,7 +26,9 @@ import (
 // cholPivotTol of its diagonal entry and every row of G₂ − I has absolute
 // sum ≤ 1/2 (so cond(Q₁) ≤ √3). Otherwise — a rank-deficient, zero or too
 // ill-conditioned panel — the caller falls back to Householder, whose
-// results do not depend on conditioning.
+// results do not depend on conditioning. The bases of the power iterations
+// may keep the first pass alone when its factor is well conditioned
+// (onePassCond); RandomizedSVD's last basis always gets both.
 //
 // The two O(r²·c) steps run on kernels (f64Kern): gram, a 4×4 block of
 // dot products carried lane-wise (lane c of 8 sums the entries c, c+8, …
