@@ -1,7 +1,5 @@
 package merge
 
-import "slices"
-
 // This file runs a whole-engine merge (Run) as a sequence of groups of
 // selection units, each prepared and then merged before the next one is
 // read, so that the merge pass finds the group's inputs still in the
@@ -18,15 +16,6 @@ import "slices"
 // more: about what the last-level cache of a server CPU keeps of it (a
 // variable for the tests).
 var interleaveBytes int64 = 64 << 20
-
-// mergeBackwards makes prepareAndMerge merge a group's chunks last to
-// first: the preparation read them first to last, so the merge pass starts
-// on the chunks it read most recently, which a cache too small for the
-// whole group still holds (in the forward order, each chunk would be
-// evicted just before it is read again). The chunks are independent and
-// chunkError reports the lowest-numbered failure, so the order changes
-// neither the outputs nor the error.
-var mergeBackwards = true
 
 // unitGroups splits the selection units into consecutive groups of at
 // most interleaveBytes (a larger unit is a group of its own).
@@ -74,12 +63,7 @@ func (e *engine) prepareAndMerge() error {
 		// Per-tensor scope: unit u is tensor u, its chunks contiguous.
 		last := g[len(g)-1]
 		lo, hi := e.first[g[0]], e.first[last]+len(units[last].chunks)
-		chunks := e.chunks[lo:hi]
-		if mergeBackwards {
-			chunks = slices.Clone(chunks)
-			slices.Reverse(chunks)
-		}
-		if err := e.mergeChunks(chunks); err != nil {
+		if err := e.mergeChunks(e.chunks[lo:hi]); err != nil {
 			return err
 		}
 	}
