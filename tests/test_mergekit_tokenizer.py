@@ -322,3 +322,14 @@ def test_relative_paths_and_missing_model(
     with pytest.raises(ValueError, match="nowhere is not a folder"):
         npsfuse.merge_checkpoints(conf, tmp_path / "out2", quiet=True)
     assert not (tmp_path / "out2").exists()
+
+
+def test_slices_with_a_tokenizer_are_refused(family: dict[str, str], tmp_path: Path) -> None:
+    conf = {
+        "merge_method": "passthrough",
+        "slices": [{"sources": [{"model": family["base"], "layer_range": [0, 2]}]}],
+        "tokenizer_source": "union",
+    }
+    run = _npsfuse(conf, tmp_path / "out")
+    assert run.returncode != 0
+    assert "with slices: are not supported yet" in run.stderr, run.stderr

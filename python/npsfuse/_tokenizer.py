@@ -198,6 +198,11 @@ def vocabulary(
         Both ``tokenizer_source`` and ``tokenizer``, an unknown source, a
         ``tokens:`` rule naming a model that is not merged, a bad template.
     """
+    if config.get("slices") is not None:
+        raise ValueError(
+            "tokenizer_source, tokenizer: and chat_template with slices: are not supported yet: "
+            "merge the slices first, then merge the vocabularies"
+        )
     block = config.get("tokenizer")
     source = config.get("tokenizer_source")
     if block is not None and source is not None:

@@ -113,7 +113,7 @@ def _tokenizer_refs(config: str | Mapping[str, Any]) -> Mapping[str, Any] | None
         if len(docs) != 1 or not isinstance(docs[0], Mapping):
             return None
         config = docs[0]
-    if "npsfuse_vocabulary" in config or "slices" in config or not needs_tokenizer(config):
+    if "npsfuse_vocabulary" in config or not needs_tokenizer(config):
         return None
     return config
 
