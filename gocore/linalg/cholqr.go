@@ -329,25 +329,20 @@ func dot4(x, y []float64) float64 {
 }
 
 // invLower stores in t (stride ld, cleared first) the inverse of the
-// lower-triangular r×r l (stride ld, non-zero diagonal), row by row:
-// T[i] = (e_i − Σ_{p<i} L[i][p]·T[p]) / L[i][i].
+// lower-triangular r×r l (stride ld, non-zero diagonal), column by column
+// by forward substitution: column j solves L·x = e_j, x[i] = −(Σ_{j≤p<i}
+// L[i][p]·x[p]) / L[i][i] for i > j, each sum a dot4 over contiguous
+// values.
 func invLower(l []float64, r, ld int, t []float64) {
 	clear(t)
-	for i := 0; i < r; i++ {
-		ti := t[i*ld : i*ld+i+1]
-		for p, lv := range l[i*ld : i*ld+i] {
-			if lv == 0 {
-				continue
-			}
-			for j, v := range t[p*ld : p*ld+p+1] {
-				ti[j] -= lv * v
-			}
+	x := make([]float64, r)
+	for j := 0; j < r; j++ {
+		x[j] = 1 / l[j*ld+j]
+		t[j*ld+j] = x[j]
+		for i := j + 1; i < r; i++ {
+			x[i] = -dot4(l[i*ld+j:i*ld+i], x[j:i]) / l[i*ld+i]
+			t[i*ld+j] = x[i]
 		}
-		d := 1 / l[i*ld+i]
-		for j := range ti[:i] {
-			ti[j] *= d
-		}
-		ti[i] = d
 	}
 }
 
