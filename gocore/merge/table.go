@@ -9,7 +9,7 @@ func init() {
 	random := []string{"weight", "density", "lambda", "normalize", "seed", "rescale"}
 	subspace := []string{"weight", "lambda"}
 	for _, s := range []MethodSpec{
-		{Name: "linear", Doc: "Weighted average of the models, Σ w_t θ_t / Σ w_t (the base is not used).",
+		{Name: "linear", Doc: "Weighted average of the models, Σ w_t θ_t / Σ w_t; a base not among the models is averaged in as the last model (as mergekit).",
 			Params: []string{"weight", "normalize"}, Normalize: true, Mergekit: true, BaseAsModel: true},
 		{Name: "task_arithmetic", Doc: "θ₀ + λ·Σ w_t τ_t (Ilharco et al., 2023).",
 			Params: []string{"weight", "lambda", "normalize", "rescale"}, Mergekit: true},
