@@ -479,6 +479,18 @@ var layerKeys = []string{"num_hidden_layers", "n_layer", "num_layers"}
 // (every key of layerKeys it holds; a missing config.json is not an
 // error), as mergekit does for a slices merge.
 func setLayerCount(dir string, layers int) error {
+	return editConfigJSON(dir, func(cfg map[string]any) {
+		for _, k := range layerKeys {
+			if _, ok := cfg[k]; ok {
+				cfg[k] = layers
+			}
+		}
+	})
+}
+
+// editConfigJSON rewrites dir's config.json with edit applied (numbers kept
+// as written; a missing config.json is not an error).
+func editConfigJSON(dir string, edit func(cfg map[string]any)) error {
 	path := filepath.Join(dir, "config.json")
 	raw, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -493,11 +505,7 @@ func setLayerCount(dir string, layers int) error {
 	if err := dec.Decode(&cfg); err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
-	for _, k := range layerKeys {
-		if _, ok := cfg[k]; ok {
-			cfg[k] = layers
-		}
-	}
+	edit(cfg)
 	out, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
 		return err

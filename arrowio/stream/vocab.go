@@ -438,29 +438,10 @@ func writeVocabFiles(dir string, v *Vocabulary) error {
 			}
 		}
 	}
-	path := filepath.Join(dir, "config.json")
-	raw, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	var cfg map[string]any
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.UseNumber()
-	if err := dec.Decode(&cfg); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
 	if v.Tokens == 0 {
 		return nil
 	}
-	cfg[v.SizeKey] = v.Size
-	out, err := json.MarshalIndent(cfg, "", "  ")
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(path, append(out, '\n'), 0o644)
+	return editConfigJSON(dir, func(cfg map[string]any) { cfg[v.SizeKey] = v.Size })
 }
 
 // parseTokenizerKeys checks mergekit's tokenizer keys (tokenizer_source,
