@@ -78,7 +78,7 @@ def nps_prune(st: Study, i: int, keep: float) -> nps.NPSResult:
         pop, gens = config.nps_generations(st.cfg)
         t0 = time.perf_counter()
         with st.ev.counting(f"NPS-Pruning (keep {keep})"):
-            r = nps.prune(st.theta0, st.finetuned[i], st.ev.task_val_score(i), keep=keep,
+            r = nps.prune(st.theta0, st.finetuned[i], st.ev.task_val_score(i), density=keep,
                           generations=gens, popsize=pop, seed=st.seed, progress=False)
         st.meter.add("merge", config.nps_evals(st.cfg) * st.n_params)
         st.cache[key] = (r, time.perf_counter() - t0)
@@ -108,8 +108,8 @@ def evolver(st: Study) -> StateDict:
     gens = config.evolver_generations(st.cfg)
     ev = npsfuse.Evolver(st.theta0, st.finetuned, st.ev.val_score, merge="ties",
                          merge_params={"density": st.cfg.density, "lam": lam},
-                         generations=gens, seed=st.seed, progress=False)
-    res = ev.run()
+                         generations=gens, seed=st.seed)
+    res = ev.run(progress=False)
     st.meter.add("merge", (1 + gens * len(st.finetuned)) * len(st.finetuned) * st.n_params)
     st.histories[names.EVOLVER] = [dict(h) for h in res.history]
     st.extra.setdefault("searched_params", {})[names.EVOLVER] = {"merger_lam": lam}
