@@ -55,8 +55,9 @@ from typing import TYPE_CHECKING, Any
 from ._extras import need
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ._vocab import FailedScores
     from .evolve import Evolver, EvolverResult
-    from .nps._search import Search, _Failures
+    from .nps._search import Search
 
 __all__ = ["RayExecutor", "drive_session", "new_worker"]
 
@@ -599,7 +600,7 @@ def nps_evaluator(
 @contextlib.contextmanager
 def fuse_evaluator(
     executor: Any, base: Any, names: Sequence[str], taus: Sequence[Any],
-    evaluate: Callable[[Any], Any], fails: _Failures,
+    evaluate: Callable[[Any], Any], fails: FailedScores,
 ) -> Iterator[Callable[[Any], list[float]]]:
     """``score(points)`` for :func:`npsfuse.nps.fuse`: θ₀ + Σ λ_i τ_i per point, scored."""
     if executor is None:

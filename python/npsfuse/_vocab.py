@@ -162,3 +162,15 @@ class FailedScores:
                 stacklevel=user_stacklevel(),
             )
         return -math.inf
+
+    def evaluate(self, evaluate: Callable[[Any], Any], sd: Any) -> float:
+        """``evaluate(sd)`` checked by :func:`score_of`, then by :meth:`check`.
+
+        Raises
+        ------
+        TypeError
+            ``evaluate`` returned something that is not a number.
+        Exception
+            Whatever ``evaluate`` raised (the vocabulary's one policy).
+        """
+        return self.check(score_of(evaluate(sd)))

@@ -13,10 +13,10 @@ import torch
 
 from .. import _executor
 from .._state import ModelLike, StateDict, load_state_dict
-from .._vocab import GENERATIONS
+from .._vocab import GENERATIONS, FailedScores
 from ._engine import _apply, _Session
 from ._result import NPSResult, _plot_history, load_run, save_run
-from ._search import Evaluate, _check_bounds, _check_options, _Failures, _fmt, _progress
+from ._search import Evaluate, _check_bounds, _check_options, _fmt, _progress
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -185,7 +185,7 @@ def fuse(
     else:
         core = _Session.restore(saved["state"], (k,))
         done = int(saved["done"])
-    fails = _Failures()
+    fails = FailedScores()
     try:
         with _executor.fuse_evaluator(executor, sd, names, taus, evaluate, fails) as score:
 

@@ -24,7 +24,7 @@ import torch
 from .. import _executor
 from .._display import progress_bar
 from .._state import ModelLike, StateDict, load_state_dict
-from .._vocab import GENERATIONS, FailedScores, renamed, score_of
+from .._vocab import GENERATIONS, FailedScores, renamed
 from ._engine import _apply, _Decomposition, _prunable, _Session
 from ._result import NPSResult, fingerprint
 
@@ -74,32 +74,6 @@ def _check_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
             raise ValueError(f"sigma0 must be finite and > 0, got {s}")
         opts["sigma0"] = s
     return opts
-
-
-class _Failures:
-    """The search's failed candidates: a score that is None, NaN or ±inf is
-    −inf, with one ``RuntimeWarning`` per search; an exception raised by
-    ``evaluate`` reaches the caller (the vocabulary's one policy, see
-    :mod:`npsfuse._vocab`)."""
-
-    def __init__(self) -> None:
-        self._scores = FailedScores()
-
-    def value(self, v: Any) -> float:
-        """A user-reported score as a float, −inf (with a warning) when not finite."""
-        return self._scores.check(v, "a score was")
-
-    def evaluate(self, evaluate: Evaluate, sd: StateDict) -> float:
-        """``evaluate(sd)`` as a float; NaN/±inf is −inf (with a warning).
-
-        Raises
-        ------
-        TypeError
-            ``evaluate`` returned something that is not a number.
-        Exception
-            Whatever ``evaluate`` raised.
-        """
-        return self._scores.check(score_of(evaluate(sd)))
 
 
 class Search:
@@ -235,7 +209,7 @@ class Search:
                                       options=_check_options(optimizer_options))
         else:
             self._core = _Session.restore(_state["session"], start.shape)
-        self._failures = _Failures()
+        self._failures = FailedScores()
 
     # -- ask/tell --------------------------------------------------------------
 
@@ -281,7 +255,7 @@ class Search:
         ``None``, NaN and ±inf mark failed candidates (scored −inf, with one
         warning per search).
         """
-        self._c().tell([self._failures.value(v) for v in scores])
+        self._c().tell([self._failures.check(v, "a score was") for v in scores])
 
     def _evaluate_pending(self, evaluate: Evaluate) -> None:
         """Evaluate the pending candidates one model at a time and tell the scores."""
