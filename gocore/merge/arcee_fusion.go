@@ -2,8 +2,9 @@ package merge
 
 import (
 	"math"
-	"slices"
 
+	"github.com/npsfuse/npsfuse/gocore/parallel"
+	"github.com/npsfuse/npsfuse/gocore/topk"
 	"github.com/npsfuse/npsfuse/gocore/vec"
 )
 
@@ -55,17 +56,52 @@ func (arceeFusion) prepare(e *engine, units []int) error {
 		e.p.Pool.For(len(st.kl), func(_, r int) {
 			st.kl[r] = rowKL(x[r*cols:(r+1)*cols], b[r*cols:(r+1)*cols])
 		})
-		imp := make([]float32, n)
-		for j := range imp {
-			imp[j] = fusionImportance(x[j], b[j], st.kl[j/cols])
-		}
-		slices.Sort(imp)
-		at := func(q float32) float32 { return imp[int64(q*float32(n-1))] }
-		q1, med, q3 := at(0.25), at(0.5), at(0.75)
-		st.fence = med + float32(1.5*(q3-q1))
+		st.fence = fusionFence(e.p.Pool, x, b, &st)
 		e.fusion[ti] = st
 	}
 	return nil
+}
+
+// fusionFence is Tukey's upper fence of the tensor's importances: their
+// quartiles are order statistics of the importances' order keys
+// (orderKey), found by radix selection (topk.Select), which gives the same
+// values as sorting the float32 importances. Integer keys and a selection
+// instead of a comparison sort keep legacy-SSE float compares out of the
+// hot loop: with GOEXPERIMENT=simd a preemption leaves the vector registers'
+// upper halves dirty, and every scalar float instruction after it then runs
+// slowly on Intel CPUs until the next VZEROUPPER (issue 15).
+func fusionFence(pool parallel.Pool, x, b []float32, st *afState) float32 {
+	n := len(x)
+	keys := make([]uint32, n)
+	nc := parallel.NumChunks(n)
+	pool.For(nc, func(_, c int) {
+		lo, hi := c*parallel.Chunk, min(n, (c+1)*parallel.Chunk)
+		vec.ClearAVXUpper()
+		for j := lo; j < hi; j++ {
+			keys[j] = orderKey(fusionImportance(x[j], b[j], st.kl[j/st.cols]))
+		}
+	})
+	src := func(c int, dst []uint32) []uint32 {
+		lo, hi := c*parallel.Chunk, min(n, (c+1)*parallel.Chunk)
+		return append(dst[:0], keys[lo:hi]...)
+	}
+	// at is the importance at ascending index ⌊q·(n−1)⌋: the
+	// (n − index)-th largest key.
+	at := func(q float32) float32 {
+		i := int64(q * float32(n-1))
+		if i == 0 { // the smallest: Select reports k = n as "keep all"
+			k := keys[0]
+			for _, v := range keys[1:] {
+				k = min(k, v)
+			}
+			return fromOrderKey(k)
+		}
+		cut := topk.Select(int64(n)-i, int64(n), nc, src, pool.Workers(nc))
+		return fromOrderKey(cut.Bits)
+	}
+	q1, med, q3 := at(0.25), at(0.5), at(0.75)
+	vec.ClearAVXUpper()
+	return med + float32(1.5*(q3-q1))
 }
 
 // rowKL is Σ p log(p/q) over one row, p and q the softmaxes of x and b plus
@@ -74,18 +110,22 @@ func rowKL(x, b []float32) float32 {
 	px, qb := softmax64(x), softmax64(b)
 	eps := float32(1e-8)
 	var kl float64
-	for j := range px {
-		if j%pcbClearEvery == 0 {
-			vec.ClearAVXUpper() // as in PCB: math.Log after a preemption
+	for lo := 0; lo < len(px); lo += pcbClearEvery {
+		vec.ClearAVXUpper() // as in PCB: math.Log after a preemption
+		for j := lo; j < min(len(px), lo+pcbClearEvery); j++ {
+			p := float32(px[j]) + eps
+			q := float32(qb[j]) + eps
+			kl += float64(p) * math.Log(float64(p/q))
 		}
-		p := float32(px[j]) + eps
-		q := float32(qb[j]) + eps
-		kl += float64(p) * math.Log(float64(p/q))
 	}
 	return float32(kl)
 }
 
-// softmax64 is softmax(v) in float64.
+// softmax64 is softmax(v) in float64. The loops that call math.Exp clear
+// the upper register halves once per block of pcbClearEvery entries, outside
+// the inner loop: a test of the counter inside it made the loop run 2–3×
+// slower in the GOEXPERIMENT=simd build than in the plain one on an Intel
+// Xeon (a layout effect, measured, not understood).
 func softmax64(v []float32) []float64 {
 	m := math.Inf(-1)
 	for _, x := range v {
@@ -93,12 +133,12 @@ func softmax64(v []float32) []float64 {
 	}
 	out := make([]float64, len(v))
 	var s float64
-	for j, x := range v {
-		if j%pcbClearEvery == 0 {
-			vec.ClearAVXUpper() // as in PCB: math.Exp after a preemption
+	for lo := 0; lo < len(v); lo += pcbClearEvery {
+		vec.ClearAVXUpper() // as in PCB: math.Exp after a preemption
+		for j := lo; j < min(len(v), lo+pcbClearEvery); j++ {
+			out[j] = math.Exp(float64(v[j]) - m)
+			s += out[j]
 		}
-		out[j] = math.Exp(float64(x) - m)
-		s += out[j]
 	}
 	for j := range out {
 		out[j] /= s
@@ -119,6 +159,9 @@ func (arceeFusion) combine(e *engine, ch chunkRef, base []float32, models, _ [][
 	st := &e.fusion[ch.ti]
 	x := models[0]
 	for j := range out {
+		if j%pcbClearEvery == 0 {
+			vec.ClearAVXUpper() // scalar float code after a preemption: see fusionFence
+		}
 		b := base[j]
 		if fusionImportance(x[j], b, st.kl[(ch.lo+j)/st.cols]) >= st.fence {
 			out[j] = b + (x[j] - b)

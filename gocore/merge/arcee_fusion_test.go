@@ -6,6 +6,7 @@ import (
 	"sort"
 	"testing"
 
+	"github.com/npsfuse/npsfuse/gocore/parallel"
 	"github.com/npsfuse/npsfuse/gocore/tensor"
 )
 
@@ -116,5 +117,60 @@ func TestArceeFusionEqualModels(t *testing.T) {
 	}
 	if _, bad := Resolve("arcee_fusion", 2, Values{}); len(bad) == 0 {
 		t.Fatal("two models accepted")
+	}
+}
+
+// TestFusionFenceMatchesSort checks the radix-selected fence against the
+// float32 sort it replaced, for sizes around topk.SmallN and one, with
+// repeated and negative importances (negative KL values stand in for the
+// rounding that can make a row's KL slightly negative).
+func TestFusionFenceMatchesSort(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		n    int
+		cols int
+		neg  bool
+		ties bool
+	}{
+		{"one", 1, 1, false, false},
+		{"two", 2, 2, false, false},
+		{"three", 3, 3, true, false},
+		{"small", 1000, 10, false, true},
+		{"at SmallN", 4096, 64, true, true},
+		{"above SmallN", 4097, 17, true, false},
+		{"several chunks", 3*16384 + 8, 8, true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := rand.New(rand.NewPCG(uint64(tc.n), 3))
+			x, b := make([]float32, tc.n), make([]float32, tc.n)
+			for j := range x {
+				b[j] = float32(r.NormFloat64())
+				x[j] = b[j] + float32(r.NormFloat64())*0.1
+				if tc.ties && j%3 == 0 {
+					x[j] = b[j] + 0.25 // equal |x − b| within a row: equal importances
+				}
+			}
+			st := afState{cols: tc.cols, kl: make([]float32, tc.n/tc.cols)}
+			for i := range st.kl {
+				st.kl[i] = float32(r.Float64())
+				if tc.neg && i%4 == 1 {
+					st.kl[i] = -st.kl[i]
+				}
+			}
+			imp := make([]float32, tc.n)
+			for j := range imp {
+				imp[j] = fusionImportance(x[j], b[j], st.kl[j/tc.cols])
+			}
+			sort.Slice(imp, func(i, j int) bool { return imp[i] < imp[j] })
+			at := func(q float32) float32 { return imp[int64(q*float32(tc.n-1))] }
+			want := at(0.5) + float32(1.5*(at(0.75)-at(0.25)))
+			for _, threads := range []int{1, 2} {
+				got := fusionFence(parallel.Pool{Threads: threads}, x, b, &st)
+				if math.Float32bits(got) != math.Float32bits(want) {
+					t.Fatalf("threads %d: fence %v (%#x), sorting gives %v (%#x)", threads, got,
+						math.Float32bits(got), want, math.Float32bits(want))
+				}
+			}
+		})
 	}
 }
