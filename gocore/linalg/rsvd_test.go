@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"runtime"
+	"strings"
 	"testing"
 
 	"github.com/npsfuse/npsfuse/gocore/parallel"
@@ -285,6 +286,8 @@ func TestRandomizedSVDErrors(t *testing.T) {
 	nan.Data[4] = float32(math.NaN())
 	inf := NewMatrix(2, 3)
 	inf.Data[5] = float32(math.Inf(-1))
+	tall := NewMatrix(5, 2) // sketched through Aᵀ
+	tall.Data[7] = float32(math.Inf(1))
 	cases := []struct {
 		name  string
 		a     Matrix
@@ -297,6 +300,7 @@ func TestRandomizedSVDErrors(t *testing.T) {
 		{"rank 0", NewMatrix(4, 4), 0, true},
 		{"NaN", nan, 1, false},
 		{"-Inf", inf, 1, false},
+		{"+Inf, tall", tall, 1, false},
 	}
 	for _, tc := range cases {
 		_, err := RandomizedSVD(tc.a, Options{Rank: tc.rank})
@@ -306,6 +310,9 @@ func TestRandomizedSVDErrors(t *testing.T) {
 		}
 		if tc.shape != errors.Is(err, errShape) {
 			t.Errorf("%s: errors.Is(err, errShape) = %v, err = %v", tc.name, !tc.shape, err)
+		}
+		if tc.name == "+Inf, tall" && !strings.Contains(err.Error(), "at (3, 1)") {
+			t.Errorf("%s: %v does not name the entry (3, 1)", tc.name, err)
 		}
 	}
 }
