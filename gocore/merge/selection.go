@@ -331,63 +331,20 @@ func loadOne(v tensor.Vec, i int) float32 {
 	return x[0]
 }
 
-// countChunk is the counting pass over one chunk for every window. The
-// magnitude sums are formed only when sums is set (NeuroMerging's σ_t):
-// each model's total over even and odd entries separately, then added. The comparisons with hi run without branches; the
-// candidate test is rarely true (or, for whole-range windows, always), so
-// its branch is predictable.
+// countChunk is the counting pass over one chunk for every window, with
+// the magnitude sums (NeuroMerging's σ_t: countChunkSums) when sums is set.
 func (e *engine) countChunk(ch chunkRef, ws *workspace, wins []window, sums bool) (chunkCount, error) {
 	base, err := e.loadBase(ch, ws)
 	if err != nil {
 		return chunkCount{}, err
 	}
 	cc := chunkCount{win: make([]winCount, len(wins)), sumAll: make([]float64, e.T)}
-	if !sums {
-		err := e.countChunkFused(ch, ws, base, wins, &cc)
-		return cc, err
+	if sums {
+		err = e.countChunkSums(ch, ws, base, wins, &cc)
+	} else {
+		err = e.countChunkFused(ch, ws, base, wins, &cc)
 	}
-	mags := ws.out[:ch.hi-ch.lo] // the output buffer is free during preparation
-	for m := range e.T {
-		mv, err := e.loadModel(ch, m, ws, ws.models[0])
-		if err != nil {
-			return chunkCount{}, err
-		}
-		vec.AbsDiff(mags, mv, base)
-		summedAll := false
-		for w, win := range wins {
-			if win.m != m {
-				continue
-			}
-			c := &cc.win[w]
-			lo, hi := win.lo, win.hi
-			var above int64
-			if !sums {
-				c.above, c.cands = vec.CountWindow(mags, lo, hi, c.cands)
-				continue
-			}
-			var s0, s1, sumAbove float64
-			for j, v := range mags {
-				a := math.Float32bits(v)
-				gt := (uint64(hi) - uint64(a)) >> 63
-				above += int64(gt)
-				f := float64(v)
-				if j&1 == 0 {
-					s0 += f
-				} else {
-					s1 += f
-				}
-				sumAbove += math.Float64frombits(math.Float64bits(f) & -gt)
-				if a >= lo && a <= hi {
-					c.cands = append(c.cands, a)
-				}
-			}
-			c.above, c.sumAbove = above, sumAbove
-			if !summedAll {
-				cc.sumAll[m], summedAll = s0+s1, true
-			}
-		}
-	}
-	return cc, nil
+	return cc, err
 }
 
 // countChunkFused is countChunk without the magnitude sums: per model, one

@@ -1,0 +1,123 @@
+package merge
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/npsfuse/npsfuse/gocore/vec"
+)
+
+// NeuroMerging's counting pass. Its selections sum magnitudes (σ_t needs
+// Σ|τ_m| and Σ|τ̂_m|), in an order that fixes the bits of σ_t, λ₂ and so of
+// every merged entry: per chunk, Σ|τ_m| is the sum over the even entries
+// plus the sum over the odd ones, each accumulated in float64 in index
+// order, and the sum above a window's hi is accumulated in index order over
+// those entries alone (the +0 of the others changes nothing). Those
+// dependency chains cannot be reordered, so the pass splits in two:
+//
+//  1. countSums (vector loops in the SIMD build, countSumsGo otherwise): the
+//     magnitudes |x − b| into mags, the count of those above hi and, packed
+//     in index order, their values into abv, the candidates in [lo, hi],
+//     and the finiteness check of x — branch-free but for the rare
+//     candidates (the former loop's two-sided range test mispredicted on
+//     every other entry at MaskRate ½);
+//  2. sumMags: the three float64 chains in one loop, three independent adds
+//     per pair of entries.
+
+// countChunkSums is countChunk with the magnitude sums: per model, its
+// chunk read where it is stored, one countSums per window of the model
+// (the first one also gives the model's Σ|τ|).
+func (e *engine) countChunkSums(ch chunkRef, ws *workspace, base []float32, wins []window, cc *chunkCount) error {
+	n := ch.hi - ch.lo
+	mags, abv := ws.out[:n], ws.taus[0][:n] // free during preparation
+	for m := range e.T {
+		x := e.view(e.tensors[ch.ti].Models[m], ch, ws, ws.models[0])
+		checked := false
+		for w, win := range wins {
+			if win.m != m {
+				continue
+			}
+			c := &cc.win[w]
+			above, k, cands, ok := countSums(x, base, win.lo, win.hi, c.cands, mags, abv)
+			if !ok {
+				return e.nonFinite(ch, fmt.Sprintf("model %d", m), x)
+			}
+			vec.ClearAVXUpper() // in case a preemption left the upper halves dirty
+			total, sumAbove := sumMags(mags, abv[:k])
+			c.above, c.sumAbove, c.cands = above, sumAbove, cands
+			if !checked {
+				cc.sumAll[m], checked = total, true
+			}
+		}
+		if !checked && !vec.Finite(x) {
+			return e.nonFinite(ch, fmt.Sprintf("model %d", m), x)
+		}
+	}
+	return nil
+}
+
+// countSums sets mags[j] = |x[j] − b[j]| (float32) for j < len(x), packs
+// the magnitudes whose bits exceed hi into abv in index order and returns
+// how many there are (also above, as int64), appends to cands the bits of
+// the magnitudes within [lo, hi] in index order, and reports whether every
+// x[j] is finite (the rest means nothing when it is not). b, mags and abv
+// must be at least len(x) long.
+func countSums(x, b []float32, lo, hi uint32, cands []uint32, mags, abv []float32) (above int64, k int, _ []uint32, ok bool) {
+	n := len(x)
+	if len(b) < n || len(mags) < n || len(abv) < n {
+		panic("merge.countSums: b, mags or abv shorter than x")
+	}
+	return countSumsVec(x, b[:n], lo, hi, cands, mags[:n], abv[:n])
+}
+
+// countSumsGo is countSums' scalar twin. The window test is one unsigned
+// comparison, a − lo ≤ hi − lo (wrapping), the same as lo ≤ a ≤ hi for
+// every lo ≤ hi, and true for one entry in a hundred: a predictable branch.
+func countSumsGo(x, b []float32, lo, hi uint32, cands []uint32, mags, abv []float32) (above int64, k int, _ []uint32, ok bool) {
+	b, mags, abv = b[:len(x)], mags[:len(x)], abv[:len(x)]
+	var fin float32
+	span := hi - lo
+	if lo > hi { // an empty window: a − lo = a + 1 ≤ 0 never holds
+		lo, span = math.MaxUint32, 0
+	}
+	for j, v := range x {
+		fin += v * 0
+		a := math.Float32bits(v-b[j]) & 0x7fffffff
+		f := math.Float32frombits(a)
+		mags[j] = f
+		gt := int((uint64(hi) - uint64(a)) >> 63)
+		abv[k] = f
+		k += gt
+		if a-lo <= span {
+			cands = append(cands, a)
+		}
+	}
+	return int64(k), k, cands, fin == fin
+}
+
+// sumMags returns Σ mags as (Σ over even j) + (Σ over odd j) and Σ abv,
+// each accumulated in float64 in index order from +0: countChunk's sums.
+// The three chains advance together, one add each per iteration.
+func sumMags(mags, abv []float32) (total, sumAbove float64) {
+	var s0, s1, sa float64
+	n2 := len(mags) / 2
+	m := min(n2, len(abv))
+	mg := mags[:2*n2]
+	ab := abv[:m]
+	for i := range ab {
+		s0 += float64(mg[2*i])
+		s1 += float64(mg[2*i+1])
+		sa += float64(ab[i])
+	}
+	for i := m; i < n2; i++ {
+		s0 += float64(mg[2*i])
+		s1 += float64(mg[2*i+1])
+	}
+	for _, v := range abv[m:] {
+		sa += float64(v)
+	}
+	if len(mags)%2 == 1 {
+		s0 += float64(mags[len(mags)-1])
+	}
+	return s0 + s1, sa
+}
