@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"sort"
@@ -71,6 +72,11 @@ type Config struct {
 	// SessionIdleTimeout cancels a session no client used for this long
 	// (0: never).
 	SessionIdleTimeout time.Duration
+	// Python is the interpreter, with npsfuse installed, that prepares
+	// merge configs naming Hugging Face Hub ids, MODEL+LORA or tokenizer
+	// keys (npsfuse._prepare, as `npsfuse merge` does): an absolute path, or
+	// a command found on PATH (resolved at load). "" refuses such configs.
+	Python string
 	// File is the configuration file read ("" = none).
 	File string
 }
@@ -133,6 +139,7 @@ type raw struct {
 	RetentionJobs  int           `mapstructure:"retention_jobs"`
 	RetentionBytes string        `mapstructure:"retention_bytes"`
 	SessionIdle    time.Duration `mapstructure:"session_idle_timeout"`
+	Python         string        `mapstructure:"python"`
 }
 
 // Defaults returns the built-in default of every key, for the current
@@ -158,6 +165,7 @@ func Defaults() map[string]any {
 		"retention_jobs":       10000,
 		"retention_bytes":      "0",
 		"session_idle_timeout": "24h",
+		"python":               "",
 	}
 }
 
@@ -195,7 +203,7 @@ var flagKeys = map[string]string{
 	"max-upload-size": "max_upload_size", "drain-timeout": "drain_timeout", "store-sync": "store_sync",
 	"log-level": "log_level", "log-format": "log_format",
 	"retention-age": "retention_age", "retention-jobs": "retention_jobs", "retention-bytes": "retention_bytes",
-	"session-idle-timeout": "session_idle_timeout",
+	"session-idle-timeout": "session_idle_timeout", "python": "python",
 }
 
 // Flags declares npsfused's flags on fs: --config, --print-config,
@@ -225,6 +233,7 @@ func Flags(fs *pflag.FlagSet) {
 	fs.Int("retention-jobs", d["retention_jobs"].(int), "keep at most this many finished jobs, oldest removed first (0 = no limit)")
 	fs.String("retention-bytes", str("retention_bytes"), "bound the result files of finished jobs together, oldest removed first (0 = no limit)")
 	fs.Duration("session-idle-timeout", 24*time.Hour, "cancel a session no client used for this long (0 = never)")
+	fs.String("python", "", "Python interpreter with npsfuse installed, for merge configs with Hub ids, MODEL+LORA or tokenizer keys (\"\" refuses them)")
 }
 
 // Load builds the configuration from defaults, the YAML file (--config or
@@ -420,6 +429,15 @@ func (r raw) validate() (*Config, error) {
 		add("session_idle_timeout must be ≥ 0 (0 = never), got %v", r.SessionIdle)
 	}
 	c.SessionIdleTimeout = r.SessionIdle
+	if py := expandHome(strings.TrimSpace(r.Python)); py != "" {
+		if !filepath.IsAbs(py) && strings.ContainsRune(py, filepath.Separator) {
+			add("python %q: give an absolute path or a command name found on PATH", r.Python)
+		} else if p, err := exec.LookPath(py); err != nil {
+			add("python %q: %v", r.Python, err)
+		} else if c.Python, err = filepath.Abs(p); err != nil {
+			add("python %q: %v", r.Python, err)
+		}
+	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
@@ -500,10 +518,11 @@ func (c *Config) Print(w io.Writer) error {
 		RetentionJobs  int      `yaml:"retention_jobs"`
 		RetentionBytes string   `yaml:"retention_bytes"`
 		SessionIdle    string   `yaml:"session_idle_timeout"`
+		Python         string   `yaml:"python"`
 	}{c.Listen.String(), toks, c.DataRoots, c.Store, c.ShmDir, c.Workers, c.Threads,
 		FormatSize(c.MemoryBudget), c.MetricsListen, FormatSize(c.MaxMessageBytes), FormatSize(c.MaxUploadBytes),
 		c.DrainTimeout.String(), c.StoreSync, c.LogLevel, c.LogFormat,
-		c.RetentionAge.String(), c.RetentionJobs, retentionBytes, c.SessionIdleTimeout.String()}
+		c.RetentionAge.String(), c.RetentionJobs, retentionBytes, c.SessionIdleTimeout.String(), c.Python}
 	if c.File != "" {
 		if _, err := fmt.Fprintf(w, "# from defaults, %s, NPSFUSE_* and flags\n", c.File); err != nil {
 			return err

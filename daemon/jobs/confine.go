@@ -7,6 +7,7 @@ import (
 
 	"github.com/npsfuse/npsfuse/arrowio/safetensors"
 	"github.com/npsfuse/npsfuse/arrowio/stream"
+	"github.com/npsfuse/npsfuse/daemon/config"
 )
 
 // checkInputFiles checks the files a job reads for the input at p (a
@@ -16,7 +17,7 @@ import (
 // symbolic links, to a regular file inside the data roots. A link that
 // leads out of the roots is refused (PERMISSION_DENIED), and so is a FIFO,
 // socket or device (INVALID_ARGUMENT), which would block a worker in open.
-func (e *Env) checkInputFiles(p, what string) error {
+func checkInputFiles(roots config.Roots, p, what string) error {
 	files, err := stream.InputFiles(p)
 	if err != nil {
 		return invalid("%s %s: %v", what, p, err)
@@ -26,7 +27,7 @@ func (e *Env) checkInputFiles(p, what string) error {
 		if err != nil {
 			return invalid("%s: %s cannot be resolved (a dangling link?): %v", what, f, err)
 		}
-		if _, err := e.Roots.Check(resolved); err != nil {
+		if _, err := roots.Check(resolved); err != nil {
 			return fmt.Errorf("%s: %s is a link to %s: %w", what, f, resolved, err)
 		}
 		st, err := os.Stat(resolved)
@@ -59,17 +60,17 @@ func (e *Env) checkOutputPlace(r, p, what string) error {
 	}
 	for _, d := range e.ownFolders() {
 		if within(r, d) || within(d, r) {
-			return invalid("%s %s is inside or above the daemon's own folder %s (shared memory, uploads, results or job store): name a folder inside a data root", what, p, d)
+			return invalid("%s %s is inside or above the daemon's own folder %s (shared memory, uploads, results, job scratch or job store): name a folder inside a data root", what, p, d)
 		}
 	}
 	return nil
 }
 
-// ownFolders are the daemon's folders and store file, resolved through
-// links where they exist.
+// ownFolders are the daemon's folders (the jobs' scratch folder
+// included) and store file, resolved through links where they exist.
 func (e *Env) ownFolders() []string {
 	var out []string
-	for _, d := range []string{e.ShmDir, e.Uploads, e.Results, e.Store} {
+	for _, d := range []string{e.ShmDir, e.Uploads, e.Results, e.Store, e.scratchRoot()} {
 		if d == "" {
 			continue
 		}

@@ -64,13 +64,26 @@ type Env struct {
 	// Pool is the kernels' thread count (the config's threads; zero value:
 	// all cores), passed with every kernel call.
 	Pool parallel.Pool
+	// Python is the interpreter (with npsfuse installed) that prepares
+	// merge configs naming Hub ids, MODEL+LORA or tokenizer keys
+	// (npsfuse._prepare); "" refuses such configs.
+	Python string
+	// Scratch holds the jobs' scratch folders (job-ID), removed when a job
+	// ends and at start; "" means "scratch" beside Uploads.
+	Scratch string
 
 	slabs slabPool // kept mappings of recycled shared-memory results
 }
 
-// Prepare creates the daemon's folders (mode 0700).
+// Prepare creates the daemon's folders (mode 0700) and removes the
+// scratch folders a previous process left (a crash interrupts a job
+// before it removes its own).
 func (e *Env) Prepare() error {
 	dirs := []string{e.Uploads, e.Results}
+	if r := e.scratchRoot(); r != "" {
+		dirs = append(dirs, r)
+		e.SweepScratch()
+	}
 	if e.ShmDir != "" {
 		dirs = append(dirs, e.ShmDir, filepath.Join(e.ShmDir, "uploads"), filepath.Join(e.ShmDir, "results"), e.ShmFreeDir())
 	}
@@ -198,6 +211,12 @@ func (e *Env) DeleteUpload(name string) error {
 // Resolve turns a reference from a spec into a path to read: "upload:NAME"
 // or an absolute path inside the data roots.
 func (e *Env) Resolve(ref, what string) (string, error) {
+	return e.resolveIn(e.Roots, ref, what)
+}
+
+// resolveIn is Resolve with the given roots (the data roots, or those and
+// a job's scratch folder for a config npsfuse._prepare prepared).
+func (e *Env) resolveIn(roots config.Roots, ref, what string) (string, error) {
 	if name, ok := strings.CutPrefix(ref, UploadRef); ok {
 		p, err := e.UploadPath(name)
 		if err != nil {
@@ -211,14 +230,14 @@ func (e *Env) Resolve(ref, what string) (string, error) {
 	if !filepath.IsAbs(ref) {
 		return "", invalid("%s %q must be an absolute path (the daemon has no working directory of yours) or upload:NAME", what, ref)
 	}
-	p, err := e.Roots.Check(ref)
+	p, err := roots.Check(ref)
 	if err != nil {
 		return "", fmt.Errorf("%s: %w", what, err)
 	}
 	if _, err := os.Stat(p); err != nil {
 		return "", invalid("%s %s does not exist", what, ref)
 	}
-	if err := e.checkInputFiles(p, what); err != nil {
+	if err := checkInputFiles(roots, p, what); err != nil {
 		return "", err
 	}
 	return p, nil

@@ -14,6 +14,7 @@ import (
 	"github.com/npsfuse/npsfuse/arrowio/checkpoint"
 	"github.com/npsfuse/npsfuse/arrowio/safetensors"
 	"github.com/npsfuse/npsfuse/arrowio/stream"
+	"github.com/npsfuse/npsfuse/daemon/config"
 	"github.com/npsfuse/npsfuse/daemon/store"
 	"github.com/npsfuse/npsfuse/daemon/tensors"
 	"github.com/npsfuse/npsfuse/gocore/fault"
@@ -78,8 +79,12 @@ func decodeStrict(spec json.RawMessage, v any) error {
 
 // resolveMerge replaces every model reference of the config by the path
 // to read and parses the result with stream.ParseConfig (which reports
-// every problem of the configuration at once).
-func resolveMerge(e *Env, s *mergeSpec) (*stream.Config, []string, error) {
+// every problem of the configuration at once). scratch is the job's
+// scratch folder when the config was prepared by npsfuse._prepare ("" for
+// a config as the client sent it): paths inside it are read too, and the
+// internal npsfuse_vocabulary key (the merged tokenizer's row maps) is
+// accepted, its paths resolved like the models'.
+func resolveMerge(e *Env, s *mergeSpec, scratch string) (*stream.Config, []string, error) {
 	if s.Config == nil {
 		return nil, nil, invalid("config is missing (a mergekit-style mapping: merge_method, base_model, models)")
 	}
@@ -87,8 +92,22 @@ func resolveMerge(e *Env, s *mergeSpec) (*stream.Config, []string, error) {
 	for k, v := range s.Config {
 		cfg[k] = v
 	}
-	if _, ok := cfg["npsfuse_vocabulary"]; ok { // its tokenizer folder and paths are not confined
-		return nil, nil, invalid("config: npsfuse_vocabulary is the internal key of `npsfuse merge` (row maps built in Python); the daemon does not merge tokenizers: run configs with tokenizer_source, tokenizer: or chat_template with `npsfuse merge`")
+	roots := e.Roots
+	if scratch != "" {
+		var err error
+		if roots, err = config.NewRoots(append(e.Roots.Dirs(), scratch)...); err != nil {
+			return nil, nil, err
+		}
+	}
+	if v, ok := cfg["npsfuse_vocabulary"]; ok {
+		if scratch == "" { // only npsfuse._prepare's output may carry it
+			return nil, nil, invalid("config: npsfuse_vocabulary is the internal key of npsfuse's tokenizer merge (row maps built in Python by npsfuse._prepare): give tokenizer_source, tokenizer: or chat_template instead")
+		}
+		nv, err := resolveVocabulary(e, roots, v, scratch)
+		if err != nil {
+			return nil, nil, err
+		}
+		cfg["npsfuse_vocabulary"] = nv
 	}
 	var paths []string
 	resolve := func(v any, what string) (any, error) {
@@ -96,7 +115,7 @@ func resolveMerge(e *Env, s *mergeSpec) (*stream.Config, []string, error) {
 		if !ok {
 			return v, nil // ParseConfig reports the type
 		}
-		p, err := e.Resolve(ref, what)
+		p, err := e.resolveIn(roots, ref, what)
 		if err != nil {
 			return nil, err
 		}
@@ -209,17 +228,127 @@ func resolveSlices(cfg map[string]any, resolve func(v any, what string) (any, er
 	return nil
 }
 
+// resolveVocabulary resolves the paths of a prepared config's
+// npsfuse_vocabulary (the model folders of its row maps, exactly as the
+// models' own references are resolved, and the merged tokenizer's folder)
+// within roots (the data roots and the job's scratch folder); the
+// tokenizer folder must lie in the scratch folder, where npsfuse._prepare
+// writes it.
+func resolveVocabulary(e *Env, roots config.Roots, v any, scratch string) (any, error) {
+	m, ok := v.(map[string]any)
+	if !ok {
+		return v, nil // ParseConfig reports the type
+	}
+	m = maps.Clone(m)
+	if d, ok := m["tokenizer_dir"].(string); ok && d != "" {
+		r, err := roots.Check(d)
+		if err != nil {
+			return nil, fmt.Errorf("npsfuse_vocabulary.tokenizer_dir: %w", err)
+		}
+		sr, err := filepath.EvalSymlinks(scratch)
+		if err != nil {
+			return nil, fmt.Errorf("job scratch folder: %w", err)
+		}
+		if !within(r, sr) {
+			return nil, fault.Errorf(fault.Permission, "npsfuse_vocabulary.tokenizer_dir %s is outside the job's scratch folder %s", d, scratch)
+		}
+		m["tokenizer_dir"] = r
+	}
+	if list, ok := m["models"].([]any); ok {
+		out := make([]any, len(list))
+		for i, item := range list {
+			mm, ok := item.(map[string]any)
+			if !ok {
+				out[i] = item
+				continue
+			}
+			if p, ok := mm["path"].(string); ok {
+				r, err := e.resolveIn(roots, p, fmt.Sprintf("npsfuse_vocabulary.models[%d].path", i))
+				if err != nil {
+					return nil, err
+				}
+				mm = maps.Clone(mm)
+				mm["path"] = r
+			}
+			out[i] = mm
+		}
+		m["models"] = out
+	}
+	return m, nil
+}
+
+// preparation is what of a client's config npsfuse._prepare must prepare
+// (nil: nothing, the config goes to Go as it is). tokenizer_source: base
+// alone runs in Go without Python, as before the daemon had Python; with
+// Python it is prepared as `npsfuse merge` prepares it.
+func (e *Env) preparation(cfg map[string]any) (*prepPlan, error) {
+	if _, ok := cfg["npsfuse_vocabulary"]; ok {
+		return nil, invalid("config: npsfuse_vocabulary is the internal key of npsfuse's tokenizer merge (row maps built in Python by npsfuse._prepare): give tokenizer_source, tokenizer: or chat_template instead")
+	}
+	p := planPrepare(cfg)
+	if !p.needed() || (e.Python == "" && len(p.refs) == 0 && p.baseOnly) {
+		return nil, nil
+	}
+	return p, nil
+}
+
+// checkTargets checks what the config's features need of the output: a
+// slices merge or a merged tokenizer writes a checkpoint.
+func checkTargets(s *mergeSpec, slices, vocab bool) error {
+	if slices && s.OutDir == "" {
+		return invalid("a slices merge writes a checkpoint folder: give out_dir")
+	}
+	if vocab && s.OutDir == "" {
+		return invalid("config: a merged tokenizer (tokenizer_source, tokenizer:, chat_template) is written with a checkpoint: give out_dir")
+	}
+	return nil
+}
+
+// checkStreamInputs refuses Arrow tensor files as inputs of an out_dir
+// merge.
+func checkStreamInputs(s *mergeSpec, paths []string) error {
+	if s.OutDir == "" {
+		return nil
+	}
+	for _, p := range paths {
+		if tensors.IsIPCPath(p) {
+			return invalid("%s is an Arrow tensor file: out_dir merges read checkpoint folders and .safetensors files; drop out_dir to get the merged tensors instead", p)
+		}
+	}
+	return nil
+}
+
 func checkMerge(e *Env, raw json.RawMessage) (json.RawMessage, error) {
 	var s mergeSpec
 	if err := decodeStrict(raw, &s); err != nil {
 		return nil, err
 	}
-	cfg, paths, err := resolveMerge(e, &s)
+	if s.Config == nil {
+		return nil, invalid("config is missing (a mergekit-style mapping: merge_method, base_model, models)")
+	}
+	prep, err := e.preparation(s.Config)
 	if err != nil {
 		return nil, err
 	}
-	if len(cfg.Slices) > 0 && s.OutDir == "" {
-		return nil, invalid("a slices merge writes a checkpoint folder: give out_dir")
+	var paths []string
+	if prep != nil {
+		// Python runs when the job runs (submit reads no data): its inputs
+		// are checked now, the prepared config then.
+		if _, err := e.checkPrepare(prep); err != nil {
+			return nil, err
+		}
+		if err := checkTargets(&s, s.Config["slices"] != nil, prep.tokenizer != ""); err != nil {
+			return nil, err
+		}
+	} else {
+		cfg, ps, err := resolveMerge(e, &s, "")
+		if err != nil {
+			return nil, err
+		}
+		if err := checkTargets(&s, len(cfg.Slices) > 0, cfg.Vocab != nil); err != nil {
+			return nil, err
+		}
+		paths = ps
 	}
 	if s.DType != "" {
 		if _, err := tensor.ParseDType(s.DType); err != nil {
@@ -236,10 +365,8 @@ func checkMerge(e *Env, raw json.RawMessage) (json.RawMessage, error) {
 		if _, err := e.OutputPath(s.OutDir, "out_dir"); err != nil {
 			return nil, err
 		}
-		for _, p := range paths {
-			if tensors.IsIPCPath(p) {
-				return nil, invalid("%s is an Arrow tensor file: out_dir merges read checkpoint folders and .safetensors files; drop out_dir to get the merged tensors instead", p)
-			}
+		if err := checkStreamInputs(&s, paths); err != nil {
+			return nil, err
 		}
 	} else if s.ShardSize != 0 || s.Force {
 		return nil, invalid("shard_size and force apply to out_dir merges only")
@@ -258,12 +385,50 @@ func runMerge(rc *runCtx) (any, Session, error) {
 	if err := decodeStrict(rc.job.Spec, &s); err != nil {
 		return nil, nil, err
 	}
-	cfg, _, err := resolveMerge(rc.env, &s)
+	if s.Config == nil {
+		return nil, nil, invalid("config is missing (a mergekit-style mapping: merge_method, base_model, models)")
+	}
+	prep, err := rc.env.preparation(s.Config)
 	if err != nil {
 		return nil, nil, err
 	}
-	if len(cfg.Slices) > 0 && s.OutDir == "" {
-		return nil, nil, invalid("a slices merge writes a checkpoint folder: give out_dir")
+	scratch := ""
+	if prep != nil {
+		cache, err := rc.env.checkPrepare(prep)
+		if err != nil {
+			return nil, nil, err
+		}
+		scratch = rc.env.jobScratch(rc.job.ID)
+		if scratch == "" || !filepath.IsAbs(scratch) {
+			return nil, nil, fault.Errorf(fault.Internal, "the daemon has no state folder for the job's scratch")
+		}
+		// An earlier attempt's scratch (a crash) goes first; this one's
+		// when the job ends, however it ends.
+		if err := os.RemoveAll(scratch); err != nil {
+			return nil, nil, fmt.Errorf("removing an earlier attempt's scratch folder: %w", err)
+		}
+		if err := os.MkdirAll(scratch, 0o700); err != nil {
+			return nil, nil, fmt.Errorf("job scratch folder: %w", err)
+		}
+		defer func() {
+			if err := os.RemoveAll(scratch); err != nil {
+				rc.log.Warn("cannot remove the job's scratch folder", "path", scratch, "error", err)
+			}
+		}()
+		rc.progress(store.Progress{Message: "preparing the config in Python (" + prep.reason() + ")"})
+		if s.Config, err = rc.env.runPrepare(rc.ctx, s.Config, scratch, cache); err != nil {
+			return nil, nil, err
+		}
+	}
+	cfg, paths, err := resolveMerge(rc.env, &s, scratch)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := checkTargets(&s, len(cfg.Slices) > 0, cfg.Vocab != nil); err != nil {
+		return nil, nil, err
+	}
+	if err := checkStreamInputs(&s, paths); err != nil {
+		return nil, nil, err
 	}
 	if s.OutDir != "" {
 		res, err := runStreamMerge(rc, cfg, &s)

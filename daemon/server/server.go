@@ -55,7 +55,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	defer st.Close()
 	var m *metrics
 	env := &jobs.Env{Roots: roots, Uploads: cfg.Uploads, Results: cfg.Results, ShmDir: shm, Store: cfg.Store, Durable: cfg.StoreSync, Log: log,
-		Pool: parallel.Pool{Threads: cfg.Threads},
+		Pool: parallel.Pool{Threads: cfg.Threads}, Python: cfg.Python,
 		KernelSeconds: func(t string, s float64) {
 			m.kernel.WithLabelValues(t).Add(s)
 			m.jobSeconds.WithLabelValues(t).Observe(s)

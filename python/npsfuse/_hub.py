@@ -35,9 +35,7 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -103,8 +101,7 @@ def hub_path(ref: str, what: str = "model") -> str:
                 raise _not_found(what, ref, exc, offline) from None
     try:  # online: a branch or tag is checked for updates, as huggingface_hub does
         files = hf.list_repo_files(repo, revision=rev or None)
-        weights = ["*.safetensors"] if any(f.endswith(".safetensors") for f in files) else [
-            "*.bin"]
+        weights = ["*.safetensors"] if any(f.endswith(".safetensors") for f in files) else ["*.bin"]
         return str(hf.snapshot_download(repo, allow_patterns=[*_AUX, *weights], **kw))
     except Exception as exc:  # the hub's errors: not found, gated, no connection
         try:  # no connection: the cache may still have it
@@ -146,7 +143,8 @@ def _refs(conf: Mapping[str, Any]) -> Iterator[tuple[Any, Any, str]]:
     if isinstance(conf.get("base_model"), str):
         yield conf, "base_model", "base_model"
     if conf.get("tokenizer_source") not in (None, "base", "union") and isinstance(
-            conf.get("tokenizer_source"), str):
+        conf.get("tokenizer_source"), str
+    ):
         yield conf, "tokenizer_source", "tokenizer_source"
     for i, m in enumerate(conf.get("models") or []):
         if isinstance(m, Mapping) and isinstance(m.get("model"), str):
@@ -163,19 +161,22 @@ def needs_resolving(conf: Any) -> bool:
         return False
     from ._paths import is_adapter_path
 
-    return any(split_lora(c[k])[1] is not None or is_hub_id(c[k])
-               or (k == "model" and is_adapter_path(c[k])) or is_pickle_checkpoint(c[k])
-               for c, k, _ in _refs(conf) if c[k])
+    return any(
+        split_lora(c[k])[1] is not None
+        or is_hub_id(c[k])
+        or (k == "model" and is_adapter_path(c[k]))
+        or is_pickle_checkpoint(c[k])
+        for c, k, _ in _refs(conf)
+        if c[k]
+    )
 
 
-@contextmanager
-def resolved_config(
-    conf: Mapping[str, Any], scratch: str | os.PathLike
-) -> Iterator[dict[str, Any]]:
+def resolve_config(conf: Mapping[str, Any], scratch: str | os.PathLike) -> dict[str, Any]:
     """A copy of ``conf`` whose model references are local folders: Hub ids
-    resolved, ``model+lora`` written merged into a temporary folder under
-    ``scratch``'s parent, removed on exit (also on an error or Ctrl-C). A
-    reference used several times is resolved once.
+    resolved to their cached snapshots, ``model+lora`` (and an adapter folder
+    or a pickle checkpoint given as a model) written as safetensors into
+    ``scratch/inputs/<digest>``. A reference used several times is resolved
+    once. Nothing is created outside ``scratch``; the caller removes it.
 
     Raises
     ------
@@ -187,38 +188,33 @@ def resolved_config(
     from . import _peft
 
     conf = json.loads(json.dumps(conf))  # a deep copy, in plain types
-    parent = Path(os.path.abspath(os.fspath(scratch))).parent
-    tmp: str | None = None
+    inputs = Path(os.path.abspath(os.fspath(scratch))) / "inputs"
     done: dict[str, str] = {}
-    try:
-        for c, k, where in _refs(conf):
-            ref = c[k]
-            if ref in done:
-                c[k] = done[ref]
-                continue
-            model, lora = split_lora(ref)
-            path = local_path(model, where)
-            if lora is None and k == "model" and _peft.is_adapter_path(path):
-                # An adapter folder alone: LoRA of the base model (npsfuse's
-                # extension; mergekit wants BASE+ADAPTER).
-                if not isinstance(conf.get("base_model"), str):
-                    raise ValueError(f"{where}: {ref!r} is a PEFT LoRA adapter folder; it needs "
-                                     "a base_model to be merged into (or write MODEL+ADAPTER)")
-                model, lora, path = conf["base_model"], path, conf["base_model"]
-            if lora is not None or is_pickle_checkpoint(path):
-                if tmp is None:
-                    parent.mkdir(parents=True, exist_ok=True)
-                    tmp = tempfile.mkdtemp(prefix=".npsfuse-inputs-", dir=parent)
-                digest = hashlib.sha1(ref.encode()).hexdigest()[:12]
-                out = Path(tmp) / digest
-                write_merged(path, None if lora is None else local_path(lora, f"{where} (LoRA)"),
-                             out, where)
-                path = str(out)
-            done[ref] = c[k] = path
-        yield conf
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+    for c, k, where in _refs(conf):
+        ref = c[k]
+        if ref in done:
+            c[k] = done[ref]
+            continue
+        model, lora = split_lora(ref)
+        path = local_path(model, where)
+        if lora is None and k == "model" and _peft.is_adapter_path(path):
+            # An adapter folder alone: LoRA of the base model (npsfuse's
+            # extension; mergekit wants BASE+ADAPTER).
+            if not isinstance(conf.get("base_model"), str):
+                raise ValueError(
+                    f"{where}: {ref!r} is a PEFT LoRA adapter folder; it needs "
+                    "a base_model to be merged into (or write MODEL+ADAPTER)"
+                )
+            model, lora, path = conf["base_model"], path, local_path(conf["base_model"])
+        if lora is not None or is_pickle_checkpoint(path):
+            inputs.mkdir(parents=True, exist_ok=True)
+            out = inputs / hashlib.sha1(ref.encode()).hexdigest()[:12]
+            write_merged(
+                path, None if lora is None else local_path(lora, f"{where} (LoRA)"), out, where
+            )
+            path = str(out)
+        done[ref] = c[k] = path
+    return conf
 
 
 def is_pickle_checkpoint(path: str) -> bool:
@@ -251,8 +247,9 @@ def _shards(model: str) -> list[tuple[Path, str]]:
         files = pickle_files(model)
         if len(files) == 1:
             return [(files[0], "model.safetensors")]
-        return [(f, f"model-{i + 1:05d}-of-{len(files):05d}.safetensors")
-                for i, f in enumerate(files)]
+        return [
+            (f, f"model-{i + 1:05d}-of-{len(files):05d}.safetensors") for i, f in enumerate(files)
+        ]
     return [(f, f.name) for f in safetensors_files(model)]
 
 
@@ -280,16 +277,20 @@ def write_merged(model: str, lora: str | None, out: Path, what: str = "model") -
     adapter = None
     if lora is not None:
         if not _peft.is_adapter_path(lora):
-            raise ValueError(f"{what}: the LoRA {lora!r} is not a PEFT LoRA adapter folder (no "
-                             f"{_peft.CONFIG_FILE})")
+            raise ValueError(
+                f"{what}: the LoRA {lora!r} is not a PEFT LoRA adapter folder (no "
+                f"{_peft.CONFIG_FILE})"
+            )
         adapter = _peft.read_adapter(lora, what)
     shards = _shards(model)
     pickled = is_pickle_checkpoint(model)
     out.mkdir(parents=True)
     src = Path(model) if Path(model).is_dir() else Path(model).parent
     for f in src.iterdir():
-        skip = f.name.endswith(".safetensors") or (pickled and (
-            f.suffix in (".bin", ".pt", ".pth") or f.name == "pytorch_model.bin.index.json"))
+        skip = f.name.endswith(".safetensors") or (
+            pickled
+            and (f.suffix in (".bin", ".pt", ".pth") or f.name == "pytorch_model.bin.index.json")
+        )
         if f.is_file() and not skip:
             shutil.copy2(f, out / f.name)
     seen: set[str] = set()
@@ -310,15 +311,21 @@ def write_merged(model: str, lora: str | None, out: Path, what: str = "model") -
                 full={n: t for n, t in adapter.full.items() if n in sd},
             )
             sd = _peft.apply(sd, part)
-        save_file({n: t.contiguous() for n, t in sd.items()}, str(out / name),
-                  metadata=meta or {"format": "pt"})
+        save_file(
+            {n: t.contiguous() for n, t in sd.items()},
+            str(out / name),
+            metadata=meta or {"format": "pt"},
+        )
     if adapter is not None:
         wanted = set(adapter.full) | {f"{m}.weight" for m in adapter.loras}
         missing = sorted(wanted - seen)
         if missing:
-            raise ValueError(f"{what}: the adapter {lora!r} names {len(missing)} tensor(s) the "
-                             f"model {model!r} lacks, e.g. {missing[0]!r}: it was made for "
-                             "another model")
+            raise ValueError(
+                f"{what}: the adapter {lora!r} names {len(missing)} tensor(s) the "
+                f"model {model!r} lacks, e.g. {missing[0]!r}: it was made for "
+                "another model"
+            )
     if pickled and len(shards) > 1:
-        (out / "model.safetensors.index.json").write_text(json.dumps(
-            {"metadata": {}, "weight_map": weight_map}, indent=2))
+        (out / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2)
+        )

@@ -23,8 +23,18 @@ from typing import Any
 from . import _core
 
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
-          "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "m": 10**6,
+    "g": 10**9,
+    "t": 10**12,
+    "ki": 2**10,
+    "mi": 2**20,
+    "gi": 2**30,
+    "ti": 2**40,
+}
 _job_ids = itertools.count(1)
 
 
@@ -81,27 +91,12 @@ def parse_size(size: str | int) -> int:
     return n
 
 
-def _hub_refs(config: str | Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The parsed config when it names a Hub id or a ``model+lora``
-    (:mod:`npsfuse._hub`), else ``None``: the text goes to Go as it is, and
-    Go reports whatever is wrong with it."""
-    from ._hub import needs_resolving
-
-    if isinstance(config, Mapping):
-        return config if needs_resolving(config) else None
-    import yaml
-
-    try:
-        docs = list(yaml.safe_load_all(config))
-    except yaml.YAMLError:
-        return None
-    return docs[0] if len(docs) == 1 and needs_resolving(docs[0]) else None
-
-
-def _tokenizer_refs(config: str | Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The parsed config when it has mergekit's tokenizer keys and no row
-    maps yet (:mod:`npsfuse._tokenizer`), else ``None``."""
-    from ._tokenizer import needs_tokenizer
+def _to_prepare(config: str | Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The parsed config when Python prepares it first (Hub ids,
+    ``model+lora``, tokenizer keys: :func:`npsfuse._prepare.needs_preparing`),
+    else ``None``: the text goes to Go as it is, and Go reports whatever is
+    wrong with it (several YAML documents included)."""
+    from ._prepare import needs_preparing
 
     if not isinstance(config, Mapping):
         import yaml
@@ -113,9 +108,7 @@ def _tokenizer_refs(config: str | Mapping[str, Any]) -> Mapping[str, Any] | None
         if len(docs) != 1 or not isinstance(docs[0], Mapping):
             return None
         config = docs[0]
-    if "npsfuse_vocabulary" in config or not needs_tokenizer(config):
-        return None
-    return config
+    return config if needs_preparing(config) else None
 
 
 def merge_checkpoints(
@@ -145,7 +138,8 @@ def merge_checkpoints(
         ``org/name@revision``: the cached snapshot, downloaded when online)
         or mergekit's ``MODEL+LORA`` (the PEFT LoRA adapter LORA merged into
         MODEL, written to a temporary folder beside ``out_dir`` and removed
-        afterwards); a PEFT adapter folder listed as a model is
+        afterwards; :mod:`npsfuse._prepare`, which the daemon's merge job
+        runs too); a PEFT adapter folder listed as a model is
         ``base_model+ADAPTER``; PyTorch ``.bin`` checkpoints are converted
         there too (``torch.load(weights_only=True)``), see
         :mod:`npsfuse._hub`. Every problem is reported at once, before any
@@ -200,22 +194,30 @@ def merge_checkpoints(
         p = Path(config)
         _check_config_file(p)
         text = p.read_text()
-    refs = _hub_refs(config if isinstance(config, Mapping) else text)
-    if refs is not None:  # Hub ids and model+lora become local folders first
-        from ._hub import resolved_config
+    conf = _to_prepare(config if isinstance(config, Mapping) else text)
+    if conf is not None:  # Hub ids, model+lora, tokenizers: npsfuse._prepare, as the daemon
+        import shutil
+        import tempfile
 
-        with resolved_config(refs, out_dir) as conf:
-            return merge_checkpoints(conf, out_dir, shard_size=shard_size, threads=threads,
-                                     dtype=dtype, allow_missing=allow_missing, force=force,
-                                     quiet=quiet, timing=timing)
-    tok = _tokenizer_refs(config if isinstance(config, Mapping) else text)
-    if tok is not None:  # the merged tokenizer and its row maps (npsfuse._tokenizer)
-        from ._tokenizer import prepared
+        from ._prepare import prepare
 
-        with prepared(tok, out_dir) as conf:
-            return merge_checkpoints(conf, out_dir, shard_size=shard_size, threads=threads,
-                                     dtype=dtype, allow_missing=allow_missing, force=force,
-                                     quiet=quiet, timing=timing)
+        parent = Path(os.path.abspath(os.fspath(out_dir))).parent
+        parent.mkdir(parents=True, exist_ok=True)
+        scratch = tempfile.mkdtemp(prefix=".npsfuse-inputs-", dir=parent)
+        try:
+            return merge_checkpoints(
+                prepare(conf, scratch),
+                out_dir,
+                shard_size=shard_size,
+                threads=threads,
+                dtype=dtype,
+                allow_missing=allow_missing,
+                force=force,
+                quiet=quiet,
+                timing=timing,
+            )
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     options = {
         "out_dir": os.fspath(out_dir),
         "shard_size": parse_size(shard_size),
@@ -261,8 +263,11 @@ def merge_checkpoints(
             print(f"npsfuse: note: {note}", file=sys.stderr)
         report = result.get("report") or {}
         if "lam2" in report:  # NeuroMerging's chosen scales
-            print(f"npsfuse: neuro: lam1 = {report.get('lam1')}, lam2 = {report['lam2']}"
-                  + (" (automatic)" if report.get("lam2_auto") else ""), file=sys.stderr)
+            print(
+                f"npsfuse: neuro: lam1 = {report.get('lam1')}, lam2 = {report['lam2']}"
+                + (" (automatic)" if report.get("lam2_auto") else ""),
+                file=sys.stderr,
+            )
     if timing:
         t = dict(result.get("timing") or {}, seconds=result.get("seconds"))
         print(f"npsfuse: timing: {json.dumps(t)}", file=sys.stderr)

@@ -176,7 +176,17 @@ class Transfer(Connection):
         tensors (uploaded once per object)."""
         if isinstance(model, (str, os.PathLike)):
             s = os.fspath(model)
-            return s if s.startswith("upload:") else os.path.abspath(s)
+            if s.startswith("upload:"):
+                return s
+            from .._hub import is_hub_id
+
+            def absolute(p: str) -> str:  # a Hub id (org/name) stays as it is
+                return p if is_hub_id(p) else os.path.abspath(p)
+
+            parts = s.split("+")
+            if len(parts) == 2 and all(parts) and not os.path.exists(s):  # MODEL+LORA
+                return "+".join(absolute(p) for p in parts)
+            return absolute(s)
         if isinstance(model, (Mapping, torch.nn.Module)):
             key = id(model)
             if key not in uploads:
