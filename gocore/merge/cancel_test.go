@@ -78,8 +78,30 @@ func TestCancelBetweenChunks(t *testing.T) {
 				same++
 			}
 		}
-		if same != 20*parallel.Chunk {
-			t.Errorf("%s: %d entries merged after a cancel at chunk 21 of 40, want %d", method, same, 20*parallel.Chunk)
+		wantSame := 20 * parallel.Chunk
+		if method == "ties" {
+			// The one-pass selection (selection_onepass.go) merged every
+			// chunk before the merge pass, which only skips them.
+			wantSame = 40 * parallel.Chunk
+		}
+		if same != wantSame {
+			t.Errorf("%s: %d entries merged after a cancel at chunk 21 of 40, want %d", method, same, wantSame)
+		}
+		if method != "ties" {
+			continue
+		}
+		// A cancel at the 21st chunk of the one-pass selection (its checks
+		// follow the preparation's first one, one per chunk): the error,
+		// and nothing written past the 20 chunks merged provisionally.
+		ts = randomMerge(rand.New(rand.NewPCG(3, 4)), tensor.F32, shapes, 3)
+		ctx = &cancelAfter{n: 1 + 21}
+		if _, err := RunReportContext(ctx, method, p, ts); !errors.Is(err, context.Canceled) {
+			t.Fatalf("%s: err = %v after a cancel in the one-pass selection, want merge cancelled", method, err)
+		}
+		if got := outputs(ts)[0]; slices.ContainsFunc(got[20*parallel.Chunk:], func(x float32) bool { return x != 0 }) {
+			t.Errorf("%s: entries past chunk 20 written after a cancel in the one-pass selection", method)
+		} else if !slices.ContainsFunc(got[:20*parallel.Chunk], func(x float32) bool { return x != 0 }) {
+			t.Errorf("%s: the cancel stopped the one-pass selection before chunk 21", method)
 		}
 	}
 }

@@ -109,6 +109,10 @@ type engine struct {
 	report  map[string]any
 	reportM sync.Mutex
 	ctx     context.Context // RunReportContext's: checked between chunks; nil: never cancelled
+
+	// premerged[gc]: the one-pass selection already wrote chunk gc's
+	// result (selection_onepass.go); the merge pass skips it once.
+	premerged []bool
 }
 
 // Run merges tensors with the named method. It returns an error wrapping
@@ -674,6 +678,10 @@ func (m *Merger) Tensor(i int, out tensor.Vec) error {
 	if out.Len() != t.Base.Len() || out.DType == 0 {
 		return inputErr("tensor %q: output has %d elements, base has %d", t.Name, out.Len(), t.Base.Len())
 	}
+	// The output is set before the preparation, which may merge into it
+	// (the one-pass TIES family).
+	t.Out = out
+	defer func() { t.Out = tensor.Vec{} }()
 	var err error
 	if e.wholeModel() {
 		err = e.prepareAll()
@@ -683,8 +691,6 @@ func (m *Merger) Tensor(i int, out tensor.Vec) error {
 	if err != nil {
 		return err
 	}
-	t.Out = out
-	defer func() { t.Out = tensor.Vec{} }()
 	return e.mergeChunks(e.tensorChunks(i))
 }
 

@@ -104,6 +104,10 @@ func (e *engine) fusedPlan() *vec.TaskMerge {
 // something is not finite, the inputs are searched for the culprit so that
 // the error names the entry the general path names.
 func (e *engine) mergeFused(tmpl *vec.TaskMerge, ch chunkRef, ws *workspace) error {
+	if e.premerged != nil && e.premerged[ch.gc] {
+		e.premerged[ch.gc] = false // written by the one-pass selection
+		return nil
+	}
 	t := &e.tensors[ch.ti]
 	n := ch.hi - ch.lo
 	u, c := e.unitChunk(ch)

@@ -3,9 +3,9 @@ package merge
 import (
 	"fmt"
 	"math"
+	"math/bits"
 	"slices"
 
-	"github.com/npsfuse/npsfuse/gocore/parallel"
 	"github.com/npsfuse/npsfuse/gocore/tensor"
 	"github.com/npsfuse/npsfuse/gocore/topk"
 	"github.com/npsfuse/npsfuse/gocore/vec"
@@ -120,6 +120,7 @@ func (e *engine) selectUnits(units []int, sums bool, targets func(u int, n int64
 	e.p.Pool.For(len(units), func(_, i int) {
 		wins[i], winOf[i] = e.windows(all[units[i]], tgts[i])
 	})
+	op := e.newOnePass(units, sums, tgts, wins, winOf)
 	// 2. One counting pass over the chunks of every unit.
 	type job struct{ i, c int }
 	var jobs []job
@@ -138,7 +139,13 @@ func (e *engine) selectUnits(units []int, sums bool, targets func(u int, n int64
 		ch := all[units[jb.i]].chunks[jb.c]
 		ws := e.workspace()
 		defer e.scratch.Put(ws)
-		cc, err := e.countChunk(ch, ws, wins[jb.i], sums)
+		var cc chunkCount
+		var err error
+		if op != nil {
+			cc, err = op.countMerge(e, jb.i, jb.c, ch, ws, wins[jb.i])
+		} else {
+			cc, err = e.countChunk(ch, ws, wins[jb.i], sums)
+		}
 		if err != nil {
 			fail.set(ch.gc, err)
 			return
@@ -177,11 +184,13 @@ func (e *engine) selectUnits(units []int, sums bool, targets func(u int, n int64
 		fin := make([]done, len(tgts[i]))
 		e.p.Pool.For(len(tgts[i]), func(_, ti int) {
 			d := &fin[ti]
-			d.ct, d.kept, d.ok = finishCut(e.p.Pool, tgts[i][ti], winOf[i][ti], un, counts[i])
+			d.ct, d.kept, d.ok = finishCut(tgts[i][ti], winOf[i][ti], un, counts[i])
 		})
+		missed := false
 		for ti, t := range tgts[i] {
 			ct, kept, ok := fin[ti].ct, fin[ti].kept, fin[ti].ok
 			if !ok {
+				missed = true
 				var err error
 				if ct, kept, err = e.exactCut(un, t, sums); err != nil {
 					return nil, err
@@ -194,6 +203,11 @@ func (e *engine) selectUnits(units []int, sums bool, targets func(u int, n int64
 			sel.kept = append(sel.kept, kept)
 		}
 		res[i] = sel
+		// 4. The one-pass merge's flagged entries, unless a cut fell
+		// outside its window (the merge pass then merges the unit).
+		if op != nil && op.units[i].on && !missed {
+			op.patch(e, i, un, &res[i])
+		}
 	}
 	return res, nil
 }
@@ -243,6 +257,21 @@ func (e *engine) windows(un unit, tgts []rankTarget) ([]window, []int) {
 		for _, ch := range un.chunks {
 			n := int64(ch.hi - ch.lo)
 			t := &e.tensors[ch.ti]
+			x, b := t.Models[m], t.Base
+			if x.DType == tensor.F32 && b.DType == tensor.F32 && !e.method.Rows {
+				// Stored in layout order: the blocks straight from memory.
+				xs, bs := x.F32[ch.lo:ch.hi], b.F32[ch.lo:ch.hi]
+				for g := (pos + stride - 1) / stride * stride; g < pos+n; g += stride {
+					lo, hi := int(g-pos), int(min(g-pos+sampleBlock, n))
+					xb, bb := xs[lo:hi], bs[lo:hi]
+					bb = bb[:len(xb)]
+					for j, v := range xb {
+						s = append(s, math.Float32bits(v-bb[j])&0x7fffffff)
+					}
+				}
+				pos += n
+				continue
+			}
 			for g := (pos + stride - 1) / stride * stride; g < pos+n; g += stride {
 				for j := int(g - pos); j < int(min(g-pos+sampleBlock, n)); j++ {
 					idx := e.storageIndex(ch, j)
@@ -390,7 +419,7 @@ func (e *engine) countChunkFused(ch chunkRef, ws *workspace, base []float32, win
 // finishCut derives target t's cut from the counts of its window w, or
 // reports that the window missed it. The kept sum is meaningful when the
 // counting pass summed magnitudes.
-func finishCut(pool parallel.Pool, t rankTarget, w int, un unit, counts []chunkCount) (cut, float64, bool) {
+func finishCut(t rankTarget, w int, un unit, counts []chunkCount) (cut, float64, bool) {
 	switch {
 	case t.k <= 0:
 		return cut{none: true}, 0, true
@@ -407,16 +436,12 @@ func finishCut(pool parallel.Pool, t rankTarget, w int, un unit, counts []chunkC
 	if kk <= 0 || kk > int64(len(cands)) {
 		return cut{}, 0, false
 	}
-	// The kk-th largest candidate.
+	// The kk-th largest candidate (cands is this call's own copy).
 	var bits uint32
 	if kk == int64(len(cands)) {
 		bits = slices.Min(cands)
 	} else {
-		src := func(c int, dst []uint32) []uint32 {
-			lo := c * parallel.Chunk
-			return cands[lo:min(lo+parallel.Chunk, len(cands))]
-		}
-		bits = topk.Select(kk, int64(len(cands)), parallel.NumChunks(len(cands)), src, pool.Size()).Bits
+		bits = kthLargest(cands, int(kk))
 	}
 	// Ties: entries equal to bits, per chunk; above it: the count above hi
 	// plus the larger candidates.
@@ -467,6 +492,41 @@ func finishCut(pool parallel.Pool, t rankTarget, w int, un unit, counts []chunkC
 		kept += s + float64(n)*tie
 	}
 	return ct, kept, true
+}
+
+// kthLargest returns the k-th largest of s (1 ≤ k ≤ len(s)), reordering
+// s: a radix select on the bits above the minimum, 11 bits a pass from the
+// top, then a sort of the last few. The candidates of a window span a
+// narrow range, so one or two passes leave a few dozen values; topk.Select
+// (two passes of 65536-bin histograms per worker) cost several times more
+// on these 10⁴–10⁵ values.
+func kthLargest(s []uint32, k int) uint32 {
+	const digit, bins = 11, 1 << 11
+	for len(s) > 64 {
+		mn, mx := slices.Min(s), slices.Max(s)
+		if mn == mx {
+			return mn
+		}
+		shift := max(0, bits.Len32(mx-mn)-digit)
+		var hist [bins]int
+		for _, v := range s {
+			hist[(v-mn)>>shift]++
+		}
+		b, above := bins-1, 0
+		for ; above+hist[b] < k; b-- {
+			above += hist[b]
+		}
+		n := 0
+		for _, v := range s {
+			if int((v-mn)>>shift) == b {
+				s[n] = v
+				n++
+			}
+		}
+		s, k = s[:n], k-above
+	}
+	slices.Sort(s)
+	return s[len(s)-k]
 }
 
 // exactCut ranks model t.m's unit with topk.Select (the fallback when the

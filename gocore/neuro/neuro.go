@@ -4,7 +4,6 @@ import (
 	"math"
 
 	"gonum.org/v1/gonum/blas"
-	"gonum.org/v1/gonum/blas/blas32"
 	"gonum.org/v1/gonum/blas/gonum"
 	"gonum.org/v1/gonum/lapack"
 	lapackgonum "gonum.org/v1/gonum/lapack/gonum"
@@ -36,6 +35,8 @@ type Kernel struct {
 	s, a  []float64   // parallel coefficients, combination of the o_t
 	col   []float64   // one eigenvector
 	rows  [][]float32 // w followed by the task rows
+	bs    []float32   // Row's nonzero task coefficients b_t
+	act   [][]float32 // and their rows
 }
 
 // NewKernel returns a Kernel for T ≥ 1 tasks.
@@ -49,6 +50,8 @@ func NewKernel(T int) *Kernel {
 		a:     make([]float64, T),
 		col:   make([]float64, T),
 		rows:  make([][]float32, T+1),
+		bs:    make([]float32, T),
+		act:   make([][]float32, T),
 	}
 	var q [1]float64
 	lapackgonum.Implementation{}.Dsyev(lapack.EVCompute, blas.Upper, T, k.ortho, T, k.eig, q[:], -1)
@@ -75,9 +78,11 @@ func (k *Kernel) Decompose(w []float32, taus [][]float32, wts []float32) Split {
 	n1 := T + 1
 	k.rows[0] = w
 	copy(k.rows[1:], taus)
-	for i := range n1 {
-		for j := i; j < n1; j++ {
-			k.gram[i*n1+j] = dot64(k.rows[i], k.rows[j])
+	if !grams(k.gram, k.rows) { // one pass, Dsdot's bits (gram.go)
+		for i := range n1 {
+			for j := i; j < n1; j++ {
+				k.gram[i*n1+j] = dot64(k.rows[i], k.rows[j])
+			}
 		}
 	}
 	ww := k.gram[0]
@@ -133,18 +138,15 @@ func (k *Kernel) Row(w []float32, taus [][]float32, wts []float32, lam1, lam2 fl
 		sa += a * sp.S[t]
 	}
 	cw := float32(lam1*sp.Par - lam2*sa)
-	out = out[:len(w)]
-	for j, x := range w {
-		out[j] = cw * x
-	}
+	nb := 0
 	for t, tau := range taus {
 		if b := float32(lam2 * sp.A[t]); b != 0 {
-			blas32.Implementation().Saxpy(len(out), b, tau[:len(out)], 1, out, 1)
+			k.bs[nb], k.act[nb] = b, tau
+			nb++
 		}
 	}
-	for j, x := range w {
-		out[j] = x + out[j]
-	}
+	combineRow(out[:len(w)], w, k.act[:nb], k.bs[:nb], cw)
+	clear(k.act[:nb]) // no reference to the caller's rows
 }
 
 // Elementwise merges a 1-D tensor: out_j = w_j + λ₂·TIES_t(τ̂_t[j]).

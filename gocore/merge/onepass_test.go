@@ -1,0 +1,347 @@
+package merge
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	"github.com/npsfuse/npsfuse/gocore/parallel"
+	"github.com/npsfuse/npsfuse/gocore/tensor"
+)
+
+// onePassMethods are the methods the one-pass selection merges.
+var onePassMethods = []string{"ties", "magnitude_prune", "breadcrumbs", "breadcrumbs_ties", "consensus_ties"}
+
+// TestCountFlagMatchesScalar compares countFlag (the vector loop in the
+// SIMD build) with its scalar twin: counts, candidates in order, flags and
+// the finiteness verdict, over lengths with and without a vector tail,
+// windows of every model (with ties at their bounds, unflagged ones, hi
+// above 0x7fffffff clamped) and non-finite inputs.
+func TestCountFlagMatchesScalar(t *testing.T) {
+	r := rand.New(rand.NewPCG(11, 12))
+	for _, n := range []int{1, 7, 8, 9, 37, 1000, parallel.Chunk + 5} {
+		for _, T := range []int{1, 3, 8} {
+			for _, bad := range []float32{0, float32(math.NaN()), float32(math.Inf(-1))} {
+				b := make([]float32, n)
+				x := make([][]float32, T)
+				for j := range b {
+					b[j] = float32(r.IntN(9)-4) * 0.25
+				}
+				for m := range x {
+					x[m] = make([]float32, n)
+					for j := range x[m] {
+						x[m][j] = b[j] + float32(r.IntN(17)-8)*0.125
+					}
+				}
+				if bad != 0 {
+					x[T-1][n/2] = bad
+				}
+				var fw flagWindows
+				for m := range T {
+					for range 2 {
+						lo := math.Float32bits(float32(r.IntN(5)) * 0.125)
+						hi := lo + math.Float32bits(float32(r.IntN(5))*0.125)/2
+						if r.IntN(5) == 0 {
+							hi = math.MaxUint32
+						}
+						fw.add(m, lo, hi, r.IntN(3) > 0)
+					}
+				}
+				name := fmt.Sprintf("n=%d T=%d bad=%v", n, T, bad)
+				a1, a2 := make([]int64, fw.n), make([]int64, fw.n)
+				c1, c2 := make([][]uint32, fw.n), make([][]uint32, fw.n)
+				f1, f2 := make([]uint8, (n+7)/8), make([]uint8, (n+7)/8)
+				for i := range f1 {
+					f1[i], f2[i] = 0xa5, 0x5a // cleared by both
+				}
+				ok1 := countFlag(x, b, &fw, a1, c1, f1)
+				ok2 := countFlagGo(x, b, &fw, a2, c2, f2)
+				if ok1 != ok2 || ok1 != (bad == 0) {
+					t.Fatalf("%s: finite %v (scalar %v)", name, ok1, ok2)
+				}
+				if !ok1 {
+					continue
+				}
+				if !slices.Equal(a1, a2) || !slices.Equal(f1, f2) {
+					t.Fatalf("%s: above %v flags %v, scalar %v %v", name, a1, f1[:min(4, len(f1))], a2, f2[:min(4, len(f2))])
+				}
+				for i := range c1 {
+					if !slices.Equal(c1[i], c2[i]) {
+						t.Fatalf("%s: window %d candidates differ", name, i)
+					}
+				}
+				// The scalar twin against the definition.
+				for j := range n {
+					flag := false
+					for i := range fw.n {
+						a := math.Float32bits(x[fw.wm[i]][j]-b[j]) & 0x7fffffff
+						if a >= fw.lo[i] && a <= fw.hi[i] && fw.flag[i] {
+							flag = true
+						}
+					}
+					if got := f2[j>>3]&(1<<(j&7)) != 0; got != flag {
+						t.Fatalf("%s: entry %d flagged %v, want %v", name, j, got, flag)
+					}
+				}
+			}
+		}
+	}
+}
+
+// onePassData is a merge whose big tensors take the one-pass selection:
+// continuous values, or (coarse) values from a small set so that
+// magnitudes tie at the cuts (and some cuts fall outside their windows,
+// the exactCut fallback), next to tiny tensors that take the two-pass path.
+func onePassData(seed uint64, coarse bool, in, out tensor.DType) []Tensor {
+	r := rand.New(rand.NewPCG(seed, 99))
+	shapes := [][]int{{7}, {exactUnit + 3*parallel.Chunk + 11}, {50, 100}, {3, exactUnit/2 + 5}}
+	var ts []Tensor
+	if coarse {
+		ts = coarseMerge(r, in, shapes, 3)
+	} else {
+		ts = randomMerge(r, in, shapes, 3)
+	}
+	for i := range ts {
+		ts[i].Out = tensor.Alloc(ts[i].Base.Len(), out)
+	}
+	return ts
+}
+
+// runPaths merges with the one-pass selection on or off.
+func runPaths(t *testing.T, method string, p Params, mk func() []Tensor, twoPass bool) ([][]float32, error) {
+	t.Helper()
+	twoPassOnly = twoPass
+	defer func() { twoPassOnly = false }()
+	ts := mk()
+	_, err := RunReport(method, p, ts)
+	return outputs(ts), err
+}
+
+// TestOnePassMatchesTwoPass compares the one-pass merge of the TIES family
+// with the two-pass path bit for bit (and error for error): every method,
+// float32 and bfloat16 inputs and outputs, ties at the cuts, densities
+// with empty and full cuts, and Breadcrumbs' two cuts.
+func TestOnePassMatchesTwoPass(t *testing.T) {
+	type dts struct{ in, out tensor.DType }
+	for _, method := range onePassMethods {
+		for _, coarse := range []bool{false, true} {
+			for _, dt := range []dts{{tensor.F32, tensor.F32}, {tensor.BF16, tensor.BF16}, {tensor.F32, tensor.F16}} {
+				for _, density := range []float64{0.2, 0.9, 1e-6} {
+					p := testParams(method)
+					p.Density = density
+					p.Pool = parallel.Pool{Threads: 2}
+					name := fmt.Sprintf("%s coarse=%v %v→%v density=%v", method, coarse, dt.in, dt.out, density)
+					mk := func() []Tensor { return onePassData(uint64(len(method)), coarse, dt.in, dt.out) }
+					one, err1 := runPaths(t, method, p, mk, false)
+					two, err2 := runPaths(t, method, p, mk, true)
+					if fmt.Sprint(err1) != fmt.Sprint(err2) {
+						t.Fatalf("%s: error %v, two-pass %v", name, err1, err2)
+					}
+					for i := range one {
+						if j := firstDiff(one[i], two[i]); j >= 0 {
+							t.Fatalf("%s: tensor %d entry %d: %v, two-pass %v", name, i, j, one[i][j], two[i][j])
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
+// firstDiff is the first index where a and b differ in bits, or −1.
+func firstDiff(a, b []float32) int {
+	for j := range a {
+		if math.Float32bits(a[j]) != math.Float32bits(b[j]) {
+			return j
+		}
+	}
+	return -1
+}
+
+// TestOnePassIsTaken checks that the one-pass selection merges the big
+// tensors' chunks itself and leaves the small ones to the merge pass (so
+// that the comparisons above compare two paths).
+func TestOnePassIsTaken(t *testing.T) {
+	for _, method := range onePassMethods {
+		p := testParams(method)
+		p.Density = 0.2
+		ts := onePassData(1, false, tensor.F32, tensor.F32)
+		e, err := newEngine(registry[method], p, ts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.prepareUnits([]int{0, 1, 2, 3}); err != nil {
+			t.Fatal(err)
+		}
+		for u, want := range []bool{false, true, false, true} {
+			for _, ch := range e.tensorChunks(u) {
+				if e.premerged[ch.gc] != want {
+					t.Fatalf("%s: tensor %d chunk %d premerged %v, want %v", method, u, ch.lc, !want, want)
+				}
+			}
+		}
+	}
+}
+
+// TestOnePassErrors: a NaN or ±Inf input in a big tensor, and a result
+// that overflows float32 or the output dtype, give the two-pass path's
+// error (the same entry named).
+func TestOnePassErrors(t *testing.T) {
+	type tc struct {
+		name   string
+		out    tensor.DType
+		lambda float64
+		poison func(ts []Tensor)
+	}
+	set := func(v tensor.Vec, j int, x float32) { v.Store([]float32{x}, j) }
+	cases := []tc{
+		{"nan model", tensor.F32, 1, func(ts []Tensor) { set(ts[1].Models[2], 5*parallel.Chunk+3, float32(math.NaN())) }},
+		{"inf base", tensor.F32, 1, func(ts []Tensor) { set(ts[1].Base, 77, float32(math.Inf(1))) }},
+		{"nan in two tensors", tensor.F32, 1, func(ts []Tensor) {
+			set(ts[3].Models[0], 9, float32(math.NaN()))
+			set(ts[1].Models[1], 2*parallel.Chunk, float32(math.Inf(-1)))
+		}},
+		{"overflow float32", tensor.F32, 3e38, nil},
+		{"overflow float16", tensor.F16, 2e4, nil},
+		{"overflow one entry", tensor.F32, 1, func(ts []Tensor) {
+			set(ts[1].Models[0], 4*parallel.Chunk+9, 3e38)
+			set(ts[1].Models[1], 4*parallel.Chunk+9, 3e38)
+			set(ts[1].Models[2], 4*parallel.Chunk+9, 3e38)
+		}},
+	}
+	for _, method := range onePassMethods {
+		for _, c := range cases {
+			p := testParams(method)
+			p.Density, p.Lambda = 0.2, c.lambda
+			mk := func() []Tensor {
+				ts := onePassData(3, false, tensor.F32, c.out)
+				if c.poison != nil {
+					c.poison(ts)
+				}
+				return ts
+			}
+			one, err1 := runPaths(t, method, p, mk, false)
+			two, err2 := runPaths(t, method, p, mk, true)
+			if err2 == nil && c.name != "overflow one entry" {
+				t.Fatalf("%s %s: no error", method, c.name)
+			}
+			if fmt.Sprint(err1) != fmt.Sprint(err2) {
+				t.Fatalf("%s %s: error %v, two-pass %v", method, c.name, err1, err2)
+			}
+			if err2 == nil {
+				for i := range one {
+					if j := firstDiff(one[i], two[i]); j >= 0 {
+						t.Fatalf("%s %s: tensor %d entry %d differs", method, c.name, i, j)
+					}
+				}
+			}
+		}
+	}
+}
+
+// TestOnePassMerger: the streaming Merger, whose output is set only for
+// the tensor being merged, gives Run's bits with the one-pass selection.
+func TestOnePassMerger(t *testing.T) {
+	for _, method := range onePassMethods {
+		p := testParams(method)
+		p.Density = 0.3
+		ts := onePassData(5, false, tensor.BF16, tensor.BF16)
+		want, err := runPaths(t, method, p, func() []Tensor { return onePassData(5, false, tensor.BF16, tensor.BF16) }, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mg, err := NewMerger(method, p, ts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range ts {
+			out := tensor.Alloc(ts[i].Base.Len(), tensor.BF16)
+			for range 2 { // twice: the second call merges again
+				if err := mg.Tensor(i, out); err != nil {
+					t.Fatal(err)
+				}
+				got := make([]float32, out.Len())
+				out.Load(got, 0)
+				if j := firstDiff(got, want[i]); j >= 0 {
+					t.Fatalf("%s: tensor %d entry %d: %v, Run %v", method, i, j, got[j], want[i][j])
+				}
+				out.Store(make([]float32, out.Len()), 0)
+			}
+		}
+	}
+}
+
+// TestOnePassWindowMissed: when the strided sample misleads the windows
+// (every sampled block large, most other entries small), the cut falls
+// outside its window; the unit is then left to the merge pass (exactCut,
+// no chunk premerged) and the result is still the two-pass result.
+func TestOnePassWindowMissed(t *testing.T) {
+	n := exactUnit + 3*parallel.Chunk + 11
+	blocks := int64(minSample / sampleBlock)
+	stride := (int64(n) + blocks - 1) / blocks
+	mk := func() []Tensor {
+		r := rand.New(rand.NewPCG(7, 8))
+		ts := randomMerge(r, tensor.F32, [][]int{{n}}, 3)
+		for m := range 3 {
+			x := make([]float32, n)
+			for j := range x {
+				x[j] = float32(r.NormFloat64()) * 1e-3
+				if int64(j)%stride < sampleBlock {
+					x[j] = 10 + float32(m)
+				}
+			}
+			ts[0].Models[m].Store(x, 0)
+		}
+		ts[0].Base.Store(make([]float32, n), 0)
+		return ts
+	}
+	for _, method := range onePassMethods {
+		p := testParams(method)
+		p.Density = 0.3
+		e, err := newEngine(registry[method], p, mk())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.prepareUnits([]int{0}); err != nil {
+			t.Fatal(err)
+		}
+		if e.premerged == nil || slices.Contains(e.premerged, true) {
+			t.Fatalf("%s: premerged %v after a missed window, want planned and none", method, e.premerged != nil)
+		}
+		one, err1 := runPaths(t, method, p, mk, false)
+		two, err2 := runPaths(t, method, p, mk, true)
+		if err1 != nil || err2 != nil {
+			t.Fatal(err1, err2)
+		}
+		if j := firstDiff(one[0], two[0]); j >= 0 {
+			t.Fatalf("%s: entry %d: %v, two-pass %v", method, j, one[0][j], two[0][j])
+		}
+	}
+}
+
+// TestKthLargest compares finishCut's radix select with a sort: narrow
+// and wide ranges, many ties, sizes around the sort cutoff.
+func TestKthLargest(t *testing.T) {
+	r := rand.New(rand.NewPCG(13, 14))
+	for _, n := range []int{1, 2, 64, 65, 1000, 54321} {
+		for _, span := range []uint32{1, 7, 3000, 1 << 20, math.MaxUint32 >> 1} {
+			s := make([]uint32, n)
+			base := r.Uint32N(1 << 30)
+			for j := range s {
+				s[j] = base + r.Uint32N(span)
+			}
+			sorted := slices.Clone(s)
+			slices.Sort(sorted)
+			for _, k := range []int{1, 2, n / 3, n / 2, n - 1, n} {
+				if k < 1 || k > n {
+					continue
+				}
+				if got, want := kthLargest(slices.Clone(s), k), sorted[n-k]; got != want {
+					t.Fatalf("n=%d span=%d k=%d: %d, want %d", n, span, k, got, want)
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,312 @@
+package merge
+
+import (
+	"math/bits"
+	"sync"
+
+	"github.com/npsfuse/npsfuse/gocore/tensor"
+	"github.com/npsfuse/npsfuse/gocore/vec"
+)
+
+// The one-pass TIES family (issue 15). The top-k cut of a unit needs all
+// of the unit's magnitudes, so the two-pass path reads every input twice:
+// once to count (selectUnits) and once to merge (mergeFused). But the
+// strided sample already brackets each cut in a window [lo, hi] of
+// magnitude bits: an entry above hi is surely kept, one below lo surely
+// dropped. So, when the outputs are at hand, the counting pass also merges
+// each chunk while it is in the cache, with every model's cut put at its
+// window's hi (vec.MergeTasks with provisional bands), and keeps, for the
+// few entries where some model's magnitude lies in its window (flagged by
+// countFlag), their index and inputs. Once the exact cuts are known
+// (finishCut), those entries alone are merged again from the kept inputs
+// with the exact bands (patch) and written over the provisional values.
+//
+// The result is bit for bit the two-pass result: an entry that is not
+// flagged has, for every model, a magnitude above hi (so above the cut,
+// which is a candidate, ≤ hi: kept either way) or below lo (dropped either
+// way); the flagged entries of a chunk are all its entries equal to a cut,
+// in index order, so the exact bands' tie allowances are consumed by the
+// same entries as over the whole chunk; MergeTasks is element-wise. A
+// chunk whose provisional or patched values fail the result check, and
+// every chunk of a unit whose cut the window missed (exactCut), is left to
+// the merge pass (not marked premerged), which then merges it, or reports
+// its error, as before.
+//
+// Eligible: the fused plan of a top-k or Breadcrumbs band method (ties,
+// magnitude_prune, breadcrumbs, breadcrumbs_ties, consensus_ties) without
+// Rescale or magnitude sums, per-tensor scope, units larger than exactUnit
+// (smaller ones have whole-range windows: every entry would be flagged),
+// and an output buffer for every tensor of the unit.
+
+// onePass is the one-pass state of one selectUnits call.
+type onePass struct {
+	stride int      // targets per model: 1 (top-k) or 2 (band: inner, outer)
+	units  []opUnit // per unit of the call
+	tmpl   vec.TaskMerge
+}
+
+// opUnit is one unit's state.
+type opUnit struct {
+	on     bool
+	fw     flagWindows
+	wins   []int      // the selection window of each of fw's windows
+	bands  []vec.Band // provisional, per model
+	chunks []opChunk
+}
+
+// opChunk holds a chunk's flagged entries: their indices in the chunk and
+// their inputs, gathered (x[m][i] is model m's value at idx[i]).
+type opChunk struct {
+	ok   bool // merged provisionally and checked
+	buf  *gatherBuf
+	idx  []int32
+	base []float32
+	x    [][]float32
+}
+
+// twoPassOnly turns the one-pass path off (tests compare the two).
+var twoPassOnly bool
+
+// onePassStride is the targets per model of the method's selection, 0
+// when the one-pass path does not apply to the engine at all.
+func (e *engine) onePassStride(sums bool) int {
+	if sums || generalOnly || twoPassOnly || e.fused == nil || e.p.Rescale || e.p.Scope == ScopeGlobal || e.method.Rows {
+		return 0
+	}
+	switch e.method.Sparsify.(type) {
+	case topK:
+		return 1
+	case band:
+		return 2
+	}
+	return 0
+}
+
+// newOnePass plans the one-pass merge of the units (selectUnits' steps 1
+// and 2): nil when no unit is eligible.
+func (e *engine) newOnePass(units []int, sums bool, tgts [][]rankTarget, wins [][]window, winOf [][]int) *onePass {
+	s := e.onePassStride(sums)
+	if s == 0 {
+		return nil
+	}
+	all := e.units()
+	op := &onePass{stride: s, units: make([]opUnit, len(units)), tmpl: *e.fused}
+	any := false
+	for i, u := range units {
+		un := all[u]
+		if un.n <= exactUnit || len(tgts[i]) != s*e.T || len(wins[i]) > maxFlagWindows {
+			continue
+		}
+		ok := true
+		for _, ti := range un.tensors {
+			if e.tensors[ti].Out.DType == 0 {
+				ok = false
+			}
+		}
+		for ti, t := range tgts[i] {
+			if t.m != ti/s {
+				ok = false
+			}
+		}
+		if !ok {
+			continue
+		}
+		ou := &op.units[i]
+		// Flag the windows of the targets that have a cut to find.
+		flag := make([]bool, len(wins[i]))
+		for ti, t := range tgts[i] {
+			if t.k > 0 && t.k < un.n {
+				flag[winOf[i][ti]] = true
+			}
+		}
+		for w, win := range wins[i] {
+			ou.fw.add(win.m, win.lo, win.hi, flag[w])
+			ou.wins = append(ou.wins, w)
+		}
+		prov := func(ti int) vec.Cut {
+			t := tgts[i][ti]
+			switch {
+			case t.k <= 0:
+				return vec.Nothing
+			case t.k >= un.n:
+				return vec.Everything
+			}
+			return vec.Cut{Bits: min(wins[i][winOf[i][ti]].hi, 0x7fffffff), Allow: 0}
+		}
+		ou.bands = make([]vec.Band, e.T)
+		for m := range e.T {
+			ou.bands[m] = vec.Band{In: prov(s * m), Out: vec.Nothing}
+			if s == 2 {
+				ou.bands[m].Out = prov(s*m + 1)
+			}
+		}
+		ou.chunks = make([]opChunk, len(un.chunks))
+		ou.on, any = true, true
+	}
+	if !any {
+		return nil
+	}
+	if e.premerged == nil {
+		e.premerged = make([]bool, len(e.chunks))
+	}
+	return op
+}
+
+// countMerge is the counting pass over chunk c of the call's unit i with
+// the provisional merge (see onePass); chunks of units that are not
+// eligible, and chunks with a non-finite input (whose error countChunk
+// names), take countChunk.
+func (op *onePass) countMerge(e *engine, i, c int, ch chunkRef, ws *workspace, wins []window) (chunkCount, error) {
+	if op == nil || !op.units[i].on {
+		return e.countChunk(ch, ws, wins, false)
+	}
+	// The counting pass now does the merge's work: it stops on a cancel
+	// within one chunk, as the merge pass does.
+	if err := e.cancelled(); err != nil {
+		return chunkCount{}, err
+	}
+	ou := &op.units[i]
+	t := &e.tensors[ch.ti]
+	n := ch.hi - ch.lo
+	base := t.Base.View(ch.lo, n, ws.base)
+	models := ws.views[:e.T:e.T]
+	for m := range e.T {
+		models[m] = t.Models[m].View(ch.lo, n, ws.models[m])
+	}
+	W := ou.fw.n
+	var above [maxFlagWindows]int64
+	var cands [maxFlagWindows][]uint32
+	flags := make([]uint8, (n+7)/8)
+	if !countFlag(models, base, &ou.fw, above[:W], cands[:W], flags) {
+		return e.countChunk(ch, ws, wins, false)
+	}
+	cc := chunkCount{win: make([]winCount, len(wins)), sumAll: make([]float64, e.T)}
+	for k, w := range ou.wins {
+		cc.win[w] = winCount{above: above[k], cands: cands[k]}
+	}
+	// The provisional merge, from the cache.
+	p := op.tmpl
+	p.Check = false
+	p.Bands = ou.bands
+	out := ws.out[:n]
+	inPlace := t.Out.DType == tensor.F32
+	if inPlace {
+		out = t.Out.F32[ch.lo:ch.hi]
+	}
+	fin := vec.MergeTasks(out, base, models, &p)
+	// Gather the flagged entries' inputs, in one allocation.
+	F := 0
+	for _, f := range flags {
+		F += bits.OnesCount8(f)
+	}
+	oc := opChunk{x: make([][]float32, e.T)}
+	oc.buf = getGather((e.T + 2) * F)
+	vals := oc.buf.v[:(e.T+1)*F]
+	oc.idx = oc.buf.i[:F]
+	oc.base = vals[:F:F]
+	for m := range e.T {
+		oc.x[m] = vals[(m+1)*F : (m+2)*F : (m+2)*F]
+	}
+	k := 0
+	for g, f := range flags {
+		for f != 0 {
+			j := g<<3 | bits.TrailingZeros8(f)
+			f &= f - 1
+			oc.idx[k] = int32(j)
+			oc.base[k] = base[j]
+			out[j] = 0 // patched later; 0 passes the result check
+			k++
+		}
+	}
+	for m, xm := range models {
+		dst := oc.x[m]
+		for k, j := range oc.idx {
+			dst[k] = xm[j]
+		}
+	}
+	oc.ok = true
+	if !fin || !inPlace {
+		oc.ok = e.checkResult(ch, out) == nil
+	}
+	if !inPlace {
+		t.Out.Store(out, ch.lo)
+	}
+	ou.chunks[c] = oc
+	return cc, nil
+}
+
+// patch merges the flagged entries of unit i's chunks with the unit's
+// exact cuts (sel.cuts, stride targets per model) and marks the chunks
+// whose results are complete as premerged.
+func (op *onePass) patch(e *engine, i int, un unit, sel *unitSelection) {
+	ou := &op.units[i]
+	T := e.T
+	e.p.Pool.For(len(un.chunks), func(_, c int) {
+		oc := &ou.chunks[c]
+		ch := un.chunks[c]
+		if !oc.ok {
+			return
+		}
+		if len(oc.idx) > 0 {
+			p := op.tmpl
+			p.Check = false
+			p.Bands = make([]vec.Band, T)
+			for m := range T {
+				p.Bands[m] = vec.Band{In: sel.cuts[op.stride*m].vecCut(c), Out: vec.Nothing}
+				if op.stride == 2 {
+					p.Bands[m].Out = sel.cuts[op.stride*m+1].vecCut(c)
+				}
+			}
+			res := make([]float32, len(oc.idx))
+			fin := vec.MergeTasks(res, oc.base, oc.x, &p)
+			t := &e.tensors[ch.ti]
+			inPlace := t.Out.DType == tensor.F32
+			if !fin || !inPlace {
+				if e.checkResult(ch, res) != nil {
+					return
+				}
+			}
+			if inPlace {
+				out := t.Out.F32[ch.lo:ch.hi]
+				for k, j := range oc.idx {
+					out[j] = res[k]
+				}
+			} else {
+				for k, j := range oc.idx {
+					t.Out.Store(res[k:k+1], ch.lo+int(j))
+				}
+			}
+		}
+		e.premerged[ch.gc] = true
+	})
+	for c := range ou.chunks {
+		putGather(ou.chunks[c].buf)
+	}
+	ou.chunks = nil
+}
+
+// gatherBuf is an opChunk's storage, recycled from unit to unit (a
+// fresh allocation per chunk cost as much as the memory traffic the
+// one-pass path saves: zeroing and garbage).
+type gatherBuf struct {
+	v []float32
+	i []int32
+}
+
+var gatherPool sync.Pool
+
+// getGather returns a buffer with room for n values and n indices.
+func getGather(n int) *gatherBuf {
+	if b, ok := gatherPool.Get().(*gatherBuf); ok && cap(b.v) >= n {
+		return b
+	}
+	n = max(n, 1024)
+	return &gatherBuf{v: make([]float32, n), i: make([]int32, n)}
+}
+
+// putGather recycles b (nil: nothing).
+func putGather(b *gatherBuf) {
+	if b != nil {
+		gatherPool.Put(b)
+	}
+}
