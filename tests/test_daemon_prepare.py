@@ -27,17 +27,12 @@ pytest.importorskip("peft")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
 from test_daemon import Daemon, npsfused_bin  # noqa: E402, F401  (the daemon fixture)
-from test_mergekit_tokenizer import _make_family  # noqa: E402
+from test_mergekit_tokenizer import _cases, _make_family  # noqa: E402
 from test_peft_inputs import _fake_hub_repo, _llama, _peft_model  # noqa: E402
 
-#: Files a merge writes whose bytes name no path (README.md lists the config).
-COMPARED = (
-    "model.safetensors",
-    "config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-)
+#: Files of a merged checkpoint whose bytes may differ between the doors:
+#: README.md lists the config, which names the inputs' paths.
+NAMES_PATHS = ("README.md",)
 
 
 def _python_wrapper(folder: Path) -> tuple[str, Path]:
@@ -89,11 +84,14 @@ def _scratch(d: Daemon) -> list[str]:
 
 
 def _same_files(a: Path, b: Path) -> None:
-    names = [n for n in COMPARED if (a / n).exists() or (b / n).exists()]
+    """The two checkpoints hold the same files, byte for byte (README.md
+    aside: it names the inputs' paths)."""
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir())
     assert "model.safetensors" in names
     for n in names:
-        assert (a / n).read_bytes() == (b / n).read_bytes(), n
-    assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())
+        if n not in NAMES_PATHS:
+            assert (a / n).read_bytes() == (b / n).read_bytes(), n
 
 
 def _hub_family(root: Path) -> dict[str, Any]:
@@ -162,6 +160,21 @@ def test_tokenizer_union_as_the_notebook(daemon_at: Any, tmp_path: Path) -> None
     # A merged tokenizer is written with a checkpoint: no tensor result.
     with pytest.raises(ValueError, match="give out_dir"):
         d.client().submit_merge(conf)
+
+
+def test_tokenizer_rules_and_templates_as_the_notebook(daemon_at: Any, tmp_path: Path) -> None:
+    """The tokenizer: block (tokens rules, padding), a chat template by name,
+    tokenizer_source: base and a model as the source, with tied embeddings:
+    the daemon's checkpoint is the notebook's."""
+    d = daemon_at(offline=False)
+    cases = _cases(_make_family(d.root / "tok", tied=True))
+    names = ["tokens rules and padding", "chat template by name", "base", "model as source"]
+    for i, name in enumerate(names):
+        want = npsfuse.merge_checkpoints(cases[name], tmp_path / f"notebook{i}", quiet=True)
+        got = d.client().submit_merge(cases[name], out_dir=d.root / f"daemon{i}")
+        _same_files(want, got.result(timeout=300))
+    assert d.marker.read_text().count("x") == len(names)
+    assert _scratch(d) == []
 
 
 def test_refused_without_python_and_python_only_when_needed(daemon_at: Any, tmp_path: Path) -> None:
