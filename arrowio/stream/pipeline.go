@@ -85,6 +85,7 @@ type job struct {
 	inputs [][]byte               // the input bytes this job reads (slices of the mappings)
 	read   int64                  // input bytes this job reads
 	merger *merge.Merger          // the Merger of a merged tensor
+	vocab  []*vocabBuf            // merged-vocabulary tensors it reads (vocabStage fills them)
 }
 
 // Run executes the merge described by cfg. It checks every input before
@@ -134,11 +135,13 @@ func runPipeline(ctx context.Context, cfg *Config, opt Options) (res *Result, er
 		return nil, err
 	}
 	res = &Result{Notes: append([]string(nil), cfg.Notes...)}
-	jobs, mergers, layers, stats, err := planAll(cfg, opt, base, models, outDT, res)
+	jobs, mergers, layers, stats, vp, err := planAll(cfg, opt, base, models, outDT, res)
 	if err != nil {
 		return nil, err
 	}
 	defer stats.Close()
+	defer vp.close()
+	vs := newVocabStage(jobs)
 	infos := make([]safetensors.TensorInfo, len(jobs))
 	for i, j := range jobs {
 		infos[i] = j.info
@@ -180,6 +183,9 @@ func runPipeline(ctx context.Context, cfg *Config, opt Options) (res *Result, er
 		t1 := time.Now()
 		buf := w.buffer(j.info.ByteLen())
 		t2 := time.Now()
+		if verr := vs.before(i); verr != nil {
+			return nil, verr
+		}
 		if j.merged >= 0 {
 			v, verr := tensor.FromBytes(buf, mustTensorDType(j.info.DType))
 			if verr != nil {
@@ -199,6 +205,7 @@ func runPipeline(ctx context.Context, cfg *Config, opt Options) (res *Result, er
 			checkpoint.AdviseBytes(b, checkpoint.DontNeed)
 		}
 		pf.release(i)
+		vs.after(i)
 		t3 := time.Now()
 		if werr := w.put(j.info.Name, buf); werr != nil {
 			return nil, werr
@@ -259,14 +266,7 @@ func runPipeline(ctx context.Context, cfg *Config, opt Options) (res *Result, er
 // compares the models' integer tensors with the base's, and lays out one
 // job per output tensor, in tensor-name order.
 func planJobs(cfg *Config, opt Options, base *checkpoint.Checkpoint, models []*checkpoint.Checkpoint,
-	outDT tensor.DType, res *Result) ([]job, []merge.Tensor, error) {
-	vp, err := newVocabPlan(cfg, base, models) // the merged vocabulary's row maps (vocab.go)
-	if err != nil {
-		return nil, nil, err
-	}
-	if err := checkVocabSizes(cfg, base, models); err != nil {
-		return nil, nil, err
-	}
+	outDT tensor.DType, vp *vocabPlan, res *Result) ([]job, []merge.Tensor, error) {
 	inputs := make([]plan.Input, len(models))
 	for i, m := range models {
 		inputs[i] = vp.planInput(m)
@@ -282,9 +282,9 @@ func planJobs(cfg *Config, opt Options, base *checkpoint.Checkpoint, models []*c
 	}
 	ms := make([]source, len(models))
 	for i, m := range models {
-		ms[i] = source{c: m, vocab: vp}
+		ms[i] = source{c: m, vocab: vp, set: -1}
 	}
-	return jobsOf(p, source{c: base, vocab: vp}, ms, res)
+	return jobsOf(p, source{c: base, vocab: vp, set: -1}, ms, res)
 }
 
 // source is a checkpoint as a plan's input: from maps the plan's tensor
@@ -293,8 +293,12 @@ type source struct {
 	c    *checkpoint.Checkpoint
 	from map[string]string
 	// vocab, when set, gives the vocabulary tensors in the merged
-	// vocabulary's rows (computed float32, not mapped: not in job inputs).
+	// vocabulary's rows (computed float32, not mapped: not in job inputs);
+	// set picks their default rows (vocabKey) and where names the group
+	// in messages.
 	vocab *vocabPlan
+	set   int
+	where string
 }
 
 // name is the checkpoint's name of the plan's tensor name.
@@ -315,11 +319,22 @@ func (s source) info(n string) (safetensors.TensorInfo, bool) {
 }
 
 func (s source) bytes(n string) ([]byte, error) {
-	if s.vocab.applies(s.c, s.name(n)) {
-		rows, err := s.vocab.rows(s.c, s.name(n))
-		return vocabBytes(rows), err
+	if b, err := s.buf(n); b != nil || err != nil {
+		if err != nil {
+			return nil, err
+		}
+		return b.mem, nil
 	}
 	return s.c.Bytes(s.name(n))
+}
+
+// buf is the merged-vocabulary buffer of tensor n (nil: not a vocabulary
+// tensor, or no vocabulary).
+func (s source) buf(n string) (*vocabBuf, error) {
+	if !s.vocab.applies(s.c, s.name(n)) {
+		return nil, nil
+	}
+	return s.vocab.buf(s.c, s.name(n), s.set, s.where)
 }
 
 // mapped reports whether the tensor's bytes are the checkpoint's mapping
@@ -352,6 +367,8 @@ func jobsOf(p *plan.Plan, base source, models []source, res *Result) ([]job, []m
 		j := job{info: bi, merged: e.Merged, read: int64(len(bb))}
 		if base.mapped(e.Name) {
 			j.inputs = [][]byte{bb}
+		} else if b, _ := base.buf(e.Name); b != nil {
+			j.vocab = append(j.vocab, b)
 		}
 		odt, _ := safetensors.ParseDType(e.DType)
 		if odt != bi.DType { // a float output in another dtype
@@ -389,6 +406,8 @@ func jobsOf(p *plan.Plan, base source, models []source, res *Result) ([]job, []m
 			t.Models = append(t.Models, mv)
 			if m.mapped(e.Name) {
 				j.inputs = append(j.inputs, mb)
+			} else if b, _ := m.buf(e.Name); b != nil {
+				j.vocab = append(j.vocab, b)
 			}
 			j.read += int64(len(mb))
 		}
@@ -486,30 +505,44 @@ func outputDType(cfg *Config, opt Options) (tensor.DType, error) {
 // Merger over every merged tensor of the models' merge (planJobs), with
 // the data-aware methods' statistics read, prefetched and released like
 // inputs (the caller closes them after the merge).
+// The merged vocabulary's buffers (vocab.go) are reserved here: the
+// caller closes the returned vocabPlan after the merge (on error, planAll
+// does).
 func planAll(cfg *Config, opt Options, base *checkpoint.Checkpoint, models []*checkpoint.Checkpoint,
-	outDT tensor.DType, res *Result) ([]job, []*merge.Merger, int, *Statistics, error) {
+	outDT tensor.DType, res *Result) (_ []job, _ []*merge.Merger, _ int, _ *Statistics, vp *vocabPlan, err error) {
+	if vp, err = newVocabPlan(cfg, base, models); err != nil { // the merged vocabulary's row maps
+		return nil, nil, 0, nil, nil, err
+	}
+	defer func() {
+		if err != nil {
+			vp.close()
+		}
+	}()
+	if err := checkVocabSizes(cfg, base, models); err != nil {
+		return nil, nil, 0, nil, nil, err
+	}
 	if len(cfg.Slices) > 0 {
 		ck := opened{}
 		for i, m := range cfg.Models {
 			ck[m.Path] = models[i]
 		}
-		jobs, mergers, layers, err := planSlices(cfg, opt, ck, outDT, checkpoint.ModelType(base.Dir), res)
-		return jobs, mergers, layers, &Statistics{}, err
+		jobs, mergers, layers, err := planSlices(cfg, opt, ck, outDT, checkpoint.ModelType(base.Dir), vp, res)
+		return jobs, mergers, layers, &Statistics{}, vp, err
 	}
-	jobs, tensors, err := planJobs(cfg, opt, base, models, outDT, res)
+	jobs, tensors, err := planJobs(cfg, opt, base, models, outDT, vp, res)
 	if err != nil {
-		return nil, nil, 0, nil, err
+		return nil, nil, 0, nil, nil, err
 	}
 	params, stats, err := cfg.EngineParams(tensors)
 	if err != nil {
-		return nil, nil, 0, nil, err
+		return nil, nil, 0, nil, nil, err
 	}
 	params.Pool = parallel.Pool{Threads: opt.Threads} // travels with this run only
 	res.Notes = append(res.Notes, stats.Notes...)
 	merger, err := merge.NewMerger(cfg.Method, params, tensors)
 	if err != nil {
 		stats.Close()
-		return nil, nil, 0, nil, err
+		return nil, nil, 0, nil, nil, err
 	}
 	for i := range jobs { // statistics are read, prefetched and released like inputs
 		if j := &jobs[i]; j.merged >= 0 {
@@ -520,5 +553,5 @@ func planAll(cfg *Config, opt Options, base *checkpoint.Checkpoint, models []*ch
 			}
 		}
 	}
-	return jobs, []*merge.Merger{merger}, 0, stats, nil
+	return jobs, []*merge.Merger{merger}, 0, stats, vp, nil
 }

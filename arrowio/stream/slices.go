@@ -345,7 +345,9 @@ type opened map[string]*checkpoint.Checkpoint
 // output tensors (gocore/plan.Slices) a plan of its own and a Merger (one
 // per tensor when parameters vary by tensor: they are evaluated at the
 // tensor's position in its slice). It returns the output's layer count.
-func planSlices(cfg *Config, opt Options, ck opened, outDT tensor.DType, modelType string, res *Result) ([]job, []*merge.Merger, int, error) {
+// vp, when set, gives the vocabulary tensors in the merged vocabulary,
+// with the defaults npsfuse_vocabulary gives for their group.
+func planSlices(cfg *Config, opt Options, ck opened, outDT tensor.DType, modelType string, vp *vocabPlan, res *Result) ([]job, []*merge.Merger, int, error) {
 	var inputs []plan.Input
 	index := map[string]int{}
 	spec := make([][]plan.SliceSource, len(cfg.Slices))
@@ -355,7 +357,7 @@ func planSlices(cfg *Config, opt Options, ck opened, outDT tensor.DType, modelTy
 			if !ok {
 				i = len(inputs)
 				index[src.Path] = i
-				inputs = append(inputs, planInput(ck[src.Path]))
+				inputs = append(inputs, vp.planInput(ck[src.Path]))
 			}
 			spec[s] = append(spec[s], plan.SliceSource{Input: i, Start: src.Start, End: src.End, Where: fmt.Sprintf("slices[%d].sources[%d]", s, k)})
 		}
@@ -375,8 +377,9 @@ func planSlices(cfg *Config, opt Options, ck opened, outDT tensor.DType, modelTy
 		}
 		sm.params.Pool = parallel.Pool{Threads: opt.Threads}        // travels with this run only
 		at := func(k int) int { return slices.Index(g.Sources, k) } // a slice's source → its place in g
+		set, where := vp.sliceSet(g.Slice, g.Sources), fmt.Sprintf("the %s of slices[%d] (sources %v)", g.Part, g.Slice, g.Sources)
 		src := func(k int) source {
-			return source{c: ck[sl.Sources[k].Path], from: g.From[at(k)]}
+			return source{c: ck[sl.Sources[k].Path], from: g.From[at(k)], vocab: vp, set: set, where: where}
 		}
 		var base source
 		var baseIn plan.Input

@@ -299,6 +299,14 @@ var goodSliceConfigs = []string{
 	"merge_method: slerp\nbase_model: base\nparameters:\n  t:\n    - {filter: self_attn, value: [0, 0.5, 0.3, 0.7, 1]}\n    - {filter: mlp, value: [1, 0.5, 0.7, 0.3, 0]}\n    - {value: 0.5}\nslices:\n  - sources:\n      - {model: base, layer_range: [0, 4]}\n      - {model: ft0, layer_range: [0, 4]}\n",
 	"merge_method: ties\nbase_model: base\nparameters: {density: 0.5, normalize: true}\nslices:\n  - sources: [{model: base, layer_range: [0, 2]}, {model: ft0, layer_range: [0, 2], parameters: {weight: [0, 1]}}]\n  - merge_method: linear\n    residual_weight: 0.3\n    sources: [{model: ft0, layer_range: [2, 4]}, {model: ft1, layer_range: [2, 4], parameters: {weight: 2}}]\n    parameters: {normalize: false}\n",
 	`{"merge_method": "linear", "slices": [{"sources": [{"model": "ft0", "layer_range": [0, 2]}, {"model": "ft1", "layer_range": [2, 4]}]}]}`,
+	// Tokenizer keys with slices (the merged vocabulary as npsfuse's Python
+	// side writes it: row maps, and default rows per group of sources).
+	"merge_method: passthrough\nslices:\n  - sources: [{model: ft0, layer_range: [0, 2]}]\n  - sources: [{model: ft1, layer_range: [2, 4]}]\ntokenizer_source: base\n",
+	"merge_method: passthrough\nslices:\n  - sources: [{model: ft0, layer_range: [0, 2]}]\n  - sources: [{model: ft1, layer_range: [2, 4]}]\ntokenizer_source: union\nchat_template: chatml\n" +
+		"npsfuse_vocabulary: {size: 4, tokens: 3, models: [{path: ft0, rows: [0, 1, -1]}, {path: ft1, rows: [0, 1, 2]}], slices: [{slice: 0, sources: [0], defaults: [{row: 2, from: []}]}, {slice: 1, sources: [0], defaults: []}]}\n",
+	"merge_method: ties\nbase_model: base\nslices:\n  - sources: [{model: base, layer_range: [0, 2]}, {model: ft0, layer_range: [0, 2], parameters: {weight: 1, density: 0.5}}]\n" +
+		"tokenizer: {source: union, pad_to_multiple_of: 8, tokens: {<x>: {source: {kind: zero}}}}\n" +
+		"npsfuse_vocabulary: {size: 8, tokens: 3, models: [{path: base, rows: [0, 1, -1]}, {path: ft0, rows: [0, -1, 1]}], slices: [{slice: 0, sources: [0, 1], defaults: [{row: 1, from: [[0, 1]]}, {row: 2, from: [[1, 1]]}]}]}\n",
 }
 
 // checkSlices is the fuzz target's check of an accepted slices config:

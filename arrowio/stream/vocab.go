@@ -13,6 +13,7 @@ import (
 
 	"github.com/npsfuse/npsfuse/arrowio/checkpoint"
 	"github.com/npsfuse/npsfuse/arrowio/safetensors"
+	"github.com/npsfuse/npsfuse/gocore/merge"
 	"github.com/npsfuse/npsfuse/gocore/plan"
 	"github.com/npsfuse/npsfuse/gocore/tensor"
 )
@@ -37,6 +38,13 @@ type Vocabulary struct {
 	// of the listed stored rows (summed in order, then divided), or zeros
 	// when the list is empty. Keyed by output row.
 	Defaults map[int][]RowRef
+	// SliceDefaults are a slices merge's defaults, one entry per group of
+	// sources that merges vocabulary tensors (the embeddings: the first
+	// slice's sources; the head: the last slice's first sources). mergekit
+	// picks a token's default among the models the tensor merges, with
+	// that slice's base, so it differs from group to group; Defaults is
+	// then unused.
+	SliceDefaults []SliceDefaults
 	// TokenizerDir holds the merged tokenizer's files, which replace the
 	// base's tokenizer files in the output ("" keeps the base's).
 	TokenizerDir string
@@ -50,6 +58,15 @@ type VocabModel struct {
 	// Rows[t] is the model's stored row of output token t, or -1: the
 	// token's default row (Vocabulary.Defaults; zeros when none).
 	Rows []int32
+}
+
+// SliceDefaults are the default rows of the vocabulary tensors that
+// slice Slice merges from its sources Sources (indices into the slice's
+// sources, in order), as Vocabulary.Defaults.
+type SliceDefaults struct {
+	Slice    int
+	Sources  []int
+	Defaults map[int][]RowRef
 }
 
 // RowRef is a stored row of one model: Model indexes Vocabulary.Models.
@@ -97,10 +114,12 @@ func parseVocabulary(c *Config, v any, resolve func(string) string, bad *problem
 			Path string  `json:"path"`
 			Rows []int32 `json:"rows"`
 		} `json:"models"`
-		Defaults []struct {
-			Row  int      `json:"row"`
-			From [][2]int `json:"from"`
-		} `json:"defaults"`
+		Defaults []vocabDefault `json:"defaults"`
+		Slices   []struct {
+			Slice    int            `json:"slice"`
+			Sources  []int          `json:"sources"`
+			Defaults []vocabDefault `json:"defaults"`
+		} `json:"slices"`
 	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
@@ -113,7 +132,7 @@ func parseVocabulary(c *Config, v any, resolve func(string) string, bad *problem
 	if voc.SizeKey == "" {
 		voc.SizeKey = "vocab_size"
 	}
-	filesOnly := voc.Size == 0 && voc.Tokens == 0 && len(in.Models) == 0 && len(in.Defaults) == 0
+	filesOnly := voc.Size == 0 && voc.Tokens == 0 && len(in.Models) == 0 && len(in.Defaults) == 0 && len(in.Slices) == 0
 	if !filesOnly && (voc.Tokens <= 0 || voc.Size < voc.Tokens) {
 		bad.add("npsfuse_vocabulary: size %d and tokens %d: need 0 < tokens ≤ size", voc.Size, voc.Tokens)
 		return
@@ -131,20 +150,20 @@ func parseVocabulary(c *Config, v any, resolve func(string) string, bad *problem
 		}
 		voc.Models = append(voc.Models, VocabModel{Path: resolve(m.Path), Rows: m.Rows})
 	}
-	for _, d := range in.Defaults {
-		if d.Row < 0 || d.Row >= voc.Tokens {
-			bad.add("npsfuse_vocabulary.defaults: row %d out of range [0, %d)", d.Row, voc.Tokens)
+	voc.Defaults = defaultRows(in.Defaults, "npsfuse_vocabulary.defaults", voc.Tokens, len(in.Models), bad)
+	for i, sd := range in.Slices {
+		where := fmt.Sprintf("npsfuse_vocabulary.slices[%d]", i)
+		if sd.Slice < 0 || sd.Slice >= len(c.Slices) || len(c.Slices) == 0 {
+			bad.add("%s: slice %d is not one of the config's %d slices", where, sd.Slice, len(c.Slices))
 			continue
 		}
-		refs := []RowRef{}
-		for _, f := range d.From {
-			if f[0] < 0 || f[0] >= len(in.Models) || f[1] < 0 {
-				bad.add("npsfuse_vocabulary.defaults: row %d takes %v, not a model's row", d.Row, f)
-				continue
+		for _, k := range sd.Sources {
+			if k < 0 || k >= len(c.Slices[sd.Slice].Sources) {
+				bad.add("%s: source %d is not one of slices[%d]'s %d sources", where, k, sd.Slice, len(c.Slices[sd.Slice].Sources))
 			}
-			refs = append(refs, RowRef{Model: f[0], Row: f[1]})
 		}
-		voc.Defaults[d.Row] = refs
+		voc.SliceDefaults = append(voc.SliceDefaults, SliceDefaults{Slice: sd.Slice, Sources: sd.Sources,
+			Defaults: defaultRows(sd.Defaults, where+".defaults", voc.Tokens, len(in.Models), bad)})
 	}
 	if voc.TokenizerDir != "" {
 		if st, err := os.Stat(voc.TokenizerDir); err != nil || !st.IsDir() {
@@ -152,6 +171,35 @@ func parseVocabulary(c *Config, v any, resolve func(string) string, bad *problem
 		}
 	}
 	c.Vocab = voc
+}
+
+// vocabDefault is one default row as npsfuse_vocabulary writes it: the
+// output row and the [model, stored row] pairs it averages.
+type vocabDefault struct {
+	Row  int      `json:"row"`
+	From [][2]int `json:"from"`
+}
+
+// defaultRows checks and converts a list of default rows (where names it
+// in messages).
+func defaultRows(in []vocabDefault, where string, tokens, models int, bad *problems) map[int][]RowRef {
+	out := map[int][]RowRef{}
+	for _, d := range in {
+		if d.Row < 0 || d.Row >= tokens {
+			bad.add("%s: row %d out of range [0, %d)", where, d.Row, tokens)
+			continue
+		}
+		refs := []RowRef{}
+		for _, f := range d.From {
+			if f[0] < 0 || f[0] >= models || f[1] < 0 {
+				bad.add("%s: row %d takes %v, not a model's row", where, d.Row, f)
+				continue
+			}
+			refs = append(refs, RowRef{Model: f[0], Row: f[1]})
+		}
+		out[d.Row] = refs
+	}
+	return out
 }
 
 // checkVocabModels reports inputs of the merge that have no row map.
@@ -180,8 +228,22 @@ type vocabPlan struct {
 	v    *Vocabulary
 	ck   []*checkpoint.Checkpoint // by Vocabulary.Models index
 	of   map[*checkpoint.Checkpoint]int
-	done map[string]map[int][]float32
+	bufs map[vocabKey]*vocabBuf
+	list []*vocabBuf // every buffer, in creation order
 }
+
+// vocabKey names one model's vocabulary tensor with one set of defaults
+// (-1: Vocabulary.Defaults, else an index into SliceDefaults).
+type vocabKey struct {
+	model int
+	name  string
+	set   int
+}
+
+// noDefaults is the defaults set of a slices group that
+// npsfuse_vocabulary gives none for: a vocabulary tensor there is an
+// error.
+const noDefaults = -2
 
 // newVocabPlan matches the row maps with the run's checkpoints (the base
 // and the models, by path); nil without a vocabulary.
@@ -190,7 +252,7 @@ func newVocabPlan(cfg *Config, base *checkpoint.Checkpoint, models []*checkpoint
 		return nil, nil
 	}
 	vp := &vocabPlan{v: cfg.Vocab, ck: make([]*checkpoint.Checkpoint, len(cfg.Vocab.Models)),
-		of: map[*checkpoint.Checkpoint]int{}, done: map[string]map[int][]float32{}}
+		of: map[*checkpoint.Checkpoint]int{}, bufs: map[vocabKey]*vocabBuf{}}
 	put := func(path string, c *checkpoint.Checkpoint) {
 		if i := cfg.Vocab.model(path); i >= 0 {
 			vp.ck[i] = c
@@ -208,6 +270,32 @@ func newVocabPlan(cfg *Config, base *checkpoint.Checkpoint, models []*checkpoint
 		}
 	}
 	return vp, nil
+}
+
+// close unmaps every buffer (nil-safe); the run's Mergers must not be
+// used afterwards.
+func (vp *vocabPlan) close() {
+	if vp == nil {
+		return
+	}
+	for _, b := range vp.list {
+		b.free()
+	}
+	vp.list = nil
+}
+
+// sliceSet is the index in SliceDefaults of the defaults for the
+// vocabulary tensors slice s merges from its sources srcs, or noDefaults.
+func (vp *vocabPlan) sliceSet(s int, srcs []int) int {
+	if vp == nil {
+		return noDefaults
+	}
+	for i, sd := range vp.v.SliceDefaults {
+		if sd.Slice == s && slices.Equal(sd.Sources, srcs) {
+			return i
+		}
+	}
+	return noDefaults
 }
 
 // index is the row map index of checkpoint c, or -1.
@@ -250,87 +338,160 @@ func (vp *vocabPlan) planInput(c *checkpoint.Checkpoint) plan.Input {
 	return in
 }
 
-// rows returns tensor name of checkpoint c in the merged vocabulary, as
+// vocabBuf is one model's vocabulary tensor in the merged vocabulary, as
 // float32: each output row is the model's own row, else the token's
 // default (a mean of stored rows, in order, or zeros), and padding rows
-// are the mean of the model's first Tokens output rows. Results are kept
-// for the run (one tensor per model and vocabulary tensor).
-func (vp *vocabPlan) rows(c *checkpoint.Checkpoint, name string) ([]float32, error) {
+// are the mean of the model's first Tokens output rows. Its memory is
+// reserved when the merge is planned (the Merger holds a view of it) but
+// holds pages only between fill and release, which vocabStage times
+// around the jobs that read it.
+type vocabBuf struct {
+	vp       *vocabPlan
+	m        int    // row map index
+	name     string // the tensor's name in the checkpoints
+	defaults map[int][]RowRef
+	width    int
+	mem      []byte // vocabReserve's: Size·width float32
+	filled   bool
+}
+
+// buf returns the buffer of tensor name of checkpoint c with defaults set
+// (vocabKey), made on first use: every row the maps name is checked
+// against the stored tensors here, so that filling it cannot fail on
+// them. where names the tensor's place in a slices merge.
+func (vp *vocabPlan) buf(c *checkpoint.Checkpoint, name string, set int, where string) (*vocabBuf, error) {
 	m := vp.index(c)
 	if m < 0 {
 		return nil, fmt.Errorf("%w: %s has no row map for the merged vocabulary", ErrInput, c.Path)
 	}
-	if got, ok := vp.done[name][m]; ok {
-		return got, nil
+	key := vocabKey{m, name, set}
+	if b, ok := vp.bufs[key]; ok {
+		return b, nil
 	}
-	stored := make([]tensor.Vec, len(vp.ck))
-	nrow := make([]int, len(vp.ck)) // 0: not loaded yet
-	width := -1
-	load := func(k int) (tensor.Vec, int, error) {
-		if nrow[k] > 0 {
-			return stored[k], nrow[k], nil
+	var defaults map[int][]RowRef
+	switch {
+	case set == noDefaults:
+		return nil, fmt.Errorf("%w: npsfuse_vocabulary has no default rows for %s, which merges vocabulary tensor %q: the merged tokenizer was built for another config", ErrInput, where, name)
+	case set < 0:
+		defaults = vp.v.Defaults
+	default:
+		defaults = vp.v.SliceDefaults[set].Defaults
+	}
+	b := &vocabBuf{vp: vp, m: m, name: name, defaults: defaults, width: -1}
+	nrows := make([]int, len(vp.ck)) // 0: not looked at yet
+	look := func(k int) (int, error) {
+		if nrows[k] > 0 {
+			return nrows[k], nil
 		}
 		ck := vp.ck[k]
 		info, ok := ck.Info(name)
 		if !ok {
-			return tensor.Vec{}, 0, fmt.Errorf("%w: %s: a token's row is taken from %s, which has no tensor %q", ErrInput, ck.Path, ck.Path, name)
+			return 0, fmt.Errorf("%w: %s: a token's row is taken from %s, which has no tensor %q", ErrInput, vp.ck[m].Path, ck.Path, name)
 		}
-		b, err := ck.Bytes(name)
-		if err != nil {
-			return tensor.Vec{}, 0, err
+		if _, ok := checkpoint.KernelDType(info.DType); !ok {
+			return 0, fmt.Errorf("%w: %s: vocabulary tensor %q is %v, not a float dtype", ErrInput, ck.File(name), name, info.DType)
 		}
-		dt, ok := checkpoint.KernelDType(info.DType)
-		if !ok {
-			return tensor.Vec{}, 0, fmt.Errorf("%w: %s: vocabulary tensor %q is %v, not a float dtype", ErrInput, ck.File(name), name, info.DType)
+		if len(info.Shape) == 0 || info.Shape[0] <= 0 {
+			return 0, fmt.Errorf("%w: %s: tensor %q has no rows", ErrInput, ck.File(name), name)
 		}
-		vec, err := vecOf(b, dt, ck.File(name), name)
-		if err != nil {
-			return tensor.Vec{}, 0, fmt.Errorf("%w: %v", ErrInput, err)
+		w := int(info.NumElements() / info.Shape[0])
+		if b.width >= 0 && w != b.width {
+			return 0, fmt.Errorf("%w: %s: tensor %q has rows of %d values, other models %d", ErrInput, ck.File(name), name, w, b.width)
 		}
-		w := int(info.NumElements() / max(info.Shape[0], 1))
-		if width >= 0 && w != width {
-			return tensor.Vec{}, 0, fmt.Errorf("%w: %s: tensor %q has rows of %d values, other models %d", ErrInput, ck.File(name), name, w, width)
-		}
-		if info.Shape[0] <= 0 {
-			return tensor.Vec{}, 0, fmt.Errorf("%w: %s: tensor %q has no rows", ErrInput, ck.File(name), name)
-		}
-		width = w
-		stored[k], nrow[k] = vec, int(info.Shape[0])
-		return vec, nrow[k], nil
+		b.width, nrows[k] = w, int(info.Shape[0])
+		return nrows[k], nil
 	}
-	own, nrows, err := load(m)
+	own, err := look(m)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]float32, vp.v.Size*width)
-	row := func(k, r, t int) ([]float32, error) {
-		vec, n, err := load(k)
-		if err != nil {
-			return nil, err
-		}
-		if r >= n {
-			return nil, fmt.Errorf("%w: %s: tensor %q has %d rows, the tokenizer's row map wants row %d (token %d): does its tokenizer fit its config's vocab_size?",
-				ErrInput, vp.ck[k].File(name), name, n, r, t)
-		}
-		buf := make([]float32, width)
-		vec.Load(buf, r*width)
-		return buf, nil
-	}
 	for t, r := range vp.v.Models[m].Rows {
-		dst := out[t*width : (t+1)*width]
 		if r >= 0 {
-			if int(r) >= nrows {
-				return nil, fmt.Errorf("%w: %s: tensor %q has %d rows, the tokenizer's row map wants row %d (token %d)", ErrInput, c.File(name), name, nrows, r, t)
+			if int(r) >= own {
+				return nil, fmt.Errorf("%w: %s: tensor %q has %d rows, the tokenizer's row map wants row %d (token %d)", ErrInput, c.File(name), name, own, r, t)
 			}
-			own.Load(dst, int(r)*width)
 			continue
 		}
-		refs := vp.v.Defaults[t]
-		for _, ref := range refs { // mergekit: embed = embed + row, then /= count, in float32
-			src, err := row(ref.Model, ref.Row, t)
+		for _, ref := range defaults[t] {
+			n, err := look(ref.Model)
 			if err != nil {
 				return nil, err
 			}
+			if ref.Row >= n {
+				return nil, fmt.Errorf("%w: %s: tensor %q has %d rows, the tokenizer's row map wants row %d (token %d): does its tokenizer fit its config's vocab_size?",
+					ErrInput, vp.ck[ref.Model].File(name), name, n, ref.Row, t)
+			}
+		}
+	}
+	if b.mem, err = vocabReserve(vp.v.Size * b.width * 4); err != nil {
+		return nil, fmt.Errorf("%s: tensor %q in the merged vocabulary: %w", c.Path, name, err)
+	}
+	vp.bufs[key] = b
+	vp.list = append(vp.list, b)
+	return b, nil
+}
+
+// floats is the buffer as float32 values.
+func (b *vocabBuf) floats() []float32 {
+	if len(b.mem) == 0 {
+		return nil
+	}
+	return unsafe.Slice((*float32)(unsafe.Pointer(unsafe.SliceData(b.mem))), len(b.mem)/4)
+}
+
+// fill computes the rows (see vocabBuf); the stored tensors it read are
+// dropped from the resident set afterwards, like a merge's inputs.
+func (b *vocabBuf) fill() error {
+	if b.filled {
+		return nil
+	}
+	vp, width := b.vp, b.width
+	stored := map[int]tensor.Vec{}
+	var read [][]byte
+	load := func(k int) (tensor.Vec, error) {
+		if v, ok := stored[k]; ok {
+			return v, nil
+		}
+		ck := vp.ck[k]
+		info, _ := ck.Info(b.name)
+		raw, err := ck.Bytes(b.name)
+		if err != nil {
+			return tensor.Vec{}, err
+		}
+		dt, _ := checkpoint.KernelDType(info.DType)
+		v, err := vecOf(raw, dt, ck.File(b.name), b.name)
+		if err != nil {
+			return tensor.Vec{}, fmt.Errorf("%w: %v", ErrInput, err)
+		}
+		stored[k] = v
+		read = append(read, raw)
+		return v, nil
+	}
+	defer func() {
+		for _, raw := range read {
+			checkpoint.AdviseBytes(raw, checkpoint.DontNeed)
+		}
+	}()
+	own, err := load(b.m)
+	if err != nil {
+		return err
+	}
+	out := b.floats()
+	clear(out)
+	src := make([]float32, width)
+	for t, r := range vp.v.Models[b.m].Rows {
+		dst := out[t*width : (t+1)*width]
+		if r >= 0 {
+			own.Load(dst, int(r)*width)
+			continue
+		}
+		refs := b.defaults[t]
+		for _, ref := range refs { // mergekit: embed = embed + row, then /= count, in float32
+			v, err := load(ref.Model)
+			if err != nil {
+				return err
+			}
+			v.Load(src, ref.Row*width)
 			for i, x := range src {
 				dst[i] += x
 			}
@@ -355,19 +516,101 @@ func (vp *vocabPlan) rows(c *checkpoint.Checkpoint, name string) ([]float32, err
 			}
 		}
 	}
-	if vp.done[name] == nil {
-		vp.done[name] = map[int][]float32{}
-	}
-	vp.done[name][m] = out
-	return out, nil
+	b.filled = true
+	return nil
 }
 
-// vocabBytes is rows as bytes (F32, native little-endian order).
-func vocabBytes(x []float32) []byte {
-	if len(x) == 0 {
-		return nil
+// release gives the buffer's pages back (its contents are lost).
+func (b *vocabBuf) release() {
+	if b.filled {
+		vocabRelease(b.mem)
+		b.filled = false
 	}
-	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(x))), len(x)*4)
+}
+
+// free unmaps the buffer.
+func (b *vocabBuf) free() {
+	if b.mem != nil {
+		vocabFree(b.mem)
+		b.mem, b.filled = nil, false
+	}
+}
+
+// vocabStage times the vocabulary buffers of a run: each is filled right
+// before the first job that reads it and released right after the last,
+// so a merge holds the merged vocabulary's rows of one output tensor at a
+// time (one buffer per model), whatever the number of vocabulary tensors.
+// A Merger that reads every tensor before it merges its first
+// (merge.Merger.WholeModel: a global scope, statistics over the whole
+// model) needs its buffers filled from its first job on.
+type vocabStage struct {
+	fill, release [][]*vocabBuf // by job index
+	all           []*vocabBuf
+	held, peak    int64 // bytes filled and not released yet
+}
+
+// vocabHook, when set (tests), is called during every job, after its
+// buffers are filled, with the stage and the job's index.
+var vocabHook func(s *vocabStage, job int)
+
+// newVocabStage schedules the buffers that jobs read (job.vocab).
+func newVocabStage(jobs []job) *vocabStage {
+	s := &vocabStage{fill: make([][]*vocabBuf, len(jobs)), release: make([][]*vocabBuf, len(jobs))}
+	whole := map[*merge.Merger]int{} // a whole-model Merger's first job
+	for i, j := range jobs {
+		if j.merged < 0 || j.merger == nil {
+			continue
+		}
+		if _, seen := whole[j.merger]; !seen && j.merger.WholeModel() {
+			whole[j.merger] = i
+		}
+	}
+	first, last := map[*vocabBuf]int{}, map[*vocabBuf]int{}
+	for i, j := range jobs {
+		for _, b := range j.vocab {
+			f := i
+			if w, ok := whole[j.merger]; ok && j.merged >= 0 {
+				f = min(f, w)
+			}
+			if p, ok := first[b]; !ok {
+				first[b] = f
+				s.all = append(s.all, b)
+			} else {
+				first[b] = min(p, f)
+			}
+			last[b] = max(last[b], i)
+		}
+	}
+	for _, b := range s.all {
+		s.fill[first[b]] = append(s.fill[first[b]], b)
+		s.release[last[b]] = append(s.release[last[b]], b)
+	}
+	return s
+}
+
+// before fills the buffers that job i is the first to need.
+func (s *vocabStage) before(i int) error {
+	for _, b := range s.fill[i] {
+		if err := b.fill(); err != nil {
+			return err
+		}
+		s.held += int64(len(b.mem))
+		s.peak = max(s.peak, s.held)
+	}
+	if vocabHook != nil {
+		vocabHook(s, i)
+	}
+	return nil
+}
+
+// after releases the buffers that job i is the last to read.
+func (s *vocabStage) after(i int) {
+	for _, b := range s.release[i] {
+		if b.filled {
+			s.held -= int64(len(b.mem))
+		}
+		b.release()
+	}
 }
 
 // checkVocabSizes refuses models whose vocabulary tensors have different
@@ -484,9 +727,6 @@ func parseTokenizerKeys(c *Config, top map[string]any, resolve func(string) stri
 			bad.add("tokenizer_source other than base, tokenizer: and chat_template need the merged tokenizer, which npsfuse builds in Python: run this config with `npsfuse merge` (or npsfuse.merge_checkpoints)")
 		}
 		return
-	}
-	if _, hasSlices := top["slices"]; hasSlices {
-		bad.add("a merged vocabulary (tokenizer_source, tokenizer:) with slices: is not supported yet: merge the slices first, then the vocabularies")
 	}
 	parseVocabulary(c, v, resolve, bad)
 	checkVocabModels(c, bad)

@@ -233,3 +233,139 @@ func FuzzParseVocabulary(f *testing.F) {
 		}
 	})
 }
+
+// sliceVocabFamily is vocabFamily with two layers and a final norm, for
+// slices configs.
+func sliceVocabFamily(t *testing.T) (base, ft string) {
+	t.Helper()
+	mat := func(rows int, v ...float32) safetensors.Tensor {
+		return safetensors.Tensor{DType: safetensors.F32, Shape: []int64{int64(rows), int64(len(v) / rows)}, Data: encode(v, safetensors.F32)}
+	}
+	b := tensors{
+		"model.embed_tokens.weight":   mat(3, 1, 2, 3, 4, 5, 6),
+		"lm_head.weight":              mat(3, -1, -2, -3, -4, -5, -6),
+		"model.layers.0.mlp.weight":   mat(1, 1, 1),
+		"model.layers.1.mlp.weight":   mat(1, 2, 2),
+		"model.norm.weight":           mat(1, 1, 1),
+		"model.layers.1.mlp.up.bias":  mat(1, 7),
+		"model.layers.0.mlp.up.bias":  mat(1, 8),
+		"model.embed_positions.extra": mat(1, 9),
+	}
+	f := tensors{ // tokens stored as (t1, t0, t2, t3)
+		"model.embed_tokens.weight":   mat(4, 30, 40, 10, 20, 50, 60, 70, 80),
+		"lm_head.weight":              mat(4, -30, -40, -10, -20, -50, -60, -70, -80),
+		"model.layers.0.mlp.weight":   mat(1, 3, 5),
+		"model.layers.1.mlp.weight":   mat(1, 4, 6),
+		"model.norm.weight":           mat(1, 3, 3),
+		"model.layers.1.mlp.up.bias":  mat(1, 17),
+		"model.layers.0.mlp.up.bias":  mat(1, 18),
+		"model.embed_positions.extra": mat(1, 19),
+	}
+	_, base, paths := setup(t, b, []tensors{f}, 1)
+	return base, paths[0]
+}
+
+// A slices merge with a merged vocabulary: the embeddings come from the
+// first slice's sources with that group's default rows, the LM head from
+// the last slice's with its own (mergekit picks a token's default among
+// the models the tensor merges); a group without defaults is an error.
+func TestRunVocabularySlices(t *testing.T) {
+	base, ft := sliceVocabFamily(t)
+	models := []any{map[string]any{"path": base, "rows": []int{0, 1, 2, -1}}, map[string]any{"path": ft, "rows": []int{1, 0, 2, 3}}}
+	embedSet := map[string]any{"slice": 0, "sources": []int{0, 1}, "defaults": []any{map[string]any{"row": 3, "from": []any{[]int{1, 3}}}}}
+	headSet := map[string]any{"slice": 1, "sources": []int{0}, "defaults": []any{}}
+	slicesYAML := "merge_method: linear\nslices:\n" +
+		"  - sources: [{model: " + base + ", layer_range: [0, 1]}, {model: " + ft + ", layer_range: [0, 1]}]\n" +
+		"  - sources: [{model: " + ft + ", layer_range: [1, 2]}]\n" +
+		"tokenizer_source: union\nnpsfuse_vocabulary: "
+	vocab := func(sets ...any) string {
+		v, _ := json.Marshal(map[string]any{"size": 4, "tokens": 4, "models": models, "slices": sets})
+		return string(v) + "\n"
+	}
+	_, out, err := run(t, context.Background(), t.TempDir(), slicesYAML+vocab(embedSet, headSet), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := readAll(t, out)
+	want := map[string][]float32{
+		// base rows (1,2),(3,4),(5,6),(70,80: ft's, the group's default); ft (10,20),(30,40),(50,60),(70,80)
+		"model.embed_tokens.weight": {5.5, 11, 16.5, 22, 27.5, 33, 70, 80},
+		"lm_head.weight":            {-10, -20, -30, -40, -50, -60, -70, -80}, // ft's alone, permuted
+		"model.layers.0.mlp.weight": {2, 3},
+		"model.layers.1.mlp.weight": {4, 6},
+		"model.norm.weight":         {3, 3},
+	}
+	for name, w := range want {
+		if g := decode(got[name].Data, got[name].DType); !slices.Equal(g, w) {
+			t.Errorf("%s = %v, want %v", name, g, w)
+		}
+	}
+	if s := got["lm_head.weight"].Shape; !slices.Equal(s, []int64{4, 2}) {
+		t.Errorf("lm_head shape %v, want [4 2]", s)
+	}
+	raw, err := os.ReadFile(filepath.Join(out, "config.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(raw), `"vocab_size": 4`) {
+		t.Errorf("config.json lacks vocab_size 4:\n%s", raw)
+	}
+
+	// The head's group has no defaults: refused before anything is written.
+	root := t.TempDir()
+	_, _, err = run(t, context.Background(), root, slicesYAML+vocab(embedSet), Options{})
+	if !errors.Is(err, ErrInput) || !strings.Contains(err.Error(), "no default rows for the head of slices[1]") {
+		t.Errorf("error %v, want ErrInput naming the head of slices[1]", err)
+	}
+	assertNothingLeft(t, root, nil)
+	for _, c := range []struct{ set, want string }{
+		{`{slice: 2, sources: [0], defaults: []}`, "slice 2 is not one of the config's 2 slices"},
+		{`{slice: 1, sources: [1], defaults: []}`, "source 1 is not one of slices[1]'s 1 sources"},
+		{`{slice: 0, sources: [0], defaults: [{row: 9, from: []}]}`, "npsfuse_vocabulary.slices[0].defaults: row 9 out of range"},
+	} {
+		v := `{size: 4, tokens: 4, models: [{path: ` + base + `, rows: [0, 1, 2, -1]}, {path: ` + ft + `, rows: [1, 0, 2, 3]}], slices: [` + c.set + "]}\n"
+		if _, err := ParseConfig([]byte(slicesYAML+v), ""); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: error %v, want ErrConfig saying %q", c.set, err, c.want)
+		}
+	}
+}
+
+// Slices configs with tokenizer keys and a merged vocabulary parse, and
+// whatever their vocabulary holds, the parser reports problems instead of
+// panicking; an accepted one has consistent slice defaults.
+func FuzzParseSlicesVocabulary(f *testing.F) {
+	f.Add(`{size: 4, tokens: 3, models: [{path: ft0, rows: [0, 1, -1]}, {path: ft1, rows: [0, 1, 2]}], slices: [{slice: 0, sources: [0], defaults: [{row: 2, from: [[1, 2]]}]}, {slice: 1, sources: [0], defaults: []}]}`)
+	f.Add(`{size: 3, tokens: 3, slices: [{slice: -1, sources: [7], defaults: [{row: 0, from: [[0, 0]]}]}]}`)
+	f.Add(`{size: 0, tokens: 0, slices: [{}]}`)
+	f.Add(`{slices: 3}`)
+	root := configRoot(f)
+	f.Fuzz(func(t *testing.T, v string) {
+		text := "merge_method: passthrough\nslices:\n  - sources: [{model: ft0, layer_range: [0, 2]}]\n  - sources: [{model: ft1, layer_range: [2, 4]}]\n" +
+			"tokenizer: {source: union, pad_to_multiple_of: 4}\nchat_template: chatml\nnpsfuse_vocabulary: " + v + "\n"
+		cfg, err := ParseConfig([]byte(text), root)
+		if err != nil {
+			if !errors.Is(err, ErrConfig) {
+				t.Fatalf("error %q does not wrap ErrConfig", err)
+			}
+			return
+		}
+		if cfg.Vocab == nil || len(cfg.Slices) != 2 {
+			t.Fatalf("accepted without a vocabulary or its slices: %+v", cfg)
+		}
+		for _, sd := range cfg.Vocab.SliceDefaults {
+			if sd.Slice < 0 || sd.Slice >= 2 || slices.ContainsFunc(sd.Sources, func(k int) bool { return k != 0 }) {
+				t.Fatalf("accepted slice defaults %+v", sd)
+			}
+			for row, refs := range sd.Defaults {
+				if row < 0 || row >= cfg.Vocab.Tokens {
+					t.Fatalf("accepted default row %d", row)
+				}
+				for _, r := range refs {
+					if r.Model < 0 || r.Model >= len(cfg.Vocab.Models) || r.Row < 0 {
+						t.Fatalf("accepted default %v", r)
+					}
+				}
+			}
+		}
+	})
+}

@@ -17,6 +17,13 @@ zeros; a ``tokens:`` rule gives the source explicitly (a model, ``{kind:
 zero}`` or ``{kind: model_token, model, token|token_id}``) and with
 ``force: true`` applies even where a model has the token. Padding rows
 (``pad_to_multiple_of``) are each model's mean of its token rows.
+
+With ``slices:`` (mergekit's ``plan_module``) the tokenizer reads every
+model a slice names; the embeddings are merged from the first slice's
+sources and the LM head from the last slice's first sources (as many as
+the first slice has), each with its slice's base, and the rules above pick
+a token's default among those models only: the defaults travel per group
+(``slices`` in ``npsfuse_vocabulary``).
 """
 
 from __future__ import annotations
@@ -178,7 +185,8 @@ def vocabulary(
     Parameters
     ----------
     config
-        The merge config (``base_model``, ``models``, the tokenizer keys).
+        The merge config (``base_model``, ``models`` or ``slices``, the
+        tokenizer keys).
     tokenizer_dir
         An empty folder: the merged tokenizer is saved there
         (``save_pretrained``, as mergekit writes it).
@@ -190,19 +198,21 @@ def vocabulary(
     dict
         ``size``, ``tokens``, ``models`` (``path``, ``rows``), ``defaults``
         (``row``, ``from``: ``[model index, stored row]`` pairs) and
-        ``tokenizer_dir``.
+        ``tokenizer_dir``; for a ``slices:`` config ``defaults`` is empty
+        and ``slices`` lists the defaults of each group of sources that
+        merges vocabulary tensors (``slice``, ``sources``, ``defaults``).
 
     Raises
     ------
     ValueError
         Both ``tokenizer_source`` and ``tokenizer``, an unknown source, a
-        ``tokens:`` rule naming a model that is not merged, a bad template.
+        ``tokens:`` rule naming a model that is not merged (in a slices
+        config: not among the sources of the tensor the token is merged
+        into), a bad template.
     """
-    if config.get("slices") is not None:
-        raise ValueError(
-            "tokenizer_source, tokenizer: and chat_template with slices: are not supported yet: "
-            "merge the slices first, then merge the vocabularies"
-        )
+    slices = config.get("slices")
+    if slices is not None and (not isinstance(slices, list) or not slices):
+        raise ValueError("slices must be a non-empty list of {sources: [...]}")
     block = config.get("tokenizer")
     source = config.get("tokenizer_source")
     if block is not None and source is not None:
@@ -225,6 +235,10 @@ def vocabulary(
     for m in config.get("models") or []:
         if isinstance(m, Mapping) and m.get("model"):
             written.append(str(m["model"]))
+    for sl in slices or []:  # mergekit: every model a slice reads
+        for src in _sources(sl):
+            if src.get("model"):
+                written.append(str(src["model"]))
     seen: dict[str, int] = {}
     paths: list[str] = []
     for w in written:
@@ -237,7 +251,7 @@ def vocabulary(
     for w, p in zip(paths, local, strict=True):
         if not os.path.isdir(p):
             raise ValueError(f"model {w} is not a folder: the merged tokenizer reads each model's")
-    base = 0  # mergekit: the base model, else the first model
+    base = 0  # mergekit: the base model, else the first model (by set order there)
     has_base = bool(config.get("base_model"))
     chat = config.get("chat_template")
     if source is None:  # chat_template alone: the base's tokenizer, re-saved with it
@@ -291,54 +305,76 @@ def vocabulary(
             if j is not None and j < limit:
                 rows[i] = j
         perms.append(rows)
-    # Each token's source where some model lacks it (or a rule forces it).
-    defaults = []
     by_id = sorted(vocab.items(), key=lambda kv: kv[1])
-    for t, i in by_id:
+    for t, i in by_id:  # a forced rule replaces every model's own row
         rule = rules.get(t)
-        force = bool(rule.get("force")) if isinstance(rule, Mapping) else False
-        present = [k for k in range(len(local)) if perms[k][i] >= 0]
-        if not force and len(present) == len(local):
-            continue
-        if force:
-            for k in range(len(local)):
-                perms[k][i] = -1
-        where = f"tokenizer.tokens[{t!r}]"
-        src = rule.get("source") if isinstance(rule, Mapping) else None
-        if rule is None:
-            if len(present) == 1:
-                refs = [[present[0], perms_orig(originals, local, present[0], t)]]
-            elif not present:
+        if isinstance(rule, Mapping) and rule.get("force"):
+            for rows in perms:
+                rows[i] = -1
+
+    def defaults(members: list[int], group_base: int | None, group: str) -> list[dict[str, Any]]:
+        """Each token's source where a model of ``members`` (row-map
+        indices, in the tensor's order) lacks it or a rule forces it."""
+        found = []
+        for t, i in by_id:
+            rule = rules.get(t)
+            force = bool(rule.get("force")) if isinstance(rule, Mapping) else False
+            present = [k for k in members if perms[k][i] >= 0]
+            if not force and len(present) == len(members):
+                continue
+            where = f"tokenizer.tokens[{t!r}]"
+            src = rule.get("source") if isinstance(rule, Mapping) else None
+            if rule is None:
+                if len(present) == 1:
+                    refs = [[present[0], perms_orig(originals, local, present[0], t)]]
+                elif not present:
+                    refs = []
+                elif group_base is not None and group_base in present:
+                    refs = [[group_base, perms_orig(originals, local, group_base, t)]]
+                else:
+                    refs = [[k, perms_orig(originals, local, k, t)] for k in present]
+            elif isinstance(src, Mapping) and src.get("kind") == "zero":
                 refs = []
-            elif has_base and base in present:
-                refs = [[base, perms_orig(originals, local, base, t)]]
-            else:
-                refs = [[k, perms_orig(originals, local, k, t)] for k in present]
-        elif isinstance(src, Mapping) and src.get("kind") == "zero":
-            refs = []
-        elif isinstance(src, Mapping) and src.get("kind") == "model_token":
-            k = _ref(src, where + ".source.model", seen, resolve)
-            if (src.get("token") is None) == (src.get("token_id") is None):
-                raise ValueError(f"{where}.source: give token or token_id (one of them)")
-            if src.get("token_id") is not None:
-                row = int(src["token_id"])
-            else:
-                row = originals[k].get(src["token"], -1)
+            elif isinstance(src, Mapping) and src.get("kind") == "model_token":
+                k = _member(
+                    _ref(src, where + ".source.model", seen, resolve), members, where, group, paths
+                )
+                if (src.get("token") is None) == (src.get("token_id") is None):
+                    raise ValueError(f"{where}.source: give token or token_id (one of them)")
+                if src.get("token_id") is not None:
+                    row = int(src["token_id"])
+                else:
+                    row = originals[k].get(src["token"], -1)
+                    if row < 0:
+                        raise ValueError(
+                            f"{where}.source: token {src['token']!r} is not in {paths[k]}"
+                        )
+                refs = [[k, row]]
+            elif isinstance(src, str):
+                k = _member(
+                    _ref(src, where + ".source", seen, resolve), members, where, group, paths
+                )
+                row = perms_orig(originals, local, k, t)
                 if row < 0:
-                    raise ValueError(f"{where}.source: token {src['token']!r} is not in {paths[k]}")
-            refs = [[k, row]]
-        elif isinstance(src, str):
-            k = _ref(src, where + ".source", seen, resolve)
-            row = perms_orig(originals, local, k, t)
-            if row < 0:
-                raise ValueError(f"{where}.source: token {t!r} is not in {paths[k]}")
-            refs = [[k, row]]
-        else:
-            raise ValueError(
-                f"{where}: give source: a model path, {{kind: zero}} or "
-                f"{{kind: model_token, model, token}}; got {rule!r}"
-            )
-        defaults.append({"row": i, "from": refs})
+                    raise ValueError(f"{where}.source: token {t!r} is not in {paths[k]}")
+                refs = [[k, row]]
+            else:
+                raise ValueError(
+                    f"{where}: give source: a model path, {{kind: zero}} or "
+                    f"{{kind: model_token, model, token}}; got {rule!r}"
+                )
+            found.append({"row": i, "from": refs})
+        return found
+
+    groups: list[dict[str, Any]] = []
+    if slices is None:
+        top_defaults = defaults(list(range(len(local))), base if has_base else None, "")
+    else:
+        top_defaults = []
+        for g in _slice_groups(slices, config.get("base_model"), resolve, seen):
+            members, group_base, where = g.pop("members"), g.pop("base"), g.pop("where")
+            g["defaults"] = defaults(members, group_base, where)
+            groups.append(g)
     if chat is not None:
         t = _template(str(chat), local)
         if t is not None:
@@ -349,8 +385,59 @@ def vocabulary(
         "tokens": tokens,
         "tokenizer_dir": tokenizer_dir,
         "models": [{"path": p, "rows": r} for p, r in zip(paths, perms, strict=True)],
-        "defaults": defaults,
+        "defaults": top_defaults,
+        **({"slices": groups} if slices is not None else {}),
     }
+
+
+def _sources(sl: Any) -> list[Mapping[str, Any]]:
+    """A slice's sources (the malformed ones left out: Go reports them)."""
+    srcs = sl.get("sources") if isinstance(sl, Mapping) else None
+    return [s for s in srcs if isinstance(s, Mapping)] if isinstance(srcs, list) else []
+
+
+def _slice_groups(
+    slices: list[Any], config_base: Any, resolve: Any, seen: dict[str, int]
+) -> list[dict[str, Any]]:
+    """The groups of sources that merge a slices config's vocabulary
+    tensors (mergekit 0.1.5's ``plan_module``): the embeddings from the
+    first slice's sources, the LM head (every tensor after the layers)
+    from the last slice's first sources, as many as the first slice has;
+    each with its slice's base (``base_model`` of the slice, else of the
+    config). Each group: ``slice``, ``sources`` (indices into the slice's
+    sources), ``members`` (row-map indices), ``base`` (a row-map index or
+    ``None``) and ``where`` (for messages)."""
+    first, last = _sources(slices[0]), _sources(slices[-1])
+    out = []
+    for s, srcs, part in ((0, first, "embeddings"), (len(slices) - 1, last[: len(first)], "head")):
+        sl = slices[s]
+        b = (sl.get("base_model") if isinstance(sl, Mapping) else None) or config_base
+        key = {"slice": s, "sources": list(range(len(srcs)))}
+        if any(g["slice"] == s and g["sources"] == key["sources"] for g in out):
+            continue  # one slice: the embeddings' and the head's sources are the same
+        if any(not x.get("model") for x in srcs):
+            raise ValueError(f"slices[{s}]: every source needs a model")
+        members = [seen[_norm(resolve(str(x["model"])))] for x in srcs]
+        out.append(
+            {
+                **key,
+                "members": members,
+                "base": seen.get(_norm(resolve(str(b)))) if b else None,
+                "where": f"the {part} (slices[{s}]'s sources)",
+            }
+        )
+    return out
+
+
+def _member(k: int, members: list[int], where: str, group: str, paths: list[str]) -> int:
+    """``k``, checked to be among the models that merge the tensor (in a
+    slices merge, mergekit: the model's weight is missing)."""
+    if k not in members:
+        raise ValueError(
+            f"{where}: {paths[k]} is not a source of {group}, which the token's row is merged "
+            "into: name one of those sources"
+        )
+    return k
 
 
 def perms_orig(originals: list[dict[str, int]], local: list[str], k: int, token: str) -> int:
