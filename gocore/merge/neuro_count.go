@@ -26,10 +26,35 @@ import (
 
 // countChunkSums is countChunk with the magnitude sums: per model, its
 // chunk read where it is stored, one countSums per window of the model
-// (the first one also gives the model's Σ|τ|).
+// (the first one also gives the model's Σ|τ|). The sums of two windows
+// (of two models, with two or more models) run together in sumMags2: the
+// float64 chains are latency-bound, six of them keep the adder busier
+// than three.
 func (e *engine) countChunkSums(ch chunkRef, ws *workspace, base []float32, wins []window, cc *chunkCount) error {
 	n := ch.hi - ch.lo
-	mags, abv := ws.out[:n], ws.taus[0][:n] // free during preparation
+	// Buffers free during preparation: magnitudes and packed magnitudes
+	// of one window each (ws.models[0] is the views' scratch).
+	var sets [2]struct{ mags, abv []float32 }
+	sets[0].mags, sets[0].abv = ws.out[:n], ws.taus[0][:n]
+	pair := e.T >= 2
+	if pair {
+		sets[1].mags, sets[1].abv = ws.taus[1][:n], ws.models[1][:n]
+	}
+	// A window whose sums wait for a second one.
+	type pending struct {
+		set, k int
+		c      *winCount
+		total  *float64 // the model's Σ|τ| when this is its first window
+	}
+	var wait *pending
+	var slot pending
+	cur := 0
+	finish := func(p *pending, total, sumAbove float64) {
+		p.c.sumAbove = sumAbove
+		if p.total != nil {
+			*p.total = total
+		}
+	}
 	for m := range e.T {
 		x := e.view(e.tensors[ch.ti].Models[m], ch, ws, ws.models[0])
 		checked := false
@@ -38,20 +63,41 @@ func (e *engine) countChunkSums(ch chunkRef, ws *workspace, base []float32, wins
 				continue
 			}
 			c := &cc.win[w]
-			above, k, cands, ok := countSums(x, base, win.lo, win.hi, c.cands, mags, abv)
+			st := &sets[cur]
+			above, k, cands, ok := countSums(x, base, win.lo, win.hi, c.cands, st.mags, st.abv)
 			if !ok {
 				return e.nonFinite(ch, fmt.Sprintf("model %d", m), x)
 			}
-			vec.ClearAVXUpper() // in case a preemption left the upper halves dirty
-			total, sumAbove := sumMags(mags, abv[:k])
-			c.above, c.sumAbove, c.cands = above, sumAbove, cands
+			c.above, c.cands = above, cands
+			p := pending{set: cur, k: k, c: c}
 			if !checked {
-				cc.sumAll[m], checked = total, true
+				p.total, checked = &cc.sumAll[m], true
+			}
+			vec.ClearAVXUpper() // in case a preemption left the upper halves dirty
+			switch {
+			case wait != nil:
+				o := &sets[wait.set]
+				ta, sa, tb, sb := sumMags2(o.mags, o.abv[:wait.k], st.mags, st.abv[:k])
+				finish(wait, ta, sa)
+				finish(&p, tb, sb)
+				wait = nil
+			case pair:
+				slot = p
+				wait = &slot
+				cur = 1 - cur
+			default:
+				t, s := sumMags(st.mags, st.abv[:k])
+				finish(&p, t, s)
 			}
 		}
 		if !checked && !vec.Finite(x) {
 			return e.nonFinite(ch, fmt.Sprintf("model %d", m), x)
 		}
+	}
+	if wait != nil {
+		o := &sets[wait.set]
+		t, s := sumMags(o.mags, o.abv[:wait.k])
+		finish(wait, t, s)
 	}
 	return nil
 }
@@ -120,4 +166,46 @@ func sumMags(mags, abv []float32) (total, sumAbove float64) {
 		s0 += float64(mags[len(mags)-1])
 	}
 	return s0 + s1, sa
+}
+
+// sumMags2 is sumMags of (ma, aa) and of (mb, ab) in one loop (len(ma) =
+// len(mb)): six independent chains, each in sumMags' order.
+func sumMags2(ma, aa, mb, ab []float32) (ta, sa, tb, sb float64) {
+	n := len(ma)
+	mb = mb[:n]
+	n2 := n / 2
+	var a0, a1, b0, b1, as, bs float64
+	m1 := min(n2, len(aa), len(ab))
+	i := 0
+	for ; i < m1; i++ {
+		a0 += float64(ma[2*i])
+		a1 += float64(ma[2*i+1])
+		b0 += float64(mb[2*i])
+		b1 += float64(mb[2*i+1])
+		as += float64(aa[i])
+		bs += float64(ab[i])
+	}
+	for ; i < n2; i++ {
+		a0 += float64(ma[2*i])
+		a1 += float64(ma[2*i+1])
+		b0 += float64(mb[2*i])
+		b1 += float64(mb[2*i+1])
+		if i < len(aa) {
+			as += float64(aa[i])
+		}
+		if i < len(ab) {
+			bs += float64(ab[i])
+		}
+	}
+	for _, v := range aa[min(i, len(aa)):] {
+		as += float64(v)
+	}
+	for _, v := range ab[min(i, len(ab)):] {
+		bs += float64(v)
+	}
+	if n%2 == 1 {
+		a0 += float64(ma[n-1])
+		b0 += float64(mb[n-1])
+	}
+	return a0 + a1, as, b0 + b1, bs
 }

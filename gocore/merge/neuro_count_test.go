@@ -102,3 +102,28 @@ func bitsOf(x []float32) []uint32 {
 	}
 	return b
 }
+
+// TestSumMags2: the two-window loop gives each window's sumMags bits, for
+// packed lists shorter and longer than half the magnitudes.
+func TestSumMags2(t *testing.T) {
+	r := rand.New(rand.NewPCG(4, 5))
+	for _, n := range []int{0, 1, 2, 3, 9, 100, 1001} {
+		ma, mb := make([]float32, n), make([]float32, n)
+		aa, ab := make([]float32, n), make([]float32, n)
+		for _, x := range [][]float32{ma, mb, aa, ab} {
+			for j := range x {
+				x[j] = float32(r.ExpFloat64() * math.Exp2(float64(r.IntN(30)-15)))
+			}
+		}
+		for _, ks := range [][2]int{{0, 0}, {n, n}, {n / 2, n}, {n, n / 3}, {n / 3, n / 2}, {(n + 1) / 2, n / 2}} {
+			ta, sa, tb, sb := sumMags2(ma, aa[:ks[0]], mb, ab[:ks[1]])
+			wa, wsa := sumMags(ma, aa[:ks[0]])
+			wb, wsb := sumMags(mb, ab[:ks[1]])
+			for i, p := range [][2]float64{{ta, wa}, {sa, wsa}, {tb, wb}, {sb, wsb}} {
+				if math.Float64bits(p[0]) != math.Float64bits(p[1]) {
+					t.Fatalf("n %d k %v: sum %d is %v, sumMags %v", n, ks, i, p[0], p[1])
+				}
+			}
+		}
+	}
+}
