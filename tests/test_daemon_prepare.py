@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -289,3 +290,52 @@ def test_scratch_removed_after_a_failure(daemon_at: Any) -> None:
             dict(bad, models=[{"model": "org/missing"}]), out_dir=d.root / "x"
         ).result(timeout=300)
     assert _scratch(d) == []
+
+
+def test_kill9_while_python_prepares(daemon_at: Any, tmp_path: Path) -> None:
+    """kill -9 of the daemon while Python prepares: Python dies with it, the
+    next start removes the job's scratch folder, and the retried job
+    prepares anew and writes the notebook's checkpoint."""
+    d = daemon_at()
+    fam = _hub_family(d.root)
+    conf = {
+        "merge_method": "task_arithmetic",
+        "base_model": str(fam["src"] / "base"),
+        "models": [{"model": f"{fam['src'] / 'base'}+{fam['adapter']}"}],
+    }
+    # The first start of python hangs (a sleep in its place, its pid noted).
+    hang, pid = d.dir / "hang", d.dir / "pid"
+    hang.touch()
+    script = Path(d.python)
+    script.write_text(
+        f"#!/bin/sh\necho x >> {d.marker}\nif [ -e {hang} ]; then rm {hang}; echo $$ > {pid}; "
+        f'exec sleep 120; fi\nexec {sys.executable} "$@"\n'
+    )
+    job = d.client().submit_merge(conf, out_dir=d.root / "out")
+    deadline = time.monotonic() + 60
+    while not (pid.exists() and pid.read_text().strip() and _scratch(d)):
+        assert time.monotonic() < deadline, job.status()
+        time.sleep(0.02)
+    d.kill9()
+    hung = int(pid.read_text())
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{hung}").exists() and "zombie" not in _proc_state(hung):
+        assert time.monotonic() < deadline, "python outlived the daemon"
+        time.sleep(0.02)
+    assert _scratch(d) == [f"job-{job.id}"]  # left by the crash
+    d.start()
+    got = d.client().job(job.id).result(timeout=300)
+    want = npsfuse.merge_checkpoints(conf, tmp_path / "notebook", quiet=True)
+    _same_files(want, got)
+    assert d.marker.read_text().count("x") == 2
+    assert _scratch(d) == []
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("State:"):
+                return line.lower()
+    except OSError:
+        pass
+    return "gone"

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -335,11 +336,16 @@ func (e *Env) runPrepare(ctx context.Context, cfg map[string]any, scratch, cache
 	errTail := &tailBuffer{max: 4096}
 	cmd.Stdout, cmd.Stderr = &out, errTail
 	// Its own process group, killed as a whole on cancel: nothing Python
-	// started outlives the job.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// started outlives the job. If the daemon dies (kill -9), the kernel
+	// kills Python too (Pdeathsig: when the thread that started it ends,
+	// so this goroutine keeps its thread until Python has exited); the
+	// next start removes the scratch folder and the retry prepares anew.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 5 * time.Second
+	runtime.LockOSThread()
 	runErr := cmd.Run()
+	runtime.UnlockOSThread()
 	if c := context.Cause(ctx); c != nil {
 		return nil, fmt.Errorf("stopped while preparing the config in Python: %w", c)
 	}
