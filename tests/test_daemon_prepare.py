@@ -339,3 +339,54 @@ def _proc_state(pid: int) -> str:
     except OSError:
         pass
     return "gone"
+
+
+@pytest.mark.parametrize(
+    "stdin, code, kind, words",
+    [
+        ("{", 1, "invalid_input", "not JSON"),
+        ("[1]", 1, "invalid_input", "must be a mapping"),
+        ('{"merge_method": "linear", "models": [{"model": "org/missing"}]}', 1, "not_found",
+         "org/missing"),
+        ('{"merge_method": "linear", "models": [{"model": "a+b+c"}]}', 1, "invalid_input",
+         "MODEL+LORA"),
+        ('{"merge_method": "linear", "models": [{"model": "/m"}]}', 0, None, None),
+    ],
+)  # fmt: skip
+def test_prepare_command_answers_one_json_line(
+    stdin: str, code: int, kind: str | None, words: str | None, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """``python -m npsfuse._prepare SCRATCH``: one JSON line on stdout, the
+    prepared config or the error with its kind (what the daemon reads)."""
+    import json
+    import subprocess
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = subprocess.run(
+        [sys.executable, "-m", "npsfuse._prepare", str(tmp_path / "scratch")],
+        input=stdin, capture_output=True, text=True, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == code, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 1, r.stdout
+    answer = json.loads(lines[0])
+    if kind is None:
+        assert answer == {"config": json.loads(stdin)}
+    else:
+        assert answer["error"]["kind"] == kind
+        assert words in answer["error"]["message"]
+    bad = subprocess.run([sys.executable, "-m", "npsfuse._prepare"], input="{}",
+                         capture_output=True, text=True, check=False)  # fmt: skip
+    assert bad.returncode == 2 and "usage" in bad.stderr and bad.stdout == ""
+
+
+def test_error_kinds() -> None:
+    from npsfuse._prepare import error_kind
+
+    assert error_kind(ValueError()) == "invalid_input"
+    assert error_kind(FileNotFoundError()) == "not_found"
+    assert error_kind(PermissionError()) == "permission"
+    assert error_kind(ImportError()) == "failed_precondition"
+    assert error_kind(RuntimeError()) == "internal"
