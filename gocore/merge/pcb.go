@@ -27,10 +27,15 @@ import (
 //     weights w_t being the per-task λ_t of the authors' search).
 //
 // A min-max normalisation over a constant row gives 0. Normalize is not
-// used. The quantiles take two three-pass radix selections per unit (over
-// every model at once) before the merge pass. The second selection's keys
-// (β of every entry and model) are kept for the merge pass while they fit
-// in pcbKeepBytes, so that exp and tanh run once per entry and model
+// used. exp and tanh are float32 (vec.Exp32, vec.Tanh32: within 2 ulps;
+// the authors' and mergekit's torch code is float32 too), so that the
+// 8-lane kernels of pcb_amd64.go give the plain build's bits. The
+// quantiles take two selections per unit (over every model at once, see
+// selectKeys: a histogram pass over the keys as they are made, then a pass
+// collecting the keys of the targets' bins) before the merge pass; both
+// selections write their keys into one buffer. The second selection's
+// keys (β of every entry and model) are kept for the merge pass while they
+// fit in pcbKeepBytes, so that exp and tanh run once per entry and model
 // instead of twice (see pcbKept).
 func init() {
 	register(Method{Name: "pcb", Sparsify: keepAll{}, Combine: pcb{}})
@@ -39,9 +44,11 @@ func init() {
 // pcbQ is the clip quantile q of the authors' code.
 const pcbQ = 1e-4
 
-// pcbClearEvery: the scoring loops call vec.ClearAVXUpper every that many
-// entries, so that math.Exp does not run 100× slower for the rest of a
-// chunk after an asynchronous preemption (see vec.ClearAVXUpper).
+// pcbClearEvery: scalar loops that call math.Exp or math.Log call
+// vec.ClearAVXUpper every that many entries, so that they do not run 100×
+// slower for the rest of a chunk after an asynchronous preemption (see
+// vec.ClearAVXUpper). PCB itself no longer calls them (vec.Exp32 and
+// vec.Tanh32 instead); arcee_fusion's loops use it.
 const pcbClearEvery = 256
 
 // pcbKeepBytes bounds the memory the β keys kept between preparation and
@@ -106,6 +113,7 @@ func (k *pcbKept) chunkKeys(u, c int) ([][]uint32, int) {
 func (k *pcbKept) merged(u int) {
 	uk := &k.units[u]
 	if uk.left.Add(-1) == 0 {
+		putKeyBuf(uk.keys)
 		uk.keys, uk.offs = nil, nil
 		k.release(uk.bytes)
 	}
@@ -167,17 +175,14 @@ func (e *engine) pcbUnit(un unit, u, workers int) error {
 		ihi := int64(float64(d)*(1-pcbQ) - 1)
 		targets = append(targets, keyTarget{m, ascRank(d, ilo)}, keyTarget{m, ascRank(d, ihi)})
 	}
-	keys, _, err := e.selectKeys(un.chunks, T, targets, false, workers, func(ch chunkRef, ws *workspace, dst [][]uint32) error {
+	// The first selection's key buffer (returned with keep) takes the
+	// second's keys.
+	keys, buf, err := e.selectKeys(un.chunks, T, targets, true, nil, workers, func(ch chunkRef, ws *workspace, dst [][]uint32) error {
 		_, _, taus, err := e.loadAll(ch, ws)
 		if err != nil {
 			return err
 		}
-		for m, tau := range taus {
-			k := dst[m][:len(tau)]
-			for j, x := range tau {
-				k[j] = topk.AbsBits(x)
-			}
-		}
+		pcbAbsKeys(dst, taus, ch.hi-ch.lo)
 		return nil
 	})
 	if err != nil {
@@ -194,25 +199,18 @@ func (e *engine) pcbUnit(un unit, u, workers int) error {
 	}
 	size := int64(T) * d * 4
 	keep := size <= keyCacheBytes && e.pcbKeys.reserve(size)
-	keys, kept, err := e.selectKeys(un.chunks, T, targets, keep, workers, func(ch chunkRef, ws *workspace, dst [][]uint32) error {
-		_, _, taus, err := e.loadAll(ch, ws)
+	keys, kept, err := e.selectKeys(un.chunks, T, targets, keep, buf, workers, func(ch chunkRef, ws *workspace, dst [][]uint32) error {
+		// The first selection checked every input for NaN and ±Inf.
+		_, _, taus, err := e.loadAllChecked(ch, ws, true)
 		if err != nil {
 			return err
 		}
-		n := ch.hi - ch.lo
-		for j := range n {
-			if j%pcbClearEvery == 0 {
-				vec.ClearAVXUpper()
-			}
-			s := pcbSum(taus, j)
-			for m, tau := range taus {
-				dst[m][j] = orderKey(pcbScore(tau[j], s, &cuts[m], T))
-			}
-		}
+		pcbBetaKeys(dst, taus, cuts, ch.hi-ch.lo)
 		return nil
 	})
 	if keep {
 		if err != nil || kept == nil {
+			putKeyBuf(kept)
 			e.pcbKeys.release(size)
 		} else {
 			uk := &e.pcbKeys.units[u]
@@ -243,64 +241,117 @@ func pcbSum(taus [][]float32, j int) float32 {
 	return s
 }
 
-// pcbClip is |x| clipped to [lo, hi].
+// pcbClip is |x| clipped to [lo, hi], as compares and selects (the vector
+// twin's blends; for finite x the same as min(max(|x|, lo), hi)).
 func pcbClip(x float32, c *pcbCut) float32 {
-	return min(max(abs32(x), c.lo), c.hi)
+	v := abs32(x)
+	if !(v > c.lo) {
+		v = c.lo
+	}
+	if !(v < c.hi) {
+		v = c.hi
+	}
+	return v
 }
 
 // pcbScore is β = exp(T·x²)·tanh(τ·S) for one entry (see the method doc),
-// the transcendentals in float64 rounded to float32.
+// in float32 with vec.Exp32 and vec.Tanh32 (within 2 ulps of the exact
+// functions), which the vector kernel (pcb_amd64.go) matches bit for bit.
 func pcbScore(tau, s float32, c *pcbCut, T int) float32 {
 	var x float32
 	if c.hi > c.lo {
 		x = (pcbClip(tau, c) - c.lo) / (c.hi - c.lo)
 	}
 	arg := float32(T) * float32(x*x)
-	intra := float32(math.Exp(float64(arg)))
-	inter := float32(math.Tanh(float64(tau * s)))
-	return intra * inter
+	intra := vec.Exp32(arg)
+	inter := vec.Tanh32(float32(tau * s))
+	return float32(intra * inter)
 }
 
-func (pcb) combine(e *engine, ch chunkRef, base []float32, _, taus [][]float32, out []float32) {
-	u, uc := e.unitChunk(ch)
-	cuts := e.pcb[u]
-	T := e.T
-	lam := float32(e.p.Lambda)
-	// β from the preparation's keys when they were kept, else computed.
-	keys, off := e.pcbKeys.chunkKeys(u, uc)
-	for j, b := range base[:len(out)] {
-		if keys == nil && j%pcbClearEvery == 0 {
-			vec.ClearAVXUpper()
+// pcbAbsKeysGo writes dst[m][j] = |τ_m[j]|'s bits for lo ≤ j < hi: the
+// plain-Go twin of pcbAbsKeys.
+func pcbAbsKeysGo(dst [][]uint32, taus [][]float32, lo, hi int) {
+	for m, tau := range taus {
+		for j := lo; j < hi; j++ {
+			dst[m][j] = topk.AbsBits(tau[j])
 		}
+	}
+}
+
+// pcbBetaKeysGo writes dst[m][j] = orderKey(β_m[j]) for lo ≤ j < hi: the
+// plain-Go twin of pcbBetaKeys.
+func pcbBetaKeysGo(dst [][]uint32, taus [][]float32, cuts []pcbCut, lo, hi int) {
+	T := len(taus)
+	for j := lo; j < hi; j++ {
 		s := pcbSum(taus, j)
+		for m, tau := range taus {
+			dst[m][j] = orderKey(pcbScore(tau[j], s, &cuts[m], T))
+		}
+	}
+}
+
+// pcbMergeGo is the merge of entries lo ≤ j < hi (eq. 6), β decoded from
+// keys[m][off+j]: the plain-Go twin of pcbMerge. The max of eq. 5 and
+// the 1e-12 floor are compares and selects, as the vector twin's blends.
+func pcbMergeGo(out, base []float32, taus [][]float32, keys [][]uint32, off int, cuts []pcbCut, w []float32, lam float32, lo, hi int) {
+	for j := lo; j < hi; j++ {
 		var num, den float32
 		for m, tau := range taus {
 			c := &cuts[m]
 			x := tau[j]
 			var sc float32
 			if c.bmax > c.cut {
-				var beta float32
-				if keys != nil {
-					beta = fromOrderKey(keys[m][off+j])
-				} else {
-					beta = pcbScore(x, s, c, T)
+				b := c.cut
+				if beta := fromOrderKey(keys[m][off+j]); beta > c.cut {
+					b = beta
 				}
-				sc = (max(beta, c.cut) - c.cut) / (c.bmax - c.cut)
+				sc = (b - c.cut) / (c.bmax - c.cut)
 			}
-			tc := pcbClip(x, c)
-			if x < 0 {
-				tc = -tc
-			} else if x == 0 {
-				tc = 0
+			var tc float32
+			if x > 0 {
+				tc = pcbClip(x, c)
+			} else if x < 0 {
+				tc = -pcbClip(x, c)
 			}
-			num += e.w[m] * float32(sc*tc)
+			num += float32(w[m] * float32(sc*tc))
 			den += sc
 		}
-		out[j] = b + lam*(num/max(den, 1e-12))
+		d := den
+		if !(d > 1e-12) {
+			d = 1e-12
+		}
+		out[j] = base[j] + float32(lam*(num/d))
 	}
-	if keys != nil {
-		e.pcbKeys.merged(u)
+}
+
+// pcbScratch holds the β keys of one chunk for a merge pass whose keys
+// were not kept.
+var pcbScratch = sync.Pool{New: func() any { return new([][]uint32) }}
+
+func (pcb) combine(e *engine, ch chunkRef, base []float32, _, taus [][]float32, out []float32) {
+	u, uc := e.unitChunk(ch)
+	cuts := e.pcb[u]
+	n := len(out)
+	// β from the preparation's keys when they were kept, else computed.
+	keys, off := e.pcbKeys.chunkKeys(u, uc)
+	if keys == nil {
+		sp := pcbScratch.Get().(*[][]uint32)
+		defer pcbScratch.Put(sp)
+		if len(*sp) < len(taus) {
+			*sp = make([][]uint32, len(taus))
+		}
+		keys, off = (*sp)[:len(taus)], 0
+		for m := range keys {
+			if cap(keys[m]) < n {
+				keys[m] = make([]uint32, n)
+			}
+			keys[m] = keys[m][:n]
+		}
+		pcbBetaKeys(keys, taus, cuts, n)
+	} else {
+		defer e.pcbKeys.merged(u)
 	}
+	pcbMerge(out, base[:n], taus, keys, off, cuts, e.w, float32(e.p.Lambda))
 }
 
 // orderKey maps a float32 to a uint32 with the same order (for non-NaN x).
@@ -327,22 +378,36 @@ type keyTarget struct {
 }
 
 // keyCacheBytes bounds the memory selectKeys may use to keep the keys of
-// its first pass for the other two (instead of calling src again).
+// its first pass for the others (instead of calling src again).
 const keyCacheBytes = 512 << 20
+
+// keyCollectBytes bounds the memory of selectKeys's collect pass (a
+// variable for the tests, which set it to 0 to take the radix passes).
+var keyCollectBytes int64 = keyCacheBytes / 4
+
+// keyBins is the number of bins of the first radix pass (the top 11 bits).
+const (
+	keyTopShift = 21
+	keyBins     = 1 << 11
+)
 
 // selectKeys finds the keys the targets ask for over the given chunks:
 // src writes every stream's keys of a chunk into dst[s] (room for the
-// chunk). Three passes of 11, 11 and 10 bits, each over every stream and
-// target at once; the keys of the first pass are kept for the others when
-// they fit in keyCacheBytes. Histograms are per worker and per target,
-// summed in a fixed order, so the result does not depend on scheduling.
-// The targets of one stream share the first pass's histogram, and a
-// stream's two targets (PCB asks for two quantiles per model) share one
-// read of its keys in the later passes. With keep, the kept keys are returned too (per stream, in chunk order;
-// nil when they did not fit).
-func (e *engine) selectKeys(chunks []chunkRef, streams int, targets []keyTarget, keep bool, workers int,
+// chunk). The first pass histograms the top 11 bits of every stream's
+// keys, which places each target in one bin. A second pass then collects
+// the keys of those bins (far fewer than all, mostly) and the selection
+// ends on them in memory: the k-th largest is a value, whatever order the
+// workers collected in. When the bins hold more than keyCollectBytes, two
+// radix passes of 11 and 10 bits over every key take the collect pass's
+// place. Histograms are per worker and summed in a fixed order, so the
+// result does not depend on scheduling. The keys of the first pass are
+// kept for the others when they fit in keyCacheBytes, written by src into
+// reuse when it has room (PCB's two selections share one buffer) or into a
+// new one. The targets of one stream share the first pass's histogram, and
+// in the later passes one read of its keys. With keep, the kept keys are
+// returned too (per stream, in chunk order; nil when they did not fit).
+func (e *engine) selectKeys(chunks []chunkRef, streams int, targets []keyTarget, keep bool, reuse [][]uint32, workers int,
 	src func(ch chunkRef, ws *workspace, dst [][]uint32) error) ([]uint32, [][]uint32, error) {
-	const bins = 1 << 11
 	workers = max(1, min(workers, len(chunks)))
 	nt := len(targets)
 	prefix := make([]uint32, nt)
@@ -351,94 +416,355 @@ func (e *engine) selectKeys(chunks []chunkRef, streams int, targets []keyTarget,
 		rem[i] = t.k
 	}
 	// lead[i] is the first target of target i's stream (the first pass's
-	// histogram is the same for all of them); pair[i] the other target of
-	// a stream that has exactly two (−1 otherwise), whose later passes
-	// share one read of the keys.
+	// histogram is the same for all of them).
 	lead := make([]int, nt)
-	pair := make([]int, nt)
 	for i, t := range targets {
-		lead[i], pair[i] = i, -1
-		var same []int
-		for j, u := range targets {
+		lead[i] = i
+		for j, u := range targets[:i] {
 			if u.s == t.s {
-				same = append(same, j)
+				lead[i] = j
+				break
 			}
-		}
-		lead[i] = same[0]
-		if len(same) == 2 {
-			pair[i] = same[0] + same[1] - i
 		}
 	}
 	offs := make([]int, len(chunks)+1)
 	for c, ch := range chunks {
 		offs[c+1] = offs[c] + ch.hi - ch.lo
 	}
+	total := offs[len(chunks)]
 	var cache [][]uint32
-	if int64(streams)*int64(offs[len(chunks)])*4 <= keyCacheBytes {
-		cache = make([][]uint32, streams)
-		for s := range cache {
-			cache[s] = make([]uint32, offs[len(chunks)])
+	if int64(streams)*int64(total)*4 <= keyCacheBytes {
+		cache = reuse
+		if len(cache) != streams || len(cache[0]) != total {
+			putKeyBuf(reuse)
+			cache = getKeyBuf(streams, total)
 		}
 	}
 	keyBuf := make([][][]uint32, workers)
 	views := make([][][]uint32, workers)
-	hist := make([][]uint32, workers)
 	for w := range workers {
 		views[w] = make([][]uint32, streams)
-		keyBuf[w] = make([][]uint32, streams)
-		for s := range streams {
-			keyBuf[w][s] = make([]uint32, max(e.maxChunk, 1))
+		if cache == nil {
+			keyBuf[w] = make([][]uint32, streams)
+			for s := range streams {
+				keyBuf[w][s] = make([]uint32, max(e.maxChunk, 1))
+			}
 		}
-		hist[w] = make([]uint32, nt*bins)
 	}
-	passes := []struct{ shift, width uint }{{21, 11}, {10, 11}, {0, 10}}
-	for p, ps := range passes {
+	// chunkKeys returns chunk c's keys for worker w: src writes them into
+	// the cache (or the worker's buffer) on the first pass, later passes
+	// read the cache (or call src again).
+	chunkKeys := func(w, c int, first bool) ([][]uint32, error) {
+		ch := chunks[c]
+		dst := keyBuf[w]
+		if cache != nil {
+			dst = views[w]
+			for s := range dst {
+				dst[s] = cache[s][offs[c]:offs[c+1]]
+			}
+			if !first {
+				return dst, nil
+			}
+		}
+		ws := e.workspace()
+		err := src(ch, ws, dst)
+		e.scratch.Put(ws)
+		if err != nil {
+			return nil, err
+		}
+		return dst, nil
+	}
+
+	// Pass 1: the top 11 bits, per stream (its lead target's histogram),
+	// two interleaved histograms per worker so that runs of equal bins do
+	// not wait on each other's increments.
+	hist := make([][]uint32, workers)
+	for w := range hist {
+		hist[w] = make([]uint32, 2*nt*keyBins)
+	}
+	var fail chunkError
+	parallel.ForN(len(chunks), workers, func(w, c int) {
+		dst, err := chunkKeys(w, c, true)
+		if err != nil {
+			fail.set(chunks[c].gc, err)
+			return
+		}
+		n := chunks[c].hi - chunks[c].lo
+		for i, t := range targets {
+			if lead[i] != i {
+				continue
+			}
+			h := hist[w][2*i*keyBins : 2*(i+1)*keyBins]
+			h0, h1 := h[:keyBins], h[keyBins:]
+			keys := dst[t.s][:n]
+			j := 0
+			for ; j+1 < len(keys); j += 2 {
+				h0[keys[j]>>keyTopShift]++
+				h1[keys[j+1]>>keyTopShift]++
+			}
+			if j < len(keys) {
+				h0[keys[j]>>keyTopShift]++
+			}
+		}
+	})
+	if fail.err != nil {
+		return nil, nil, fail.err
+	}
+	binCount := make([]int64, nt)
+	for i := range targets {
+		li := lead[i]
+		count := func(b int) int64 {
+			var c int64
+			for w := range hist {
+				c += int64(hist[w][2*li*keyBins+b]) + int64(hist[w][(2*li+1)*keyBins+b])
+			}
+			return c
+		}
+		b, cum := pickBin(count, keyBins, rem[i])
+		rem[i] -= cum
+		prefix[i] = uint32(b)
+		binCount[i] = count(b)
+	}
+
+	// The collect pass, when the targets' bins fit: group[i] is the first
+	// target of target i's stream with the same bin (they share one list).
+	group := make([]int, nt)
+	var collect int64
+	for i, t := range targets {
+		group[i] = i
+		for j, u := range targets[:i] {
+			if u.s == t.s && prefix[j] == prefix[i] {
+				group[i] = j
+				break
+			}
+		}
+		if group[i] == i {
+			collect += binCount[i] * 4
+		}
+	}
+	if collect <= keyCollectBytes {
+		if err := e.collectKeys(chunks, targets, group, prefix, rem, workers, chunkKeys); err != nil {
+			return nil, nil, err
+		}
+	} else if err := e.radixKeys(chunks, targets, prefix, rem, workers, chunkKeys); err != nil {
+		return nil, nil, err
+	}
+	if !keep {
+		putKeyBuf(cache)
+		cache = nil
+	}
+	return prefix, cache, nil
+}
+
+// keyBufs recycles selectKeys's key buffers (*[]uint32, cut per stream by
+// getKeyBuf): fresh memory costs a page fault per 4 KiB on its first
+// write, which took more time than the pass writing the keys.
+var keyBufs sync.Pool
+
+// getKeyBuf returns streams buffers of n keys, cut from one recycled
+// buffer when keyBufs holds one large enough.
+func getKeyBuf(streams, n int) [][]uint32 {
+	need := streams * n
+	var flat []uint32
+	if p, _ := keyBufs.Get().(*[]uint32); p != nil && cap(*p) >= need {
+		flat = (*p)[:need]
+	} else {
+		flat = make([]uint32, need)
+	}
+	out := make([][]uint32, streams)
+	for s := range out {
+		// Without a capacity limit: out[0][:cap] is the whole buffer
+		// again for putKeyBuf.
+		out[s] = flat[s*n : (s+1)*n]
+	}
+	return out
+}
+
+// putKeyBuf hands a getKeyBuf result back to keyBufs (nil: nothing).
+func putKeyBuf(b [][]uint32) {
+	if len(b) == 0 || cap(b[0]) == 0 {
+		return
+	}
+	flat := b[0][:cap(b[0])]
+	keyBufs.Put(&flat)
+}
+
+// pickBin walks the bins of a histogram from the top (count(b) keys in
+// bin b) to the one holding the rem-th largest key: the bin and how many
+// keys lie above it.
+func pickBin(count func(b int) int64, bins int, rem int64) (int, int64) {
+	var cum int64
+	b := bins - 1
+	for ; b > 0; b-- {
+		c := count(b)
+		if cum+c >= rem {
+			break
+		}
+		cum += c
+	}
+	return b, cum
+}
+
+// collectKeys is selectKeys's collect pass: per group, the keys of the
+// group's bin (prefix) from every chunk, then each target's rem-th largest
+// among them by two radix passes in memory. prefix[i] becomes the key.
+func (e *engine) collectKeys(chunks []chunkRef, targets []keyTarget, group []int, prefix []uint32, rem []int64, workers int,
+	chunkKeys func(w, c int, first bool) ([][]uint32, error)) error {
+	nt := len(targets)
+	lists := make([][][]uint32, workers) // [worker][group]
+	for w := range lists {
+		lists[w] = make([][]uint32, nt)
+	}
+	// Per stream, the groups to fill.
+	type streamGroups struct {
+		s      int
+		groups []int
+	}
+	var sg []streamGroups
+	for i, t := range targets {
+		if group[i] != i {
+			continue
+		}
+		k := -1
+		for x := range sg {
+			if sg[x].s == t.s {
+				k = x
+			}
+		}
+		if k < 0 {
+			sg = append(sg, streamGroups{s: t.s})
+			k = len(sg) - 1
+		}
+		sg[k].groups = append(sg[k].groups, i)
+	}
+	var fail chunkError
+	parallel.ForN(len(chunks), workers, func(w, c int) {
+		dst, err := chunkKeys(w, c, false)
+		if err != nil {
+			fail.set(chunks[c].gc, err)
+			return
+		}
+		n := chunks[c].hi - chunks[c].lo
+		l := lists[w]
+		for _, g := range sg {
+			keys := dst[g.s][:n]
+			switch len(g.groups) {
+			case 1:
+				i := g.groups[0]
+				l[i], _ = collectBins(keys, prefix[i], 0, false, l[i], nil)
+			case 2:
+				i, j := g.groups[0], g.groups[1]
+				l[i], l[j] = collectBins(keys, prefix[i], prefix[j], true, l[i], l[j])
+			default:
+				for _, k := range keys {
+					for _, i := range g.groups {
+						if k>>keyTopShift == prefix[i] {
+							l[i] = append(l[i], k)
+						}
+					}
+				}
+			}
+		}
+	})
+	if fail.err != nil {
+		return fail.err
+	}
+	var all []uint32
+	for i := range targets {
+		g := group[i]
+		all = all[:0]
+		for w := range lists {
+			all = append(all, lists[w][g]...)
+		}
+		prefix[i] = kthLargestLow(all, prefix[i], rem[i])
+	}
+	return nil
+}
+
+// collectBinsGo appends to li the keys whose top 11 bits are p and, with
+// two, to lj those whose top 11 bits are q (p ≠ q).
+func collectBinsGo(keys []uint32, p, q uint32, two bool, li, lj []uint32) ([]uint32, []uint32) {
+	for _, k := range keys {
+		switch k >> keyTopShift {
+		case p:
+			li = append(li, k)
+		case q:
+			if two {
+				lj = append(lj, k)
+			}
+		}
+	}
+	return li, lj
+}
+
+// kthLargestLow is the rem-th largest of keys, which all have the top
+// 11 bits top, by radix passes over their low 21 bits (11, then 10).
+func kthLargestLow(keys []uint32, top uint32, rem int64) uint32 {
+	var h [keyBins]int64
+	p := top
+	for _, ps := range [...]struct{ shift, width uint }{{10, 11}, {0, 10}} {
+		clear(h[:])
+		mask := uint32(1)<<ps.width - 1
+		for _, k := range keys {
+			if k>>(ps.shift+ps.width) == p {
+				h[(k>>ps.shift)&mask]++
+			}
+		}
+		b, cum := pickBin(func(b int) int64 { return h[b] }, 1<<ps.width, rem)
+		rem -= cum
+		p = p<<ps.width | uint32(b)
+	}
+	return p
+}
+
+// radixKeys is selectKeys's fallback for bins too large to collect: two
+// radix passes (11 and 10 bits) over every key, counting the keys under
+// each target's prefix; a stream's two targets share one read of its keys.
+// prefix[i] becomes the key.
+func (e *engine) radixKeys(chunks []chunkRef, targets []keyTarget, prefix []uint32, rem []int64, workers int,
+	chunkKeys func(w, c int, first bool) ([][]uint32, error)) error {
+	nt := len(targets)
+	// pair[i] is the other target of a stream that has exactly two (−1
+	// otherwise).
+	pair := make([]int, nt)
+	for i, t := range targets {
+		pair[i] = -1
+		var same []int
+		for j, u := range targets {
+			if u.s == t.s {
+				same = append(same, j)
+			}
+		}
+		if len(same) == 2 {
+			pair[i] = same[0] + same[1] - i
+		}
+	}
+	hist := make([][]uint32, workers)
+	for w := range hist {
+		hist[w] = make([]uint32, nt*keyBins)
+	}
+	for _, ps := range [...]struct{ shift, width uint }{{10, 11}, {0, 10}} {
 		for w := range hist {
 			clear(hist[w])
 		}
 		var fail chunkError
 		parallel.ForN(len(chunks), workers, func(w, c int) {
-			ch := chunks[c]
-			n := ch.hi - ch.lo
-			dst := keyBuf[w]
-			switch {
-			case cache != nil && p > 0:
-				dst = views[w]
-				for s := range dst {
-					dst[s] = cache[s][offs[c]:offs[c+1]]
-				}
-			default:
-				ws := e.workspace()
-				err := src(ch, ws, dst)
-				e.scratch.Put(ws)
-				if err != nil {
-					fail.set(ch.gc, err)
-					return
-				}
-				if cache != nil {
-					for s := range dst {
-						copy(cache[s][offs[c]:offs[c+1]], dst[s][:n])
-					}
-				}
+			dst, err := chunkKeys(w, c, false)
+			if err != nil {
+				fail.set(chunks[c].gc, err)
+				return
 			}
+			n := chunks[c].hi - chunks[c].lo
 			h := hist[w]
 			mask := uint32(1)<<ps.width - 1
 			ps0 := ps.shift + ps.width
 			for i, t := range targets {
-				ht := h[i*bins : (i+1)*bins]
+				ht := h[i*keyBins : (i+1)*keyBins]
 				keys := dst[t.s][:n]
 				switch {
-				case p == 0 && lead[i] != i:
-					// The first pass's histogram is the stream's: the
-					// target's lead target counts it.
-				case p == 0:
-					for _, k := range keys {
-						ht[k>>ps.shift]++
-					}
 				case pair[i] > i:
-					// Two targets of one stream: one read of its keys.
 					j := pair[i]
-					hj := h[j*bins : (j+1)*bins]
+					hj := h[j*keyBins : (j+1)*keyBins]
 					pre, prj := prefix[i], prefix[j]
 					for _, k := range keys {
 						if k>>ps0 == pre {
@@ -461,31 +787,20 @@ func (e *engine) selectKeys(chunks []chunkRef, streams int, targets []keyTarget,
 			}
 		})
 		if fail.err != nil {
-			return nil, nil, fail.err
+			return fail.err
 		}
 		for i := range targets {
-			hi := i // whose histogram target i reads
-			if p == 0 {
-				hi = lead[i]
-			}
-			var cum int64
-			b := int(1)<<ps.width - 1
-			for ; b > 0; b-- {
+			count := func(b int) int64 {
 				var c int64
 				for w := range hist {
-					c += int64(hist[w][hi*bins+b])
+					c += int64(hist[w][i*keyBins+b])
 				}
-				if cum+c >= rem[i] {
-					break
-				}
-				cum += c
+				return c
 			}
+			b, cum := pickBin(count, 1<<ps.width, rem[i])
 			rem[i] -= cum
 			prefix[i] = prefix[i]<<ps.width | uint32(b)
 		}
 	}
-	if !keep {
-		cache = nil
-	}
-	return prefix, cache, nil
+	return nil
 }

@@ -96,3 +96,94 @@ func TestPCBKeptKeysReleased(t *testing.T) {
 		}
 	}
 }
+
+// TestSelectKeysMatchesSort checks selectKeys's collect pass and its radix
+// fallback against sorting: keys with many repeats, shared and distinct
+// bins, several targets per stream (the extremes included), with and
+// without the key cache, at 1 and 3 workers.
+func TestSelectKeysMatchesSort(t *testing.T) {
+	defer func(b int64) { keyCollectBytes = b }(keyCollectBytes)
+	r := rand.New(rand.NewPCG(21, 22))
+	ts := randomMerge(r, tensor.F32, [][]int{{3, 2*parallel.Chunk + 3}}, 2)
+	e, err := newEngine(registry["pcb"], Params{Lambda: 1, Density: 0.5}, ts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	un := e.units()[0]
+	n := int(un.n)
+	const streams = 3
+	keys := make([][]uint32, streams)
+	for s := range keys {
+		keys[s] = make([]uint32, n)
+		for j := range keys[s] {
+			switch s {
+			case 0: // few distinct values: one bin, many ties
+				keys[s][j] = 0x40000000 + uint32(r.IntN(5))
+			case 1: // spread over every bin
+				keys[s][j] = r.Uint32()
+			default: // float-like: a narrow band of bins
+				keys[s][j] = orderKey(float32(r.NormFloat64()))
+			}
+		}
+	}
+	offs := make([]int, len(un.chunks))
+	for c := 1; c < len(un.chunks); c++ {
+		offs[c] = offs[c-1] + un.chunks[c-1].hi - un.chunks[c-1].lo
+	}
+	src := func(ch chunkRef, _ *workspace, dst [][]uint32) error {
+		c := slices.IndexFunc(un.chunks, func(x chunkRef) bool { return x == ch })
+		for s := range dst {
+			copy(dst[s], keys[s][offs[c]:offs[c]+ch.hi-ch.lo])
+		}
+		return nil
+	}
+	var targets []keyTarget
+	for s := range streams {
+		for _, k := range []int64{1, 2, int64(n) / 5, int64(n) / 2, int64(n) - 1, int64(n)} {
+			targets = append(targets, keyTarget{s, k})
+		}
+	}
+	targets = append(targets, keyTarget{1, 7}) // a stream's targets need not be adjacent
+	for _, collect := range []int64{keyCacheBytes, 0} {
+		for _, workers := range []int{1, 3} {
+			keyCollectBytes = collect
+			got, kept, err := e.selectKeys(un.chunks, streams, targets, true, nil, workers, src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for s := range kept {
+				if !slices.Equal(kept[s], keys[s]) {
+					t.Fatalf("collect budget %d, %d workers: kept keys of stream %d differ", collect, workers, s)
+				}
+			}
+			for i, tg := range targets {
+				srt := slices.Clone(keys[tg.s])
+				slices.Sort(srt)
+				if want := srt[int64(n)-tg.k]; got[i] != want {
+					t.Errorf("collect budget %d, %d workers: stream %d, k=%d: got %#x, want %#x",
+						collect, workers, tg.s, tg.k, got[i], want)
+				}
+			}
+		}
+	}
+}
+
+// TestPCBSelectionPathsBitForBit checks that PCB's outputs do not depend
+// on the selection path (collect pass or radix passes).
+func TestPCBSelectionPathsBitForBit(t *testing.T) {
+	defer func(b int64) { keyCollectBytes = b }(keyCollectBytes)
+	r := rand.New(rand.NewPCG(23, 24))
+	ts := randomMerge(r, tensor.F32, [][]int{{50, 100}, {3, 2*parallel.Chunk + 3}}, 3)
+	for _, scope := range []Scope{ScopeTensor, ScopeGlobal} {
+		p := Params{Lambda: 0.8, Density: 0.3, Scope: scope, Pool: parallel.Pool{Threads: 2}}
+		keyCollectBytes = 0
+		want := pcbOutputs(t, p, ts)
+		keyCollectBytes = keyCacheBytes
+		got := pcbOutputs(t, p, ts)
+		for i := range want {
+			if !slices.Equal(got[i], want[i]) {
+				t.Fatalf("scope %v: tensor %q differs between the collect and the radix selection", scope, ts[i].Name)
+			}
+		}
+	}
+}

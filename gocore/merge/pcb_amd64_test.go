@@ -1,0 +1,123 @@
+//go:build goexperiment.simd && amd64
+
+package merge
+
+import (
+	"math"
+	"math/rand/v2"
+	"slices"
+	"testing"
+
+	"github.com/npsfuse/npsfuse/gocore/vec"
+)
+
+// TestPCBKernelsMatchScalar checks the vector kernels pcbBetaKeys and
+// pcbMerge against their plain-Go twins bit for bit: several model counts,
+// lengths with and without a scalar tail, zero entries, constant rows
+// (hi = lo) and models without scores (bmax = cut), kept-key offsets.
+func TestPCBKernelsMatchScalar(t *testing.T) {
+	if !vec.Accelerated() {
+		t.Skip("no AVX2")
+	}
+	r := rand.New(rand.NewPCG(5, 6))
+	for _, T := range []int{1, 2, 3, 8, 11} {
+		for _, n := range []int{5, 64, 1003} {
+			taus := make([][]float32, T)
+			for m := range taus {
+				taus[m] = make([]float32, n)
+				for j := range taus[m] {
+					switch r.IntN(10) {
+					case 0:
+						taus[m][j] = 0
+					case 1:
+						taus[m][j] = float32(math.Copysign(0, -1))
+					default:
+						taus[m][j] = float32(r.NormFloat64() * math.Pow(10, float64(r.IntN(5)-3)))
+					}
+				}
+			}
+			cuts := make([]pcbCut, T)
+			w := make([]float32, T)
+			for m := range cuts {
+				cuts[m] = pcbCut{lo: 1e-5, hi: float32(0.5 + r.Float64()), cut: float32(r.Float64() - 0.5), bmax: float32(1 + 3*r.Float64())}
+				w[m] = float32(r.Float64() * 2)
+			}
+			cuts[0].hi = cuts[0].lo // constant row
+			if T > 1 {
+				cuts[1].bmax = cuts[1].cut // no scores
+			}
+			const off = 3
+			got, want := make([][]uint32, T), make([][]uint32, T)
+			for m := range got {
+				got[m], want[m] = make([]uint32, n+off), make([]uint32, n+off)
+			}
+			view := func(k [][]uint32) [][]uint32 {
+				v := make([][]uint32, len(k))
+				for m := range k {
+					v[m] = k[m][off:]
+				}
+				return v
+			}
+			pcbBetaKeys(view(got), taus, cuts, n)
+			pcbBetaKeysGo(view(want), taus, cuts, 0, n)
+			for m := range got {
+				if !slices.Equal(got[m], want[m]) {
+					t.Fatalf("T=%d n=%d: pcbBetaKeys model %d differs from pcbBetaKeysGo", T, n, m)
+				}
+			}
+			base := make([]float32, n)
+			for j := range base {
+				base[j] = float32(r.NormFloat64())
+			}
+			o1, o2 := make([]float32, n), make([]float32, n)
+			pcbMerge(o1, base, taus, got, off, cuts, w, 0.7)
+			pcbMergeGo(o2, base, taus, want, off, cuts, w, 0.7, 0, n)
+			for j := range o1 {
+				if math.Float32bits(o1[j]) != math.Float32bits(o2[j]) {
+					t.Fatalf("T=%d n=%d: pcbMerge[%d] = %g, pcbMergeGo %g", T, n, j, o1[j], o2[j])
+				}
+			}
+		}
+	}
+}
+
+// TestCollectBinsMatchesScalar checks the vector collect pass and the
+// vector |τ| keys against their plain-Go twins: sparse and dense matches,
+// one and two bins, lengths with a tail, lists that already hold keys.
+func TestCollectBinsMatchesScalar(t *testing.T) {
+	if !vec.Accelerated() {
+		t.Skip("no AVX2")
+	}
+	r := rand.New(rand.NewPCG(7, 8))
+	for _, n := range []int{3, 8, 1001, 40000} {
+		for _, spread := range []uint32{1, 4, 2048} {
+			keys := make([]uint32, n)
+			for j := range keys {
+				keys[j] = uint32(r.IntN(int(spread)))<<keyTopShift | uint32(r.IntN(1<<keyTopShift))
+			}
+			for _, two := range []bool{false, true} {
+				seed := []uint32{0xdead}
+				gi, gj := collectBins(keys, 0, 1, two, slices.Clone(seed), nil)
+				wi, wj := collectBinsGo(keys, 0, 1, two, slices.Clone(seed), nil)
+				if !slices.Equal(gi, wi) || !slices.Equal(gj, wj) {
+					t.Fatalf("n=%d spread=%d two=%v: collectBins differs from collectBinsGo (%d/%d vs %d/%d keys)",
+						n, spread, two, len(gi), len(gj), len(wi), len(wj))
+				}
+			}
+		}
+		taus := [][]float32{make([]float32, n), make([]float32, n)}
+		for m := range taus {
+			for j := range taus[m] {
+				taus[m][j] = float32(r.NormFloat64())
+			}
+		}
+		got, want := [][]uint32{make([]uint32, n), make([]uint32, n)}, [][]uint32{make([]uint32, n), make([]uint32, n)}
+		pcbAbsKeys(got, taus, n)
+		pcbAbsKeysGo(want, taus, 0, n)
+		for m := range got {
+			if !slices.Equal(got[m], want[m]) {
+				t.Fatalf("n=%d: pcbAbsKeys differs from pcbAbsKeysGo", n)
+			}
+		}
+	}
+}

@@ -1,0 +1,23 @@
+//go:build !(goexperiment.simd && amd64)
+
+package merge
+
+// pcbBetaKeys is pcbBetaKeysGo over the first n entries in the plain build.
+func pcbBetaKeys(dst [][]uint32, taus [][]float32, cuts []pcbCut, n int) {
+	pcbBetaKeysGo(dst, taus, cuts, 0, n)
+}
+
+// pcbMerge is pcbMergeGo over every entry of out in the plain build.
+func pcbMerge(out, base []float32, taus [][]float32, keys [][]uint32, off int, cuts []pcbCut, w []float32, lam float32) {
+	pcbMergeGo(out, base, taus, keys, off, cuts, w, lam, 0, len(out))
+}
+
+// collectBins is collectBinsGo in the plain build.
+func collectBins(keys []uint32, p, q uint32, two bool, li, lj []uint32) ([]uint32, []uint32) {
+	return collectBinsGo(keys, p, q, two, li, lj)
+}
+
+// pcbAbsKeys is pcbAbsKeysGo over the first n entries in the plain build.
+func pcbAbsKeys(dst [][]uint32, taus [][]float32, n int) {
+	pcbAbsKeysGo(dst, taus, 0, n)
+}
