@@ -2,7 +2,15 @@
 
 package merge
 
+import "github.com/npsfuse/npsfuse/gocore/vec"
+
 // countFlag is countFlagGo in the plain build.
 func countFlag(x [][]float32, b []float32, fw *flagWindows, above []int64, cands [][]uint32, flags []uint8) bool {
 	return countFlagGo(x, b, fw, above, cands, flags)
+}
+
+// countFlagMerge has no plain-Go loop of its own: the caller takes
+// countFlag and vec.MergeTasks.
+func countFlagMerge(out, b []float32, x [][]float32, fw *flagWindows, above []int64, cands [][]uint32, flags []uint8, p *vec.TaskMerge) (fin, rfin, ok bool) {
+	return false, false, false
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/npsfuse/npsfuse/gocore/parallel"
 	"github.com/npsfuse/npsfuse/gocore/tensor"
+	"github.com/npsfuse/npsfuse/gocore/vec"
 )
 
 // onePassMethods are the methods the one-pass selection merges.
@@ -342,6 +343,82 @@ func TestKthLargest(t *testing.T) {
 					t.Fatalf("n=%d span=%d k=%d: %d, want %d", n, span, k, got, want)
 				}
 			}
+		}
+	}
+}
+
+// TestCountFlagMergeMatchesSeparateLoops compares the one-loop provisional
+// merge (countFlagMerge, SIMD build) with countFlag followed by
+// vec.MergeTasks: results bit for bit (zeros' signs, sign elections that
+// cancel, Norm with no agreeing weight), counts, candidates, flags, and the
+// finiteness of inputs and results (λ large enough to overflow). In the
+// plain build it declines, which the test checks too.
+func TestCountFlagMergeMatchesSeparateLoops(t *testing.T) {
+	r := rand.New(rand.NewPCG(15, 16))
+	cuts := func(hi uint32) []vec.Cut { return []vec.Cut{vec.Nothing, vec.Everything, {Bits: hi, Allow: 0}} }
+	for trial := range 300 {
+		n := []int{1, 8, 13, 64, 1000, parallel.Chunk}[trial%6]
+		T := 1 + r.IntN(8)
+		b := make([]float32, n)
+		x := make([][]float32, T)
+		for j := range b {
+			b[j] = float32(r.IntN(9)-4) * 0.25
+		}
+		for m := range x {
+			x[m] = make([]float32, n)
+			for j := range x[m] {
+				x[m][j] = b[j] + float32(r.IntN(17)-8)*0.125
+				if r.IntN(20) == 0 {
+					x[m][j] = float32(math.Copysign(0, -1))
+				}
+			}
+		}
+		if trial%25 == 24 {
+			x[r.IntN(T)][r.IntN(n)] = float32(math.Inf(1))
+		}
+		p := vec.TaskMerge{W: make([]float32, T), Bands: make([]vec.Band, T), Lam: float32(r.IntN(3)) + 0.5,
+			Disjoint: r.IntN(2) == 0, Norm: r.IntN(2) == 0, DivOn: r.IntN(2) == 0, Div: 1.5}
+		if trial%10 == 9 {
+			p.Lam = 3e38
+		}
+		var fw flagWindows
+		for m := range T {
+			p.W[m] = float32(r.IntN(5)) * 0.5
+			hi := math.Float32bits(float32(1+r.IntN(8)) * 0.125)
+			cs := cuts(hi)
+			p.Bands[m] = vec.Band{In: cs[r.IntN(3)], Out: cs[r.IntN(2)]}
+			fw.add(m, hi-hi/8, hi, r.IntN(4) > 0)
+		}
+		name := fmt.Sprintf("trial %d n=%d T=%d", trial, n, T)
+		a1, a2 := make([]int64, fw.n), make([]int64, fw.n)
+		c1, c2 := make([][]uint32, fw.n), make([][]uint32, fw.n)
+		f1, f2 := make([]uint8, (n+7)/8), make([]uint8, (n+7)/8)
+		o1, o2 := make([]float32, n), make([]float32, n)
+		in1, fin1, ok := countFlagMerge(o1, b, x, &fw, a1, c1, f1, &p)
+		if !ok {
+			if vec.Accelerated() {
+				t.Fatalf("%s: declined a provisional merge", name)
+			}
+			continue
+		}
+		in2 := countFlag(x, b, &fw, a2, c2, f2)
+		fin2 := vec.MergeTasks(o2, b, x, &p)
+		if in1 != in2 {
+			t.Fatalf("%s: inputs finite %v, separate loops %v", name, in1, in2)
+		}
+		if !in1 {
+			continue
+		}
+		if fin1 != fin2 || !slices.Equal(a1, a2) || !slices.Equal(f1, f2) {
+			t.Fatalf("%s: finite %v above %v, separate %v %v (or flags differ)", name, fin1, a1, fin2, a2)
+		}
+		for i := range c1 {
+			if !slices.Equal(c1[i], c2[i]) {
+				t.Fatalf("%s: window %d candidates differ", name, i)
+			}
+		}
+		if j := firstDiff(o1, o2); j >= 0 {
+			t.Fatalf("%s: entry %d: %v, separate loops %v", name, j, o1[j], o2[j])
 		}
 	}
 }

@@ -177,14 +177,8 @@ func (op *onePass) countMerge(e *engine, i, c int, ch chunkRef, ws *workspace, w
 	var above [maxFlagWindows]int64
 	var cands [maxFlagWindows][]uint32
 	flags := make([]uint8, (n+7)/8)
-	if !countFlag(models, base, &ou.fw, above[:W], cands[:W], flags) {
-		return e.countChunk(ch, ws, wins, false)
-	}
-	cc := chunkCount{win: make([]winCount, len(wins)), sumAll: make([]float64, e.T)}
-	for k, w := range ou.wins {
-		cc.win[w] = winCount{above: above[k], cands: cands[k]}
-	}
-	// The provisional merge, from the cache.
+	// The provisional merge, from the registers (countFlagMerge) or the
+	// cache (countFlag, then vec.MergeTasks).
 	p := op.tmpl
 	p.Check = false
 	p.Bands = ou.bands
@@ -193,7 +187,20 @@ func (op *onePass) countMerge(e *engine, i, c int, ch chunkRef, ws *workspace, w
 	if inPlace {
 		out = t.Out.F32[ch.lo:ch.hi]
 	}
-	fin := vec.MergeTasks(out, base, models, &p)
+	in, fin, fused := countFlagMerge(out, base, models, &ou.fw, above[:W], cands[:W], flags, &p)
+	if !fused {
+		in = countFlag(models, base, &ou.fw, above[:W], cands[:W], flags)
+		if in {
+			fin = vec.MergeTasks(out, base, models, &p)
+		}
+	}
+	if !in {
+		return e.countChunk(ch, ws, wins, false)
+	}
+	cc := chunkCount{win: make([]winCount, len(wins)), sumAll: make([]float64, e.T)}
+	for k, w := range ou.wins {
+		cc.win[w] = winCount{above: above[k], cands: cands[k]}
+	}
 	// Gather the flagged entries' inputs, in one allocation.
 	F := 0
 	for _, f := range flags {
