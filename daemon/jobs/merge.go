@@ -415,8 +415,14 @@ func runMerge(rc *runCtx) (any, Session, error) {
 				rc.log.Warn("cannot remove the job's scratch folder", "path", scratch, "error", err)
 			}
 		}()
+		release, err := rc.reserve(prepMemory(prep, cache), "preparing this merge's config in Python")
+		if err != nil {
+			return nil, nil, err
+		}
 		rc.progress(store.Progress{Message: "preparing the config in Python (" + prep.reason() + ")"})
-		if s.Config, err = rc.env.runPrepare(rc.ctx, s.Config, scratch, cache); err != nil {
+		s.Config, err = rc.env.runPrepare(rc.ctx, s.Config, scratch, cache)
+		release()
+		if err != nil {
 			return nil, nil, err
 		}
 	}

@@ -305,6 +305,83 @@ func (e *Env) checkPythonInput(p, what string) error {
 	return nil
 }
 
+// prepMemory estimates the memory npsfuse._prepare holds for the
+// MODEL+LORA inputs (and the pickle checkpoints) it converts, shard by
+// shard: the largest weights file of those models read, merged and
+// serialised (three copies), plus the largest adapter file. Hub ids count
+// through their cached snapshot when it is there. The interpreter's own
+// memory (a Python process with torch) is not counted.
+func prepMemory(p *prepPlan, cache string) int64 {
+	var shard, adapter int64
+	for _, r := range p.refs {
+		parts := append(append([]string(nil), r.local...), r.hub...)
+		for i, part := range parts {
+			path := part
+			if i >= len(r.local) {
+				if path = cachedSnapshot(cache, part); path == "" {
+					continue
+				}
+			}
+			n := largestWeights(path)
+			if st, err := os.Stat(path); err == nil && isAdapter(path, st) {
+				adapter = max(adapter, n)
+			} else {
+				shard = max(shard, n)
+			}
+		}
+	}
+	return 3*shard + adapter
+}
+
+// largestWeights is the size of the largest weights file (.safetensors,
+// .bin, .pt, .pth) of a checkpoint folder, or of the file itself.
+func largestWeights(p string) int64 {
+	st, err := os.Stat(p)
+	if err != nil {
+		return 0
+	}
+	if !st.IsDir() {
+		return st.Size()
+	}
+	var n int64
+	entries, _ := os.ReadDir(p)
+	for _, e := range entries {
+		switch filepath.Ext(e.Name()) {
+		case ".safetensors", ".bin", ".pt", ".pth":
+			if fi, err := os.Stat(filepath.Join(p, e.Name())); err == nil && fi.Mode().IsRegular() {
+				n = max(n, fi.Size())
+			}
+		}
+	}
+	return n
+}
+
+// cachedSnapshot is the folder of Hub id ref (org/name[@revision]) in the
+// Hugging Face cache's layout (models--org--name/snapshots/COMMIT, the
+// commit from refs/REVISION unless the revision is one), or "".
+func cachedSnapshot(cache, ref string) string {
+	if cache == "" {
+		return ""
+	}
+	repo, rev, _ := strings.Cut(ref, "@")
+	if rev == "" {
+		rev = "main"
+	}
+	root := filepath.Join(cache, "models--"+strings.ReplaceAll(repo, "/", "--"))
+	commit := rev
+	if b, err := os.ReadFile(filepath.Join(root, "refs", rev)); err == nil {
+		commit = strings.TrimSpace(string(b))
+	}
+	if commit == "" || strings.ContainsAny(commit, "/\\") || commit == ".." {
+		return ""
+	}
+	snap := filepath.Join(root, "snapshots", commit)
+	if st, err := os.Stat(snap); err != nil || !st.IsDir() {
+		return ""
+	}
+	return snap
+}
+
 // prepareError is npsfuse._prepare's error line.
 type prepareError struct {
 	Kind    string `json:"kind"`

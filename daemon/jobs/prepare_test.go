@@ -299,3 +299,55 @@ func TestScratchSweptAtStart(t *testing.T) {
 		t.Errorf("out_dir in the scratch folder: %v", err)
 	}
 }
+
+// TestPrepareReservesMemory: preparing MODEL+LORA reserves three copies of
+// the model's largest shard plus the adapter (a Hub id through its cached
+// snapshot); a preparation larger than the whole budget fails before
+// Python starts.
+func TestPrepareReservesMemory(t *testing.T) {
+	f := prepFixture(t, `touch "$(dirname "$0")/started"; cat >/dev/null; exit 1`)
+	big := filepath.Join(f.root, "big")
+	writeFile(t, filepath.Join(big, "config.json"), "{}")
+	if err := os.WriteFile(filepath.Join(big, "model-00001-of-00002.safetensors"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(filepath.Join(big, "model-00001-of-00002.safetensors"), 400<<20); err != nil { // sparse
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(big, "model-00002-of-00002.safetensors"), "x")
+	adapter := filepath.Join(f.root, "adapter")
+	writeFile(t, filepath.Join(adapter, "adapter_config.json"), "{}")
+	writeFile(t, filepath.Join(adapter, "adapter_model.safetensors"), "0123456789")
+	cache := filepath.Join(f.root, "hub")
+	snap := filepath.Join(cache, "models--org--big", "snapshots", strings.Repeat("a", 40))
+	writeFile(t, filepath.Join(snap, "model.safetensors"), strings.Repeat("y", 1000))
+	writeFile(t, filepath.Join(cache, "models--org--big", "refs", "main"), strings.Repeat("a", 40))
+	for _, c := range []struct {
+		ref  string
+		want int64
+	}{
+		{big + "+" + adapter, 3*(400<<20) + 10},
+		{"org/big+" + adapter, 3*1000 + 10},
+		{"org/big@" + strings.Repeat("a", 40), 3 * 1000},
+		{"org/missing+" + adapter, 10},
+		{big, 0}, // safetensors: nothing to convert
+	} {
+		p := planPrepare(map[string]any{"base_model": big, "models": []any{map[string]any{"model": c.ref}}})
+		if got := prepMemory(p, cache); got != c.want {
+			t.Errorf("%s: %d bytes, want %d", c.ref, got, c.want)
+		}
+	}
+	// 1.2 GB of the fixture's 1 GiB budget: refused before Python runs.
+	j := submit(t, f, "merge", map[string]any{"out_dir": filepath.Join(f.root, "out"), "config": map[string]any{
+		"merge_method": "linear", "base_model": big, "models": []any{map[string]any{"model": big + "+" + adapter}}}})
+	st := f.wait(t, j.ID)
+	if st.State != store.Failed || !strings.Contains(st.Error, "preparing this merge's config in Python needs about") {
+		t.Errorf("%s: %s", st.State, st.Error)
+	}
+	if _, err := os.Stat(filepath.Join(filepath.Dir(f.env.Python), "started")); err == nil {
+		t.Error("Python started for a preparation over the budget")
+	}
+	if _, err := os.Stat(f.env.jobScratch(j.ID)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("scratch folder left: %v", err)
+	}
+}
