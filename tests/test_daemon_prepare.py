@@ -390,3 +390,51 @@ def test_error_kinds() -> None:
     assert error_kind(PermissionError()) == "permission"
     assert error_kind(ImportError()) == "failed_precondition"
     assert error_kind(RuntimeError()) == "internal"
+
+
+def test_daemon_starts_python_exactly_when_prepare_would_change_the_config(
+    daemon_at: Any, tmp_path: Path
+) -> None:
+    """The daemon decides in Go whether a config needs Python; the decision
+    must be npsfuse._prepare.needs_preparing's, case by case."""
+    from npsfuse._prepare import needs_preparing
+
+    d = daemon_at()
+    script = Path(d.python)  # answers at once: only whether it started counts here
+    script.write_text(
+        f"#!/bin/sh\necho x >> {d.marker}\ncat > /dev/null\n"
+        'echo \'{"error": {"kind": "invalid_input", "message": "stub"}}\'\nexit 1\n'
+    )
+    r = d.root
+    sd = {"w": torch.ones(2, 2)}
+    for name in ("ckpt", "a+b"):
+        (r / name).mkdir()
+        safetensors_torch.save_file(sd, str(r / name / "model.safetensors"))
+        (r / name / "config.json").write_text("{}")
+    (r / "adapter").mkdir()
+    (r / "adapter" / "adapter_config.json").write_text("{}")
+    safetensors_torch.save_file(sd, str(r / "adapter" / "adapter_model.safetensors"))
+    (r / "pickled").mkdir()
+    torch.save(sd, r / "pickled" / "pytorch_model.bin")
+    (r / "pickled" / "config.json").write_text("{}")
+    ckpt = str(r / "ckpt")
+    cases = {
+        "plain": {"models": [{"model": ckpt}]},
+        "folder named a+b": {"models": [{"model": str(r / "a+b")}]},
+        "adapter as a model": {"models": [{"model": str(r / "adapter")}]},
+        "pickle": {"models": [{"model": str(r / "pickled")}]},
+        "model+lora": {"models": [{"model": f"{ckpt}+{r / 'adapter'}"}]},
+        "hub id": {"models": [{"model": "org/name"}]},
+        "tokenizer_source: base": {"models": [{"model": ckpt}], "tokenizer_source": "base"},
+        "chat_template": {"models": [{"model": ckpt}], "chat_template": "chatml"},
+        "null tokenizer keys": {"models": [{"model": ckpt}], "tokenizer": None},
+    }
+    for i, (name, extra) in enumerate(cases.items()):
+        conf = {"merge_method": "task_arithmetic", "base_model": ckpt, **extra}
+        before = d.marker.read_text().count("x") if d.marker.exists() else 0
+        try:
+            d.client().submit_merge(conf, out_dir=r / f"out{i}").wait(timeout=120)
+        except ValueError:
+            pass  # refused at submit: Python cannot have started
+        started = (d.marker.read_text().count("x") if d.marker.exists() else 0) > before
+        assert started == needs_preparing(conf), name
