@@ -405,12 +405,12 @@ def test_kill9_during_search_resumes(make_daemon):
 
 
 def long_merge(d: Daemon, seed: int = 10):
-    """A della merge of 120 tensors (about a second or two of kernel time)."""
+    """A della merge of 120 tensors of 6 models (about half a second of kernel time)."""
     shapes = {f"layer.{i}.weight": (256, 256) for i in range(120)}
-    base, fts = family(2, seed=seed, shapes=shapes)
+    base, fts = family(6, seed=seed, shapes=shapes)
     paths = [
         save(sd, d.root / f"{n}{seed}")
-        for sd, n in zip([base, *fts], ["base", "a", "b"], strict=True)
+        for sd, n in zip([base, *fts], ["base", "a", "b", "c", "d", "e", "f"], strict=True)
     ]
     return {
         "merge_method": "della",

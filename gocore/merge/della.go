@@ -1,11 +1,9 @@
 package merge
 
 import (
-	"slices"
-	"sync"
+	"fmt"
 
 	"github.com/npsfuse/npsfuse/gocore/rng"
-	"github.com/npsfuse/npsfuse/gocore/topk"
 )
 
 // DELLA-Merging (Deep, Bhatia et al., "DELLA-Merging: Reducing Interference
@@ -27,6 +25,9 @@ import (
 // rng.Uniform(rng.Key(seed, name, m), i) < p, i its index in the tensor's
 // neuron layout. A row is a neuron: rows of a transposed tensor are its
 // columns, conv kernels are rows of in·kh·kw, a 1-D tensor is one row.
+// The decisions are made without sorting the row (della_rows.go), with the
+// results of the definition bit for bit; the rescale sums are taken over 8
+// lanes per chunk (dellaAbsSum).
 func init() {
 	register(Method{Name: "della", Sparsify: magprune{}, Combine: disjointMean{}, Rows: true})
 	register(Method{Name: "della_linear", Sparsify: magprune{}, Combine: weightedSum{}, Rows: true})
@@ -37,10 +38,53 @@ type magprune struct{}
 
 func (magprune) usesDensity() bool { return true }
 
+// prepare computes the rescale factors (nothing without Rescale). The keep
+// bits of every chunk and model are kept in e.sp.della for the merge pass,
+// which drops them once applied: a bit per entry, 1/32 of the models' bytes
+// at most (all of them when every tensor is prepared before the first
+// merges, else one tensor's).
 func (magprune) prepare(e *engine, units []int) error {
-	return e.prepareRescale(units, func(e *engine, m int, ch chunkRef, tau []float32) {
-		dellaMask(e, m, ch, tau, 1)
+	if !e.p.Rescale {
+		return nil
+	}
+	if e.sp.della == nil {
+		e.sp.della = make([][]uint64, len(e.chunks)*e.T)
+	}
+	err := e.prepareRescaleChunks(units, func(ch chunkRef, ws *workspace, acc []float64) error {
+		base, err := e.loadBase(ch, ws)
+		if err != nil {
+			return err
+		}
+		n := ch.hi - ch.lo
+		for m := range e.T {
+			mv := e.view(e.tensors[ch.ti].Models[m], ch, ws, ws.models[m])
+			tau := ws.taus[m][:n]
+			before, ok := dellaSubAbsSum(tau, mv, base)
+			if !ok {
+				return e.nonFinite(ch, fmt.Sprintf("model %d", m), mv)
+			}
+			acc[2*m], acc[2*m+1] = before, before
+			if e.density(m) < 1 {
+				words := make([]uint64, (n+63)/64)
+				dellaChunkBits(e, m, ch, tau, words)
+				e.sp.della[ch.gc*e.T+m] = words
+				acc[2*m+1] = dellaKeptAbsSum(tau, words)
+			}
+		}
+		return nil
 	})
+	if err != nil {
+		return err
+	}
+	// Every input of the units was loaded and checked for NaN and ±Inf:
+	// the merge pass need not check them again.
+	if e.checked == nil {
+		e.checked = make([]bool, len(e.units()))
+	}
+	for _, u := range units {
+		e.checked[u] = true
+	}
+	return nil
 }
 
 func (magprune) check(e *engine) error {
@@ -57,116 +101,49 @@ func (magprune) check(e *engine) error {
 	return nil
 }
 
-// dellaScratch holds the sort buffers of one workspace.
-type dellaScratch struct {
-	keys, tmp []uint64
-	rank      []int32
-}
-
-var dellaScratchPool sync.Pool
-
-// dellaPool returns sort buffers for rows of up to n entries.
-func dellaPool(n int) *dellaScratch {
-	sc, _ := dellaScratchPool.Get().(*dellaScratch)
-	if sc == nil || len(sc.keys) < n {
-		sc = &dellaScratch{keys: make([]uint64, n), tmp: make([]uint64, n), rank: make([]int32, n)}
-	}
-	return sc
-}
-
 func (magprune) apply(e *engine, m int, ch chunkRef, tau []float32) {
-	dellaMask(e, m, ch, tau, e.rescaleFactor(ch.ti, m))
-}
-
-// dellaMask zeroes the entries DELLA drops from chunk ch of model m's τ
-// and multiplies the kept ones by scale.
-func dellaMask(e *engine, m int, ch chunkRef, tau []float32, scale float32) {
-	d := e.density(m)
-	if d >= 1 {
+	if e.density(m) >= 1 {
 		return
 	}
-	eps := e.p.epsilon(m)
-	lo := float32(d - eps)
-	span := 2 * float32(eps)
-	g := &e.geom[ch.ti]
-	cols := g.cols
+	var words []uint64
+	if e.sp.della != nil { // prepared: each chunk and model is applied once
+		k := ch.gc*e.T + m
+		words, e.sp.della[k] = e.sp.della[k], nil
+	}
+	if words == nil {
+		sc := dellaPool(0)
+		defer dellaScratchPool.Put(sc)
+		nw := (len(tau) + 63) / 64
+		if cap(sc.chunkWords) < nw {
+			sc.chunkWords = make([]uint64, nw)
+		}
+		words = sc.chunkWords[:nw]
+		clear(words)
+		dellaChunkBits(e, m, ch, tau, words)
+	}
+	dellaApplyBits(tau, words, e.rescaleFactor(ch.ti, m))
+}
+
+// dellaChunkBits ORs into words (bit j for entry j of the chunk) the keep
+// bits of chunk ch of model m's τ, row by row (della_rows.go).
+func dellaChunkBits(e *engine, m int, ch chunkRef, tau []float32, words []uint64) {
+	d, eps := e.density(m), e.p.epsilon(m)
+	lo, span := float32(d-eps), 2*float32(eps)
+	cols := e.geom[ch.ti].cols
 	key := rng.Key(e.p.Seed, e.tensors[ch.ti].Name, m)
-	// The workspace holding tau is in use by this goroutine; the sort
+	// The workspace holding tau is in use by this goroutine; the row
 	// buffers come from a pool of their own.
 	sc := dellaPool(cols)
 	defer dellaScratchPool.Put(sc)
-	den := float32(cols - 1)
+	thr := sc.thresholds(cols, lo, span)
 	for r := ch.r0; r < ch.r1; r++ {
-		row := tau[(r-ch.r0)*cols : (r-ch.r0+1)*cols]
-		rank := rankRow(row, sc)
-		base := uint64(r * cols)
-		for j, x := range row {
-			rn := float32(0.5)
-			if cols > 1 {
-				rn = float32(rank[j]) / den
-			}
-			p := lo + float32(rn*span)
-			if rng.Uniform(key, base+uint64(j)) < p {
-				row[j] = x * scale
-			} else {
-				row[j] = 0
-			}
+		off := (r - ch.r0) * cols
+		row := tau[off : off+cols]
+		if off&63 == 0 { // the row starts a word: its bits go in place
+			sc.rowBits(row, key, uint64(r*cols), thr, words[off>>6:])
+		} else {
+			sc.rowBits(row, key, uint64(r*cols), thr, sc.words)
+			orBitsAt(words, off, sc.words, cols)
 		}
 	}
-}
-
-// rankRow returns each entry's ascending rank by |x| (ties by lower index):
-// a sort of (|x| bits, index) keys, by LSD radix for all but short rows
-// (8-bit digits below 4096 entries, where 2048 counters would cost more
-// than the row, 11-bit ones above).
-func rankRow(row []float32, sc *dellaScratch) []int32 {
-	n := len(row)
-	keys, tmp, rank := sc.keys[:n], sc.tmp[:n], sc.rank[:n]
-	for j, x := range row {
-		keys[j] = uint64(topk.AbsBits(x))<<32 | uint64(j)
-	}
-	switch {
-	case n <= 64:
-		slices.Sort(keys)
-	case n < 4096:
-		keys = radixByMagnitude(keys, tmp, 8)
-	default:
-		keys = radixByMagnitude(keys, tmp, 11)
-	}
-	for pos, k := range keys {
-		rank[uint32(k)] = int32(pos)
-	}
-	return rank
-}
-
-// radixByMagnitude sorts (|x| bits << 32 | index) keys by their magnitude
-// bits (32–62) with stable counting sorts on width-bit digits, skipping a
-// digit that every key shares; it returns whichever of keys and tmp holds
-// the result.
-func radixByMagnitude(keys, tmp []uint64, width uint) []uint64 {
-	var countBuf [1 << 11]int
-	count := countBuf[:1<<width]
-	mask := uint64(1)<<width - 1
-	n := len(keys)
-	for shift := uint(32); shift < 63; shift += width {
-		clear(count)
-		for _, k := range keys {
-			count[(k>>shift)&mask]++
-		}
-		if count[(keys[0]>>shift)&mask] == n {
-			continue // one digit value: the pass would not move anything
-		}
-		sum := 0
-		for i, c := range count {
-			count[i] = sum
-			sum += c
-		}
-		for _, k := range keys {
-			d := (k >> shift) & mask
-			tmp[count[d]] = k
-			count[d]++
-		}
-		keys, tmp = tmp, keys
-	}
-	return keys
 }

@@ -85,6 +85,8 @@ type sparsifyState struct {
 	cuts, outer [][]cut
 	// total[u][m] = Σ|τ_m| over unit u and kept[u][m] = Σ|τ̂_m| under cuts.
 	total, kept [][]float64
+	// della[gc·T+m]: DELLA's keep bits of chunk gc and model m (della.go).
+	della [][]uint64
 }
 
 // wantSums reports whether the selections must sum magnitudes (for

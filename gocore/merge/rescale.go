@@ -8,7 +8,8 @@ import "github.com/npsfuse/npsfuse/gocore/vec"
 // kept entries), which restores the L1 norm; when either sum is below 1e-7
 // the factor is 1. The sums are taken in float64 over the whole tensor
 // (chunks summed in order, so the factor does not depend on the thread
-// count) and the factor is their float32 quotient. Without Rescale the
+// count; within a chunk in index order, or for DELLA over 8 lanes, see
+// dellaAbsSum) and the factor is their float32 quotient. Without Rescale the
 // factor is 1: the kept entries keep their values.
 
 // rescaleEps is mergekit's tolerance below which a sum is not rescaled.
@@ -24,8 +25,22 @@ func (e *engine) prepareRescale(units []int, mask masker) error {
 	if !e.p.Rescale {
 		return nil
 	}
-	tis := e.unitTensors(units)
-	sums, err := e.tensorSums(tis, 2*e.T, func(ch chunkRef, ws *workspace, acc []float64) error {
+	return e.prepareRescaleSums(units, func(e *engine, m int, ch chunkRef, tau []float32) (before, after float64) {
+		before = absSum(tau)
+		mask(e, m, ch, tau)
+		return before, absSum(tau)
+	})
+}
+
+// rescaleSummer returns Σ|τ| and Σ|τ̂| over chunk ch of model m's τ (which
+// it may overwrite).
+type rescaleSummer func(e *engine, m int, ch chunkRef, tau []float32) (before, after float64)
+
+// prepareRescaleSums computes the rescale factors of the units' tensors
+// from the (Σ|τ|, Σ|τ̂|) pairs that sums returns for every chunk and model
+// (whatever Rescale says).
+func (e *engine) prepareRescaleSums(units []int, sums rescaleSummer) error {
+	return e.prepareRescaleChunks(units, func(ch chunkRef, ws *workspace, acc []float64) error {
 		base, err := e.loadBase(ch, ws)
 		if err != nil {
 			return err
@@ -38,12 +53,18 @@ func (e *engine) prepareRescale(units []int, mask masker) error {
 			}
 			tau := ws.taus[m][:n]
 			vec.Sub(tau, mv, base)
-			acc[2*m] = absSum(tau)
-			mask(e, m, ch, tau)
-			acc[2*m+1] = absSum(tau)
+			acc[2*m], acc[2*m+1] = sums(e, m, ch, tau)
 		}
 		return nil
 	})
+}
+
+// prepareRescaleChunks computes the rescale factors of the units' tensors
+// from per-chunk sums: fn loads chunk ch and sets acc[2m] = Σ|τ_m| and
+// acc[2m+1] = Σ|τ̂_m| over it (whatever Rescale says).
+func (e *engine) prepareRescaleChunks(units []int, fn func(ch chunkRef, ws *workspace, acc []float64) error) error {
+	tis := e.unitTensors(units)
+	tsums, err := e.tensorSums(tis, 2*e.T, fn)
 	if err != nil {
 		return err
 	}
@@ -53,7 +74,7 @@ func (e *engine) prepareRescale(units []int, mask masker) error {
 	for i, ti := range tis {
 		f := make([]float32, e.T)
 		for m := range e.T {
-			before, after := float32(sums[i][2*m]), float32(sums[i][2*m+1])
+			before, after := float32(tsums[i][2*m]), float32(tsums[i][2*m+1])
 			f[m] = 1
 			if before >= rescaleEps && after >= rescaleEps {
 				f[m] = before / after

@@ -1,0 +1,339 @@
+package merge
+
+import (
+	"math"
+	"math/bits"
+	"slices"
+	"sync"
+
+	"github.com/npsfuse/npsfuse/gocore/rng"
+	"github.com/npsfuse/npsfuse/gocore/vec"
+)
+
+// DELLA's keep decision without sorting the row.
+//
+// Entry j of a row of n is kept when u_j < p(rank_j) (della.go), u_j =
+// rng.Uniform(key, start+j) = U_j·2⁻²⁴ with U_j a 24-bit integer. As p is
+// exact in float32, u < p(r) exactly when U < thr[r] = ⌈p(r)·2²⁴⌉
+// (vec.DareThreshold), and thr rises with r. So an entry with U_j < thr[0]
+// is kept and one with U_j ≥ thr[n−1] dropped whatever its rank (with
+// density 0.2 and ε 0.15 that is 70 % of the entries); only the others
+// (the band) need their rank, and only as far as it decides the comparison.
+//
+// The ranks come from one counting pass: the magnitudes' bit patterns k_j
+// (|x| as uint32, monotone in |x|) are bucketed by (k_j − k_min) >> shift
+// into at most 2^⌈log₂ n⌉ buckets (16 ≤ · ≤ 65536). An entry in bucket b has
+// a rank in [S_b, S_{b+1}), S the prefix sums of the counts, so U_j <
+// thr[S_b] keeps it and U_j ≥ thr[S_{b+1}−1] drops it. Only when U_j falls
+// between the two (rare: a bucket holds a few entries) is the exact rank
+// needed; then the row's entries are scattered into their buckets once and
+// that bucket alone is sorted by (k, index), which is the rank's definition
+// (ties by lower index). Every decision equals the one made from a full
+// sort, so the result is bit for bit the definition's; the work is a few
+// passes over the row whatever the data (a row of equal magnitudes is one
+// bucket, ranked by index without a sort; a bucket is sorted at most once).
+
+// dellaScratch holds one goroutine's buffers for rows of up to cap entries.
+type dellaScratch struct {
+	cap        int
+	keys       []uint32 // |x| bits of the row
+	u          []uint32 // U of the row's entries
+	bandWords  []uint64 // bit j: entry j is in the band
+	members    []uint32 // entry indices grouped by bucket (after a scatter)
+	rank       []uint32 // exact ranks of the entries of sorted buckets
+	tmp        []uint64 // one bucket's (k, index) keys while it is sorted
+	words      []uint64 // the row's keep bits
+	cnt, pos   []uint32 // bucket bounds S (len buckets+1) and scatter cursors
+	sorted     []uint32 // sorted[b] == stamp: bucket b of this row is ranked
+	stamp      uint32
+	scattered  bool
+	direct     int      // entries ranked by dellaRank in this row
+	chunkWords []uint64 // a chunk's keep bits when they are not kept for the merge pass
+
+	// thr is the threshold table of (thrN, thrLo, thrSpan).
+	thr            []uint32
+	thrN           int
+	thrLo, thrSpan float32
+	thrInitialised bool
+}
+
+// dellaMaxBucketBits bounds the bucket count at 2^16.
+const dellaMaxBucketBits = 16
+
+// dellaBucketBits is the log₂ of the bucket count for rows of n entries.
+func dellaBucketBits(n int) int {
+	return min(max(bits.Len(uint(n-1)), 4), dellaMaxBucketBits)
+}
+
+var dellaScratchPool sync.Pool
+
+// dellaPool returns buffers for rows of up to n entries; put them back with
+// dellaScratchPool.Put.
+func dellaPool(n int) *dellaScratch {
+	sc, _ := dellaScratchPool.Get().(*dellaScratch)
+	if sc != nil && sc.cap >= n {
+		return sc
+	}
+	nb := 1 << dellaBucketBits(n)
+	return &dellaScratch{
+		cap: n, keys: make([]uint32, n), u: make([]uint32, n), bandWords: make([]uint64, (n+63)/64),
+		members: make([]uint32, n), rank: make([]uint32, n), tmp: make([]uint64, n),
+		words: make([]uint64, (n+63)/64), cnt: make([]uint32, nb+1), pos: make([]uint32, nb+1),
+		sorted: make([]uint32, nb),
+	}
+}
+
+// dellaP is the keep probability of ascending rank r in a row of n > 1
+// entries, in float32 as mergekit computes it: lo + (r/(n−1))·span (the
+// conversion stops the compiler from fusing the multiply and the add).
+func dellaP(r, n int, lo, span float32) float32 {
+	rn := float32(0.5)
+	if n > 1 {
+		rn = float32(r) / float32(n-1)
+	}
+	return lo + float32(rn*span)
+}
+
+// thresholds returns thr[r] = ⌈dellaP(r)·2²⁴⌉ for r < n, cached for the
+// last (n, lo, span).
+func (sc *dellaScratch) thresholds(n int, lo, span float32) []uint32 {
+	if sc.thrInitialised && sc.thrN == n && sc.thrLo == lo && sc.thrSpan == span {
+		return sc.thr[:n]
+	}
+	if cap(sc.thr) < n {
+		sc.thr = make([]uint32, n)
+	}
+	thr := sc.thr[:n]
+	for r := range thr {
+		thr[r] = uint32(vec.DareThreshold(dellaP(r, n, lo, span)))
+	}
+	sc.thrN, sc.thrLo, sc.thrSpan, sc.thrInitialised = n, lo, span, true
+	return thr
+}
+
+// rowBits sets words[:⌈n/64⌉] to the keep bits of row (bit j of word j/64
+// for entry j; words beyond n are 0), whose entry j is element start+j of
+// stream key; thr is sc.thresholds(len(row), …).
+func (sc *dellaScratch) rowBits(row []float32, key, start uint64, thr []uint32, words []uint64) {
+	n := len(row)
+	words = words[:(n+63)/64]
+	clear(words)
+	keys := sc.keys[:n]
+	kmin, kmax := dellaKeys(row, keys)
+	band := sc.bandWords[:len(words)]
+	clear(band)
+	u := sc.u[:n]
+	if !dellaDraw(key, start, thr[0], thr[n-1], u, words, band) {
+		return
+	}
+	if kmin == kmax { // one magnitude: the rank is the index
+		for w, bw := range band {
+			var acc uint64
+			for ; bw != 0; bw &= bw - 1 {
+				j := w<<6 | bits.TrailingZeros64(bw)
+				acc |= uint64((u[j]-thr[j])>>31) << (j & 63)
+			}
+			words[w] |= acc
+		}
+		return
+	}
+	shift := max(0, bits.Len32(kmax-kmin)-dellaBucketBits(n))
+	S := sc.cnt[:(kmax-kmin)>>shift+2]
+	clear(S)
+	for _, k := range keys {
+		S[(k-kmin)>>shift+1]++
+	}
+	var sum uint32
+	for b, c := range S {
+		sum += c
+		S[b] = sum
+	}
+	sc.scattered, sc.direct = false, 0
+	// Branch-free but for the rare undecided entries: the keep decisions
+	// are random, and a branch on them would be mispredicted half the time.
+	for w, bw := range band {
+		var acc uint64 // the word's keep bits, stored once
+		for ; bw != 0; bw &= bw - 1 {
+			j := uint32(w<<6 | bits.TrailingZeros64(bw))
+			uj := u[j]
+			b := (keys[j] - kmin) >> shift
+			tl, th := thr[S[b]], thr[S[b+1]-1]
+			keep := (uj - tl) >> 31               // uj < tl (both below 2²⁵)
+			if (tl-uj-1)>>31&((uj-th)>>31) != 0 { // tl ≤ uj < th: the rank decides
+				keep = (uj - thr[sc.rankOf(j, b, keys, S, kmin, shift)]) >> 31
+			}
+			acc |= uint64(keep) << (j & 63)
+		}
+		words[w] |= acc
+	}
+}
+
+// dellaDirectRanks is how many undecided entries of a row are ranked by
+// counting over the row (dellaRank) before the row is scattered into its
+// buckets.
+const dellaDirectRanks = 8
+
+// rankOf is the exact rank of entry j of bucket b: for the row's first
+// dellaDirectRanks calls a count over the row; then the entries are
+// scattered into their buckets once, and bucket b is sorted by (k, index)
+// on its first call.
+func (sc *dellaScratch) rankOf(j, b uint32, keys, S []uint32, kmin uint32, shift int) uint32 {
+	if sc.direct < dellaDirectRanks {
+		sc.direct++
+		return dellaRank(keys, int(j))
+	}
+	if !sc.scattered {
+		pos := sc.pos[:len(S)]
+		copy(pos, S)
+		for i, k := range keys {
+			d := (k - kmin) >> shift
+			sc.members[pos[d]] = uint32(i)
+			pos[d]++
+		}
+		sc.scattered = true
+		sc.stamp++
+		if sc.stamp == 0 { // wrapped: forget every old mark
+			clear(sc.sorted)
+			sc.stamp = 1
+		}
+	}
+	if sc.sorted[b] != sc.stamp {
+		lo, hi := S[b], S[b+1]
+		tmp := sc.tmp[:hi-lo]
+		for i, m := range sc.members[lo:hi] {
+			tmp[i] = uint64(keys[m])<<32 | uint64(m)
+		}
+		slices.Sort(tmp)
+		for i, t := range tmp {
+			sc.rank[uint32(t)] = lo + uint32(i)
+		}
+		sc.sorted[b] = sc.stamp
+	}
+	return sc.rank[j]
+}
+
+// orBitsAt ORs the first n bits of src (its later bits are 0) into dst
+// starting at bit off.
+func orBitsAt(dst []uint64, off int, src []uint64, n int) {
+	src = src[:(n+63)/64]
+	w, s := off>>6, uint(off&63)
+	if s == 0 {
+		for i, x := range src {
+			dst[w+i] |= x
+		}
+		return
+	}
+	for i, x := range src {
+		dst[w+i] |= x << s
+		if hi := x >> (64 - s); hi != 0 {
+			dst[w+i+1] |= hi
+		}
+	}
+}
+
+// dellaKeysGo is dellaKeys in plain Go.
+func dellaKeysGo(row []float32, keys []uint32) (kmin, kmax uint32) {
+	kmin = math.MaxUint32
+	for j, x := range row {
+		k := math.Float32bits(x) &^ (1 << 31)
+		keys[j] = k
+		kmin = min(kmin, k)
+		kmax = max(kmax, k)
+	}
+	return kmin, kmax
+}
+
+// dellaDrawGo is dellaDraw in plain Go.
+func dellaDrawGo(key, start uint64, lo, hi uint32, u []uint32, words, band []uint64) bool {
+	return dellaDrawFrom(key, start, lo, hi, u, words, band, 0)
+}
+
+// dellaDrawFrom is dellaDraw for the entries from j = from on; it reports
+// whether any of them is in the band.
+func dellaDrawFrom(key, start uint64, lo, hi uint32, u []uint32, words, band []uint64, from int) bool {
+	var any uint64
+	for j := from; j < len(u); j++ {
+		x := uint32(rng.Bits(key, start+uint64(j)) >> 40)
+		u[j] = x
+		// Branch-free: the draws are random.
+		below := uint64((x - lo) >> 31)
+		in := uint64((x-hi)>>31) &^ below
+		words[j>>6] |= below << (j & 63)
+		band[j>>6] |= in << (j & 63)
+		any |= in
+	}
+	return any != 0
+}
+
+// dellaAbsSumGo is dellaAbsSum in plain Go.
+func dellaAbsSumGo(x []float32) float64 {
+	var acc [8]float64
+	return dellaAbsSumTail(x, 0, &acc)
+}
+
+// dellaSubAbsSumGo is dellaSubAbsSum in plain Go.
+func dellaSubAbsSumGo(tau, x, b []float32) (float64, bool) {
+	var acc [8]float64
+	return dellaSubAbsSumTail(tau, x, b, 0, &acc)
+}
+
+// dellaSubAbsSumTail is dellaSubAbsSum from entry from on, the lanes'
+// sums so far in acc.
+func dellaSubAbsSumTail(tau, x, b []float32, from int, acc *[8]float64) (float64, bool) {
+	x, b = x[:len(tau)], b[:len(tau)]
+	for j := from; j < len(tau); j++ {
+		if math.IsNaN(float64(x[j])) || math.IsInf(float64(x[j]), 0) {
+			return 0, false
+		}
+		tau[j] = x[j] - b[j]
+	}
+	return dellaAbsSumTail(tau, from, acc), true
+}
+
+// dellaAbsSumTail adds |x[j]| for j ≥ from to acc[j mod 8] and returns the
+// lanes' sum in dellaAbsSum's order.
+func dellaAbsSumTail(x []float32, from int, acc *[8]float64) float64 {
+	for j := from; j < len(x); j++ {
+		acc[j&7] += math.Abs(float64(x[j]))
+	}
+	return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+}
+
+// dellaRankGo is dellaRank in plain Go.
+func dellaRankGo(keys []uint32, j int) uint32 {
+	k := keys[j]
+	var r uint32
+	for i, x := range keys {
+		if x < k || x == k && i < j {
+			r++
+		}
+	}
+	return r
+}
+
+// dellaKeptAbsSumGo is dellaKeptAbsSum in plain Go.
+func dellaKeptAbsSumGo(tau []float32, words []uint64) float64 {
+	var acc [8]float64
+	return dellaKeptAbsSumTail(tau, words, 0, &acc)
+}
+
+// dellaKeptAbsSumTail adds |tau[j]| for the kept j ≥ from to acc[j mod 8]
+// and returns the lanes' sum in dellaAbsSum's order.
+func dellaKeptAbsSumTail(tau []float32, words []uint64, from int, acc *[8]float64) float64 {
+	for j := from; j < len(tau); j++ {
+		// Multiplied by the bit, not branched on: the bits are random.
+		acc[j&7] += math.Abs(float64(tau[j])) * float64(words[j>>6]>>(j&63)&1)
+	}
+	return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+}
+
+// dellaApplyBitsGo is dellaApplyBits in plain Go.
+func dellaApplyBitsGo(tau []float32, words []uint64, scale float32) {
+	for j := range tau {
+		if words[j>>6]>>(j&63)&1 != 0 {
+			tau[j] *= scale
+		} else {
+			tau[j] = 0
+		}
+	}
+}

@@ -1,0 +1,237 @@
+//go:build goexperiment.simd && amd64
+
+package merge
+
+import (
+	"math/bits"
+	"simd/archsimd"
+
+	"github.com/npsfuse/npsfuse/gocore/rng"
+	"github.com/npsfuse/npsfuse/gocore/vec"
+)
+
+// DELLA's vector loops. As in package vec, no scalar float instruction runs
+// between a loop's first vector instruction and archsimd.ClearAVXUpperBits
+// (the AVX→SSE transition penalty of Intel CPUs), vector values leave the
+// loop through stores, and shift counts are vectors (ShiftAllRight by a
+// count compiles to a legacy SSE MOVQ). Each loop has a plain-Go twin
+// (della_rows.go) with the same results bit for bit.
+
+// dellaVector512: the random draw's 64-bit lane multiply (VPMULLQ), the
+// compress of the band and the keep masks from bits need AVX-512.
+var dellaVector512 = vec.Accelerated() && archsimd.X86.AVX512()
+
+// dellaKeys sets keys[j] to |row[j]|'s bit pattern and returns their
+// minimum and maximum (AVX2).
+func dellaKeys(row []float32, keys []uint32) (kmin, kmax uint32) {
+	n8 := len(row) &^ 7
+	if !vec.Accelerated() || n8 == 0 {
+		return dellaKeysGo(row, keys)
+	}
+	keys = keys[:len(row)]
+	absMask := archsimd.BroadcastUint32x8(0x7fffffff)
+	k := archsimd.LoadFloat32x8Slice(row).AsUint32x8().And(absMask)
+	lo, hi := k, k
+	for j := 0; j < n8; j += 8 {
+		k := archsimd.LoadFloat32x8Slice(row[j:]).AsUint32x8().And(absMask)
+		k.StoreSlice(keys[j:])
+		lo, hi = lo.Min(k), hi.Max(k)
+	}
+	var l, h [8]uint32
+	lo.Store(&l)
+	hi.Store(&h)
+	archsimd.ClearAVXUpperBits()
+	kmin, kmax = dellaKeysGo(row[n8:], keys[n8:])
+	for i := range 8 {
+		kmin, kmax = min(kmin, l[i]), max(kmax, h[i])
+	}
+	return kmin, kmax
+}
+
+// dellaDraw sets u[j] = U_j = rng.Bits(key, start+j)>>40 for j < len(u),
+// sets bit j of words when U_j < lo (kept whatever the rank) and bit j of
+// band when lo ≤ U_j < hi, and reports whether any band bit is set. The
+// bits must be 0 on entry. Lane l of the state holds
+// key + (start+j+l+1)·golden, advanced by 8·golden per step (AVX-512).
+func dellaDraw(key, start uint64, lo, hi uint32, u []uint32, words, band []uint64) bool {
+	n := len(u)
+	n8 := n &^ 7
+	if !dellaVector512 || n8 == 0 {
+		return dellaDrawGo(key, start, lo, hi, u, words, band)
+	}
+	var golden uint64 = rng.Golden
+	var z0 [8]uint64
+	for l := range z0 {
+		z0[l] = key + (start+uint64(l)+1)*golden
+	}
+	z := archsimd.LoadUint64x8(&z0)
+	step := archsimd.BroadcastUint64x8(8 * golden)
+	c1 := archsimd.BroadcastUint64x8(0xBF58476D1CE4E5B9)
+	c2 := archsimd.BroadcastUint64x8(0x94D049BB133111EB)
+	lov := archsimd.BroadcastUint64x8(uint64(lo))
+	hiv := archsimd.BroadcastUint64x8(uint64(hi))
+	s30 := archsimd.BroadcastUint64x8(30)
+	s27 := archsimd.BroadcastUint64x8(27)
+	s31 := archsimd.BroadcastUint64x8(31)
+	s40 := archsimd.BroadcastUint64x8(40)
+	var wk, wb, any uint64 // the current words of words and band
+	for j := 0; j < n8; j += 8 {
+		h := z.Xor(z.ShiftRight(s30)).Mul(c1)
+		h = h.Xor(h.ShiftRight(s27)).Mul(c2)
+		x := h.Xor(h.ShiftRight(s31)).ShiftRight(s40)
+		x.TruncateToUint32().StoreSlice(u[j:])
+		below := x.Less(lov).ToBits()
+		in := x.Less(hiv).ToBits() &^ below
+		wk |= uint64(below) << (j & 63)
+		wb |= uint64(in) << (j & 63)
+		if j&63 == 56 {
+			words[j>>6], band[j>>6] = wk, wb
+			any |= wb
+			wk, wb = 0, 0
+		}
+		z = z.Add(step)
+	}
+	archsimd.ClearAVXUpperBits()
+	if n8&63 != 0 {
+		words[n8>>6], band[n8>>6] = wk, wb
+		any |= wb
+	}
+	if dellaDrawFrom(key, start, lo, hi, u, words, band, n8) {
+		any = 1
+	}
+	return any != 0
+}
+
+// dellaAbsSum is Σ|x| in float64 over 8 lanes: lane l sums the entries
+// j ≡ l (mod 8) in index order, and the lanes are added pairwise,
+// ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)) (AVX2). The result does not depend
+// on the build, the CPU or the thread count.
+func dellaAbsSum(x []float32) float64 {
+	n8 := len(x) &^ 7
+	if !vec.Accelerated() || n8 == 0 {
+		return dellaAbsSumGo(x)
+	}
+	absMask := archsimd.BroadcastUint32x4(0x7fffffff)
+	a0 := archsimd.LoadFloat32x4Slice(x).AsUint32x4().And(absMask).AsFloat32x4().ConvertToFloat64()
+	a1 := archsimd.LoadFloat32x4Slice(x[4:]).AsUint32x4().And(absMask).AsFloat32x4().ConvertToFloat64()
+	for j := 8; j < n8; j += 8 {
+		a0 = a0.Add(archsimd.LoadFloat32x4Slice(x[j:]).AsUint32x4().And(absMask).AsFloat32x4().ConvertToFloat64())
+		a1 = a1.Add(archsimd.LoadFloat32x4Slice(x[j+4:]).AsUint32x4().And(absMask).AsFloat32x4().ConvertToFloat64())
+	}
+	var acc [8]float64
+	a0.Store((*[4]float64)(acc[:4]))
+	a1.Store((*[4]float64)(acc[4:]))
+	archsimd.ClearAVXUpperBits()
+	return dellaAbsSumTail(x, n8, &acc)
+}
+
+// dellaApplyBits keeps entry j of tau, multiplied by scale, when bit j of
+// words is set, and sets it to +0 otherwise (AVX-512).
+func dellaApplyBits(tau []float32, words []uint64, scale float32) {
+	n8 := len(tau) &^ 7
+	if !dellaVector512 || n8 == 0 {
+		dellaApplyBitsGo(tau, words, scale)
+		return
+	}
+	sv := archsimd.BroadcastFloat32x8(scale)
+	for j := 0; j < n8; j += 8 {
+		m := archsimd.Mask32x8FromBits(uint8(words[j>>6] >> (j & 63)))
+		archsimd.LoadFloat32x8Slice(tau[j:]).Mul(sv).Masked(m).StoreSlice(tau[j:])
+	}
+	archsimd.ClearAVXUpperBits()
+	for j := n8; j < len(tau); j++ {
+		if words[j>>6]>>(j&63)&1 != 0 {
+			tau[j] *= scale
+		} else {
+			tau[j] = 0
+		}
+	}
+}
+
+// dellaRank is entry j's ascending rank among keys, ties by lower index:
+// #{i < j: keys[i] ≤ keys[j]} + #{i > j: keys[i] < keys[j]} (AVX2; keys
+// below 2³¹).
+func dellaRank(keys []uint32, j int) uint32 {
+	n8 := len(keys) &^ 7
+	if !vec.Accelerated() || n8 == 0 {
+		return dellaRankGo(keys, j)
+	}
+	j8 := min(j&^7, n8)
+	kv := archsimd.BroadcastInt32x8(int32(keys[j]))
+	var le, lt int
+	for i := 0; i < j8; i += 8 {
+		le += 8 - bits.OnesCount8(archsimd.LoadUint32x8Slice(keys[i:]).AsInt32x8().Greater(kv).ToBits())
+	}
+	for i := j8 + 8; i < n8; i += 8 {
+		lt += bits.OnesCount8(kv.Greater(archsimd.LoadUint32x8Slice(keys[i:]).AsInt32x8()).ToBits())
+	}
+	archsimd.ClearAVXUpperBits()
+	r := uint32(le + lt)
+	k := keys[j]
+	for i := j8; i < min(j8+8, len(keys)); i++ {
+		if keys[i] < k || keys[i] == k && i < j {
+			r++
+		}
+	}
+	for i := max(j8+8, n8); i < len(keys); i++ {
+		if keys[i] < k {
+			r++
+		}
+	}
+	return r
+}
+
+// dellaKeptAbsSum is dellaAbsSum of tau after dellaApplyBits(tau, words, 1),
+// without changing tau (AVX-512).
+func dellaKeptAbsSum(tau []float32, words []uint64) float64 {
+	n8 := len(tau) &^ 7
+	if !dellaVector512 || n8 == 0 {
+		return dellaKeptAbsSumGo(tau, words)
+	}
+	absMask := archsimd.BroadcastUint32x8(0x7fffffff)
+	m := archsimd.Mask32x8FromBits(uint8(words[0]))
+	acc := archsimd.LoadFloat32x8Slice(tau).AsUint32x8().And(absMask).Masked(m).AsFloat32x8().ConvertToFloat64()
+	for j := 8; j < n8; j += 8 {
+		m := archsimd.Mask32x8FromBits(uint8(words[j>>6] >> (j & 63)))
+		acc = acc.Add(archsimd.LoadFloat32x8Slice(tau[j:]).AsUint32x8().And(absMask).Masked(m).AsFloat32x8().ConvertToFloat64())
+	}
+	var lanes [8]float64
+	acc.Store(&lanes)
+	archsimd.ClearAVXUpperBits()
+	return dellaKeptAbsSumTail(tau, words, n8, &lanes)
+}
+
+// dellaSubAbsSum sets tau = x − b and returns dellaAbsSum(tau), or false
+// when x holds a NaN or ±Inf (x·0 is NaN exactly then): the load, the
+// check and the first sum of DELLA's preparation in one pass (AVX2).
+func dellaSubAbsSum(tau, x, b []float32) (float64, bool) {
+	n8 := len(tau) &^ 7
+	if !vec.Accelerated() || n8 == 0 {
+		return dellaSubAbsSumGo(tau, x, b)
+	}
+	x, b = x[:len(tau)], b[:len(tau)]
+	absMask := archsimd.BroadcastUint32x8(0x7fffffff)
+	// Zero values, not BroadcastFloat32x8(0): that compiles to a legacy
+	// SSE XORPS.
+	var zero, nan archsimd.Float32x8
+	var a0, a1 archsimd.Float64x4
+	for j := 0; j < n8; j += 8 {
+		xv := archsimd.LoadFloat32x8Slice(x[j:])
+		t := xv.Sub(archsimd.LoadFloat32x8Slice(b[j:]))
+		t.StoreSlice(tau[j:])
+		nan = nan.Add(xv.Mul(zero))
+		at := t.AsUint32x8().And(absMask).AsFloat32x8()
+		a0 = a0.Add(at.GetLo().ConvertToFloat64())
+		a1 = a1.Add(at.GetHi().ConvertToFloat64())
+	}
+	var acc [8]float64
+	a0.Store((*[4]float64)(acc[:4]))
+	a1.Store((*[4]float64)(acc[4:]))
+	// The clear goes after the branch (see vec's finite).
+	if nan.IsNaN().ToBits() != 0 {
+		archsimd.ClearAVXUpperBits()
+		return 0, false
+	}
+	archsimd.ClearAVXUpperBits()
+	return dellaSubAbsSumTail(tau, x, b, n8, &acc)
+}

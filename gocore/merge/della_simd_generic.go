@@ -1,0 +1,40 @@
+//go:build !(goexperiment.simd && amd64)
+
+package merge
+
+// The plain build of DELLA's loops (della_simd_amd64.go has the vector
+// ones).
+
+// dellaKeys sets keys[j] to |row[j]|'s bit pattern and returns their
+// minimum and maximum.
+func dellaKeys(row []float32, keys []uint32) (kmin, kmax uint32) { return dellaKeysGo(row, keys) }
+
+// dellaDraw sets u[j] = U_j = rng.Bits(key, start+j)>>40 for j < len(u),
+// sets bit j of words when U_j < lo (kept whatever the rank) and bit j of
+// band when lo ≤ U_j < hi, and reports whether any band bit is set. The
+// bits must be 0 on entry.
+func dellaDraw(key, start uint64, lo, hi uint32, u []uint32, words, band []uint64) bool {
+	return dellaDrawGo(key, start, lo, hi, u, words, band)
+}
+
+// dellaAbsSum is Σ|x| in float64 over 8 lanes: lane l sums the entries
+// j ≡ l (mod 8) in index order, and the lanes are added pairwise,
+// ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)).
+func dellaAbsSum(x []float32) float64 { return dellaAbsSumGo(x) }
+
+// dellaApplyBits keeps entry j of tau, multiplied by scale, when bit j of
+// words is set, and sets it to +0 otherwise.
+func dellaApplyBits(tau []float32, words []uint64, scale float32) {
+	dellaApplyBitsGo(tau, words, scale)
+}
+
+// dellaRank is entry j's ascending rank among keys, ties by lower index.
+func dellaRank(keys []uint32, j int) uint32 { return dellaRankGo(keys, j) }
+
+// dellaKeptAbsSum is dellaAbsSum of tau after dellaApplyBits(tau, words, 1),
+// without changing tau.
+func dellaKeptAbsSum(tau []float32, words []uint64) float64 { return dellaKeptAbsSumGo(tau, words) }
+
+// dellaSubAbsSum sets tau = x − b and returns dellaAbsSum(tau), or false
+// when x holds a NaN or ±Inf.
+func dellaSubAbsSum(tau, x, b []float32) (float64, bool) { return dellaSubAbsSumGo(tau, x, b) }

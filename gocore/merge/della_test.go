@@ -1,0 +1,307 @@
+package merge
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"sort"
+	"testing"
+
+	"github.com/npsfuse/npsfuse/gocore/parallel"
+	"github.com/npsfuse/npsfuse/gocore/rng"
+)
+
+// dellaRowKind names a way to fill a test row.
+type dellaRowKind struct {
+	name string
+	fill func(r *rand.Rand, x []float32)
+}
+
+// dellaRowKinds are the rows the keep decision is checked on: the common
+// case and the ones that stress the buckets (one magnitude, a few repeated
+// ones, an outlier that squeezes the rest into one bucket, a range of 2²⁴⁰,
+// subnormals, signed zeros).
+var dellaRowKinds = []dellaRowKind{
+	{"gaussian", func(r *rand.Rand, x []float32) {
+		for i := range x {
+			x[i] = float32(0.01 * r.NormFloat64())
+		}
+	}},
+	{"zeros", func(_ *rand.Rand, x []float32) { clear(x) }},
+	{"one magnitude, both signs", func(r *rand.Rand, x []float32) {
+		for i := range x {
+			x[i] = 0.25
+			if r.IntN(2) == 0 {
+				x[i] = -0.25
+			}
+		}
+	}},
+	{"three values", func(r *rand.Rand, x []float32) {
+		v := []float32{0.1, -0.2, 0.3}
+		for i := range x {
+			x[i] = v[r.IntN(3)]
+		}
+	}},
+	{"outlier", func(r *rand.Rand, x []float32) {
+		for i := range x {
+			x[i] = 1 + float32(r.Float64())*1e-6
+		}
+		x[r.IntN(len(x))] = 1e30
+	}},
+	{"wide range", func(r *rand.Rand, x []float32) {
+		for i := range x {
+			x[i] = float32(math.Ldexp(r.Float64()+0.5, r.IntN(240)-120))
+		}
+	}},
+	{"subnormals and signed zeros", func(r *rand.Rand, x []float32) {
+		for i := range x {
+			switch r.IntN(4) {
+			case 0:
+				x[i] = math.Float32frombits(uint32(r.IntN(1 << 10)))
+			case 1:
+				x[i] = float32(math.Copysign(0, -1))
+			case 2:
+				x[i] = 0
+			default:
+				x[i] = -math.Float32frombits(uint32(r.IntN(1 << 10)))
+			}
+		}
+	}},
+	{"ties in many buckets", func(r *rand.Rand, x []float32) {
+		for i := range x {
+			x[i] = float32(r.IntN(len(x)/4+1)) * 0.001
+		}
+	}},
+}
+
+// dellaRowWant is the keep decision of a row from the definition: ranks by
+// a stable sort of |x|, keep when Uniform < dellaP(rank).
+func dellaRowWant(row []float32, key, start uint64, lo, span float32) []bool {
+	n := len(row)
+	idx := make([]int, n)
+	for j := range idx {
+		idx[j] = j
+	}
+	sort.SliceStable(idx, func(a, b int) bool {
+		return math.Abs(float64(row[idx[a]])) < math.Abs(float64(row[idx[b]]))
+	})
+	keep := make([]bool, n)
+	for rank, j := range idx {
+		keep[j] = rng.Uniform(key, start+uint64(j)) < dellaP(rank, n, lo, span)
+	}
+	return keep
+}
+
+func TestDellaRowBitsMatchDefinition(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 8))
+	params := []struct{ density, eps float64 }{{0.2, 0.15}, {0.5, 0.49}, {0.4, 0}, {0.9, 0.05}}
+	sc := dellaPool(0)
+	for _, kind := range dellaRowKinds {
+		for _, n := range []int{1, 2, 7, 8, 9, 63, 64, 65, 300, 2048, 5000} {
+			for _, pe := range params {
+				row := make([]float32, n)
+				kind.fill(r, row)
+				lo, span := float32(pe.density-pe.eps), 2*float32(pe.eps)
+				key := rng.Key(3, kind.name, n)
+				start := uint64(r.IntN(1 << 20))
+				want := dellaRowWant(row, key, start, lo, span)
+				if sc.cap < n {
+					sc = dellaPool(n)
+				}
+				before := slices.Clone(row)
+				sc.rowBits(row, key, start, sc.thresholds(n, lo, span), sc.words)
+				if !slices.Equal(row, before) {
+					t.Fatalf("%s, n=%d: rowBits changed the row", kind.name, n)
+				}
+				for j, w := range want {
+					if got := sc.words[j>>6]>>(j&63)&1 == 1; got != w {
+						t.Fatalf("%s, n=%d, density %v ε %v: entry %d kept=%v, want %v",
+							kind.name, n, pe.density, pe.eps, j, got, w)
+					}
+				}
+				for j := n; j < (n+63)/64*64; j++ {
+					if sc.words[j>>6]>>(j&63)&1 != 0 {
+						t.Fatalf("%s, n=%d: bit %d beyond the row is set", kind.name, n, j)
+					}
+				}
+			}
+		}
+	}
+}
+
+// TestDellaVectorLoopsMatchTwins: each loop of della_simd_amd64.go gives
+// its plain-Go twin's result bit for bit, for every length around the
+// vector width (in the plain build both sides are the twin).
+func TestDellaVectorLoopsMatchTwins(t *testing.T) {
+	r := rand.New(rand.NewPCG(9, 10))
+	for _, kind := range dellaRowKinds {
+		for _, n := range []int{1, 7, 8, 9, 15, 16, 17, 64, 100, 1000} {
+			x := make([]float32, n)
+			kind.fill(r, x)
+			where := fmt.Sprintf("%s, n=%d", kind.name, n)
+
+			k1, k2 := make([]uint32, n), make([]uint32, n)
+			lo1, hi1 := dellaKeys(x, k1)
+			lo2, hi2 := dellaKeysGo(x, k2)
+			if lo1 != lo2 || hi1 != hi2 || !slices.Equal(k1, k2) {
+				t.Fatalf("%s: dellaKeys differs from dellaKeysGo", where)
+			}
+			for _, j := range []int{0, n / 3, n - 1} {
+				if a, b := dellaRank(k1, j), dellaRankGo(k1, j); a != b {
+					t.Fatalf("%s: dellaRank(%d) = %d, dellaRankGo %d", where, j, a, b)
+				}
+			}
+			if a, b := dellaAbsSum(x), dellaAbsSumGo(x); math.Float64bits(a) != math.Float64bits(b) {
+				t.Fatalf("%s: dellaAbsSum %v, dellaAbsSumGo %v", where, a, b)
+			}
+			base := make([]float32, n)
+			for i := range base {
+				base[i] = float32(r.NormFloat64())
+			}
+			t1, t2 := make([]float32, n), make([]float32, n)
+			s1, ok1 := dellaSubAbsSum(t1, x, base)
+			s2, ok2 := dellaSubAbsSumGo(t2, x, base)
+			if !ok1 || !ok2 || math.Float64bits(s1) != math.Float64bits(s2) || !slices.Equal(t1, t2) {
+				t.Fatalf("%s: dellaSubAbsSum (%v, %v) differs from dellaSubAbsSumGo (%v, %v)", where, s1, ok1, s2, ok2)
+			}
+			for i := range t2 {
+				if t2[i] != x[i]-base[i] {
+					t.Fatalf("%s: dellaSubAbsSumGo's τ[%d] = %v, want %v", where, i, t2[i], x[i]-base[i])
+				}
+			}
+			if s := dellaAbsSum(t2); math.Float64bits(s) != math.Float64bits(s2) {
+				t.Fatalf("%s: dellaSubAbsSum's sum %v, dellaAbsSum of τ %v", where, s2, s)
+			}
+			for _, bad := range []float32{float32(math.NaN()), float32(math.Inf(-1))} {
+				y := slices.Clone(x)
+				y[r.IntN(n)] = bad
+				if _, ok := dellaSubAbsSum(t1, y, base); ok {
+					t.Fatalf("%s: dellaSubAbsSum missed a %v", where, bad)
+				}
+				if _, ok := dellaSubAbsSumGo(t1, y, base); ok {
+					t.Fatalf("%s: dellaSubAbsSumGo missed a %v", where, bad)
+				}
+			}
+
+			key, start := rng.Key(1, where, 0), uint64(r.IntN(1000))
+			lo, hi := uint32(r.IntN(1<<23)), uint32(1<<23+r.IntN(1<<23))
+			w1, w2 := make([]uint64, (n+63)/64), make([]uint64, (n+63)/64)
+			b1, b2 := make([]uint64, (n+63)/64), make([]uint64, (n+63)/64)
+			u1, u2 := make([]uint32, n), make([]uint32, n)
+			any1 := dellaDraw(key, start, lo, hi, u1, w1, b1)
+			any2 := dellaDrawGo(key, start, lo, hi, u2, w2, b2)
+			if any1 != any2 || !slices.Equal(w1, w2) || !slices.Equal(b1, b2) || !slices.Equal(u1, u2) {
+				t.Fatalf("%s: dellaDraw differs from dellaDrawGo", where)
+			}
+			for j := range n {
+				want := uint32(rng.Bits(key, start+uint64(j)) >> 40)
+				kept, in := w2[j>>6]>>(j&63)&1 == 1, b2[j>>6]>>(j&63)&1 == 1
+				if u2[j] != want || kept != (want < lo) || in != (want >= lo && want < hi) {
+					t.Fatalf("%s: dellaDrawGo's entry %d: U %d kept %v band %v, want U %d", where, j, u2[j], kept, in, want)
+				}
+			}
+
+			if a, b := dellaKeptAbsSum(x, w1), dellaKeptAbsSumGo(x, w1); math.Float64bits(a) != math.Float64bits(b) {
+				t.Fatalf("%s: dellaKeptAbsSum %v, dellaKeptAbsSumGo %v", where, a, b)
+			}
+			applied := slices.Clone(x)
+			dellaApplyBitsGo(applied, w1, 1)
+			if a, b := dellaKeptAbsSum(x, w1), dellaAbsSum(applied); math.Float64bits(a) != math.Float64bits(b) {
+				t.Fatalf("%s: dellaKeptAbsSum %v, dellaAbsSum of the kept entries %v", where, a, b)
+			}
+
+			for _, scale := range []float32{1, 1.75} {
+				a, b := slices.Clone(x), slices.Clone(x)
+				dellaApplyBits(a, w1, scale)
+				dellaApplyBitsGo(b, w1, scale)
+				if !slices.EqualFunc(a, b, func(p, q float32) bool { return math.Float32bits(p) == math.Float32bits(q) }) {
+					t.Fatalf("%s, scale %v: dellaApplyBits differs from dellaApplyBitsGo", where, scale)
+				}
+			}
+		}
+	}
+}
+
+// TestDellaAbsSumOrder: the documented lane order, checked against a sum
+// written out from the definition.
+func TestDellaAbsSumOrder(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 1))
+	x := make([]float32, 37)
+	for i := range x {
+		x[i] = float32(math.Ldexp(r.NormFloat64(), r.IntN(60)-30))
+	}
+	var lane [8]float64
+	for j, v := range x {
+		lane[j%8] += math.Abs(float64(v))
+	}
+	want := ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]))
+	if got := dellaAbsSum(x); got != want {
+		t.Fatalf("dellaAbsSum = %v, want %v", got, want)
+	}
+}
+
+func TestOrBitsAt(t *testing.T) {
+	r := rand.New(rand.NewPCG(2, 3))
+	for _, n := range []int{1, 63, 64, 65, 130} {
+		for _, off := range []int{0, 1, 63, 64, 70} {
+			src := make([]uint64, (n+63)/64)
+			for j := range n {
+				if r.IntN(2) == 0 {
+					src[j>>6] |= 1 << (j & 63)
+				}
+			}
+			dst := make([]uint64, (off+n+63)/64+1)
+			dst[0] = 1 // a bit before off stays
+			orBitsAt(dst, off, src, n)
+			for j := range len(dst) * 64 {
+				got := dst[j>>6]>>(j&63)&1 == 1
+				want := j == 0
+				if j >= off && j < off+n {
+					want = want || src[(j-off)>>6]>>((j-off)&63)&1 == 1
+				}
+				if got != want {
+					t.Fatalf("n=%d off=%d: bit %d = %v, want %v", n, off, j, got, want)
+				}
+			}
+		}
+	}
+}
+
+// TestDellaThreadsAndDefinition: della and della_linear give the same bits
+// on 1 and 2 threads, with and without rescale, per tensor and global, and
+// della_linear (λ 1, no base) equals the definition on rows of every kind.
+func TestDellaThreadsAndDefinition(t *testing.T) {
+	const rows, cols = 24, 2500 // rows longer than a chunk's share: several chunks
+	r := rand.New(rand.NewPCG(11, 12))
+	tau := make([]float32, rows*cols)
+	for i := range rows {
+		dellaRowKinds[i%len(dellaRowKinds)].fill(r, tau[i*cols:(i+1)*cols])
+	}
+	for _, method := range []string{"della", "della_linear"} {
+		for _, rescale := range []bool{true, false} {
+			for _, scope := range []Scope{ScopeTensor, ScopeGlobal} {
+				var outs [][]float32
+				for _, threads := range []int{1, 2} {
+					ts := shaped("blk.w", []int{rows, cols}, make([]float32, rows*cols), tau)
+					p := Params{Lambda: 1, Density: 0.3, Epsilon: 0.2, Seed: 5, Rescale: rescale,
+						Scope: scope, Pool: parallel.Pool{Threads: threads}}
+					if err := Run(method, p, ts); err != nil {
+						t.Fatal(err)
+					}
+					outs = append(outs, ts[0].Out.F32)
+				}
+				where := fmt.Sprintf("%s rescale=%v scope=%v", method, rescale, scope)
+				if !slices.Equal(outs[0], outs[1]) {
+					t.Fatalf("%s: 1 and 2 threads differ", where)
+				}
+				if method == "della_linear" && rescale {
+					want := dellaExpected(tau, rows, cols, 0.3, 0.2, rng.Key(5, "blk.w", 0))
+					if !slices.Equal(outs[0], want) {
+						t.Fatalf("%s: differs from the definition", where)
+					}
+				}
+			}
+		}
+	}
+}
