@@ -2,6 +2,7 @@ package merge
 
 import (
 	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -169,30 +170,38 @@ func (e *engine) pcbUnit(un unit, u, workers int) error {
 	if d == 0 {
 		return nil
 	}
-	var targets []keyTarget
-	for m := range T {
-		ilo := int64(float64(d) * pcbQ)
-		ihi := int64(float64(d)*(1-pcbQ) - 1)
-		targets = append(targets, keyTarget{m, ascRank(d, ilo)}, keyTarget{m, ascRank(d, ihi)})
-	}
-	// The first selection's key buffer (returned with keep) takes the
-	// second's keys.
-	keys, buf, err := e.selectKeys(un.chunks, T, targets, true, nil, workers, func(ch chunkRef, ws *workspace, dst [][]uint32) error {
-		_, _, taus, err := e.loadAll(ch, ws)
+	ilo := int64(float64(d) * pcbQ)
+	ihi := int64(float64(d)*(1-pcbQ) - 1)
+	var buf [][]uint32
+	if rLo, rHi := ilo+1, ascRank(d, ihi); max(rLo, rHi) <= pcbTailMax {
+		if err := e.pcbClipTails(un, cuts, int(rLo), int(rHi), workers); err != nil {
+			return err
+		}
+	} else {
+		var targets []keyTarget
+		for m := range T {
+			targets = append(targets, keyTarget{m, ascRank(d, ilo)}, keyTarget{m, rHi})
+		}
+		// The first selection's key buffer (returned with keep) takes the
+		// second's keys.
+		keys, b, err := e.selectKeys(un.chunks, T, targets, true, nil, workers, func(ch chunkRef, ws *workspace, dst [][]uint32) error {
+			_, _, taus, err := e.loadAll(ch, ws)
+			if err != nil {
+				return err
+			}
+			pcbAbsKeys(dst, taus, ch.hi-ch.lo)
+			return nil
+		})
 		if err != nil {
 			return err
 		}
-		pcbAbsKeys(dst, taus, ch.hi-ch.lo)
-		return nil
-	})
-	if err != nil {
-		return err
+		buf = b
+		for m := range T {
+			cuts[m].lo = math.Float32frombits(keys[2*m])
+			cuts[m].hi = math.Float32frombits(keys[2*m+1])
+		}
 	}
-	for m := range T {
-		cuts[m].lo = math.Float32frombits(keys[2*m])
-		cuts[m].hi = math.Float32frombits(keys[2*m+1])
-	}
-	targets = targets[:0]
+	var targets []keyTarget
 	for m := range T {
 		icut := int64(float64(d) * (1 - e.density(m)))
 		targets = append(targets, keyTarget{m, ascRank(d, icut)}, keyTarget{m, 1})
@@ -228,6 +237,142 @@ func (e *engine) pcbUnit(un unit, u, workers int) error {
 	for m := range T {
 		cuts[m].cut = fromOrderKey(keys[2*m])
 		cuts[m].bmax = fromOrderKey(keys[2*m+1])
+	}
+	return nil
+}
+
+// pcbTailMax bounds the ranks of the clip quantiles that pcbClipTails
+// finds (d·q + 1 entries from either end, q = 1e-4: units of up to about
+// 10¹⁰ entries); beyond it, and in the tests that lower it, a radix
+// selection over |τ| finds them (a variable for the tests).
+var pcbTailMax int64 = 1 << 20
+
+// pcbTails holds, for one model and worker, the rLo smallest and the rHi
+// largest |τ| keys seen so far (topk.AbsBits, ≤ 0x7f7fffff for finite
+// inputs, so they compare as int32): lo a max-heap, hi a min-heap.
+type pcbTails struct {
+	lo, hi   []uint32
+	rLo, rHi int
+}
+
+// thresholds are the keys a new key must be below (tLo) or above (tHi) to
+// enter a heap: the heap's root once it is full, else a bound that every
+// key passes.
+func (t *pcbTails) thresholds() (tLo, tHi int32) {
+	tLo, tHi = math.MaxInt32, -1
+	if len(t.lo) == t.rLo {
+		tLo = int32(t.lo[0])
+	}
+	if len(t.hi) == t.rHi {
+		tHi = int32(t.hi[0])
+	}
+	return tLo, tHi
+}
+
+// add offers key k to both heaps.
+func (t *pcbTails) add(k uint32) {
+	tLo, tHi := t.thresholds()
+	if int32(k) < tLo {
+		t.lo = heapPush(t.lo, k, t.rLo, func(a, b uint32) bool { return a > b })
+	}
+	if int32(k) > tHi {
+		t.hi = heapPush(t.hi, k, t.rHi, func(a, b uint32) bool { return a < b })
+	}
+}
+
+// heapPush adds k to the heap h (root first by before) of at most r keys:
+// appended while there is room, else in place of the root (which the
+// caller has checked k beats).
+func heapPush(h []uint32, k uint32, r int, before func(a, b uint32) bool) []uint32 {
+	if len(h) < r {
+		h = append(h, k)
+		for i := len(h) - 1; i > 0; {
+			p := (i - 1) / 2
+			if !before(h[i], h[p]) {
+				break
+			}
+			h[i], h[p] = h[p], h[i]
+			i = p
+		}
+		return h
+	}
+	h[0] = k
+	for i := 0; ; {
+		c := 2*i + 1
+		if c >= len(h) {
+			break
+		}
+		if c+1 < len(h) && before(h[c+1], h[c]) {
+			c++
+		}
+		if !before(h[c], h[i]) {
+			break
+		}
+		h[i], h[c] = h[c], h[i]
+		i = c
+	}
+	return h
+}
+
+// pcbTailsScanGo offers |τ[j]| for lo ≤ j < hi to t: the plain-Go twin of
+// pcbTailsScan.
+func pcbTailsScanGo(tau []float32, t *pcbTails, lo, hi int) {
+	for j := lo; j < hi; j++ {
+		k := topk.AbsBits(tau[j])
+		if tLo, tHi := t.thresholds(); int32(k) < tLo || int32(k) > tHi {
+			t.add(k)
+		}
+	}
+}
+
+// pcbClipTails finds every model's clip bounds over unit un in one pass
+// over its chunks (which also checks the inputs for NaN and ±Inf): per
+// worker and model, the rLo smallest and rHi largest |τ| (heaps that a key
+// rarely enters once they are full, unless the entries come sorted: then
+// every key does, at a logarithmic cost), then over the union of the
+// workers' heaps the rLo-th smallest and the rHi-th largest. The same
+// values as a selection over every key, whatever the scheduling.
+func (e *engine) pcbClipTails(un unit, cuts []pcbCut, rLo, rHi, workers int) error {
+	T := e.T
+	workers = max(1, min(workers, len(un.chunks)))
+	tails := make([][]pcbTails, workers)
+	for w := range tails {
+		tails[w] = make([]pcbTails, T)
+		for m := range tails[w] {
+			tails[w][m] = pcbTails{rLo: rLo, rHi: rHi}
+		}
+	}
+	var fail chunkError
+	parallel.ForN(len(un.chunks), workers, func(w, c int) {
+		ch := un.chunks[c]
+		ws := e.workspace()
+		defer e.scratch.Put(ws)
+		_, _, taus, err := e.loadAll(ch, ws)
+		if err != nil {
+			fail.set(ch.gc, err)
+			return
+		}
+		for m, tau := range taus {
+			pcbTailsScan(tau, &tails[w][m])
+		}
+	})
+	if fail.err != nil {
+		return fail.err
+	}
+	var all []uint32
+	for m := range T {
+		all = all[:0]
+		for w := range tails {
+			all = append(all, tails[w][m].lo...)
+		}
+		slices.Sort(all)
+		cuts[m].lo = math.Float32frombits(all[rLo-1])
+		all = all[:0]
+		for w := range tails {
+			all = append(all, tails[w][m].hi...)
+		}
+		slices.Sort(all)
+		cuts[m].hi = math.Float32frombits(all[len(all)-rHi])
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"simd/archsimd"
 	"slices"
 	"sync"
+	"unsafe"
 
 	"github.com/npsfuse/npsfuse/gocore/vec"
 )
@@ -254,4 +255,36 @@ func pcbAbsKeys(dst [][]uint32, taus [][]float32, n int) {
 	}
 	archsimd.ClearAVXUpperBits()
 	pcbAbsKeysGo(dst, taus, nv, n)
+}
+
+// pcbTailsScan offers every |τ[j]| to t: 8-lane compares of the keys with
+// t's thresholds, and the heaps' integer code for the rare groups with a
+// key that enters (read back from τ's bits as integers, not as floats).
+func pcbTailsScan(tau []float32, t *pcbTails) {
+	if !vec.Accelerated() || len(tau) < 8 {
+		pcbTailsScanGo(tau, t, 0, len(tau))
+		return
+	}
+	n := len(tau) &^ 7
+	bits32 := unsafe.Slice((*uint32)(unsafe.Pointer(&tau[0])), len(tau))
+	tLo, tHi := t.thresholds()
+	abs := archsimd.BroadcastInt32x8(1<<31 - 1)
+	lo, hi := archsimd.BroadcastInt32x8(tLo), archsimd.BroadcastInt32x8(tHi)
+	for j := 0; j < n; j += 8 {
+		k := archsimd.LoadUint32x8Slice(bits32[j:]).AsInt32x8().And(abs)
+		m := k.Less(lo).Or(k.Greater(hi)).ToBits()
+		if m == 0 {
+			continue
+		}
+		for ; m != 0; m &= m - 1 {
+			x := bits32[j+bits.TrailingZeros8(m)] &^ (1 << 31)
+			if a, b := t.thresholds(); int32(x) < a || int32(x) > b {
+				t.add(x)
+			}
+		}
+		tLo, tHi = t.thresholds()
+		lo, hi = archsimd.BroadcastInt32x8(tLo), archsimd.BroadcastInt32x8(tHi)
+	}
+	archsimd.ClearAVXUpperBits()
+	pcbTailsScanGo(tau, t, n, len(tau))
 }

@@ -21,3 +21,8 @@ func collectBins(keys []uint32, p, q uint32, two bool, li, lj []uint32) ([]uint3
 func pcbAbsKeys(dst [][]uint32, taus [][]float32, n int) {
 	pcbAbsKeysGo(dst, taus, 0, n)
 }
+
+// pcbTailsScan is pcbTailsScanGo over all of tau in the plain build.
+func pcbTailsScan(tau []float32, t *pcbTails) {
+	pcbTailsScanGo(tau, t, 0, len(tau))
+}

@@ -1,12 +1,15 @@
 package merge
 
 import (
+	"cmp"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"testing"
 
 	"github.com/npsfuse/npsfuse/gocore/parallel"
 	"github.com/npsfuse/npsfuse/gocore/tensor"
+	"github.com/npsfuse/npsfuse/gocore/topk"
 )
 
 // pcbOutputs merges ts with PCB and returns copies of the outputs.
@@ -169,20 +172,85 @@ func TestSelectKeysMatchesSort(t *testing.T) {
 }
 
 // TestPCBSelectionPathsBitForBit checks that PCB's outputs do not depend
-// on the selection path (collect pass or radix passes).
+// on the selection path: clip bounds by tail heaps or by a selection,
+// selections by a collect pass or by radix passes.
 func TestPCBSelectionPathsBitForBit(t *testing.T) {
-	defer func(b int64) { keyCollectBytes = b }(keyCollectBytes)
+	defer func(b, m int64) { keyCollectBytes, pcbTailMax = b, m }(keyCollectBytes, pcbTailMax)
 	r := rand.New(rand.NewPCG(23, 24))
 	ts := randomMerge(r, tensor.F32, [][]int{{50, 100}, {3, 2*parallel.Chunk + 3}}, 3)
 	for _, scope := range []Scope{ScopeTensor, ScopeGlobal} {
 		p := Params{Lambda: 0.8, Density: 0.3, Scope: scope, Pool: parallel.Pool{Threads: 2}}
-		keyCollectBytes = 0
+		keyCollectBytes, pcbTailMax = 0, 0
 		want := pcbOutputs(t, p, ts)
-		keyCollectBytes = keyCacheBytes
-		got := pcbOutputs(t, p, ts)
-		for i := range want {
-			if !slices.Equal(got[i], want[i]) {
-				t.Fatalf("scope %v: tensor %q differs between the collect and the radix selection", scope, ts[i].Name)
+		for _, c := range []struct {
+			collect, tails int64
+		}{{keyCacheBytes, 0}, {0, 1 << 20}, {keyCacheBytes, 1 << 20}} {
+			keyCollectBytes, pcbTailMax = c.collect, c.tails
+			got := pcbOutputs(t, p, ts)
+			for i := range want {
+				if !slices.Equal(got[i], want[i]) {
+					t.Fatalf("scope %v, collect budget %d, tail ranks ≤ %d: tensor %q differs from the radix selections",
+						scope, c.collect, c.tails, ts[i].Name)
+				}
+			}
+		}
+	}
+}
+
+// TestPCBTailsMatchSort checks pcbTailsScan (vector or plain, whichever
+// the build runs) with the heaps of several workers merged as
+// pcbClipTails does: the rLo-th smallest and rHi-th largest |τ| as a sort
+// gives them, for random, sorted (every key enters a heap), reversed and
+// constant entries, ties, and ranks from 1 to beyond a worker's share.
+func TestPCBTailsMatchSort(t *testing.T) {
+	r := rand.New(rand.NewPCG(31, 32))
+	for _, n := range []int{1, 7, 1000, 20011} {
+		base := make([]float32, n)
+		for j := range base {
+			base[j] = float32(r.NormFloat64()) * float32(math.Pow(10, float64(r.IntN(6)-3)))
+			if r.IntN(7) == 0 {
+				base[j] = float32(r.IntN(3)) // ties, zeros
+			}
+		}
+		asc := slices.Clone(base)
+		slices.SortFunc(asc, func(a, b float32) int { return cmp.Compare(abs32(a), abs32(b)) })
+		desc := slices.Clone(asc)
+		slices.Reverse(desc)
+		for name, x := range map[string][]float32{"random": base, "ascending": asc, "descending": desc, "constant": make([]float32, n)} {
+			keys := make([]uint32, n)
+			for j, v := range x {
+				keys[j] = topk.AbsBits(v)
+			}
+			slices.Sort(keys)
+			for _, rk := range []int{1, 2, 3, n/3 + 1, n} {
+				rk = min(max(rk, 1), n)
+				for _, workers := range []int{1, 3} {
+					tails := make([]pcbTails, workers)
+					for w := range tails {
+						tails[w] = pcbTails{rLo: rk, rHi: rk}
+					}
+					piece := (n + workers - 1) / workers
+					for w := range workers {
+						lo, hi := min(w*piece, n), min((w+1)*piece, n)
+						// Two calls per worker: the heaps carry over.
+						mid := (lo + hi) / 2
+						pcbTailsScan(x[lo:mid], &tails[w])
+						pcbTailsScan(x[mid:hi], &tails[w])
+					}
+					var los, his []uint32
+					for w := range tails {
+						los = append(los, tails[w].lo...)
+						his = append(his, tails[w].hi...)
+					}
+					slices.Sort(los)
+					slices.Sort(his)
+					if got, want := los[rk-1], keys[rk-1]; got != want {
+						t.Fatalf("%s n=%d r=%d workers=%d: %d-th smallest %#x, want %#x", name, n, rk, workers, rk, got, want)
+					}
+					if got, want := his[len(his)-rk], keys[n-rk]; got != want {
+						t.Fatalf("%s n=%d r=%d workers=%d: %d-th largest %#x, want %#x", name, n, rk, workers, rk, got, want)
+					}
+				}
 			}
 		}
 	}
