@@ -95,14 +95,15 @@ func countFlag(x [][]float32, b []float32, fw *flagWindows, above []int64, cands
 // loop: the magnitudes that the windows count are the ones the bands
 // test, and the chunk is read once. It handles the one-pass path's
 // provisional merges: bands whose cuts have no tie allowance (Allow ≤ 0),
-// no Scale, no TALL masks, p.Check unset; for anything else, or without
+// no Scale, p.Check unset (TALL masks included); for anything else, or without
 // AVX2, it reports ok = false and does nothing. The combination is
 // MergeTasks' vector code, operation for operation, so the bits are
 // MergeTasks'. fin reports whether b and every x[m] are finite, rfin
 // whether every result is.
 func countFlagMerge(out, b []float32, x [][]float32, fw *flagWindows, above []int64, cands [][]uint32, flags []uint8, p *vec.TaskMerge) (fin, rfin, ok bool) {
 	T := len(x)
-	if !vec.Accelerated() || T > 8 || p.Scale != nil || p.TallLam != nil || p.Check ||
+	if !vec.Accelerated() || T > 8 || p.Scale != nil || p.Check ||
+		(p.TallLam != nil && len(p.TallLam) != T) ||
 		len(p.Bands) != T || len(p.W) != T || len(out) != len(b) {
 		return false, false, false
 	}
@@ -144,13 +145,20 @@ func countFlagMerge(out, b []float32, x [][]float32, fw *flagWindows, above []in
 	}
 	lam := archsimd.BroadcastFloat32x8(p.Lam)
 	div := archsimd.BroadcastFloat32x8(p.Div)
+	consensus := p.TallLam != nil
+	var tl [8]archsimd.Float32x8
+	for m, l := range p.TallLam {
+		tl[m] = archsimd.BroadcastFloat32x8(l)
+	}
+	kv := archsimd.BroadcastInt32x8(int32(min(max(p.K-1, -1), 8)))
+	one := archsimd.BroadcastInt32x8(1)
 	sign := archsimd.BroadcastInt32x8(-0x80000000)
 	abs := archsimd.BroadcastInt32x8(0x7fffffff)
 	disjoint, norm, divOn := p.Disjoint, p.Norm, p.DivOn
 	var cnt [maxFlagWindows]archsimd.Int32x8
 	var lanes [8]int32
 	var a [8]archsimd.Int32x8
-	var t [8]archsimd.Float32x8
+	var t, raw [8]archsimd.Float32x8
 	var zi archsimd.Int32x8
 	var zf, acc, racc archsimd.Float32x8
 	wm := fw.wm
@@ -161,6 +169,7 @@ func countFlagMerge(out, b []float32, x [][]float32, fw *flagWindows, above []in
 			xv := archsimd.LoadFloat32x8Slice(x[m][j:])
 			acc = acc.Add(xv.Mul(zf))
 			v := xv.Sub(bv)
+			raw[m] = v
 			am := v.AsInt32x8().And(abs)
 			a[m] = am
 			keep := am.Greater(inThr[m]).ToInt32x8().AndNot(am.Greater(outThr[m]).ToInt32x8())
@@ -207,6 +216,16 @@ func countFlagMerge(out, b []float32, x [][]float32, fw *flagWindows, above []in
 			}
 		}
 		r := bv.Add(c.Mul(lam))
+		if consensus {
+			var votes archsimd.Int32x8
+			for m := range T {
+				rv := raw[m]
+				ar := rv.AsInt32x8().And(abs).AsFloat32x8()
+				ad := c.Sub(rv).AsInt32x8().And(abs).AsFloat32x8()
+				votes = votes.Add(one.Masked(ar.GreaterEqual(tl[m].Mul(ad))))
+			}
+			r = r.Merge(bv, votes.Greater(kv))
+		}
 		racc = racc.Add(r.Mul(zf))
 		r.StoreSlice(out[j:])
 	}

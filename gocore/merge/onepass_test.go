@@ -350,7 +350,7 @@ func TestKthLargest(t *testing.T) {
 // TestCountFlagMergeMatchesSeparateLoops compares the one-loop provisional
 // merge (countFlagMerge, SIMD build) with countFlag followed by
 // vec.MergeTasks: results bit for bit (zeros' signs, sign elections that
-// cancel, Norm with no agreeing weight), counts, candidates, flags, and the
+// cancel, Norm with no agreeing weight, TALL votes at every K), counts, candidates, flags, and the
 // finiteness of inputs and results (λ large enough to overflow). In the
 // plain build it declines, which the test checks too.
 func TestCountFlagMergeMatchesSeparateLoops(t *testing.T) {
@@ -380,6 +380,12 @@ func TestCountFlagMergeMatchesSeparateLoops(t *testing.T) {
 			Disjoint: r.IntN(2) == 0, Norm: r.IntN(2) == 0, DivOn: r.IntN(2) == 0, Div: 1.5}
 		if trial%10 == 9 {
 			p.Lam = 3e38
+		}
+		if trial%3 == 0 { // TALL masks (consensus_ties)
+			p.TallLam, p.K = make([]float32, T), r.IntN(T+2)
+			for m := range T {
+				p.TallLam[m] = float32(r.IntN(5)) * 0.25
+			}
 		}
 		var fw flagWindows
 		for m := range T {
