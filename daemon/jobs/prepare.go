@@ -6,11 +6,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -71,7 +73,8 @@ func (p *prepPlan) reason() string {
 
 // modelRefs lists (where, reference) for every model reference of a
 // config, as npsfuse._hub._refs does: base_model, tokenizer_source (a
-// model), models[].model, slices[].sources[].model.
+// model), models[].model, slices[].sources[].model, and the tokenizer:
+// block's (tokenizerRefs).
 func modelRefs(cfg map[string]any) [][2]string {
 	var out [][2]string
 	if s, ok := cfg["base_model"].(string); ok && s != "" {
@@ -99,6 +102,36 @@ func modelRefs(cfg map[string]any) [][2]string {
 						out = append(out, [2]string{fmt.Sprintf("slices[%d].sources[%d].model", i, j), s})
 					}
 				}
+			}
+		}
+	}
+	return append(out, tokenizerRefs(cfg)...)
+}
+
+// tokenizerRefs lists the model references of the tokenizer: block: its
+// source (a model) and each tokens: rule's source (a model, or a
+// model_token's model), rules in name order (Python's dict order is the
+// YAML's; the order only decides which problem is named first).
+func tokenizerRefs(cfg map[string]any) [][2]string {
+	tok, ok := cfg["tokenizer"].(map[string]any)
+	if !ok {
+		return nil
+	}
+	var out [][2]string
+	if s, ok := tok["source"].(string); ok && s != "" && s != "base" && s != "union" {
+		out = append(out, [2]string{"tokenizer.source", s})
+	}
+	rules, _ := tok["tokens"].(map[string]any)
+	for _, name := range slices.Sorted(maps.Keys(rules)) {
+		rule, _ := rules[name].(map[string]any)
+		switch src := rule["source"].(type) {
+		case string:
+			if src != "" {
+				out = append(out, [2]string{fmt.Sprintf("tokenizer.tokens[%q].source", name), src})
+			}
+		case map[string]any:
+			if s, ok := src["model"].(string); ok && s != "" {
+				out = append(out, [2]string{fmt.Sprintf("tokenizer.tokens[%q].source.model", name), s})
 			}
 		}
 	}
@@ -175,7 +208,7 @@ func planPrepare(cfg map[string]any) *prepPlan {
 		if r.why == "" && filepath.IsAbs(ref) {
 			if st, err := os.Stat(ref); err == nil {
 				switch {
-				case where != "base_model" && where != "tokenizer_source" && isAdapter(ref, st):
+				case strings.HasSuffix(where, ".model") && isAdapter(ref, st): // a model: key, as Python's k == "model"
 					r.why = "a PEFT adapter (merged into base_model)"
 				case !isAdapter(ref, st) && isPickle(ref, st):
 					r.why = "a PyTorch pickle checkpoint (converted to safetensors)"

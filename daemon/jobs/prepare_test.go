@@ -80,6 +80,17 @@ func TestPlanPrepare(t *testing.T) {
 		{"chat_template", map[string]any{"base_model": ckpt, "chat_template": "chatml"}, "chat_template needs", false, 0, 0},
 		{"tokenizer block", map[string]any{"base_model": ckpt, "tokenizer": map[string]any{"source": "union"}}, "tokenizer needs", false, 0, 0},
 		{"null keys", map[string]any{"base_model": ckpt, "tokenizer": nil, "chat_template": nil}, "", false, 0, 0},
+		{"tokenizer.source hub id", map[string]any{"base_model": ckpt, "tokenizer": map[string]any{"source": "org/tok"}}, "tokenizer.source", false, 1, 0},
+		{"tokens rule hub id", map[string]any{"base_model": ckpt, "tokenizer": map[string]any{"tokens": map[string]any{
+			"<a>": map[string]any{"source": "org/a"}, "<b>": map[string]any{"source": map[string]any{"kind": "model_token", "model": "org/b+" + adapter, "token": "w"}},
+			"<z>": map[string]any{"source": map[string]any{"kind": "zero"}}}}}, `tokenizer.tokens["<a>"].source`, false, 2, 1},
+		// An adapter folder is base_model+ADAPTER only where a model: key
+		// names it (Python: k == "model"), so a model_token's model
+		// but not a rule's plain source.
+		{"adapter as a model_token's model", map[string]any{"base_model": ckpt, "tokenizer": map[string]any{"tokens": map[string]any{
+			"<b>": map[string]any{"source": map[string]any{"kind": "model_token", "model": adapter, "token": "w"}}}}}, "PEFT adapter", false, 0, 1},
+		{"adapter as a rule's source", map[string]any{"base_model": ckpt, "tokenizer": map[string]any{"tokens": map[string]any{
+			"<b>": map[string]any{"source": adapter}}}}, "tokenizer needs", false, 0, 0},
 	}
 	for _, c := range cases {
 		p := planPrepare(c.cfg)
@@ -192,6 +203,13 @@ func TestPrepareConfinement(t *testing.T) {
 		{"hub cache outside", lora("org/name"), fault.Permission, "Hugging Face cache " + filepath.Join(outside, "hub")},
 		{"tokenizer model outside", map[string]any{"merge_method": "linear", "base_model": ckpt, "tokenizer_source": "union",
 			"models": []any{map[string]any{"model": filepath.Join(outside, "ckpt")}}}, fault.Permission, "outside the data roots"},
+		{"tokens rule model outside", map[string]any{"merge_method": "linear", "base_model": ckpt, "models": []any{map[string]any{"model": ckpt}},
+			"tokenizer": map[string]any{"tokens": map[string]any{"<a>": map[string]any{"source": filepath.Join(outside, "ckpt")}}}},
+			fault.Permission, "outside the data roots"},
+		{"model_token model outside", map[string]any{"merge_method": "linear", "base_model": ckpt, "models": []any{map[string]any{"model": ckpt}},
+			"tokenizer": map[string]any{"source": "union", "tokens": map[string]any{"<a>": map[string]any{
+				"source": map[string]any{"kind": "model_token", "model": filepath.Join(outside, "ckpt"), "token_id": 1}}}}},
+			fault.Permission, "outside the data roots"},
 		{"npsfuse_vocabulary from a client", map[string]any{"merge_method": "linear", "base_model": ckpt, "npsfuse_vocabulary": map[string]any{}}, fault.InvalidInput, "internal key"},
 	} {
 		raw, _ := json.Marshal(map[string]any{"config": c.cfg, "out_dir": out})

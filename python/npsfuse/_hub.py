@@ -139,7 +139,12 @@ def split_lora(ref: str) -> tuple[str, str | None]:
 
 
 def _refs(conf: Mapping[str, Any]) -> Iterator[tuple[Any, Any, str]]:
-    """(container, key, where) of every model reference of a config."""
+    """(container, key, where) of every model reference of a config:
+    ``base_model``, ``tokenizer_source`` (a model), ``models[].model``,
+    ``slices[].sources[].model``, and in the ``tokenizer:`` block its
+    ``source`` (a model) and each ``tokens:`` rule's ``source`` (a model, or
+    a ``model_token``'s ``model``). daemon/jobs/prepare.go's modelRefs lists
+    the same."""
     if isinstance(conf.get("base_model"), str):
         yield conf, "base_model", "base_model"
     if conf.get("tokenizer_source") not in (None, "base", "union") and isinstance(
@@ -153,6 +158,18 @@ def _refs(conf: Mapping[str, Any]) -> Iterator[tuple[Any, Any, str]]:
         for j, src in enumerate((s or {}).get("sources") or [] if isinstance(s, Mapping) else []):
             if isinstance(src, Mapping) and isinstance(src.get("model"), str):
                 yield src, "model", f"slices[{i}].sources[{j}].model"
+    tok = conf.get("tokenizer")
+    if not isinstance(tok, Mapping):
+        return
+    if isinstance(tok.get("source"), str) and tok["source"] not in ("", "base", "union"):
+        yield tok, "source", "tokenizer.source"
+    rules = tok.get("tokens")
+    for name, rule in (rules or {}).items() if isinstance(rules, Mapping) else ():
+        src = rule.get("source") if isinstance(rule, Mapping) else None
+        if isinstance(src, str) and src:
+            yield rule, "source", f"tokenizer.tokens[{name!r}].source"
+        elif isinstance(src, Mapping) and isinstance(src.get("model"), str):
+            yield src, "model", f"tokenizer.tokens[{name!r}].source.model"
 
 
 def needs_resolving(conf: Any) -> bool:

@@ -31,10 +31,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 #: The config keys that need the merged tokenizer.
@@ -446,20 +445,3 @@ def perms_orig(originals: list[dict[str, int]], local: list[str], k: int, token:
     j = originals[k].get(token, -1)
     limit = _config_vocab_size(local[k]) or len(originals[k])
     return j if 0 <= j < limit else -1
-
-
-@contextlib.contextmanager
-def prepared(
-    config: Mapping[str, Any], out_dir: str | os.PathLike[str]
-) -> Iterator[dict[str, Any]]:
-    """The config with ``npsfuse_vocabulary`` set, its tokenizer files in a
-    temporary folder beside ``out_dir`` (removed afterwards)."""
-    parent = os.path.dirname(os.path.abspath(os.fspath(out_dir))) or "."
-    os.makedirs(parent, exist_ok=True)
-    d = tempfile.mkdtemp(prefix=".npsfuse-tokenizer-", dir=parent)
-    try:
-        conf = dict(config)
-        conf["npsfuse_vocabulary"] = vocabulary(conf, d)
-        yield conf
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
