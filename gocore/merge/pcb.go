@@ -209,12 +209,15 @@ func (e *engine) pcbUnit(un unit, u, workers int) error {
 	size := int64(T) * d * 4
 	keep := size <= keyCacheBytes && e.pcbKeys.reserve(size)
 	keys, kept, err := e.selectKeys(un.chunks, T, targets, keep, buf, workers, func(ch chunkRef, ws *workspace, dst [][]uint32) error {
-		// The first selection checked every input for NaN and ±Inf.
-		_, _, taus, err := e.loadAllChecked(ch, ws, true)
-		if err != nil {
-			return err
+		// The first selection checked every input for NaN and ±Inf; τ is
+		// made in the kernel from views of the inputs, not stored.
+		t := &e.tensors[ch.ti]
+		base := e.view(t.Base, ch, ws, ws.base)
+		models := ws.views[:T:T]
+		for m := range models {
+			models[m] = e.view(t.Models[m], ch, ws, ws.models[m])
 		}
-		pcbBetaKeys(dst, taus, cuts, ch.hi-ch.lo)
+		pcbBetaKeys(dst, base, models, cuts, ch.hi-ch.lo)
 		return nil
 	})
 	if keep {
@@ -423,14 +426,28 @@ func pcbAbsKeysGo(dst [][]uint32, taus [][]float32, lo, hi int) {
 	}
 }
 
-// pcbBetaKeysGo writes dst[m][j] = orderKey(β_m[j]) for lo ≤ j < hi: the
-// plain-Go twin of pcbBetaKeys.
-func pcbBetaKeysGo(dst [][]uint32, taus [][]float32, cuts []pcbCut, lo, hi int) {
-	T := len(taus)
+// pcbBetaKeysGo writes dst[m][j] = orderKey(β_m[j]) for lo ≤ j < hi, τ_m
+// being xs[m] − base or, with base nil, xs[m]: the plain-Go twin of
+// pcbBetaKeys.
+func pcbBetaKeysGo(dst [][]uint32, base []float32, xs [][]float32, cuts []pcbCut, lo, hi int) {
+	T := len(xs)
+	var tau [8]float32
+	t := tau[:0]
+	if T > len(tau) {
+		t = make([]float32, 0, T)
+	}
+	t = t[:T]
 	for j := lo; j < hi; j++ {
-		s := pcbSum(taus, j)
-		for m, tau := range taus {
-			dst[m][j] = orderKey(pcbScore(tau[j], s, &cuts[m], T))
+		var s float32
+		for m, x := range xs {
+			t[m] = x[j]
+			if base != nil {
+				t[m] -= base[j]
+			}
+			s += t[m]
+		}
+		for m := range xs {
+			dst[m][j] = orderKey(pcbScore(t[m], s, &cuts[m], T))
 		}
 	}
 }
@@ -492,7 +509,7 @@ func (pcb) combine(e *engine, ch chunkRef, base []float32, _, taus [][]float32, 
 			}
 			keys[m] = keys[m][:n]
 		}
-		pcbBetaKeys(keys, taus, cuts, n)
+		pcbBetaKeys(keys, nil, taus, cuts, n)
 	} else {
 		defer e.pcbKeys.merged(u)
 	}

@@ -19,18 +19,18 @@ import (
 // runs between the first vector instruction and archsimd.ClearAVXUpperBits
 // (the AVX→SSE transition penalty): the scalar tails run after it.
 
-// pcbBetaKeys writes dst[m][j] = orderKey(β_m[j]) for j < n.
-func pcbBetaKeys(dst [][]uint32, taus [][]float32, cuts []pcbCut, n int) {
+// pcbBetaKeys writes dst[m][j] = orderKey(β_m[j]) for j < n, τ_m being
+// xs[m] − base (xs the models) or, with base nil, xs[m] (the task vectors).
+func pcbBetaKeys(dst [][]uint32, base []float32, xs [][]float32, cuts []pcbCut, n int) {
 	if !vec.Accelerated() {
-		pcbBetaKeysGo(dst, taus, cuts, 0, n)
+		pcbBetaKeysGo(dst, base, xs, cuts, 0, n)
 		return
 	}
-	T := len(taus)
 	nv := n &^ 7
 	if nv > 0 {
-		pcbBetaKeysX8(dst, taus, cuts, T, nv)
+		pcbBetaKeysX8(dst, base, xs, cuts, len(xs), nv)
 	}
-	pcbBetaKeysGo(dst, taus, cuts, nv, n)
+	pcbBetaKeysGo(dst, base, xs, cuts, nv, n)
 }
 
 // pcbLanes are one model's broadcast statistics.
@@ -98,7 +98,7 @@ func pcbClipX8(x archsimd.Float32x8, l *pcbLanes, abs archsimd.Uint32x8) archsim
 	return v.Merge(l.hi, v.Less(l.hi))
 }
 
-func pcbBetaKeysX8(dst [][]uint32, taus [][]float32, cuts []pcbCut, T, n int) {
+func pcbBetaKeysX8(dst [][]uint32, base []float32, xs [][]float32, cuts []pcbCut, T, n int) {
 	// Scalar code first (zeroing, float compares and conversions: legacy
 	// SSE), then vectors only.
 	var buf [8]pcbLanes
@@ -111,14 +111,26 @@ func pcbBetaKeysX8(dst [][]uint32, taus [][]float32, cuts []pcbCut, T, n int) {
 	sign := archsimd.BroadcastUint32x8(1 << 31)
 	var zi archsimd.Int32x8
 	var zf archsimd.Float32x8
+	sub := base != nil
+	var b archsimd.Float32x8
 	for j := 0; j < n; j += 8 {
-		s := zf
-		for _, tau := range taus {
-			s = s.Add(archsimd.LoadFloat32x8Slice(tau[j:]))
+		if sub {
+			b = archsimd.LoadFloat32x8Slice(base[j:])
 		}
-		for m, tau := range taus {
+		s := zf
+		for _, xm := range xs {
+			x := archsimd.LoadFloat32x8Slice(xm[j:])
+			if sub {
+				x = x.Sub(b)
+			}
+			s = s.Add(x)
+		}
+		for m, xm := range xs {
 			l := &ls[m]
-			x := archsimd.LoadFloat32x8Slice(tau[j:])
+			x := archsimd.LoadFloat32x8Slice(xm[j:])
+			if sub {
+				x = x.Sub(b)
+			}
 			nx := zf
 			if l.clip {
 				nx = pcbClipX8(x, l, abs).Sub(l.lo).Div(l.span)

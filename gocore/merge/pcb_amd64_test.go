@@ -58,11 +58,48 @@ func TestPCBKernelsMatchScalar(t *testing.T) {
 				}
 				return v
 			}
-			pcbBetaKeys(view(got), taus, cuts, n)
-			pcbBetaKeysGo(view(want), taus, cuts, 0, n)
+			pcbBetaKeys(view(got), nil, taus, cuts, n)
+			pcbBetaKeysGo(view(want), nil, taus, cuts, 0, n)
 			for m := range got {
 				if !slices.Equal(got[m], want[m]) {
 					t.Fatalf("T=%d n=%d: pcbBetaKeys model %d differs from pcbBetaKeysGo", T, n, m)
+				}
+			}
+			// From the models and the base: the same keys as from τ.
+			base0 := make([]float32, n)
+			models := make([][]float32, T)
+			for j := range base0 {
+				base0[j] = float32(r.NormFloat64())
+			}
+			for m := range models {
+				models[m] = make([]float32, n)
+				for j := range models[m] {
+					models[m][j] = base0[j] + taus[m][j]
+				}
+			}
+			fromTaus := make([][]uint32, T)
+			vtaus := make([][]float32, T)
+			for m := range models {
+				fromTaus[m] = make([]uint32, n)
+				vtaus[m] = make([]float32, n)
+				for j := range vtaus[m] {
+					vtaus[m][j] = models[m][j] - base0[j]
+				}
+			}
+			pcbBetaKeysGo(fromTaus, nil, vtaus, cuts, 0, n)
+			for _, f := range []func([][]uint32){
+				func(d [][]uint32) { pcbBetaKeys(d, base0, models, cuts, n) },
+				func(d [][]uint32) { pcbBetaKeysGo(d, base0, models, cuts, 0, n) },
+			} {
+				d := make([][]uint32, T)
+				for m := range d {
+					d[m] = make([]uint32, n)
+				}
+				f(d)
+				for m := range d {
+					if !slices.Equal(d[m], fromTaus[m]) {
+						t.Fatalf("T=%d n=%d: β keys from models and base differ from those of τ (model %d)", T, n, m)
+					}
 				}
 			}
 			base := make([]float32, n)

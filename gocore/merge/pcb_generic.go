@@ -3,8 +3,8 @@
 package merge
 
 // pcbBetaKeys is pcbBetaKeysGo over the first n entries in the plain build.
-func pcbBetaKeys(dst [][]uint32, taus [][]float32, cuts []pcbCut, n int) {
-	pcbBetaKeysGo(dst, taus, cuts, 0, n)
+func pcbBetaKeys(dst [][]uint32, base []float32, xs [][]float32, cuts []pcbCut, n int) {
+	pcbBetaKeysGo(dst, base, xs, cuts, 0, n)
 }
 
 // pcbMerge is pcbMergeGo over every entry of out in the plain build.
