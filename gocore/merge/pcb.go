@@ -380,12 +380,6 @@ func (e *engine) pcbClipTails(un unit, cuts []pcbCut, rLo, rHi, workers int) err
 	return nil
 }
 
-// pcbSum is Σ_t τ_t[j] in model order.
-func pcbSum(taus [][]float32, j int) float32 {
-	var s float32
-	for _, tau := range taus {
-		s += tau[j]
-	}
 	return s
 }
 
