@@ -380,9 +380,6 @@ func (e *engine) pcbClipTails(un unit, cuts []pcbCut, rLo, rHi, workers int) err
 	return nil
 }
 
-	return s
-}
-
 // pcbClip is |x| clipped to [lo, hi], as compares and selects (the vector
 // twin's blends; for finite x the same as min(max(|x|, lo), hi)).
 func pcbClip(x float32, c *pcbCut) float32 {
