@@ -77,13 +77,25 @@ class MergeResult(dict):  # type: ignore[type-arg]
       tensor (when there are any); ``regmean`` also ``ridge``, tensor name →
       the ridge δ added where Σ_t w_t G̃_t was not positive definite;
     * other methods: empty.
+
+    :attr:`tokenizer` is the merged tokenizer (a ``transformers`` tokenizer)
+    when the call had tokenizer keywords (``tokenizer_source``,
+    ``tokenizer``, ``chat_template``), else ``None``.
     """
 
     report: dict[str, Any]
+    tokenizer: Any
 
-    def __init__(self, *args: Any, report: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        report: dict[str, Any] | None = None,
+        tokenizer: Any = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.report = {} if report is None else report
+        self.tokenizer = tokenizer
 
     def __repr__(self) -> str:
         """A one-line summary (the tensors themselves would print megabytes)."""
@@ -263,6 +275,10 @@ def merge(
     threads: int | None = None,
     include: Sequence[str | re.Pattern[str]] | None = None,
     exclude: Sequence[str | re.Pattern[str]] | None = None,
+    slices: Sequence[Mapping[str, Any]] | None = None,
+    tokenizer_source: Any = None,
+    tokenizer: Mapping[str, Any] | None = None,
+    chat_template: str | None = None,
     **params: Any,
 ) -> MergeResult:
     """Merge fine-tuned models that share one pre-trained base.
@@ -371,6 +387,22 @@ def merge(
         none of ``exclude`` are merged; the others are the base's, and the
         models need not have them (e.g. ``exclude=[r"^classifier\\."]`` for
         task-specific heads).
+    slices, tokenizer_source, tokenizer, chat_template
+        mergekit's keys of the same names, with its semantics (README,
+        "mergekit configs"): ``slices`` a frankenmerge (a list of
+        ``{"sources": [{"model": …, "layer_range": [lo, hi],
+        "parameters": {…}}], …}``; ``method`` is the merge method of every
+        slice, ``passthrough`` to stack layers), the others a merged
+        vocabulary (``.tokenizer`` of the result). These merge checkpoints on
+        disk: ``base`` and the models must be checkpoint folders, files or Hub
+        ids (``MODEL+LORA`` too), and a source's (or a tokenizer rule's)
+        ``model`` may be an index into ``models``, which with ``slices`` is
+        only that table (``models=[]`` when the sources name paths). The
+        call is run as the mergekit config these arguments mean, by
+        :func:`npsfuse.merge_checkpoints` into a temporary folder (the
+        result the same bits as the same YAML through ``npsfuse merge``);
+        per-model values go into each source's ``parameters`` with
+        ``slices``; ``include``, ``exclude`` and ``statistics`` are refused.
     **params
         Method-specific parameters (:data:`METHOD_PARAMS`):
         ``gamma`` (breadcrumbs: fraction of the largest |τ| dropped, 0.01,
@@ -443,6 +475,14 @@ def merge(
     are not merged are ignored (listed in ``statistics_unused``); if none
     matches, or a model lacks statistics another model has, ``ValueError``.
     """
+    routed = {"slices": slices, "tokenizer_source": tokenizer_source, "tokenizer": tokenizer,
+              "chat_template": chat_template}  # fmt: skip
+    if any(v is not None for v in routed.values()):
+        return _merge_via_config(
+            base, models, method, routed, weights=weights, density=density, lam=lam,
+            normalize=normalize, scope=scope, seed=seed, dtype=dtype, transposed=transposed,
+            threads=threads, include=include, exclude=exclude, params=params,
+        )  # fmt: skip
     if not isinstance(models, Sequence) or isinstance(models, (str, bytes)) or not models:
         raise ValueError("models must be a non-empty list of fine-tuned models")
     _check_method(method)
@@ -499,6 +539,58 @@ def merge(
     return MergeResult(
         {k: merged.get(k, t) for k, t in full_sd.items()}, report=report
     )
+
+
+def _merge_via_config(
+    base: ModelLike | None,
+    models: Sequence[ModelLike],
+    method: str,
+    routed: Mapping[str, Any],
+    *,
+    weights: Any,
+    density: Any,
+    lam: Any,
+    normalize: bool | None,
+    scope: str | None,
+    seed: int,
+    dtype: torch.dtype | str | None,
+    transposed: Sequence[str] | None,
+    threads: int | None,
+    include: Any,
+    exclude: Any,
+    params: dict[str, Any],
+) -> MergeResult:
+    """:func:`merge` with ``slices``/tokenizer keywords: the mergekit config
+    the arguments mean, merged by :func:`npsfuse.merge_checkpoints`
+    (:mod:`npsfuse._merge_config`)."""
+    from . import _merge_config
+
+    _check_method(method)
+    _merge_config.check_keywords(
+        {"include": include, "exclude": exclude, "statistics": params.get("statistics")}
+    )
+    if not isinstance(models, Sequence) or isinstance(models, (str, bytes)):
+        raise ValueError("models must be a list (with slices=, the table sources may index)")
+    if routed["slices"] is None and not models:
+        raise ValueError("models must be a non-empty list of fine-tuned models")
+    kw = dict(weights=weights, density=density, lam=lam, normalize=normalize, scope=scope,
+              seed=seed, **params)  # fmt: skip
+    if routed["slices"] is None:
+        payload = _params(method, len(models), False, **kw)
+    else:  # no model count to check against: the engine checks each slice
+        for key in ("weights", "normalize", "scope"):
+            if kw.get(key) is None:
+                kw.pop(key, None)
+        reads = _TABLE.methods[method].params
+        for key, name in (("density", "density"), ("lam", "lambda")):
+            if name not in reads and _is_default(kw[key], _TABLE.params[name].default):
+                del kw[key]
+        payload = _spec.payload(method, max(1, len(models)), kw)
+    out_dtype = None if dtype is None else str(as_dtype(dtype)).removeprefix("torch.")
+    conf = _merge_config.config(base, models, method, payload, dtype=out_dtype,
+                                transposed=transposed, keywords=routed)  # fmt: skip
+    sd, tok = _merge_config.run(conf, threads)
+    return MergeResult(sd, tokenizer=tok)
 
 
 def _select(
