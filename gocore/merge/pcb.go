@@ -822,15 +822,15 @@ func (e *engine) collectKeys(chunks []chunkRef, targets []keyTarget, group []int
 	if fail.err != nil {
 		return fail.err
 	}
-	var all []uint32
-	for i := range targets {
-		g := group[i]
-		all = all[:0]
+	// The targets in parallel (the lists of a large bin hold millions of
+	// keys), each over its group's lists of every worker.
+	parallel.ForN(len(targets), workers, func(_, i int) {
+		ls := make([][]uint32, len(lists))
 		for w := range lists {
-			all = append(all, lists[w][g]...)
+			ls[w] = lists[w][group[i]]
 		}
-		prefix[i] = kthLargestLow(all, prefix[i], rem[i])
-	}
+		prefix[i] = kthLargestLow(ls, prefix[i], rem[i])
+	})
 	return nil
 }
 
@@ -850,17 +850,20 @@ func collectBinsGo(keys []uint32, p, q uint32, two bool, li, lj []uint32) ([]uin
 	return li, lj
 }
 
-// kthLargestLow is the rem-th largest of keys, which all have the top
-// 11 bits top, by radix passes over their low 21 bits (11, then 10).
-func kthLargestLow(keys []uint32, top uint32, rem int64) uint32 {
+// kthLargestLow is the rem-th largest of the keys of lists, which all
+// have the top 11 bits top, by radix passes over their low 21 bits (11,
+// then 10).
+func kthLargestLow(lists [][]uint32, top uint32, rem int64) uint32 {
 	var h [keyBins]int64
 	p := top
 	for _, ps := range [...]struct{ shift, width uint }{{10, 11}, {0, 10}} {
 		clear(h[:])
 		mask := uint32(1)<<ps.width - 1
-		for _, k := range keys {
-			if k>>(ps.shift+ps.width) == p {
-				h[(k>>ps.shift)&mask]++
+		for _, keys := range lists {
+			for _, k := range keys {
+				if k>>(ps.shift+ps.width) == p {
+					h[(k>>ps.shift)&mask]++
+				}
 			}
 		}
 		b, cum := pickBin(func(b int) int64 { return h[b] }, 1<<ps.width, rem)
