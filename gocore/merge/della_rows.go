@@ -143,11 +143,7 @@ func (sc *dellaScratch) rowBits(row []float32, key, start uint64, thr []uint32, 
 	for _, k := range keys {
 		S[(k-kmin)>>shift+1]++
 	}
-	var sum uint32
-	for b, c := range S {
-		sum += c
-		S[b] = sum
-	}
+	dellaPrefix(S)
 	sc.scattered, sc.direct = false, 0
 	// Branch-free but for the rare undecided entries: the keep decisions
 	// are random, and a branch on them would be mispredicted half the time.
@@ -158,8 +154,8 @@ func (sc *dellaScratch) rowBits(row []float32, key, start uint64, thr []uint32, 
 			uj := u[j]
 			b := (keys[j] - kmin) >> shift
 			tl, th := thr[S[b]], thr[S[b+1]-1]
-			keep := (uj - tl) >> 31               // uj < tl (both below 2²⁵)
-			if (tl-uj-1)>>31&((uj-th)>>31) != 0 { // tl ≤ uj < th: the rank decides
+			keep := (uj - tl) >> 31 // uj < tl (both below 2²⁵)
+			if uj-tl < th-tl {      // tl ≤ uj < th: the rank decides
 				keep = (uj - thr[sc.rankOf(j, b, keys, S, kmin, shift)]) >> 31
 			}
 			acc |= uint64(keep) << (j & 63)
@@ -297,6 +293,15 @@ func dellaAbsSumTail(x []float32, from int, acc *[8]float64) float64 {
 		acc[j&7] += math.Abs(float64(x[j]))
 	}
 	return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+}
+
+// dellaPrefixGo is dellaPrefix in plain Go.
+func dellaPrefixGo(S []uint32) {
+	var sum uint32
+	for b, c := range S {
+		sum += c
+		S[b] = sum
+	}
 }
 
 // dellaRankGo is dellaRank in plain Go.

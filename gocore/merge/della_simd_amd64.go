@@ -157,9 +157,16 @@ func dellaRank(keys []uint32, j int) uint32 {
 		return dellaRankGo(keys, j)
 	}
 	j8 := min(j&^7, n8)
-	kv := archsimd.BroadcastInt32x8(int32(keys[j]))
 	var le, lt int
-	for i := 0; i < j8; i += 8 {
+	i0 := 0 // blocks of 16 before j8 (AVX-512)
+	if dellaVector512 {
+		kw := archsimd.BroadcastInt32x16(int32(keys[j]))
+		for ; i0+16 <= j8; i0 += 16 {
+			le += 16 - bits.OnesCount16(archsimd.LoadUint32x16Slice(keys[i0:]).AsInt32x16().Greater(kw).ToBits())
+		}
+	}
+	kv := archsimd.BroadcastInt32x8(int32(keys[j]))
+	for i := i0; i < j8; i += 8 {
 		le += 8 - bits.OnesCount8(archsimd.LoadUint32x8Slice(keys[i:]).AsInt32x8().Greater(kv).ToBits())
 	}
 	for i := j8 + 8; i < n8; i += 8 {
@@ -234,4 +241,46 @@ func dellaSubAbsSum(tau, x, b []float32) (float64, bool) {
 	}
 	archsimd.ClearAVXUpperBits()
 	return dellaSubAbsSumTail(tau, x, b, n8, &acc)
+}
+
+// dellaPrefix replaces S[b] by S[0] + … + S[b] (AVX-512): per block of 16,
+// four shifted adds (lanes moved up by 1, 2, 4, 8, zeros shifted in) and the
+// carry of the blocks before, lane 15 broadcast.
+func dellaPrefix(S []uint32) {
+	n16 := len(S) &^ 15
+	if !dellaVector512 || n16 == 0 {
+		dellaPrefixGo(S)
+		return
+	}
+	var i1, i2, i4, i8, i15 [16]uint32
+	for l := range uint32(16) {
+		shift := func(s uint32) uint32 {
+			if l >= s {
+				return l - s // from the block
+			}
+			return 16 // the zero vector's lane 0
+		}
+		i1[l], i2[l], i4[l], i8[l], i15[l] = shift(1), shift(2), shift(4), shift(8), 15
+	}
+	p1, p2 := archsimd.LoadUint32x16(&i1), archsimd.LoadUint32x16(&i2)
+	p4, p8 := archsimd.LoadUint32x16(&i4), archsimd.LoadUint32x16(&i8)
+	p15 := archsimd.LoadUint32x16(&i15)
+	var zero, carry archsimd.Uint32x16
+	for b := 0; b < n16; b += 16 {
+		x := archsimd.LoadUint32x16Slice(S[b:])
+		x = x.Add(x.ConcatPermute(zero, p1))
+		x = x.Add(x.ConcatPermute(zero, p2))
+		x = x.Add(x.ConcatPermute(zero, p4))
+		x = x.Add(x.ConcatPermute(zero, p8)).Add(carry)
+		x.StoreSlice(S[b:])
+		carry = x.ConcatPermute(zero, p15)
+	}
+	var c [16]uint32
+	carry.Store(&c)
+	archsimd.ClearAVXUpperBits()
+	sum := c[0]
+	for b := n16; b < len(S); b++ {
+		sum += S[b]
+		S[b] = sum
+	}
 }

@@ -38,3 +38,6 @@ func dellaKeptAbsSum(tau []float32, words []uint64) float64 { return dellaKeptAb
 // dellaSubAbsSum sets tau = x − b and returns dellaAbsSum(tau), or false
 // when x holds a NaN or ±Inf.
 func dellaSubAbsSum(tau, x, b []float32) (float64, bool) { return dellaSubAbsSumGo(tau, x, b) }
+
+// dellaPrefix replaces S[b] by S[0] + … + S[b].
+func dellaPrefix(S []uint32) { dellaPrefixGo(S) }

@@ -223,6 +223,28 @@ func TestDellaVectorLoopsMatchTwins(t *testing.T) {
 	}
 }
 
+func TestDellaPrefix(t *testing.T) {
+	r := rand.New(rand.NewPCG(4, 5))
+	for _, n := range []int{0, 1, 15, 16, 17, 33, 100, 2049} {
+		s := make([]uint32, n)
+		for i := range s {
+			s[i] = uint32(r.IntN(50))
+		}
+		want := slices.Clone(s)
+		var sum uint32
+		for i, c := range want {
+			sum += c
+			want[i] = sum
+		}
+		got, twin := slices.Clone(s), slices.Clone(s)
+		dellaPrefix(got)
+		dellaPrefixGo(twin)
+		if !slices.Equal(got, want) || !slices.Equal(twin, want) {
+			t.Fatalf("n=%d: dellaPrefix %v, dellaPrefixGo %v, want %v", n, got, twin, want)
+		}
+	}
+}
+
 // TestDellaAbsSumOrder: the documented lane order, checked against a sum
 // written out from the definition.
 func TestDellaAbsSumOrder(t *testing.T) {
