@@ -427,7 +427,11 @@ func finishCut(t rankTarget, w int, un unit, counts []chunkCount) (cut, float64,
 		return cut{all: true}, 0, true
 	}
 	var above int64
-	var cands []uint32
+	nc := 0
+	for _, cc := range counts {
+		nc += len(cc.win[w].cands)
+	}
+	cands := make([]uint32, 0, nc)
 	for _, cc := range counts {
 		above += cc.win[w].above
 		cands = append(cands, cc.win[w].cands...)
