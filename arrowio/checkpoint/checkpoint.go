@@ -219,6 +219,36 @@ func AdviseBytes(b []byte, advice int) {
 	_ = madvise(b, advice)
 }
 
+// releaseSlack is how far Release widens its range on either side: the
+// largest fault-around window Linux uses (fault_around_bytes is at most one
+// page table's span, 2 MiB on x86-64). A read fault in a file mapping also
+// maps the neighbouring pages already in the page cache within that window,
+// so populating one tensor maps the tail of the tensor before it and the
+// head of the one after; without the slack those pages stay mapped after
+// their own tensor was released, and the resident set grows with the model.
+const releaseSlack = 2 << 20
+
+// Release drops the pages of b, a slice of a file mapping (from Bytes), from
+// this process: they stay in the page cache, and a later read maps them
+// again. The range is widened by releaseSlack on either side, clipped to
+// the mapping that holds b (safetensors.MappingOf), to catch the pages that
+// fault-around mapped for b's neighbours. The mappings are read-only, so
+// dropping a neighbour's pages never loses data; it costs a refault only if
+// the neighbour is read again. A slice in no mapping (a file read into
+// memory, anonymous memory) is left alone. Errors are ignored: advice is a
+// hint.
+func Release(b []byte) {
+	m := safetensors.MappingOf(b)
+	if m == nil {
+		return
+	}
+	base := uintptr(unsafe.Pointer(unsafe.SliceData(m)))
+	off := int(uintptr(unsafe.Pointer(unsafe.SliceData(b))) - base)
+	lo := max(off-releaseSlack, 0)
+	hi := min(off+len(b)+releaseSlack, len(m))
+	_ = madvise(m[lo:hi], DontNeed)
+}
+
 // Populate maps every page of b (a slice of a mapping) into the process,
 // waiting for pages that are not in the page cache yet to be read: after it
 // returns, reading b does not block on the disk. It uses MADV_POPULATE_READ

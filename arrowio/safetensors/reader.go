@@ -80,6 +80,9 @@ func Open(path string) (*File, error) {
 		return nil, err
 	}
 	f.unmap = unmap
+	if unmap != nil {
+		register(buf)
+	}
 	return f, nil
 }
 
@@ -187,6 +190,7 @@ func (f *File) Close() error {
 	buf := f.buf
 	f.buf = nil
 	if f.unmap != nil {
+		unregister(buf)
 		if err := f.unmap(buf); err != nil {
 			return fileErr(f.path, ErrIO, "munmap", err)
 		}

@@ -202,7 +202,7 @@ func runPipeline(ctx context.Context, cfg *Config, opt Options) (res *Result, er
 			copy(buf, j.copyOf)
 		}
 		for _, b := range j.inputs {
-			checkpoint.AdviseBytes(b, checkpoint.DontNeed)
+			checkpoint.Release(b)
 		}
 		pf.release(i)
 		vs.after(i)

@@ -469,7 +469,7 @@ func (b *vocabBuf) fill() error {
 	}
 	defer func() {
 		for _, raw := range read {
-			checkpoint.AdviseBytes(raw, checkpoint.DontNeed)
+			checkpoint.Release(raw)
 		}
 	}()
 	own, err := load(b.m)
