@@ -284,3 +284,86 @@ func dellaPrefix(S []uint32) {
 		S[b] = sum
 	}
 }
+
+// dellaFused: the one-pass merge (della_merge.go) needs AVX-512's masks
+// from bits; without them the general path's vector loops are faster than
+// the Go twin.
+var dellaFused = dellaVector512
+
+// dellaMerge writes chunk results out[j] = base[j] + λ·c[j] (see
+// dellaMergeOp) and reports whether every result is finite: per 8 entries
+// and model, τ = x − b, τ·f masked by the keep bits (dellaApplyBits),
+// v = τ·w, then the election and disjoint mean of vec.DisjointMean or the
+// sum of vec.WeightedSum, and b + λ·c (AVX-512).
+func dellaMerge(out, base []float32, x [][]float32, op *dellaMergeOp) bool {
+	T := len(x)
+	n8 := len(out) &^ 7
+	if !dellaVector512 || n8 == 0 || T > 8 {
+		return dellaMergeGo(out, base, x, op)
+	}
+	base = base[:len(out)]
+	var wv, sv, vv [8]archsimd.Float32x8
+	var xs [8][]float32
+	for m := range T {
+		wv[m] = archsimd.BroadcastFloat32x8(op.w[m])
+		sv[m] = archsimd.BroadcastFloat32x8(op.scale[m])
+		xs[m] = x[m][:len(out)]
+	}
+	lamv := archsimd.BroadcastFloat32x8(op.lam)
+	sign := archsimd.BroadcastInt32x8(-0x80000000)
+	abs := archsimd.BroadcastInt32x8(0x7fffffff)
+	// Zero values, not BroadcastFloat32x8(0) (a legacy SSE XORPS).
+	var zi archsimd.Int32x8
+	var zf, nan archsimd.Float32x8
+	disjoint, norm := op.disjoint, op.norm
+	words := op.words
+	for j := 0; j < n8; j += 8 {
+		b := archsimd.LoadFloat32x8Slice(base[j:])
+		var sum archsimd.Float32x8
+		for m := range T {
+			t := archsimd.LoadFloat32x8Slice(xs[m][j:]).Sub(b)
+			if ws := words[m]; ws != nil {
+				k := archsimd.Mask32x8FromBits(uint8(ws[j>>6] >> (j & 63)))
+				t = t.Mul(sv[m]).Masked(k)
+			}
+			v := t.Mul(wv[m])
+			vv[m] = v
+			if m == 0 {
+				sum = v
+			} else {
+				sum = sum.Add(v)
+			}
+		}
+		r := sum
+		if disjoint {
+			s := sum.AsInt32x8()
+			// γ's sign bit, cleared where |sum| = 0.
+			g := s.And(sign).Masked(s.And(abs).NotEqual(zi))
+			var num, den archsimd.Float32x8
+			for m := range T {
+				agree := vv[m].AsInt32x8().Xor(g).Greater(zi)
+				num = num.Add(vv[m].Masked(agree))
+				den = den.Add(wv[m].Masked(agree))
+			}
+			r = num
+			if norm {
+				r = num.Div(den).Merge(num, den.NotEqual(zf))
+			}
+		}
+		o := b.Add(lamv.Mul(r))
+		o.StoreSlice(out[j:])
+		nan = nan.Add(o.Mul(zf))
+	}
+	// The clear goes after the branch (see vec's finite).
+	fin := true
+	if nan.IsNaN().ToBits() != 0 {
+		archsimd.ClearAVXUpperBits()
+		fin = false
+	} else {
+		archsimd.ClearAVXUpperBits()
+	}
+	if n8 < len(out) && !dellaMergeFrom(out, base, x, op, n8) {
+		fin = false
+	}
+	return fin
+}

@@ -41,3 +41,12 @@ func dellaSubAbsSum(tau, x, b []float32) (float64, bool) { return dellaSubAbsSum
 
 // dellaPrefix replaces S[b] by S[0] + … + S[b].
 func dellaPrefix(S []uint32) { dellaPrefixGo(S) }
+
+// dellaFused: the plain build merges in one pass too (dellaMergeGo).
+const dellaFused = true
+
+// dellaMerge writes chunk results out[j] = base[j] + λ·c[j] (see
+// dellaMergeOp) and reports whether every result is finite.
+func dellaMerge(out, base []float32, x [][]float32, op *dellaMergeOp) bool {
+	return dellaMergeGo(out, base, x, op)
+}

@@ -538,6 +538,11 @@ func (e *engine) mergeChunk(ch chunkRef, ws *workspace) error {
 	if e.fused != nil && !generalOnly {
 		return e.mergeFused(e.fused, ch, ws)
 	}
+	if cm, ok := e.method.Sparsify.(chunkMerger); ok && !generalOnly {
+		if done, err := cm.mergeChunk(e, ch, ws); done {
+			return err
+		}
+	}
 	u, _ := e.unitChunk(ch)
 	base, models, taus, err := e.loadAllChecked(ch, ws, e.checked != nil && e.checked[u])
 	if err != nil {
@@ -559,6 +564,13 @@ func (e *engine) mergeChunk(ch chunkRef, ws *workspace) error {
 	}
 	e.store(e.tensors[ch.ti].Out, ch, ws, out)
 	return nil
+}
+
+// chunkMerger is a Sparsifier with a merge pass of its own (DELLA's,
+// della_merge.go): mergeChunk merges chunk ch, or reports false, having
+// done nothing, to leave it to the general path.
+type chunkMerger interface {
+	mergeChunk(e *engine, ch chunkRef, ws *workspace) (bool, error)
 }
 
 // generalOnly makes mergeChunk take its general path for every method (no
