@@ -443,15 +443,19 @@ func pcbBetaKeysGo(dst [][]uint32, base []float32, xs [][]float32, cuts []pcbCut
 	}
 }
 
-// pcbMergeGo is the merge of entries lo ≤ j < hi (eq. 6), β decoded from
-// keys[m][off+j]: the plain-Go twin of pcbMerge. The max of eq. 5 and
-// the 1e-12 floor are compares and selects, as the vector twin's blends.
-func pcbMergeGo(out, base []float32, taus [][]float32, keys [][]uint32, off int, cuts []pcbCut, w []float32, lam float32, lo, hi int) {
+// pcbMergeGo is the merge of entries lo ≤ j < hi (eq. 6), τ_m being
+// xs[m] − base with sub, else xs[m], and β decoded from keys[m][off+j]:
+// the plain-Go twin of pcbMerge. The max of eq. 5 and the 1e-12 floor are
+// compares and selects, as the vector twin's blends.
+func pcbMergeGo(out, base []float32, xs [][]float32, sub bool, keys [][]uint32, off int, cuts []pcbCut, w []float32, lam float32, lo, hi int) {
 	for j := lo; j < hi; j++ {
 		var num, den float32
-		for m, tau := range taus {
+		for m, xm := range xs {
 			c := &cuts[m]
-			x := tau[j]
+			x := xm[j]
+			if sub {
+				x -= base[j]
+			}
 			var sc float32
 			if c.bmax > c.cut {
 				b := c.cut
@@ -482,6 +486,22 @@ func pcbMergeGo(out, base []float32, taus [][]float32, keys [][]uint32, off int,
 var pcbScratch = sync.Pool{New: func() any { return new([][]uint32) }}
 
 func (pcb) combine(e *engine, ch chunkRef, base []float32, _, taus [][]float32, out []float32) {
+	pcbMergeChunk(e, ch, base, taus, false, out)
+}
+
+// PCB merges straight from the inputs (mergeChunk's direct pass: float32
+// inputs read where they are stored, τ made in the kernel, the output
+// written in place), the same bits as combine from task-vector buffers.
+// The preparation checked every input for NaN and ±Inf.
+func (pcb) direct(e *engine, ch chunkRef, base []float32, models [][]float32, out []float32) {
+	pcbMergeChunk(e, ch, base, models, true, out)
+}
+
+func (pcb) readsBase() bool { return true }
+
+// pcbMergeChunk merges chunk ch into out, τ_m being xs[m] − base with sub,
+// else xs[m].
+func pcbMergeChunk(e *engine, ch chunkRef, base []float32, xs [][]float32, sub bool, out []float32) {
 	u, uc := e.unitChunk(ch)
 	cuts := e.pcb[u]
 	n := len(out)
@@ -490,21 +510,25 @@ func (pcb) combine(e *engine, ch chunkRef, base []float32, _, taus [][]float32, 
 	if keys == nil {
 		sp := pcbScratch.Get().(*[][]uint32)
 		defer pcbScratch.Put(sp)
-		if len(*sp) < len(taus) {
-			*sp = make([][]uint32, len(taus))
+		if len(*sp) < len(xs) {
+			*sp = make([][]uint32, len(xs))
 		}
-		keys, off = (*sp)[:len(taus)], 0
+		keys, off = (*sp)[:len(xs)], 0
 		for m := range keys {
 			if cap(keys[m]) < n {
 				keys[m] = make([]uint32, n)
 			}
 			keys[m] = keys[m][:n]
 		}
-		pcbBetaKeys(keys, nil, taus, cuts, n)
+		b := base
+		if !sub {
+			b = nil
+		}
+		pcbBetaKeys(keys, b, xs, cuts, n)
 	} else {
 		defer e.pcbKeys.merged(u)
 	}
-	pcbMerge(out, base[:n], taus, keys, off, cuts, e.w, float32(e.p.Lambda))
+	pcbMerge(out, base[:n], xs, sub, keys, off, cuts, e.w, float32(e.p.Lambda))
 }
 
 // orderKey maps a float32 to a uint32 with the same order (for non-NaN x).

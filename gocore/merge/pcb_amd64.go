@@ -26,6 +26,14 @@ func pcbBetaKeys(dst [][]uint32, base []float32, xs [][]float32, cuts []pcbCut, 
 		pcbBetaKeysGo(dst, base, xs, cuts, 0, n)
 		return
 	}
+	if pcbVector512 {
+		nv := n &^ 15
+		if nv > 0 {
+			pcbBetaKeysX16(dst, base, xs, cuts, len(xs), nv)
+		}
+		pcbBetaKeysGo(dst, base, xs, cuts, nv, n)
+		return
+	}
 	nv := n &^ 7
 	if nv > 0 {
 		pcbBetaKeysX8(dst, base, xs, cuts, len(xs), nv)
@@ -143,21 +151,30 @@ func pcbBetaKeysX8(dst [][]uint32, base []float32, xs [][]float32, cuts []pcbCut
 	archsimd.ClearAVXUpperBits()
 }
 
-// pcbMerge is eq. 6 over every entry of out, β decoded from keys[m][off+j].
-func pcbMerge(out, base []float32, taus [][]float32, keys [][]uint32, off int, cuts []pcbCut, w []float32, lam float32) {
+// pcbMerge is eq. 6 over every entry of out, τ_m being xs[m] − base with
+// sub, else xs[m], and β decoded from keys[m][off+j].
+func pcbMerge(out, base []float32, xs [][]float32, sub bool, keys [][]uint32, off int, cuts []pcbCut, w []float32, lam float32) {
 	n := len(out)
 	if !vec.Accelerated() {
-		pcbMergeGo(out, base, taus, keys, off, cuts, w, lam, 0, n)
+		pcbMergeGo(out, base, xs, sub, keys, off, cuts, w, lam, 0, n)
+		return
+	}
+	if pcbVector512 {
+		nv := n &^ 15
+		if nv > 0 {
+			pcbMergeX16(out, base, xs, sub, keys, off, cuts, w, lam, nv)
+		}
+		pcbMergeGo(out, base, xs, sub, keys, off, cuts, w, lam, nv, n)
 		return
 	}
 	nv := n &^ 7
 	if nv > 0 {
-		pcbMergeX8(out, base, taus, keys, off, cuts, w, lam, nv)
+		pcbMergeX8(out, base, xs, sub, keys, off, cuts, w, lam, nv)
 	}
-	pcbMergeGo(out, base, taus, keys, off, cuts, w, lam, nv, n)
+	pcbMergeGo(out, base, xs, sub, keys, off, cuts, w, lam, nv, n)
 }
 
-func pcbMergeX8(out, base []float32, taus [][]float32, keys [][]uint32, off int, cuts []pcbCut, w []float32, lam float32, n int) {
+func pcbMergeX8(out, base []float32, taus [][]float32, sub bool, keys [][]uint32, off int, cuts []pcbCut, w []float32, lam float32, n int) {
 	var buf [8]pcbLanes
 	ls := pcbLanesFor(buf[:], cuts)
 	pcbBroadcast(ls, cuts, w)
@@ -169,9 +186,13 @@ func pcbMergeX8(out, base []float32, taus [][]float32, keys [][]uint32, off int,
 	var zf archsimd.Float32x8
 	for j := 0; j < n; j += 8 {
 		num, den := zf, zf
+		b := archsimd.LoadFloat32x8Slice(base[j:])
 		for m, tau := range taus {
 			l := &ls[m]
 			x := archsimd.LoadFloat32x8Slice(tau[j:])
+			if sub {
+				x = x.Sub(b)
+			}
 			sc := zf
 			if l.score {
 				beta := pcbFromKeyX8(archsimd.LoadUint32x8Slice(keys[m][off+j:]), zi, sign)
@@ -185,7 +206,7 @@ func pcbMergeX8(out, base []float32, taus [][]float32, keys [][]uint32, off int,
 			den = den.Add(sc)
 		}
 		d := den.Merge(floor, den.Greater(floor))
-		r := archsimd.LoadFloat32x8Slice(base[j:]).Add(lv.Mul(num.Div(d)))
+		r := b.Add(lv.Mul(num.Div(d)))
 		r.StoreSlice(out[j:])
 	}
 	archsimd.ClearAVXUpperBits()

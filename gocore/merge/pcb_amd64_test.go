@@ -19,6 +19,20 @@ func TestPCBKernelsMatchScalar(t *testing.T) {
 	if !vec.Accelerated() {
 		t.Skip("no AVX2")
 	}
+	defer func(v bool) { pcbVector512 = v }(pcbVector512)
+	widths := []bool{false}
+	if pcbVector512 {
+		widths = append(widths, true) // the 16-lane kernels too
+	} else {
+		t.Log("no AVX-512: the 16-lane kernels are not checked")
+	}
+	for _, wide := range widths {
+		pcbVector512 = wide
+		testPCBKernels(t)
+	}
+}
+
+func testPCBKernels(t *testing.T) {
 	r := rand.New(rand.NewPCG(5, 6))
 	for _, T := range []int{1, 2, 3, 8, 11} {
 		for _, n := range []int{5, 64, 1003} {
@@ -107,11 +121,26 @@ func TestPCBKernelsMatchScalar(t *testing.T) {
 				base[j] = float32(r.NormFloat64())
 			}
 			o1, o2 := make([]float32, n), make([]float32, n)
-			pcbMerge(o1, base, taus, got, off, cuts, w, 0.7)
-			pcbMergeGo(o2, base, taus, want, off, cuts, w, 0.7, 0, n)
+			pcbMerge(o1, base, taus, false, got, off, cuts, w, 0.7)
+			pcbMergeGo(o2, base, taus, false, want, off, cuts, w, 0.7, 0, n)
 			for j := range o1 {
 				if math.Float32bits(o1[j]) != math.Float32bits(o2[j]) {
-					t.Fatalf("T=%d n=%d: pcbMerge[%d] = %g, pcbMergeGo %g", T, n, j, o1[j], o2[j])
+					t.Fatalf("T=%d n=%d wide=%v: pcbMerge[%d] = %g, pcbMergeGo %g", T, n, pcbVector512, j, o1[j], o2[j])
+				}
+			}
+			// From the models and the base (τ made in the kernel): the
+			// bits of the merge of τ = model − base.
+			for _, f := range []func(o []float32){
+				func(o []float32) { pcbMerge(o, base0, models, true, got, off, cuts, w, 0.7) },
+				func(o []float32) { pcbMergeGo(o, base0, models, true, got, off, cuts, w, 0.7, 0, n) },
+			} {
+				o3, o5 := make([]float32, n), make([]float32, n)
+				f(o3)
+				pcbMergeGo(o5, base0, vtaus, false, got, off, cuts, w, 0.7, 0, n)
+				for j := range o3 {
+					if math.Float32bits(o3[j]) != math.Float32bits(o5[j]) {
+						t.Fatalf("T=%d n=%d wide=%v: merge from models [%d] = %g, from τ %g", T, n, pcbVector512, j, o3[j], o5[j])
+					}
 				}
 			}
 		}

@@ -8,8 +8,8 @@ func pcbBetaKeys(dst [][]uint32, base []float32, xs [][]float32, cuts []pcbCut, 
 }
 
 // pcbMerge is pcbMergeGo over every entry of out in the plain build.
-func pcbMerge(out, base []float32, taus [][]float32, keys [][]uint32, off int, cuts []pcbCut, w []float32, lam float32) {
-	pcbMergeGo(out, base, taus, keys, off, cuts, w, lam, 0, len(out))
+func pcbMerge(out, base []float32, xs [][]float32, sub bool, keys [][]uint32, off int, cuts []pcbCut, w []float32, lam float32) {
+	pcbMergeGo(out, base, xs, sub, keys, off, cuts, w, lam, 0, len(out))
 }
 
 // collectBins is collectBinsGo in the plain build.

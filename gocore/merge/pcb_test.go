@@ -255,3 +255,33 @@ func TestPCBTailsMatchSort(t *testing.T) {
 		}
 	}
 }
+
+// TestPCBDirectMatchesGeneralPath checks PCB's direct merge pass (inputs
+// read in place, τ made in the kernel, output written in place) against
+// mergeChunk's general path (task-vector buffers, combine) bit for bit:
+// float32 and bfloat16 storage, both scopes, with the β keys kept and
+// scored again, weights and λ.
+func TestPCBDirectMatchesGeneralPath(t *testing.T) {
+	defer func(b int64) { pcbKeepBytes = b }(pcbKeepBytes)
+	defer func() { generalOnly = false }()
+	shapes := [][]int{{7}, {50, 100}, {3, 2*parallel.Chunk + 3}}
+	for _, dt := range []tensor.DType{tensor.F32, tensor.BF16} {
+		for _, scope := range []Scope{ScopeTensor, ScopeGlobal} {
+			for _, budget := range []int64{keyCacheBytes, 0} {
+				pcbKeepBytes = budget
+				p := Params{Lambda: 0.8, Density: 0.3, Scope: scope, Weights: []float32{1, 0.5, 2}}
+				var res [2][][]float32
+				for i, general := range []bool{true, false} {
+					generalOnly = general
+					ts := randomMerge(rand.New(rand.NewPCG(31, 32)), dt, shapes, 3)
+					res[i] = pcbOutputs(t, p, ts)
+				}
+				for k := range res[0] {
+					if !slices.Equal(res[0][k], res[1][k]) {
+						t.Fatalf("%v, scope %v, budget %d: tensor %d of the direct pass differs from the general path", dt, scope, budget, k)
+					}
+				}
+			}
+		}
+	}
+}

@@ -38,3 +38,42 @@ func TestExpTanh32x8MatchScalar(t *testing.T) {
 		}
 	}
 }
+
+// TestExpTanh32x16MatchScalar checks the 16-lane twins as
+// TestExpTanh32x8MatchScalar checks the 8-lane ones (on a CPU with
+// AVX-512), with one lane of every group of 16 above the polynomial range
+// and groups on the polynomial only.
+func TestExpTanh32x16MatchScalar(t *testing.T) {
+	if !accelerated || !archsimd.X86.AVX512() {
+		t.Skip("no AVX-512")
+	}
+	xs := expTanhInputs(-math.MaxFloat32, math.MaxFloat32, 1009)
+	xs = append(xs, float32(math.Inf(1)), float32(math.Inf(-1)), float32(math.NaN()),
+		-86, -86.5, 88.72, 88.73, 89, 0.625, -0.625, 0.62499997, 44, 44.5)
+	for len(xs)%16 != 0 {
+		xs = append(xs, 1)
+	}
+	small := expTanhInputs(-0.62499997, 0.62499997, 4099)
+	small = append(small, 0.62499997, -0.62499997, float32(math.Copysign(0, -1)))
+	small = append(small, 0.625) // the last group: one lane on exp
+	for len(small)%16 != 0 {
+		small = append([]float32{0.5}, small...)
+	}
+	xs = append(xs, small...)
+	k := NewExpConsts16()
+	ge, gt := make([]float32, len(xs)), make([]float32, len(xs))
+	for j := 0; j < len(xs); j += 16 {
+		x := archsimd.LoadFloat32x16Slice(xs[j:])
+		Exp32x16(x, k).StoreSlice(ge[j:])
+		Tanh32x16(x, k).StoreSlice(gt[j:])
+	}
+	archsimd.ClearAVXUpperBits()
+	for j, x := range xs {
+		if w := Exp32(x); math.Float32bits(ge[j]) != math.Float32bits(w) {
+			t.Fatalf("Exp32x16 lane %g = %g, Exp32 %g", x, ge[j], w)
+		}
+		if w := Tanh32(x); math.Float32bits(gt[j]) != math.Float32bits(w) {
+			t.Fatalf("Tanh32x16 lane %g = %g, Tanh32 %g", x, gt[j], w)
+		}
+	}
+}

@@ -1,0 +1,165 @@
+//go:build goexperiment.simd && amd64
+
+package merge
+
+import (
+	"simd/archsimd"
+	"sync"
+
+	"github.com/npsfuse/npsfuse/gocore/vec"
+)
+
+// PCB's per-entry loops with 16-lane vectors (AVX-512), bit for bit the
+// plain-Go twins pcbBetaKeysGo and pcbMergeGo, as the 8-lane kernels of
+// pcb_amd64.go are: the same float32 operations in the same order per
+// lane, with vec.Exp32x16 and vec.Tanh32x16. On a CPU whose AVX-512 units
+// are as wide as their registers (AMD Zen 5, Intel server cores) a 16-lane
+// instruction does the work of two 8-lane ones: the β kernel's exp is
+// compute-bound.
+
+// pcbVector512 selects the 16-lane kernels (a variable for the tests,
+// which turn it off to check the 8-lane ones too).
+var pcbVector512 = vec.Accelerated() && archsimd.X86.AVX512()
+
+// pcbLanes16 are one model's broadcast statistics on 16 lanes.
+type pcbLanes16 struct {
+	lo, hi, span, cut, bspan, w archsimd.Float32x16
+	clip, score                 bool // hi > lo; bmax > cut
+}
+
+// pcbLanes16For returns room for the models' statistics (buf when it is
+// large enough) with the flags set, before any vector instruction.
+func pcbLanes16For(buf []pcbLanes16, cuts []pcbCut) []pcbLanes16 {
+	if len(buf) < len(cuts) {
+		buf = make([]pcbLanes16, len(cuts))
+	}
+	buf = buf[:len(cuts)]
+	for m := range cuts {
+		buf[m].clip = cuts[m].hi > cuts[m].lo
+		buf[m].score = cuts[m].bmax > cuts[m].cut
+	}
+	return buf
+}
+
+// pcbBroadcast16 fills ls's vectors (see pcbBroadcast) and returns with
+// the upper halves clean.
+func pcbBroadcast16(ls []pcbLanes16, cuts []pcbCut, w []float32) {
+	for m := range ls {
+		l, c := &ls[m], &cuts[m]
+		l.lo = archsimd.BroadcastFloat32x16(c.lo)
+		l.hi = archsimd.BroadcastFloat32x16(c.hi)
+		l.span = l.hi.Sub(l.lo)
+		l.cut = archsimd.BroadcastFloat32x16(c.cut)
+		l.bspan = archsimd.BroadcastFloat32x16(c.bmax).Sub(l.cut)
+		if w != nil {
+			l.w = archsimd.BroadcastFloat32x16(w[m])
+		}
+	}
+	archsimd.ClearAVXUpperBits()
+}
+
+// pcbExpConsts16 are the constants of vec.Exp32x16 and vec.Tanh32x16.
+var pcbExpConsts16 = sync.OnceValue(vec.NewExpConsts16)
+
+// pcbKeyX16 is orderKey on 16 lanes: ^b for negative b, b | sign bit
+// otherwise (a blend under the sign compare's mask).
+func pcbKeyX16(b archsimd.Float32x16, zero archsimd.Int32x16, sign, ones archsimd.Uint32x16) archsimd.Uint32x16 {
+	bi := b.AsInt32x16()
+	bu := bi.AsUint32x16()
+	return bu.Xor(ones).Merge(bu.Or(sign), bi.Less(zero))
+}
+
+// pcbFromKeyX16 is fromOrderKey on 16 lanes: k &^ sign bit when k's top
+// bit is set, ^k otherwise.
+func pcbFromKeyX16(k archsimd.Uint32x16, zero archsimd.Int32x16, sign, ones archsimd.Uint32x16) archsimd.Float32x16 {
+	return k.Xor(sign).Merge(k.Xor(ones), k.AsInt32x16().Less(zero)).AsFloat32x16()
+}
+
+// pcbClipX16 is pcbClip on 16 lanes.
+func pcbClipX16(x archsimd.Float32x16, l *pcbLanes16, abs archsimd.Uint32x16) archsimd.Float32x16 {
+	v := x.AsUint32x16().And(abs).AsFloat32x16()
+	v = v.Merge(l.lo, v.Greater(l.lo))
+	return v.Merge(l.hi, v.Less(l.hi))
+}
+
+func pcbBetaKeysX16(dst [][]uint32, base []float32, xs [][]float32, cuts []pcbCut, T, n int) {
+	var buf [8]pcbLanes16
+	ls := pcbLanes16For(buf[:], cuts)
+	tf := float32(T)
+	pcbBroadcast16(ls, cuts, nil)
+	k := pcbExpConsts16()
+	tv := archsimd.BroadcastFloat32x16(tf)
+	abs := archsimd.BroadcastUint32x16(1<<31 - 1)
+	sign := archsimd.BroadcastUint32x16(1 << 31)
+	ones := archsimd.BroadcastUint32x16(^uint32(0))
+	var zi archsimd.Int32x16
+	var zf archsimd.Float32x16
+	sub := base != nil
+	var b archsimd.Float32x16
+	for j := 0; j < n; j += 16 {
+		if sub {
+			b = archsimd.LoadFloat32x16Slice(base[j:])
+		}
+		s := zf
+		for _, xm := range xs {
+			x := archsimd.LoadFloat32x16Slice(xm[j:])
+			if sub {
+				x = x.Sub(b)
+			}
+			s = s.Add(x)
+		}
+		for m, xm := range xs {
+			l := &ls[m]
+			x := archsimd.LoadFloat32x16Slice(xm[j:])
+			if sub {
+				x = x.Sub(b)
+			}
+			nx := zf
+			if l.clip {
+				nx = pcbClipX16(x, l, abs).Sub(l.lo).Div(l.span)
+			}
+			intra := vec.Exp32x16(tv.Mul(nx.Mul(nx)), k)
+			inter := vec.Tanh32x16(x.Mul(s), k)
+			pcbKeyX16(intra.Mul(inter), zi, sign, ones).StoreSlice(dst[m][j:])
+		}
+	}
+	archsimd.ClearAVXUpperBits()
+}
+
+func pcbMergeX16(out, base []float32, xs [][]float32, sub bool, keys [][]uint32, off int, cuts []pcbCut, w []float32, lam float32, n int) {
+	var buf [8]pcbLanes16
+	ls := pcbLanes16For(buf[:], cuts)
+	pcbBroadcast16(ls, cuts, w)
+	lv := archsimd.BroadcastFloat32x16(lam)
+	abs := archsimd.BroadcastUint32x16(1<<31 - 1)
+	sign := archsimd.BroadcastUint32x16(1 << 31)
+	ones := archsimd.BroadcastUint32x16(^uint32(0))
+	floor := archsimd.BroadcastFloat32x16(1e-12)
+	var zi archsimd.Int32x16
+	var zf archsimd.Float32x16
+	for j := 0; j < n; j += 16 {
+		num, den := zf, zf
+		b := archsimd.LoadFloat32x16Slice(base[j:])
+		for m, xm := range xs {
+			l := &ls[m]
+			x := archsimd.LoadFloat32x16Slice(xm[j:])
+			if sub {
+				x = x.Sub(b)
+			}
+			sc := zf
+			if l.score {
+				beta := pcbFromKeyX16(archsimd.LoadUint32x16Slice(keys[m][off+j:]), zi, sign, ones)
+				sc = beta.Merge(l.cut, beta.Greater(l.cut)).Sub(l.cut).Div(l.bspan)
+			}
+			c := pcbClipX16(x, l, abs)
+			// tc = c for x > 0, −c for x < 0, 0 otherwise.
+			tc := c.Merge(zf, x.Greater(zf))
+			tc = c.AsUint32x16().Xor(sign).AsFloat32x16().Merge(tc, x.Less(zf))
+			num = num.Add(l.w.Mul(sc.Mul(tc)))
+			den = den.Add(sc)
+		}
+		d := den.Merge(floor, den.Greater(floor))
+		b.Add(lv.Mul(num.Div(d))).StoreSlice(out[j:])
+	}
+	archsimd.ClearAVXUpperBits()
+}
