@@ -538,9 +538,11 @@ func (e *engine) mergeChunk(ch chunkRef, ws *workspace) error {
 	if e.fused != nil && !generalOnly {
 		return e.mergeFused(e.fused, ch, ws)
 	}
-	if cm, ok := e.method.Sparsify.(chunkMerger); ok && !generalOnly {
-		if done, err := cm.mergeChunk(e, ch, ws); done {
-			return err
+	for _, c := range [2]any{e.method.Sparsify, e.method.Combine} {
+		if cm, ok := c.(chunkMerger); ok && !generalOnly {
+			if done, err := cm.mergeChunk(e, ch, ws); done {
+				return err
+			}
 		}
 	}
 	u, _ := e.unitChunk(ch)
@@ -566,9 +568,10 @@ func (e *engine) mergeChunk(ch chunkRef, ws *workspace) error {
 	return nil
 }
 
-// chunkMerger is a Sparsifier with a merge pass of its own (DELLA's,
-// della_merge.go): mergeChunk merges chunk ch, or reports false, having
-// done nothing, to leave it to the general path.
+// chunkMerger is a Sparsifier or Combiner with a merge pass of its own
+// (DELLA's, della_merge.go; NeuroMerging's, neuro_merge.go): mergeChunk
+// merges chunk ch, or reports false, having done nothing, to leave it to
+// the general path.
 type chunkMerger interface {
 	mergeChunk(e *engine, ch chunkRef, ws *workspace) (bool, error)
 }

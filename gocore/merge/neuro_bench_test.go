@@ -32,3 +32,21 @@ func BenchmarkNeuro4096(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkNeuroCPU runs neuro on BenchmarkMerge's data (its defaults, λ =
+// 1) and reports, beside ns/op, the process's CPU time per merge
+// (cpu-ms/op, as BenchmarkDellaCPU): steadier than the wall time on a
+// shared machine.
+func BenchmarkNeuroCPU(b *testing.B) {
+	all := benchTensorsFor()
+	p := testParams("neuro")
+	p.Density, p.Lambda, p.Seed = 0.2, 1, 1
+	b.SetBytes(benchBytes("neuro", len(all[0].Models)))
+	start := cpuTime()
+	for b.Loop() {
+		if err := Run("neuro", p, all); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(cpuTime()-start)/1e6/float64(b.N), "cpu-ms/op")
+}

@@ -3,6 +3,8 @@ package merge
 import (
 	"fmt"
 	"math"
+	"slices"
+	"sync"
 
 	"github.com/npsfuse/npsfuse/gocore/vec"
 )
@@ -49,6 +51,11 @@ func (e *engine) countChunkSums(ch chunkRef, ws *workspace, base []float32, wins
 	var wait *pending
 	var slot pending
 	cur := 0
+	cbuf, _ := candScratch.Get().(*[]uint32)
+	if cbuf == nil {
+		cbuf = new([]uint32)
+	}
+	defer candScratch.Put(cbuf)
 	finish := func(p *pending, total, sumAbove float64) {
 		p.c.sumAbove = sumAbove
 		if p.total != nil {
@@ -64,11 +71,15 @@ func (e *engine) countChunkSums(ch chunkRef, ws *workspace, base []float32, wins
 			}
 			c := &cc.win[w]
 			st := &sets[cur]
-			above, k, cands, ok := countSums(x, base, win.lo, win.hi, c.cands, st.mags, st.abv)
+			above, k, cands, ok := countSums(x, base, win.lo, win.hi, (*cbuf)[:0], st.mags, st.abv)
+			*cbuf = cands[:0] // grown once, reused by the next windows and chunks
 			if !ok {
 				return e.nonFinite(ch, fmt.Sprintf("model %d", m), x)
 			}
-			c.above, c.cands = above, cands
+			c.above = above
+			if len(cands) > 0 {
+				c.cands = slices.Clone(cands) // one allocation of the final size
+			}
 			p := pending{set: cur, k: k, c: c}
 			if !checked {
 				p.total, checked = &cc.sumAll[m], true
@@ -101,6 +112,11 @@ func (e *engine) countChunkSums(ch chunkRef, ws *workspace, base []float32, wins
 	}
 	return nil
 }
+
+// candScratch holds *[]uint32 buffers the counting pass appends a window's
+// candidates to before copying them out at their final size (appending to
+// a nil slice reallocated it about ten times per chunk and window).
+var candScratch sync.Pool
 
 // countSums sets mags[j] = |x[j] − b[j]| (float32) for j < len(x), packs
 // the magnitudes whose bits exceed hi into abv in index order and returns

@@ -39,6 +39,9 @@ func countSumsVec(x, b []float32, lo, hi uint32, cands []uint32, mags, abv []flo
 	if !vec.Accelerated() || lo > hi || lo > 0x7fffffff {
 		return countSumsGo(x, b, lo, hi, cands, mags, abv)
 	}
+	if countSums512 && len(x) >= 16 {
+		return countSumsVec512(x, b, lo, hi, cands, mags, abv)
+	}
 	hiC := min(hi, 0x7fffffff)
 	n := len(x) &^ 7
 	lv := archsimd.BroadcastInt32x8(int32(lo))
@@ -72,6 +75,53 @@ func countSumsVec(x, b []float32, lo, hi uint32, cands []uint32, mags, abv []flo
 	} else {
 		archsimd.ClearAVXUpperBits()
 	}
+	if n == len(x) {
+		return int64(k), k, cands, fin
+	}
+	_, kt, cands, ok := countSumsGo(x[n:], b[n:], lo, hi, cands, mags[n:], abv[k:])
+	k += kt
+	return int64(k), k, cands, fin && ok
+}
+
+// countSums512: countSumsVec512's compresses and 16-lane masks need
+// AVX-512.
+var countSums512 = vec.Accelerated() && archsimd.X86.AVX512()
+
+// countSumsVec512 is countSumsVec with 16 lanes (AVX-512) and without
+// branches on the data: the magnitudes above hi and the candidates are
+// packed by VPCOMPRESSD in lane (index) order, each group stored whole at
+// the end of its list (the next group writes over the unused lanes), and
+// the finiteness test is the largest |x| bit pattern below +Inf's. The
+// candidates' list is grown once beforehand to hold every entry.
+func countSumsVec512(x, b []float32, lo, hi uint32, cands []uint32, mags, abv []float32) (int64, int, []uint32, bool) {
+	n := len(x) &^ 15
+	c0 := len(cands)
+	if cap(cands)-c0 < n {
+		cands = append(make([]uint32, 0, c0+len(x)+16), cands...)
+	}
+	cs := cands[c0 : c0+n : c0+n]
+	hiC := min(hi, 0x7fffffff)
+	lv := archsimd.BroadcastInt32x16(int32(lo))
+	hv := archsimd.BroadcastInt32x16(int32(hiC))
+	abs := archsimd.BroadcastInt32x16(0x7fffffff)
+	var top archsimd.Int32x16 // the largest |x| bits
+	k, kc := 0, 0
+	for j := 0; j < n; j += 16 {
+		xv := archsimd.LoadFloat32x16Slice(x[j:])
+		top = top.Max(xv.AsInt32x16().And(abs))
+		a := xv.Sub(archsimd.LoadFloat32x16Slice(b[j:])).AsInt32x16().And(abs)
+		a.AsFloat32x16().StoreSlice(mags[j:])
+		gt := a.Greater(hv)
+		// k ≤ j and kc ≤ j: a whole group fits.
+		a.Compress(gt).AsFloat32x16().StoreSlice(abv[k:])
+		k += bits.OnesCount16(gt.ToBits())
+		in := a.GreaterEqual(lv).And(a.LessEqual(hv))
+		a.AsUint32x16().Compress(in).StoreSlice(cs[kc:])
+		kc += bits.OnesCount16(in.ToBits())
+	}
+	fin := top.Greater(archsimd.BroadcastInt32x16(0x7f7fffff)).ToBits() == 0
+	archsimd.ClearAVXUpperBits()
+	cands = cands[:c0+kc]
 	if n == len(x) {
 		return int64(k), k, cands, fin
 	}

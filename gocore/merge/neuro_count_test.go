@@ -36,6 +36,15 @@ func oldCountSums(x, b []float32, lo, hi uint32) (above int64, total, sumAbove f
 // windows around the median, whole-range, count-only and empty ones,
 // lengths around the vector width, and non-finite inputs.
 func TestCountSums(t *testing.T) {
+	// The 16-lane loop where the CPU has AVX-512, and the 8-lane one.
+	defer func(v bool) { countSums512 = v }(countSums512)
+	for _, wide := range []bool{countSums512, false} {
+		countSums512 = wide
+		testCountSums(t)
+	}
+}
+
+func testCountSums(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 5))
 	for _, n := range []int{0, 1, 7, 8, 9, 15, 16, 17, 100, 1023, 4096 + 5, 50001} {
 		b := make([]float32, n)
