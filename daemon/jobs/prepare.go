@@ -425,13 +425,42 @@ type prepareError struct {
 // returns the prepared config. Python's errors keep their kind (invalid
 // input, not found, ...); a crash is internal, with the end of its stderr.
 func (e *Env) runPrepare(ctx context.Context, cfg map[string]any, scratch, cache string) (map[string]any, error) {
-	in, err := json.Marshal(cfg)
-	if err != nil {
-		return nil, invalid("config: %v", err)
+	var answer struct {
+		Config map[string]any `json:"config"`
 	}
-	cmd := exec.CommandContext(ctx, e.Python, "-m", "npsfuse._prepare", scratch)
+	if err := e.runPython(ctx, pythonCall{module: "npsfuse._prepare", doing: "preparing the config", errPrefix: "config: "},
+		cfg, scratch, cache, &answer); err != nil {
+		return nil, err
+	}
+	if answer.Config == nil {
+		return nil, fault.Errorf(fault.Internal, "preparing the config in Python (%s -m npsfuse._prepare): an answer without the config", e.Python)
+	}
+	return answer.Config, nil
+}
+
+// pythonCall names one of the daemon's Python commands.
+type pythonCall struct {
+	module    string         // "npsfuse._prepare"
+	doing     string         // "preparing the config", for messages
+	errPrefix string         // prefixed to Python's own error messages
+	progress  func(p string) // called with each progress message (nil: ignored)
+}
+
+// runPython runs `Env.Python -m MODULE scratch` (npsfuse._prepare.answer's
+// protocol): in as JSON on stdin; on stdout, progress lines
+// {"progress": {"message": ...}} handed to call.progress, then the answer,
+// decoded into out, or {"error": {"kind", "message"}}, returned with its
+// kind. A crash is internal, with the end of Python's stderr. Python runs
+// in scratch, in its own process group (killed as a whole when ctx ends),
+// and dies with the daemon.
+func (e *Env) runPython(ctx context.Context, call pythonCall, in any, scratch, cache string, out any) error {
+	input, err := json.Marshal(in)
+	if err != nil {
+		return invalid("%s: %v", call.module, err)
+	}
+	cmd := exec.CommandContext(ctx, e.Python, "-m", call.module, scratch)
 	cmd.Dir = scratch
-	cmd.Stdin = bytes.NewReader(in)
+	cmd.Stdin = bytes.NewReader(input)
 	// The daemon's environment, less its own settings (NPSFUSE_TOKENS is a
 	// secret Python has no use for).
 	for _, kv := range os.Environ() {
@@ -442,14 +471,14 @@ func (e *Env) runPrepare(ctx context.Context, cfg map[string]any, scratch, cache
 	if cache != "" {
 		cmd.Env = append(cmd.Env, "HF_HUB_CACHE="+cache)
 	}
-	var out bytes.Buffer
+	lines := &answerLines{progress: call.progress}
 	errTail := &tailBuffer{max: 4096}
-	cmd.Stdout, cmd.Stderr = &out, errTail
+	cmd.Stdout, cmd.Stderr = lines, errTail
 	// Its own process group, killed as a whole on cancel: nothing Python
 	// started outlives the job. If the daemon dies (kill -9), the kernel
 	// kills Python too (Pdeathsig: when the thread that started it ends,
 	// so this goroutine keeps its thread until Python has exited); the
-	// next start removes the scratch folder and the retry prepares anew.
+	// next start removes the scratch folder and the retry starts anew.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 5 * time.Second
@@ -457,14 +486,14 @@ func (e *Env) runPrepare(ctx context.Context, cfg map[string]any, scratch, cache
 	runErr := cmd.Run()
 	runtime.UnlockOSThread()
 	if c := context.Cause(ctx); c != nil {
-		return nil, fmt.Errorf("stopped while preparing the config in Python: %w", c)
+		return fmt.Errorf("stopped while %s in Python: %w", call.doing, c)
 	}
-	line := lastLine(out.Bytes())
+	line := lines.answer()
 	var answer struct {
-		Config map[string]any `json:"config"`
-		Error  *prepareError  `json:"error"`
+		Error *prepareError `json:"error"`
 	}
-	if len(line) == 0 || json.Unmarshal(line, &answer) != nil || (answer.Config == nil && answer.Error == nil) {
+	var rest map[string]json.RawMessage
+	if len(line) == 0 || json.Unmarshal(line, &answer) != nil || json.Unmarshal(line, &rest) != nil || len(rest) == 0 {
 		var ee *exec.ExitError
 		what := "no answer"
 		if errors.As(runErr, &ee) {
@@ -472,28 +501,74 @@ func (e *Env) runPrepare(ctx context.Context, cfg map[string]any, scratch, cache
 		} else if runErr != nil {
 			what = runErr.Error()
 		}
-		return nil, fault.Errorf(fault.Internal, "preparing the config in Python (%s -m npsfuse._prepare): %s; stderr: %s", e.Python, what, strings.TrimSpace(errTail.String()))
+		return fault.Errorf(fault.Internal, "%s in Python (%s -m %s): %s; stderr: %s", call.doing, e.Python, call.module, what, strings.TrimSpace(errTail.String()))
 	}
 	if answer.Error != nil {
 		k, ok := fault.ParseKind(answer.Error.Kind)
 		if !ok {
 			k = fault.Internal
 		}
-		return nil, fault.Errorf(k, "config: %s", answer.Error.Message)
+		return fault.Errorf(k, "%s%s", call.errPrefix, answer.Error.Message)
 	}
 	if runErr != nil {
-		return nil, fault.Errorf(fault.Internal, "preparing the config in Python: %v; stderr: %s", runErr, strings.TrimSpace(errTail.String()))
+		return fault.Errorf(fault.Internal, "%s in Python: %v; stderr: %s", call.doing, runErr, strings.TrimSpace(errTail.String()))
 	}
-	return answer.Config, nil
+	if err := json.Unmarshal(line, out); err != nil {
+		return fault.Errorf(fault.Internal, "%s in Python (%s -m %s): a malformed answer: %v", call.doing, e.Python, call.module, err)
+	}
+	return nil
 }
 
-// lastLine is the last non-empty line of b.
-func lastLine(b []byte) []byte {
-	b = bytes.TrimRight(b, "\r\n\t ")
-	if i := bytes.LastIndexByte(b, '\n'); i >= 0 {
-		b = b[i+1:]
+// answerLines is a Python command's stdout: progress lines are handed on
+// as they come, the last other line is kept (the answer).
+type answerLines struct {
+	progress func(string)
+	partial  []byte // an unfinished line
+	last     []byte // the last complete line that is no progress line
+}
+
+func (a *answerLines) Write(p []byte) (int, error) {
+	a.partial = append(a.partial, p...)
+	for {
+		i := bytes.IndexByte(a.partial, '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		a.line(a.partial[:i])
+		a.partial = a.partial[i+1:]
 	}
-	return b
+}
+
+// line takes one complete line.
+func (a *answerLines) line(l []byte) {
+	l = bytes.TrimSpace(l)
+	if len(l) == 0 {
+		return
+	}
+	if bytes.HasPrefix(l, []byte(`{"progress"`)) {
+		var p struct {
+			Progress *struct {
+				Message string `json:"message"`
+			} `json:"progress"`
+		}
+		if json.Unmarshal(l, &p) == nil && p.Progress != nil {
+			if a.progress != nil {
+				a.progress(p.Progress.Message)
+			}
+			return
+		}
+	}
+	a.last = append(a.last[:0], l...)
+}
+
+// answer is the last line that is no progress line (an unfinished last
+// line counts).
+func (a *answerLines) answer() []byte {
+	if l := bytes.TrimSpace(a.partial); len(l) > 0 {
+		a.line(l)
+		a.partial = nil
+	}
+	return a.last
 }
 
 // tailBuffer keeps the last max bytes written to it.

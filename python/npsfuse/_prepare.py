@@ -17,7 +17,8 @@ only:
 :func:`prepare` is the one implementation. ``merge_checkpoints`` calls it
 with a scratch folder beside ``out_dir``; the daemon (``daemon/jobs/merge.go``)
 runs ``python -m npsfuse._prepare SCRATCH`` with the config as JSON on stdin,
-and reads one JSON line on stdout: ``{"config": PREPARED}``, or on failure
+and reads one JSON line on stdout (:func:`answer`, the protocol of the
+daemon's Python commands): ``{"config": PREPARED}``, or on failure
 (exit status 1) ``{"error": {"kind": KIND, "message": TEXT}}`` where KIND is
 ``invalid_input``, ``not_found``, ``permission``, ``failed_precondition``
 (an optional dependency missing) or ``internal``. Everything created lies
@@ -29,7 +30,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 
@@ -100,6 +101,8 @@ def error_kind(exc: BaseException) -> str:
         return "failed_precondition"
     if isinstance(exc, FileNotFoundError):
         return "not_found"
+    if isinstance(exc, FileExistsError):
+        return "already_exists"
     if isinstance(exc, PermissionError):
         return "permission"
     if isinstance(exc, (ValueError, TypeError, KeyError, IsADirectoryError, NotADirectoryError)):
@@ -107,23 +110,33 @@ def error_kind(exc: BaseException) -> str:
     return "internal"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m npsfuse._prepare SCRATCH``: the config as JSON on stdin,
-    one JSON line on stdout (see the module's docstring); 0 on success, 1
-    on a failure of preparation, 2 on a bad invocation."""
-    args = sys.argv[1:] if argv is None else argv
+def answer(
+    args: list[str],
+    usage: str,
+    run: Callable[[Any, str, Callable[[str], None]], dict[str, Any]],
+) -> int:
+    """The daemon's protocol with its Python commands (``npsfuse._prepare``,
+    ``npsfuse._mergekit_job``): ``args`` is ``[SCRATCH]``, the request is JSON
+    on stdin, and ``run(request, scratch, progress)`` returns the answer
+    (one JSON line on stdout); ``progress(message)`` writes a line
+    ``{"progress": {"message": ...}}`` before it. A failure is the line
+    ``{"error": {"kind": KIND, "message": TEXT}}`` (:func:`error_kind`).
+    Whatever a library prints goes to stderr. Returns the exit status: 0,
+    1 on a failure, 2 on a bad invocation."""
     out = sys.stdout
     if len(args) != 1:
-        print("usage: python -m npsfuse._prepare SCRATCH_DIR < config.json", file=sys.stderr)
+        print(usage, file=sys.stderr)
         return 2
+
+    def progress(message: str) -> None:
+        out.write(json.dumps({"progress": {"message": message}}) + "\n")
+        out.flush()
+
     try:
-        config = json.load(sys.stdin)
-        if not isinstance(config, dict):
-            raise ValueError("the config must be a mapping: merge_method, base_model, models")
-        # Whatever a library prints goes to stderr: stdout is the answer.
+        request = json.load(sys.stdin)
         sys.stdout = sys.stderr
         try:
-            prepared = prepare(config, args[0])
+            result = run(request, args[0], progress)
         finally:
             sys.stdout = out
     except Exception as exc:  # noqa: BLE001 - every failure is reported as one line
@@ -136,9 +149,26 @@ def main(argv: list[str] | None = None) -> int:
         out.write(json.dumps({"error": {"kind": kind, "message": msg}}) + "\n")
         out.flush()
         return 1
-    out.write(json.dumps({"config": prepared}) + "\n")
+    out.write(json.dumps(result) + "\n")
     out.flush()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m npsfuse._prepare SCRATCH``: the config as JSON on stdin,
+    one JSON line on stdout (see the module's docstring); 0 on success, 1
+    on a failure of preparation, 2 on a bad invocation."""
+
+    def run(config: Any, scratch: str, progress: Callable[[str], None]) -> dict[str, Any]:
+        if not isinstance(config, dict):
+            raise ValueError("the config must be a mapping: merge_method, base_model, models")
+        return {"config": prepare(config, scratch)}
+
+    return answer(
+        sys.argv[1:] if argv is None else argv,
+        "usage: python -m npsfuse._prepare SCRATCH_DIR < config.json",
+        run,
+    )
 
 
 if __name__ == "__main__":
