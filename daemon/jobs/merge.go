@@ -67,6 +67,18 @@ type mergeSpec struct {
 	Force        bool           `json:"force,omitempty"`
 	Result       resultSpec     `json:"result,omitempty"`
 	Cleanup      []string       `json:"cleanup,omitempty"`
+
+	// mergekit-multi (mergekit.go): the documents of a multi-document
+	// file, each a merge config with a name but the final one (instead of
+	// Config); the named merges go to IntermediateDir/NAME, skipped there
+	// when they exist unless Lazy is false.
+	Configs         []map[string]any `json:"configs,omitempty"`
+	IntermediateDir string           `json:"intermediate_dir,omitempty"`
+	Lazy            *bool            `json:"lazy,omitempty"`
+	// mergekit-moe (a Config with experts:): npsfuse moe's options.
+	Seed          *int64 `json:"seed,omitempty"`
+	AllowAllSame  bool   `json:"allow_all_same,omitempty"`
+	CopyTokenizer *bool  `json:"copy_tokenizer,omitempty"`
 }
 
 // decodeStrict decodes a spec by every door's rule (fault.DecodeJSON).
@@ -323,6 +335,14 @@ func checkMerge(e *Env, raw json.RawMessage) (json.RawMessage, error) {
 	if err := decodeStrict(raw, &s); err != nil {
 		return nil, err
 	}
+	if kind, err := mergekitKind(&s); err != nil {
+		return nil, err
+	} else if kind != "" {
+		if err := checkMergekit(e, &s, kind); err != nil {
+			return nil, err
+		}
+		return json.Marshal(s)
+	}
 	if s.Config == nil {
 		return nil, invalid("config is missing (a mergekit-style mapping: merge_method, base_model, models)")
 	}
@@ -384,6 +404,12 @@ func runMerge(rc *runCtx) (any, Session, error) {
 	var s mergeSpec
 	if err := decodeStrict(rc.job.Spec, &s); err != nil {
 		return nil, nil, err
+	}
+	if kind, err := mergekitKind(&s); err != nil {
+		return nil, nil, err
+	} else if kind != "" {
+		res, err := runMergekit(rc, &s, kind)
+		return res, nil, err
 	}
 	if s.Config == nil {
 		return nil, nil, invalid("config is missing (a mergekit-style mapping: merge_method, base_model, models)")

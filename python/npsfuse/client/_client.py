@@ -7,7 +7,6 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from .._vocab import GENERATIONS, deprecated, renamed, take_renamed
@@ -156,7 +155,7 @@ class Client(Transfer):
 
     def submit_merge(
         self,
-        config: Mapping[str, Any] | str | os.PathLike,
+        config: Mapping[str, Any] | Sequence[Mapping[str, Any]] | str | os.PathLike,
         *,
         out_dir: str | os.PathLike | None = None,
         dtype: str | None = None,
@@ -164,6 +163,11 @@ class Client(Transfer):
         shard_size: int | None = None,
         force: bool = False,
         idempotency_key: str | None = None,
+        intermediate_dir: str | os.PathLike | None = None,
+        lazy: bool = True,
+        seed: int | None = None,
+        allow_all_same: bool = False,
+        copy_tokenizer: bool = True,
     ) -> Job:
         """Submit a merge described mergekit-style.
 
@@ -175,42 +179,56 @@ class Client(Transfer):
         With ``out_dir`` (inside the data roots) the daemon writes a checkpoint
         folder and :meth:`Job.result` returns its path; otherwise the result is
         the merged state dict.
-        """
-        if isinstance(config, (str, os.PathLike)):
-            import yaml
 
-            config = yaml.safe_load(Path(config).read_text())
-        if not isinstance(config, Mapping):
-            raise TypeError("config must be a mapping (or a YAML file path)")
+        mergekit's other configs run through the daemon's ``python`` setting,
+        with ``npsfuse moe`` and ``npsfuse multi``'s implementation, and need
+        ``out_dir``: a mergekit-moe config (``experts:``; ``seed``,
+        ``allow_all_same`` and ``copy_tokenizer`` as :func:`npsfuse.moe`'s),
+        and mergekit-multi's named documents, given as a list of configs (or
+        a YAML file of several documents): a model reference that names
+        another document means its output, written to
+        ``intermediate_dir/NAME`` (kept; ``lazy``: an existing one is not
+        redone), or without ``intermediate_dir`` to the job's scratch folder;
+        ``out_dir`` receives the unnamed (final) merge.
+        """
+        from . import _mergekit
+
+        config = _mergekit.load(config)
+        extra = {"intermediate_dir": intermediate_dir is not None, "lazy": lazy is not True}
+        moe_only = {"seed": seed is not None, "allow_all_same": allow_all_same,
+                    "copy_tokenizer": copy_tokenizer is not True}
+        if isinstance(config, list) or _mergekit.is_moe(config):
+            if isinstance(config, list):
+                spec: dict[str, Any] = {"configs": _mergekit.multi_configs(config)}
+                if intermediate_dir is not None:
+                    spec["intermediate_dir"] = os.path.abspath(os.fspath(intermediate_dir))
+                if not lazy:
+                    spec["lazy"] = False
+                extra = moe_only
+            else:
+                spec = {"config": _mergekit.moe_config(config)}
+                if seed is not None:
+                    spec["seed"] = int(seed)
+                if allow_all_same:
+                    spec["allow_all_same"] = True
+                if not copy_tokenizer:
+                    spec["copy_tokenizer"] = False
+            if any(extra.values()):
+                raise TypeError(f"{', '.join(k for k, v in extra.items() if v)}: not an option "
+                                "of this kind of config")
+            if out_dir is not None:
+                spec["out_dir"] = os.path.abspath(os.fspath(out_dir))
+            for k, v in (("shard_size", int(shard_size or 0)), ("force", force),
+                         ("dtype", dtype), ("allow_missing", allow_missing)):
+                if v:
+                    spec[k] = v
+            return self.submit("merge", spec, idempotency_key=idempotency_key)
+        if any(extra.values()) or any(moe_only.values()):
+            raise TypeError("intermediate_dir, lazy, seed, allow_all_same and copy_tokenizer "
+                            "apply to mergekit-multi and mergekit-moe configs only")
 
         def build(ref: Ref) -> dict[str, Any]:
-            cfg = dict(config)
-            if cfg.get("base_model") is not None:
-                cfg["base_model"] = ref(cfg["base_model"], "base_model")
-            models = []
-            for i, m in enumerate(cfg.get("models") or []):
-                m = dict(m) if isinstance(m, Mapping) and "model" in m else {"model": m}
-                m["model"] = ref(m["model"], f"models[{i}].model")
-                models.append(m)
-            if "slices" not in cfg:
-                cfg["models"] = models
-            slices = []
-            for i, sl in enumerate(cfg.get("slices") or []):
-                sl = dict(sl) if isinstance(sl, Mapping) else sl
-                if isinstance(sl, dict):
-                    if sl.get("base_model") is not None:
-                        sl["base_model"] = ref(sl["base_model"], f"slices[{i}].base_model")
-                    srcs = []
-                    for j, src in enumerate(sl.get("sources") or []):
-                        if isinstance(src, Mapping) and src.get("model") is not None:
-                            where = f"slices[{i}].sources[{j}].model"
-                            src = dict(src, model=ref(src["model"], where))
-                        srcs.append(src)
-                    sl["sources"] = srcs
-                slices.append(sl)
-            if "slices" in cfg:
-                cfg["slices"] = slices
-            spec: dict[str, Any] = {"config": cfg}
+            spec: dict[str, Any] = {"config": _mergekit.with_refs(config, ref)}
             if out_dir is not None:
                 spec["out_dir"] = os.path.abspath(os.fspath(out_dir))
                 if shard_size:
