@@ -1,6 +1,7 @@
 package merge
 
 import (
+	"fmt"
 	"math"
 	"slices"
 	"sync"
@@ -202,24 +203,27 @@ func (e *engine) pcbUnit(un unit, u, workers int) error {
 		}
 	}
 	var targets []keyTarget
+	kcut := make([]int64, T)
 	for m := range T {
 		icut := int64(float64(d) * (1 - e.density(m)))
-		targets = append(targets, keyTarget{m, ascRank(d, icut)}, keyTarget{m, 1})
+		kcut[m] = ascRank(d, icut)
+		targets = append(targets, keyTarget{m, kcut[m]}, keyTarget{m, 1})
 	}
 	size := int64(T) * d * 4
 	keep := size <= keyCacheBytes && e.pcbKeys.reserve(size)
-	keys, kept, err := e.selectKeys(un.chunks, T, targets, keep, buf, workers, func(ch chunkRef, ws *workspace, dst [][]uint32) error {
-		// The first selection checked every input for NaN and ±Inf; τ is
-		// made in the kernel from views of the inputs, not stored.
-		t := &e.tensors[ch.ti]
-		base := e.view(t.Base, ch, ws, ws.base)
-		models := ws.views[:T:T]
-		for m := range models {
-			models[m] = e.view(t.Models[m], ch, ws, ws.models[m])
+	var keys []uint32
+	var kept [][]uint32
+	var err error
+	done := false
+	if d >= pcbBracketMin {
+		keys, buf, done, err = e.pcbBetaBracket(un, cuts, kcut, keep, buf, workers)
+		if done {
+			kept = buf
 		}
-		pcbBetaKeys(dst, base, models, cuts, ch.hi-ch.lo)
-		return nil
-	})
+	}
+	if err == nil && !done {
+		keys, kept, err = e.selectKeys(un.chunks, T, targets, keep, buf, workers, e.pcbBetaSrc(cuts))
+	}
 	if keep {
 		if err != nil || kept == nil {
 			putKeyBuf(kept)
@@ -242,6 +246,24 @@ func (e *engine) pcbUnit(un unit, u, workers int) error {
 		cuts[m].bmax = fromOrderKey(keys[2*m+1])
 	}
 	return nil
+}
+
+// pcbBetaSrc is selectKeys's source of β keys for a unit whose clip
+// bounds are in cuts.
+func (e *engine) pcbBetaSrc(cuts []pcbCut) func(ch chunkRef, ws *workspace, dst [][]uint32) error {
+	T := e.T
+	return func(ch chunkRef, ws *workspace, dst [][]uint32) error {
+		// The first selection checked every input for NaN and ±Inf; τ is
+		// made in the kernel from views of the inputs, not stored.
+		t := &e.tensors[ch.ti]
+		base := e.view(t.Base, ch, ws, ws.base)
+		models := ws.views[:T:T]
+		for m := range models {
+			models[m] = e.view(t.Models[m], ch, ws, ws.models[m])
+		}
+		pcbBetaKeys(dst, base, models, cuts, ch.hi-ch.lo)
+		return nil
+	}
 }
 
 // pcbTailMax bounds the ranks of the clip quantiles that pcbClipTails
@@ -317,15 +339,24 @@ func heapPush(h []uint32, k uint32, r int, before func(a, b uint32) bool) []uint
 	return h
 }
 
-// pcbTailsScanGo offers |τ[j]| for lo ≤ j < hi to t: the plain-Go twin of
-// pcbTailsScan.
-func pcbTailsScanGo(tau []float32, t *pcbTails, lo, hi int) {
+// pcbFiniteKey is the smallest |τ| key of a NaN or ±Inf.
+const pcbFiniteKey = 0x7f800000
+
+// pcbTailsScanSubGo offers |x[j] − base[j]| for lo ≤ j < hi to t, or
+// reports false at the first non-finite x[j] (base is finite): the
+// plain-Go twin of pcbTailsScanSub. A τ whose key is that of a NaN or
+// ±Inf is looked at (x checked) whether or not it enters a heap.
+func pcbTailsScanSubGo(x, base []float32, t *pcbTails, lo, hi int) bool {
 	for j := lo; j < hi; j++ {
-		k := topk.AbsBits(tau[j])
+		k := topk.AbsBits(x[j] - base[j])
+		if k >= pcbFiniteKey && math.Float32bits(x[j])&0x7fffffff >= pcbFiniteKey {
+			return false
+		}
 		if tLo, tHi := t.thresholds(); int32(k) < tLo || int32(k) > tHi {
 			t.add(k)
 		}
 	}
+	return true
 }
 
 // pcbClipTails finds every model's clip bounds over unit un in one pass
@@ -350,13 +381,20 @@ func (e *engine) pcbClipTails(un unit, cuts []pcbCut, rLo, rHi, workers int) err
 		ch := un.chunks[c]
 		ws := e.workspace()
 		defer e.scratch.Put(ws)
-		_, _, taus, err := e.loadAll(ch, ws)
+		// τ = model − base in the kernel; a model's NaN or ±Inf makes
+		// τ's key exceed every finite one, which the kernel checks.
+		t := &e.tensors[ch.ti]
+		base, err := e.loadBase(ch, ws)
 		if err != nil {
 			fail.set(ch.gc, err)
 			return
 		}
-		for m, tau := range taus {
-			pcbTailsScan(tau, &tails[w][m])
+		for m := range T {
+			x := e.view(t.Models[m], ch, ws, ws.models[m])
+			if !pcbTailsScanSub(x, base, &tails[w][m]) {
+				fail.set(ch.gc, e.nonFinite(ch, fmt.Sprintf("model %d", m), x))
+				return
+			}
 		}
 	})
 	if fail.err != nil {

@@ -3,7 +3,9 @@
 package merge
 
 import (
+	"math/bits"
 	"simd/archsimd"
+	"slices"
 	"sync"
 
 	"github.com/npsfuse/npsfuse/gocore/vec"
@@ -82,11 +84,42 @@ func pcbClipX16(x archsimd.Float32x16, l *pcbLanes16, abs archsimd.Uint32x16) ar
 	return v.Merge(l.hi, v.Less(l.hi))
 }
 
-func pcbBetaKeysX16(dst [][]uint32, base []float32, xs [][]float32, cuts []pcbCut, T, n int) {
+// pcbBetaKeysX16 is pcbBetaKeysGo on 16 lanes over j < n (a multiple of
+// 16). With st, each model's keys are also counted against its bracket
+// (pcbScanGo's counts, maximum and collected keys, in entry order) while
+// they are in registers: pcbBetaScanGo on 16 lanes, the kept inside keys
+// packed by VPCOMPRESSD into the list's spare room (grown beforehand).
+func pcbBetaKeysX16(dst [][]uint32, base []float32, xs [][]float32, cuts []pcbCut, T, n int, st []pcbScanState) {
 	var buf [8]pcbLanes16
 	ls := pcbLanes16For(buf[:], cuts)
 	tf := float32(T)
+	scan := st != nil
+	if scan {
+		for m := range st {
+			if l := st[m].cand; st[m].collect && cap(l)-len(l) < n+16 {
+				// Doubling: a list grows by a few per cent of a chunk.
+				st[m].cand = slices.Grow(l, max(n+16, len(l)))
+			}
+		}
+	}
+	var kbuf [8]pcbKeyLanes
+	var mbuf [8][16]uint32
+	kl, mx := kbuf[:0], mbuf[:0]
+	if scan {
+		kl = pcbKeyLanesFor(kbuf[:], len(st))
+		mx = mbuf[:]
+		if len(st) > len(mbuf) {
+			mx = make([][16]uint32, len(st))
+		}
+	}
 	pcbBroadcast16(ls, cuts, nil)
+	if scan {
+		for m := range kl {
+			kl[m].lo = archsimd.BroadcastUint32x16(st[m].lo)
+			kl[m].hi = archsimd.BroadcastUint32x16(st[m].hi)
+			kl[m].mx = archsimd.BroadcastUint32x16(st[m].mx)
+		}
+	}
 	k := pcbExpConsts16()
 	tv := archsimd.BroadcastFloat32x16(tf)
 	abs := archsimd.BroadcastUint32x16(1<<31 - 1)
@@ -120,10 +153,48 @@ func pcbBetaKeysX16(dst [][]uint32, base []float32, xs [][]float32, cuts []pcbCu
 			}
 			intra := vec.Exp32x16(tv.Mul(nx.Mul(nx)), k)
 			inter := vec.Tanh32x16(x.Mul(s), k)
-			pcbKeyX16(intra.Mul(inter), zi, sign, ones).StoreSlice(dst[m][j:])
+			key := pcbKeyX16(intra.Mul(inter), zi, sign, ones)
+			key.StoreSlice(dst[m][j:])
+			if scan {
+				q, sm := &kl[m], &st[m]
+				q.mx = q.mx.Max(key)
+				above := key.Greater(q.hi)
+				in := key.GreaterEqual(q.lo).And(key.LessEqual(q.hi))
+				sm.above += int64(bits.OnesCount16(above.ToBits()))
+				c := bits.OnesCount16(in.ToBits())
+				sm.inside += int64(c)
+				if sm.collect {
+					l := sm.cand
+					key.Compress(in).StoreSlice(l[len(l) : len(l)+16])
+					sm.cand = l[:len(l)+c]
+				}
+			}
 		}
 	}
+	for m := range kl {
+		kl[m].mx.Store(&mx[m])
+	}
 	archsimd.ClearAVXUpperBits()
+	for m := range kl {
+		for _, x := range mx[m] {
+			st[m].mx = max(st[m].mx, x)
+		}
+	}
+}
+
+// pcbKeyLanes are one model's bracket (lo, hi) and running maximum on 16
+// lanes.
+type pcbKeyLanes struct {
+	lo, hi, mx archsimd.Uint32x16
+}
+
+// pcbKeyLanesFor returns room for T models' bracket lanes (buf when it is
+// large enough).
+func pcbKeyLanesFor(buf []pcbKeyLanes, T int) []pcbKeyLanes {
+	if len(buf) < T {
+		return make([]pcbKeyLanes, T)
+	}
+	return buf[:T]
 }
 
 func pcbMergeX16(out, base []float32, xs [][]float32, sub bool, keys [][]uint32, off int, cuts []pcbCut, w []float32, lam float32, n int) {
@@ -162,4 +233,33 @@ func pcbMergeX16(out, base []float32, xs [][]float32, sub bool, keys [][]uint32,
 		b.Add(lv.Mul(num.Div(d))).StoreSlice(out[j:])
 	}
 	archsimd.ClearAVXUpperBits()
+}
+
+// pcbTailsScanSubX16 is pcbTailsScanSub on 16 lanes.
+func pcbTailsScanSubX16(x, base []float32, t *pcbTails) bool {
+	n := len(x) &^ 15
+	var kb [16]uint32
+	tLo, tHi := t.thresholds()
+	abs := archsimd.BroadcastUint32x16(1<<31 - 1)
+	lo, hi := archsimd.BroadcastInt32x16(tLo), archsimd.BroadcastInt32x16(min(tHi, pcbFiniteKey-1))
+	for j := 0; j < n; j += 16 {
+		d := archsimd.LoadFloat32x16Slice(x[j:]).Sub(archsimd.LoadFloat32x16Slice(base[j:]))
+		k := d.AsUint32x16().And(abs).AsInt32x16()
+		m := k.Less(lo).Or(k.Greater(hi)).ToBits()
+		if m == 0 {
+			continue
+		}
+		k.AsUint32x16().Store(&kb)
+		for ; m != 0; m &= m - 1 {
+			l := bits.TrailingZeros16(m)
+			if !pcbTailsOffer(t, kb[l], x, j+l) {
+				archsimd.ClearAVXUpperBits()
+				return false
+			}
+		}
+		tLo, tHi = t.thresholds()
+		lo, hi = archsimd.BroadcastInt32x16(tLo), archsimd.BroadcastInt32x16(min(tHi, pcbFiniteKey-1))
+	}
+	archsimd.ClearAVXUpperBits()
+	return pcbTailsScanSubGo(x, base, t, n, len(x))
 }

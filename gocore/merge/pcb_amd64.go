@@ -29,7 +29,7 @@ func pcbBetaKeys(dst [][]uint32, base []float32, xs [][]float32, cuts []pcbCut, 
 	if pcbVector512 {
 		nv := n &^ 15
 		if nv > 0 {
-			pcbBetaKeysX16(dst, base, xs, cuts, len(xs), nv)
+			pcbBetaKeysX16(dst, base, xs, cuts, len(xs), nv, nil)
 		}
 		pcbBetaKeysGo(dst, base, xs, cuts, nv, n)
 		return
@@ -290,34 +290,124 @@ func pcbAbsKeys(dst [][]uint32, taus [][]float32, n int) {
 	pcbAbsKeysGo(dst, taus, nv, n)
 }
 
-// pcbTailsScan offers every |τ[j]| to t: 8-lane compares of the keys with
-// t's thresholds, and the heaps' integer code for the rare groups with a
-// key that enters (read back from τ's bits as integers, not as floats).
-func pcbTailsScan(tau []float32, t *pcbTails) {
-	if !vec.Accelerated() || len(tau) < 8 {
-		pcbTailsScanGo(tau, t, 0, len(tau))
+// pcbScan counts the keys above hi and those in [lo, hi], appending the
+// latter to cand in order, and returns the largest key (0 for none):
+// pcbScanGo with 8-lane unsigned compares, a running unsigned maximum and
+// the compress of collectBins. Integer code only.
+func pcbScan(keys []uint32, lo, hi uint32, collect bool, cand []uint32) (above, inside int, mx uint32, out []uint32) {
+	if !vec.Accelerated() {
+		return pcbScanGo(keys, lo, hi, collect, cand)
+	}
+	n := len(keys) &^ 7
+	lv, hv := archsimd.BroadcastUint32x8(lo), archsimd.BroadcastUint32x8(hi)
+	var mv archsimd.Uint32x8
+	for j := 0; j < n; j += 8 {
+		x := archsimd.LoadUint32x8Slice(keys[j:])
+		mv = mv.Max(x)
+		ab := x.Greater(hv).ToBits()
+		in := x.GreaterEqual(lv).ToBits() &^ ab
+		above += bits.OnesCount8(ab)
+		if in != 0 {
+			inside += bits.OnesCount8(in)
+			if !collect {
+				continue
+			}
+			cand = pcbGrow(cand, 8)
+			x.Permute(archsimd.LoadUint32x8(&compressIdx[in])).StoreSlice(cand[len(cand) : len(cand)+8])
+			cand = cand[:len(cand)+bits.OnesCount8(in)]
+		}
+	}
+	var ms [8]uint32
+	mv.Store(&ms)
+	archsimd.ClearAVXUpperBits()
+	for _, x := range ms {
+		mx = max(mx, x)
+	}
+	a, in, m, cand := pcbScanGo(keys[n:], lo, hi, collect, cand)
+	return above + a, inside + in, max(mx, m), cand
+}
+
+// pcbBetaScan writes the β keys of j < n as pcbBetaKeys does and counts
+// each model's keys against its bracket (st[m], as pcbScan does, the
+// inside keys collected when st[m].collect): in the 16-lane kernel while
+// the keys are in registers, else by pcbScan over the written keys.
+func pcbBetaScan(dst [][]uint32, base []float32, xs [][]float32, cuts []pcbCut, n int, st []pcbScanState) {
+	if !pcbVector512 {
+		pcbBetaKeys(dst, base, xs, cuts, n)
+		for m := range st {
+			st[m].scan(dst[m][:n])
+		}
 		return
 	}
-	n := len(tau) &^ 7
-	bits32 := unsafe.Slice((*uint32)(unsafe.Pointer(&tau[0])), len(tau))
+	nv := n &^ 15
+	if nv > 0 {
+		pcbBetaKeysX16(dst, base, xs, cuts, len(xs), nv, st)
+	}
+	pcbBetaKeysGo(dst, base, xs, cuts, nv, n)
+	for m := range st {
+		st[m].scanGo(dst[m][nv:n])
+	}
+}
+
+// pcbGrow makes room for at least n more keys in l (doubling).
+func pcbGrow(l []uint32, n int) []uint32 {
+	if cap(l)-len(l) < n {
+		l = slices.Grow(l, max(n, len(l)))
+	}
+	return l
+}
+
+// pcbTailsScanSub offers every |x[j] − base[j]| to t, or reports false at
+// the first non-finite x[j] (base is finite): pcbTailsScanSubGo with 16-
+// or 8-lane subtractions and compares of the keys with t's thresholds (the
+// upper one lowered to the largest finite key, so that a NaN or ±Inf τ
+// always takes the scalar look), and the heaps' code for the rare groups
+// with such a key (read back from the stored keys as integers).
+func pcbTailsScanSub(x, base []float32, t *pcbTails) bool {
+	if !vec.Accelerated() {
+		return pcbTailsScanSubGo(x, base, t, 0, len(x))
+	}
+	if pcbVector512 {
+		return pcbTailsScanSubX16(x, base, t)
+	}
+	n := len(x) &^ 7
+	var kb [8]uint32
 	tLo, tHi := t.thresholds()
-	abs := archsimd.BroadcastInt32x8(1<<31 - 1)
-	lo, hi := archsimd.BroadcastInt32x8(tLo), archsimd.BroadcastInt32x8(tHi)
+	abs := archsimd.BroadcastUint32x8(1<<31 - 1)
+	lo, hi := archsimd.BroadcastInt32x8(tLo), archsimd.BroadcastInt32x8(min(tHi, pcbFiniteKey-1))
 	for j := 0; j < n; j += 8 {
-		k := archsimd.LoadUint32x8Slice(bits32[j:]).AsInt32x8().And(abs)
+		d := archsimd.LoadFloat32x8Slice(x[j:]).Sub(archsimd.LoadFloat32x8Slice(base[j:]))
+		k := d.AsUint32x8().And(abs).AsInt32x8()
 		m := k.Less(lo).Or(k.Greater(hi)).ToBits()
 		if m == 0 {
 			continue
 		}
+		k.AsUint32x8().Store(&kb)
 		for ; m != 0; m &= m - 1 {
-			x := bits32[j+bits.TrailingZeros8(m)] &^ (1 << 31)
-			if a, b := t.thresholds(); int32(x) < a || int32(x) > b {
-				t.add(x)
+			l := bits.TrailingZeros8(m)
+			if !pcbTailsOffer(t, kb[l], x, j+l) {
+				archsimd.ClearAVXUpperBits()
+				return false
 			}
 		}
 		tLo, tHi = t.thresholds()
-		lo, hi = archsimd.BroadcastInt32x8(tLo), archsimd.BroadcastInt32x8(tHi)
+		lo, hi = archsimd.BroadcastInt32x8(tLo), archsimd.BroadcastInt32x8(min(tHi, pcbFiniteKey-1))
 	}
 	archsimd.ClearAVXUpperBits()
-	pcbTailsScanGo(tau, t, n, len(tau))
+	return pcbTailsScanSubGo(x, base, t, n, len(x))
+}
+
+// pcbTailsOffer is pcbTailsScanSubGo's step for entry j, given its key k:
+// integer code only (x[j]'s bits, not x[j] as a float).
+func pcbTailsOffer(t *pcbTails, k uint32, x []float32, j int) bool {
+	if k >= pcbFiniteKey {
+		xb := *(*uint32)(unsafe.Pointer(&x[j]))
+		if xb&0x7fffffff >= pcbFiniteKey {
+			return false
+		}
+	}
+	if a, b := t.thresholds(); int32(k) < a || int32(k) > b {
+		t.add(k)
+	}
+	return true
 }

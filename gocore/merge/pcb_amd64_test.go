@@ -187,3 +187,102 @@ func TestCollectBinsMatchesScalar(t *testing.T) {
 		}
 	}
 }
+
+// TestPCBBetaScanMatchesScalar checks pcbBetaScan (the 16-lane kernel
+// that counts the keys against the brackets in registers, or the 8-lane
+// keys then pcbScan) against pcbBetaKeysGo then pcbScanGo: the keys, the
+// counts, the maxima and the collected keys in order, with lists that
+// already hold keys, one-key brackets (no collecting), open brackets, and
+// lengths with a tail.
+func TestPCBBetaScanMatchesScalar(t *testing.T) {
+	if !vec.Accelerated() {
+		t.Skip("no AVX2")
+	}
+	defer func(v bool) { pcbVector512 = v }(pcbVector512)
+	widths := []bool{false}
+	if pcbVector512 {
+		widths = append(widths, true)
+	}
+	r := rand.New(rand.NewPCG(45, 46))
+	for _, wide := range widths {
+		pcbVector512 = wide
+		for _, T := range []int{1, 3, 9} {
+			for _, n := range []int{5, 64, 1003} {
+				base := make([]float32, n)
+				models := make([][]float32, T)
+				for j := range base {
+					base[j] = float32(r.NormFloat64())
+				}
+				for m := range models {
+					models[m] = make([]float32, n)
+					for j := range models[m] {
+						models[m][j] = base[j] + float32(r.NormFloat64()*0.01)
+						if r.IntN(6) == 0 {
+							models[m][j] = base[j]
+						}
+					}
+				}
+				cuts := make([]pcbCut, T)
+				for m := range cuts {
+					cuts[m] = pcbCut{lo: 1e-4, hi: 0.03}
+				}
+				want := make([][]uint32, T)
+				for m := range want {
+					want[m] = make([]uint32, n)
+				}
+				pcbBetaKeysGo(want, base, models, cuts, 0, n)
+				st := make([]pcbScanState, T)
+				wst := make([]pcbScanState, T)
+				for m := range st {
+					sorted := slices.Clone(want[m])
+					slices.Sort(sorted)
+					var lo, hi uint32
+					switch m % 3 {
+					case 0: // a bracket around the middle
+						lo, hi = sorted[n/3], sorted[2*n/3]
+					case 1: // one key (τ = 0 gives many equal keys)
+						lo = orderKey(0)
+						hi = lo
+					default: // open
+						lo, hi = 0, ^uint32(0)
+					}
+					st[m] = pcbScanState{lo: lo, hi: hi, collect: lo != hi, mx: 3, cand: []uint32{9}}
+					wst[m] = st[m]
+					wst[m].cand = slices.Clone(st[m].cand)
+					wst[m].scanGo(want[m])
+				}
+				got := make([][]uint32, T)
+				for m := range got {
+					got[m] = make([]uint32, n)
+				}
+				pcbBetaScan(got, base, models, cuts, n, st)
+				for m := range got {
+					if !slices.Equal(got[m], want[m]) {
+						t.Fatalf("wide=%v T=%d n=%d: pcbBetaScan's keys of model %d differ from pcbBetaKeysGo's", wide, T, n, m)
+					}
+					g, w := st[m], wst[m]
+					if g.above != w.above || g.inside != w.inside || g.mx != w.mx || !slices.Equal(g.cand, w.cand) {
+						t.Fatalf("wide=%v T=%d n=%d model %d: counts %d/%d max %x, %d keys; want %d/%d max %x, %d keys",
+							wide, T, n, m, g.above, g.inside, g.mx, len(g.cand), w.above, w.inside, w.mx, len(w.cand))
+					}
+				}
+			}
+		}
+	}
+}
+
+// TestPCBNarrowKernels runs the tests of the kernels that have 8- and
+// 16-lane forms with the 8-lane ones (pcbVector512 off), which an AVX-512
+// CPU would not take otherwise.
+func TestPCBNarrowKernels(t *testing.T) {
+	if !vec.Accelerated() {
+		t.Skip("no AVX2")
+	}
+	defer func(v bool) { pcbVector512 = v }(pcbVector512)
+	pcbVector512 = false
+	t.Run("tails", TestPCBTailsMatchSort)
+	t.Run("nonfinite", TestPCBTailsScanSubNonFinite)
+	t.Run("scan", TestPCBScanAndKthLargest)
+	t.Run("bracket", TestPCBBracketBitForBit)
+	t.Run("direct", TestPCBDirectMatchesGeneralPath)
+}

@@ -22,7 +22,21 @@ func pcbAbsKeys(dst [][]uint32, taus [][]float32, n int) {
 	pcbAbsKeysGo(dst, taus, 0, n)
 }
 
-// pcbTailsScan is pcbTailsScanGo over all of tau in the plain build.
-func pcbTailsScan(tau []float32, t *pcbTails) {
-	pcbTailsScanGo(tau, t, 0, len(tau))
+// pcbScan is pcbScanGo in the plain build.
+func pcbScan(keys []uint32, lo, hi uint32, collect bool, cand []uint32) (above, inside int, mx uint32, out []uint32) {
+	return pcbScanGo(keys, lo, hi, collect, cand)
+}
+
+// pcbBetaScan is pcbBetaKeys followed by every model's pcbScan in the
+// plain build.
+func pcbBetaScan(dst [][]uint32, base []float32, xs [][]float32, cuts []pcbCut, n int, st []pcbScanState) {
+	pcbBetaKeys(dst, base, xs, cuts, n)
+	for m := range st {
+		st[m].scan(dst[m][:n])
+	}
+}
+
+// pcbTailsScanSub is pcbTailsScanSubGo over all of x in the plain build.
+func pcbTailsScanSub(x, base []float32, t *pcbTails) bool {
+	return pcbTailsScanSubGo(x, base, t, 0, len(x))
 }

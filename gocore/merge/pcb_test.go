@@ -197,7 +197,7 @@ func TestPCBSelectionPathsBitForBit(t *testing.T) {
 	}
 }
 
-// TestPCBTailsMatchSort checks pcbTailsScan (vector or plain, whichever
+// TestPCBTailsMatchSort checks pcbTailsScanSub (vector or plain, whichever
 // the build runs) with the heaps of several workers merged as
 // pcbClipTails does: the rLo-th smallest and rHi-th largest |τ| as a sort
 // gives them, for random, sorted (every key enters a heap), reversed and
@@ -234,8 +234,10 @@ func TestPCBTailsMatchSort(t *testing.T) {
 						lo, hi := min(w*piece, n), min((w+1)*piece, n)
 						// Two calls per worker: the heaps carry over.
 						mid := (lo + hi) / 2
-						pcbTailsScan(x[lo:mid], &tails[w])
-						pcbTailsScan(x[mid:hi], &tails[w])
+						zero := make([]float32, n) // τ = x − 0 = x
+						if !pcbTailsScanSub(x[lo:mid], zero, &tails[w]) || !pcbTailsScanSub(x[mid:hi], zero, &tails[w]) {
+							t.Fatalf("%s n=%d: pcbTailsScanSub reports a finite input as not finite", name, n)
+						}
 					}
 					var los, his []uint32
 					for w := range tails {
@@ -282,6 +284,136 @@ func TestPCBDirectMatchesGeneralPath(t *testing.T) {
 					}
 				}
 			}
+		}
+	}
+}
+
+// TestPCBBracketBitForBit checks the bracket path of PCB's β selection
+// (pcbBetaBracket) against selectKeys: the same outputs with brackets
+// that hold the cut, with brackets so narrow that most miss (the
+// fallback), over densities from a handful of entries to all of them,
+// inputs with many equal τ (ties at the cut), both scopes, kept and
+// rescored keys, 1 and 2 workers.
+func TestPCBBracketBitForBit(t *testing.T) {
+	defer func(m int64, s, k float64, b int64) {
+		pcbBracketMin, pcbBracketSigmas, pcbBracketSlack, pcbKeepBytes = m, s, k, b
+	}(pcbBracketMin, pcbBracketSigmas, pcbBracketSlack, pcbKeepBytes)
+	shapes := [][]int{{7}, {50, 100}, {3, 2*parallel.Chunk + 3}}
+	for _, data := range []string{"normal", "ties"} {
+		r := rand.New(rand.NewPCG(41, 42))
+		ts := randomMerge(r, tensor.F32, shapes, 3)
+		if data == "ties" {
+			for _, tt := range ts {
+				for _, mv := range tt.Models {
+					for j := range mv.F32 {
+						switch r.IntN(4) {
+						case 0:
+							mv.F32[j] = tt.Base.F32[j] // τ = 0
+						case 1:
+							mv.F32[j] = tt.Base.F32[j] + 0.5
+						}
+					}
+				}
+			}
+		}
+		for _, density := range []float64{1e-4, 0.3, 0.75, 1} {
+			for _, scope := range []Scope{ScopeTensor, ScopeGlobal} {
+				for _, threads := range []int{1, 2} {
+					p := Params{Lambda: 0.8, Density: density, Scope: scope, Weights: []float32{1, 0.5, 2},
+						Pool: parallel.Pool{Threads: threads}}
+					pcbBracketMin, pcbKeepBytes = math.MaxInt64, keyCacheBytes
+					want := pcbOutputs(t, p, ts)
+					for _, c := range []struct {
+						sigmas, slack float64
+						keep          int64
+					}{{6, 16, keyCacheBytes}, {6, 16, 0}, {0, 0, keyCacheBytes}, {0, 0, 0}} {
+						pcbBracketMin, pcbBracketSigmas, pcbBracketSlack, pcbKeepBytes = 0, c.sigmas, c.slack, c.keep
+						got := pcbOutputs(t, p, ts)
+						for i := range want {
+							if !slices.Equal(got[i], want[i]) {
+								t.Fatalf("%s, density %g, scope %v, %d threads, bracket ±%gσ+%g, budget %d: tensor %q differs from selectKeys's",
+									data, density, scope, threads, c.sigmas, c.slack, c.keep, ts[i].Name)
+							}
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
+// TestPCBScanAndKthLargest checks pcbScan (vector or plain, whichever the
+// build runs) against pcbScanGo, and kthLargestKeys against a sort.
+func TestPCBScanAndKthLargest(t *testing.T) {
+	r := rand.New(rand.NewPCG(43, 44))
+	for _, n := range []int{0, 5, 16, 1003, 40000} {
+		keys := make([]uint32, n)
+		for j := range keys {
+			keys[j] = r.Uint32()
+			if r.IntN(5) == 0 {
+				keys[j] = uint32(r.IntN(3)) << 30
+			}
+		}
+		sorted := slices.Clone(keys)
+		slices.Sort(sorted)
+		for _, br := range [][2]uint32{{0, math.MaxUint32}, {1 << 30, 1 << 31}, {1 << 31, 1 << 31}, {5, 4}, {0x80000000, 0xc0000001}} {
+			for _, collect := range []bool{true, false} {
+				seed := []uint32{7}
+				a, in, mx, l := pcbScan(keys, br[0], br[1], collect, slices.Clone(seed))
+				wa, win, wmx, wl := pcbScanGo(keys, br[0], br[1], collect, slices.Clone(seed))
+				if a != wa || in != win || mx != wmx || !slices.Equal(l, wl) {
+					t.Fatalf("n=%d bracket %x collect %v: pcbScan = %d, %d, %x, %d keys; pcbScanGo %d, %d, %x, %d keys",
+						n, br, collect, a, in, mx, len(l), wa, win, wmx, len(wl))
+				}
+			}
+		}
+		for _, k := range []int{1, 2, n / 2, n - 1, n} {
+			if k < 1 || k > n {
+				continue
+			}
+			lists := [][]uint32{keys[:n/3], keys[n/3:]}
+			if got, want := kthLargestKeys(lists, int64(k)), sorted[n-k]; got != want {
+				t.Fatalf("n=%d: kthLargestKeys(%d) = %x, want %x", n, k, got, want)
+			}
+		}
+	}
+}
+
+// TestPCBTailsScanSubNonFinite checks that pcbTailsScanSub (vector or
+// plain) and its twin report a NaN or ±Inf model entry wherever it lies
+// (in a vector group or the tail, with keys that would or would not enter
+// a heap), and take a τ that overflows to ±Inf from finite inputs as a
+// key like any other.
+func TestPCBTailsScanSubNonFinite(t *testing.T) {
+	r := rand.New(rand.NewPCG(33, 34))
+	for _, n := range []int{5, 40, 1000} {
+		base := make([]float32, n)
+		x := make([]float32, n)
+		for j := range x {
+			base[j] = float32(r.NormFloat64())
+			x[j] = base[j] + float32(r.NormFloat64()*0.01)
+		}
+		for _, bad := range []float32{float32(math.NaN()), float32(math.Inf(1)), float32(math.Inf(-1))} {
+			for _, at := range []int{0, n / 2, n - 1} {
+				y := slices.Clone(x)
+				y[at] = bad
+				for _, f := range []func(tl *pcbTails) bool{
+					func(tl *pcbTails) bool { return pcbTailsScanSub(y, base, tl) },
+					func(tl *pcbTails) bool { return pcbTailsScanSubGo(y, base, tl, 0, n) },
+				} {
+					tl := &pcbTails{rLo: 2, rHi: 2}
+					if f(tl) {
+						t.Fatalf("n=%d: %v at %d not reported", n, bad, at)
+					}
+				}
+			}
+		}
+		// Finite inputs whose difference overflows: +Inf's key enters.
+		y, b := slices.Clone(x), slices.Clone(base)
+		y[n/2], b[n/2] = math.MaxFloat32, -math.MaxFloat32
+		tl := &pcbTails{rLo: 1, rHi: 1}
+		if !pcbTailsScanSub(y, b, tl) || tl.hi[0] != pcbFiniteKey {
+			t.Fatalf("n=%d: an overflowing τ from finite inputs: ok=%v, largest key %#x", n, tl.hi != nil, tl.hi)
 		}
 	}
 }
