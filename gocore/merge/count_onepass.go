@@ -1,6 +1,10 @@
 package merge
 
-import "math"
+import (
+	"math"
+
+	"github.com/npsfuse/npsfuse/gocore/vec"
+)
 
 // The counting kernel of the one-pass TIES family (selection_onepass.go):
 // the counting pass of the top-k selection (vec.CountDiffWindows' counts
@@ -61,4 +65,113 @@ func countFlagGo(x [][]float32, b []float32, fw *flagWindows, above []int64, can
 		}
 	}
 	return fin == fin
+}
+
+// cgScratch is a worker's scratch for countGather: per flagged window
+// its count above hi and its candidates, and the flagged entries'
+// indices, base and model values, each with room for a whole chunk plus
+// one vector.
+type cgScratch struct {
+	cand  [maxFlagWindows][]uint32
+	nc    [maxFlagWindows]int // candidates in cand[i]
+	above [maxFlagWindows]int64
+	idx   []int32
+	base  []float32
+	x     [8][]float32
+	nf    int // flagged entries gathered
+	// A block's weighted masked and raw task vectors, and its marks (a
+	// bit per entry) in countGather's loops.
+	tw, raw [8][cgBlock]float32
+	fl      [cgBlock / 16]uint16
+}
+
+// reset empties s and gives it room for n entries of W windows and T
+// models (plus one vector of 16).
+func (s *cgScratch) reset(n, W, T int) {
+	c := n + 16
+	grow32 := func(v []float32) []float32 {
+		if cap(v) < c {
+			return make([]float32, c)
+		}
+		return v[:c]
+	}
+	if cap(s.idx) < c {
+		s.idx = make([]int32, c)
+	}
+	s.idx = s.idx[:c]
+	s.base = grow32(s.base)
+	for m := range T {
+		s.x[m] = grow32(s.x[m])
+	}
+	s.nc, s.above, s.nf = [maxFlagWindows]int{}, [maxFlagWindows]int64{}, 0
+}
+
+// candidates sets the flagged windows' candidates from the gathered
+// entries: those whose magnitude lies in the window, in index order.
+func (s *cgScratch) candidates(fw *flagWindows) {
+	F := s.nf
+	for i := range fw.n {
+		if !fw.flag[i] {
+			continue
+		}
+		if cap(s.cand[i]) < F {
+			s.cand[i] = make([]uint32, F, max(F, 1024))
+		}
+		c := s.cand[i][:F]
+		xm, b := s.x[fw.wm[i]][:F], s.base[:F]
+		lo, span := fw.lo[i], fw.hi[i]-fw.lo[i]
+		k := 0
+		for j, v := range xm {
+			a := math.Float32bits(v-b[j]) & 0x7fffffff
+			c[k] = a
+			if a-lo <= span {
+				k++
+			}
+		}
+		s.nc[i] = k
+	}
+}
+
+// countGatherGo is countGather's scalar part over the entries from on:
+// countFlagGo's counts of the flagged windows, MergeTasks' provisional
+// results, the flagged entries' results set to +0 and their indices and
+// inputs appended to s (the candidates are the caller's). It reports
+// whether those inputs and results are finite.
+func countGatherGo(out, b []float32, x [][]float32, fw *flagWindows, p *vec.TaskMerge, s *cgScratch, from int) (fin, rfin bool) {
+	n := len(b) - from
+	W := fw.n
+	tx := make([][]float32, len(x))
+	for m, xm := range x {
+		tx[m] = xm[from:len(b)]
+	}
+	above := make([]int64, W)
+	cands := make([][]uint32, W)
+	flags := make([]uint8, (n+7)/8)
+	fin = countFlagGo(tx, b[from:], fw, above, cands, flags)
+	vec.MergeTasks(out[from:], b[from:], tx, p)
+	for i := range W {
+		if fw.flag[i] {
+			s.above[i] += above[i]
+		}
+	}
+	for j := range n {
+		if flags[j>>3]&(1<<(j&7)) == 0 {
+			continue
+		}
+		k := s.nf
+		s.idx[k] = int32(from + j)
+		s.base[k] = b[from+j]
+		for m, xm := range tx {
+			s.x[m][k] = xm[j]
+		}
+		s.nf++
+		out[from+j] = 0
+	}
+	rfin = true
+	for _, v := range out[from:] {
+		if v-v != 0 {
+			rfin = false
+		}
+	}
+	return fin, rfin
 }

@@ -14,3 +14,12 @@ func countFlag(x [][]float32, b []float32, fw *flagWindows, above []int64, cands
 func countFlagMerge(out, b []float32, x [][]float32, fw *flagWindows, above []int64, cands [][]uint32, flags []uint8, p *vec.TaskMerge) (fin, rfin, ok bool) {
 	return false, false, false
 }
+
+// countGather has no plain-Go loop of its own: the caller takes the
+// separate loops.
+func countGather(out, b []float32, x [][]float32, fw *flagWindows, p *vec.TaskMerge, s *cgScratch) (fin, rfin, ok bool) {
+	return false, false, false
+}
+
+// cgBlock sizes cgScratch's block buffers (count_onepass512_amd64.go).
+const cgBlock = 16

@@ -428,3 +428,142 @@ func TestCountFlagMergeMatchesSeparateLoops(t *testing.T) {
 		}
 	}
 }
+
+// TestCountGatherMatchesSeparateLoops compares countGather (the 16-lane
+// loop) with the separate loops it replaces: countFlagGo's counts and
+// candidates of the flagged windows, its flags, vec.MergeTasks' provisional results with the
+// flagged ones set to +0, and the flagged entries' indices and inputs
+// gathered from the flags; lengths with and without a tail, one or two
+// windows per model (unflagged ones, hi clamped), ties at the cuts, TALL
+// masks, non-finite inputs and differences that overflow.
+func TestCountGatherMatchesSeparateLoops(t *testing.T) {
+	var s cgScratch
+	if _, _, ok := countGather(make([]float32, 16), make([]float32, 16), [][]float32{make([]float32, 16)},
+		&flagWindows{}, &vec.TaskMerge{W: []float32{1}, Bands: []vec.Band{{In: vec.Nothing, Out: vec.Nothing}}}, &s); !ok {
+		t.Skip("no 16-lane loop in this build or on this CPU")
+	}
+	r := rand.New(rand.NewPCG(17, 18))
+	cuts := func(hi uint32) []vec.Cut { return []vec.Cut{vec.Nothing, vec.Everything, {Bits: hi, Allow: 0}} }
+	for trial := range 400 {
+		n := []int{1, 15, 16, 17, 64, 1000, parallel.Chunk, parallel.Chunk + 5}[trial%8]
+		T := 1 + r.IntN(8)
+		b := make([]float32, n)
+		x := make([][]float32, T)
+		for j := range b {
+			b[j] = float32(r.IntN(9)-4) * 0.25
+		}
+		for m := range x {
+			x[m] = make([]float32, n)
+			for j := range x[m] {
+				x[m][j] = b[j] + float32(r.IntN(17)-8)*0.125
+				if r.IntN(20) == 0 {
+					x[m][j] = float32(math.Copysign(0, -1))
+				}
+			}
+		}
+		switch trial % 25 {
+		case 24:
+			x[r.IntN(T)][r.IntN(n)] = float32([]float64{math.Inf(1), math.NaN()}[r.IntN(2)])
+		case 23:
+			b[r.IntN(n)] = float32(math.Inf(-1))
+		case 22: // finite inputs whose difference overflows
+			j := r.IntN(n)
+			b[j], x[r.IntN(T)][j] = -3e38, 3e38
+		}
+		p := vec.TaskMerge{W: make([]float32, T), Bands: make([]vec.Band, T), Lam: float32(r.IntN(3)) + 0.5,
+			Disjoint: r.IntN(2) == 0, Norm: r.IntN(2) == 0, DivOn: r.IntN(2) == 0, Div: 1.5}
+		if trial%10 == 9 {
+			p.Lam = 3e38
+		}
+		if trial%3 == 0 { // TALL masks (consensus_ties)
+			p.TallLam, p.K = make([]float32, T), r.IntN(T+2)
+			for m := range T {
+				p.TallLam[m] = float32(r.IntN(5)) * 0.25
+			}
+		}
+		// Per model: a provisional In cut and, for half the models, an Out
+		// cut (or an empty or full one), each at the hi of a window that
+		// is usually flagged; some unflagged windows besides.
+		var fw flagWindows
+		for m := range T {
+			p.W[m] = float32(r.IntN(5)) * 0.5
+			hi := math.Float32bits(float32(1+r.IntN(8)) * 0.125)
+			ho := hi + math.Float32bits(float32(1+r.IntN(4))*0.125)/2
+			p.Bands[m] = vec.Band{In: cuts(hi)[r.IntN(3)], Out: vec.Nothing}
+			if p.Bands[m].In.Bits == hi {
+				fw.add(m, hi-hi/8, hi, r.IntN(4) > 0)
+			}
+			if r.IntN(2) == 0 {
+				p.Bands[m].Out = vec.Cut{Bits: ho}
+				fw.add(m, ho-ho/4, ho, r.IntN(4) > 0)
+			}
+			if fw.n < maxFlagWindows && r.IntN(3) == 0 {
+				lo := math.Float32bits(float32(r.IntN(4)) * 0.125)
+				fw.add(m, lo, []uint32{lo + 1<<22, math.MaxUint32}[r.IntN(2)], false)
+			}
+		}
+		name := fmt.Sprintf("trial %d n=%d T=%d", trial, n, T)
+		o1, o2 := make([]float32, n), make([]float32, n)
+		for j := range o1 {
+			o1[j] = 7 // written by both
+		}
+		in1, fin1, ok := countGather(o1, b, x, &fw, &p, &s)
+		if !ok {
+			t.Fatalf("%s: declined", name)
+		}
+		W := fw.n
+		a2, c2, f2 := make([]int64, W), make([][]uint32, W), make([]uint8, (n+7)/8)
+		in2 := countFlagGo(x, b, &fw, a2, c2, f2)
+		if in1 != in2 {
+			t.Fatalf("%s: inputs finite %v, separate loops %v", name, in1, in2)
+		}
+		if !in1 {
+			continue
+		}
+		vec.MergeTasks(o2, b, x, &p)
+		oc := gatherFlags(T, f2, b, x, o2)
+		fin2 := true
+		for _, v := range o2 {
+			if v-v != 0 {
+				fin2 = false
+			}
+		}
+		if fin1 != fin2 {
+			t.Fatalf("%s: results finite %v, separate %v", name, fin1, fin2)
+		}
+		for i := range W {
+			if !fw.flag[i] { // not counted
+				continue
+			}
+			if s.above[i] != a2[i] {
+				t.Fatalf("%s: window %d: %d above, separate %d", name, i, s.above[i], a2[i])
+			}
+			if !slices.Equal(s.cand[i][:s.nc[i]], c2[i]) {
+				t.Fatalf("%s: window %d candidates differ (%d, separate %d)", name, i, s.nc[i], len(c2[i]))
+			}
+		}
+		if j := firstDiff(o1, o2); j >= 0 {
+			t.Fatalf("%s: entry %d: %v, separate loops %v", name, j, o1[j], o2[j])
+		}
+		F := s.nf
+		if !slices.Equal(s.idx[:F], oc.idx) || firstDiff(s.base[:F], oc.base) >= 0 || len(oc.base) != F {
+			t.Fatalf("%s: %d flagged entries gathered, separate %d (or they differ)", name, F, len(oc.idx))
+		}
+		for m := range T {
+			if firstDiff(s.x[m][:F], oc.x[m]) >= 0 {
+				t.Fatalf("%s: model %d's flagged inputs differ", name, m)
+			}
+		}
+		putGather(oc.buf)
+	}
+	// Three flagged windows on one model: declined.
+	b := make([]float32, 64)
+	fw := flagWindows{}
+	for range 3 {
+		fw.add(0, 10, 20, true)
+	}
+	p := vec.TaskMerge{W: []float32{1}, Bands: []vec.Band{{In: vec.Cut{Bits: 20}, Out: vec.Nothing}}}
+	if _, _, ok := countGather(make([]float32, 64), b, [][]float32{b}, &fw, &p, &s); ok {
+		t.Fatal("countGather took three flagged windows of one model")
+	}
+}

@@ -173,12 +173,9 @@ func (op *onePass) countMerge(e *engine, i, c int, ch chunkRef, ws *workspace, w
 	for m := range e.T {
 		models[m] = t.Models[m].View(ch.lo, n, ws.models[m])
 	}
-	W := ou.fw.n
-	var above [maxFlagWindows]int64
-	var cands [maxFlagWindows][]uint32
-	flags := make([]uint8, (n+7)/8)
-	// The provisional merge, from the registers (countFlagMerge) or the
-	// cache (countFlag, then vec.MergeTasks).
+	// The provisional merge, with the flagged entries gathered in the loop
+	// (countGather), from the registers (countFlagMerge) or the cache
+	// (countFlag, then vec.MergeTasks).
 	p := op.tmpl
 	p.Check = false
 	p.Bands = ou.bands
@@ -187,49 +184,40 @@ func (op *onePass) countMerge(e *engine, i, c int, ch chunkRef, ws *workspace, w
 	if inPlace {
 		out = t.Out.F32[ch.lo:ch.hi]
 	}
-	in, fin, fused := countFlagMerge(out, base, models, &ou.fw, above[:W], cands[:W], flags, &p)
-	if !fused {
-		in = countFlag(models, base, &ou.fw, above[:W], cands[:W], flags)
-		if in {
-			fin = vec.MergeTasks(out, base, models, &p)
+	s, _ := cgPool.Get().(*cgScratch)
+	if s == nil {
+		s = new(cgScratch)
+	}
+	defer cgPool.Put(s)
+	var cc chunkCount
+	var oc opChunk
+	in, fin, ok := countGather(out, base, models, &ou.fw, &p, s)
+	if ok {
+		if !in {
+			return e.countChunk(ch, ws, wins, false)
 		}
-	}
-	if !in {
-		return e.countChunk(ch, ws, wins, false)
-	}
-	cc := chunkCount{win: make([]winCount, len(wins)), sumAll: make([]float64, e.T)}
-	for k, w := range ou.wins {
-		cc.win[w] = winCount{above: above[k], cands: cands[k]}
-	}
-	// Gather the flagged entries' inputs, in one allocation.
-	F := 0
-	for _, f := range flags {
-		F += bits.OnesCount8(f)
-	}
-	oc := opChunk{x: make([][]float32, e.T)}
-	oc.buf = getGather((e.T + 2) * F)
-	vals := oc.buf.v[:(e.T+1)*F]
-	oc.idx = oc.buf.i[:F]
-	oc.base = vals[:F:F]
-	for m := range e.T {
-		oc.x[m] = vals[(m+1)*F : (m+2)*F : (m+2)*F]
-	}
-	k := 0
-	for g, f := range flags {
-		for f != 0 {
-			j := g<<3 | bits.TrailingZeros8(f)
-			f &= f - 1
-			oc.idx[k] = int32(j)
-			oc.base[k] = base[j]
-			out[j] = 0 // patched later; 0 passes the result check
-			k++
+		cc, oc = gathered(e.T, ou, s, len(wins))
+	} else {
+		W := ou.fw.n
+		var above [maxFlagWindows]int64
+		var cands [maxFlagWindows][]uint32
+		flags := make([]uint8, (n+7)/8)
+		var fused bool
+		in, fin, fused = countFlagMerge(out, base, models, &ou.fw, above[:W], cands[:W], flags, &p)
+		if !fused {
+			in = countFlag(models, base, &ou.fw, above[:W], cands[:W], flags)
+			if in {
+				fin = vec.MergeTasks(out, base, models, &p)
+			}
 		}
-	}
-	for m, xm := range models {
-		dst := oc.x[m]
-		for k, j := range oc.idx {
-			dst[k] = xm[j]
+		if !in {
+			return e.countChunk(ch, ws, wins, false)
 		}
+		cc = chunkCount{win: make([]winCount, len(wins)), sumAll: make([]float64, e.T)}
+		for k, w := range ou.wins {
+			cc.win[w] = winCount{above: above[k], cands: cands[k]}
+		}
+		oc = gatherFlags(e.T, flags, base, models, out)
 	}
 	oc.ok = true
 	if !fin || !inPlace {
@@ -240,6 +228,75 @@ func (op *onePass) countMerge(e *engine, i, c int, ch chunkRef, ws *workspace, w
 	}
 	ou.chunks[c] = oc
 	return cc, nil
+}
+
+// cgPool recycles countGather's scratch.
+var cgPool sync.Pool
+
+// gathered copies countGather's windows and flagged entries out of s:
+// the chunk's counts (candidates in one allocation) and its opChunk.
+func gathered(T int, ou *opUnit, s *cgScratch, nwin int) (chunkCount, opChunk) {
+	cc := chunkCount{win: make([]winCount, nwin), sumAll: make([]float64, T)}
+	total := 0
+	for k := range ou.wins {
+		total += s.nc[k]
+	}
+	slab := make([]uint32, total)
+	for k, w := range ou.wins {
+		c := s.nc[k]
+		copy(slab, s.cand[k][:c])
+		cc.win[w] = winCount{above: s.above[k], cands: slab[:c:c]}
+		slab = slab[c:]
+	}
+	F := s.nf
+	oc := opChunk{x: make([][]float32, T)}
+	oc.buf = getGather((T + 2) * F)
+	vals := oc.buf.v[:(T+1)*F]
+	oc.idx = oc.buf.i[:F]
+	copy(oc.idx, s.idx[:F])
+	oc.base = vals[:F:F]
+	copy(oc.base, s.base[:F])
+	for m := range T {
+		oc.x[m] = vals[(m+1)*F : (m+2)*F : (m+2)*F]
+		copy(oc.x[m], s.x[m][:F])
+	}
+	return cc, oc
+}
+
+// gatherFlags gathers the flagged entries' indices and inputs (flags as
+// countFlag sets them) and sets their results in out to +0 (patched
+// later; 0 passes the result check).
+func gatherFlags(T int, flags []uint8, base []float32, models [][]float32, out []float32) opChunk {
+	F := 0
+	for _, f := range flags {
+		F += bits.OnesCount8(f)
+	}
+	oc := opChunk{x: make([][]float32, T)}
+	oc.buf = getGather((T + 2) * F)
+	vals := oc.buf.v[:(T+1)*F]
+	oc.idx = oc.buf.i[:F]
+	oc.base = vals[:F:F]
+	for m := range T {
+		oc.x[m] = vals[(m+1)*F : (m+2)*F : (m+2)*F]
+	}
+	k := 0
+	for g, f := range flags {
+		for f != 0 {
+			j := g<<3 | bits.TrailingZeros8(f)
+			f &= f - 1
+			oc.idx[k] = int32(j)
+			oc.base[k] = base[j]
+			out[j] = 0
+			k++
+		}
+	}
+	for m, xm := range models {
+		dst := oc.x[m]
+		for k, j := range oc.idx {
+			dst[k] = xm[j]
+		}
+	}
+	return oc
 }
 
 // patch merges the flagged entries of unit i's chunks with the unit's
