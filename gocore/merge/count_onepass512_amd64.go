@@ -5,6 +5,7 @@ package merge
 import (
 	"math/bits"
 	"simd/archsimd"
+	"unsafe"
 
 	"github.com/npsfuse/npsfuse/gocore/vec"
 )
@@ -128,14 +129,16 @@ func countGather(out, b []float32, x [][]float32, fw *flagWindows, p *vec.TaskMe
 		cs.tl[m] = archsimd.BroadcastFloat32x16(l)
 	}
 	n := len(b) &^ 15
+	for m := range T {
+		cs.x[m] = unsafe.Pointer(unsafe.SliceData(x[m]))
+	}
 	for j := 0; j < n; j += cgBlock {
 		e := min(j+cgBlock, n)
-		fl := s.fl[:(e-j)/16]
-		clear(fl)
+		s.fl = [cgBlock / 16]uint16{}
 		for m := range T {
-			cgModelBlock(x[m][j:e], b[j:e], &s.tw[m], &s.raw[m], fl, &ms[m])
+			cgModelBlock(x[m][j:e], b[j:e], &s.tw[m], &s.raw[m], &s.fl, &ms[m])
 		}
-		cs.block(out[j:e], b[j:e], x, j, fl, s)
+		cs.block(out[j:e], b[j:e], T, j, s)
 	}
 	// The clear goes after the branches (see package vec's finite).
 	fin, rfin = true, true
@@ -181,19 +184,49 @@ func countGather(out, b []float32, x [][]float32, fw *flagWindows, p *vec.TaskMe
 }
 
 // cgModelBlock is countGather's first loop over one model's block (a
-// multiple of 16 entries): the magnitudes' maximum, the flagged windows'
-// counts above hi and marks in fl (one bit per entry), the weighted
-// masked task vector in tw and, for the TALL masks, the raw one in raw.
-func cgModelBlock(x, b []float32, tw, raw *[cgBlock]float32, fl []uint16, md *cgModel) {
+// multiple of 16 entries, at most cgBlock): the magnitudes' maximum, the
+// flagged windows' counts above hi and marks in fl (one bit per entry),
+// the weighted masked task vector in tw and, for the TALL masks, the raw
+// one in raw. The loop addresses its vectors by pointer (the lengths are
+// checked once): the slice expressions' bounds checks and clamped
+// pointers cost more instructions than the vector work.
+func cgModelBlock(x, b []float32, tw, raw *[cgBlock]float32, fl *[cgBlock / 16]uint16, md *cgModel) {
+	n := len(x) &^ 15
+	if n > cgBlock || len(b) < n {
+		panic("merge.cgModelBlock: block too long or base too short")
+	}
+	xp, bp := unsafe.Pointer(unsafe.SliceData(x)), unsafe.Pointer(unsafe.SliceData(b))
+	twp, rawp := unsafe.Pointer(tw), unsafe.Pointer(raw)
 	abs := archsimd.BroadcastInt32x16(0x7fffffff)
 	var zf archsimd.Float32x16
 	inThr, outThr, w, mx := md.inThr, md.outThr, md.w, md.mx
 	hasOut, keepRaw, nw := md.hasOut, md.raw, md.nw
 	hi0, lo0, span0, cnt0 := md.hi[0], md.lo[0], md.span[0], md.cnt[0]
+	if nw <= 1 && !hasOut {
+		// One cut and at most one window (ties, magnitude_prune,
+		// consensus_ties): fewer live vectors.
+		for j := 0; j < n; j += 16 {
+			o := uintptr(j) * 4
+			v := archsimd.LoadFloat32x16((*[16]float32)(unsafe.Add(xp, o))).Sub(archsimd.LoadFloat32x16((*[16]float32)(unsafe.Add(bp, o))))
+			a := v.AsInt32x16().And(abs)
+			mx = mx.Max(a)
+			t := v.Merge(zf, a.Greater(inThr))
+			if nw > 0 {
+				cnt0 = cnt0.Sub(a.Greater(hi0).ToInt32x16())
+				fl[j>>4] |= a.AsUint32x16().Sub(lo0).LessEqual(span0).ToBits()
+			}
+			if keepRaw {
+				v.Store((*[16]float32)(unsafe.Add(rawp, o)))
+			}
+			t.Mul(w).Store((*[16]float32)(unsafe.Add(twp, o)))
+		}
+		md.mx, md.cnt[0] = mx, cnt0
+		return
+	}
 	hi1, lo1, span1, cnt1 := md.hi[1], md.lo[1], md.span[1], md.cnt[1]
-	b = b[:len(x)]
-	for j := 0; j+16 <= len(x); j += 16 {
-		v := archsimd.LoadFloat32x16Slice(x[j:]).Sub(archsimd.LoadFloat32x16Slice(b[j:]))
+	for j := 0; j < n; j += 16 {
+		o := uintptr(j) * 4
+		v := archsimd.LoadFloat32x16((*[16]float32)(unsafe.Add(xp, o))).Sub(archsimd.LoadFloat32x16((*[16]float32)(unsafe.Add(bp, o))))
 		a := v.AsInt32x16().And(abs)
 		mx = mx.Max(a)
 		t := v.Merge(zf, a.Greater(inThr))
@@ -210,9 +243,9 @@ func cgModelBlock(x, b []float32, tw, raw *[cgBlock]float32, fl []uint16, md *cg
 			fl[j>>4] |= f
 		}
 		if keepRaw {
-			v.StoreSlice(raw[j:])
+			v.Store((*[16]float32)(unsafe.Add(rawp, o)))
 		}
-		t.Mul(w).StoreSlice(tw[j:])
+		t.Mul(w).Store((*[16]float32)(unsafe.Add(twp, o)))
 	}
 	md.mx, md.cnt[0], md.cnt[1] = mx, cnt0, cnt1
 }
@@ -221,16 +254,21 @@ func cgModelBlock(x, b []float32, tw, raw *[cgBlock]float32, fl []uint16, md *cg
 type cgCombine struct {
 	p     *vec.TaskMerge
 	w, tl [8]archsimd.Float32x16
+	x     [8]unsafe.Pointer // the models' first entries
 	jv    archsimd.Int32x16 // the next group's indices
 	racc  archsimd.Float32x16
 }
 
 // block combines the block's weighted task vectors (s.tw, s.raw) into
-// out, writes the flagged lanes (fl) as +0 and gathers their indices
-// (from j on), base and model values into s.
-func (cs *cgCombine) block(out, b []float32, x [][]float32, j0 int, fl []uint16, s *cgScratch) {
+// out, writes the flagged lanes (s.fl) as +0 and gathers their indices
+// (the block starts at entry j0), base and model values into s, whose
+// buffers hold a chunk plus 16 (by pointer, as cgModelBlock).
+func (cs *cgCombine) block(out, b []float32, T, j0 int, s *cgScratch) {
 	p := cs.p
-	T := len(x)
+	n := len(out) &^ 15
+	if n > cgBlock || len(b) < n || len(s.idx) < j0+n+16 {
+		panic("merge.cgCombine.block: block too long or buffers too short")
+	}
 	lam := archsimd.BroadcastFloat32x16(p.Lam)
 	div := archsimd.BroadcastFloat32x16(p.Div)
 	kv := archsimd.BroadcastInt32x16(int32(min(max(p.K-1, -1), 8)))
@@ -242,13 +280,24 @@ func (cs *cgCombine) block(out, b []float32, x [][]float32, j0 int, fl []uint16,
 	var zi archsimd.Int32x16
 	var zf archsimd.Float32x16
 	jv, racc := cs.jv, cs.racc
-	idx, gb, gx, nf := s.idx, s.base, &s.x, s.nf
-	b = b[:len(out)]
-	for j := 0; j+16 <= len(out); j += 16 {
-		bv := archsimd.LoadFloat32x16Slice(b[j:])
-		sum := archsimd.LoadFloat32x16Slice(s.tw[0][j:])
+	outp, bp := unsafe.Pointer(unsafe.SliceData(out)), unsafe.Pointer(unsafe.SliceData(b))
+	twp, rawp := unsafe.Pointer(&s.tw), unsafe.Pointer(&s.raw)
+	idxp, gbp := unsafe.Pointer(unsafe.SliceData(s.idx)), unsafe.Pointer(unsafe.SliceData(s.base))
+	var gxp [8]unsafe.Pointer
+	for m := range T {
+		if len(s.x[m]) < j0+n+16 {
+			panic("merge.cgCombine.block: gather buffer too short")
+		}
+		gxp[m] = unsafe.Pointer(unsafe.SliceData(s.x[m]))
+	}
+	const row = cgBlock * 4 // bytes between two models' rows of tw, raw
+	nf := uintptr(s.nf) * 4 // bytes gathered
+	for j := 0; j < n; j += 16 {
+		o := uintptr(j) * 4
+		bv := archsimd.LoadFloat32x16((*[16]float32)(unsafe.Add(bp, o)))
+		sum := archsimd.LoadFloat32x16((*[16]float32)(unsafe.Add(twp, o)))
 		for m := 1; m < T; m++ {
-			sum = sum.Add(archsimd.LoadFloat32x16Slice(s.tw[m][j:]))
+			sum = sum.Add(archsimd.LoadFloat32x16((*[16]float32)(unsafe.Add(twp, uintptr(m)*row+o))))
 		}
 		var c archsimd.Float32x16
 		if disjoint {
@@ -256,7 +305,7 @@ func (cs *cgCombine) block(out, b []float32, x [][]float32, j0 int, fl []uint16,
 			g := si.And(sign).Merge(zi, si.And(abs).NotEqual(zi))
 			var num, den archsimd.Float32x16
 			for m := range T {
-				v := archsimd.LoadFloat32x16Slice(s.tw[m][j:])
+				v := archsimd.LoadFloat32x16((*[16]float32)(unsafe.Add(twp, uintptr(m)*row+o)))
 				agree := v.AsInt32x16().Xor(g).Greater(zi)
 				num = num.Add(v.Merge(zf, agree))
 				den = den.Add(cs.w[m].Merge(zf, agree))
@@ -275,26 +324,28 @@ func (cs *cgCombine) block(out, b []float32, x [][]float32, j0 int, fl []uint16,
 		if consensus {
 			var votes archsimd.Int32x16
 			for m := range T {
-				rv := archsimd.LoadFloat32x16Slice(s.raw[m][j:])
+				rv := archsimd.LoadFloat32x16((*[16]float32)(unsafe.Add(rawp, uintptr(m)*row+o)))
 				ar := rv.AsInt32x16().And(abs).AsFloat32x16()
 				ad := c.Sub(rv).AsInt32x16().And(abs).AsFloat32x16()
 				votes = votes.Add(one.Merge(zi, ar.GreaterEqual(cs.tl[m].Mul(ad))))
 			}
 			r = r.Merge(bv, votes.Greater(kv))
 		}
-		fb := fl[j>>4]
+		fb := s.fl[j>>4]
 		f := archsimd.Mask32x16FromBits(fb)
 		r = zf.Merge(r, f)
 		racc = racc.Add(r.Mul(zf))
-		r.StoreSlice(out[j:])
+		r.Store((*[16]float32)(unsafe.Add(outp, o)))
 		// The flagged entries' indices and inputs.
-		jv.Compress(f).StoreSlice(idx[nf:])
-		bv.Compress(f).StoreSlice(gb[nf:])
+		jv.Compress(f).Store((*[16]int32)(unsafe.Add(idxp, nf)))
+		bv.Compress(f).Store((*[16]float32)(unsafe.Add(gbp, nf)))
+		xo := uintptr(j0)*4 + o
 		for m := range T {
-			archsimd.LoadFloat32x16Slice(x[m][j0+j:]).Compress(f).StoreSlice(gx[m][nf:])
+			xv := archsimd.LoadFloat32x16((*[16]float32)(unsafe.Add(cs.x[m], xo)))
+			xv.Compress(f).Store((*[16]float32)(unsafe.Add(gxp[m], nf)))
 		}
-		nf += ones16(fb)
+		nf += uintptr(ones16(fb)) * 4
 		jv = jv.Add(sixteen)
 	}
-	cs.jv, cs.racc, s.nf = jv, racc, nf
+	cs.jv, cs.racc, s.nf = jv, racc, int(nf/4)
 }

@@ -259,14 +259,29 @@ func (e *engine) windows(un unit, tgts []rankTarget) ([]window, []int) {
 			t := &e.tensors[ch.ti]
 			x, b := t.Models[m], t.Base
 			if x.DType == tensor.F32 && b.DType == tensor.F32 && !e.method.Rows {
-				// Stored in layout order: the blocks straight from memory.
+				// Stored in layout order: the blocks straight from memory,
+				// in batches whose first entries are read first: each block
+				// is a cache miss (and a TLB miss at a stride of 4 KiB or
+				// more), and independent loads let the misses overlap
+				// instead of queuing behind one block's appends.
 				xs, bs := x.F32[ch.lo:ch.hi], b.F32[ch.lo:ch.hi]
-				for g := (pos + stride - 1) / stride * stride; g < pos+n; g += stride {
-					lo, hi := int(g-pos), int(min(g-pos+sampleBlock, n))
-					xb, bb := xs[lo:hi], bs[lo:hi]
-					bb = bb[:len(xb)]
-					for j, v := range xb {
-						s = append(s, math.Float32bits(v-bb[j])&0x7fffffff)
+				var first [32]uint32
+				for g0 := (pos + stride - 1) / stride * stride; g0 < pos+n; g0 += int64(len(first)) * stride {
+					nb := 0
+					for g := g0; g < pos+n && nb < len(first); g += stride {
+						o := int(g - pos)
+						first[nb] = math.Float32bits(xs[o]-bs[o]) & 0x7fffffff
+						nb++
+					}
+					for k := range nb {
+						g := g0 + int64(k)*stride
+						lo, hi := int(g-pos), int(min(g-pos+sampleBlock, n))
+						xb, bb := xs[lo+1:hi], bs[lo+1:hi]
+						bb = bb[:len(xb)]
+						s = append(s, first[k])
+						for j, v := range xb {
+							s = append(s, math.Float32bits(v-bb[j])&0x7fffffff)
+						}
 					}
 				}
 				pos += n
