@@ -519,6 +519,56 @@ func pcbMergeGo(out, base []float32, xs [][]float32, sub bool, keys [][]uint32, 
 	}
 }
 
+// pcbMergeScoredGo is pcbMergeGo with β computed (pcbScore, as
+// pcbBetaKeysGo computes it) instead of decoded from keys: the same bits,
+// orderKey and fromOrderKey being inverses. The plain-Go twin of
+// pcbMergeScored's kernel.
+func pcbMergeScoredGo(out, base []float32, xs [][]float32, sub bool, cuts []pcbCut, w []float32, lam float32, lo, hi int) {
+	T := len(xs)
+	var buf [8]float32
+	t := buf[:0]
+	if T > len(buf) {
+		t = make([]float32, 0, T)
+	}
+	t = t[:T]
+	for j := lo; j < hi; j++ {
+		var s float32
+		for m, x := range xs {
+			t[m] = x[j]
+			if sub {
+				t[m] -= base[j]
+			}
+			s += t[m]
+		}
+		var num, den float32
+		for m := range xs {
+			c := &cuts[m]
+			x := t[m]
+			var sc float32
+			if c.bmax > c.cut {
+				b := c.cut
+				if beta := pcbScore(x, s, c, T); beta > c.cut {
+					b = beta
+				}
+				sc = (b - c.cut) / (c.bmax - c.cut)
+			}
+			var tc float32
+			if x > 0 {
+				tc = pcbClip(x, c)
+			} else if x < 0 {
+				tc = -pcbClip(x, c)
+			}
+			num += float32(w[m] * float32(sc*tc))
+			den += sc
+		}
+		d := den
+		if !(d > 1e-12) {
+			d = 1e-12
+		}
+		out[j] = base[j] + float32(lam*(num/d))
+	}
+}
+
 // pcbScratch holds the β keys of one chunk for a merge pass whose keys
 // were not kept.
 var pcbScratch = sync.Pool{New: func() any { return new([][]uint32) }}
@@ -545,6 +595,9 @@ func pcbMergeChunk(e *engine, ch chunkRef, base []float32, xs [][]float32, sub b
 	n := len(out)
 	// β from the preparation's keys when they were kept, else computed.
 	keys, off := e.pcbKeys.chunkKeys(u, uc)
+	if keys == nil && pcbMergeScored(out, base[:n], xs, sub, cuts, e.w, float32(e.p.Lambda)) {
+		return
+	}
 	if keys == nil {
 		sp := pcbScratch.Get().(*[][]uint32)
 		defer pcbScratch.Put(sp)

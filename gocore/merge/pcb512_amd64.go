@@ -263,3 +263,59 @@ func pcbTailsScanSubX16(x, base []float32, t *pcbTails) bool {
 	archsimd.ClearAVXUpperBits()
 	return pcbTailsScanSubGo(x, base, t, n, len(x))
 }
+
+// pcbMergeScoredX16 is pcbMergeScoredGo on 16 lanes over j < n (a
+// multiple of 16): pcbBetaKeysX16's β and pcbMergeX16's merge in one
+// loop, no keys.
+func pcbMergeScoredX16(out, base []float32, xs [][]float32, sub bool, cuts []pcbCut, w []float32, lam float32, n int) {
+	var buf [8]pcbLanes16
+	ls := pcbLanes16For(buf[:], cuts)
+	tf := float32(len(xs))
+	pcbBroadcast16(ls, cuts, w)
+	k := pcbExpConsts16()
+	tv := archsimd.BroadcastFloat32x16(tf)
+	lv := archsimd.BroadcastFloat32x16(lam)
+	abs := archsimd.BroadcastUint32x16(1<<31 - 1)
+	sign := archsimd.BroadcastUint32x16(1 << 31)
+	floor := archsimd.BroadcastFloat32x16(1e-12)
+	var zf archsimd.Float32x16
+	for j := 0; j < n; j += 16 {
+		b := archsimd.LoadFloat32x16Slice(base[j:])
+		s := zf
+		for _, xm := range xs {
+			x := archsimd.LoadFloat32x16Slice(xm[j:])
+			if sub {
+				x = x.Sub(b)
+			}
+			s = s.Add(x)
+		}
+		num, den := zf, zf
+		for m, xm := range xs {
+			l := &ls[m]
+			x := archsimd.LoadFloat32x16Slice(xm[j:])
+			if sub {
+				x = x.Sub(b)
+			}
+			c := pcbClipX16(x, l, abs)
+			sc := zf
+			if l.score {
+				nx := zf
+				if l.clip {
+					nx = c.Sub(l.lo).Div(l.span)
+				}
+				intra := vec.Exp32x16(tv.Mul(nx.Mul(nx)), k)
+				inter := vec.Tanh32x16(x.Mul(s), k)
+				beta := intra.Mul(inter)
+				sc = beta.Merge(l.cut, beta.Greater(l.cut)).Sub(l.cut).Div(l.bspan)
+			}
+			// tc = c for x > 0, −c for x < 0, 0 otherwise.
+			tc := c.Merge(zf, x.Greater(zf))
+			tc = c.AsUint32x16().Xor(sign).AsFloat32x16().Merge(tc, x.Less(zf))
+			num = num.Add(l.w.Mul(sc.Mul(tc)))
+			den = den.Add(sc)
+		}
+		d := den.Merge(floor, den.Greater(floor))
+		b.Add(lv.Mul(num.Div(d))).StoreSlice(out[j:])
+	}
+	archsimd.ClearAVXUpperBits()
+}

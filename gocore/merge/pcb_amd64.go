@@ -411,3 +411,20 @@ func pcbTailsOffer(t *pcbTails, k uint32, x []float32, j int) bool {
 	}
 	return true
 }
+
+// pcbMergeScored merges every entry of out as pcbMerge does, β computed
+// in the kernel (pcbMergeScoredGo's bits) instead of decoded from kept
+// keys: with the 16-lane kernels only (it reports false otherwise, and
+// the caller scores into keys first).
+func pcbMergeScored(out, base []float32, xs [][]float32, sub bool, cuts []pcbCut, w []float32, lam float32) bool {
+	if !vec.Accelerated() || !pcbVector512 {
+		return false
+	}
+	n := len(out)
+	nv := n &^ 15
+	if nv > 0 {
+		pcbMergeScoredX16(out, base, xs, sub, cuts, w, lam, nv)
+	}
+	pcbMergeScoredGo(out, base, xs, sub, cuts, w, lam, nv, n)
+	return true
+}

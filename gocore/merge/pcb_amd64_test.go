@@ -128,6 +128,39 @@ func testPCBKernels(t *testing.T) {
 					t.Fatalf("T=%d n=%d wide=%v: pcbMerge[%d] = %g, pcbMergeGo %g", T, n, pcbVector512, j, o1[j], o2[j])
 				}
 			}
+			// β computed in the merge kernel: the bits of the kept keys.
+			for _, f := range []func(o []float32) bool{
+				func(o []float32) bool { return pcbMergeScored(o, base, taus, false, cuts, w, 0.7) },
+				func(o []float32) bool { pcbMergeScoredGo(o, base, taus, false, cuts, w, 0.7, 0, n); return true },
+			} {
+				o3 := make([]float32, n)
+				if !f(o3) {
+					continue // no 16-lane kernel: the caller scores into keys
+				}
+				for j := range o3 {
+					if math.Float32bits(o3[j]) != math.Float32bits(o2[j]) {
+						t.Fatalf("T=%d n=%d wide=%v: scored merge [%d] = %g, from keys %g", T, n, pcbVector512, j, o3[j], o2[j])
+					}
+				}
+			}
+			// β computed from the models and the base: the bits of the
+			// merge of τ = model − base with its keys.
+			oT := make([]float32, n)
+			pcbMergeGo(oT, base0, vtaus, false, fromTaus, 0, cuts, w, 0.7, 0, n)
+			for _, f := range []func(o []float32) bool{
+				func(o []float32) bool { return pcbMergeScored(o, base0, models, true, cuts, w, 0.7) },
+				func(o []float32) bool { pcbMergeScoredGo(o, base0, models, true, cuts, w, 0.7, 0, n); return true },
+			} {
+				o3 := make([]float32, n)
+				if !f(o3) {
+					continue
+				}
+				for j := range o3 {
+					if math.Float32bits(o3[j]) != math.Float32bits(oT[j]) {
+						t.Fatalf("T=%d n=%d wide=%v: scored merge from models [%d] = %g, from τ's keys %g", T, n, pcbVector512, j, o3[j], oT[j])
+					}
+				}
+			}
 			// From the models and the base (τ made in the kernel): the
 			// bits of the merge of τ = model − base.
 			for _, f := range []func(o []float32){

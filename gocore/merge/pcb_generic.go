@@ -40,3 +40,10 @@ func pcbBetaScan(dst [][]uint32, base []float32, xs [][]float32, cuts []pcbCut, 
 func pcbTailsScanSub(x, base []float32, t *pcbTails) bool {
 	return pcbTailsScanSubGo(x, base, t, 0, len(x))
 }
+
+// pcbMergeScored is pcbMergeScoredGo over every entry of out in the plain
+// build (always taken).
+func pcbMergeScored(out, base []float32, xs [][]float32, sub bool, cuts []pcbCut, w []float32, lam float32) bool {
+	pcbMergeScoredGo(out, base, xs, sub, cuts, w, lam, 0, len(out))
+	return true
+}
