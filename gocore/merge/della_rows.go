@@ -37,6 +37,7 @@ import (
 type dellaScratch struct {
 	cap        int
 	keys       []uint32 // |x| bits of the row
+	bucket     []uint32 // 1 + the bucket of each entry of the row
 	u          []uint32 // U of the row's entries
 	bandWords  []uint64 // bit j: entry j is in the band
 	members    []uint32 // entry indices grouped by bucket (after a scatter)
@@ -76,7 +77,7 @@ func dellaPool(n int) *dellaScratch {
 	}
 	nb := 1 << dellaBucketBits(n)
 	return &dellaScratch{
-		cap: n, keys: make([]uint32, n), u: make([]uint32, n), bandWords: make([]uint64, (n+63)/64),
+		cap: n, keys: make([]uint32, n), bucket: make([]uint32, n), u: make([]uint32, n), bandWords: make([]uint64, (n+63)/64),
 		members: make([]uint32, n), rank: make([]uint32, n), tmp: make([]uint64, n),
 		words: make([]uint64, (n+63)/64), cnt: make([]uint32, nb+1), pos: make([]uint32, nb+1),
 		sorted: make([]uint32, nb),
@@ -140,8 +141,10 @@ func (sc *dellaScratch) rowBits(row []float32, key, start uint64, thr []uint32, 
 	shift := max(0, bits.Len32(kmax-kmin)-dellaBucketBits(n))
 	S := sc.cnt[:(kmax-kmin)>>shift+2]
 	clear(S)
-	for _, k := range keys {
-		S[(k-kmin)>>shift+1]++
+	bk := sc.bucket[:n]
+	dellaBuckets(keys, kmin, uint32(shift), bk)
+	for _, d := range bk {
+		S[d]++
 	}
 	dellaPrefix(S)
 	sc.scattered, sc.direct = false, 0
@@ -152,7 +155,7 @@ func (sc *dellaScratch) rowBits(row []float32, key, start uint64, thr []uint32, 
 		for ; bw != 0; bw &= bw - 1 {
 			j := uint32(w<<6 | bits.TrailingZeros64(bw))
 			uj := u[j]
-			b := (keys[j] - kmin) >> shift
+			b := bk[j] - 1
 			tl, th := thr[S[b]], thr[S[b+1]-1]
 			keep := (uj - tl) >> 31 // uj < tl (both below 2²⁵)
 			if uj-tl < th-tl {      // tl ≤ uj < th: the rank decides
@@ -237,6 +240,14 @@ func dellaKeysGo(row []float32, keys []uint32) (kmin, kmax uint32) {
 		kmax = max(kmax, k)
 	}
 	return kmin, kmax
+}
+
+// dellaBucketsGo is dellaBuckets in plain Go.
+func dellaBucketsGo(keys []uint32, kmin, shift uint32, bk []uint32) {
+	bk = bk[:len(keys)]
+	for j, k := range keys {
+		bk[j] = (k-kmin)>>shift + 1
+	}
 }
 
 // dellaDrawGo is dellaDraw in plain Go.

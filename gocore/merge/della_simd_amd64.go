@@ -291,39 +291,40 @@ func dellaPrefix(S []uint32) {
 var dellaFused = dellaVector512
 
 // dellaMerge writes chunk results out[j] = base[j] + λ·c[j] (see
-// dellaMergeOp) and reports whether every result is finite: per 8 entries
+// dellaMergeOp) and reports whether every result is finite: per 16 entries
 // and model, τ = x − b, τ·f masked by the keep bits (dellaApplyBits),
 // v = τ·w, then the election and disjoint mean of vec.DisjointMean or the
-// sum of vec.WeightedSum, and b + λ·c (AVX-512).
+// sum of vec.WeightedSum, and b + λ·c (AVX-512; lane by lane the
+// operations of the 8-lane loops it replaces).
 func dellaMerge(out, base []float32, x [][]float32, op *dellaMergeOp) bool {
 	T := len(x)
-	n8 := len(out) &^ 7
-	if !dellaVector512 || n8 == 0 || T > 8 {
+	n16 := len(out) &^ 15
+	if !dellaVector512 || n16 == 0 || T > 8 {
 		return dellaMergeGo(out, base, x, op)
 	}
 	base = base[:len(out)]
-	var wv, sv, vv [8]archsimd.Float32x8
+	var wv, sv, vv [8]archsimd.Float32x16
 	var xs [8][]float32
 	for m := range T {
-		wv[m] = archsimd.BroadcastFloat32x8(op.w[m])
-		sv[m] = archsimd.BroadcastFloat32x8(op.scale[m])
+		wv[m] = archsimd.BroadcastFloat32x16(op.w[m])
+		sv[m] = archsimd.BroadcastFloat32x16(op.scale[m])
 		xs[m] = x[m][:len(out)]
 	}
-	lamv := archsimd.BroadcastFloat32x8(op.lam)
-	sign := archsimd.BroadcastInt32x8(-0x80000000)
-	abs := archsimd.BroadcastInt32x8(0x7fffffff)
-	// Zero values, not BroadcastFloat32x8(0) (a legacy SSE XORPS).
-	var zi archsimd.Int32x8
-	var zf, nan archsimd.Float32x8
+	lamv := archsimd.BroadcastFloat32x16(op.lam)
+	sign := archsimd.BroadcastInt32x16(-0x80000000)
+	abs := archsimd.BroadcastInt32x16(0x7fffffff)
+	// Zero values, not BroadcastFloat32x16(0) (a legacy SSE XORPS).
+	var zi archsimd.Int32x16
+	var zf, nan archsimd.Float32x16
 	disjoint, norm := op.disjoint, op.norm
 	words := op.words
-	for j := 0; j < n8; j += 8 {
-		b := archsimd.LoadFloat32x8Slice(base[j:])
-		var sum archsimd.Float32x8
+	for j := 0; j < n16; j += 16 {
+		b := archsimd.LoadFloat32x16Slice(base[j:])
+		var sum archsimd.Float32x16
 		for m := range T {
-			t := archsimd.LoadFloat32x8Slice(xs[m][j:]).Sub(b)
+			t := archsimd.LoadFloat32x16Slice(xs[m][j:]).Sub(b)
 			if ws := words[m]; ws != nil {
-				k := archsimd.Mask32x8FromBits(uint8(ws[j>>6] >> (j & 63)))
+				k := archsimd.Mask32x16FromBits(uint16(ws[j>>6] >> (j & 63)))
 				t = t.Mul(sv[m]).Masked(k)
 			}
 			v := t.Mul(wv[m])
@@ -336,12 +337,12 @@ func dellaMerge(out, base []float32, x [][]float32, op *dellaMergeOp) bool {
 		}
 		r := sum
 		if disjoint {
-			s := sum.AsInt32x8()
+			s := sum.AsInt32x16()
 			// γ's sign bit, cleared where |sum| = 0.
 			g := s.And(sign).Masked(s.And(abs).NotEqual(zi))
-			var num, den archsimd.Float32x8
+			var num, den archsimd.Float32x16
 			for m := range T {
-				agree := vv[m].AsInt32x8().Xor(g).Greater(zi)
+				agree := vv[m].AsInt32x16().Xor(g).Greater(zi)
 				num = num.Add(vv[m].Masked(agree))
 				den = den.Add(wv[m].Masked(agree))
 			}
@@ -362,8 +363,28 @@ func dellaMerge(out, base []float32, x [][]float32, op *dellaMergeOp) bool {
 	} else {
 		archsimd.ClearAVXUpperBits()
 	}
-	if n8 < len(out) && !dellaMergeFrom(out, base, x, op, n8) {
+	if n16 < len(out) && !dellaMergeFrom(out, base, x, op, n16) {
 		fin = false
 	}
 	return fin
+}
+
+// dellaBuckets sets bk[j] = (keys[j] − kmin) >> shift + 1: 1 + the
+// bucket of entry j (S's index of its count), 16 lanes at a time
+// (AVX-512).
+func dellaBuckets(keys []uint32, kmin, shift uint32, bk []uint32) {
+	n16 := len(keys) &^ 15
+	if !dellaVector512 || n16 == 0 {
+		dellaBucketsGo(keys, kmin, shift, bk)
+		return
+	}
+	bk = bk[:len(keys)]
+	kv := archsimd.BroadcastUint32x16(kmin)
+	sv := archsimd.BroadcastUint32x16(shift)
+	one := archsimd.BroadcastUint32x16(1)
+	for j := 0; j < n16; j += 16 {
+		archsimd.LoadUint32x16Slice(keys[j:]).Sub(kv).ShiftRight(sv).Add(one).StoreSlice(bk[j:])
+	}
+	archsimd.ClearAVXUpperBits()
+	dellaBucketsGo(keys[n16:], kmin, shift, bk[n16:])
 }

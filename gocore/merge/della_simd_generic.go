@@ -50,3 +50,9 @@ const dellaFused = true
 func dellaMerge(out, base []float32, x [][]float32, op *dellaMergeOp) bool {
 	return dellaMergeGo(out, base, x, op)
 }
+
+// dellaBuckets sets bk[j] = (keys[j] − kmin) >> shift + 1: 1 + the
+// bucket of entry j (S's index of its count).
+func dellaBuckets(keys []uint32, kmin, shift uint32, bk []uint32) {
+	dellaBucketsGo(keys, kmin, shift, bk)
+}

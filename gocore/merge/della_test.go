@@ -147,6 +147,19 @@ func TestDellaVectorLoopsMatchTwins(t *testing.T) {
 			if lo1 != lo2 || hi1 != hi2 || !slices.Equal(k1, k2) {
 				t.Fatalf("%s: dellaKeys differs from dellaKeysGo", where)
 			}
+			for _, shift := range []uint32{0, 3, 17} {
+				b1, b2 := make([]uint32, n), make([]uint32, n)
+				dellaBuckets(k1, lo1, shift, b1)
+				dellaBucketsGo(k1, lo1, shift, b2)
+				if !slices.Equal(b1, b2) {
+					t.Fatalf("%s: dellaBuckets (shift %d) differs from dellaBucketsGo", where, shift)
+				}
+				for j, k := range k1 {
+					if b2[j] != (k-lo1)>>shift+1 {
+						t.Fatalf("%s: dellaBucketsGo's entry %d: %d, want %d", where, j, b2[j], (k-lo1)>>shift+1)
+					}
+				}
+			}
 			for _, j := range []int{0, n / 3, n - 1} {
 				if a, b := dellaRank(k1, j), dellaRankGo(k1, j); a != b {
 					t.Fatalf("%s: dellaRank(%d) = %d, dellaRankGo %d", where, j, a, b)
