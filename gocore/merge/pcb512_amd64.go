@@ -3,6 +3,7 @@
 package merge
 
 import (
+	"math"
 	"math/bits"
 	"simd/archsimd"
 	"slices"
@@ -63,6 +64,35 @@ func pcbBroadcast16(ls []pcbLanes16, cuts []pcbCut, w []float32) {
 // pcbExpConsts16 are the constants of vec.Exp32x16 and vec.Tanh32x16.
 var pcbExpConsts16 = sync.OnceValue(vec.NewExpConsts16)
 
+// pcbExpInRange: with fewer models than this, exp's argument T·x²
+// (0 ≤ x ≤ 1, or x = 0) lies in [0, T], inside the range where
+// vec.Exp32x16InRange gives Exp32's bits without its clamps.
+const pcbExpInRange = 86
+
+// pcbInRange reports whether exp's argument T·x² stays in [0, T] ⊂
+// (−86, 89): fewer than pcbExpInRange models and finite clip bounds (an
+// infinite one, from a τ that overflowed, can make x NaN, which Exp32
+// clamps).
+func pcbInRange(cuts []pcbCut, tf float32) bool {
+	if !(tf < pcbExpInRange) {
+		return false
+	}
+	for m := range cuts {
+		if !(cuts[m].hi <= math.MaxFloat32) {
+			return false
+		}
+	}
+	return true
+}
+
+// pcbExp is vec.Exp32x16, without the clamps when inRange.
+func pcbExp(x archsimd.Float32x16, k *vec.ExpConsts16, inRange bool) archsimd.Float32x16 {
+	if inRange {
+		return vec.Exp32x16InRange(x, k)
+	}
+	return vec.Exp32x16(x, k)
+}
+
 // pcbKeyX16 is orderKey on 16 lanes: ^b for negative b, b | sign bit
 // otherwise (a blend under the sign compare's mask).
 func pcbKeyX16(b archsimd.Float32x16, zero archsimd.Int32x16, sign, ones archsimd.Uint32x16) archsimd.Uint32x16 {
@@ -93,6 +123,7 @@ func pcbBetaKeysX16(dst [][]uint32, base []float32, xs [][]float32, cuts []pcbCu
 	var buf [8]pcbLanes16
 	ls := pcbLanes16For(buf[:], cuts)
 	tf := float32(T)
+	inRange := pcbInRange(cuts, tf)
 	scan := st != nil
 	if scan {
 		for m := range st {
@@ -151,7 +182,7 @@ func pcbBetaKeysX16(dst [][]uint32, base []float32, xs [][]float32, cuts []pcbCu
 			if l.clip {
 				nx = pcbClipX16(x, l, abs).Sub(l.lo).Div(l.span)
 			}
-			intra := vec.Exp32x16(tv.Mul(nx.Mul(nx)), k)
+			intra := pcbExp(tv.Mul(nx.Mul(nx)), k, inRange)
 			inter := vec.Tanh32x16(x.Mul(s), k)
 			key := pcbKeyX16(intra.Mul(inter), zi, sign, ones)
 			key.StoreSlice(dst[m][j:])
@@ -271,6 +302,7 @@ func pcbMergeScoredX16(out, base []float32, xs [][]float32, sub bool, cuts []pcb
 	var buf [8]pcbLanes16
 	ls := pcbLanes16For(buf[:], cuts)
 	tf := float32(len(xs))
+	inRange := pcbInRange(cuts, tf)
 	pcbBroadcast16(ls, cuts, w)
 	k := pcbExpConsts16()
 	tv := archsimd.BroadcastFloat32x16(tf)
@@ -303,7 +335,7 @@ func pcbMergeScoredX16(out, base []float32, xs [][]float32, sub bool, cuts []pcb
 				if l.clip {
 					nx = c.Sub(l.lo).Div(l.span)
 				}
-				intra := vec.Exp32x16(tv.Mul(nx.Mul(nx)), k)
+				intra := pcbExp(tv.Mul(nx.Mul(nx)), k, inRange)
 				inter := vec.Tanh32x16(x.Mul(s), k)
 				beta := intra.Mul(inter)
 				sc = beta.Merge(l.cut, beta.Greater(l.cut)).Sub(l.cut).Div(l.bspan)

@@ -319,3 +319,34 @@ func TestPCBNarrowKernels(t *testing.T) {
 	t.Run("bracket", TestPCBBracketBitForBit)
 	t.Run("direct", TestPCBDirectMatchesGeneralPath)
 }
+
+// TestPCBBetaKeysInfiniteBound checks the β kernels against their twin
+// when a τ overflowed to ±Inf and a clip bound is +Inf (x can then be
+// NaN, which Exp32 clamps: the kernels must not drop the clamps).
+func TestPCBBetaKeysInfiniteBound(t *testing.T) {
+	if !vec.Accelerated() {
+		t.Skip("no AVX2")
+	}
+	defer func(v bool) { pcbVector512 = v }(pcbVector512)
+	inf := float32(math.Inf(1))
+	const n = 37
+	taus := [][]float32{make([]float32, n), make([]float32, n)}
+	for j := range n {
+		taus[0][j] = float32(j) * 0.01
+		taus[1][j] = -float32(j) * 0.02
+	}
+	taus[0][3], taus[1][20] = inf, -inf
+	cuts := []pcbCut{{lo: 0.001, hi: inf}, {lo: 0.002, hi: inf}}
+	want := [][]uint32{make([]uint32, n), make([]uint32, n)}
+	pcbBetaKeysGo(want, nil, taus, cuts, 0, n)
+	for _, wide := range []bool{false, pcbVector512} {
+		pcbVector512 = wide
+		got := [][]uint32{make([]uint32, n), make([]uint32, n)}
+		pcbBetaKeys(got, nil, taus, cuts, n)
+		for m := range got {
+			if !slices.Equal(got[m], want[m]) {
+				t.Fatalf("wide=%v: model %d's keys %x, want %x", wide, m, got[m], want[m])
+			}
+		}
+	}
+}

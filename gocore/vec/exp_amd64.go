@@ -110,6 +110,13 @@ func NewExpConsts16() *ExpConsts16 {
 func Exp32x16(x archsimd.Float32x16, k *ExpConsts16) archsimd.Float32x16 {
 	x = x.Merge(k.max, x.Less(k.max)) // NaN → max, as !(x < expMax) in Exp32
 	x = x.Merge(k.min, x.Greater(k.min))
+	return Exp32x16InRange(x, k)
+}
+
+// Exp32x16InRange is Exp32x16 for lanes known to lie in (−86, 89), where
+// Exp32's clamps leave them as they are: the same bits without the two
+// compares and blends.
+func Exp32x16InRange(x archsimd.Float32x16, k *ExpConsts16) archsimd.Float32x16 {
 	t := x.Mul(k.log2e).Add(k.magic)
 	n := t.Sub(k.magic)
 	r := x.Sub(n.Mul(k.ln2Hi))
