@@ -106,32 +106,6 @@ func (s *cgScratch) reset(n, W, T int) {
 	s.nc, s.above, s.nf = [maxFlagWindows]int{}, [maxFlagWindows]int64{}, 0
 }
 
-// candidates sets the flagged windows' candidates from the gathered
-// entries: those whose magnitude lies in the window, in index order.
-func (s *cgScratch) candidates(fw *flagWindows) {
-	F := s.nf
-	for i := range fw.n {
-		if !fw.flag[i] {
-			continue
-		}
-		if cap(s.cand[i]) < F {
-			s.cand[i] = make([]uint32, F, max(F, 1024))
-		}
-		c := s.cand[i][:F]
-		xm, b := s.x[fw.wm[i]][:F], s.base[:F]
-		lo, span := fw.lo[i], fw.hi[i]-fw.lo[i]
-		k := 0
-		for j, v := range xm {
-			a := math.Float32bits(v-b[j]) & 0x7fffffff
-			c[k] = a
-			if a-lo <= span {
-				k++
-			}
-		}
-		s.nc[i] = k
-	}
-}
-
 // countGatherGo is countGather's scalar part over the entries from on:
 // countFlagGo's counts of the flagged windows, MergeTasks' provisional
 // results, the flagged entries' results set to +0 and their indices and

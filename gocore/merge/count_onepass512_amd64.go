@@ -3,6 +3,7 @@
 package merge
 
 import (
+	"math"
 	"math/bits"
 	"simd/archsimd"
 	"unsafe"
@@ -348,4 +349,41 @@ func (cs *cgCombine) block(out, b []float32, T, j0 int, s *cgScratch) {
 		jv = jv.Add(sixteen)
 	}
 	cs.jv, cs.racc, s.nf = jv, racc, int(nf/4)
+}
+
+// candidates sets the flagged windows' candidates from the gathered
+// entries: the magnitudes inside the window, in index order (16 lanes,
+// compressed).
+func (s *cgScratch) candidates(fw *flagWindows) {
+	F := s.nf
+	n := F &^ 15
+	abs := archsimd.BroadcastInt32x16(0x7fffffff)
+	for i := range fw.n {
+		if !fw.flag[i] {
+			continue
+		}
+		if cap(s.cand[i]) < F+16 {
+			s.cand[i] = make([]uint32, F+16, max(F+16, 1024))
+		}
+		c := s.cand[i][:F+16]
+		xm, b := s.x[fw.wm[i]][:F], s.base[:F]
+		lo, span := fw.lo[i], fw.hi[i]-fw.lo[i]
+		lv, sv := archsimd.BroadcastUint32x16(lo), archsimd.BroadcastUint32x16(span)
+		k := 0
+		for j := 0; j < n; j += 16 {
+			a := archsimd.LoadFloat32x16Slice(xm[j:]).Sub(archsimd.LoadFloat32x16Slice(b[j:])).AsInt32x16().And(abs).AsUint32x16()
+			in := a.Sub(lv).LessEqual(sv)
+			a.Compress(in).StoreSlice(c[k:])
+			k += ones16(in.ToBits())
+		}
+		archsimd.ClearAVXUpperBits()
+		for j := n; j < F; j++ {
+			a := math.Float32bits(xm[j]-b[j]) & 0x7fffffff
+			c[k] = a
+			if a-lo <= span {
+				k++
+			}
+		}
+		s.nc[i] = k
+	}
 }

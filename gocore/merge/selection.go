@@ -184,7 +184,7 @@ func (e *engine) selectUnits(units []int, sums bool, targets func(u int, n int64
 		fin := make([]done, len(tgts[i]))
 		e.p.Pool.For(len(tgts[i]), func(_, ti int) {
 			d := &fin[ti]
-			d.ct, d.kept, d.ok = finishCut(tgts[i][ti], winOf[i][ti], un, counts[i])
+			d.ct, d.kept, d.ok = finishCut(tgts[i][ti], winOf[i][ti], un, counts[i], sums)
 		})
 		missed := false
 		for ti, t := range tgts[i] {
@@ -295,7 +295,15 @@ func (e *engine) windows(un unit, tgts []rankTarget) ([]window, []int) {
 			}
 			pos += n
 		}
-		sortDesc(s)
+		// Only the ranks that bound a window need their sorted values.
+		var at []int
+		for _, t := range tgts {
+			if t.m == m && t.k > 0 && t.k < un.n {
+				top, bot := sampleBounds(t.k, un.n, len(s))
+				at = append(at, top, bot)
+			}
+		}
+		sortDescAt(s, at)
 		samples[m] = s
 	})
 	first := make([]int, T)
@@ -308,11 +316,7 @@ func (e *engine) windows(un unit, tgts []rankTarget) ([]window, []int) {
 			continue
 		}
 		s := samples[t.m]
-		S := float64(len(s))
-		q := float64(t.k) / float64(un.n)
-		margin := 4*math.Sqrt(S*q*(1-q)) + 8
-		top := int(q*S - margin) // larger values: the hi end
-		bot := int(q*S + margin) // smaller values: the lo end
+		top, bot := sampleBounds(t.k, un.n, len(s))
 		w := whole(t.m)
 		if top >= 0 {
 			w.hi = s[top]
@@ -338,31 +342,64 @@ func (e *engine) windows(un unit, tgts []rankTarget) ([]window, []int) {
 	return wins, of
 }
 
-// sortDesc sorts s in descending order: a least-significant-digit radix
-// sort in three passes of 11 bits (on ^v, so that ascending keys are
-// descending values), linear where a comparison sort of the 64Ki samples
-// of every model and unit took a noticeable share of a TIES merge.
-func sortDesc(s []uint32) {
+// sampleBounds are the ranks in a descending sample of S magnitudes that
+// bracket the k-th largest of n: four standard deviations of the sample
+// rank (plus 8) either side of its expected rank. top (the hi end) may be
+// negative and bot (the lo end) S or more: no bound on that side.
+func sampleBounds(k, n int64, S int) (top, bot int) {
+	s := float64(S)
+	q := float64(k) / float64(n)
+	margin := 4*math.Sqrt(s*q*(1-q)) + 8
+	return int(q*s - margin), int(q*s + margin)
+}
+
+// sortDescAt reorders s so that s[r] is, for every r in at inside s, the
+// value a descending sort puts there: an LSD radix sort on the top 22 bits
+// (two passes of 11 bits on ^v, histograms counted in one pass), then a
+// sort of the run of equal top bits around each such r. Three passes over
+// s instead of a full radix sort's six.
+func sortDescAt(s []uint32, at []int) {
 	const bits, bins = 11, 1 << 11
-	src, dst := s, make([]uint32, len(s))
-	for shift := uint(0); shift < 32; shift += bits {
-		var pos [bins]int
-		for _, v := range src {
-			pos[(^v>>shift)&(bins-1)]++
-		}
-		at := 0
-		for b, c := range pos {
-			pos[b] = at
-			at += c
-		}
-		for _, v := range src {
-			k := (^v >> shift) & (bins - 1)
-			dst[pos[k]] = v
-			pos[k]++
-		}
-		src, dst = dst, src
+	var h1, h2 [bins]int
+	for _, v := range s {
+		k := ^v
+		h1[(k>>10)&(bins-1)]++
+		h2[k>>21]++
 	}
-	copy(s, src)
+	dst := make([]uint32, len(s))
+	for pass, h := range []*[bins]int{&h1, &h2} {
+		shift := uint(10 + bits*pass)
+		sum := 0
+		for b, c := range h {
+			h[b] = sum
+			sum += c
+		}
+		src := s
+		if pass == 1 {
+			src, dst = dst, s
+		}
+		for _, v := range src {
+			d := (^v >> shift) & (bins - 1)
+			dst[h[d]] = v
+			h[d]++
+		}
+	}
+	for _, r := range at {
+		if r < 0 || r >= len(s) {
+			continue
+		}
+		lo, hi := r, r+1
+		for lo > 0 && s[lo-1]>>10 == s[r]>>10 {
+			lo--
+		}
+		for hi < len(s) && s[hi]>>10 == s[r]>>10 {
+			hi++
+		}
+		if hi-lo > 1 {
+			slices.Sort(s[lo:hi])
+			slices.Reverse(s[lo:hi])
+		}
+	}
 }
 
 // loadOne reads element i of v as float32.
@@ -432,9 +469,9 @@ func (e *engine) countChunkFused(ch chunkRef, ws *workspace, base []float32, win
 }
 
 // finishCut derives target t's cut from the counts of its window w, or
-// reports that the window missed it. The kept sum is meaningful when the
-// counting pass summed magnitudes.
-func finishCut(t rankTarget, w int, un unit, counts []chunkCount) (cut, float64, bool) {
+// reports that the window missed it. The kept sum is computed when sums
+// is set (the counting pass summed magnitudes), else it is 0.
+func finishCut(t rankTarget, w int, un unit, counts []chunkCount, sums bool) (cut, float64, bool) {
 	switch {
 	case t.k <= 0:
 		return cut{none: true}, 0, true
@@ -486,6 +523,9 @@ func finishCut(t rankTarget, w int, un unit, counts []chunkCount) (cut, float64,
 			eq[c] = a
 			keep -= int64(a)
 		}
+	}
+	if !sums {
+		return ct, 0, true
 	}
 	// Σ|τ̂|: per chunk, the entries above hi, the larger candidates and the
 	// allowed ties; then in chunk order.
