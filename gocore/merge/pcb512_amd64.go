@@ -85,14 +85,6 @@ func pcbInRange(cuts []pcbCut, tf float32) bool {
 	return true
 }
 
-// pcbExp is vec.Exp32x16, without the clamps when inRange.
-func pcbExp(x archsimd.Float32x16, k *vec.ExpConsts16, inRange bool) archsimd.Float32x16 {
-	if inRange {
-		return vec.Exp32x16InRange(x, k)
-	}
-	return vec.Exp32x16(x, k)
-}
-
 // pcbKeyX16 is orderKey on 16 lanes: ^b for negative b, b | sign bit
 // otherwise (a blend under the sign compare's mask).
 func pcbKeyX16(b archsimd.Float32x16, zero archsimd.Int32x16, sign, ones archsimd.Uint32x16) archsimd.Uint32x16 {
@@ -182,8 +174,18 @@ func pcbBetaKeysX16(dst [][]uint32, base []float32, xs [][]float32, cuts []pcbCu
 			if l.clip {
 				nx = pcbClipX16(x, l, abs).Sub(l.lo).Div(l.span)
 			}
-			intra := pcbExp(tv.Mul(nx.Mul(nx)), k, inRange)
-			inter := vec.Tanh32x16(x.Mul(s), k)
+			arg := tv.Mul(nx.Mul(nx))
+			var intra archsimd.Float32x16
+			if inRange {
+				intra = vec.Exp32x16InRange(arg, k)
+			} else {
+				intra = vec.Exp32x16(arg, k)
+			}
+			y := x.Mul(s)
+			inter, small := vec.Tanh32x16Small(y, k)
+			if !small {
+				inter = vec.Tanh32x16(y, k)
+			}
 			key := pcbKeyX16(intra.Mul(inter), zi, sign, ones)
 			key.StoreSlice(dst[m][j:])
 			if scan {
@@ -335,8 +337,18 @@ func pcbMergeScoredX16(out, base []float32, xs [][]float32, sub bool, cuts []pcb
 				if l.clip {
 					nx = c.Sub(l.lo).Div(l.span)
 				}
-				intra := pcbExp(tv.Mul(nx.Mul(nx)), k, inRange)
-				inter := vec.Tanh32x16(x.Mul(s), k)
+				arg := tv.Mul(nx.Mul(nx))
+				var intra archsimd.Float32x16
+				if inRange {
+					intra = vec.Exp32x16InRange(arg, k)
+				} else {
+					intra = vec.Exp32x16(arg, k)
+				}
+				y := x.Mul(s)
+				inter, small := vec.Tanh32x16Small(y, k)
+				if !small {
+					inter = vec.Tanh32x16(y, k)
+				}
 				beta := intra.Mul(inter)
 				sc = beta.Merge(l.cut, beta.Greater(l.cut)).Sub(l.cut).Div(l.bspan)
 			}

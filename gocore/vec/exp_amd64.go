@@ -151,3 +151,21 @@ func Tanh32x16(y archsimd.Float32x16, k *ExpConsts16) archsimd.Float32x16 {
 	v := poly.Merge(r, small)
 	return v.AsUint32x16().Or(y.AsUint32x16().And(k.sign)).AsFloat32x16()
 }
+
+// Tanh32x16Small is Tanh32x16 when every lane of y is on the polynomial
+// (|y| < 0.625): the same bits, and true; otherwise (y, false), and the
+// caller takes Tanh32x16. Small enough to be inlined into a caller's loop,
+// unlike Tanh32x16.
+func Tanh32x16Small(y archsimd.Float32x16, k *ExpConsts16) (archsimd.Float32x16, bool) {
+	a := y.AsUint32x16().And(k.abs).AsFloat32x16()
+	if a.Less(k.small).ToBits() != 0xffff {
+		return y, false
+	}
+	z := y.Mul(y)
+	q := k.q4.Mul(z).Add(k.q3)
+	q = q.Mul(z).Add(k.q2)
+	q = q.Mul(z).Add(k.q1)
+	q = q.Mul(z).Add(k.q0)
+	poly := y.Add(y.Mul(z.Mul(q)))
+	return poly.AsUint32x16().Or(y.AsUint32x16().And(k.sign)).AsFloat32x16(), true
+}

@@ -62,14 +62,23 @@ func TestExpTanh32x16MatchScalar(t *testing.T) {
 	xs = append(xs, small...)
 	k := NewExpConsts16()
 	ge, gt, gr := make([]float32, len(xs)), make([]float32, len(xs)), make([]float32, len(xs))
+	gs, isSmall := make([]float32, len(xs)), make([]bool, len(xs)/16)
 	for j := 0; j < len(xs); j += 16 {
 		x := archsimd.LoadFloat32x16Slice(xs[j:])
 		Exp32x16(x, k).StoreSlice(ge[j:])
 		Tanh32x16(x, k).StoreSlice(gt[j:])
 		Exp32x16InRange(x, k).StoreSlice(gr[j:])
+		if v, ok := Tanh32x16Small(x, k); ok {
+			v.StoreSlice(gs[j:])
+			isSmall[j/16] = true
+		}
 	}
 	archsimd.ClearAVXUpperBits()
 	for j, x := range xs {
+		a := math.Abs(float64(x))
+		if allSmall := !(a >= 0.625); isSmall[j/16] != groupSmall(xs[j/16*16:j/16*16+16]) || allSmall && isSmall[j/16] && math.Float32bits(gs[j]) != math.Float32bits(Tanh32(x)) {
+			t.Fatalf("Tanh32x16Small lane %g: ok=%v, %g; Tanh32 %g", x, isSmall[j/16], gs[j], Tanh32(x))
+		}
 		if x > -86 && x < 89 && math.Float32bits(gr[j]) != math.Float32bits(ge[j]) {
 			t.Fatalf("Exp32x16InRange lane %g = %g, Exp32x16 %g", x, gr[j], ge[j])
 		}
@@ -80,4 +89,14 @@ func TestExpTanh32x16MatchScalar(t *testing.T) {
 			t.Fatalf("Tanh32x16 lane %g = %g, Tanh32 %g", x, gt[j], w)
 		}
 	}
+}
+
+// groupSmall reports whether every x has |x| < 0.625 (NaN is not).
+func groupSmall(xs []float32) bool {
+	for _, x := range xs {
+		if !(math.Abs(float64(x)) < 0.625) {
+			return false
+		}
+	}
+	return true
 }
