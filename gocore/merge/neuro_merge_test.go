@@ -87,8 +87,17 @@ func TestNeuroMergeMatchesGeneralPath(t *testing.T) {
 // followed by vec.KeepTop, bit for bit and allowance for allowance, with
 // many ties at the cut, ±0 and every kind of allowance.
 func TestSubKeepTop(t *testing.T) {
+	// The 16-lane loop where the CPU has AVX-512, and the 8-lane one.
+	defer func(v bool) { countSums512 = v }(countSums512)
+	for _, wide := range []bool{countSums512, false} {
+		countSums512 = wide
+		testSubKeepTop(t)
+	}
+}
+
+func testSubKeepTop(t *testing.T) {
 	r := rand.New(rand.NewPCG(9, 10))
-	for _, n := range []int{0, 1, 7, 8, 9, 64, 100, 1000} {
+	for _, n := range []int{0, 1, 7, 8, 9, 15, 16, 17, 64, 100, 1000} {
 		for trial := range 20 {
 			x, b := make([]float32, n), make([]float32, n)
 			for j := range x {

@@ -113,6 +113,15 @@ func oldCombine(out, w []float32, taus [][]float32, b []float32, cw float32) {
 // the former three passes, bit for bit (zeros of both signs included), at
 // lengths around the vector width and every alignment of the output.
 func TestCombineRow(t *testing.T) {
+	// The 16-lane loop where the CPU has AVX-512, and the 8-lane one.
+	defer func(v bool) { row512 = v }(row512)
+	for _, wide := range []bool{row512, false} {
+		row512 = wide
+		testCombineRow(t)
+	}
+}
+
+func testCombineRow(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 9))
 	for _, T := range []int{0, 1, 3, 5} {
 		for _, n := range []int{1, 7, 8, 9, 16, 23, 2048} {
