@@ -71,12 +71,62 @@ type pcbKept struct {
 }
 
 // pcbUnitKeys are one unit's kept keys: keys[m] in unit order (chunk c's
-// at offs[c]), and how many chunks are still to be merged.
+// at offs[c]; selectKeys's buffer), or per chunk (chunks, the bracket
+// path's), and how many chunks are still to be merged.
 type pcbUnitKeys struct {
-	keys  [][]uint32
-	offs  []int
-	bytes int64
-	left  atomic.Int64
+	keys   [][]uint32
+	offs   []int
+	chunks *pcbChunkKeys
+	bytes  int64
+	left   atomic.Int64
+}
+
+// pcbChunkKeys are a unit's keys chunk by chunk: chunk c's keys of model
+// m are views[c·T+m], cut from bufs[c] (from pcbChunkBufs). A worker takes
+// its chunk's buffer from the pool while it writes the keys, so that no
+// one goroutine clears or faults in a whole unit's buffer, and hands it
+// back once the chunk is merged.
+type pcbChunkKeys struct {
+	T     int
+	views [][]uint32
+	bufs  []*[]uint32
+}
+
+// pcbChunkBufs recycles the bracket path's per-chunk key buffers
+// (*[]uint32).
+var pcbChunkBufs sync.Pool
+
+// get cuts chunk c's buffer of T·n keys (from the pool when one there is
+// large enough) into its views.
+func (ck *pcbChunkKeys) get(c, n int) [][]uint32 {
+	need := ck.T * n
+	p, _ := pcbChunkBufs.Get().(*[]uint32)
+	if p == nil || cap(*p) < need {
+		b := make([]uint32, need)
+		p = &b
+	}
+	ck.bufs[c] = p
+	v := ck.views[c*ck.T : (c+1)*ck.T]
+	for m := range v {
+		v[m] = (*p)[m*n : (m+1)*n]
+	}
+	return v
+}
+
+// put hands chunk c's buffer back.
+func (ck *pcbChunkKeys) put(c int) {
+	if p := ck.bufs[c]; p != nil {
+		ck.bufs[c] = nil
+		clear(ck.views[c*ck.T : (c+1)*ck.T])
+		pcbChunkBufs.Put(p)
+	}
+}
+
+// putAll hands every chunk's buffer back.
+func (ck *pcbChunkKeys) putAll() {
+	for c := range ck.bufs {
+		ck.put(c)
+	}
 }
 
 // reserve books room for n bytes of keys, reporting whether it fits.
@@ -104,19 +154,26 @@ func (k *pcbKept) chunkKeys(u, c int) ([][]uint32, int) {
 		return nil, 0
 	}
 	uk := &k.units[u]
+	if ck := uk.chunks; ck != nil {
+		return ck.views[c*ck.T : (c+1)*ck.T], 0
+	}
 	if uk.keys == nil {
 		return nil, 0
 	}
 	return uk.keys, uk.offs[c]
 }
 
-// merged notes that one chunk of unit u is merged; after the last one the
+// merged notes that chunk c of unit u is merged (its buffer, when the
+// keys are per chunk, goes back to the pool); after the last one the
 // unit's keys are dropped.
-func (k *pcbKept) merged(u int) {
+func (k *pcbKept) merged(u, c int) {
 	uk := &k.units[u]
+	if uk.chunks != nil {
+		uk.chunks.put(c)
+	}
 	if uk.left.Add(-1) == 0 {
 		putKeyBuf(uk.keys)
-		uk.keys, uk.offs = nil, nil
+		uk.keys, uk.offs, uk.chunks = nil, nil, nil
 		k.release(uk.bytes)
 	}
 }
@@ -213,27 +270,29 @@ func (e *engine) pcbUnit(un unit, u, workers int) error {
 	keep := size <= keyCacheBytes && e.pcbKeys.reserve(size)
 	var keys []uint32
 	var kept [][]uint32
+	var ck *pcbChunkKeys
 	var err error
 	done := false
 	if d >= pcbBracketMin {
-		keys, buf, done, err = e.pcbBetaBracket(un, cuts, kcut, keep, buf, workers)
-		if done {
-			kept = buf
-		}
+		keys, ck, done = e.pcbBetaBracket(un, cuts, kcut, keep, workers)
 	}
-	if err == nil && !done {
+	if !done {
 		keys, kept, err = e.selectKeys(un.chunks, T, targets, keep, buf, workers, e.pcbBetaSrc(cuts))
+	} else {
+		putKeyBuf(buf)
 	}
 	if keep {
-		if err != nil || kept == nil {
+		if err != nil || (kept == nil && ck == nil) {
 			putKeyBuf(kept)
 			e.pcbKeys.release(size)
 		} else {
 			uk := &e.pcbKeys.units[u]
-			uk.keys, uk.bytes = kept, size
-			uk.offs = make([]int, len(un.chunks))
-			for c := 1; c < len(un.chunks); c++ {
-				uk.offs[c] = uk.offs[c-1] + un.chunks[c-1].hi - un.chunks[c-1].lo
+			uk.keys, uk.chunks, uk.bytes = kept, ck, size
+			if kept != nil {
+				uk.offs = make([]int, len(un.chunks))
+				for c := 1; c < len(un.chunks); c++ {
+					uk.offs[c] = uk.offs[c-1] + un.chunks[c-1].hi - un.chunks[c-1].lo
+				}
 			}
 			uk.left.Store(int64(len(un.chunks)))
 		}
@@ -298,22 +357,24 @@ func (t *pcbTails) thresholds() (tLo, tHi int32) {
 func (t *pcbTails) add(k uint32) {
 	tLo, tHi := t.thresholds()
 	if int32(k) < tLo {
-		t.lo = heapPush(t.lo, k, t.rLo, func(a, b uint32) bool { return a > b })
+		t.lo = heapPush(t.lo, k, t.rLo, 0) // a max-heap
 	}
 	if int32(k) > tHi {
-		t.hi = heapPush(t.hi, k, t.rHi, func(a, b uint32) bool { return a < b })
+		t.hi = heapPush(t.hi, k, t.rHi, ^uint32(0)) // a min-heap
 	}
 }
 
-// heapPush adds k to the heap h (root first by before) of at most r keys:
-// appended while there is room, else in place of the root (which the
-// caller has checked k beats).
-func heapPush(h []uint32, k uint32, r int, before func(a, b uint32) bool) []uint32 {
+// heapPush adds k to the heap h of at most r keys, whose root is the
+// largest key x^flip (flip 0: a max-heap; all ones: a min-heap): appended
+// while there is room, else in place of the root (which the caller has
+// checked k beats). Compares of the flipped keys, no comparison function
+// to call.
+func heapPush(h []uint32, k uint32, r int, flip uint32) []uint32 {
 	if len(h) < r {
 		h = append(h, k)
 		for i := len(h) - 1; i > 0; {
 			p := (i - 1) / 2
-			if !before(h[i], h[p]) {
+			if !(h[i]^flip > h[p]^flip) {
 				break
 			}
 			h[i], h[p] = h[p], h[i]
@@ -327,10 +388,10 @@ func heapPush(h []uint32, k uint32, r int, before func(a, b uint32) bool) []uint
 		if c >= len(h) {
 			break
 		}
-		if c+1 < len(h) && before(h[c+1], h[c]) {
+		if c+1 < len(h) && h[c+1]^flip > h[c]^flip {
 			c++
 		}
-		if !before(h[c], h[i]) {
+		if !(h[c]^flip > h[i]^flip) {
 			break
 		}
 		h[i], h[c] = h[c], h[i]
@@ -617,7 +678,7 @@ func pcbMergeChunk(e *engine, ch chunkRef, base []float32, xs [][]float32, sub b
 		}
 		pcbBetaKeys(keys, b, xs, cuts, n)
 	} else {
-		defer e.pcbKeys.merged(u)
+		defer e.pcbKeys.merged(u, uc)
 	}
 	pcbMerge(out, base[:n], xs, sub, keys, off, cuts, e.w, float32(e.p.Lambda))
 }

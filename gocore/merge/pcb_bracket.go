@@ -76,28 +76,21 @@ type pcbBracket struct {
 // pcbBetaBracket finds every model's β cut (rank kcut[m] from the top)
 // and maximum over unit un by the bracket path. It returns the keys (cut
 // and maximum per model, as selectKeys's targets 2m and 2m+1), the unit's
-// keys when keep (cut from reuse when it has the shape) and ok = false
-// when a bracket missed its cut: the caller then selects with selectKeys,
-// handing it the returned buffer.
-func (e *engine) pcbBetaBracket(un unit, cuts []pcbCut, kcut []int64, keep bool, reuse [][]uint32, workers int) (res []uint32, cache [][]uint32, ok bool, err error) {
+// keys chunk by chunk when keep, and ok = false when a bracket missed its
+// cut (nothing kept): the caller then selects with selectKeys.
+func (e *engine) pcbBetaBracket(un unit, cuts []pcbCut, kcut []int64, keep bool, workers int) (res []uint32, ck *pcbChunkKeys, ok bool) {
 	T := e.T
 	chunks := un.chunks
 	workers = max(1, min(workers, len(chunks)))
-	offs := make([]int, len(chunks)+1)
 	sfirst := make([]int, len(chunks)+1)
+	var total int
 	for c, ch := range chunks {
-		offs[c+1] = offs[c] + ch.hi - ch.lo
+		total += ch.hi - ch.lo
 		sfirst[c+1] = sfirst[c] + pcbSampleLen(ch.hi-ch.lo)
 	}
-	total, S := offs[len(chunks)], sfirst[len(chunks)]
+	S := sfirst[len(chunks)]
 	if keep {
-		cache = reuse
-		if len(cache) != T || len(cache[0]) != total {
-			putKeyBuf(reuse)
-			cache = getKeyBuf(T, total)
-		}
-	} else {
-		putKeyBuf(reuse)
+		ck = &pcbChunkKeys{T: T, views: make([][]uint32, len(chunks)*T), bufs: make([]*[]uint32, len(chunks))}
 	}
 
 	// The sample's keys, per model in chunk order.
@@ -168,7 +161,7 @@ func (e *engine) pcbBetaBracket(un unit, cuts []pcbCut, kcut []int64, keep bool,
 				}
 			}
 		}
-		if cache == nil {
+		if ck == nil {
 			scratch[w] = make([][]uint32, T)
 			for m := range T {
 				scratch[w][m] = make([]uint32, max(e.maxChunk, 1))
@@ -179,10 +172,10 @@ func (e *engine) pcbBetaBracket(un unit, cuts []pcbCut, kcut []int64, keep bool,
 		ch := chunks[c]
 		n := ch.hi - ch.lo
 		dst := views[w]
-		for m := range dst {
-			if cache != nil {
-				dst[m] = cache[m][offs[c]:offs[c+1]]
-			} else {
+		if ck != nil {
+			dst = ck.get(c, n)
+		} else {
+			for m := range dst {
 				dst[m] = scratch[w][m][:n]
 			}
 		}
@@ -207,7 +200,10 @@ func (e *engine) pcbBetaBracket(un unit, cuts []pcbCut, kcut []int64, keep bool,
 		}
 		k := kcut[m]
 		if !(a < k && k <= a+in) {
-			return nil, cache, false, nil
+			if ck != nil {
+				ck.putAll()
+			}
+			return nil, nil, false
 		}
 		if !st[0][m].collect {
 			res[2*m] = br[m].lo // a one-key bracket that holds the cut
@@ -219,10 +215,7 @@ func (e *engine) pcbBetaBracket(un unit, cuts []pcbCut, kcut []int64, keep bool,
 		}
 		res[2*m] = kthLargestKeys(ls, k-a)
 	}
-	if !keep {
-		cache = nil
-	}
-	return res, cache, true, nil
+	return res, ck, true
 }
 
 // pcbCandPool recycles the lists of keys collected inside the brackets

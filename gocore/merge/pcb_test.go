@@ -94,7 +94,7 @@ func TestPCBKeptKeysReleased(t *testing.T) {
 		t.Fatalf("held %d bytes after the merge, want 0", e.pcbKeys.bytes)
 	}
 	for u := range e.pcbKeys.units {
-		if e.pcbKeys.units[u].keys != nil {
+		if e.pcbKeys.units[u].keys != nil || e.pcbKeys.units[u].chunks != nil {
 			t.Fatalf("unit %d still holds its keys", u)
 		}
 	}
