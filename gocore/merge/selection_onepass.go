@@ -322,7 +322,18 @@ func (op *onePass) patch(e *engine, i int, un unit, sel *unitSelection) {
 				}
 			}
 			res := make([]float32, len(oc.idx))
-			fin := vec.MergeTasks(res, oc.base, oc.x, &p)
+			// countGather without windows is MergeTasks 16 lanes wide
+			// (bands without tie allowances left; else it declines).
+			s, _ := cgPool.Get().(*cgScratch)
+			if s == nil {
+				s = new(cgScratch)
+			}
+			var none flagWindows
+			_, fin, ok := countGather(res, oc.base, oc.x, &none, &p, s)
+			cgPool.Put(s)
+			if !ok {
+				fin = vec.MergeTasks(res, oc.base, oc.x, &p)
+			}
 			t := &e.tensors[ch.ti]
 			inPlace := t.Out.DType == tensor.F32
 			if !fin || !inPlace {
