@@ -133,9 +133,9 @@ func (e *engine) pcbBetaBracket(un unit, cuts []pcbCut, kcut []int64, keep bool,
 		pcbBetaKeys(dst, base, xs, cuts, ns)
 	})
 	br := make([]pcbBracket, T)
-	for m := range T {
+	parallel.ForN(T, workers, func(_, m int) {
 		br[m] = pcbBracketFor(sample[m], kcut[m], int64(total))
-	}
+	})
 
 	// The pass: every key, counted against the brackets, the inside ones
 	// collected, the maximum kept.
@@ -189,8 +189,11 @@ func (e *engine) pcbBetaBracket(un unit, cuts []pcbCut, kcut []int64, keep bool,
 		pcbBetaScan(dst, base, xs, cuts, n, st[w])
 		e.scratch.Put(ws)
 	})
+	// Per model: the counts, then the cut among the collected keys (the
+	// models in parallel: a list holds a few per cent of the unit's keys).
 	res = make([]uint32, 2*T)
-	for m := range T {
+	hit := make([]bool, T)
+	parallel.ForN(T, workers, func(_, m int) {
 		var a, in int64
 		for w := range workers {
 			s := &st[w][m]
@@ -200,20 +203,26 @@ func (e *engine) pcbBetaBracket(un unit, cuts []pcbCut, kcut []int64, keep bool,
 		}
 		k := kcut[m]
 		if !(a < k && k <= a+in) {
-			if ck != nil {
-				ck.putAll()
-			}
-			return nil, nil, false
+			return
 		}
+		hit[m] = true
 		if !st[0][m].collect {
 			res[2*m] = br[m].lo // a one-key bracket that holds the cut
-			continue
+			return
 		}
 		ls := make([][]uint32, workers)
 		for w := range workers {
 			ls[w] = st[w][m].cand
 		}
 		res[2*m] = kthLargestKeys(ls, k-a)
+	})
+	for _, h := range hit {
+		if !h {
+			if ck != nil {
+				ck.putAll()
+			}
+			return nil, nil, false
+		}
 	}
 	return res, ck, true
 }
