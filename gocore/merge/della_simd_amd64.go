@@ -29,6 +29,9 @@ func dellaKeys(row []float32, keys []uint32) (kmin, kmax uint32) {
 		return dellaKeysGo(row, keys)
 	}
 	keys = keys[:len(row)]
+	if dellaVector512 && len(row) >= 16 {
+		return dellaKeys16(row, keys)
+	}
 	absMask := archsimd.BroadcastUint32x8(0x7fffffff)
 	k := archsimd.LoadFloat32x8Slice(row).AsUint32x8().And(absMask)
 	lo, hi := k, k
@@ -43,6 +46,29 @@ func dellaKeys(row []float32, keys []uint32) (kmin, kmax uint32) {
 	archsimd.ClearAVXUpperBits()
 	kmin, kmax = dellaKeysGo(row[n8:], keys[n8:])
 	for i := range 8 {
+		kmin, kmax = min(kmin, l[i]), max(kmax, h[i])
+	}
+	return kmin, kmax
+}
+
+// dellaKeys16 is dellaKeys with 16 lanes (AVX-512), for rows of 16 or
+// more entries.
+func dellaKeys16(row []float32, keys []uint32) (kmin, kmax uint32) {
+	n16 := len(row) &^ 15
+	absMask := archsimd.BroadcastUint32x16(0x7fffffff)
+	k := archsimd.LoadFloat32x16Slice(row).AsUint32x16().And(absMask)
+	lo, hi := k, k
+	for j := 0; j < n16; j += 16 {
+		k := archsimd.LoadFloat32x16Slice(row[j:]).AsUint32x16().And(absMask)
+		k.StoreSlice(keys[j:])
+		lo, hi = lo.Min(k), hi.Max(k)
+	}
+	var l, h [16]uint32
+	lo.Store(&l)
+	hi.Store(&h)
+	archsimd.ClearAVXUpperBits()
+	kmin, kmax = dellaKeysGo(row[n16:], keys[n16:])
+	for i := range 16 {
 		kmin, kmax = min(kmin, l[i]), max(kmax, h[i])
 	}
 	return kmin, kmax

@@ -56,3 +56,6 @@ func dellaMerge(out, base []float32, x [][]float32, op *dellaMergeOp) bool {
 func dellaBuckets(keys []uint32, kmin, shift uint32, bk []uint32) {
 	dellaBucketsGo(keys, kmin, shift, bk)
 }
+
+// dellaVector512 has no effect in the plain build (the tests set it).
+var dellaVector512 = false

@@ -134,6 +134,15 @@ func TestDellaRowBitsMatchDefinition(t *testing.T) {
 // its plain-Go twin's result bit for bit, for every length around the
 // vector width (in the plain build both sides are the twin).
 func TestDellaVectorLoopsMatchTwins(t *testing.T) {
+	// The AVX-512 loops where the CPU has them, and the AVX2 ones.
+	defer func(v bool) { dellaVector512 = v }(dellaVector512)
+	for _, wide := range []bool{dellaVector512, false} {
+		dellaVector512 = wide
+		testDellaVectorLoops(t)
+	}
+}
+
+func testDellaVectorLoops(t *testing.T) {
 	r := rand.New(rand.NewPCG(9, 10))
 	for _, kind := range dellaRowKinds {
 		for _, n := range []int{1, 7, 8, 9, 15, 16, 17, 64, 100, 1000} {
