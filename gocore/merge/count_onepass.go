@@ -149,3 +149,12 @@ func countGatherGo(out, b []float32, x [][]float32, fw *flagWindows, p *vec.Task
 	}
 	return fin, rfin
 }
+
+// appendMags16Go appends the magnitude bits |x[j] − b[j]| of 16 entries
+// to s (appendMags16's twin).
+func appendMags16Go(s []uint32, x, b *[16]float32) []uint32 {
+	for j, v := range x {
+		s = append(s, math.Float32bits(v-b[j])&0x7fffffff)
+	}
+	return s
+}

@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/bits"
 	"simd/archsimd"
+	"slices"
 	"unsafe"
 
 	"github.com/npsfuse/npsfuse/gocore/vec"
@@ -386,4 +387,18 @@ func (s *cgScratch) candidates(fw *flagWindows) {
 		}
 		s.nc[i] = k
 	}
+}
+
+// appendMags16 appends the magnitude bits |x[j] − b[j]| of 16 entries to
+// s (one vector with AVX-512).
+func appendMags16(s []uint32, x, b *[16]float32) []uint32 {
+	if !countGather512 {
+		return appendMags16Go(s, x, b)
+	}
+	n := len(s)
+	s = slices.Grow(s, 16)[:n+16]
+	abs := archsimd.BroadcastInt32x16(0x7fffffff)
+	archsimd.LoadFloat32x16(x).Sub(archsimd.LoadFloat32x16(b)).AsInt32x16().And(abs).AsUint32x16().StoreSlice(s[n:])
+	archsimd.ClearAVXUpperBits()
+	return s
 }

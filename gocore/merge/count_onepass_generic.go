@@ -23,3 +23,6 @@ func countGather(out, b []float32, x [][]float32, fw *flagWindows, p *vec.TaskMe
 
 // cgBlock sizes cgScratch's block buffers (count_onepass512_amd64.go).
 const cgBlock = 16
+
+// appendMags16 is appendMags16Go in the plain build.
+func appendMags16(s []uint32, x, b *[16]float32) []uint32 { return appendMags16Go(s, x, b) }

@@ -567,3 +567,30 @@ func TestCountGatherMatchesSeparateLoops(t *testing.T) {
 		t.Fatal("countGather took three flagged windows of one model")
 	}
 }
+
+// TestAppendMags16 compares the sample's 16-entry block (one vector with
+// AVX-512) with its scalar twin, ±0, ties and large values included.
+func TestAppendMags16(t *testing.T) {
+	r := rand.New(rand.NewPCG(19, 20))
+	for trial := range 200 {
+		var x, b [16]float32
+		for j := range x {
+			b[j] = float32(r.NormFloat64())
+			x[j] = b[j] + float32(r.NormFloat64()*0.01)
+			switch r.IntN(8) {
+			case 0:
+				x[j] = b[j]
+			case 1:
+				x[j], b[j] = float32(math.Copysign(0, -1)), 0
+			case 2:
+				x[j], b[j] = 3e38, -3e38
+			}
+		}
+		pre := []uint32{uint32(trial)}
+		got := appendMags16(slices.Clone(pre), &x, &b)
+		want := appendMags16Go(slices.Clone(pre), &x, &b)
+		if !slices.Equal(got, want) {
+			t.Fatalf("trial %d: %x, twin %x", trial, got, want)
+		}
+	}
+}

@@ -276,9 +276,15 @@ func (e *engine) windows(un unit, tgts []rankTarget) ([]window, []int) {
 					for k := range nb {
 						g := g0 + int64(k)*stride
 						lo, hi := int(g-pos), int(min(g-pos+sampleBlock, n))
+						s = append(s, first[k])
+						if hi-lo == 16 {
+							// The whole block in one vector (its first
+							// entry again, the same bits).
+							s = appendMags16(s[:len(s)-1], (*[16]float32)(xs[lo:hi]), (*[16]float32)(bs[lo:hi]))
+							continue
+						}
 						xb, bb := xs[lo+1:hi], bs[lo+1:hi]
 						bb = bb[:len(xb)]
-						s = append(s, first[k])
 						for j, v := range xb {
 							s = append(s, math.Float32bits(v-bb[j])&0x7fffffff)
 						}
