@@ -104,15 +104,19 @@ def test_config_that_is_a_directory(tmp_path: Path) -> None:
 
 
 def _slow_merge(tmp: Path) -> tuple[Path, Path]:
-    """A config whose merge takes seconds (pcb on 3 × 8M entries)."""
+    """A config whose merge lasts about a second with one thread (pcb on
+    3 models × 8 tensors × 4M entries; one 8M tensor took only 0.25 s once
+    pcb had vector kernels, less than the time the tests wait to be inside
+    the merge). The tensors are merged one after another, so a file
+    truncated mid-merge is read again after the truncation."""
     g = torch.Generator().manual_seed(5)
-    base = {"w": torch.randn(4096, 2048, generator=g)}
+    base = {f"w{k}": torch.randn(2048, 2048, generator=g) for k in range(8)}
     paths = []
     for i in range(4):
         d = tmp / f"m{i}"
         d.mkdir()
         save_file(
-            {"w": base["w"] + 0.01 * i * torch.randn(4096, 2048, generator=g)},
+            {k: v + 0.01 * i * torch.randn(2048, 2048, generator=g) for k, v in base.items()},
             str(d / "model.safetensors"),
         )
         paths.append(str(d))
@@ -134,7 +138,7 @@ def _start(cfg: Path, out: Path) -> subprocess.Popen[str]:
         assert p.poll() is None, p.communicate()
         assert time.monotonic() < deadline, "the merge never started"
         time.sleep(0.02)
-    time.sleep(0.3)  # into the merge
+    time.sleep(0.1)  # into the merge
     return p
 
 

@@ -152,12 +152,21 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		close(gcStop)
 		<-gcDone
 	}()
+	retention := jobs.Retention{MaxAge: cfg.RetentionAge, MaxJobs: cfg.RetentionJobs,
+		MaxResultBytes: cfg.RetentionBytes, SessionIdle: cfg.SessionIdleTimeout}
+	// The policy holds from the first request on: the start's sweep runs
+	// before the listener serves (a client listing jobs right after a
+	// restart saw the ones past the policy until the sweeper's first turn).
+	if swept, err := runner.Sweep(time.Now(), retention); err != nil {
+		log.Warn("retention sweep failed", "error", err)
+	} else {
+		m.swept(swept)
+	}
 	retCtx, retStop := context.WithCancel(ctx)
 	retDone := make(chan struct{})
 	go func() { // finished jobs, results and idle sessions past the retention policy
 		defer close(retDone)
-		runner.RunRetention(retCtx, jobs.Retention{MaxAge: cfg.RetentionAge, MaxJobs: cfg.RetentionJobs,
-			MaxResultBytes: cfg.RetentionBytes, SessionIdle: cfg.SessionIdleTimeout}, sweepEvery, m.swept)
+		runner.RunRetention(retCtx, retention, sweepEvery, m.swept)
 	}()
 	defer func() {
 		retStop()
