@@ -301,15 +301,7 @@ func (e *engine) windows(un unit, tgts []rankTarget) ([]window, []int) {
 			}
 			pos += n
 		}
-		// Only the ranks that bound a window need their sorted values.
-		var at []int
-		for _, t := range tgts {
-			if t.m == m && t.k > 0 && t.k < un.n {
-				top, bot := sampleBounds(t.k, un.n, len(s))
-				at = append(at, top, bot)
-			}
-		}
-		sortDescAt(s, at)
+		sortDesc(s)
 		samples[m] = s
 	})
 	first := make([]int, T)
@@ -359,53 +351,31 @@ func sampleBounds(k, n int64, S int) (top, bot int) {
 	return int(q*s - margin), int(q*s + margin)
 }
 
-// sortDescAt reorders s so that s[r] is, for every r in at inside s, the
-// value a descending sort puts there: an LSD radix sort on the top 22 bits
-// (two passes of 11 bits on ^v, histograms counted in one pass), then a
-// sort of the run of equal top bits around each such r. Three passes over
-// s instead of a full radix sort's six.
-func sortDescAt(s []uint32, at []int) {
+// sortDesc sorts s in descending order: a least-significant-digit radix
+// sort in three passes of 11 bits (on ^v, so that ascending keys are
+// descending values), linear where a comparison sort of the 64Ki samples
+// of every model and unit took a noticeable share of a TIES merge.
+func sortDesc(s []uint32) {
 	const bits, bins = 11, 1 << 11
-	var h1, h2 [bins]int
-	for _, v := range s {
-		k := ^v
-		h1[(k>>10)&(bins-1)]++
-		h2[k>>21]++
-	}
-	dst := make([]uint32, len(s))
-	for pass, h := range []*[bins]int{&h1, &h2} {
-		shift := uint(10 + bits*pass)
-		sum := 0
-		for b, c := range h {
-			h[b] = sum
-			sum += c
+	src, dst := s, make([]uint32, len(s))
+	for shift := uint(0); shift < 32; shift += bits {
+		var pos [bins]int
+		for _, v := range src {
+			pos[(^v>>shift)&(bins-1)]++
 		}
-		src := s
-		if pass == 1 {
-			src, dst = dst, s
+		at := 0
+		for b, c := range pos {
+			pos[b] = at
+			at += c
 		}
 		for _, v := range src {
-			d := (^v >> shift) & (bins - 1)
-			dst[h[d]] = v
-			h[d]++
+			k := (^v >> shift) & (bins - 1)
+			dst[pos[k]] = v
+			pos[k]++
 		}
+		src, dst = dst, src
 	}
-	for _, r := range at {
-		if r < 0 || r >= len(s) {
-			continue
-		}
-		lo, hi := r, r+1
-		for lo > 0 && s[lo-1]>>10 == s[r]>>10 {
-			lo--
-		}
-		for hi < len(s) && s[hi]>>10 == s[r]>>10 {
-			hi++
-		}
-		if hi-lo > 1 {
-			slices.Sort(s[lo:hi])
-			slices.Reverse(s[lo:hi])
-		}
-	}
+	copy(s, src)
 }
 
 // loadOne reads element i of v as float32.
