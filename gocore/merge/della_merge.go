@@ -114,11 +114,9 @@ func dellaMergeFrom(out, base []float32, x [][]float32, op *dellaMergeOp, from i
 		for m := range T {
 			t := x[m][j] - b
 			if ws := op.words[m]; ws != nil {
-				if ws[j>>6]>>(j&63)&1 != 0 {
-					t *= op.scale[m]
-				} else {
-					t = 0
-				}
+				// τ·f kept, +0 dropped, without a branch on the random bit.
+				keep := -uint32(ws[j>>6] >> (j & 63) & 1)
+				t = math.Float32frombits(math.Float32bits(t*op.scale[m]) & keep)
 			}
 			vm := float32(op.w[m] * t)
 			v[m] = vm
