@@ -2,8 +2,10 @@ package merge
 
 import (
 	"fmt"
+	"unsafe"
 
 	"github.com/npsfuse/npsfuse/gocore/rng"
+	"github.com/npsfuse/npsfuse/gocore/tensor"
 )
 
 // DELLA-Merging (Deep, Bhatia et al., "DELLA-Merging: Reducing Interference
@@ -64,9 +66,17 @@ func (magprune) prepare(e *engine, units []int) error {
 				return e.nonFinite(ch, fmt.Sprintf("model %d", m), mv)
 			}
 			acc[2*m], acc[2*m+1] = before, before
+			// The next model's chunk, read where it is stored, is touched
+			// while this one's rows are decided (below).
+			var next []float32
+			if m+1 < e.T && !e.geom[ch.ti].transposed {
+				if v := e.tensors[ch.ti].Models[m+1]; v.DType == tensor.F32 {
+					next = v.F32[ch.lo:ch.hi]
+				}
+			}
 			if e.density(m) < 1 {
 				words := make([]uint64, (n+63)/64)
-				dellaChunkBits(e, m, ch, tau, words)
+				dellaChunkBits(e, m, ch, tau, words, next)
 				e.sp.della[ch.gc*e.T+m] = words
 				acc[2*m+1] = dellaKeptAbsSum(tau, words)
 			}
@@ -119,14 +129,16 @@ func (magprune) apply(e *engine, m int, ch chunkRef, tau []float32) {
 		}
 		words = sc.chunkWords[:nw]
 		clear(words)
-		dellaChunkBits(e, m, ch, tau, words)
+		dellaChunkBits(e, m, ch, tau, words, nil)
 	}
 	dellaApplyBits(tau, words, e.rescaleFactor(ch.ti, m))
 }
 
 // dellaChunkBits ORs into words (bit j for entry j of the chunk) the keep
-// bits of chunk ch of model m's τ, row by row (della_rows.go).
-func dellaChunkBits(e *engine, m int, ch chunkRef, tau []float32, words []uint64) {
+// bits of chunk ch of model m's τ, row by row (della_rows.go). After each
+// row it touches a share of next's cache lines (nil: none), so that the
+// next input the caller reads is on its way while the rows are worked on.
+func dellaChunkBits(e *engine, m int, ch chunkRef, tau []float32, words []uint64, next []float32) {
 	d, eps := e.density(m), e.p.epsilon(m)
 	lo, span := float32(d-eps), 2*float32(eps)
 	cols := e.geom[ch.ti].cols
@@ -136,8 +148,13 @@ func dellaChunkBits(e *engine, m int, ch chunkRef, tau []float32, words []uint64
 	sc := dellaPool(cols)
 	defer dellaScratchPool.Put(sc)
 	thr := sc.thresholds(cols, lo, span)
+	rows := ch.r1 - ch.r0
 	for r := ch.r0; r < ch.r1; r++ {
 		off := (r - ch.r0) * cols
+		if next != nil {
+			i := r - ch.r0
+			sc.sink += dellaTouch(next[len(next)*i/rows : len(next)*(i+1)/rows])
+		}
 		row := tau[off : off+cols]
 		if off&63 == 0 { // the row starts a word: its bits go in place
 			sc.rowBits(row, key, uint64(r*cols), thr, words[off>>6:])
@@ -146,4 +163,19 @@ func dellaChunkBits(e *engine, m int, ch chunkRef, tau []float32, words []uint64
 			orBitsAt(words, off, sc.words, cols)
 		}
 	}
+}
+
+// dellaTouch reads one entry per 64-byte line of x (as integers: no
+// scalar float instruction) and returns their sum, which the caller keeps
+// so that the loads stay.
+func dellaTouch(x []float32) uint32 {
+	if len(x) == 0 {
+		return 0
+	}
+	u := unsafe.Slice((*uint32)(unsafe.Pointer(&x[0])), len(x))
+	var s uint32
+	for i := 0; i < len(u); i += 16 {
+		s += u[i]
+	}
+	return s
 }

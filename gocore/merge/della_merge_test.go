@@ -151,3 +151,21 @@ func TestDellaMergeMatchesTwin(t *testing.T) {
 		}
 	}
 }
+
+// TestDellaTouch: dellaTouch sums the bit patterns of every 16th entry
+// (one per 64-byte line of a 64-byte-aligned slice).
+func TestDellaTouch(t *testing.T) {
+	for _, n := range []int{0, 1, 15, 16, 17, 100} {
+		x := make([]float32, n)
+		var want uint32
+		for i := range x {
+			x[i] = float32(i) * 1.5
+			if i%16 == 0 {
+				want += math.Float32bits(x[i])
+			}
+		}
+		if got := dellaTouch(x); got != want {
+			t.Fatalf("n=%d: %d, want %d", n, got, want)
+		}
+	}
+}

@@ -50,6 +50,7 @@ type dellaScratch struct {
 	scattered  bool
 	direct     int      // entries ranked by dellaRank in this row
 	chunkWords []uint64 // a chunk's keep bits when they are not kept for the merge pass
+	sink       uint32   // dellaTouch's sums
 
 	// thr is the threshold table of (thrN, thrLo, thrSpan).
 	thr            []uint32
