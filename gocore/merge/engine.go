@@ -818,7 +818,7 @@ func (e *engine) checkResult(ch chunkRef, out []float32) error {
 	case tensor.BF16:
 		limit = bf16Overflow
 	}
-	if limit > math.MaxFloat32 && vec.Finite(out) {
+	if limit > math.MaxFloat32 && vec.Finite(out) || vec.BelowAbs(out, limit) {
 		return nil
 	}
 	for j, v := range out {

@@ -293,6 +293,33 @@ func (e *engine) windows(un unit, tgts []rankTarget) ([]window, []int) {
 				pos += n
 				continue
 			}
+			if x.DType == tensor.BF16 && b.DType == tensor.BF16 && !e.method.Rows {
+				// bfloat16 checkpoints (most of them): the same blocks and
+				// batches as above, widened entry by entry as Load does.
+				xs, bs := x.U16[ch.lo:ch.hi], b.U16[ch.lo:ch.hi]
+				w := func(u uint16) float32 { return math.Float32frombits(uint32(u) << 16) }
+				var first [32]uint32
+				for g0 := (pos + stride - 1) / stride * stride; g0 < pos+n; g0 += int64(len(first)) * stride {
+					nb := 0
+					for g := g0; g < pos+n && nb < len(first); g += stride {
+						o := int(g - pos)
+						first[nb] = math.Float32bits(w(xs[o])-w(bs[o])) & 0x7fffffff
+						nb++
+					}
+					for k := range nb {
+						g := g0 + int64(k)*stride
+						lo, hi := int(g-pos), int(min(g-pos+sampleBlock, n))
+						s = append(s, first[k])
+						xb, bb := xs[lo+1:hi], bs[lo+1:hi]
+						bb = bb[:len(xb)]
+						for j, v := range xb {
+							s = append(s, math.Float32bits(w(v)-w(bb[j]))&0x7fffffff)
+						}
+					}
+				}
+				pos += n
+				continue
+			}
 			for g := (pos + stride - 1) / stride * stride; g < pos+n; g += stride {
 				for j := int(g - pos); j < int(min(g-pos+sampleBlock, n)); j++ {
 					idx := e.storageIndex(ch, j)
@@ -379,14 +406,7 @@ func sortDesc(s []uint32) {
 }
 
 // loadOne reads element i of v as float32.
-func loadOne(v tensor.Vec, i int) float32 {
-	if v.DType == tensor.F32 {
-		return v.F32[i]
-	}
-	var x [1]float32
-	v.Load(x[:], i)
-	return x[0]
-}
+func loadOne(v tensor.Vec, i int) float32 { return v.At(i) }
 
 // countChunk is the counting pass over one chunk for every window, with
 // the magnitude sums (NeuroMerging's σ_t: countChunkSums) when sums is set.

@@ -348,7 +348,7 @@ func (op *onePass) patch(e *engine, i int, un unit, sel *unitSelection) {
 				}
 			} else {
 				for k, j := range oc.idx {
-					t.Out.Store(res[k:k+1], ch.lo+int(j))
+					t.Out.SetAt(ch.lo+int(j), res[k])
 				}
 			}
 		}

@@ -165,6 +165,31 @@ func (v Vec) Store(src []float32, off int) {
 	}
 }
 
+// At returns element i as float32: Load of one element, without its
+// per-call cost (for scattered reads such as a strided sample).
+func (v Vec) At(i int) float32 {
+	switch v.DType {
+	case BF16:
+		return math.Float32frombits(uint32(v.U16[i]) << 16)
+	case F16:
+		return float16.Frombits(v.U16[i]).Float32()
+	}
+	return v.F32[i]
+}
+
+// SetAt rounds x to the storage type as Store does and writes it to
+// element i (for scattered writes).
+func (v Vec) SetAt(i int, x float32) {
+	switch v.DType {
+	case BF16:
+		v.U16[i] = vec.BF16Bits(x)
+	case F16:
+		v.U16[i] = uint16(float16.Fromfloat32(x))
+	default:
+		v.F32[i] = x
+	}
+}
+
 // BF16Bits rounds x to bfloat16 (round to nearest, ties to even) and returns
 // its bit pattern. NaN stays NaN (quiet). It is vec.BF16Bits, the rounding
 // Store uses.

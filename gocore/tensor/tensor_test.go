@@ -77,3 +77,26 @@ func TestLoadStore(t *testing.T) {
 		t.Fatalf("bf16 tie rounds to %#04x, want 0x3f82", v.U16[0])
 	}
 }
+
+// At and SetAt agree with Load and Store of one element for every dtype,
+// rounding included (ties, NaN, overflow).
+func TestAtSetAtMatchLoadStore(t *testing.T) {
+	xs := []float32{0, 1, -1.5, 3.14159, 1e-40, 65519, 65520, 1e38, 3.4e38, float32(math.Inf(-1)), float32(math.NaN()),
+		math.Float32frombits(0x3f808000), math.Float32frombits(0x3f818000)}
+	for _, d := range []DType{F32, BF16, F16} {
+		for _, x := range xs {
+			a, b := Alloc(3, d), Alloc(3, d)
+			a.Store([]float32{x}, 1)
+			b.SetAt(1, x)
+			var wa, wb [1]float32
+			a.Load(wa[:], 1)
+			if got := b.At(1); math.Float32bits(got) != math.Float32bits(wa[0]) {
+				t.Errorf("%v, %v: At after SetAt = %v, Load after Store = %v", d, x, got, wa[0])
+			}
+			b.Load(wb[:], 1)
+			if math.Float32bits(wb[0]) != math.Float32bits(wa[0]) {
+				t.Errorf("%v, %v: SetAt stored %v, Store %v", d, x, wb[0], wa[0])
+			}
+		}
+	}
+}

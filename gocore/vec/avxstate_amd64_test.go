@@ -63,6 +63,7 @@ func TestVectorLoopsLeaveUpperClean(t *testing.T) {
 			{"WeightedSum/scaled", func() { WeightedSum(out, x, w, 0.5) }},
 			{"Finite", func() { Finite(a) }},
 			{"Finite/NaN", func() { Finite(nan) }},
+			{"BelowAbs", func() { BelowAbs(a, 65504) }},
 			{"Sub", func() { Sub(out, a, b) }},
 			{"Scale", func() { Scale(out, a, 0.5) }},
 			{"WidenBF16", func() { WidenBF16(out, half) }},

@@ -39,3 +39,5 @@ func scale(out, x []float32, s float32) { scaleGo(out, x, s) }
 func dareDrop(tau []float32, key, start, thr uint64, scale float32) {
 	dareDropGo(tau, key, start, thr, scale)
 }
+
+func belowAbs(x []float32, limit uint32) bool { return belowAbsGo(x, limit) }

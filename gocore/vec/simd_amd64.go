@@ -2,7 +2,10 @@
 
 package vec
 
-import "simd/archsimd"
+import (
+	"math"
+	"simd/archsimd"
+)
 
 var accelerated = archsimd.X86.AVX2()
 
@@ -201,6 +204,38 @@ func sub(out, a, b []float32) {
 	}
 	archsimd.ClearAVXUpperBits()
 	subGo(out[n:], a[n:], b[n:])
+}
+
+func belowAbs(x []float32, limit uint32) bool {
+	if !accelerated {
+		return belowAbsGo(x, limit)
+	}
+	n := len(x) &^ (4*lanes - 1)
+	abs := archsimd.BroadcastUint32x8(0x7fffffff)
+	var m0, m1, m2, m3 archsimd.Uint32x8
+	for j := 0; j < n; j += 4 * lanes {
+		m0 = m0.Max(archsimd.LoadFloat32x8Slice(x[j:]).AsUint32x8().And(abs))
+		m1 = m1.Max(archsimd.LoadFloat32x8Slice(x[j+lanes:]).AsUint32x8().And(abs))
+		m2 = m2.Max(archsimd.LoadFloat32x8Slice(x[j+2*lanes:]).AsUint32x8().And(abs))
+		m3 = m3.Max(archsimd.LoadFloat32x8Slice(x[j+3*lanes:]).AsUint32x8().And(abs))
+	}
+	var m [lanes]uint32
+	m0.Max(m1).Max(m2).Max(m3).Store(&m)
+	archsimd.ClearAVXUpperBits()
+	top := belowAbsMax(x[n:])
+	for _, v := range m {
+		top = max(top, v)
+	}
+	return top < limit
+}
+
+// belowAbsMax is the largest magnitude bit pattern of x (0 for none).
+func belowAbsMax(x []float32) uint32 {
+	var top uint32
+	for _, v := range x {
+		top = max(top, math.Float32bits(v)&0x7fffffff)
+	}
+	return top
 }
 
 func widenBF16(dst []float32, src []uint16) {

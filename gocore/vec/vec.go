@@ -171,3 +171,27 @@ func scaleGo(out, x []float32, s float32) {
 		out[j] = s * v
 	}
 }
+
+// BelowAbs reports whether |x[j]| < limit for every j; a NaN never is.
+// limit must be positive (+Inf included, then BelowAbs is Finite). The
+// check compares magnitude bit patterns (for non-negative floats their
+// order is the integers'), without a branch per entry.
+func BelowAbs(x []float32, limit float32) bool {
+	if !(limit > 0) {
+		panic("vec.BelowAbs: limit must be positive")
+	}
+	return belowAbs(x, math.Float32bits(limit))
+}
+
+func belowAbsGo(x []float32, limit uint32) bool {
+	var m0, m1 uint32
+	i := 0
+	for ; i+2 <= len(x); i += 2 {
+		m0 = max(m0, math.Float32bits(x[i])&0x7fffffff)
+		m1 = max(m1, math.Float32bits(x[i+1])&0x7fffffff)
+	}
+	for ; i < len(x); i++ {
+		m0 = max(m0, math.Float32bits(x[i])&0x7fffffff)
+	}
+	return max(m0, m1) < limit
+}

@@ -3,6 +3,7 @@ package vec
 import (
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 )
 
@@ -191,4 +192,58 @@ func TestBF16Rounding(t *testing.T) {
 			}
 		}
 	}
+}
+
+// BelowAbs against its definition (every |x| < limit, NaN never) and its
+// scalar twin: lengths around the 32-entry blocks, the offending entry in
+// the blocks and in the tail, magnitudes at the limit and one ulp below,
+// NaN, ±Inf, −0, limits finite and +Inf.
+func TestBelowAbs(t *testing.T) {
+	def := func(x []float32, limit float32) bool {
+		for _, v := range x {
+			a := float32(math.Abs(float64(v)))
+			if !(a < limit) {
+				return false
+			}
+		}
+		return true
+	}
+	r := rand.New(rand.NewPCG(3, 4))
+	limits := []float32{1, 65504, math.Float32frombits(0x7f7f8000), float32(math.Inf(1))}
+	for _, limit := range limits {
+		below := math.Nextafter32(limit, 0)
+		specials := []float32{limit, -limit, below, -below, float32(math.NaN()), float32(math.Inf(1)), float32(math.Inf(-1)), float32(math.Copysign(0, -1))}
+		for n := 0; n <= 80; n++ {
+			x := make([]float32, n)
+			for j := range x {
+				x[j] = (r.Float32()*2 - 1) * min(limit, 1e30) * 0.5
+			}
+			cases := [][]float32{x}
+			for _, s := range specials {
+				for _, at := range []int{0, n / 2, n - 1} {
+					if n == 0 {
+						continue
+					}
+					y := slices.Clone(x)
+					y[at] = s
+					cases = append(cases, y)
+				}
+			}
+			for _, c := range cases {
+				want := def(c, limit)
+				if got := BelowAbs(c, limit); got != want {
+					t.Fatalf("limit %v, n %d, %v: BelowAbs = %v, want %v", limit, n, c, got, want)
+				}
+				if got := belowAbsGo(c, math.Float32bits(limit)); got != want {
+					t.Fatalf("limit %v, n %d: belowAbsGo = %v, want %v", limit, n, got, want)
+				}
+			}
+		}
+	}
+	defer func() {
+		if recover() == nil {
+			t.Error("BelowAbs with limit 0 did not panic")
+		}
+	}()
+	BelowAbs(nil, 0)
 }
