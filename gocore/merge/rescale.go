@@ -8,8 +8,8 @@ import "github.com/npsfuse/npsfuse/gocore/vec"
 // kept entries), which restores the L1 norm; when either sum is below 1e-7
 // the factor is 1. The sums are taken in float64 over the whole tensor
 // (chunks summed in order, so the factor does not depend on the thread
-// count; within a chunk in index order, or for DELLA over 8 lanes, see
-// dellaAbsSum) and the factor is their float32 quotient. Without Rescale the
+// count; within a chunk over 8 lanes, see dellaAbsSum, for DARE and DELLA
+// alike) and the factor is their float32 quotient. Without Rescale the
 // factor is 1: the kept entries keep their values.
 
 // rescaleEps is mergekit's tolerance below which a sum is not rescaled.
@@ -26,9 +26,9 @@ func (e *engine) prepareRescale(units []int, mask masker) error {
 		return nil
 	}
 	return e.prepareRescaleSums(units, func(e *engine, m int, ch chunkRef, tau []float32) (before, after float64) {
-		before = absSum(tau)
+		before = dellaAbsSum(tau)
 		mask(e, m, ch, tau)
-		return before, absSum(tau)
+		return before, dellaAbsSum(tau)
 	})
 }
 
