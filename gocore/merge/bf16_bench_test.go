@@ -36,11 +36,16 @@ func BenchmarkMergeBF16(b *testing.B) {
 			p := testParams(method)
 			p.Density, p.Lambda, p.Seed = 0.2, 1, 1
 			b.SetBytes(benchBytes(method, len(all[0].Models)) / 2)
+			if err := Run(method, p, all); err != nil {
+				b.Fatal(err)
+			}
+			c0 := cpuTime()
 			for b.Loop() {
 				if err := Run(method, p, all); err != nil {
 					b.Fatal(err)
 				}
 			}
+			b.ReportMetric(float64(cpuTime()-c0)/1e6/float64(b.N), "cpu-ms/op")
 		})
 	}
 }
