@@ -258,72 +258,22 @@ func (e *engine) windows(un unit, tgts []rankTarget) ([]window, []int) {
 			n := int64(ch.hi - ch.lo)
 			t := &e.tensors[ch.ti]
 			x, b := t.Models[m], t.Base
-			if x.DType == tensor.F32 && b.DType == tensor.F32 && !e.method.Rows {
-				// Stored in layout order: the blocks straight from memory,
-				// in batches whose first entries are read first: each block
-				// is a cache miss (and a TLB miss at a stride of 4 KiB or
-				// more), and independent loads let the misses overlap
-				// instead of queuing behind one block's appends.
-				xs, bs := x.F32[ch.lo:ch.hi], b.F32[ch.lo:ch.hi]
-				var first [32]uint32
-				for g0 := (pos + stride - 1) / stride * stride; g0 < pos+n; g0 += int64(len(first)) * stride {
-					nb := 0
-					for g := g0; g < pos+n && nb < len(first); g += stride {
-						o := int(g - pos)
-						first[nb] = math.Float32bits(xs[o]-bs[o]) & 0x7fffffff
-						nb++
-					}
-					for k := range nb {
-						g := g0 + int64(k)*stride
-						lo, hi := int(g-pos), int(min(g-pos+sampleBlock, n))
-						s = append(s, first[k])
-						if hi-lo == 16 {
-							// The whole block in one vector (its first
-							// entry again, the same bits).
-							s = appendMags16(s[:len(s)-1], (*[16]float32)(xs[lo:hi]), (*[16]float32)(bs[lo:hi]))
-							continue
-						}
-						xb, bb := xs[lo+1:hi], bs[lo+1:hi]
-						bb = bb[:len(xb)]
-						for j, v := range xb {
-							s = append(s, math.Float32bits(v-bb[j])&0x7fffffff)
-						}
-					}
-				}
+			switch {
+			case x.DType == tensor.F32 && b.DType == tensor.F32 && !e.method.Rows:
+				s = appendSample(s, x.F32[ch.lo:ch.hi], b.F32[ch.lo:ch.hi], pos, n, stride,
+					func(v float32) float32 { return v }, appendMags16Slices)
 				pos += n
 				continue
-			}
-			if x.DType == tensor.BF16 && b.DType == tensor.BF16 && !e.method.Rows {
-				// bfloat16 checkpoints (most of them): the same blocks and
-				// batches as above, widened entry by entry as Load does.
-				xs, bs := x.U16[ch.lo:ch.hi], b.U16[ch.lo:ch.hi]
-				w := func(u uint16) float32 { return math.Float32frombits(uint32(u) << 16) }
-				var first [32]uint32
-				for g0 := (pos + stride - 1) / stride * stride; g0 < pos+n; g0 += int64(len(first)) * stride {
-					nb := 0
-					for g := g0; g < pos+n && nb < len(first); g += stride {
-						o := int(g - pos)
-						first[nb] = math.Float32bits(w(xs[o])-w(bs[o])) & 0x7fffffff
-						nb++
-					}
-					for k := range nb {
-						g := g0 + int64(k)*stride
-						lo, hi := int(g-pos), int(min(g-pos+sampleBlock, n))
-						s = append(s, first[k])
-						xb, bb := xs[lo+1:hi], bs[lo+1:hi]
-						bb = bb[:len(xb)]
-						for j, v := range xb {
-							s = append(s, math.Float32bits(w(v)-w(bb[j]))&0x7fffffff)
-						}
-					}
-				}
+			case x.DType == tensor.BF16 && b.DType == tensor.BF16 && !e.method.Rows:
+				s = appendSample(s, x.U16[ch.lo:ch.hi], b.U16[ch.lo:ch.hi], pos, n, stride,
+					func(u uint16) float32 { return math.Float32frombits(uint32(u) << 16) }, nil)
 				pos += n
 				continue
 			}
 			for g := (pos + stride - 1) / stride * stride; g < pos+n; g += stride {
 				for j := int(g - pos); j < int(min(g-pos+sampleBlock, n)); j++ {
 					idx := e.storageIndex(ch, j)
-					s = append(s, topk.AbsBits(loadOne(t.Models[m], idx)-loadOne(t.Base, idx)))
+					s = append(s, topk.AbsBits(t.Models[m].At(idx)-t.Base.At(idx)))
 				}
 			}
 			pos += n
@@ -405,8 +355,46 @@ func sortDesc(s []uint32) {
 	copy(s, src)
 }
 
-// loadOne reads element i of v as float32.
-func loadOne(v tensor.Vec, i int) float32 { return v.At(i) }
+// appendSample appends to s the magnitude bits |x − b| of the sample
+// blocks that start in one chunk stored in layout order: sampleBlock
+// entries (fewer at the chunk's end) from every multiple of stride in the
+// unit indices [pos, pos+n); xs and bs are the chunk's entries, widened to
+// float32 by f. The blocks' first entries are read first, in batches: each
+// block is a cache miss (and a TLB miss at a stride of 4 KiB or more), and
+// independent loads let the misses overlap instead of queuing behind one
+// block's appends. block16, when not nil, appends a whole block of 16
+// entries at once (the same bits as entry by entry).
+func appendSample[E float32 | uint16](s []uint32, xs, bs []E, pos, n, stride int64, f func(E) float32, block16 func(s []uint32, x, b []E) []uint32) []uint32 {
+	var first [32]uint32
+	for g0 := (pos + stride - 1) / stride * stride; g0 < pos+n; g0 += int64(len(first)) * stride {
+		nb := 0
+		for g := g0; g < pos+n && nb < len(first); g += stride {
+			o := int(g - pos)
+			first[nb] = math.Float32bits(f(xs[o])-f(bs[o])) & 0x7fffffff
+			nb++
+		}
+		for k := range nb {
+			g := g0 + int64(k)*stride
+			lo, hi := int(g-pos), int(min(g-pos+sampleBlock, n))
+			if block16 != nil && hi-lo == 16 {
+				s = block16(s, xs[lo:hi], bs[lo:hi])
+				continue
+			}
+			s = append(s, first[k])
+			xb, bb := xs[lo+1:hi], bs[lo+1:hi]
+			bb = bb[:len(xb)]
+			for j, v := range xb {
+				s = append(s, math.Float32bits(f(v)-f(bb[j]))&0x7fffffff)
+			}
+		}
+	}
+	return s
+}
+
+// appendMags16Slices is appendMags16 on two 16-entry slices.
+func appendMags16Slices(s []uint32, x, b []float32) []uint32 {
+	return appendMags16(s, (*[16]float32)(x), (*[16]float32)(b))
+}
 
 // countChunk is the counting pass over one chunk for every window, with
 // the magnitude sums (NeuroMerging's σ_t: countChunkSums) when sums is set.

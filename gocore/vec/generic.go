@@ -40,4 +40,4 @@ func dareDrop(tau []float32, key, start, thr uint64, scale float32) {
 	dareDropGo(tau, key, start, thr, scale)
 }
 
-func belowAbs(x []float32, limit uint32) bool { return belowAbsGo(x, limit) }
+func maxAbsBits(x []float32) uint32 { return maxAbsBitsGo(x) }

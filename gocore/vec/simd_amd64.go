@@ -2,10 +2,7 @@
 
 package vec
 
-import (
-	"math"
-	"simd/archsimd"
-)
+import "simd/archsimd"
 
 var accelerated = archsimd.X86.AVX2()
 
@@ -206,9 +203,9 @@ func sub(out, a, b []float32) {
 	subGo(out[n:], a[n:], b[n:])
 }
 
-func belowAbs(x []float32, limit uint32) bool {
+func maxAbsBits(x []float32) uint32 {
 	if !accelerated {
-		return belowAbsGo(x, limit)
+		return maxAbsBitsGo(x)
 	}
 	n := len(x) &^ (4*lanes - 1)
 	abs := archsimd.BroadcastUint32x8(0x7fffffff)
@@ -222,18 +219,9 @@ func belowAbs(x []float32, limit uint32) bool {
 	var m [lanes]uint32
 	m0.Max(m1).Max(m2).Max(m3).Store(&m)
 	archsimd.ClearAVXUpperBits()
-	top := belowAbsMax(x[n:])
+	top := maxAbsBitsGo(x[n:])
 	for _, v := range m {
 		top = max(top, v)
-	}
-	return top < limit
-}
-
-// belowAbsMax is the largest magnitude bit pattern of x (0 for none).
-func belowAbsMax(x []float32) uint32 {
-	var top uint32
-	for _, v := range x {
-		top = max(top, math.Float32bits(v)&0x7fffffff)
 	}
 	return top
 }

@@ -180,10 +180,12 @@ func BelowAbs(x []float32, limit float32) bool {
 	if !(limit > 0) {
 		panic("vec.BelowAbs: limit must be positive")
 	}
-	return belowAbs(x, math.Float32bits(limit))
+	return maxAbsBits(x) < math.Float32bits(limit)
 }
 
-func belowAbsGo(x []float32, limit uint32) bool {
+// maxAbsBitsGo is the largest |x[j]|'s bit pattern (a NaN's is above
+// +Inf's), 0 for an empty x.
+func maxAbsBitsGo(x []float32) uint32 {
 	var m0, m1 uint32
 	i := 0
 	for ; i+2 <= len(x); i += 2 {
@@ -193,5 +195,5 @@ func belowAbsGo(x []float32, limit uint32) bool {
 	for ; i < len(x); i++ {
 		m0 = max(m0, math.Float32bits(x[i])&0x7fffffff)
 	}
-	return max(m0, m1) < limit
+	return max(m0, m1)
 }
