@@ -115,26 +115,38 @@ func (r *Runner) Sweep(now time.Time, p Retention) (Swept, error) {
 	return out, nil
 }
 
-// RunRetention sweeps every interval until ctx ends or the runner drains,
-// reporting each sweep to report (which may be nil).
-func (r *Runner) RunRetention(ctx context.Context, p Retention, interval time.Duration, report func(Swept)) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
+// StartRetention applies p once before it returns, so that the policy
+// holds from the caller's first request on, then sweeps every interval in
+// a goroutine until ctx ends or the runner drains, reporting each sweep to
+// report (which may be nil). The returned channel is closed when that
+// goroutine has returned.
+func (r *Runner) StartRetention(ctx context.Context, p Retention, interval time.Duration, report func(Swept)) <-chan struct{} {
+	sweep := func() {
 		s, err := r.Sweep(time.Now(), p)
 		if err != nil {
 			r.log.Warn("retention sweep failed", "error", err)
 		} else if report != nil {
 			report(s)
 		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-r.drainCh:
-			return
-		case <-t.C:
-		}
 	}
+	sweep()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-r.drainCh:
+				return
+			case <-t.C:
+				sweep()
+			}
+		}
+	}()
+	return done
 }
 
 // expire cancels session id for having been idle longer than idle.

@@ -152,22 +152,11 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		close(gcStop)
 		<-gcDone
 	}()
-	retention := jobs.Retention{MaxAge: cfg.RetentionAge, MaxJobs: cfg.RetentionJobs,
-		MaxResultBytes: cfg.RetentionBytes, SessionIdle: cfg.SessionIdleTimeout}
-	// The policy holds from the first request on: the start's sweep runs
-	// before the listener serves (a client listing jobs right after a
-	// restart saw the ones past the policy until the sweeper's first turn).
-	if swept, err := runner.Sweep(time.Now(), retention); err != nil {
-		log.Warn("retention sweep failed", "error", err)
-	} else {
-		m.swept(swept)
-	}
 	retCtx, retStop := context.WithCancel(ctx)
-	retDone := make(chan struct{})
-	go func() { // finished jobs, results and idle sessions past the retention policy
-		defer close(retDone)
-		runner.RunRetention(retCtx, retention, sweepEvery, m.swept)
-	}()
+	// finished jobs, results and idle sessions past the retention policy:
+	// swept once before the listener serves, then every sweepEvery
+	retDone := runner.StartRetention(retCtx, jobs.Retention{MaxAge: cfg.RetentionAge, MaxJobs: cfg.RetentionJobs,
+		MaxResultBytes: cfg.RetentionBytes, SessionIdle: cfg.SessionIdleTimeout}, sweepEvery, m.swept)
 	defer func() {
 		retStop()
 		<-retDone
