@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"slices"
 	"testing"
 
 	"github.com/npsfuse/npsfuse/gocore/parallel"
@@ -37,7 +36,6 @@ func TestDellaMergeMatchesGeneralPath(t *testing.T) {
 		{"overflow", 3, func(p *Params) { p.Lambda = 3e38 }},
 	}
 	shapes := [][]int{{7}, {50, 100}, {3, 2*parallel.Chunk + 3}, {9, 4, 3, 3}, {37, 129}, {64, 256}}
-	defer func() { generalOnly = false }()
 	for _, dt := range []tensor.DType{tensor.F32, tensor.BF16} {
 		for _, method := range []string{"della", "della_linear"} {
 			for _, v := range variants {
@@ -51,41 +49,7 @@ func TestDellaMergeMatchesGeneralPath(t *testing.T) {
 						if bad := checkValues(methodSpecs[method], &p, v.T); len(bad) > 0 {
 							t.Fatalf("%s: %v", where, bad)
 						}
-						var res [2][][]float32
-						var errs [2]error
-						for i, general := range []bool{true, false} {
-							generalOnly = general
-							r := rand.New(rand.NewPCG(5, 6))
-							var ts []Tensor
-							if data == "coarse" {
-								ts = coarseMerge(r, dt, shapes, v.T)
-							} else {
-								ts = randomMerge(r, dt, shapes, v.T)
-							}
-							if transposed {
-								for ti := range ts {
-									ts[ti].Transposed = len(ts[ti].Shape) == 2
-								}
-							}
-							errs[i] = Run(method, p, ts)
-							res[i] = outputs(ts)
-						}
-						if fmt.Sprint(errs[0]) != fmt.Sprint(errs[1]) {
-							t.Fatalf("%s: one pass: %v; general path: %v", where, errs[1], errs[0])
-						}
-						if v.name == "overflow" && errs[0] == nil {
-							t.Fatalf("%s: no error", where)
-						}
-						if errs[0] != nil {
-							continue
-						}
-						for ti := range res[0] {
-							if !slices.EqualFunc(res[0][ti], res[1][ti], func(a, b float32) bool {
-								return math.Float32bits(a) == math.Float32bits(b)
-							}) {
-								t.Fatalf("%s: tensor %d differs from the general path", where, ti)
-							}
-						}
+						checkGeneralPath(t, where, method, p, dt, shapes, v.T, data == "coarse", transposed, v.name == "overflow")
 					}
 				}
 			}
