@@ -492,6 +492,38 @@ func pcbClip(x float32, c *pcbCut) float32 {
 	return v
 }
 
+// pcbScale is a model's weight s_t for score beta (eq. 5): max(β, cut)
+// rescaled from [cut, bmax] to [0, 1]; callers skip it (s_t = 0) when
+// bmax ≤ cut.
+func pcbScale(beta float32, c *pcbCut) float32 {
+	b := c.cut
+	if beta > c.cut {
+		b = beta
+	}
+	return (b - c.cut) / (c.bmax - c.cut)
+}
+
+// pcbSignedClip is τc: |x| clipped to [lo, hi] with x's sign, 0 for ±0.
+func pcbSignedClip(x float32, c *pcbCut) float32 {
+	if !(x > 0 || x < 0) { // ±0 (and NaN, which the inputs' check excludes)
+		return 0
+	}
+	v := pcbClip(x, c)
+	if x < 0 {
+		v = -v
+	}
+	return v
+}
+
+// pcbOut is θ₀ + λ·num / max(den, 1e-12) (eq. 6), the floor a compare and
+// select as in the vector kernels.
+func pcbOut(base, lam, num, den float32) float32 {
+	if !(den > 1e-12) {
+		den = 1e-12
+	}
+	return base + float32(lam*(num/den))
+}
+
 // pcbScore is β = exp(T·x²)·tanh(τ·S) for one entry (see the method doc),
 // in float32 with vec.Exp32 and vec.Tanh32 (within 2 ulps of the exact
 // functions), which the vector kernel (pcb_amd64.go) matches bit for bit.
@@ -557,26 +589,12 @@ func pcbMergeGo(out, base []float32, xs [][]float32, sub bool, keys [][]uint32, 
 			}
 			var sc float32
 			if c.bmax > c.cut {
-				b := c.cut
-				if beta := fromOrderKey(keys[m][off+j]); beta > c.cut {
-					b = beta
-				}
-				sc = (b - c.cut) / (c.bmax - c.cut)
+				sc = pcbScale(fromOrderKey(keys[m][off+j]), c)
 			}
-			var tc float32
-			if x > 0 {
-				tc = pcbClip(x, c)
-			} else if x < 0 {
-				tc = -pcbClip(x, c)
-			}
-			num += float32(w[m] * float32(sc*tc))
+			num += float32(w[m] * float32(sc*pcbSignedClip(x, c)))
 			den += sc
 		}
-		d := den
-		if !(d > 1e-12) {
-			d = 1e-12
-		}
-		out[j] = base[j] + float32(lam*(num/d))
+		out[j] = pcbOut(base[j], lam, num, den)
 	}
 }
 
@@ -607,26 +625,12 @@ func pcbMergeScoredGo(out, base []float32, xs [][]float32, sub bool, cuts []pcbC
 			x := t[m]
 			var sc float32
 			if c.bmax > c.cut {
-				b := c.cut
-				if beta := pcbScore(x, s, c, T); beta > c.cut {
-					b = beta
-				}
-				sc = (b - c.cut) / (c.bmax - c.cut)
+				sc = pcbScale(pcbScore(x, s, c, T), c)
 			}
-			var tc float32
-			if x > 0 {
-				tc = pcbClip(x, c)
-			} else if x < 0 {
-				tc = -pcbClip(x, c)
-			}
-			num += float32(w[m] * float32(sc*tc))
+			num += float32(w[m] * float32(sc*pcbSignedClip(x, c)))
 			den += sc
 		}
-		d := den
-		if !(d > 1e-12) {
-			d = 1e-12
-		}
-		out[j] = base[j] + float32(lam*(num/d))
+		out[j] = pcbOut(base[j], lam, num, den)
 	}
 }
 
