@@ -38,13 +38,7 @@ func combineRowVec(out, w []float32, taus [][]float32, b []float32, cw float32) 
 		x.Add(o).StoreSlice(out[j:])
 	}
 	archsimd.ClearAVXUpperBits()
-	if n < len(out) {
-		var tt [maxRowTasks][]float32
-		for i, t := range taus {
-			tt[i] = t[n:]
-		}
-		combineRowGo(out[n:], w[n:], tt[:len(taus)], b, cw)
-	}
+	combineRowTail(out, w, taus, b, cw, n)
 }
 
 // row512: combineRow16 needs AVX-512.
@@ -69,11 +63,18 @@ func combineRow16(out, w []float32, taus [][]float32, b []float32, cw float32) {
 		x.Add(o).StoreSlice(out[j:])
 	}
 	archsimd.ClearAVXUpperBits()
-	if n < len(out) {
-		var tt [maxRowTasks][]float32
-		for i, t := range taus {
-			tt[i] = t[n:]
-		}
-		combineRowGo(out[n:], w[n:], tt[:len(taus)], b, cw)
+	combineRowTail(out, w, taus, b, cw, n)
+}
+
+// combineRowTail is combineRowGo over the entries from n on, which the
+// vector loops leave to the scalar twin.
+func combineRowTail(out, w []float32, taus [][]float32, b []float32, cw float32, n int) {
+	if n == len(out) {
+		return
 	}
+	var tt [maxRowTasks][]float32
+	for i, t := range taus {
+		tt[i] = t[n:]
+	}
+	combineRowGo(out[n:], w[n:], tt[:len(taus)], b, cw)
 }
