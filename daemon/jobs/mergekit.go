@@ -213,11 +213,9 @@ func (e *Env) checkPythonRefs(refs [][2]string, names map[string]bool, hub bool)
 				return "", invalid("%s %q: an upload is a tensor file, which npsfuse's Python does not read here: give checkpoint folders", where, ref)
 			case hub && isHubID(part):
 				if cache == "" {
-					if cache = hfCache(); cache == "" || !filepath.IsAbs(cache) {
-						return "", invalid("%s %q is a Hugging Face Hub id, and the daemon has no Hugging Face cache folder (set HF_HUB_CACHE to an absolute path inside a data root)", where, ref)
-					}
-					if _, err := e.Roots.Check(cache); err != nil {
-						return "", fmt.Errorf("%s %q is a Hugging Face Hub id, read from the Hugging Face cache %s: add the cache (or a folder above it) to data_roots, or set HF_HUB_CACHE for the daemon to a folder inside a data root: %w", where, ref, cache, err)
+					var err error
+					if cache, err = e.hubCache(where, ref); err != nil {
+						return "", err
 					}
 				}
 				continue

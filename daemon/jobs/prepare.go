@@ -279,12 +279,9 @@ func (e *Env) checkPrepare(p *prepPlan) (string, error) {
 			}
 		}
 		if len(r.hub) > 0 && cache == "" {
-			cache = hfCache()
-			if cache == "" || !filepath.IsAbs(cache) {
-				return "", invalid("%s %q is a Hugging Face Hub id, and the daemon has no Hugging Face cache folder (set HF_HUB_CACHE to an absolute path inside a data root)", r.where, r.ref)
-			}
-			if _, err := e.Roots.Check(cache); err != nil {
-				return "", fmt.Errorf("%s %q is a Hugging Face Hub id, read from the Hugging Face cache %s: add the cache (or a folder above it) to data_roots, or set HF_HUB_CACHE for the daemon to a folder inside a data root: %w", r.where, r.ref, cache, err)
+			var err error
+			if cache, err = e.hubCache(r.where, r.ref); err != nil {
+				return "", err
 			}
 		}
 	}
@@ -301,6 +298,20 @@ func (e *Env) checkPrepare(p *prepPlan) (string, error) {
 				return "", err
 			}
 		}
+	}
+	return cache, nil
+}
+
+// hubCache is the Hugging Face cache folder from which Python reads the
+// Hub id ref (named at where), which must be an absolute path inside the
+// data roots.
+func (e *Env) hubCache(where, ref string) (string, error) {
+	cache := hfCache()
+	if cache == "" || !filepath.IsAbs(cache) {
+		return "", invalid("%s %q is a Hugging Face Hub id, and the daemon has no Hugging Face cache folder (set HF_HUB_CACHE to an absolute path inside a data root)", where, ref)
+	}
+	if _, err := e.Roots.Check(cache); err != nil {
+		return "", fmt.Errorf("%s %q is a Hugging Face Hub id, read from the Hugging Face cache %s: add the cache (or a folder above it) to data_roots, or set HF_HUB_CACHE for the daemon to a folder inside a data root: %w", where, ref, cache, err)
 	}
 	return cache, nil
 }
