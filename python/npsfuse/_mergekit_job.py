@@ -10,10 +10,11 @@ config names lies inside its data roots. The request comes as JSON on stdin:
   of experts into ``out_dir``;
 * ``{"mode": "multi", "configs": [DOC, ...], "out_dir": PATH | null,
   "intermediate_dir": PATH, "lazy": B, "options": {...}}``: the documents
-  (each a merge config, with ``name`` except the final one) are written as one
-  multi-document YAML file into SCRATCH and run by the one implementation of
-  ``npsfuse multi`` (:func:`npsfuse.multi_merge`); ``options`` are the
-  keyword arguments of :func:`npsfuse.merge_checkpoints`.
+  (each a merge config, with ``name`` except the final one) are run by the
+  one implementation of ``npsfuse multi`` (:func:`npsfuse.multi_merge`, which
+  takes them as parsed documents), named merges without ``intermediate_dir``
+  going to SCRATCH/intermediate; ``options`` are the keyword arguments of
+  :func:`npsfuse.merge_checkpoints`.
 
 ``out_dir`` is a folder that does not exist yet, inside the daemon's own
 temporary folder beside the job's ``out_dir``: the daemon renames it into
@@ -53,18 +54,11 @@ def run(
         )
         return {"out_dir": str(out)}
     if mode == "multi":
-        import yaml
-
         from ._multi import multi_merge
 
         docs = request.get("configs")
         if not isinstance(docs, list) or not docs:
             raise ValueError("configs must be a non-empty list of merge configs")
-        # The documents as the file `npsfuse multi` reads (safe_dump writes
-        # floats as repr: they read back the same).
-        path = os.path.join(scratch, "multi.yml")
-        with open(path, "w") as f:
-            yaml.safe_dump_all(docs, f, sort_keys=False)
         inter = request.get("intermediate_dir") or os.path.join(scratch, "intermediate")
         count = {"n": 0}
 
@@ -73,7 +67,7 @@ def run(
             progress(f"merging {name} ({count['n']} of at most {len(docs)})")
 
         outputs = multi_merge(
-            path,
+            docs,
             inter,
             request.get("out_dir"),
             lazy=bool(request.get("lazy", True)),

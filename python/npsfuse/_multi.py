@@ -24,7 +24,7 @@ error before anything runs, as in mergekit 0.1.5's ``mergekit-multi``::
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +36,15 @@ _MODEL_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
                 "pytorch_model.bin.index.json")
 
 
-def _load(config: str | os.PathLike[str]) -> dict[str | None, dict[str, Any]]:
-    import yaml
+def _load(
+    config: str | os.PathLike[str] | Sequence[Mapping[str, Any]],
+) -> dict[str | None, dict[str, Any]]:
+    if isinstance(config, (str, os.PathLike)):
+        import yaml
 
-    docs = [d for d in yaml.safe_load_all(Path(config).read_text()) if d is not None]
+        docs = [d for d in yaml.safe_load_all(Path(config).read_text()) if d is not None]
+    else:
+        docs, config = list(config), "configs"
     out: dict[str | None, dict[str, Any]] = {}
     for i, d in enumerate(docs):
         if not isinstance(d, dict):
@@ -117,7 +122,7 @@ def _has_model(folder: Path) -> bool:
 
 
 def multi_merge(
-    config: str | os.PathLike[str],
+    config: str | os.PathLike[str] | Sequence[Mapping[str, Any]],
     intermediate_dir: str | os.PathLike[str],
     out_path: str | os.PathLike[str] | None = None,
     *,
@@ -129,8 +134,9 @@ def multi_merge(
 
     Parameters
     ----------
-    config : path
-        The multi-document YAML file (see the module docstring).
+    config : path or list of dict
+        The multi-document YAML file (see the module docstring), or its
+        documents, already parsed.
     intermediate_dir : path
         Where named merges are written (``intermediate_dir/NAME``).
     out_path : path, optional
@@ -152,7 +158,8 @@ def multi_merge(
     """
     docs = _load(config)
     if None in docs and out_path is None:
-        raise ValueError(f"{config}: the file has an unnamed (final) merge: give out_path "
+        where = config if isinstance(config, (str, os.PathLike)) else "configs"
+        raise ValueError(f"{where}: the file has an unnamed (final) merge: give out_path "
                          "(--out-path) for it")
     inter = Path(intermediate_dir)
     names = {n for n in docs if n is not None}
