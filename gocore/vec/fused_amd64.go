@@ -251,6 +251,9 @@ func taskGrams(g []float64, base []float32, x [][]float32) bool {
 	if !accelerated {
 		return false
 	}
+	if applied, ok := taskGramsFew(g, base, x); applied {
+		return ok
+	}
 	T := len(x)
 	P := T * (T + 1) / 2
 	var acc [36]archsimd.Float64x4

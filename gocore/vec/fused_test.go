@@ -277,7 +277,7 @@ func TestMeanLerpMatchesScalar(t *testing.T) {
 func TestTaskGramsMatchesDsdot(t *testing.T) {
 	r := rand.New(rand.NewPCG(17, 18))
 	for _, n := range []int{0, 7, 8, 16, 40, 4096, 16384} {
-		for _, T := range []int{1, 2, 4, 8, 9} {
+		for _, T := range []int{1, 2, 3, 4, 5, 8, 9} {
 			base := make([]float32, n)
 			for j := range base {
 				base[j] = float32(r.NormFloat64())
