@@ -28,13 +28,22 @@ func benchTensorsBF16() []Tensor {
 
 // BenchmarkMergeBF16 times Run on bfloat16 inputs and output for the
 // methods of the one-pass family and task_arithmetic (the memory-bound
-// reference); compare with BenchmarkMerge's float32 figures.
+// reference); compare with BenchmarkMerge's float32 figures. Density 0.2,
+// and 0.5 (ties_d0.5: bench_cli's setting, where the cut falls among many
+// equal magnitudes: bfloat16 differences are coarse).
 func BenchmarkMergeBF16(b *testing.B) {
 	all := benchTensorsBF16()
-	for _, method := range []string{"task_arithmetic", "ties", "breadcrumbs", "dare_ties"} {
-		b.Run(method, func(b *testing.B) {
+	for _, c := range []struct {
+		name, method string
+		density      float64
+	}{
+		{"task_arithmetic", "task_arithmetic", 0.2}, {"ties", "ties", 0.2}, {"ties_d0.5", "ties", 0.5},
+		{"breadcrumbs", "breadcrumbs", 0.2}, {"dare_ties", "dare_ties", 0.2},
+	} {
+		method := c.method
+		b.Run(c.name, func(b *testing.B) {
 			p := testParams(method)
-			p.Density, p.Lambda, p.Seed = 0.2, 1, 1
+			p.Density, p.Lambda, p.Seed = c.density, 1, 1
 			b.SetBytes(benchBytes(method, len(all[0].Models)) / 2)
 			if err := Run(method, p, all); err != nil {
 				b.Fatal(err)

@@ -2,7 +2,10 @@
 
 package vec
 
-import "simd/archsimd"
+import (
+	"math/bits"
+	"simd/archsimd"
+)
 
 // The vector loops of fused.go. As everywhere in this package (see the note
 // on accelerated in simd_amd64.go), no scalar float instruction runs between
@@ -90,12 +93,34 @@ func mergeTasks(out, base []float32, x [][]float32, p *TaskMerge) bool {
 			if bands != nil {
 				bd := &bands[m]
 				a := v.AsInt32x8().And(abs)
-				if (bd.In.Allow > 0 && a.Equal(ib[m]).ToBits() != 0) ||
-					(bd.Out.Allow > 0 && a.Equal(ob[m]).ToBits() != 0) {
-					// A tie at a cut with an allowance left: lane by lane.
-					a.Store(&ab)
-					laneKeep(&ab, &kb, bd)
-					v = v.AsInt32x8().And(archsimd.LoadInt32x8(&kb)).AsFloat32x8()
+				var inEq, outEq uint8
+				if bd.In.Allow > 0 {
+					inEq = a.Equal(ib[m]).ToBits()
+				}
+				if bd.Out.Allow > 0 {
+					outEq = a.Equal(ob[m]).ToBits()
+				}
+				if inEq|outEq != 0 {
+					// Ties at a cut with an allowance left. When the
+					// allowance covers all of them, they are all inside
+					// whatever their order; else lane by lane.
+					ci, co := bits.OnesCount8(inEq), bits.OnesCount8(outEq)
+					if ci <= bd.In.Allow && co <= bd.Out.Allow {
+						bd.In.Allow -= ci
+						bd.Out.Allow -= co
+						in, out := a.Greater(inThr[m]), a.Greater(outThr[m])
+						if inEq != 0 {
+							in = in.Or(a.Equal(ib[m]))
+						}
+						if outEq != 0 {
+							out = out.Or(a.Equal(ob[m]))
+						}
+						v = v.AsInt32x8().And(in.ToInt32x8().AndNot(out.ToInt32x8())).AsFloat32x8()
+					} else {
+						a.Store(&ab)
+						laneKeep(&ab, &kb, bd)
+						v = v.AsInt32x8().And(archsimd.LoadInt32x8(&kb)).AsFloat32x8()
+					}
 				} else if outNothing[m] {
 					v = v.Masked(a.Greater(inThr[m]))
 				} else {
