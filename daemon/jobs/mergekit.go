@@ -349,7 +349,8 @@ func (p *pyMerge) memory(s *mergeSpec) int64 {
 	if p.kind == "moe" {
 		var total int64
 		for _, r := range p.refs {
-			total += weightsTotal(r[1])
+			_, n := weightsSizes(r[1])
+			total += n
 		}
 		shard := s.ShardSize
 		if shard <= 0 {
@@ -359,7 +360,8 @@ func (p *pyMerge) memory(s *mergeSpec) int64 {
 		mode, _ := s.Config["gate_mode"].(string)
 		if mode == "" || strings.HasPrefix(mode, "hidden") {
 			if base, ok := s.Config["base_model"].(string); ok {
-				need += weightsTotal(base)
+				_, n := weightsSizes(base)
+				need += n
 			}
 		}
 		return need
@@ -376,29 +378,6 @@ func (p *pyMerge) memory(s *mergeSpec) int64 {
 		prep = max(prep, prepMemory(planPrepare(d), p.cache))
 	}
 	return 4*largest + prep
-}
-
-// weightsTotal is the size of a checkpoint's weights files (.safetensors,
-// .bin, .pt, .pth), or of the file itself.
-func weightsTotal(p string) int64 {
-	st, err := os.Stat(p)
-	if err != nil {
-		return 0
-	}
-	if !st.IsDir() {
-		return st.Size()
-	}
-	var n int64
-	entries, _ := os.ReadDir(p)
-	for _, e := range entries {
-		switch filepath.Ext(e.Name()) {
-		case ".safetensors", ".bin", ".pt", ".pth":
-			if fi, err := os.Stat(filepath.Join(p, e.Name())); err == nil && fi.Mode().IsRegular() {
-				n += fi.Size()
-			}
-		}
-	}
-	return n
 }
 
 // checkMergekit is checkMerge for a moe or multi spec.

@@ -366,7 +366,7 @@ func prepMemory(p *prepPlan, cache string) int64 {
 					continue
 				}
 			}
-			n := largestWeights(path)
+			n, _ := weightsSizes(path)
 			if st, err := os.Stat(path); err == nil && isAdapter(path, st) {
 				adapter = max(adapter, n)
 			} else {
@@ -377,27 +377,28 @@ func prepMemory(p *prepPlan, cache string) int64 {
 	return 3*shard + adapter
 }
 
-// largestWeights is the size of the largest weights file (.safetensors,
-// .bin, .pt, .pth) of a checkpoint folder, or of the file itself.
-func largestWeights(p string) int64 {
+// weightsSizes is the size of the largest weights file (.safetensors,
+// .bin, .pt, .pth) of a checkpoint folder and the sum of their sizes; both
+// are the file's size for a file, 0 when p cannot be read.
+func weightsSizes(p string) (largest, total int64) {
 	st, err := os.Stat(p)
 	if err != nil {
-		return 0
+		return 0, 0
 	}
 	if !st.IsDir() {
-		return st.Size()
+		return st.Size(), st.Size()
 	}
-	var n int64
 	entries, _ := os.ReadDir(p)
 	for _, e := range entries {
 		switch filepath.Ext(e.Name()) {
 		case ".safetensors", ".bin", ".pt", ".pth":
 			if fi, err := os.Stat(filepath.Join(p, e.Name())); err == nil && fi.Mode().IsRegular() {
-				n = max(n, fi.Size())
+				largest = max(largest, fi.Size())
+				total += fi.Size()
 			}
 		}
 	}
-	return n
+	return largest, total
 }
 
 // cachedSnapshot is the folder of Hub id ref (org/name[@revision]) in the
