@@ -4,6 +4,7 @@ import (
 	"math"
 	"math/bits"
 	"slices"
+	"sort"
 	"sync"
 
 	"github.com/npsfuse/npsfuse/gocore/rng"
@@ -32,6 +33,18 @@ import (
 // sort, so the result is bit for bit the definition's; the work is a few
 // passes over the row whatever the data (a row of equal magnitudes is one
 // bucket, ranked by index without a sort; a bucket is sorted at most once).
+//
+// Rows of dellaCellMin entries or more decide most of the band in a vector
+// pass, without looking up S per entry: the band's draws are split into at
+// most dellaCells cells of equal width, and the draws of cell c keep an
+// entry of rank ≥ T_{c+1} and drop one of rank < T_c (T_c the least
+// keeping rank of the cell's first draw). From S, per row, two keys per
+// cell: an entry with a key at least the start of the bucket holding rank
+// T_{c+1} has that rank or more (every entry of the buckets below is
+// smaller), one with a key below the start of the bucket holding T_c has
+// a smaller rank. The cell's bounds are looked up by a permute of
+// registers; only the entries between them (a few per cent of the band)
+// take the path above.
 
 // dellaScratch holds one goroutine's buffers for rows of up to cap entries.
 type dellaScratch struct {
@@ -57,7 +70,23 @@ type dellaScratch struct {
 	thrN           int
 	thrLo, thrSpan float32
 	thrInitialised bool
+
+	// The band's cells (dellaCellFilter): cell c holds the draws U with
+	// (U − thr[0]) >> cellShift = c, c < cells (0: no filter); cellT[c] =
+	// #{r: thr[r] ≤ thr[0] + c<<cellShift} for c ≤ cells, the least rank
+	// that keeps the draw at the cell's start.
+	cells, cellShift int
+	cellT            [dellaCells + 1]uint32
+	// The row's key bounds of the cells (rowBits).
+	cellLo, cellHi [dellaCells]uint32
+	amb            []uint64 // bit j: entry j is in the band and its cell leaves it undecided
 }
+
+// dellaCells is the most cells of the band filter (a two-register permute).
+const dellaCells = 32
+
+// dellaCellMin is the least row length filtered by cells.
+const dellaCellMin = 64
 
 // dellaMaxBucketBits bounds the bucket count at 2^16.
 const dellaMaxBucketBits = 16
@@ -80,7 +109,7 @@ func dellaPool(n int) *dellaScratch {
 	return &dellaScratch{
 		cap: n, keys: make([]uint32, n), bucket: make([]uint32, n), u: make([]uint32, n), bandWords: make([]uint64, (n+63)/64),
 		members: make([]uint32, n), rank: make([]uint32, n), tmp: make([]uint64, n),
-		words: make([]uint64, (n+63)/64), cnt: make([]uint32, nb+1), pos: make([]uint32, nb+1),
+		words: make([]uint64, (n+63)/64), amb: make([]uint64, (n+63)/64), cnt: make([]uint32, nb+1), pos: make([]uint32, nb+1),
 		sorted: make([]uint32, nb),
 	}
 }
@@ -110,7 +139,52 @@ func (sc *dellaScratch) thresholds(n int, lo, span float32) []uint32 {
 		thr[r] = uint32(vec.DareThreshold(dellaP(r, n, lo, span)))
 	}
 	sc.thrN, sc.thrLo, sc.thrSpan, sc.thrInitialised = n, lo, span, true
+	sc.cells = 0
+	if width := thr[n-1] - thr[0]; n >= dellaCellMin && width > 0 {
+		// The least shift that splits the band into dellaCells cells or
+		// fewer.
+		sh := max(0, bits.Len32(width-1)-bits.Len32(dellaCells-1))
+		sc.cells, sc.cellShift = int((width-1)>>sh)+1, sh
+		for c := range sc.cells + 1 {
+			u := thr[0] + uint32(c)<<sh
+			sc.cellT[c] = uint32(sort.Search(n, func(r int) bool { return thr[r] > u }))
+		}
+	}
 	return thr
+}
+
+// cellBounds sets the row's cellLo and cellHi from its bucket bounds S
+// (buckets of keys kmin + [b, b+1)<<shift): an entry of the band whose draw
+// falls in cell c is dropped when its key is below cellLo[c] (fewer than
+// cellT[c] entries lie below that key, so its rank is below cellT[c]) and
+// kept when its key is at least cellHi[c] (at least cellT[c+1] entries lie
+// below, so its rank is at least cellT[c+1]).
+func (sc *dellaScratch) cellBounds(S []uint32, kmin uint32, shift int) {
+	// b[c] = the greatest b with S[b] ≤ cellT[c] (S ascending, S[0] = 0),
+	// by binary searches in lockstep: their loads are independent.
+	nc := sc.cells + 1
+	var b [dellaCells + 1]int
+	t := sc.cellT[:nc]
+	for m := len(S); m > 1; {
+		h := m >> 1
+		for c, tc := range t {
+			// Without a branch: b[c] += h when S[b[c]+h] ≤ tc.
+			b[c] += h & ((int(S[b[c]+h]) - int(tc) - 1) >> 63)
+		}
+		m -= h
+	}
+	for c, tc := range t {
+		bc := b[c]
+		if c < sc.cells {
+			sc.cellLo[c] = kmin + uint32(bc)<<shift
+		}
+		if S[bc] != tc {
+			bc++ // S[bc] < tc: the bucket holding rank tc starts below
+		}
+		if c > 0 {
+			sc.cellHi[c-1] = kmin + uint32(bc)<<shift
+		}
+	}
 }
 
 // rowBits sets words[:⌈n/64⌉] to the keep bits of row (bit j of word j/64
@@ -122,23 +196,47 @@ func (sc *dellaScratch) rowBits(row []float32, key, start uint64, thr []uint32, 
 	clear(words)
 	keys := sc.keys[:n]
 	kmin, kmax := dellaKeys(row, keys)
-	band := sc.bandWords[:len(words)]
-	clear(band)
 	u := sc.u[:n]
-	if !dellaDraw(key, start, thr[0], thr[n-1], u, words, band) {
-		return
+	cells := sc.cells
+	if sc.thrN != n {
+		cells = 0
 	}
-	if kmin == kmax { // one magnitude: the rank is the index
-		for w, bw := range band {
-			var acc uint64
-			for ; bw != 0; bw &= bw - 1 {
-				j := w<<6 | bits.TrailingZeros64(bw)
-				acc |= uint64((u[j]-thr[j])>>31) << (j & 63)
-			}
-			words[w] |= acc
+	if cells == 0 || kmin == kmax {
+		band := sc.bandWords[:len(words)]
+		clear(band)
+		if !dellaDraw(key, start, thr[0], thr[n-1], u, words, band) {
+			return
 		}
+		if kmin == kmax { // one magnitude: the rank is the index
+			for w, bw := range band {
+				var acc uint64
+				for ; bw != 0; bw &= bw - 1 {
+					j := w<<6 | bits.TrailingZeros64(bw)
+					acc |= uint64((u[j]-thr[j])>>31) << (j & 63)
+				}
+				words[w] |= acc
+			}
+			return
+		}
+		S, shift := sc.bounds(keys, kmin, kmax)
+		sc.decide(band, u, keys, thr, S, kmin, shift, words)
 		return
 	}
+	S, shift := sc.bounds(keys, kmin, kmax)
+	// Most of the band is decided by its cell; the rest is left in amb.
+	sc.cellBounds(S, kmin, shift)
+	amb := sc.amb[:len(words)]
+	clear(amb)
+	if dellaDrawCells(key, start, thr[0], thr[n-1], &sc.cellLo, &sc.cellHi, uint32(sc.cellShift), keys, u, words, amb) {
+		sc.decide(amb, u, keys, thr, S, kmin, shift, words)
+	}
+}
+
+// bounds buckets the row's keys (bucket (k − kmin) >> shift, 1 + it in
+// sc.bucket) and returns the bucket bounds S (S[b]: the entries in the
+// buckets below b; S[len(S)−1] = n) and the shift.
+func (sc *dellaScratch) bounds(keys []uint32, kmin, kmax uint32) ([]uint32, int) {
+	n := len(keys)
 	shift := max(0, bits.Len32(kmax-kmin)-dellaBucketBits(n))
 	S := sc.cnt[:(kmax-kmin)>>shift+2]
 	clear(S)
@@ -148,6 +246,14 @@ func (sc *dellaScratch) rowBits(row []float32, key, start uint64, thr []uint32, 
 		S[d]++
 	}
 	dellaPrefix(S)
+	return S, shift
+}
+
+// decide sets in words the keep bits of the entries of band (bit j: entry
+// j), from their draws u, their buckets' rank bounds and, where these
+// leave it open, their exact ranks.
+func (sc *dellaScratch) decide(band []uint64, u, keys, thr, S []uint32, kmin uint32, shift int, words []uint64) {
+	bk := sc.bucket[:len(keys)]
 	sc.scattered, sc.direct = false, 0
 	// Branch-free but for the rare undecided entries: the keep decisions
 	// are random, and a branch on them would be mispredicted half the time.
@@ -229,6 +335,40 @@ func orBitsAt(dst []uint64, off int, src []uint64, n int) {
 			dst[w+i+1] |= hi
 		}
 	}
+}
+
+// dellaDrawCellsGo is dellaDrawCells in plain Go.
+func dellaDrawCellsGo(key, start uint64, lo, hi uint32, cellLo, cellHi *[dellaCells]uint32, shift uint32, keys, u []uint32, words, amb []uint64) bool {
+	return dellaDrawCellsFrom(key, start, lo, hi, cellLo, cellHi, shift, keys, u, words, amb, 0)
+}
+
+// dellaDrawCellsFrom is dellaDrawCells for the entries from j = from on
+// (from a multiple of 16); the words' bits from entry from on must be 0.
+func dellaDrawCellsFrom(key, start uint64, lo, hi uint32, cellLo, cellHi *[dellaCells]uint32, shift uint32, keys, u []uint32, words, amb []uint64, from int) bool {
+	var any uint64
+	keys = keys[:len(u)]
+	for j := from; j < len(u); j++ {
+		x := uint32(rng.Bits(key, start+uint64(j)) >> 40)
+		u[j] = x
+		c := (x - lo) >> shift & (dellaCells - 1)
+		k := keys[j]
+		// Branch-free: the draws are random.
+		below := uint64((x - lo) >> 31)
+		in := uint64((x-hi)>>31) &^ below
+		var kh, kl uint64
+		if k >= cellHi[c] {
+			kh = 1
+		}
+		if k >= cellLo[c] {
+			kl = 1
+		}
+		keep := below | in&kh
+		open := in & kl &^ kh
+		words[j>>6] |= keep << (j & 63)
+		amb[j>>6] |= open << (j & 63)
+		any |= open
+	}
+	return any != 0
 }
 
 // dellaKeysGo is dellaKeys in plain Go.

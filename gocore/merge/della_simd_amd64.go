@@ -5,6 +5,7 @@ package merge
 import (
 	"math/bits"
 	"simd/archsimd"
+	"unsafe"
 
 	"github.com/npsfuse/npsfuse/gocore/rng"
 	"github.com/npsfuse/npsfuse/gocore/vec"
@@ -413,4 +414,86 @@ func dellaBuckets(keys []uint32, kmin, shift uint32, bk []uint32) {
 	}
 	archsimd.ClearAVXUpperBits()
 	dellaBucketsGo(keys[n16:], kmin, shift, bk[n16:])
+}
+
+// dellaDrawCells is dellaDraw for a row whose band is split into cells
+// (dellaScratch.cellBounds): it sets u[j] = U_j and, for U_j < lo, bit j of
+// words (kept whatever the rank); for lo ≤ U_j < hi, c = (U_j − lo) >>
+// shift, bit j of words when keys[j] ≥ cellHi[c] (kept) and bit j of amb
+// when cellLo[c] ≤ keys[j] < cellHi[c] (the rank decides). It reports
+// whether any amb bit is set. The bits must be 0 on entry. Two loops of 16
+// entries, each with its constants in registers: the draws (dellaDrawU),
+// then the decisions, the cell bounds looked up by a permute of two
+// registers (AVX-512).
+func dellaDrawCells(key, start uint64, lo, hi uint32, cellLo, cellHi *[dellaCells]uint32, shift uint32, keys, u []uint32, words, amb []uint64) bool {
+	n16 := len(u) &^ 15
+	if !dellaVector512 || n16 == 0 {
+		return dellaDrawCellsGo(key, start, lo, hi, cellLo, cellHi, shift, keys, u, words, amb)
+	}
+	dellaDrawU(key, start, u[:n16])
+	keys = keys[:len(u)]
+	nw := (len(u) + 63) / 64
+	// The bit words as 16-bit quarters (little-endian: bits 16h.. of a
+	// word are its quarter h).
+	w16 := unsafe.Slice((*uint16)(unsafe.Pointer(&words[0])), 4*nw)
+	a16 := unsafe.Slice((*uint16)(unsafe.Pointer(&amb[0])), 4*nw)
+	lov := archsimd.BroadcastUint32x16(lo)
+	hiv := archsimd.BroadcastUint32x16(hi)
+	sv := archsimd.BroadcastUint32x16(shift)
+	clo0 := archsimd.LoadUint32x16((*[16]uint32)(cellLo[:16]))
+	clo1 := archsimd.LoadUint32x16((*[16]uint32)(cellLo[16:]))
+	chi0 := archsimd.LoadUint32x16((*[16]uint32)(cellHi[:16]))
+	chi1 := archsimd.LoadUint32x16((*[16]uint32)(cellHi[16:]))
+	var any uint16
+	for j := 0; j < n16; j += 16 {
+		x := archsimd.LoadUint32x16Slice(u[j:])
+		k := archsimd.LoadUint32x16Slice(keys[j:])
+		below := x.Less(lov).ToBits()
+		in := x.Less(hiv).ToBits() &^ below
+		c := x.Sub(lov).ShiftRight(sv)
+		kh := k.GreaterEqual(chi0.ConcatPermute(chi1, c)).ToBits()
+		kl := k.GreaterEqual(clo0.ConcatPermute(clo1, c)).ToBits()
+		w16[j>>4] = below | in&kh
+		open := in & kl &^ kh
+		a16[j>>4] = open
+		any |= open
+	}
+	archsimd.ClearAVXUpperBits()
+	if dellaDrawCellsFrom(key, start, lo, hi, cellLo, cellHi, shift, keys, u, words, amb, n16) {
+		any = 1
+	}
+	return any != 0
+}
+
+// dellaDrawU sets u[j] = U_j = rng.Bits(key, start+j)>>40 for j <
+// len(u), a multiple of 16 (AVX-512): two chains of 8 states as in
+// dellaDraw, the last xor-shift of the mix left out (it does not change
+// the top 24 bits), the high halves of the 16 lanes gathered by one
+// permute and shifted down by 8.
+func dellaDrawU(key, start uint64, u []uint32) {
+	var golden uint64 = rng.Golden
+	var z0 [16]uint64
+	var hiHalves [16]uint32
+	for l := range z0 {
+		z0[l] = key + (start+uint64(l)+1)*golden
+		hiHalves[l] = uint32(2*l + 1)
+	}
+	za := archsimd.LoadUint64x8((*[8]uint64)(z0[:8]))
+	zb := archsimd.LoadUint64x8((*[8]uint64)(z0[8:]))
+	step := archsimd.BroadcastUint64x8(16 * golden)
+	c1 := archsimd.BroadcastUint64x8(0xBF58476D1CE4E5B9)
+	c2 := archsimd.BroadcastUint64x8(0x94D049BB133111EB)
+	s30 := archsimd.BroadcastUint64x8(30)
+	s27 := archsimd.BroadcastUint64x8(27)
+	s8 := archsimd.BroadcastUint32x16(8)
+	idx := archsimd.LoadUint32x16(&hiHalves)
+	for j := 0; j+16 <= len(u); j += 16 {
+		ha := za.Xor(za.ShiftRight(s30)).Mul(c1)
+		hb := zb.Xor(zb.ShiftRight(s30)).Mul(c1)
+		ha = ha.Xor(ha.ShiftRight(s27)).Mul(c2)
+		hb = hb.Xor(hb.ShiftRight(s27)).Mul(c2)
+		ha.AsUint32x16().ConcatPermute(hb.AsUint32x16(), idx).ShiftRight(s8).StoreSlice(u[j:])
+		za, zb = za.Add(step), zb.Add(step)
+	}
+	archsimd.ClearAVXUpperBits()
 }

@@ -59,3 +59,13 @@ func dellaBuckets(keys []uint32, kmin, shift uint32, bk []uint32) {
 
 // dellaVector512 has no effect in the plain build (the tests set it).
 var dellaVector512 = false
+
+// dellaDrawCells is dellaDraw for a row whose band is split into cells
+// (dellaScratch.cellBounds): it sets u[j] = U_j and, for U_j < lo, bit j of
+// words (kept whatever the rank); for lo ≤ U_j < hi, c = (U_j − lo) >>
+// shift, bit j of words when keys[j] ≥ cellHi[c] (kept) and bit j of amb
+// when cellLo[c] ≤ keys[j] < cellHi[c] (the rank decides). It reports
+// whether any amb bit is set. The bits must be 0 on entry.
+func dellaDrawCells(key, start uint64, lo, hi uint32, cellLo, cellHi *[dellaCells]uint32, shift uint32, keys, u []uint32, words, amb []uint64) bool {
+	return dellaDrawCellsGo(key, start, lo, hi, cellLo, cellHi, shift, keys, u, words, amb)
+}

@@ -3,6 +3,7 @@ package merge
 import (
 	"fmt"
 	"math"
+	"math/bits"
 	"math/rand/v2"
 	"slices"
 	"sort"
@@ -73,6 +74,28 @@ var dellaRowKinds = []dellaRowKind{
 			x[i] = float32(r.IntN(len(x)/4+1)) * 0.001
 		}
 	}},
+	{"gaussian with a 1e6 outlier", func(r *rand.Rand, x []float32) {
+		for i := range x {
+			x[i] = float32(0.01 * r.NormFloat64())
+		}
+		x[r.IntN(len(x))] = 1e4
+	}},
+	{"half zeros", func(r *rand.Rand, x []float32) {
+		for i := range x {
+			if r.IntN(2) == 0 {
+				x[i] = float32(0.01 * r.NormFloat64())
+			} else {
+				x[i] = 0
+			}
+		}
+	}},
+	{"gaussian, coarse", func(r *rand.Rand, x []float32) {
+		// A task vector of float32 differences: magnitudes on a grid.
+		for i := range x {
+			b := float32(r.NormFloat64())
+			x[i] = (b + float32(0.01*r.NormFloat64())) - b
+		}
+	}},
 }
 
 // dellaRowWant is the keep decision of a row from the definition: ranks by
@@ -98,7 +121,7 @@ func TestDellaRowBitsMatchDefinition(t *testing.T) {
 	params := []struct{ density, eps float64 }{{0.2, 0.15}, {0.5, 0.49}, {0.4, 0}, {0.9, 0.05}}
 	sc := dellaPool(0)
 	for _, kind := range dellaRowKinds {
-		for _, n := range []int{1, 2, 7, 8, 9, 63, 64, 65, 300, 2048, 5000} {
+		for _, n := range []int{1, 2, 7, 8, 9, 15, 16, 17, 63, 64, 65, 300, 2048, 5000} {
 			for _, pe := range params {
 				row := make([]float32, n)
 				kind.fill(r, row)
@@ -208,6 +231,38 @@ func testDellaVectorLoops(t *testing.T) {
 
 			key, start := rng.Key(1, where, 0), uint64(r.IntN(1000))
 			lo, hi := uint32(r.IntN(1<<23)), uint32(1<<23+r.IntN(1<<23))
+
+			// The cell bounds arbitrary keys (sorted or not: the loops do
+			// not rely on it), the shift as rowBits would choose it or not.
+			var cellLo, cellHi [dellaCells]uint32
+			for c := range dellaCells {
+				cellLo[c], cellHi[c] = k1[r.IntN(n)], k1[r.IntN(n)]+uint32(r.IntN(3))
+			}
+			for _, shift := range []uint32{uint32(max(0, bits.Len32(hi-lo-1)-5)), 0, 23} {
+				wa, wb := make([]uint64, (n+63)/64), make([]uint64, (n+63)/64)
+				aa, ab := make([]uint64, (n+63)/64), make([]uint64, (n+63)/64)
+				ua, ub := make([]uint32, n), make([]uint32, n)
+				anyA := dellaDrawCells(key, start, lo, hi, &cellLo, &cellHi, shift, k1, ua, wa, aa)
+				anyB := dellaDrawCellsGo(key, start, lo, hi, &cellLo, &cellHi, shift, k1, ub, wb, ab)
+				if anyA != anyB || !slices.Equal(wa, wb) || !slices.Equal(aa, ab) || !slices.Equal(ua, ub) {
+					t.Fatalf("%s, shift %d: dellaDrawCells differs from dellaDrawCellsGo", where, shift)
+				}
+				var anyWant bool
+				for j := range n {
+					x := uint32(rng.Bits(key, start+uint64(j)) >> 40)
+					c := (x - lo) >> shift % dellaCells
+					band := x >= lo && x < hi
+					keep := x < lo || band && k1[j] >= cellHi[c]
+					open := band && k1[j] >= cellLo[c] && k1[j] < cellHi[c]
+					anyWant = anyWant || open
+					if ub[j] != x || wb[j>>6]>>(j&63)&1 == 1 != keep || ab[j>>6]>>(j&63)&1 == 1 != open {
+						t.Fatalf("%s, shift %d: dellaDrawCellsGo's entry %d: U %d, want %d", where, shift, j, ub[j], x)
+					}
+				}
+				if anyB != anyWant {
+					t.Fatalf("%s, shift %d: dellaDrawCellsGo reports %v", where, shift, anyB)
+				}
+			}
 			w1, w2 := make([]uint64, (n+63)/64), make([]uint64, (n+63)/64)
 			b1, b2 := make([]uint64, (n+63)/64), make([]uint64, (n+63)/64)
 			u1, u2 := make([]uint32, n), make([]uint32, n)
@@ -239,6 +294,74 @@ func testDellaVectorLoops(t *testing.T) {
 				dellaApplyBitsGo(b, w1, scale)
 				if !slices.EqualFunc(a, b, func(p, q float32) bool { return math.Float32bits(p) == math.Float32bits(q) }) {
 					t.Fatalf("%s, scale %v: dellaApplyBits differs from dellaApplyBitsGo", where, scale)
+				}
+			}
+		}
+	}
+}
+
+// TestDellaCellBounds: the cells' key bounds keep what the ranks keep:
+// an entry of the band whose key is at least cellHi[c] has a rank of at
+// least cellT[c+1], and one whose key is below cellLo[c] a rank below
+// cellT[c], on rows of every kind and several row lengths and parameters.
+func TestDellaCellBounds(t *testing.T) {
+	r := rand.New(rand.NewPCG(13, 14))
+	sc := dellaPool(0)
+	for _, kind := range dellaRowKinds {
+		for _, n := range []int{dellaCellMin, 100, 2048, 4099} {
+			for _, pe := range []struct{ density, eps float64 }{{0.2, 0.15}, {0.5, 0.49}, {0.3, 1e-4}} {
+				where := fmt.Sprintf("%s, n=%d, density %v ε %v", kind.name, n, pe.density, pe.eps)
+				row := make([]float32, n)
+				kind.fill(r, row)
+				if sc.cap < n {
+					sc = dellaPool(n)
+				}
+				thr := sc.thresholds(n, float32(pe.density-pe.eps), 2*float32(pe.eps))
+				if sc.cells == 0 || sc.cells > dellaCells {
+					t.Fatalf("%s: %d cells", where, sc.cells)
+				}
+				if sc.cellT[0] != 0 && thr[sc.cellT[0]-1] > thr[0] || sc.cellT[sc.cells] != uint32(n) {
+					t.Fatalf("%s: cell ranks %v", where, sc.cellT[:sc.cells+1])
+				}
+				keys := sc.keys[:n]
+				kmin, kmax := dellaKeys(row, keys)
+				if kmin == kmax {
+					continue // rowBits ranks by index
+				}
+				S, shift := sc.bounds(keys, kmin, kmax)
+				sc.cellBounds(S, kmin, shift)
+				rank := make([]uint32, n)
+				for j := range n {
+					rank[j] = dellaRankGo(keys, j)
+				}
+				for c := range sc.cells {
+					if sc.cellLo[c] > sc.cellHi[c] {
+						t.Fatalf("%s: cell %d: bounds %d > %d", where, c, sc.cellLo[c], sc.cellHi[c])
+					}
+					for j, k := range keys {
+						if k >= sc.cellHi[c] && rank[j] < sc.cellT[c+1] || k < sc.cellLo[c] && rank[j] >= sc.cellT[c] {
+							t.Fatalf("%s: cell %d [%d, %d): entry %d key %d rank %d, cell ranks %d, %d",
+								where, c, sc.cellLo[c], sc.cellHi[c], j, k, rank[j], sc.cellT[c], sc.cellT[c+1])
+						}
+					}
+				}
+				// Every draw of the band falls in a cell whose ranks bound
+				// the least keeping rank.
+				for c := range sc.cells {
+					u0 := thr[0] + uint32(c)<<sc.cellShift
+					u1 := min(u0+1<<sc.cellShift, thr[n-1]) - 1
+					rk := func(x uint32) uint32 {
+						var q uint32
+						for _, v := range thr {
+							if v <= x {
+								q++
+							}
+						}
+						return q
+					}
+					if rk(u0) != sc.cellT[c] || rk(u1) > sc.cellT[c+1] {
+						t.Fatalf("%s: cell %d: ranks %d, %d; cell ranks %d, %d", where, c, rk(u0), rk(u1), sc.cellT[c], sc.cellT[c+1])
+					}
 				}
 			}
 		}
