@@ -247,36 +247,50 @@ func (e *engine) windows(un unit, tgts []rankTarget) ([]window, []int) {
 	size := min(max(un.n/64, minSample), sampleSize)
 	blocks := size / sampleBlock
 	stride := (un.n + blocks - 1) / blocks
-	// One model per goroutine: the gathering and the sort of a unit's
-	// samples ran on one core while the other waited (a unit is prepared
-	// alone when its tensor fills a group of prepareAndMerge).
-	samples := make([][]uint32, T)
-	e.p.Pool.For(T, func(_, m int) {
-		s := make([]uint32, 0, size+sampleBlock)
-		var pos int64 // unit index of the chunk's first entry
-		for _, ch := range un.chunks {
-			n := int64(ch.hi - ch.lo)
+	// The gathering runs as T·P tasks (model, share of the chunks), so
+	// that every core works whatever T is: the sample's reads are cache
+	// and TLB misses, and on a cold checkpoint the first reads of its
+	// pages. The shares are concatenated per model and sorted, so the
+	// sample does not depend on P. Then one sort per model.
+	pos := make([]int64, len(un.chunks)+1) // unit index of each chunk's first entry
+	for c, ch := range un.chunks {
+		pos[c+1] = pos[c] + int64(ch.hi-ch.lo)
+	}
+	P := min(e.p.Pool.Size(), len(un.chunks))
+	parts := make([][]uint32, T*P)
+	e.p.Pool.For(T*P, func(_, task int) {
+		m, part := task/P, task%P
+		c0, c1 := len(un.chunks)*part/P, len(un.chunks)*(part+1)/P
+		s := make([]uint32, 0, int64(size)*(pos[c1]-pos[c0])/max(pos[len(un.chunks)], 1)+2*sampleBlock)
+		for c := c0; c < c1; c++ {
+			ch := un.chunks[c]
+			n := pos[c+1] - pos[c]
 			t := &e.tensors[ch.ti]
 			x, b := t.Models[m], t.Base
 			switch {
 			case x.DType == tensor.F32 && b.DType == tensor.F32 && !e.method.Rows:
-				s = appendSample(s, x.F32[ch.lo:ch.hi], b.F32[ch.lo:ch.hi], pos, n, stride,
+				s = appendSample(s, x.F32[ch.lo:ch.hi], b.F32[ch.lo:ch.hi], pos[c], n, stride,
 					func(v float32) float32 { return v }, appendMags16Slices)
-				pos += n
 				continue
 			case x.DType == tensor.BF16 && b.DType == tensor.BF16 && !e.method.Rows:
-				s = appendSample(s, x.U16[ch.lo:ch.hi], b.U16[ch.lo:ch.hi], pos, n, stride,
+				s = appendSample(s, x.U16[ch.lo:ch.hi], b.U16[ch.lo:ch.hi], pos[c], n, stride,
 					func(u uint16) float32 { return math.Float32frombits(uint32(u) << 16) }, nil)
-				pos += n
 				continue
 			}
-			for g := (pos + stride - 1) / stride * stride; g < pos+n; g += stride {
-				for j := int(g - pos); j < int(min(g-pos+sampleBlock, n)); j++ {
+			for g := (pos[c] + stride - 1) / stride * stride; g < pos[c]+n; g += stride {
+				for j := int(g - pos[c]); j < int(min(g-pos[c]+sampleBlock, n)); j++ {
 					idx := e.storageIndex(ch, j)
 					s = append(s, topk.AbsBits(t.Models[m].At(idx)-t.Base.At(idx)))
 				}
 			}
-			pos += n
+		}
+		parts[task] = s
+	})
+	samples := make([][]uint32, T)
+	e.p.Pool.For(T, func(_, m int) {
+		s := parts[m*P]
+		for _, q := range parts[m*P+1 : (m+1)*P] {
+			s = append(s, q...)
 		}
 		sortDesc(s)
 		samples[m] = s
