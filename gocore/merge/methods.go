@@ -198,7 +198,21 @@ type dare struct{}
 
 func (dare) usesDensity() bool { return true }
 
-func (dare) prepare(e *engine, units []int) error { return e.prepareRescale(units, dareMask) }
+// prepare computes the rescale factors. Chunks take dareChunkSums (one
+// pass over the stored inputs) where it applies, else the separate loops;
+// both give the same sums.
+func (dare) prepare(e *engine, units []int) error {
+	if !e.p.Rescale {
+		return nil
+	}
+	sums := maskedSums(dareMask)
+	return e.prepareRescaleChunks(units, func(ch chunkRef, ws *workspace, acc []float64) error {
+		if !generalOnly && dareChunkSums(e, ch, acc) {
+			return nil
+		}
+		return e.rescaleChunkSums(ch, ws, acc, sums)
+	})
+}
 
 // dareMask zeroes the entries DARE drops from chunk ch of model m's τ.
 func dareMask(e *engine, m int, ch chunkRef, tau []float32) {

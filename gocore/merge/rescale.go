@@ -25,11 +25,7 @@ func (e *engine) prepareRescale(units []int, mask masker) error {
 	if !e.p.Rescale {
 		return nil
 	}
-	return e.prepareRescaleSums(units, func(e *engine, m int, ch chunkRef, tau []float32) (before, after float64) {
-		before = dellaAbsSum(tau)
-		mask(e, m, ch, tau)
-		return before, dellaAbsSum(tau)
-	})
+	return e.prepareRescaleSums(units, maskedSums(mask))
 }
 
 // rescaleSummer returns Σ|τ| and Σ|τ̂| over chunk ch of model m's τ (which
@@ -41,22 +37,38 @@ type rescaleSummer func(e *engine, m int, ch chunkRef, tau []float32) (before, a
 // (whatever Rescale says).
 func (e *engine) prepareRescaleSums(units []int, sums rescaleSummer) error {
 	return e.prepareRescaleChunks(units, func(ch chunkRef, ws *workspace, acc []float64) error {
-		base, err := e.loadBase(ch, ws)
+		return e.rescaleChunkSums(ch, ws, acc, sums)
+	})
+}
+
+// rescaleChunkSums sets acc[2m], acc[2m+1] to the (Σ|τ|, Σ|τ̂|) pair that
+// sums returns for chunk ch of model m, for every model.
+func (e *engine) rescaleChunkSums(ch chunkRef, ws *workspace, acc []float64, sums rescaleSummer) error {
+	base, err := e.loadBase(ch, ws)
+	if err != nil {
+		return err
+	}
+	n := ch.hi - ch.lo
+	for m := range e.T {
+		mv, err := e.loadModel(ch, m, ws, ws.models[m])
 		if err != nil {
 			return err
 		}
-		n := ch.hi - ch.lo
-		for m := range e.T {
-			mv, err := e.loadModel(ch, m, ws, ws.models[m])
-			if err != nil {
-				return err
-			}
-			tau := ws.taus[m][:n]
-			vec.Sub(tau, mv, base)
-			acc[2*m], acc[2*m+1] = sums(e, m, ch, tau)
-		}
-		return nil
-	})
+		tau := ws.taus[m][:n]
+		vec.Sub(tau, mv, base)
+		acc[2*m], acc[2*m+1] = sums(e, m, ch, tau)
+	}
+	return nil
+}
+
+// maskedSums is the rescaleSummer of a sparsifier's mask: Σ|τ|, then the
+// mask, then Σ|τ̂|.
+func maskedSums(mask masker) rescaleSummer {
+	return func(e *engine, m int, ch chunkRef, tau []float32) (before, after float64) {
+		before = dellaAbsSum(tau)
+		mask(e, m, ch, tau)
+		return before, dellaAbsSum(tau)
+	}
 }
 
 // prepareRescaleChunks computes the rescale factors of the units' tensors
