@@ -183,17 +183,13 @@ func dellaRank(keys []uint32, j int) uint32 {
 	if !vec.Accelerated() || n8 == 0 {
 		return dellaRankGo(keys, j)
 	}
+	if dellaVector512 && len(keys) >= 16 {
+		return dellaRank16(keys, j)
+	}
 	j8 := min(j&^7, n8)
 	var le, lt int
-	i0 := 0 // blocks of 16 before j8 (AVX-512)
-	if dellaVector512 {
-		kw := archsimd.BroadcastInt32x16(int32(keys[j]))
-		for ; i0+16 <= j8; i0 += 16 {
-			le += 16 - bits.OnesCount16(archsimd.LoadUint32x16Slice(keys[i0:]).AsInt32x16().Greater(kw).ToBits())
-		}
-	}
 	kv := archsimd.BroadcastInt32x8(int32(keys[j]))
-	for i := i0; i < j8; i += 8 {
+	for i := 0; i < j8; i += 8 {
 		le += 8 - bits.OnesCount8(archsimd.LoadUint32x8Slice(keys[i:]).AsInt32x8().Greater(kv).ToBits())
 	}
 	for i := j8 + 8; i < n8; i += 8 {
@@ -208,6 +204,41 @@ func dellaRank(keys []uint32, j int) uint32 {
 		}
 	}
 	for i := max(j8+8, n8); i < len(keys); i++ {
+		if keys[i] < k {
+			r++
+		}
+	}
+	return r
+}
+
+// dellaRank16 is dellaRank with 16 lanes (AVX-512), for 16 keys or more:
+// the counts are kept in the lanes of two vectors (a compare's lanes are
+// −1 or 0) and added up once.
+func dellaRank16(keys []uint32, j int) uint32 {
+	n16 := len(keys) &^ 15
+	j16 := min(j&^15, n16) // the block of j, or the tail
+	k := keys[j]
+	kv := archsimd.BroadcastUint32x16(k)
+	var le, lt archsimd.Int32x16
+	for i := 0; i < j16; i += 16 {
+		le = le.Sub(archsimd.LoadUint32x16Slice(keys[i:]).LessEqual(kv).ToInt32x16())
+	}
+	for i := j16 + 16; i < n16; i += 16 {
+		lt = lt.Sub(archsimd.LoadUint32x16Slice(keys[i:]).Less(kv).ToInt32x16())
+	}
+	var c [16]int32
+	le.Add(lt).Store(&c)
+	archsimd.ClearAVXUpperBits()
+	var r uint32
+	for _, x := range c {
+		r += uint32(x)
+	}
+	for i := j16; i < min(j16+16, len(keys)); i++ {
+		if keys[i] < k || keys[i] == k && i < j {
+			r++
+		}
+	}
+	for i := max(j16+16, n16); i < len(keys); i++ {
 		if keys[i] < k {
 			r++
 		}

@@ -192,7 +192,10 @@ func testDellaVectorLoops(t *testing.T) {
 					}
 				}
 			}
-			for _, j := range []int{0, n / 3, n - 1} {
+			for _, j := range []int{0, 1, 15, 16, 17, n / 3, n - 17, n - 16, n - 15, n - 1} {
+				if j < 0 || j >= n {
+					continue
+				}
 				if a, b := dellaRank(k1, j), dellaRankGo(k1, j); a != b {
 					t.Fatalf("%s: dellaRank(%d) = %d, dellaRankGo %d", where, j, a, b)
 				}
