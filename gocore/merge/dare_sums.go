@@ -5,7 +5,6 @@ import (
 
 	"github.com/npsfuse/npsfuse/gocore/rng"
 	"github.com/npsfuse/npsfuse/gocore/tensor"
-	"github.com/npsfuse/npsfuse/gocore/vec"
 )
 
 // dareSumsGo returns DARE's rescale sums over one chunk of one model, τ =
@@ -54,11 +53,8 @@ func dareChunkSums(e *engine, ch chunkRef, acc []float64) bool {
 	b := t.Base
 	for m := range e.T {
 		x := t.Models[m]
-		thr := uint64(1) << 24 // density 1: every entry kept
-		if d := float32(e.density(m)); d < 1 {
-			thr = vec.DareThreshold(d)
-		}
-		key := rng.Key(e.p.Seed, t.Name, m)
+		dr := dareDrop(e, m, ch.ti)
+		key, thr := dr.Key, dr.Thr
 		var before, after float64
 		var ok bool
 		switch {

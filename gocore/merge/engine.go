@@ -371,6 +371,7 @@ type workspace struct {
 	out      []float32
 	seg      []float32
 	bands    []vec.Band // mergeFused's per-model keep rules
+	drops    []vec.Drop // mergeFused's per-model DARE draws
 }
 
 func (e *engine) workspace() *workspace {

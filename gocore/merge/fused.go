@@ -80,8 +80,8 @@ func (c consensus) taskMerge(e *engine, p *vec.TaskMerge) {
 
 // fusedPlan returns the template of the method's fused merge pass, or nil
 // when the method does not have one: a combiner vec.MergeTasks computes, a
-// sparsifier that keeps everything or a band, element-wise chunks and at
-// most 8 models.
+// sparsifier that keeps everything, a band or DARE's random drop (with the
+// vector draw), element-wise chunks and at most 8 models.
 func (e *engine) fusedPlan() *vec.TaskMerge {
 	tc, ok := e.method.Combine.(taskCombiner)
 	if !ok || e.method.Rows || e.T < 1 || e.T > 8 {
@@ -89,6 +89,12 @@ func (e *engine) fusedPlan() *vec.TaskMerge {
 	}
 	switch e.method.Sparsify.(type) {
 	case keepAll, bander:
+	case dare:
+		// The draws need the vector loop (AVX-512); without it the
+		// general path's vector loops are faster than the scalar twin.
+		if !vec.DropVectorized() {
+			return nil
+		}
 	default:
 		return nil
 	}
@@ -126,6 +132,15 @@ func (e *engine) mergeFused(tmpl *vec.TaskMerge, ch chunkRef, ws *workspace) err
 		p.Bands = ws.bands[:e.T]
 		for m := range e.T {
 			p.Bands[m] = bd.band(e, m, u, c)
+		}
+	}
+	if _, ok := e.method.Sparsify.(dare); ok {
+		if cap(ws.drops) < e.T {
+			ws.drops = make([]vec.Drop, e.T)
+		}
+		p.Drop, p.Start = ws.drops[:e.T], uint64(ch.lo)
+		for m := range e.T {
+			p.Drop[m] = dareDrop(e, m, ch.ti)
 		}
 	}
 	if e.rescale != nil && e.rescale[ch.ti] != nil {

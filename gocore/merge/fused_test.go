@@ -10,6 +10,7 @@ import (
 
 	"github.com/npsfuse/npsfuse/gocore/parallel"
 	"github.com/npsfuse/npsfuse/gocore/tensor"
+	"github.com/npsfuse/npsfuse/gocore/vec"
 )
 
 // coarseMerge is randomMerge with values from a small set (and ±0), so that
@@ -36,14 +37,15 @@ func coarseMerge(r *rand.Rand, dt tensor.DType, shapes [][]int, T int) []Tensor 
 }
 
 // TestFusedPassesMatchGeneralPath compares the fused merge pass of the TIES
-// family (mergeFused), model_stock's and the task-arithmetic methods' direct
+// family and DARE (mergeFused), model_stock's and the task-arithmetic methods' direct
 // pass with mergeChunk's general path (generalOnly), bit for bit, over
 // dtypes, parameters that change the kernel (Normalize, Rescale, negative
 // and zero weights, densities 0 and 1, Breadcrumbs' γ, consensus' K and
 // TALL λ) and inputs with many ties.
 func TestFusedPassesMatchGeneralPath(t *testing.T) {
 	methods := []string{"ties", "magnitude_prune", "breadcrumbs", "breadcrumbs_ties",
-		"consensus_ta", "consensus_ties", "model_stock", "task_arithmetic", "linear"}
+		"consensus_ta", "consensus_ties", "model_stock", "task_arithmetic", "linear",
+		"dare_ties", "dare_linear"}
 	type variant struct {
 		name string
 		set  func(p *Params)
@@ -109,7 +111,7 @@ func TestFusedPassesMatchGeneralPath(t *testing.T) {
 // non-finite input, or the same overflowing result, as the general path.
 func TestFusedPassesRefuseBadInput(t *testing.T) {
 	defer func() { generalOnly = false }()
-	for _, method := range []string{"ties", "breadcrumbs", "consensus_ta", "consensus_ties", "model_stock"} {
+	for _, method := range []string{"ties", "breadcrumbs", "consensus_ta", "consensus_ties", "model_stock", "dare_ties"} {
 		for _, bad := range []string{"base", "model", "overflow"} {
 			var msgs [2]string
 			for i, general := range []bool{true, false} {
@@ -156,7 +158,17 @@ func TestFusedPlanCoversTheFamily(t *testing.T) {
 			t.Fatalf("%s has no fused pass", method)
 		}
 	}
-	for _, method := range []string{"dare_ties", "della", "pcb", "neuro"} {
+	for _, method := range []string{"dare_ties", "dare_linear"} {
+		ts := randomMerge(rand.New(rand.NewPCG(1, 1)), tensor.F32, [][]int{{7}}, 3)
+		e, err := newEngine(registry[method], testParams(method), ts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (e.fused != nil) != vec.DropVectorized() {
+			t.Fatalf("%s: fused pass %v, want it exactly where the draw is vectorised (%v)", method, e.fused != nil, vec.DropVectorized())
+		}
+	}
+	for _, method := range []string{"della", "pcb", "neuro"} {
 		ts := randomMerge(rand.New(rand.NewPCG(1, 1)), tensor.F32, [][]int{{7}}, 3)
 		e, err := newEngine(registry[method], testParams(method), ts)
 		if err != nil {

@@ -214,23 +214,31 @@ func (dare) prepare(e *engine, units []int) error {
 	})
 }
 
+// dareDrop is model m's DARE draw over tensor ti: its stream and the
+// threshold of its density (1<<24, every entry kept, at density 1).
+func dareDrop(e *engine, m, ti int) vec.Drop {
+	thr := uint64(1) << 24
+	if d := float32(e.density(m)); d < 1 {
+		thr = vec.DareThreshold(d)
+	}
+	return vec.Drop{Key: rng.Key(e.p.Seed, e.tensors[ti].Name, m), Thr: thr}
+}
+
 // dareMask zeroes the entries DARE drops from chunk ch of model m's τ.
 func dareMask(e *engine, m int, ch chunkRef, tau []float32) {
-	d := float32(e.density(m))
-	if d >= 1 {
+	if e.density(m) >= 1 {
 		return
 	}
-	key := rng.Key(e.p.Seed, e.tensors[ch.ti].Name, m)
-	vec.DareDrop(tau, key, uint64(ch.lo), vec.DareThreshold(d), 1)
+	d := dareDrop(e, m, ch.ti)
+	vec.DareDrop(tau, d.Key, uint64(ch.lo), d.Thr, 1)
 }
 
 func (dare) apply(e *engine, m int, ch chunkRef, tau []float32) {
-	d := float32(e.density(m))
-	if d >= 1 {
+	if e.density(m) >= 1 {
 		return
 	}
-	key := rng.Key(e.p.Seed, e.tensors[ch.ti].Name, m)
-	vec.DareDrop(tau, key, uint64(ch.lo), vec.DareThreshold(d), e.rescaleFactor(ch.ti, m))
+	d := dareDrop(e, m, ch.ti)
+	vec.DareDrop(tau, d.Key, uint64(ch.lo), d.Thr, e.rescaleFactor(ch.ti, m))
 }
 
 // weightedSum is task arithmetic (Ilharco et al. 2023, eq. 1):

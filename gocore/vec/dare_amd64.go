@@ -48,3 +48,7 @@ func dareDrop(tau []float32, key, start, thr uint64, scale float32) {
 	archsimd.ClearAVXUpperBits() // see the note on accelerated
 	dareDropGo(tau[n:], key, start+uint64(n), thr, scale)
 }
+
+// DropVectorized reports whether MergeTasks draws TaskMerge.Drop with a
+// vector loop (AVX-512) rather than its scalar twin.
+func DropVectorized() bool { return dareVector }

@@ -1,6 +1,10 @@
 package vec
 
-import "math"
+import (
+	"math"
+
+	"github.com/npsfuse/npsfuse/gocore/rng"
+)
 
 // The fused loops of the TIES family (issue 15): the counting pass of the
 // top-k selection over |θ_m − θ₀| without a magnitude buffer, and the merge
@@ -54,6 +58,12 @@ type TaskMerge struct {
 	// Bands, when not nil, masks each model's task vector (the cuts'
 	// allowances are consumed in place, so that a chunk can be continued).
 	Bands []Band
+	// Drop, when not nil, applies DARE's random drop to each model's task
+	// vector after Bands (DareDrop's rule): entry j of model m is kept when
+	// rng.Bits(Drop[m].Key, Start+j)>>40 < Drop[m].Thr, else set to +0.
+	Drop []Drop
+	// Start is the stream index of entry 0 for Drop.
+	Start uint64
 	// Scale, when not nil, multiplies each model's kept entries.
 	Scale []float32
 	// Disjoint selects TIES' disjoint mean of the weighted task vectors
@@ -74,6 +84,10 @@ type TaskMerge struct {
 	Check bool
 }
 
+// Drop is one model's random drop in TaskMerge: stream key and threshold
+// (DareThreshold; 1<<24 keeps everything).
+type Drop struct{ Key, Thr uint64 }
+
 // MergeTasks sets out[j] to base[j] + Lam·c[j], where c combines the task
 // vectors τ_m = x[m][j] − base[j] masked by Bands and scaled by Scale, as p
 // describes (see TaskMerge); the sums run in model order in float32,
@@ -84,8 +98,9 @@ type TaskMerge struct {
 func MergeTasks(out, base []float32, x [][]float32, p *TaskMerge) bool {
 	T := len(x)
 	if T < 1 || T > 8 || len(p.W) != T || (p.Bands != nil && len(p.Bands) != T) ||
-		(p.Scale != nil && len(p.Scale) != T) || (p.TallLam != nil && len(p.TallLam) != T) {
-		panic("vec.MergeTasks: need 1 to 8 models and one weight, band, scale and TALL λ per model")
+		(p.Scale != nil && len(p.Scale) != T) || (p.TallLam != nil && len(p.TallLam) != T) ||
+		(p.Drop != nil && len(p.Drop) != T) {
+		panic("vec.MergeTasks: need 1 to 8 models and one weight, band, drop, scale and TALL λ per model")
 	}
 	checkInputs(len(out), base, x, p.W)
 	for _, b := range p.Bands {
@@ -118,6 +133,9 @@ func mergeTasksGo(out, base []float32, x [][]float32, p *TaskMerge) bool {
 				if !in || o {
 					v = 0
 				}
+			}
+			if p.Drop != nil && rng.Bits(p.Drop[m].Key, p.Start+uint64(j))>>40 >= p.Drop[m].Thr {
+				v = 0
 			}
 			if p.Scale != nil {
 				v *= p.Scale[m]

@@ -5,6 +5,8 @@ package vec
 import (
 	"math/bits"
 	"simd/archsimd"
+
+	"github.com/npsfuse/npsfuse/gocore/rng"
 )
 
 // The vector loops of fused.go. As everywhere in this package (see the note
@@ -27,7 +29,7 @@ func laneKeep(a, k *[lanes]int32, bd *Band) {
 }
 
 func mergeTasks(out, base []float32, x [][]float32, p *TaskMerge) bool {
-	if !accelerated {
+	if !accelerated || (p.Drop != nil && !dareVector) {
 		return mergeTasksGo(out, base, x, p)
 	}
 	T := len(x)
@@ -71,6 +73,13 @@ func mergeTasks(out, base []float32, x [][]float32, p *TaskMerge) bool {
 		outNothing[m] = bd.Out == Nothing
 	}
 	divOn, disjoint, norm, check := p.DivOn, p.Disjoint, p.Norm, p.Check
+	// DARE's draws (dareDrop's loop), set up only when asked: their
+	// 512-bit instructions need AVX-512, which dareVector guarantees.
+	drop := p.Drop != nil
+	var dl dareLanes
+	if drop {
+		dl.init(p.Drop, p.Start)
+	}
 	// Zero values, not BroadcastFloat32x8(0) (a legacy SSE XORPS).
 	var zi archsimd.Int32x8
 	var zf, acc archsimd.Float32x8
@@ -128,6 +137,9 @@ func mergeTasks(out, base []float32, x [][]float32, p *TaskMerge) bool {
 					v = v.AsInt32x8().And(keep).AsFloat32x8()
 				}
 			}
+			if drop {
+				v = v.Masked(dl.keep(m))
+			}
 			if sv != nil {
 				v = v.Mul(sv[m])
 			}
@@ -177,15 +189,68 @@ func mergeTasks(out, base []float32, x [][]float32, p *TaskMerge) bool {
 	if acc.IsNaN().ToBits() != 0 {
 		archsimd.ClearAVXUpperBits()
 		if n < len(out) {
-			mergeTasksGo(out[n:], base[n:], tails(x, n), p)
+			mergeTasksGo(out[n:], base[n:], tails(x, n), tailOf(p, n))
 		}
 		return false
 	}
 	archsimd.ClearAVXUpperBits()
 	if n < len(out) {
-		return mergeTasksGo(out[n:], base[n:], tails(x, n), p)
+		return mergeTasksGo(out[n:], base[n:], tails(x, n), tailOf(p, n))
 	}
 	return true
+}
+
+// dareLanes holds MergeTasks' DARE draws for 8 entries at a time: per
+// model the Weyl counters of rng.Bits and the threshold, and the mixing
+// constants. It lives in memory (an array and more fields than the
+// compiler keeps in registers), so that declaring it runs no AVX-512
+// instruction on a CPU without it.
+type dareLanes struct {
+	z, thr                           [8]archsimd.Uint64x8
+	step, c1, c2, s30, s27, s31, s40 archsimd.Uint64x8
+}
+
+// init sets the counters of entry 0 at stream index start.
+func (d *dareLanes) init(drop []Drop, start uint64) {
+	var golden uint64 = rng.Golden
+	var z0 [8]uint64
+	for m, dr := range drop {
+		for l := range z0 {
+			z0[l] = dr.Key + (start+uint64(l)+1)*golden
+		}
+		d.z[m] = archsimd.LoadUint64x8(&z0)
+		d.thr[m] = archsimd.BroadcastUint64x8(dr.Thr)
+	}
+	d.step = archsimd.BroadcastUint64x8(8 * golden)
+	d.c1 = archsimd.BroadcastUint64x8(0xBF58476D1CE4E5B9)
+	d.c2 = archsimd.BroadcastUint64x8(0x94D049BB133111EB)
+	// Shifts by vectors of counts (see dareDrop).
+	d.s30 = archsimd.BroadcastUint64x8(30)
+	d.s27 = archsimd.BroadcastUint64x8(27)
+	d.s31 = archsimd.BroadcastUint64x8(31)
+	d.s40 = archsimd.BroadcastUint64x8(40)
+}
+
+// keep is model m's keep mask of the next 8 entries (rng.Mix of the
+// counters, as dareDrop), and moves its counters on.
+func (d *dareLanes) keep(m int) archsimd.Mask32x8 {
+	z := d.z[m]
+	h := z.Xor(z.ShiftRight(d.s30)).Mul(d.c1)
+	h = h.Xor(h.ShiftRight(d.s27)).Mul(d.c2)
+	h = h.Xor(h.ShiftRight(d.s31))
+	d.z[m] = z.Add(d.step)
+	return archsimd.Mask32x8FromBits(h.ShiftRight(d.s40).Less(d.thr[m]).ToBits())
+}
+
+// tailOf is p for the entries from n on: Drop's stream index moves on
+// (the bands' allowances are shared, as they must be consumed in order).
+func tailOf(p *TaskMerge, n int) *TaskMerge {
+	if p.Drop == nil {
+		return p
+	}
+	q := *p
+	q.Start += uint64(n)
+	return &q
 }
 
 func countDiffWindows(x, b []float32, lo, hi []uint32, above []int64, cands [][]uint32) bool {

@@ -40,7 +40,14 @@ func mergeTasksRef(out, base []float32, x [][]float32, p TaskMerge) {
 				}
 			}
 		}
-		if p.Scale != nil && p.Scale[m] != 1 {
+		if p.Drop != nil {
+			// The engine's DARE: DareDrop with the rescale factor.
+			scale := float32(1)
+			if p.Scale != nil {
+				scale = p.Scale[m]
+			}
+			dareDropGo(tau, p.Drop[m].Key, p.Start, p.Drop[m].Thr, scale)
+		} else if p.Scale != nil && p.Scale[m] != 1 {
 			for j := range tau {
 				tau[j] *= p.Scale[m]
 			}
@@ -139,6 +146,15 @@ func TestMergeTasksMatchesSeparateLoops(t *testing.T) {
 						p.TallLam[m] = []float32{0.4, 0, 1}[m%3]
 					}
 					p.K = trial % 4
+				}
+				if trial%5 == 2 {
+					// DARE: a random drop per model (thresholds from
+					// density 0.1 to 1), alone or after bands.
+					p.Drop = make([]Drop, T)
+					for m := range p.Drop {
+						p.Drop[m] = Drop{Key: r.Uint64(), Thr: DareThreshold([]float32{0.1, 0.5, 1, 0.9}[(m+trial)%4])}
+					}
+					p.Start = uint64(r.IntN(1 << 30))
 				}
 				name := fmt.Sprintf("n=%d T=%d trial=%d", n, T, trial)
 				want := make([]float32, n)

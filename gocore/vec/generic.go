@@ -41,3 +41,7 @@ func dareDrop(tau []float32, key, start, thr uint64, scale float32) {
 }
 
 func maxAbsBits(x []float32) uint32 { return maxAbsBitsGo(x) }
+
+// DropVectorized reports whether MergeTasks draws TaskMerge.Drop with a
+// vector loop; this build has none.
+func DropVectorized() bool { return false }
