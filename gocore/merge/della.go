@@ -61,11 +61,6 @@ func (magprune) prepare(e *engine, units []int) error {
 		for m := range e.T {
 			mv := e.view(e.tensors[ch.ti].Models[m], ch, ws, ws.models[m])
 			tau := ws.taus[m][:n]
-			before, ok := dellaSubAbsSum(tau, mv, base)
-			if !ok {
-				return e.nonFinite(ch, fmt.Sprintf("model %d", m), mv)
-			}
-			acc[2*m], acc[2*m+1] = before, before
 			// The next model's chunk, read where it is stored, is touched
 			// while this one's rows are decided (below).
 			var next []float32
@@ -74,6 +69,23 @@ func (magprune) prepare(e *engine, units []int) error {
 					next = v.F32[ch.lo:ch.hi]
 				}
 			}
+			if dellaByRows && e.density(m) < 1 && e.geom[ch.ti].cols%8 == 0 {
+				// Rows of a multiple of 8: the sums' lanes run on from row
+				// to row, and each row is taken whole while it is at hand.
+				words := make([]uint64, (n+63)/64)
+				before, after, ok := dellaChunkRows(e, m, ch, tau, mv, base, words, next)
+				if !ok {
+					return e.nonFinite(ch, fmt.Sprintf("model %d", m), mv)
+				}
+				e.sp.della[ch.gc*e.T+m] = words
+				acc[2*m], acc[2*m+1] = before, after
+				continue
+			}
+			before, ok := dellaSubAbsSum(tau, mv, base)
+			if !ok {
+				return e.nonFinite(ch, fmt.Sprintf("model %d", m), mv)
+			}
+			acc[2*m], acc[2*m+1] = before, before
 			if e.density(m) < 1 {
 				words := make([]uint64, (n+63)/64)
 				dellaChunkBits(e, m, ch, tau, words, next)
@@ -163,6 +175,57 @@ func dellaChunkBits(e *engine, m int, ch chunkRef, tau []float32, words []uint64
 			orBitsAt(words, off, sc.words, cols)
 		}
 	}
+}
+
+// dellaByRows: chunks of rows of a multiple of 8 are prepared by
+// dellaChunkRows (the tests compare it with the passes over the chunk).
+var dellaByRows = true
+
+// dellaChunkRows is, for rows of a multiple of 8 entries, dellaSubAbsSum
+// of tau = x − b, dellaChunkBits and dellaKeptAbsSum of the chunk, a row at
+// a time: per row one pass for τ, its keys and its |τ| (dellaSubKeys), the
+// decisions (rowKeyBits) and the kept |τ| (dellaKeptAbsAdd) while the row
+// is in the cache; a sum's lane l takes the entries j ≡ l (mod 8) of the
+// chunk in index order, as over the whole chunk, so the sums are the same
+// bits. It returns the sums before and after the drop, or false when x
+// holds a NaN or ±Inf.
+func dellaChunkRows(e *engine, m int, ch chunkRef, tau, x, b []float32, words []uint64, next []float32) (before, after float64, ok bool) {
+	d, eps := e.density(m), e.p.epsilon(m)
+	lo, span := float32(d-eps), 2*float32(eps)
+	cols := e.geom[ch.ti].cols
+	key := rng.Key(e.p.Seed, e.tensors[ch.ti].Name, m)
+	sc := dellaPool(cols)
+	defer dellaScratchPool.Put(sc)
+	thr := sc.thresholds(cols, lo, span)
+	rows := ch.r1 - ch.r0
+	var accB, accA [8]float64
+	for r := ch.r0; r < ch.r1; r++ {
+		off := (r - ch.r0) * cols
+		if next != nil {
+			i := r - ch.r0
+			sc.sink += dellaTouch(next[len(next)*i/rows : len(next)*(i+1)/rows])
+		}
+		row := tau[off : off+cols]
+		kmin, kmax, fin := dellaSubKeys(row, x[off:off+cols], b[off:off+cols], sc.keys[:cols], &accB)
+		if !fin {
+			return 0, 0, false
+		}
+		rw := sc.words
+		if off&63 == 0 { // the row starts a word: its bits go in place
+			rw = words[off>>6:]
+		}
+		sc.rowKeyBits(cols, kmin, kmax, key, uint64(r*cols), thr, rw)
+		dellaKeptAbsAdd(row, rw, &accA)
+		if off&63 != 0 {
+			orBitsAt(words, off, sc.words, cols)
+		}
+	}
+	return dellaLanes(&accB), dellaLanes(&accA), true
+}
+
+// dellaLanes adds up a sum's 8 lanes in dellaAbsSum's order.
+func dellaLanes(acc *[8]float64) float64 {
+	return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
 }
 
 // dellaTouch reads one entry per 64-byte line of x (as integers: no

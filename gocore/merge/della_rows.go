@@ -191,11 +191,16 @@ func (sc *dellaScratch) cellBounds(S []uint32, kmin uint32, shift int) {
 // for entry j; words beyond n are 0), whose entry j is element start+j of
 // stream key; thr is sc.thresholds(len(row), …).
 func (sc *dellaScratch) rowBits(row []float32, key, start uint64, thr []uint32, words []uint64) {
-	n := len(row)
+	kmin, kmax := dellaKeys(row, sc.keys[:len(row)])
+	sc.rowKeyBits(len(row), kmin, kmax, key, start, thr, words)
+}
+
+// rowKeyBits is rowBits for a row of n entries whose keys (|x|'s bits) are
+// in sc.keys, kmin and kmax their least and greatest.
+func (sc *dellaScratch) rowKeyBits(n int, kmin, kmax uint32, key, start uint64, thr []uint32, words []uint64) {
 	words = words[:(n+63)/64]
 	clear(words)
 	keys := sc.keys[:n]
-	kmin, kmax := dellaKeys(row, keys)
 	u := sc.u[:n]
 	cells := sc.cells
 	if sc.thrN != n {
@@ -429,6 +434,34 @@ func dellaDrawFrom(key, start uint64, lo, hi uint32, u []uint32, words, band []u
 		any |= in
 	}
 	return any != 0
+}
+
+// dellaSubKeysGo is dellaSubKeys in plain Go.
+func dellaSubKeysGo(tau, x, b []float32, keys []uint32, acc *[8]float64) (kmin, kmax uint32, ok bool) {
+	return dellaSubKeysFrom(tau, x, b, keys, acc, 0, math.MaxUint32, 0)
+}
+
+// dellaSubKeysFrom is dellaSubKeys for the entries from j = from on (from
+// a multiple of 8), kmin and kmax those of the entries before.
+func dellaSubKeysFrom(tau, x, b []float32, keys []uint32, acc *[8]float64, from int, kmin, kmax uint32) (uint32, uint32, bool) {
+	x, b, keys = x[:len(tau)], b[:len(tau)], keys[:len(tau)]
+	for j := from; j < len(tau); j++ {
+		if math.IsNaN(float64(x[j])) || math.IsInf(float64(x[j]), 0) {
+			return 0, 0, false
+		}
+		t := x[j] - b[j]
+		tau[j] = t
+		k := math.Float32bits(t) &^ (1 << 31)
+		keys[j] = k
+		kmin, kmax = min(kmin, k), max(kmax, k)
+		acc[j&7] += math.Abs(float64(t))
+	}
+	return kmin, kmax, true
+}
+
+// dellaKeptAbsAddGo is dellaKeptAbsAdd in plain Go.
+func dellaKeptAbsAddGo(tau []float32, words []uint64, acc *[8]float64) {
+	dellaKeptAbsSumTail(tau, words, 0, acc)
 }
 
 // dellaAbsSumGo is dellaAbsSum in plain Go.

@@ -3,6 +3,7 @@
 package merge
 
 import (
+	"math"
 	"math/bits"
 	"simd/archsimd"
 	"unsafe"
@@ -527,4 +528,69 @@ func dellaDrawU(key, start uint64, u []uint32) {
 		za, zb = za.Add(step), zb.Add(step)
 	}
 	archsimd.ClearAVXUpperBits()
+}
+
+// dellaSubKeys sets tau = x − b and keys[j] to |tau[j]|'s bits, adds
+// |tau[j]| (in float64) to acc[j mod 8] in index order and returns the
+// keys' least and greatest, or false when x holds a NaN or ±Inf (x·0 is
+// NaN exactly then): dellaSubAbsSum and dellaKeys in one pass, 16 entries
+// at a time, the low 8 then the high 8 added to the lanes (AVX-512).
+func dellaSubKeys(tau, x, b []float32, keys []uint32, acc *[8]float64) (kmin, kmax uint32, ok bool) {
+	n16 := len(tau) &^ 15
+	if !dellaVector512 || n16 == 0 {
+		return dellaSubKeysGo(tau, x, b, keys, acc)
+	}
+	x, b, keys = x[:len(tau)], b[:len(tau)], keys[:len(tau)]
+	absMask := archsimd.BroadcastUint32x16(0x7fffffff)
+	lo := absMask // above every key but the NaNs', which fail below
+	var hi archsimd.Uint32x16
+	// Zero values, not BroadcastFloat32x16(0) (a legacy SSE XORPS).
+	var zero, nan archsimd.Float32x16
+	a := archsimd.LoadFloat64x8(acc)
+	for j := 0; j < n16; j += 16 {
+		xv := archsimd.LoadFloat32x16Slice(x[j:])
+		t := xv.Sub(archsimd.LoadFloat32x16Slice(b[j:]))
+		t.StoreSlice(tau[j:])
+		nan = nan.Add(xv.Mul(zero))
+		k := t.AsUint32x16().And(absMask)
+		k.StoreSlice(keys[j:])
+		lo, hi = lo.Min(k), hi.Max(k)
+		at := k.AsFloat32x16()
+		a = a.Add(at.GetLo().ConvertToFloat64())
+		a = a.Add(at.GetHi().ConvertToFloat64())
+	}
+	a.Store(acc)
+	var l, h [16]uint32
+	lo.Store(&l)
+	hi.Store(&h)
+	// The clear goes after the branch (see vec's finite).
+	if nan.IsNaN().ToBits() != 0 {
+		archsimd.ClearAVXUpperBits()
+		return 0, 0, false
+	}
+	archsimd.ClearAVXUpperBits()
+	kmin, kmax = math.MaxUint32, 0
+	for i := range 16 {
+		kmin, kmax = min(kmin, l[i]), max(kmax, h[i])
+	}
+	return dellaSubKeysFrom(tau, x, b, keys, acc, n16, kmin, kmax)
+}
+
+// dellaKeptAbsAdd adds |tau[j]| to acc[j mod 8], in index order, for the
+// j whose bit in words is set (AVX-512).
+func dellaKeptAbsAdd(tau []float32, words []uint64, acc *[8]float64) {
+	n8 := len(tau) &^ 7
+	if !dellaVector512 || n8 == 0 {
+		dellaKeptAbsAddGo(tau, words, acc)
+		return
+	}
+	absMask := archsimd.BroadcastUint32x8(0x7fffffff)
+	a := archsimd.LoadFloat64x8(acc)
+	for j := 0; j < n8; j += 8 {
+		m := archsimd.Mask32x8FromBits(uint8(words[j>>6] >> (j & 63)))
+		a = a.Add(archsimd.LoadFloat32x8Slice(tau[j:]).AsUint32x8().And(absMask).Masked(m).AsFloat32x8().ConvertToFloat64())
+	}
+	a.Store(acc)
+	archsimd.ClearAVXUpperBits()
+	dellaKeptAbsSumTail(tau, words, n8, acc)
 }

@@ -69,3 +69,16 @@ var dellaVector512 = false
 func dellaDrawCells(key, start uint64, lo, hi uint32, cellLo, cellHi *[dellaCells]uint32, shift uint32, keys, u []uint32, words, amb []uint64) bool {
 	return dellaDrawCellsGo(key, start, lo, hi, cellLo, cellHi, shift, keys, u, words, amb)
 }
+
+// dellaSubKeys sets tau = x − b and keys[j] to |tau[j]|'s bits, adds
+// |tau[j]| (in float64) to acc[j mod 8] in index order and returns the
+// keys' least and greatest, or false when x holds a NaN or ±Inf.
+func dellaSubKeys(tau, x, b []float32, keys []uint32, acc *[8]float64) (kmin, kmax uint32, ok bool) {
+	return dellaSubKeysGo(tau, x, b, keys, acc)
+}
+
+// dellaKeptAbsAdd adds |tau[j]| to acc[j mod 8], in index order, for the
+// j whose bit in words is set.
+func dellaKeptAbsAdd(tau []float32, words []uint64, acc *[8]float64) {
+	dellaKeptAbsAddGo(tau, words, acc)
+}

@@ -200,6 +200,40 @@ func testDellaVectorLoops(t *testing.T) {
 					t.Fatalf("%s: dellaRank(%d) = %d, dellaRankGo %d", where, j, a, b)
 				}
 			}
+			// dellaSubKeys from zero lanes and from lanes carried over.
+			for _, carry := range []float64{0, 0.375} {
+				base := make([]float32, n)
+				for i := range base {
+					base[i] = float32(r.NormFloat64())
+				}
+				t1, t2 := make([]float32, n), make([]float32, n)
+				k1s, k2s := make([]uint32, n), make([]uint32, n)
+				var a1, a2 [8]float64
+				for l := range a1 {
+					a1[l], a2[l] = carry*float64(l), carry*float64(l)
+				}
+				lo1, hi1, ok1 := dellaSubKeys(t1, x, base, k1s, &a1)
+				lo2, hi2, ok2 := dellaSubKeysGo(t2, x, base, k2s, &a2)
+				if ok1 != ok2 || lo1 != lo2 || hi1 != hi2 || a1 != a2 || !slices.Equal(t1, t2) || !slices.Equal(k1s, k2s) {
+					t.Fatalf("%s, carry %v: dellaSubKeys differs from dellaSubKeysGo", where, carry)
+				}
+				want, _ := dellaSubAbsSumGo(make([]float32, n), x, base)
+				wlo, whi := dellaKeysGo(t2, make([]uint32, n))
+				if carry == 0 && (!ok2 || dellaLanes(&a2) != want || lo2 != wlo || hi2 != whi) {
+					t.Fatalf("%s: dellaSubKeysGo's sum %v (%v, %v), want %v (%v, %v)", where, dellaLanes(&a2), lo2, hi2, want, wlo, whi)
+				}
+				for _, bad := range []float32{float32(math.NaN()), float32(math.Inf(1))} {
+					y := slices.Clone(x)
+					y[r.IntN(n)] = bad
+					if _, _, ok := dellaSubKeys(t1, y, base, k1s, &a1); ok {
+						t.Fatalf("%s: dellaSubKeys missed a %v", where, bad)
+					}
+					if _, _, ok := dellaSubKeysGo(t1, y, base, k1s, &a1); ok {
+						t.Fatalf("%s: dellaSubKeysGo missed a %v", where, bad)
+					}
+				}
+			}
+
 			if a, b := dellaAbsSum(x), dellaAbsSumGo(x); math.Float64bits(a) != math.Float64bits(b) {
 				t.Fatalf("%s: dellaAbsSum %v, dellaAbsSumGo %v", where, a, b)
 			}
@@ -282,6 +316,19 @@ func testDellaVectorLoops(t *testing.T) {
 				}
 			}
 
+			var a1, a2 [8]float64
+			for l := range a1 {
+				a1[l], a2[l] = float64(l)/3, float64(l)/3
+			}
+			dellaKeptAbsAdd(x, w1, &a1)
+			dellaKeptAbsAddGo(x, w1, &a2)
+			if a1 != a2 {
+				t.Fatalf("%s: dellaKeptAbsAdd differs from dellaKeptAbsAddGo", where)
+			}
+			clear(a2[:])
+			if dellaKeptAbsAddGo(x, w1, &a2); dellaLanes(&a2) != dellaKeptAbsSumGo(x, w1) {
+				t.Fatalf("%s: dellaKeptAbsAddGo from 0 differs from dellaKeptAbsSumGo", where)
+			}
 			if a, b := dellaKeptAbsSum(x, w1), dellaKeptAbsSumGo(x, w1); math.Float64bits(a) != math.Float64bits(b) {
 				t.Fatalf("%s: dellaKeptAbsSum %v, dellaKeptAbsSumGo %v", where, a, b)
 			}
@@ -469,6 +516,76 @@ func TestDellaThreadsAndDefinition(t *testing.T) {
 					want := dellaExpected(tau, rows, cols, 0.3, 0.2, rng.Key(5, "blk.w", 0))
 					if !slices.Equal(outs[0], want) {
 						t.Fatalf("%s: differs from the definition", where)
+					}
+				}
+			}
+		}
+	}
+}
+
+// TestDellaByRowsMatchesChunkPasses: the preparation a row at a time
+// (dellaChunkRows, rows of a multiple of 8) gives the passes over the
+// chunk's results bit for bit: outputs of della and della_linear with and
+// without rescale, per tensor and global, on 1 and 2 threads, rows of
+// every kind, transposed or not; and the same error for a NaN or an Inf.
+func TestDellaByRowsMatchesChunkPasses(t *testing.T) {
+	defer func(v bool) { dellaByRows = v }(dellaByRows)
+	r := rand.New(rand.NewPCG(15, 16))
+	for _, shape := range [][]int{{24, 2048}, {40, 104}, {3, 8}, {700, 16}, {5, 24, 2, 2}} {
+		n := 1
+		for _, d := range shape {
+			n *= d
+		}
+		cols := n / shape[0]
+		tau := make([]float32, n)
+		base := make([]float32, n)
+		for i := range shape[0] {
+			dellaRowKinds[i%len(dellaRowKinds)].fill(r, tau[i*cols:(i+1)*cols])
+		}
+		for i := range base {
+			base[i] = float32(r.NormFloat64())
+		}
+		models := make([][]float32, 3)
+		for m := range models {
+			models[m] = make([]float32, n)
+			for i := range models[m] {
+				models[m][i] = base[i] + tau[(i+m*cols)%n]*float32(m+1)
+			}
+		}
+		for _, method := range []string{"della", "della_linear"} {
+			for _, rescale := range []bool{true, false} {
+				for _, scope := range []Scope{ScopeTensor, ScopeGlobal} {
+					for _, transposed := range []bool{false, true} {
+						for _, bad := range []float32{0, float32(math.NaN()), float32(math.Inf(-1))} {
+							var outs [][]float32
+							var errs []string
+							for _, byRows := range []bool{true, false} {
+								dellaByRows = byRows
+								ms := make([][]float32, len(models))
+								for m := range ms {
+									ms[m] = slices.Clone(models[m])
+								}
+								if bad != 0 {
+									ms[1][n/2] = bad
+								}
+								ts := shaped("blk.w", shape, slices.Clone(base), ms...)
+								if transposed {
+									ts[0].Transposed = true
+								}
+								p := Params{Lambda: 0.9, Density: 0.3, Epsilon: 0.2, Seed: 5, Rescale: rescale,
+									Scope: scope, Pool: parallel.Pool{Threads: 2}}
+								err := Run(method, p, ts)
+								errs = append(errs, fmt.Sprint(err))
+								outs = append(outs, ts[0].Out.F32)
+							}
+							where := fmt.Sprintf("%v %s rescale=%v scope=%v transposed=%v bad=%v", shape, method, rescale, scope, transposed, bad)
+							if errs[0] != errs[1] {
+								t.Fatalf("%s: errors %q and %q", where, errs[0], errs[1])
+							}
+							if bad == 0 && !slices.EqualFunc(outs[0], outs[1], func(a, b float32) bool { return math.Float32bits(a) == math.Float32bits(b) }) {
+								t.Fatalf("%s: by rows and by chunk passes differ", where)
+							}
+						}
 					}
 				}
 			}
