@@ -37,6 +37,8 @@ type Writer struct {
 
 	errMu sync.Mutex
 	ioErr error // first write error
+
+	dio *direct // direct writing (direct.go), nil when off
 }
 
 // NewWriter validates the tensor list (unique names other than
@@ -231,7 +233,7 @@ func (tw *TensorWriter) Write(p []byte) (int, error) {
 			"writing %d bytes at offset %d overruns its %d bytes (dtype %v shape %s)",
 			len(p), pos, t.ByteLen(), t.DType, formatShape(t.Shape)), nil)
 	}
-	n, err := w.f.WriteAt(p, w.dataStart+t.Begin+pos)
+	n, err := w.writeAt(p, w.dataStart+t.Begin+pos)
 	w.written[tw.i] += int64(n)
 	if err != nil {
 		err = tensorErr(w.path, t.Name, ErrIO, "write failed", err)
@@ -298,6 +300,10 @@ func (w *Writer) Close() error {
 		}
 		return first
 	}
+	if err := w.directClose(); err != nil {
+		w.discard()
+		return fileErr(w.path, ErrIO, "write failed", err)
+	}
 	if err := w.f.Chmod(0o644); err != nil {
 		w.discard()
 		return fileErr(w.path, ErrIO, "chmod", err)
@@ -339,6 +345,7 @@ func (w *Writer) Abort() error {
 
 // discard closes and removes the temporary file.
 func (w *Writer) discard() error {
+	w.directDiscard()
 	if w.f != nil {
 		_ = w.f.Close()
 		w.f = nil
