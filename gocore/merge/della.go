@@ -199,6 +199,10 @@ func dellaChunkRows(e *engine, m int, ch chunkRef, tau, x, b []float32, words []
 	thr := sc.thresholds(cols, lo, span)
 	rows := ch.r1 - ch.r0
 	var accB, accA [8]float64
+	// The kept sum of a row is taken in the next row's first pass
+	// (dellaSubKeysKept), the last row's after the loop.
+	var prev []float32
+	var prevBits []uint64
 	for r := ch.r0; r < ch.r1; r++ {
 		off := (r - ch.r0) * cols
 		if next != nil {
@@ -206,7 +210,13 @@ func dellaChunkRows(e *engine, m int, ch chunkRef, tau, x, b []float32, words []
 			sc.sink += dellaTouch(next[len(next)*i/rows : len(next)*(i+1)/rows])
 		}
 		row := tau[off : off+cols]
-		kmin, kmax, fin := dellaSubKeys(row, x[off:off+cols], b[off:off+cols], sc.keys[:cols], &accB)
+		var kmin, kmax uint32
+		var fin bool
+		if prev == nil {
+			kmin, kmax, fin = dellaSubKeys(row, x[off:off+cols], b[off:off+cols], sc.keys[:cols], &accB)
+		} else {
+			kmin, kmax, fin = dellaSubKeysKept(row, x[off:off+cols], b[off:off+cols], sc.keys[:cols], &accB, prev, prevBits, &accA)
+		}
 		if !fin {
 			return 0, 0, false
 		}
@@ -215,11 +225,12 @@ func dellaChunkRows(e *engine, m int, ch chunkRef, tau, x, b []float32, words []
 			rw = words[off>>6:]
 		}
 		sc.rowKeyBits(cols, kmin, kmax, key, uint64(r*cols), thr, rw)
-		dellaKeptAbsAdd(row, rw, &accA)
 		if off&63 != 0 {
 			orBitsAt(words, off, sc.words, cols)
 		}
+		prev, prevBits = row, rw // sc.words stays until the next row's first pass
 	}
+	dellaKeptAbsAdd(prev, prevBits, &accA)
 	return dellaLanes(&accB), dellaLanes(&accA), true
 }
 

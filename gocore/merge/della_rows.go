@@ -459,6 +459,12 @@ func dellaSubKeysFrom(tau, x, b []float32, keys []uint32, acc *[8]float64, from 
 	return kmin, kmax, true
 }
 
+// dellaSubKeysKeptGo is dellaSubKeysKept in plain Go.
+func dellaSubKeysKeptGo(tau, x, b []float32, keys []uint32, acc *[8]float64, prev []float32, words []uint64, accPrev *[8]float64) (kmin, kmax uint32, ok bool) {
+	dellaKeptAbsAddGo(prev[:len(tau)], words, accPrev)
+	return dellaSubKeysGo(tau, x, b, keys, acc)
+}
+
 // dellaKeptAbsAddGo is dellaKeptAbsAdd in plain Go.
 func dellaKeptAbsAddGo(tau []float32, words []uint64, acc *[8]float64) {
 	dellaKeptAbsSumTail(tau, words, 0, acc)

@@ -576,6 +576,58 @@ func dellaSubKeys(tau, x, b []float32, keys []uint32, acc *[8]float64) (kmin, km
 	return dellaSubKeysFrom(tau, x, b, keys, acc, n16, kmin, kmax)
 }
 
+// dellaSubKeysKept is dellaSubKeys of (tau, x, b, keys, acc) and
+// dellaKeptAbsAdd of (prev, words, accPrev), prev as long as tau, in one
+// loop: the two sums' chains of additions wait on each other's latency
+// no more (AVX-512).
+func dellaSubKeysKept(tau, x, b []float32, keys []uint32, acc *[8]float64, prev []float32, words []uint64, accPrev *[8]float64) (kmin, kmax uint32, ok bool) {
+	n16 := len(tau) &^ 15
+	if !dellaVector512 || n16 == 0 {
+		return dellaSubKeysKeptGo(tau, x, b, keys, acc, prev, words, accPrev)
+	}
+	x, b, keys, prev = x[:len(tau)], b[:len(tau)], keys[:len(tau)], prev[:len(tau)]
+	absMask := archsimd.BroadcastUint32x16(0x7fffffff)
+	lo := absMask // above every key but the NaNs', which fail below
+	var hi archsimd.Uint32x16
+	// Zero values, not BroadcastFloat32x16(0) (a legacy SSE XORPS).
+	var zero, nan archsimd.Float32x16
+	a := archsimd.LoadFloat64x8(acc)
+	ap := archsimd.LoadFloat64x8(accPrev)
+	for j := 0; j < n16; j += 16 {
+		xv := archsimd.LoadFloat32x16Slice(x[j:])
+		t := xv.Sub(archsimd.LoadFloat32x16Slice(b[j:]))
+		t.StoreSlice(tau[j:])
+		nan = nan.Add(xv.Mul(zero))
+		k := t.AsUint32x16().And(absMask)
+		k.StoreSlice(keys[j:])
+		lo, hi = lo.Min(k), hi.Max(k)
+		at := k.AsFloat32x16()
+		a = a.Add(at.GetLo().ConvertToFloat64())
+		a = a.Add(at.GetHi().ConvertToFloat64())
+		m := archsimd.Mask32x16FromBits(uint16(words[j>>6] >> (j & 63)))
+		pt := archsimd.LoadFloat32x16Slice(prev[j:]).AsUint32x16().And(absMask).Masked(m).AsFloat32x16()
+		ap = ap.Add(pt.GetLo().ConvertToFloat64())
+		ap = ap.Add(pt.GetHi().ConvertToFloat64())
+	}
+	a.Store(acc)
+	ap.Store(accPrev)
+	var l, h [16]uint32
+	lo.Store(&l)
+	hi.Store(&h)
+	// The clear goes after the branch (see vec's finite).
+	if nan.IsNaN().ToBits() != 0 {
+		archsimd.ClearAVXUpperBits()
+		return 0, 0, false
+	}
+	archsimd.ClearAVXUpperBits()
+	kmin, kmax = math.MaxUint32, 0
+	for i := range 16 {
+		kmin, kmax = min(kmin, l[i]), max(kmax, h[i])
+	}
+	dellaKeptAbsSumTail(prev, words, n16, accPrev)
+	return dellaSubKeysFrom(tau, x, b, keys, acc, n16, kmin, kmax)
+}
+
 // dellaKeptAbsAdd adds |tau[j]| to acc[j mod 8], in index order, for the
 // j whose bit in words is set (AVX-512).
 func dellaKeptAbsAdd(tau []float32, words []uint64, acc *[8]float64) {

@@ -82,3 +82,9 @@ func dellaSubKeys(tau, x, b []float32, keys []uint32, acc *[8]float64) (kmin, km
 func dellaKeptAbsAdd(tau []float32, words []uint64, acc *[8]float64) {
 	dellaKeptAbsAddGo(tau, words, acc)
 }
+
+// dellaSubKeysKept is dellaSubKeys of (tau, x, b, keys, acc) and
+// dellaKeptAbsAdd of (prev, words, accPrev), prev as long as tau.
+func dellaSubKeysKept(tau, x, b []float32, keys []uint32, acc *[8]float64, prev []float32, words []uint64, accPrev *[8]float64) (kmin, kmax uint32, ok bool) {
+	return dellaSubKeysKeptGo(tau, x, b, keys, acc, prev, words, accPrev)
+}

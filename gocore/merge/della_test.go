@@ -222,6 +222,32 @@ func testDellaVectorLoops(t *testing.T) {
 				if carry == 0 && (!ok2 || dellaLanes(&a2) != want || lo2 != wlo || hi2 != whi) {
 					t.Fatalf("%s: dellaSubKeysGo's sum %v (%v, %v), want %v (%v, %v)", where, dellaLanes(&a2), lo2, hi2, want, wlo, whi)
 				}
+				// With the kept sum of a previous row.
+				prev := make([]float32, n)
+				pw := make([]uint64, (n+63)/64)
+				for i := range prev {
+					prev[i] = float32(r.NormFloat64())
+					if r.IntN(3) > 0 {
+						pw[i>>6] |= 1 << (i & 63)
+					}
+				}
+				var p1, p2 [8]float64
+				for l := range a1 {
+					a1[l], a2[l] = carry*float64(l), carry*float64(l)
+					p1[l], p2[l] = carry*float64(l+1), carry*float64(l+1)
+				}
+				lo1, hi1, ok1 = dellaSubKeysKept(t1, x, base, k1s, &a1, prev, pw, &p1)
+				lo2, hi2, ok2 = dellaSubKeysKeptGo(t2, x, base, k2s, &a2, prev, pw, &p2)
+				if ok1 != ok2 || lo1 != lo2 || hi1 != hi2 || a1 != a2 || p1 != p2 || !slices.Equal(t1, t2) || !slices.Equal(k1s, k2s) {
+					t.Fatalf("%s, carry %v: dellaSubKeysKept differs from dellaSubKeysKeptGo", where, carry)
+				}
+				var p3 [8]float64
+				for l := range p3 {
+					p3[l] = carry * float64(l+1)
+				}
+				if dellaKeptAbsAddGo(prev, pw, &p3); p3 != p2 {
+					t.Fatalf("%s, carry %v: dellaSubKeysKeptGo's kept sum differs from dellaKeptAbsAddGo", where, carry)
+				}
 				for _, bad := range []float32{float32(math.NaN()), float32(math.Inf(1))} {
 					y := slices.Clone(x)
 					y[r.IntN(n)] = bad
@@ -230,6 +256,9 @@ func testDellaVectorLoops(t *testing.T) {
 					}
 					if _, _, ok := dellaSubKeysGo(t1, y, base, k1s, &a1); ok {
 						t.Fatalf("%s: dellaSubKeysGo missed a %v", where, bad)
+					}
+					if _, _, ok := dellaSubKeysKept(t1, y, base, k1s, &a1, prev, pw, &p1); ok {
+						t.Fatalf("%s: dellaSubKeysKept missed a %v", where, bad)
 					}
 				}
 			}
