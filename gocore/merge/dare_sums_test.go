@@ -10,8 +10,8 @@ import (
 	"github.com/npsfuse/npsfuse/gocore/vec"
 )
 
-// TestDareSumsMatchSeparateLoops compares dareSums (the vector pass where
-// the build has one) and dareSumsGo with the loops they replace: widen,
+// TestDareSumsMatchSeparateLoops compares vec.DareSums (the vector pass
+// where the build and CPU have one) with the loops it replaces: widen,
 // Sub, dellaAbsSum, DareDrop, dellaAbsSum, bit for bit, for float32 and
 // bfloat16 inputs, lengths around the vector width, densities below and at
 // 1, and non-finite inputs (ok = false).
@@ -66,16 +66,12 @@ func TestDareSumsMatchSeparateLoops(t *testing.T) {
 					if dt == tensor.F32 {
 						x32, b32 = x, b
 					}
-					for name, f := range map[string]func([]float32, []float32, []uint16, []uint16, uint64, uint64, uint64) (float64, float64, bool){
-						"dareSums": dareSums, "dareSumsGo": dareSumsGo,
-					} {
-						gb, ga, ok := f(x32, b32, x16, b16, key, start, thr)
-						if ok != finite {
-							t.Fatalf("%s: %s ok = %v, want %v", where, name, ok, finite)
-						}
-						if ok && (math.Float64bits(gb) != math.Float64bits(wantB) || math.Float64bits(ga) != math.Float64bits(wantA)) {
-							t.Fatalf("%s: %s = (%v, %v), separate loops (%v, %v)", where, name, gb, ga, wantB, wantA)
-						}
+					gb, ga, ok := vec.DareSums(x32, b32, x16, b16, key, start, thr)
+					if ok != finite {
+						t.Fatalf("%s: ok = %v, want %v", where, ok, finite)
+					}
+					if ok && (math.Float64bits(gb) != math.Float64bits(wantB) || math.Float64bits(ga) != math.Float64bits(wantA)) {
+						t.Fatalf("%s: (%v, %v), separate loops (%v, %v)", where, gb, ga, wantB, wantA)
 					}
 				}
 			}

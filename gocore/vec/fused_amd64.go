@@ -5,8 +5,6 @@ package vec
 import (
 	"math/bits"
 	"simd/archsimd"
-
-	"github.com/npsfuse/npsfuse/gocore/rng"
 )
 
 // The vector loops of fused.go. As everywhere in this package (see the note
@@ -200,46 +198,29 @@ func mergeTasks(out, base []float32, x [][]float32, p *TaskMerge) bool {
 	return true
 }
 
-// dareLanes holds MergeTasks' DARE draws for 8 entries at a time: per
-// model the Weyl counters of rng.Bits and the threshold, and the mixing
-// constants. It lives in memory (an array and more fields than the
-// compiler keeps in registers), so that declaring it runs no AVX-512
-// instruction on a CPU without it.
+// dareLanes holds MergeTasks' DARE draws: per model the counter and the
+// threshold (dareDraw's layout: in memory, set up only where dareVector
+// holds).
 type dareLanes struct {
-	z, thr                           [8]archsimd.Uint64x8
-	step, c1, c2, s30, s27, s31, s40 archsimd.Uint64x8
+	z, thr [8]archsimd.Uint64x8
+	d      dareDraw
 }
 
 // init sets the counters of entry 0 at stream index start.
 func (d *dareLanes) init(drop []Drop, start uint64) {
-	var golden uint64 = rng.Golden
-	var z0 [8]uint64
+	d.d.init()
 	for m, dr := range drop {
-		for l := range z0 {
-			z0[l] = dr.Key + (start+uint64(l)+1)*golden
-		}
-		d.z[m] = archsimd.LoadUint64x8(&z0)
+		d.z[m] = d.d.counter(dr.Key, start)
 		d.thr[m] = archsimd.BroadcastUint64x8(dr.Thr)
 	}
-	d.step = archsimd.BroadcastUint64x8(8 * golden)
-	d.c1 = archsimd.BroadcastUint64x8(0xBF58476D1CE4E5B9)
-	d.c2 = archsimd.BroadcastUint64x8(0x94D049BB133111EB)
-	// Shifts by vectors of counts (see dareDrop).
-	d.s30 = archsimd.BroadcastUint64x8(30)
-	d.s27 = archsimd.BroadcastUint64x8(27)
-	d.s31 = archsimd.BroadcastUint64x8(31)
-	d.s40 = archsimd.BroadcastUint64x8(40)
 }
 
-// keep is model m's keep mask of the next 8 entries (rng.Mix of the
-// counters, as dareDrop), and moves its counters on.
+// keep is model m's keep mask of the next 8 entries; it moves m's counter
+// on.
 func (d *dareLanes) keep(m int) archsimd.Mask32x8 {
-	z := d.z[m]
-	h := z.Xor(z.ShiftRight(d.s30)).Mul(d.c1)
-	h = h.Xor(h.ShiftRight(d.s27)).Mul(d.c2)
-	h = h.Xor(h.ShiftRight(d.s31))
-	d.z[m] = z.Add(d.step)
-	return archsimd.Mask32x8FromBits(h.ShiftRight(d.s40).Less(d.thr[m]).ToBits())
+	k, z := d.d.keep(d.z[m], d.thr[m])
+	d.z[m] = z
+	return k
 }
 
 // tailOf is p for the entries from n on: Drop's stream index moves on

@@ -45,3 +45,7 @@ func maxAbsBits(x []float32) uint32 { return maxAbsBitsGo(x) }
 // DropVectorized reports whether MergeTasks draws TaskMerge.Drop with a
 // vector loop; this build has none.
 func DropVectorized() bool { return false }
+
+func dareSums(x32, b32 []float32, x16, b16 []uint16, key, start, thr uint64) (before, after float64, ok bool) {
+	return dareSumsGo(x32, b32, x16, b16, key, start, thr)
+}
