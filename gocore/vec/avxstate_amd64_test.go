@@ -86,6 +86,12 @@ func TestVectorLoopsLeaveUpperClean(t *testing.T) {
 			{"CountDiffWindows", func() {
 				CountDiffWindows(a, b, []uint32{0, math.Float32bits(2)}, []uint32{math.Float32bits(1), math.Float32bits(5)}, make([]int64, 2), make([][]uint32, 2))
 			}},
+			{"MergeTasks/dare", func() {
+				MergeTasks(out, a, x, &TaskMerge{W: w, Lam: 1, Disjoint: true, Scale: w, Start: 5,
+					Drop: []Drop{{Key: 1, Thr: DareThreshold(0.5)}, {Key: 2, Thr: 1 << 24}, {Key: 3, Thr: DareThreshold(0.1)}}})
+			}},
+			{"DareSums", func() { DareSums(a, b, nil, nil, 7, 0, DareThreshold(0.5)) }},
+			{"DareSums/bf16", func() { DareSums(nil, nil, half, half, 7, 0, DareThreshold(0.5)) }},
 			{"MeanLerp", func() { MeanLerp(out, a, x, 0.3, 0.7) }},
 			{"TaskGrams", func() { TaskGrams(make([]float64, 6), a, x) }},
 		}
