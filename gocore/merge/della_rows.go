@@ -80,6 +80,7 @@ type dellaScratch struct {
 	// The row's key bounds of the cells (rowBits).
 	cellLo, cellHi [dellaCells]uint32
 	amb            []uint64 // bit j: entry j is in the band and its cell leaves it undecided
+	list           []uint32 // amb's entries (len cap+2)
 }
 
 // dellaCells is the most cells of the band filter (a two-register permute).
@@ -109,7 +110,7 @@ func dellaPool(n int) *dellaScratch {
 	return &dellaScratch{
 		cap: n, keys: make([]uint32, n), bucket: make([]uint32, n), u: make([]uint32, n), bandWords: make([]uint64, (n+63)/64),
 		members: make([]uint32, n), rank: make([]uint32, n), tmp: make([]uint64, n),
-		words: make([]uint64, (n+63)/64), amb: make([]uint64, (n+63)/64), cnt: make([]uint32, nb+1), pos: make([]uint32, nb+1),
+		words: make([]uint64, (n+63)/64), amb: make([]uint64, (n+63)/64), list: make([]uint32, n+2), cnt: make([]uint32, nb+1), pos: make([]uint32, nb+1),
 		sorted: make([]uint32, nb),
 	}
 }
@@ -233,7 +234,7 @@ func (sc *dellaScratch) rowKeyBits(n int, kmin, kmax uint32, key, start uint64, 
 	amb := sc.amb[:len(words)]
 	clear(amb)
 	if dellaDrawCells(key, start, thr[0], thr[n-1], &sc.cellLo, &sc.cellHi, uint32(sc.cellShift), keys, u, words, amb) {
-		sc.decide(amb, u, keys, thr, S, kmin, shift, words)
+		sc.decideList(dellaBitList(amb, sc.list[:n+2]), u, keys, thr, S, kmin, shift, words)
 	}
 }
 
@@ -294,6 +295,48 @@ func (sc *dellaScratch) decide(band []uint64, u, keys, thr, S []uint32, kmin uin
 			acc |= uint64(keep) << (j & 63)
 		}
 		words[w] |= acc
+	}
+}
+
+// dellaBitList lists the set bits of bw (bit j of word j/64: j) in
+// ascending order in list, which has room for their count + 2, and
+// returns them. Without a branch on the bits for words of up to two (the
+// bits are sparse and random; a loop over each word's bits would mispredict
+// its end once per word).
+func dellaBitList(bw []uint64, list []uint32) []uint32 {
+	m := 0
+	for w, x := range bw {
+		base := uint32(w << 6)
+		y := x & (x - 1)
+		// Both written, counted when set (TrailingZeros64(0) = 64 is
+		// overwritten or left beyond the end).
+		list[m] = base | uint32(bits.TrailingZeros64(x))
+		m += int((x | -x) >> 63)
+		list[m] = base | uint32(bits.TrailingZeros64(y))
+		m += int((y | -y) >> 63)
+		for z := y & (y - 1); z != 0; z &= z - 1 { // rare: three or more
+			list[m] = base | uint32(bits.TrailingZeros64(z))
+			m++
+		}
+	}
+	return list[:m]
+}
+
+// decideList is decide for the entries listed in list (ascending): one
+// loop with no branch but the rare one to the exact rank, so the lookups
+// of several entries are under way at once.
+func (sc *dellaScratch) decideList(list, u, keys, thr, S []uint32, kmin uint32, shift int, words []uint64) {
+	bk := sc.bucket[:len(keys)]
+	sc.scattered, sc.direct = false, 0
+	for _, j := range list {
+		uj := u[j]
+		b := bk[j] - 1
+		tl, th := thr[S[b]], thr[S[b+1]-1]
+		keep := (uj - tl) >> 31 // uj < tl (both below 2²⁵)
+		if uj-tl < th-tl {      // tl ≤ uj < th: the rank decides
+			keep = (uj - thr[sc.rankOf(j, b, keys, S, kmin, shift)]) >> 31
+		}
+		words[j>>6] |= uint64(keep) << (j & 63)
 	}
 }
 

@@ -487,6 +487,26 @@ func TestDellaAbsSumOrder(t *testing.T) {
 	}
 }
 
+func TestDellaBitList(t *testing.T) {
+	r := rand.New(rand.NewPCG(17, 18))
+	for _, n := range []int{1, 63, 64, 65, 300, 2048} {
+		for _, density := range []int{0, 1, 3, 30, 64} { // set bits per 64
+			bw := make([]uint64, (n+63)/64)
+			var want []uint32
+			for j := range n {
+				if r.IntN(64) < density {
+					bw[j>>6] |= 1 << (j & 63)
+					want = append(want, uint32(j))
+				}
+			}
+			list := make([]uint32, len(want)+2)
+			if got := dellaBitList(bw, list); !slices.Equal(got, want) {
+				t.Fatalf("n=%d, %d per 64: %v, want %v", n, density, got, want)
+			}
+		}
+	}
+}
+
 func TestOrBitsAt(t *testing.T) {
 	r := rand.New(rand.NewPCG(2, 3))
 	for _, n := range []int{1, 63, 64, 65, 130} {
