@@ -48,8 +48,8 @@ var openDirectFile = openDirect
 func (w *Writer) Direct() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.done || w.dio != nil || w.anyWritten() {
-		return false
+	if w.done || w.dio != nil || w.anyWritten() || w.dataStart > directBlock {
+		return false // (a header larger than the buffer: written as before)
 	}
 	f, err := openDirectFile(w.tmp)
 	if err != nil {

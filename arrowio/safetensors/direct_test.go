@@ -127,6 +127,24 @@ func TestDirectOnlyBeforeWrites(t *testing.T) {
 	if err := w.Abort(); err != nil {
 		t.Fatal(err)
 	}
+	// A header larger than the direct buffer: refused, written as before.
+	many := make([]TensorInfo, 0, 120000)
+	for i := range cap(many) {
+		many = append(many, TensorInfo{Name: fmt.Sprintf("a.rather.long.tensor.name.%07d", i), DType: U8, Shape: []int64{1}})
+	}
+	w, err = NewWriter(filepath.Join(dir, "z.safetensors"), many, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.DataOffset() <= directBlock {
+		t.Fatalf("header of %d bytes: the test needs one over %d", w.DataOffset(), directBlock)
+	}
+	if w.Direct() {
+		t.Fatal("Direct accepted a header larger than its buffer")
+	}
+	if err := w.Abort(); err != nil {
+		t.Fatal(err)
+	}
 	if got := dirEntries(t, dir); len(got) != 0 {
 		t.Fatalf("left behind: %v", got)
 	}
