@@ -367,6 +367,7 @@ type workspace struct {
 	models   [][]float32
 	taus     [][]float32
 	views    [][]float32
+	views16  [][]uint16 // mergeFused's bfloat16 inputs
 	tauViews [][]float32
 	out      []float32
 	seg      []float32

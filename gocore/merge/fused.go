@@ -118,10 +118,24 @@ func (e *engine) mergeFused(tmpl *vec.TaskMerge, ch chunkRef, ws *workspace) err
 	n := ch.hi - ch.lo
 	u, c := e.unitChunk(ch)
 	checked := e.checked != nil && e.checked[u]
-	base := t.Base.View(ch.lo, n, ws.base)
-	models := ws.views[:e.T:e.T]
-	for m := range e.T {
-		models[m] = t.Models[m].View(ch.lo, n, ws.models[m])
+	// bfloat16 inputs are read in place (MergeTasksBF16); others are
+	// viewed as float32 (in place, or widened into the workspace).
+	wide := t.Base.DType == tensor.BF16
+	for _, x := range t.Models {
+		wide = wide && x.DType == tensor.BF16
+	}
+	views := func() (base []float32, models [][]float32) {
+		base = t.Base.View(ch.lo, n, ws.base)
+		models = ws.views[:e.T:e.T]
+		for m := range e.T {
+			models[m] = t.Models[m].View(ch.lo, n, ws.models[m])
+		}
+		return base, models
+	}
+	var base []float32
+	var models [][]float32
+	if !wide {
+		base, models = views()
 	}
 	p := *tmpl
 	p.Check = !checked
@@ -156,7 +170,23 @@ func (e *engine) mergeFused(tmpl *vec.TaskMerge, ch chunkRef, ws *workspace) err
 	if inPlace {
 		out = t.Out.F32[ch.lo:ch.hi]
 	}
-	if !vec.MergeTasks(out, base, models, &p) {
+	var fin bool
+	if wide {
+		if cap(ws.views16) < e.T {
+			ws.views16 = make([][]uint16, e.T)
+		}
+		x16 := ws.views16[:e.T]
+		for m := range e.T {
+			x16[m] = t.Models[m].U16[ch.lo:ch.hi]
+		}
+		fin = vec.MergeTasksBF16(out, t.Base.U16[ch.lo:ch.hi], x16, &p)
+	} else {
+		fin = vec.MergeTasks(out, base, models, &p)
+	}
+	if !fin {
+		if wide { // the culprit is named from the float32 values
+			base, models = views()
+		}
 		if !checked {
 			if !vec.Finite(base) {
 				return e.nonFinite(ch, "the base model", base)

@@ -112,11 +112,15 @@ func TestFusedPassesMatchGeneralPath(t *testing.T) {
 func TestFusedPassesRefuseBadInput(t *testing.T) {
 	defer func() { generalOnly = false }()
 	for _, method := range []string{"ties", "breadcrumbs", "consensus_ta", "consensus_ties", "model_stock", "dare_ties"} {
-		for _, bad := range []string{"base", "model", "overflow"} {
+		for _, bad := range []string{"base", "model", "overflow", "base/bf16", "model/bf16"} {
 			var msgs [2]string
 			for i, general := range []bool{true, false} {
 				generalOnly = general
-				ts := randomMerge(rand.New(rand.NewPCG(7, 8)), tensor.F32, [][]int{{3, 2*parallel.Chunk + 3}}, 3)
+				dt := tensor.F32
+				if strings.HasSuffix(bad, "/bf16") {
+					dt = tensor.BF16
+				}
+				ts := randomMerge(rand.New(rand.NewPCG(7, 8)), dt, [][]int{{3, 2*parallel.Chunk + 3}}, 3)
 				p := testParams(method)
 				p.Density = 0.5
 				switch bad {
@@ -124,6 +128,10 @@ func TestFusedPassesRefuseBadInput(t *testing.T) {
 					ts[0].Base.F32[parallel.Chunk+5] = float32(math.Inf(-1))
 				case "model":
 					ts[0].Models[2].F32[2*parallel.Chunk+1] = float32(math.NaN())
+				case "base/bf16":
+					ts[0].Base.U16[parallel.Chunk+5] = 0xff80 // −Inf
+				case "model/bf16":
+					ts[0].Models[2].U16[2*parallel.Chunk+1] = 0x7fc0 // NaN
 				case "overflow":
 					p.Lambda = 3e38
 				}

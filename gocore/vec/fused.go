@@ -82,6 +82,11 @@ type TaskMerge struct {
 	K       int
 	// Check adds the inputs to the finiteness test of the result.
 	Check bool
+
+	// base16, x16: the inputs in bfloat16 (MergeTasksBF16), widened in
+	// registers; nil for float32 inputs.
+	base16 []uint16
+	x16    [][]uint16
 }
 
 // Drop is one model's random drop in TaskMerge: stream key and threshold
@@ -111,16 +116,60 @@ func MergeTasks(out, base []float32, x [][]float32, p *TaskMerge) bool {
 	return mergeTasks(out, base[:len(out)], x, p)
 }
 
+// MergeTasksBF16 is MergeTasks over bfloat16 inputs, read where they are
+// stored and widened to float32 in registers (exactly): the same result as
+// MergeTasks over the widened inputs, without widening them into buffers
+// first.
+func MergeTasksBF16(out []float32, base []uint16, x [][]uint16, p *TaskMerge) bool {
+	T := len(x)
+	if T < 1 || T > 8 || len(p.W) != T || (p.Bands != nil && len(p.Bands) != T) ||
+		(p.Scale != nil && len(p.Scale) != T) || (p.TallLam != nil && len(p.TallLam) != T) ||
+		(p.Drop != nil && len(p.Drop) != T) {
+		panic("vec.MergeTasksBF16: need 1 to 8 models and one weight, band, drop, scale and TALL λ per model")
+	}
+	if len(base) < len(out) {
+		panic("vec: base shorter than output")
+	}
+	for _, xm := range x {
+		if len(xm) < len(out) {
+			panic("vec: input shorter than output")
+		}
+	}
+	for _, b := range p.Bands {
+		if b.In.Bits > 0x7fffffff || b.Out.Bits > 0x7fffffff {
+			panic("vec.MergeTasksBF16: cut bits above 0x7fffffff")
+		}
+	}
+	q := *p // the bands' allowances stay shared: they are consumed in place
+	q.base16, q.x16 = base[:len(out)], x
+	return mergeTasks(out, nil, nil, &q)
+}
+
+// input is model m's entry j (m < 0: the base's), from the float32 or the
+// bfloat16 inputs.
+func (p *TaskMerge) input(base []float32, x [][]float32, m, j int) float32 {
+	switch {
+	case p.base16 == nil && m < 0:
+		return base[j]
+	case p.base16 == nil:
+		return x[m][j]
+	case m < 0:
+		return math.Float32frombits(uint32(p.base16[j]) << 16)
+	}
+	return math.Float32frombits(uint32(p.x16[m][j]) << 16)
+}
+
 // mergeTasksGo is MergeTasks' scalar twin, entry by entry.
 func mergeTasksGo(out, base []float32, x [][]float32, p *TaskMerge) bool {
-	T := len(x)
+	T := len(p.W)
 	var tb, rb [8]float32
 	t, raw := tb[:T], rb[:T]
 	w := p.W
 	var fin float32
-	for j, b := range base[:len(out)] {
+	for j := range out {
+		b := p.input(base, x, -1, j)
 		for m := range T {
-			xv := x[m][j]
+			xv := p.input(base, x, m, j)
 			if p.Check {
 				fin += xv * 0
 			}

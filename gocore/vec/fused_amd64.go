@@ -30,8 +30,9 @@ func mergeTasks(out, base []float32, x [][]float32, p *TaskMerge) bool {
 	if !accelerated || (p.Drop != nil && !dareVector) {
 		return mergeTasksGo(out, base, x, p)
 	}
-	T := len(x)
+	T := len(p.W)
 	n := len(out) &^ (lanes - 1)
+	wide := p.base16 != nil
 	var wbuf, sbuf, lbuf [8]archsimd.Float32x8
 	wv := broadcast(&wbuf, p.W)
 	var sv, tl []archsimd.Float32x8
@@ -84,12 +85,22 @@ func mergeTasks(out, base []float32, x [][]float32, p *TaskMerge) bool {
 	var t, raw [8]archsimd.Float32x8
 	var ab, kb [lanes]int32
 	for j := 0; j < n; j += lanes {
-		b := archsimd.LoadFloat32x8Slice(base[j:])
+		var b archsimd.Float32x8
+		if wide {
+			b = archsimd.LoadUint16x8Slice(p.base16[j:]).ExtendToUint32().ShiftAllLeft(16).AsFloat32x8()
+		} else {
+			b = archsimd.LoadFloat32x8Slice(base[j:])
+		}
 		if check {
 			acc = acc.Add(b.Mul(zf))
 		}
 		for m := range T {
-			xv := archsimd.LoadFloat32x8Slice(x[m][j:])
+			var xv archsimd.Float32x8
+			if wide {
+				xv = archsimd.LoadUint16x8Slice(p.x16[m][j:]).ExtendToUint32().ShiftAllLeft(16).AsFloat32x8()
+			} else {
+				xv = archsimd.LoadFloat32x8Slice(x[m][j:])
+			}
 			if check {
 				acc = acc.Add(xv.Mul(zf))
 			}
@@ -187,15 +198,31 @@ func mergeTasks(out, base []float32, x [][]float32, p *TaskMerge) bool {
 	if acc.IsNaN().ToBits() != 0 {
 		archsimd.ClearAVXUpperBits()
 		if n < len(out) {
-			mergeTasksGo(out[n:], base[n:], tails(x, n), tailOf(p, n))
+			mergeTasksTail(out, base, x, p, n)
 		}
 		return false
 	}
 	archsimd.ClearAVXUpperBits()
 	if n < len(out) {
-		return mergeTasksGo(out[n:], base[n:], tails(x, n), tailOf(p, n))
+		return mergeTasksTail(out, base, x, p, n)
 	}
 	return true
+}
+
+// mergeTasksTail is mergeTasksGo over the entries from n on.
+func mergeTasksTail(out, base []float32, x [][]float32, p *TaskMerge, n int) bool {
+	q := *p // the bands' allowances stay shared: they are consumed in order
+	q.Start += uint64(n)
+	if q.base16 != nil {
+		q.base16 = q.base16[n:]
+		x16 := make([][]uint16, len(q.x16))
+		for m, xm := range q.x16 {
+			x16[m] = xm[n:]
+		}
+		q.x16 = x16
+		return mergeTasksGo(out[n:], nil, nil, &q)
+	}
+	return mergeTasksGo(out[n:], base[n:], tails(x, n), &q)
 }
 
 // dareLanes holds MergeTasks' DARE draws: per model the counter and the
@@ -221,17 +248,6 @@ func (d *dareLanes) keep(m int) archsimd.Mask32x8 {
 	k, z := d.d.keep(d.z[m], d.thr[m])
 	d.z[m] = z
 	return k
-}
-
-// tailOf is p for the entries from n on: Drop's stream index moves on
-// (the bands' allowances are shared, as they must be consumed in order).
-func tailOf(p *TaskMerge, n int) *TaskMerge {
-	if p.Drop == nil {
-		return p
-	}
-	q := *p
-	q.Start += uint64(n)
-	return &q
 }
 
 func countDiffWindows(x, b []float32, lo, hi []uint32, above []int64, cands [][]uint32) bool {

@@ -157,14 +157,46 @@ func TestMergeTasksMatchesSeparateLoops(t *testing.T) {
 					p.Start = uint64(r.IntN(1 << 30))
 				}
 				name := fmt.Sprintf("n=%d T=%d trial=%d", n, T, trial)
+				if trial%4 == 3 {
+					// bfloat16 inputs: the data rounded to bfloat16, and
+					// MergeTasksBF16 (and its scalar twin) reading them.
+					name += " bf16"
+					base = roundBF16(base)
+					for m := range x {
+						x[m] = roundBF16(x[m])
+					}
+				}
 				want := make([]float32, n)
 				ref := p
 				ref.Bands = slices.Clone(p.Bands)
 				mergeTasksRef(want, base, x, ref)
-				for _, impl := range []struct {
+				impls := []struct {
 					name string
 					f    func(out, base []float32, x [][]float32, p *TaskMerge) bool
-				}{{"MergeTasks", MergeTasks}, {"mergeTasksGo", mergeTasksGo}} {
+				}{{"MergeTasks", MergeTasks}, {"mergeTasksGo", mergeTasksGo}}
+				if trial%4 == 3 {
+					impls = append(impls, struct {
+						name string
+						f    func(out, base []float32, x [][]float32, p *TaskMerge) bool
+					}{"MergeTasksBF16", func(out, base []float32, x [][]float32, p *TaskMerge) bool {
+						b16, x16 := bf16Of(base), make([][]uint16, len(x))
+						for m := range x {
+							x16[m] = bf16Of(x[m])
+						}
+						return MergeTasksBF16(out, b16, x16, p)
+					}}, struct {
+						name string
+						f    func(out, base []float32, x [][]float32, p *TaskMerge) bool
+					}{"mergeTasksGo/bf16", func(out, base []float32, x [][]float32, p *TaskMerge) bool {
+						q := *p
+						q.base16, q.x16 = bf16Of(base), make([][]uint16, len(x))
+						for m := range x {
+							q.x16[m] = bf16Of(x[m])
+						}
+						return mergeTasksGo(out, nil, nil, &q)
+					}})
+				}
+				for _, impl := range impls {
 					got := make([]float32, n)
 					q := p
 					q.Bands = slices.Clone(p.Bands)
@@ -334,4 +366,22 @@ func TestTaskGramsMatchesDsdot(t *testing.T) {
 			}
 		}
 	}
+}
+
+// roundBF16 is x rounded to bfloat16 (as float32).
+func roundBF16(x []float32) []float32 {
+	y := make([]float32, len(x))
+	for j, v := range x {
+		y[j] = math.Float32frombits(uint32(BF16Bits(v)) << 16)
+	}
+	return y
+}
+
+// bf16Of is x (bfloat16 values) as bfloat16 bits.
+func bf16Of(x []float32) []uint16 {
+	y := make([]uint16, len(x))
+	for j, v := range x {
+		y[j] = uint16(math.Float32bits(v) >> 16)
+	}
+	return y
 }
