@@ -90,6 +90,10 @@ func TestVectorLoopsLeaveUpperClean(t *testing.T) {
 				MergeTasks(out, a, x, &TaskMerge{W: w, Lam: 1, Disjoint: true, Scale: w, Start: 5,
 					Drop: []Drop{{Key: 1, Thr: DareThreshold(0.5)}, {Key: 2, Thr: 1 << 24}, {Key: 3, Thr: DareThreshold(0.1)}}})
 			}},
+			{"MergeTasksBF16/dare", func() {
+				MergeTasksBF16(out, half, [][]uint16{half, half, half}, &TaskMerge{W: w, Lam: 1, Disjoint: true, Start: 5,
+					Drop: []Drop{{Key: 1, Thr: DareThreshold(0.5)}, {Key: 2, Thr: 1 << 24}, {Key: 3, Thr: DareThreshold(0.1)}}})
+			}},
 			{"DareSums", func() { DareSums(a, b, nil, nil, 7, 0, DareThreshold(0.5)) }},
 			{"DareSums/bf16", func() { DareSums(nil, nil, half, half, 7, 0, DareThreshold(0.5)) }},
 			{"MeanLerp", func() { MeanLerp(out, a, x, 0.3, 0.7) }},
