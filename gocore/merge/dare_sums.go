@@ -6,7 +6,7 @@ import (
 )
 
 // dareChunkSums sets acc[2m] and acc[2m+1] to DARE's rescale sums of chunk
-// ch for every model through dareSums, and reports whether it could (every
+// ch for every model through vec.DareSums, and reports whether it could (every
 // model and the base stored as float32, or all as bfloat16, and every τ
 // entry finite); the caller otherwise takes the separate loops.
 func dareChunkSums(e *engine, ch chunkRef, acc []float64) bool {

@@ -145,31 +145,42 @@ func MergeTasksBF16(out []float32, base []uint16, x [][]uint16, p *TaskMerge) bo
 	return mergeTasks(out, nil, nil, &q)
 }
 
-// input is model m's entry j (m < 0: the base's), from the float32 or the
-// bfloat16 inputs.
-func (p *TaskMerge) input(base []float32, x [][]float32, m, j int) float32 {
-	switch {
-	case p.base16 == nil && m < 0:
-		return base[j]
-	case p.base16 == nil:
-		return x[m][j]
-	case m < 0:
-		return math.Float32frombits(uint32(p.base16[j]) << 16)
+// mergeTasksGoBF16 is mergeTasksGo over p's bfloat16 inputs: they are
+// widened (exactly) piece by piece into buffers on the stack and merged in
+// index order, so that the cuts' allowances and Drop's stream index run on
+// as over the whole slice.
+func mergeTasksGoBF16(out []float32, p *TaskMerge) bool {
+	const piece = 256
+	T := len(p.W)
+	var bb [piece]float32
+	var xb [8][piece]float32
+	var xs [8][]float32
+	q := *p
+	q.base16, q.x16 = nil, nil
+	fin := true
+	for j := 0; j < len(out); j += piece {
+		k := min(piece, len(out)-j)
+		widenBF16Go(bb[:k], p.base16[j:j+k])
+		for m := range T {
+			widenBF16Go(xb[m][:k], p.x16[m][j:j+k])
+			xs[m] = xb[m][:k]
+		}
+		q.Start = p.Start + uint64(j)
+		fin = mergeTasksGo(out[j:j+k], bb[:k], xs[:T], &q) && fin
 	}
-	return math.Float32frombits(uint32(p.x16[m][j]) << 16)
+	return fin
 }
 
 // mergeTasksGo is MergeTasks' scalar twin, entry by entry.
 func mergeTasksGo(out, base []float32, x [][]float32, p *TaskMerge) bool {
-	T := len(p.W)
+	T := len(x)
 	var tb, rb [8]float32
 	t, raw := tb[:T], rb[:T]
 	w := p.W
 	var fin float32
-	for j := range out {
-		b := p.input(base, x, -1, j)
+	for j, b := range base[:len(out)] {
 		for m := range T {
-			xv := p.input(base, x, m, j)
+			xv := x[m][j]
 			if p.Check {
 				fin += xv * 0
 			}

@@ -28,6 +28,9 @@ func laneKeep(a, k *[lanes]int32, bd *Band) {
 
 func mergeTasks(out, base []float32, x [][]float32, p *TaskMerge) bool {
 	if !accelerated || (p.Drop != nil && !dareVector) {
+		if p.base16 != nil {
+			return mergeTasksGoBF16(out, p)
+		}
 		return mergeTasksGo(out, base, x, p)
 	}
 	T := len(p.W)
@@ -220,7 +223,7 @@ func mergeTasksTail(out, base []float32, x [][]float32, p *TaskMerge, n int) boo
 			x16[m] = xm[n:]
 		}
 		q.x16 = x16
-		return mergeTasksGo(out[n:], nil, nil, &q)
+		return mergeTasksGoBF16(out[n:], &q)
 	}
 	return mergeTasksGo(out[n:], base[n:], tails(x, n), &q)
 }

@@ -3,6 +3,9 @@
 package vec
 
 func mergeTasks(out, base []float32, x [][]float32, p *TaskMerge) bool {
+	if p.base16 != nil {
+		return mergeTasksGoBF16(out, p)
+	}
 	return mergeTasksGo(out, base, x, p)
 }
 

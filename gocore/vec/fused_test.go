@@ -187,13 +187,13 @@ func TestMergeTasksMatchesSeparateLoops(t *testing.T) {
 					}}, struct {
 						name string
 						f    func(out, base []float32, x [][]float32, p *TaskMerge) bool
-					}{"mergeTasksGo/bf16", func(out, base []float32, x [][]float32, p *TaskMerge) bool {
+					}{"mergeTasksGoBF16", func(out, base []float32, x [][]float32, p *TaskMerge) bool {
 						q := *p
 						q.base16, q.x16 = bf16Of(base), make([][]uint16, len(x))
 						for m := range x {
 							q.x16[m] = bf16Of(x[m])
 						}
-						return mergeTasksGo(out, nil, nil, &q)
+						return mergeTasksGoBF16(out, &q)
 					}})
 				}
 				for _, impl := range impls {
