@@ -35,7 +35,8 @@ import (
 // bucket, ranked by index without a sort; a bucket is sorted at most once).
 //
 // Rows of dellaCellMin entries or more decide most of the band in a vector
-// pass, without looking up S per entry: the band's draws are split into at
+// pass (AVX-512; without it the per-entry lookups below are cheaper),
+// without looking up S per entry: the band's draws are split into at
 // most dellaCells cells of equal width, and the draws of cell c keep an
 // entry of rank ≥ T_{c+1} and drop one of rank < T_c (T_c the least
 // keeping rank of the cell's first draw). From S, per row, two keys per
@@ -85,6 +86,11 @@ type dellaScratch struct {
 
 // dellaCells is the most cells of the band filter (a two-register permute).
 const dellaCells = 32
+
+// dellaCellsAlways: rows are filtered by cells without the AVX-512 loops
+// too (the tests set it; in plain Go the per-entry lookups of the band are
+// cheaper).
+var dellaCellsAlways = false
 
 // dellaCellMin is the least row length filtered by cells.
 const dellaCellMin = 64
@@ -204,8 +210,8 @@ func (sc *dellaScratch) rowKeyBits(n int, kmin, kmax uint32, key, start uint64, 
 	keys := sc.keys[:n]
 	u := sc.u[:n]
 	cells := sc.cells
-	if sc.thrN != n {
-		cells = 0
+	if sc.thrN != n || !(dellaVector512 || dellaCellsAlways) {
+		cells = 0 // the cells pay with the vector loops only
 	}
 	if cells == 0 || kmin == kmax {
 		band := sc.bandWords[:len(words)]

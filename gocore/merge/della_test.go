@@ -117,6 +117,16 @@ func dellaRowWant(row []float32, key, start uint64, lo, span float32) []bool {
 }
 
 func TestDellaRowBitsMatchDefinition(t *testing.T) {
+	// With the cells where the build uses them, and with them whatever the
+	// build (their plain-Go twins in the plain build).
+	defer func(v bool) { dellaCellsAlways = v }(dellaCellsAlways)
+	for _, always := range []bool{false, true} {
+		dellaCellsAlways = always
+		testDellaRowBits(t)
+	}
+}
+
+func testDellaRowBits(t *testing.T) {
 	r := rand.New(rand.NewPCG(7, 8))
 	params := []struct{ density, eps float64 }{{0.2, 0.15}, {0.5, 0.49}, {0.4, 0}, {0.9, 0.05}}
 	sc := dellaPool(0)
