@@ -178,8 +178,9 @@ func dellaChunkBits(e *engine, m int, ch chunkRef, tau []float32, words []uint64
 }
 
 // dellaByRows: chunks of rows of a multiple of 8 are prepared by
-// dellaChunkRows (the tests compare it with the passes over the chunk).
-var dellaByRows = true
+// dellaChunkRows (the tests compare it with the passes over the chunk),
+// where its loops are at least as fast as the passes' (dellaRowsFast).
+var dellaByRows = dellaRowsFast
 
 // dellaChunkRows is, for rows of a multiple of 8 entries, dellaSubAbsSum
 // of tau = x − b, dellaChunkBits and dellaKeptAbsSum of the chunk, a row at

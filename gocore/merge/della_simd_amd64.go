@@ -344,6 +344,10 @@ func dellaPrefix(S []uint32) {
 	}
 }
 
+// dellaRowsFast: dellaChunkRows' loops are vector loops with AVX-512 only;
+// with AVX2 alone the passes over the chunk (AVX2) are faster.
+var dellaRowsFast = dellaVector512 || !vec.Accelerated()
+
 // dellaFused: the one-pass merge (della_merge.go) needs AVX-512's masks
 // from bits; without them the general path's vector loops are faster than
 // the Go twin.

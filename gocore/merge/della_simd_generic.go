@@ -42,6 +42,9 @@ func dellaSubAbsSum(tau, x, b []float32) (float64, bool) { return dellaSubAbsSum
 // dellaPrefix replaces S[b] by S[0] + … + S[b].
 func dellaPrefix(S []uint32) { dellaPrefixGo(S) }
 
+// dellaRowsFast: in plain Go a row at a time is the faster preparation.
+const dellaRowsFast = true
+
 // dellaFused: the plain build merges in one pass too (dellaMergeGo).
 const dellaFused = true
 
