@@ -101,19 +101,25 @@ type Drop struct{ Key, Thr uint64 }
 // x[m] must be at least len(out) long; 1 ≤ len(x) ≤ 8 with len(p.W) (and
 // len(p.Bands), len(p.Scale), len(p.TallLam) when set) equal to len(x).
 func MergeTasks(out, base []float32, x [][]float32, p *TaskMerge) bool {
-	T := len(x)
+	p.check("vec.MergeTasks", len(x))
+	checkInputs(len(out), base, x, p.W)
+	return mergeTasks(out, base[:len(out)], x, p)
+}
+
+// check panics, naming fn, unless p fits T models: 1 ≤ T ≤ 8, one weight
+// and (when set) one band, drop, scale and TALL λ per model, cut bits at
+// most 0x7fffffff.
+func (p *TaskMerge) check(fn string, T int) {
 	if T < 1 || T > 8 || len(p.W) != T || (p.Bands != nil && len(p.Bands) != T) ||
 		(p.Scale != nil && len(p.Scale) != T) || (p.TallLam != nil && len(p.TallLam) != T) ||
 		(p.Drop != nil && len(p.Drop) != T) {
-		panic("vec.MergeTasks: need 1 to 8 models and one weight, band, drop, scale and TALL λ per model")
+		panic(fn + ": need 1 to 8 models and one weight, band, drop, scale and TALL λ per model")
 	}
-	checkInputs(len(out), base, x, p.W)
 	for _, b := range p.Bands {
 		if b.In.Bits > 0x7fffffff || b.Out.Bits > 0x7fffffff {
-			panic("vec.MergeTasks: cut bits above 0x7fffffff")
+			panic(fn + ": cut bits above 0x7fffffff")
 		}
 	}
-	return mergeTasks(out, base[:len(out)], x, p)
 }
 
 // MergeTasksBF16 is MergeTasks over bfloat16 inputs, read where they are
@@ -121,23 +127,13 @@ func MergeTasks(out, base []float32, x [][]float32, p *TaskMerge) bool {
 // MergeTasks over the widened inputs, without widening them into buffers
 // first.
 func MergeTasksBF16(out []float32, base []uint16, x [][]uint16, p *TaskMerge) bool {
-	T := len(x)
-	if T < 1 || T > 8 || len(p.W) != T || (p.Bands != nil && len(p.Bands) != T) ||
-		(p.Scale != nil && len(p.Scale) != T) || (p.TallLam != nil && len(p.TallLam) != T) ||
-		(p.Drop != nil && len(p.Drop) != T) {
-		panic("vec.MergeTasksBF16: need 1 to 8 models and one weight, band, drop, scale and TALL λ per model")
-	}
+	p.check("vec.MergeTasksBF16", len(x))
 	if len(base) < len(out) {
 		panic("vec: base shorter than output")
 	}
 	for _, xm := range x {
 		if len(xm) < len(out) {
 			panic("vec: input shorter than output")
-		}
-	}
-	for _, b := range p.Bands {
-		if b.In.Bits > 0x7fffffff || b.Out.Bits > 0x7fffffff {
-			panic("vec.MergeTasksBF16: cut bits above 0x7fffffff")
 		}
 	}
 	q := *p // the bands' allowances stay shared: they are consumed in place
