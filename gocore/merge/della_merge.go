@@ -4,6 +4,7 @@ import (
 	"math"
 
 	"github.com/npsfuse/npsfuse/gocore/tensor"
+	"github.com/npsfuse/npsfuse/gocore/vec"
 )
 
 // DELLA's merge pass in one sweep over each chunk: per entry, τ_m = θ_m − θ₀,
@@ -129,14 +130,10 @@ func dellaMergeFrom(out, base []float32, x [][]float32, op *dellaMergeOp, from i
 		r := sum
 		if op.disjoint {
 			// vec's disjointMeanGo, branch-free on the sign bits.
-			s := math.Float32bits(sum)
-			zero := uint32((int64(s&0x7fffffff) - 1) >> 63)
-			g := s & 0x80000000 &^ zero
+			g := vec.ElectedSign(sum)
 			var num, den float32
 			for m := range T {
-				y := math.Float32bits(v[m]) ^ g
-				nonzero := ^uint32((int64(y) - 1) >> 63)
-				mask := nonzero &^ uint32(int32(y)>>31)
+				mask := vec.AgreeMask(v[m], g)
 				num += math.Float32frombits(math.Float32bits(v[m]) & mask)
 				den += math.Float32frombits(math.Float32bits(op.w[m]) & mask)
 			}

@@ -207,15 +207,11 @@ func mergeTasksGo(out, base []float32, x [][]float32, p *TaskMerge) bool {
 		}
 		var c float32
 		if p.Disjoint {
-			s := math.Float32bits(sum)
-			zero := uint32((int64(s&0x7fffffff) - 1) >> 63)
-			g := s & 0x80000000 &^ zero
+			g := ElectedSign(sum)
 			var num, den float32
 			for m := range T {
 				v := float32(w[m] * t[m])
-				y := math.Float32bits(v) ^ g
-				nonzero := ^uint32((int64(y) - 1) >> 63)
-				mask := nonzero &^ uint32(int32(y)>>31)
+				mask := AgreeMask(v, g)
 				num += math.Float32frombits(math.Float32bits(v) & mask)
 				den += math.Float32frombits(math.Float32bits(w[m]) & mask)
 			}

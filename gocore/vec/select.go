@@ -79,16 +79,11 @@ func keepTopGo(x []float32, b uint32, allow int) int {
 func disjointMeanGo(out []float32, x [][]float32, w []float32, norm bool) {
 	weightedSumGo(out, x, w, 1) // the election sums, overwritten below
 	for j := range out {
-		s := math.Float32bits(out[j])
-		zero := uint32((int64(s&0x7fffffff) - 1) >> 63) // all ones when |sum| = 0
-		g := s & 0x80000000 &^ zero
+		g := ElectedSign(out[j])
 		var num, den float32
 		for m, xm := range x {
 			v := float32(w[m] * xm[j])
-			y := math.Float32bits(v) ^ g
-			// Agreeing: v ≠ 0 with sign γ, i.e. 1 ≤ y ≤ 0x7fffffff.
-			nonzero := ^uint32((int64(y) - 1) >> 63)
-			mask := nonzero &^ uint32(int32(y)>>31)
+			mask := AgreeMask(v, g)
 			num += math.Float32frombits(math.Float32bits(v) & mask)
 			den += math.Float32frombits(math.Float32bits(w[m]) & mask)
 		}
@@ -98,6 +93,24 @@ func disjointMeanGo(out []float32, x [][]float32, w []float32, norm bool) {
 		}
 		out[j] = r
 	}
+}
+
+// ElectedSign is the sign bit TIES' vote elects from the sum of an entry's
+// weighted task-vector values: sum's sign bit, or 0 when sum is ±0 (then
+// no value agrees). Branch-free, for the scalar loops (the signs are data).
+func ElectedSign(sum float32) uint32 {
+	s := math.Float32bits(sum)
+	zero := uint32((int64(s&0x7fffffff) - 1) >> 63) // all ones when |sum| = 0
+	return s & 0x80000000 &^ zero
+}
+
+// AgreeMask is all ones when v is nonzero with sign bit g (ElectedSign),
+// else 0: the entries the disjoint mean keeps. Branch-free.
+func AgreeMask(v float32, g uint32) uint32 {
+	y := math.Float32bits(v) ^ g
+	// Agreeing: v ≠ 0 with sign γ, i.e. 1 ≤ y ≤ 0x7fffffff.
+	nonzero := ^uint32((int64(y) - 1) >> 63)
+	return nonzero &^ uint32(int32(y)>>31)
 }
 
 // AbsBits sets dst[j] to the bit pattern of |x[j]| (the sign bit cleared),
