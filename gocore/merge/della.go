@@ -146,20 +146,26 @@ func (magprune) apply(e *engine, m int, ch chunkRef, tau []float32) {
 	dellaApplyBits(tau, words, e.rescaleFactor(ch.ti, m))
 }
 
+// dellaRowSetup returns what deciding the rows of chunk ch of model m
+// needs: row buffers from the pool (the workspace holding τ is in use by
+// this goroutine; put them back with dellaScratchPool.Put), the draw's
+// stream key, the threshold table of the model's density ± ε over a row,
+// and the row length.
+func dellaRowSetup(e *engine, m int, ch chunkRef) (sc *dellaScratch, key uint64, thr []uint32, cols int) {
+	d, eps := e.density(m), e.p.epsilon(m)
+	lo, span := float32(d-eps), 2*float32(eps)
+	cols = e.geom[ch.ti].cols
+	sc = dellaPool(cols)
+	return sc, rng.Key(e.p.Seed, e.tensors[ch.ti].Name, m), sc.thresholds(cols, lo, span), cols
+}
+
 // dellaChunkBits ORs into words (bit j for entry j of the chunk) the keep
 // bits of chunk ch of model m's τ, row by row (della_rows.go). After each
 // row it touches a share of next's cache lines (nil: none), so that the
 // next input the caller reads is on its way while the rows are worked on.
 func dellaChunkBits(e *engine, m int, ch chunkRef, tau []float32, words []uint64, next []float32) {
-	d, eps := e.density(m), e.p.epsilon(m)
-	lo, span := float32(d-eps), 2*float32(eps)
-	cols := e.geom[ch.ti].cols
-	key := rng.Key(e.p.Seed, e.tensors[ch.ti].Name, m)
-	// The workspace holding tau is in use by this goroutine; the row
-	// buffers come from a pool of their own.
-	sc := dellaPool(cols)
+	sc, key, thr, cols := dellaRowSetup(e, m, ch)
 	defer dellaScratchPool.Put(sc)
-	thr := sc.thresholds(cols, lo, span)
 	rows := ch.r1 - ch.r0
 	for r := ch.r0; r < ch.r1; r++ {
 		off := (r - ch.r0) * cols
@@ -191,13 +197,8 @@ var dellaByRows = dellaRowsFast
 // bits. It returns the sums before and after the drop, or false when x
 // holds a NaN or ±Inf.
 func dellaChunkRows(e *engine, m int, ch chunkRef, tau, x, b []float32, words []uint64, next []float32) (before, after float64, ok bool) {
-	d, eps := e.density(m), e.p.epsilon(m)
-	lo, span := float32(d-eps), 2*float32(eps)
-	cols := e.geom[ch.ti].cols
-	key := rng.Key(e.p.Seed, e.tensors[ch.ti].Name, m)
-	sc := dellaPool(cols)
+	sc, key, thr, cols := dellaRowSetup(e, m, ch)
 	defer dellaScratchPool.Put(sc)
-	thr := sc.thresholds(cols, lo, span)
 	rows := ch.r1 - ch.r0
 	var accB, accA [8]float64
 	// The kept sum of a row is taken in the next row's first pass
