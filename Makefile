@@ -20,12 +20,20 @@ GO_SOURCES := $(shell find gocore arrowio pybind daemon -name '*.go' -not -name 
 all: build
 
 ## venv: the Python environment under .venv (torch, numpy, pyarrow, ...)
+## installed with uv: its cache holds one unpacked copy of each wheel and every
+## venv (this one, wheel-smoke's) hard-links to it. torch with its CUDA wheels
+## is ~5.5 GB installed; pip kept a second, compressed copy in its cache and a
+## third in wheel-smoke's venv, and a CI machine ran out of disk.
+UV_VERSION := 0.13.9
+UV         := $(VENV)/bin/uv
+export UV_LINK_MODE := hardlink
 venv: $(VENV)/.stamp
 $(VENV)/.stamp: requirements-dev.txt requirements-experiment.txt
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -r requirements-dev.txt
-	$(VENV)/bin/pip install -q --no-deps -r requirements-experiment.txt
+	$(VENV)/bin/pip install -q --no-cache-dir uv==$(UV_VERSION)
+	$(UV) pip install -q --python $(VENV)/bin/python --upgrade pip
+	$(UV) pip install -q --python $(VENV)/bin/python -r requirements-dev.txt
+	$(UV) pip install -q --python $(VENV)/bin/python --no-deps -r requirements-experiment.txt
 	touch $@
 
 ## tools: gopy (with an x/tools that compiles on current Go), goimports, staticcheck
@@ -116,12 +124,12 @@ ARCH ?= x86_64
 wheel: venv tools $(VENV)/.wheel-stamp
 	PYTHON=$(PYTHON) TOOLS_PYTHON=$(VENV)/bin/python GOPY=$(GOPY) tools/wheel_build.sh $(ARCH)
 $(VENV)/.wheel-stamp: requirements-wheel.txt
-	$(VENV)/bin/pip install -q -r requirements-wheel.txt
+	$(UV) pip install -q --python $(VENV)/bin/python -r requirements-wheel.txt
 	touch $@
 
 ## wheel-smoke: installs dist/'s wheel in a fresh venv without Go and runs the quick start
-wheel-smoke:
-	PYTHON=$(PYTHON) tools/wheel_smoke.sh
+wheel-smoke: venv
+	PYTHON=$(PYTHON) UV=$(UV) tools/wheel_smoke.sh
 
 ## wheel-check-aarch64: the aarch64 wheel's extension and daemon under qemu (Debian's arm64
 ## CPython 3.11), merging like the x86_64 wheel (needs root for apt; both wheels in dist/)

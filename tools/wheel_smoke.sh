@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
 # Installs the wheel `make wheel` built (dist/) into a fresh venv and runs the
 # README's quick start against it on a PATH without Go (`make wheel-smoke`,
-# .ci/run). Runtime dependencies (torch, numpy, ...) come from PyPI (see the
-# wheelhouse below); nothing comes from the source tree: the checks run in a
-# temporary folder with PYTHONPATH unset.
+# .ci/run). Runtime dependencies (torch, numpy, ...) come from PyPI through uv;
+# nothing comes from the source tree: the checks run in a temporary folder
+# with PYTHONPATH unset.
 #
 # Environment: PYTHON (its base interpreter makes the venv; default .venv's),
-# WHEEL_DIR (default dist/), NPSFUSE_WHEELHOUSE (the dependencies' wheels,
-# default ~/.cache/npsfuse-wheelhouse), KEEP=1 keeps the temporary folder.
+# UV (the installer; default .venv's, from make venv), WHEEL_DIR (default
+# dist/), KEEP=1 keeps the temporary folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 WHEEL_DIR=${WHEEL_DIR:-$ROOT/dist}
-WHEELHOUSE=${NPSFUSE_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/npsfuse-wheelhouse}
+UV=${UV:-$ROOT/.venv/bin/uv}
+if [ ! -x "$UV" ]; then
+	echo "wheel_smoke: no uv at $UV: run make venv" >&2
+	exit 1
+fi
 
 # The venv's base interpreter, not the venv: the new one must not see .venv.
 base=$("$PYTHON" -c 'import sys; print(sys._base_executable)')
@@ -47,17 +51,11 @@ fi
 echo "== fresh venv ($base) + $(basename "$wheel")"
 t0=$(date +%s)
 "$base" -m venv "$work/venv"
-# The runtime dependencies (torch and its CUDA libraries: ~3 GB) come from PyPI
-# once, into a wheelhouse kept on the machine (pip's own cache does not keep them
-# here); later runs install from it offline, and fill it again when the wheel's
-# requirements change.
-pip=(env -u PYTHONPATH PATH="$work/venv/bin:$nogo" "$work/venv/bin/python" -m pip)
-if ! "${pip[@]}" install -q --no-compile --no-index --find-links "$WHEELHOUSE" "$wheel" 2>/dev/null; then
-	echo "wheelhouse $WHEELHOUSE lacks some dependency: downloading from PyPI"
-	"${pip[@]}" download -q -d "$WHEELHOUSE" "$wheel"
-	rm -f "$WHEELHOUSE"/npsfuse-*.whl
-	"${pip[@]}" install -q --no-compile --no-index --find-links "$WHEELHOUSE" "$wheel"
-fi
+# The runtime dependencies (torch and its CUDA libraries: ~5.5 GB unpacked)
+# come from PyPI through uv's cache, which `make venv` filled: the venv's files
+# are hard links to it, so this venv costs next to no disk and no download.
+env -u PYTHONPATH UV_LINK_MODE="${UV_LINK_MODE:-hardlink}" \
+	"$UV" pip install -q --python "$work/venv/bin/python" "$wheel"
 t1=$(date +%s)
 echo "installed in $((t1 - t0)) s"
 
