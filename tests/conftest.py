@@ -7,6 +7,7 @@ folder against the pip-installed package); during development run them with
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -16,6 +17,14 @@ import pytest
 import torch
 
 StateDict = dict[str, torch.Tensor]
+
+# Several tests Ctrl-C a child merge (SIGINT) and check how it stops. A runner
+# started in the background by a shell without job control (`cmd &`, nohup)
+# hands SIGINT down ignored, and an ignored signal stays ignored across exec:
+# the children would never see it. A handler here is reset to the default in
+# every child at exec, so they get SIGINT as a terminal would deliver it.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 #: Shapes of the default test model. ``embed.weight`` has 39 000 entries, so
 #: the Go engine splits it into three 16 384-entry chunks and ranks it with
