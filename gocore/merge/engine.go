@@ -711,6 +711,51 @@ func (m *Merger) Tensor(i int, out tensor.Vec) error {
 	return e.mergeChunks(e.tensorChunks(i))
 }
 
+// TensorFrom is Tensor reading tensor i's inputs from base and models
+// instead of the views given to NewMerger, for this call only: a stream
+// that read them into memory of its own (the same bytes, the same element
+// types and lengths) merges without touching the views. The output is bit
+// for bit Tensor's when the bytes are the same. The other tensors' views
+// are still read where the method reads them (WholeModel).
+func (m *Merger) TensorFrom(i int, out, base tensor.Vec, models []tensor.Vec) error {
+	if m.tw != nil {
+		if i < 0 || i >= len(m.tw.at) {
+			return inputErr("tensor index %d out of range [0, %d)", i, len(m.tw.at))
+		}
+		a := m.tw.at[i]
+		return m.tw.subs[a[0]].TensorFrom(a[1], out, base, models)
+	}
+	e := m.e
+	if i < 0 || i >= len(e.tensors) {
+		return inputErr("tensor index %d out of range [0, %d)", i, len(e.tensors))
+	}
+	t := &e.tensors[i]
+	if err := sameInputs(t, base, models); err != nil {
+		return err
+	}
+	keepBase, keepModels := t.Base, t.Models
+	t.Base, t.Models = base, models
+	defer func() { t.Base, t.Models = keepBase, keepModels }()
+	return m.Tensor(i, out)
+}
+
+// sameInputs checks that base and models can stand in for t's inputs: the
+// same count, element types and lengths.
+func sameInputs(t *Tensor, base tensor.Vec, models []tensor.Vec) error {
+	if len(models) != len(t.Models) {
+		return inputErr("tensor %q: %d models given, the merge has %d", t.Name, len(models), len(t.Models))
+	}
+	if base.DType != t.Base.DType || base.Len() != t.Base.Len() {
+		return inputErr("tensor %q: base given as %v[%d], the merge has %v[%d]", t.Name, base.DType, base.Len(), t.Base.DType, t.Base.Len())
+	}
+	for k, v := range models {
+		if w := t.Models[k]; v.DType != w.DType || v.Len() != w.Len() {
+			return inputErr("tensor %q: model %d given as %v[%d], the merge has %v[%d]", t.Name, k, v.DType, v.Len(), w.DType, w.Len())
+		}
+	}
+	return nil
+}
+
 // Report returns what the method chose so far, as JSON-friendly values
 // (float64, bool, []float64, map[string]float64). Entries by method:
 //

@@ -308,3 +308,91 @@ func TestPerModelDensity(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+// TestMergerTensorFrom: TensorFrom merges from the inputs it is given, bit
+// for bit like Run, for every method. Where a call reads only its own
+// tensor (not WholeModel), the views the Merger was made with hold NaN, so
+// a read of them would fail the merge or change the bits.
+func TestMergerTensorFrom(t *testing.T) {
+	shapes := testShapes(false)
+	for _, method := range Methods() {
+		T := modelsFor(method)
+		p := testParams(method)
+		p.Lambda, p.Normalize, p.Seed = 1.3, true, 5
+		p.Densities = []float64{0.2, 0.5, 0.4}[:T]
+		ts := randomMerge(rand.New(rand.NewPCG(7, 8)), tensor.F32, shapes, T)
+		ts[1].Transposed = true
+		wantReport, err := RunReport(method, p, ts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := outputs(ts)
+		views := slices.Clone(ts)
+		m, err := NewMerger(method, p, views)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !m.WholeModel() { // poison the views the Merger holds
+			m2 := make([]Tensor, len(ts))
+			for i, x := range ts {
+				m2[i] = x
+				m2[i].Base = nanVec(x.Base.Len())
+				m2[i].Models = nil
+				for range x.Models {
+					m2[i].Models = append(m2[i].Models, nanVec(x.Base.Len()))
+				}
+			}
+			if m, err = NewMerger(method, p, m2); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for i := m.Len() - 1; i >= 0; i-- {
+			out := tensor.Alloc(ts[i].Base.Len(), tensor.F32)
+			if err := m.TensorFrom(i, out, ts[i].Base, ts[i].Models); err != nil {
+				t.Fatalf("%s tensor %d: %v", method, i, err)
+			}
+			if !slices.Equal(out.F32, want[i]) {
+				t.Fatalf("%s tensor %d: TensorFrom's result differs from Run", method, i)
+			}
+		}
+		if got := m.Report(); !reflect.DeepEqual(got, wantReport) {
+			t.Fatalf("%s: report %v, Run's %v", method, got, wantReport)
+		}
+	}
+}
+
+func nanVec(n int) tensor.Vec {
+	x := make([]float32, n)
+	for i := range x {
+		x[i] = float32(math.NaN())
+	}
+	return tensor.FromF32(x)
+}
+
+func TestMergerTensorFromRefusesOtherInputs(t *testing.T) {
+	ts := one("w", []float32{0, 0}, []float32{1, 2}, []float32{3, 4})
+	m, err := NewMerger("ties", Params{Density: 1, Lambda: 1}, ts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := tensor.Alloc(2, tensor.F32)
+	cases := []struct {
+		name   string
+		base   tensor.Vec
+		models []tensor.Vec
+		want   string
+	}{
+		{"model count", ts[0].Base, ts[0].Models[:1], `tensor "w": 1 models given, the merge has 2`},
+		{"base length", tensor.FromF32([]float32{0}), ts[0].Models, `tensor "w": base given as`},
+		{"model dtype", ts[0].Base, []tensor.Vec{ts[0].Models[0], tensor.Alloc(2, tensor.BF16)}, `tensor "w": model 1 given as`},
+	}
+	for _, tc := range cases {
+		err := m.TensorFrom(0, out, tc.base, tc.models)
+		if err == nil || !errors.Is(err, ErrInput) || !strings.Contains(err.Error(), tc.want) {
+			t.Fatalf("%s: got %v, want an ErrInput containing %q", tc.name, err, tc.want)
+		}
+	}
+	if err := m.TensorFrom(1, out, ts[0].Base, ts[0].Models); err == nil || !errors.Is(err, ErrInput) {
+		t.Fatalf("index out of range: got %v", err)
+	}
+}
