@@ -64,6 +64,8 @@ test: lint test-go install test-py
 test-go:
 	go test -race ./...
 	GOEXPERIMENT= go test ./gocore/...
+	# the streaming merge once more with every eligible input read by O_DIRECT
+	NPSFUSE_TEST_DIRECT=always go test -race ./arrowio/stream
 
 test-py: venv
 	cd tests && $(VENV)/bin/python -m pytest -q -p no:cacheprovider
@@ -112,10 +114,12 @@ bench: install
 	$(VENV)/bin/python bench/bench_rsvd.py
 	$(VENV)/bin/python bench/bench_ray.py
 
-## bench-cli: npsfuse merge vs mergekit-yaml on a generated 1.1B-parameter model
+## bench-cli: npsfuse merge vs mergekit-yaml on a generated 1.1B-parameter model, then
+## npsfuse's direct reading against the mapping on it (bench_direct_read.py)
 ## (≈ 20 GB disk, ≈ 30 min; mergekit is pip-installed into bench/work/mergekit-venv on first use)
 bench-cli: build
-	$(PYTHON) bench/bench_cli.py
+	$(PYTHON) bench/bench_cli.py --keep
+	$(PYTHON) bench/bench_direct_read.py
 
 ## wheel: the manylinux2014 platform wheel in dist/ (extension + npsfused, repaired by
 ## auditwheel; no Go needed to install it); ARCH=aarch64 cross-builds it with Zig

@@ -181,6 +181,20 @@ func (c *Checkpoint) File(name string) string {
 	return ""
 }
 
+// Location is where the named tensor's bytes lie: the shard's path and
+// the offset of its first byte in that file (ok false: no such tensor).
+func (c *Checkpoint) Location(name string) (path string, offset int64, ok bool) {
+	i, ok := c.where[name]
+	if !ok {
+		return "", 0, false
+	}
+	info, ok := c.files[i].Info(name)
+	if !ok {
+		return "", 0, false
+	}
+	return c.files[i].Path(), c.files[i].DataOffset() + info.Begin, true
+}
+
 // Bytes returns the named tensor's data, a view of the mapping.
 func (c *Checkpoint) Bytes(name string) ([]byte, error) {
 	i, ok := c.where[name]

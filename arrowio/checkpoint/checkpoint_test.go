@@ -250,7 +250,17 @@ func TestOpenSharded(t *testing.T) {
 			if b2, _ := ck.Bytes(n); !bytes.Equal(b2, want.Data) {
 				t.Errorf("after DontNeed, Bytes(%s) = %v", n, b2)
 			}
+			// Location: the tensor's bytes, read from the file at that offset.
+			path, off, ok := ck.Location(n)
+			raw, rerr := os.ReadFile(path)
+			if !ok || rerr != nil || path != filepath.Join(dir, file) || off+int64(len(want.Data)) > int64(len(raw)) ||
+				!bytes.Equal(raw[off:off+int64(len(want.Data))], want.Data) {
+				t.Errorf("Location(%s) = %s, %d, %v (%v)", n, path, off, ok, rerr)
+			}
 		}
+	}
+	if _, _, ok := ck.Location("nope"); ok {
+		t.Error("Location(nope) is ok")
 	}
 	if _, ok := ck.Info("x"); ok {
 		t.Error("the stray file's tensor is listed")

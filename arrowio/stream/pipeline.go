@@ -86,6 +86,10 @@ type job struct {
 	read   int64                  // input bytes this job reads
 	merger *merge.Merger          // the Merger of a merged tensor
 	vocab  []*vocabBuf            // merged-vocabulary tensors it reads (vocabStage fills them)
+	// spans are where inputs lie in their files (base first, then the
+	// models), set when every input is a mapped tensor and nothing else
+	// (no statistics): such a job may read them directly (direct.go).
+	spans []inputSpan
 }
 
 // Run executes the merge described by cfg. It checks every input before
@@ -162,9 +166,13 @@ func runPipeline(ctx context.Context, cfg *Config, opt Options) (res *Result, er
 	}
 	w := newWriter(out.Dir(), shards, cfg, outDT)
 	defer w.abort()
+	dr := planDirect(jobs, opt.ReadAhead)
+	defer dr.close()
 	inputs := make([][][]byte, len(jobs))
 	for i, j := range jobs {
-		inputs[i] = j.inputs
+		if !dr.direct(i) {
+			inputs[i] = j.inputs
+		}
 	}
 	pf := newPrefetcher(inputs, opt.ReadAhead, 0, func(b []byte) { checkpoint.AdviseBytes(b, checkpoint.WillNeed) })
 	defer pf.close()
@@ -177,8 +185,25 @@ func runPipeline(ctx context.Context, cfg *Config, opt Options) (res *Result, er
 		}
 		j := &jobs[i]
 		t0 := time.Now()
-		for _, b := range j.inputs {
-			checkpoint.Populate(b)
+		direct := dr.direct(i)
+		var dv []tensor.Vec // the inputs the direct reader read
+		copyOf := j.copyOf
+		if direct {
+			bufs, rerr := dr.wait(i)
+			if rerr != nil {
+				return nil, fmt.Errorf("tensor %q: %w", j.info.Name, rerr)
+			}
+			if j.merged >= 0 {
+				if dv, err = dr.views(i, bufs, j.info.Name); err != nil {
+					return nil, err
+				}
+			} else {
+				copyOf = bufs[0]
+			}
+		} else {
+			for _, b := range j.inputs {
+				checkpoint.Populate(b)
+			}
 		}
 		t1 := time.Now()
 		buf := w.buffer(j.info.ByteLen())
@@ -191,18 +216,29 @@ func runPipeline(ctx context.Context, cfg *Config, opt Options) (res *Result, er
 			if verr != nil {
 				return nil, verr
 			}
-			if merr := j.merger.Tensor(j.merged, v); merr != nil {
+			var merr error
+			if direct {
+				merr = j.merger.TensorFrom(j.merged, v, dv[0], dv[1:])
+				directJobs.Add(1)
+			} else {
+				merr = j.merger.Tensor(j.merged, v)
+			}
+			if merr != nil {
 				return nil, fmt.Errorf("%w (%s)", merr, modelList(cfg))
 			}
 		} else if j.conv != 0 {
-			if cerr := convert(buf, j); cerr != nil {
+			if cerr := convert(buf, copyOf, j); cerr != nil {
 				return nil, cerr
 			}
 		} else {
-			copy(buf, j.copyOf)
+			copy(buf, copyOf)
 		}
-		for _, b := range j.inputs {
-			checkpoint.Release(b)
+		if direct {
+			dr.release(i)
+		} else {
+			for _, b := range j.inputs {
+				checkpoint.Release(b)
+			}
 		}
 		pf.release(i)
 		vs.after(i)
@@ -342,6 +378,20 @@ func (s source) buf(n string) (*vocabBuf, error) {
 func (s source) mapped(n string) bool { return !s.vocab.applies(s.c, s.name(n)) }
 func (s source) file(n string) string { return s.c.File(s.name(n)) }
 
+// span is where tensor n's bytes lie in its file, viewed as dtype (ok
+// false: not a mapped tensor).
+func (s source) span(n string, dtype tensor.DType) (inputSpan, bool) {
+	if !s.mapped(n) {
+		return inputSpan{}, false
+	}
+	path, off, ok := s.c.Location(s.name(n))
+	info, ok2 := s.c.Info(s.name(n))
+	if !ok || !ok2 {
+		return inputSpan{}, false
+	}
+	return inputSpan{path: path, off: off, n: info.ByteLen(), dtype: dtype}, true
+}
+
 // jobsOf compares the models' integer tensors with the base's (the
 // entries marked Verify) and lays out one job per entry of p, in p's
 // order, named as p names them.
@@ -376,6 +426,9 @@ func jobsOf(p *plan.Plan, base source, models []source, res *Result) ([]job, []m
 			j.info.Begin, j.info.End = 0, bi.NumElements()*int64(odt.Size())
 		}
 		if e.Action == plan.Copy {
+			if sp, ok := base.span(e.Name, 0); ok {
+				j.spans = []inputSpan{sp}
+			}
 			j.copyOf = bb
 			if odt != bi.DType {
 				j.conv, _ = checkpoint.KernelDType(bi.DType)
@@ -388,6 +441,8 @@ func jobsOf(p *plan.Plan, base source, models []source, res *Result) ([]job, []m
 		if err != nil {
 			return nil, nil, fmt.Errorf("%w: %v", ErrInput, err)
 		}
+		sp, direct := base.span(e.Name, bdt)
+		spans := []inputSpan{sp}
 		t := merge.Tensor{Name: e.Name, Shape: make([]int, len(e.Shape)), Transposed: e.Transposed, Base: bv}
 		for k, d := range e.Shape {
 			t.Shape[k] = int(d)
@@ -404,12 +459,18 @@ func jobsOf(p *plan.Plan, base source, models []source, res *Result) ([]job, []m
 				return nil, nil, fmt.Errorf("%w: %v", ErrInput, err)
 			}
 			t.Models = append(t.Models, mv)
+			msp, ok := m.span(e.Name, mdt)
+			direct = direct && ok
+			spans = append(spans, msp)
 			if m.mapped(e.Name) {
 				j.inputs = append(j.inputs, mb)
 			} else if b, _ := m.buf(e.Name); b != nil {
 				j.vocab = append(j.vocab, b)
 			}
 			j.read += int64(len(mb))
+		}
+		if direct {
+			j.spans = spans
 		}
 		tensors = append(tensors, t)
 		jobs = append(jobs, j)
@@ -427,10 +488,10 @@ func planInput(c *checkpoint.Checkpoint) plan.Input {
 	return in
 }
 
-// convert writes j.copyOf (dtype j.conv) into buf (dtype j.info.DType),
-// rounding to nearest even, one chunk at a time.
-func convert(buf []byte, j *job) error {
-	src, err := vecOf(j.copyOf, j.conv, "the base", j.info.Name)
+// convert writes from (j.copyOf's bytes, dtype j.conv) into buf (dtype
+// j.info.DType), rounding to nearest even, one chunk at a time.
+func convert(buf, from []byte, j *job) error {
+	src, err := vecOf(from, j.conv, "the base", j.info.Name)
 	if err != nil {
 		return err
 	}
@@ -547,6 +608,9 @@ func planAll(cfg *Config, opt Options, base *checkpoint.Checkpoint, models []*ch
 	for i := range jobs { // statistics are read, prefetched and released like inputs
 		if j := &jobs[i]; j.merged >= 0 {
 			j.merger = merger
+			if len(stats.Bytes[j.info.Name]) > 0 {
+				j.spans = nil // the merger reads the statistics through the mapping
+			}
 			for _, b := range stats.Bytes[j.info.Name] {
 				j.inputs = append(j.inputs, b)
 				j.read += int64(len(b))

@@ -1,0 +1,27 @@
+//go:build !linux
+
+package stream
+
+import (
+	"errors"
+	"os"
+)
+
+// directSupported: O_DIRECT is Linux's; elsewhere every input is read
+// through its mapping.
+const directSupported = false
+
+func ringAlloc(n int) ([]byte, error) { return make([]byte, n), nil }
+func ringFree([]byte)                 {}
+
+var errInvalid = errors.New("invalid argument")
+
+// openReadDirect: O_DIRECT is Linux's; elsewhere every input is read
+// through its mapping.
+func openReadDirect(string) (*os.File, error) {
+	return nil, errors.New("O_DIRECT is not available on this system")
+}
+
+// residentShare: without mincore every input counts as cached (read through
+// the mapping).
+func residentShare([][]byte) float64 { return 1 }
