@@ -228,3 +228,51 @@ func TestRingBytes(t *testing.T) {
 		}
 	}
 }
+
+// The automatic choice reads directly only when the inputs exceed half
+// the memory; the environment forces either way, the buffered read first.
+func TestDirectPolicy(t *testing.T) {
+	for _, c := range []struct {
+		inputs, mem int64
+		want        bool
+	}{
+		{10, 0, false}, {10, 30, false}, {15, 30, false}, {16, 30, true}, {1 << 40, 64 << 30, true},
+	} {
+		if got := tooLargeToCache(c.inputs, c.mem); got != c.want {
+			t.Errorf("tooLargeToCache(%d, %d) = %v", c.inputs, c.mem, got)
+		}
+	}
+	base, models := family(11, defaultSpecs, 2)
+	root, basePath, paths := setup(t, base, models, 1)
+	text := yamlConfig("ties", basePath, paths, "density: 0.5", nil, "")
+	cases := []struct {
+		name       string
+		mode       directModeT
+		env        map[string]string
+		wantDirect bool
+	}{
+		{"auto, small merge", directAuto, nil, false},
+		{"auto, NPSFUSE_DIRECT_READ=1", directAuto, map[string]string{"NPSFUSE_DIRECT_READ": "1"}, true},
+		{"always, NPSFUSE_BUFFERED_READ=1", directAlways, map[string]string{"NPSFUSE_BUFFERED_READ": "1", "NPSFUSE_DIRECT_READ": "1"}, false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Setenv("NPSFUSE_DIRECT_READ", "")
+			t.Setenv("NPSFUSE_BUFFERED_READ", "")
+			for k, v := range c.env {
+				t.Setenv(k, v)
+			}
+			before := directJobs.Load()
+			withDirect(t, c.mode, func() {
+				_, out, err := run(t, context.Background(), root, text, Options{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				_ = os.RemoveAll(out)
+			})
+			if got := directJobs.Load() > before; got != c.wantDirect {
+				t.Errorf("read directly: %v, want %v", got, c.wantDirect)
+			}
+		})
+	}
+}

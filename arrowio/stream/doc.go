@@ -2,11 +2,12 @@
 // mergekit-style configuration, maps the base and fine-tuned checkpoints,
 // and produces the merged checkpoint tensor by tensor.
 //
-// The pipeline per output tensor is read → merge → write. Inputs that are
-// mostly not in the page cache, of tensors a Merger merges one at a time,
-// are read by the direct reader (direct.go): O_DIRECT reads, in tensor
-// order ahead of the merge, into one ring of memory reused from tensor to
-// tensor, merged with Merger.TensorFrom. For the other inputs a prefetcher
+// The pipeline per output tensor is read → merge → write. In a merge whose
+// inputs exceed half the memory, the inputs that are mostly not in the
+// page cache, of tensors a Merger merges one at a time, are read by the
+// direct reader (direct.go): O_DIRECT reads, in tensor order ahead of the
+// merge, into one ring of memory reused from tensor to tensor, merged with
+// Merger.TensorFrom. For the other inputs a prefetcher
 // goroutine asks the kernel for the inputs of the tensors ahead, in order,
 // in 2 MB pieces (madvise WILLNEED queues the reads without waiting, so the
 // disk sees many large requests at once), up to a window of input bytes
