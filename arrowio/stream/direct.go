@@ -133,8 +133,9 @@ type directReader struct {
 // tests can make it fail).
 var openDirectRead = openReadDirect
 
-// preadDirect reads one piece (a variable so that tests can inject errors).
-var preadDirect = func(f *os.File, b []byte, off int64) (int, error) { return f.ReadAt(b, off) }
+// preadDirect is the pread of the O_DIRECT files (a variable so that tests
+// can inject errors).
+var preadDirect = pread
 
 // maxRing bounds the read-ahead part of the ring (it is resident memory,
 // unlike the page cache the mapped read-ahead fills).
@@ -146,8 +147,9 @@ const maxRing = 1 << 30
 // reading goes on ahead while the largest job is merged (a ring of the
 // largest job alone stalled the reads during the embeddings' merge and
 // made a 1.1B merge ~10 % slower). It returns nil when no job is read
-// directly or an input file cannot be opened with O_DIRECT at all (the
-// caller then reads every job through the mapping).
+// directly, or when an input file cannot be opened or the ring not mapped
+// (the caller then reads every job through the mapping). A file that
+// refuses O_DIRECT is read through the page cache into the ring.
 func newDirectReader(spans [][]inputSpan, window int64) *directReader {
 	r := &directReader{jobs: make([]*directJob, len(spans)), files: map[string]*directFile{}}
 	var largest, total int64
@@ -289,7 +291,9 @@ func (r *directReader) read() {
 }
 
 // readFull reads buf at off, with O_DIRECT unless the file refused it; the
-// end of file may come after need bytes, not before.
+// end of file may come after need bytes, not before. Each read is one
+// pread: a short direct read is the end of the file (another read would
+// start at an offset O_DIRECT refuses).
 func (f *directFile) readFull(buf []byte, off int64, need int) error {
 	f.mu.Lock()
 	d := f.direct
@@ -303,7 +307,7 @@ func (f *directFile) readFull(buf []byte, off int64, need int) error {
 		var err error
 		if d != nil {
 			n, err = preadDirect(d, buf[got:], off+int64(got))
-			if err != nil && n == 0 && errors.Is(err, errInvalid) {
+			if err != nil && n <= 0 && errors.Is(err, errInvalid) {
 				// O_DIRECT refused (a filesystem or an alignment it does
 				// not take): this read and the rest go through the cache.
 				f.mu.Lock()
@@ -313,21 +317,17 @@ func (f *directFile) readFull(buf []byte, off int64, need int) error {
 				continue
 			}
 		} else {
-			n, err = f.plain.ReadAt(buf[got:], off+int64(got))
+			n, err = pread(f.plain, buf[got:], off+int64(got))
 		}
-		got += n
-		if err != nil {
-			if got >= need && isEOF(err) {
-				return nil
-			}
-			if isEOF(err) {
-				return fmt.Errorf("%w: %s: the file ends at %d bytes, a tensor needs %d: truncated while merging?",
-					ErrInput, f.path, off+int64(got), off+int64(need))
-			}
+		if errors.Is(err, errInterrupted) {
+			continue
+		}
+		if err != nil && !isEOF(err) {
 			return fmt.Errorf("read %s at %d: %w", f.path, off+int64(got), err)
 		}
-		if n == 0 {
-			break
+		got += max(n, 0)
+		if n <= 0 || isEOF(err) || (d != nil && n%directAlign != 0) {
+			break // the end of the file
 		}
 	}
 	if got < need {

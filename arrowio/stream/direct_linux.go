@@ -82,6 +82,14 @@ func cgroupLimit(self, root string, read func(string) ([]byte, error)) int64 {
 	return best
 }
 
+// pread is one pread(2) of f: no retry at the offset after a short read.
+func pread(f *os.File, b []byte, off int64) (int, error) {
+	return syscall.Pread(int(f.Fd()), b, off)
+}
+
+// errInterrupted is the error of a read a signal interrupted.
+var errInterrupted error = syscall.EINTR
+
 // errInvalid is the error O_DIRECT reads fail with where the filesystem or
 // the alignment does not suit them.
 var errInvalid error = syscall.EINVAL

@@ -16,6 +16,10 @@ func ringFree([]byte)                 {}
 
 func memTotal() int64 { return 0 }
 
+func pread(f *os.File, b []byte, off int64) (int, error) { return f.ReadAt(b, off) }
+
+var errInterrupted = errors.New("interrupted")
+
 var errInvalid = errors.New("invalid argument")
 
 // openReadDirect: O_DIRECT is Linux's; elsewhere every input is read
