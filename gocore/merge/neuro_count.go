@@ -11,11 +11,13 @@ import (
 
 // NeuroMerging's counting pass. Its selections sum magnitudes (σ_t needs
 // Σ|τ_m| and Σ|τ̂_m|), in an order that fixes the bits of σ_t, λ₂ and so of
-// every merged entry: per chunk, Σ|τ_m| is the sum over the even entries
-// plus the sum over the odd ones, each accumulated in float64 in index
-// order, and the sum above a window's hi is accumulated in index order over
-// those entries alone (the +0 of the others changes nothing). Those
-// dependency chains cannot be reordered, so the pass splits in two:
+// every merged entry: per chunk, Σ|τ_m| and the sum of the magnitudes
+// above a window's hi (packed in index order) are each vec.SumF64 — float64
+// over 32 lanes by index mod 32, folded by halves — the same in every build
+// and on every CPU. (Until session 11 they were three sequential float64
+// chains: even entries, odd entries, the packed ones; the chains were
+// latency-bound and took about a fifth of the merge. The order changed, so
+// λ₂ may differ from those versions' in its last bits.) The pass:
 //
 //  1. countSums (vector loops in the SIMD build, countSumsGo otherwise): the
 //     magnitudes |x − b| into mags, the count of those above hi and, packed
@@ -23,45 +25,20 @@ import (
 //     and the finiteness check of x — branch-free but for the rare
 //     candidates (the former loop's two-sided range test mispredicted on
 //     every other entry at MaskRate ½);
-//  2. sumMags: the three float64 chains in one loop, three independent adds
-//     per pair of entries.
+//  2. vec.SumF64 of mags (the model's first window only) and of abv.
 
 // countChunkSums is countChunk with the magnitude sums: per model, its
 // chunk read where it is stored, one countSums per window of the model
-// (the first one also gives the model's Σ|τ|). The sums of two windows
-// (of two models, with two or more models) run together in sumMags2: the
-// float64 chains are latency-bound, six of them keep the adder busier
-// than three.
+// (the first one also gives the model's Σ|τ|).
 func (e *engine) countChunkSums(ch chunkRef, ws *workspace, base []float32, wins []window, cc *chunkCount) error {
 	n := ch.hi - ch.lo
-	// Buffers free during preparation: magnitudes and packed magnitudes
-	// of one window each (ws.models[0] is the views' scratch).
-	var sets [2]struct{ mags, abv []float32 }
-	sets[0].mags, sets[0].abv = ws.out[:n], ws.taus[0][:n]
-	pair := e.T >= 2
-	if pair {
-		sets[1].mags, sets[1].abv = ws.taus[1][:n], ws.models[1][:n]
-	}
-	// A window whose sums wait for a second one.
-	type pending struct {
-		set, k int
-		c      *winCount
-		total  *float64 // the model's Σ|τ| when this is its first window
-	}
-	var wait *pending
-	var slot pending
-	cur := 0
+	// Buffers free during preparation (ws.models[0] is the views' scratch).
+	mags, abv := ws.out[:n], ws.taus[0][:n]
 	cbuf, _ := candScratch.Get().(*[]uint32)
 	if cbuf == nil {
 		cbuf = new([]uint32)
 	}
 	defer candScratch.Put(cbuf)
-	finish := func(p *pending, total, sumAbove float64) {
-		p.c.sumAbove = sumAbove
-		if p.total != nil {
-			*p.total = total
-		}
-	}
 	for m := range e.T {
 		x := e.view(e.tensors[ch.ti].Models[m], ch, ws, ws.models[0])
 		checked := false
@@ -70,8 +47,7 @@ func (e *engine) countChunkSums(ch chunkRef, ws *workspace, base []float32, wins
 				continue
 			}
 			c := &cc.win[w]
-			st := &sets[cur]
-			above, k, cands, ok := countSums(x, base, win.lo, win.hi, (*cbuf)[:0], st.mags, st.abv)
+			above, k, cands, ok := countSums(x, base, win.lo, win.hi, (*cbuf)[:0], mags, abv)
 			*cbuf = cands[:0] // grown once, reused by the next windows and chunks
 			if !ok {
 				return e.nonFinite(ch, fmt.Sprintf("model %d", m), x)
@@ -80,35 +56,14 @@ func (e *engine) countChunkSums(ch chunkRef, ws *workspace, base []float32, wins
 			if len(cands) > 0 {
 				c.cands = slices.Clone(cands) // one allocation of the final size
 			}
-			p := pending{set: cur, k: k, c: c}
+			c.sumAbove = vec.SumF64(abv[:k])
 			if !checked {
-				p.total, checked = &cc.sumAll[m], true
-			}
-			vec.ClearAVXUpper() // in case a preemption left the upper halves dirty
-			switch {
-			case wait != nil:
-				o := &sets[wait.set]
-				ta, sa, tb, sb := sumMags2(o.mags, o.abv[:wait.k], st.mags, st.abv[:k])
-				finish(wait, ta, sa)
-				finish(&p, tb, sb)
-				wait = nil
-			case pair:
-				slot = p
-				wait = &slot
-				cur = 1 - cur
-			default:
-				t, s := sumMags(st.mags, st.abv[:k])
-				finish(&p, t, s)
+				cc.sumAll[m], checked = vec.SumF64(mags), true
 			}
 		}
 		if !checked && !vec.Finite(x) {
 			return e.nonFinite(ch, fmt.Sprintf("model %d", m), x)
 		}
-	}
-	if wait != nil {
-		o := &sets[wait.set]
-		t, s := sumMags(o.mags, o.abv[:wait.k])
-		finish(wait, t, s)
 	}
 	return nil
 }
@@ -155,73 +110,4 @@ func countSumsGo(x, b []float32, lo, hi uint32, cands []uint32, mags, abv []floa
 		}
 	}
 	return int64(k), k, cands, fin == fin
-}
-
-// sumMags returns Σ mags as (Σ over even j) + (Σ over odd j) and Σ abv,
-// each accumulated in float64 in index order from +0: countChunk's sums.
-// The three chains advance together, one add each per iteration.
-func sumMags(mags, abv []float32) (total, sumAbove float64) {
-	var s0, s1, sa float64
-	n2 := len(mags) / 2
-	m := min(n2, len(abv))
-	mg := mags[:2*n2]
-	ab := abv[:m]
-	for i := range ab {
-		s0 += float64(mg[2*i])
-		s1 += float64(mg[2*i+1])
-		sa += float64(ab[i])
-	}
-	for i := m; i < n2; i++ {
-		s0 += float64(mg[2*i])
-		s1 += float64(mg[2*i+1])
-	}
-	for _, v := range abv[m:] {
-		sa += float64(v)
-	}
-	if len(mags)%2 == 1 {
-		s0 += float64(mags[len(mags)-1])
-	}
-	return s0 + s1, sa
-}
-
-// sumMags2 is sumMags of (ma, aa) and of (mb, ab) in one loop (len(ma) =
-// len(mb)): six independent chains, each in sumMags' order.
-func sumMags2(ma, aa, mb, ab []float32) (ta, sa, tb, sb float64) {
-	n := len(ma)
-	mb = mb[:n]
-	n2 := n / 2
-	var a0, a1, b0, b1, as, bs float64
-	m1 := min(n2, len(aa), len(ab))
-	i := 0
-	for ; i < m1; i++ {
-		a0 += float64(ma[2*i])
-		a1 += float64(ma[2*i+1])
-		b0 += float64(mb[2*i])
-		b1 += float64(mb[2*i+1])
-		as += float64(aa[i])
-		bs += float64(ab[i])
-	}
-	for ; i < n2; i++ {
-		a0 += float64(ma[2*i])
-		a1 += float64(ma[2*i+1])
-		b0 += float64(mb[2*i])
-		b1 += float64(mb[2*i+1])
-		if i < len(aa) {
-			as += float64(aa[i])
-		}
-		if i < len(ab) {
-			bs += float64(ab[i])
-		}
-	}
-	for _, v := range aa[min(i, len(aa)):] {
-		as += float64(v)
-	}
-	for _, v := range ab[min(i, len(ab)):] {
-		bs += float64(v)
-	}
-	if n%2 == 1 {
-		a0 += float64(ma[n-1])
-		b0 += float64(mb[n-1])
-	}
-	return a0 + a1, as, b0 + b1, bs
 }

@@ -5,34 +5,43 @@ import (
 	"math/rand/v2"
 	"slices"
 	"testing"
+
+	"github.com/npsfuse/npsfuse/gocore/vec"
 )
 
-// oldCountSums is the counting loop countChunk ran for NeuroMerging before
-// countSums (magnitudes from vec.AbsDiff's arithmetic): the reference
-// whose sums' bits countSums and sumMags must give.
-func oldCountSums(x, b []float32, lo, hi uint32) (above int64, total, sumAbove float64, cands []uint32) {
-	var s0, s1 float64
+// refCountSums is the counting pass written plainly (magnitudes from
+// vec.AbsDiff's arithmetic; the sums in vec.SumF64's documented order,
+// 32 lanes by index mod 32 folded by halves): the reference whose bits
+// countSums and vec.SumF64 must give.
+func refCountSums(x, b []float32, lo, hi uint32) (above int64, total, sumAbove float64, cands []uint32) {
+	var all, abv [32]float64
+	k := 0
 	for j := range x {
 		v := float32(math.Abs(float64(x[j] - b[j])))
 		a := math.Float32bits(v)
-		gt := (uint64(hi) - uint64(a)) >> 63
-		above += int64(gt)
-		f := float64(v)
-		if j&1 == 0 {
-			s0 += f
-		} else {
-			s1 += f
+		all[j%32] += float64(v)
+		if a > hi {
+			above++
+			abv[k%32] += float64(v)
+			k++
 		}
-		sumAbove += math.Float64frombits(math.Float64bits(f) & -gt)
 		if a >= lo && a <= hi {
 			cands = append(cands, a)
 		}
 	}
-	return above, s0 + s1, sumAbove, cands
+	fold := func(s [32]float64) float64 {
+		for _, h := range []int{16, 8, 4, 2} {
+			for i := 0; i < h; i++ {
+				s[i] += s[i+h]
+			}
+		}
+		return s[0] + s[1]
+	}
+	return above, fold(all), fold(abv), cands
 }
 
 // TestCountSums: the vector kernel against its scalar twin (every output,
-// bit for bit) and both, with sumMags, against the former loop, for
+// bit for bit) and both, with vec.SumF64, against the plain loop, for
 // windows around the median, whole-range, count-only and empty ones,
 // lengths around the vector width, and non-finite inputs.
 func TestCountSums(t *testing.T) {
@@ -92,11 +101,11 @@ func testCountSums(t *testing.T) {
 					t.Fatalf("n %d %s: vector (above %d, k %d, %d cands) differs from its twin (%d, %d, %d)",
 						n, name, above, k, len(cands), aboveG, kG, len(candsG))
 				}
-				total, sumAbove := sumMags(mags, abv[:k])
-				oAbove, oTotal, oSum, oCands := oldCountSums(xx, b, win.lo, win.hi)
+				total, sumAbove := vec.SumF64(mags), vec.SumF64(abv[:k])
+				oAbove, oTotal, oSum, oCands := refCountSums(xx, b, win.lo, win.hi)
 				if above != oAbove || !slices.Equal(cands[1:], oCands) ||
 					math.Float64bits(total) != math.Float64bits(oTotal) || math.Float64bits(sumAbove) != math.Float64bits(oSum) {
-					t.Fatalf("n %d %s: above %d total %v sum %v (%d cands), former loop %d %v %v (%d)",
+					t.Fatalf("n %d %s: above %d total %v sum %v (%d cands), plain loop %d %v %v (%d)",
 						n, name, above, total, sumAbove, len(cands)-1, oAbove, oTotal, oSum, len(oCands))
 				}
 			}
@@ -110,29 +119,4 @@ func bitsOf(x []float32) []uint32 {
 		b[i] = math.Float32bits(v)
 	}
 	return b
-}
-
-// TestSumMags2: the two-window loop gives each window's sumMags bits, for
-// packed lists shorter and longer than half the magnitudes.
-func TestSumMags2(t *testing.T) {
-	r := rand.New(rand.NewPCG(4, 5))
-	for _, n := range []int{0, 1, 2, 3, 9, 100, 1001} {
-		ma, mb := make([]float32, n), make([]float32, n)
-		aa, ab := make([]float32, n), make([]float32, n)
-		for _, x := range [][]float32{ma, mb, aa, ab} {
-			for j := range x {
-				x[j] = float32(r.ExpFloat64() * math.Exp2(float64(r.IntN(30)-15)))
-			}
-		}
-		for _, ks := range [][2]int{{0, 0}, {n, n}, {n / 2, n}, {n, n / 3}, {n / 3, n / 2}, {(n + 1) / 2, n / 2}} {
-			ta, sa, tb, sb := sumMags2(ma, aa[:ks[0]], mb, ab[:ks[1]])
-			wa, wsa := sumMags(ma, aa[:ks[0]])
-			wb, wsb := sumMags(mb, ab[:ks[1]])
-			for i, p := range [][2]float64{{ta, wa}, {sa, wsa}, {tb, wb}, {sb, wsb}} {
-				if math.Float64bits(p[0]) != math.Float64bits(p[1]) {
-					t.Fatalf("n %d k %v: sum %d is %v, sumMags %v", n, ks, i, p[0], p[1])
-				}
-			}
-		}
-	}
 }

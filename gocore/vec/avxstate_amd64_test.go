@@ -96,6 +96,7 @@ func TestVectorLoopsLeaveUpperClean(t *testing.T) {
 			}},
 			{"DareSums", func() { DareSums(a, b, nil, nil, 7, 0, DareThreshold(0.5)) }},
 			{"DareSums/bf16", func() { DareSums(nil, nil, half, half, 7, 0, DareThreshold(0.5)) }},
+			{"SumF64", func() { SumF64(a) }},
 			{"MeanLerp", func() { MeanLerp(out, a, x, 0.3, 0.7) }},
 			{"TaskGrams", func() { TaskGrams(make([]float64, 6), a, x) }},
 		}

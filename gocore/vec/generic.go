@@ -49,3 +49,5 @@ func DropVectorized() bool { return false }
 func dareSums(x32, b32 []float32, x16, b16 []uint16, key, start, thr uint64) (before, after float64, ok bool) {
 	return dareSumsGo(x32, b32, x16, b16, key, start, thr)
 }
+
+func sumF64(x []float32) float64 { return sumF64Go(x) }
