@@ -127,6 +127,8 @@ type directReader struct {
 	stopped  bool
 	pieces   chan readPiece
 	wg       sync.WaitGroup
+	// unreserve gives the ring's bytes back (Options.ReserveMemory).
+	unreserve func()
 }
 
 // openDirectRead opens path for reading with O_DIRECT (a variable so that
@@ -147,10 +149,11 @@ const maxRing = 1 << 30
 // reading goes on ahead while the largest job is merged (a ring of the
 // largest job alone stalled the reads during the embeddings' merge and
 // made a 1.1B merge ~10 % slower). It returns nil when no job is read
-// directly, or when an input file cannot be opened or the ring not mapped
-// (the caller then reads every job through the mapping). A file that
+// directly, or when an input file cannot be opened, reserve (if not nil)
+// refuses the ring's bytes or the ring cannot be mapped (the caller then
+// reads every job through the mapping). A file that
 // refuses O_DIRECT is read through the page cache into the ring.
-func newDirectReader(spans [][]inputSpan, window int64) *directReader {
+func newDirectReader(spans [][]inputSpan, window int64, reserve func(int64, string) (func(), error)) *directReader {
 	r := &directReader{jobs: make([]*directJob, len(spans)), files: map[string]*directFile{}}
 	var largest, total int64
 	any := false
@@ -178,8 +181,18 @@ func newDirectReader(spans [][]inputSpan, window int64) *directReader {
 		return nil
 	}
 	size := alignUp(min(largest+min(window, maxRing), total))
+	r.unreserve = func() {}
+	if reserve != nil {
+		rel, err := reserve(size, "the merge's read buffer")
+		if err != nil {
+			r.closeFiles()
+			return nil
+		}
+		r.unreserve = rel
+	}
 	ring, err := ringAlloc(int(size))
 	if err != nil {
+		r.unreserve()
 		r.closeFiles()
 		return nil
 	}
@@ -407,6 +420,7 @@ func (r *directReader) close() {
 	r.closeFiles()
 	ringFree(r.ring)
 	r.ring = nil
+	r.unreserve()
 }
 
 func (r *directReader) closeFiles() {
@@ -437,7 +451,7 @@ var directMode = directAuto
 
 // planDirect starts the direct reader for the jobs that can use it (see
 // the top of this file), or returns nil when none can.
-func planDirect(jobs []job, window int64) *directReader {
+func planDirect(jobs []job, window int64, reserve func(int64, string) (func(), error)) *directReader {
 	mode := directMode
 	switch {
 	case os.Getenv("NPSFUSE_BUFFERED_READ") == "1":
@@ -470,7 +484,7 @@ func planDirect(jobs []job, window int64) *directReader {
 		}
 		spans[i] = j.spans
 	}
-	return newDirectReader(spans, window)
+	return newDirectReader(spans, window, reserve)
 }
 
 // tooLargeToCache reports whether a merge reading inputs bytes cannot

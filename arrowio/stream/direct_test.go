@@ -276,3 +276,42 @@ func TestDirectPolicy(t *testing.T) {
 		})
 	}
 }
+
+// Options.ReserveMemory is asked for the ring before it exists and given
+// it back once at the end; a refusal reads through the mapping, with the
+// same output.
+func TestDirectReservesItsRing(t *testing.T) {
+	base, models := family(13, defaultSpecs, 2)
+	root, basePath, paths := setup(t, base, models, 1)
+	text := yamlConfig("ties", basePath, paths, "density: 0.5", nil, "")
+	var outputs []map[string][]byte
+	for _, refuse := range []bool{false, true} {
+		var asked, released int
+		var n int64
+		opt := Options{ReserveMemory: func(b int64, what string) (func(), error) {
+			asked, n = asked+1, b
+			if refuse {
+				return nil, errors.New("over budget")
+			}
+			return func() { released++ }, nil
+		}}
+		before := directJobs.Load()
+		withDirect(t, directAlways, func() {
+			_, out, err := run(t, context.Background(), root, text, opt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			outputs = append(outputs, outputFiles(t, out))
+			_ = os.RemoveAll(out)
+		})
+		direct := directJobs.Load() > before
+		if asked != 1 || n <= 0 || n%directAlign != 0 || direct == refuse || released != map[bool]int{false: 1, true: 0}[refuse] {
+			t.Fatalf("refuse %v: asked %d times for %d bytes, released %d times, read directly %v", refuse, asked, n, released, direct)
+		}
+	}
+	for name, w := range outputs[0] {
+		if !bytes.Equal(outputs[1][name], w) {
+			t.Errorf("%s differs between a reserved ring and the refused one", name)
+		}
+	}
+}

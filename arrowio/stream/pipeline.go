@@ -45,6 +45,12 @@ type Options struct {
 	// records it so that a retry after a crash removes only what this
 	// run created.
 	OnOutput func(tmpDir string) error
+	// ReserveMemory, when set, is asked for the bytes of the direct
+	// reader's ring (direct.go) before it is allocated, and the returned
+	// function is called once the ring is freed; an error makes the merge
+	// read its inputs through the mapping instead. The daemon passes its
+	// memory budget.
+	ReserveMemory func(n int64, what string) (release func(), err error)
 }
 
 // Result describes a finished merge.
@@ -166,7 +172,7 @@ func runPipeline(ctx context.Context, cfg *Config, opt Options) (res *Result, er
 	}
 	w := newWriter(out.Dir(), shards, cfg, outDT)
 	defer w.abort()
-	dr := planDirect(jobs, opt.ReadAhead)
+	dr := planDirect(jobs, opt.ReadAhead, opt.ReserveMemory)
 	defer dr.close()
 	inputs := make([][][]byte, len(jobs))
 	for i, j := range jobs {

@@ -506,7 +506,8 @@ func runStreamMerge(rc *runCtx, cfg *stream.Config, s *mergeSpec) (any, error) {
 		OnProgress: func(done, total int64) {
 			rc.progress(store.Progress{Done: done, Total: total, Unit: "tensors"})
 		},
-		OnOutput: func(tmp string) error { return markOutput(rc, tmp, prev) }})
+		OnOutput:      func(tmp string) error { return markOutput(rc, tmp, prev) },
+		ReserveMemory: rc.reserve})
 	if err != nil {
 		return nil, err
 	}
