@@ -149,11 +149,12 @@ const maxRing = 1 << 30
 // reading goes on ahead while the largest job is merged (a ring of the
 // largest job alone stalled the reads during the embeddings' merge and
 // made a 1.1B merge ~10 % slower). It returns nil when no job is read
-// directly, or when an input file cannot be opened, reserve (if not nil)
-// refuses the ring's bytes or the ring cannot be mapped (the caller then
-// reads every job through the mapping). A file that
+// directly, or when the ring would exceed limit bytes (> 0), an input file
+// cannot be opened, reserve (if not nil) refuses the ring's bytes or the
+// ring cannot be mapped (the caller then reads every job through the
+// mapping). A file that
 // refuses O_DIRECT is read through the page cache into the ring.
-func newDirectReader(spans [][]inputSpan, window int64, reserve func(int64, string) (func(), error)) *directReader {
+func newDirectReader(spans [][]inputSpan, window, limit int64, reserve func(int64, string) (func(), error)) *directReader {
 	r := &directReader{jobs: make([]*directJob, len(spans)), files: map[string]*directFile{}}
 	var largest, total int64
 	any := false
@@ -181,6 +182,10 @@ func newDirectReader(spans [][]inputSpan, window int64, reserve func(int64, stri
 		return nil
 	}
 	size := alignUp(min(largest+min(window, maxRing), total))
+	if limit > 0 && size > limit {
+		r.closeFiles()
+		return nil
+	}
 	r.unreserve = func() {}
 	if reserve != nil {
 		rel, err := reserve(size, "the merge's read buffer")
@@ -465,14 +470,20 @@ func planDirect(jobs []job, window int64, reserve func(int64, string) (func(), e
 	if window <= 0 {
 		window = defaultPrefetchWindow
 	}
+	var limit int64 // the most ring memory to take (0: any)
 	if mode == directAuto {
 		var total int64
 		for _, j := range jobs {
 			total += j.read
 		}
-		if !tooLargeToCache(total, memTotal()) {
+		mem := memTotal()
+		if !tooLargeToCache(total, mem) {
 			return nil
 		}
+		// The ring is memory the kernel cannot reclaim, where mapped
+		// pages are page cache it can: in a tight container a ring of a
+		// large share of the memory could end the merge, not speed it.
+		limit = mem / 4
 	}
 	spans := make([][]inputSpan, len(jobs))
 	for i, j := range jobs {
@@ -484,7 +495,7 @@ func planDirect(jobs []job, window int64, reserve func(int64, string) (func(), e
 		}
 		spans[i] = j.spans
 	}
-	return newDirectReader(spans, window, reserve)
+	return newDirectReader(spans, window, limit, reserve)
 }
 
 // tooLargeToCache reports whether a merge reading inputs bytes cannot

@@ -315,3 +315,31 @@ func TestDirectReservesItsRing(t *testing.T) {
 		}
 	}
 }
+
+// A ring larger than the limit is not made (the merge reads through the
+// mapping); within it, or without one, it is.
+func TestDirectRingLimit(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "x.bin")
+	if err := os.WriteFile(path, make([]byte, 3*directAlign+100), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	spans := [][]inputSpan{{{path: path, off: 10, n: 3 * directAlign}}, nil}
+	need := ringBytes(spans[0]) // 4 pages
+	for _, c := range []struct {
+		limit int64
+		made  bool
+	}{{0, true}, {need, true}, {need - 1, false}} {
+		r := newDirectReader(spans, 0, c.limit, nil)
+		if (r != nil) != c.made {
+			t.Fatalf("limit %d: reader made %v, want %v", c.limit, r != nil, c.made)
+		}
+		if r != nil {
+			bufs, err := r.wait(0)
+			if err != nil || len(bufs) != 1 || len(bufs[0]) != 3*directAlign {
+				t.Fatalf("limit %d: read %d buffers, %v", c.limit, len(bufs), err)
+			}
+			r.release(0)
+			r.close()
+		}
+	}
+}
