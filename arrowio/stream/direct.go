@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/npsfuse/npsfuse/gocore/sysmem"
 	"github.com/npsfuse/npsfuse/gocore/tensor"
 )
 
@@ -476,7 +477,7 @@ func planDirect(jobs []job, window int64, reserve func(int64, string) (func(), e
 		for _, j := range jobs {
 			total += j.read
 		}
-		mem := memTotal()
+		mem := sysmem.Limit()
 		if !tooLargeToCache(total, mem) {
 			return nil
 		}

@@ -14,8 +14,6 @@ const directSupported = false
 func ringAlloc(n int) ([]byte, error) { return make([]byte, n), nil }
 func ringFree([]byte)                 {}
 
-func memTotal() int64 { return 0 }
-
 func pread(f *os.File, b []byte, off int64) (int, error) { return f.ReadAt(b, off) }
 
 var errInterrupted = errors.New("interrupted")

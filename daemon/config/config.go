@@ -10,7 +10,6 @@ import (
 	"runtime"
 	"sort"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -18,6 +17,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/npsfuse/npsfuse/gocore/fault"
+	"github.com/npsfuse/npsfuse/gocore/sysmem"
 )
 
 // ErrConfig marks an invalid configuration; the message lists every
@@ -330,15 +330,6 @@ func sortedKeys(m map[string]any) []string {
 	return ks
 }
 
-// totalRAM is the machine's memory in bytes (0 if unknown).
-func totalRAM() int64 {
-	var si syscall.Sysinfo_t
-	if err := syscall.Sysinfo(&si); err != nil {
-		return 0
-	}
-	return int64(si.Totalram) * int64(si.Unit)
-}
-
 // validate checks every key and reports all problems at once.
 func (r raw) validate() (*Config, error) {
 	var bad []string
@@ -395,7 +386,7 @@ func (r raw) validate() (*Config, error) {
 	if r.Threads < 0 {
 		add("threads must be ≥ 0 (0 = all cores), got %d", r.Threads)
 	}
-	if c.MemoryBudget, err = ParseSize(r.MemoryBudget, totalRAM()); err != nil {
+	if c.MemoryBudget, err = ParseSize(r.MemoryBudget, sysmem.Machine()); err != nil {
 		add("memory_budget: %v", err)
 	}
 	if c.MaxMessageBytes, err = ParseSize(r.MaxMessageSize, 0); err != nil {

@@ -1,6 +1,6 @@
 //go:build linux
 
-package stream
+package sysmem
 
 import (
 	"os"
@@ -41,7 +41,7 @@ func TestCgroupLimit(t *testing.T) {
 			t.Errorf("cgroupLimit(%q) = %d, want %d", c.self, got, c.want)
 		}
 	}
-	if m := memTotal(); m <= 0 {
-		t.Errorf("memTotal() = %d", m)
+	if m, l := Machine(), Limit(); m <= 0 || l <= 0 || l > m {
+		t.Errorf("Machine() = %d, Limit() = %d", m, l)
 	}
 }
