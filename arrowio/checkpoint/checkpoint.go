@@ -291,12 +291,35 @@ func madvise(b []byte, advice int) error {
 	if len(b) == 0 {
 		return nil
 	}
+	return syscall.Madvise(pages(b), advice)
+}
+
+// pages widens b (not empty) to the whole pages holding it.
+func pages(b []byte) []byte {
 	page := uintptr(os.Getpagesize())
 	start := uintptr(unsafe.Pointer(unsafe.SliceData(b)))
 	lo := start &^ (page - 1)
-	hi := start + uintptr(len(b))
-	region := unsafe.Slice((*byte)(unsafe.Add(unsafe.Pointer(unsafe.SliceData(b)), -int(start-lo))), int(hi-lo))
-	return syscall.Madvise(region, advice)
+	hi := (start + uintptr(len(b)) + page - 1) &^ (page - 1)
+	return unsafe.Slice((*byte)(unsafe.Add(unsafe.Pointer(unsafe.SliceData(b)), -int(start-lo))), int(hi-lo))
+}
+
+// Resident counts the pages holding b (a slice of a file mapping) and how
+// many of them are in the page cache (mincore); ok is false when the
+// kernel cannot tell.
+func Resident(b []byte) (in, all int, ok bool) {
+	if len(b) == 0 {
+		return 0, 0, true
+	}
+	region := pages(b)
+	vec := make([]byte, len(region)/os.Getpagesize())
+	if _, _, e := syscall.Syscall(syscall.SYS_MINCORE, uintptr(unsafe.Pointer(unsafe.SliceData(region))),
+		uintptr(len(region)), uintptr(unsafe.Pointer(unsafe.SliceData(vec)))); e != 0 {
+		return 0, 0, false
+	}
+	for _, v := range vec {
+		in += int(v & 1)
+	}
+	return in, len(vec), true
 }
 
 // Close unmaps every shard; Bytes slices die with it.

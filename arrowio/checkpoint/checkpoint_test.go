@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/npsfuse/npsfuse/arrowio/safetensors"
 )
@@ -385,6 +386,21 @@ func TestPopulateAndAdviseBytes(t *testing.T) {
 	}
 	Populate(nil)
 	AdviseBytes(nil, DontNeed)
+	// Resident: after a Populate every page holding the slice is cached;
+	// the page count is that of the whole pages the slice touches.
+	page := os.Getpagesize()
+	Populate(b)
+	for _, r := range [][2]int{{0, len(b)}, {1, 5}, {0, 1}} {
+		part := b[r[0]:r[1]]
+		start := int(uintptr(unsafe.Pointer(unsafe.SliceData(part))) % uintptr(page))
+		want := (start + len(part) + page - 1) / page
+		if in, all, ok := Resident(part); !ok || all != want || in != all {
+			t.Errorf("Resident([%d, %d)) = %d of %d, %v; want %d of %d", r[0], r[1], in, all, ok, want, want)
+		}
+	}
+	if in, all, ok := Resident(nil); in != 0 || all != 0 || !ok {
+		t.Errorf("Resident(nil) = %d, %d, %v", in, all, ok)
+	}
 	var calls int
 	failing := func([]byte, int) error { calls++; return errors.New("EINVAL") }
 	populate(b[10:], failing)

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/npsfuse/npsfuse/arrowio/checkpoint"
 	"github.com/npsfuse/npsfuse/gocore/sysmem"
 	"github.com/npsfuse/npsfuse/gocore/tensor"
 )
@@ -497,6 +498,24 @@ func planDirect(jobs []job, window int64, reserve func(int64, string) (func(), e
 		spans[i] = j.spans
 	}
 	return newDirectReader(spans, window, limit, reserve)
+}
+
+// residentShare is the fraction of the pages holding bs (slices of file
+// mappings) that are in the page cache; 1 when it cannot tell (the caller
+// then keeps reading through the mapping).
+func residentShare(bs [][]byte) float64 {
+	var in, all int
+	for _, b := range bs {
+		i, n, ok := checkpoint.Resident(b)
+		if !ok {
+			return 1
+		}
+		in, all = in+i, all+n
+	}
+	if all == 0 {
+		return 1
+	}
+	return float64(in) / float64(all)
 }
 
 // tooLargeToCache reports whether a merge reading inputs bytes cannot

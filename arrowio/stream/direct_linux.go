@@ -5,7 +5,6 @@ package stream
 import (
 	"os"
 	"syscall"
-	"unsafe"
 )
 
 // directSupported: Linux has O_DIRECT.
@@ -39,37 +38,4 @@ var errInvalid error = syscall.EINVAL
 // openReadDirect opens path for reading with O_DIRECT.
 func openReadDirect(path string) (*os.File, error) {
 	return os.OpenFile(path, os.O_RDONLY|syscall.O_DIRECT, 0)
-}
-
-// residentShare is the fraction of the pages holding bs (slices of file
-// mappings) that are in the page cache; 1 when it cannot tell (the caller
-// then keeps reading through the mapping).
-func residentShare(bs [][]byte) float64 {
-	page := uintptr(os.Getpagesize())
-	var in, all int
-	var vec []byte
-	for _, b := range bs {
-		if len(b) == 0 {
-			continue
-		}
-		start := uintptr(unsafe.Pointer(unsafe.SliceData(b)))
-		lo := start &^ (page - 1)
-		n := int((start + uintptr(len(b)) - lo + page - 1) / page)
-		region := unsafe.Slice((*byte)(unsafe.Add(unsafe.Pointer(unsafe.SliceData(b)), -int(start-lo))), n*int(page))
-		if cap(vec) < n {
-			vec = make([]byte, n)
-		}
-		if _, _, e := syscall.Syscall(syscall.SYS_MINCORE, uintptr(unsafe.Pointer(unsafe.SliceData(region))),
-			uintptr(len(region)), uintptr(unsafe.Pointer(unsafe.SliceData(vec)))); e != 0 {
-			return 1
-		}
-		for _, v := range vec[:n] {
-			in += int(v & 1)
-		}
-		all += n
-	}
-	if all == 0 {
-		return 1
-	}
-	return float64(in) / float64(all)
 }

@@ -25,7 +25,3 @@ var errInvalid = errors.New("invalid argument")
 func openReadDirect(string) (*os.File, error) {
 	return nil, errors.New("O_DIRECT is not available on this system")
 }
-
-// residentShare: without mincore every input counts as cached (read through
-// the mapping).
-func residentShare([][]byte) float64 { return 1 }
