@@ -564,6 +564,17 @@ func dellaSubKeys(tau, x, b []float32, keys []uint32, acc *[8]float64) (kmin, km
 		a = a.Add(at.GetHi().ConvertToFloat64())
 	}
 	a.Store(acc)
+	if kmin, kmax, ok = dellaKeyRange16(lo, hi, nan); !ok {
+		return 0, 0, false
+	}
+	return dellaSubKeysFrom(tau, x, b, keys, acc, n16, kmin, kmax)
+}
+
+// dellaKeyRange16 ends dellaSubKeys' 16-lane loops: the least of lo's
+// lanes and the greatest of hi's, or false when nan's lanes hold a NaN
+// (x held a NaN or ±Inf). It clears the upper halves of the registers
+// before the scalar fold.
+func dellaKeyRange16(lo, hi archsimd.Uint32x16, nan archsimd.Float32x16) (kmin, kmax uint32, ok bool) {
 	var l, h [16]uint32
 	lo.Store(&l)
 	hi.Store(&h)
@@ -577,7 +588,7 @@ func dellaSubKeys(tau, x, b []float32, keys []uint32, acc *[8]float64) (kmin, km
 	for i := range 16 {
 		kmin, kmax = min(kmin, l[i]), max(kmax, h[i])
 	}
-	return dellaSubKeysFrom(tau, x, b, keys, acc, n16, kmin, kmax)
+	return kmin, kmax, true
 }
 
 // dellaSubKeysKept is dellaSubKeys of (tau, x, b, keys, acc) and
@@ -615,18 +626,8 @@ func dellaSubKeysKept(tau, x, b []float32, keys []uint32, acc *[8]float64, prev 
 	}
 	a.Store(acc)
 	ap.Store(accPrev)
-	var l, h [16]uint32
-	lo.Store(&l)
-	hi.Store(&h)
-	// The clear goes after the branch (see vec's finite).
-	if nan.IsNaN().ToBits() != 0 {
-		archsimd.ClearAVXUpperBits()
+	if kmin, kmax, ok = dellaKeyRange16(lo, hi, nan); !ok {
 		return 0, 0, false
-	}
-	archsimd.ClearAVXUpperBits()
-	kmin, kmax = math.MaxUint32, 0
-	for i := range 16 {
-		kmin, kmax = min(kmin, l[i]), max(kmax, h[i])
 	}
 	dellaKeptAbsSumTail(prev, words, n16, accPrev)
 	return dellaSubKeysFrom(tau, x, b, keys, acc, n16, kmin, kmax)
