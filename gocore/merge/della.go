@@ -169,10 +169,7 @@ func dellaChunkBits(e *engine, m int, ch chunkRef, tau []float32, words []uint64
 	rows := ch.r1 - ch.r0
 	for r := ch.r0; r < ch.r1; r++ {
 		off := (r - ch.r0) * cols
-		if next != nil {
-			i := r - ch.r0
-			sc.sink += dellaTouch(next[len(next)*i/rows : len(next)*(i+1)/rows])
-		}
+		sc.touchShare(next, r-ch.r0, rows)
 		row := tau[off : off+cols]
 		if off&63 == 0 { // the row starts a word: its bits go in place
 			sc.rowBits(row, key, uint64(r*cols), thr, words[off>>6:])
@@ -207,10 +204,7 @@ func dellaChunkRows(e *engine, m int, ch chunkRef, tau, x, b []float32, words []
 	var prevBits []uint64
 	for r := ch.r0; r < ch.r1; r++ {
 		off := (r - ch.r0) * cols
-		if next != nil {
-			i := r - ch.r0
-			sc.sink += dellaTouch(next[len(next)*i/rows : len(next)*(i+1)/rows])
-		}
+		sc.touchShare(next, r-ch.r0, rows)
 		row := tau[off : off+cols]
 		var kmin, kmax uint32
 		var fin bool
@@ -239,6 +233,15 @@ func dellaChunkRows(e *engine, m int, ch chunkRef, tau, x, b []float32, words []
 // dellaLanes adds up a sum's 8 lanes in dellaAbsSum's order.
 func dellaLanes(acc *[8]float64) float64 {
 	return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+}
+
+// touchShare touches share i of rows of next's cache lines (nil: none),
+// so that the next input the caller reads is on its way while row i is
+// worked on.
+func (sc *dellaScratch) touchShare(next []float32, i, rows int) {
+	if next != nil {
+		sc.sink += dellaTouch(next[len(next)*i/rows : len(next)*(i+1)/rows])
+	}
 }
 
 // dellaTouch reads one entry per 64-byte line of x (as integers: no
