@@ -258,21 +258,28 @@ func TestBadInput(t *testing.T) {
 	}
 }
 
+// streamCase is the merge the Merger tests stream: method's test
+// parameters at scope over random tensors (one transposed), with Run's
+// outputs and report.
+func streamCase(t *testing.T, method string, scope Scope) (Params, []Tensor, [][]float32, map[string]any) {
+	t.Helper()
+	T := modelsFor(method)
+	p := testParams(method)
+	p.Lambda, p.Normalize, p.Seed, p.Scope = 1.3, true, 5, scope
+	p.Densities = []float64{0.2, 0.5, 0.4}[:T]
+	ts := randomMerge(rand.New(rand.NewPCG(7, 8)), tensor.F32, testShapes(false), T)
+	ts[1].Transposed = true
+	report, err := RunReport(method, p, ts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, ts, outputs(ts), report
+}
+
 func TestMergerStreamsLikeRun(t *testing.T) {
-	shapes := testShapes(false)
 	for _, method := range Methods() {
 		for _, scope := range []Scope{ScopeTensor, ScopeGlobal} {
-			T := modelsFor(method)
-			p := testParams(method)
-			p.Lambda, p.Normalize, p.Seed, p.Scope = 1.3, true, 5, scope
-			p.Densities = []float64{0.2, 0.5, 0.4}[:T]
-			ts := randomMerge(rand.New(rand.NewPCG(7, 8)), tensor.F32, shapes, T)
-			ts[1].Transposed = true
-			wantReport, err := RunReport(method, p, ts)
-			if err != nil {
-				t.Fatal(err)
-			}
-			want := outputs(ts)
+			p, ts, want, wantReport := streamCase(t, method, scope)
 			m, err := NewMerger(method, p, ts)
 			if err != nil {
 				t.Fatal(err)
@@ -314,21 +321,9 @@ func TestPerModelDensity(t *testing.T) {
 // tensor (not WholeModel), the views the Merger was made with hold NaN, so
 // a read of them would fail the merge or change the bits.
 func TestMergerTensorFrom(t *testing.T) {
-	shapes := testShapes(false)
 	for _, method := range Methods() {
-		T := modelsFor(method)
-		p := testParams(method)
-		p.Lambda, p.Normalize, p.Seed = 1.3, true, 5
-		p.Densities = []float64{0.2, 0.5, 0.4}[:T]
-		ts := randomMerge(rand.New(rand.NewPCG(7, 8)), tensor.F32, shapes, T)
-		ts[1].Transposed = true
-		wantReport, err := RunReport(method, p, ts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		want := outputs(ts)
-		views := slices.Clone(ts)
-		m, err := NewMerger(method, p, views)
+		p, ts, want, wantReport := streamCase(t, method, ScopeTensor)
+		m, err := NewMerger(method, p, ts)
 		if err != nil {
 			t.Fatal(err)
 		}
