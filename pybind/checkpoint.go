@@ -4,7 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/npsfuse/npsfuse/arrowio/stream"
 )
@@ -49,12 +52,45 @@ func MergeCheckpoints(jobID int, config, baseDir, options string) (result string
 	if o.Progress {
 		opt.Progress = os.Stderr
 	}
+	opt.OnProgress = stallForTests(ctx, os.Getenv("NPSFUSE_TEST_STALL_AFTER"))
 	res, err := stream.Run(ctx, cfg, opt)
 	if err != nil {
 		return "", err
 	}
 	b, err := json.Marshal(res)
 	return string(b), err
+}
+
+// stallForTests reads NPSFUSE_TEST_STALL_AFTER=K or K:SECONDS: a merge
+// then waits after its K-th output tensor until it is cancelled or SECONDS
+// (default 60) have passed, and goes on. The interruption tests set it to
+// be inside a merge when their signal lands, on any machine, however fast
+// its kernels. Unset, or not of that form, nothing waits.
+func stallForTests(ctx context.Context, value string) func(done, total int64) {
+	after, secs, timed := strings.Cut(value, ":")
+	k, err := strconv.ParseInt(after, 10, 64)
+	if err != nil || k <= 0 {
+		return nil
+	}
+	wait := time.Minute
+	if timed {
+		s, err := strconv.ParseFloat(secs, 64)
+		if err != nil || !(s >= 0 && s <= 3600) {
+			return nil
+		}
+		wait = time.Duration(s * float64(time.Second))
+	}
+	return func(done, _ int64) {
+		if done != k {
+			return
+		}
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
+	}
 }
 
 // CancelJob stops the checkpoint merge (or MergeJob) with the given id; it reports

@@ -128,10 +128,18 @@ def _slow_merge(tmp: Path) -> tuple[Path, Path]:
     return cfg, tmp / "out"
 
 
-def _start(cfg: Path, out: Path) -> subprocess.Popen[str]:
+def _stalled_env(stall: str) -> dict[str, str]:
+    """The child's environment with NPSFUSE_TEST_STALL_AFTER=stall: the merge
+    waits after a tensor (until cancelled, or for the seconds after the colon),
+    so a signal sent once the temporary folder exists lands inside it
+    however fast the machine merges."""
+    return dict(_env(), NPSFUSE_TEST_STALL_AFTER=stall)
+
+
+def _start(cfg: Path, out: Path, stall: str = "1") -> subprocess.Popen[str]:
     p = subprocess.Popen(
         [sys.executable, "-m", "npsfuse.cli", "merge", str(cfg), str(out), "--threads", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_stalled_env(stall),
     )  # fmt: skip
     deadline = time.monotonic() + 60
     while not list(out.parent.glob(".out.npsfuse-tmp-*")):
@@ -177,7 +185,7 @@ def test_input_truncated_during_the_merge(tmp_path: Path) -> None:
     saving a checkpoint over itself does) fails the merge with a message and
     leaves nothing; it killed the CLI with SIGABRT and left the temp folder."""
     cfg, out = _slow_merge(tmp_path)
-    p = _start(cfg, out)
+    p = _start(cfg, out, stall="1:2")  # the rest is read after the truncation
     os.truncate(tmp_path / "m3" / "model.safetensors", 0)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 2, err

@@ -53,16 +53,33 @@ _worker: _Worker | None = None
 WORTH_A_WORKER = 1 << 22
 
 
-def run(fn: Callable[..., Any], *args: Any, nbytes: int = WORTH_A_WORKER) -> Any:
+def run(
+    fn: Callable[..., Any],
+    *args: Any,
+    nbytes: int = WORTH_A_WORKER,
+    job: int | None = None,
+    late: Callable[[], None] | None = None,
+) -> Any:
     """``_core.call(fn, job, *args)``, stopped by Ctrl-C (``KeyboardInterrupt``).
 
     ``fn`` takes a job id first and registers it for ``CancelJob``. Outside
     the main thread (where no ``KeyboardInterrupt`` arrives), or for a call
     over less than :data:`WORTH_A_WORKER` bytes of tensors (``nbytes``), the
     call is made directly.
+
+    Parameters
+    ----------
+    job
+        The job id (default: the next of this module's negative ids).
+    late
+        For a call with an effect that outlives it (a folder written): when
+        the Ctrl-C came after the call had succeeded (too late to cancel it),
+        ``late()`` is called and the result returned instead of the
+        ``KeyboardInterrupt``. Without it the interrupt is re-raised.
     """
     global _worker
-    job = next(_job_ids)
+    if job is None:
+        job = next(_job_ids)
     if nbytes < WORTH_A_WORKER or threading.current_thread() is not threading.main_thread():
         return _core.call(fn, job, *args)
     if _worker is None or _worker.pid != os.getpid():  # none yet, or forked
@@ -90,7 +107,9 @@ def run(fn: Callable[..., Any], *args: Any, nbytes: int = WORTH_A_WORKER) -> Any
                 finished.wait(0.02)
             except KeyboardInterrupt:
                 continue
-        raise
+        if late is None or "result" not in box:
+            raise
+        late()
     if "error" in box:
         raise box["error"]
     return box["result"]

@@ -15,12 +15,11 @@ import os
 import re
 import stat
 import sys
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from . import _core
+from . import _core, _jobs
 
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {
@@ -187,6 +186,9 @@ def merge_checkpoints(
         (``IsADirectoryError``) or not a regular file (a FIFO would block).
     KeyboardInterrupt
         On Ctrl-C; the partial output is removed and ``out_dir`` untouched.
+        A Ctrl-C that comes after the merge has committed its output does
+        not raise: the function returns the complete ``out_dir`` (and says
+        so on stderr).
     """
     if isinstance(config, Mapping):
         text = json.dumps(dict(config))
@@ -227,37 +229,13 @@ def merge_checkpoints(
         "force": bool(force),
         "progress": (not quiet) and sys.stderr.isatty(),
     }
-    job = next(_job_ids)
-    box: dict[str, Any] = {}
-    # An Event, not Thread.join: CPython 3.10-3.12 can mark a thread stopped
-    # when Ctrl-C lands in join(timeout), and a later join() then returns
-    # before the Go call has removed its temporary folder.
-    finished = threading.Event()
 
-    def work() -> None:
-        try:
-            opts = json.dumps(options)
-            box["result"] = _core.call(_core.go.MergeCheckpoints, job, text, "", opts)
-        except BaseException as exc:  # handed to the caller's thread
-            box["error"] = exc
-        finally:
-            finished.set()
+    def late() -> None:  # the folder is complete: not "nothing was written"
+        print("npsfuse: interrupted after the merge had finished; the output is complete",
+              file=sys.stderr)  # fmt: skip
 
-    threading.Thread(target=work, name=f"npsfuse-merge-{job}", daemon=True).start()
-    try:
-        while not finished.wait(0.2):
-            pass
-    except KeyboardInterrupt:
-        _core.go.CancelJob(job)
-        while not finished.is_set():  # the cleanup takes well under a second:
-            try:  # a second Ctrl-C must not cut it short
-                finished.wait(0.2)
-            except KeyboardInterrupt:
-                continue
-        raise
-    if "error" in box:
-        raise box["error"]
-    result = json.loads(box["result"])
+    result = json.loads(_jobs.run(_core.go.MergeCheckpoints, text, "", json.dumps(options),
+                                  job=next(_job_ids), late=late))  # fmt: skip
     if not quiet:
         for note in result.get("notes") or []:
             print(f"npsfuse: note: {note}", file=sys.stderr)
