@@ -67,6 +67,9 @@ func TestFusedPassesMatchGeneralPath(t *testing.T) {
 		for _, method := range methods {
 			for _, v := range variants {
 				for _, data := range []string{"normal", "coarse"} {
+					if !sampleCase(fmt.Sprint(dt, method, v.name, data)) {
+						continue
+					}
 					p := testParams(method)
 					p.Lambda, p.Density, p.Seed = 0.7, 0.3, 9
 					v.set(&p)
