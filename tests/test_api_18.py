@@ -48,12 +48,12 @@ def one_torch_thread() -> Iterator[None]:
         ("ties", {"params": {"lam": (0.5, 2.0), "density": (0.1, 0.9)}},
          {"lam", "density"}),
         ("ties", {"params": {"density": (0.1, 0.9)}, "per_model": False,
-                  "fixed": {"normalize": False, "lam": 1.3}},
+                  "merge_params": {"normalize": False, "lam": 1.3}},
          {"density", "normalize", "lam"}),
         ("task_arithmetic", {"params": {"weight": (0.0, 2.0)}, "per_model": False},
          {"weights"}),
         ("dare_linear", {"params": {"weights": (0.2, 1.5), "density": (0.3, 0.9)},
-                         "fixed": {"seed": 7}},
+                         "merge_params": {"seed": 7}},
          {"weights", "density", "seed"}),
         ("consensus_ta", {"params": {"tall_lambda": (0.2, 0.8)}}, {"tall_lambda"}),
     ],
@@ -89,7 +89,7 @@ def search_models() -> tuple[StateDict, StateDict]:
 def test_search_resume_from_a_path(search_models: tuple, tmp_path: Path) -> None:
     base, ft = search_models
     score = _distance_to(ft)
-    s = nps.Search(base, ft, keep=0.2, generations=3, popsize=4, seed=3)
+    s = nps.Search(base, ft, density=0.2, generations=3, popsize=4, seed=3)
     s.tell([score(sd) for sd in s.ask()])
     saved = s.state()
     written = s.save(tmp_path / "state.json")
@@ -131,8 +131,8 @@ def _evolver_family() -> tuple[StateDict, list[StateDict]]:
 def test_evolver_resume_paths(tmp_path: Path) -> None:
     base, models = _evolver_family()
     score = _distance_to({k: v + 0.1 for k, v in base.items()})
-    ev = Evolver(base, models, score, generations=2, progress=False)
-    ev.run(checkpoint=tmp_path / "run")
+    ev = Evolver(base, models, score, generations=2)
+    ev.run(checkpoint=tmp_path / "run", progress=False)
     for given in (tmp_path / "run", tmp_path / "run" / "state.json"):
         back = Evolver.resume(given, score)
         assert back.history == ev.history
@@ -158,15 +158,15 @@ def results() -> dict[str, Any]:
 
     base, models = make_family(SHAPES, 3, seed=13)
     score = _distance_to(models[0])
-    nps_res = nps.prune(base, models[0], score, keep=0.2, generations=2, popsize=4,
+    nps_res = nps.prune(base, models[0], score, density=0.2, generations=2, popsize=4,
                         seed=0, progress=False)
     fused = nps.fuse(base, [nps_res, nps_res], score, generations=2, popsize=4,
                      progress=False)
     sm = npsfuse.search_merge(base, models, "ties", score, generations=1, popsize=4,
                               progress=False)
     eb, em = _evolver_family()
-    ev = Evolver(eb, em, _distance_to(eb), generations=2, progress=False)
-    ev.run()
+    ev = Evolver(eb, em, _distance_to(eb), generations=2)
+    ev.run(progress=False)
     return {"nps": nps_res, "fusion": fused, "search_merge": sm, "evolver_result": ev.result(),
             "evolver": ev}
 

@@ -85,7 +85,7 @@ def _evaluate(target: str, **kw: Any) -> Callable[[Any], float]:
 
 # ----------------------------------------------------- CLI == notebook --
 
-PRUNE = {"keep": 0.3, "subspaces": 4, "generations": 3, "popsize": 4, "seed": 5}
+PRUNE = {"density": 0.3, "subspaces": 4, "generations": 3, "popsize": 4, "seed": 5}
 EVOLVE = {"merge": None, "generations": 2, "seed": 7, "F": 0.5, "CR": 0.5}
 SEARCH = {"params": {"lam": [0.5, 1.5]}, "generations": 2, "popsize": 4, "seed": 2}
 
@@ -113,7 +113,7 @@ def test_evolve_equals_python(setup: dict[str, Any], merge: str | None) -> None:
     out = setup["root"] / "evo"
     assert cli.main(["evolve", str(cfg), str(out), "--quiet"]) == 0
     res = npsfuse.Evolver(setup["base"], setup["models"], _evaluate(setup["target"]),
-                          progress=False, **fields).run()
+                          **fields).run(progress=False)
     _same(load_file(out / "model.safetensors"), res.state_dict())
     import json
 
@@ -159,7 +159,7 @@ def test_prune_resumes_exactly(setup: dict[str, Any]) -> None:
     got = npsfuse.nps.NPSResult.load(out)
     assert got.score == want.score and got.history == want.history
     # A checkpoint of another config is refused, naming the field.
-    other = setup["config"]("other.yaml", {**fields, "keep": 0.5,
+    other = setup["config"]("other.yaml", {**fields, "density": 0.5,
                                            "evaluate_kwargs": {"target": setup["target"]}})
     assert cli.main(["prune", str(other), str(setup["root"] / "o.nps"), "--quiet",
                      "--checkpoint", str(ck), "--resume"]) == 2
@@ -195,8 +195,8 @@ def test_evolve_resumes_exactly(setup: dict[str, Any]) -> None:
     assert cli.main(["evolve", str(go), str(out), "--quiet", "--checkpoint", str(ck),
                      "--resume"]) == 0
     res = npsfuse.Evolver(setup["base"], setup["models"], _evaluate(setup["target"]),
-                          progress=False, **{k: v for k, v in fields.items() if k not in (
-                              "base", "population", "evaluate")}).run()
+                          **{k: v for k, v in fields.items() if k not in (
+                              "base", "population", "evaluate")}).run(progress=False)
     _same(load_file(out / "model.safetensors"), res.state_dict())
 
 

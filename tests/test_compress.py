@@ -28,11 +28,11 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(a, b)
 
 
-def _prune(base: StateDict, ft: StateDict, keep: float, seed: int = 0) -> nps.NPSResult:
+def _prune(base: StateDict, ft: StateDict, density: float, seed: int = 0) -> nps.NPSResult:
     def score(sd: StateDict) -> float:
         return -sum(float(((sd[k].float() - ft[k].float()) ** 2).sum()) for k in SHAPES)
 
-    return nps.prune(base, ft, score, keep=keep, subspaces=4, generations=3, seed=seed,
+    return nps.prune(base, ft, score, density=density, subspaces=4, generations=3, seed=seed,
                      progress=False)
 
 
@@ -49,14 +49,14 @@ def test_round_trip_is_exact(family: tuple, tmp_path: Path) -> None:
     assert compress.tasks(path) == ["math", "code"]
     for name, res in results.items():
         want = res.state_dict()
-        got = compress.load(path, base, name)
+        got = compress.load(base, path, name)
         assert list(got) == list(want)
         for k in want:
             assert _same_bits(got[k], want[k]), k
-        tau = compress.load_task_vector(path, name, base)
+        tau = compress.load_task_vector(path, name, base=base)
         for k, t in res.task_vector().items():
             assert _same_bits(tau[k], t), k
-        half = compress.load(path, base, name, lam=0.5)
+        half = compress.load(base, path, name, lam=0.5)
         ref = res.state_dict(0.5)
         assert all(_same_bits(half[k], ref[k]) for k in ref)
 
@@ -71,14 +71,14 @@ def test_report_bits_per_parameter(family: tuple, tmp_path: Path) -> None:
     bits = torch.finfo(base["lin.weight"].dtype).bits
     for name, res in results.items():
         r = rep["tasks"][name]
-        assert r["parameters"] == n and r["kept"] == res.kept == int(res.keep * n)
-        assert r["keep"] == res.keep and r["weights"] == res.weights.tolist()
+        assert r["parameters"] == n and r["kept"] == res.kept == int(res.density * n)
+        assert r["keep"] == res.density and r["weights"] == res.weights.tolist()
         mask_bytes = sum(math.ceil(math.prod(s) / 8) for s in SHAPES.values())
         assert r["mask_bytes"] == mask_bytes
         assert r["value_bytes"] == res.kept * bits // 8
         assert r["bits_per_parameter"] == pytest.approx(8 * (mask_bytes + r["value_bytes"]) / n)
-        # ≈ 1 bit of mask + keep × value bits (METHODS: r = 0.05 in float32 ≈ 2.6)
-        assert r["bits_per_parameter"] == pytest.approx(1 + res.keep * bits, abs=0.02)
+        # ≈ 1 bit of mask + density × value bits (METHODS: r = 0.05 in float32 ≈ 2.6)
+        assert r["bits_per_parameter"] == pytest.approx(1 + res.density * bits, abs=0.02)
 
 
 def test_negative_zero_and_plain_task_vectors(tmp_path: Path) -> None:
@@ -87,7 +87,7 @@ def test_negative_zero_and_plain_task_vectors(tmp_path: Path) -> None:
     path = compress.save(tmp_path / "z.safetensors", base, {"t": tau})
     back = compress.load_task_vector(path, "t")
     assert _same_bits(back["w"], tau["w"])  # −0.0 is kept
-    sd = compress.load(path, base, "t")
+    sd = compress.load(base, path, "t")
     assert _same_bits(sd["w"], base["w"] + tau["w"])  # −0.0 + −0.0 stays −0.0
     assert sd["i"] is base["i"]
     assert compress.report(path)["tasks"]["t"]["kept"] == 3
@@ -99,16 +99,16 @@ def test_wrong_base_is_detected(tmp_path: Path) -> None:
     path = compress.save(tmp_path / "c.safetensors", base, {"t": res})
     other, _ = make_family(SHAPES, n_models=1, seed=22)
     with pytest.raises(ValueError, match="made for another base model"):
-        compress.load(path, other, "t")
+        compress.load(other, path, "t")
     nudged = dict(base)
     nudged["lin.weight"] = base["lin.weight"].clone()
     nudged["lin.weight"][-1, -1] += 1  # the last element is always sampled
     with pytest.raises(ValueError, match="another base model"):
-        compress.load(path, nudged, "t")
+        compress.load(nudged, path, "t")
     with pytest.raises(ValueError, match="another base model"):
-        compress.load(path, {k: v.to(torch.bfloat16) for k, v in base.items()}, "t")
+        compress.load({k: v.to(torch.bfloat16) for k, v in base.items()}, path, "t")
     with pytest.raises(ValueError, match="lacks tensor"):
-        compress.load(path, {"lin.bias": base["lin.bias"]}, "t")
+        compress.load({"lin.bias": base["lin.bias"]}, path, "t")
     with pytest.raises(ValueError, match="not the one the result was computed from"):
         compress.save(tmp_path / "d.safetensors", other, {"t": res})
 
@@ -117,7 +117,7 @@ def test_bad_files_and_tasks(tmp_path: Path) -> None:
     base, (ft,) = make_family(SHAPES, n_models=1, seed=23)
     path = compress.save(tmp_path / "c.safetensors", base, {"t": _prune(base, ft, 0.1)})
     with pytest.raises(KeyError, match="no task 'u'; it holds: t"):
-        compress.load(path, base, "u")
+        compress.load(base, path, "u")
     plain = tmp_path / "plain.safetensors"
     save_file({"x": torch.zeros(2)}, str(plain))
     with pytest.raises(ValueError, match="not an npsfuse compressed file"):
@@ -180,18 +180,18 @@ def test_cli_compress_and_decompress(tmp_path: Path, capsys: pytest.CaptureFixtu
         _cli(["compress", str(base_dir), *files, "-o", str(out), "--force", "--name", "a"])
 
     dest = tmp_path / "rebuilt"
-    assert _cli(["decompress", str(out), str(base_dir), "b", str(dest), "--quiet"]) == 0
+    assert _cli(["decompress", str(base_dir), str(out), "b", str(dest), "--quiet"]) == 0
     assert sorted(p.name for p in dest.iterdir()) == ["config.json", "model.safetensors"]
     got = load_file(str(dest / "model.safetensors"))
     want = res["code"].state_dict()
     assert set(got) == set(want)
     assert all(_same_bits(got[k], want[k]) for k in want)
     with pytest.raises(FileExistsError, match="not empty"):
-        _cli(["decompress", str(out), str(base_dir), "b", str(dest)])
+        _cli(["decompress", str(base_dir), str(out), "b", str(dest)])
     with pytest.raises(ValueError, match="no task 'zzz'"):
-        _cli(["decompress", str(out), str(base_dir), "zzz", str(tmp_path / "x"), "--quiet"])
+        _cli(["decompress", str(base_dir), str(out), "zzz", str(tmp_path / "x"), "--quiet"])
     single = tmp_path / "single"
-    assert _cli(["decompress", str(out), str(base_dir / "model.safetensors"), "a",
+    assert _cli(["decompress", str(base_dir / "model.safetensors"), str(out), "a",
                  str(single), "--quiet", "--lam", "0.5"]) == 0
     assert [p.name for p in single.iterdir()] == ["model.safetensors"]
     half = load_file(str(single / "model.safetensors"))

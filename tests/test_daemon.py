@@ -294,14 +294,14 @@ def test_refusals(daemon, tmp_path):
 def test_nps_prune_compress_agree(daemon):
     base, fts = family(2, seed=6)
     c = daemon.client()
-    tv = c.submit_nps_prune(base, fts[0], keep=0.1, subspaces=4, output="task_vector")
+    tv = c.submit_nps_prune(base, fts[0], density=0.1, subspaces=4, output="task_vector")
     tau = tv.result(timeout=60)
     n = sum(t.numel() for t in tau.values())
     assert sum(int((t != 0).sum()) for t in tau.values()) == int(0.1 * n)
-    model = c.submit_nps_prune(base, fts[0], keep=0.1, subspaces=4).result(timeout=60)
+    model = c.submit_nps_prune(base, fts[0], density=0.1, subspaces=4).result(timeout=60)
     for k in base:
         assert torch.allclose(model[k], base[k] + tau[k], atol=1e-6)
-    comp = c.submit_compress(base, fts, keep=0.1, subspaces=4)
+    comp = c.submit_compress(base, fts, density=0.1, subspaces=4)
     packed = comp.result(timeout=60)
     rebuilt = decompress(base, packed, 0)
     for k in base:
@@ -314,7 +314,7 @@ def search_run(c: Client, base, ft, crash=None) -> tuple[list, list]:
     """Run an NPS search of 3 generations on a quadratic score; returns every
     asked candidate and the best weights."""
     target = torch.tensor([1.4, 0.6, 1.0, 0.3])
-    s = c.nps_search(base, ft, keep=0.2, subspaces=4, generations=3, seed=9, popsize=5)
+    s = c.nps_search(base, ft, density=0.2, subspaces=4, generations=3, seed=9, popsize=5)
     asked = []
     while True:
         cands = s.ask()
@@ -381,7 +381,7 @@ def test_nps_search_session(daemon):
     # the start point alone (all weights 1), then 3 generations of 5
     assert [len(g) for g in asked] == [1, 5, 5, 5]
     # a candidate's tensors over shared memory and over Flight agree
-    s = c.nps_search(base, fts[0], keep=0.2, subspaces=4, seed=9)
+    s = c.nps_search(base, fts[0], density=0.2, subspaces=4, seed=9)
     cand = s.ask()[0]
     a = cand.state_dict()
     b = daemon.client(shm=False).job(s.id).candidate_state_dict(cand.params)

@@ -380,8 +380,8 @@ def test_real_task_beats_initial_and_ties(toy: dict[str, Any], capsys: Any) -> N
     ties = npsfuse.merge(toy["base"], toy["fts"], "ties", density=0.5)
     initial = {f"fine-tune {t + 1}": sd for t, sd in enumerate(toy["fts"])} | {"TIES": ties}
     ev = Evolver(toy["base"], toy["fts"], dev, add_merges=("ties",), merge_params={"density": 0.5},
-                 generations=6, seed=1, progress=False)
-    res = ev.run()
+                 generations=6, seed=1)
+    res = ev.run(progress=False)
     evolved = res.state_dict()
     assert dev(evolved) == res.best_score  # the returned weights are the selected ones
     best_initial = max(dev(sd) for sd in initial.values())
@@ -390,8 +390,8 @@ def test_real_task_beats_initial_and_ties(toy: dict[str, Any], capsys: Any) -> N
     assert sum(h["accepted"] for h in res.history) > 0
 
     merged_ev = Evolver(toy["base"], toy["fts"], dev, merge="ties", merge_params={"density": 0.5},
-                        generations=4, seed=2, progress=False)
-    mres = merged_ev.run()
+                        generations=4, seed=2)
+    mres = merged_ev.run(progress=False)
     assert mres.history[0]["best"] == dev(ties)
     assert dev(mres.state_dict()) == mres.best_score >= dev(ties)
     with capsys.disabled():
@@ -431,7 +431,7 @@ def test_selection_never_lowers_fitness(strategy: str) -> None:
     base, models = _family(5)
     score = _quadratic(base)
     ev = Evolver(base, models, score, strategy=strategy, F=0.4, CR=0.7, generations=5,
-                 exclude=["head"], progress=False, seed=3)
+                 exclude=["head"], seed=3)
     prev = None
     while not ev.done:
         ev.tell(score(ev.ask()))
@@ -450,7 +450,7 @@ def test_selection_never_lowers_fitness(strategy: str) -> None:
 def test_failed_evaluations_are_never_accepted() -> None:
     base, models = _family(3)
     score = _quadratic(base)
-    ev = Evolver(base, models, score, generations=2, progress=False)
+    ev = Evolver(base, models, score, generations=2)
     for _ in range(3):
         ev.tell(score(ev.ask()))
     before = [ev.individual(i)["w"].clone() for i in range(3)]
@@ -462,7 +462,7 @@ def test_failed_evaluations_are_never_accepted() -> None:
 
 def test_ask_tell_protocol() -> None:
     base, models = _family(2)
-    ev = Evolver(base, models, _quadratic(base), generations=1, progress=False)
+    ev = Evolver(base, models, _quadratic(base), generations=1)
     with pytest.raises(RuntimeError, match="without a pending"):
         ev.tell(0.0)
     a = ev.ask()
@@ -479,16 +479,16 @@ def test_ask_tell_protocol() -> None:
 def test_cosine_schedule_in_history() -> None:
     base, models = _family(4)
     ev = Evolver(base, models, _quadratic(base), strategy="rand/1/bin", schedule="cosine",
-                 generations=5, progress=False)
-    res = ev.run()
+                 generations=5)
+    res = ev.run(progress=False)
     for h in res.history[1:]:
         g = h["generation"] - 1
         want = 1e-6 + 0.5 * (1e-5 - 1e-6) * (1 + math.cos(math.pi * g / 5))
         assert h["F"] == pytest.approx(want, rel=1e-12)
         assert h["CR"] == pytest.approx(want, rel=1e-12)
     ev2 = Evolver(base, models, _quadratic(base), schedule="cosine", F_bounds=(0.1, 0.9),
-                  CR_bounds=(0.2, 0.6), period=2, generations=5, progress=False)
-    fs = [h["F"] for h in ev2.run().history[1:]]
+                  CR_bounds=(0.2, 0.6), period=2, generations=5)
+    fs = [h["F"] for h in ev2.run(progress=False).history[1:]]
     assert fs == pytest.approx([0.9, 0.5, 0.1, 0.5, 0.9])
 
 
@@ -505,13 +505,13 @@ class _Killed(Exception):
 def test_resume_is_bit_for_bit(mode: str, tmp_path: Path) -> None:
     base, models = _family(4, seed=5)
     score = _quadratic(base)
-    kw: dict[str, Any] = {"generations": 4, "seed": 11, "progress": False, "exclude": ["head"]}
+    kw: dict[str, Any] = {"generations": 4, "seed": 11, "exclude": ["head"]}
     if mode == "dir":
         kw["storage"] = tmp_path / "pop"
     if mode == "merge":
         kw |= {"merge": "dare_ties", "merge_params": {"density": 0.6, "seed": 3}}
     full = Evolver(base, models, score, **kw)
-    want = full.run()
+    want = full.run(progress=False)
 
     calls = {"n": 0}
 
@@ -526,9 +526,9 @@ def test_resume_is_bit_for_bit(mode: str, tmp_path: Path) -> None:
         kw2["storage"] = tmp_path / "pop2"
     first = Evolver(base, models, dying, **kw2)
     with pytest.raises(_Killed):
-        first.run(checkpoint=tmp_path / "ckpt")
+        first.run(checkpoint=tmp_path / "ckpt", progress=False)
     resumed = Evolver.resume(tmp_path / "ckpt", score)
-    got = resumed.run(checkpoint=tmp_path / "ckpt")
+    got = resumed.run(checkpoint=tmp_path / "ckpt", progress=False)
     assert got.history == want.history
     assert got.fitness == want.fitness
     assert _population_bits(resumed) == _population_bits(full)
@@ -539,10 +539,10 @@ def test_resume_is_bit_for_bit(mode: str, tmp_path: Path) -> None:
 def test_storage_dir_matches_memory(tmp_path: Path) -> None:
     base, models = _family(4, seed=2)
     score = _quadratic(base)
-    mem = Evolver(base, models, score, generations=3, progress=False, seed=4)
-    disk = Evolver(base, models, score, generations=3, progress=False, seed=4, storage=tmp_path)
+    mem = Evolver(base, models, score, generations=3, seed=4)
+    disk = Evolver(base, models, score, generations=3, seed=4, storage=tmp_path)
     assert len(list(tmp_path.glob("slot-*.bin"))) == 5
-    assert mem.run().history == disk.run().history
+    assert mem.run(progress=False).history == disk.run(progress=False).history
     assert _population_bits(mem) == _population_bits(disk)
 
 
@@ -555,8 +555,8 @@ def test_thread_count_invariance(restore_threads: None) -> None:
     runs = []
     for th in (1, 2, 3):
         npsfuse.set_num_threads(th)
-        ev = Evolver(base, models, score, CR=0.3, generations=2, progress=False)
-        ev.run()
+        ev = Evolver(base, models, score, CR=0.3, generations=2)
+        ev.run(progress=False)
         runs.append(_population_bits(ev))
     assert runs[0] == runs[1] == runs[2]
 
@@ -566,14 +566,14 @@ def test_granularities_and_bf16() -> None:
     score = _quadratic(base)
     for kw in ({"granularity": "tensor"}, {"granularity": "block", "block_size": 7},
                {"compute_dtype": torch.bfloat16}, {"compute_dtype": "model"}):
-        ev = Evolver(base, models, score, generations=2, progress=False, **kw)
-        res = ev.run()
+        ev = Evolver(base, models, score, generations=2, **kw)
+        res = ev.run(progress=False)
         assert res.best_score >= res.history[0]["best"]
         if kw.get("compute_dtype") is torch.bfloat16:
             assert ev.individual(0)["w"].dtype == torch.bfloat16
     # Tensor granularity: every evolved tensor of the offspring comes whole from
     # the parent or from the donor.
-    ev = Evolver(base, models, score, granularity="tensor", generations=3, progress=False)
+    ev = Evolver(base, models, score, granularity="tensor", generations=3)
     for _ in range(4):
         ev.tell(score(ev.ask()))
     kinds = set()
@@ -590,7 +590,7 @@ def test_granularities_and_bf16() -> None:
 
 def test_plot(tmp_path: Path) -> None:
     base, models = _family(3)
-    res = Evolver(base, models, _quadratic(base), generations=2, progress=False).run()
+    res = Evolver(base, models, _quadratic(base), generations=2).run(progress=False)
     res.plot(tmp_path / "h.png")
     assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -616,7 +616,7 @@ def test_plot(tmp_path: Path) -> None:
 def test_errors(kw: dict[str, Any], exc: type[Exception], match: str) -> None:
     base, models = _family(3)
     with pytest.raises(exc, match=match):
-        Evolver(base, models, _quadratic(base), progress=False, **kw)
+        Evolver(base, models, _quadratic(base), **kw)
 
 
 def test_go_rejects_bad_trial_input() -> None:

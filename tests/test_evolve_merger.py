@@ -47,7 +47,7 @@ def test_accepts_exactly_the_trials_that_improve_the_merge(method: str,
                                                           params: dict[str, Any]) -> None:
     base, models, score = _setup(method, params)
     ev = npsfuse.Evolver(base, models, score, merge=method, merge_params=params,
-                         generations=3, seed=0, progress=False)
+                         generations=3, seed=0)
     running = -math.inf
     accepted = 0
     trials = 0
@@ -82,8 +82,8 @@ def test_equal_score_is_rejected() -> None:
     is ever accepted and the result is the plain merge."""
     base, models, _ = _setup("ties", {"density": 0.2})
     res = npsfuse.Evolver(base, models, lambda sd: 0.5, merge="ties",
-                          merge_params={"density": 0.2}, generations=2, seed=0,
-                          progress=False).run()
+                          merge_params={"density": 0.2}, generations=2,
+                          seed=0).run(progress=False)
     assert [h["accepted"] for h in res.history] == [0, 0, 0]
     plain = npsfuse.merge(base, models, "ties", density=0.2)
     assert all(torch.equal(res.state_dict()[k], plain[k]) for k in plain)

@@ -75,8 +75,8 @@ def run_notebook(base: dict, fts: list[dict], kw: dict[str, Any]) -> dict[str, A
         return told[-1]
 
     ev = Evolver(base, fts, evaluate, generations=GENERATIONS, seed=SEED, exclude=[r"^head\."],
-                 progress=False, **kw)
-    res = ev.run()
+                 **kw)
+    res = ev.run(progress=False)
     return {"told": told, "fitness": ev.fitness, "best": res.best_score,
             "population": [bits(ev.individual(i)) for i in range(POPSIZE)],
             "result": bits(res.state_dict())}
@@ -131,9 +131,9 @@ def test_generational_resume_rebuilds_held_trials(tmp_path: Path) -> None:
     generation's end) resumes bit for bit: the held trials are rebuilt."""
     base, fts = family()
     kw: dict[str, Any] = {"strategy": "rand/1/bin", "generations": GENERATIONS, "seed": SEED,
-                          "exclude": [r"^head\."], "progress": False}
+                          "exclude": [r"^head\."]}
     full = Evolver(base, fts, score, **kw)
-    want = full.run()
+    want = full.run(progress=False)
     calls = {"n": 0}
 
     class Killed(Exception):
@@ -147,7 +147,7 @@ def test_generational_resume_rebuilds_held_trials(tmp_path: Path) -> None:
 
     first = Evolver(base, fts, dying, **kw)
     with pytest.raises(Killed):
-        first.run(checkpoint=tmp_path / "ckpt")
+        first.run(checkpoint=tmp_path / "ckpt", progress=False)
     # Save mid-generation too, with accepted trials held.
     resumed = Evolver.resume(tmp_path / "ckpt", score)
     for _ in range(3):
@@ -155,7 +155,7 @@ def test_generational_resume_rebuilds_held_trials(tmp_path: Path) -> None:
     assert resumed._held, "no accepted trial is waiting: the test does not test the rebuild"
     resumed.save(tmp_path / "mid")
     again = Evolver.resume(tmp_path / "mid", score)
-    got = again.run()
+    got = again.run(progress=False)
     assert got.history == want.history
     assert got.fitness == want.fitness
     assert [bits(again.individual(i)) for i in range(POPSIZE)] == [

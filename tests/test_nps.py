@@ -138,7 +138,7 @@ def test_fine_tuning_matters(task: Task) -> None:
 
 
 def test_start_point_is_magnitude_topk(task: Task) -> None:
-    with nps.Search(task.base, task.finetuned, keep=0.05, seed=0) as s:
+    with nps.Search(task.base, task.finetuned, density=0.05, seed=0) as s:
         np.testing.assert_array_equal(s.candidates(), np.ones((1, 8)))
         (start,) = s.ask()
         want = task.magnitude_topk(0.05)
@@ -155,7 +155,7 @@ def test_start_point_is_magnitude_topk(task: Task) -> None:
 def test_nps_beats_magnitude_topk(task: Task, keep: float, capsys: pytest.CaptureFixture,
                                   record_property: Callable) -> None:
     evaluate, calls = _counting(task.validate)
-    res = nps.prune(task.base, task.finetuned, evaluate, keep=keep, generations=25, seed=0,
+    res = nps.prune(task.base, task.finetuned, evaluate, density=keep, generations=25, seed=0,
                     progress=False)
     popsize = 4 + int(3 * math.log(8))
     assert len(calls) == 1 + 25 * popsize == res.evaluations
@@ -181,7 +181,7 @@ def test_nps_beats_magnitude_topk(task: Task, keep: float, capsys: pytest.Captur
 
 def test_per_layer_and_de(task: Task) -> None:
     evaluate, calls = _counting(task.validate)
-    res = nps.prune(task.base, task.finetuned, evaluate, keep=0.05, subspaces=4,
+    res = nps.prune(task.base, task.finetuned, evaluate, density=0.05, subspaces=4,
                     per_layer=True, optimizer="de", popsize=8, generations=6, seed=1,
                     progress=False)
     assert res.weights.shape == (len(task.base), 4)
@@ -192,7 +192,7 @@ def test_per_layer_and_de(task: Task) -> None:
 
 
 def test_magnitude_kind_and_tensor_scope(task: Task) -> None:
-    res = nps.prune(task.base, task.finetuned, task.validate, keep=0.1, kind="magnitude",
+    res = nps.prune(task.base, task.finetuned, task.validate, density=0.1, kind="magnitude",
                     scope="tensor", generations=2, seed=0, progress=False)
     for k, t in res.task_vector().items():
         assert int((t != 0).sum()) == int(0.1 * t.numel()), k
@@ -201,12 +201,12 @@ def test_magnitude_kind_and_tensor_scope(task: Task) -> None:
 @pytest.mark.parametrize("subspaces,kind", [(1, "svd"), (2, "svd"), (3, "magnitude")])
 def test_few_subspaces(subspaces: int, kind: str) -> None:
     base, (ft,) = make_family({"w": (12, 9), "b": (9,)}, n_models=1, seed=8)
-    res = nps.prune(base, ft, lambda sd: -float((sd["w"] - ft["w"]).abs().sum()), keep=0.5,
+    res = nps.prune(base, ft, lambda sd: -float((sd["w"] - ft["w"]).abs().sum()), density=0.5,
                     subspaces=subspaces, kind=kind, generations=3, progress=False)
     assert res.weights.shape == (subspaces,)
     assert res.kept == int(0.5 * (12 * 9 + 9))
     if subspaces == 1:  # one weight scales the whole τ: the mask stays magnitude top-k
-        with nps.Search(base, ft, keep=0.5, subspaces=1) as s:
+        with nps.Search(base, ft, density=0.5, subspaces=1) as s:
             start = s.build(np.ones(1))
         for k, t in res.task_vector().items():
             top = start[k] - base[k]
@@ -249,7 +249,7 @@ def test_prune_checkpoint_continues_to_the_uninterrupted_result(task: Task, tmp_
 
 @pytest.mark.parametrize("optimizer", ["cma", "de"])
 def test_resume_gives_the_uninterrupted_result(task: Task, optimizer: str) -> None:
-    kw = dict(keep=0.05, subspaces=6, optimizer=optimizer, generations=8, popsize=6, seed=7)
+    kw = dict(density=0.05, subspaces=6, optimizer=optimizer, generations=8, popsize=6, seed=7)
     full = nps.prune(task.base, task.finetuned, task.validate, progress=False, **kw)
 
     s = nps.Search(task.base, task.finetuned, **kw)
@@ -275,7 +275,7 @@ def test_resume_gives_the_uninterrupted_result(task: Task, optimizer: str) -> No
 
 
 def test_resume_before_the_start_was_told(task: Task) -> None:
-    s = nps.Search(task.base, task.finetuned, keep=0.1, generations=1, seed=2)
+    s = nps.Search(task.base, task.finetuned, density=0.1, generations=1, seed=2)
     (start,) = s.ask()
     r = nps.Search.resume(s.state(), task.base, task.finetuned)
     (again,) = r.ask()
@@ -285,7 +285,7 @@ def test_resume_before_the_start_was_told(task: Task) -> None:
 
 
 def test_resume_with_other_models_is_refused(task: Task) -> None:
-    s = nps.Search(task.base, task.finetuned, keep=0.1, generations=1, seed=2)
+    s = nps.Search(task.base, task.finetuned, density=0.1, generations=1, seed=2)
     state = s.state()
     other = {k: v + 0.01 for k, v in task.finetuned.items()}
     with pytest.raises(ValueError, match="finetuned model.*differ"):
@@ -295,7 +295,7 @@ def test_resume_with_other_models_is_refused(task: Task) -> None:
 
 
 def test_tell_protocol(task: Task) -> None:
-    with nps.Search(task.base, task.finetuned, keep=0.1, popsize=4, seed=0) as s:
+    with nps.Search(task.base, task.finetuned, density=0.1, popsize=4, seed=0) as s:
         with pytest.raises(RuntimeError, match="call ask"):
             s.tell([1.0])
         s.ask()
@@ -401,7 +401,7 @@ def small_result() -> tuple[StateDict, StateDict, nps.NPSResult]:
     def score(sd: StateDict) -> float:
         return -float(((sd["embed.weight"] - target) ** 2).sum())
 
-    res = nps.prune(base, ft, score, keep=0.1, generations=4, seed=0, progress=False)
+    res = nps.prune(base, ft, score, density=0.1, generations=4, seed=0, progress=False)
     return base, ft, res
 
 
@@ -425,7 +425,7 @@ def test_save_load_round_trip(small_result: tuple, tmp_path: Path) -> None:
     back = nps.NPSResult.load(path)
     np.testing.assert_array_equal(back.weights, res.weights)
     assert back.history == res.history and back.score == res.score
-    assert back.keep == res.keep and back.kept == res.kept and back.config == res.config
+    assert back.density == res.density and back.kept == res.kept and back.config == res.config
     for k, t in res.task_vector().items():
         assert torch.equal(back.task_vector()[k], t)
     with pytest.raises(ValueError, match="pass base"):
@@ -516,7 +516,7 @@ def test_bfloat16_model() -> None:
     base, (ft,) = make_family({"w": (40, 30), "b": (30,)}, n_models=1, seed=6,
                               dtype=torch.bfloat16)
     res = nps.prune(base, ft, lambda sd: -float((sd["w"].float() - ft["w"].float()).abs().sum()),
-                    keep=0.2, subspaces=4, generations=3, progress=False)
+                    density=0.2, subspaces=4, generations=3, progress=False)
     assert all(t.dtype == torch.bfloat16 for t in res.task_vector().values())
     sd = res.state_dict()
     assert all(t.dtype == torch.bfloat16 for t in sd.values())

@@ -67,7 +67,7 @@ def _same_history(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> None:
 
 
 def test_prune_matches_in_process(pool: list[Any]) -> None:
-    kw = dict(keep=0.2, subspaces=4, generations=3, popsize=6, seed=5, progress=False)
+    kw = dict(density=0.2, subspaces=4, generations=3, popsize=6, seed=5, progress=False)
     local = nps.prune(BASE, MODELS[0], score, **kw)
     remote = nps.prune(BASE, MODELS[0], score, executor=pool, **kw)
     assert remote.score == local.score and remote.evaluations == local.evaluations == 19
@@ -96,8 +96,7 @@ def test_search_merge_matches_in_process(pool: list[Any], optimizer: str) -> Non
 
 
 def _evolver(**kw: Any) -> Evolver:
-    return Evolver(BASE, MODELS, score, **({"generations": 3, "seed": 4, "progress": False}
-                                          | kw))
+    return Evolver(BASE, MODELS, score, **({"generations": 3, "seed": 4} | kw))
 
 
 def _bits(ev: Evolver) -> list[bytes]:
@@ -115,8 +114,8 @@ def _bits(ev: Evolver) -> list[bytes]:
 ], ids=["rand1", "best1-tensor", "evolver", "merger"])
 def test_evolver_matches_in_process(pool: list[Any], kw: dict[str, Any]) -> None:
     local, remote = _evolver(**kw), _evolver(**kw)
-    a = local.run()
-    b = remote.run(executor=pool)
+    a = local.run(progress=False)
+    b = remote.run(executor=pool, progress=False)
     assert a.history == b.history and a.fitness == b.fitness
     assert a.best_index == b.best_index and a.best_score == b.best_score
     assert sum(r["accepted"] for r in a.history) > 0  # the replacements were exercised
@@ -135,9 +134,9 @@ def test_evolver_checkpoints_every_generation(pool: list[Any], tmp_path: Any) ->
         real_save(path)
 
     ev.save = save  # type: ignore[method-assign]
-    ev.run(executor=pool, checkpoint=tmp_path / "ck")
+    ev.run(executor=pool, checkpoint=tmp_path / "ck", progress=False)
     assert saved == [0, 1, 2, 3]
-    back = Evolver.resume(tmp_path / "ck", score, progress=False)
+    back = Evolver.resume(tmp_path / "ck", score)
     assert back.done and back.history == ev.history and _bits(back) == _bits(ev)
 
 
@@ -145,7 +144,7 @@ def test_killed_worker_does_not_change_the_result(
     pool: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     kw = {"strategy": "rand/1/bin", "generations": 4}
-    want = Evolver(BASE, MODELS, slow_score, seed=4, progress=False, **kw).run()
+    want = Evolver(BASE, MODELS, slow_score, seed=4, **kw).run(progress=False)
     # The module's two workers and one of this executor's own, which dies
     # mid-search and is replaced.
     ex = executors.RayExecutor(1, actor_options={"num_cpus": 0}, max_restarts=1)
@@ -163,7 +162,7 @@ def test_killed_worker_does_not_change_the_result(
 
     monkeypatch.setattr(_executor._Run, "map", map_then_kill)
     try:
-        got = Evolver(BASE, MODELS, slow_score, seed=4, progress=False, **kw).run(executor=ex)
+        got = Evolver(BASE, MODELS, slow_score, seed=4, **kw).run(executor=ex, progress=False)
     finally:
         killer.cancel()
         ex._actors = [a for a in ex._actors if a not in pool]

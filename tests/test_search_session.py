@@ -40,7 +40,7 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     # The default start (all 1) outside the box: scored as given, clipped for the optimizer,
     # in both doors (the daemon refused it).
     ("cma-start-outside-box", {"optimizer": "cma", "bounds": (0.2, 0.9)},
-     {"optimizer": "cma", "lo": 0.2, "hi": 0.9}),
+     {"optimizer": "cma", "bounds": (0.2, 0.9)}),
     ("cma-sigma0-magnitude-tensor", {"optimizer": "cma", "optimizer_options": {"sigma0": 0.3},
                                      "kind": "magnitude", "scope": "tensor"},
      {"optimizer": "cma", "sigma0": 0.3, "kind": "magnitude", "scope": "tensor"}),
@@ -81,7 +81,7 @@ def bits(sd: dict[str, torch.Tensor]) -> dict[str, bytes]:
 
 
 def common(kw: dict[str, Any]) -> dict[str, Any]:
-    return {"keep": KEEP, "subspaces": SUBSPACES, "generations": GENERATIONS, "popsize": POPSIZE,
+    return {"density": KEEP, "subspaces": SUBSPACES, "generations": GENERATIONS, "popsize": POPSIZE,
             "seed": SEED, **kw}
 
 
@@ -116,7 +116,7 @@ def run_daemon(d: Daemon, base: dict, ft: dict, kw: dict[str, Any]) -> dict[str,
     best = s.best()
     s.finish()
     model = s.result(timeout=60)
-    mask = c.submit_nps_prune(base, ft, keep=KEEP, subspaces=SUBSPACES, weights=best["x"],
+    mask = c.submit_nps_prune(base, ft, density=KEEP, subspaces=SUBSPACES, weights=best["x"],
                               kind=kw.get("kind", "svd"), scope=kw.get("scope", "global"),
                               seed=SEED, output="task_vector").result(timeout=60)
     return {"asked": asked, "told": told, "best": best, "status": s.status()["result"],
@@ -218,7 +218,7 @@ def test_daemon_killed_mid_generation_resumes(npsfused_bin, models):  # noqa: F8
 
 def test_old_search_state_is_refused(models):
     base, ft = models
-    with nps.Search(base, ft, keep=KEEP, subspaces=SUBSPACES, generations=1) as s:
+    with nps.Search(base, ft, density=KEEP, subspaces=SUBSPACES, generations=1) as s:
         state = s.state()
     state["version"] = 1
     with pytest.raises(ValueError, match="cannot be resumed"):

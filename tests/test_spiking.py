@@ -202,8 +202,8 @@ def run_notebook(base, pop) -> tuple[Evolver, list[float], object]:
         return told[-1]
 
     ev = Evolver(base, pop, record, generations=GENERATIONS, seed=SEED,
-                 exclude=spiking.split(net).evolver_exclude(), progress=False, **CADE)
-    return ev, told, ev.run()
+                 exclude=spiking.split(net).evolver_exclude(), **CADE)
+    return ev, told, ev.run(progress=False)
 
 
 def run_daemon(client: npsfuse.Client, pop: list[dict]) -> dict:
@@ -267,8 +267,8 @@ def test_deterministic_and_kept_tensors_untouched() -> None:
     # A different seed gives a different run (the comparison above can fail).
     other = Evolver(base, pop, spiking.evaluator(TinySNN(), loss_score), generations=GENERATIONS,
                     seed=SEED + 1, exclude=spiking.split(TinySNN()).evolver_exclude(),
-                    progress=False, **CADE)
-    other.run()
+                    **CADE)
+    other.run(progress=False)
     assert [bits(other.individual(i)) for i in range(POPSIZE)] != [
         bits(ev1.individual(i)) for i in range(POPSIZE)]
 
@@ -290,9 +290,9 @@ def test_resume_after_checkpoint_gives_the_same_trajectory(tmp_path: Path) -> No
         return score(sd)
 
     first = Evolver(base, pop, dying, generations=GENERATIONS, seed=SEED,
-                    exclude=spiking.split(net).evolver_exclude(), progress=False, **CADE)
+                    exclude=spiking.split(net).evolver_exclude(), **CADE)
     with pytest.raises(Killed):
-        first.run(checkpoint=tmp_path / "ckpt")
+        first.run(checkpoint=tmp_path / "ckpt", progress=False)
     resumed_told: list[float] = []
 
     def record(sd) -> float:
@@ -300,7 +300,7 @@ def test_resume_after_checkpoint_gives_the_same_trajectory(tmp_path: Path) -> No
         return resumed_told[-1]
 
     again = Evolver.resume(tmp_path / "ckpt", record)
-    got = again.run()
+    got = again.run(progress=False)
     assert resumed_told == told[2 * POPSIZE:]  # generation 2 on, trial for trial
     assert got.history == want.history
     assert [bits(again.individual(i)) for i in range(POPSIZE)] == [
@@ -323,13 +323,13 @@ def test_evolver_include_and_individual_statistics() -> None:
     merger, individuals may hold their own BatchNorm counters (fine-tunes
     do), but every one needs the base's tensors."""
     base, pop = family()
-    ev = Evolver(base, pop, lambda sd: 0.0, include=[r"^fc1\."], progress=False)
+    ev = Evolver(base, pop, lambda sd: 0.0, include=[r"^fc1\."])
     assert ev.num_params == 6 * 8 + 8
     with pytest.raises(ValueError, match="check include and exclude"):
-        Evolver(base, pop, lambda sd: 0.0, include=[r"^nothing"], progress=False)
+        Evolver(base, pop, lambda sd: 0.0, include=[r"^nothing"])
     lacking = [pop[0], {k: v for k, v in pop[1].items() if k != "bn.num_batches_tracked"}]
     with pytest.raises(ValueError, match=r"population\[1\] lacks tensor 'bn.num_batches_tracked'"):
-        Evolver(base, lacking, lambda sd: 0.0, progress=False)
+        Evolver(base, lacking, lambda sd: 0.0)
     # A merger copies integer tensors from the base: differing counters are refused.
     with pytest.raises(TypeError, match="num_batches_tracked"):
-        Evolver(base, pop, lambda sd: 0.0, merge="task_arithmetic", progress=False)
+        Evolver(base, pop, lambda sd: 0.0, merge="task_arithmetic")
