@@ -183,13 +183,14 @@ def torch_time(fn: Callable[[], object], calls: int, warmup: bool = True) -> flo
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5, help="paired repetitions (≥ 5)")
+    ap.add_argument("--name", default="rsvd", help="results file name (one per CPU kept)")
     args = ap.parse_args()
     repeat = max(args.repeat, 5)
     torch.set_num_threads(THREADS)
     sketch = RANK + OVERSAMPLE
     # Created first: its machine record (load average included) is taken now.
     rep = Report(
-        name="rsvd",
+        name=args.name,
         title="Randomized SVD and GEMM: npsfuse (Go, FMA assembly) vs PyTorch",
         columns=[
             "case",

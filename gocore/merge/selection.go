@@ -250,8 +250,8 @@ func (e *engine) windows(un unit, tgts []rankTarget) ([]window, []int) {
 	// The gathering runs as T·P tasks (model, share of the chunks), so
 	// that every core works whatever T is: the sample's reads are cache
 	// and TLB misses, and on a cold checkpoint the first reads of its
-	// pages. The shares are concatenated per model and sorted, so the
-	// sample does not depend on P. Then one sort per model.
+	// pages. The ranks are selected from a model's shares together
+	// (selectDesc), so the windows do not depend on P.
 	pos := make([]int64, len(un.chunks)+1) // unit index of each chunk's first entry
 	for c, ch := range un.chunks {
 		pos[c+1] = pos[c] + int64(ch.hi-ch.lo)
@@ -286,32 +286,49 @@ func (e *engine) windows(un unit, tgts []rankTarget) ([]window, []int) {
 		}
 		parts[task] = s
 	})
-	samples := make([][]uint32, T)
-	e.p.Pool.For(T, func(_, m int) {
-		s := parts[m*P]
-		for _, q := range parts[m*P+1 : (m+1)*P] {
-			s = append(s, q...)
+	// Each target needs two ranks of its model's sample (sampleBounds);
+	// they are selected from the shares as they are, without a sort.
+	S := make([]int, T) // sample size per model
+	for task, part := range parts {
+		S[task/P] += len(part)
+	}
+	bounds := make([][2]int, len(tgts))
+	ranks := make([][]int, T)
+	for i, t := range tgts {
+		if t.k <= 0 || t.k >= un.n {
+			continue
 		}
-		sortDesc(s)
-		samples[m] = s
+		top, bot := sampleBounds(t.k, un.n, S[t.m])
+		bounds[i] = [2]int{top, bot}
+		for _, r := range bounds[i] {
+			if r >= 0 && r < S[t.m] {
+				ranks[t.m] = append(ranks[t.m], r)
+			}
+		}
+	}
+	picked := make([][]uint32, T) // the values at ranks[m], in that order
+	e.p.Pool.For(T, func(_, m int) {
+		picked[m] = selectDesc(parts[m*P:(m+1)*P], ranks[m])
 	})
 	first := make([]int, T)
 	for m := range first {
 		first[m] = -1
 	}
+	next := make([]int, T) // the next of ranks[m] and picked[m], in target order
 	for i, t := range tgts {
 		if t.k <= 0 || t.k >= un.n {
 			of[i] = -1
 			continue
 		}
-		s := samples[t.m]
-		top, bot := sampleBounds(t.k, un.n, len(s))
+		top, bot := bounds[i][0], bounds[i][1]
 		w := whole(t.m)
-		if top >= 0 {
-			w.hi = s[top]
+		if top >= 0 && top < S[t.m] {
+			w.hi = picked[t.m][next[t.m]]
+			next[t.m]++
 		}
-		if bot < len(s) {
-			w.lo = s[bot]
+		if bot >= 0 && bot < S[t.m] {
+			w.lo = picked[t.m][next[t.m]]
+			next[t.m]++
 		}
 		of[i] = add(w)
 		if first[t.m] < 0 {
@@ -342,31 +359,76 @@ func sampleBounds(k, n int64, S int) (top, bot int) {
 	return int(q*s - margin), int(q*s + margin)
 }
 
-// sortDesc sorts s in descending order: a least-significant-digit radix
-// sort in three passes of 11 bits (on ^v, so that ascending keys are
-// descending values), linear where a comparison sort of the 64Ki samples
-// of every model and unit took a noticeable share of a TIES merge.
-func sortDesc(s []uint32) {
-	const bits, bins = 11, 1 << 11
-	src, dst := s, make([]uint32, len(s))
-	for shift := uint(0); shift < 32; shift += bits {
-		var pos [bins]int
-		for _, v := range src {
-			pos[(^v>>shift)&(bins-1)]++
-		}
-		at := 0
-		for b, c := range pos {
-			pos[b] = at
-			at += c
-		}
-		for _, v := range src {
-			k := (^v >> shift) & (bins - 1)
-			dst[pos[k]] = v
-			pos[k]++
-		}
-		src, dst = dst, src
+// selectDesc returns, for each rank r of ranks (0 ≤ r < the shares'
+// total length), the value a descending sort of the shares' concatenation
+// would put at r: an MSD radix selection with digits of 11, 11 and 10
+// bits. The first digit's histogram is taken once over the shares; for
+// each rank the entries in its bin are copied out and the next digits
+// select among them. The shares are not modified, and the result depends
+// on their multiset only, not on how it is split.
+func selectDesc(shares [][]uint32, ranks []int) []uint32 {
+	out := make([]uint32, len(ranks))
+	if len(ranks) == 0 {
+		return out
 	}
-	copy(s, src)
+	var top [1 << 11]int
+	n := 0
+	for _, sh := range shares {
+		n += len(sh)
+		for _, v := range sh {
+			top[v>>21]++
+		}
+	}
+	var scratch []uint32
+	for i, r := range ranks {
+		b := len(top) - 1
+		for ; r >= top[b]; b-- {
+			r -= top[b]
+		}
+		if cap(scratch) < top[b] {
+			scratch = make([]uint32, 0, max(top[b], n/8))
+		}
+		cand := scratch[:0]
+		for _, sh := range shares {
+			for _, v := range sh {
+				if v>>21 == uint32(b) {
+					cand = append(cand, v)
+				}
+			}
+		}
+		out[i] = uint32(b)<<21 | selectLow(cand, r)
+	}
+	return out
+}
+
+// selectLow is the r-th largest of cand's low 21 bits (all of cand share
+// their top 11): the digit of bits 10-20, then the one of bits 0-9, each
+// by a histogram and an in-place filter of cand.
+func selectLow(cand []uint32, r int) uint32 {
+	var prefix uint32
+	for _, d := range [...]struct{ shift, bins uint32 }{{10, 1 << 11}, {0, 1 << 10}} {
+		var count [1 << 11]int
+		for _, v := range cand {
+			count[(v>>d.shift)&(d.bins-1)]++
+		}
+		b := d.bins - 1
+		for ; r >= count[b]; b-- {
+			r -= count[b]
+		}
+		prefix |= b << d.shift
+		if d.shift == 0 {
+			break
+		}
+		k := 0
+		for _, v := range cand {
+			if (v>>d.shift)&(d.bins-1) == b {
+				cand[k] = v
+				k++
+			}
+		}
+		cand = cand[:k]
+	}
+	return prefix
 }
 
 // appendSample appends to s the magnitude bits |x − b| of the sample

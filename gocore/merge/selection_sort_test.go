@@ -1,6 +1,7 @@
 package merge
 
 import (
+	"math"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -8,12 +9,13 @@ import (
 	"github.com/npsfuse/npsfuse/gocore/tensor"
 )
 
-// TestSortDesc checks the radix sort against a comparison sort: random
-// bits, magnitudes with many ties, every value of the top bits, empty and
-// single inputs.
-func TestSortDesc(t *testing.T) {
+// TestSelectDesc checks the radix selection against a comparison sort:
+// every rank of random bits, magnitudes with many ties, every value of the
+// top bits, values that differ only in the low digits, split into shares
+// of every size (empty ones included).
+func TestSelectDesc(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 5))
-	cases := map[string][]uint32{"empty": {}, "one": {42}}
+	cases := map[string][]uint32{"one": {42}}
 	rnd := make([]uint32, 5000)
 	for i := range rnd {
 		rnd[i] = r.Uint32()
@@ -24,17 +26,44 @@ func TestSortDesc(t *testing.T) {
 		ties[i] = uint32(r.IntN(7)) << 20 & 0x7fffffff
 	}
 	cases["ties"] = ties
-	edges := []uint32{0, 1, 0x7fffffff, 0x80000000, 0xffffffff, 2047, 2048, 1 << 22, 1<<22 - 1}
-	cases["edges"] = edges
+	low := make([]uint32, 4000)
+	for i := range low {
+		low[i] = 0x3c000000 | uint32(r.IntN(1<<12)) // one top digit, spread over the lower two
+	}
+	cases["low digits"] = low
+	mags := make([]uint32, 6000)
+	for i := range mags {
+		mags[i] = math.Float32bits(float32(math.Abs(r.NormFloat64() * 0.01)))
+	}
+	cases["magnitudes"] = mags
+	cases["edges"] = []uint32{0, 1, 0x7fffffff, 0x80000000, 0xffffffff, 2047, 2048, 1 << 21, 1<<21 - 1, 1 << 22, 1<<22 - 1, 1023, 1024}
 	for name, in := range cases {
 		want := slices.Clone(in)
 		slices.Sort(want)
 		slices.Reverse(want)
-		got := slices.Clone(in)
-		sortDesc(got)
-		if !slices.Equal(got, want) {
-			t.Fatalf("%s: sortDesc gave %v…, want %v…", name, got[:min(8, len(got))], want[:min(8, len(want))])
+		for _, parts := range []int{1, 2, 3, 7} {
+			var shares [][]uint32
+			for p := range parts {
+				shares = append(shares, in[len(in)*p/parts:len(in)*(p+1)/parts])
+			}
+			shares = append(shares, nil)
+			ranks := make([]int, len(in))
+			for i := range ranks {
+				ranks[i] = len(in) - 1 - i // every rank, in an order the sort does not give
+			}
+			got := selectDesc(shares, ranks)
+			for i, rk := range ranks {
+				if got[i] != want[rk] {
+					t.Fatalf("%s, %d shares: rank %d = %#x, want %#x", name, parts, rk, got[i], want[rk])
+				}
+			}
+			if !slices.Equal(slices.Concat(shares...), in) {
+				t.Fatalf("%s: selectDesc changed its shares", name)
+			}
 		}
+	}
+	if got := selectDesc([][]uint32{{1, 2}}, nil); len(got) != 0 {
+		t.Fatalf("no ranks: got %v", got)
 	}
 }
 
