@@ -493,14 +493,16 @@ def main() -> None:
     ap.add_argument("--warm", action="store_true",
                     help="read the inputs into the page cache before each run instead of "
                          "evicting them (results in bench_cli_warm.*)")
+    ap.add_argument("--name", help="results file name (default: bench_cli, bench_cli_warm, "
+                                   "with _PRESET for other presets)")
     args = ap.parse_args()
     MERGEKIT = args.mergekit.absolute()
     p = PRESETS[args.preset]
     notes: list[str] = []
     cache = "warm" if args.warm else "cold"
     report = Report(  # made first: its machine info records the load at the start
-        name=("bench_cli_warm" if args.warm else "bench_cli")
-        + ("" if args.preset == "1b" else f"_{args.preset}"), title="",
+        name=args.name or (("bench_cli_warm" if args.warm else "bench_cli")
+                           + ("" if args.preset == "1b" else f"_{args.preset}")), title="",
         columns=["method", "tool", "wall s", "CPU s (user+sys)", "peak RSS MB",
                  "disk-read bound s", "wall / disk bound", "parallel disk-read bound s",
                  "wall / parallel bound", "mergekit wall / npsfuse wall",

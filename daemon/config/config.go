@@ -20,6 +20,12 @@ import (
 	"github.com/npsfuse/npsfuse/gocore/sysmem"
 )
 
+// memoryLimit is the memory a percentage memory_budget is a share of: the
+// machine's, or the limit of the daemon's cgroup (its container) where that
+// is less, so that a daemon in a pod limited to 16 GiB on a 512 GiB node does
+// not plan for 256 GiB. A variable for the tests.
+var memoryLimit = sysmem.Limit
+
 // ErrConfig marks an invalid configuration; the message lists every
 // problem found, one per line.
 var ErrConfig = fault.New(fault.InvalidInput, "invalid npsfused configuration")
@@ -221,7 +227,7 @@ func Flags(fs *pflag.FlagSet) {
 	fs.String("shm-dir", str("shm_dir"), "shared-memory folder for same-host tensor exchange (\"\" disables it)")
 	fs.Int("workers", d["workers"].(int), "batch jobs run at once")
 	fs.Int("threads", 0, "goroutines per kernel (0 = all cores)")
-	fs.String("memory-budget", str("memory_budget"), "working memory jobs may reserve (8GiB, or a share of RAM)")
+	fs.String("memory-budget", str("memory_budget"), "working memory jobs may reserve (8GiB, or a share of the memory the daemon may use: RAM, or its cgroup's limit)")
 	fs.String("metrics-listen", str("metrics_listen"), "host:port for /healthz and /metrics (\"\" disables it)")
 	fs.String("max-message-size", str("max_message_size"), "largest gRPC message accepted or sent")
 	fs.String("max-upload-size", str("max_upload_size"), "largest upload")
@@ -386,7 +392,7 @@ func (r raw) validate() (*Config, error) {
 	if r.Threads < 0 {
 		add("threads must be ≥ 0 (0 = all cores), got %d", r.Threads)
 	}
-	if c.MemoryBudget, err = ParseSize(r.MemoryBudget, sysmem.Machine()); err != nil {
+	if c.MemoryBudget, err = ParseSize(r.MemoryBudget, memoryLimit()); err != nil {
 		add("memory_budget: %v", err)
 	}
 	if c.MaxMessageBytes, err = ParseSize(r.MaxMessageSize, 0); err != nil {

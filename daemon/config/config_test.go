@@ -39,6 +39,30 @@ func TestParseSize(t *testing.T) {
 	}
 }
 
+// TestBudgetShareOfTheLimit: a percentage memory_budget (the default 50%)
+// is a share of the memory the daemon may use, the cgroup's limit where one
+// is set (sysmem.Limit, whose cgroup parsing sysmem tests), not of the
+// machine's RAM.
+func TestBudgetShareOfTheLimit(t *testing.T) {
+	clearEnv(t)
+	defer func(f func() int64) { memoryLimit = f }(memoryLimit)
+	memoryLimit = func() int64 { return 16 << 30 }
+	c, err := load(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MemoryBudget != 8<<30 {
+		t.Errorf("default budget under a 16 GiB limit: %d, want 8 GiB", c.MemoryBudget)
+	}
+	c, err = load(t, "--memory-budget", "25%")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MemoryBudget != 4<<30 {
+		t.Errorf("25%% of a 16 GiB limit: %d, want 4 GiB", c.MemoryBudget)
+	}
+}
+
 func TestFormatSize(t *testing.T) {
 	for n, want := range map[int64]string{8 << 30: "8GiB", 1536 << 10: "1536KiB", 1000: "1000B", 0: "0B"} {
 		if got := FormatSize(n); got != want {
