@@ -43,6 +43,13 @@ func TestSharedMemoryResultsCount(t *testing.T) {
 		t.Fatalf("file merge: %s %s", file.State, file.Error)
 	}
 	second := submit(t, f, "merge", shm)
+	// Until a worker takes it up the job is queued (a loaded machine may
+	// take a while); then it must stay running, waiting for memory.
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if st, _ := f.r.Status(second.ID); st.State != store.Queued {
+			break
+		}
+	}
 	time.Sleep(300 * time.Millisecond)
 	if st, _ := f.r.Status(second.ID); st.State != store.Running {
 		t.Fatalf("second shm merge is %s while the first result is held; want running (waiting for memory)", st.State)
