@@ -362,51 +362,71 @@ func sampleBounds(k, n int64, S int) (top, bot int) {
 // selectDesc returns, for each rank r of ranks (0 ≤ r < the shares'
 // total length), the value a descending sort of the shares' concatenation
 // would put at r: an MSD radix selection with digits of 11, 11 and 10
-// bits. The first digit's histogram is taken once over the shares; for
-// each rank the entries in its bin are copied out and the next digits
-// select among them. The shares are not modified, and the result depends
-// on their multiset only, not on how it is split.
+// bits. One histogram of the top digit over the shares gives each rank's
+// bin; one branch-free pass copies out the entries of the bins from the
+// lowest rank's to the highest's (a few hundredths of a sample: the ranks
+// of a window are close), and the lower digits select among those. The
+// shares are not modified, and the result depends on their multiset only,
+// not on how it is split.
 func selectDesc(shares [][]uint32, ranks []int) []uint32 {
 	out := make([]uint32, len(ranks))
 	if len(ranks) == 0 {
 		return out
 	}
 	var top [1 << 11]int
-	n := 0
 	for _, sh := range shares {
-		n += len(sh)
 		for _, v := range sh {
 			top[v>>21]++
 		}
 	}
-	var scratch []uint32
-	for i, r := range ranks {
+	// Bins blo..bhi hold every rank; above counts the entries of the higher bins.
+	blo, bhi := len(top), -1
+	for _, r := range ranks {
 		b := len(top) - 1
 		for ; r >= top[b]; b-- {
 			r -= top[b]
 		}
-		if cap(scratch) < top[b] {
-			scratch = make([]uint32, 0, max(top[b], n/8))
+		blo, bhi = min(blo, b), max(bhi, b)
+	}
+	above, m := 0, 0
+	for b := bhi + 1; b < len(top); b++ {
+		above += top[b]
+	}
+	for b := blo; b <= bhi; b++ {
+		m += top[b]
+	}
+	cand := make([]uint32, m+1) // +1: every entry is stored, the index moves on for the kept ones
+	span, k := uint64(bhi-blo), 0
+	for _, sh := range shares {
+		for _, v := range sh {
+			cand[k] = v
+			d := uint64((v >> 21) - uint32(blo)) // wraps below blo
+			k += int((d - span - 1) >> 63)       // 1 when d ≤ span
 		}
-		cand := scratch[:0]
-		for _, sh := range shares {
-			for _, v := range sh {
-				if v>>21 == uint32(b) {
-					cand = append(cand, v)
-				}
-			}
-		}
-		out[i] = uint32(b)<<21 | selectLow(cand, r)
+	}
+	cand = cand[:m]
+	work := make([]uint32, m)
+	digits, known := selectDigits[:], uint32(0)
+	if blo == bhi { // one bin: the top digit is known
+		digits, known = digits[1:], uint32(blo)<<21
+	}
+	for i, r := range ranks {
+		copy(work, cand)
+		out[i] = known | selectIn(work, r-above, digits)
 	}
 	return out
 }
 
-// selectLow is the r-th largest of cand's low 21 bits (all of cand share
-// their top 11): the digit of bits 10-20, then the one of bits 0-9, each
-// by a histogram and an in-place filter of cand.
-func selectLow(cand []uint32, r int) uint32 {
+// selectDigits are the digits (shift, bins) of selectIn: bits 21-31,
+// 10-20 and 0-9.
+var selectDigits = [...]struct{ shift, bins uint32 }{{21, 1 << 11}, {10, 1 << 11}, {0, 1 << 10}}
+
+// selectIn is the r-th largest of cand, which it reorders, found digit by
+// digit (each by a histogram and an in-place filter); bits above the first
+// digit are left out of the result (the caller knows them).
+func selectIn(cand []uint32, r int, digits []struct{ shift, bins uint32 }) uint32 {
 	var prefix uint32
-	for _, d := range [...]struct{ shift, bins uint32 }{{10, 1 << 11}, {0, 1 << 10}} {
+	for _, d := range digits {
 		var count [1 << 11]int
 		for _, v := range cand {
 			count[(v>>d.shift)&(d.bins-1)]++

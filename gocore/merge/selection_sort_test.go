@@ -57,6 +57,12 @@ func TestSelectDesc(t *testing.T) {
 					t.Fatalf("%s, %d shares: rank %d = %#x, want %#x", name, parts, rk, got[i], want[rk])
 				}
 			}
+			for rk := 0; rk < len(in); rk += 97 { // close pairs, as a window asks: often one bin
+				pair := []int{rk, min(rk+40, len(in)-1)}
+				if got := selectDesc(shares, pair); got[0] != want[pair[0]] || got[1] != want[pair[1]] {
+					t.Fatalf("%s, %d shares: ranks %v = %#x, want %#x, %#x", name, parts, pair, got, want[pair[0]], want[pair[1]])
+				}
+			}
 			if !slices.Equal(slices.Concat(shares...), in) {
 				t.Fatalf("%s: selectDesc changed its shares", name)
 			}
@@ -89,5 +95,21 @@ func TestCheckedUnits(t *testing.T) {
 				t.Fatalf("%s: unit %d checked = %v, want %v", tc.method, u, got, tc.want)
 			}
 		}
+	}
+}
+
+// BenchmarkSelectDesc selects a ties window's two ranks (density 0.2,
+// sampleBounds' margins) from a full-size sample of float32 magnitudes
+// split in two shares, as windows does per model.
+func BenchmarkSelectDesc(b *testing.B) {
+	r := rand.New(rand.NewPCG(1, 2))
+	s := make([]uint32, sampleSize)
+	for i := range s {
+		s[i] = math.Float32bits(float32(math.Abs(r.NormFloat64() * 0.01)))
+	}
+	top, bot := sampleBounds(1<<22/5, 1<<22, len(s))
+	shares := [][]uint32{s[:len(s)/2], s[len(s)/2:]}
+	for b.Loop() {
+		selectDesc(shares, []int{top, bot})
 	}
 }
