@@ -85,7 +85,10 @@ def run(
     if _worker is None or _worker.pid != os.getpid():  # none yet, or forked
         _worker = _Worker()
     box: dict[str, Any] = {}
-    finished = threading.Event()  # not Thread.join: see checkpoint.merge_checkpoints
+    # An Event, not Thread.join: CPython 3.10-3.12 can mark a thread stopped
+    # when Ctrl-C lands in join(timeout), and a later join() then returns
+    # before the Go call has cleaned up (a merge's temporary folder).
+    finished = threading.Event()
 
     def work() -> None:
         try:
