@@ -292,21 +292,22 @@ func (e *engine) windows(un unit, tgts []rankTarget) ([]window, []int) {
 	for task, part := range parts {
 		S[task/P] += len(part)
 	}
-	bounds := make([][2]int, len(tgts))
 	ranks := make([][]int, T)
+	slots := make([][2]int, len(tgts)) // per target, where its hi and lo bounds are in ranks[m]; -1: none
 	for i, t := range tgts {
 		if t.k <= 0 || t.k >= un.n {
 			continue
 		}
 		top, bot := sampleBounds(t.k, un.n, S[t.m])
-		bounds[i] = [2]int{top, bot}
-		for _, r := range bounds[i] {
+		for j, r := range [2]int{top, bot} {
+			slots[i][j] = -1
 			if r >= 0 && r < S[t.m] {
+				slots[i][j] = len(ranks[t.m])
 				ranks[t.m] = append(ranks[t.m], r)
 			}
 		}
 	}
-	picked := make([][]uint32, T) // the values at ranks[m], in that order
+	picked := make([][]uint32, T) // the values at ranks[m]
 	e.p.Pool.For(T, func(_, m int) {
 		picked[m] = selectDesc(parts[m*P:(m+1)*P], ranks[m])
 	})
@@ -314,21 +315,17 @@ func (e *engine) windows(un unit, tgts []rankTarget) ([]window, []int) {
 	for m := range first {
 		first[m] = -1
 	}
-	next := make([]int, T) // the next of ranks[m] and picked[m], in target order
 	for i, t := range tgts {
 		if t.k <= 0 || t.k >= un.n {
 			of[i] = -1
 			continue
 		}
-		top, bot := bounds[i][0], bounds[i][1]
 		w := whole(t.m)
-		if top >= 0 && top < S[t.m] {
-			w.hi = picked[t.m][next[t.m]]
-			next[t.m]++
+		if j := slots[i][0]; j >= 0 {
+			w.hi = picked[t.m][j]
 		}
-		if bot >= 0 && bot < S[t.m] {
-			w.lo = picked[t.m][next[t.m]]
-			next[t.m]++
+		if j := slots[i][1]; j >= 0 {
+			w.lo = picked[t.m][j]
 		}
 		of[i] = add(w)
 		if first[t.m] < 0 {
@@ -382,10 +379,7 @@ func selectDesc(shares [][]uint32, ranks []int) []uint32 {
 	// Bins blo..bhi hold every rank; above counts the entries of the higher bins.
 	blo, bhi := len(top), -1
 	for _, r := range ranks {
-		b := len(top) - 1
-		for ; r >= top[b]; b-- {
-			r -= top[b]
-		}
+		b, _ := rankBin(top[:], r)
 		blo, bhi = min(blo, b), max(bhi, b)
 	}
 	above, m := 0, 0
@@ -417,6 +411,16 @@ func selectDesc(shares [][]uint32, ranks []int) []uint32 {
 	return out
 }
 
+// rankBin is the bin of a histogram (count, highest values last) holding
+// the r-th largest entry, and r's rank among that bin's entries.
+func rankBin(count []int, r int) (bin, rest int) {
+	b := len(count) - 1
+	for ; r >= count[b]; b-- {
+		r -= count[b]
+	}
+	return b, r
+}
+
 // selectDigits are the digits (shift, bins) of selectIn: bits 21-31,
 // 10-20 and 0-9.
 var selectDigits = [...]struct{ shift, bins uint32 }{{21, 1 << 11}, {10, 1 << 11}, {0, 1 << 10}}
@@ -431,17 +435,15 @@ func selectIn(cand []uint32, r int, digits []struct{ shift, bins uint32 }) uint3
 		for _, v := range cand {
 			count[(v>>d.shift)&(d.bins-1)]++
 		}
-		b := d.bins - 1
-		for ; r >= count[b]; b-- {
-			r -= count[b]
-		}
-		prefix |= b << d.shift
+		var b int
+		b, r = rankBin(count[:d.bins], r)
+		prefix |= uint32(b) << d.shift
 		if d.shift == 0 {
 			break
 		}
 		k := 0
 		for _, v := range cand {
-			if (v>>d.shift)&(d.bins-1) == b {
+			if (v>>d.shift)&(d.bins-1) == uint32(b) {
 				cand[k] = v
 				k++
 			}
