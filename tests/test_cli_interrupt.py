@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_hardening_cli import _slow_merge, _stalled_env
+from test_hardening_cli import _merge_to_interrupt, _stalled_env
 
 CHILD = r"""
 import sys
@@ -38,7 +38,7 @@ sys.exit(3)
 
 
 def test_interrupted_python_merge_leaves_nothing(tmp_path: Path) -> None:
-    cfg, out = _slow_merge(tmp_path)
+    cfg, out = _merge_to_interrupt(tmp_path)
     p = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(cfg), str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_stalled_env("1"),

@@ -103,20 +103,21 @@ def test_config_that_is_a_directory(tmp_path: Path) -> None:
     assert r.returncode == 2 and "does not exist" in r.stderr, r.stderr
 
 
-def _slow_merge(tmp: Path) -> tuple[Path, Path]:
-    """A config whose merge lasts about a second with one thread (pcb on
-    3 models × 8 tensors × 4M entries; one 8M tensor took only 0.25 s once
-    pcb had vector kernels, less than the time the tests wait to be inside
-    the merge). The tensors are merged one after another, so a file
-    truncated mid-merge is read again after the truncation."""
+def _merge_to_interrupt(tmp: Path) -> tuple[Path, Path]:
+    """A config merging 3 models × 8 tensors into ``tmp/out`` (pcb). Tests
+    run it with :func:`_stalled_env`, so it is inside the merge when their
+    signal lands however fast it merges (it used to be made slow by its size
+    instead: 4 × 128 MB, written for each test). The tensors are merged one
+    after another, so a file truncated mid-merge is read again after the
+    truncation."""
     g = torch.Generator().manual_seed(5)
-    base = {f"w{k}": torch.randn(2048, 2048, generator=g) for k in range(8)}
+    base = {f"w{k}": torch.randn(512, 512, generator=g) for k in range(8)}
     paths = []
     for i in range(4):
         d = tmp / f"m{i}"
         d.mkdir()
         save_file(
-            {k: v + 0.01 * i * torch.randn(2048, 2048, generator=g) for k, v in base.items()},
+            {k: v + 0.01 * i * torch.randn(512, 512, generator=g) for k, v in base.items()},
             str(d / "model.safetensors"),
         )
         paths.append(str(d))
@@ -154,7 +155,7 @@ def _start(cfg: Path, out: Path, stall: str = "1") -> subprocess.Popen[str]:
 def test_interrupted_merge_leaves_nothing(tmp_path: Path, sig: signal.Signals) -> None:
     """Issue 16 Low 11: Ctrl-C or SIGTERM during ``npsfuse merge`` removes
     the partial output every time (it was left in 7 of 8 runs)."""
-    cfg, out = _slow_merge(tmp_path)
+    cfg, out = _merge_to_interrupt(tmp_path)
     for _ in range(3):
         p = _start(cfg, out)
         p.send_signal(sig)
@@ -168,7 +169,7 @@ def test_interrupted_merge_leaves_nothing(tmp_path: Path, sig: signal.Signals) -
 def test_next_run_removes_what_a_killed_merge_left(tmp_path: Path) -> None:
     """Issue 16 Low 11: after kill -9 the partial output stays; the next
     merge into the same folder removes it (its writer is dead)."""
-    cfg, out = _slow_merge(tmp_path)
+    cfg, out = _merge_to_interrupt(tmp_path)
     p = _start(cfg, out)
     p.kill()
     p.communicate(timeout=60)
@@ -184,7 +185,7 @@ def test_input_truncated_during_the_merge(tmp_path: Path) -> None:
     """Issue 16 Medium 4: a model file truncated while it is merged (what
     saving a checkpoint over itself does) fails the merge with a message and
     leaves nothing; it killed the CLI with SIGABRT and left the temp folder."""
-    cfg, out = _slow_merge(tmp_path)
+    cfg, out = _merge_to_interrupt(tmp_path)
     p = _start(cfg, out, stall="1:2")  # the rest is read after the truncation
     os.truncate(tmp_path / "m3" / "model.safetensors", 0)
     _, err = p.communicate(timeout=120)
