@@ -147,11 +147,32 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_id() -> str:
+    """Family, model and stepping from /proc/cpuinfo, and the vector extensions
+    the kernels choose between (a VM may hide the model name)."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, val = line.partition(":")
+            key = key.strip()
+            if key in ("cpu family", "model", "stepping", "flags") and key not in fields:
+                fields[key] = val.strip()
+    except OSError:
+        return "unknown"
+    flags = set(fields.get("flags", "").split())
+    ext = [f for f in ("avx2", "fma", "avx512f") if f in flags]
+    return (
+        f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')} "
+        f"stepping {fields.get('stepping', '?')}; {' '.join(ext) or 'no AVX2/FMA/AVX-512'}"
+    )
+
+
 def machine_info() -> dict[str, Any]:
     """What the figures were measured on, and when."""
     info: dict[str, Any] = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "cpu": cpu_model(),
+        "cpu_id": cpu_id(),
         "cores": os.cpu_count(),
         "largest_cache_bytes": l3_bytes(),
         "python": platform.python_version(),

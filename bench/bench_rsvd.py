@@ -109,26 +109,6 @@ def go_bench(
     return out
 
 
-def cpu_id() -> str:
-    """Family, model and stepping from /proc/cpuinfo, and the vector extensions
-    the kernels choose between (a VM may hide the model name)."""
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, val = line.partition(":")
-            key = key.strip()
-            if key in ("cpu family", "model", "stepping", "flags") and key not in fields:
-                fields[key] = val.strip()
-    except OSError:
-        return "unknown"
-    flags = set(fields.get("flags", "").split())
-    ext = [f for f in ("avx2", "fma", "avx512f") if f in flags]
-    return (
-        f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')} "
-        f"stepping {fields.get('stepping', '?')}; {' '.join(ext) or 'no AVX2/FMA/AVX-512'}"
-    )
-
-
 def profile(binary: Path, tmp: Path) -> list[list[object]]:
     """CPU profile of ``BenchmarkRSVDShapes/1024x1024`` (2 threads): the share
     of the samples spent in each phase of ``PROFILE_PHASES``."""
@@ -370,7 +350,6 @@ def main() -> None:
         "purego) build: one fused multiply-add per step; the difference is bounded "
         "(gocore/linalg/gemm.go, gemm_fma_test.go).",
     ]
-    rep.machine["cpu_id"] = cpu_id()
     load = rep.machine.get("load_average_at_start", [0.0])[0]
     cores = os.cpu_count() or 1
     if load > cores:
