@@ -92,11 +92,8 @@ func (s *evolveSpec) mergeParams() (merge.Params, error) {
 	return p, nil
 }
 
-func checkEvolve(e *Env, raw json.RawMessage) (json.RawMessage, error) {
-	var s evolveSpec
-	if err := decodeStrict(raw, &s); err != nil {
-		return nil, err
-	}
+// check validates and completes an evolve spec at submit time.
+func (s *evolveSpec) check(e *Env) error {
 	if s.Strategy == "" {
 		s.Strategy = string(evolve.StrategyEvolver)
 	}
@@ -107,37 +104,34 @@ func checkEvolve(e *Env, raw json.RawMessage) (json.RawMessage, error) {
 		s.Generations = 15
 	}
 	if len(s.Models) < 2 {
-		return nil, invalid("models must list the initial population (at least 2 fine-tuned models)")
+		return invalid("models must list the initial population (at least 2 fine-tuned models)")
 	}
 	if _, err := s.config(1, []int{0, 1}); err != nil {
-		return nil, err
+		return err
 	}
 	for i, m := range s.Models {
 		if _, err := e.Resolve(m, fmt.Sprintf("models[%d]", i)); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	switch {
 	case s.Merge != "":
 		if _, err := e.Resolve(s.Base, "base"); err != nil {
-			return nil, err
+			return err
 		}
 		if _, err := s.mergeParams(); err != nil {
-			return nil, err
+			return err
 		}
 	case s.Base != "" || s.MergeParams != nil:
-		return nil, invalid("base and merge_params belong to merge (Evolver with merger)")
+		return invalid("base and merge_params belong to merge (Evolver with merger)")
 	}
 	if _, err := evolve.CompileExclude(s.Exclude); err != nil {
-		return nil, invalid("%v", err)
+		return invalid("%v", err)
 	}
 	if err := s.Result.check(e); err != nil {
-		return nil, err
+		return err
 	}
-	if err := e.CheckCleanup(s.Cleanup); err != nil {
-		return nil, err
-	}
-	return json.Marshal(s)
+	return e.CheckCleanup(s.Cleanup)
 }
 
 // evolveSession is a running evolve session.
@@ -162,12 +156,8 @@ type evolveSession struct {
 	release func()
 }
 
-func runEvolve(rc *runCtx) (any, Session, error) {
-	var s evolveSpec
-	if err := decodeStrict(rc.job.Spec, &s); err != nil {
-		return nil, nil, err
-	}
-	es := &evolveSession{Guard: session.Guard{Closed: errClosed}, spec: s, pool: rc.env.Pool}
+func runEvolve(rc *runCtx, s *evolveSpec) (any, Session, error) {
+	es := &evolveSession{Guard: session.Guard{Closed: errClosed}, spec: *s, pool: rc.env.Pool}
 	ok := false
 	defer func() {
 		if !ok {

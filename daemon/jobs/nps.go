@@ -2,7 +2,6 @@ package jobs
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"math"
 
@@ -329,22 +328,7 @@ func (s *pruneSpec) normalize(e *Env) error {
 	return e.CheckCleanup(s.Cleanup)
 }
 
-func checkPrune(e *Env, raw json.RawMessage) (json.RawMessage, error) {
-	var s pruneSpec
-	if err := decodeStrict(raw, &s); err != nil {
-		return nil, err
-	}
-	if err := s.normalize(e); err != nil {
-		return nil, err
-	}
-	return json.Marshal(s)
-}
-
-func runPrune(rc *runCtx) (any, Session, error) {
-	var s pruneSpec
-	if err := decodeStrict(rc.job.Spec, &s); err != nil {
-		return nil, nil, err
-	}
+func runPrune(rc *runCtx, s *pruneSpec) (any, Session, error) {
 	t, release, err := newTaskSet(rc, s.Base, s.Model, &s.npsOptions)
 	if err != nil {
 		return nil, nil, err
@@ -386,42 +370,36 @@ type compressSpec struct {
 	Cleanup    []string   `json:"cleanup,omitempty"`
 }
 
-func checkCompress(e *Env, raw json.RawMessage) (json.RawMessage, error) {
-	var s compressSpec
-	if err := decodeStrict(raw, &s); err != nil {
-		return nil, err
-	}
+// check validates and completes a compress spec at submit time.
+func (s *compressSpec) check(e *Env) error {
 	if err := s.npsOptions.normalize(0.05); err != nil {
-		return nil, err
+		return err
 	}
 	w, err := s.weights(s.Weights)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	s.Weights = w
 	if s.ValueDType != "" {
 		if _, err := tensor.ParseDType(s.ValueDType); err != nil {
-			return nil, invalid("value_dtype: %v", err)
+			return invalid("value_dtype: %v", err)
 		}
 	}
 	if len(s.Models) == 0 {
-		return nil, invalid("models must list at least one fine-tuned model")
+		return invalid("models must list at least one fine-tuned model")
 	}
 	if _, err := e.Resolve(s.Base, "base"); err != nil {
-		return nil, err
+		return err
 	}
 	for i, m := range s.Models {
 		if _, err := e.Resolve(m, fmt.Sprintf("models[%d]", i)); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	if err := s.Result.check(e); err != nil {
-		return nil, err
+		return err
 	}
-	if err := e.CheckCleanup(s.Cleanup); err != nil {
-		return nil, err
-	}
-	return json.Marshal(s)
+	return e.CheckCleanup(s.Cleanup)
 }
 
 // PackMask returns the bit mask of the kept entries of x (those whose bit
@@ -439,11 +417,7 @@ func PackMask(x []float32) (mask []byte, values []float32) {
 	return mask, values
 }
 
-func runCompress(rc *runCtx) (any, Session, error) {
-	var s compressSpec
-	if err := decodeStrict(rc.job.Spec, &s); err != nil {
-		return nil, nil, err
-	}
+func runCompress(rc *runCtx, s *compressSpec) (any, Session, error) {
 	var metas []tensors.Meta
 	var blobs [][]byte
 	var reports []map[string]any

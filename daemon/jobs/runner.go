@@ -40,11 +40,35 @@ type kind struct {
 
 // kinds is the job-type registry.
 var kinds = map[string]*kind{
-	"merge":      {check: checkMerge, run: runMerge},
-	"nps_prune":  {check: checkPrune, run: runPrune},
-	"compress":   {check: checkCompress, run: runCompress},
-	"nps_search": {session: true, check: checkSearch, run: runSearch},
-	"evolve":     {session: true, check: checkEvolve, run: runEvolve},
+	"merge":      specKind(false, (*mergeSpec).check, runMerge),
+	"nps_prune":  specKind(false, (*pruneSpec).normalize, runPrune),
+	"compress":   specKind(false, (*compressSpec).check, runCompress),
+	"nps_search": specKind(true, (*searchSpec).normalize, runSearch),
+	"evolve":     specKind(true, (*evolveSpec).check, runEvolve),
+}
+
+// specKind is the kind whose specs are S: check decodes a spec strictly
+// (decodeStrict), lets norm validate and complete it, and stores it
+// encoded again; run decodes the stored spec for run.
+func specKind[S any](session bool, norm func(*S, *Env) error, run func(*runCtx, *S) (any, Session, error)) *kind {
+	return &kind{session: session,
+		check: func(e *Env, raw json.RawMessage) (json.RawMessage, error) {
+			var s S
+			if err := decodeStrict(raw, &s); err != nil {
+				return nil, err
+			}
+			if err := norm(&s, e); err != nil {
+				return nil, err
+			}
+			return json.Marshal(s)
+		},
+		run: func(rc *runCtx) (any, Session, error) {
+			var s S
+			if err := decodeStrict(rc.job.Spec, &s); err != nil {
+				return nil, nil, err
+			}
+			return run(rc, &s)
+		}}
 }
 
 // Types lists the job types, sorted.

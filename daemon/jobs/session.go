@@ -2,7 +2,6 @@ package jobs
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -133,17 +132,6 @@ func (s *searchSpec) session() (*nps.Session, error) {
 	return sess, nil
 }
 
-func checkSearch(e *Env, raw json.RawMessage) (json.RawMessage, error) {
-	var s searchSpec
-	if err := decodeStrict(raw, &s); err != nil {
-		return nil, err
-	}
-	if err := s.normalize(e); err != nil {
-		return nil, err
-	}
-	return json.Marshal(s)
-}
-
 // npsSession is a running nps_search.
 type npsSession struct {
 	session.Guard
@@ -158,11 +146,7 @@ type npsSession struct {
 // errClosed is a daemon session's closed error (session.Guard.Closed).
 var errClosed = fmt.Errorf("%w: session closed", ErrState)
 
-func runSearch(rc *runCtx) (any, Session, error) {
-	var s searchSpec
-	if err := decodeStrict(rc.job.Spec, &s); err != nil {
-		return nil, nil, err
-	}
+func runSearch(rc *runCtx, s *searchSpec) (any, Session, error) {
 	t, release, err := newTaskSet(rc, s.Base, s.Model, &s.npsOptions)
 	if err != nil {
 		return nil, nil, err
@@ -182,7 +166,7 @@ func runSearch(rc *runCtx) (any, Session, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	src := *rc
 	src.ctx = ctx
-	ns := &npsSession{Guard: session.Guard{Closed: errClosed}, rc: &src, cancel: cancel, spec: s, t: t, release: release, s: sess}
+	ns := &npsSession{Guard: session.Guard{Closed: errClosed}, rc: &src, cancel: cancel, spec: *s, t: t, release: release, s: sess}
 	src.progress(ns.progress())
 	return nil, ns, nil
 }
