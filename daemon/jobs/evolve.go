@@ -226,11 +226,8 @@ func runEvolve(rc *runCtx, s *evolveSpec) (any, Session, error) {
 	if es.s, err = es.restore(rc.job.Checkpoint); err != nil {
 		return nil, nil, err
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	src := *rc
-	src.ctx = ctx
-	es.rc, es.cancel = &src, cancel
-	src.progress(es.progress())
+	es.rc, es.cancel = rc.detach()
+	es.rc.progress(es.progress())
 	ok = true
 	return nil, es, nil
 }
@@ -442,17 +439,7 @@ func (e *evolveSession) Best() (any, error) {
 // (g = −2 or −1), the merge of the population ([−1, −1], merger), or the
 // open trial of parent i in generation g (with a merger, merged).
 func (e *evolveSession) Candidate(params []float64) (*TensorSet, error) {
-	done, err := e.Hold()
-	if err != nil {
-		return nil, err
-	}
-	set, err := e.candidate(params)
-	if err != nil {
-		done()
-		return nil, err
-	}
-	set.Done = done
-	return set, nil
+	return holdSet(&e.Guard, func() (*TensorSet, error) { return e.candidate(params) })
 }
 
 func (e *evolveSession) candidate(params []float64) (*TensorSet, error) {

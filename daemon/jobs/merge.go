@@ -502,26 +502,9 @@ func planMerge(cfg *stream.Config, s *mergeSpec, base tensors.Source, models []t
 		dir = filepath.Dir(dir)
 	}
 	opt.ModelType = checkpoint.ModelType(dir)
-	inputs := make([]plan.Input, len(models))
-	for i, m := range models {
-		inputs[i] = sourceInput(m)
-	}
-	p, err := plan.Make(sourceInput(base), inputs, opt)
+	p, err := planSources(base, models, opt, stream.ErrInput)
 	if err != nil {
 		return nil, nil, nil, err
-	}
-	if err := p.Verify(func(name string, i int) (bool, error) {
-		bb, err := base.Bytes(name)
-		if err != nil {
-			return false, err
-		}
-		mb, err := models[i].Bytes(name)
-		return bytes.Equal(mb, bb), err
-	}); err != nil {
-		return nil, nil, nil, err
-	}
-	if len(p.Problems) > 0 {
-		return nil, nil, nil, fmt.Errorf("%w: %s", stream.ErrInput, p.Message())
 	}
 	srcs := append([]tensors.Source{base}, models...)
 	var largest, copies, total int64
@@ -582,6 +565,34 @@ func planMerge(cfg *stream.Config, s *mergeSpec, base tensors.Source, models []t
 		out = append(out, pl)
 	}
 	return out, mts, p.Notes, nil
+}
+
+// planSources matches the models with the base by the planner's rule
+// (gocore/plan, as for every door), integer tensors compared with the
+// base's by value; the plan's problems are an error wrapping errInput.
+func planSources(base tensors.Source, models []tensors.Source, opt plan.Options, errInput error) (*plan.Plan, error) {
+	inputs := make([]plan.Input, len(models))
+	for i, m := range models {
+		inputs[i] = sourceInput(m)
+	}
+	p, err := plan.Make(sourceInput(base), inputs, opt)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.Verify(func(name string, i int) (bool, error) {
+		bb, err := base.Bytes(name)
+		if err != nil {
+			return false, err
+		}
+		mb, err := models[i].Bytes(name)
+		return bytes.Equal(mb, bb), err
+	}); err != nil {
+		return nil, err
+	}
+	if len(p.Problems) > 0 {
+		return nil, fmt.Errorf("%w: %s", errInput, p.Message())
+	}
+	return p, nil
 }
 
 // sourceInput is a tensor source's list for the planner.

@@ -1,7 +1,6 @@
 package jobs
 
 import (
-	"bytes"
 	"fmt"
 	"math"
 
@@ -149,22 +148,9 @@ func newTaskSet(rc *runCtx, baseRef, modelRef string, o *npsOptions) (t *taskSet
 	// base's, values included). Merged() is in tensor-name order, as
 	// npsfuse.nps lays them out: a global top-k keeps ties at the cut in
 	// name order, as merge does.
-	p, err := plan.Make(sourceInput(t.base), []plan.Input{sourceInput(t.model)}, plan.Options{})
+	p, err := planSources(t.base, []tensors.Source{t.model}, plan.Options{}, nps.ErrInput)
 	if err != nil {
 		return nil, nil, err
-	}
-	if err := p.Verify(func(name string, _ int) (bool, error) {
-		bb, err := t.base.Bytes(name)
-		if err != nil {
-			return false, err
-		}
-		mb, err := t.model.Bytes(name)
-		return bytes.Equal(mb, bb), err
-	}); err != nil {
-		return nil, nil, err
-	}
-	if len(p.Problems) > 0 {
-		return nil, nil, fmt.Errorf("%w: %s", nps.ErrInput, p.Message())
 	}
 	for _, e := range p.Merged() {
 		bm, _ := t.base.Meta(e.Name)

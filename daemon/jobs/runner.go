@@ -90,6 +90,15 @@ type runCtx struct {
 	log *slog.Logger
 }
 
+// detach is rc for a session, which outlives the worker call that starts
+// it: a copy with its own context, which cancel ends.
+func (rc *runCtx) detach() (*runCtx, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	src := *rc
+	src.ctx = ctx
+	return &src, cancel
+}
+
 // progress publishes how far the job has come (memory only; cheap).
 func (rc *runCtx) progress(p store.Progress) { rc.r.setProgress(rc.job.ID, p) }
 

@@ -143,6 +143,22 @@ type npsSession struct {
 	s       *nps.Session
 }
 
+// holdSet builds a TensorSet that borrows a session's buffers: the
+// session stays locked (g.Hold) until the set's Done.
+func holdSet(g *session.Guard, build func() (*TensorSet, error)) (*TensorSet, error) {
+	done, err := g.Hold()
+	if err != nil {
+		return nil, err
+	}
+	set, err := build()
+	if err != nil {
+		done()
+		return nil, err
+	}
+	set.Done = done
+	return set, nil
+}
+
 // errClosed is a daemon session's closed error (session.Guard.Closed).
 var errClosed = fmt.Errorf("%w: session closed", ErrState)
 
@@ -162,11 +178,8 @@ func runSearch(rc *runCtx, s *searchSpec) (any, Session, error) {
 		t.close()
 		return nil, nil, err
 	}
-	// The session outlives this worker call: give it its own context.
-	ctx, cancel := context.WithCancel(context.Background())
-	src := *rc
-	src.ctx = ctx
-	ns := &npsSession{Guard: session.Guard{Closed: errClosed}, rc: &src, cancel: cancel, spec: *s, t: t, release: release, s: sess}
+	src, cancel := rc.detach()
+	ns := &npsSession{Guard: session.Guard{Closed: errClosed}, rc: src, cancel: cancel, spec: *s, t: t, release: release, s: sess}
 	src.progress(ns.progress())
 	return nil, ns, nil
 }
@@ -236,17 +249,7 @@ func (n *npsSession) Best() (any, error) {
 // Candidate implements Session: θ₀ + λ·τ_NPS(w) (or τ_NPS) for weights w.
 // The session stays locked until Done (Build's buffers are shared).
 func (n *npsSession) Candidate(w []float64) (*TensorSet, error) {
-	done, err := n.Hold()
-	if err != nil {
-		return nil, err
-	}
-	set, err := n.candidate(w)
-	if err != nil {
-		done()
-		return nil, err
-	}
-	set.Done = done
-	return set, nil
+	return holdSet(&n.Guard, func() (*TensorSet, error) { return n.candidate(w) })
 }
 
 func (n *npsSession) candidate(w []float64) (*TensorSet, error) {
