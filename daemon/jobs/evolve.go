@@ -470,26 +470,10 @@ func (e *evolveSession) candidate(params []float64) (*TensorSet, error) {
 // tensorSet materialises individual i's model with vec as its evolved
 // tensors (rounded to each tensor's dtype); other tensors are i's own.
 func (e *evolveSession) tensorSet(i int, vec []float32) *TensorSet {
-	src := e.srcs[i]
-	names := src.Names()
-	metas := make([]tensors.Meta, len(names))
-	for k, n := range names {
-		metas[k], _ = src.Meta(n)
-	}
-	return &TensorSet{Metas: metas, Fill: func(k int, dst []byte) error {
-		t, ok := e.index[names[k]]
-		if !ok {
-			b, err := src.Bytes(names[k])
-			copy(dst, b)
-			return err
-		}
-		out, err := tensor.FromBytes(dst, mustKernel(metas[k]))
-		if err != nil {
-			return err
-		}
+	return sourceSet(e.srcs[i], nil, e.index, func(t int, out tensor.Vec) error {
 		out.Store(vec[e.offsets[t]:e.offsets[t]+out.Len()], 0)
 		return nil
-	}}
+	})
 }
 
 // mergedSet is the merge, by the spec's merger, of the base and the
@@ -498,14 +482,9 @@ func (e *evolveSession) tensorSet(i int, vec []float32) *TensorSet {
 // floating-point tensor merged in name order into the base's dtype, the
 // others copied from the base.
 func (e *evolveSession) mergedSet(replace int, vec []float32) (*TensorSet, error) {
-	names := e.base.Names()
-	metas := make([]tensors.Meta, len(names))
 	merged := map[string]int{}
 	var mts []merge.Tensor
-	for k, name := range names {
-		metas[k], _ = e.base.Meta(name)
-	}
-	for _, name := range slices.Sorted(slices.Values(names)) {
+	for _, name := range slices.Sorted(slices.Values(e.base.Names())) {
 		bm, _ := e.base.Meta(name)
 		if _, ok := tensors.KernelDType(bm.DType); !ok {
 			continue // not floating-point: copied
@@ -539,19 +518,7 @@ func (e *evolveSession) mergedSet(replace int, vec []float32) (*TensorSet, error
 	if err != nil {
 		return nil, err
 	}
-	return &TensorSet{Metas: metas, Fill: func(k int, dst []byte) error {
-		at, ok := merged[names[k]]
-		if !ok {
-			b, err := e.base.Bytes(names[k])
-			copy(dst, b)
-			return err
-		}
-		out, err := tensor.FromBytes(dst, mustKernel(metas[k]))
-		if err != nil {
-			return err
-		}
-		return m.Tensor(at, out)
-	}}, nil
+	return sourceSet(e.base, nil, merged, m.Tensor), nil
 }
 
 // Finish implements Session: the best individual's model (with a merger,

@@ -198,66 +198,49 @@ func (t *taskSet) build(w []float64, o *npsOptions) (int64, error) {
 	return t.task.Build(nps.Weights{Shared: w}, o.Keep, *o.Global)
 }
 
-// outputSet describes the tensors an NPS job writes from t.task.Out: the
-// pruned task vector (float32, decomposed tensors only) or the transferred
-// model θ₀ + λ·τ_NPS (every base tensor; floating-point ones in dtype or
-// their base dtype).
-func (t *taskSet) outputSet(output string, lam float64, dtype string) ([]tensors.Meta, func(i int, dst []byte) error, error) {
-	if output == "task_vector" {
-		metas := make([]tensors.Meta, len(t.names))
-		for i, m := range t.metas {
-			metas[i] = tensors.Meta{Name: m.Name, DType: safetensors.F32, Shape: m.Shape}
-		}
-		return metas, func(i int, dst []byte) error {
-			v, err := tensor.FromBytes(dst, tensor.F32)
-			if err != nil {
-				return err
-			}
-			v.Store(t.task.Out[i], 0)
-			return nil
-		}, nil
-	}
-	var outDT tensor.DType
-	if dtype != "" {
-		var err error
-		if outDT, err = tensor.ParseDType(dtype); err != nil {
-			return nil, nil, invalid("dtype: %v", err)
-		}
+// output builds τ_NPS for weights w (build) and describes the tensors an
+// NPS job writes from it: the pruned task vector (float32, decomposed
+// tensors only) or the transferred model θ₀ + λ·τ_NPS (every base tensor;
+// floating-point ones in dtype or their base dtype). kept is how many
+// entries the build kept.
+func (t *taskSet) output(w []float64, o *npsOptions, output string, lam float64, dtype string) (kept int64, set *TensorSet, err error) {
+	if kept, err = t.build(w, o); err != nil {
+		return 0, nil, err
 	}
 	idx := map[string]int{}
 	for i, n := range t.names {
 		idx[n] = i
 	}
-	var metas []tensors.Meta
-	for _, name := range t.base.Names() {
-		m, _ := t.base.Meta(name)
-		if _, ok := idx[name]; ok && outDT != 0 {
-			m.DType = tensors.FromKernel(outDT)
+	if output == "task_vector" {
+		metas := make([]tensors.Meta, len(t.names))
+		for i, m := range t.metas {
+			metas[i] = tensors.Meta{Name: m.Name, DType: safetensors.F32, Shape: m.Shape}
 		}
-		metas = append(metas, m)
+		return kept, sourceSet(t.base, metas, idx, func(i int, out tensor.Vec) error {
+			out.Store(t.task.Out[i], 0)
+			return nil
+		}), nil
+	}
+	var outDT tensor.DType
+	if dtype != "" {
+		if outDT, err = tensor.ParseDType(dtype); err != nil {
+			return 0, nil, invalid("dtype: %v", err)
+		}
+	}
+	metas := sourceMetas(t.base)
+	for i, m := range metas {
+		if _, ok := idx[m.Name]; ok && outDT != 0 {
+			metas[i].DType = tensors.FromKernel(outDT)
+		}
 	}
 	lams := []float32{float32(lam)}
-	return metas, func(i int, dst []byte) error {
-		name := metas[i].Name
-		k, ok := idx[name]
-		if !ok {
-			b, err := t.base.Bytes(name)
-			if err != nil {
-				return err
-			}
-			copy(dst, b)
-			return nil
-		}
-		out, err := tensor.FromBytes(dst, mustKernel(metas[i]))
-		if err != nil {
-			return err
-		}
-		bv, err := sourceVec(t.base, name)
+	return kept, sourceSet(t.base, metas, idx, func(k int, out tensor.Vec) error {
+		bv, err := sourceVec(t.base, t.names[k])
 		if err != nil {
 			return err
 		}
 		return nps.Apply(t.pool, out, bv, []tensor.Vec{tensor.FromF32(t.task.Out[k])}, lams)
-	}, nil
+	}), nil
 }
 
 // pruneSpec is an nps_prune job: prune one fine-tune's task vector with
@@ -321,15 +304,11 @@ func runPrune(rc *runCtx, s *pruneSpec) (any, Session, error) {
 	}
 	defer release()
 	defer t.close()
-	kept, err := t.build(s.Weights, &s.npsOptions)
+	kept, set, err := t.output(s.Weights, &s.npsOptions, s.Output, *s.Lam, s.DType)
 	if err != nil {
 		return nil, nil, err
 	}
-	metas, fill, err := t.outputSet(s.Output, *s.Lam, s.DType)
-	if err != nil {
-		return nil, nil, err
-	}
-	res, err := writeTensorResult(rc, s.Result, metas, fill)
+	res, err := writeTensorResult(rc, s.Result, set.Metas, set.Fill)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/npsfuse/npsfuse/gocore/nps"
 	"github.com/npsfuse/npsfuse/gocore/search"
 	"github.com/npsfuse/npsfuse/gocore/session"
+	"github.com/npsfuse/npsfuse/gocore/tensor"
 )
 
 // Session is an interactive job: the daemon holds the optimizer and its
@@ -39,6 +40,38 @@ type TensorSet struct {
 	Metas []tensors.Meta
 	Fill  func(i int, dst []byte) error
 	Done  func()
+}
+
+// sourceSet is the TensorSet of metas (nil: src's tensors, as src lists
+// them): a tensor that computed maps to an index i is put into its kernel
+// view (its meta's dtype) by put(i, out), any other copied from src.
+func sourceSet(src tensors.Source, metas []tensors.Meta, computed map[string]int, put func(i int, out tensor.Vec) error) *TensorSet {
+	if metas == nil {
+		metas = sourceMetas(src)
+	}
+	return &TensorSet{Metas: metas, Fill: func(k int, dst []byte) error {
+		i, ok := computed[metas[k].Name]
+		if !ok {
+			b, err := src.Bytes(metas[k].Name)
+			copy(dst, b)
+			return err
+		}
+		out, err := tensor.FromBytes(dst, mustKernel(metas[k]))
+		if err != nil {
+			return err
+		}
+		return put(i, out)
+	}}
+}
+
+// sourceMetas lists src's tensors, in its order.
+func sourceMetas(src tensors.Source) []tensors.Meta {
+	names := src.Names()
+	metas := make([]tensors.Meta, len(names))
+	for k, n := range names {
+		metas[k], _ = src.Meta(n)
+	}
+	return metas
 }
 
 // searchSpec is an nps_search session (METHODS.md, NPS-Pruning step 4):
@@ -258,11 +291,8 @@ func (n *npsSession) candidate(w []float64) (*TensorSet, error) {
 			return nil, invalid("candidate weight %d is %v", i, x)
 		}
 	}
-	if _, err := n.t.build(w, &n.spec.npsOptions); err != nil {
-		return nil, err
-	}
-	metas, fill, err := n.t.outputSet(n.spec.Output, *n.spec.Lam, n.spec.DType)
-	return &TensorSet{Metas: metas, Fill: fill}, err
+	_, set, err := n.t.output(w, &n.spec.npsOptions, n.spec.Output, *n.spec.Lam, n.spec.DType)
+	return set, err
 }
 
 // Finish implements Session: the best weights' tensors become the result.
@@ -276,15 +306,11 @@ func (n *npsSession) finish() (any, error) {
 	if x == nil {
 		x, note = n.spec.X0, "no candidate was evaluated successfully: the result uses x0"
 	}
-	kept, err := n.t.build(x, &n.spec.npsOptions)
+	kept, set, err := n.t.output(x, &n.spec.npsOptions, n.spec.Output, *n.spec.Lam, n.spec.DType)
 	if err != nil {
 		return nil, err
 	}
-	metas, fill, err := n.t.outputSet(n.spec.Output, *n.spec.Lam, n.spec.DType)
-	if err != nil {
-		return nil, err
-	}
-	res, err := writeTensorResult(n.rc, n.spec.Result, metas, fill)
+	res, err := writeTensorResult(n.rc, n.spec.Result, set.Metas, set.Fill)
 	if err != nil {
 		return nil, err
 	}
