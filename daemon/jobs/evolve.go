@@ -161,13 +161,7 @@ func runEvolve(rc *runCtx, s *evolveSpec) (any, Session, error) {
 	ok := false
 	defer func() {
 		if !ok {
-			_ = tensors.CloseAll(es.srcs...)
-			if es.base != nil {
-				_ = es.base.Close()
-			}
-			if es.release != nil {
-				es.release()
-			}
+			es.free()
 		}
 	}()
 	open := func(ref, what string) (tensors.Source, error) {
@@ -552,11 +546,17 @@ func (e *evolveSession) finish() (any, error) {
 func (e *evolveSession) Close() {
 	e.Guard.Close(func() {
 		e.cancel()
-		_ = tensors.CloseAll(e.srcs...)
-		if e.base != nil {
-			_ = e.base.Close()
-		}
-		e.pop, e.scratch = nil, nil
-		e.release()
+		e.free()
 	})
+}
+
+// free closes the session's sources and releases its population and its
+// memory reservation (those it has: runEvolve frees a session it fails
+// to set up).
+func (e *evolveSession) free() {
+	_ = tensors.CloseAll(append([]tensors.Source{e.base}, e.srcs...)...)
+	e.pop, e.scratch = nil, nil
+	if e.release != nil {
+		e.release()
+	}
 }

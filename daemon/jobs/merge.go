@@ -284,19 +284,27 @@ func checkStreamInputs(s *mergeSpec, paths []string) error {
 	return nil
 }
 
+// what is what a merge spec asks: a mergekit-moe or multi job (kind
+// "moe" or "multi"), or a merge of s.Config, which Python prepares first
+// when prep is not nil.
+func (s *mergeSpec) what(e *Env) (kind string, prep *prepPlan, err error) {
+	if kind, err = mergekitKind(s); err != nil || kind != "" {
+		return kind, nil, err
+	}
+	if s.Config == nil {
+		return "", nil, invalid("config is missing (a mergekit-style mapping: merge_method, base_model, models)")
+	}
+	prep, err = e.preparation(s.Config)
+	return "", prep, err
+}
+
 // check validates a merge spec at submit time.
 func (s *mergeSpec) check(e *Env) error {
-	if kind, err := mergekitKind(s); err != nil {
+	kind, prep, err := s.what(e)
+	if err != nil {
 		return err
 	} else if kind != "" {
 		return checkMergekit(e, s, kind)
-	}
-	if s.Config == nil {
-		return invalid("config is missing (a mergekit-style mapping: merge_method, base_model, models)")
-	}
-	prep, err := e.preparation(s.Config)
-	if err != nil {
-		return err
 	}
 	var paths []string
 	if prep != nil {
@@ -346,18 +354,12 @@ func (s *mergeSpec) check(e *Env) error {
 }
 
 func runMerge(rc *runCtx, s *mergeSpec) (any, Session, error) {
-	if kind, err := mergekitKind(s); err != nil {
+	kind, prep, err := s.what(rc.env)
+	if err != nil {
 		return nil, nil, err
 	} else if kind != "" {
 		res, err := runMergekit(rc, s, kind)
 		return res, nil, err
-	}
-	if s.Config == nil {
-		return nil, nil, invalid("config is missing (a mergekit-style mapping: merge_method, base_model, models)")
-	}
-	prep, err := rc.env.preparation(s.Config)
-	if err != nil {
-		return nil, nil, err
 	}
 	scratch := ""
 	if prep != nil {
@@ -407,18 +409,7 @@ func runStreamMerge(rc *runCtx, cfg *stream.Config, s *mergeSpec) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	force := s.Force
-	var prev *fileKey // out_dir as an earlier attempt committed it
-	if rc.job.Attempts > 1 {
-		// An earlier attempt may have left its temporary folder, or even
-		// committed the output just before the crash. Only what that
-		// attempt recorded as its own is removed or replaced: out_dir is
-		// replaced without force only if it is the folder the attempt
-		// committed (the same inode), never a folder the user made.
-		if prev = recoverOutput(rc.log, out, rc.job.Checkpoint); prev != nil {
-			force = true
-		}
-	}
+	force, prev := resumeOutput(rc, out, s.Force)
 	base := cfg.BaseModel
 	if base == "" {
 		base = cfg.Models[0].Path

@@ -410,13 +410,7 @@ func runMergekit(rc *runCtx, s *mergeSpec, kind string) (any, error) {
 	var out *checkpoint.Output
 	target := "" // where Python writes the final output
 	if p.out != "" {
-		force := s.Force
-		var prev *fileKey
-		if rc.job.Attempts > 1 { // the stream merge's rule (runStreamMerge)
-			if prev = recoverOutput(rc.log, p.out, rc.job.Checkpoint); prev != nil {
-				force = true
-			}
-		}
+		force, prev := resumeOutput(rc, p.out, s.Force)
 		if out, err = checkpoint.NewOutput(p.out, force); err != nil {
 			return nil, err
 		}
