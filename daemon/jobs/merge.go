@@ -444,8 +444,7 @@ func largestTensor(path string) (int64, error) {
 	}
 	defer src.Close()
 	var n int64
-	for _, name := range src.Names() {
-		m, _ := src.Meta(name)
+	for _, m := range sourceMetas(src) {
 		n = max(n, m.Bytes())
 	}
 	return n, nil
@@ -589,9 +588,8 @@ func planSources(base tensors.Source, models []tensors.Source, opt plan.Options,
 // sourceInput is a tensor source's list for the planner.
 func sourceInput(src tensors.Source) plan.Input {
 	in := plan.Input{Where: src.Path()}
-	for _, name := range src.Names() {
-		m, _ := src.Meta(name)
-		in.Tensors = append(in.Tensors, plan.Tensor{Name: name, DType: m.DType.String(), Shape: m.Shape})
+	for _, m := range sourceMetas(src) {
+		in.Tensors = append(in.Tensors, plan.Tensor{Name: m.Name, DType: m.DType.String(), Shape: m.Shape})
 	}
 	return in
 }

@@ -38,7 +38,9 @@ const (
 	maxPowerIters = 100
 )
 
-func (o *npsOptions) normalize(defaultKeep float64) error {
+// normalize checks the options and completes their defaults, and those of
+// the subspace weights w (weights).
+func (o *npsOptions) normalize(defaultKeep float64, w *[]float64) error {
 	if o.Subspaces == 0 {
 		o.Subspaces = 8
 	}
@@ -72,25 +74,27 @@ func (o *npsOptions) normalize(defaultKeep float64) error {
 		t := true
 		o.Global = &t
 	}
-	return nil
+	return o.weights(w)
 }
 
-func (o *npsOptions) weights(w []float64) ([]float64, error) {
-	if w == nil {
-		w = make([]float64, o.Subspaces)
-		for i := range w {
-			w[i] = 1
+// weights checks the subspace weights *w: one per subspace, finite; nil
+// becomes all 1.
+func (o *npsOptions) weights(w *[]float64) error {
+	if *w == nil {
+		*w = make([]float64, o.Subspaces)
+		for i := range *w {
+			(*w)[i] = 1
 		}
 	}
-	if len(w) != o.Subspaces {
-		return nil, invalid("%d weights for %d subspaces", len(w), o.Subspaces)
+	if len(*w) != o.Subspaces {
+		return invalid("%d weights for %d subspaces", len(*w), o.Subspaces)
 	}
-	for i, x := range w {
+	for i, x := range *w {
 		if math.IsNaN(x) || math.IsInf(x, 0) {
-			return nil, invalid("weights[%d] is %v", i, x)
+			return invalid("weights[%d] is %v", i, x)
 		}
 	}
-	return w, nil
+	return nil
 }
 
 // taskSet is a base and a fine-tuned model with the fine-tune's task
@@ -259,14 +263,9 @@ type pruneSpec struct {
 }
 
 func (s *pruneSpec) normalize(e *Env) error {
-	if err := s.npsOptions.normalize(0.1); err != nil {
+	if err := s.npsOptions.normalize(0.1, &s.Weights); err != nil {
 		return err
 	}
-	w, err := s.weights(s.Weights)
-	if err != nil {
-		return err
-	}
-	s.Weights = w
 	if s.Lam == nil {
 		one := 1.0
 		s.Lam = &one
@@ -337,14 +336,9 @@ type compressSpec struct {
 
 // check validates and completes a compress spec at submit time.
 func (s *compressSpec) check(e *Env) error {
-	if err := s.npsOptions.normalize(0.05); err != nil {
+	if err := s.npsOptions.normalize(0.05, &s.Weights); err != nil {
 		return err
 	}
-	w, err := s.weights(s.Weights)
-	if err != nil {
-		return err
-	}
-	s.Weights = w
 	if s.ValueDType != "" {
 		if _, err := tensor.ParseDType(s.ValueDType); err != nil {
 			return invalid("value_dtype: %v", err)

@@ -570,12 +570,7 @@ func (r *Runner) submit(reqs []Request) ([]*store.Job, []bool, error) {
 // kernel checks (between tensors), a session at once. Cancelling a
 // finished job changes nothing.
 func (r *Runner) Cancel(id uint64) (*Status, error) {
-	r.mu.Lock()
-	sess, isSession := r.sessions[id]
-	if isSession {
-		delete(r.sessions, id)
-	}
-	r.mu.Unlock()
+	sess, isSession := r.takeSession(id)
 	j, err := r.st.Update(id, func(j *store.Job) error {
 		switch {
 		case j.State.Final():
@@ -867,14 +862,18 @@ func (r *Runner) WaitSession(ctx context.Context, id uint64, timeout time.Durati
 // SessionProgress publishes a session's progress (generation, best).
 func (r *Runner) SessionProgress(id uint64, p store.Progress) { r.setProgress(id, p) }
 
+// takeSession removes session id from the live sessions and returns it.
+func (r *Runner) takeSession(id uint64) (*sessionEntry, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.sessions[id]
+	delete(r.sessions, id)
+	return e, ok
+}
+
 // Finish ends session id: its result is written and the job is done.
 func (r *Runner) Finish(id uint64) (*Status, error) {
-	r.mu.Lock()
-	e, ok := r.sessions[id]
-	if ok {
-		delete(r.sessions, id)
-	}
-	r.mu.Unlock()
+	e, ok := r.takeSession(id)
 	if !ok {
 		_, err := r.Session(id)
 		return nil, err
