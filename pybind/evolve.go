@@ -8,7 +8,6 @@ import (
 
 	"github.com/npsfuse/npsfuse/arrowio/bridge"
 	"github.com/npsfuse/npsfuse/gocore/evolve"
-	"github.com/npsfuse/npsfuse/gocore/tensor"
 )
 
 // evolveErr re-labels gocore/evolve's input errors as ErrSearch, which
@@ -89,11 +88,7 @@ func EvolveOffspring(state string, individual, nPop, arrays, schemas int) (taken
 		return 0, err
 	}
 	defer b.Release()
-	pop := make([]tensor.Vec, nPop)
-	for i := range pop {
-		pop[i] = b.Tensors[i].Vec
-	}
-	out := b.Tensors[nPop].Vec
+	pop, out := vecs(b.Tensors[:nPop]), b.Tensors[nPop].Vec
 	s, err := evolve.Restore([]byte(state))
 	if err != nil {
 		return 0, evolveErr(err)

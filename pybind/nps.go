@@ -7,7 +7,6 @@ import (
 	"github.com/npsfuse/npsfuse/arrowio/bridge"
 	"github.com/npsfuse/npsfuse/gocore/nps"
 	"github.com/npsfuse/npsfuse/gocore/parallel"
-	"github.com/npsfuse/npsfuse/gocore/tensor"
 )
 
 type npsOptions struct {
@@ -101,11 +100,7 @@ func NPSBuild(h int, weights string, keep float64, global bool, nOut, arrays, sc
 	if err := decodeStrict(nps.ErrInput, "weights", weights, &w); err != nil {
 		return 0, err
 	}
-	outs := make([]tensor.Vec, len(b.Tensors))
-	for i, o := range b.Tensors {
-		outs[i] = o.Vec
-	}
-	k, err := t.BuildInto(nps.Weights{Shared: w.Shared, PerTensor: w.PerTensor}, keep, global, outs)
+	k, err := t.BuildInto(nps.Weights{Shared: w.Shared, PerTensor: w.PerTensor}, keep, global, vecs(b.Tensors))
 	return int(k), err
 }
 
@@ -126,11 +121,7 @@ func Apply(lams string, nTensors, nTaus, arrays, schemas int) (err error) {
 	}
 	for i := range nTensors {
 		g := b.Tensors[i*per : (i+1)*per]
-		taus := make([]tensor.Vec, nTaus)
-		for k := range taus {
-			taus[k] = g[1+k].Vec
-		}
-		if err := nps.Apply(parallel.Pool{}, g[per-1].Vec, g[0].Vec, taus, l); err != nil {
+		if err := nps.Apply(parallel.Pool{}, g[per-1].Vec, g[0].Vec, vecs(g[1:1+nTaus]), l); err != nil {
 			return fmt.Errorf("tensor %q: %w", g[0].Name, err)
 		}
 	}

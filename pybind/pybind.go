@@ -184,20 +184,14 @@ func mergeWith(ctx context.Context, method, params string, nTensors, nModels, ar
 		}
 		group := b.Tensors[off : off+n]
 		off += n
-		models := make([]tensor.Vec, nModels)
-		for m := range models {
-			models[m] = group[1+m].Vec
-		}
 		if n > per {
 			if stats == nil {
 				stats = map[string][]tensor.Vec{}
 			}
-			for _, s := range group[1+nModels : 1+2*nModels] {
-				stats[group[0].Name] = append(stats[group[0].Name], s.Vec)
-			}
+			stats[group[0].Name] = append(stats[group[0].Name], vecs(group[1+nModels:1+2*nModels])...)
 		}
 		ts[i] = merge.Tensor{Name: group[0].Name, Shape: group[0].Shape, Transposed: group[0].Transposed,
-			Base: group[0].Vec, Models: models, Out: group[n-1].Vec}
+			Base: group[0].Vec, Models: vecs(group[1 : 1+nModels]), Out: group[n-1].Vec}
 		bridge.AdviseHugePages(group[n-1].Vec) // fresh output: fewer page faults
 	}
 	p.Statistics = stats
@@ -210,6 +204,15 @@ func mergeWith(ctx context.Context, method, params string, nTensors, nModels, ar
 		return "", fmt.Errorf("merge report: %w", err)
 	}
 	return string(out), nil
+}
+
+// vecs are the views of imported tensors.
+func vecs(ts []bridge.Tensor) []tensor.Vec {
+	out := make([]tensor.Vec, len(ts))
+	for i, t := range ts {
+		out[i] = t.Vec
+	}
+	return out
 }
 
 // TransposedByModelType returns merge.TransposedByModelType as JSON.

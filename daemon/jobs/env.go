@@ -351,8 +351,7 @@ func (e *Env) openSource(path string) (tensors.Source, error) {
 	}
 	if e.BytesIn != nil && within(path, e.ShmDir) {
 		var n int64
-		for _, name := range s.Names() {
-			m, _ := s.Meta(name)
+		for _, m := range sourceMetas(s) {
 			n += m.Bytes()
 		}
 		e.BytesIn("shm", n)

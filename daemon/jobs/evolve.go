@@ -92,11 +92,8 @@ func (s *evolveSpec) mergeParams() (merge.Params, error) {
 	return p, nil
 }
 
-func checkEvolve(e *Env, raw json.RawMessage) (json.RawMessage, error) {
-	var s evolveSpec
-	if err := decodeStrict(raw, &s); err != nil {
-		return nil, err
-	}
+// check validates and completes an evolve spec at submit time.
+func (s *evolveSpec) check(e *Env) error {
 	if s.Strategy == "" {
 		s.Strategy = string(evolve.StrategyEvolver)
 	}
@@ -107,37 +104,34 @@ func checkEvolve(e *Env, raw json.RawMessage) (json.RawMessage, error) {
 		s.Generations = 15
 	}
 	if len(s.Models) < 2 {
-		return nil, invalid("models must list the initial population (at least 2 fine-tuned models)")
+		return invalid("models must list the initial population (at least 2 fine-tuned models)")
 	}
 	if _, err := s.config(1, []int{0, 1}); err != nil {
-		return nil, err
+		return err
 	}
 	for i, m := range s.Models {
 		if _, err := e.Resolve(m, fmt.Sprintf("models[%d]", i)); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	switch {
 	case s.Merge != "":
 		if _, err := e.Resolve(s.Base, "base"); err != nil {
-			return nil, err
+			return err
 		}
 		if _, err := s.mergeParams(); err != nil {
-			return nil, err
+			return err
 		}
 	case s.Base != "" || s.MergeParams != nil:
-		return nil, invalid("base and merge_params belong to merge (Evolver with merger)")
+		return invalid("base and merge_params belong to merge (Evolver with merger)")
 	}
 	if _, err := evolve.CompileExclude(s.Exclude); err != nil {
-		return nil, invalid("%v", err)
+		return invalid("%v", err)
 	}
 	if err := s.Result.check(e); err != nil {
-		return nil, err
+		return err
 	}
-	if err := e.CheckCleanup(s.Cleanup); err != nil {
-		return nil, err
-	}
-	return json.Marshal(s)
+	return e.CheckCleanup(s.Cleanup)
 }
 
 // evolveSession is a running evolve session.
@@ -162,22 +156,12 @@ type evolveSession struct {
 	release func()
 }
 
-func runEvolve(rc *runCtx) (any, Session, error) {
-	var s evolveSpec
-	if err := decodeStrict(rc.job.Spec, &s); err != nil {
-		return nil, nil, err
-	}
-	es := &evolveSession{Guard: session.Guard{Closed: errClosed}, spec: s, pool: rc.env.Pool}
+func runEvolve(rc *runCtx, s *evolveSpec) (any, Session, error) {
+	es := &evolveSession{Guard: session.Guard{Closed: errClosed}, spec: *s, pool: rc.env.Pool}
 	ok := false
 	defer func() {
 		if !ok {
-			_ = tensors.CloseAll(es.srcs...)
-			if es.base != nil {
-				_ = es.base.Close()
-			}
-			if es.release != nil {
-				es.release()
-			}
+			es.free()
 		}
 	}()
 	open := func(ref, what string) (tensors.Source, error) {
@@ -236,11 +220,8 @@ func runEvolve(rc *runCtx) (any, Session, error) {
 	if es.s, err = es.restore(rc.job.Checkpoint); err != nil {
 		return nil, nil, err
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	src := *rc
-	src.ctx = ctx
-	es.rc, es.cancel = &src, cancel
-	src.progress(es.progress())
+	es.rc, es.cancel = rc.detach()
+	es.rc.progress(es.progress())
 	ok = true
 	return nil, es, nil
 }
@@ -452,17 +433,7 @@ func (e *evolveSession) Best() (any, error) {
 // (g = −2 or −1), the merge of the population ([−1, −1], merger), or the
 // open trial of parent i in generation g (with a merger, merged).
 func (e *evolveSession) Candidate(params []float64) (*TensorSet, error) {
-	done, err := e.Hold()
-	if err != nil {
-		return nil, err
-	}
-	set, err := e.candidate(params)
-	if err != nil {
-		done()
-		return nil, err
-	}
-	set.Done = done
-	return set, nil
+	return holdSet(&e.Guard, func() (*TensorSet, error) { return e.candidate(params) })
 }
 
 func (e *evolveSession) candidate(params []float64) (*TensorSet, error) {
@@ -493,26 +464,10 @@ func (e *evolveSession) candidate(params []float64) (*TensorSet, error) {
 // tensorSet materialises individual i's model with vec as its evolved
 // tensors (rounded to each tensor's dtype); other tensors are i's own.
 func (e *evolveSession) tensorSet(i int, vec []float32) *TensorSet {
-	src := e.srcs[i]
-	names := src.Names()
-	metas := make([]tensors.Meta, len(names))
-	for k, n := range names {
-		metas[k], _ = src.Meta(n)
-	}
-	return &TensorSet{Metas: metas, Fill: func(k int, dst []byte) error {
-		t, ok := e.index[names[k]]
-		if !ok {
-			b, err := src.Bytes(names[k])
-			copy(dst, b)
-			return err
-		}
-		out, err := tensor.FromBytes(dst, mustKernel(metas[k]))
-		if err != nil {
-			return err
-		}
+	return sourceSet(e.srcs[i], nil, e.index, func(t int, out tensor.Vec) error {
 		out.Store(vec[e.offsets[t]:e.offsets[t]+out.Len()], 0)
 		return nil
-	}}
+	})
 }
 
 // mergedSet is the merge, by the spec's merger, of the base and the
@@ -521,14 +476,9 @@ func (e *evolveSession) tensorSet(i int, vec []float32) *TensorSet {
 // floating-point tensor merged in name order into the base's dtype, the
 // others copied from the base.
 func (e *evolveSession) mergedSet(replace int, vec []float32) (*TensorSet, error) {
-	names := e.base.Names()
-	metas := make([]tensors.Meta, len(names))
 	merged := map[string]int{}
 	var mts []merge.Tensor
-	for k, name := range names {
-		metas[k], _ = e.base.Meta(name)
-	}
-	for _, name := range slices.Sorted(slices.Values(names)) {
+	for _, name := range slices.Sorted(slices.Values(e.base.Names())) {
 		bm, _ := e.base.Meta(name)
 		if _, ok := tensors.KernelDType(bm.DType); !ok {
 			continue // not floating-point: copied
@@ -562,19 +512,7 @@ func (e *evolveSession) mergedSet(replace int, vec []float32) (*TensorSet, error
 	if err != nil {
 		return nil, err
 	}
-	return &TensorSet{Metas: metas, Fill: func(k int, dst []byte) error {
-		at, ok := merged[names[k]]
-		if !ok {
-			b, err := e.base.Bytes(names[k])
-			copy(dst, b)
-			return err
-		}
-		out, err := tensor.FromBytes(dst, mustKernel(metas[k]))
-		if err != nil {
-			return err
-		}
-		return m.Tensor(at, out)
-	}}, nil
+	return sourceSet(e.base, nil, merged, m.Tensor), nil
 }
 
 // Finish implements Session: the best individual's model (with a merger,
@@ -608,11 +546,17 @@ func (e *evolveSession) finish() (any, error) {
 func (e *evolveSession) Close() {
 	e.Guard.Close(func() {
 		e.cancel()
-		_ = tensors.CloseAll(e.srcs...)
-		if e.base != nil {
-			_ = e.base.Close()
-		}
-		e.pop, e.scratch = nil, nil
-		e.release()
+		e.free()
 	})
+}
+
+// free closes the session's sources and releases its population and its
+// memory reservation (those it has: runEvolve frees a session it fails
+// to set up).
+func (e *evolveSession) free() {
+	_ = tensors.CloseAll(append([]tensors.Source{e.base}, e.srcs...)...)
+	e.pop, e.scratch = nil, nil
+	if e.release != nil {
+		e.release()
+	}
 }

@@ -137,7 +137,7 @@ func TestRetryReplacesOnlyItsOwnOutput(t *testing.T) {
 				spec["force"] = true
 			}
 			raw, _ := json.Marshal(spec)
-			if _, err := checkMerge(f.env, raw); err != nil {
+			if _, err := kinds["merge"].check(f.env, raw); err != nil {
 				t.Fatal(err)
 			}
 			f.crash()

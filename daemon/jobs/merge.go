@@ -8,6 +8,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 	"unsafe"
 
@@ -100,10 +101,6 @@ func resolveMerge(e *Env, s *mergeSpec, scratch string) (*stream.Config, []strin
 	if s.Config == nil {
 		return nil, nil, invalid("config is missing (a mergekit-style mapping: merge_method, base_model, models)")
 	}
-	cfg := make(map[string]any, len(s.Config))
-	for k, v := range s.Config {
-		cfg[k] = v
-	}
 	roots := e.Roots
 	if scratch != "" {
 		var err error
@@ -111,73 +108,33 @@ func resolveMerge(e *Env, s *mergeSpec, scratch string) (*stream.Config, []strin
 			return nil, nil, err
 		}
 	}
-	if v, ok := cfg["npsfuse_vocabulary"]; ok {
-		if scratch == "" { // only npsfuse._prepare's output may carry it
-			return nil, nil, invalid("config: npsfuse_vocabulary is the internal key of npsfuse's tokenizer merge (row maps built in Python by npsfuse._prepare): give tokenizer_source, tokenizer: or chat_template instead")
-		}
-		nv, err := resolveVocabulary(e, roots, v, scratch)
-		if err != nil {
-			return nil, nil, err
-		}
-		cfg["npsfuse_vocabulary"] = nv
+	if _, ok := s.Config["npsfuse_vocabulary"]; ok && scratch == "" { // only npsfuse._prepare's output may carry it
+		return nil, nil, invalid("config: npsfuse_vocabulary is the internal key of npsfuse's tokenizer merge (row maps built in Python by npsfuse._prepare): give tokenizer_source, tokenizer: or chat_template instead")
 	}
 	var paths []string
-	resolve := func(v any, what string) (any, error) {
+	resolve := func(v any, where string) (any, error) {
 		ref, ok := v.(string)
-		if !ok {
+		switch {
+		case !ok:
 			return v, nil // ParseConfig reports the type
+		case where == "npsfuse_vocabulary.tokenizer_dir":
+			return scratchDir(roots, ref, scratch)
 		}
-		p, err := e.resolveIn(roots, ref, what)
+		p, err := e.resolveIn(roots, ref, where)
 		if err != nil {
 			return nil, err
 		}
-		paths = append(paths, p)
+		if !strings.HasPrefix(where, "npsfuse_vocabulary.") {
+			paths = append(paths, p)
+		}
 		return p, nil
 	}
-	if b, ok := cfg["base_model"]; ok && b != nil {
-		p, err := resolve(b, "base_model")
-		if err != nil {
-			return nil, nil, err
-		}
-		cfg["base_model"] = p
-	}
-	if list, ok := cfg["models"].([]any); ok {
-		out := make([]any, len(list))
-		for i, item := range list {
-			m, ok := item.(map[string]any)
-			if !ok {
-				out[i] = item
-				continue
-			}
-			c := make(map[string]any, len(m))
-			for k, v := range m {
-				c[k] = v
-			}
-			if mv, ok := c["model"]; ok && mv != nil {
-				p, err := resolve(mv, fmt.Sprintf("models[%d].model", i))
-				if err != nil {
-					return nil, nil, err
-				}
-				c["model"] = p
-			}
-			// A data-aware method's statistics file is read like a model:
-			// inside the data roots only.
-			if pm, ok := c["parameters"].(map[string]any); ok {
-				if sv, ok := pm["statistics"]; ok && sv != nil {
-					p, err := resolve(sv, fmt.Sprintf("models[%d].parameters.statistics", i))
-					if err != nil {
-						return nil, nil, err
-					}
-					pm = maps.Clone(pm)
-					pm["statistics"] = p
-					c["parameters"] = pm
-				}
-			}
-			out[i] = c
-		}
-		cfg["models"] = out
-	}
-	if err := resolveSlices(cfg, resolve); err != nil {
+	// A data-aware method's statistics file is read like a model: inside
+	// the data roots only. The vocabulary's row maps name the model
+	// folders, resolved as the models' own references are.
+	cfg, err := editRefs(s.Config, "", resolve, "npsfuse_vocabulary.tokenizer_dir", "npsfuse_vocabulary.models[].path",
+		"base_model", "models[].model", "models[].parameters.statistics", "slices[].base_model", "slices[].sources[].model")
+	if err != nil {
 		return nil, nil, err
 	}
 	text, err := json.Marshal(cfg)
@@ -191,102 +148,99 @@ func resolveMerge(e *Env, s *mergeSpec, scratch string) (*stream.Config, []strin
 	return c, paths, nil
 }
 
-// resolveSlices replaces the model references of a slices config (each
-// slice's base_model and its sources' models) by the paths to read, in
-// place; ParseConfig reports malformed entries.
-func resolveSlices(cfg map[string]any, resolve func(v any, what string) (any, error)) error {
-	list, ok := cfg["slices"].([]any)
-	if !ok {
-		return nil
-	}
-	out := make([]any, len(list))
-	for i, item := range list {
-		sl, ok := item.(map[string]any)
-		if !ok {
-			out[i] = item
-			continue
-		}
-		sl = maps.Clone(sl)
-		if b, ok := sl["base_model"]; ok && b != nil {
-			p, err := resolve(b, fmt.Sprintf("slices[%d].base_model", i))
-			if err != nil {
-				return err
-			}
-			sl["base_model"] = p
-		}
-		if srcs, ok := sl["sources"].([]any); ok {
-			rs := make([]any, len(srcs))
-			for j, sv := range srcs {
-				src, ok := sv.(map[string]any)
-				if !ok {
-					rs[j] = sv
-					continue
-				}
-				src = maps.Clone(src)
-				if mv, ok := src["model"]; ok && mv != nil {
-					p, err := resolve(mv, fmt.Sprintf("slices[%d].sources[%d].model", i, j))
-					if err != nil {
-						return err
-					}
-					src["model"] = p
-				}
-				rs[j] = src
-			}
-			sl["sources"] = rs
-		}
-		out[i] = sl
-	}
-	cfg["slices"] = out
-	return nil
-}
+// refFunc gives the replacement of the reference v (not nil) of a config,
+// named where in messages.
+type refFunc func(v any, where string) (any, error)
 
-// resolveVocabulary resolves the paths of a prepared config's
-// npsfuse_vocabulary (the model folders of its row maps, exactly as the
-// models' own references are resolved, and the merged tokenizer's folder)
-// within roots (the data roots and the job's scratch folder); the
-// tokenizer folder must lie in the scratch folder, where npsfuse._prepare
-// writes it.
-func resolveVocabulary(e *Env, roots config.Roots, v any, scratch string) (any, error) {
+// editRefs returns a copy of the config value v in which f has replaced
+// each value at paths that is present and not nil (v itself is left as it
+// is). A path is keys joined by "."; "key[]" walks every item of the list
+// at key. The paths under one key are walked together, item by item, in
+// the order given; a value of another shape than a path expects is kept
+// (ParseConfig reports it). where is v's own name ("" for the config).
+func editRefs(v any, where string, f refFunc, paths ...string) (any, error) {
+	if len(paths) == 1 && paths[0] == "" {
+		if v == nil {
+			return nil, nil
+		}
+		return f(v, where)
+	}
 	m, ok := v.(map[string]any)
 	if !ok {
-		return v, nil // ParseConfig reports the type
+		return v, nil
 	}
 	m = maps.Clone(m)
-	if d, ok := m["tokenizer_dir"].(string); ok && d != "" {
-		r, err := roots.Check(d)
-		if err != nil {
-			return nil, fmt.Errorf("npsfuse_vocabulary.tokenizer_dir: %w", err)
-		}
-		sr, err := filepath.EvalSymlinks(scratch)
-		if err != nil {
-			return nil, fmt.Errorf("job scratch folder: %w", err)
-		}
-		if !within(r, sr) {
-			return nil, fault.Errorf(fault.Permission, "npsfuse_vocabulary.tokenizer_dir %s is outside the job's scratch folder %s", d, scratch)
-		}
-		m["tokenizer_dir"] = r
-	}
-	if list, ok := m["models"].([]any); ok {
-		out := make([]any, len(list))
-		for i, item := range list {
-			mm, ok := item.(map[string]any)
-			if !ok {
-				out[i] = item
-				continue
+	for len(paths) > 0 {
+		key, _, _ := strings.Cut(paths[0], ".")
+		var under, others []string
+		for _, p := range paths {
+			if k, rest, _ := strings.Cut(p, "."); k == key {
+				under = append(under, rest)
+			} else {
+				others = append(others, p)
 			}
-			if p, ok := mm["path"].(string); ok {
-				r, err := e.resolveIn(roots, p, fmt.Sprintf("npsfuse_vocabulary.models[%d].path", i))
-				if err != nil {
+		}
+		paths = others
+		name, each := strings.CutSuffix(key, "[]")
+		sub, ok := m[name]
+		if !ok {
+			continue
+		}
+		at := name
+		if where != "" {
+			at = where + "." + name
+		}
+		var err error
+		if list, ok := sub.([]any); each && ok {
+			out := make([]any, len(list))
+			for i, item := range list {
+				if out[i], err = editRefs(item, fmt.Sprintf("%s[%d]", at, i), f, under...); err != nil {
 					return nil, err
 				}
-				mm = maps.Clone(mm)
-				mm["path"] = r
 			}
-			out[i] = mm
+			m[name] = out
+		} else if !each {
+			if m[name], err = editRefs(sub, at, f, under...); err != nil {
+				return nil, err
+			}
 		}
-		m["models"] = out
 	}
 	return m, nil
+}
+
+// refsAt lists (where, reference) of every string at paths of cfg
+// (editRefs's), empty ones included, in editRefs's order.
+func refsAt(cfg map[string]any, paths ...string) [][2]string {
+	var out [][2]string
+	_, _ = editRefs(cfg, "", func(v any, where string) (any, error) {
+		if s, ok := v.(string); ok {
+			out = append(out, [2]string{where, s})
+		}
+		return v, nil
+	}, paths...)
+	return out
+}
+
+// scratchDir resolves a prepared config's npsfuse_vocabulary.tokenizer_dir
+// (the merged tokenizer's folder; "" is kept) within roots (the data roots
+// and the job's scratch folder): it must lie in the scratch folder, where
+// npsfuse._prepare writes it.
+func scratchDir(roots config.Roots, d, scratch string) (any, error) {
+	if d == "" {
+		return d, nil
+	}
+	r, err := roots.Check(d)
+	if err != nil {
+		return nil, fmt.Errorf("npsfuse_vocabulary.tokenizer_dir: %w", err)
+	}
+	sr, err := filepath.EvalSymlinks(scratch)
+	if err != nil {
+		return nil, fmt.Errorf("job scratch folder: %w", err)
+	}
+	if !within(r, sr) {
+		return nil, fault.Errorf(fault.Permission, "npsfuse_vocabulary.tokenizer_dir %s is outside the job's scratch folder %s", d, scratch)
+	}
+	return r, nil
 }
 
 // preparation is what of a client's config npsfuse._prepare must prepare
@@ -330,93 +284,82 @@ func checkStreamInputs(s *mergeSpec, paths []string) error {
 	return nil
 }
 
-func checkMerge(e *Env, raw json.RawMessage) (json.RawMessage, error) {
-	var s mergeSpec
-	if err := decodeStrict(raw, &s); err != nil {
-		return nil, err
-	}
-	if kind, err := mergekitKind(&s); err != nil {
-		return nil, err
-	} else if kind != "" {
-		if err := checkMergekit(e, &s, kind); err != nil {
-			return nil, err
-		}
-		return json.Marshal(s)
+// what is what a merge spec asks: a mergekit-moe or multi job (kind
+// "moe" or "multi"), or a merge of s.Config, which Python prepares first
+// when prep is not nil.
+func (s *mergeSpec) what(e *Env) (kind string, prep *prepPlan, err error) {
+	if kind, err = mergekitKind(s); err != nil || kind != "" {
+		return kind, nil, err
 	}
 	if s.Config == nil {
-		return nil, invalid("config is missing (a mergekit-style mapping: merge_method, base_model, models)")
+		return "", nil, invalid("config is missing (a mergekit-style mapping: merge_method, base_model, models)")
 	}
-	prep, err := e.preparation(s.Config)
+	prep, err = e.preparation(s.Config)
+	return "", prep, err
+}
+
+// check validates a merge spec at submit time.
+func (s *mergeSpec) check(e *Env) error {
+	kind, prep, err := s.what(e)
 	if err != nil {
-		return nil, err
+		return err
+	} else if kind != "" {
+		return checkMergekit(e, s, kind)
 	}
 	var paths []string
 	if prep != nil {
 		// Python runs when the job runs (submit reads no data): its inputs
 		// are checked now, the prepared config then.
 		if _, err := e.checkPrepare(prep); err != nil {
-			return nil, err
+			return err
 		}
-		if err := checkTargets(&s, s.Config["slices"] != nil, prep.tokenizer != ""); err != nil {
-			return nil, err
+		if err := checkTargets(s, s.Config["slices"] != nil, prep.tokenizer != ""); err != nil {
+			return err
 		}
 	} else {
-		cfg, ps, err := resolveMerge(e, &s, "")
+		cfg, ps, err := resolveMerge(e, s, "")
 		if err != nil {
-			return nil, err
+			return err
 		}
-		if err := checkTargets(&s, len(cfg.Slices) > 0, cfg.Vocab != nil); err != nil {
-			return nil, err
+		if err := checkTargets(s, len(cfg.Slices) > 0, cfg.Vocab != nil); err != nil {
+			return err
 		}
 		paths = ps
 	}
 	if s.DType != "" {
 		if _, err := tensor.ParseDType(s.DType); err != nil {
-			return nil, invalid("dtype: %v", err)
+			return invalid("dtype: %v", err)
 		}
 	}
 	if s.ShardSize < 0 {
-		return nil, invalid("shard_size must be positive")
+		return invalid("shard_size must be positive")
 	}
 	if s.OutDir != "" {
 		if s.Result.Shm {
-			return nil, invalid("result.shm and out_dir exclude each other: out_dir writes a checkpoint folder")
+			return invalid("result.shm and out_dir exclude each other: out_dir writes a checkpoint folder")
 		}
 		if _, err := e.OutputPath(s.OutDir, "out_dir"); err != nil {
-			return nil, err
+			return err
 		}
-		if err := checkStreamInputs(&s, paths); err != nil {
-			return nil, err
+		if err := checkStreamInputs(s, paths); err != nil {
+			return err
 		}
 	} else if s.ShardSize != 0 || s.Force {
-		return nil, invalid("shard_size and force apply to out_dir merges only")
+		return invalid("shard_size and force apply to out_dir merges only")
 	}
 	if err := s.Result.check(e); err != nil {
-		return nil, err
+		return err
 	}
-	if err := e.CheckCleanup(s.Cleanup); err != nil {
-		return nil, err
-	}
-	return json.Marshal(s)
+	return e.CheckCleanup(s.Cleanup)
 }
 
-func runMerge(rc *runCtx) (any, Session, error) {
-	var s mergeSpec
-	if err := decodeStrict(rc.job.Spec, &s); err != nil {
-		return nil, nil, err
-	}
-	if kind, err := mergekitKind(&s); err != nil {
-		return nil, nil, err
-	} else if kind != "" {
-		res, err := runMergekit(rc, &s, kind)
-		return res, nil, err
-	}
-	if s.Config == nil {
-		return nil, nil, invalid("config is missing (a mergekit-style mapping: merge_method, base_model, models)")
-	}
-	prep, err := rc.env.preparation(s.Config)
+func runMerge(rc *runCtx, s *mergeSpec) (any, Session, error) {
+	kind, prep, err := s.what(rc.env)
 	if err != nil {
 		return nil, nil, err
+	} else if kind != "" {
+		res, err := runMergekit(rc, s, kind)
+		return res, nil, err
 	}
 	scratch := ""
 	if prep != nil {
@@ -424,23 +367,13 @@ func runMerge(rc *runCtx) (any, Session, error) {
 		if err != nil {
 			return nil, nil, err
 		}
-		scratch = rc.env.jobScratch(rc.job.ID)
-		if scratch == "" || !filepath.IsAbs(scratch) {
-			return nil, nil, fault.Errorf(fault.Internal, "the daemon has no state folder for the job's scratch")
-		}
 		// An earlier attempt's scratch (a crash) goes first; this one's
 		// when the job ends, however it ends.
-		if err := os.RemoveAll(scratch); err != nil {
-			return nil, nil, fmt.Errorf("removing an earlier attempt's scratch folder: %w", err)
+		var done func()
+		if scratch, done, err = newScratch(rc); err != nil {
+			return nil, nil, err
 		}
-		if err := os.MkdirAll(scratch, 0o700); err != nil {
-			return nil, nil, fmt.Errorf("job scratch folder: %w", err)
-		}
-		defer func() {
-			if err := os.RemoveAll(scratch); err != nil {
-				rc.log.Warn("cannot remove the job's scratch folder", "path", scratch, "error", err)
-			}
-		}()
+		defer done()
 		release, err := rc.reserve(prepMemory(prep, cache), "preparing this merge's config in Python")
 		if err != nil {
 			return nil, nil, err
@@ -452,21 +385,21 @@ func runMerge(rc *runCtx) (any, Session, error) {
 			return nil, nil, err
 		}
 	}
-	cfg, paths, err := resolveMerge(rc.env, &s, scratch)
+	cfg, paths, err := resolveMerge(rc.env, s, scratch)
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := checkTargets(&s, len(cfg.Slices) > 0, cfg.Vocab != nil); err != nil {
+	if err := checkTargets(s, len(cfg.Slices) > 0, cfg.Vocab != nil); err != nil {
 		return nil, nil, err
 	}
-	if err := checkStreamInputs(&s, paths); err != nil {
+	if err := checkStreamInputs(s, paths); err != nil {
 		return nil, nil, err
 	}
 	if s.OutDir != "" {
-		res, err := runStreamMerge(rc, cfg, &s)
+		res, err := runStreamMerge(rc, cfg, s)
 		return res, nil, err
 	}
-	res, err := runTensorMerge(rc, cfg, &s)
+	res, err := runTensorMerge(rc, cfg, s)
 	return res, nil, err
 }
 
@@ -476,18 +409,7 @@ func runStreamMerge(rc *runCtx, cfg *stream.Config, s *mergeSpec) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	force := s.Force
-	var prev *fileKey // out_dir as an earlier attempt committed it
-	if rc.job.Attempts > 1 {
-		// An earlier attempt may have left its temporary folder, or even
-		// committed the output just before the crash. Only what that
-		// attempt recorded as its own is removed or replaced: out_dir is
-		// replaced without force only if it is the folder the attempt
-		// committed (the same inode), never a folder the user made.
-		if prev = recoverOutput(rc.log, out, rc.job.Checkpoint); prev != nil {
-			force = true
-		}
-	}
+	force, prev := resumeOutput(rc, out, s.Force)
 	base := cfg.BaseModel
 	if base == "" {
 		base = cfg.Models[0].Path
@@ -522,8 +444,7 @@ func largestTensor(path string) (int64, error) {
 	}
 	defer src.Close()
 	var n int64
-	for _, name := range src.Names() {
-		m, _ := src.Meta(name)
+	for _, m := range sourceMetas(src) {
 		n = max(n, m.Bytes())
 	}
 	return n, nil
@@ -571,26 +492,9 @@ func planMerge(cfg *stream.Config, s *mergeSpec, base tensors.Source, models []t
 		dir = filepath.Dir(dir)
 	}
 	opt.ModelType = checkpoint.ModelType(dir)
-	inputs := make([]plan.Input, len(models))
-	for i, m := range models {
-		inputs[i] = sourceInput(m)
-	}
-	p, err := plan.Make(sourceInput(base), inputs, opt)
+	p, err := planSources(base, models, opt, stream.ErrInput)
 	if err != nil {
 		return nil, nil, nil, err
-	}
-	if err := p.Verify(func(name string, i int) (bool, error) {
-		bb, err := base.Bytes(name)
-		if err != nil {
-			return false, err
-		}
-		mb, err := models[i].Bytes(name)
-		return bytes.Equal(mb, bb), err
-	}); err != nil {
-		return nil, nil, nil, err
-	}
-	if len(p.Problems) > 0 {
-		return nil, nil, nil, fmt.Errorf("%w: %s", stream.ErrInput, p.Message())
 	}
 	srcs := append([]tensors.Source{base}, models...)
 	var largest, copies, total int64
@@ -653,12 +557,39 @@ func planMerge(cfg *stream.Config, s *mergeSpec, base tensors.Source, models []t
 	return out, mts, p.Notes, nil
 }
 
+// planSources matches the models with the base by the planner's rule
+// (gocore/plan, as for every door), integer tensors compared with the
+// base's by value; the plan's problems are an error wrapping errInput.
+func planSources(base tensors.Source, models []tensors.Source, opt plan.Options, errInput error) (*plan.Plan, error) {
+	inputs := make([]plan.Input, len(models))
+	for i, m := range models {
+		inputs[i] = sourceInput(m)
+	}
+	p, err := plan.Make(sourceInput(base), inputs, opt)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.Verify(func(name string, i int) (bool, error) {
+		bb, err := base.Bytes(name)
+		if err != nil {
+			return false, err
+		}
+		mb, err := models[i].Bytes(name)
+		return bytes.Equal(mb, bb), err
+	}); err != nil {
+		return nil, err
+	}
+	if len(p.Problems) > 0 {
+		return nil, fmt.Errorf("%w: %s", errInput, p.Message())
+	}
+	return p, nil
+}
+
 // sourceInput is a tensor source's list for the planner.
 func sourceInput(src tensors.Source) plan.Input {
 	in := plan.Input{Where: src.Path()}
-	for _, name := range src.Names() {
-		m, _ := src.Meta(name)
-		in.Tensors = append(in.Tensors, plan.Tensor{Name: name, DType: m.DType.String(), Shape: m.Shape})
+	for _, m := range sourceMetas(src) {
+		in.Tensors = append(in.Tensors, plan.Tensor{Name: m.Name, DType: m.DType.String(), Shape: m.Shape})
 	}
 	return in
 }

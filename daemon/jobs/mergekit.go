@@ -167,21 +167,9 @@ func multiRefs(docs []map[string]any) (refs [][2]string, names map[string]bool, 
 // statistics files.
 func docRefs(cfg map[string]any) [][2]string {
 	out := modelRefs(cfg)
-	if list, ok := cfg["models"].([]any); ok {
-		for i, item := range list {
-			m, _ := item.(map[string]any)
-			pm, _ := m["parameters"].(map[string]any)
-			if s, ok := pm["statistics"].(string); ok {
-				out = append(out, [2]string{fmt.Sprintf("models[%d].parameters.statistics", i), s})
-			}
-		}
-	}
-	if list, ok := cfg["slices"].([]any); ok {
-		for i, item := range list {
-			sl, _ := item.(map[string]any)
-			if s, ok := sl["base_model"].(string); ok && s != "" {
-				out = append(out, [2]string{fmt.Sprintf("slices[%d].base_model", i), s})
-			}
+	for _, r := range refsAt(cfg, "models[].parameters.statistics", "slices[].base_model") {
+		if r[1] != "" || strings.HasSuffix(r[0], ".statistics") { // an empty statistics is named (checkPythonRefs)
+			out = append(out, r)
 		}
 	}
 	return out
@@ -422,13 +410,7 @@ func runMergekit(rc *runCtx, s *mergeSpec, kind string) (any, error) {
 	var out *checkpoint.Output
 	target := "" // where Python writes the final output
 	if p.out != "" {
-		force := s.Force
-		var prev *fileKey
-		if rc.job.Attempts > 1 { // the stream merge's rule (runStreamMerge)
-			if prev = recoverOutput(rc.log, p.out, rc.job.Checkpoint); prev != nil {
-				force = true
-			}
-		}
+		force, prev := resumeOutput(rc, p.out, s.Force)
 		if out, err = checkpoint.NewOutput(p.out, force); err != nil {
 			return nil, err
 		}

@@ -1,8 +1,6 @@
 package jobs
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"math"
 
@@ -40,7 +38,9 @@ const (
 	maxPowerIters = 100
 )
 
-func (o *npsOptions) normalize(defaultKeep float64) error {
+// normalize checks the options and completes their defaults, and those of
+// the subspace weights w (weights).
+func (o *npsOptions) normalize(defaultKeep float64, w *[]float64) error {
 	if o.Subspaces == 0 {
 		o.Subspaces = 8
 	}
@@ -74,25 +74,27 @@ func (o *npsOptions) normalize(defaultKeep float64) error {
 		t := true
 		o.Global = &t
 	}
-	return nil
+	return o.weights(w)
 }
 
-func (o *npsOptions) weights(w []float64) ([]float64, error) {
-	if w == nil {
-		w = make([]float64, o.Subspaces)
-		for i := range w {
-			w[i] = 1
+// weights checks the subspace weights *w: one per subspace, finite; nil
+// becomes all 1.
+func (o *npsOptions) weights(w *[]float64) error {
+	if *w == nil {
+		*w = make([]float64, o.Subspaces)
+		for i := range *w {
+			(*w)[i] = 1
 		}
 	}
-	if len(w) != o.Subspaces {
-		return nil, invalid("%d weights for %d subspaces", len(w), o.Subspaces)
+	if len(*w) != o.Subspaces {
+		return invalid("%d weights for %d subspaces", len(*w), o.Subspaces)
 	}
-	for i, x := range w {
+	for i, x := range *w {
 		if math.IsNaN(x) || math.IsInf(x, 0) {
-			return nil, invalid("weights[%d] is %v", i, x)
+			return invalid("weights[%d] is %v", i, x)
 		}
 	}
-	return w, nil
+	return nil
 }
 
 // taskSet is a base and a fine-tuned model with the fine-tune's task
@@ -150,22 +152,9 @@ func newTaskSet(rc *runCtx, baseRef, modelRef string, o *npsOptions) (t *taskSet
 	// base's, values included). Merged() is in tensor-name order, as
 	// npsfuse.nps lays them out: a global top-k keeps ties at the cut in
 	// name order, as merge does.
-	p, err := plan.Make(sourceInput(t.base), []plan.Input{sourceInput(t.model)}, plan.Options{})
+	p, err := planSources(t.base, []tensors.Source{t.model}, plan.Options{}, nps.ErrInput)
 	if err != nil {
 		return nil, nil, err
-	}
-	if err := p.Verify(func(name string, _ int) (bool, error) {
-		bb, err := t.base.Bytes(name)
-		if err != nil {
-			return false, err
-		}
-		mb, err := t.model.Bytes(name)
-		return bytes.Equal(mb, bb), err
-	}); err != nil {
-		return nil, nil, err
-	}
-	if len(p.Problems) > 0 {
-		return nil, nil, fmt.Errorf("%w: %s", nps.ErrInput, p.Message())
 	}
 	for _, e := range p.Merged() {
 		bm, _ := t.base.Meta(e.Name)
@@ -213,66 +202,49 @@ func (t *taskSet) build(w []float64, o *npsOptions) (int64, error) {
 	return t.task.Build(nps.Weights{Shared: w}, o.Keep, *o.Global)
 }
 
-// outputSet describes the tensors an NPS job writes from t.task.Out: the
-// pruned task vector (float32, decomposed tensors only) or the transferred
-// model θ₀ + λ·τ_NPS (every base tensor; floating-point ones in dtype or
-// their base dtype).
-func (t *taskSet) outputSet(output string, lam float64, dtype string) ([]tensors.Meta, func(i int, dst []byte) error, error) {
-	if output == "task_vector" {
-		metas := make([]tensors.Meta, len(t.names))
-		for i, m := range t.metas {
-			metas[i] = tensors.Meta{Name: m.Name, DType: safetensors.F32, Shape: m.Shape}
-		}
-		return metas, func(i int, dst []byte) error {
-			v, err := tensor.FromBytes(dst, tensor.F32)
-			if err != nil {
-				return err
-			}
-			v.Store(t.task.Out[i], 0)
-			return nil
-		}, nil
-	}
-	var outDT tensor.DType
-	if dtype != "" {
-		var err error
-		if outDT, err = tensor.ParseDType(dtype); err != nil {
-			return nil, nil, invalid("dtype: %v", err)
-		}
+// output builds τ_NPS for weights w (build) and describes the tensors an
+// NPS job writes from it: the pruned task vector (float32, decomposed
+// tensors only) or the transferred model θ₀ + λ·τ_NPS (every base tensor;
+// floating-point ones in dtype or their base dtype). kept is how many
+// entries the build kept.
+func (t *taskSet) output(w []float64, o *npsOptions, output string, lam float64, dtype string) (kept int64, set *TensorSet, err error) {
+	if kept, err = t.build(w, o); err != nil {
+		return 0, nil, err
 	}
 	idx := map[string]int{}
 	for i, n := range t.names {
 		idx[n] = i
 	}
-	var metas []tensors.Meta
-	for _, name := range t.base.Names() {
-		m, _ := t.base.Meta(name)
-		if _, ok := idx[name]; ok && outDT != 0 {
-			m.DType = tensors.FromKernel(outDT)
+	if output == "task_vector" {
+		metas := make([]tensors.Meta, len(t.names))
+		for i, m := range t.metas {
+			metas[i] = tensors.Meta{Name: m.Name, DType: safetensors.F32, Shape: m.Shape}
 		}
-		metas = append(metas, m)
+		return kept, sourceSet(t.base, metas, idx, func(i int, out tensor.Vec) error {
+			out.Store(t.task.Out[i], 0)
+			return nil
+		}), nil
+	}
+	var outDT tensor.DType
+	if dtype != "" {
+		if outDT, err = tensor.ParseDType(dtype); err != nil {
+			return 0, nil, invalid("dtype: %v", err)
+		}
+	}
+	metas := sourceMetas(t.base)
+	for i, m := range metas {
+		if _, ok := idx[m.Name]; ok && outDT != 0 {
+			metas[i].DType = tensors.FromKernel(outDT)
+		}
 	}
 	lams := []float32{float32(lam)}
-	return metas, func(i int, dst []byte) error {
-		name := metas[i].Name
-		k, ok := idx[name]
-		if !ok {
-			b, err := t.base.Bytes(name)
-			if err != nil {
-				return err
-			}
-			copy(dst, b)
-			return nil
-		}
-		out, err := tensor.FromBytes(dst, mustKernel(metas[i]))
-		if err != nil {
-			return err
-		}
-		bv, err := sourceVec(t.base, name)
+	return kept, sourceSet(t.base, metas, idx, func(k int, out tensor.Vec) error {
+		bv, err := sourceVec(t.base, t.names[k])
 		if err != nil {
 			return err
 		}
 		return nps.Apply(t.pool, out, bv, []tensor.Vec{tensor.FromF32(t.task.Out[k])}, lams)
-	}, nil
+	}), nil
 }
 
 // pruneSpec is an nps_prune job: prune one fine-tune's task vector with
@@ -291,14 +263,9 @@ type pruneSpec struct {
 }
 
 func (s *pruneSpec) normalize(e *Env) error {
-	if err := s.npsOptions.normalize(0.1); err != nil {
+	if err := s.npsOptions.normalize(0.1, &s.Weights); err != nil {
 		return err
 	}
-	w, err := s.weights(s.Weights)
-	if err != nil {
-		return err
-	}
-	s.Weights = w
 	if s.Lam == nil {
 		one := 1.0
 		s.Lam = &one
@@ -329,37 +296,18 @@ func (s *pruneSpec) normalize(e *Env) error {
 	return e.CheckCleanup(s.Cleanup)
 }
 
-func checkPrune(e *Env, raw json.RawMessage) (json.RawMessage, error) {
-	var s pruneSpec
-	if err := decodeStrict(raw, &s); err != nil {
-		return nil, err
-	}
-	if err := s.normalize(e); err != nil {
-		return nil, err
-	}
-	return json.Marshal(s)
-}
-
-func runPrune(rc *runCtx) (any, Session, error) {
-	var s pruneSpec
-	if err := decodeStrict(rc.job.Spec, &s); err != nil {
-		return nil, nil, err
-	}
+func runPrune(rc *runCtx, s *pruneSpec) (any, Session, error) {
 	t, release, err := newTaskSet(rc, s.Base, s.Model, &s.npsOptions)
 	if err != nil {
 		return nil, nil, err
 	}
 	defer release()
 	defer t.close()
-	kept, err := t.build(s.Weights, &s.npsOptions)
+	kept, set, err := t.output(s.Weights, &s.npsOptions, s.Output, *s.Lam, s.DType)
 	if err != nil {
 		return nil, nil, err
 	}
-	metas, fill, err := t.outputSet(s.Output, *s.Lam, s.DType)
-	if err != nil {
-		return nil, nil, err
-	}
-	res, err := writeTensorResult(rc, s.Result, metas, fill)
+	res, err := writeTensorResult(rc, s.Result, set.Metas, set.Fill)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -386,42 +334,31 @@ type compressSpec struct {
 	Cleanup    []string   `json:"cleanup,omitempty"`
 }
 
-func checkCompress(e *Env, raw json.RawMessage) (json.RawMessage, error) {
-	var s compressSpec
-	if err := decodeStrict(raw, &s); err != nil {
-		return nil, err
+// check validates and completes a compress spec at submit time.
+func (s *compressSpec) check(e *Env) error {
+	if err := s.npsOptions.normalize(0.05, &s.Weights); err != nil {
+		return err
 	}
-	if err := s.npsOptions.normalize(0.05); err != nil {
-		return nil, err
-	}
-	w, err := s.weights(s.Weights)
-	if err != nil {
-		return nil, err
-	}
-	s.Weights = w
 	if s.ValueDType != "" {
 		if _, err := tensor.ParseDType(s.ValueDType); err != nil {
-			return nil, invalid("value_dtype: %v", err)
+			return invalid("value_dtype: %v", err)
 		}
 	}
 	if len(s.Models) == 0 {
-		return nil, invalid("models must list at least one fine-tuned model")
+		return invalid("models must list at least one fine-tuned model")
 	}
 	if _, err := e.Resolve(s.Base, "base"); err != nil {
-		return nil, err
+		return err
 	}
 	for i, m := range s.Models {
 		if _, err := e.Resolve(m, fmt.Sprintf("models[%d]", i)); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	if err := s.Result.check(e); err != nil {
-		return nil, err
+		return err
 	}
-	if err := e.CheckCleanup(s.Cleanup); err != nil {
-		return nil, err
-	}
-	return json.Marshal(s)
+	return e.CheckCleanup(s.Cleanup)
 }
 
 // PackMask returns the bit mask of the kept entries of x (those whose bit
@@ -439,11 +376,7 @@ func PackMask(x []float32) (mask []byte, values []float32) {
 	return mask, values
 }
 
-func runCompress(rc *runCtx) (any, Session, error) {
-	var s compressSpec
-	if err := decodeStrict(rc.job.Spec, &s); err != nil {
-		return nil, nil, err
-	}
+func runCompress(rc *runCtx, s *compressSpec) (any, Session, error) {
 	var metas []tensors.Meta
 	var blobs [][]byte
 	var reports []map[string]any

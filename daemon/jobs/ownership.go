@@ -53,6 +53,21 @@ func markOutput(rc *runCtx, tmp string, prev *fileKey) error {
 	return rc.checkpoint(m)
 }
 
+// resumeOutput is how a job's attempt may write into out (force: the
+// spec's): an earlier attempt may have left its temporary folder, or even
+// committed the output just before the crash. Only what that attempt
+// recorded as its own is removed or replaced (recoverOutput): out is
+// replaced without force only if it is the folder the attempt committed
+// (prev, the same inode), never a folder the user made.
+func resumeOutput(rc *runCtx, out string, force bool) (bool, *fileKey) {
+	if rc.job.Attempts > 1 {
+		if prev := recoverOutput(rc.log, out, rc.job.Checkpoint); prev != nil {
+			return true, prev
+		}
+	}
+	return force, nil
+}
+
 // recoverOutput cleans up after an earlier attempt of a stream merge into
 // out that a crash interrupted, from the mark it left (raw, the job's
 // checkpoint): its temporary folder is removed, and a commit interrupted

@@ -76,35 +76,9 @@ func (p *prepPlan) reason() string {
 // model), models[].model, slices[].sources[].model, and the tokenizer:
 // block's (tokenizerRefs).
 func modelRefs(cfg map[string]any) [][2]string {
-	var out [][2]string
-	if s, ok := cfg["base_model"].(string); ok && s != "" {
-		out = append(out, [2]string{"base_model", s})
-	}
-	if s, ok := cfg["tokenizer_source"].(string); ok && s != "" && s != "base" && s != "union" {
-		out = append(out, [2]string{"tokenizer_source", s})
-	}
-	if list, ok := cfg["models"].([]any); ok {
-		for i, item := range list {
-			if m, ok := item.(map[string]any); ok {
-				if s, ok := m["model"].(string); ok && s != "" {
-					out = append(out, [2]string{fmt.Sprintf("models[%d].model", i), s})
-				}
-			}
-		}
-	}
-	if list, ok := cfg["slices"].([]any); ok {
-		for i, item := range list {
-			sl, _ := item.(map[string]any)
-			srcs, _ := sl["sources"].([]any)
-			for j, sv := range srcs {
-				if src, ok := sv.(map[string]any); ok {
-					if s, ok := src["model"].(string); ok && s != "" {
-						out = append(out, [2]string{fmt.Sprintf("slices[%d].sources[%d].model", i, j), s})
-					}
-				}
-			}
-		}
-	}
+	out := slices.DeleteFunc(refsAt(cfg, "base_model", "tokenizer_source", "models[].model", "slices[].sources[].model"), func(r [2]string) bool {
+		return r[1] == "" || (r[0] == "tokenizer_source" && (r[1] == "base" || r[1] == "union"))
+	})
 	return append(out, tokenizerRefs(cfg)...)
 }
 

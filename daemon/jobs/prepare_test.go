@@ -369,3 +369,52 @@ func TestPrepareReservesMemory(t *testing.T) {
 		t.Errorf("scratch folder left: %v", err)
 	}
 }
+
+// TestEditRefsNamesAndOrder: the config walker names every reference as
+// messages do, walks the paths under one key item by item in the order
+// given, skips nil and misshapen values, and leaves its input unchanged.
+func TestEditRefsNamesAndOrder(t *testing.T) {
+	cfg := map[string]any{
+		"npsfuse_vocabulary": map[string]any{"tokenizer_dir": "/t", "models": []any{map[string]any{"path": "/v0"}, "x"}},
+		"base_model":         "/b",
+		"models": []any{
+			map[string]any{"model": "/m0", "parameters": map[string]any{"statistics": "/s0"}},
+			map[string]any{"model": nil, "parameters": "bad"},
+			map[string]any{"model": "/m2", "parameters": map[string]any{"statistics": ""}},
+		},
+		"slices": []any{map[string]any{"base_model": "/sb", "sources": []any{map[string]any{"model": "/sm"}, 3}}},
+	}
+	paths := []string{"npsfuse_vocabulary.tokenizer_dir", "npsfuse_vocabulary.models[].path",
+		"base_model", "models[].model", "models[].parameters.statistics", "slices[].base_model", "slices[].sources[].model"}
+	want := [][2]string{{"npsfuse_vocabulary.tokenizer_dir", "/t"}, {"npsfuse_vocabulary.models[0].path", "/v0"},
+		{"base_model", "/b"}, {"models[0].model", "/m0"}, {"models[0].parameters.statistics", "/s0"},
+		{"models[2].model", "/m2"}, {"models[2].parameters.statistics", ""},
+		{"slices[0].base_model", "/sb"}, {"slices[0].sources[0].model", "/sm"}}
+	got := refsAt(cfg, paths...)
+	if len(got) != len(want) {
+		t.Fatalf("refsAt = %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("ref %d = %v, want %v", i, got[i], want[i])
+		}
+	}
+	before, _ := json.Marshal(cfg)
+	out, err := editRefs(cfg, "", func(v any, where string) (any, error) { return "R:" + where, nil }, paths...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after, _ := json.Marshal(cfg); string(after) != string(before) {
+		t.Errorf("editRefs changed its input: %s", after)
+	}
+	m := out.(map[string]any)
+	if m["base_model"] != "R:base_model" || m["models"].([]any)[1].(map[string]any)["model"] != nil ||
+		m["models"].([]any)[1].(map[string]any)["parameters"] != "bad" ||
+		m["slices"].([]any)[0].(map[string]any)["sources"].([]any)[1] != 3 {
+		t.Errorf("editRefs = %v", out)
+	}
+	stop := errors.New("stop")
+	if _, err := editRefs(cfg, "", func(v any, where string) (any, error) { return nil, stop }, paths...); err != stop {
+		t.Errorf("editRefs error = %v, want the refFunc's", err)
+	}
+}

@@ -40,11 +40,35 @@ type kind struct {
 
 // kinds is the job-type registry.
 var kinds = map[string]*kind{
-	"merge":      {check: checkMerge, run: runMerge},
-	"nps_prune":  {check: checkPrune, run: runPrune},
-	"compress":   {check: checkCompress, run: runCompress},
-	"nps_search": {session: true, check: checkSearch, run: runSearch},
-	"evolve":     {session: true, check: checkEvolve, run: runEvolve},
+	"merge":      specKind(false, (*mergeSpec).check, runMerge),
+	"nps_prune":  specKind(false, (*pruneSpec).normalize, runPrune),
+	"compress":   specKind(false, (*compressSpec).check, runCompress),
+	"nps_search": specKind(true, (*searchSpec).normalize, runSearch),
+	"evolve":     specKind(true, (*evolveSpec).check, runEvolve),
+}
+
+// specKind is the kind whose specs are S: check decodes a spec strictly
+// (decodeStrict), lets norm validate and complete it, and stores it
+// encoded again; run decodes the stored spec for run.
+func specKind[S any](session bool, norm func(*S, *Env) error, run func(*runCtx, *S) (any, Session, error)) *kind {
+	return &kind{session: session,
+		check: func(e *Env, raw json.RawMessage) (json.RawMessage, error) {
+			var s S
+			if err := decodeStrict(raw, &s); err != nil {
+				return nil, err
+			}
+			if err := norm(&s, e); err != nil {
+				return nil, err
+			}
+			return json.Marshal(s)
+		},
+		run: func(rc *runCtx) (any, Session, error) {
+			var s S
+			if err := decodeStrict(rc.job.Spec, &s); err != nil {
+				return nil, nil, err
+			}
+			return run(rc, &s)
+		}}
 }
 
 // Types lists the job types, sorted.
@@ -64,6 +88,15 @@ type runCtx struct {
 	env *Env
 	r   *Runner
 	log *slog.Logger
+}
+
+// detach is rc for a session, which outlives the worker call that starts
+// it: a copy with its own context, which cancel ends.
+func (rc *runCtx) detach() (*runCtx, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	src := *rc
+	src.ctx = ctx
+	return &src, cancel
 }
 
 // progress publishes how far the job has come (memory only; cheap).
@@ -537,12 +570,7 @@ func (r *Runner) submit(reqs []Request) ([]*store.Job, []bool, error) {
 // kernel checks (between tensors), a session at once. Cancelling a
 // finished job changes nothing.
 func (r *Runner) Cancel(id uint64) (*Status, error) {
-	r.mu.Lock()
-	sess, isSession := r.sessions[id]
-	if isSession {
-		delete(r.sessions, id)
-	}
-	r.mu.Unlock()
+	sess, isSession := r.takeSession(id)
 	j, err := r.st.Update(id, func(j *store.Job) error {
 		switch {
 		case j.State.Final():
@@ -834,14 +862,18 @@ func (r *Runner) WaitSession(ctx context.Context, id uint64, timeout time.Durati
 // SessionProgress publishes a session's progress (generation, best).
 func (r *Runner) SessionProgress(id uint64, p store.Progress) { r.setProgress(id, p) }
 
+// takeSession removes session id from the live sessions and returns it.
+func (r *Runner) takeSession(id uint64) (*sessionEntry, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.sessions[id]
+	delete(r.sessions, id)
+	return e, ok
+}
+
 // Finish ends session id: its result is written and the job is done.
 func (r *Runner) Finish(id uint64) (*Status, error) {
-	r.mu.Lock()
-	e, ok := r.sessions[id]
-	if ok {
-		delete(r.sessions, id)
-	}
-	r.mu.Unlock()
+	e, ok := r.takeSession(id)
 	if !ok {
 		_, err := r.Session(id)
 		return nil, err

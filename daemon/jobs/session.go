@@ -2,7 +2,6 @@ package jobs
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -12,6 +11,7 @@ import (
 	"github.com/npsfuse/npsfuse/gocore/nps"
 	"github.com/npsfuse/npsfuse/gocore/search"
 	"github.com/npsfuse/npsfuse/gocore/session"
+	"github.com/npsfuse/npsfuse/gocore/tensor"
 )
 
 // Session is an interactive job: the daemon holds the optimizer and its
@@ -40,6 +40,38 @@ type TensorSet struct {
 	Metas []tensors.Meta
 	Fill  func(i int, dst []byte) error
 	Done  func()
+}
+
+// sourceSet is the TensorSet of metas (nil: src's tensors, as src lists
+// them): a tensor that computed maps to an index i is put into its kernel
+// view (its meta's dtype) by put(i, out), any other copied from src.
+func sourceSet(src tensors.Source, metas []tensors.Meta, computed map[string]int, put func(i int, out tensor.Vec) error) *TensorSet {
+	if metas == nil {
+		metas = sourceMetas(src)
+	}
+	return &TensorSet{Metas: metas, Fill: func(k int, dst []byte) error {
+		i, ok := computed[metas[k].Name]
+		if !ok {
+			b, err := src.Bytes(metas[k].Name)
+			copy(dst, b)
+			return err
+		}
+		out, err := tensor.FromBytes(dst, mustKernel(metas[k]))
+		if err != nil {
+			return err
+		}
+		return put(i, out)
+	}}
+}
+
+// sourceMetas lists src's tensors, in its order.
+func sourceMetas(src tensors.Source) []tensors.Meta {
+	names := src.Names()
+	metas := make([]tensors.Meta, len(names))
+	for k, n := range names {
+		metas[k], _ = src.Meta(n)
+	}
+	return metas
 }
 
 // searchSpec is an nps_search session (METHODS.md, NPS-Pruning step 4):
@@ -133,17 +165,6 @@ func (s *searchSpec) session() (*nps.Session, error) {
 	return sess, nil
 }
 
-func checkSearch(e *Env, raw json.RawMessage) (json.RawMessage, error) {
-	var s searchSpec
-	if err := decodeStrict(raw, &s); err != nil {
-		return nil, err
-	}
-	if err := s.normalize(e); err != nil {
-		return nil, err
-	}
-	return json.Marshal(s)
-}
-
 // npsSession is a running nps_search.
 type npsSession struct {
 	session.Guard
@@ -155,14 +176,26 @@ type npsSession struct {
 	s       *nps.Session
 }
 
+// holdSet builds a TensorSet that borrows a session's buffers: the
+// session stays locked (g.Hold) until the set's Done.
+func holdSet(g *session.Guard, build func() (*TensorSet, error)) (*TensorSet, error) {
+	done, err := g.Hold()
+	if err != nil {
+		return nil, err
+	}
+	set, err := build()
+	if err != nil {
+		done()
+		return nil, err
+	}
+	set.Done = done
+	return set, nil
+}
+
 // errClosed is a daemon session's closed error (session.Guard.Closed).
 var errClosed = fmt.Errorf("%w: session closed", ErrState)
 
-func runSearch(rc *runCtx) (any, Session, error) {
-	var s searchSpec
-	if err := decodeStrict(rc.job.Spec, &s); err != nil {
-		return nil, nil, err
-	}
+func runSearch(rc *runCtx, s *searchSpec) (any, Session, error) {
 	t, release, err := newTaskSet(rc, s.Base, s.Model, &s.npsOptions)
 	if err != nil {
 		return nil, nil, err
@@ -178,11 +211,8 @@ func runSearch(rc *runCtx) (any, Session, error) {
 		t.close()
 		return nil, nil, err
 	}
-	// The session outlives this worker call: give it its own context.
-	ctx, cancel := context.WithCancel(context.Background())
-	src := *rc
-	src.ctx = ctx
-	ns := &npsSession{Guard: session.Guard{Closed: errClosed}, rc: &src, cancel: cancel, spec: s, t: t, release: release, s: sess}
+	src, cancel := rc.detach()
+	ns := &npsSession{Guard: session.Guard{Closed: errClosed}, rc: src, cancel: cancel, spec: *s, t: t, release: release, s: sess}
 	src.progress(ns.progress())
 	return nil, ns, nil
 }
@@ -252,17 +282,7 @@ func (n *npsSession) Best() (any, error) {
 // Candidate implements Session: θ₀ + λ·τ_NPS(w) (or τ_NPS) for weights w.
 // The session stays locked until Done (Build's buffers are shared).
 func (n *npsSession) Candidate(w []float64) (*TensorSet, error) {
-	done, err := n.Hold()
-	if err != nil {
-		return nil, err
-	}
-	set, err := n.candidate(w)
-	if err != nil {
-		done()
-		return nil, err
-	}
-	set.Done = done
-	return set, nil
+	return holdSet(&n.Guard, func() (*TensorSet, error) { return n.candidate(w) })
 }
 
 func (n *npsSession) candidate(w []float64) (*TensorSet, error) {
@@ -271,11 +291,8 @@ func (n *npsSession) candidate(w []float64) (*TensorSet, error) {
 			return nil, invalid("candidate weight %d is %v", i, x)
 		}
 	}
-	if _, err := n.t.build(w, &n.spec.npsOptions); err != nil {
-		return nil, err
-	}
-	metas, fill, err := n.t.outputSet(n.spec.Output, *n.spec.Lam, n.spec.DType)
-	return &TensorSet{Metas: metas, Fill: fill}, err
+	_, set, err := n.t.output(w, &n.spec.npsOptions, n.spec.Output, *n.spec.Lam, n.spec.DType)
+	return set, err
 }
 
 // Finish implements Session: the best weights' tensors become the result.
@@ -289,15 +306,11 @@ func (n *npsSession) finish() (any, error) {
 	if x == nil {
 		x, note = n.spec.X0, "no candidate was evaluated successfully: the result uses x0"
 	}
-	kept, err := n.t.build(x, &n.spec.npsOptions)
+	kept, set, err := n.t.output(x, &n.spec.npsOptions, n.spec.Output, *n.spec.Lam, n.spec.DType)
 	if err != nil {
 		return nil, err
 	}
-	metas, fill, err := n.t.outputSet(n.spec.Output, *n.spec.Lam, n.spec.DType)
-	if err != nil {
-		return nil, err
-	}
-	res, err := writeTensorResult(n.rc, n.spec.Result, metas, fill)
+	res, err := writeTensorResult(n.rc, n.spec.Result, set.Metas, set.Fill)
 	if err != nil {
 		return nil, err
 	}

@@ -199,19 +199,14 @@ func (e *Env) WriteResult(path, recycle string, metas []tensors.Meta, fill func(
 		os.Remove(tmp)
 		return 0, "", fmt.Errorf("slab %s: %w", slab, err)
 	}
-	if err := l.Fill(ent.m, fill); err != nil {
-		os.Remove(tmp)
-		e.slabs.done(ent, "")
-		return 0, "", err
+	err = l.Fill(ent.m, fill)
+	if err == nil && durable {
+		err = f.Sync()
 	}
-	if durable {
-		if err := f.Sync(); err != nil {
-			os.Remove(tmp)
-			e.slabs.done(ent, "")
-			return 0, "", err
-		}
+	if err == nil {
+		err = os.Rename(tmp, path)
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err != nil {
 		os.Remove(tmp)
 		e.slabs.done(ent, "")
 		return 0, "", err
