@@ -25,10 +25,10 @@ import numpy as np
 
 from . import _executor
 from . import merging as _m
-from ._display import finish, new_figure, progress_bar
+from ._display import finish, new_figure
 from ._state import ModelLike, StateDict, load_state_dict
 from ._vocab import GENERATIONS, FailedScores, Scored, renamed
-from .nps._engine import _Session
+from .nps._engine import _Session, run_generations
 from .nps._result import load_run, save_run
 from .optim import cosine_schedule
 
@@ -312,41 +312,30 @@ def search_merge(
     else:
         session = _Session.restore(saved["state"], (len(x0),))
         history = list(saved["history"])
-
-    scoring = _executor.merge_evaluator(executor, merge_with, to_params, Scored(evaluate))
-    score = scoring.__enter__()
     failed = FailedScores()
+    scoring = _executor.merge_evaluator(executor, merge_with, to_params, Scored(evaluate))
+    with session, scoring as score:
 
-    def run() -> list[float]:
-        scores = [failed.check(s) for s in score(session.ask())]
-        session.tell(scores)  # a non-finite score is a failed candidate
-        return [s for s in scores if math.isfinite(s)]
+        def run() -> list[float]:
+            scores = [failed.check(s) for s in score(session.ask())]
+            session.tell(scores)  # a non-finite score is a failed candidate
+            return [s for s in scores if math.isfinite(s)]
 
-    bar = None
-    if progress:
-        bar = progress_bar(total=rounds, desc=f"search {method}", unit="gen")
-    try:
-        info = session.info()
-        if bar is not None and history:
-            bar.update(len(history))
-        if optimizer == "cma" and not history:
-            run()  # the start point
-        for r in range(len(history), rounds):
+        def step(_: int) -> dict[str, Any]:
             ok = run()
             info = session.info()
-            history.append({"generation": r, "best": info["best_f"],
+            history.append({"generation": len(history), "best": info["best_f"],
                             "mean": float(np.mean(ok)) if ok else -math.inf,
                             "evaluations": info["evaluations"]})
             if checkpoint is not None:
                 save_run(checkpoint, fingerprint, state=session.state(), history=history)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(best=f"{info['best_f']:.4g}", evals=info["evaluations"])
-    finally:
-        session.close()
-        scoring.__exit__(None, None, None)
-        if bar is not None:
-            bar.close()
+            return info
+
+        if optimizer == "cma" and not history:
+            run()  # the start point
+        run_generations(step, len(history), rounds, progress=progress, desc=f"search {method}",
+                        postfix=lambda i: {"best": f"{i['best_f']:.4g}", "evals": i["evaluations"]})
+        info = session.info()
     if info["best_x"] is None:
         raise RuntimeError(f"every evaluation failed ({info['failures']} of "
                            f"{info['evaluations']} candidates)")

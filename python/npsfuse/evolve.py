@@ -606,24 +606,15 @@ class Evolver:
             finally:
                 self.progress = saved
             return self._checked_result()
-        bar = None
-        if show:
-            bar = progress_bar(total=self._remaining(), desc="evolve", unit="eval")
-        try:
+        with progress_bar(total=self._remaining(), desc="evolve", unit="eval",
+                          disable=not show) as bar:
             while not self.done:
                 before = (self.generation, self._state["phase"])
-                sd = self.ask()
-                score = score_of(self.evaluate(sd))
-                self.tell(score)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(gen=self.generation, best=f"{self._current_best():.4g}")
-                moved = (self.generation, self._state["phase"]) != before
-                if checkpoint is not None and moved:
+                self.tell(score_of(self.evaluate(self.ask())))
+                bar.update(1)
+                bar.set_postfix(gen=self.generation, best=f"{self._current_best():.4g}")
+                if checkpoint is not None and (self.generation, self._state["phase"]) != before:
                     self.save(checkpoint)
-        finally:
-            if bar is not None:
-                bar.close()
         return self._checked_result()
 
     def _checked_result(self) -> EvolverResult:

@@ -14,9 +14,9 @@ import torch
 from .. import _executor
 from .._state import ModelLike, StateDict, load_state_dict
 from .._vocab import GENERATIONS, FailedScores
-from ._engine import _apply, _Session
+from ._engine import _apply, _Session, run_generations
 from ._result import NPSResult, _plot_history, load_run, save_run
-from ._search import Evaluate, _check_bounds, _check_options, _fmt, _progress
+from ._search import Evaluate, _check_bounds, _check_options
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -181,31 +181,21 @@ def fuse(
     if saved is None:
         core = _Session.new(start, bounds=(lo, hi), optimizer=optimizer, popsize=popsize,
                             seed=int(seed), generations=int(generations), options=options)
-        done = -1  # the start point is still to be scored
     else:
         core = _Session.restore(saved["state"], (k,))
-        done = int(saved["done"])
     fails = FailedScores()
-    try:
-        with _executor.fuse_evaluator(executor, sd, names, taus, evaluate, fails) as score:
+    with core, _executor.fuse_evaluator(executor, sd, names, taus, evaluate, fails) as score:
 
-            def run(g: int) -> dict[str, Any]:
-                core.tell(score(core.ask()))
-                if checkpoint is not None:
-                    save_run(checkpoint, spec, state=core.state(), done=g)
-                return core.info("lambdas")
+        def step(g: int) -> dict[str, Any]:
+            core.tell(score(core.ask()))
+            if checkpoint is not None:
+                save_run(checkpoint, spec, state=core.state(), done=g)
+            return core.info("lambdas")
 
-            c = run(0) if done < 0 else core.info("lambdas")
-            with _progress(generations, progress, "fusion") as bar:
-                bar.update(max(done, 0))
-                for g in range(max(done, 0), int(generations)):
-                    c = run(g + 1)
-                    h = c["history"][-1]
-                    bar.set_postfix(best=_fmt(h["best_so_far"]), mean=_fmt(h["mean"]),
-                                    evals=c["evaluations"])
-                    bar.update(1)
-    finally:
-        core.close()
+        c = step(0) if saved is None else core.info("lambdas")  # 0: the start point
+        run_generations(step, c["generation"], int(generations), progress=progress,
+                        desc="fusion")
+        c = core.info("lambdas")
     if c["best_x"] is None:
         raise RuntimeError(f"every evaluation failed ({c['failures']} of {c['evaluations']})")
     return FusionResult(sd, names, taus, c["best_x"], c["best_f"], c["start_f"], c["history"])

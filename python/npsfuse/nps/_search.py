@@ -22,10 +22,9 @@ import numpy as np
 import torch
 
 from .. import _executor
-from .._display import progress_bar
 from .._state import ModelLike, StateDict, load_state_dict
 from .._vocab import GENERATIONS, FailedScores, renamed
-from ._engine import _apply, _Decomposition, _prunable, _Session
+from ._engine import _apply, _Decomposition, _prunable, _Session, run_generations
 from ._result import NPSResult, fingerprint
 
 logger = logging.getLogger("npsfuse.nps")
@@ -433,14 +432,6 @@ def _load_state(state: Mapping[str, Any] | str | os.PathLike[str]) -> Mapping[st
     return state
 
 
-def _progress(total: int, enabled: bool, desc: str) -> Any:
-    return progress_bar(total=total, disable=not enabled, desc=desc, unit="gen", leave=True)
-
-
-def _fmt(x: float | None) -> str:
-    return "failed" if x is None or not math.isfinite(x) else f"{x:.4g}"
-
-
 @renamed(keep="density")
 def prune(
     base: ModelLike,
@@ -532,22 +523,17 @@ def prune(
             raise ValueError(f"checkpoint {str(ck)!r} was saved with other values of "
                              f"{', '.join(differ)}: delete it or use another file")
     with s, _executor.nps_evaluator(executor, s, evaluate, finetuned) as evaluate_pending:
-        if not resumed:
-            evaluate_pending()  # the start point
+
+        def step(_: int = 0) -> dict[str, Any]:
+            evaluate_pending()
             if ck is not None:
                 s.save(ck)
-        with _progress(s.config["generations"], progress,
-                       f"NPS density={s.config['density']:g}") as bar:
-            bar.update(s.generation)
-            while not s.done:
-                evaluate_pending()
-                if ck is not None:
-                    s.save(ck)
-                c = s._c().info("weights")
-                h = c["history"][-1]
-                bar.set_postfix(best=_fmt(h["best_so_far"]), mean=_fmt(h["mean"]),
-                                evals=c["evaluations"])
-                bar.update(1)
+            return s._c().info("weights")
+
+        if not resumed:
+            step()  # the start point
+        run_generations(step, s.generation, s.config["generations"], progress=progress,
+                        desc=f"NPS density={s.config['density']:g}")
         return s.result()
 
 
