@@ -36,7 +36,7 @@ import torch
 from ._state import ModelLike, StateDict, load_state_dict
 from ._vocab import deprecated
 from .nps import NPSResult, _apply, _atomic_write, fingerprint
-from .nps._result import _INT_OF_SIZE
+from .nps._result import _INT_OF_SIZE, task_vector
 
 __all__ = ["load", "load_task_vector", "report", "save", "tasks"]
 
@@ -55,30 +55,21 @@ def _as_task(
     name: str, r: NPSResult | Mapping[str, torch.Tensor] | str | os.PathLike, base: StateDict
 ) -> tuple[StateDict, dict[str, Any]]:
     """τ of one task (cast to the base's dtypes) and its metadata."""
-    if isinstance(r, (str, os.PathLike)):
-        r = NPSResult.load(r)
-    if isinstance(r, NPSResult):
-        r._resolve_base(base)
-        info = {"keep": r.density, "weights": r.weights.tolist(), "score": r.score
-                if np.isfinite(r.score) else None, "config": r.config}
-        return r._tau, info
-    if isinstance(r, Mapping):
-        tau = load_state_dict(r, f"task {name!r}")
-        out: StateDict = {}
-        for k, t in tau.items():
-            if k not in base:
-                raise ValueError(f"task {name!r} has tensor {k!r}, which the base lacks")
-            b = base[k]
-            if not b.is_floating_point():
-                raise ValueError(f"task {name!r}: tensor {k!r} is a {b.dtype} buffer of the "
-                                 "base; only floating-point tensors have task vectors")
-            if tuple(t.shape) != tuple(b.shape):
-                raise ValueError(f"task {name!r}: tensor {k!r} has shape {tuple(t.shape)}, "
-                                 f"the base {tuple(b.shape)}")
-            out[k] = t.detach().to(b.dtype)
-        return out, {}
-    raise TypeError(f"task {name!r} is a {type(r).__name__}; pass an NPSResult, a path, "
-                    "or a task-vector state dict")
+    tau, res = task_vector(r, base, f"task {name!r}", f"task {name!r}")
+    if res is not None:
+        return tau, {"keep": res.density, "weights": res.weights.tolist(), "score": res.score
+                     if np.isfinite(res.score) else None, "config": res.config}
+    out: StateDict = {}
+    for k, t in tau.items():
+        b = base[k]
+        if not b.is_floating_point():
+            raise ValueError(f"task {name!r}: tensor {k!r} is a {b.dtype} buffer of the "
+                             "base; only floating-point tensors have task vectors")
+        if tuple(t.shape) != tuple(b.shape):
+            raise ValueError(f"task {name!r}: tensor {k!r} has shape {tuple(t.shape)}, "
+                             f"the base {tuple(b.shape)}")
+        out[k] = t.detach().to(b.dtype)
+    return out, {}
 
 
 def save(
@@ -121,14 +112,12 @@ def save(
             raise ValueError(f"task names must be non-empty strings, got {name!r}")
         taus[name], infos[name] = _as_task(name, r, sd)
     covered = [k for k in sd if any(k in t for t in taus.values())]
+    params = sum(sd[k].numel() for k in covered)
     tensors: dict[str, torch.Tensor] = {}
     task_meta = []
     for ti, (name, tau) in enumerate(taus.items()):
         kept = 0
-        params = 0
         for i, k in enumerate(covered):
-            n = sd[k].numel()
-            params += n
             t = tau.get(k)
             if t is None:
                 t = torch.zeros(sd[k].shape, dtype=sd[k].dtype)
@@ -136,8 +125,7 @@ def save(
             mask = _kept_mask(flat)
             nk = int(mask.sum())
             kept += nk
-            packed = np.packbits(mask.numpy())
-            tensors[f"{ti}:{i}:mask"] = torch.from_numpy(packed)
+            tensors[f"{ti}:{i}:mask"] = torch.from_numpy(np.packbits(mask.numpy()))
             if nk:
                 tensors[f"{ti}:{i}:values"] = flat[mask].contiguous()
         task_meta.append({"name": name, "kept": kept, "parameters": params, **infos[name]})

@@ -108,7 +108,6 @@ class _Decomposition(_Handle):
         self._h = _core.call(_core.go.NPSDecompose, json.dumps(opts), len(names), pack.arrays,
                              pack.schemas)
         self.names = list(names)
-        self.info = json.loads(_core.call(_core.go.NPSInfo, self._h))
 
     def build(
         self, weights: np.ndarray, density: float, scope: str, out: Mapping[str, torch.Tensor]

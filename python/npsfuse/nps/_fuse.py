@@ -15,7 +15,7 @@ from .. import _executor
 from .._state import ModelLike, StateDict, load_state_dict
 from .._vocab import GENERATIONS, FailedScores
 from ._engine import _apply, _Session, run_generations
-from ._result import NPSResult, _plot_history, load_run, save_run
+from ._result import NPSResult, _plot_history, load_run, save_run, task_vector
 from ._search import Evaluate, _check_bounds, _check_options
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -90,23 +90,6 @@ class FusionResult:
                              "FusionResult.plot")
 
 
-def _as_tau(r: NPSResult | Mapping[str, torch.Tensor] | str | os.PathLike,
-            base: StateDict, i: int) -> StateDict:
-    if isinstance(r, (str, os.PathLike)):
-        r = NPSResult.load(r)
-    if isinstance(r, NPSResult):
-        r._resolve_base(base)
-        return r._tau
-    if isinstance(r, Mapping):
-        tau = load_state_dict(r, f"task vector {i}")
-        extra = [k for k in tau if k not in base]
-        if extra:
-            raise ValueError(f"task vector {i} has tensor {extra[0]!r}, which the base lacks")
-        return tau
-    raise TypeError(f"result {i} is a {type(r).__name__}; pass an NPSResult, a path, or a "
-                    "task-vector state dict")
-
-
 def fuse(
     base: ModelLike,
     results: Sequence[NPSResult | Mapping[str, torch.Tensor] | str | os.PathLike],
@@ -161,7 +144,8 @@ def fuse(
     sd = load_state_dict(base, "base")
     names = [k for k, t in sd.items()
              if (t.is_floating_point() or t.is_complex()) and t.numel() > 0]
-    taus = [_as_tau(r, sd, i) for i, r in enumerate(results)]
+    taus = [task_vector(r, sd, f"task vector {i}", f"result {i}")[0]
+            for i, r in enumerate(results)]
     k = len(taus)
     start = np.ones(k) if lambdas is None else np.asarray([float(x) for x in lambdas])
     if start.shape != (k,):

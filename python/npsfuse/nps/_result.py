@@ -409,3 +409,26 @@ class NPSResult:
             res._base = res._resolve_base(base)
         return res
 
+
+
+def task_vector(r: NPSResult | Mapping[str, torch.Tensor] | str | os.PathLike, base: StateDict,
+                what: str, kind: str) -> tuple[StateDict, NPSResult | None]:
+    """τ of ``r`` and the :class:`NPSResult` it comes from (None for a state dict).
+
+    ``r`` is an NPSResult (checked against ``base``), the path of a saved one,
+    or a task-vector state dict, ``what`` in messages, whose tensors the base
+    has; ``kind`` names ``r`` in the error for anything else.
+    """
+    if isinstance(r, (str, os.PathLike)):
+        r = NPSResult.load(r)
+    if isinstance(r, NPSResult):
+        r._resolve_base(base)
+        return r._tau, r
+    if not isinstance(r, Mapping):
+        raise TypeError(f"{kind} is a {type(r).__name__}; pass an NPSResult, a path, or a "
+                        "task-vector state dict")
+    tau = load_state_dict(r, what)
+    extra = [k for k in tau if k not in base]
+    if extra:
+        raise ValueError(f"{what} has tensor {extra[0]!r}, which the base lacks")
+    return tau, None

@@ -25,7 +25,7 @@ from .. import _executor
 from .._state import ModelLike, StateDict, load_state_dict
 from .._vocab import GENERATIONS, FailedScores, renamed
 from ._engine import _apply, _Decomposition, _prunable, _Session, run_generations
-from ._result import NPSResult, fingerprint
+from ._result import NPSResult, _atomic_write, fingerprint
 
 logger = logging.getLogger("npsfuse.nps")
 
@@ -130,7 +130,7 @@ class Search:
     (deterministic per seed), so a resumed search continues exactly as the
     uninterrupted one would. Go memory: 8 bytes per
     pruned parameter plus the SVD factors. Free it with :meth:`close` (or
-    ``with``; garbage collection also does).
+    ``with``; garbage collection also does: the Go objects free themselves).
     """
 
     @renamed(keep="density")
@@ -299,8 +299,7 @@ class Search:
                 + (f" ({c['failures']} evaluations failed)" if c["failures"] else "")
             )
         assert self._dec is not None
-        tau = {k: torch.empty(self._base[k].shape, dtype=self._base[k].dtype)
-               for k in self.names}
+        tau = {k: torch.empty_like(t) for k, t in self._tau.items()}
         kept = self._dec.build(c["best_x"], self.config["density"], self.config["scope"], tau)
         cfg = {k: v for k, v in self.config.items() if k != "density"}
         return NPSResult(
@@ -332,11 +331,8 @@ class Search:
 
         ``Search.resume(path, base, finetuned)`` continues from it.
         """
-        out = Path(path)
-        tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.state(), indent=1))
-        os.replace(tmp, out)
-        return out
+        text = json.dumps(self.state(), indent=1)
+        return _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
     @classmethod
     def resume(
@@ -366,14 +362,9 @@ class Search:
         """
         state = _load_state(state)
         cfg = dict(state["config"])
-        return cls(
-            base, finetuned, density=_saved_density(cfg), subspaces=cfg["subspaces"],
-            kind=cfg["kind"], optimizer=cfg["optimizer"], generations=cfg["generations"],
-            popsize=cfg["popsize"],
-            bounds=tuple(cfg["bounds"]), per_layer=cfg["per_layer"], scope=cfg["scope"],
-            rank=cfg["rank"], seed=cfg["seed"], optimizer_options=cfg["optimizer_options"],
-            _state=state,
-        )
+        # States saved before the vocabulary of issue 18 name the density "keep".
+        cfg.setdefault("density", cfg.pop("keep", None))
+        return cls(base, finetuned, **cfg, _state=state)
 
     def close(self) -> None:
         """Free the Go decomposition and optimiser. Idempotent."""
@@ -389,18 +380,6 @@ class Search:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # pragma: no cover - interpreter shutdown
-            pass
-
-
-def _saved_density(cfg: Mapping[str, Any]) -> float:
-    """The density of a saved config (``keep`` in states saved before the
-    vocabulary of issue 18)."""
-    return float(cfg["density"] if "density" in cfg else cfg["keep"])
 
 
 def _load_state(state: Mapping[str, Any] | str | os.PathLike[str]) -> Mapping[str, Any]:
