@@ -25,9 +25,8 @@ import numpy as np
 
 from . import _executor
 from . import merging as _m
-from ._display import finish, new_figure
 from ._state import ModelLike, StateDict, load_state_dict
-from ._vocab import GENERATIONS, FailedScores, Scored, renamed
+from ._vocab import GENERATIONS, FailedScores, Plotted, Scored, renamed
 from .nps._engine import _Session, run_generations
 from .nps._result import load_run, save_run
 from .optim import cosine_schedule
@@ -47,8 +46,9 @@ _DEFAULTS: dict[str, float] = {"lam": 1.0, "density": 0.2, "weight": 1.0}
 
 
 @dataclass
-class SearchMergeResult:
-    """Outcome of :func:`search_merge`.
+class SearchMergeResult(Plotted):
+    """Outcome of :func:`search_merge`; :meth:`plot` draws the best and mean
+    dev score per generation.
 
     Attributes
     ----------
@@ -80,21 +80,9 @@ class SearchMergeResult:
         """The merge with the best parameters (computed again, a fresh dict)."""
         return self._merge(self.params)
 
-    def plot(self, path: str | os.PathLike[str] | None = None) -> Figure:
-        """Best and mean dev score per generation.
+    _figure = ("SearchMergeResult.plot", (6, 4), 100)
 
-        Parameters
-        ----------
-        path
-            Also write the figure there as a PNG.
-
-        Returns
-        -------
-        matplotlib.figure.Figure
-            The figure (shown inline in Jupyter); pyplot is not used, so
-            nothing is left open. Needs matplotlib (``npsfuse[plot]``).
-        """
-        fig = new_figure("SearchMergeResult.plot", (6, 4))
+    def _draw(self, fig: Figure) -> None:
         ax = fig.subplots()
         g = [h["generation"] for h in self.history]
         ax.plot(g, [h["best"] for h in self.history], "o-", label="best")
@@ -103,7 +91,6 @@ class SearchMergeResult:
         ax.set_xlabel("generation")
         ax.set_ylabel("dev score")
         ax.legend()
-        return finish(fig, path, dpi=100)
 
 
 def _merge_fn(

@@ -54,10 +54,10 @@ import torch
 
 from . import _core
 from ._bridge import SUPPORTED, ArrowPack, as_dtype
-from ._display import finish, new_figure, progress_bar
+from ._display import progress_bar
 from ._search_merge import SearchMergeResult, search_merge
 from ._state import ModelLike, StateDict, load_state_dict
-from ._vocab import GENERATIONS, FailedScores, deprecated, score_of
+from ._vocab import GENERATIONS, FailedScores, Plotted, deprecated, score_of
 from .merging import _check_shapes, methods
 from .merging import merge as _merge
 
@@ -758,8 +758,9 @@ class Evolver:
         return self
 
 
-class EvolverResult:
-    """What an :class:`Evolver` run produced.
+class EvolverResult(Plotted):
+    """What an :class:`Evolver` run produced; :meth:`plot` draws the best and
+    mean score, the accepted offspring, F and CR per generation.
 
     Attributes
     ----------
@@ -799,21 +800,9 @@ class EvolverResult:
         assert self.best_index is not None
         return {k: t.clone() for k, t in ev.individual(self.best_index).items()}
 
-    def plot(self, path: str | os.PathLike[str] | None = None) -> Figure:
-        """Best/mean score, accepted offspring, F and CR per generation.
+    _figure = ("Evolver.plot", (7, 6), 100)
 
-        Parameters
-        ----------
-        path
-            Also write the figure there as a PNG.
-
-        Returns
-        -------
-        matplotlib.figure.Figure
-            The figure (shown inline in Jupyter); pyplot is not used, so
-            nothing is left open. Needs matplotlib (``npsfuse[plot]``).
-        """
-        fig = new_figure("Evolver.plot", (7, 6))
+    def _draw(self, fig: Figure) -> None:
         h = self.history
         g = [r["generation"] for r in h]
         ax1, ax2 = fig.subplots(2, 1, sharex=True)
@@ -831,7 +820,6 @@ class EvolverResult:
             ax2.set_yscale("log")
         ax2.set_xlabel("generation")
         ax2.legend()
-        return finish(fig, path, dpi=100)
 
 
 def _make_config(

@@ -13,9 +13,9 @@ import torch
 
 from .. import _executor
 from .._state import ModelLike, StateDict, load_state_dict
-from .._vocab import GENERATIONS, FailedScores
+from .._vocab import GENERATIONS, FailedScores, Plotted
 from ._engine import _apply, _Session, run_generations
-from ._result import NPSResult, _plot_history, load_run, save_run, task_vector
+from ._result import NPSResult, _draw_history, load_run, save_run, task_vector
 from ._search import Evaluate, _check_bounds, _check_options
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,8 +35,9 @@ def transfer(base: ModelLike, result: NPSResult | str | os.PathLike, lam: float 
     return result.state_dict(lam, base=base)
 
 
-class FusionResult:
-    """The outcome of :func:`fuse`.
+class FusionResult(Plotted):
+    """The outcome of :func:`fuse`; :meth:`plot` draws the validation score
+    and the λ per generation.
 
     Attributes
     ----------
@@ -72,22 +73,10 @@ class FusionResult:
         """θ₀ + Σ λ_i τ_i in the base's dtypes (Go ``Apply``, float32 arithmetic)."""
         return _apply(self._base, self._names, self._taus, self.lambdas.tolist())
 
-    def plot(self, path: str | os.PathLike | None = None) -> Figure:
-        """Fitness and λ per generation.
+    _figure = ("FusionResult.plot", (8, 6.5), 110)
 
-        Parameters
-        ----------
-        path
-            Also write the figure there as a PNG.
-
-        Returns
-        -------
-        matplotlib.figure.Figure
-            The figure (shown inline in Jupyter; pyplot is not used). Needs
-            matplotlib (``npsfuse[plot]``).
-        """
-        return _plot_history(path, self.history, self.start_score, "lambdas", "λ", "fusion",
-                             "FusionResult.plot")
+    def _draw(self, fig: Figure) -> None:
+        _draw_history(fig, self.history, self.start_score, "lambdas", "λ", "fusion")
 
 
 def fuse(

@@ -18,9 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .._display import finish, new_figure
 from .._state import ModelLike, StateDict, load_state_dict
-from .._vocab import deprecated, renamed
+from .._vocab import Plotted, deprecated, renamed
 from ._engine import _apply
 
 #: Elements sampled per tensor by :func:`fingerprint`.
@@ -138,18 +137,9 @@ def _none_to_neginf(x: float | None) -> float:
     return -math.inf if x is None else float(x)
 
 
-def _plot_history(
-    path: str | os.PathLike | None,
-    history: Sequence[Mapping[str, Any]],
-    start_score: float | None,
-    key: str,
-    label: str,
-    title: str,
-    what: str,
-) -> Figure:
-    """Fitness per generation (top) and searched values per generation
-    (bottom); written as a PNG to ``path`` when given."""
-    fig = new_figure(what, (8, 6.5))
+def _draw_history(fig: Figure, history: Sequence[Mapping[str, Any]], start_score: float | None,
+                  key: str, label: str, title: str) -> None:
+    """Fitness per generation (top) and searched values per generation (bottom)."""
     ax1, ax2 = fig.subplots(2, 1, sharex=True)
     gens = [h["generation"] for h in history]
 
@@ -178,11 +168,13 @@ def _plot_history(
                             and rows[0].ndim > 1 else ""))
     if width:
         ax2.legend(loc="upper left", fontsize="x-small", ncol=min(width, 4))
-    return finish(fig, path)
 
 
-class NPSResult:
+class NPSResult(Plotted):
     """The outcome of an NPS-Pruning search.
+
+    :meth:`plot` draws the validation score per generation and the band
+    weights per generation.
 
     Attributes
     ----------
@@ -312,22 +304,11 @@ class NPSResult:
         sd = self._resolve_base(base)
         return _apply(sd, self.tensor_names, [self._tau], [float(lam)])
 
-    def plot(self, path: str | os.PathLike | None = None) -> Figure:
-        """Fitness per generation, and band weights per generation.
+    _figure = ("NPSResult.plot", (8, 6.5), 110)
 
-        Parameters
-        ----------
-        path
-            Also write the figure there as a PNG.
-
-        Returns
-        -------
-        matplotlib.figure.Figure
-            The figure (shown inline in Jupyter); pyplot is not used, so
-            nothing is left open. Needs matplotlib (``npsfuse[plot]``).
-        """
-        return _plot_history(path, self.history, self.start_score, "weights", "w",
-                             f"NPS-Pruning, density={self.density:g}", "NPSResult.plot")
+    def _draw(self, fig: Figure) -> None:
+        _draw_history(fig, self.history, self.start_score, "weights", "w",
+                      f"NPS-Pruning, density={self.density:g}")
 
     def _meta(self) -> dict[str, Any]:
         return {
