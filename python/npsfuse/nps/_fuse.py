@@ -16,7 +16,7 @@ from .._state import ModelLike, StateDict, load_state_dict
 from .._vocab import GENERATIONS, FailedScores, Plotted
 from ._engine import _apply, _Session, run_generations
 from ._result import NPSResult, _draw_history, load_run, save_run, task_vector
-from ._search import Evaluate, _check_bounds, _check_options
+from ._search import Evaluate, _check_search
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -143,10 +143,7 @@ def fuse(
         raise ValueError(f"lambdas must be finite, got {start.tolist()}")
     if evaluate is None:
         return FusionResult(sd, names, taus, start, None, None, [])
-    lo, hi = _check_bounds(bounds)
-    if int(generations) < 0:  # the session reads a negative count as "no plan"
-        raise ValueError(f"generations must be >= 0, got {generations}")
-    options = _check_options(optimizer_options)
+    lo, hi, options = _check_search(bounds, generations, optimizer_options)
     spec = {"start": start.tolist(), "bounds": [lo, hi], "optimizer": optimizer,
             "popsize": popsize, "seed": int(seed), "generations": int(generations),
             "options": options, "results": k}

@@ -40,14 +40,10 @@ _SCOPES = ("global", "tensor")
 _OPTIMIZER_OPTIONS = frozenset({"sigma0", "strategy", "schedule"})
 
 
-def _check_density(density: float) -> float:
-    density = float(density)
-    if not (0.0 < density <= 1.0):
-        raise ValueError(f"density must lie in (0, 1], got {density}")
-    return density
-
-
-def _check_bounds(bounds: tuple[float, float]) -> tuple[float, float]:
+def _check_search(bounds: tuple[float, float], generations: int,
+                  options: Mapping[str, Any] | None) -> tuple[float, float, dict[str, Any]]:
+    """The box ``(lo, hi)`` and the optimizer options of a search, checked, and
+    its planned number of generations (>= 0)."""
     try:
         lo, hi = (float(b) for b in bounds)
     except (TypeError, ValueError):
@@ -56,10 +52,8 @@ def _check_bounds(bounds: tuple[float, float]) -> tuple[float, float]:
         raise ValueError(f"bounds must be finite, got ({lo}, {hi})")
     if lo >= hi:
         raise ValueError(f"bounds are inverted or empty: lo={lo} must be < hi={hi}")
-    return lo, hi
-
-
-def _check_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    if int(generations) < 0:  # the session reads a negative count as "no plan"
+        raise ValueError(f"generations must be >= 0, got {generations}")
     opts = dict(options or {})
     unknown = sorted(set(opts) - _OPTIMIZER_OPTIONS)
     if unknown:
@@ -72,7 +66,7 @@ def _check_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
         if not (math.isfinite(s) and s > 0):
             raise ValueError(f"sigma0 must be finite and > 0, got {s}")
         opts["sigma0"] = s
-    return opts
+    return lo, hi, opts
 
 
 class Search:
@@ -155,7 +149,9 @@ class Search:
     ) -> None:
         self._dec: _Decomposition | None = None
         self._core: _Session | None = None
-        density = _check_density(density)
+        density = float(density)
+        if not (0.0 < density <= 1.0):
+            raise ValueError(f"density must lie in (0, 1], got {density}")
         if isinstance(subspaces, bool) or int(subspaces) != subspaces or subspaces < 1:
             raise ValueError(f"subspaces must be an integer >= 1, got {subspaces}")
         if kind not in _KINDS:
@@ -164,14 +160,11 @@ class Search:
             raise ValueError(f"scope must be one of {', '.join(_SCOPES)}, got {scope!r}")
         if optimizer not in ("cma", "de"):
             raise ValueError(f"unknown optimizer {optimizer!r}; valid: cma, de")
-        if int(generations) < 0:
-            raise ValueError(f"generations must be >= 0, got {generations}")
         if popsize is not None and int(popsize) < 2:
             raise ValueError(f"popsize must be at least 2, got {popsize}")
         if rank is not None and int(rank) < 1:
             raise ValueError(f"rank must be >= 1, got {rank}")
-        lo, hi = _check_bounds(bounds)
-        _check_options(optimizer_options)
+        lo, hi, opts = _check_search(bounds, generations, optimizer_options)
         self._base = load_state_dict(base, "base")
         # A PEFT LoRA adapter folder (or PeftModel) is merged into the base's
         # weights on the fly, as npsfuse.merge does.
@@ -205,7 +198,7 @@ class Search:
             self._core = _Session.new(start, bounds=(lo, hi), optimizer=optimizer,
                                       popsize=popsize, seed=int(seed),
                                       generations=int(generations),
-                                      options=_check_options(optimizer_options))
+                                      options=opts)
         else:
             self._core = _Session.restore(_state["session"], start.shape)
         self._failures = FailedScores()
