@@ -86,19 +86,11 @@ _STATE_VERSION = 2
 Evaluate = Callable[[StateDict], float]
 
 
-def _go(fn: Callable[..., Any], *args: Any) -> Any:
-    return _core.call(fn, *args)
-
-
-def _resolve_dtype(
-    compute_dtype: torch.dtype | str, tensors: Sequence[torch.Tensor]
-) -> torch.dtype:
-    if isinstance(compute_dtype, str):
-        if compute_dtype == "model":
-            dts = {t.dtype for t in tensors}
-            if len(dts) == 1 and next(iter(dts)) in SUPPORTED:
-                return next(iter(dts))
-            return torch.float32
+def _resolve_dtype(compute_dtype: torch.dtype | str,
+                   tensors: Sequence[torch.Tensor]) -> torch.dtype:
+    if compute_dtype == "model":  # the models' one dtype, float32 when they have several
+        dts = {t.dtype for t in tensors}
+        return dts.pop() if len(dts) == 1 and next(iter(dts)) in SUPPORTED else torch.float32
     return as_dtype(compute_dtype, "compute_dtype (or 'model')")
 
 
@@ -309,11 +301,11 @@ class Evolver:
         self._init_layout(list(base_sd), names, [tuple(base_sd[k].shape) for k in names], dtype)
         self._cfg = cfg
         self._np = len(population) + len(add_merges)
-        self._state: dict[str, Any] = json.loads(_go(_core.go.EvolveStart, self._session_config()))
+        self._state: dict[str, Any] = json.loads(
+            _core.call(_core.go.EvolveStart, self._session_config()))
         self.evaluate = evaluate
         #: :meth:`run`'s default for ``progress``.
         self.progress = True if progress is None else bool(progress)
-        self._failed = FailedScores()
         self._base = base_sd if merge is not None else None
         self._alloc(storage)
         self._extras: list[dict[str, torch.Tensor]] = []
@@ -343,9 +335,6 @@ class Evolver:
                             **cfg["merge_params"])
             self._fill(n_pop + j, merged)
             del merged
-        self._cand: dict[str, Any] | None = None
-        self._pending_sd: StateDict | None = None
-        self._version = 0
 
     # ------------------------------------------------------------ layout --
 
@@ -368,7 +357,11 @@ class Evolver:
     def _alloc(self, storage: str | os.PathLike[str]) -> None:
         """Buffers: one per individual (``_slot_of``), the spare that receives
         the next trial, accepted trials waiting for their generation's end
-        (``_held``) and free ones."""
+        (``_held``) and free ones; and no trial pending (``_cand``)."""
+        self._cand: dict[str, Any] | None = None
+        self._pending_sd: StateDict | None = None
+        self._version = 0
+        self._failed = FailedScores()
         self._storage = "memory" if storage == "memory" else str(Path(storage).resolve())
         if self._storage != "memory":
             Path(self._storage).mkdir(parents=True, exist_ok=True)
@@ -505,14 +498,14 @@ class Evolver:
 
     def _session(self, fn: Callable[..., str], *args: Any) -> Any:
         """Call a session function of ``pybind`` on the current state."""
-        return json.loads(_go(fn, json.dumps(self._state), *args))
+        return json.loads(_core.call(fn, json.dumps(self._state), *args))
 
     def _build(self, i: int, slot: int) -> None:
         """Run the Go kernel: the session's trial of parent i into buffer ``slot``."""
         items = [(f"individual {j}", self._slots[self._slot_of[j]]) for j in range(self._np)]
         items.append(("offspring", self._slots[slot]))
         pack = ArrowPack(items)
-        _go(_core.go.EvolveOffspring, json.dumps(self._state), i, self._np, pack.arrays,
+        _core.call(_core.go.EvolveOffspring, json.dumps(self._state), i, self._np, pack.arrays,
             pack.schemas)
 
     def tell(self, score: float | None) -> bool:
@@ -733,7 +726,6 @@ class Evolver:
         self._cfg = cfg
         self.evaluate = evaluate
         self.progress = state["progress"] if progress is None else bool(progress)
-        self._failed = FailedScores()
         self._np = state["popsize"]
         self._init_layout(state["keys"], state["names"], [tuple(s) for s in state["shapes"]],
                           getattr(torch, state["dtype"]))
@@ -753,8 +745,6 @@ class Evolver:
         for i in self._state["held"]:
             self._held[i] = self._new_slot()
             self._build(i, self._held[i])
-        self._cand, self._pending_sd = None, None
-        self._version = 0
         return self
 
 
@@ -781,12 +771,8 @@ class EvolverResult(Plotted):
         self._version = ev._version
         self.history = ev.history
         self.merge = ev._cfg["merge"]
-        if self.merge is None:
-            self.best_index: int | None = ev._best()[0]
-            self.best_score = ev._best()[1]
-        else:
-            self.best_index = None
-            self.best_score = ev._merge_score
+        self.best_index = ev._best()[0] if self.merge is None else None
+        self.best_score = ev._current_best()
         self.fitness = ev.fitness
 
     def state_dict(self) -> StateDict:
