@@ -36,7 +36,7 @@ import torch
 from ._state import ModelLike, StateDict, load_state_dict
 from ._vocab import deprecated
 from .nps import NPSResult, _apply, _atomic_write, fingerprint
-from .nps._result import _INT_OF_SIZE, task_vector
+from .nps._result import _INT_OF_SIZE, read_header, task_vector
 
 __all__ = ["load", "load_task_vector", "report", "save", "tasks"]
 
@@ -141,20 +141,9 @@ def save(
 
 
 def _read_meta(path: str | os.PathLike) -> dict[str, Any]:
-    from safetensors import safe_open
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"no such file: {str(p)!r}")
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            header = f.metadata() or {}
-    except Exception as exc:
-        raise ValueError(f"{str(p)!r} is not a safetensors file: {exc}") from None
-    if header.get("format") != _FORMAT:
-        raise ValueError(f"{str(p)!r} is not an npsfuse compressed file")
+    header = read_header(path, _FORMAT, "compressed", "is not a safetensors file")
     if header.get("version") != str(_VERSION):
-        raise ValueError(f"{str(p)!r}: unsupported version {header.get('version')!r}")
+        raise ValueError(f"{str(path)!r}: unsupported version {header.get('version')!r}")
     return json.loads(header["npsfuse.meta"])
 
 
@@ -168,19 +157,6 @@ def _task_index(meta: Mapping[str, Any], task: str, path: str | os.PathLike) -> 
     if task not in names:
         raise KeyError(f"{str(path)!r} has no task {task!r}; it holds: {', '.join(names)}")
     return names.index(task)
-
-
-def _check_base(meta: Mapping[str, Any], sd: StateDict) -> list[str]:
-    covered = [t["name"] for t in meta["tensors"]]
-    missing = [k for k in covered if k not in sd]
-    if missing:
-        raise ValueError(f"the base model lacks tensor {missing[0]!r} of the compressed file; "
-                         "it was made for another base model")
-    if fingerprint(sd, covered) != meta["base_fingerprint"]:
-        raise ValueError("the compressed file was made for another base model "
-                         "(the base's fingerprint differs: names, shapes, dtypes or "
-                         "sampled values)")
-    return covered
 
 
 def load_task_vector(
@@ -210,7 +186,16 @@ def load_task_vector(
     meta = _read_meta(path)
     ti = _task_index(meta, task, path)
     if base is not None:
-        _check_base(meta, load_state_dict(base, "base"))
+        sd = load_state_dict(base, "base")
+        covered = [t["name"] for t in meta["tensors"]]
+        missing = [k for k in covered if k not in sd]
+        if missing:
+            raise ValueError(f"the base model lacks tensor {missing[0]!r} of the compressed "
+                             "file; it was made for another base model")
+        if fingerprint(sd, covered) != meta["base_fingerprint"]:
+            raise ValueError("the compressed file was made for another base model "
+                             "(the base's fingerprint differs: names, shapes, dtypes or "
+                             "sampled values)")
     out: StateDict = {}
     with safe_open(str(path), framework="pt") as f:
         keys = set(f.keys())
@@ -275,11 +260,8 @@ def load(base: ModelLike, path: str | os.PathLike, task: str, lam: float = 1.0) 
         deprecated("compress.load()", "the order (path, base, task)", "(base, path, task)")
         base, path = path, base
     sd = load_state_dict(base, "base")
-    meta = _read_meta(path)
-    _task_index(meta, task, path)
-    covered = _check_base(meta, sd)
-    tau = load_task_vector(path, task)
-    return _apply(sd, covered, [tau], [float(lam)])
+    tau = load_task_vector(path, task, base=sd)  # the covered tensors, in the file's order
+    return _apply(sd, list(tau), [tau], [float(lam)])
 
 
 def report(path: str | os.PathLike) -> dict[str, Any]:

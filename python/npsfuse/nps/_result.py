@@ -101,6 +101,25 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path
     return path
 
 
+def read_header(path: str | os.PathLike, fmt: str, what: str, unreadable: str) -> dict[str, str]:
+    """The header (metadata) of the safetensors file ``path``, an npsfuse
+    ``what`` file of format ``fmt``; ``unreadable`` says what a file safetensors
+    cannot open is not."""
+    from safetensors import safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no such file: {str(p)!r}")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            header = f.metadata() or {}
+    except Exception as exc:
+        raise ValueError(f"{str(p)!r} {unreadable}: {exc}") from None
+    if header.get("format") != fmt:
+        raise ValueError(f"{str(p)!r} is not an npsfuse {what} file")
+    return header
+
+
 def load_run(path: str | os.PathLike[str] | None, spec: Mapping[str, Any],
              what: str) -> dict[str, Any] | None:
     """A search saved by :func:`save_run` to continue, or ``None`` when ``path``
@@ -359,20 +378,16 @@ class NPSResult(Plotted):
         """
         from safetensors import safe_open
 
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"no such file: {str(p)!r}")
+        unreadable = "is not a readable NPS result file"
+        meta = read_header(path, _RESULT_FORMAT, "NPS result", unreadable)
         try:
-            with safe_open(str(p), framework="pt") as f:
-                meta = f.metadata() or {}
-                if meta.get("format") != _RESULT_FORMAT:
-                    raise ValueError(f"{str(p)!r} is not an npsfuse NPS result file")
-                info = json.loads(meta["npsfuse.meta"])
+            info = json.loads(meta["npsfuse.meta"])
+            with safe_open(str(path), framework="pt") as f:
                 tau = {k: f.get_tensor(k) for k in info["tensor_names"]}
         except ValueError:
             raise
         except Exception as exc:
-            raise ValueError(f"{str(p)!r} is not a readable NPS result file: {exc}") from None
+            raise ValueError(f"{str(path)!r} {unreadable}: {exc}") from None
         res = cls(
             tau=tau,
             weights=np.asarray(info["weights"], dtype=np.float64),
