@@ -147,8 +147,6 @@ class Search:
         optimizer_options: Mapping[str, Any] | None = None,
         _state: Mapping[str, Any] | None = None,
     ) -> None:
-        self._dec: _Decomposition | None = None
-        self._core: _Session | None = None
         density = float(density)
         if not (0.0 < density <= 1.0):
             raise ValueError(f"density must lie in (0, 1], got {density}")
@@ -206,8 +204,8 @@ class Search:
     # -- ask/tell --------------------------------------------------------------
 
     def _c(self) -> _Session:
-        if self._core is None:
-            raise ValueError("the search is closed")
+        """The engine's session (closed with the search: using it raises
+        ``ValueError: the search is closed``)."""
         return self._core
 
     def candidates(self) -> np.ndarray:
@@ -216,7 +214,7 @@ class Search:
         Like :meth:`ask` without building the models; use with :meth:`build`
         to hold one candidate model in memory at a time.
         """
-        return self._c().ask()
+        return self._core.ask()
 
     def build(self, weights: np.ndarray | Sequence[float]) -> StateDict:
         """θ₀ + τ_NPS for one weight vector ((M,), or (T, M) with ``per_layer``).
@@ -225,10 +223,9 @@ class Search:
         base's own tensors).
         """
         w = np.asarray(weights, dtype=np.float64)
-        want = self._c().shape
+        want = self._core.shape
         if w.shape != want:
             raise ValueError(f"weights must have shape {want}, got {w.shape}")
-        assert self._dec is not None
         self._dec.build(w, self.config["density"], self.config["scope"], self._tau)
         return _apply(self._base, self.names, [self._tau], [1.0])
 
@@ -247,11 +244,11 @@ class Search:
         ``None``, NaN and ±inf mark failed candidates (scored −inf, with one
         warning per search).
         """
-        self._c().tell([self._failures.check(v, "a score was") for v in scores])
+        self._core.tell([self._failures.check(v, "a score was") for v in scores])
 
     def _evaluate_pending(self, evaluate: Evaluate) -> None:
         """Evaluate the pending candidates one model at a time and tell the scores."""
-        self._c().tell([self._failures.evaluate(evaluate, self.build(w))
+        self._core.tell([self._failures.evaluate(evaluate, self.build(w))
                         for w in self.candidates()])
 
     # -- progress ---------------------------------------------------------------
@@ -259,22 +256,22 @@ class Search:
     @property
     def generation(self) -> int:
         """Completed search generations (the start point is not one)."""
-        return int(self._c().info()["generation"])
+        return int(self._core.info()["generation"])
 
     @property
     def done(self) -> bool:
         """Whether the planned ``generations`` have run."""
-        return bool(self._c().info()["done"])
+        return bool(self._core.info()["done"])
 
     @property
     def history(self) -> list[dict[str, Any]]:
         """Per generation: best, mean, weights, best_so_far, failed (see NPSResult)."""
-        return self._c().info("weights")["history"]
+        return self._core.info("weights")["history"]
 
     @property
     def best(self) -> tuple[np.ndarray | None, float]:
         """The best weights evaluated so far and their score (None, −inf before any)."""
-        c = self._c().info()
+        c = self._core.info()
         return c["best_x"], c["best_f"]
 
     def result(self) -> NPSResult:
@@ -285,13 +282,12 @@ class Search:
         RuntimeError
             When no candidate has been evaluated successfully.
         """
-        c = self._c().info("weights")
+        c = self._core.info("weights")
         if c["best_x"] is None:
             raise RuntimeError(
                 "no candidate has a finite score yet"
                 + (f" ({c['failures']} evaluations failed)" if c["failures"] else "")
             )
-        assert self._dec is not None
         tau = {k: torch.empty_like(t) for k, t in self._tau.items()}
         kept = self._dec.build(c["best_x"], self.config["density"], self.config["scope"], tau)
         cfg = {k: v for k, v in self.config.items() if k != "density"}
@@ -316,7 +312,7 @@ class Search:
             "version": _SEARCH_VERSION,
             "config": dict(self.config),
             "fingerprints": dict(self.fingerprints),
-            "session": self._c().state(),
+            "session": self._core.state(),
         }
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -361,12 +357,8 @@ class Search:
 
     def close(self) -> None:
         """Free the Go decomposition and optimiser. Idempotent."""
-        if self._dec is not None:
-            self._dec.close()
-            self._dec = None
-        if self._core is not None:
-            self._core.close()
-            self._core = None
+        self._dec.close()
+        self._core.close()
 
     def __enter__(self) -> Search:
         return self
@@ -500,7 +492,7 @@ def prune(
             evaluate_pending()
             if ck is not None:
                 s.save(ck)
-            return s._c().info("weights")
+            return s._core.info("weights")
 
         if not resumed:
             step()  # the start point
