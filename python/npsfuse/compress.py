@@ -36,7 +36,7 @@ import torch
 from ._state import ModelLike, StateDict, load_state_dict
 from ._vocab import deprecated
 from .nps import NPSResult, _apply, _atomic_write, fingerprint
-from .nps._result import _INT_OF_SIZE, read_header, task_vector
+from .nps._result import _INT_OF_SIZE, check_base, read_header, task_vector
 
 __all__ = ["load", "load_task_vector", "report", "save", "tasks"]
 
@@ -186,16 +186,10 @@ def load_task_vector(
     meta = _read_meta(path)
     ti = _task_index(meta, task, path)
     if base is not None:
-        sd = load_state_dict(base, "base")
-        covered = [t["name"] for t in meta["tensors"]]
-        missing = [k for k in covered if k not in sd]
-        if missing:
-            raise ValueError(f"the base model lacks tensor {missing[0]!r} of the compressed "
-                             "file; it was made for another base model")
-        if fingerprint(sd, covered) != meta["base_fingerprint"]:
-            raise ValueError("the compressed file was made for another base model "
-                             "(the base's fingerprint differs: names, shapes, dtypes or "
-                             "sampled values)")
+        check_base(load_state_dict(base, "base"), [t["name"] for t in meta["tensors"]],
+                   meta["base_fingerprint"],
+                   "the compressed file; it was made for another base model",
+                   "the compressed file was made for another base model", "the base's")
     out: StateDict = {}
     with safe_open(str(path), framework="pt") as f:
         keys = set(f.keys())

@@ -257,9 +257,8 @@ class Optimizer(_Handle):
         except json.JSONDecodeError as exc:
             raise ValueError(f"optimizer state is not JSON: {exc}") from None
         self._h = _core.call(_core.go.OptRestore, text)
-        self.optimizer = parsed["optimizer"]
-        key = "cma" if self.optimizer == "cma" else "de"
-        self.dim = int(parsed[key]["n"])
+        self.optimizer = parsed["optimizer"]  # "cma" or "de": the engine restored it
+        self.dim = int(parsed[self.optimizer]["n"])
         return self
 
     def ask(self) -> np.ndarray:

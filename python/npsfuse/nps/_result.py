@@ -79,6 +79,19 @@ def fingerprint(sd: Mapping[str, torch.Tensor], names: Iterable[str] | None = No
     return h.hexdigest()
 
 
+def check_base(sd: Mapping[str, torch.Tensor], names: Sequence[str], expected: str, of: str,
+               other: str, whose: str) -> None:
+    """Check that ``sd`` is the base model of ``of`` (it has the tensors
+    ``names``, whose :func:`fingerprint` is ``expected``); ``other`` says that a
+    wrong one is wrong, and ``whose`` fingerprint differs."""
+    missing = [k for k in names if k not in sd]
+    if missing:
+        raise ValueError(f"the base model lacks tensor {missing[0]!r} of {of}")
+    if fingerprint(sd, names) != expected:
+        raise ValueError(f"{other} ({whose} fingerprint differs: names, shapes, dtypes or "
+                         "sampled values)")
+
+
 def _atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Run ``write(tmp)`` on a fresh temporary name next to ``path``, then rename it over
     ``path``.
@@ -150,10 +163,6 @@ def save_run(path: str | os.PathLike[str], spec: Mapping[str, Any], **payload: A
 
 def _finite_or_none(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
-
-
-def _none_to_neginf(x: float | None) -> float:
-    return -math.inf if x is None else float(x)
 
 
 def _draw_history(fig: Figure, history: Sequence[Mapping[str, Any]], start_score: float | None,
@@ -286,14 +295,8 @@ class NPSResult(Plotted):
                 )
             return self._base
         sd = load_state_dict(base, "base")
-        missing = [k for k in self.tensor_names if k not in sd]
-        if missing:
-            raise ValueError(f"the base model lacks tensor {missing[0]!r} of this result")
-        if fingerprint(sd, self.tensor_names) != self.base_fingerprint:
-            raise ValueError(
-                "this base model is not the one the result was computed from "
-                "(its fingerprint differs: names, shapes, dtypes or sampled values)"
-            )
+        check_base(sd, self.tensor_names, self.base_fingerprint, "this result",
+                   "this base model is not the one the result was computed from", "its")
         return sd
 
     def state_dict(self, lam: float = 1.0, base: ModelLike | None = None) -> StateDict:
@@ -392,7 +395,7 @@ class NPSResult(Plotted):
             tau=tau,
             weights=np.asarray(info["weights"], dtype=np.float64),
             density=info["keep"],
-            score=_none_to_neginf(info["score"]),
+            score=-math.inf if info["score"] is None else info["score"],
             start_score=info["start_score"],
             history=info["history"],
             kept=info["kept"],
