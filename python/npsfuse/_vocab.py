@@ -121,19 +121,15 @@ def score_of(value: Any) -> float:
         ``value`` is not a number (``None``, a string, a tensor of several
         elements...): ``evaluate`` must return one; NaN marks a failed candidate.
     """
-    if isinstance(value, (str, bytes)) or value is None:
-        f = None
-    else:
-        try:
-            f = float(value)
-        except (TypeError, ValueError, RuntimeError):
-            f = None
-    if f is None:
+    try:
+        if isinstance(value, (str, bytes)) or value is None:
+            raise TypeError  # float() would read a numeric string
+        return float(value)
+    except (TypeError, ValueError, RuntimeError):
         raise TypeError(
             f"evaluate returned {value!r} ({type(value).__name__}); it must return "
             "a number (higher is better; NaN marks a failed candidate)"
-        )
-    return f
+        ) from None
 
 
 class Scored:

@@ -283,9 +283,8 @@ def report(path: str | os.PathLike) -> dict[str, Any]:
                 mb += int(np.prod(sl.get_shape(), dtype=np.int64))
                 vkey = f"{ti}:{i}:values"
                 if vkey in keys:
-                    vs = f.get_slice(vkey)
-                    size = torch.tensor([], dtype=_DTYPES[meta["tensors"][i]["dtype"]])
-                    vb += int(np.prod(vs.get_shape(), dtype=np.int64)) * size.element_size()
+                    size = _DTYPES[meta["tensors"][i]["dtype"]].itemsize
+                    vb += int(np.prod(f.get_slice(vkey).get_shape(), dtype=np.int64)) * size
             n = int(t["parameters"])
             entry: dict[str, Any] = {
                 "parameters": n, "kept": int(t["kept"]),

@@ -390,15 +390,11 @@ class Evolver:
             flat[o : o + n].copy_(sd[k].detach().reshape(-1))
         self._extras.append({k: sd[k] for k in self._keys if k not in self._offset})
 
-    def _views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {
-            k: flat[self._offset[k] : self._offset[k] + self._numel[k]].view(self._shape[k])
-            for k in self._names
-        }
-
     def _state_dict(self, flat: torch.Tensor, extras: Mapping[str, torch.Tensor]) -> StateDict:
-        v = self._views(flat)
-        return {k: v[k] if k in v else extras[k] for k in self._keys}
+        """Views of ``flat`` for the evolved tensors, ``extras`` for the others."""
+        o, n = self._offset, self._numel
+        return {k: flat[o[k] : o[k] + n[k]].view(self._shape[k]) if k in o else extras[k]
+                for k in self._keys}
 
     def individual(self, i: int) -> StateDict:
         """Individual ``i`` as a state dict of views (valid until the next trial)."""
