@@ -26,6 +26,10 @@ from ._engine import _apply
 FINGERPRINT_SAMPLES = 4096
 _RESULT_FORMAT = "npsfuse.nps_result"
 _FORMAT_VERSION = 1
+#: What a result file stores as the result holds it (after weights, keep,
+#: score and start_score), in the file's order.
+_STORED = ("history", "kept", "tensor_names", "config", "evaluations", "failures",
+           "base_fingerprint")
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
@@ -333,19 +337,11 @@ class NPSResult(Plotted):
                       f"NPS-Pruning, density={self.density:g}")
 
     def _meta(self) -> dict[str, Any]:
-        return {
-            "weights": self.weights.tolist(),
-            "keep": self.density,  # the file format's name (version 1)
-            "score": _finite_or_none(self.score),
-            "start_score": _finite_or_none(self.start_score),
-            "history": self.history,
-            "kept": self.kept,
-            "tensor_names": self.tensor_names,
-            "config": self.config,
-            "evaluations": self.evaluations,
-            "failures": self.failures,
-            "base_fingerprint": self.base_fingerprint,
-        }
+        return {"weights": self.weights.tolist(),
+                "keep": self.density,  # the file format's name (version 1)
+                "score": _finite_or_none(self.score),
+                "start_score": _finite_or_none(self.start_score),
+                **{k: getattr(self, k) for k in _STORED}}
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the result to one safetensors file, atomically.
@@ -391,19 +387,10 @@ class NPSResult(Plotted):
             raise
         except Exception as exc:
             raise ValueError(f"{str(path)!r} {unreadable}: {exc}") from None
-        res = cls(
-            tau=tau,
-            weights=np.asarray(info["weights"], dtype=np.float64),
-            density=info["keep"],
-            score=-math.inf if info["score"] is None else info["score"],
-            start_score=info["start_score"],
-            history=info["history"],
-            kept=info["kept"],
-            config=info["config"],
-            evaluations=info["evaluations"],
-            failures=info["failures"],
-            base_fingerprint=info["base_fingerprint"],
-        )
+        res = cls(tau=tau, weights=info["weights"], density=info["keep"],
+                  score=-math.inf if info["score"] is None else info["score"],
+                  start_score=info["start_score"],
+                  **{k: info[k] for k in _STORED if k != "tensor_names"})
         if base is not None:
             res._base = res._resolve_base(base)
         return res
