@@ -717,9 +717,7 @@ class Evolver:
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"{src}: unsupported state version {state.get('version')!r}")
         self = cls.__new__(cls)
-        cfg = dict(state["config"])
-        cfg["merge_params"] = state["merge_params"]
-        self._cfg = cfg
+        self._cfg = cfg = {**state["config"], "merge_params": state["merge_params"]}
         self.evaluate = evaluate
         self.progress = state["progress"] if progress is None else bool(progress)
         self._np = state["popsize"]

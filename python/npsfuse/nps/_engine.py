@@ -174,8 +174,7 @@ class _Session(_Handle):
         evaluations, failures, history (each generation's best candidate under ``key``)."""
         info = json.loads(_core.call(_core.go.NPSSessionInfo, self._handle()))
         for k in ("best_f", "start_f"):
-            v = info[k]
-            info[k] = None if v is None else _parse_float(v)
+            info[k] = None if info[k] is None else _parse_float(info[k])
         if info["best_x"] is not None:
             info["best_x"] = np.asarray(info["best_x"], dtype=np.float64).reshape(self.shape)
         info["history"] = [

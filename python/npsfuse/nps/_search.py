@@ -179,13 +179,11 @@ class Search:
         }
         self.fingerprints = {"base": fingerprint(self._base, self.names),
                              "finetuned": fingerprint(ft, self.names)}
-        if _state is not None and dict(_state["fingerprints"]) != self.fingerprints:
-            which = [k for k in ("base", "finetuned")
-                     if _state["fingerprints"][k] != self.fingerprints[k]]
-            raise ValueError(
-                f"the {' and '.join(which)} model(s) differ from those of the saved search "
-                "(fingerprint mismatch)"
-            )
+        which = [k for k in ("base", "finetuned")
+                 if _state is not None and _state["fingerprints"][k] != self.fingerprints[k]]
+        if which:
+            raise ValueError(f"the {' and '.join(which)} model(s) differ from those of the saved "
+                             "search (fingerprint mismatch)")
         self._dec = _Decomposition(self._base, ft, self.names, subspaces=int(subspaces),
                                    kind=kind, rank=rank or 0, seed=int(seed))
         self._tau = {k: torch.empty(self._base[k].shape, dtype=self._base[k].dtype)
