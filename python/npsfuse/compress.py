@@ -152,13 +152,6 @@ def tasks(path: str | os.PathLike) -> list[str]:
     return [t["name"] for t in _read_meta(path)["tasks"]]
 
 
-def _task_index(meta: Mapping[str, Any], task: str, path: str | os.PathLike) -> int:
-    names = [t["name"] for t in meta["tasks"]]
-    if task not in names:
-        raise KeyError(f"{str(path)!r} has no task {task!r}; it holds: {', '.join(names)}")
-    return names.index(task)
-
-
 def load_task_vector(
     path: str | os.PathLike, task: str, *args: Any, base: ModelLike | None = None
 ) -> StateDict:
@@ -184,7 +177,10 @@ def load_task_vector(
     from safetensors import safe_open
 
     meta = _read_meta(path)
-    ti = _task_index(meta, task, path)
+    names = [t["name"] for t in meta["tasks"]]
+    if task not in names:
+        raise KeyError(f"{str(path)!r} has no task {task!r}; it holds: {', '.join(names)}")
+    ti = names.index(task)
     if base is not None:
         check_base(load_state_dict(base, "base"), [t["name"] for t in meta["tensors"]],
                    meta["base_fingerprint"],

@@ -152,10 +152,9 @@ class Search:
             raise ValueError(f"density must lie in (0, 1], got {density}")
         if isinstance(subspaces, bool) or int(subspaces) != subspaces or subspaces < 1:
             raise ValueError(f"subspaces must be an integer >= 1, got {subspaces}")
-        if kind not in _KINDS:
-            raise ValueError(f"kind must be one of {', '.join(_KINDS)}, got {kind!r}")
-        if scope not in _SCOPES:
-            raise ValueError(f"scope must be one of {', '.join(_SCOPES)}, got {scope!r}")
+        for name, value, valid in (("kind", kind, _KINDS), ("scope", scope, _SCOPES)):
+            if value not in valid:
+                raise ValueError(f"{name} must be one of {', '.join(valid)}, got {value!r}")
         if optimizer not in ("cma", "de"):
             raise ValueError(f"unknown optimizer {optimizer!r}; valid: cma, de")
         if popsize is not None and int(popsize) < 2:
@@ -500,16 +499,10 @@ def prune(
 
 
 def differing(saved: Mapping[str, Any], given: Mapping[str, Any]) -> list[str]:
-    """The settings in ``given`` whose value differs from a saved search's config."""
-    out = []
-    for k, v in given.items():
-        have = saved.get(k)
-        if k == "bounds":
-            v = [float(x) for x in v]
-        if k == "optimizer_options":
-            v = dict(v or {})
-        if have != v:
-            out.append(k)
-    return out
+    """The settings of :func:`prune` in ``given`` whose value differs from a
+    saved search's config (bounds and options compared as the config holds them)."""
+    normal = {**given, "bounds": [float(x) for x in given["bounds"]],
+              "optimizer_options": dict(given["optimizer_options"] or {})}
+    return [k for k, v in normal.items() if saved.get(k) != v]
 
 
