@@ -62,7 +62,7 @@ def _decompress(args: argparse.Namespace) -> int:
     from safetensors.torch import save_file
 
     from . import compress
-    from .nps import _atomic_write
+    from .nps._result import _atomic_write
 
     if compress._is_compressed(args.base) and not compress._is_compressed(args.file):
         print("npsfuse decompress: the order FILE BASE is deprecated, use "

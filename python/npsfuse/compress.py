@@ -35,8 +35,9 @@ import torch
 
 from ._state import ModelLike, StateDict, load_state_dict
 from ._vocab import deprecated
-from .nps import NPSResult, _apply, _atomic_write, fingerprint
-from .nps._result import _INT_OF_SIZE, check_base, read_header, task_vector
+from .nps import NPSResult, fingerprint
+from .nps._engine import _apply
+from .nps._result import _INT_OF_SIZE, _atomic_write, check_base, read_header, task_vector
 
 __all__ = ["load", "load_task_vector", "report", "save", "tasks"]
 

@@ -384,10 +384,9 @@ class Evolver:
 
     def _fill(self, i: int, sd: Mapping[str, torch.Tensor]) -> None:
         """Copy model ``sd``'s evolved tensors into buffer i; keep the rest."""
-        flat = self._slots[i]
+        views = self._state_dict(self._slots[i], sd)
         for k in self._names:
-            o, n = self._offset[k], self._numel[k]
-            flat[o : o + n].copy_(sd[k].detach().reshape(-1))
+            views[k].copy_(sd[k].detach())
         self._extras.append({k: sd[k] for k in self._keys if k not in self._offset})
 
     def _state_dict(self, flat: torch.Tensor, extras: Mapping[str, torch.Tensor]) -> StateDict:
