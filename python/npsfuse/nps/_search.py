@@ -246,7 +246,7 @@ class Search:
     def _evaluate_pending(self, evaluate: Evaluate) -> None:
         """Evaluate the pending candidates one model at a time and tell the scores."""
         self._core.tell([self._failures.evaluate(evaluate, self.build(w))
-                        for w in self.candidates()])
+                         for w in self.candidates()])
 
     # -- progress ---------------------------------------------------------------
 
