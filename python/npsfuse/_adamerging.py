@@ -207,11 +207,9 @@ def adamerging(
     # The merged weights, from the engine: task arithmetic with the learned
     # coefficients (float32, passed exactly), one call per coefficient vector.
     groups: dict[tuple[float, ...], list[str]] = {}
-    if granularity == "task":
-        groups[tuple(coef.tolist())] = list(names)
-    else:
-        for i, k in enumerate(names):
-            groups.setdefault(tuple(coef[i].tolist()), []).append(k)
+    for i, k in enumerate(names):
+        c = coef if granularity == "task" else coef[i]
+        groups.setdefault(tuple(c.tolist()), []).append(k)
     out: StateDict = {}
     for weights, group in groups.items():
         res = merge({k: base_sd[k] for k in group}, [{k: sd[k] for k in group} for sd in model_sds],

@@ -26,12 +26,9 @@ def task_name(path: str | Path) -> str:
     ``results/math.nps.safetensors`` → ``math``.
     """
     name = Path(path).name
-    changed = True
-    while changed:
-        changed = False
-        for s in _SUFFIXES:
-            if name.endswith(s) and len(name) > len(s):
-                name, changed = name[: -len(s)], True
+    for s in _SUFFIXES:
+        if name.endswith(s) and len(name) > len(s):
+            return task_name(name[: -len(s)])
     return name
 
 
@@ -65,7 +62,7 @@ def _decompress(args: argparse.Namespace) -> int:
     from safetensors.torch import save_file
 
     from . import compress
-    from .nps import _atomic_write
+    from .nps._result import _atomic_write
 
     if compress._is_compressed(args.base) and not compress._is_compressed(args.file):
         print("npsfuse decompress: the order FILE BASE is deprecated, use "
@@ -84,14 +81,11 @@ def _decompress(args: argparse.Namespace) -> int:
     tensors = {k: t.contiguous() for k, t in sd.items()}
     target = out / "model.safetensors"
     _atomic_write(target, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    base = Path(args.base)
-    copied = []
-    if base.is_dir() and (base / "config.json").is_file():
-        shutil.copyfile(base / "config.json", out / "config.json")
-        copied.append("config.json")
+    config = Path(args.base) / "config.json"  # a file only when BASE is a folder that has one
+    if config.is_file():
+        shutil.copyfile(config, out / "config.json")
     if not args.quiet:
-        extra = f" (+ {', '.join(copied)})" if copied else ""
-        print(f"{target}{extra}")
+        print(f"{target} (+ config.json)" if config.is_file() else target)
     return 0
 
 

@@ -25,10 +25,9 @@ import numpy as np
 
 from . import _executor
 from . import merging as _m
-from ._display import finish, new_figure, progress_bar
 from ._state import ModelLike, StateDict, load_state_dict
-from ._vocab import GENERATIONS, FailedScores, Scored, renamed
-from .nps._engine import _Session
+from ._vocab import GENERATIONS, FailedScores, Plotted, Scored, renamed
+from .nps._engine import _Session, run_generations
 from .nps._result import load_run, save_run
 from .optim import cosine_schedule
 
@@ -47,8 +46,9 @@ _DEFAULTS: dict[str, float] = {"lam": 1.0, "density": 0.2, "weight": 1.0}
 
 
 @dataclass
-class SearchMergeResult:
-    """Outcome of :func:`search_merge`.
+class SearchMergeResult(Plotted):
+    """Outcome of :func:`search_merge`; :meth:`plot` draws the best and mean
+    dev score per generation.
 
     Attributes
     ----------
@@ -80,21 +80,9 @@ class SearchMergeResult:
         """The merge with the best parameters (computed again, a fresh dict)."""
         return self._merge(self.params)
 
-    def plot(self, path: str | os.PathLike[str] | None = None) -> Figure:
-        """Best and mean dev score per generation.
+    _figure = ("SearchMergeResult.plot", (6, 4), 100)
 
-        Parameters
-        ----------
-        path
-            Also write the figure there as a PNG.
-
-        Returns
-        -------
-        matplotlib.figure.Figure
-            The figure (shown inline in Jupyter); pyplot is not used, so
-            nothing is left open. Needs matplotlib (``npsfuse[plot]``).
-        """
-        fig = new_figure("SearchMergeResult.plot", (6, 4))
+    def _draw(self, fig: Figure) -> None:
         ax = fig.subplots()
         g = [h["generation"] for h in self.history]
         ax.plot(g, [h["best"] for h in self.history], "o-", label="best")
@@ -103,7 +91,6 @@ class SearchMergeResult:
         ax.set_xlabel("generation")
         ax.set_ylabel("dev score")
         ax.legend()
-        return finish(fig, path, dpi=100)
 
 
 def _merge_fn(
@@ -312,41 +299,30 @@ def search_merge(
     else:
         session = _Session.restore(saved["state"], (len(x0),))
         history = list(saved["history"])
-
-    scoring = _executor.merge_evaluator(executor, merge_with, to_params, Scored(evaluate))
-    score = scoring.__enter__()
     failed = FailedScores()
+    scoring = _executor.merge_evaluator(executor, merge_with, to_params, Scored(evaluate))
+    with session, scoring as score:
 
-    def run() -> list[float]:
-        scores = [failed.check(s) for s in score(session.ask())]
-        session.tell(scores)  # a non-finite score is a failed candidate
-        return [s for s in scores if math.isfinite(s)]
+        def run() -> list[float]:
+            scores = [failed.check(s) for s in score(session.ask())]
+            session.tell(scores)  # a non-finite score is a failed candidate
+            return [s for s in scores if math.isfinite(s)]
 
-    bar = None
-    if progress:
-        bar = progress_bar(total=rounds, desc=f"search {method}", unit="gen")
-    try:
-        info = session.info()
-        if bar is not None and history:
-            bar.update(len(history))
-        if optimizer == "cma" and not history:
-            run()  # the start point
-        for r in range(len(history), rounds):
+        def step(_: int) -> dict[str, Any]:
             ok = run()
             info = session.info()
-            history.append({"generation": r, "best": info["best_f"],
+            history.append({"generation": len(history), "best": info["best_f"],
                             "mean": float(np.mean(ok)) if ok else -math.inf,
                             "evaluations": info["evaluations"]})
             if checkpoint is not None:
                 save_run(checkpoint, fingerprint, state=session.state(), history=history)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(best=f"{info['best_f']:.4g}", evals=info["evaluations"])
-    finally:
-        session.close()
-        scoring.__exit__(None, None, None)
-        if bar is not None:
-            bar.close()
+            return info
+
+        if optimizer == "cma" and not history:
+            run()  # the start point
+        run_generations(step, len(history), rounds, progress=progress, desc=f"search {method}",
+                        postfix=lambda i: {"best": f"{i['best_f']:.4g}", "evals": i["evaluations"]})
+        info = session.info()
     if info["best_x"] is None:
         raise RuntimeError(f"every evaluation failed ({info['failures']} of "
                            f"{info['evaluations']} candidates)")

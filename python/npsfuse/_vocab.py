@@ -40,7 +40,12 @@ import os
 import sys
 import warnings
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._display import finish, new_figure
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
 
 #: The default number of generations of every search.
 GENERATIONS = 20
@@ -116,19 +121,15 @@ def score_of(value: Any) -> float:
         ``value`` is not a number (``None``, a string, a tensor of several
         elements...): ``evaluate`` must return one; NaN marks a failed candidate.
     """
-    if isinstance(value, (str, bytes)) or value is None:
-        f = None
-    else:
-        try:
-            f = float(value)
-        except (TypeError, ValueError, RuntimeError):
-            f = None
-    if f is None:
+    try:
+        if isinstance(value, (str, bytes)) or value is None:
+            raise TypeError  # float() would read a numeric string
+        return float(value)
+    except (TypeError, ValueError, RuntimeError):
         raise TypeError(
             f"evaluate returned {value!r} ({type(value).__name__}); it must return "
             "a number (higher is better; NaN marks a failed candidate)"
-        )
-    return f
+        ) from None
 
 
 class Scored:
@@ -174,3 +175,34 @@ class FailedScores:
             Whatever ``evaluate`` raised (the vocabulary's one policy).
         """
         return self.check(score_of(evaluate(sd)))
+
+
+class Plotted:
+    """The one ``plot()`` of every search result: a subclass draws its figure
+    in ``_draw``; ``_figure`` is (the name in the missing-matplotlib message,
+    the size in inches, the PNG's dpi)."""
+
+    _figure: tuple[str, tuple[float, float], int]
+
+    def _draw(self, fig: Figure) -> None:  # pragma: no cover - every subclass draws
+        raise NotImplementedError
+
+    def plot(self, path: str | os.PathLike[str] | None = None) -> Figure:
+        """The search's figure: its score per generation, and what it searched
+        (the class's notes say what is drawn).
+
+        Parameters
+        ----------
+        path
+            Also write the figure there as a PNG.
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+            The figure (shown inline in Jupyter); pyplot is not used, so
+            nothing is left open. Needs matplotlib (``npsfuse[plot]``).
+        """
+        what, size, dpi = self._figure
+        fig = new_figure(what, size)
+        self._draw(fig)
+        return finish(fig, path, dpi=dpi)

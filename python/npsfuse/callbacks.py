@@ -126,12 +126,9 @@ class MergeOnSave(TrainerCallback):
     def config_for(self, checkpoint: str) -> dict[str, Any]:
         """The mergekit-style configuration submitted for ``checkpoint``."""
         paths = [os.path.abspath(checkpoint), *self.models]
-        models = []
-        for i, p in enumerate(paths):
-            m: dict[str, Any] = {"model": p}
-            if self.weights is not None:
-                m["parameters"] = {"weight": float(self.weights[i])}
-            models.append(m)
+        models: list[dict[str, Any]] = [{"model": p} for p in paths]
+        for m, w in zip(models, self.weights or (), strict=False):  # no weights: none given
+            m["parameters"] = {"weight": float(w)}
         cfg: dict[str, Any] = {
             "merge_method": self.method,
             "base_model": self.base_model,

@@ -35,8 +35,9 @@ import torch
 
 from ._state import ModelLike, StateDict, load_state_dict
 from ._vocab import deprecated
-from .nps import NPSResult, _apply, _atomic_write, fingerprint
-from .nps._result import _INT_OF_SIZE
+from .nps import NPSResult, fingerprint
+from .nps._engine import _apply
+from .nps._result import _INT_OF_SIZE, _atomic_write, check_base, read_header, task_vector
 
 __all__ = ["load", "load_task_vector", "report", "save", "tasks"]
 
@@ -55,30 +56,21 @@ def _as_task(
     name: str, r: NPSResult | Mapping[str, torch.Tensor] | str | os.PathLike, base: StateDict
 ) -> tuple[StateDict, dict[str, Any]]:
     """τ of one task (cast to the base's dtypes) and its metadata."""
-    if isinstance(r, (str, os.PathLike)):
-        r = NPSResult.load(r)
-    if isinstance(r, NPSResult):
-        r._resolve_base(base)
-        info = {"keep": r.density, "weights": r.weights.tolist(), "score": r.score
-                if np.isfinite(r.score) else None, "config": r.config}
-        return r._tau, info
-    if isinstance(r, Mapping):
-        tau = load_state_dict(r, f"task {name!r}")
-        out: StateDict = {}
-        for k, t in tau.items():
-            if k not in base:
-                raise ValueError(f"task {name!r} has tensor {k!r}, which the base lacks")
-            b = base[k]
-            if not b.is_floating_point():
-                raise ValueError(f"task {name!r}: tensor {k!r} is a {b.dtype} buffer of the "
-                                 "base; only floating-point tensors have task vectors")
-            if tuple(t.shape) != tuple(b.shape):
-                raise ValueError(f"task {name!r}: tensor {k!r} has shape {tuple(t.shape)}, "
-                                 f"the base {tuple(b.shape)}")
-            out[k] = t.detach().to(b.dtype)
-        return out, {}
-    raise TypeError(f"task {name!r} is a {type(r).__name__}; pass an NPSResult, a path, "
-                    "or a task-vector state dict")
+    tau, res = task_vector(r, base, f"task {name!r}", f"task {name!r}")
+    if res is not None:
+        return tau, {"keep": res.density, "weights": res.weights.tolist(), "score": res.score
+                     if np.isfinite(res.score) else None, "config": res.config}
+    out: StateDict = {}
+    for k, t in tau.items():
+        b = base[k]
+        if not b.is_floating_point():
+            raise ValueError(f"task {name!r}: tensor {k!r} is a {b.dtype} buffer of the "
+                             "base; only floating-point tensors have task vectors")
+        if tuple(t.shape) != tuple(b.shape):
+            raise ValueError(f"task {name!r}: tensor {k!r} has shape {tuple(t.shape)}, "
+                             f"the base {tuple(b.shape)}")
+        out[k] = t.detach().to(b.dtype)
+    return out, {}
 
 
 def save(
@@ -121,14 +113,12 @@ def save(
             raise ValueError(f"task names must be non-empty strings, got {name!r}")
         taus[name], infos[name] = _as_task(name, r, sd)
     covered = [k for k in sd if any(k in t for t in taus.values())]
+    params = sum(sd[k].numel() for k in covered)
     tensors: dict[str, torch.Tensor] = {}
     task_meta = []
     for ti, (name, tau) in enumerate(taus.items()):
         kept = 0
-        params = 0
         for i, k in enumerate(covered):
-            n = sd[k].numel()
-            params += n
             t = tau.get(k)
             if t is None:
                 t = torch.zeros(sd[k].shape, dtype=sd[k].dtype)
@@ -136,8 +126,7 @@ def save(
             mask = _kept_mask(flat)
             nk = int(mask.sum())
             kept += nk
-            packed = np.packbits(mask.numpy())
-            tensors[f"{ti}:{i}:mask"] = torch.from_numpy(packed)
+            tensors[f"{ti}:{i}:mask"] = torch.from_numpy(np.packbits(mask.numpy()))
             if nk:
                 tensors[f"{ti}:{i}:values"] = flat[mask].contiguous()
         task_meta.append({"name": name, "kept": kept, "parameters": params, **infos[name]})
@@ -153,46 +142,15 @@ def save(
 
 
 def _read_meta(path: str | os.PathLike) -> dict[str, Any]:
-    from safetensors import safe_open
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"no such file: {str(p)!r}")
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            header = f.metadata() or {}
-    except Exception as exc:
-        raise ValueError(f"{str(p)!r} is not a safetensors file: {exc}") from None
-    if header.get("format") != _FORMAT:
-        raise ValueError(f"{str(p)!r} is not an npsfuse compressed file")
+    header = read_header(path, _FORMAT, "compressed", "is not a safetensors file")
     if header.get("version") != str(_VERSION):
-        raise ValueError(f"{str(p)!r}: unsupported version {header.get('version')!r}")
+        raise ValueError(f"{str(path)!r}: unsupported version {header.get('version')!r}")
     return json.loads(header["npsfuse.meta"])
 
 
 def tasks(path: str | os.PathLike) -> list[str]:
     """The task names stored in a compressed file, in order."""
     return [t["name"] for t in _read_meta(path)["tasks"]]
-
-
-def _task_index(meta: Mapping[str, Any], task: str, path: str | os.PathLike) -> int:
-    names = [t["name"] for t in meta["tasks"]]
-    if task not in names:
-        raise KeyError(f"{str(path)!r} has no task {task!r}; it holds: {', '.join(names)}")
-    return names.index(task)
-
-
-def _check_base(meta: Mapping[str, Any], sd: StateDict) -> list[str]:
-    covered = [t["name"] for t in meta["tensors"]]
-    missing = [k for k in covered if k not in sd]
-    if missing:
-        raise ValueError(f"the base model lacks tensor {missing[0]!r} of the compressed file; "
-                         "it was made for another base model")
-    if fingerprint(sd, covered) != meta["base_fingerprint"]:
-        raise ValueError("the compressed file was made for another base model "
-                         "(the base's fingerprint differs: names, shapes, dtypes or "
-                         "sampled values)")
-    return covered
 
 
 def load_task_vector(
@@ -220,9 +178,15 @@ def load_task_vector(
     from safetensors import safe_open
 
     meta = _read_meta(path)
-    ti = _task_index(meta, task, path)
+    names = [t["name"] for t in meta["tasks"]]
+    if task not in names:
+        raise KeyError(f"{str(path)!r} has no task {task!r}; it holds: {', '.join(names)}")
+    ti = names.index(task)
     if base is not None:
-        _check_base(meta, load_state_dict(base, "base"))
+        check_base(load_state_dict(base, "base"), [t["name"] for t in meta["tensors"]],
+                   meta["base_fingerprint"],
+                   "the compressed file; it was made for another base model",
+                   "the compressed file was made for another base model", "the base's")
     out: StateDict = {}
     with safe_open(str(path), framework="pt") as f:
         keys = set(f.keys())
@@ -287,11 +251,8 @@ def load(base: ModelLike, path: str | os.PathLike, task: str, lam: float = 1.0) 
         deprecated("compress.load()", "the order (path, base, task)", "(base, path, task)")
         base, path = path, base
     sd = load_state_dict(base, "base")
-    meta = _read_meta(path)
-    _task_index(meta, task, path)
-    covered = _check_base(meta, sd)
-    tau = load_task_vector(path, task)
-    return _apply(sd, covered, [tau], [float(lam)])
+    tau = load_task_vector(path, task, base=sd)  # the covered tensors, in the file's order
+    return _apply(sd, list(tau), [tau], [float(lam)])
 
 
 def report(path: str | os.PathLike) -> dict[str, Any]:
@@ -319,9 +280,8 @@ def report(path: str | os.PathLike) -> dict[str, Any]:
                 mb += int(np.prod(sl.get_shape(), dtype=np.int64))
                 vkey = f"{ti}:{i}:values"
                 if vkey in keys:
-                    vs = f.get_slice(vkey)
-                    size = torch.tensor([], dtype=_DTYPES[meta["tensors"][i]["dtype"]])
-                    vb += int(np.prod(vs.get_shape(), dtype=np.int64)) * size.element_size()
+                    size = _DTYPES[meta["tensors"][i]["dtype"]].itemsize
+                    vb += int(np.prod(f.get_slice(vkey).get_shape(), dtype=np.int64)) * size
             n = int(t["parameters"])
             entry: dict[str, Any] = {
                 "parameters": n, "kept": int(t["kept"]),

@@ -54,10 +54,10 @@ import torch
 
 from . import _core
 from ._bridge import SUPPORTED, ArrowPack, as_dtype
-from ._display import finish, new_figure, progress_bar
+from ._display import progress_bar
 from ._search_merge import SearchMergeResult, search_merge
 from ._state import ModelLike, StateDict, load_state_dict
-from ._vocab import GENERATIONS, FailedScores, deprecated, score_of
+from ._vocab import GENERATIONS, FailedScores, Plotted, deprecated, score_of
 from .merging import _check_shapes, methods
 from .merging import merge as _merge
 
@@ -86,19 +86,11 @@ _STATE_VERSION = 2
 Evaluate = Callable[[StateDict], float]
 
 
-def _go(fn: Callable[..., Any], *args: Any) -> Any:
-    return _core.call(fn, *args)
-
-
-def _resolve_dtype(
-    compute_dtype: torch.dtype | str, tensors: Sequence[torch.Tensor]
-) -> torch.dtype:
-    if isinstance(compute_dtype, str):
-        if compute_dtype == "model":
-            dts = {t.dtype for t in tensors}
-            if len(dts) == 1 and next(iter(dts)) in SUPPORTED:
-                return next(iter(dts))
-            return torch.float32
+def _resolve_dtype(compute_dtype: torch.dtype | str,
+                   tensors: Sequence[torch.Tensor]) -> torch.dtype:
+    if compute_dtype == "model":  # the models' one dtype, float32 when they have several
+        dts = {t.dtype for t in tensors}
+        return dts.pop() if len(dts) == 1 and next(iter(dts)) in SUPPORTED else torch.float32
     return as_dtype(compute_dtype, "compute_dtype (or 'model')")
 
 
@@ -309,11 +301,11 @@ class Evolver:
         self._init_layout(list(base_sd), names, [tuple(base_sd[k].shape) for k in names], dtype)
         self._cfg = cfg
         self._np = len(population) + len(add_merges)
-        self._state: dict[str, Any] = json.loads(_go(_core.go.EvolveStart, self._session_config()))
+        self._state: dict[str, Any] = json.loads(
+            _core.call(_core.go.EvolveStart, self._session_config()))
         self.evaluate = evaluate
         #: :meth:`run`'s default for ``progress``.
         self.progress = True if progress is None else bool(progress)
-        self._failed = FailedScores()
         self._base = base_sd if merge is not None else None
         self._alloc(storage)
         self._extras: list[dict[str, torch.Tensor]] = []
@@ -343,9 +335,6 @@ class Evolver:
                             **cfg["merge_params"])
             self._fill(n_pop + j, merged)
             del merged
-        self._cand: dict[str, Any] | None = None
-        self._pending_sd: StateDict | None = None
-        self._version = 0
 
     # ------------------------------------------------------------ layout --
 
@@ -368,7 +357,11 @@ class Evolver:
     def _alloc(self, storage: str | os.PathLike[str]) -> None:
         """Buffers: one per individual (``_slot_of``), the spare that receives
         the next trial, accepted trials waiting for their generation's end
-        (``_held``) and free ones."""
+        (``_held``) and free ones; and no trial pending (``_cand``)."""
+        self._cand: dict[str, Any] | None = None
+        self._pending_sd: StateDict | None = None
+        self._version = 0
+        self._failed = FailedScores()
         self._storage = "memory" if storage == "memory" else str(Path(storage).resolve())
         if self._storage != "memory":
             Path(self._storage).mkdir(parents=True, exist_ok=True)
@@ -391,21 +384,16 @@ class Evolver:
 
     def _fill(self, i: int, sd: Mapping[str, torch.Tensor]) -> None:
         """Copy model ``sd``'s evolved tensors into buffer i; keep the rest."""
-        flat = self._slots[i]
+        views = self._state_dict(self._slots[i], sd)
         for k in self._names:
-            o, n = self._offset[k], self._numel[k]
-            flat[o : o + n].copy_(sd[k].detach().reshape(-1))
+            views[k].copy_(sd[k].detach())
         self._extras.append({k: sd[k] for k in self._keys if k not in self._offset})
 
-    def _views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {
-            k: flat[self._offset[k] : self._offset[k] + self._numel[k]].view(self._shape[k])
-            for k in self._names
-        }
-
     def _state_dict(self, flat: torch.Tensor, extras: Mapping[str, torch.Tensor]) -> StateDict:
-        v = self._views(flat)
-        return {k: v[k] if k in v else extras[k] for k in self._keys}
+        """Views of ``flat`` for the evolved tensors, ``extras`` for the others."""
+        o, n = self._offset, self._numel
+        return {k: flat[o[k] : o[k] + n[k]].view(self._shape[k]) if k in o else extras[k]
+                for k in self._keys}
 
     def individual(self, i: int) -> StateDict:
         """Individual ``i`` as a state dict of views (valid until the next trial)."""
@@ -505,14 +493,14 @@ class Evolver:
 
     def _session(self, fn: Callable[..., str], *args: Any) -> Any:
         """Call a session function of ``pybind`` on the current state."""
-        return json.loads(_go(fn, json.dumps(self._state), *args))
+        return json.loads(_core.call(fn, json.dumps(self._state), *args))
 
     def _build(self, i: int, slot: int) -> None:
         """Run the Go kernel: the session's trial of parent i into buffer ``slot``."""
         items = [(f"individual {j}", self._slots[self._slot_of[j]]) for j in range(self._np)]
         items.append(("offspring", self._slots[slot]))
         pack = ArrowPack(items)
-        _go(_core.go.EvolveOffspring, json.dumps(self._state), i, self._np, pack.arrays,
+        _core.call(_core.go.EvolveOffspring, json.dumps(self._state), i, self._np, pack.arrays,
             pack.schemas)
 
     def tell(self, score: float | None) -> bool:
@@ -606,24 +594,15 @@ class Evolver:
             finally:
                 self.progress = saved
             return self._checked_result()
-        bar = None
-        if show:
-            bar = progress_bar(total=self._remaining(), desc="evolve", unit="eval")
-        try:
+        with progress_bar(total=self._remaining(), desc="evolve", unit="eval",
+                          disable=not show) as bar:
             while not self.done:
                 before = (self.generation, self._state["phase"])
-                sd = self.ask()
-                score = score_of(self.evaluate(sd))
-                self.tell(score)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(gen=self.generation, best=f"{self._current_best():.4g}")
-                moved = (self.generation, self._state["phase"]) != before
-                if checkpoint is not None and moved:
+                self.tell(score_of(self.evaluate(self.ask())))
+                bar.update(1)
+                bar.set_postfix(gen=self.generation, best=f"{self._current_best():.4g}")
+                if checkpoint is not None and (self.generation, self._state["phase"]) != before:
                     self.save(checkpoint)
-        finally:
-            if bar is not None:
-                bar.close()
         return self._checked_result()
 
     def _checked_result(self) -> EvolverResult:
@@ -737,12 +716,9 @@ class Evolver:
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"{src}: unsupported state version {state.get('version')!r}")
         self = cls.__new__(cls)
-        cfg = dict(state["config"])
-        cfg["merge_params"] = state["merge_params"]
-        self._cfg = cfg
+        self._cfg = cfg = {**state["config"], "merge_params": state["merge_params"]}
         self.evaluate = evaluate
         self.progress = state["progress"] if progress is None else bool(progress)
-        self._failed = FailedScores()
         self._np = state["popsize"]
         self._init_layout(state["keys"], state["names"], [tuple(s) for s in state["shapes"]],
                           getattr(torch, state["dtype"]))
@@ -762,13 +738,12 @@ class Evolver:
         for i in self._state["held"]:
             self._held[i] = self._new_slot()
             self._build(i, self._held[i])
-        self._cand, self._pending_sd = None, None
-        self._version = 0
         return self
 
 
-class EvolverResult:
-    """What an :class:`Evolver` run produced.
+class EvolverResult(Plotted):
+    """What an :class:`Evolver` run produced; :meth:`plot` draws the best and
+    mean score, the accepted offspring, F and CR per generation.
 
     Attributes
     ----------
@@ -789,12 +764,8 @@ class EvolverResult:
         self._version = ev._version
         self.history = ev.history
         self.merge = ev._cfg["merge"]
-        if self.merge is None:
-            self.best_index: int | None = ev._best()[0]
-            self.best_score = ev._best()[1]
-        else:
-            self.best_index = None
-            self.best_score = ev._merge_score
+        self.best_index = ev._best()[0] if self.merge is None else None
+        self.best_score = ev._current_best()
         self.fitness = ev.fitness
 
     def state_dict(self) -> StateDict:
@@ -808,21 +779,9 @@ class EvolverResult:
         assert self.best_index is not None
         return {k: t.clone() for k, t in ev.individual(self.best_index).items()}
 
-    def plot(self, path: str | os.PathLike[str] | None = None) -> Figure:
-        """Best/mean score, accepted offspring, F and CR per generation.
+    _figure = ("Evolver.plot", (7, 6), 100)
 
-        Parameters
-        ----------
-        path
-            Also write the figure there as a PNG.
-
-        Returns
-        -------
-        matplotlib.figure.Figure
-            The figure (shown inline in Jupyter); pyplot is not used, so
-            nothing is left open. Needs matplotlib (``npsfuse[plot]``).
-        """
-        fig = new_figure("Evolver.plot", (7, 6))
+    def _draw(self, fig: Figure) -> None:
         h = self.history
         g = [r["generation"] for r in h]
         ax1, ax2 = fig.subplots(2, 1, sharex=True)
@@ -840,7 +799,6 @@ class EvolverResult:
             ax2.set_yscale("log")
         ax2.set_xlabel("generation")
         ax2.legend()
-        return finish(fig, path, dpi=100)
 
 
 def _make_config(

@@ -23,7 +23,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -34,6 +34,8 @@ OPTIMIZERS = ("cma", "de")
 
 #: DE mutation strategies (all with binomial crossover).
 STRATEGIES = ("rand/1/bin", "best/1/bin", "current-to-best/1/bin")
+
+_H = TypeVar("_H", bound="_Handle")
 
 
 @dataclass(frozen=True, eq=False)
@@ -136,6 +138,12 @@ class _Handle:
                 _core.go.Free(h)
             except Exception:  # pragma: no cover - interpreter shutdown
                 pass
+
+    def __enter__(self: _H) -> _H:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def __del__(self) -> None:
         self.close()
@@ -249,9 +257,8 @@ class Optimizer(_Handle):
         except json.JSONDecodeError as exc:
             raise ValueError(f"optimizer state is not JSON: {exc}") from None
         self._h = _core.call(_core.go.OptRestore, text)
-        self.optimizer = parsed["optimizer"]
-        key = "cma" if self.optimizer == "cma" else "de"
-        self.dim = int(parsed[key]["n"])
+        self.optimizer = parsed["optimizer"]  # "cma" or "de": the engine restored it
+        self.dim = int(parsed[self.optimizer]["n"])
         return self
 
     def ask(self) -> np.ndarray:
@@ -293,12 +300,6 @@ class Optimizer(_Handle):
     def state(self) -> str:
         """The complete state (including the RNG and any pending ask) as JSON text."""
         return str(_core.call(_core.go.OptState, self._handle()))
-
-    def __enter__(self) -> Optimizer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if not self._h else f"handle {self._h}"

@@ -97,13 +97,10 @@ class Split:
 def _compile(rules: Sequence[str | re.Pattern[str]], what: str) -> list[re.Pattern[str]]:
     out = []
     for r in rules:
-        if isinstance(r, re.Pattern):
-            out.append(r)
-            continue
-        if not isinstance(r, str):
+        if not isinstance(r, (str, re.Pattern)):
             raise TypeError(f"{what} rules must be strings or compiled patterns, got {r!r}")
         try:
-            out.append(re.compile(r))
+            out.append(re.compile(r))  # a compiled pattern is returned as it is
         except re.error as exc:
             raise ValueError(f"{what}: bad regular expression {r!r}: {exc}") from None
     return out

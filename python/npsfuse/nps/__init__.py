@@ -29,10 +29,8 @@ Modules: ``_engine`` (the Go door: decomposition, search session, apply),
 
 from __future__ import annotations
 
-from ._engine import _apply as _apply  # for npsfuse.compress
 from ._fuse import FusionResult, fuse, transfer
 from ._result import FINGERPRINT_SAMPLES, NPSResult, fingerprint
-from ._result import _atomic_write as _atomic_write  # for compress, the CLI
 from ._search import Evaluate, Search, prune
 
 __all__ = ["FINGERPRINT_SAMPLES", "Evaluate", "FusionResult", "NPSResult", "Search", "fingerprint",

@@ -10,7 +10,8 @@ the same Go object, so both doors give the same run bit for bit.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 
 from .. import _core
 from .._bridge import ArrowPack, check_tensor
+from .._display import progress_bar
 from .._state import StateDict
 from ..merging import _check_shapes, _split
 from ..optim import _Handle, _parse_float, _scores_json
@@ -106,7 +108,6 @@ class _Decomposition(_Handle):
         self._h = _core.call(_core.go.NPSDecompose, json.dumps(opts), len(names), pack.arrays,
                              pack.schemas)
         self.names = list(names)
-        self.info = json.loads(_core.call(_core.go.NPSInfo, self._h))
 
     def build(
         self, weights: np.ndarray, density: float, scope: str, out: Mapping[str, torch.Tensor]
@@ -173,8 +174,7 @@ class _Session(_Handle):
         evaluations, failures, history (each generation's best candidate under ``key``)."""
         info = json.loads(_core.call(_core.go.NPSSessionInfo, self._handle()))
         for k in ("best_f", "start_f"):
-            v = info[k]
-            info[k] = None if v is None else _parse_float(v)
+            info[k] = None if info[k] is None else _parse_float(info[k])
         if info["best_x"] is not None:
             info["best_x"] = np.asarray(info["best_x"], dtype=np.float64).reshape(self.shape)
         info["history"] = [
@@ -186,3 +186,28 @@ class _Session(_Handle):
     def state(self) -> dict[str, Any]:
         """The whole session (optimizer and RNG included) as a JSON-able dict."""
         return json.loads(_core.call(_core.go.NPSSessionState, self._handle()))
+
+
+def _fmt(x: float | None) -> str:
+    return "failed" if x is None or not math.isfinite(x) else f"{x:.4g}"
+
+
+def _postfix(info: Mapping[str, Any]) -> dict[str, Any]:
+    """A progress bar's postfix from :meth:`_Session.info`: the newest generation's
+    best so far and mean, and the evaluations."""
+    h = info["history"][-1]
+    return {"best": _fmt(h["best_so_far"]), "mean": _fmt(h["mean"]), "evals": info["evaluations"]}
+
+
+def run_generations(step: Callable[[int], Any], done: int, total: int, *, progress: bool,
+                    desc: str, postfix: Callable[[Any], Mapping[str, Any]] = _postfix) -> None:
+    """The run loop of every session search (``nps.prune``, ``nps.fuse``,
+    ``search_merge``): ``step(g)`` runs generation g (``done`` + 1 to ``total``,
+    counted from 1) and saves any checkpoint; a tqdm bar over generations shows
+    ``postfix(step's return value)``."""
+    with progress_bar(total=total, disable=not progress, desc=desc, unit="gen",
+                      leave=True) as bar:
+        bar.update(done)
+        for g in range(done + 1, total + 1):
+            bar.set_postfix(**postfix(step(g)))
+            bar.update(1)

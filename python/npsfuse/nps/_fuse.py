@@ -13,10 +13,10 @@ import torch
 
 from .. import _executor
 from .._state import ModelLike, StateDict, load_state_dict
-from .._vocab import GENERATIONS, FailedScores
-from ._engine import _apply, _Session
-from ._result import NPSResult, _plot_history, load_run, save_run
-from ._search import Evaluate, _check_bounds, _check_options, _fmt, _progress
+from .._vocab import GENERATIONS, FailedScores, Plotted
+from ._engine import _apply, _Session, run_generations
+from ._result import NPSResult, _draw_history, load_run, save_run, task_vector
+from ._search import Evaluate, _check_search
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -35,8 +35,9 @@ def transfer(base: ModelLike, result: NPSResult | str | os.PathLike, lam: float 
     return result.state_dict(lam, base=base)
 
 
-class FusionResult:
-    """The outcome of :func:`fuse`.
+class FusionResult(Plotted):
+    """The outcome of :func:`fuse`; :meth:`plot` draws the validation score
+    and the λ per generation.
 
     Attributes
     ----------
@@ -72,39 +73,10 @@ class FusionResult:
         """θ₀ + Σ λ_i τ_i in the base's dtypes (Go ``Apply``, float32 arithmetic)."""
         return _apply(self._base, self._names, self._taus, self.lambdas.tolist())
 
-    def plot(self, path: str | os.PathLike | None = None) -> Figure:
-        """Fitness and λ per generation.
+    _figure = ("FusionResult.plot", (8, 6.5), 110)
 
-        Parameters
-        ----------
-        path
-            Also write the figure there as a PNG.
-
-        Returns
-        -------
-        matplotlib.figure.Figure
-            The figure (shown inline in Jupyter; pyplot is not used). Needs
-            matplotlib (``npsfuse[plot]``).
-        """
-        return _plot_history(path, self.history, self.start_score, "lambdas", "λ", "fusion",
-                             "FusionResult.plot")
-
-
-def _as_tau(r: NPSResult | Mapping[str, torch.Tensor] | str | os.PathLike,
-            base: StateDict, i: int) -> StateDict:
-    if isinstance(r, (str, os.PathLike)):
-        r = NPSResult.load(r)
-    if isinstance(r, NPSResult):
-        r._resolve_base(base)
-        return r._tau
-    if isinstance(r, Mapping):
-        tau = load_state_dict(r, f"task vector {i}")
-        extra = [k for k in tau if k not in base]
-        if extra:
-            raise ValueError(f"task vector {i} has tensor {extra[0]!r}, which the base lacks")
-        return tau
-    raise TypeError(f"result {i} is a {type(r).__name__}; pass an NPSResult, a path, or a "
-                    "task-vector state dict")
+    def _draw(self, fig: Figure) -> None:
+        _draw_history(fig, self.history, self.start_score, "lambdas", "λ", "fusion")
 
 
 def fuse(
@@ -161,7 +133,8 @@ def fuse(
     sd = load_state_dict(base, "base")
     names = [k for k, t in sd.items()
              if (t.is_floating_point() or t.is_complex()) and t.numel() > 0]
-    taus = [_as_tau(r, sd, i) for i, r in enumerate(results)]
+    taus = [task_vector(r, sd, f"task vector {i}", f"result {i}")[0]
+            for i, r in enumerate(results)]
     k = len(taus)
     start = np.ones(k) if lambdas is None else np.asarray([float(x) for x in lambdas])
     if start.shape != (k,):
@@ -170,10 +143,7 @@ def fuse(
         raise ValueError(f"lambdas must be finite, got {start.tolist()}")
     if evaluate is None:
         return FusionResult(sd, names, taus, start, None, None, [])
-    lo, hi = _check_bounds(bounds)
-    if int(generations) < 0:  # the session reads a negative count as "no plan"
-        raise ValueError(f"generations must be >= 0, got {generations}")
-    options = _check_options(optimizer_options)
+    lo, hi, options = _check_search(bounds, generations, optimizer_options)
     spec = {"start": start.tolist(), "bounds": [lo, hi], "optimizer": optimizer,
             "popsize": popsize, "seed": int(seed), "generations": int(generations),
             "options": options, "results": k}
@@ -181,31 +151,21 @@ def fuse(
     if saved is None:
         core = _Session.new(start, bounds=(lo, hi), optimizer=optimizer, popsize=popsize,
                             seed=int(seed), generations=int(generations), options=options)
-        done = -1  # the start point is still to be scored
     else:
         core = _Session.restore(saved["state"], (k,))
-        done = int(saved["done"])
     fails = FailedScores()
-    try:
-        with _executor.fuse_evaluator(executor, sd, names, taus, evaluate, fails) as score:
+    with core, _executor.fuse_evaluator(executor, sd, names, taus, evaluate, fails) as score:
 
-            def run(g: int) -> dict[str, Any]:
-                core.tell(score(core.ask()))
-                if checkpoint is not None:
-                    save_run(checkpoint, spec, state=core.state(), done=g)
-                return core.info("lambdas")
+        def step(g: int) -> dict[str, Any]:
+            core.tell(score(core.ask()))
+            if checkpoint is not None:
+                save_run(checkpoint, spec, state=core.state(), done=g)
+            return core.info("lambdas")
 
-            c = run(0) if done < 0 else core.info("lambdas")
-            with _progress(generations, progress, "fusion") as bar:
-                bar.update(max(done, 0))
-                for g in range(max(done, 0), int(generations)):
-                    c = run(g + 1)
-                    h = c["history"][-1]
-                    bar.set_postfix(best=_fmt(h["best_so_far"]), mean=_fmt(h["mean"]),
-                                    evals=c["evaluations"])
-                    bar.update(1)
-    finally:
-        core.close()
+        c = step(0) if saved is None else core.info("lambdas")  # 0: the start point
+        run_generations(step, c["generation"], int(generations), progress=progress,
+                        desc="fusion")
+        c = core.info("lambdas")
     if c["best_x"] is None:
         raise RuntimeError(f"every evaluation failed ({c['failures']} of {c['evaluations']})")
     return FusionResult(sd, names, taus, c["best_x"], c["best_f"], c["start_f"], c["history"])

@@ -18,15 +18,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .._display import finish, new_figure
 from .._state import ModelLike, StateDict, load_state_dict
-from .._vocab import deprecated, renamed
+from .._vocab import Plotted, deprecated, renamed
 from ._engine import _apply
 
 #: Elements sampled per tensor by :func:`fingerprint`.
 FINGERPRINT_SAMPLES = 4096
 _RESULT_FORMAT = "npsfuse.nps_result"
 _FORMAT_VERSION = 1
+#: What a result file stores as the result holds it (after weights, keep,
+#: score and start_score), in the file's order.
+_STORED = ("history", "kept", "tensor_names", "config", "evaluations", "failures",
+           "base_fingerprint")
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
@@ -80,6 +83,19 @@ def fingerprint(sd: Mapping[str, torch.Tensor], names: Iterable[str] | None = No
     return h.hexdigest()
 
 
+def check_base(sd: Mapping[str, torch.Tensor], names: Sequence[str], expected: str, of: str,
+               other: str, whose: str) -> None:
+    """Check that ``sd`` is the base model of ``of`` (it has the tensors
+    ``names``, whose :func:`fingerprint` is ``expected``); ``other`` says that a
+    wrong one is wrong, and ``whose`` fingerprint differs."""
+    missing = [k for k in names if k not in sd]
+    if missing:
+        raise ValueError(f"the base model lacks tensor {missing[0]!r} of {of}")
+    if fingerprint(sd, names) != expected:
+        raise ValueError(f"{other} ({whose} fingerprint differs: names, shapes, dtypes or "
+                         "sampled values)")
+
+
 def _atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Run ``write(tmp)`` on a fresh temporary name next to ``path``, then rename it over
     ``path``.
@@ -100,6 +116,25 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def read_header(path: str | os.PathLike, fmt: str, what: str, unreadable: str) -> dict[str, str]:
+    """The header (metadata) of the safetensors file ``path``, an npsfuse
+    ``what`` file of format ``fmt``; ``unreadable`` says what a file safetensors
+    cannot open is not."""
+    from safetensors import safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no such file: {str(p)!r}")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            header = f.metadata() or {}
+    except Exception as exc:
+        raise ValueError(f"{str(p)!r} {unreadable}: {exc}") from None
+    if header.get("format") != fmt:
+        raise ValueError(f"{str(p)!r} is not an npsfuse {what} file")
+    return header
 
 
 def load_run(path: str | os.PathLike[str] | None, spec: Mapping[str, Any],
@@ -134,22 +169,9 @@ def _finite_or_none(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
-def _none_to_neginf(x: float | None) -> float:
-    return -math.inf if x is None else float(x)
-
-
-def _plot_history(
-    path: str | os.PathLike | None,
-    history: Sequence[Mapping[str, Any]],
-    start_score: float | None,
-    key: str,
-    label: str,
-    title: str,
-    what: str,
-) -> Figure:
-    """Fitness per generation (top) and searched values per generation
-    (bottom); written as a PNG to ``path`` when given."""
-    fig = new_figure(what, (8, 6.5))
+def _draw_history(fig: Figure, history: Sequence[Mapping[str, Any]], start_score: float | None,
+                  key: str, label: str, title: str) -> None:
+    """Fitness per generation (top) and searched values per generation (bottom)."""
     ax1, ax2 = fig.subplots(2, 1, sharex=True)
     gens = [h["generation"] for h in history]
 
@@ -178,11 +200,13 @@ def _plot_history(
                             and rows[0].ndim > 1 else ""))
     if width:
         ax2.legend(loc="upper left", fontsize="x-small", ncol=min(width, 4))
-    return finish(fig, path)
 
 
-class NPSResult:
+class NPSResult(Plotted):
     """The outcome of an NPS-Pruning search.
+
+    :meth:`plot` draws the validation score per generation and the band
+    weights per generation.
 
     Attributes
     ----------
@@ -275,14 +299,8 @@ class NPSResult:
                 )
             return self._base
         sd = load_state_dict(base, "base")
-        missing = [k for k in self.tensor_names if k not in sd]
-        if missing:
-            raise ValueError(f"the base model lacks tensor {missing[0]!r} of this result")
-        if fingerprint(sd, self.tensor_names) != self.base_fingerprint:
-            raise ValueError(
-                "this base model is not the one the result was computed from "
-                "(its fingerprint differs: names, shapes, dtypes or sampled values)"
-            )
+        check_base(sd, self.tensor_names, self.base_fingerprint, "this result",
+                   "this base model is not the one the result was computed from", "its")
         return sd
 
     def state_dict(self, lam: float = 1.0, base: ModelLike | None = None) -> StateDict:
@@ -312,37 +330,18 @@ class NPSResult:
         sd = self._resolve_base(base)
         return _apply(sd, self.tensor_names, [self._tau], [float(lam)])
 
-    def plot(self, path: str | os.PathLike | None = None) -> Figure:
-        """Fitness per generation, and band weights per generation.
+    _figure = ("NPSResult.plot", (8, 6.5), 110)
 
-        Parameters
-        ----------
-        path
-            Also write the figure there as a PNG.
-
-        Returns
-        -------
-        matplotlib.figure.Figure
-            The figure (shown inline in Jupyter); pyplot is not used, so
-            nothing is left open. Needs matplotlib (``npsfuse[plot]``).
-        """
-        return _plot_history(path, self.history, self.start_score, "weights", "w",
-                             f"NPS-Pruning, density={self.density:g}", "NPSResult.plot")
+    def _draw(self, fig: Figure) -> None:
+        _draw_history(fig, self.history, self.start_score, "weights", "w",
+                      f"NPS-Pruning, density={self.density:g}")
 
     def _meta(self) -> dict[str, Any]:
-        return {
-            "weights": self.weights.tolist(),
-            "keep": self.density,  # the file format's name (version 1)
-            "score": _finite_or_none(self.score),
-            "start_score": _finite_or_none(self.start_score),
-            "history": self.history,
-            "kept": self.kept,
-            "tensor_names": self.tensor_names,
-            "config": self.config,
-            "evaluations": self.evaluations,
-            "failures": self.failures,
-            "base_fingerprint": self.base_fingerprint,
-        }
+        return {"weights": self.weights.tolist(),
+                "keep": self.density,  # the file format's name (version 1)
+                "score": _finite_or_none(self.score),
+                "start_score": _finite_or_none(self.start_score),
+                **{k: getattr(self, k) for k in _STORED}}
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the result to one safetensors file, atomically.
@@ -378,34 +377,44 @@ class NPSResult:
         """
         from safetensors import safe_open
 
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"no such file: {str(p)!r}")
+        unreadable = "is not a readable NPS result file"
+        meta = read_header(path, _RESULT_FORMAT, "NPS result", unreadable)
         try:
-            with safe_open(str(p), framework="pt") as f:
-                meta = f.metadata() or {}
-                if meta.get("format") != _RESULT_FORMAT:
-                    raise ValueError(f"{str(p)!r} is not an npsfuse NPS result file")
-                info = json.loads(meta["npsfuse.meta"])
+            info = json.loads(meta["npsfuse.meta"])
+            with safe_open(str(path), framework="pt") as f:
                 tau = {k: f.get_tensor(k) for k in info["tensor_names"]}
         except ValueError:
             raise
         except Exception as exc:
-            raise ValueError(f"{str(p)!r} is not a readable NPS result file: {exc}") from None
-        res = cls(
-            tau=tau,
-            weights=np.asarray(info["weights"], dtype=np.float64),
-            density=info["keep"],
-            score=_none_to_neginf(info["score"]),
-            start_score=info["start_score"],
-            history=info["history"],
-            kept=info["kept"],
-            config=info["config"],
-            evaluations=info["evaluations"],
-            failures=info["failures"],
-            base_fingerprint=info["base_fingerprint"],
-        )
+            raise ValueError(f"{str(path)!r} {unreadable}: {exc}") from None
+        res = cls(tau=tau, weights=info["weights"], density=info["keep"],
+                  score=-math.inf if info["score"] is None else info["score"],
+                  start_score=info["start_score"],
+                  **{k: info[k] for k in _STORED if k != "tensor_names"})
         if base is not None:
             res._base = res._resolve_base(base)
         return res
 
+
+
+def task_vector(r: NPSResult | Mapping[str, torch.Tensor] | str | os.PathLike, base: StateDict,
+                what: str, kind: str) -> tuple[StateDict, NPSResult | None]:
+    """τ of ``r`` and the :class:`NPSResult` it comes from (None for a state dict).
+
+    ``r`` is an NPSResult (checked against ``base``), the path of a saved one,
+    or a task-vector state dict, ``what`` in messages, whose tensors the base
+    has; ``kind`` names ``r`` in the error for anything else.
+    """
+    if isinstance(r, (str, os.PathLike)):
+        r = NPSResult.load(r)
+    if isinstance(r, NPSResult):
+        r._resolve_base(base)
+        return r._tau, r
+    if not isinstance(r, Mapping):
+        raise TypeError(f"{kind} is a {type(r).__name__}; pass an NPSResult, a path, or a "
+                        "task-vector state dict")
+    tau = load_state_dict(r, what)
+    extra = [k for k in tau if k not in base]
+    if extra:
+        raise ValueError(f"{what} has tensor {extra[0]!r}, which the base lacks")
+    return tau, None

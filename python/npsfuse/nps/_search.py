@@ -22,11 +22,10 @@ import numpy as np
 import torch
 
 from .. import _executor
-from .._display import progress_bar
 from .._state import ModelLike, StateDict, load_state_dict
 from .._vocab import GENERATIONS, FailedScores, renamed
-from ._engine import _apply, _Decomposition, _prunable, _Session
-from ._result import NPSResult, fingerprint
+from ._engine import _apply, _Decomposition, _prunable, _Session, run_generations
+from ._result import NPSResult, _atomic_write, fingerprint
 
 logger = logging.getLogger("npsfuse.nps")
 
@@ -41,14 +40,10 @@ _SCOPES = ("global", "tensor")
 _OPTIMIZER_OPTIONS = frozenset({"sigma0", "strategy", "schedule"})
 
 
-def _check_density(density: float) -> float:
-    density = float(density)
-    if not (0.0 < density <= 1.0):
-        raise ValueError(f"density must lie in (0, 1], got {density}")
-    return density
-
-
-def _check_bounds(bounds: tuple[float, float]) -> tuple[float, float]:
+def _check_search(bounds: tuple[float, float], generations: int,
+                  options: Mapping[str, Any] | None) -> tuple[float, float, dict[str, Any]]:
+    """The box ``(lo, hi)`` and the optimizer options of a search, checked, and
+    its planned number of generations (>= 0)."""
     try:
         lo, hi = (float(b) for b in bounds)
     except (TypeError, ValueError):
@@ -57,10 +52,8 @@ def _check_bounds(bounds: tuple[float, float]) -> tuple[float, float]:
         raise ValueError(f"bounds must be finite, got ({lo}, {hi})")
     if lo >= hi:
         raise ValueError(f"bounds are inverted or empty: lo={lo} must be < hi={hi}")
-    return lo, hi
-
-
-def _check_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    if int(generations) < 0:  # the session reads a negative count as "no plan"
+        raise ValueError(f"generations must be >= 0, got {generations}")
     opts = dict(options or {})
     unknown = sorted(set(opts) - _OPTIMIZER_OPTIONS)
     if unknown:
@@ -73,7 +66,7 @@ def _check_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
         if not (math.isfinite(s) and s > 0):
             raise ValueError(f"sigma0 must be finite and > 0, got {s}")
         opts["sigma0"] = s
-    return opts
+    return lo, hi, opts
 
 
 class Search:
@@ -131,7 +124,7 @@ class Search:
     (deterministic per seed), so a resumed search continues exactly as the
     uninterrupted one would. Go memory: 8 bytes per
     pruned parameter plus the SVD factors. Free it with :meth:`close` (or
-    ``with``; garbage collection also does).
+    ``with``; garbage collection also does: the Go objects free themselves).
     """
 
     @renamed(keep="density")
@@ -154,25 +147,21 @@ class Search:
         optimizer_options: Mapping[str, Any] | None = None,
         _state: Mapping[str, Any] | None = None,
     ) -> None:
-        self._dec: _Decomposition | None = None
-        self._core: _Session | None = None
-        density = _check_density(density)
+        density = float(density)
+        if not (0.0 < density <= 1.0):
+            raise ValueError(f"density must lie in (0, 1], got {density}")
         if isinstance(subspaces, bool) or int(subspaces) != subspaces or subspaces < 1:
             raise ValueError(f"subspaces must be an integer >= 1, got {subspaces}")
-        if kind not in _KINDS:
-            raise ValueError(f"kind must be one of {', '.join(_KINDS)}, got {kind!r}")
-        if scope not in _SCOPES:
-            raise ValueError(f"scope must be one of {', '.join(_SCOPES)}, got {scope!r}")
+        for name, value, valid in (("kind", kind, _KINDS), ("scope", scope, _SCOPES)):
+            if value not in valid:
+                raise ValueError(f"{name} must be one of {', '.join(valid)}, got {value!r}")
         if optimizer not in ("cma", "de"):
             raise ValueError(f"unknown optimizer {optimizer!r}; valid: cma, de")
-        if int(generations) < 0:
-            raise ValueError(f"generations must be >= 0, got {generations}")
         if popsize is not None and int(popsize) < 2:
             raise ValueError(f"popsize must be at least 2, got {popsize}")
         if rank is not None and int(rank) < 1:
             raise ValueError(f"rank must be >= 1, got {rank}")
-        lo, hi = _check_bounds(bounds)
-        _check_options(optimizer_options)
+        lo, hi, opts = _check_search(bounds, generations, optimizer_options)
         self._base = load_state_dict(base, "base")
         # A PEFT LoRA adapter folder (or PeftModel) is merged into the base's
         # weights on the fly, as npsfuse.merge does.
@@ -189,13 +178,11 @@ class Search:
         }
         self.fingerprints = {"base": fingerprint(self._base, self.names),
                              "finetuned": fingerprint(ft, self.names)}
-        if _state is not None and dict(_state["fingerprints"]) != self.fingerprints:
-            which = [k for k in ("base", "finetuned")
-                     if _state["fingerprints"][k] != self.fingerprints[k]]
-            raise ValueError(
-                f"the {' and '.join(which)} model(s) differ from those of the saved search "
-                "(fingerprint mismatch)"
-            )
+        which = [k for k in ("base", "finetuned")
+                 if _state is not None and _state["fingerprints"][k] != self.fingerprints[k]]
+        if which:
+            raise ValueError(f"the {' and '.join(which)} model(s) differ from those of the saved "
+                             "search (fingerprint mismatch)")
         self._dec = _Decomposition(self._base, ft, self.names, subspaces=int(subspaces),
                                    kind=kind, rank=rank or 0, seed=int(seed))
         self._tau = {k: torch.empty(self._base[k].shape, dtype=self._base[k].dtype)
@@ -206,7 +193,7 @@ class Search:
             self._core = _Session.new(start, bounds=(lo, hi), optimizer=optimizer,
                                       popsize=popsize, seed=int(seed),
                                       generations=int(generations),
-                                      options=_check_options(optimizer_options))
+                                      options=opts)
         else:
             self._core = _Session.restore(_state["session"], start.shape)
         self._failures = FailedScores()
@@ -214,8 +201,8 @@ class Search:
     # -- ask/tell --------------------------------------------------------------
 
     def _c(self) -> _Session:
-        if self._core is None:
-            raise ValueError("the search is closed")
+        """The engine's session (closed with the search: using it raises
+        ``ValueError: the search is closed``)."""
         return self._core
 
     def candidates(self) -> np.ndarray:
@@ -224,7 +211,7 @@ class Search:
         Like :meth:`ask` without building the models; use with :meth:`build`
         to hold one candidate model in memory at a time.
         """
-        return self._c().ask()
+        return self._core.ask()
 
     def build(self, weights: np.ndarray | Sequence[float]) -> StateDict:
         """θ₀ + τ_NPS for one weight vector ((M,), or (T, M) with ``per_layer``).
@@ -233,10 +220,9 @@ class Search:
         base's own tensors).
         """
         w = np.asarray(weights, dtype=np.float64)
-        want = self._c().shape
+        want = self._core.shape
         if w.shape != want:
             raise ValueError(f"weights must have shape {want}, got {w.shape}")
-        assert self._dec is not None
         self._dec.build(w, self.config["density"], self.config["scope"], self._tau)
         return _apply(self._base, self.names, [self._tau], [1.0])
 
@@ -255,34 +241,34 @@ class Search:
         ``None``, NaN and ±inf mark failed candidates (scored −inf, with one
         warning per search).
         """
-        self._c().tell([self._failures.check(v, "a score was") for v in scores])
+        self._core.tell([self._failures.check(v, "a score was") for v in scores])
 
     def _evaluate_pending(self, evaluate: Evaluate) -> None:
         """Evaluate the pending candidates one model at a time and tell the scores."""
-        self._c().tell([self._failures.evaluate(evaluate, self.build(w))
-                        for w in self.candidates()])
+        self._core.tell([self._failures.evaluate(evaluate, self.build(w))
+                         for w in self.candidates()])
 
     # -- progress ---------------------------------------------------------------
 
     @property
     def generation(self) -> int:
         """Completed search generations (the start point is not one)."""
-        return int(self._c().info()["generation"])
+        return int(self._core.info()["generation"])
 
     @property
     def done(self) -> bool:
         """Whether the planned ``generations`` have run."""
-        return bool(self._c().info()["done"])
+        return bool(self._core.info()["done"])
 
     @property
     def history(self) -> list[dict[str, Any]]:
         """Per generation: best, mean, weights, best_so_far, failed (see NPSResult)."""
-        return self._c().info("weights")["history"]
+        return self._core.info("weights")["history"]
 
     @property
     def best(self) -> tuple[np.ndarray | None, float]:
         """The best weights evaluated so far and their score (None, −inf before any)."""
-        c = self._c().info()
+        c = self._core.info()
         return c["best_x"], c["best_f"]
 
     def result(self) -> NPSResult:
@@ -293,15 +279,13 @@ class Search:
         RuntimeError
             When no candidate has been evaluated successfully.
         """
-        c = self._c().info("weights")
+        c = self._core.info("weights")
         if c["best_x"] is None:
             raise RuntimeError(
                 "no candidate has a finite score yet"
                 + (f" ({c['failures']} evaluations failed)" if c["failures"] else "")
             )
-        assert self._dec is not None
-        tau = {k: torch.empty(self._base[k].shape, dtype=self._base[k].dtype)
-               for k in self.names}
+        tau = {k: torch.empty_like(t) for k, t in self._tau.items()}
         kept = self._dec.build(c["best_x"], self.config["density"], self.config["scope"], tau)
         cfg = {k: v for k, v in self.config.items() if k != "density"}
         return NPSResult(
@@ -325,7 +309,7 @@ class Search:
             "version": _SEARCH_VERSION,
             "config": dict(self.config),
             "fingerprints": dict(self.fingerprints),
-            "session": self._c().state(),
+            "session": self._core.state(),
         }
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -333,11 +317,8 @@ class Search:
 
         ``Search.resume(path, base, finetuned)`` continues from it.
         """
-        out = Path(path)
-        tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.state(), indent=1))
-        os.replace(tmp, out)
-        return out
+        text = json.dumps(self.state(), indent=1)
+        return _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
     @classmethod
     def resume(
@@ -367,41 +348,20 @@ class Search:
         """
         state = _load_state(state)
         cfg = dict(state["config"])
-        return cls(
-            base, finetuned, density=_saved_density(cfg), subspaces=cfg["subspaces"],
-            kind=cfg["kind"], optimizer=cfg["optimizer"], generations=cfg["generations"],
-            popsize=cfg["popsize"],
-            bounds=tuple(cfg["bounds"]), per_layer=cfg["per_layer"], scope=cfg["scope"],
-            rank=cfg["rank"], seed=cfg["seed"], optimizer_options=cfg["optimizer_options"],
-            _state=state,
-        )
+        # States saved before the vocabulary of issue 18 name the density "keep".
+        cfg.setdefault("density", cfg.pop("keep", None))
+        return cls(base, finetuned, **cfg, _state=state)
 
     def close(self) -> None:
         """Free the Go decomposition and optimiser. Idempotent."""
-        if self._dec is not None:
-            self._dec.close()
-            self._dec = None
-        if self._core is not None:
-            self._core.close()
-            self._core = None
+        self._dec.close()
+        self._core.close()
 
     def __enter__(self) -> Search:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # pragma: no cover - interpreter shutdown
-            pass
-
-
-def _saved_density(cfg: Mapping[str, Any]) -> float:
-    """The density of a saved config (``keep`` in states saved before the
-    vocabulary of issue 18)."""
-    return float(cfg["density"] if "density" in cfg else cfg["keep"])
 
 
 def _load_state(state: Mapping[str, Any] | str | os.PathLike[str]) -> Mapping[str, Any]:
@@ -431,14 +391,6 @@ def _load_state(state: Mapping[str, Any] | str | os.PathLike[str]) -> Mapping[st
     if state.get("version") != _SEARCH_VERSION:
         raise ValueError(f"unsupported NPS search state version {state.get('version')!r}")
     return state
-
-
-def _progress(total: int, enabled: bool, desc: str) -> Any:
-    return progress_bar(total=total, disable=not enabled, desc=desc, unit="gen", leave=True)
-
-
-def _fmt(x: float | None) -> str:
-    return "failed" if x is None or not math.isfinite(x) else f"{x:.4g}"
 
 
 @renamed(keep="density")
@@ -532,36 +484,25 @@ def prune(
             raise ValueError(f"checkpoint {str(ck)!r} was saved with other values of "
                              f"{', '.join(differ)}: delete it or use another file")
     with s, _executor.nps_evaluator(executor, s, evaluate, finetuned) as evaluate_pending:
-        if not resumed:
-            evaluate_pending()  # the start point
+
+        def step(_: int = 0) -> dict[str, Any]:
+            evaluate_pending()
             if ck is not None:
                 s.save(ck)
-        with _progress(s.config["generations"], progress,
-                       f"NPS density={s.config['density']:g}") as bar:
-            bar.update(s.generation)
-            while not s.done:
-                evaluate_pending()
-                if ck is not None:
-                    s.save(ck)
-                c = s._c().info("weights")
-                h = c["history"][-1]
-                bar.set_postfix(best=_fmt(h["best_so_far"]), mean=_fmt(h["mean"]),
-                                evals=c["evaluations"])
-                bar.update(1)
+            return s._core.info("weights")
+
+        if not resumed:
+            step()  # the start point
+        run_generations(step, s.generation, s.config["generations"], progress=progress,
+                        desc=f"NPS density={s.config['density']:g}")
         return s.result()
 
 
 def differing(saved: Mapping[str, Any], given: Mapping[str, Any]) -> list[str]:
-    """The settings in ``given`` whose value differs from a saved search's config."""
-    out = []
-    for k, v in given.items():
-        have = saved.get(k)
-        if k == "bounds":
-            v = [float(x) for x in v]
-        if k == "optimizer_options":
-            v = dict(v or {})
-        if have != v:
-            out.append(k)
-    return out
+    """The settings of :func:`prune` in ``given`` whose value differs from a
+    saved search's config (bounds and options compared as the config holds them)."""
+    normal = {**given, "bounds": [float(x) for x in given["bounds"]],
+              "optimizer_options": dict(given["optimizer_options"] or {})}
+    return [k for k, v in normal.items() if saved.get(k) != v]
 
 
