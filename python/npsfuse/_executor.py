@@ -45,6 +45,7 @@ The public names are in :mod:`npsfuse.executors`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import uuid
@@ -135,27 +136,18 @@ class _Job:
 
 
 class _NPSBuild:
-    """θ₀ + τ_NPS(w) on a worker: its own decomposition, the driver's seed."""
+    """θ₀ + τ_NPS(w) on a worker: its own decomposition, the driver's seed.
+
+    The driver only pickles it (``_s`` is None then); the worker opens it."""
 
     def __init__(self, base: Any, finetuned: Any, config: Mapping[str, Any]) -> None:
         self.base, self.finetuned, self.config = base, finetuned, dict(config)
         self._s: Search | None = None
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"base": self.base, "finetuned": self.finetuned, "config": self.config}
-
-    def __setstate__(self, st: dict[str, Any]) -> None:
-        self.__init__(st["base"], st["finetuned"], st["config"])  # type: ignore[misc]
-
     def open(self) -> None:
         from .nps._search import Search
 
-        c = self.config
-        self._s = Search(self.base, self.finetuned, density=c["density"], subspaces=c["subspaces"],
-                         kind=c["kind"], optimizer=c["optimizer"], generations=c["generations"],
-                         popsize=c["popsize"], bounds=tuple(c["bounds"]),
-                         per_layer=c["per_layer"], scope=c["scope"], rank=c["rank"],
-                         seed=c["seed"], optimizer_options=c["optimizer_options"])
+        self._s = Search(self.base, self.finetuned, **self.config)  # the driver's Search.config
 
     def __call__(self, weights: Any) -> Any:
         if self._s is None:
@@ -225,17 +217,13 @@ class _EvolverJob(_Job):
         """Drop the population."""
         self._ev._slots = []
 
-    def run(self, desc: Any) -> _Outcome:
-        """``desc`` is a session state (JSON text): build and score its first ask."""
+    def build(self, desc: Any) -> Any:
+        """``desc`` is a session state (JSON text): the trial of its first ask."""
         ev = self._ev
         ev._state, ev._cand, ev._pending_sd = json.loads(desc), None, None
         sd = ev.ask()
-        try:
-            return _Outcome(self.evaluate(sd))
-        except Exception as exc:  # user code: raised again on the driver
-            return _Outcome(error=_picklable(exc))
-        finally:
-            ev._cand, ev._pending_sd = None, None
+        ev._cand, ev._pending_sd = None, None
+        return sd
 
     def sync(self, msg: Any) -> None:
         """Replace parents by their trials, planned in the state ``msg["state"]``
@@ -253,7 +241,9 @@ class _EvolverJob(_Job):
 
 
 class _SessionJob(_Job):
-    """A daemon session's candidates: a worker downloads each from the daemon."""
+    """A daemon session's candidates: a worker downloads each from the daemon.
+
+    The driver only pickles it (``_client`` is None then); the worker opens it."""
 
     def __init__(self, address: str, token: str | None, job_id: int,
                  evaluate: Callable[[Any], Any]) -> None:
@@ -261,26 +251,15 @@ class _SessionJob(_Job):
         self.evaluate = evaluate
         self._client: Any = None
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"address": self.address, "token": self.token, "job_id": self.job_id,
-                "evaluate": self.evaluate}
-
-    def __setstate__(self, st: dict[str, Any]) -> None:
-        self.__init__(st["address"], st["token"], st["job_id"], st["evaluate"])  # type: ignore[misc]
-
     def open(self) -> None:
         from .client import Client
 
         self._client = Client(self.address, self.token)
 
-    def run(self, desc: Any) -> _Outcome:
+    def build(self, desc: Any) -> Any:
         if self._client is None:
             self.open()
-        sd = self._client.job(self.job_id).candidate_state_dict(desc)
-        try:
-            return _Outcome(self.evaluate(sd))
-        except Exception as exc:  # user code
-            return _Outcome(error=_picklable(exc))
+        return self._client.job(self.job_id).candidate_state_dict(desc)
 
     def close(self) -> None:
         if self._client is not None:
@@ -321,15 +300,9 @@ class _Worker:
         return True
 
 
-_actor_class: Any = None
-
-
+@functools.cache
 def _worker_class() -> Any:
-    global _actor_class
-    if _actor_class is None:
-        ray = _ray()
-        _actor_class = ray.remote(_Worker)
-    return _actor_class
+    return _ray().remote(_Worker)
 
 
 def new_worker(**options: Any) -> Any:
@@ -387,19 +360,16 @@ class RayExecutor:
             raise ValueError(f"max_restarts must be >= 0, got {max_restarts!r}")
         self._options = dict(actor_options or {})
         self._restarts = int(max_restarts)
+        self._owned = actors is None
         if actors is not None:
             self._actors = list(actors)
             if not self._actors:
                 raise ValueError("actors is empty: give at least one worker actor")
-            self._owned = False
         else:
             if not ray.is_initialized():
                 ray.init()
-            n = num_workers
-            if n is None:
-                n = max(1, min(8, int(ray.cluster_resources().get("CPU", 1))))
+            n = num_workers or max(1, min(8, int(ray.cluster_resources().get("CPU", 1))))
             self._actors = [new_worker(**self._options) for _ in range(int(n))]
-            self._owned = True
 
     @property
     def actors(self) -> list[Any]:
@@ -460,11 +430,8 @@ def _resolve(executor: Any) -> Iterator[RayExecutor]:
         if executor != "ray":
             raise ValueError(f"executor must be None, 'ray', a RayExecutor or a list of npsfuse "
                              f"worker actors, got {executor!r}")
-        ex = RayExecutor()
-        try:
+        with RayExecutor() as ex:  # shut down at the end
             yield ex
-        finally:
-            ex.shutdown()
         return
     if isinstance(executor, Sequence) and executor and all(_is_actor(a) for a in executor):
         yield RayExecutor(actors=executor)
@@ -489,15 +456,12 @@ class _Run:
         self._ready: list[Any] = []
         self._add(list(ex.actors))
 
-    def _job_ref(self) -> Any:
-        return self._ref if self._ref is not None else self._ray.put(self._job)
-
     def _add(self, actors: list[Any]) -> None:
         """Ship the job to ``actors`` (replacing those that die meanwhile)."""
         ray = self._ray
         todo = list(actors)
         while todo:
-            ref = self._job_ref()
+            ref = self._ref if self._ref is not None else ray.put(self._job)  # stateful: now
             calls = {a.setup.remote(self.id, ref): a for a in todo}
             todo = []
             for call, a in calls.items():
@@ -587,12 +551,11 @@ def nps_evaluator(
 
     job = _Job(_NPSBuild(search._base, load_state_dict(finetuned, "finetuned"),
                          search.config), evaluate)
-    fails = search._failures
     with _resolve(executor) as ex, ex._open(job) as run:
 
         def evaluate_pending() -> None:
             outs = run.map([w.tolist() for w in search.candidates()])
-            search._c().tell([fails.evaluate(o.unwrap, None) for o in outs])
+            search._c().tell([search._failures.evaluate(o.unwrap, None) for o in outs])
 
         yield evaluate_pending
 
@@ -637,9 +600,7 @@ def run_evolver(ev: Evolver, executor: Any, checkpoint: Any = None) -> EvolverRe
     def session(state: Any, fn: Callable[..., str], *args: Any) -> Any:
         return json.loads(_core.call(fn, json.dumps(state), *args))
 
-    bar = None
-    if ev.progress:
-        bar = progress_bar(total=ev._remaining(), desc="evolve", unit="eval")
+    bar = progress_bar(total=ev._remaining(), desc="evolve", unit="eval", disable=not ev.progress)
     try:
         with _resolve(executor) as ex, ex._open(_EvolverJob(ev, ev.evaluate)) as run:
             while not ev.done:
@@ -666,9 +627,8 @@ def run_evolver(ev: Evolver, executor: Any, checkpoint: Any = None) -> EvolverRe
                         ev._build(cand["individual"], ev._spare)  # the driver keeps it too
                     ev._cand, ev._pending_sd = cand, {}
                     ev.tell(score)
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(gen=ev.generation, best=f"{ev._current_best():.4g}")
+                    bar.update(1)
+                    bar.set_postfix(gen=ev.generation, best=f"{ev._current_best():.4g}")
                     if checkpoint is not None and (ev.generation, ev._state["phase"]) != before:
                         ev.save(checkpoint)
                     replaced = [r["individual"] for r in verdict.get("replace") or []]
@@ -676,8 +636,7 @@ def run_evolver(ev: Evolver, executor: Any, checkpoint: Any = None) -> EvolverRe
                         run.sync({"state": json.dumps(pre), "replace": replaced})
                         break
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     return ev.result()
 
 
@@ -721,11 +680,8 @@ def drive_session(
     from ._display import progress_bar
 
     client = session.client
-    if token is None:
-        for k, v in getattr(client, "_headers", []):
-            if k == b"authorization":
-                token = v.decode().removeprefix("Bearer ")
-    job = _SessionJob(client.address, token, session.id, evaluate)
+    job = _SessionJob(client.address, client._token if token is None else token, session.id,
+                      evaluate)
     bar = progress_bar(total=None, desc="session", unit="eval", disable=not progress)
     try:
         with _resolve(executor) as ex, ex._open(job) as run:
@@ -733,12 +689,9 @@ def drive_session(
                 cands = session.ask()
                 if not cands:
                     break
-                outs = run.map([c.params for c in cands])
-                scores: list[float | None] = []
-                for o in outs:  # evaluate's errors raise here, as in every search
-                    v = float(o.unwrap())
-                    scores.append(v if math.isfinite(v) else None)
-                best = session.tell(scores)
+                # evaluate's errors raise here, as in every search; tell() sends
+                # a non-finite score as a failed evaluation
+                best = session.tell([float(o.unwrap()) for o in run.map([c.params for c in cands])])
                 bar.update(len(cands))
                 f = best.get("f")
                 if isinstance(f, (int, float)):

@@ -59,6 +59,7 @@ class Connection:
         self.address = address or default_address()
         loc, self._unix = _location(self.address)
         tok = token if token is not None else os.environ.get("NPSFUSE_TOKEN")
+        self._token = tok or None  # the workers of drive_session use it too
         self._headers = [(b"authorization", f"Bearer {tok}".encode())] if tok else []
         self.timeout = timeout
         self._fl = flight.FlightClient(
