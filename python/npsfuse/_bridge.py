@@ -37,6 +37,15 @@ def as_dtype(dtype: torch.dtype | str, what: str = "dtype") -> torch.dtype:
         raise TypeError(f"{what} must be one of {names} (a torch.dtype or its name), got {dtype!r}")
     return d  # type: ignore[return-value]
 
+
+def tensor_buffer(t: torch.Tensor, lo: int = 0, hi: int | None = None) -> pa.Buffer:
+    """Bytes ``[lo, hi)`` (default: all) of contiguous CPU tensor ``t``, not
+    copied: the buffer keeps ``t`` alive."""
+    if not t.nbytes:
+        return pa.py_buffer(b"")
+    return pa.foreign_buffer(t.data_ptr() + lo, (t.nbytes if hi is None else hi) - lo, base=t)
+
+
 _ARRAY_SIZE = ffi.sizeof("struct ArrowArray")
 _SCHEMA_SIZE = ffi.sizeof("struct ArrowSchema")
 
@@ -93,12 +102,7 @@ class ArrowPack:
         self.schemas = int(ffi.cast("uintptr_t", self._schemas))
         for i, (name, t) in enumerate(items):
             typ, meta = _WIRE[t.dtype]
-            nbytes = t.numel() * t.element_size()
-            if nbytes:
-                buf = pa.foreign_buffer(t.data_ptr(), nbytes, base=t)
-            else:
-                buf = pa.py_buffer(b"")
-            arr = pa.Array.from_buffers(typ, t.numel(), [None, buf])
+            arr = pa.Array.from_buffers(typ, t.numel(), [None, tensor_buffer(t)])
             arr._export_to_c(self.arrays + i * _ARRAY_SIZE)
             md = {b"npsfuse.shape": ",".join(map(str, t.shape)).encode()}
             if meta:
