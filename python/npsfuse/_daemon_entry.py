@@ -8,6 +8,7 @@ command's. ``npsfuse daemon [ARGS]`` does the same.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -26,10 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     exe = binary()
     if os.path.isfile(exe) and not os.access(exe, os.X_OK):
-        try:  # an archive that dropped the executable bit
+        with contextlib.suppress(OSError):  # an archive that dropped the executable bit
             os.chmod(exe, 0o755)
-        except OSError:
-            pass
     if not os.access(exe, os.X_OK):
         print(
             f"npsfused: the daemon binary {exe} is missing: reinstall npsfuse with "

@@ -7,7 +7,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from .._vocab import GENERATIONS, deprecated, renamed, take_renamed
 from ._errors import _Unavailable
@@ -254,8 +254,7 @@ class Client(Transfer):
         ``keep``, ``bounds`` as ``lo`` and ``hi``."""
         skip = {"self", "base", "model", "models", "scope", "idempotency_key"}
         args = dict(args)
-        if "density" in args:
-            args["keep"] = args.pop("density")
+        args["keep"] = args.pop("density")
         if "bounds" in args:
             bounds = args.pop("bounds")
             try:
@@ -359,9 +358,7 @@ class Client(Transfer):
         deprecated), ``bounds=(lo, hi)`` (``lo=``/``hi=`` deprecated),
         ``generations`` (default 20 as every search; ``None`` plans none:
         the session runs until you finish it)."""
-        job = self._submit_nps("nps_search", locals())
-        assert isinstance(job, Session)
-        return job
+        return cast(Session, self._submit_nps("nps_search", locals()))  # a session job
 
     def evolve(
         self,
@@ -419,9 +416,7 @@ class Client(Transfer):
                 spec["merge_params"] = _spec.payload(merge, len(models), dict(merge_params or {}))
             return spec
 
-        job = self._submit_refs("evolve", idempotency_key, build)
-        assert isinstance(job, Session)
-        return job
+        return cast(Session, self._submit_refs("evolve", idempotency_key, build))
 
     def job(self, id: int) -> Job:
         """The job with this id."""
