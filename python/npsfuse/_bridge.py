@@ -104,9 +104,7 @@ class ArrowPack:
             typ, meta = _WIRE[t.dtype]
             arr = pa.Array.from_buffers(typ, t.numel(), [None, tensor_buffer(t)])
             arr._export_to_c(self.arrays + i * _ARRAY_SIZE)
-            md = {b"npsfuse.shape": ",".join(map(str, t.shape)).encode()}
-            if meta:
-                md.update(meta)
+            md = {b"npsfuse.shape": ",".join(map(str, t.shape)).encode(), **(meta or {})}
             if name in transposed:
                 md[b"npsfuse.transposed"] = b"1"
             pa.field(name, typ, metadata=md)._export_to_c(self.schemas + i * _SCHEMA_SIZE)
@@ -115,8 +113,6 @@ class ArrowPack:
         # Safety net: release whatever Go never took (e.g. the call was never
         # made). Structs Go imported are already marked released.
         for i in range(self.count):
-            a, s = self._arrays[i], self._schemas[i]
-            if a.release != ffi.NULL:
-                a.release(ffi.addressof(a))
-            if s.release != ffi.NULL:
-                s.release(ffi.addressof(s))
+            for c in (self._arrays[i], self._schemas[i]):
+                if c.release != ffi.NULL:
+                    c.release(ffi.addressof(c))

@@ -51,7 +51,7 @@ import math
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._extras import need
 
@@ -70,14 +70,11 @@ def _ray(what: str = "executor='ray'") -> Any:
 # ----------------------------------------------------------------- outcome --
 
 
-class _Outcome:
+class _Outcome(NamedTuple):
     """A worker's answer for one candidate: a score or the error ``evaluate`` raised."""
 
-    __slots__ = ("error", "score")
-
-    def __init__(self, score: Any = None, error: BaseException | None = None) -> None:
-        self.score = score
-        self.error = error
+    score: Any = None
+    error: BaseException | None = None
 
     def unwrap(self, _: Any = None) -> Any:
         """The score, or raise the error ``evaluate`` raised."""
@@ -138,11 +135,12 @@ class _Job:
 class _NPSBuild:
     """θ₀ + τ_NPS(w) on a worker: its own decomposition, the driver's seed.
 
-    The driver only pickles it (``_s`` is None then); the worker opens it."""
+    The driver only pickles it (``_s`` is None then); the worker opens it
+    (:meth:`_Worker.setup`) before it builds anything."""
 
     def __init__(self, base: Any, finetuned: Any, config: Mapping[str, Any]) -> None:
         self.base, self.finetuned, self.config = base, finetuned, dict(config)
-        self._s: Search | None = None
+        self._s: Any = None  # the Search, once opened
 
     def open(self) -> None:
         from .nps._search import Search
@@ -150,27 +148,12 @@ class _NPSBuild:
         self._s = Search(self.base, self.finetuned, **self.config)  # the driver's Search.config
 
     def __call__(self, weights: Any) -> Any:
-        if self._s is None:
-            self.open()
-        assert self._s is not None
         return self._s.build(weights)
 
     def close(self) -> None:
         if self._s is not None:
             self._s.close()
             self._s = None
-
-
-class _Apply:
-    """θ₀ + Σ λ_i τ_i on a worker (fusion)."""
-
-    def __init__(self, base: Any, names: Sequence[str], taus: Sequence[Any]) -> None:
-        self.base, self.names, self.taus = base, list(names), list(taus)
-
-    def __call__(self, lams: Sequence[float]) -> Any:
-        from .nps._engine import _apply
-
-        return _apply(self.base, self.names, self.taus, [float(x) for x in lams])
 
 
 class _EvolverJob(_Job):
@@ -243,7 +226,8 @@ class _EvolverJob(_Job):
 class _SessionJob(_Job):
     """A daemon session's candidates: a worker downloads each from the daemon.
 
-    The driver only pickles it (``_client`` is None then); the worker opens it."""
+    The driver only pickles it (``_client`` is None then); the worker opens it
+    (:meth:`_Worker.setup`) before it builds anything."""
 
     def __init__(self, address: str, token: str | None, job_id: int,
                  evaluate: Callable[[Any], Any]) -> None:
@@ -257,8 +241,6 @@ class _SessionJob(_Job):
         self._client = Client(self.address, self.token)
 
     def build(self, desc: Any) -> Any:
-        if self._client is None:
-            self.open()
         return self._client.job(self.job_id).candidate_state_dict(desc)
 
     def close(self) -> None:
@@ -314,8 +296,7 @@ def new_worker(**options: Any) -> Any:
     on actors you placed yourself; they can serve many searches in turn.
     Ray must be initialised (``ray.init``).
     """
-    opts = {"num_cpus": 1, **options}
-    return _worker_class().options(**opts).remote()
+    return _worker_class().options(**{"num_cpus": 1, **options}).remote()
 
 
 class RayExecutor:
@@ -565,14 +546,15 @@ def fuse_evaluator(
     executor: Any, base: Any, names: Sequence[str], taus: Sequence[Any],
     evaluate: Callable[[Any], Any], fails: FailedScores,
 ) -> Iterator[Callable[[Any], list[float]]]:
-    """``score(points)`` for :func:`npsfuse.nps.fuse`: θ₀ + Σ λ_i τ_i per point, scored."""
-    if executor is None:
-        from .nps._engine import _apply
+    """``score(points)`` for :func:`npsfuse.nps.fuse`: θ₀ + Σ λ_i τ_i per point, scored
+    (on a worker: the same ``_apply`` over the inputs it holds)."""
+    from .nps._engine import _apply
 
+    if executor is None:
         yield lambda pts: [fails.evaluate(evaluate, _apply(base, names, taus, p.tolist()))
                            for p in pts]
         return
-    job = _Job(_Apply(base, names, taus), evaluate)
+    job = _Job(functools.partial(_apply, base, names, taus), evaluate)
     with _resolve(executor) as ex, ex._open(job) as run:
         yield lambda pts: [fails.evaluate(o.unwrap, None)
                            for o in run.map([p.tolist() for p in pts])]

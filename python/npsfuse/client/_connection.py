@@ -73,11 +73,9 @@ class Connection:
         self._info: dict[str, Any] | None = None
         self._shm: bool | None = None
         self._slab_of: dict[str, str] = {}  # shared-memory uploads' slabs (Transfer)
-        self._default_opts = flight.FlightCallOptions(timeout=timeout, headers=self._headers)
 
     def _opts(self, timeout: float | None = None) -> flight.FlightCallOptions:
-        if timeout is None or timeout == self.timeout:
-            return self._default_opts
+        timeout = self.timeout if timeout is None else timeout
         return flight.FlightCallOptions(timeout=timeout, headers=self._headers)
 
     def _stream(
