@@ -16,10 +16,8 @@ from collections.abc import Sequence
 
 def binary() -> str:
     """Path of the bundled daemon binary (``$NPSFUSED_BIN`` overrides it)."""
-    override = os.environ.get("NPSFUSED_BIN")
-    if override:
-        return override
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "_native", "npsfused")
+    bundled = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_native", "npsfused")
+    return os.environ.get("NPSFUSED_BIN") or bundled
 
 
 def main(argv: Sequence[str] | None = None) -> int:

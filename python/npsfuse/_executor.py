@@ -110,9 +110,7 @@ class _Job:
 
     def open(self) -> None:
         """Prepare the worker side (decompositions live in Go memory there)."""
-        opener = getattr(self.build, "open", None)
-        if opener is not None:
-            opener()
+        getattr(self.build, "open", lambda: None)()
 
     def run(self, desc: Any) -> _Outcome:
         """Build the candidate ``desc`` and evaluate it."""
@@ -127,9 +125,7 @@ class _Job:
 
     def close(self) -> None:
         """Free what :meth:`open` took."""
-        closer = getattr(self.build, "close", None)
-        if closer is not None:
-            closer()
+        getattr(self.build, "close", lambda: None)()
 
 
 class _NPSBuild:
@@ -193,11 +189,8 @@ class _EvolverJob(_Job):
         ev.evaluate = st["evaluate"]
         self._ev, self.evaluate, self._free = ev, st["evaluate"], []
 
-    def open(self) -> None:
-        """Nothing to prepare: the population came with the job."""
-
     def close(self) -> None:
-        """Drop the population."""
+        """Drop the population (nothing to open: it came with the job)."""
         self._ev._slots = []
 
     def build(self, desc: Any) -> Any:
@@ -400,23 +393,19 @@ def _is_actor(x: Any) -> bool:
     return type(x).__name__ == "ActorHandle"
 
 
-@contextlib.contextmanager
-def _resolve(executor: Any) -> Iterator[RayExecutor]:
-    """The executor for ``executor=``: ``"ray"`` (a pool for this search
-    only), a :class:`RayExecutor`, or a list of actors from :func:`new_worker`."""
+def _resolve(executor: Any) -> contextlib.AbstractContextManager[RayExecutor]:
+    """The executor for ``executor=``, in a ``with``: ``"ray"`` (a pool for
+    this search only, shut down at its end), a :class:`RayExecutor`, or a
+    list of actors from :func:`new_worker`."""
     if isinstance(executor, RayExecutor):
-        yield executor
-        return
+        return contextlib.nullcontext(executor)
     if isinstance(executor, str):
         if executor != "ray":
             raise ValueError(f"executor must be None, 'ray', a RayExecutor or a list of npsfuse "
                              f"worker actors, got {executor!r}")
-        with RayExecutor() as ex:  # shut down at the end
-            yield ex
-        return
+        return RayExecutor()  # its __exit__ shuts it down
     if isinstance(executor, Sequence) and executor and all(_is_actor(a) for a in executor):
-        yield RayExecutor(actors=executor)
-        return
+        return contextlib.nullcontext(RayExecutor(actors=executor))
     if hasattr(executor, "_idle_actors") and hasattr(executor, "submit"):  # ray.util.ActorPool
         raise TypeError("pass the pool's actors (a list from npsfuse.executors.new_worker), "
                         "not a ray.util.ActorPool")

@@ -128,14 +128,12 @@ class Client(Transfer):
 
     def _submit_call(self, action: str, body: Mapping[str, Any], retries: int) -> Any:
         self.release_results()
-        for attempt in range(retries + 1):
+        for attempt in range(retries):
             try:
                 return self._call(action, body)
             except _Unavailable:
-                if attempt == retries:
-                    raise
                 time.sleep(0.2 * 2**attempt)
-        raise AssertionError("not reached")
+        return self._call(action, body)  # the last try: its error is raised
 
     def _submit_refs(
         self, type: str, key: str | None, build: Callable[[Ref], dict[str, Any]]

@@ -24,9 +24,7 @@ def default_address() -> str:
     """``$NPSFUSE_ADDRESS``, else the daemon's default socket,
     ``unix://<runtime dir>/npsfused/npsfused.sock``."""
     env = os.environ.get("NPSFUSE_ADDRESS")
-    if env:
-        return env
-    return "unix://" + os.path.join(_runtime_dir(), "npsfused", "npsfused.sock")
+    return env or "unix://" + os.path.join(_runtime_dir(), "npsfused", "npsfused.sock")
 
 
 def _location(address: str) -> tuple[str, bool]:

@@ -21,10 +21,8 @@ def load(config: Any) -> dict[str, Any] | list[dict[str, Any]]:
         import yaml
 
         docs = [d for d in yaml.safe_load_all(Path(config).read_text()) if d is not None]
-        if len(docs) == 1 and not (isinstance(docs[0], Mapping) and "name" in docs[0]):
-            config = docs[0]
-        else:
-            config = docs
+        one = len(docs) == 1 and not (isinstance(docs[0], Mapping) and "name" in docs[0])
+        config = docs[0] if one else docs
     if isinstance(config, Mapping):
         return dict(config)
     if isinstance(config, Sequence) and not isinstance(config, (str, bytes)):

@@ -71,9 +71,7 @@ class Transfer(Connection):
 
     def _result_spec(self) -> dict[str, Any]:
         """A spec's ``result``: into this client's slabs when on the same host."""
-        if not self.shm:
-            return {}
-        return {"shm": True, "recycle": self._slab_pool().prefix}
+        return {"shm": True, "recycle": self._slab_pool().prefix} if self.shm else {}
 
     def upload(self, tensors: Any, name: str | None = None) -> str:
         """Send a state dict (or ``nn.Module``) to the daemon; returns ``"upload:NAME"``.
