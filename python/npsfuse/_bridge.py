@@ -37,6 +37,15 @@ def as_dtype(dtype: torch.dtype | str, what: str = "dtype") -> torch.dtype:
         raise TypeError(f"{what} must be one of {names} (a torch.dtype or its name), got {dtype!r}")
     return d  # type: ignore[return-value]
 
+
+def tensor_buffer(t: torch.Tensor, lo: int = 0, hi: int | None = None) -> pa.Buffer:
+    """Bytes ``[lo, hi)`` (default: all) of contiguous CPU tensor ``t``, not
+    copied: the buffer keeps ``t`` alive."""
+    if not t.nbytes:
+        return pa.py_buffer(b"")
+    return pa.foreign_buffer(t.data_ptr() + lo, (t.nbytes if hi is None else hi) - lo, base=t)
+
+
 _ARRAY_SIZE = ffi.sizeof("struct ArrowArray")
 _SCHEMA_SIZE = ffi.sizeof("struct ArrowSchema")
 
@@ -93,16 +102,9 @@ class ArrowPack:
         self.schemas = int(ffi.cast("uintptr_t", self._schemas))
         for i, (name, t) in enumerate(items):
             typ, meta = _WIRE[t.dtype]
-            nbytes = t.numel() * t.element_size()
-            if nbytes:
-                buf = pa.foreign_buffer(t.data_ptr(), nbytes, base=t)
-            else:
-                buf = pa.py_buffer(b"")
-            arr = pa.Array.from_buffers(typ, t.numel(), [None, buf])
+            arr = pa.Array.from_buffers(typ, t.numel(), [None, tensor_buffer(t)])
             arr._export_to_c(self.arrays + i * _ARRAY_SIZE)
-            md = {b"npsfuse.shape": ",".join(map(str, t.shape)).encode()}
-            if meta:
-                md.update(meta)
+            md = {b"npsfuse.shape": ",".join(map(str, t.shape)).encode(), **(meta or {})}
             if name in transposed:
                 md[b"npsfuse.transposed"] = b"1"
             pa.field(name, typ, metadata=md)._export_to_c(self.schemas + i * _SCHEMA_SIZE)
@@ -111,8 +113,6 @@ class ArrowPack:
         # Safety net: release whatever Go never took (e.g. the call was never
         # made). Structs Go imported are already marked released.
         for i in range(self.count):
-            a, s = self._arrays[i], self._schemas[i]
-            if a.release != ffi.NULL:
-                a.release(ffi.addressof(a))
-            if s.release != ffi.NULL:
-                s.release(ffi.addressof(s))
+            for c in (self._arrays[i], self._schemas[i]):
+                if c.release != ffi.NULL:
+                    c.release(ffi.addressof(c))

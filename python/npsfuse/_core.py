@@ -23,6 +23,7 @@ names the start methods that work, instead of hanging in the call.
 from __future__ import annotations
 
 import builtins
+import functools
 import importlib
 import importlib.util
 import json
@@ -108,14 +109,10 @@ def _exception(name: str) -> type[Exception]:
     return cls
 
 
-_kinds: dict[str, type[Exception]] = {}
-
-
+@functools.cache
 def kinds() -> dict[str, type[Exception]]:
     """Error kind (``gocore/fault``) → the Python exception it becomes."""
-    if not _kinds:
-        _kinds.update({k: _exception(n) for k, n in json.loads(go.ErrorKinds()).items()})
-    return _kinds
+    return {k: _exception(n) for k, n in json.loads(go.ErrorKinds()).items()}
 
 
 def error(kind: str, message: str) -> Exception:

@@ -8,6 +8,7 @@ command's. ``npsfuse daemon [ARGS]`` does the same.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -15,10 +16,8 @@ from collections.abc import Sequence
 
 def binary() -> str:
     """Path of the bundled daemon binary (``$NPSFUSED_BIN`` overrides it)."""
-    override = os.environ.get("NPSFUSED_BIN")
-    if override:
-        return override
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "_native", "npsfused")
+    bundled = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_native", "npsfused")
+    return os.environ.get("NPSFUSED_BIN") or bundled
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,10 +25,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     exe = binary()
     if os.path.isfile(exe) and not os.access(exe, os.X_OK):
-        try:  # an archive that dropped the executable bit
+        with contextlib.suppress(OSError):  # an archive that dropped the executable bit
             os.chmod(exe, 0o755)
-        except OSError:
-            pass
     if not os.access(exe, os.X_OK):
         print(
             f"npsfused: the daemon binary {exe} is missing: reinstall npsfuse with "

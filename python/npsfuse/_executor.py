@@ -45,12 +45,13 @@ The public names are in :mod:`npsfuse.executors`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._extras import need
 
@@ -69,14 +70,11 @@ def _ray(what: str = "executor='ray'") -> Any:
 # ----------------------------------------------------------------- outcome --
 
 
-class _Outcome:
+class _Outcome(NamedTuple):
     """A worker's answer for one candidate: a score or the error ``evaluate`` raised."""
 
-    __slots__ = ("error", "score")
-
-    def __init__(self, score: Any = None, error: BaseException | None = None) -> None:
-        self.score = score
-        self.error = error
+    score: Any = None
+    error: BaseException | None = None
 
     def unwrap(self, _: Any = None) -> Any:
         """The score, or raise the error ``evaluate`` raised."""
@@ -112,9 +110,7 @@ class _Job:
 
     def open(self) -> None:
         """Prepare the worker side (decompositions live in Go memory there)."""
-        opener = getattr(self.build, "open", None)
-        if opener is not None:
-            opener()
+        getattr(self.build, "open", lambda: None)()
 
     def run(self, desc: Any) -> _Outcome:
         """Build the candidate ``desc`` and evaluate it."""
@@ -129,56 +125,31 @@ class _Job:
 
     def close(self) -> None:
         """Free what :meth:`open` took."""
-        closer = getattr(self.build, "close", None)
-        if closer is not None:
-            closer()
+        getattr(self.build, "close", lambda: None)()
 
 
 class _NPSBuild:
-    """θ₀ + τ_NPS(w) on a worker: its own decomposition, the driver's seed."""
+    """θ₀ + τ_NPS(w) on a worker: its own decomposition, the driver's seed.
+
+    The driver only pickles it (``_s`` is None then); the worker opens it
+    (:meth:`_Worker.setup`) before it builds anything."""
 
     def __init__(self, base: Any, finetuned: Any, config: Mapping[str, Any]) -> None:
         self.base, self.finetuned, self.config = base, finetuned, dict(config)
-        self._s: Search | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"base": self.base, "finetuned": self.finetuned, "config": self.config}
-
-    def __setstate__(self, st: dict[str, Any]) -> None:
-        self.__init__(st["base"], st["finetuned"], st["config"])  # type: ignore[misc]
+        self._s: Any = None  # the Search, once opened
 
     def open(self) -> None:
         from .nps._search import Search
 
-        c = self.config
-        self._s = Search(self.base, self.finetuned, density=c["density"], subspaces=c["subspaces"],
-                         kind=c["kind"], optimizer=c["optimizer"], generations=c["generations"],
-                         popsize=c["popsize"], bounds=tuple(c["bounds"]),
-                         per_layer=c["per_layer"], scope=c["scope"], rank=c["rank"],
-                         seed=c["seed"], optimizer_options=c["optimizer_options"])
+        self._s = Search(self.base, self.finetuned, **self.config)  # the driver's Search.config
 
     def __call__(self, weights: Any) -> Any:
-        if self._s is None:
-            self.open()
-        assert self._s is not None
         return self._s.build(weights)
 
     def close(self) -> None:
         if self._s is not None:
             self._s.close()
             self._s = None
-
-
-class _Apply:
-    """θ₀ + Σ λ_i τ_i on a worker (fusion)."""
-
-    def __init__(self, base: Any, names: Sequence[str], taus: Sequence[Any]) -> None:
-        self.base, self.names, self.taus = base, list(names), list(taus)
-
-    def __call__(self, lams: Sequence[float]) -> Any:
-        from .nps._engine import _apply
-
-        return _apply(self.base, self.names, self.taus, [float(x) for x in lams])
 
 
 class _EvolverJob(_Job):
@@ -218,24 +189,17 @@ class _EvolverJob(_Job):
         ev.evaluate = st["evaluate"]
         self._ev, self.evaluate, self._free = ev, st["evaluate"], []
 
-    def open(self) -> None:
-        """Nothing to prepare: the population came with the job."""
-
     def close(self) -> None:
-        """Drop the population."""
+        """Drop the population (nothing to open: it came with the job)."""
         self._ev._slots = []
 
-    def run(self, desc: Any) -> _Outcome:
-        """``desc`` is a session state (JSON text): build and score its first ask."""
+    def build(self, desc: Any) -> Any:
+        """``desc`` is a session state (JSON text): the trial of its first ask."""
         ev = self._ev
         ev._state, ev._cand, ev._pending_sd = json.loads(desc), None, None
         sd = ev.ask()
-        try:
-            return _Outcome(self.evaluate(sd))
-        except Exception as exc:  # user code: raised again on the driver
-            return _Outcome(error=_picklable(exc))
-        finally:
-            ev._cand, ev._pending_sd = None, None
+        ev._cand, ev._pending_sd = None, None
+        return sd
 
     def sync(self, msg: Any) -> None:
         """Replace parents by their trials, planned in the state ``msg["state"]``
@@ -253,7 +217,10 @@ class _EvolverJob(_Job):
 
 
 class _SessionJob(_Job):
-    """A daemon session's candidates: a worker downloads each from the daemon."""
+    """A daemon session's candidates: a worker downloads each from the daemon.
+
+    The driver only pickles it (``_client`` is None then); the worker opens it
+    (:meth:`_Worker.setup`) before it builds anything."""
 
     def __init__(self, address: str, token: str | None, job_id: int,
                  evaluate: Callable[[Any], Any]) -> None:
@@ -261,26 +228,13 @@ class _SessionJob(_Job):
         self.evaluate = evaluate
         self._client: Any = None
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {"address": self.address, "token": self.token, "job_id": self.job_id,
-                "evaluate": self.evaluate}
-
-    def __setstate__(self, st: dict[str, Any]) -> None:
-        self.__init__(st["address"], st["token"], st["job_id"], st["evaluate"])  # type: ignore[misc]
-
     def open(self) -> None:
         from .client import Client
 
         self._client = Client(self.address, self.token)
 
-    def run(self, desc: Any) -> _Outcome:
-        if self._client is None:
-            self.open()
-        sd = self._client.job(self.job_id).candidate_state_dict(desc)
-        try:
-            return _Outcome(self.evaluate(sd))
-        except Exception as exc:  # user code
-            return _Outcome(error=_picklable(exc))
+    def build(self, desc: Any) -> Any:
+        return self._client.job(self.job_id).candidate_state_dict(desc)
 
     def close(self) -> None:
         if self._client is not None:
@@ -321,15 +275,9 @@ class _Worker:
         return True
 
 
-_actor_class: Any = None
-
-
+@functools.cache
 def _worker_class() -> Any:
-    global _actor_class
-    if _actor_class is None:
-        ray = _ray()
-        _actor_class = ray.remote(_Worker)
-    return _actor_class
+    return _ray().remote(_Worker)
 
 
 def new_worker(**options: Any) -> Any:
@@ -341,8 +289,7 @@ def new_worker(**options: Any) -> Any:
     on actors you placed yourself; they can serve many searches in turn.
     Ray must be initialised (``ray.init``).
     """
-    opts = {"num_cpus": 1, **options}
-    return _worker_class().options(**opts).remote()
+    return _worker_class().options(**{"num_cpus": 1, **options}).remote()
 
 
 class RayExecutor:
@@ -387,19 +334,16 @@ class RayExecutor:
             raise ValueError(f"max_restarts must be >= 0, got {max_restarts!r}")
         self._options = dict(actor_options or {})
         self._restarts = int(max_restarts)
+        self._owned = actors is None
         if actors is not None:
             self._actors = list(actors)
             if not self._actors:
                 raise ValueError("actors is empty: give at least one worker actor")
-            self._owned = False
         else:
             if not ray.is_initialized():
                 ray.init()
-            n = num_workers
-            if n is None:
-                n = max(1, min(8, int(ray.cluster_resources().get("CPU", 1))))
+            n = num_workers or max(1, min(8, int(ray.cluster_resources().get("CPU", 1))))
             self._actors = [new_worker(**self._options) for _ in range(int(n))]
-            self._owned = True
 
     @property
     def actors(self) -> list[Any]:
@@ -449,26 +393,19 @@ def _is_actor(x: Any) -> bool:
     return type(x).__name__ == "ActorHandle"
 
 
-@contextlib.contextmanager
-def _resolve(executor: Any) -> Iterator[RayExecutor]:
-    """The executor for ``executor=``: ``"ray"`` (a pool for this search
-    only), a :class:`RayExecutor`, or a list of actors from :func:`new_worker`."""
+def _resolve(executor: Any) -> contextlib.AbstractContextManager[RayExecutor]:
+    """The executor for ``executor=``, in a ``with``: ``"ray"`` (a pool for
+    this search only, shut down at its end), a :class:`RayExecutor`, or a
+    list of actors from :func:`new_worker`."""
     if isinstance(executor, RayExecutor):
-        yield executor
-        return
+        return contextlib.nullcontext(executor)
     if isinstance(executor, str):
         if executor != "ray":
             raise ValueError(f"executor must be None, 'ray', a RayExecutor or a list of npsfuse "
                              f"worker actors, got {executor!r}")
-        ex = RayExecutor()
-        try:
-            yield ex
-        finally:
-            ex.shutdown()
-        return
+        return RayExecutor()  # its __exit__ shuts it down
     if isinstance(executor, Sequence) and executor and all(_is_actor(a) for a in executor):
-        yield RayExecutor(actors=executor)
-        return
+        return contextlib.nullcontext(RayExecutor(actors=executor))
     if hasattr(executor, "_idle_actors") and hasattr(executor, "submit"):  # ray.util.ActorPool
         raise TypeError("pass the pool's actors (a list from npsfuse.executors.new_worker), "
                         "not a ray.util.ActorPool")
@@ -489,15 +426,12 @@ class _Run:
         self._ready: list[Any] = []
         self._add(list(ex.actors))
 
-    def _job_ref(self) -> Any:
-        return self._ref if self._ref is not None else self._ray.put(self._job)
-
     def _add(self, actors: list[Any]) -> None:
         """Ship the job to ``actors`` (replacing those that die meanwhile)."""
         ray = self._ray
         todo = list(actors)
         while todo:
-            ref = self._job_ref()
+            ref = self._ref if self._ref is not None else ray.put(self._job)  # stateful: now
             calls = {a.setup.remote(self.id, ref): a for a in todo}
             todo = []
             for call, a in calls.items():
@@ -587,12 +521,11 @@ def nps_evaluator(
 
     job = _Job(_NPSBuild(search._base, load_state_dict(finetuned, "finetuned"),
                          search.config), evaluate)
-    fails = search._failures
     with _resolve(executor) as ex, ex._open(job) as run:
 
         def evaluate_pending() -> None:
             outs = run.map([w.tolist() for w in search.candidates()])
-            search._c().tell([fails.evaluate(o.unwrap, None) for o in outs])
+            search._c().tell([search._failures.evaluate(o.unwrap, None) for o in outs])
 
         yield evaluate_pending
 
@@ -602,14 +535,15 @@ def fuse_evaluator(
     executor: Any, base: Any, names: Sequence[str], taus: Sequence[Any],
     evaluate: Callable[[Any], Any], fails: FailedScores,
 ) -> Iterator[Callable[[Any], list[float]]]:
-    """``score(points)`` for :func:`npsfuse.nps.fuse`: θ₀ + Σ λ_i τ_i per point, scored."""
-    if executor is None:
-        from .nps._engine import _apply
+    """``score(points)`` for :func:`npsfuse.nps.fuse`: θ₀ + Σ λ_i τ_i per point, scored
+    (on a worker: the same ``_apply`` over the inputs it holds)."""
+    from .nps._engine import _apply
 
+    if executor is None:
         yield lambda pts: [fails.evaluate(evaluate, _apply(base, names, taus, p.tolist()))
                            for p in pts]
         return
-    job = _Job(_Apply(base, names, taus), evaluate)
+    job = _Job(functools.partial(_apply, base, names, taus), evaluate)
     with _resolve(executor) as ex, ex._open(job) as run:
         yield lambda pts: [fails.evaluate(o.unwrap, None)
                            for o in run.map([p.tolist() for p in pts])]
@@ -637,9 +571,7 @@ def run_evolver(ev: Evolver, executor: Any, checkpoint: Any = None) -> EvolverRe
     def session(state: Any, fn: Callable[..., str], *args: Any) -> Any:
         return json.loads(_core.call(fn, json.dumps(state), *args))
 
-    bar = None
-    if ev.progress:
-        bar = progress_bar(total=ev._remaining(), desc="evolve", unit="eval")
+    bar = progress_bar(total=ev._remaining(), desc="evolve", unit="eval", disable=not ev.progress)
     try:
         with _resolve(executor) as ex, ex._open(_EvolverJob(ev, ev.evaluate)) as run:
             while not ev.done:
@@ -666,9 +598,8 @@ def run_evolver(ev: Evolver, executor: Any, checkpoint: Any = None) -> EvolverRe
                         ev._build(cand["individual"], ev._spare)  # the driver keeps it too
                     ev._cand, ev._pending_sd = cand, {}
                     ev.tell(score)
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(gen=ev.generation, best=f"{ev._current_best():.4g}")
+                    bar.update(1)
+                    bar.set_postfix(gen=ev.generation, best=f"{ev._current_best():.4g}")
                     if checkpoint is not None and (ev.generation, ev._state["phase"]) != before:
                         ev.save(checkpoint)
                     replaced = [r["individual"] for r in verdict.get("replace") or []]
@@ -676,8 +607,7 @@ def run_evolver(ev: Evolver, executor: Any, checkpoint: Any = None) -> EvolverRe
                         run.sync({"state": json.dumps(pre), "replace": replaced})
                         break
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     return ev.result()
 
 
@@ -721,11 +651,8 @@ def drive_session(
     from ._display import progress_bar
 
     client = session.client
-    if token is None:
-        for k, v in getattr(client, "_headers", []):
-            if k == b"authorization":
-                token = v.decode().removeprefix("Bearer ")
-    job = _SessionJob(client.address, token, session.id, evaluate)
+    job = _SessionJob(client.address, client._token if token is None else token, session.id,
+                      evaluate)
     bar = progress_bar(total=None, desc="session", unit="eval", disable=not progress)
     try:
         with _resolve(executor) as ex, ex._open(job) as run:
@@ -733,12 +660,9 @@ def drive_session(
                 cands = session.ask()
                 if not cands:
                     break
-                outs = run.map([c.params for c in cands])
-                scores: list[float | None] = []
-                for o in outs:  # evaluate's errors raise here, as in every search
-                    v = float(o.unwrap())
-                    scores.append(v if math.isfinite(v) else None)
-                best = session.tell(scores)
+                # evaluate's errors raise here, as in every search; tell() sends
+                # a non-finite score as a failed evaluation
+                best = session.tell([float(o.unwrap()) for o in run.map([c.params for c in cands])])
                 bar.update(len(cands))
                 f = best.get("f")
                 if isinstance(f, (int, float)):

@@ -14,6 +14,7 @@ A model argument may be
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping
@@ -86,12 +87,8 @@ def load_state_dict(
             sd.update(load_file(str(f)))
         return sd
     if isinstance(model, Mapping):
-        out: StateDict = {}
-        for k, v in model.items():
-            if isinstance(v, np.ndarray):
-                v = torch.from_numpy(v)
-            out[str(k)] = v
-        return out
+        return {str(k): torch.from_numpy(v) if isinstance(v, np.ndarray) else v
+                for k, v in model.items()}
     raise TypeError(
         f"{what} is a {type(model).__name__}; pass a state dict, an nn.Module, "
         "or the path of a safetensors checkpoint"
@@ -106,22 +103,16 @@ def read_config(model: ModelLike) -> dict[str, Any] | None:
     (a ``transformers`` model) gives ``config.to_dict()``. Anything else,
     and a missing or unreadable file, gives ``None``.
     """
+    d = None
     if isinstance(model, torch.nn.Module):
-        cfg = getattr(model, "config", None)
-        to_dict = getattr(cfg, "to_dict", None)
-        if callable(to_dict):
-            d = to_dict()
-            return d if isinstance(d, dict) else None
-        return None
-    if isinstance(model, (str, os.PathLike)):
+        to_dict = getattr(getattr(model, "config", None), "to_dict", None)
+        d = to_dict() if callable(to_dict) else None
+    elif isinstance(model, (str, os.PathLike)):
         p = Path(model)
         f = p / "config.json" if p.is_dir() else p.parent / "config.json"
-        try:
+        with contextlib.suppress(OSError, ValueError):
             d = json.loads(f.read_text())
-        except (OSError, ValueError):
-            return None
-        return d if isinstance(d, dict) else None
-    return None
+    return d if isinstance(d, dict) else None
 
 
 def model_type(model: ModelLike) -> str | None:

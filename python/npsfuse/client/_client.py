@@ -7,7 +7,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from .._vocab import GENERATIONS, deprecated, renamed, take_renamed
 from ._errors import _Unavailable
@@ -128,14 +128,12 @@ class Client(Transfer):
 
     def _submit_call(self, action: str, body: Mapping[str, Any], retries: int) -> Any:
         self.release_results()
-        for attempt in range(retries + 1):
+        for attempt in range(retries):
             try:
                 return self._call(action, body)
             except _Unavailable:
-                if attempt == retries:
-                    raise
                 time.sleep(0.2 * 2**attempt)
-        raise AssertionError("not reached")
+        return self._call(action, body)  # the last try: its error is raised
 
     def _submit_refs(
         self, type: str, key: str | None, build: Callable[[Ref], dict[str, Any]]
@@ -254,8 +252,7 @@ class Client(Transfer):
         ``keep``, ``bounds`` as ``lo`` and ``hi``."""
         skip = {"self", "base", "model", "models", "scope", "idempotency_key"}
         args = dict(args)
-        if "density" in args:
-            args["keep"] = args.pop("density")
+        args["keep"] = args.pop("density")
         if "bounds" in args:
             bounds = args.pop("bounds")
             try:
@@ -359,9 +356,7 @@ class Client(Transfer):
         deprecated), ``bounds=(lo, hi)`` (``lo=``/``hi=`` deprecated),
         ``generations`` (default 20 as every search; ``None`` plans none:
         the session runs until you finish it)."""
-        job = self._submit_nps("nps_search", locals())
-        assert isinstance(job, Session)
-        return job
+        return cast(Session, self._submit_nps("nps_search", locals()))  # a session job
 
     def evolve(
         self,
@@ -419,9 +414,7 @@ class Client(Transfer):
                 spec["merge_params"] = _spec.payload(merge, len(models), dict(merge_params or {}))
             return spec
 
-        job = self._submit_refs("evolve", idempotency_key, build)
-        assert isinstance(job, Session)
-        return job
+        return cast(Session, self._submit_refs("evolve", idempotency_key, build))
 
     def job(self, id: int) -> Job:
         """The job with this id."""

@@ -24,9 +24,7 @@ def default_address() -> str:
     """``$NPSFUSE_ADDRESS``, else the daemon's default socket,
     ``unix://<runtime dir>/npsfused/npsfused.sock``."""
     env = os.environ.get("NPSFUSE_ADDRESS")
-    if env:
-        return env
-    return "unix://" + os.path.join(_runtime_dir(), "npsfused", "npsfused.sock")
+    return env or "unix://" + os.path.join(_runtime_dir(), "npsfused", "npsfused.sock")
 
 
 def _location(address: str) -> tuple[str, bool]:
@@ -59,6 +57,7 @@ class Connection:
         self.address = address or default_address()
         loc, self._unix = _location(self.address)
         tok = token if token is not None else os.environ.get("NPSFUSE_TOKEN")
+        self._token = tok or None  # the workers of drive_session use it too
         self._headers = [(b"authorization", f"Bearer {tok}".encode())] if tok else []
         self.timeout = timeout
         self._fl = flight.FlightClient(
@@ -72,11 +71,9 @@ class Connection:
         self._info: dict[str, Any] | None = None
         self._shm: bool | None = None
         self._slab_of: dict[str, str] = {}  # shared-memory uploads' slabs (Transfer)
-        self._default_opts = flight.FlightCallOptions(timeout=timeout, headers=self._headers)
 
     def _opts(self, timeout: float | None = None) -> flight.FlightCallOptions:
-        if timeout is None or timeout == self.timeout:
-            return self._default_opts
+        timeout = self.timeout if timeout is None else timeout
         return flight.FlightCallOptions(timeout=timeout, headers=self._headers)
 
     def _stream(

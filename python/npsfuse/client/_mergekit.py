@@ -21,10 +21,8 @@ def load(config: Any) -> dict[str, Any] | list[dict[str, Any]]:
         import yaml
 
         docs = [d for d in yaml.safe_load_all(Path(config).read_text()) if d is not None]
-        if len(docs) == 1 and not (isinstance(docs[0], Mapping) and "name" in docs[0]):
-            config = docs[0]
-        else:
-            config = docs
+        one = len(docs) == 1 and not (isinstance(docs[0], Mapping) and "name" in docs[0])
+        config = docs[0] if one else docs
     if isinstance(config, Mapping):
         return dict(config)
     if isinstance(config, Sequence) and not isinstance(config, (str, bytes)):
@@ -74,15 +72,27 @@ def with_refs(config: Mapping[str, Any], ref: Ref) -> dict[str, Any]:
     return cfg
 
 
-def path_ref(names: Sequence[str] = ()) -> Ref:
-    """A reference as a path for Python to read: absolute (a Hub id stays
-    as it is, and so does the name of another document of a multi file, in
-    ``NAME`` or ``NAME+LORA``); tensors are refused (npsfuse's Python reads
-    checkpoint folders)."""
+def _absolute(p: str) -> str:
+    """``p`` as an absolute path; a Hub id (org/name) stays as it is."""
     from .._hub import is_hub_id
 
-    def absolute(p: str) -> str:
-        return p if is_hub_id(p) else os.path.abspath(p)
+    return p if is_hub_id(p) else os.path.abspath(p)
+
+
+def model_path(s: str) -> str:
+    """A model path or Hub id as the daemon takes it: absolute (see
+    :func:`_absolute`), both parts of mergekit's ``MODEL+LORA``."""
+    parts = s.split("+")
+    if len(parts) == 2 and all(parts) and not os.path.exists(s):  # MODEL+LORA
+        return "+".join(_absolute(p) for p in parts)
+    return _absolute(s)
+
+
+def path_ref(names: Sequence[str] = ()) -> Ref:
+    """A reference as a path for Python to read: :func:`model_path` (the
+    name of another document of a multi file, in ``NAME`` or ``NAME+LORA``,
+    stays as it is); tensors are refused (npsfuse's Python reads checkpoint
+    folders)."""
 
     def ref(model: Any, what: str) -> str:
         if not isinstance(model, (str, os.PathLike)):
@@ -91,11 +101,8 @@ def path_ref(names: Sequence[str] = ()) -> Ref:
         s = os.fspath(model)
         head, plus, tail = s.partition("+")
         if head in names:
-            return head + plus + (absolute(tail) if tail else "")
-        parts = s.split("+")
-        if len(parts) == 2 and all(parts) and not os.path.exists(s):  # MODEL+LORA
-            return "+".join(absolute(p) for p in parts)
-        return absolute(s)
+            return head + plus + (_absolute(tail) if tail else "")
+        return model_path(s)
 
     return ref
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import tempfile
@@ -21,10 +22,8 @@ from ._tensorset import file_size, fill_file, write_file
 
 def unlink(path: str) -> None:
     """Remove a file; a missing one is fine."""
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 class Slabs:
@@ -70,7 +69,7 @@ class Slabs:
         """Write upload ``name`` into a slab; returns the slab's name."""
         size = file_size(sd)
         path = os.path.join(self.uploads, f"{name}.arrow")
-        with self.lock:  # held while filling: _drop_one must not unmap it
+        with self.lock:  # held while filling: _make_room must not unmap it
             slab = self._claim(size, path)
             if slab is not None:
                 try:
@@ -99,8 +98,7 @@ class Slabs:
 
     def _write_new(self, size: int, path: str, sd: Mapping[str, torch.Tensor]) -> str:
         """Write a new slab with file writes, then map it in the background."""
-        if len(self.maps) >= self.MAX:
-            self._drop_one()
+        self._make_room()
         self.count += 1
         slab = f"{self.prefix}-{self.count}"
         fd, tmp = tempfile.mkstemp(prefix=f".{slab}.tmp-", dir=self.uploads)
@@ -123,10 +121,7 @@ class Slabs:
         return slab
 
     def _mapping(self, slab: str) -> mmap.mmap:
-        entry = self.maps[slab]
-        if entry[3] is not None:
-            entry[3].join()
-            entry[3] = None
+        entry = _mapped(self.maps[slab])
         if entry[0] is None:
             raise OSError(f"slab {slab}: mapping it failed")
         return entry[0]
@@ -141,8 +136,7 @@ class Slabs:
                 return self._mapping(slab)
             if entry is not None:
                 self._forget(slab)
-            if len(self.maps) >= self.MAX:
-                self._drop_one()
+            self._make_room()
             fd = os.open(path, os.O_RDWR)
             try:
                 mm = _map(fd, st.st_size)
@@ -176,21 +170,17 @@ class Slabs:
         return out
 
     def _forget(self, slab: str) -> None:
-        entry = self.maps.pop(slab)
-        if entry[3] is not None:
-            entry[3].join()
+        entry = _mapped(self.maps.pop(slab))
         if entry[0] is not None:
-            try:
+            with contextlib.suppress(BufferError):  # views still exported: they keep it
                 entry[0].close()
-            except BufferError:  # views still exported: the mapping goes with them
-                pass
 
-    def _drop_one(self) -> None:
-        """Unmap one slab: a free one (deleting its file) if there is one,
-        else the oldest not leased (its file lives on until the daemon
-        collects it)."""
+    def _make_room(self) -> None:
+        """With :attr:`MAX` slabs mapped, unmap one: a free one (deleting its
+        file) if there is one, else the oldest not leased (its file lives on
+        until the daemon collects it)."""
         idle = [s for s in self.maps if not self.holds.get(s)]
-        if not idle:
+        if len(self.maps) < self.MAX or not idle:
             return
         victim = idle[0]
         for slab in idle:
@@ -200,6 +190,14 @@ class Slabs:
                 victim = slab
                 break
         self._forget(victim)
+
+
+def _mapped(entry: list[Any]) -> list[Any]:
+    """``entry`` once its mapper thread (if any) is done."""
+    if entry[3] is not None:
+        entry[3].join()
+        entry[3] = None
+    return entry
 
 
 def _map_into(entry: list[Any], fd: int, size: int) -> None:

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import mmap
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
+
+from .._bridge import tensor_buffer
 
 #: Schema of a tensor set: one row per piece of a tensor.
 SCHEMA = pa.schema(
@@ -31,17 +33,10 @@ SCHEMA = pa.schema(
     ]
 )
 
+#: The dtypes of a tensor set, by their names (torch's).
 DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-    "int64": torch.int64,
-    "int32": torch.int32,
-    "int16": torch.int16,
-    "int8": torch.int8,
-    "uint8": torch.uint8,
-    "bool": torch.bool,
+    n: getattr(torch, n)
+    for n in "float32 float16 bfloat16 float64 int64 int32 int16 int8 uint8 bool".split()
 }
 NAMES = {v: k for k, v in DTYPES.items()}
 
@@ -79,18 +74,6 @@ def manifest(sd: Mapping[str, torch.Tensor]) -> list[dict[str, Any]]:
     return [{"name": k, "dtype": NAMES[t.dtype], "shape": list(t.shape)} for k, t in sd.items()]
 
 
-def _nbytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
-
-
-def _bytes_buffer(t: torch.Tensor, lo: int = 0, hi: int | None = None) -> pa.Buffer:
-    n = _nbytes(t)
-    hi = n if hi is None else hi
-    if n == 0:
-        return pa.py_buffer(b"")
-    return pa.foreign_buffer(t.data_ptr() + lo, hi - lo, base=t)
-
-
 def _batch(rows: Sequence[_Piece]) -> pa.RecordBatch:
     """One record batch of tensor pieces.
 
@@ -118,16 +101,16 @@ def stream_batches(sd: Mapping[str, torch.Tensor], chunk: int) -> Iterator[pa.Re
     small: list[_Piece] = []
     size = 0
     for name, t in sorted(sd.items(), key=lambda kv: -kv[1].element_size()):
-        n = _nbytes(t)
+        n = t.nbytes
         if n < _SMALL:
-            small.append((name, t, 0, _bytes_buffer(t)))
+            small.append((name, t, 0, tensor_buffer(t)))
             size += n
             if size >= _GROUP:
                 yield _batch(small)
                 small, size = [], 0
             continue
         for lo in range(0, n, chunk):
-            yield _batch([(name, t, lo, _bytes_buffer(t, lo, min(n, lo + chunk)))])
+            yield _batch([(name, t, lo, tensor_buffer(t, lo, min(n, lo + chunk)))])
     if small:
         yield _batch(small)
 
@@ -137,7 +120,7 @@ def write_file(sink: Any, sd: Mapping[str, torch.Tensor]) -> None:
     row per tensor, so every tensor is contiguous in the file."""
     with pa.ipc.new_file(sink, SCHEMA) as w:
         for name, t in sd.items():
-            w.write_batch(_batch([(name, t, 0, _bytes_buffer(t))]))
+            w.write_batch(_batch([(name, t, 0, tensor_buffer(t))]))
 
 
 def file_size(sd: Mapping[str, torch.Tensor]) -> int:
@@ -179,18 +162,20 @@ def _meta(dtype: str, shape: str) -> tuple[torch.dtype, list[int], int]:
     return DTYPES[dtype], dims, int(np.prod(dims)) if dims else 1
 
 
-def file_tensors(whole: pa.Buffer, make: Callable[..., Any]) -> dict[str, torch.Tensor]:
-    """The tensors of an IPC tensor file held in ``whole``, each one piece:
-    ``make(dtype, count, byte_offset)`` builds each over its bytes (no copy)."""
+def file_tensors(mem: Any) -> dict[str, torch.Tensor]:
+    """The tensors of an IPC tensor file held in ``mem`` (a mapping or an
+    array over one), each one piece: views of its bytes (no copy)."""
+    whole = pa.py_buffer(mem)
     reader = pa.ipc.open_file(pa.BufferReader(whole))
     out: dict[str, torch.Tensor] = {}
     for i in range(reader.num_record_batches):
         for name, dtype, shape, offset, piece in rows(reader.get_batch(i)):
             dt, dims, numel = _meta(dtype, shape)
-            if offset != 0 or piece.size != numel * torch.empty((), dtype=dt).element_size():
+            if offset != 0 or piece.size != numel * dt.itemsize:
                 raise ValueError(f"tensor {name!r} is split in a tensor file; expected one piece")
             lo = piece.address - whole.address
-            out[name] = (make(dt, numel, lo) if numel else torch.empty(0, dtype=dt)).reshape(dims)
+            flat = torch.frombuffer(mem, dtype=dt, count=numel, offset=lo) if numel else None
+            out[name] = (torch.empty(0, dtype=dt) if flat is None else flat).reshape(dims)
     return out
 
 
@@ -219,23 +204,16 @@ def read_file(path: str) -> dict[str, torch.Tensor]:
     tensors as views of the mapping: no copies, and writable."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        mm = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
+        return file_tensors(mmap.mmap(fd, 0, access=mmap.ACCESS_COPY))
     finally:
         os.close(fd)
-    return file_tensors(
-        pa.py_buffer(mm), lambda dt, n, lo: torch.frombuffer(mm, dtype=dt, count=n, offset=lo)
-    )
 
 
 def slab_tensors(mm: mmap.mmap) -> tuple[dict[str, torch.Tensor], np.ndarray]:
     """The tensors of a slab's mapping, as views of one numpy array over it
     (returned too): the slab is in use as long as that array is alive."""
     base = np.frombuffer(mm, dtype=np.uint8)
-    out = file_tensors(
-        pa.py_buffer(base),
-        lambda dt, n, lo: torch.frombuffer(base, dtype=dt, count=n, offset=lo),
-    )
-    return out, base
+    return file_tensors(base), base
 
 
 def decompress(

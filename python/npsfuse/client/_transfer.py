@@ -3,6 +3,7 @@ same host or as Flight streams, in the one tensor-set format."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -15,6 +16,7 @@ import torch
 from . import _tensorset as ts
 from ._connection import Connection
 from ._errors import DaemonError, translated
+from ._mergekit import model_path
 from ._slabs import Slabs, unlink
 
 
@@ -31,10 +33,8 @@ class Transfer(Connection):
     def close(self) -> None:
         """Hand back the shared-memory results no longer in use, and close
         the connection."""
-        try:
+        with contextlib.suppress(Exception):
             self.release_results()
-        except Exception:
-            pass
         super().close()
 
     def _slab_pool(self) -> Slabs:
@@ -71,9 +71,7 @@ class Transfer(Connection):
 
     def _result_spec(self) -> dict[str, Any]:
         """A spec's ``result``: into this client's slabs when on the same host."""
-        if not self.shm:
-            return {}
-        return {"shm": True, "recycle": self._slab_pool().prefix}
+        return {"shm": True, "recycle": self._slab_pool().prefix} if self.shm else {}
 
     def upload(self, tensors: Any, name: str | None = None) -> str:
         """Send a state dict (or ``nn.Module``) to the daemon; returns ``"upload:NAME"``.
@@ -176,17 +174,7 @@ class Transfer(Connection):
         tensors (uploaded once per object)."""
         if isinstance(model, (str, os.PathLike)):
             s = os.fspath(model)
-            if s.startswith("upload:"):
-                return s
-            from .._hub import is_hub_id
-
-            def absolute(p: str) -> str:  # a Hub id (org/name) stays as it is
-                return p if is_hub_id(p) else os.path.abspath(p)
-
-            parts = s.split("+")
-            if len(parts) == 2 and all(parts) and not os.path.exists(s):  # MODEL+LORA
-                return "+".join(absolute(p) for p in parts)
-            return absolute(s)
+            return s if s.startswith("upload:") else model_path(s)
         if isinstance(model, (Mapping, torch.nn.Module)):
             key = id(model)
             if key not in uploads:
@@ -199,7 +187,5 @@ class Transfer(Connection):
     def _drop_uploads(self, uploads: Mapping[int, str]) -> None:
         """Delete uploads made for a spec that was not submitted (best effort)."""
         for ref in uploads.values():
-            try:
+            with contextlib.suppress(Exception):
                 self.delete_upload(ref)
-            except Exception:
-                pass
