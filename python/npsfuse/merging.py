@@ -475,14 +475,15 @@ def merge(
     are not merged are ignored (listed in ``statistics_unused``); if none
     matches, or a model lacks statistics another model has, ``ValueError``.
     """
+    # The engine's parameters, keyed by this function's keywords (_params).
+    kw = dict(weights=weights, density=density, lam=lam, normalize=normalize, scope=scope,
+              seed=seed, **params)  # fmt: skip
     routed = {"slices": slices, "tokenizer_source": tokenizer_source, "tokenizer": tokenizer,
               "chat_template": chat_template}  # fmt: skip
     if any(v is not None for v in routed.values()):
-        return _merge_via_config(
-            base, models, method, routed, weights=weights, density=density, lam=lam,
-            normalize=normalize, scope=scope, seed=seed, dtype=dtype, transposed=transposed,
-            threads=threads, include=include, exclude=exclude, params=params,
-        )  # fmt: skip
+        return _merge_via_config(base, models, method, routed, kw, dtype=dtype,
+                                 transposed=transposed, threads=threads, include=include,
+                                 exclude=exclude)  # fmt: skip
     if not isinstance(models, Sequence) or isinstance(models, (str, bytes)) or not models:
         raise ValueError("models must be a non-empty list of fine-tuned models")
     _check_method(method)
@@ -495,9 +496,7 @@ def merge(
     # in as the last model (as stream.ParseConfig does for npsfuse merge).
     base_last = (method in BASE_AS_MODEL and base is not None
                  and not any(_same_input(base, m) for m in models))
-    go_params = _params(method, len(models) + int(base_last), base_last, weights=weights,
-                        density=density, lam=lam, normalize=normalize, scope=scope, seed=seed,
-                        **params)
+    go_params = _params(method, len(models) + int(base_last), base_last, **kw)
     if threads is not None:
         go_params["threads"] = int(threads)
     if base is None:  # the first model lays the output out, as without base_model
@@ -546,46 +545,32 @@ def _merge_via_config(
     models: Sequence[ModelLike],
     method: str,
     routed: Mapping[str, Any],
+    kw: dict[str, Any],
     *,
-    weights: Any,
-    density: Any,
-    lam: Any,
-    normalize: bool | None,
-    scope: str | None,
-    seed: int,
     dtype: torch.dtype | str | None,
     transposed: Sequence[str] | None,
     threads: int | None,
     include: Any,
     exclude: Any,
-    params: dict[str, Any],
 ) -> MergeResult:
     """:func:`merge` with ``slices``/tokenizer keywords: the mergekit config
     the arguments mean, merged by :func:`npsfuse.merge_checkpoints`
-    (:mod:`npsfuse._merge_config`)."""
+    (:mod:`npsfuse._merge_config`); ``kw``: the engine's parameters by
+    :func:`merge`'s keywords."""
     from . import _merge_config
 
     _check_method(method)
     _merge_config.check_keywords(
-        {"include": include, "exclude": exclude, "statistics": params.get("statistics")}
+        {"include": include, "exclude": exclude, "statistics": kw.get("statistics")}
     )
     if not isinstance(models, Sequence) or isinstance(models, (str, bytes)):
         raise ValueError("models must be a list (with slices=, the table sources may index)")
     if routed["slices"] is None and not models:
         raise ValueError("models must be a non-empty list of fine-tuned models")
-    kw = dict(weights=weights, density=density, lam=lam, normalize=normalize, scope=scope,
-              seed=seed, **params)  # fmt: skip
     if routed["slices"] is None:
-        payload = _params(method, len(models), False, **kw)
+        payload = _params(method, len(models), **kw)
     else:  # no model count to check against: the engine checks each slice
-        for key in ("weights", "normalize", "scope"):
-            if kw.get(key) is None:
-                kw.pop(key, None)
-        reads = _TABLE.methods[method].params
-        for key, name in (("density", "density"), ("lam", "lambda")):
-            if name not in reads and _is_default(kw[key], _TABLE.params[name].default):
-                del kw[key]
-        payload = _spec.payload(method, max(1, len(models)), kw)
+        payload = _params(method, max(1, len(models)), _check=False, **kw)
     out_dtype = None if dtype is None else str(as_dtype(dtype)).removeprefix("torch.")
     conf = _merge_config.config(base, models, method, payload, dtype=out_dtype,
                                 transposed=transposed, keywords=routed)  # fmt: skip
@@ -676,12 +661,15 @@ def _is_default(value: Any, default: Any) -> bool:
             and value == default)
 
 
-def _params(method: str, n_models: int, base_last: bool = False, **kw: Any) -> dict[str, Any]:
+def _params(
+    method: str, n_models: int, base_last: bool = False, *, _check: bool = True, **kw: Any
+) -> dict[str, Any]:
     """The engine's parameters of a call, checked by the engine against the
     method's row of the spec table (the checks and messages of a YAML config
-    and a daemon job); ``None`` values of the common keywords mean "the
-    method's default". ``base_last``: the last of the ``n_models`` is the
-    base merged as a model (see :func:`npsfuse._spec.payload`)."""
+    and a daemon job; ``_check=False`` leaves them to the merge itself);
+    ``None`` values of the common keywords mean "the method's default".
+    ``base_last``: the last of the ``n_models`` is the base merged as a
+    model (see :func:`npsfuse._spec.payload`)."""
     _check_method(method)
     for key in ("weights", "normalize", "scope"):
         if kw.get(key) is None:
@@ -694,7 +682,8 @@ def _params(method: str, n_models: int, base_last: bool = False, **kw: Any) -> d
         if name not in reads and key in kw and _is_default(kw[key], _TABLE.params[name].default):
             del kw[key]
     p = _spec.payload(method, n_models, kw, base_last=base_last)
-    _spec.check(method, n_models, p)
+    if _check:
+        _spec.check(method, n_models, p)
     return p
 
 
