@@ -23,15 +23,14 @@ def _moe(args: argparse.Namespace) -> int:
 
 def _multi(args: argparse.Namespace) -> int:
     from ._multi import multi_merge
+    from .cli import merge_options
 
     def announce(name: str, folder: Any) -> None:
         if not args.quiet:
             print(f"npsfuse multi: merging {name} → {folder}", flush=True)
 
     out = multi_merge(args.config, args.intermediate_dir, args.out_path, lazy=args.lazy,
-                      on_merge=announce, shard_size=args.shard_size, threads=args.threads,
-                      dtype=args.dtype, allow_missing=args.allow_missing, force=args.force,
-                      quiet=args.quiet)
+                      on_merge=announce, **merge_options(args))
     if not args.quiet:
         for name, folder in out.items():
             print(f"{name}\t{folder}")

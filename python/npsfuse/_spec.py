@@ -95,9 +95,7 @@ def _is_list(v: Any) -> bool:
 def _value(v: Any) -> Any:
     """A keyword's value as JSON: numbers as numbers (NaN/Inf kept as a
     string the engine names), everything else unchanged."""
-    if isinstance(v, bool) or v is None or isinstance(v, str):
-        return v
-    if isinstance(v, int):
+    if v is None or isinstance(v, (bool, int, str)):
         return v
     if isinstance(v, float):
         return v if math.isfinite(v) else repr(v)

@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 from . import __version__
 
@@ -14,17 +15,7 @@ from . import __version__
 def _merge(args: argparse.Namespace) -> int:
     from .checkpoint import merge_checkpoints
 
-    out = merge_checkpoints(
-        args.config,
-        args.out_dir,
-        shard_size=args.shard_size,
-        threads=args.threads,
-        dtype=args.dtype,
-        allow_missing=args.allow_missing,
-        force=args.force,
-        quiet=args.quiet,
-        timing=args.timing,
-    )
+    out = merge_checkpoints(args.config, args.out_dir, timing=args.timing, **merge_options(args))
     if not args.quiet:
         print(out)
     return 0
@@ -45,6 +36,12 @@ def add_merge_options(m: argparse.ArgumentParser) -> None:
                    help="keep the base's tensor where a model lacks one (with a warning)")
     m.add_argument("--force", action="store_true", help="replace non-empty output folders")
     m.add_argument("--quiet", action="store_true", help="no progress line, no notes")
+
+
+def merge_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keywords of ``merge_checkpoints`` that :func:`add_merge_options` registered."""
+    return {k: getattr(args, k) for k in ("shard_size", "threads", "dtype", "allow_missing",
+                                          "force", "quiet")}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

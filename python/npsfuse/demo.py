@@ -109,23 +109,16 @@ def main() -> None:
               if k != "density" or method in USES_DENSITY}
         merged = npsfuse.merge(base_sd, models, method, **kw, **extra)
         ms = (time.perf_counter() - t0) * 1e3
-        diff = None
+        np_base = {k: v.numpy() for k, v in base_sd.items()}
+        np_models = [{k: v.numpy() for k, v in sd.items()} for sd in models]
+        ref = None
         if method in reference.METHODS:
-            ref = reference.merge(
-                {k: v.numpy() for k, v in base_sd.items()},
-                [{k: v.numpy() for k, v in sd.items()} for sd in models],
-                method,
-                **PARAMS,
-            )
-            diff = max(float(np.abs(merged[k].numpy() - ref[k]).max()) for k in ref)
+            ref = reference.merge(np_base, np_models, method, **PARAMS)
         elif method in reference.SUBSPACE_METHODS:
-            ref = reference.merge_subspace(
-                {k: v.numpy() for k, v in base_sd.items()},
-                [{k: v.numpy() for k, v in sd.items()} for sd in models],
-                method,
-                lam=PARAMS["lam"],
-            )
-            diff = max(float(np.abs(merged[k].numpy() - ref[k]).max()) for k in ref)
+            ref = reference.merge_subspace(np_base, np_models, method, lam=PARAMS["lam"])
+        diff = None if ref is None else max(
+            float(np.abs(merged[k].numpy() - ref[k]).max()) for k in ref
+        )
         name = {"slerp": "slerp (1+2)", "nearswap": "nearswap (1)"}.get(method, method)
         rows.append((name, ms, diff, merged))
     for name, ms, diff, sd in rows:

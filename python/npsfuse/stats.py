@@ -341,7 +341,7 @@ def regmean_grams(
     if not layers:
         raise ValueError("the module has no nn.Linear (or Conv1D) layer")
     bound = _Bound(module, forward or default_forward)
-    tensors = _tensors(module, params) if params is not None else None
+    tensors = {} if params is None else _tensors(module, params)  # {}: the module's own
     sums: dict[str, torch.Tensor] = {}
     rows: dict[str, int] = {}
 
@@ -361,10 +361,7 @@ def regmean_grams(
             for b, batch in enumerate(batches):
                 if max_batches is not None and b >= max_batches:
                     break
-                if tensors is None:
-                    bound(batch)
-                else:
-                    functional_call(bound, _prefixed(tensors), (batch,))
+                functional_call(bound, _prefixed(tensors), (batch,))
     finally:
         for h in handles:
             h.remove()
