@@ -95,8 +95,9 @@ def config(
             for i, (m, p) in enumerate(zip(models, per_model, strict=True))
         ]
     if keywords.get("tokenizer_source") is not None:
-        conf["tokenizer_source"] = _tokenizer_source(keywords["tokenizer_source"], models,
-                                                     "tokenizer_source")  # fmt: skip
+        conf["tokenizer_source"] = _tokenizer_source(
+            keywords["tokenizer_source"], models, "tokenizer_source"
+        )
     if keywords.get("chat_template") is not None:
         conf["chat_template"] = keywords["chat_template"]
     if keywords.get("tokenizer") is not None:

@@ -23,17 +23,12 @@ from typing import Any
 from . import _core, _jobs
 
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+#: Size units: bytes, decimal (k, m, g, t) and binary (ki, mi, gi, ti) multiples.
 _UNITS = {
     "": 1,
     "b": 1,
-    "k": 10**3,
-    "m": 10**6,
-    "g": 10**9,
-    "t": 10**12,
-    "ki": 2**10,
-    "mi": 2**20,
-    "gi": 2**30,
-    "ti": 2**40,
+    **{u: 1000**i for i, u in enumerate("kmgt", 1)},
+    **{f"{u}i": 1024**i for i, u in enumerate("kmgt", 1)},
 }
 _job_ids = itertools.count(1)
 
