@@ -472,17 +472,17 @@ _COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, str, str, t
 
 def add_commands(subparsers: Any) -> None:
     """Register ``prune``, ``evolve`` and ``search`` on an argparse subparsers object."""
+    from .cli import add_command
+
     for name, (func, help_, description, fields, out, (metavar, saves)) in _COMMANDS.items():
-        p = subparsers.add_parser(name, help=help_, description=description, epilog=_EPILOG)
-        p.add_argument("config", help=f"YAML config: {fields}")
-        p.add_argument(out[0], help=out[1])
+        p = add_command(subparsers, name, func, help_, description,
+                        ("config", f"YAML config: {fields}"), out, epilog=_EPILOG)
         p.add_argument("--checkpoint", metavar=metavar, default=None, help=saves)
         p.add_argument("--force", action="store_true",
                        help="replace an existing output (and start a checkpoint again)")
         p.add_argument("--quiet", action="store_true", help="no progress bar, no summary line")
         p.add_argument("--resume", action="store_true",
                        help="continue from --checkpoint when it exists")
-        p.set_defaults(func=func)
 
 
 def signature_fields(command: str) -> set[str]:
