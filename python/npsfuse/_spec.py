@@ -119,9 +119,8 @@ def _setting(v: Any) -> Any:
 def _is_setting(v: Any) -> bool:
     """A dict, or a non-empty list of dicts: one mergekit filter list for
     every model."""
-    if isinstance(v, dict):
-        return True
-    return _is_list(v) and len(v) > 0 and all(isinstance(x, dict) for x in v)
+    return isinstance(v, dict) or (_is_list(v) and len(v) > 0
+                                   and all(isinstance(x, dict) for x in v))
 
 
 def payload(

@@ -113,12 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("npsfuse: interrupted; nothing was written", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, OSError) as exc:
+    except (ValueError, TypeError, OSError, RuntimeError) as exc:
+        # RuntimeError: e.g. a write that failed (disk full); no traceback, status 1
         print(f"npsfuse: error: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:  # e.g. a write that failed (disk full): no traceback
-        print(f"npsfuse: error: {exc}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, (ValueError, TypeError, OSError)) else 1
     finally:
         if old is not None:
             signal.signal(signal.SIGTERM, old)

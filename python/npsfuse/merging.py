@@ -201,11 +201,12 @@ def _check_shapes(base: StateDict, models: Sequence[StateDict]) -> None:
 
 
 def _split(
-    base: StateDict, models: Sequence[StateDict]
+    base: StateDict, models: Sequence[StateDict], verify: bool = True
 ) -> tuple[list[str], dict[str, torch.Tensor]]:
     """Names to merge (in the base's order), and the integer/bool tensors
-    taken from the base unchanged (:func:`_plan`)."""
-    merged = {e["name"] for e in _plan(base, models) if e["action"] == "merge"}
+    taken from the base unchanged (:func:`_plan`, which compares their values
+    unless ``verify`` is false)."""
+    merged = {e["name"] for e in _plan(base, models, verify=verify) if e["action"] == "merge"}
     return [k for k in base if k in merged], {k: t for k, t in base.items() if k not in merged}
 
 
@@ -233,16 +234,14 @@ def _run(
     for k in names:
         b = check_tensor(k, base[k])
         items.append((k, b))
-        for i, sd in enumerate(models):
-            items.append((f"{k} (model {i})", check_tensor(k, sd[k])))
+        items.extend((f"{k} (model {i})", check_tensor(k, sd[k])) for i, sd in enumerate(models))
         if statistics is not None:
             flags.append(k in statistics[0])
             if flags[-1]:
-                for i, st in enumerate(statistics):
-                    items.append((f"{k} (statistics {i})", check_tensor(k, st[k])))
-        out = torch.empty(b.shape, dtype=dtype or b.dtype)
-        outs[k] = out
-        items.append((f"{k} (output)", out))
+                items.extend((f"{k} (statistics {i})", check_tensor(k, st[k]))
+                             for i, st in enumerate(statistics))
+        outs[k] = torch.empty(b.shape, dtype=dtype or b.dtype)
+        items.append((f"{k} (output)", outs[k]))
     if statistics is not None:
         params = {**params, "statistics": flags}
     pack = ArrowPack(items, transposed)
@@ -774,8 +773,7 @@ def task_vector(
     base_sd = load_state_dict(base, "base")
     ft_sd = load_state_dict(finetuned, "finetuned", base=base_sd)
     base_sd, (ft_sd,), wide = _narrow_float64(base_sd, [ft_sd])
-    merged = {e["name"] for e in _plan(base_sd, [ft_sd], verify=False) if e["action"] == "merge"}
-    names = [k for k in base_sd if k in merged]
+    names, _ = _split(base_sd, [ft_sd], verify=False)
     params = _params("linear", 2, weights=[1.0, -1.0], normalize=False)
     # linear with weights (1, −1) over (θ_ft, θ_pre) is exactly θ_ft − θ_pre.
     tau = _run("linear", params, names, base_sd, [ft_sd, base_sd], dtype)[0] if names else {}
