@@ -291,12 +291,10 @@ def fisher(
 def _linear_layers(module: nn.Module) -> dict[str, nn.Module]:
     """nn.Linear and transformers' Conv1D layers, by the state-dict name of
     their weight."""
-    kinds: tuple[type, ...] = (nn.Linear,)
     import sys
 
-    pu = sys.modules.get("transformers.pytorch_utils")
-    if pu is not None and hasattr(pu, "Conv1D"):
-        kinds += (pu.Conv1D,)
+    conv1d = getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
+    kinds: tuple[type, ...] = (nn.Linear,) if conv1d is None else (nn.Linear, conv1d)
     return {
         (f"{name}.weight" if name else "weight"): m
         for name, m in module.named_modules()
