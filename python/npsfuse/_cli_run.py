@@ -76,9 +76,8 @@ def _boxes(v: Any) -> str | None:
 
 
 def _optional(check: Check) -> Check:
-    def run(v: Any) -> str | None:
-        return None if v is None else check(v)
-    return run
+    """``check``, and None (no error) for a null value."""
+    return lambda v: None if v is None else check(v)
 
 
 #: Fields every command takes: the hook.

@@ -225,7 +225,9 @@ def _run(
 
     ``statistics`` (fisher, regmean): one dict per model; a tensor named in
     them gets its models' statistics packed after the models (flagged in
-    ``params["statistics"]``)."""
+    ``params["statistics"]``). No tensor to merge: no call, nothing returned."""
+    if not names:
+        return {}, {}
     if dtype is not None:
         dtype = as_dtype(dtype)
     items: list[tuple[str, torch.Tensor]] = []
@@ -520,16 +522,8 @@ def merge(
     # In name order: a global top-k breaks ties in tensor order, as the CLI does.
     names = [e["name"] for e in plan if e["action"] == "merge"]
     flagged = frozenset(e["name"] for e in plan if e.get("transposed"))
-    stats: list[StateDict] | None = None
-    unused: list[str] = []
-    if method in DATA_AWARE:
-        stats, unused = _statistics(method, params.get("statistics"), len(models), base_sd,
-                                    names)
-    merged: StateDict = {}
-    report: dict[str, Any] = {}
-    if names:
-        merged, report = _run(method, go_params, names, base_sd, model_sds, dtype, flagged,
-                              stats)
+    stats, unused = _statistics(method, params.get("statistics"), len(models), base_sd, names)
+    merged, report = _run(method, go_params, names, base_sd, model_sds, dtype, flagged, stats)
     if unused:
         report["statistics_unused"] = unused
     if dtype is None:  # float64 inputs were merged in float32; the result is float64
@@ -566,10 +560,8 @@ def _merge_via_config(
         raise ValueError("models must be a list (with slices=, the table sources may index)")
     if routed["slices"] is None and not models:
         raise ValueError("models must be a non-empty list of fine-tuned models")
-    if routed["slices"] is None:
-        payload = _params(method, len(models), **kw)
-    else:  # no model count to check against: the engine checks each slice
-        payload = _params(method, max(1, len(models)), _check=False, **kw)
+    # With slices, no model count to check against: the engine checks each slice.
+    payload = _params(method, max(1, len(models)), _check=routed["slices"] is None, **kw)
     out_dtype = None if dtype is None else str(as_dtype(dtype)).removeprefix("torch.")
     conf = _merge_config.config(base, models, method, payload, dtype=out_dtype,
                                 transposed=transposed, keywords=routed)  # fmt: skip
@@ -688,9 +680,12 @@ def _params(
 
 def _statistics(
     method: str, given: Any, n_models: int, base: StateDict, names: Sequence[str]
-) -> tuple[list[StateDict], list[str]]:
+) -> tuple[list[StateDict] | None, list[str]]:
     """The data-aware methods' statistics, checked: one float32 dict per
-    model restricted to the merged tensors, and the names that match none."""
+    model restricted to the merged tensors, and the names that match none
+    (``None`` and none for the other methods, which take no statistics)."""
+    if method not in DATA_AWARE:
+        return None, []
     if given is None:
         raise ValueError(
             f"{method} needs statistics=[…], one per model (see npsfuse.stats."
@@ -776,7 +771,7 @@ def task_vector(
     names, _ = _split(base_sd, [ft_sd], verify=False)
     params = _params("linear", 2, weights=[1.0, -1.0], normalize=False)
     # linear with weights (1, −1) over (θ_ft, θ_pre) is exactly θ_ft − θ_pre.
-    tau = _run("linear", params, names, base_sd, [ft_sd, base_sd], dtype)[0] if names else {}
+    tau = _run("linear", params, names, base_sd, [ft_sd, base_sd], dtype)[0]
     if dtype is None:
         tau = {k: t.to(torch.float64) if k in wide else t for k, t in tau.items()}
     return tau

@@ -208,8 +208,7 @@ def fisher(
         key = (v.data_ptr(), tuple(v.shape), tuple(v.stride()))
         if v.numel() and key in first:
             tied[k] = first[key]
-        else:
-            first.setdefault(key, k)
+        first.setdefault(key, k)
     order = names
     names = [k for k in names if k not in tied]
     tensors = {k: v for k, v in tensors.items() if k not in tied}
