@@ -482,9 +482,9 @@ def merge(
     routed = {"slices": slices, "tokenizer_source": tokenizer_source, "tokenizer": tokenizer,
               "chat_template": chat_template}  # fmt: skip
     if any(v is not None for v in routed.values()):
+        selection = {"include": include, "exclude": exclude}
         return _merge_via_config(base, models, method, routed, kw, dtype=dtype,
-                                 transposed=transposed, threads=threads, include=include,
-                                 exclude=exclude)  # fmt: skip
+                                 transposed=transposed, threads=threads, selection=selection)
     if not isinstance(models, Sequence) or isinstance(models, (str, bytes)) or not models:
         raise ValueError("models must be a non-empty list of fine-tuned models")
     _check_method(method)
@@ -528,9 +528,7 @@ def merge(
         report["statistics_unused"] = unused
     if dtype is None:  # float64 inputs were merged in float32; the result is float64
         merged = {k: t.to(torch.float64) if k in wide else t for k, t in merged.items()}
-    return MergeResult(
-        {k: merged.get(k, t) for k, t in full_sd.items()}, report=report
-    )
+    return MergeResult({k: merged.get(k, t) for k, t in full_sd.items()}, report=report)
 
 
 def _merge_via_config(
@@ -543,19 +541,17 @@ def _merge_via_config(
     dtype: torch.dtype | str | None,
     transposed: Sequence[str] | None,
     threads: int | None,
-    include: Any,
-    exclude: Any,
+    selection: Mapping[str, Any],
 ) -> MergeResult:
     """:func:`merge` with ``slices``/tokenizer keywords: the mergekit config
     the arguments mean, merged by :func:`npsfuse.merge_checkpoints`
     (:mod:`npsfuse._merge_config`); ``kw``: the engine's parameters by
-    :func:`merge`'s keywords."""
+    :func:`merge`'s keywords; ``selection``: ``include`` and ``exclude``,
+    which a config cannot carry (refused when given)."""
     from . import _merge_config
 
     _check_method(method)
-    _merge_config.check_keywords(
-        {"include": include, "exclude": exclude, "statistics": kw.get("statistics")}
-    )
+    _merge_config.check_keywords({**selection, "statistics": kw.get("statistics")})
     if not isinstance(models, Sequence) or isinstance(models, (str, bytes)):
         raise ValueError("models must be a list (with slices=, the table sources may index)")
     if routed["slices"] is None and not models:

@@ -355,6 +355,11 @@ def truncated_svd(a: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.nda
     return u, s, vt
 
 
+def _joined(parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, ...]:
+    """Several SVDs' ``(U, s, Vt)`` side by side: U by columns, s and Vt by rows."""
+    return tuple(np.concatenate([p[i] for p in parts], axis=a) for i, a in enumerate((1, 0, 0)))
+
+
 def iso_c_delta(total: np.ndarray) -> np.ndarray:
     """Iso-C: σ̄·U·Vᵀ for Δ_TA = U·Σ·Vᵀ, σ̄ the mean of all its singular values."""
     p, s = polar(total)
@@ -378,15 +383,8 @@ def iso_cts_delta(total: np.ndarray, tasks: Sequence[np.ndarray], fraction: floa
     if per == 0:
         return iso_c_delta(total)
     uc, sc, vc = truncated_svd(total, common)
-    us, ss, vs = [], [], []
-    for tau in tasks:
-        u, s, v = truncated_svd(tau - uc @ (uc.T @ tau), per)
-        us.append(u)
-        ss.append(s)
-        vs.append(v)
-    u_all = np.concatenate([*us, uc], axis=1)
-    s_all = np.concatenate([*ss, sc])
-    v_all = np.concatenate([*vs, vc], axis=0)
+    parts = [truncated_svd(tau - uc @ (uc.T @ tau), per) for tau in tasks]
+    u_all, s_all, v_all = _joined([*parts, (uc, sc, vc)])
     return s_all.mean() * (polar(u_all)[0] @ polar(v_all)[0])
 
 
@@ -397,10 +395,7 @@ def tsv_delta(tasks: Sequence[np.ndarray]) -> np.ndarray:
     k = min(m, n) // len(tasks)
     if k == 0:
         return np.zeros((m, n))
-    parts = [truncated_svd(t, k) for t in tasks]
-    u = np.concatenate([p[0] for p in parts], axis=1)
-    s = np.concatenate([p[1] for p in parts])
-    v = np.concatenate([p[2] for p in parts], axis=0)
+    u, s, v = _joined([truncated_svd(t, k) for t in tasks])
     return polar(u)[0] @ np.diag(s) @ polar(v)[0]
 
 
