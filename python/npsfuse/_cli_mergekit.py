@@ -23,15 +23,14 @@ def _moe(args: argparse.Namespace) -> int:
 
 def _multi(args: argparse.Namespace) -> int:
     from ._multi import multi_merge
+    from .cli import merge_options
 
     def announce(name: str, folder: Any) -> None:
         if not args.quiet:
             print(f"npsfuse multi: merging {name} → {folder}", flush=True)
 
     out = multi_merge(args.config, args.intermediate_dir, args.out_path, lazy=args.lazy,
-                      on_merge=announce, shard_size=args.shard_size, threads=args.threads,
-                      dtype=args.dtype, allow_missing=args.allow_missing, force=args.force,
-                      quiet=args.quiet)
+                      on_merge=announce, **merge_options(args))
     if not args.quiet:
         for name, folder in out.items():
             print(f"{name}\t{folder}")
@@ -40,15 +39,16 @@ def _multi(args: argparse.Namespace) -> int:
 
 def add_commands(subparsers: Any) -> None:
     """Register ``npsfuse moe`` and ``npsfuse multi`` on the CLI's subparsers."""
-    p = subparsers.add_parser(
-        "moe",
-        help="build a Mixtral-style mixture of experts from dense models (mergekit-moe config)",
-        description="Build a Mixtral-style mixture of experts: the base's attention and "
+    from .cli import OUT_DIR, add_command, add_merge_options
+
+    p = add_command(
+        subparsers, "moe", _moe,
+        "build a Mixtral-style mixture of experts from dense models (mergekit-moe config)",
+        "Build a Mixtral-style mixture of experts: the base's attention and "
         "embeddings, each expert model's MLPs as experts, routers from prompts. Takes "
         "mergekit-moe's YAML config.",
+        ("config", "YAML config (mergekit-moe schema)"), OUT_DIR,
     )
-    p.add_argument("config", help="YAML config (mergekit-moe schema)")
-    p.add_argument("out_dir", help="output folder (must not exist or be empty)")
     p.add_argument("--device", default="cpu",
                    help="device for the hidden-state gates (default cpu)")
     p.add_argument("--seed", type=int, default=None,
@@ -61,22 +61,18 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--shard-size", default="5GB", help="max bytes per output shard (default 5GB)")
     p.add_argument("--force", action="store_true", help="replace a non-empty output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_moe)
 
-    m = subparsers.add_parser(
-        "multi",
-        help="run several merges that feed each other (mergekit-multi config)",
-        description="Run the named merge configs of a multi-document YAML file in dependency "
+    m = add_command(
+        subparsers, "multi", _multi,
+        "run several merges that feed each other (mergekit-multi config)",
+        "Run the named merge configs of a multi-document YAML file in dependency "
         "order; a model reference that names another document means its output.",
+        ("config", "multi-document YAML (mergekit-multi schema)"),
     )
-    m.add_argument("config", help="multi-document YAML (mergekit-multi schema)")
     m.add_argument("--intermediate-dir", "-I", required=True,
                    help="folder for the named merges' outputs")
     m.add_argument("--out-path", default=None,
                    help="output folder of the unnamed (final) merge, if the file has one")
     m.add_argument("--lazy", action=argparse.BooleanOptionalAction, default=True,
                    help="skip named merges whose output already exists (default: on)")
-    from .cli import add_merge_options
-
     add_merge_options(m)
-    m.set_defaults(func=_multi)

@@ -49,39 +49,21 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _num(v: Any) -> str | None:
-    return None if _is_num(v) else f"must be a number, got {v!r}"
+def _kind(ok: Callable[[Any], bool], what: str) -> Check:
+    """The checker of one kind: None when ``ok(v)``, else "must be WHAT, got V"."""
+    return lambda v: None if ok(v) else f"must be {what}, got {v!r}"
 
 
-def _int(v: Any) -> str | None:
-    return None if isinstance(v, int) and not isinstance(v, bool) else (
-        f"must be a whole number, got {v!r}")
-
-
-def _bool(v: Any) -> str | None:
-    return None if isinstance(v, bool) else f"must be true or false, got {v!r}"
-
-
-def _str(v: Any) -> str | None:
-    return None if isinstance(v, str) and v else f"must be a non-empty string, got {v!r}"
-
-
-def _pair(v: Any) -> str | None:
-    if isinstance(v, list) and len(v) == 2 and all(_is_num(x) for x in v):
-        return None
-    return f"must be a list of two numbers [lo, hi], got {v!r}"
-
-
-def _strs(v: Any) -> str | None:
-    if isinstance(v, list) and all(isinstance(x, str) for x in v):
-        return None
-    return f"must be a list of strings, got {v!r}"
-
-
-def _mapping(v: Any) -> str | None:
-    if isinstance(v, dict) and all(isinstance(k, str) for k in v):
-        return None
-    return f"must be a mapping of names to values, got {v!r}"
+_num = _kind(_is_num, "a number")
+_int = _kind(lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number")
+_bool = _kind(lambda v: isinstance(v, bool), "true or false")
+_str = _kind(lambda v: isinstance(v, str) and bool(v), "a non-empty string")
+_pair = _kind(lambda v: isinstance(v, list) and len(v) == 2 and all(_is_num(x) for x in v),
+              "a list of two numbers [lo, hi]")
+_strs = _kind(lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+              "a list of strings")
+_mapping = _kind(lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
+                 "a mapping of names to values")
 
 
 def _boxes(v: Any) -> str | None:
@@ -89,18 +71,13 @@ def _boxes(v: Any) -> str | None:
         return _mapping(v)
     for k, box in v.items():
         if _pair(box) is not None:
-            return f"{k}: must be a list of two numbers [lo, hi], got {box!r}"
+            return f"{k}: {_pair(box)}"
     return None
 
 
 def _optional(check: Check) -> Check:
-    def run(v: Any) -> str | None:
-        return None if v is None else check(v)
-    return run
-
-
-def _str_or_num(v: Any) -> str | None:
-    return None if isinstance(v, str) or _is_num(v) else f"must be a string or a number, got {v!r}"
+    """``check``, and None (no error) for a null value."""
+    return lambda v: None if v is None else check(v)
 
 
 #: Fields every command takes: the hook.
@@ -364,24 +341,35 @@ def _finite(x: float) -> float | None:
 
 # ------------------------------------------------------------ commands --
 
-def run_prune(args: argparse.Namespace) -> int:
-    """``npsfuse prune CONFIG OUT``: :func:`npsfuse.nps.prune`, result saved to OUT."""
-    from . import nps
-
-    cfg = load_config(args.config, "prune")
-    out = Path(args.output)
-    _check_target(out, args.force, folder=False)
+def _start(
+    args: argparse.Namespace, command: str, out: Path, folder: bool
+) -> tuple[dict[str, Any], Callable[[Any], float], Path | None]:
+    """The checked config of ``command`` (``out`` checked as its output), its
+    evaluate hook and its ``--checkpoint`` (``None`` without one). An existing
+    checkpoint needs ``--resume`` or ``--force``; with ``--force`` a checkpoint
+    file is removed (``evolve``'s checkpoint folder is replaced by the new run)."""
+    cfg = load_config(args.config, command)
+    _check_target(out, args.force, folder=folder)
     evaluate = _hook(cfg)
-    kw = _api_kwargs(cfg, ("base", "finetuned"))
-    progress = not args.quiet
     ck = None if args.checkpoint is None else Path(args.checkpoint)
     if ck is not None and ck.exists() and not args.resume:
         if not args.force:
             raise FileExistsError(f"checkpoint {str(ck)!r} exists (use --resume to continue "
                                   "it, or --force to start again)")
-        ck.unlink()
+        if command != "evolve":
+            ck.unlink()
+    return cfg, evaluate, ck
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    """``npsfuse prune CONFIG OUT``: :func:`npsfuse.nps.prune`, result saved to OUT."""
+    from . import nps
+
+    out = Path(args.output)
+    cfg, evaluate, ck = _start(args, "prune", out, folder=False)
+    kw = _api_kwargs(cfg, ("base", "finetuned"))
     with _hint(ck):
-        res = nps.prune(cfg["base"], cfg["finetuned"], evaluate, progress=progress,
+        res = nps.prune(cfg["base"], cfg["finetuned"], evaluate, progress=not args.quiet,
                         checkpoint=ck, **kw)
     res.save(out)
     if not args.quiet:
@@ -406,17 +394,11 @@ def run_evolve(args: argparse.Namespace) -> int:
     """``npsfuse evolve CONFIG OUT_DIR``: :class:`npsfuse.Evolver` ``.run()``."""
     from .evolve import Evolver
 
-    cfg = load_config(args.config, "evolve")
     out = Path(args.out_dir)
-    _check_target(out, args.force, folder=True)
-    evaluate = _hook(cfg)
+    cfg, evaluate, ck = _start(args, "evolve", out, folder=True)
     kw = _api_kwargs(cfg, ("base", "population"))
     if "storage" in kw and kw["storage"] != "memory":
         kw["storage"] = _resolve(Path(cfg["_root"]), kw["storage"])
-    ck = None if args.checkpoint is None else Path(args.checkpoint)
-    if ck is not None and ck.exists() and not args.resume and not args.force:
-        raise FileExistsError(f"checkpoint {str(ck)!r} exists (use --resume to continue it, "
-                              "or --force to start again)")
     if ck is not None and args.resume and ck.exists():
         ev = Evolver.resume(ck, evaluate)
     else:
@@ -435,17 +417,9 @@ def run_search(args: argparse.Namespace) -> int:
     """``npsfuse search CONFIG OUT_DIR``: :func:`npsfuse.search_merge`."""
     from .evolve import search_merge
 
-    cfg = load_config(args.config, "search")
     out = Path(args.out_dir)
-    _check_target(out, args.force, folder=True)
-    evaluate = _hook(cfg)
+    cfg, evaluate, ck = _start(args, "search", out, folder=True)
     kw = _api_kwargs(cfg, ("base", "models", "method"))
-    ck = None if args.checkpoint is None else Path(args.checkpoint)
-    if ck is not None and ck.exists() and not args.resume:
-        if not args.force:
-            raise FileExistsError(f"checkpoint {str(ck)!r} exists (use --resume to continue "
-                                  "it, or --force to start again)")
-        ck.unlink()
     with _hint(ck):
         res = search_merge(cfg["base"], cfg["models"], cfg["method"], evaluate,
                            progress=not args.quiet, checkpoint=ck, **kw)
@@ -459,66 +433,55 @@ def run_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _common(p: argparse.ArgumentParser, resume: bool) -> None:
-    p.add_argument("--force", action="store_true",
-                   help="replace an existing output" + (" (and start a checkpoint again)"
-                                                        if resume else ""))
-    p.add_argument("--quiet", action="store_true", help="no progress bar, no summary line")
-    if resume:
-        p.add_argument("--resume", action="store_true",
-                       help="continue from --checkpoint when it exists")
-
-
 _EPILOG = ("The config is YAML; its fields are the keywords of the Python function of "
            "the same name, plus evaluate: module:function (your dev-set score, higher is "
            "better) and evaluate_kwargs. Unknown fields are refused. Examples: docs/cli.md.")
 
+_OUT_DIR = ("out_dir", "output folder: model.safetensors, result.json")
+_SAVE_STATE = ("FILE", "save the search state to FILE after every generation")
+
+#: The commands: function, help, description, the config's help, the output
+#: argument and its help, --checkpoint's metavar and help.
+_COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, str, str, tuple[str, str],
+                           tuple[str, str]]] = {
+    "prune": (
+        run_prune, "NPS-Pruning of one fine-tune's task vector, searched on your dev metric",
+        "Search NPS subspace weights that maximise the config's evaluate hook "
+        "(npsfuse.nps.prune) and save the best result (an NPS result file, "
+        "for npsfuse compress or nps.transfer).",
+        "base, finetuned, evaluate, density, ...",
+        ("output", "the NPS result file to write (.nps.safetensors)"), _SAVE_STATE,
+    ),
+    "evolve": (
+        run_evolve, "Evolver / CADE: differential evolution over whole weight sets",
+        "Evolve a population of fine-tunes with the config's evaluate hook "
+        "(npsfuse.Evolver) and write the best model (or, with merge:, the "
+        "population's merge) to OUT_DIR.",
+        "base, population, evaluate, merge, ...",
+        _OUT_DIR, ("DIR", "save the whole run to DIR after every generation"),
+    ),
+    "search": (
+        run_search, "search a merge method's parameters (lam, density, ...) on your dev metric",
+        "Search merge hyper-parameters with DE or CMA-ES (npsfuse.search_merge) "
+        "and write the best merge to OUT_DIR (the parameters in result.json).",
+        "base, models, method, evaluate, params, ...", _OUT_DIR, _SAVE_STATE,
+    ),
+}
+
 
 def add_commands(subparsers: Any) -> None:
     """Register ``prune``, ``evolve`` and ``search`` on an argparse subparsers object."""
-    p = subparsers.add_parser(
-        "prune",
-        help="NPS-Pruning of one fine-tune's task vector, searched on your dev metric",
-        description="Search NPS subspace weights that maximise the config's evaluate hook "
-                    "(npsfuse.nps.prune) and save the best result (an NPS result file, "
-                    "for npsfuse compress or nps.transfer).",
-        epilog=_EPILOG,
-    )
-    p.add_argument("config", help="YAML config: base, finetuned, evaluate, density, ...")
-    p.add_argument("output", help="the NPS result file to write (.nps.safetensors)")
-    p.add_argument("--checkpoint", metavar="FILE", default=None,
-                   help="save the search state to FILE after every generation")
-    _common(p, resume=True)
-    p.set_defaults(func=run_prune)
+    from .cli import add_command
 
-    e = subparsers.add_parser(
-        "evolve",
-        help="Evolver / CADE: differential evolution over whole weight sets",
-        description="Evolve a population of fine-tunes with the config's evaluate hook "
-                    "(npsfuse.Evolver) and write the best model (or, with merge:, the "
-                    "population's merge) to OUT_DIR.",
-        epilog=_EPILOG,
-    )
-    e.add_argument("config", help="YAML config: base, population, evaluate, merge, ...")
-    e.add_argument("out_dir", help="output folder: model.safetensors, result.json")
-    e.add_argument("--checkpoint", metavar="DIR", default=None,
-                   help="save the whole run to DIR after every generation")
-    _common(e, resume=True)
-    e.set_defaults(func=run_evolve)
-
-    s = subparsers.add_parser(
-        "search",
-        help="search a merge method's parameters (lam, density, ...) on your dev metric",
-        description="Search merge hyper-parameters with DE or CMA-ES (npsfuse.search_merge) "
-                    "and write the best merge to OUT_DIR (the parameters in result.json).",
-        epilog=_EPILOG,
-    )
-    s.add_argument("config", help="YAML config: base, models, method, evaluate, params, ...")
-    s.add_argument("out_dir", help="output folder: model.safetensors, result.json")
-    s.add_argument("--checkpoint", metavar="FILE", default=None,
-                   help="save the search state to FILE after every generation")
-    _common(s, resume=True)
-    s.set_defaults(func=run_search)
+    for name, (func, help_, description, fields, out, (metavar, saves)) in _COMMANDS.items():
+        p = add_command(subparsers, name, func, help_, description,
+                        ("config", f"YAML config: {fields}"), out, epilog=_EPILOG)
+        p.add_argument("--checkpoint", metavar=metavar, default=None, help=saves)
+        p.add_argument("--force", action="store_true",
+                       help="replace an existing output (and start a checkpoint again)")
+        p.add_argument("--quiet", action="store_true", help="no progress bar, no summary line")
+        p.add_argument("--resume", action="store_true",
+                       help="continue from --checkpoint when it exists")
 
 
 def signature_fields(command: str) -> set[str]:

@@ -48,6 +48,11 @@ def _source_ref(x: Any, models: Sequence[Any], where: str) -> str:
     return _ref(x, where)
 
 
+def _tokenizer_source(x: Any, models: Sequence[Any], where: str) -> Any:
+    """A tokenizer source: ``base``, ``union`` or a model (:func:`_source_ref`)."""
+    return x if x in ("base", "union") else _source_ref(x, models, where)
+
+
 def config(
     base: Any,
     models: Sequence[Any],
@@ -89,14 +94,12 @@ def config(
             {"model": _ref(m, f"models[{i}]"), **({"parameters": p} if p else {})}
             for i, (m, p) in enumerate(zip(models, per_model, strict=True))
         ]
-    for key in ("tokenizer_source", "chat_template"):
-        if keywords.get(key) is not None:
-            v = keywords[key]
-            conf[key] = (
-                v
-                if key != "tokenizer_source" or v in ("base", "union")
-                else (_source_ref(v, models, key))
-            )
+    if keywords.get("tokenizer_source") is not None:
+        conf["tokenizer_source"] = _tokenizer_source(
+            keywords["tokenizer_source"], models, "tokenizer_source"
+        )
+    if keywords.get("chat_template") is not None:
+        conf["chat_template"] = keywords["chat_template"]
     if keywords.get("tokenizer") is not None:
         conf["tokenizer"] = _tokenizer_block(keywords["tokenizer"], models)
     if dtype is not None:
@@ -128,9 +131,8 @@ def _tokenizer_block(block: Any, models: Sequence[Any]) -> Any:
     if not isinstance(block, Mapping):
         return block  # the engine names what is wrong
     out = copy.deepcopy(dict(block))
-    src = out.get("source")
-    if src is not None and src not in ("base", "union"):
-        out["source"] = _source_ref(src, models, "tokenizer.source")
+    if out.get("source") is not None:
+        out["source"] = _tokenizer_source(out["source"], models, "tokenizer.source")
     for name, rule in (out.get("tokens") or {}).items():
         if not isinstance(rule, dict):
             continue

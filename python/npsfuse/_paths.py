@@ -26,6 +26,15 @@ def _indexed_shards(index: Path, kind: str) -> list[Path]:
     return shards
 
 
+def _single_or_indexed(p: Path, single: str, kind: str) -> list[Path] | None:
+    """Folder ``p``'s weights file ``single``, else the shards its index
+    ``single + ".index.json"`` names, else ``None``."""
+    if (p / single).is_file():
+        return [p / single]
+    index = p / f"{single}.index.json"
+    return _indexed_shards(index, kind) if index.is_file() else None
+
+
 def safetensors_files(path: str | os.PathLike) -> list[Path]:
     """The safetensors files that make up the checkpoint at ``path``.
 
@@ -43,12 +52,9 @@ def safetensors_files(path: str | os.PathLike) -> list[Path]:
         if p.suffix != ".safetensors":
             raise ValueError(f"{str(p)!r} is not a .safetensors file")
         return [p]
-    single = p / "model.safetensors"
-    if single.is_file():
-        return [single]
-    index = p / "model.safetensors.index.json"
-    if index.is_file():
-        return _indexed_shards(index, "safetensors index")
+    found = _single_or_indexed(p, "model.safetensors", "safetensors index")
+    if found is not None:
+        return found
     found = sorted(p.glob("*.safetensors"))
     if found:
         return found
@@ -66,13 +72,7 @@ def pickle_files(path: str | os.PathLike) -> list[Path]:
     p = Path(path)
     if p.is_file():
         return [p] if p.suffix in _PICKLE_SUFFIXES else []
-    single = p / "pytorch_model.bin"
-    if single.is_file():
-        return [single]
-    index = p / "pytorch_model.bin.index.json"
-    if index.is_file():
-        return _indexed_shards(index, "checkpoint index")
-    return []
+    return _single_or_indexed(p, "pytorch_model.bin", "checkpoint index") or []
 
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth")

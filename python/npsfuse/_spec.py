@@ -22,33 +22,27 @@ from . import _core
 
 @dataclass(frozen=True)
 class Param:
-    """One parameter's declaration (``merge.ParamSpec``)."""
+    """What the Python door reads of one parameter's declaration
+    (``merge.ParamSpec``; its docs, ranges and choices are the engine's)."""
 
     name: str
     python: str
     kind: str
     per_model: str
     default: Any
-    auto: str
-    doc: str
-    range: dict[str, Any] | None
-    choices: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class Method:
-    """One method's row (``merge.MethodSpec``)."""
+    """What the Python door reads of one method's row (``merge.MethodSpec``)."""
 
     name: str
-    doc: str
     params: tuple[str, ...]
     min_models: int
     max_models: int
     normalize: bool
     scope: str
     data_aware: bool
-    mergekit: bool
-    rescale: bool = False
     #: A ``base_model`` that is not among the models is merged as one more
     #: model, the last, with the global parameters (mergekit's ``linear``);
     #: such a method also merges without a base.
@@ -63,10 +57,6 @@ class Table:
     params: dict[str, Param]
     common: tuple[str, ...]
 
-    def own(self, method: str) -> tuple[str, ...]:
-        """The method's parameters that are not common, in table order."""
-        return tuple(p for p in self.methods[method].params if p not in self.common)
-
 
 @lru_cache(maxsize=1)
 def table() -> Table:
@@ -74,15 +64,13 @@ def table() -> Table:
     raw = json.loads(_core.call(_core.go.MethodSpecs))
     params = {
         p["name"]: Param(p["name"], p.get("python") or p["name"], p["kind"], p["per_model"],
-                         p.get("python_default", p.get("default")), p.get("auto", ""), p["doc"],
-                         p.get("range"), tuple(p.get("choices") or ()))
+                         p.get("python_default", p.get("default")))
         for p in raw["params"]
     }
     methods = {
-        m["name"]: Method(m["name"], m["doc"], tuple(m.get("params") or ()), m["min_models"],
+        m["name"]: Method(m["name"], tuple(m.get("params") or ()), m["min_models"],
                           m.get("max_models", 0), m["normalize"], m["scope"],
-                          m.get("data_aware", False), m.get("mergekit", False),
-                          m.get("rescale", False), m.get("base_as_model", False))
+                          m.get("data_aware", False), m.get("base_as_model", False))
         for m in raw["methods"]
     }
     return Table(methods, params, tuple(raw["common"]))
@@ -95,9 +83,7 @@ def _is_list(v: Any) -> bool:
 def _value(v: Any) -> Any:
     """A keyword's value as JSON: numbers as numbers (NaN/Inf kept as a
     string the engine names), everything else unchanged."""
-    if isinstance(v, bool) or v is None or isinstance(v, str):
-        return v
-    if isinstance(v, int):
+    if v is None or isinstance(v, (bool, int, str)):
         return v
     if isinstance(v, float):
         return v if math.isfinite(v) else repr(v)
@@ -121,9 +107,8 @@ def _setting(v: Any) -> Any:
 def _is_setting(v: Any) -> bool:
     """A dict, or a non-empty list of dicts: one mergekit filter list for
     every model."""
-    if isinstance(v, dict):
-        return True
-    return _is_list(v) and len(v) > 0 and all(isinstance(x, dict) for x in v)
+    return isinstance(v, dict) or (_is_list(v) and len(v) > 0
+                                   and all(isinstance(x, dict) for x in v))
 
 
 def payload(
@@ -191,4 +176,5 @@ def method_params(method: str) -> dict[str, Any]:
     """The method's own keywords and their defaults (``None``: automatic,
     or, for ``statistics``, required)."""
     t = table()
-    return {t.params[n].python: t.params[n].default for n in t.own(method)}
+    return {t.params[n].python: t.params[n].default for n in t.methods[method].params
+            if n not in t.common}

@@ -9,6 +9,7 @@ the model.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -22,17 +23,12 @@ from typing import Any
 from . import _core, _jobs
 
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+#: Size units: bytes, decimal (k, m, g, t) and binary (ki, mi, gi, ti) multiples.
 _UNITS = {
     "": 1,
     "b": 1,
-    "k": 10**3,
-    "m": 10**6,
-    "g": 10**9,
-    "t": 10**12,
-    "ki": 2**10,
-    "mi": 2**20,
-    "gi": 2**30,
-    "ti": 2**40,
+    **{u: 1000**i for i, u in enumerate("kmgt", 1)},
+    **{f"{u}i": 1024**i for i, u in enumerate("kmgt", 1)},
 }
 _job_ids = itertools.count(1)
 
@@ -197,45 +193,34 @@ def merge_checkpoints(
         _check_config_file(p)
         text = p.read_text()
     conf = _to_prepare(config if isinstance(config, Mapping) else text)
-    if conf is not None:  # Hub ids, model+lora, tokenizers: npsfuse._prepare, as the daemon
-        import shutil
-        import tempfile
-
-        from ._prepare import prepare
-
-        parent = Path(os.path.abspath(os.fspath(out_dir))).parent
-        parent.mkdir(parents=True, exist_ok=True)
-        scratch = tempfile.mkdtemp(prefix=".npsfuse-inputs-", dir=parent)
-        try:
-            return merge_checkpoints(
-                prepare(conf, scratch),
-                out_dir,
-                shard_size=shard_size,
-                threads=threads,
-                dtype=dtype,
-                allow_missing=allow_missing,
-                force=force,
-                quiet=quiet,
-                timing=timing,
-            )
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-    options = {
-        "out_dir": os.fspath(out_dir),
-        "shard_size": parse_size(shard_size),
-        "threads": int(threads or 0),
-        "dtype": dtype or "",
-        "allow_missing": bool(allow_missing),
-        "force": bool(force),
-        "progress": (not quiet) and sys.stderr.isatty(),
-    }
 
     def late() -> None:  # the folder is complete: not "nothing was written"
         print("npsfuse: interrupted after the merge had finished; the output is complete",
               file=sys.stderr)  # fmt: skip
 
-    result = json.loads(_jobs.run(_core.go.MergeCheckpoints, text, "", json.dumps(options),
-                                  job=next(_job_ids), late=late))  # fmt: skip
+    with contextlib.ExitStack() as cleanup:
+        if conf is not None:  # Hub ids, model+lora, tokenizers: npsfuse._prepare, as the daemon
+            import shutil
+            import tempfile
+
+            from ._prepare import prepare
+
+            parent = Path(os.path.abspath(os.fspath(out_dir))).parent
+            parent.mkdir(parents=True, exist_ok=True)
+            scratch = tempfile.mkdtemp(prefix=".npsfuse-inputs-", dir=parent)
+            cleanup.callback(shutil.rmtree, scratch, ignore_errors=True)
+            text = json.dumps(prepare(conf, scratch))
+        options = {
+            "out_dir": os.fspath(out_dir),
+            "shard_size": parse_size(shard_size),
+            "threads": int(threads or 0),
+            "dtype": dtype or "",
+            "allow_missing": bool(allow_missing),
+            "force": bool(force),
+            "progress": (not quiet) and sys.stderr.isatty(),
+        }
+        result = json.loads(_jobs.run(_core.go.MergeCheckpoints, text, "", json.dumps(options),
+                                      job=next(_job_ids), late=late))  # fmt: skip
     if not quiet:
         for note in result.get("notes") or []:
             print(f"npsfuse: note: {note}", file=sys.stderr)

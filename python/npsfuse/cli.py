@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import __version__
 
@@ -14,17 +16,7 @@ from . import __version__
 def _merge(args: argparse.Namespace) -> int:
     from .checkpoint import merge_checkpoints
 
-    out = merge_checkpoints(
-        args.config,
-        args.out_dir,
-        shard_size=args.shard_size,
-        threads=args.threads,
-        dtype=args.dtype,
-        allow_missing=args.allow_missing,
-        force=args.force,
-        quiet=args.quiet,
-        timing=args.timing,
-    )
+    out = merge_checkpoints(args.config, args.out_dir, timing=args.timing, **merge_options(args))
     if not args.quiet:
         print(out)
     return 0
@@ -33,6 +25,25 @@ def _merge(args: argparse.Namespace) -> int:
 _DESCRIPTION = ("Slim, transfer and fuse fine-tuned models: merge checkpoints, prune task "
                 "vectors (NPS), evolve and search merges. `npsfuse COMMAND --help` describes "
                 "each command.")
+
+
+#: The output folder argument of ``npsfuse merge`` and ``npsfuse moe``.
+OUT_DIR = ("out_dir", "output folder (must not exist or be empty)")
+
+
+def add_command(
+    subparsers: Any, name: str, func: Callable[[argparse.Namespace], int], summary: str,
+    description: str, *positionals: tuple[str, str], **kw: Any,
+) -> argparse.ArgumentParser:
+    """Register the command ``name`` running ``func`` (``summary``: its line in
+    ``npsfuse --help``) with its positional arguments, ``(name, help)`` pairs;
+    ``kw`` goes to ``add_parser`` (e.g. ``epilog``). Returns its parser, for the
+    options."""
+    p = subparsers.add_parser(name, help=summary, description=description, **kw)
+    for arg, text in positionals:
+        p.add_argument(arg, help=text)
+    p.set_defaults(func=func)
+    return p
 
 
 def add_merge_options(m: argparse.ArgumentParser) -> None:
@@ -47,31 +58,26 @@ def add_merge_options(m: argparse.ArgumentParser) -> None:
     m.add_argument("--quiet", action="store_true", help="no progress line, no notes")
 
 
+def merge_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keywords of ``merge_checkpoints`` that :func:`add_merge_options` registered."""
+    return {k: getattr(args, k) for k in ("shard_size", "threads", "dtype", "allow_missing",
+                                          "force", "quiet")}  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``npsfuse`` command."""
     p = argparse.ArgumentParser(prog="npsfuse", description=_DESCRIPTION)
     p.add_argument("--version", action="version", version=f"npsfuse {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    m = sub.add_parser(
-        "merge",
-        help="merge checkpoints as a mergekit-style YAML config describes",
-        description="Merge Hugging Face safetensors checkpoints, streaming tensor by tensor.",
-    )
-    m.add_argument("config", help="YAML config (mergekit schema)")
-    m.add_argument("out_dir", help="output folder (must not exist or be empty)")
+    m = add_command(sub, "merge", _merge,
+                    "merge checkpoints as a mergekit-style YAML config describes",
+                    "Merge Hugging Face safetensors checkpoints, streaming tensor by tensor.",
+                    ("config", "YAML config (mergekit schema)"), OUT_DIR)
     add_merge_options(m)
     m.add_argument("--timing", action="store_true",
                    help="print where the time went (reading, merging, writing) on stderr")
-    m.set_defaults(func=_merge)
-    from ._cli_nps import add_commands
-
-    add_commands(sub)
-    from ._cli_run import add_commands as add_search_commands
-
-    add_search_commands(sub)
-    from ._cli_mergekit import add_commands as add_mergekit_commands
-
-    add_mergekit_commands(sub)
+    for module in ("._cli_nps", "._cli_run", "._cli_mergekit"):  # their commands, in this order
+        importlib.import_module(module, __package__).add_commands(sub)
     sub.add_parser(
         "daemon",
         help="run npsfused, the daemon serving merges, pruning and searches "
@@ -107,12 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("npsfuse: interrupted; nothing was written", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, OSError) as exc:
+    except (ValueError, TypeError, OSError, RuntimeError) as exc:
+        # RuntimeError: e.g. a write that failed (disk full); no traceback, status 1
         print(f"npsfuse: error: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:  # e.g. a write that failed (disk full): no traceback
-        print(f"npsfuse: error: {exc}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, (ValueError, TypeError, OSError)) else 1
     finally:
         if old is not None:
             signal.signal(signal.SIGTERM, old)

@@ -40,7 +40,13 @@ def _model() -> nn.Module:
                          nn.Linear(HIDDEN, CLASSES))
 
 
-def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float) -> None:
+def _train(
+    start: dict[str, torch.Tensor] | None, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float
+) -> dict[str, torch.Tensor]:
+    """The state dict of a model trained from ``start`` (a fresh one when None)."""
+    model = _model()
+    if start is not None:
+        model.load_state_dict(start)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     for _ in range(steps):
         idx = torch.randint(0, len(x), (128,))
@@ -48,6 +54,7 @@ def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr: f
         opt.zero_grad()
         loss.backward()
         opt.step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 @torch.no_grad()
@@ -76,16 +83,9 @@ def _statistics(
 def main() -> None:
     """Train, fine-tune, merge with every method and print the table."""
     torch.manual_seed(0)
-    base = _model()
-    _train(base, *_task(0), steps=300, lr=3e-3)
-    base_sd = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    base_sd = _train(None, *_task(0), steps=300, lr=3e-3)
     tasks = [_task(s) for s in (1, 2, 3)]
-    fts = []
-    for x, y in tasks:
-        m = _model()
-        m.load_state_dict(base_sd)
-        _train(m, x, y, steps=200, lr=1e-3)
-        fts.append({k: v.detach().clone() for k, v in m.state_dict().items()})
+    fts = [_train(base_sd, x, y, steps=200, lr=1e-3) for x, y in tasks]
     header = f"{'method':<18}{'time (ms)':>10}{'max |Δ| vs NumPy':>18}" + "".join(
         f"{'task ' + str(i + 1):>9}" for i in range(len(tasks))
     ) + f"{'mean':>8}"
@@ -109,23 +109,16 @@ def main() -> None:
               if k != "density" or method in USES_DENSITY}
         merged = npsfuse.merge(base_sd, models, method, **kw, **extra)
         ms = (time.perf_counter() - t0) * 1e3
-        diff = None
+        np_base = {k: v.numpy() for k, v in base_sd.items()}
+        np_models = [{k: v.numpy() for k, v in sd.items()} for sd in models]
+        ref = None
         if method in reference.METHODS:
-            ref = reference.merge(
-                {k: v.numpy() for k, v in base_sd.items()},
-                [{k: v.numpy() for k, v in sd.items()} for sd in models],
-                method,
-                **PARAMS,
-            )
-            diff = max(float(np.abs(merged[k].numpy() - ref[k]).max()) for k in ref)
+            ref = reference.merge(np_base, np_models, method, **PARAMS)
         elif method in reference.SUBSPACE_METHODS:
-            ref = reference.merge_subspace(
-                {k: v.numpy() for k, v in base_sd.items()},
-                [{k: v.numpy() for k, v in sd.items()} for sd in models],
-                method,
-                lam=PARAMS["lam"],
-            )
-            diff = max(float(np.abs(merged[k].numpy() - ref[k]).max()) for k in ref)
+            ref = reference.merge_subspace(np_base, np_models, method, lam=PARAMS["lam"])
+        diff = None if ref is None else max(
+            float(np.abs(merged[k].numpy() - ref[k]).max()) for k in ref
+        )
         name = {"slerp": "slerp (1+2)", "nearswap": "nearswap (1)"}.get(method, method)
         rows.append((name, ms, diff, merged))
     for name, ms, diff, sd in rows:

@@ -201,11 +201,12 @@ def _check_shapes(base: StateDict, models: Sequence[StateDict]) -> None:
 
 
 def _split(
-    base: StateDict, models: Sequence[StateDict]
+    base: StateDict, models: Sequence[StateDict], verify: bool = True
 ) -> tuple[list[str], dict[str, torch.Tensor]]:
     """Names to merge (in the base's order), and the integer/bool tensors
-    taken from the base unchanged (:func:`_plan`)."""
-    merged = {e["name"] for e in _plan(base, models) if e["action"] == "merge"}
+    taken from the base unchanged (:func:`_plan`, which compares their values
+    unless ``verify`` is false)."""
+    merged = {e["name"] for e in _plan(base, models, verify=verify) if e["action"] == "merge"}
     return [k for k in base if k in merged], {k: t for k, t in base.items() if k not in merged}
 
 
@@ -224,7 +225,9 @@ def _run(
 
     ``statistics`` (fisher, regmean): one dict per model; a tensor named in
     them gets its models' statistics packed after the models (flagged in
-    ``params["statistics"]``)."""
+    ``params["statistics"]``). No tensor to merge: no call, nothing returned."""
+    if not names:
+        return {}, {}
     if dtype is not None:
         dtype = as_dtype(dtype)
     items: list[tuple[str, torch.Tensor]] = []
@@ -233,16 +236,14 @@ def _run(
     for k in names:
         b = check_tensor(k, base[k])
         items.append((k, b))
-        for i, sd in enumerate(models):
-            items.append((f"{k} (model {i})", check_tensor(k, sd[k])))
+        items.extend((f"{k} (model {i})", check_tensor(k, sd[k])) for i, sd in enumerate(models))
         if statistics is not None:
             flags.append(k in statistics[0])
             if flags[-1]:
-                for i, st in enumerate(statistics):
-                    items.append((f"{k} (statistics {i})", check_tensor(k, st[k])))
-        out = torch.empty(b.shape, dtype=dtype or b.dtype)
-        outs[k] = out
-        items.append((f"{k} (output)", out))
+                items.extend((f"{k} (statistics {i})", check_tensor(k, st[k]))
+                             for i, st in enumerate(statistics))
+        outs[k] = torch.empty(b.shape, dtype=dtype or b.dtype)
+        items.append((f"{k} (output)", outs[k]))
     if statistics is not None:
         params = {**params, "statistics": flags}
     pack = ArrowPack(items, transposed)
@@ -475,14 +476,15 @@ def merge(
     are not merged are ignored (listed in ``statistics_unused``); if none
     matches, or a model lacks statistics another model has, ``ValueError``.
     """
+    # The engine's parameters, keyed by this function's keywords (_params).
+    kw = dict(weights=weights, density=density, lam=lam, normalize=normalize, scope=scope,
+              seed=seed, **params)  # fmt: skip
     routed = {"slices": slices, "tokenizer_source": tokenizer_source, "tokenizer": tokenizer,
               "chat_template": chat_template}  # fmt: skip
     if any(v is not None for v in routed.values()):
-        return _merge_via_config(
-            base, models, method, routed, weights=weights, density=density, lam=lam,
-            normalize=normalize, scope=scope, seed=seed, dtype=dtype, transposed=transposed,
-            threads=threads, include=include, exclude=exclude, params=params,
-        )  # fmt: skip
+        selection = {"include": include, "exclude": exclude}
+        return _merge_via_config(base, models, method, routed, kw, dtype=dtype,
+                                 transposed=transposed, threads=threads, selection=selection)
     if not isinstance(models, Sequence) or isinstance(models, (str, bytes)) or not models:
         raise ValueError("models must be a non-empty list of fine-tuned models")
     _check_method(method)
@@ -495,9 +497,7 @@ def merge(
     # in as the last model (as stream.ParseConfig does for npsfuse merge).
     base_last = (method in BASE_AS_MODEL and base is not None
                  and not any(_same_input(base, m) for m in models))
-    go_params = _params(method, len(models) + int(base_last), base_last, weights=weights,
-                        density=density, lam=lam, normalize=normalize, scope=scope, seed=seed,
-                        **params)
+    go_params = _params(method, len(models) + int(base_last), base_last, **kw)
     if threads is not None:
         go_params["threads"] = int(threads)
     if base is None:  # the first model lays the output out, as without base_model
@@ -522,23 +522,13 @@ def merge(
     # In name order: a global top-k breaks ties in tensor order, as the CLI does.
     names = [e["name"] for e in plan if e["action"] == "merge"]
     flagged = frozenset(e["name"] for e in plan if e.get("transposed"))
-    stats: list[StateDict] | None = None
-    unused: list[str] = []
-    if method in DATA_AWARE:
-        stats, unused = _statistics(method, params.get("statistics"), len(models), base_sd,
-                                    names)
-    merged: StateDict = {}
-    report: dict[str, Any] = {}
-    if names:
-        merged, report = _run(method, go_params, names, base_sd, model_sds, dtype, flagged,
-                              stats)
+    stats, unused = _statistics(method, params.get("statistics"), len(models), base_sd, names)
+    merged, report = _run(method, go_params, names, base_sd, model_sds, dtype, flagged, stats)
     if unused:
         report["statistics_unused"] = unused
     if dtype is None:  # float64 inputs were merged in float32; the result is float64
         merged = {k: t.to(torch.float64) if k in wide else t for k, t in merged.items()}
-    return MergeResult(
-        {k: merged.get(k, t) for k, t in full_sd.items()}, report=report
-    )
+    return MergeResult({k: merged.get(k, t) for k, t in full_sd.items()}, report=report)
 
 
 def _merge_via_config(
@@ -546,46 +536,28 @@ def _merge_via_config(
     models: Sequence[ModelLike],
     method: str,
     routed: Mapping[str, Any],
+    kw: dict[str, Any],
     *,
-    weights: Any,
-    density: Any,
-    lam: Any,
-    normalize: bool | None,
-    scope: str | None,
-    seed: int,
     dtype: torch.dtype | str | None,
     transposed: Sequence[str] | None,
     threads: int | None,
-    include: Any,
-    exclude: Any,
-    params: dict[str, Any],
+    selection: Mapping[str, Any],
 ) -> MergeResult:
     """:func:`merge` with ``slices``/tokenizer keywords: the mergekit config
     the arguments mean, merged by :func:`npsfuse.merge_checkpoints`
-    (:mod:`npsfuse._merge_config`)."""
+    (:mod:`npsfuse._merge_config`); ``kw``: the engine's parameters by
+    :func:`merge`'s keywords; ``selection``: ``include`` and ``exclude``,
+    which a config cannot carry (refused when given)."""
     from . import _merge_config
 
     _check_method(method)
-    _merge_config.check_keywords(
-        {"include": include, "exclude": exclude, "statistics": params.get("statistics")}
-    )
+    _merge_config.check_keywords({**selection, "statistics": kw.get("statistics")})
     if not isinstance(models, Sequence) or isinstance(models, (str, bytes)):
         raise ValueError("models must be a list (with slices=, the table sources may index)")
     if routed["slices"] is None and not models:
         raise ValueError("models must be a non-empty list of fine-tuned models")
-    kw = dict(weights=weights, density=density, lam=lam, normalize=normalize, scope=scope,
-              seed=seed, **params)  # fmt: skip
-    if routed["slices"] is None:
-        payload = _params(method, len(models), False, **kw)
-    else:  # no model count to check against: the engine checks each slice
-        for key in ("weights", "normalize", "scope"):
-            if kw.get(key) is None:
-                kw.pop(key, None)
-        reads = _TABLE.methods[method].params
-        for key, name in (("density", "density"), ("lam", "lambda")):
-            if name not in reads and _is_default(kw[key], _TABLE.params[name].default):
-                del kw[key]
-        payload = _spec.payload(method, max(1, len(models)), kw)
+    # With slices, no model count to check against: the engine checks each slice.
+    payload = _params(method, max(1, len(models)), _check=routed["slices"] is None, **kw)
     out_dtype = None if dtype is None else str(as_dtype(dtype)).removeprefix("torch.")
     conf = _merge_config.config(base, models, method, payload, dtype=out_dtype,
                                 transposed=transposed, keywords=routed)  # fmt: skip
@@ -676,12 +648,15 @@ def _is_default(value: Any, default: Any) -> bool:
             and value == default)
 
 
-def _params(method: str, n_models: int, base_last: bool = False, **kw: Any) -> dict[str, Any]:
+def _params(
+    method: str, n_models: int, base_last: bool = False, *, _check: bool = True, **kw: Any
+) -> dict[str, Any]:
     """The engine's parameters of a call, checked by the engine against the
     method's row of the spec table (the checks and messages of a YAML config
-    and a daemon job); ``None`` values of the common keywords mean "the
-    method's default". ``base_last``: the last of the ``n_models`` is the
-    base merged as a model (see :func:`npsfuse._spec.payload`)."""
+    and a daemon job; ``_check=False`` leaves them to the merge itself);
+    ``None`` values of the common keywords mean "the method's default".
+    ``base_last``: the last of the ``n_models`` is the base merged as a
+    model (see :func:`npsfuse._spec.payload`)."""
     _check_method(method)
     for key in ("weights", "normalize", "scope"):
         if kw.get(key) is None:
@@ -694,15 +669,19 @@ def _params(method: str, n_models: int, base_last: bool = False, **kw: Any) -> d
         if name not in reads and key in kw and _is_default(kw[key], _TABLE.params[name].default):
             del kw[key]
     p = _spec.payload(method, n_models, kw, base_last=base_last)
-    _spec.check(method, n_models, p)
+    if _check:
+        _spec.check(method, n_models, p)
     return p
 
 
 def _statistics(
     method: str, given: Any, n_models: int, base: StateDict, names: Sequence[str]
-) -> tuple[list[StateDict], list[str]]:
+) -> tuple[list[StateDict] | None, list[str]]:
     """The data-aware methods' statistics, checked: one float32 dict per
-    model restricted to the merged tensors, and the names that match none."""
+    model restricted to the merged tensors, and the names that match none
+    (``None`` and none for the other methods, which take no statistics)."""
+    if method not in DATA_AWARE:
+        return None, []
     if given is None:
         raise ValueError(
             f"{method} needs statistics=[…], one per model (see npsfuse.stats."
@@ -785,11 +764,10 @@ def task_vector(
     base_sd = load_state_dict(base, "base")
     ft_sd = load_state_dict(finetuned, "finetuned", base=base_sd)
     base_sd, (ft_sd,), wide = _narrow_float64(base_sd, [ft_sd])
-    merged = {e["name"] for e in _plan(base_sd, [ft_sd], verify=False) if e["action"] == "merge"}
-    names = [k for k in base_sd if k in merged]
+    names, _ = _split(base_sd, [ft_sd], verify=False)
     params = _params("linear", 2, weights=[1.0, -1.0], normalize=False)
     # linear with weights (1, −1) over (θ_ft, θ_pre) is exactly θ_ft − θ_pre.
-    tau = _run("linear", params, names, base_sd, [ft_sd, base_sd], dtype)[0] if names else {}
+    tau = _run("linear", params, names, base_sd, [ft_sd, base_sd], dtype)[0]
     if dtype is None:
         tau = {k: t.to(torch.float64) if k in wide else t for k, t in tau.items()}
     return tau

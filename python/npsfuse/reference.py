@@ -166,6 +166,19 @@ def l1_rescaled(tau: np.ndarray, kept: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- combine
 
 
+def _weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
+    """The models' weights as float32 (default all 1)."""
+    return np.asarray([1.0] * n if weights is None else list(weights), dtype=F32)
+
+
+def _sum32(w: np.ndarray) -> np.float32:
+    """Σ_t w_t in float32, accumulated in model order."""
+    total = F32(0)
+    for wt in w:
+        total = F32(total + wt)
+    return total
+
+
 def weighted_sum(w: np.ndarray, xs: Sequence[np.ndarray]) -> np.ndarray:
     """Σ_t w_t x_t in float32, accumulated in model order."""
     acc = np.zeros_like(xs[0], dtype=F32)
@@ -250,11 +263,8 @@ def merge(
         if weights is not None and len(weights) == len(models) - 1:
             weights = [*weights, 1.0]
     names = list(base)
-    T = len(models)
-    w = np.asarray([1.0] * T if weights is None else list(weights), dtype=F32)
-    wsum = F32(0)
-    for wt in w:
-        wsum = F32(wsum + wt)
+    w = _weights(weights, len(models))
+    wsum = _sum32(w)
     norm = NORMALIZE_DEFAULT[method] if normalize is None else bool(normalize)
     lam32 = F32(lam)
 
@@ -345,6 +355,11 @@ def truncated_svd(a: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.nda
     return u, s, vt
 
 
+def _joined(parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, ...]:
+    """Several SVDs' ``(U, s, Vt)`` side by side: U by columns, s and Vt by rows."""
+    return tuple(np.concatenate([p[i] for p in parts], axis=a) for i, a in enumerate((1, 0, 0)))
+
+
 def iso_c_delta(total: np.ndarray) -> np.ndarray:
     """Iso-C: σ̄·U·Vᵀ for Δ_TA = U·Σ·Vᵀ, σ̄ the mean of all its singular values."""
     p, s = polar(total)
@@ -368,15 +383,8 @@ def iso_cts_delta(total: np.ndarray, tasks: Sequence[np.ndarray], fraction: floa
     if per == 0:
         return iso_c_delta(total)
     uc, sc, vc = truncated_svd(total, common)
-    us, ss, vs = [], [], []
-    for tau in tasks:
-        u, s, v = truncated_svd(tau - uc @ (uc.T @ tau), per)
-        us.append(u)
-        ss.append(s)
-        vs.append(v)
-    u_all = np.concatenate([*us, uc], axis=1)
-    s_all = np.concatenate([*ss, sc])
-    v_all = np.concatenate([*vs, vc], axis=0)
+    parts = [truncated_svd(tau - uc @ (uc.T @ tau), per) for tau in tasks]
+    u_all, s_all, v_all = _joined([*parts, (uc, sc, vc)])
     return s_all.mean() * (polar(u_all)[0] @ polar(v_all)[0])
 
 
@@ -387,10 +395,7 @@ def tsv_delta(tasks: Sequence[np.ndarray]) -> np.ndarray:
     k = min(m, n) // len(tasks)
     if k == 0:
         return np.zeros((m, n))
-    parts = [truncated_svd(t, k) for t in tasks]
-    u = np.concatenate([p[0] for p in parts], axis=1)
-    s = np.concatenate([p[1] for p in parts])
-    v = np.concatenate([p[2] for p in parts], axis=0)
+    u, s, v = _joined([truncated_svd(t, k) for t in tasks])
     return polar(u)[0] @ np.diag(s) @ polar(v)[0]
 
 
@@ -423,7 +428,7 @@ def merge_subspace(
     if method not in SUBSPACE_METHODS:
         raise ValueError(f"unknown method {method!r}")
     n_tasks = len(models)
-    w = np.asarray([1.0] * n_tasks if weights is None else list(weights), dtype=F32)
+    w = _weights(weights, n_tasks)
     lam32 = F32(lam)
     out: dict[str, np.ndarray] = {}
     for k in base:
@@ -455,10 +460,7 @@ def _weighted_mean_tv(
     w: np.ndarray, b: np.ndarray, taus: Sequence[np.ndarray], lam: float
 ) -> np.ndarray:
     """θ₀ + λ·Σ_t w_t τ_t / Σ_t w_t, rounded like task_arithmetic with normalize."""
-    wsum = F32(0)
-    for wt in w:
-        wsum = F32(wsum + wt)
-    scale = F32(F32(lam) / wsum)
+    scale = F32(F32(lam) / _sum32(w))
     return (b + scale * weighted_sum(w, taus)).astype(F32)
 
 
@@ -477,8 +479,7 @@ def fisher_merge(
     θ₀ + λ·(Σ_t w_t F̃_t τ_t) / (Σ_t w_t F̃_t); a tensor without Fisher
     values is θ₀ + λ·Σ_t w_t τ_t / Σ_t w_t.
     """
-    T = len(models)
-    w = np.asarray([1.0] * T if weights is None else list(weights), dtype=F32)
+    w = _weights(weights, len(models))
     floor = F32(fisher_floor)
     out: dict[str, np.ndarray] = {}
     for k in base:
@@ -514,8 +515,7 @@ def regmean_merge(
     Δᵀ = (Σ_t w_t G̃_t)⁻¹ Σ_t w_t G̃_t τ_tᵀ, result W₀ + λ·Δ rounded to
     float32. Every other tensor: θ₀ + λ·Σ_t w_t τ_t / Σ_t w_t (float32).
     """
-    T = len(models)
-    w = np.asarray([1.0] * T if weights is None else list(weights), dtype=F32)
+    w = _weights(weights, len(models))
     out: dict[str, np.ndarray] = {}
     for k in base:
         b = np.asarray(base[k], dtype=F32)

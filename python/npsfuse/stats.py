@@ -208,8 +208,7 @@ def fisher(
         key = (v.data_ptr(), tuple(v.shape), tuple(v.stride()))
         if v.numel() and key in first:
             tied[k] = first[key]
-        else:
-            first.setdefault(key, k)
+        first.setdefault(key, k)
     order = names
     names = [k for k in names if k not in tied]
     tensors = {k: v for k, v in tensors.items() if k not in tied}
@@ -291,12 +290,10 @@ def fisher(
 def _linear_layers(module: nn.Module) -> dict[str, nn.Module]:
     """nn.Linear and transformers' Conv1D layers, by the state-dict name of
     their weight."""
-    kinds: tuple[type, ...] = (nn.Linear,)
     import sys
 
-    pu = sys.modules.get("transformers.pytorch_utils")
-    if pu is not None and hasattr(pu, "Conv1D"):
-        kinds += (pu.Conv1D,)
+    conv1d = getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
+    kinds: tuple[type, ...] = (nn.Linear,) if conv1d is None else (nn.Linear, conv1d)
     return {
         (f"{name}.weight" if name else "weight"): m
         for name, m in module.named_modules()
@@ -341,7 +338,7 @@ def regmean_grams(
     if not layers:
         raise ValueError("the module has no nn.Linear (or Conv1D) layer")
     bound = _Bound(module, forward or default_forward)
-    tensors = _tensors(module, params) if params is not None else None
+    tensors = {} if params is None else _tensors(module, params)  # {}: the module's own
     sums: dict[str, torch.Tensor] = {}
     rows: dict[str, int] = {}
 
@@ -361,10 +358,7 @@ def regmean_grams(
             for b, batch in enumerate(batches):
                 if max_batches is not None and b >= max_batches:
                     break
-                if tensors is None:
-                    bound(batch)
-                else:
-                    functional_call(bound, _prefixed(tensors), (batch,))
+                functional_call(bound, _prefixed(tensors), (batch,))
     finally:
         for h in handles:
             h.remove()
