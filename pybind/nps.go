@@ -9,14 +9,10 @@ import (
 	"github.com/npsfuse/npsfuse/gocore/parallel"
 )
 
+// npsOptions are NPSDecompose's options: nps.Config and the thread count.
 type npsOptions struct {
-	Subspaces  int    `json:"subspaces"`
-	Kind       string `json:"kind"`
-	Rank       int    `json:"rank"`
-	PowerIters int    `json:"power_iters"`
-	Oversample int    `json:"oversample"`
-	Seed       uint64 `json:"seed"`
-	Threads    int    `json:"threads"` // ≤ 0: the process default
+	nps.Config
+	Threads int `json:"threads"` // ≤ 0: the process default
 }
 
 // NPSDecompose forms τ = θ_ft − θ₀ for nTensors tensors (pairs at
@@ -35,17 +31,16 @@ func NPSDecompose(options string, nTensors, arrays, schemas int) (h int, err err
 	if err := decodeStrict(nps.ErrInput, "options", options, &o); err != nil {
 		return 0, err
 	}
-	kind, err := nps.ParseKind(o.Kind)
+	opt, err := o.Options(parallel.Pool{Threads: o.Threads})
 	if err != nil {
-		return 0, fmt.Errorf("%w: %v", nps.ErrInput, err)
+		return 0, err
 	}
 	inputs := make([]nps.TaskInput, nTensors)
 	for i := range inputs {
 		base, ft := b.Tensors[2*i], b.Tensors[2*i+1]
 		inputs[i] = nps.TaskInput{Name: base.Name, Shape: base.Shape, Base: base.Vec, FT: ft.Vec}
 	}
-	t, err := nps.NewTask(inputs, nps.Options{Subspaces: o.Subspaces, Kind: kind, Rank: o.Rank,
-		PowerIters: o.PowerIters, Oversample: o.Oversample, Seed: o.Seed, Pool: parallel.Pool{Threads: o.Threads}})
+	t, err := nps.NewTask(inputs, opt)
 	if err != nil {
 		return 0, err
 	}

@@ -16,14 +16,9 @@ import (
 // npsOptions are NPS-Pruning's knobs (METHODS.md, "NPS-Pruning"; Du, Fang,
 // Li et al., 2025), shared by nps_prune, compress and nps_search.
 type npsOptions struct {
-	// Subspaces M (default 8); Kind "svd" (default) or "magnitude"; Rank,
-	// PowerIters, Oversample and Seed of the randomized SVD.
-	Subspaces  int    `json:"subspaces,omitempty"`
-	Kind       string `json:"kind,omitempty"`
-	Rank       int    `json:"rank,omitempty"`
-	PowerIters int    `json:"power_iters,omitempty"`
-	Oversample int    `json:"oversample,omitempty"`
-	Seed       uint64 `json:"seed,omitempty"`
+	// The decomposition's options, as pybind's NPSDecompose reads them
+	// (subspaces default 8 here).
+	nps.Config
 	// Keep is the fraction r of |τ'| kept (default 0.1; compress 0.05).
 	Keep float64 `json:"keep,omitempty"`
 	// Global ranks over all tensors together (default true).
@@ -105,10 +100,13 @@ type taskSet struct {
 	metas       []tensors.Meta
 	task        *nps.Task     // τ decomposed; task.Out holds the last Build's τ_NPS
 	pool        parallel.Pool // the daemon's thread count (Env.Pool)
+	release     func()        // gives the set's memory reservation back
 }
 
+// close closes the sources and gives the reservation back.
 func (t *taskSet) close() {
 	_ = tensors.CloseAll(t.base, t.model)
+	t.release()
 }
 
 // numel is the number of decomposed entries.
@@ -120,33 +118,31 @@ func (t *taskSet) numel() int64 {
 	return n
 }
 
-// newTaskSet opens base and model and decomposes τ. release must be held
-// by the caller for the returned set's lifetime (8 bytes per entry plus
-// the SVD factors).
-func newTaskSet(rc *runCtx, baseRef, modelRef string, o *npsOptions) (t *taskSet, release func(), err error) {
+// newTaskSet opens base and model and decomposes τ, holding a memory
+// reservation (8 bytes per entry plus the SVD factors) until close.
+func newTaskSet(rc *runCtx, baseRef, modelRef string, o *npsOptions) (t *taskSet, err error) {
 	basePath, err := rc.env.Resolve(baseRef, "base")
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	modelPath, err := rc.env.Resolve(modelRef, "model")
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	// On error: close what is open and give the reservation back (the
-	// returns set t and release to nil first, so keep them apart).
-	t = &taskSet{}
-	ts, rel := t, func() {}
+	// returns set t to nil first, so keep it apart).
+	t = &taskSet{release: func() {}}
+	ts := t
 	defer func() {
 		if err != nil {
 			ts.close()
-			rel()
 		}
 	}()
 	if t.base, err = rc.env.openSource(basePath); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if t.model, err = rc.env.openSource(modelPath); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	// The planner's rule, as for merges (integer tensors must match the
 	// base's, values included). Merged() is in tensor-name order, as
@@ -154,36 +150,35 @@ func newTaskSet(rc *runCtx, baseRef, modelRef string, o *npsOptions) (t *taskSet
 	// name order, as merge does.
 	p, err := planSources(t.base, []tensors.Source{t.model}, plan.Options{}, nps.ErrInput)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	for _, e := range p.Merged() {
 		bm, _ := t.base.Meta(e.Name)
 		t.names = append(t.names, e.Name)
 		t.metas = append(t.metas, bm)
 	}
-	r, err := rc.reserve(8*t.numel()+(64<<20), "the task vector and its decomposition")
+	release, err := rc.reserve(8*t.numel()+(64<<20), "the task vector and its decomposition")
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	rel = r
+	t.release = release
 	inputs := make([]nps.TaskInput, len(t.names))
 	for i, name := range t.names {
 		inputs[i] = nps.TaskInput{Name: name, Shape: t.metas[i].IntShape()}
 		if inputs[i].Base, err = sourceVec(t.base, name); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		if inputs[i].FT, err = sourceVec(t.model, name); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 	}
-	kind, _ := nps.ParseKind(o.Kind)
 	rc.progress(store.Progress{Message: fmt.Sprintf("computing task vectors; decomposing %d tensors into %d subspaces", len(inputs), o.Subspaces)})
 	t.pool = rc.env.Pool
-	if t.task, err = nps.NewTask(inputs, nps.Options{Subspaces: o.Subspaces, Kind: kind, Rank: o.Rank,
-		PowerIters: o.PowerIters, Oversample: o.Oversample, Seed: o.Seed, Pool: t.pool}); err != nil {
-		return nil, nil, err
+	opt, _ := o.Options(t.pool) // normalize checked the kind
+	if t.task, err = nps.NewTask(inputs, opt); err != nil {
+		return nil, err
 	}
-	return t, rel, nil
+	return t, nil
 }
 
 // sourceVec views a floating-point tensor of src.
@@ -297,11 +292,10 @@ func (s *pruneSpec) normalize(e *Env) error {
 }
 
 func runPrune(rc *runCtx, s *pruneSpec) (any, Session, error) {
-	t, release, err := newTaskSet(rc, s.Base, s.Model, &s.npsOptions)
+	t, err := newTaskSet(rc, s.Base, s.Model, &s.npsOptions)
 	if err != nil {
 		return nil, nil, err
 	}
-	defer release()
 	defer t.close()
 	kept, set, err := t.output(s.Weights, &s.npsOptions, s.Output, *s.Lam, s.DType)
 	if err != nil {
@@ -381,13 +375,12 @@ func runCompress(rc *runCtx, s *compressSpec) (any, Session, error) {
 	var blobs [][]byte
 	var reports []map[string]any
 	for k, ref := range s.Models {
-		t, release, err := newTaskSet(rc, s.Base, ref, &s.npsOptions)
+		t, err := newTaskSet(rc, s.Base, ref, &s.npsOptions)
 		if err != nil {
 			return nil, nil, fmt.Errorf("models[%d]: %w", k, err)
 		}
 		kept, err := t.build(s.Weights, &s.npsOptions)
 		if err != nil {
-			release()
 			t.close()
 			return nil, nil, err
 		}
@@ -404,7 +397,6 @@ func runCompress(rc *runCtx, s *compressSpec) (any, Session, error) {
 			if len(vals) > 0 {
 				v, err := tensor.FromBytes(vb, vdt)
 				if err != nil {
-					release()
 					t.close()
 					return nil, nil, err
 				}
@@ -417,7 +409,6 @@ func runCompress(rc *runCtx, s *compressSpec) (any, Session, error) {
 		n := t.numel()
 		reports = append(reports, map[string]any{"model": ref, "kept": kept, "numel": n,
 			"bits_per_param": bits / math.Max(1, float64(n))})
-		release()
 		t.close()
 		rc.progress(store.Progress{Done: int64(k + 1), Total: int64(len(s.Models)), Unit: "models"})
 	}

@@ -168,12 +168,11 @@ func (s *searchSpec) session() (*nps.Session, error) {
 // npsSession is a running nps_search.
 type npsSession struct {
 	session.Guard
-	rc      *runCtx
-	cancel  context.CancelFunc
-	spec    searchSpec
-	t       *taskSet
-	release func()
-	s       *nps.Session
+	rc     *runCtx
+	cancel context.CancelFunc
+	spec   searchSpec
+	t      *taskSet
+	s      *nps.Session
 }
 
 // holdSet builds a TensorSet that borrows a session's buffers: the
@@ -196,7 +195,7 @@ func holdSet(g *session.Guard, build func() (*TensorSet, error)) (*TensorSet, er
 var errClosed = fmt.Errorf("%w: session closed", ErrState)
 
 func runSearch(rc *runCtx, s *searchSpec) (any, Session, error) {
-	t, release, err := newTaskSet(rc, s.Base, s.Model, &s.npsOptions)
+	t, err := newTaskSet(rc, s.Base, s.Model, &s.npsOptions)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -207,12 +206,11 @@ func runSearch(rc *runCtx, s *searchSpec) (any, Session, error) {
 		}
 	}
 	if err != nil {
-		release()
 		t.close()
 		return nil, nil, err
 	}
 	src, cancel := rc.detach()
-	ns := &npsSession{Guard: session.Guard{Closed: errClosed}, rc: src, cancel: cancel, spec: *s, t: t, release: release, s: sess}
+	ns := &npsSession{Guard: session.Guard{Closed: errClosed}, rc: src, cancel: cancel, spec: *s, t: t, s: sess}
 	src.progress(ns.progress())
 	return nil, ns, nil
 }
@@ -328,6 +326,5 @@ func (n *npsSession) Close() {
 	n.Guard.Close(func() {
 		n.cancel()
 		n.t.close()
-		n.release()
 	})
 }

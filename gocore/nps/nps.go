@@ -54,6 +54,31 @@ type Options struct {
 	Pool parallel.Pool
 }
 
+// Config is Options as both doors decode them from JSON (pybind's
+// NPSDecompose, the daemon's NPS jobs): Kind by name, no pool.
+type Config struct {
+	// Subspaces M (the daemon's default 8); Kind "svd" (default) or
+	// "magnitude"; Rank, PowerIters, Oversample and Seed of the randomized
+	// SVD.
+	Subspaces  int    `json:"subspaces,omitempty"`
+	Kind       string `json:"kind,omitempty"`
+	Rank       int    `json:"rank,omitempty"`
+	PowerIters int    `json:"power_iters,omitempty"`
+	Oversample int    `json:"oversample,omitempty"`
+	Seed       uint64 `json:"seed,omitempty"`
+}
+
+// Options are c's Options with pool; an unknown kind is an error wrapping
+// ErrInput.
+func (c Config) Options(pool parallel.Pool) (Options, error) {
+	kind, err := ParseKind(c.Kind)
+	if err != nil {
+		return Options{}, fmt.Errorf("%w: %v", ErrInput, err)
+	}
+	return Options{Subspaces: c.Subspaces, Kind: kind, Rank: c.Rank, PowerIters: c.PowerIters,
+		Oversample: c.Oversample, Seed: c.Seed, Pool: pool}, nil
+}
+
 // Input is one tensor's task vector. Decompose keeps Tau (it does not copy
 // it); the caller must not change it afterwards.
 type Input struct {
