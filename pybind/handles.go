@@ -22,6 +22,15 @@ func putHandle(v any) int {
 	return handles.next
 }
 
+// keep returns the handle of v, a new object, or err when building it
+// failed.
+func keep[T any](v T, err error) (int, error) {
+	if err != nil {
+		return 0, err
+	}
+	return putHandle(v), nil
+}
+
 func getHandle[T any](h int) (T, error) {
 	handles.Lock()
 	defer handles.Unlock()
@@ -58,11 +67,7 @@ func newHandle[C, T any](kind error, what, config string, build func(C) (T, erro
 	if err := decodeStrict(kind, what, config, &c); err != nil {
 		return 0, err
 	}
-	v, err := build(c)
-	if err != nil {
-		return 0, err
-	}
-	return putHandle(v), nil
+	return keep(build(c))
 }
 
 // Free releases the object behind a handle; unknown handles are ignored.

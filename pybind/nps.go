@@ -40,11 +40,7 @@ func NPSDecompose(options string, nTensors, arrays, schemas int) (h int, err err
 		base, ft := b.Tensors[2*i], b.Tensors[2*i+1]
 		inputs[i] = nps.TaskInput{Name: base.Name, Shape: base.Shape, Base: base.Vec, FT: ft.Vec}
 	}
-	t, err := nps.NewTask(inputs, opt)
-	if err != nil {
-		return 0, err
-	}
-	return putHandle(t), nil
+	return keep(nps.NewTask(inputs, opt))
 }
 
 // NPSInfo describes a decomposition as JSON: subspaces, elements, and per
@@ -134,11 +130,7 @@ func NPSSessionNew(config string) (h int, err error) {
 // NPSSessionRestore continues a session from NPSSessionState's JSON.
 func NPSSessionRestore(state string) (h int, err error) {
 	defer guard(&err)
-	s, err := nps.RestoreSession([]byte(state))
-	if err != nil {
-		return 0, err
-	}
-	return putHandle(s), nil
+	return keep(nps.RestoreSession([]byte(state)))
 }
 
 // NPSSessionAsk returns the pending candidates as a JSON list of vectors.

@@ -71,9 +71,5 @@ func OptRestore(state string) (h int, err error) {
 	if err := json.Unmarshal([]byte(state), &s); err != nil {
 		return 0, fmt.Errorf("%w: state: %v", ErrSearch, err)
 	}
-	o, err := search.Restore(s)
-	if err != nil {
-		return 0, err
-	}
-	return putHandle(o), nil
+	return keep(search.Restore(s))
 }
