@@ -7,7 +7,6 @@ import (
 	"io"
 	"strings"
 	"time"
-	"unsafe"
 
 	"github.com/npsfuse/npsfuse/arrowio/checkpoint"
 	"github.com/npsfuse/npsfuse/arrowio/safetensors"
@@ -505,12 +504,7 @@ func convert(buf, from []byte, j *job) error {
 	if err != nil {
 		return err
 	}
-	scratch := make([]float32, min(parallel.Chunk, src.Len()))
-	for off := 0; off < src.Len(); off += len(scratch) {
-		s := scratch[:min(len(scratch), src.Len()-off)]
-		src.Load(s, off)
-		dst.Store(s, off)
-	}
+	tensor.Convert(dst, src)
 	return nil
 }
 
@@ -520,12 +514,7 @@ func vecOf(b []byte, dt tensor.DType, file, name string) (tensor.Vec, error) {
 	if len(b)%dt.Size() != 0 {
 		return tensor.Vec{}, fmt.Errorf("%s: tensor %q: %d bytes is not a whole number of %v elements", file, name, len(b), dt)
 	}
-	if len(b) > 0 && uintptr(unsafe.Pointer(unsafe.SliceData(b)))%uintptr(dt.Size()) != 0 {
-		aligned := make([]byte, len(b)+8)
-		off := int(-uintptr(unsafe.Pointer(unsafe.SliceData(aligned))) % uintptr(dt.Size()))
-		b = append(aligned[off:off], b...)
-	}
-	return tensor.FromBytes(b, dt)
+	return tensor.FromBytesAligned(b, dt)
 }
 
 func totalBytes(infos []safetensors.TensorInfo) int64 {

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
-	"unsafe"
 
 	"github.com/npsfuse/npsfuse/arrowio/checkpoint"
 	"github.com/npsfuse/npsfuse/arrowio/safetensors"
@@ -459,15 +458,6 @@ type planned struct {
 	conv   tensor.DType
 }
 
-// kernelVec views b as dtype d, copying once into aligned memory if a
-// foreign writer left it misaligned.
-func kernelVec(b []byte, d tensor.DType) (tensor.Vec, error) {
-	if len(b) > 0 && uintptr(unsafe.Pointer(unsafe.SliceData(b)))%uintptr(d.Size()) != 0 {
-		b = append(make([]byte, 0, len(b)+8), b...)
-	}
-	return tensor.FromBytes(b, d)
-}
-
 // planMerge matches the models with the base (gocore/plan: the rule of
 // every door), compares their integer tensors with the base's, and lays
 // the output out in the base's order; merged tensors are in name order.
@@ -510,7 +500,7 @@ func planMerge(cfg *stream.Config, s *mergeSpec, base tensors.Source, models []t
 			if err != nil {
 				return nil, nil, nil, err
 			}
-			if len(b) > 0 && uintptr(unsafe.Pointer(unsafe.SliceData(b)))%uintptr(mustKernel(meta).Size()) != 0 {
+			if tensor.Misaligned(b, mustKernel(meta)) {
 				copies += int64(len(b))
 			}
 		}
@@ -527,7 +517,7 @@ func planMerge(cfg *stream.Config, s *mergeSpec, base tensors.Source, models []t
 			if err != nil {
 				return nil, nil, nil, err
 			}
-			v, err := kernelVec(b, mustKernel(meta))
+			v, err := tensor.FromBytesAligned(b, mustKernel(meta))
 			if err != nil {
 				return nil, nil, nil, fmt.Errorf("%w: tensor %q of %s: %v", stream.ErrInput, e.Name, src.Path(), err)
 			}
@@ -697,7 +687,7 @@ func mustKernel(m tensors.Meta) tensor.DType {
 
 // convert rounds src (dtype from) into dst (dtype to), chunk by chunk.
 func convert(dst []byte, to tensor.DType, src []byte, from tensor.DType) error {
-	sv, err := kernelVec(src, from)
+	sv, err := tensor.FromBytesAligned(src, from)
 	if err != nil {
 		return err
 	}
@@ -705,12 +695,7 @@ func convert(dst []byte, to tensor.DType, src []byte, from tensor.DType) error {
 	if err != nil {
 		return err
 	}
-	buf := make([]float32, min(1<<16, sv.Len()))
-	for off := 0; off < sv.Len(); off += len(buf) {
-		b := buf[:min(len(buf), sv.Len()-off)]
-		sv.Load(b, off)
-		dv.Store(b, off)
-	}
+	tensor.Convert(dv, sv)
 	return nil
 }
 

@@ -188,7 +188,7 @@ func sourceVec(src tensors.Source, name string) (tensor.Vec, error) {
 	if err != nil {
 		return tensor.Vec{}, err
 	}
-	return kernelVec(b, mustKernel(m))
+	return tensor.FromBytesAligned(b, mustKernel(m))
 }
 
 // build computes τ_NPS for weights w into t.task.Out and returns how

@@ -98,6 +98,34 @@ func FromBytes(b []byte, d DType) (Vec, error) {
 	return Vec{DType: d, U16: unsafe.Slice((*uint16)(p), n)}, nil
 }
 
+// Misaligned reports whether b's data is not aligned for d's elements,
+// which FromBytes refuses.
+func Misaligned(b []byte, d DType) bool {
+	return len(b) > 0 && d.Size() > 0 && uintptr(unsafe.Pointer(unsafe.SliceData(b)))%uintptr(d.Size()) != 0
+}
+
+// FromBytesAligned is FromBytes for data a foreign writer may have left
+// misaligned: such data is copied once into aligned memory first.
+func FromBytesAligned(b []byte, d DType) (Vec, error) {
+	if Misaligned(b, d) {
+		aligned := make([]byte, len(b)+8)
+		off := int(-uintptr(unsafe.Pointer(unsafe.SliceData(aligned))) % uintptr(d.Size()))
+		b = append(aligned[off:off], b...)
+	}
+	return FromBytes(b, d)
+}
+
+// Convert writes src into dst (of the same length), rounding to dst's
+// dtype (nearest even), one chunk at a time.
+func Convert(dst, src Vec) {
+	scratch := make([]float32, min(1<<14, src.Len()))
+	for off := 0; off < src.Len(); off += len(scratch) {
+		s := scratch[:min(len(scratch), src.Len()-off)]
+		src.Load(s, off)
+		dst.Store(s, off)
+	}
+}
+
 // Alloc returns a Vec of n zero elements of dtype d backed by Go memory.
 func Alloc(n int, d DType) Vec {
 	if d == F32 {

@@ -3,6 +3,7 @@ package tensor
 import (
 	"math"
 	"testing"
+	"unsafe"
 )
 
 func TestParseDType(t *testing.T) {
@@ -100,3 +101,31 @@ func TestAtSetAtMatchLoadStore(t *testing.T) {
 		}
 	}
 }
+
+// TestFromBytesAlignedConvert views misaligned bytes through an aligned
+// copy and converts between dtypes across several scratch chunks.
+func TestFromBytesAlignedConvert(t *testing.T) {
+	src := Alloc(40000, F32)
+	for i := range src.Len() {
+		src.SetAt(i, float32(i%1000)*0.3)
+	}
+	raw := make([]byte, 4*src.Len()+1)
+	mis := raw[1:]
+	copy(mis, unsafe.Slice((*byte)(unsafe.Pointer(&src.F32[0])), 4*src.Len()))
+	if !Misaligned(mis, F32) || Misaligned(mis, DType(9)) || Misaligned(raw[:0], F32) {
+		t.Fatal("Misaligned is wrong")
+	}
+	v, err := FromBytesAligned(mis, F32)
+	if err != nil || Misaligned(unsafe.Slice((*byte)(unsafe.Pointer(&v.F32[0])), 4), F32) {
+		t.Fatalf("FromBytesAligned: %v", err)
+	}
+	dst := Alloc(src.Len(), BF16)
+	Convert(dst, v)
+	for i := range src.Len() {
+		if want := float32FromBF16(BF16Bits(src.At(i))); dst.At(i) != want {
+			t.Fatalf("entry %d: %v, want %v", i, dst.At(i), want)
+		}
+	}
+}
+
+func float32FromBF16(b uint16) float32 { return math.Float32frombits(uint32(b) << 16) }
