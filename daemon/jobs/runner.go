@@ -6,8 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"runtime/debug"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -72,14 +73,7 @@ func specKind[S any](session bool, norm func(*S, *Env) error, run func(*runCtx, 
 }
 
 // Types lists the job types, sorted.
-func Types() []string {
-	out := make([]string, 0, len(kinds))
-	for k := range kinds {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}
+func Types() []string { return slices.Sorted(maps.Keys(kinds)) }
 
 // runCtx is what a running job sees.
 type runCtx struct {
@@ -548,12 +542,9 @@ func (r *Runner) submit(reqs []Request) ([]*store.Job, []bool, error) {
 		if err != nil {
 			return nil, nil, err
 		}
-		for n, j := range stored {
-			i := at[n]
-			out[i], existed[i] = j, ex[n]
-		}
 		var ids []uint64
 		for n, j := range stored {
+			out[at[n]], existed[at[n]] = j, ex[n]
 			if !ex[n] {
 				ids = append(ids, j.ID)
 			}
@@ -638,14 +629,12 @@ func (r *Runner) Status(id uint64) (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
-	return r.view(j), nil
+	return r.View(j), nil
 }
 
 // View returns job j (as the store returned it) as clients see it, with
 // its live progress, without reading the store again.
-func (r *Runner) View(j *store.Job) *Status { return r.view(j) }
-
-func (r *Runner) view(j *store.Job) *Status {
+func (r *Runner) View(j *store.Job) *Status {
 	s := &Status{ID: j.ID, Type: j.Type, State: j.State, Progress: j.Progress, Error: j.Error, Result: j.Result,
 		Notes: j.Notes, Submitted: j.Submitted, Started: j.Started, Finished: j.Finished, Attempts: j.Attempts,
 		IdempotencyKey: j.Key, CancelRequested: j.CancelRequested}
@@ -671,7 +660,7 @@ func (r *Runner) List(f store.Filter) ([]*Status, error) {
 	}
 	out := make([]*Status, len(js))
 	for i, j := range js {
-		out[i] = r.view(j)
+		out[i] = r.View(j)
 	}
 	return out, nil
 }
@@ -774,7 +763,7 @@ func (r *Runner) ReleaseAs(id uint64, slab string) (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
-	return r.view(j), nil
+	return r.View(j), nil
 }
 
 // resultPath is the tensor file of a finished job ("" if it has none).
