@@ -6,7 +6,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 
 	"github.com/npsfuse/npsfuse/arrowio/checkpoint"
@@ -49,15 +48,11 @@ func mergekitKind(s *mergeSpec) (string, error) {
 			return "moe", nil
 		}
 	}
-	what := ""
 	switch {
 	case s.IntermediateDir != "" || s.Lazy != nil:
-		what = "intermediate_dir and lazy apply to mergekit-multi documents (configs) only"
+		return "", invalid("intermediate_dir and lazy apply to mergekit-multi documents (configs) only")
 	case s.Seed != nil || s.AllowAllSame || s.CopyTokenizer != nil:
-		what = "seed, allow_all_same and copy_tokenizer apply to mergekit-moe configs (experts:) only; a merge's seed is the config's seed key"
-	}
-	if what != "" {
-		return "", invalid("%s", what)
+		return "", invalid("seed, allow_all_same and copy_tokenizer apply to mergekit-moe configs (experts:) only; a merge's seed is the config's seed key")
 	}
 	return "", nil
 }
@@ -476,11 +471,8 @@ func hoist(src, dst string) error {
 	} else if err != nil {
 		return err
 	}
-	names := make([]string, 0, len(entries))
-	for _, ent := range entries {
-		names = append(names, ent.Name())
-	}
-	for _, n := range slices.Sorted(slices.Values(names)) {
+	for _, ent := range entries { // in name order (os.ReadDir)
+		n := ent.Name()
 		if _, err := os.Lstat(filepath.Join(dst, n)); err == nil {
 			return fault.Errorf(fault.Internal, "output file %s collides with the output folder's own %s", n, filepath.Join(dst, n))
 		}
