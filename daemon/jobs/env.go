@@ -343,6 +343,16 @@ func (e *Env) RemoveResult(p string) error {
 	return err
 }
 
+// openRef opens the tensor source a spec's reference names (Resolve,
+// openSource).
+func (e *Env) openRef(ref, what string) (tensors.Source, error) {
+	p, err := e.Resolve(ref, what)
+	if err != nil {
+		return nil, err
+	}
+	return e.openSource(p)
+}
+
 // openSource opens a tensor source and counts shared-memory bytes in.
 func (e *Env) openSource(path string) (tensors.Source, error) {
 	s, err := tensors.Open(path)

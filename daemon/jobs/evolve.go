@@ -164,15 +164,8 @@ func runEvolve(rc *runCtx, s *evolveSpec) (any, Session, error) {
 			es.free()
 		}
 	}()
-	open := func(ref, what string) (tensors.Source, error) {
-		p, err := rc.env.Resolve(ref, what)
-		if err != nil {
-			return nil, err
-		}
-		return rc.env.openSource(p)
-	}
 	for i, ref := range s.Models {
-		src, err := open(ref, fmt.Sprintf("models[%d]", i))
+		src, err := rc.env.openRef(ref, fmt.Sprintf("models[%d]", i))
 		if err != nil {
 			return nil, nil, err
 		}
@@ -180,7 +173,7 @@ func runEvolve(rc *runCtx, s *evolveSpec) (any, Session, error) {
 	}
 	var err error
 	if s.Merge != "" {
-		if es.base, err = open(s.Base, "base"); err != nil {
+		if es.base, err = rc.env.openRef(s.Base, "base"); err != nil {
 			return nil, nil, err
 		}
 		if es.params, err = s.mergeParams(); err != nil {

@@ -121,14 +121,6 @@ func (t *taskSet) numel() int64 {
 // newTaskSet opens base and model and decomposes τ, holding a memory
 // reservation (8 bytes per entry plus the SVD factors) until close.
 func newTaskSet(rc *runCtx, baseRef, modelRef string, o *npsOptions) (t *taskSet, err error) {
-	basePath, err := rc.env.Resolve(baseRef, "base")
-	if err != nil {
-		return nil, err
-	}
-	modelPath, err := rc.env.Resolve(modelRef, "model")
-	if err != nil {
-		return nil, err
-	}
 	// On error: close what is open and give the reservation back (the
 	// returns set t to nil first, so keep it apart).
 	t = &taskSet{release: func() {}}
@@ -138,10 +130,10 @@ func newTaskSet(rc *runCtx, baseRef, modelRef string, o *npsOptions) (t *taskSet
 			ts.close()
 		}
 	}()
-	if t.base, err = rc.env.openSource(basePath); err != nil {
+	if t.base, err = rc.env.openRef(baseRef, "base"); err != nil {
 		return nil, err
 	}
-	if t.model, err = rc.env.openSource(modelPath); err != nil {
+	if t.model, err = rc.env.openRef(modelRef, "model"); err != nil {
 		return nil, err
 	}
 	// The planner's rule, as for merges (integer tensors must match the
