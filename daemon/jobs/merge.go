@@ -95,20 +95,16 @@ func decodeStrict(spec json.RawMessage, v any) error {
 // scratch folder when the config was prepared by npsfuse._prepare ("" for
 // a config as the client sent it): paths inside it are read too, and the
 // internal npsfuse_vocabulary key (the merged tokenizer's row maps) is
-// accepted, its paths resolved like the models'.
+// accepted, its paths resolved like the models'. Its callers have
+// checked s.what first (a config is there; npsfuse_vocabulary comes only
+// from npsfuse._prepare, with scratch set).
 func resolveMerge(e *Env, s *mergeSpec, scratch string) (*stream.Config, []string, error) {
-	if s.Config == nil {
-		return nil, nil, invalid("config is missing (a mergekit-style mapping: merge_method, base_model, models)")
-	}
 	roots := e.Roots
 	if scratch != "" {
 		var err error
 		if roots, err = config.NewRoots(append(e.Roots.Dirs(), scratch)...); err != nil {
 			return nil, nil, err
 		}
-	}
-	if _, ok := s.Config["npsfuse_vocabulary"]; ok && scratch == "" { // only npsfuse._prepare's output may carry it
-		return nil, nil, invalid("config: npsfuse_vocabulary is the internal key of npsfuse's tokenizer merge (row maps built in Python by npsfuse._prepare): give tokenizer_source, tokenizer: or chat_template instead")
 	}
 	var paths []string
 	resolve := func(v any, where string) (any, error) {
