@@ -804,3 +804,35 @@ func TestEvolveSelection(t *testing.T) {
 		}
 	}
 }
+
+// TestWaitSessionEnds covers WaitSession's other ends than a ready
+// session: a session whose setup failed (its error), a job that is no
+// session, and the timeout while a session is still queued.
+func TestWaitSessionEnds(t *testing.T) {
+	f := newFixture(t, 1)
+	paths, _, metas := f.family(t, 1, 5)
+	partial := filepath.Join(f.root, "partial.arrow")
+	if _, err := tensors.WriteIPC(partial, metas[1:2], func(int, []byte) error { return nil }, false); err != nil {
+		t.Fatal(err)
+	}
+	j := submit(t, f, "nps_search", map[string]any{"base": paths[0], "model": partial})
+	_, err := f.r.WaitSession(context.Background(), j.ID, 30*time.Second)
+	if !errors.Is(err, ErrState) || !strings.Contains(err.Error(), fmt.Sprintf("session %d is failed: ", j.ID)) {
+		t.Fatalf("failed setup: %v", err)
+	}
+	m := submit(t, f, "merge", map[string]any{"config": map[string]any{"merge_method": "linear", "base_model": paths[0],
+		"models": []any{map[string]any{"model": paths[1]}}}})
+	if _, err := f.r.WaitSession(context.Background(), m.ID, 30*time.Second); !errors.Is(err, ErrState) || !strings.Contains(err.Error(), "not an interactive session") {
+		t.Fatalf("merge job: %v", err)
+	}
+	if st := f.wait(t, m.ID); st.State != store.Done {
+		t.Fatalf("merge job %s", st.State)
+	}
+
+	g := newFixture(t, 0) // no worker: the session stays queued
+	paths, _, _ = g.family(t, 1, 6)
+	q := submit(t, g, "nps_search", map[string]any{"base": paths[0], "model": paths[1]})
+	if _, err := g.r.WaitSession(context.Background(), q.ID, 20*time.Millisecond); !errors.Is(err, ErrState) || !strings.Contains(err.Error(), "not ready yet (queued)") {
+		t.Fatalf("queued session: %v", err)
+	}
+}

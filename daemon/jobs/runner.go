@@ -820,32 +820,21 @@ func (r *Runner) Session(id uint64) (Session, error) {
 	return nil, fmt.Errorf("%w: session %d is not ready yet (%s); wait for it", ErrState, id, j.State)
 }
 
-// WaitSession waits up to timeout for job id's session to be ready.
+// WaitSession waits up to timeout for job id's session to be ready
+// (Watch until it is ready or final).
 func (r *Runner) WaitSession(ctx context.Context, id uint64, timeout time.Duration) (Session, error) {
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	for {
-		ch := r.changed(id)
-		s, err := r.Session(id)
-		if err == nil || !errors.Is(err, ErrState) {
-			return s, err
-		}
-		if j, gerr := r.st.Get(id); gerr == nil && j.State.Final() {
-			if j.Error != "" {
-				return nil, fmt.Errorf("%w: session %d is %s: %s", ErrState, id, j.State, j.Error)
-			}
-			return nil, err
-		}
-		select {
-		case <-ch:
-		case <-deadline.C:
-			return nil, err
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-r.drainCh:
-			return nil, fmt.Errorf("%w: reconnect after the restart", ErrDraining)
-		}
+	var last *Status
+	if err := r.Watch(ctx, id, timeout, 0, true, func(st *Status) error {
+		last = st
+		return nil
+	}); err != nil {
+		return nil, err
 	}
+	s, err := r.Session(id)
+	if err != nil && last.State.Final() && last.Error != "" {
+		return nil, fmt.Errorf("%w: session %d is %s: %s", ErrState, id, last.State, last.Error)
+	}
+	return s, err
 }
 
 // SessionProgress publishes a session's progress (generation, best).
