@@ -57,7 +57,7 @@ from ._extras import need
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._vocab import FailedScores
-    from .evolve import Evolver, EvolverResult
+    from .evolve import Evolver
     from .nps._search import Search
 
 __all__ = ["RayExecutor", "drive_session", "new_worker"]
@@ -170,23 +170,18 @@ class _EvolverJob(_Job):
     def __getstate__(self) -> dict[str, Any]:
         ev = self._ev
         return {
-            "keys": ev._keys, "names": ev._names, "shapes": [ev._shape[k] for k in ev._names],
-            "dtype": ev._dtype, "cfg": ev._cfg, "np": ev._np, "base": ev._base,
-            "extras": ev._extras, "evaluate": self.evaluate,
+            "layout": ev._layout() | {"popsize": ev._np}, "base": ev._base, "extras": ev._extras,
+            "evaluate": self.evaluate,
             "population": [ev._slots[ev._slot_of[i]] for i in range(ev._np)],
         }
 
     def __setstate__(self, st: dict[str, Any]) -> None:
         from .evolve import Evolver
 
-        ev = Evolver.__new__(Evolver)
-        ev._init_layout(st["keys"], st["names"], [tuple(s) for s in st["shapes"]], st["dtype"])
-        ev._cfg, ev._np, ev._base, ev._extras = st["cfg"], st["np"], st["base"], st["extras"]
-        ev._alloc("memory")
+        ev = Evolver._restore(st["layout"], st["evaluate"], "memory")
+        ev._base, ev._extras = st["base"], st["extras"]
         for i, flat in enumerate(st["population"]):
-            ev._slots[ev._slot_of[i]].copy_(flat)
-        ev._cand, ev._pending_sd, ev._version, ev.progress = None, None, 0, False
-        ev.evaluate = st["evaluate"]
+            ev._slots[i].copy_(flat)
         self._ev, self.evaluate, self._free = ev, st["evaluate"], []
 
     def close(self) -> None:
@@ -563,52 +558,42 @@ def merge_evaluator(
         yield lambda xs: [float(o.unwrap()) for o in run.map([to_params(x) for x in xs])]
 
 
-def run_evolver(ev: Evolver, executor: Any, checkpoint: Any = None) -> EvolverResult:
-    """:meth:`npsfuse.Evolver.run` on ``executor`` (see the module notes)."""
+def run_evolver(ev: Evolver, executor: Any, told: Callable[[Any], None]) -> None:
+    """:meth:`npsfuse.Evolver.run` on ``executor`` (see the module notes):
+    ``told(score)`` tells the evolver a score (and shows and saves it)."""
     from . import _core
-    from ._display import progress_bar
 
     def session(state: Any, fn: Callable[..., str], *args: Any) -> Any:
         return json.loads(_core.call(fn, json.dumps(state), *args))
 
-    bar = progress_bar(total=ev._remaining(), desc="evolve", unit="eval", disable=not ev.progress)
-    try:
-        with _resolve(executor) as ex, ex._open(_EvolverJob(ev, ev.evaluate)) as run:
-            while not ev.done:
-                # The window: each candidate is the first ask of the state in
-                # which every earlier one of the window was rejected.
-                window: list[tuple[dict[str, Any], dict[str, Any]]] = []
-                s = ev._state
-                width = max(run.workers, len(session(s, _core.go.EvolveAsk)))
-                while len(window) < width:
-                    asked = session(s, _core.go.EvolveAsk)
-                    if not asked:
-                        break
-                    window.append((s, asked[0]))
-                    s = session(s, _core.go.EvolveTell, -math.inf)["state"]
-                outs = run.map([json.dumps(st) for st, _ in window])
-                for (_, cand), o in zip(window, outs, strict=True):
-                    if session(ev._state, _core.go.EvolveAsk)[0] != cand:
-                        break  # planned from a state that did not happen: ask again
-                    score = o.unwrap()
-                    before = (ev.generation, ev._state["phase"])
-                    pre = ev._state
-                    verdict = session(pre, _core.go.EvolveTell, float(score))["outcome"]
-                    if verdict["accepted"] and cand.get("trial") is not None:
-                        ev._build(cand["individual"], ev._spare)  # the driver keeps it too
-                    ev._cand, ev._pending_sd = cand, {}
-                    ev.tell(score)
-                    bar.update(1)
-                    bar.set_postfix(gen=ev.generation, best=f"{ev._current_best():.4g}")
-                    if checkpoint is not None and (ev.generation, ev._state["phase"]) != before:
-                        ev.save(checkpoint)
-                    replaced = [r["individual"] for r in verdict.get("replace") or []]
-                    if replaced:  # the population changed: the rest of the window is stale
-                        run.sync({"state": json.dumps(pre), "replace": replaced})
-                        break
-    finally:
-        bar.close()
-    return ev.result()
+    with _resolve(executor) as ex, ex._open(_EvolverJob(ev, ev.evaluate)) as run:
+        while not ev.done:
+            # The window: each candidate is the first ask of the state in
+            # which every earlier one of the window was rejected.
+            window: list[tuple[dict[str, Any], dict[str, Any]]] = []
+            s = ev._state
+            width = max(run.workers, len(session(s, _core.go.EvolveAsk)))
+            while len(window) < width:
+                asked = session(s, _core.go.EvolveAsk)
+                if not asked:
+                    break
+                window.append((s, asked[0]))
+                s = session(s, _core.go.EvolveTell, -math.inf)["state"]
+            outs = run.map([json.dumps(st) for st, _ in window])
+            for (_, cand), o in zip(window, outs, strict=True):
+                if session(ev._state, _core.go.EvolveAsk)[0] != cand:
+                    break  # planned from a state that did not happen: ask again
+                score = o.unwrap()
+                pre = ev._state
+                verdict = session(pre, _core.go.EvolveTell, float(score))["outcome"]
+                if verdict["accepted"] and cand.get("trial") is not None:
+                    ev._build(cand["individual"], ev._spare)  # the driver keeps it too
+                ev._cand, ev._pending_sd = cand, {}
+                told(score)
+                replaced = [r["individual"] for r in verdict.get("replace") or []]
+                if replaced:  # the population changed: the rest of the window is stale
+                    run.sync({"state": json.dumps(pre), "replace": replaced})
+                    break
 
 
 def drive_session(

@@ -354,6 +354,31 @@ class Evolver:
         self._n = off
         self._dtype = dtype
 
+    def _layout(self) -> dict[str, Any]:
+        """The configuration and tensor layout, as :meth:`save` writes them."""
+        return {
+            "config": {k: v for k, v in self._cfg.items() if k != "merge_params"},
+            "merge_params": self._cfg["merge_params"],
+            "keys": self._keys,
+            "names": self._names,
+            "shapes": [list(self._shape[k]) for k in self._names],
+            "dtype": str(self._dtype).removeprefix("torch."),
+        }
+
+    @classmethod
+    def _restore(
+        cls, st: Mapping[str, Any], evaluate: Evaluate, storage: str | os.PathLike[str]
+    ) -> Evolver:
+        """An Evolver of the layout ``st`` (:meth:`_layout` and ``popsize``) with
+        its buffers allocated in ``storage``, not filled (nor its extras and base)."""
+        self = cls.__new__(cls)
+        self._cfg = {**st["config"], "merge_params": st["merge_params"]}
+        self.evaluate, self._np = evaluate, st["popsize"]
+        self._init_layout(st["keys"], st["names"], [tuple(s) for s in st["shapes"]],
+                          getattr(torch, st["dtype"]))
+        self._alloc(storage)
+        return self
+
     def _alloc(self, storage: str | os.PathLike[str]) -> None:
         """Buffers: one per individual (``_slot_of``), the spare that receives
         the next trial, accepted trials waiting for their generation's end
@@ -585,27 +610,24 @@ class Evolver:
             ``evaluate`` returned something that is not a number.
         """
         show = self.progress if progress is None else bool(progress)
-        if executor is not None:
-            from ._executor import run_evolver
-
-            saved, self.progress = self.progress, show  # run_evolver reads it
-            try:
-                run_evolver(self, executor, checkpoint)
-            finally:
-                self.progress = saved
-            return self._checked_result()
         with progress_bar(total=self._remaining(), desc="evolve", unit="eval",
                           disable=not show) as bar:
-            while not self.done:
+
+            def told(score: Any) -> None:
+                """tell(score), then the bar, and a save when a generation ended."""
                 before = (self.generation, self._state["phase"])
-                self.tell(score_of(self.evaluate(self.ask())))
+                self.tell(score)
                 bar.update(1)
                 bar.set_postfix(gen=self.generation, best=f"{self._current_best():.4g}")
                 if checkpoint is not None and (self.generation, self._state["phase"]) != before:
                     self.save(checkpoint)
-        return self._checked_result()
 
-    def _checked_result(self) -> EvolverResult:
+            if executor is not None:
+                from ._executor import run_evolver
+
+                run_evolver(self, executor, told)
+            while not self.done:
+                told(score_of(self.evaluate(self.ask())))
         if not math.isfinite(self._current_best()):
             raise RuntimeError("every evaluation of the run failed (NaN or ±inf scores): "
                                "check evaluate")
@@ -648,12 +670,7 @@ class Evolver:
             save_file(_unshared(self._base), str(tmp / "base.safetensors"))
         state = {
             "version": _STATE_VERSION,
-            "config": {k: v for k, v in self._cfg.items() if k != "merge_params"},
-            "merge_params": self._cfg["merge_params"],
-            "keys": self._keys,
-            "names": self._names,
-            "shapes": [list(self._shape[k]) for k in self._names],
-            "dtype": str(self._dtype).removeprefix("torch."),
+            **self._layout(),
             "storage": self._storage,
             "progress": self.progress,
             "popsize": self._np,
@@ -715,20 +732,15 @@ class Evolver:
             raise ValueError(f"{src} is not a saved Evolver run (state.json lacks the session)")
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"{src}: unsupported state version {state.get('version')!r}")
-        self = cls.__new__(cls)
-        self._cfg = cfg = {**state["config"], "merge_params": state["merge_params"]}
-        self.evaluate = evaluate
+        self = cls._restore(state, evaluate, state["storage"] if storage is None else storage)
         self.progress = state["progress"] if progress is None else bool(progress)
-        self._np = state["popsize"]
-        self._init_layout(state["keys"], state["names"], [tuple(s) for s in state["shapes"]],
-                          getattr(torch, state["dtype"]))
         extras = load_file(str(src / "extras.safetensors"))
         self._extras = [{} for _ in range(self._np)]
         for key, t in extras.items():
             i, k = key.split("/", 1)
             self._extras[int(i)][k] = t
-        self._base = load_file(str(src / "base.safetensors")) if cfg["merge"] is not None else None
-        self._alloc(state["storage"] if storage is None else storage)
+        merger = self._cfg["merge"] is not None
+        self._base = load_file(str(src / "base.safetensors")) if merger else None
         for i in range(self._np):
             with open(src / f"individual-{i}.bin", "rb") as f:
                 f.readinto(memoryview(self._slots[i].view(torch.uint8).numpy()))
