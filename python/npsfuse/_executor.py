@@ -48,6 +48,7 @@ import contextlib
 import functools
 import json
 import math
+import operator
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -58,7 +59,6 @@ from ._extras import need
 if TYPE_CHECKING:  # pragma: no cover
     from ._vocab import FailedScores
     from .evolve import Evolver
-    from .nps._search import Search
 
 __all__ = ["RayExecutor", "drive_session", "new_worker"]
 
@@ -504,58 +504,22 @@ class _Run:
 
 
 @contextlib.contextmanager
-def nps_evaluator(
-    executor: Any, search: Search, evaluate: Callable[[Any], Any], finetuned: Any
-) -> Iterator[Callable[[], None]]:
-    """``evaluate_pending()`` for :func:`npsfuse.nps.prune`: scores the search's
-    pending candidates and tells them (in-process, or on ``executor``)."""
-    if executor is None:
-        yield lambda: search._evaluate_pending(evaluate)
-        return
-    from ._state import load_state_dict
-
-    job = _Job(_NPSBuild(search._base, load_state_dict(finetuned, "finetuned"),
-                         search.config), evaluate)
-    with _resolve(executor) as ex, ex._open(job) as run:
-
-        def evaluate_pending() -> None:
-            outs = run.map([w.tolist() for w in search.candidates()])
-            search._c().tell([search._failures.evaluate(o.unwrap, None) for o in outs])
-
-        yield evaluate_pending
-
-
-@contextlib.contextmanager
-def fuse_evaluator(
-    executor: Any, base: Any, names: Sequence[str], taus: Sequence[Any],
-    evaluate: Callable[[Any], Any], fails: FailedScores,
+def evaluator(
+    executor: Any, build: Callable[[Any], Any], evaluate: Callable[[Any], Any],
+    fails: FailedScores, *, describe: Callable[[Any], Any] = operator.methodcaller("tolist"),
+    remote: Callable[[Any], Any] | None = None,
 ) -> Iterator[Callable[[Any], list[float]]]:
-    """``score(points)`` for :func:`npsfuse.nps.fuse`: θ₀ + Σ λ_i τ_i per point, scored
-    (on a worker: the same ``_apply`` over the inputs it holds)."""
-    from .nps._engine import _apply
-
+    """``score(points)`` for the session searches (:func:`npsfuse.nps.prune`,
+    :func:`npsfuse.nps.fuse`, :func:`npsfuse.search_merge`): each point's
+    ``evaluate(build(describe(point)))``, checked by ``fails``; with
+    ``executor`` a worker builds (with ``remote``, default ``build``) and
+    evaluates the description it receives."""
     if executor is None:
-        yield lambda pts: [fails.evaluate(evaluate, _apply(base, names, taus, p.tolist()))
-                           for p in pts]
+        yield lambda pts: [fails.evaluate(evaluate, build(describe(p))) for p in pts]
         return
-    job = _Job(functools.partial(_apply, base, names, taus), evaluate)
-    with _resolve(executor) as ex, ex._open(job) as run:
+    with _resolve(executor) as ex, ex._open(_Job(remote or build, evaluate)) as run:
         yield lambda pts: [fails.evaluate(o.unwrap, None)
-                           for o in run.map([p.tolist() for p in pts])]
-
-
-@contextlib.contextmanager
-def merge_evaluator(
-    executor: Any, merge_with: Callable[[Mapping[str, Any]], Any],
-    to_params: Callable[[Any], dict[str, Any]], evaluate: Callable[[Any], Any],
-) -> Iterator[Callable[[Any], list[float]]]:
-    """``score(points)`` for :func:`npsfuse.search_merge` (``evaluate``'s errors raise)."""
-    if executor is None:
-        yield lambda xs: [float(evaluate(merge_with(to_params(x)))) for x in xs]
-        return
-    job = _Job(merge_with, evaluate)
-    with _resolve(executor) as ex, ex._open(job) as run:
-        yield lambda xs: [float(o.unwrap()) for o in run.map([to_params(x) for x in xs])]
+                           for o in run.map([describe(p) for p in pts])]
 
 
 def run_evolver(ev: Evolver, executor: Any, told: Callable[[Any], None]) -> None:

@@ -26,7 +26,7 @@ import numpy as np
 from . import _executor
 from . import merging as _m
 from ._state import ModelLike, StateDict, load_state_dict
-from ._vocab import GENERATIONS, FailedScores, Plotted, Scored, renamed
+from ._vocab import GENERATIONS, FailedScores, Plotted, renamed
 from .nps._engine import _Session, run_generations
 from .nps._result import load_run, save_run
 from .optim import cosine_schedule
@@ -300,11 +300,11 @@ def search_merge(
         session = _Session.restore(saved["state"], (len(x0),))
         history = list(saved["history"])
     failed = FailedScores()
-    scoring = _executor.merge_evaluator(executor, merge_with, to_params, Scored(evaluate))
+    scoring = _executor.evaluator(executor, merge_with, evaluate, failed, describe=to_params)
     with session, scoring as score:
 
         def run() -> list[float]:
-            scores = [failed.check(s) for s in score(session.ask())]
+            scores = score(session.ask())
             session.tell(scores)  # a non-finite score is a failed candidate
             return [s for s in scores if math.isfinite(s)]
 

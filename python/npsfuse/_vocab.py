@@ -132,17 +132,6 @@ def score_of(value: Any) -> float:
         ) from None
 
 
-class Scored:
-    """``evaluate`` wrapped so that its result is checked by :func:`score_of`
-    (picklable: it travels to Ray workers with the job)."""
-
-    def __init__(self, evaluate: Callable[[Any], Any]) -> None:
-        self.evaluate = evaluate
-
-    def __call__(self, sd: Any) -> float:
-        return score_of(self.evaluate(sd))
-
-
 class FailedScores:
     """One ``RuntimeWarning`` per search for scores that mark a failed candidate."""
 

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -154,7 +155,8 @@ def fuse(
     else:
         core = _Session.restore(saved["state"], (k,))
     fails = FailedScores()
-    with core, _executor.fuse_evaluator(executor, sd, names, taus, evaluate, fails) as score:
+    build = functools.partial(_apply, sd, names, taus)  # a worker's too: it holds the inputs
+    with core, _executor.evaluator(executor, build, evaluate, fails) as score:
 
         def step(g: int) -> dict[str, Any]:
             core.tell(score(core.ask()))
