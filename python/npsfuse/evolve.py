@@ -41,6 +41,7 @@ evolution") for the definitions.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -282,9 +283,8 @@ class Evolver:
         for m in add_merges:
             if m not in methods():
                 raise ValueError(f"unknown merge method {m!r} in add_merges")
-        patterns = [re.compile(p) if isinstance(p, str) else p for p in exclude]
-        wanted = None if include is None else [
-            re.compile(p) if isinstance(p, str) else p for p in include]
+        patterns = [re.compile(p) for p in exclude]  # a compiled pattern stays as it is
+        wanted = None if include is None else [re.compile(p) for p in include]
         base_sd = load_state_dict(base, "base")
         if not population:
             raise ValueError("population is empty")
@@ -344,14 +344,9 @@ class Evolver:
         self._keys = keys
         self._names = names
         self._shape = dict(zip(names, shapes, strict=True))
-        self._offset: dict[str, int] = {}
-        self._numel: dict[str, int] = {}
-        off = 0
-        for k, s in zip(names, shapes, strict=True):
-            self._offset[k] = off
-            self._numel[k] = math.prod(s)
-            off += self._numel[k]
-        self._n = off
+        self._numel = {k: math.prod(s) for k, s in zip(names, shapes, strict=True)}
+        *starts, self._n = itertools.accumulate(self._numel.values(), initial=0)
+        self._offset = dict(zip(names, starts, strict=True))
         self._dtype = dtype
 
     def _layout(self) -> dict[str, Any]:
@@ -821,8 +816,6 @@ def _make_config(
     force_index: bool | None, seed: int,
 ) -> dict[str, Any]:
     """Validate the Evolver's options (the engine checks the rest)."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
     if isinstance(generations, bool) or not isinstance(generations, int) or generations < 1:
         raise ValueError(f"generations must be a positive integer, got {generations!r}")
     if not isinstance(seed, int) or not 0 <= seed < 2**64:
