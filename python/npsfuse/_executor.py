@@ -128,28 +128,51 @@ class _Job:
         getattr(self.build, "close", lambda: None)()
 
 
-class _NPSBuild:
-    """θ₀ + τ_NPS(w) on a worker: its own decomposition, the driver's seed.
+class _Opened:
+    """A build that opens its engine object on the worker (:meth:`_Worker.setup`
+    runs :meth:`open` before it builds anything); the driver only pickles it."""
 
-    The driver only pickles it (``_s`` is None then); the worker opens it
-    (:meth:`_Worker.setup`) before it builds anything."""
+    _obj: Any = None
+
+    def open(self) -> None:
+        self._obj = self._open()
+
+    def close(self) -> None:
+        if self._obj is not None:
+            self._obj.close()
+
+    def _open(self) -> Any:  # pragma: no cover - every subclass opens
+        raise NotImplementedError
+
+
+class _NPSBuild(_Opened):
+    """θ₀ + τ_NPS(w) on a worker: its own decomposition, the driver's seed."""
 
     def __init__(self, base: Any, finetuned: Any, config: Mapping[str, Any]) -> None:
         self.base, self.finetuned, self.config = base, finetuned, dict(config)
-        self._s: Any = None  # the Search, once opened
 
-    def open(self) -> None:
+    def _open(self) -> Any:
         from .nps._search import Search
 
-        self._s = Search(self.base, self.finetuned, **self.config)  # the driver's Search.config
+        return Search(self.base, self.finetuned, **self.config)  # the driver's Search.config
 
     def __call__(self, weights: Any) -> Any:
-        return self._s.build(weights)
+        return self._obj.build(weights)
 
-    def close(self) -> None:
-        if self._s is not None:
-            self._s.close()
-            self._s = None
+
+class _SessionBuild(_Opened):
+    """A daemon session's candidates: a worker downloads each from the daemon."""
+
+    def __init__(self, address: str, token: str | None, job_id: int) -> None:
+        self.address, self.token, self.job_id = address, token, job_id
+
+    def _open(self) -> Any:
+        from .client import Client
+
+        return Client(self.address, self.token)
+
+    def __call__(self, params: Any) -> Any:
+        return self._obj.job(self.job_id).candidate_state_dict(params)
 
 
 class _EvolverJob(_Job):
@@ -209,32 +232,6 @@ class _EvolverJob(_Job):
         for j, slot in built:
             self._free.append(ev._slot_of[j])
             ev._slot_of[j] = slot
-
-
-class _SessionJob(_Job):
-    """A daemon session's candidates: a worker downloads each from the daemon.
-
-    The driver only pickles it (``_client`` is None then); the worker opens it
-    (:meth:`_Worker.setup`) before it builds anything."""
-
-    def __init__(self, address: str, token: str | None, job_id: int,
-                 evaluate: Callable[[Any], Any]) -> None:
-        self.address, self.token, self.job_id = address, token, job_id
-        self.evaluate = evaluate
-        self._client: Any = None
-
-    def open(self) -> None:
-        from .client import Client
-
-        self._client = Client(self.address, self.token)
-
-    def build(self, desc: Any) -> Any:
-        return self._client.job(self.job_id).candidate_state_dict(desc)
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
 
 
 # ------------------------------------------------------------------ workers --
@@ -600,8 +597,8 @@ def drive_session(
     from ._display import progress_bar
 
     client = session.client
-    job = _SessionJob(client.address, client._token if token is None else token, session.id,
-                      evaluate)
+    build = _SessionBuild(client.address, client._token if token is None else token, session.id)
+    job = _Job(build, evaluate)
     bar = progress_bar(total=None, desc="session", unit="eval", disable=not progress)
     try:
         with _resolve(executor) as ex, ex._open(job) as run:
