@@ -372,14 +372,6 @@ class RayExecutor:
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
 
-    @contextlib.contextmanager
-    def _open(self, job: _Job) -> Iterator[_Run]:
-        run = _Run(self, job)
-        try:
-            yield run
-        finally:
-            run.close()
-
 
 def _is_actor(x: Any) -> bool:
     return type(x).__name__ == "ActorHandle"
@@ -489,6 +481,12 @@ class _Run:
             except ray.exceptions.RayActorError:
                 self._lost(a)
 
+    def __enter__(self) -> _Run:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         ray = self._ray
         for a in list(self._ready):
@@ -514,7 +512,7 @@ def evaluator(
     if executor is None:
         yield lambda pts: [fails.evaluate(evaluate, build(describe(p))) for p in pts]
         return
-    with _resolve(executor) as ex, ex._open(_Job(remote or build, evaluate)) as run:
+    with _resolve(executor) as ex, _Run(ex, _Job(remote or build, evaluate)) as run:
         yield lambda pts: [fails.evaluate(o.unwrap, None)
                            for o in run.map([describe(p) for p in pts])]
 
@@ -527,7 +525,7 @@ def run_evolver(ev: Evolver, executor: Any, told: Callable[[Any], None]) -> None
     def session(state: Any, fn: Callable[..., str], *args: Any) -> Any:
         return json.loads(_core.call(fn, json.dumps(state), *args))
 
-    with _resolve(executor) as ex, ex._open(_EvolverJob(ev, ev.evaluate)) as run:
+    with _resolve(executor) as ex, _Run(ex, _EvolverJob(ev, ev.evaluate)) as run:
         while not ev.done:
             # The window: each candidate is the first ask of the state in
             # which every earlier one of the window was rejected.
@@ -601,7 +599,7 @@ def drive_session(
     job = _Job(build, evaluate)
     bar = progress_bar(total=None, desc="session", unit="eval", disable=not progress)
     try:
-        with _resolve(executor) as ex, ex._open(job) as run:
+        with _resolve(executor) as ex, _Run(ex, job) as run:
             while True:
                 cands = session.ask()
                 if not cands:
