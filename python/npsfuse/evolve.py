@@ -58,7 +58,7 @@ from ._bridge import SUPPORTED, ArrowPack, as_dtype
 from ._display import progress_bar
 from ._search_merge import SearchMergeResult, search_merge
 from ._state import ModelLike, StateDict, load_state_dict
-from ._vocab import GENERATIONS, FailedScores, Plotted, deprecated, score_of
+from ._vocab import GENERATIONS, FailedScores, Plotted, check_count, deprecated, score_of
 from .merging import _check_shapes, methods
 from .merging import merge as _merge
 
@@ -816,8 +816,7 @@ def _make_config(
     force_index: bool | None, seed: int,
 ) -> dict[str, Any]:
     """Validate the Evolver's options (the engine checks the rest)."""
-    if isinstance(generations, bool) or not isinstance(generations, int) or generations < 1:
-        raise ValueError(f"generations must be a positive integer, got {generations!r}")
+    check_count("generations", generations)
     if not isinstance(seed, int) or not 0 <= seed < 2**64:
         raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
     if merge is not None and merge not in methods():
