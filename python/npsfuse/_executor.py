@@ -188,7 +188,6 @@ class _EvolverJob(_Job):
     def __init__(self, ev: Evolver, evaluate: Callable[[Any], Any]) -> None:
         self._ev = ev
         self.evaluate = evaluate
-        self._free: list[int] = []
 
     def __getstate__(self) -> dict[str, Any]:
         ev = self._ev
@@ -205,7 +204,7 @@ class _EvolverJob(_Job):
         ev._base, ev._extras = st["base"], st["extras"]
         for i, flat in enumerate(st["population"]):
             ev._slots[i].copy_(flat)
-        self._ev, self.evaluate, self._free = ev, st["evaluate"], []
+        self._ev, self.evaluate = ev, st["evaluate"]
 
     def close(self) -> None:
         """Drop the population (nothing to open: it came with the job)."""
@@ -226,11 +225,11 @@ class _EvolverJob(_Job):
         ev._state = json.loads(msg["state"])
         built = []
         for j in msg["replace"]:
-            slot = self._free.pop() if self._free else ev._new_slot()
+            slot = ev._take_slot()
             ev._build(j, slot)
             built.append((j, slot))
         for j, slot in built:
-            self._free.append(ev._slot_of[j])
+            ev._free.append(ev._slot_of[j])
             ev._slot_of[j] = slot
 
 

@@ -402,6 +402,10 @@ class Evolver:
                                                dtype=self._dtype))
         return len(self._slots) - 1
 
+    def _take_slot(self) -> int:
+        """A free buffer, or a new one."""
+        return self._free.pop() if self._free else self._new_slot()
+
     def _fill(self, i: int, sd: Mapping[str, torch.Tensor]) -> None:
         """Copy model ``sd``'s evolved tensors into buffer i; keep the rest."""
         views = self._state_dict(self._slots[i], sd)
@@ -548,7 +552,7 @@ class Evolver:
         self._cand, self._pending_sd = None, None
         if out.get("keep"):  # replaces its parent when the generation ends
             self._held[i] = self._spare
-            self._spare = self._free.pop() if self._free else self._new_slot()
+            self._spare = self._take_slot()
         for rep in out.get("replace") or []:
             j, old = rep["individual"], self._slot_of[rep["individual"]]
             if j in self._held:
