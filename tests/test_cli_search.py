@@ -245,7 +245,7 @@ def test_method_errors_surface(setup: dict[str, Any], capsys: pytest.CaptureFixt
     cfg = setup["config"]("bad.yaml", {"base": "base", "population": ["ft0", "ft1"],
                                        **setup["hook"], "strategy": "best/2/bin"})
     assert cli.main(["evolve", str(cfg), str(setup["root"] / "o"), "--quiet"]) == 2
-    assert "unknown strategy 'best/2/bin'" in capsys.readouterr().err
+    assert 'unknown strategy "best/2/bin"' in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", ["prune", "evolve", "search"])

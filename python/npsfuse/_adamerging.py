@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ._state import ModelLike, StateDict, load_state_dict
+from ._vocab import check_count
 from .merging import MergeResult, _check_shapes, _split, merge
 from .stats import Forward, _Bound, _eval_mode, _logits, default_forward
 
@@ -118,17 +119,13 @@ def adamerging(
     """
     if granularity not in ("layer", "task"):
         raise ValueError(f"granularity must be 'layer' or 'task', got {granularity!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+    check_count("steps", steps, low=0)
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     if not (isinstance(init, (int, float)) and math.isfinite(init)):
         raise ValueError(f"init must be a finite number, got {init!r}")
-    if batches_per_step is not None and (
-        isinstance(batches_per_step, bool) or not isinstance(batches_per_step, int)
-        or batches_per_step < 1
-    ):
-        raise ValueError(f"batches_per_step must be a positive integer, got {batches_per_step!r}")
+    if batches_per_step is not None:
+        check_count("batches_per_step", batches_per_step)
     if not isinstance(models, Sequence) or isinstance(models, (str, bytes)) or not models:
         raise ValueError("models must be a non-empty list of fine-tuned models")
     base_sd = load_state_dict(base, "base")

@@ -96,33 +96,31 @@ def add_commands(subparsers: Any) -> None:
     the exit status; errors surface as ``ValueError``, ``TypeError`` or
     ``OSError`` for the caller to report.
     """
-    c = subparsers.add_parser(
-        "compress",
-        help="pack NPS results into one compressed file (bit masks + kept values)",
-        description="Store several NPS-pruned task vectors compactly against one base model. "
-                    "Task names come from the result file names (math.nps.safetensors → math) "
-                    "unless --name is given.",
+    from .cli import OUT_DIR, add_command
+
+    c = add_command(
+        subparsers, "compress", _compress,
+        "pack NPS results into one compressed file (bit masks + kept values)",
+        "Store several NPS-pruned task vectors compactly against one base model. "
+        "Task names come from the result file names (math.nps.safetensors → math) "
+        "unless --name is given.",
+        ("base", "the base model: a safetensors file or Hugging Face folder"),
     )
-    c.add_argument("base", help="the base model: a safetensors file or Hugging Face folder")
     c.add_argument("results", nargs="+", help="NPS result files (NPSResult.save)")
     c.add_argument("-o", "--output", required=True, help="the compressed file to write")
     c.add_argument("--name", action="append", default=None,
                    help="task name, once per result in order (default: from file names)")
     c.add_argument("--force", action="store_true", help="replace an existing output file")
     c.add_argument("--quiet", action="store_true", help="do not print the report")
-    c.set_defaults(func=_compress)
 
-    d = subparsers.add_parser(
-        "decompress",
-        help="rebuild one task's model from a compressed file",
-        description="Write θ₀ + λ·τ_task as OUT_DIR/model.safetensors, bit-identical to the "
-                    "pruned result; copies config.json from BASE when it is a folder.",
+    d = add_command(
+        subparsers, "decompress", _decompress,
+        "rebuild one task's model from a compressed file",
+        "Write θ₀ + λ·τ_task as OUT_DIR/model.safetensors, bit-identical to the "
+        "pruned result; copies config.json from BASE when it is a folder.",
+        ("base", "the base model the file was made for"), ("file", "the compressed file"),
+        ("task", "the task to rebuild"), OUT_DIR,
     )
-    d.add_argument("base", help="the base model the file was made for")
-    d.add_argument("file", help="the compressed file")
-    d.add_argument("task", help="the task to rebuild")
-    d.add_argument("out_dir", help="output folder (must not exist or be empty)")
     d.add_argument("--lam", type=float, default=1.0, help="scale λ of the task vector (1)")
     d.add_argument("--force", action="store_true", help="write into a non-empty folder")
     d.add_argument("--quiet", action="store_true", help="print nothing")
-    d.set_defaults(func=_decompress)

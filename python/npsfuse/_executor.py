@@ -48,6 +48,7 @@ import contextlib
 import functools
 import json
 import math
+import operator
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -57,8 +58,7 @@ from ._extras import need
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._vocab import FailedScores
-    from .evolve import Evolver, EvolverResult
-    from .nps._search import Search
+    from .evolve import Evolver
 
 __all__ = ["RayExecutor", "drive_session", "new_worker"]
 
@@ -128,28 +128,51 @@ class _Job:
         getattr(self.build, "close", lambda: None)()
 
 
-class _NPSBuild:
-    """θ₀ + τ_NPS(w) on a worker: its own decomposition, the driver's seed.
+class _Opened:
+    """A build that opens its engine object on the worker (:meth:`_Worker.setup`
+    runs :meth:`open` before it builds anything); the driver only pickles it."""
 
-    The driver only pickles it (``_s`` is None then); the worker opens it
-    (:meth:`_Worker.setup`) before it builds anything."""
+    _obj: Any = None
+
+    def open(self) -> None:
+        self._obj = self._open()
+
+    def close(self) -> None:
+        if self._obj is not None:
+            self._obj.close()
+
+    def _open(self) -> Any:  # pragma: no cover - every subclass opens
+        raise NotImplementedError
+
+
+class _NPSBuild(_Opened):
+    """θ₀ + τ_NPS(w) on a worker: its own decomposition, the driver's seed."""
 
     def __init__(self, base: Any, finetuned: Any, config: Mapping[str, Any]) -> None:
         self.base, self.finetuned, self.config = base, finetuned, dict(config)
-        self._s: Any = None  # the Search, once opened
 
-    def open(self) -> None:
+    def _open(self) -> Any:
         from .nps._search import Search
 
-        self._s = Search(self.base, self.finetuned, **self.config)  # the driver's Search.config
+        return Search(self.base, self.finetuned, **self.config)  # the driver's Search.config
 
     def __call__(self, weights: Any) -> Any:
-        return self._s.build(weights)
+        return self._obj.build(weights)
 
-    def close(self) -> None:
-        if self._s is not None:
-            self._s.close()
-            self._s = None
+
+class _SessionBuild(_Opened):
+    """A daemon session's candidates: a worker downloads each from the daemon."""
+
+    def __init__(self, address: str, token: str | None, job_id: int) -> None:
+        self.address, self.token, self.job_id = address, token, job_id
+
+    def _open(self) -> Any:
+        from .client import Client
+
+        return Client(self.address, self.token)
+
+    def __call__(self, params: Any) -> Any:
+        return self._obj.job(self.job_id).candidate_state_dict(params)
 
 
 class _EvolverJob(_Job):
@@ -165,29 +188,23 @@ class _EvolverJob(_Job):
     def __init__(self, ev: Evolver, evaluate: Callable[[Any], Any]) -> None:
         self._ev = ev
         self.evaluate = evaluate
-        self._free: list[int] = []
 
     def __getstate__(self) -> dict[str, Any]:
         ev = self._ev
         return {
-            "keys": ev._keys, "names": ev._names, "shapes": [ev._shape[k] for k in ev._names],
-            "dtype": ev._dtype, "cfg": ev._cfg, "np": ev._np, "base": ev._base,
-            "extras": ev._extras, "evaluate": self.evaluate,
+            "layout": ev._layout() | {"popsize": ev._np}, "base": ev._base, "extras": ev._extras,
+            "evaluate": self.evaluate,
             "population": [ev._slots[ev._slot_of[i]] for i in range(ev._np)],
         }
 
     def __setstate__(self, st: dict[str, Any]) -> None:
         from .evolve import Evolver
 
-        ev = Evolver.__new__(Evolver)
-        ev._init_layout(st["keys"], st["names"], [tuple(s) for s in st["shapes"]], st["dtype"])
-        ev._cfg, ev._np, ev._base, ev._extras = st["cfg"], st["np"], st["base"], st["extras"]
-        ev._alloc("memory")
+        ev = Evolver._restore(st["layout"], st["evaluate"], "memory")
+        ev._base, ev._extras = st["base"], st["extras"]
         for i, flat in enumerate(st["population"]):
-            ev._slots[ev._slot_of[i]].copy_(flat)
-        ev._cand, ev._pending_sd, ev._version, ev.progress = None, None, 0, False
-        ev.evaluate = st["evaluate"]
-        self._ev, self.evaluate, self._free = ev, st["evaluate"], []
+            ev._slots[i].copy_(flat)
+        self._ev, self.evaluate = ev, st["evaluate"]
 
     def close(self) -> None:
         """Drop the population (nothing to open: it came with the job)."""
@@ -208,38 +225,12 @@ class _EvolverJob(_Job):
         ev._state = json.loads(msg["state"])
         built = []
         for j in msg["replace"]:
-            slot = self._free.pop() if self._free else ev._new_slot()
+            slot = ev._take_slot()
             ev._build(j, slot)
             built.append((j, slot))
         for j, slot in built:
-            self._free.append(ev._slot_of[j])
+            ev._free.append(ev._slot_of[j])
             ev._slot_of[j] = slot
-
-
-class _SessionJob(_Job):
-    """A daemon session's candidates: a worker downloads each from the daemon.
-
-    The driver only pickles it (``_client`` is None then); the worker opens it
-    (:meth:`_Worker.setup`) before it builds anything."""
-
-    def __init__(self, address: str, token: str | None, job_id: int,
-                 evaluate: Callable[[Any], Any]) -> None:
-        self.address, self.token, self.job_id = address, token, job_id
-        self.evaluate = evaluate
-        self._client: Any = None
-
-    def open(self) -> None:
-        from .client import Client
-
-        self._client = Client(self.address, self.token)
-
-    def build(self, desc: Any) -> Any:
-        return self._client.job(self.job_id).candidate_state_dict(desc)
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
 
 
 # ------------------------------------------------------------------ workers --
@@ -380,14 +371,6 @@ class RayExecutor:
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
 
-    @contextlib.contextmanager
-    def _open(self, job: _Job) -> Iterator[_Run]:
-        run = _Run(self, job)
-        try:
-            yield run
-        finally:
-            run.close()
-
 
 def _is_actor(x: Any) -> bool:
     return type(x).__name__ == "ActorHandle"
@@ -497,6 +480,12 @@ class _Run:
             except ray.exceptions.RayActorError:
                 self._lost(a)
 
+    def __enter__(self) -> _Run:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         ray = self._ray
         for a in list(self._ready):
@@ -509,106 +498,60 @@ class _Run:
 
 
 @contextlib.contextmanager
-def nps_evaluator(
-    executor: Any, search: Search, evaluate: Callable[[Any], Any], finetuned: Any
-) -> Iterator[Callable[[], None]]:
-    """``evaluate_pending()`` for :func:`npsfuse.nps.prune`: scores the search's
-    pending candidates and tells them (in-process, or on ``executor``)."""
-    if executor is None:
-        yield lambda: search._evaluate_pending(evaluate)
-        return
-    from ._state import load_state_dict
-
-    job = _Job(_NPSBuild(search._base, load_state_dict(finetuned, "finetuned"),
-                         search.config), evaluate)
-    with _resolve(executor) as ex, ex._open(job) as run:
-
-        def evaluate_pending() -> None:
-            outs = run.map([w.tolist() for w in search.candidates()])
-            search._c().tell([search._failures.evaluate(o.unwrap, None) for o in outs])
-
-        yield evaluate_pending
-
-
-@contextlib.contextmanager
-def fuse_evaluator(
-    executor: Any, base: Any, names: Sequence[str], taus: Sequence[Any],
-    evaluate: Callable[[Any], Any], fails: FailedScores,
+def evaluator(
+    executor: Any, build: Callable[[Any], Any], evaluate: Callable[[Any], Any],
+    fails: FailedScores, *, describe: Callable[[Any], Any] = operator.methodcaller("tolist"),
+    remote: Callable[[Any], Any] | None = None,
 ) -> Iterator[Callable[[Any], list[float]]]:
-    """``score(points)`` for :func:`npsfuse.nps.fuse`: θ₀ + Σ λ_i τ_i per point, scored
-    (on a worker: the same ``_apply`` over the inputs it holds)."""
-    from .nps._engine import _apply
-
+    """``score(points)`` for the session searches (:func:`npsfuse.nps.prune`,
+    :func:`npsfuse.nps.fuse`, :func:`npsfuse.search_merge`): each point's
+    ``evaluate(build(describe(point)))``, checked by ``fails``; with
+    ``executor`` a worker builds (with ``remote``, default ``build``) and
+    evaluates the description it receives."""
     if executor is None:
-        yield lambda pts: [fails.evaluate(evaluate, _apply(base, names, taus, p.tolist()))
-                           for p in pts]
+        yield lambda pts: [fails.evaluate(evaluate, build(describe(p))) for p in pts]
         return
-    job = _Job(functools.partial(_apply, base, names, taus), evaluate)
-    with _resolve(executor) as ex, ex._open(job) as run:
+    with _resolve(executor) as ex, _Run(ex, _Job(remote or build, evaluate)) as run:
         yield lambda pts: [fails.evaluate(o.unwrap, None)
-                           for o in run.map([p.tolist() for p in pts])]
+                           for o in run.map([describe(p) for p in pts])]
 
 
-@contextlib.contextmanager
-def merge_evaluator(
-    executor: Any, merge_with: Callable[[Mapping[str, Any]], Any],
-    to_params: Callable[[Any], dict[str, Any]], evaluate: Callable[[Any], Any],
-) -> Iterator[Callable[[Any], list[float]]]:
-    """``score(points)`` for :func:`npsfuse.search_merge` (``evaluate``'s errors raise)."""
-    if executor is None:
-        yield lambda xs: [float(evaluate(merge_with(to_params(x)))) for x in xs]
-        return
-    job = _Job(merge_with, evaluate)
-    with _resolve(executor) as ex, ex._open(job) as run:
-        yield lambda xs: [float(o.unwrap()) for o in run.map([to_params(x) for x in xs])]
-
-
-def run_evolver(ev: Evolver, executor: Any, checkpoint: Any = None) -> EvolverResult:
-    """:meth:`npsfuse.Evolver.run` on ``executor`` (see the module notes)."""
+def run_evolver(ev: Evolver, executor: Any, told: Callable[[Any], None]) -> None:
+    """:meth:`npsfuse.Evolver.run` on ``executor`` (see the module notes):
+    ``told(score)`` tells the evolver a score (and shows and saves it)."""
     from . import _core
-    from ._display import progress_bar
 
     def session(state: Any, fn: Callable[..., str], *args: Any) -> Any:
         return json.loads(_core.call(fn, json.dumps(state), *args))
 
-    bar = progress_bar(total=ev._remaining(), desc="evolve", unit="eval", disable=not ev.progress)
-    try:
-        with _resolve(executor) as ex, ex._open(_EvolverJob(ev, ev.evaluate)) as run:
-            while not ev.done:
-                # The window: each candidate is the first ask of the state in
-                # which every earlier one of the window was rejected.
-                window: list[tuple[dict[str, Any], dict[str, Any]]] = []
-                s = ev._state
-                width = max(run.workers, len(session(s, _core.go.EvolveAsk)))
-                while len(window) < width:
-                    asked = session(s, _core.go.EvolveAsk)
-                    if not asked:
-                        break
-                    window.append((s, asked[0]))
-                    s = session(s, _core.go.EvolveTell, -math.inf)["state"]
-                outs = run.map([json.dumps(st) for st, _ in window])
-                for (_, cand), o in zip(window, outs, strict=True):
-                    if session(ev._state, _core.go.EvolveAsk)[0] != cand:
-                        break  # planned from a state that did not happen: ask again
-                    score = o.unwrap()
-                    before = (ev.generation, ev._state["phase"])
-                    pre = ev._state
-                    verdict = session(pre, _core.go.EvolveTell, float(score))["outcome"]
-                    if verdict["accepted"] and cand.get("trial") is not None:
-                        ev._build(cand["individual"], ev._spare)  # the driver keeps it too
-                    ev._cand, ev._pending_sd = cand, {}
-                    ev.tell(score)
-                    bar.update(1)
-                    bar.set_postfix(gen=ev.generation, best=f"{ev._current_best():.4g}")
-                    if checkpoint is not None and (ev.generation, ev._state["phase"]) != before:
-                        ev.save(checkpoint)
-                    replaced = [r["individual"] for r in verdict.get("replace") or []]
-                    if replaced:  # the population changed: the rest of the window is stale
-                        run.sync({"state": json.dumps(pre), "replace": replaced})
-                        break
-    finally:
-        bar.close()
-    return ev.result()
+    with _resolve(executor) as ex, _Run(ex, _EvolverJob(ev, ev.evaluate)) as run:
+        while not ev.done:
+            # The window: each candidate is the first ask of the state in
+            # which every earlier one of the window was rejected.
+            window: list[tuple[dict[str, Any], dict[str, Any]]] = []
+            s = ev._state
+            width = max(run.workers, len(session(s, _core.go.EvolveAsk)))
+            while len(window) < width:
+                asked = session(s, _core.go.EvolveAsk)
+                if not asked:
+                    break
+                window.append((s, asked[0]))
+                s = session(s, _core.go.EvolveTell, -math.inf)["state"]
+            outs = run.map([json.dumps(st) for st, _ in window])
+            for (_, cand), o in zip(window, outs, strict=True):
+                if session(ev._state, _core.go.EvolveAsk)[0] != cand:
+                    break  # planned from a state that did not happen: ask again
+                score = o.unwrap()
+                pre = ev._state
+                verdict = session(pre, _core.go.EvolveTell, float(score))["outcome"]
+                if verdict["accepted"] and cand.get("trial") is not None:
+                    ev._build(cand["individual"], ev._spare)  # the driver keeps it too
+                ev._cand, ev._pending_sd = cand, {}
+                told(score)
+                replaced = [r["individual"] for r in verdict.get("replace") or []]
+                if replaced:  # the population changed: the rest of the window is stale
+                    run.sync({"state": json.dumps(pre), "replace": replaced})
+                    break
 
 
 def drive_session(
@@ -651,11 +594,11 @@ def drive_session(
     from ._display import progress_bar
 
     client = session.client
-    job = _SessionJob(client.address, client._token if token is None else token, session.id,
-                      evaluate)
+    build = _SessionBuild(client.address, client._token if token is None else token, session.id)
+    job = _Job(build, evaluate)
     bar = progress_bar(total=None, desc="session", unit="eval", disable=not progress)
     try:
-        with _resolve(executor) as ex, ex._open(job) as run:
+        with _resolve(executor) as ex, _Run(ex, job) as run:
             while True:
                 cands = session.ask()
                 if not cands:

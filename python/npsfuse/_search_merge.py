@@ -26,7 +26,7 @@ import numpy as np
 from . import _executor
 from . import merging as _m
 from ._state import ModelLike, StateDict, load_state_dict
-from ._vocab import GENERATIONS, FailedScores, Plotted, Scored, renamed
+from ._vocab import GENERATIONS, FailedScores, Plotted, check_count, renamed
 from .nps._engine import _Session, run_generations
 from .nps._result import load_run, save_run
 from .optim import cosine_schedule
@@ -218,8 +218,7 @@ def search_merge(
         raise ValueError(f"optimizer must be 'de' or 'cma', got {optimizer!r}")
     if schedule not in ("cosine", "constant"):
         raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
-    if isinstance(generations, bool) or not isinstance(generations, int) or generations < 1:
-        raise ValueError(f"generations must be a positive integer, got {generations!r}")
+    check_count("generations", generations)
     if params is None:
         params = {"lam": (0.5, 2.0)}
         if method in _m.USES_DENSITY:
@@ -300,11 +299,11 @@ def search_merge(
         session = _Session.restore(saved["state"], (len(x0),))
         history = list(saved["history"])
     failed = FailedScores()
-    scoring = _executor.merge_evaluator(executor, merge_with, to_params, Scored(evaluate))
+    scoring = _executor.evaluator(executor, merge_with, evaluate, failed, describe=to_params)
     with session, scoring as score:
 
         def run() -> list[float]:
-            scores = [failed.check(s) for s in score(session.ask())]
+            scores = score(session.ask())
             session.tell(scores)  # a non-finite score is a failed candidate
             return [s for s in scores if math.isfinite(s)]
 

@@ -112,6 +112,14 @@ def renamed(**old_to_new: str) -> Callable[[F], F]:
     return wrap
 
 
+def check_count(name: str, value: Any, low: int = 1) -> None:
+    """Refuse (``ValueError`` naming ``name``) a ``value`` that is not an
+    integer >= ``low`` (1 or 0); a bool is not a count."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        kind = "a positive" if low == 1 else "a non-negative"
+        raise ValueError(f"{name} must be {kind} integer, got {value!r}")
+
+
 def score_of(value: Any) -> float:
     """``evaluate``'s return value as a float (NaN and ±inf stay as they are).
 
@@ -130,17 +138,6 @@ def score_of(value: Any) -> float:
             f"evaluate returned {value!r} ({type(value).__name__}); it must return "
             "a number (higher is better; NaN marks a failed candidate)"
         ) from None
-
-
-class Scored:
-    """``evaluate`` wrapped so that its result is checked by :func:`score_of`
-    (picklable: it travels to Ray workers with the job)."""
-
-    def __init__(self, evaluate: Callable[[Any], Any]) -> None:
-        self.evaluate = evaluate
-
-    def __call__(self, sd: Any) -> float:
-        return score_of(self.evaluate(sd))
 
 
 class FailedScores:

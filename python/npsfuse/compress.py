@@ -289,9 +289,6 @@ def report(path: str | os.PathLike) -> dict[str, Any]:
                 "mask_bytes": mb, "value_bytes": vb,
                 "bits_per_parameter": 8 * (mb + vb) / n if n else 0.0,
             }
-            for k in ("keep", "weights"):
-                if k in t:
-                    entry[k] = t[k]
-            out[t["name"]] = entry
+            out[t["name"]] = entry | {k: t[k] for k in ("keep", "weights") if k in t}
     return {"file_bytes": Path(path).stat().st_size, "tensors": len(meta["tensors"]),
             "tasks": out}

@@ -41,6 +41,7 @@ evolution") for the definitions.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -57,7 +58,7 @@ from ._bridge import SUPPORTED, ArrowPack, as_dtype
 from ._display import progress_bar
 from ._search_merge import SearchMergeResult, search_merge
 from ._state import ModelLike, StateDict, load_state_dict
-from ._vocab import GENERATIONS, FailedScores, Plotted, deprecated, score_of
+from ._vocab import GENERATIONS, FailedScores, Plotted, check_count, deprecated, score_of
 from .merging import _check_shapes, methods
 from .merging import merge as _merge
 
@@ -282,9 +283,8 @@ class Evolver:
         for m in add_merges:
             if m not in methods():
                 raise ValueError(f"unknown merge method {m!r} in add_merges")
-        patterns = [re.compile(p) if isinstance(p, str) else p for p in exclude]
-        wanted = None if include is None else [
-            re.compile(p) if isinstance(p, str) else p for p in include]
+        patterns = [re.compile(p) for p in exclude]  # a compiled pattern stays as it is
+        wanted = None if include is None else [re.compile(p) for p in include]
         base_sd = load_state_dict(base, "base")
         if not population:
             raise ValueError("population is empty")
@@ -344,15 +344,35 @@ class Evolver:
         self._keys = keys
         self._names = names
         self._shape = dict(zip(names, shapes, strict=True))
-        self._offset: dict[str, int] = {}
-        self._numel: dict[str, int] = {}
-        off = 0
-        for k, s in zip(names, shapes, strict=True):
-            self._offset[k] = off
-            self._numel[k] = math.prod(s)
-            off += self._numel[k]
-        self._n = off
+        self._numel = {k: math.prod(s) for k, s in zip(names, shapes, strict=True)}
+        *starts, self._n = itertools.accumulate(self._numel.values(), initial=0)
+        self._offset = dict(zip(names, starts, strict=True))
         self._dtype = dtype
+
+    def _layout(self) -> dict[str, Any]:
+        """The configuration and tensor layout, as :meth:`save` writes them."""
+        return {
+            "config": {k: v for k, v in self._cfg.items() if k != "merge_params"},
+            "merge_params": self._cfg["merge_params"],
+            "keys": self._keys,
+            "names": self._names,
+            "shapes": [list(self._shape[k]) for k in self._names],
+            "dtype": str(self._dtype).removeprefix("torch."),
+        }
+
+    @classmethod
+    def _restore(
+        cls, st: Mapping[str, Any], evaluate: Evaluate, storage: str | os.PathLike[str]
+    ) -> Evolver:
+        """An Evolver of the layout ``st`` (:meth:`_layout` and ``popsize``) with
+        its buffers allocated in ``storage``, not filled (nor its extras and base)."""
+        self = cls.__new__(cls)
+        self._cfg = {**st["config"], "merge_params": st["merge_params"]}
+        self.evaluate, self._np = evaluate, st["popsize"]
+        self._init_layout(st["keys"], st["names"], [tuple(s) for s in st["shapes"]],
+                          getattr(torch, st["dtype"]))
+        self._alloc(storage)
+        return self
 
     def _alloc(self, storage: str | os.PathLike[str]) -> None:
         """Buffers: one per individual (``_slot_of``), the spare that receives
@@ -381,6 +401,10 @@ class Evolver:
             self._slots.append(torch.from_file(str(p), shared=True, size=self._n,
                                                dtype=self._dtype))
         return len(self._slots) - 1
+
+    def _take_slot(self) -> int:
+        """A free buffer, or a new one."""
+        return self._free.pop() if self._free else self._new_slot()
 
     def _fill(self, i: int, sd: Mapping[str, torch.Tensor]) -> None:
         """Copy model ``sd``'s evolved tensors into buffer i; keep the rest."""
@@ -528,7 +552,7 @@ class Evolver:
         self._cand, self._pending_sd = None, None
         if out.get("keep"):  # replaces its parent when the generation ends
             self._held[i] = self._spare
-            self._spare = self._free.pop() if self._free else self._new_slot()
+            self._spare = self._take_slot()
         for rep in out.get("replace") or []:
             j, old = rep["individual"], self._slot_of[rep["individual"]]
             if j in self._held:
@@ -585,27 +609,24 @@ class Evolver:
             ``evaluate`` returned something that is not a number.
         """
         show = self.progress if progress is None else bool(progress)
-        if executor is not None:
-            from ._executor import run_evolver
-
-            saved, self.progress = self.progress, show  # run_evolver reads it
-            try:
-                run_evolver(self, executor, checkpoint)
-            finally:
-                self.progress = saved
-            return self._checked_result()
         with progress_bar(total=self._remaining(), desc="evolve", unit="eval",
                           disable=not show) as bar:
-            while not self.done:
+
+            def told(score: Any) -> None:
+                """tell(score), then the bar, and a save when a generation ended."""
                 before = (self.generation, self._state["phase"])
-                self.tell(score_of(self.evaluate(self.ask())))
+                self.tell(score)
                 bar.update(1)
                 bar.set_postfix(gen=self.generation, best=f"{self._current_best():.4g}")
                 if checkpoint is not None and (self.generation, self._state["phase"]) != before:
                     self.save(checkpoint)
-        return self._checked_result()
 
-    def _checked_result(self) -> EvolverResult:
+            if executor is not None:
+                from ._executor import run_evolver
+
+                run_evolver(self, executor, told)
+            while not self.done:
+                told(score_of(self.evaluate(self.ask())))
         if not math.isfinite(self._current_best()):
             raise RuntimeError("every evaluation of the run failed (NaN or ±inf scores): "
                                "check evaluate")
@@ -648,12 +669,7 @@ class Evolver:
             save_file(_unshared(self._base), str(tmp / "base.safetensors"))
         state = {
             "version": _STATE_VERSION,
-            "config": {k: v for k, v in self._cfg.items() if k != "merge_params"},
-            "merge_params": self._cfg["merge_params"],
-            "keys": self._keys,
-            "names": self._names,
-            "shapes": [list(self._shape[k]) for k in self._names],
-            "dtype": str(self._dtype).removeprefix("torch."),
+            **self._layout(),
             "storage": self._storage,
             "progress": self.progress,
             "popsize": self._np,
@@ -715,20 +731,15 @@ class Evolver:
             raise ValueError(f"{src} is not a saved Evolver run (state.json lacks the session)")
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"{src}: unsupported state version {state.get('version')!r}")
-        self = cls.__new__(cls)
-        self._cfg = cfg = {**state["config"], "merge_params": state["merge_params"]}
-        self.evaluate = evaluate
+        self = cls._restore(state, evaluate, state["storage"] if storage is None else storage)
         self.progress = state["progress"] if progress is None else bool(progress)
-        self._np = state["popsize"]
-        self._init_layout(state["keys"], state["names"], [tuple(s) for s in state["shapes"]],
-                          getattr(torch, state["dtype"]))
         extras = load_file(str(src / "extras.safetensors"))
         self._extras = [{} for _ in range(self._np)]
         for key, t in extras.items():
             i, k = key.split("/", 1)
             self._extras[int(i)][k] = t
-        self._base = load_file(str(src / "base.safetensors")) if cfg["merge"] is not None else None
-        self._alloc(state["storage"] if storage is None else storage)
+        merger = self._cfg["merge"] is not None
+        self._base = load_file(str(src / "base.safetensors")) if merger else None
         for i in range(self._np):
             with open(src / f"individual-{i}.bin", "rb") as f:
                 f.readinto(memoryview(self._slots[i].view(torch.uint8).numpy()))
@@ -809,10 +820,7 @@ def _make_config(
     force_index: bool | None, seed: int,
 ) -> dict[str, Any]:
     """Validate the Evolver's options (the engine checks the rest)."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
-    if isinstance(generations, bool) or not isinstance(generations, int) or generations < 1:
-        raise ValueError(f"generations must be a positive integer, got {generations!r}")
+    check_count("generations", generations)
     if not isinstance(seed, int) or not 0 <= seed < 2**64:
         raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
     if merge is not None and merge not in methods():

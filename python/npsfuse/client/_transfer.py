@@ -111,19 +111,14 @@ class Transfer(Connection):
         one this client wrote is kept for reuse by its next upload."""
         name = ref.removeprefix("upload:")
         slab = self._slab_of.pop(name, None)
-        body = {"name": name}
-        if slab is not None:
-            body["recycle_as"] = slab
-        self._call("delete_upload", body)
+        self._call("delete_upload", {"name": name} | ({} if slab is None else {"recycle_as": slab}))
 
     def _cleanup_entry(self, ref: str) -> str:
         """The cleanup entry of an upload a job consumes: recycle its slab
         (the daemon moves it to ``free/`` when the job ends) or delete it."""
         name = ref.removeprefix("upload:")
         slab = self._slab_of.pop(name, None)
-        if slab is None:
-            return ref
-        return f"recycle:{name}:{slab}"  # reusable once the daemon moved it back
+        return ref if slab is None else f"recycle:{name}:{slab}"  # reusable once moved back
 
     def _fetch(self, ticket: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """The tensors a ``DoGet`` ticket names, copied out of the stream."""

@@ -4,8 +4,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -52,15 +53,13 @@ class FusionResult(Plotted):
 
     def __init__(
         self,
-        base: StateDict,
-        names: list[str],
-        taus: list[StateDict],
+        build: Callable[[list[float]], StateDict],
         lambdas: np.ndarray,
         score: float | None,
         start_score: float | None,
         history: list[dict[str, Any]],
     ) -> None:
-        self._base, self._names, self._taus = base, names, taus
+        self._build = build  # λ -> θ₀ + Σ λ_i τ_i
         self.lambdas = np.asarray(lambdas, dtype=np.float64)
         self.score = score
         self.start_score = start_score
@@ -71,7 +70,7 @@ class FusionResult(Plotted):
 
     def state_dict(self) -> StateDict:
         """θ₀ + Σ λ_i τ_i in the base's dtypes (Go ``Apply``, float32 arithmetic)."""
-        return _apply(self._base, self._names, self._taus, self.lambdas.tolist())
+        return self._build(self.lambdas.tolist())
 
     _figure = ("FusionResult.plot", (8, 6.5), 110)
 
@@ -141,8 +140,9 @@ def fuse(
         raise ValueError(f"{start.size} lambdas given for {k} results")
     if not np.all(np.isfinite(start)):
         raise ValueError(f"lambdas must be finite, got {start.tolist()}")
+    build = functools.partial(_apply, sd, names, taus)  # a worker's too: it holds the inputs
     if evaluate is None:
-        return FusionResult(sd, names, taus, start, None, None, [])
+        return FusionResult(build, start, None, None, [])
     lo, hi, options = _check_search(bounds, generations, optimizer_options)
     spec = {"start": start.tolist(), "bounds": [lo, hi], "optimizer": optimizer,
             "popsize": popsize, "seed": int(seed), "generations": int(generations),
@@ -154,7 +154,7 @@ def fuse(
     else:
         core = _Session.restore(saved["state"], (k,))
     fails = FailedScores()
-    with core, _executor.fuse_evaluator(executor, sd, names, taus, evaluate, fails) as score:
+    with core, _executor.evaluator(executor, build, evaluate, fails) as score:
 
         def step(g: int) -> dict[str, Any]:
             core.tell(score(core.ask()))
@@ -168,5 +168,5 @@ def fuse(
         c = core.info("lambdas")
     if c["best_x"] is None:
         raise RuntimeError(f"every evaluation failed ({c['failures']} of {c['evaluations']})")
-    return FusionResult(sd, names, taus, c["best_x"], c["best_f"], c["start_f"], c["history"])
+    return FusionResult(build, c["best_x"], c["best_f"], c["start_f"], c["history"])
 

@@ -11,7 +11,6 @@ notebook and through the daemon.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -26,8 +25,6 @@ from .._state import ModelLike, StateDict, load_state_dict
 from .._vocab import GENERATIONS, FailedScores, renamed
 from ._engine import _apply, _Decomposition, _prunable, _Session, run_generations
 from ._result import NPSResult, _atomic_write, fingerprint
-
-logger = logging.getLogger("npsfuse.nps")
 
 Evaluate = Callable[[StateDict], float]
 
@@ -200,11 +197,6 @@ class Search:
 
     # -- ask/tell --------------------------------------------------------------
 
-    def _c(self) -> _Session:
-        """The engine's session (closed with the search: using it raises
-        ``ValueError: the search is closed``)."""
-        return self._core
-
     def candidates(self) -> np.ndarray:
         """The pending candidates' weights, shape (count, M) or (count, T, M).
 
@@ -242,11 +234,6 @@ class Search:
         warning per search).
         """
         self._core.tell([self._failures.check(v, "a score was") for v in scores])
-
-    def _evaluate_pending(self, evaluate: Evaluate) -> None:
-        """Evaluate the pending candidates one model at a time and tell the scores."""
-        self._core.tell([self._failures.evaluate(evaluate, self.build(w))
-                         for w in self.candidates()])
 
     # -- progress ---------------------------------------------------------------
 
@@ -483,10 +470,13 @@ def prune(
             s.close()
             raise ValueError(f"checkpoint {str(ck)!r} was saved with other values of "
                              f"{', '.join(differ)}: delete it or use another file")
-    with s, _executor.nps_evaluator(executor, s, evaluate, finetuned) as evaluate_pending:
+    # A worker opens its own Search (decomposition) from the inputs and config.
+    remote = None if executor is None else _executor._NPSBuild(base, finetuned, s.config)
+    scoring = _executor.evaluator(executor, s.build, evaluate, s._failures, remote=remote)
+    with s, scoring as score:
 
         def step(_: int = 0) -> dict[str, Any]:
-            evaluate_pending()
+            s._core.tell(score(s.candidates()))
             if ck is not None:
                 s.save(ck)
             return s._core.info("weights")
