@@ -20,6 +20,7 @@ Run: ``python bench/bench_ray.py`` (about 2 minutes; needs ``npsfuse[ray]``).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -35,6 +36,7 @@ npsfuse = import_npsfuse()
 import ray  # noqa: E402
 from npsfuse import _executor, executors  # noqa: E402
 from npsfuse.evolve import Evolver  # noqa: E402
+from npsfuse.nps._engine import _apply  # noqa: E402
 
 #: Seconds one evaluation sleeps in the evaluation-bound search.
 EVAL_SECONDS = 0.2
@@ -101,7 +103,7 @@ def overhead(report: Report) -> dict[str, Any]:
     base, taus = big_family(PARAMS)
     names = sorted(base)
     n_params = sum(t.numel() for t in base.values())
-    job = _executor._Job(_executor._Apply(base, names, taus), trivial)
+    job = _executor._Job(functools.partial(_apply, base, names, taus), trivial)
     rng = np.random.default_rng(0)
     descs = [rng.uniform(0.5, 1.5, 2).tolist() for _ in range(CANDIDATES)]
     job.run(descs[0])  # warm up the kernels
@@ -114,7 +116,7 @@ def overhead(report: Report) -> dict[str, Any]:
     with executors.RayExecutor(1, actor_options={"num_cpus": 0}) as ex:
         ray.get([a.ping.remote() for a in ex.actors])
         t0 = time.perf_counter()
-        with ex._open(job) as run:
+        with _executor._Run(ex, job) as run:
             t_ship = time.perf_counter() - t0
             run.map(descs[:1])  # warm up the worker's kernels
             remote, times = [], []
@@ -140,8 +142,9 @@ def overhead(report: Report) -> dict[str, Any]:
 def dispatch_cost() -> float:
     """Driver seconds per candidate with a job that costs nothing (2 workers)."""
     base, models = small_family()
-    job = _executor._Job(_executor._Apply(base, sorted(base), []), lambda sd: 0.0)
-    with executors.RayExecutor(2, actor_options={"num_cpus": 0}) as ex, ex._open(job) as run:
+    job = _executor._Job(functools.partial(_apply, base, sorted(base), []), lambda sd: 0.0)
+    with (executors.RayExecutor(2, actor_options={"num_cpus": 0}) as ex,
+          _executor._Run(ex, job) as run):
         run.map([[]] * 4)
         t0 = time.perf_counter()
         run.map([[]] * 200)
