@@ -51,13 +51,6 @@ DEFAULT_SCOPE: dict[str, str] = {
     m.name: m.scope for m in _TABLE.methods.values() if m.scope != "tensor"
 }
 
-#: Weights that architectures store (in, out) instead of (out, in), by
-#: ``config.json``'s ``model_type``: GPT-2's Conv1D layers (the engine's
-#: table, ``gocore/merge/layout.go``, which every door uses).
-TRANSPOSED_BY_MODEL_TYPE: dict[str, tuple[str, ...]] = {
-    k: tuple(v) for k, v in json.loads(_core.call(_core.go.TransposedByModelType)).items()
-}
-
 
 class MergeResult(dict):  # type: ignore[type-arg]
     """The merged state dict (a plain ``dict`` of name → tensor), plus
@@ -170,10 +163,8 @@ def _plan(
     ``no_base``: there is no base (``base`` is ``models[0]``), and messages
     name the first model "model 0", as for a YAML config without
     ``base_model``."""
-    options: dict[str, Any] = {"transposed": None if patterns is None else list(patterns),
-                               "model_type": mtype}
-    if no_base:
-        options["no_base"] = True
+    options = {"transposed": None if patterns is None else list(patterns), "model_type": mtype,
+               "no_base": no_base}  # fmt: skip
     request: dict[str, Any] = {
         "base": _listing(base), "models": [_listing(sd) for sd in models], "options": options,
     }

@@ -22,6 +22,7 @@ dicts, tuples and lists of tensors whose first dimension is the batch.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import uuid
 import warnings
@@ -258,9 +259,7 @@ def fisher(
     diff = {k: tensors[k] for k in names}
     count = 0
     with _eval_mode(module):
-        for b, batch in enumerate(batches):
-            if max_batches is not None and b >= max_batches:
-                break
+        for batch in itertools.islice(batches, max_batches):
             with torch.no_grad():
                 logits = _logits(bound, tensors, batch).float()
             n, classes = logits.shape
@@ -355,9 +354,7 @@ def regmean_grams(
     handles = [m.register_forward_pre_hook(hook(k), with_kwargs=True) for k, m in layers.items()]
     try:
         with torch.no_grad(), _eval_mode(module):
-            for b, batch in enumerate(batches):
-                if max_batches is not None and b >= max_batches:
-                    break
+            for batch in itertools.islice(batches, max_batches):
                 functional_call(bound, _prefixed(tensors), (batch,))
     finally:
         for h in handles:
