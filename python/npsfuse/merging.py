@@ -685,18 +685,14 @@ def _statistics(
 
     loaded: list[Mapping[str, torch.Tensor]] = []
     for i, st in enumerate(given):
-        if st is None:
-            raise ValueError(f"statistics of model {i} are missing")
-        if isinstance(st, (str, os.PathLike)):
-            st = _stats.load(st)
+        st = _stats.load(st) if isinstance(st, (str, os.PathLike)) else st
         if not isinstance(st, Mapping):
-            raise ValueError(
-                f"statistics of model {i} must be a dict of tensors or a file path, "
-                f"got {type(st).__name__}"
-            )
+            raise ValueError(f"statistics of model {i} are missing" if st is None else
+                             f"statistics of model {i} must be a dict of tensors or a file "
+                             f"path, got {type(st).__name__}")  # fmt: skip
         loaded.append(st)
     merged = set(names)
-    keys = sorted(set().union(*(set(st) for st in loaded)))
+    keys = sorted(set().union(*loaded))
     unused = [k for k in keys if k not in merged]
     used = [k for k in keys if k in merged]
     if not used:
