@@ -22,7 +22,6 @@ dicts, tuples and lists of tensors whose first dimension is the batch.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import uuid
 import warnings
@@ -259,7 +258,9 @@ def fisher(
     diff = {k: tensors[k] for k in names}
     count = 0
     with _eval_mode(module):
-        for batch in itertools.islice(batches, max_batches):
+        for b, batch in enumerate(batches):
+            if max_batches is not None and b >= max_batches:
+                break
             with torch.no_grad():
                 logits = _logits(bound, tensors, batch).float()
             n, classes = logits.shape
@@ -354,7 +355,9 @@ def regmean_grams(
     handles = [m.register_forward_pre_hook(hook(k), with_kwargs=True) for k, m in layers.items()]
     try:
         with torch.no_grad(), _eval_mode(module):
-            for batch in itertools.islice(batches, max_batches):
+            for b, batch in enumerate(batches):
+                if max_batches is not None and b >= max_batches:
+                    break
                 functional_call(bound, _prefixed(tensors), (batch,))
     finally:
         for h in handles:
