@@ -96,10 +96,8 @@ class CancelledError(RuntimeError):
 #: Separator around the kind that pybind puts in front of a Go error's text.
 _TAG = "\x1d"
 
-_OWN: dict[str, type[Exception]] = {
-    "ResourceExhaustedError": ResourceExhaustedError,
-    "CancelledError": CancelledError,
-}
+#: npsfuse's own exceptions, by the names ``pybind/errors.go`` uses.
+_OWN: dict[str, type[Exception]] = {c.__name__: c for c in (ResourceExhaustedError, CancelledError)}
 
 
 def _exception(name: str) -> type[Exception]:

@@ -33,18 +33,15 @@ _UNITS = {
 _job_ids = itertools.count(1)
 
 
-def _file_kind(mode: int) -> str:
-    """What a non-regular file is, for error messages."""
-    for test, name in (
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-    ):
-        if test(mode):
-            return name
-    return "a special file"
+#: What a non-regular file is, by its type bits (``stat.S_IFMT``), for error
+#: messages; any other type is "a special file".
+_FILE_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
 
 
 def _check_config_file(path: str | os.PathLike[str]) -> None:
@@ -65,7 +62,8 @@ def _check_config_file(path: str | os.PathLike[str]) -> None:
     if stat.S_ISDIR(st.st_mode):
         raise IsADirectoryError(f"config {path!r} is a directory: give the YAML file itself")
     if not stat.S_ISREG(st.st_mode):
-        raise OSError(f"config {path!r} is {_file_kind(st.st_mode)}, not a regular file")
+        kind = _FILE_KINDS.get(stat.S_IFMT(st.st_mode), "a special file")
+        raise OSError(f"config {path!r} is {kind}, not a regular file")
 
 
 def parse_size(size: str | int) -> int:

@@ -51,13 +51,6 @@ DEFAULT_SCOPE: dict[str, str] = {
     m.name: m.scope for m in _TABLE.methods.values() if m.scope != "tensor"
 }
 
-#: Weights that architectures store (in, out) instead of (out, in), by
-#: ``config.json``'s ``model_type``: GPT-2's Conv1D layers (the engine's
-#: table, ``gocore/merge/layout.go``, which every door uses).
-TRANSPOSED_BY_MODEL_TYPE: dict[str, tuple[str, ...]] = {
-    k: tuple(v) for k, v in json.loads(_core.call(_core.go.TransposedByModelType)).items()
-}
-
 
 class MergeResult(dict):  # type: ignore[type-arg]
     """The merged state dict (a plain ``dict`` of name → tensor), plus
@@ -142,9 +135,9 @@ def get_num_threads() -> int:
 
 
 def _check_method(method: str) -> None:
-    valid = methods()
-    if method not in valid:
-        raise ValueError(f"unknown merge method {method!r}; valid methods: {', '.join(valid)}")
+    """Refuse an unknown method, in the engine's words (``merge.Resolve``)."""
+    if method not in _TABLE.methods:
+        _spec.check(method, 1, {"global": {}})
 
 
 #: safetensors' names of torch dtypes: the planner's vocabulary.
@@ -170,10 +163,8 @@ def _plan(
     ``no_base``: there is no base (``base`` is ``models[0]``), and messages
     name the first model "model 0", as for a YAML config without
     ``base_model``."""
-    options: dict[str, Any] = {"transposed": None if patterns is None else list(patterns),
-                               "model_type": mtype}
-    if no_base:
-        options["no_base"] = True
+    options = {"transposed": None if patterns is None else list(patterns), "model_type": mtype,
+               "no_base": no_base}  # fmt: skip
     request: dict[str, Any] = {
         "base": _listing(base), "models": [_listing(sd) for sd in models], "options": options,
     }
@@ -217,11 +208,14 @@ def _run(
     base: StateDict,
     models: Sequence[StateDict],
     dtype: torch.dtype | str | None,
+    wide: frozenset[str] = frozenset(),
     transposed: frozenset[str] = frozenset(),
     statistics: Sequence[StateDict] | None = None,
 ) -> tuple[StateDict, dict[str, Any]]:
     """Pack inputs and freshly allocated outputs, run one Go merge call, and
-    return the outputs and the method's report.
+    return the outputs and the method's report. Without ``dtype``, the
+    outputs named in ``wide`` (float64 inputs, merged in float32: see
+    :func:`_narrow_float64`) are float64.
 
     ``statistics`` (fisher, regmean): one dict per model; a tensor named in
     them gets its models' statistics packed after the models (flagged in
@@ -257,6 +251,8 @@ def _run(
         pack.schemas,
         nbytes=sum(t.nbytes for _, t in items),
     )
+    if dtype is None:
+        outs = {k: t.to(torch.float64) if k in wide else t for k, t in outs.items()}
     return outs, (json.loads(report) if report else {})
 
 
@@ -500,16 +496,12 @@ def merge(
     go_params = _params(method, len(models) + int(base_last), base_last, **kw)
     if threads is not None:
         go_params["threads"] = int(threads)
-    if base is None:  # the first model lays the output out, as without base_model
-        base_sd = load_state_dict(models[0], "model 0")
-        model_sds = [base_sd, *(load_state_dict(m, f"model {i}")
-                                for i, m in enumerate(models[1:], 1))]
-    else:
-        base_sd = load_state_dict(base, "base")
-        model_sds = [load_state_dict(m, f"model {i}", base=base_sd)
-                     for i, m in enumerate(models)]
-        if base_last:
-            model_sds.append(base_sd)
+    base_sd = None if base is None else load_state_dict(base, "base")
+    model_sds = [load_state_dict(m, f"model {i}", base=base_sd) for i, m in enumerate(models)]
+    if base_sd is None:  # the first model lays the output out, as without base_model
+        base_sd = model_sds[0]
+    elif base_last:
+        model_sds.append(base_sd)
     full_sd = base_sd
     base_sd, model_sds = _select(base_sd, model_sds, include, exclude)
     base_sd, model_sds, wide = _narrow_float64(base_sd, model_sds)
@@ -523,11 +515,9 @@ def merge(
     names = [e["name"] for e in plan if e["action"] == "merge"]
     flagged = frozenset(e["name"] for e in plan if e.get("transposed"))
     stats, unused = _statistics(method, params.get("statistics"), len(models), base_sd, names)
-    merged, report = _run(method, go_params, names, base_sd, model_sds, dtype, flagged, stats)
+    merged, report = _run(method, go_params, names, base_sd, model_sds, dtype, wide, flagged, stats)
     if unused:
         report["statistics_unused"] = unused
-    if dtype is None:  # float64 inputs were merged in float32; the result is float64
-        merged = {k: t.to(torch.float64) if k in wide else t for k, t in merged.items()}
     return MergeResult({k: merged.get(k, t) for k, t in full_sd.items()}, report=report)
 
 
@@ -656,8 +646,8 @@ def _params(
     and a daemon job; ``_check=False`` leaves them to the merge itself);
     ``None`` values of the common keywords mean "the method's default".
     ``base_last``: the last of the ``n_models`` is the base merged as a
-    model (see :func:`npsfuse._spec.payload`)."""
-    _check_method(method)
+    model (see :func:`npsfuse._spec.payload`). Callers check ``method``
+    first (:func:`_check_method`)."""
     for key in ("weights", "normalize", "scope"):
         if kw.get(key) is None:
             kw.pop(key, None)
@@ -695,18 +685,14 @@ def _statistics(
 
     loaded: list[Mapping[str, torch.Tensor]] = []
     for i, st in enumerate(given):
-        if st is None:
-            raise ValueError(f"statistics of model {i} are missing")
-        if isinstance(st, (str, os.PathLike)):
-            st = _stats.load(st)
+        st = _stats.load(st) if isinstance(st, (str, os.PathLike)) else st
         if not isinstance(st, Mapping):
-            raise ValueError(
-                f"statistics of model {i} must be a dict of tensors or a file path, "
-                f"got {type(st).__name__}"
-            )
+            raise ValueError(f"statistics of model {i} are missing" if st is None else
+                             f"statistics of model {i} must be a dict of tensors or a file "
+                             f"path, got {type(st).__name__}")  # fmt: skip
         loaded.append(st)
     merged = set(names)
-    keys = sorted(set().union(*(set(st) for st in loaded)))
+    keys = sorted(set().union(*loaded))
     unused = [k for k in keys if k not in merged]
     used = [k for k in keys if k in merged]
     if not used:
@@ -767,7 +753,4 @@ def task_vector(
     names, _ = _split(base_sd, [ft_sd], verify=False)
     params = _params("linear", 2, weights=[1.0, -1.0], normalize=False)
     # linear with weights (1, −1) over (θ_ft, θ_pre) is exactly θ_ft − θ_pre.
-    tau = _run("linear", params, names, base_sd, [ft_sd, base_sd], dtype)[0]
-    if dtype is None:
-        tau = {k: t.to(torch.float64) if k in wide else t for k, t in tau.items()}
-    return tau
+    return _run("linear", params, names, base_sd, [ft_sd, base_sd], dtype, wide)[0]
