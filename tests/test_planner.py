@@ -183,3 +183,13 @@ def test_prefix_mismatch_is_explained() -> None:
     model["classifier.weight"] = torch.zeros(2, 2)
     with pytest.raises(ValueError, match=r'the prefix "bert\." added'):
         npsfuse.merge(base, [model], "task_arithmetic")
+
+
+def test_transposed_table_is_the_engines() -> None:
+    """``npsfuse.merging.TRANSPOSED_BY_MODEL_TYPE`` (public since 0.1) shows the
+    engine's table: GPT-2's Conv1D weights, the cross-attention ones included."""
+    from npsfuse.merging import TRANSPOSED_BY_MODEL_TYPE
+
+    gpt2 = TRANSPOSED_BY_MODEL_TYPE["gpt2"]
+    assert isinstance(gpt2, tuple)
+    assert {"mlp.c_fc.weight", "attn.c_attn.weight", "crossattention.c_attn.weight"} <= set(gpt2)

@@ -51,6 +51,13 @@ DEFAULT_SCOPE: dict[str, str] = {
     m.name: m.scope for m in _TABLE.methods.values() if m.scope != "tensor"
 }
 
+#: Weights that architectures store (in, out) instead of (out, in), by
+#: ``config.json``'s ``model_type``: GPT-2's Conv1D layers (the engine's
+#: table, ``gocore/merge/layout.go``, which every door uses).
+TRANSPOSED_BY_MODEL_TYPE: dict[str, tuple[str, ...]] = {
+    k: tuple(v) for k, v in json.loads(_core.call(_core.go.TransposedByModelType)).items()
+}
+
 
 class MergeResult(dict):  # type: ignore[type-arg]
     """The merged state dict (a plain ``dict`` of name → tensor), plus
