@@ -95,8 +95,11 @@ def test_plot_and_errors(family: Callable, tmp_path: Path) -> None:
     ]:
         with pytest.raises(ValueError, match=match):
             npsfuse.search_merge(base, models, "linear", score, progress=False, **kw)
-    with pytest.raises(ValueError, match="unknown merge method"):
+    # the engine's words, as npsfuse.merge and the YAML configs say it
+    with pytest.raises(ValueError, match=r'^unknown merge method "nope" \(valid: .*ties'):
         npsfuse.search_merge(base, models, "nope", score, progress=False)
+    with pytest.raises(ValueError, match=r'^unknown merge method "nope" \(valid: .*ties'):
+        npsfuse.Evolver(base, models, score, merge="nope")
 
 
 class _Stop(Exception):

@@ -212,8 +212,7 @@ def search_merge(
     TypeError
         ``evaluate`` returned something that is not a number.
     """
-    if method not in _m.methods():
-        raise ValueError(f"unknown merge method {method!r}; valid: {', '.join(_m.methods())}")
+    _m._check_method(method)
     if optimizer not in ("de", "cma"):
         raise ValueError(f"optimizer must be 'de' or 'cma', got {optimizer!r}")
     if schedule not in ("cosine", "constant"):

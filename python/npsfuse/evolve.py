@@ -59,7 +59,7 @@ from ._display import progress_bar
 from ._search_merge import SearchMergeResult, search_merge
 from ._state import ModelLike, StateDict, load_state_dict
 from ._vocab import GENERATIONS, FailedScores, Plotted, check_count, deprecated, score_of
-from .merging import _check_shapes, methods
+from .merging import _check_method, _check_shapes, methods
 from .merging import merge as _merge
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -823,8 +823,8 @@ def _make_config(
     check_count("generations", generations)
     if not isinstance(seed, int) or not 0 <= seed < 2**64:
         raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-    if merge is not None and merge not in methods():
-        raise ValueError(f"unknown merge method {merge!r}; valid: {', '.join(methods())}")
+    if merge is not None:
+        _check_method(merge)
     if schedule == "constant":
         if F_bounds is not None or CR_bounds is not None or period is not None:
             raise ValueError("F_bounds, CR_bounds and period apply to schedule='cosine'")
