@@ -278,6 +278,14 @@ def test_refusals(daemon, tmp_path):
     cfg = {"merge_method": "ties", "base_model": inside_base, "models": [{"model": inside}]}
     with pytest.raises(PermissionError, match="outside the data roots"):
         c.submit_merge(cfg, out_dir="/etc/npsfuse-merged")
+    # shard_size and force shape a checkpoint: refused without out_dir (the
+    # client used to drop them silently), also when the inputs were uploaded
+    in_memory = {"merge_method": "ties", "base_model": base, "models": [{"model": fts[0]}]}
+    for config in (cfg, in_memory):
+        for opt in ({"shard_size": 1 << 20}, {"force": True}):
+            with pytest.raises(ValueError, match="shard_size and force apply to out_dir merges"):
+                c.submit_merge(config, **opt)
+    assert os.listdir(os.path.join(daemon.shm, "uploads")) == []
     with pytest.raises(ValueError, match="unknown job type"):
         c.submit("transmogrify", {})
     with pytest.raises(ValueError, match="unknown merge_method"):

@@ -192,6 +192,17 @@ class Client(Transfer):
         from . import _mergekit
 
         config = _mergekit.load(config)
+        def options(spec: dict[str, Any]) -> dict[str, Any]:
+            """The options every kind of merge spec carries (the daemon refuses
+            shard_size and force without out_dir, as npsfuse merge does)."""
+            if out_dir is not None:
+                spec["out_dir"] = os.path.abspath(os.fspath(out_dir))
+            for k, v in (("shard_size", int(shard_size or 0)), ("force", force),
+                         ("dtype", dtype), ("allow_missing", allow_missing)):
+                if v:
+                    spec[k] = v
+            return spec
+
         extra = {"intermediate_dir": intermediate_dir is not None, "lazy": lazy is not True}
         moe_only = {"seed": seed is not None, "allow_all_same": allow_all_same,
                     "copy_tokenizer": copy_tokenizer is not True}
@@ -214,32 +225,16 @@ class Client(Transfer):
             if any(extra.values()):
                 raise TypeError(f"{', '.join(k for k, v in extra.items() if v)}: not an option "
                                 "of this kind of config")
-            if out_dir is not None:
-                spec["out_dir"] = os.path.abspath(os.fspath(out_dir))
-            for k, v in (("shard_size", int(shard_size or 0)), ("force", force),
-                         ("dtype", dtype), ("allow_missing", allow_missing)):
-                if v:
-                    spec[k] = v
-            return self.submit("merge", spec, idempotency_key=idempotency_key)
+            return self.submit("merge", options(spec), idempotency_key=idempotency_key)
         if any(extra.values()) or any(moe_only.values()):
             raise TypeError("intermediate_dir, lazy, seed, allow_all_same and copy_tokenizer "
                             "apply to mergekit-multi and mergekit-moe configs only")
 
         def build(ref: Ref) -> dict[str, Any]:
             spec: dict[str, Any] = {"config": _mergekit.with_refs(config, ref)}
-            if out_dir is not None:
-                spec["out_dir"] = os.path.abspath(os.fspath(out_dir))
-                if shard_size:
-                    spec["shard_size"] = int(shard_size)
-                if force:
-                    spec["force"] = True
-            else:
+            if out_dir is None:
                 spec["result"] = self._result_spec()
-            if dtype:
-                spec["dtype"] = dtype
-            if allow_missing:
-                spec["allow_missing"] = True
-            return spec
+            return options(spec)
 
         return self._submit_refs("merge", idempotency_key, build)
 
