@@ -194,6 +194,49 @@ def test_fisher_of_tied_weights_uses_the_total_gradient() -> None:
     assert torch.equal(got["head.weight"], got["emb.weight"])
 
 
+def test_fisher_of_a_batchnorm_model() -> None:
+    """BatchNorm's running statistics are buffers torch cannot differentiate
+    batch_norm by: they get a zero Fisher (the parameters' Fisher is that of the
+    model with them as constants), and a Fisher merge averages them with the
+    models' weights through the floor."""
+
+    def net() -> nn.Module:
+        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                             nn.Linear(4 * 6 * 6, 5))
+
+    torch.manual_seed(0)
+    m = net()
+    m[1].running_mean.uniform_(-1, 1)
+    m[1].running_var.uniform_(0.5, 2)
+    xs = [torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    got = npsfuse.stats.fisher(m, xs, exact=True)
+    floats = [k for k, v in m.state_dict().items() if v.is_floating_point()]
+    assert list(got) == floats
+    for k in ("1.running_mean", "1.running_var"):
+        assert torch.equal(got[k], torch.zeros(4))
+    want = torch.zeros(5, 144, dtype=torch.float64)  # plain autograd, eval mode
+    m.eval()
+    for x in torch.cat(xs).split(1):
+        p = torch.softmax(m(x), -1)[0].detach()
+        for c in range(5):
+            m.zero_grad()
+            torch.log_softmax(m(x), -1)[0, c].backward()
+            want += p[c].double() * m[4].weight.grad.double().square()
+    torch.testing.assert_close(got["4.weight"].double(), want / 12, rtol=1e-5, atol=1e-9)
+    assert got["1.weight"].abs().sum() > 0
+    # two fine-tunes merged by Fisher: the running statistics are their mean
+    base = {k: v.clone() for k, v in m.state_dict().items()}
+    fts = []
+    for i in range(2):
+        ft = {k: v + 0.1 * torch.randn(v.shape, generator=torch.Generator().manual_seed(9 + i))
+              if v.is_floating_point() else v.clone() for k, v in base.items()}
+        fts.append(ft)
+    stats = [npsfuse.stats.fisher(m, xs, params=ft, exact=True) for ft in fts]
+    merged = npsfuse.merge(base, fts, "fisher", statistics=stats)
+    for k in ("1.running_mean", "1.running_var"):
+        torch.testing.assert_close(merged[k], (fts[0][k] + fts[1][k]) / 2)
+
+
 def test_regmean_grams_hand_computed() -> None:
     base, _ = family(1)
     m = module_with(base)

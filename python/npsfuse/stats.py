@@ -185,7 +185,9 @@ def fisher(
     -------
     dict[str, torch.Tensor]
         One float32 CPU tensor per floating-point tensor of ``params`` (or
-        of the module's state dict), of its shape, in the same order.
+        of the module's state dict), of its shape, in the same order; zeros
+        for the module's buffers (BatchNorm's running statistics), which are
+        no parameters: a Fisher merge averages them with the models' weights.
 
     Raises
     ------
@@ -210,7 +212,12 @@ def fisher(
             tied[k] = first[key]
         first.setdefault(key, k)
     order = names
-    names = [k for k in names if k not in tied]
+    # Buffers (BatchNorm's running statistics) are no parameters of the
+    # likelihood, and torch cannot differentiate batch_norm by them: they stay
+    # constants and get a zero Fisher, so that the merge's floor weighs them by
+    # the models' weights alone.
+    buffers = {k for k, _ in module.named_buffers()}
+    names = [k for k in names if k not in tied and k not in buffers]
     tensors = {k: v for k, v in tensors.items() if k not in tied}
     fixed = {k: v for k, v in tensors.items() if k not in names}
     n_params = sum(tensors[k].numel() for k in names)
@@ -284,6 +291,7 @@ def fisher(
     if count == 0:
         raise ValueError("no batches: the Fisher is a mean over examples")
     out = {k: (acc[k] / count).to("cpu", torch.float32) for k in names}
+    out |= {k: torch.zeros(tensors[k].shape) for k in order if k in buffers and k not in tied}
     return {k: out[tied[k]].clone() if k in tied else out[k] for k in order}
 
 
