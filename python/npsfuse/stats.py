@@ -200,23 +200,23 @@ def fisher(
     names = [k for k, v in tensors.items() if v.is_floating_point()]
     if not names:
         raise ValueError("no floating-point tensors to take the Fisher of")
+    # Buffers (BatchNorm's running statistics) are no parameters of the
+    # likelihood, and torch cannot differentiate batch_norm by them: they stay
+    # constants and get a zero Fisher, so that the merge's floor weighs them by
+    # the models' weights alone.
+    buffers = {k for k, _ in module.named_buffers()}
     # Tied weights (one tensor under several names, e.g. embeddings and an LM
     # head): differentiate the first name; functional_call ties the others
     # to it, and they get its Fisher.
     first: dict[tuple[int, tuple[int, ...], tuple[int, ...]], str] = {}
     tied: dict[str, str] = {}
-    for k in names:
+    for k in (k for k in names if k not in buffers):
         v = tensors[k]
         key = (v.data_ptr(), tuple(v.shape), tuple(v.stride()))
         if v.numel() and key in first:
             tied[k] = first[key]
         first.setdefault(key, k)
     order = names
-    # Buffers (BatchNorm's running statistics) are no parameters of the
-    # likelihood, and torch cannot differentiate batch_norm by them: they stay
-    # constants and get a zero Fisher, so that the merge's floor weighs them by
-    # the models' weights alone.
-    buffers = {k for k, _ in module.named_buffers()}
     names = [k for k in names if k not in tied and k not in buffers]
     tensors = {k: v for k, v in tensors.items() if k not in tied}
     fixed = {k: v for k, v in tensors.items() if k not in names}
@@ -291,7 +291,7 @@ def fisher(
     if count == 0:
         raise ValueError("no batches: the Fisher is a mean over examples")
     out = {k: (acc[k] / count).to("cpu", torch.float32) for k in names}
-    out |= {k: torch.zeros(tensors[k].shape) for k in order if k in buffers and k not in tied}
+    out |= {k: torch.zeros(tensors[k].shape) for k in order if k in buffers}
     return {k: out[tied[k]].clone() if k in tied else out[k] for k in order}
 
 
