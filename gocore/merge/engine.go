@@ -579,7 +579,8 @@ type chunkMerger interface {
 }
 
 // generalOnly makes mergeChunk take its general path for every method (no
-// direct or fused pass): the tests compare the fast passes with it.
+// direct or fused pass), and the selections' samples read entry by entry:
+// the tests compare the fast passes with it.
 var generalOnly bool
 
 // direct is a Combiner that can merge straight from the inputs, in one

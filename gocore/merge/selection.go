@@ -267,12 +267,16 @@ func (e *engine) windows(un unit, tgts []rankTarget) ([]window, []int) {
 			n := pos[c+1] - pos[c]
 			t := &e.tensors[ch.ti]
 			x, b := t.Models[m], t.Base
+			// Stored in layout order unless a row method reads a
+			// transposed tensor (storageIndex); generalOnly reads every
+			// sample entry through storageIndex (the tests compare).
+			inOrder := (!e.method.Rows || !e.geom[ch.ti].transposed) && !generalOnly
 			switch {
-			case x.DType == tensor.F32 && b.DType == tensor.F32 && !e.method.Rows:
+			case x.DType == tensor.F32 && b.DType == tensor.F32 && inOrder:
 				s = appendSample(s, x.F32[ch.lo:ch.hi], b.F32[ch.lo:ch.hi], pos[c], n, stride,
 					func(v float32) float32 { return v }, appendMags16Slices)
 				continue
-			case x.DType == tensor.BF16 && b.DType == tensor.BF16 && !e.method.Rows:
+			case x.DType == tensor.BF16 && b.DType == tensor.BF16 && inOrder:
 				s = appendSample(s, x.U16[ch.lo:ch.hi], b.U16[ch.lo:ch.hi], pos[c], n, stride,
 					func(u uint16) float32 { return math.Float32frombits(uint32(u) << 16) }, nil)
 				continue

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/npsfuse/npsfuse/gocore/parallel"
 	"github.com/npsfuse/npsfuse/gocore/tensor"
 )
 
@@ -111,5 +112,42 @@ func BenchmarkSelectDesc(b *testing.B) {
 	shares := [][]uint32{s[:len(s)/2], s[len(s)/2:]}
 	for b.Loop() {
 		selectDesc(shares, []int{top, bot})
+	}
+}
+
+// TestWindowsSampleLayout checks that the sample's block reads of a chunk
+// stored in layout order (every method's float32 and bfloat16 tensors, a
+// row method's untransposed ones) bracket the same ranks as reading each
+// sample entry through storageIndex: the windows are equal, for row and
+// elementwise methods, transposed or not, in both dtypes.
+func TestWindowsSampleLayout(t *testing.T) {
+	defer func() { generalOnly = false }()
+	shapes := [][]int{{512, 384}, {300, 1000}}
+	for _, method := range []string{"neuro", "della", "ties"} {
+		for _, dt := range []tensor.DType{tensor.F32, tensor.BF16} {
+			for _, transposed := range []bool{false, true} {
+				var got [2][]window
+				for i, general := range []bool{false, true} {
+					generalOnly = general
+					r := rand.New(rand.NewPCG(8, 9))
+					ts := randomMerge(r, dt, shapes, 3)
+					ts[0].Transposed = transposed
+					p := testParams(method)
+					p.Pool = parallel.Pool{Threads: 2}
+					e, err := newEngine(registry[method], p, ts)
+					if err != nil {
+						t.Fatal(err)
+					}
+					un := e.units()[0]
+					if un.n <= exactUnit {
+						t.Fatalf("unit of %d entries: no sample", un.n)
+					}
+					got[i], _ = e.windows(un, []rankTarget{{0, un.n / 5}, {2, un.n / 2}})
+				}
+				if !slices.Equal(got[0], got[1]) {
+					t.Errorf("%s %v transposed=%v: windows %v, entry by entry %v", method, dt, transposed, got[0], got[1])
+				}
+			}
+		}
 	}
 }

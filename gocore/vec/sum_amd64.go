@@ -26,7 +26,7 @@ func sumF64(x []float32) float64 {
 		a6 = a6.Add(v3.GetLo().ConvertToFloat64())
 		a7 = a7.Add(v3.GetHi().ConvertToFloat64())
 	}
-	var s [sumLanes]float64
+	var s SumLanes
 	a0.Store((*[4]float64)(s[0:4]))
 	a1.Store((*[4]float64)(s[4:8]))
 	a2.Store((*[4]float64)(s[8:12]))
