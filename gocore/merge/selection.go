@@ -247,48 +247,32 @@ func (e *engine) windows(un unit, tgts []rankTarget) ([]window, []int) {
 	size := min(max(un.n/64, minSample), sampleSize)
 	blocks := size / sampleBlock
 	stride := (un.n + blocks - 1) / blocks
-	// The gathering runs as T·P tasks (model, share of the chunks), so
-	// that every core works whatever T is: the sample's reads are cache
-	// and TLB misses, and on a cold checkpoint the first reads of its
-	// pages. The ranks are selected from a model's shares together
+	// The gathering runs as P tasks (shares of the chunks, up to T per
+	// core, so that every core works whatever T is), each reading every
+	// model's blocks at its positions: the sample's reads are cache and
+	// TLB misses (on a cold checkpoint the first reads of its pages), and
+	// a block of the base, read once for all models, is one miss instead
+	// of T. The ranks are selected from a model's shares together
 	// (selectDesc), so the windows do not depend on P.
 	pos := make([]int64, len(un.chunks)+1) // unit index of each chunk's first entry
 	for c, ch := range un.chunks {
 		pos[c+1] = pos[c] + int64(ch.hi-ch.lo)
 	}
-	P := min(e.p.Pool.Size(), len(un.chunks))
-	parts := make([][]uint32, T*P)
-	e.p.Pool.For(T*P, func(_, task int) {
-		m, part := task/P, task%P
+	P := min(T*e.p.Pool.Size(), len(un.chunks))
+	parts := make([][]uint32, T*P) // model m's share i at m·P + i
+	e.p.Pool.For(P, func(_, part int) {
 		c0, c1 := len(un.chunks)*part/P, len(un.chunks)*(part+1)/P
-		s := make([]uint32, 0, int64(size)*(pos[c1]-pos[c0])/max(pos[len(un.chunks)], 1)+2*sampleBlock)
-		for c := c0; c < c1; c++ {
-			ch := un.chunks[c]
-			n := pos[c+1] - pos[c]
-			t := &e.tensors[ch.ti]
-			x, b := t.Models[m], t.Base
-			// Stored in layout order unless a row method reads a
-			// transposed tensor (storageIndex); generalOnly reads every
-			// sample entry through storageIndex (the tests compare).
-			inOrder := (!e.method.Rows || !e.geom[ch.ti].transposed) && !generalOnly
-			switch {
-			case x.DType == tensor.F32 && b.DType == tensor.F32 && inOrder:
-				s = appendSample(s, x.F32[ch.lo:ch.hi], b.F32[ch.lo:ch.hi], pos[c], n, stride,
-					func(v float32) float32 { return v }, appendMags16Slices)
-				continue
-			case x.DType == tensor.BF16 && b.DType == tensor.BF16 && inOrder:
-				s = appendSample(s, x.U16[ch.lo:ch.hi], b.U16[ch.lo:ch.hi], pos[c], n, stride,
-					func(u uint16) float32 { return math.Float32frombits(uint32(u) << 16) }, nil)
-				continue
-			}
-			for g := (pos[c] + stride - 1) / stride * stride; g < pos[c]+n; g += stride {
-				for j := int(g - pos[c]); j < int(min(g-pos[c]+sampleBlock, n)); j++ {
-					idx := e.storageIndex(ch, j)
-					s = append(s, topk.AbsBits(t.Models[m].At(idx)-t.Base.At(idx)))
-				}
-			}
+		s := make([][]uint32, T)
+		for m := range s {
+			s[m] = make([]uint32, 0, int64(size)*(pos[c1]-pos[c0])/max(pos[len(un.chunks)], 1)+2*sampleBlock)
 		}
-		parts[task] = s
+		sc := newSampleScratch(T)
+		for c := c0; c < c1; c++ {
+			e.sampleChunk(un.chunks[c], pos[c], pos[c+1]-pos[c], stride, s, sc)
+		}
+		for m := range T {
+			parts[m*P+part] = s[m]
+		}
 	})
 	// Each target needs two ranks of its model's sample (sampleBounds);
 	// they are selected from the shares as they are, without a sort.
@@ -457,40 +441,124 @@ func selectIn(cand []uint32, r int, digits []struct{ shift, bins uint32 }) uint3
 	return prefix
 }
 
-// appendSample appends to s the magnitude bits |x − b| of the sample
-// blocks that start in one chunk stored in layout order: sampleBlock
-// entries (fewer at the chunk's end) from every multiple of stride in the
-// unit indices [pos, pos+n); xs and bs are the chunk's entries, widened to
-// float32 by f. The blocks' first entries are read first, in batches: each
-// block is a cache miss (and a TLB miss at a stride of 4 KiB or more), and
-// independent loads let the misses overlap instead of queuing behind one
-// block's appends. block16, when not nil, appends a whole block of 16
-// entries at once (the same bits as entry by entry).
-func appendSample[E float32 | uint16](s []uint32, xs, bs []E, pos, n, stride int64, f func(E) float32, block16 func(s []uint32, x, b []E) []uint32) []uint32 {
-	var first [32]uint32
-	for g0 := (pos + stride - 1) / stride * stride; g0 < pos+n; g0 += int64(len(first)) * stride {
+// sampleBatch is how many sample blocks appendSamples starts reading at
+// once.
+const sampleBatch = 32
+
+// sampleScratch is a sampling task's scratch: the models' chunks as
+// float32 or bfloat16 slices, and appendSamples' first entries.
+type sampleScratch struct {
+	x32   [][]float32
+	x16   [][]uint16
+	first []uint32
+}
+
+// newSampleScratch returns the scratch of a task over T models.
+func newSampleScratch(T int) *sampleScratch {
+	return &sampleScratch{x32: make([][]float32, 0, T), x16: make([][]uint16, 0, T), first: make([]uint32, sampleBatch*T)}
+}
+
+// sampleChunk appends to s[m] model m's sample entries of chunk ch, whose
+// first entry has unit index pos (n entries), for every model: the blocks
+// of models stored in the base's dtype (float32 or bfloat16) and in layout
+// order are read by appendSamples, all such models together; the other
+// models' entry by entry through storageIndex (a row method's transposed
+// tensor, mixed dtypes, generalOnly).
+func (e *engine) sampleChunk(ch chunkRef, pos, n, stride int64, s [][]uint32, sc *sampleScratch) {
+	t := &e.tensors[ch.ti]
+	b := t.Base
+	// Stored in layout order unless a row method reads a transposed tensor
+	// (storageIndex); generalOnly reads every sample entry through
+	// storageIndex (the tests compare).
+	inOrder := (!e.method.Rows || !e.geom[ch.ti].transposed) && !generalOnly
+	var ms []int // the models appendSamples reads
+	if inOrder && (b.DType == tensor.F32 || b.DType == tensor.BF16) {
+		for m, x := range t.Models {
+			if x.DType == b.DType {
+				ms = append(ms, m)
+			}
+		}
+	}
+	if len(ms) > 0 {
+		sm := make([][]uint32, len(ms))
+		for i, m := range ms {
+			sm[i] = s[m]
+		}
+		if b.DType == tensor.F32 {
+			xs := sc.x32[:0]
+			for _, m := range ms {
+				xs = append(xs, t.Models[m].F32[ch.lo:ch.hi])
+			}
+			appendSamples(sm, xs, b.F32[ch.lo:ch.hi], pos, n, stride, func(v float32) float32 { return v }, appendMags16Slices, sc.first)
+			clear(xs)
+		} else {
+			xs := sc.x16[:0]
+			for _, m := range ms {
+				xs = append(xs, t.Models[m].U16[ch.lo:ch.hi])
+			}
+			appendSamples(sm, xs, b.U16[ch.lo:ch.hi], pos, n, stride,
+				func(u uint16) float32 { return math.Float32frombits(uint32(u) << 16) }, nil, sc.first)
+			clear(xs)
+		}
+		for i, m := range ms {
+			s[m] = sm[i]
+		}
+	}
+	for m, x := range t.Models {
+		if slices.Contains(ms, m) {
+			continue
+		}
+		for g := (pos + stride - 1) / stride * stride; g < pos+n; g += stride {
+			for j := int(g - pos); j < int(min(g-pos+sampleBlock, n)); j++ {
+				idx := e.storageIndex(ch, j)
+				s[m] = append(s[m], topk.AbsBits(x.At(idx)-b.At(idx)))
+			}
+		}
+	}
+}
+
+// appendSamples appends to s[m] the magnitude bits |xs[m] − b| of the
+// sample blocks that start in one chunk stored in layout order:
+// sampleBlock entries (fewer at the chunk's end) from every multiple of
+// stride in the unit indices [pos, pos+n); xs[m] and bs are the chunk's
+// entries of model m and of the base, widened to float32 by f. The blocks'
+// first entries are read first, sampleBatch blocks and every model at a
+// time: each block is a cache miss (and a TLB miss at a stride of 4 KiB or
+// more), and independent loads let the misses overlap instead of queuing
+// behind one block's appends; the base's block is read once for all
+// models. block16, when not nil, appends a whole block of 16 entries at
+// once (the same bits as entry by entry). first is scratch of
+// sampleBatch·len(xs) entries.
+func appendSamples[E float32 | uint16](s [][]uint32, xs [][]E, bs []E, pos, n, stride int64, f func(E) float32, block16 func(s []uint32, x, b []E) []uint32, first []uint32) {
+	for g0 := (pos + stride - 1) / stride * stride; g0 < pos+n; g0 += sampleBatch * stride {
 		nb := 0
-		for g := g0; g < pos+n && nb < len(first); g += stride {
+		for g := g0; g < pos+n && nb < sampleBatch; g += stride {
 			o := int(g - pos)
-			first[nb] = math.Float32bits(f(xs[o])-f(bs[o])) & 0x7fffffff
+			bv := f(bs[o])
+			for m, x := range xs {
+				first[m*sampleBatch+nb] = math.Float32bits(f(x[o])-bv) & 0x7fffffff
+			}
 			nb++
 		}
 		for k := range nb {
 			g := g0 + int64(k)*stride
 			lo, hi := int(g-pos), int(min(g-pos+sampleBlock, n))
-			if block16 != nil && hi-lo == 16 {
-				s = block16(s, xs[lo:hi], bs[lo:hi])
-				continue
-			}
-			s = append(s, first[k])
-			xb, bb := xs[lo+1:hi], bs[lo+1:hi]
-			bb = bb[:len(xb)]
-			for j, v := range xb {
-				s = append(s, math.Float32bits(f(v)-f(bb[j]))&0x7fffffff)
+			bb := bs[lo+1 : hi]
+			for m, x := range xs {
+				if block16 != nil && hi-lo == 16 {
+					s[m] = block16(s[m], x[lo:hi], bs[lo:hi])
+					continue
+				}
+				sm := append(s[m], first[m*sampleBatch+k])
+				xb := x[lo+1 : hi]
+				bb := bb[:len(xb)]
+				for j, v := range xb {
+					sm = append(sm, math.Float32bits(f(v)-f(bb[j]))&0x7fffffff)
+				}
+				s[m] = sm
 			}
 		}
 	}
-	return s
 }
 
 // appendMags16Slices is appendMags16 on two 16-entry slices.

@@ -117,21 +117,36 @@ func BenchmarkSelectDesc(b *testing.B) {
 
 // TestWindowsSampleLayout checks that the sample's block reads of a chunk
 // stored in layout order (every method's float32 and bfloat16 tensors, a
-// row method's untransposed ones) bracket the same ranks as reading each
-// sample entry through storageIndex: the windows are equal, for row and
-// elementwise methods, transposed or not, in both dtypes.
+// row method's untransposed ones; all models at once) bracket the same
+// ranks as reading each sample entry through storageIndex: the windows are
+// equal, for row and elementwise methods, transposed or not, in both
+// dtypes, and with a model whose dtype is not the base's (read entry by
+// entry, the others by blocks).
 func TestWindowsSampleLayout(t *testing.T) {
 	defer func() { generalOnly = false }()
 	shapes := [][]int{{512, 384}, {300, 1000}}
 	for _, method := range []string{"neuro", "della", "ties"} {
 		for _, dt := range []tensor.DType{tensor.F32, tensor.BF16} {
-			for _, transposed := range []bool{false, true} {
+			for _, layout := range []string{"", "transposed", "mixed"} {
+				transposed := layout == "transposed"
 				var got [2][]window
 				for i, general := range []bool{false, true} {
 					generalOnly = general
 					r := rand.New(rand.NewPCG(8, 9))
 					ts := randomMerge(r, dt, shapes, 3)
 					ts[0].Transposed = transposed
+					if layout == "mixed" {
+						other := tensor.F32
+						if dt == tensor.F32 {
+							other = tensor.BF16
+						}
+						for ti := range ts {
+							x := ts[ti].Models[0]
+							y := tensor.Alloc(x.Len(), other)
+							tensor.Convert(y, x)
+							ts[ti].Models[0] = y
+						}
+					}
 					p := testParams(method)
 					p.Pool = parallel.Pool{Threads: 2}
 					e, err := newEngine(registry[method], p, ts)
@@ -145,9 +160,37 @@ func TestWindowsSampleLayout(t *testing.T) {
 					got[i], _ = e.windows(un, []rankTarget{{0, un.n / 5}, {2, un.n / 2}})
 				}
 				if !slices.Equal(got[0], got[1]) {
-					t.Errorf("%s %v transposed=%v: windows %v, entry by entry %v", method, dt, transposed, got[0], got[1])
+					t.Errorf("%s %v %s: windows %v, entry by entry %v", method, dt, layout, got[0], got[1])
 				}
 			}
+		}
+	}
+}
+
+// BenchmarkWindows times the selections' sampling (engine.windows) of
+// BenchmarkMerge's four tensors for ties' four targets (density 0.2),
+// each time after BenchmarkLimits' triad has flushed the caches: the
+// sample's reads are cache and TLB misses.
+func BenchmarkWindows(b *testing.B) {
+	all := benchTensorsFor()
+	triadArrays()
+	p := testParams("ties")
+	p.Density, p.Lambda, p.Seed = 0.2, 1, 1
+	e, err := newEngine(registry["ties"], p, all)
+	if err != nil {
+		b.Fatal(err)
+	}
+	units := e.units()
+	for b.Loop() {
+		b.StopTimer()
+		triadOnce()
+		b.StartTimer()
+		for _, un := range units {
+			tg := make([]rankTarget, e.T)
+			for m := range tg {
+				tg[m] = rankTarget{m, un.n / 5}
+			}
+			e.windows(un, tg)
 		}
 	}
 }
