@@ -108,9 +108,9 @@ func (s *cgScratch) reset(n, W, T int) {
 
 // countGatherGo is countGather's scalar part over the entries from on:
 // countFlagGo's counts of the flagged windows, MergeTasks' provisional
-// results, the flagged entries' results set to +0 and their indices and
-// inputs appended to s (the candidates are the caller's). It reports
-// whether those inputs and results are finite.
+// results, and the flagged entries' indices and inputs appended to s (the
+// candidates are the caller's). It reports whether those inputs are
+// finite, and whether the results of the entries not flagged are.
 func countGatherGo(out, b []float32, x [][]float32, fw *flagWindows, p *vec.TaskMerge, s *cgScratch, from int) (fin, rfin bool) {
 	n := len(b) - from
 	W := fw.n
@@ -139,11 +139,10 @@ func countGatherGo(out, b []float32, x [][]float32, fw *flagWindows, p *vec.Task
 			s.x[m][k] = xm[j]
 		}
 		s.nf++
-		out[from+j] = 0
 	}
 	rfin = true
-	for _, v := range out[from:] {
-		if v-v != 0 {
+	for j, v := range out[from:] {
+		if v-v != 0 && flags[j>>3]&(1<<(j&7)) == 0 {
 			rfin = false
 		}
 	}

@@ -56,9 +56,9 @@ type cgModel struct {
 // lanes above each flagged window's hi, marks the lanes inside it (one
 // unsigned range compare) and stores the model's masked, weighted task
 // vector; then one loop combines them (MergeTasks' vector code, operation
-// for operation, so the bits are MergeTasks'), writes the flagged lanes'
-// results as +0 (patched later) and compresses the flagged entries'
-// indices, base and model values into s. Two short loops with few live
+// for operation, so the bits are MergeTasks'), writes every lane's result
+// (the flagged lanes' are provisional: the patch decides them) and
+// compresses the flagged entries' indices, base and model values into s. Two short loops with few live
 // vectors each run faster than one that spills. No branch depends on the
 // data. The candidates of the flagged windows are then taken from the
 // gathered entries (every entry inside a flagged window is flagged, in
@@ -68,7 +68,7 @@ type cgModel struct {
 // It takes countFlagMerge's cases with at most two flagged windows per
 // model; otherwise, or without AVX-512, it reports ok = false and does
 // nothing. fin reports whether b and every x[m] are finite; rfin whether
-// every result written is (the flagged entries' +0 included). The
+// every result written but the flagged entries' is. The
 // finiteness of the inputs is read from the magnitudes: a non-finite input
 // makes some |θ_m − θ₀| a NaN or ±Inf, and only then (or when a
 // difference overflows) are the inputs checked one by one.
@@ -262,7 +262,8 @@ type cgCombine struct {
 }
 
 // block combines the block's weighted task vectors (s.tw, s.raw) into
-// out, writes the flagged lanes (s.fl) as +0 and gathers their indices
+// out, leaves the flagged lanes (s.fl) out of the finiteness test
+// (their results are provisional) and gathers their indices
 // (the block starts at entry j0), base and model values into s, whose
 // buffers hold a chunk plus 16 (by pointer, as cgModelBlock).
 func (cs *cgCombine) block(out, b []float32, T, j0 int, s *cgScratch) {
@@ -335,8 +336,9 @@ func (cs *cgCombine) block(out, b []float32, T, j0 int, s *cgScratch) {
 		}
 		fb := s.fl[j>>4]
 		f := archsimd.Mask32x16FromBits(fb)
-		r = zf.Merge(r, f)
-		racc = racc.Add(r.Mul(zf))
+		// The flagged lanes keep their provisional results, left out of
+		// the finiteness test (the patch decides them).
+		racc = racc.Add(zf.Merge(r, f).Mul(zf))
 		r.Store((*[16]float32)(unsafe.Add(outp, o)))
 		// The flagged entries' indices and inputs.
 		jv.Compress(f).Store((*[16]int32)(unsafe.Add(idxp, nf)))

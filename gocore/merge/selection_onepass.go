@@ -1,6 +1,7 @@
 package merge
 
 import (
+	"math"
 	"math/bits"
 	"sync"
 
@@ -15,11 +16,18 @@ import (
 // magnitude bits: an entry above hi is surely kept, one below lo surely
 // dropped. So, when the outputs are at hand, the counting pass also merges
 // each chunk while it is in the cache, with every model's cut put at its
-// window's hi (vec.MergeTasks with provisional bands), and keeps, for the
-// few entries where some model's magnitude lies in its window (flagged by
-// countFlag), their index and inputs. Once the exact cuts are known
-// (finishCut), those entries alone are merged again from the kept inputs
-// with the exact bands (patch) and written over the provisional values.
+// window's middle (vec.MergeTasks with provisional bands), and keeps, for
+// the few entries where some model's magnitude lies in its window (flagged
+// by countFlag), their index, inputs and provisional result. Once the
+// exact cuts are known (finishCut), those entries alone are merged again
+// from the kept inputs with the exact bands (patch), and the results that
+// differ from the provisional ones are written over them. The middle of
+// the window is a guess of the cut that most flagged entries' decisions
+// agree with, so most of their provisional results stand and the patch
+// writes a few scattered entries instead of every flagged one (its writes
+// miss the cache: the output was written a unit ago). The AVX-512 pass
+// (countGather) stores the provisional results of the flagged entries;
+// the other passes store +0 there, which the patch then overwrites.
 //
 // The result is bit for bit the two-pass result: an entry that is not
 // flagged has, for every model, a magnitude above hi (so above the cut,
@@ -54,14 +62,16 @@ type opUnit struct {
 	chunks []opChunk
 }
 
-// opChunk holds a chunk's flagged entries: their indices in the chunk and
-// their inputs, gathered (x[m][i] is model m's value at idx[i]).
+// opChunk holds a chunk's flagged entries: their indices in the chunk,
+// their inputs, gathered (x[m][i] is model m's value at idx[i]), and the
+// provisional results the counting pass wrote there (prov[i]).
 type opChunk struct {
 	ok   bool // merged provisionally and checked
 	buf  *gatherBuf
 	idx  []int32
 	base []float32
 	x    [][]float32
+	prov []float32
 }
 
 // twoPassOnly turns the one-pass path off (tests compare the two).
@@ -131,7 +141,11 @@ func (e *engine) newOnePass(units []int, sums bool, tgts [][]rankTarget, wins []
 			case t.k >= un.n:
 				return vec.Everything
 			}
-			return vec.Cut{Bits: min(wins[i][winOf[i][ti]].hi, 0x7fffffff), Allow: 0}
+			// Any cut in [lo, hi] gives the entries outside the window
+			// their exact decisions; the middle is the likeliest.
+			w := wins[i][winOf[i][ti]]
+			hi := min(w.hi, 0x7fffffff)
+			return vec.Cut{Bits: min(w.lo, hi) + (hi-min(w.lo, hi))/2, Allow: 0}
 		}
 		ou.bands = make([]vec.Band, e.T)
 		for m := range e.T {
@@ -196,7 +210,7 @@ func (op *onePass) countMerge(e *engine, i, c int, ch chunkRef, ws *workspace, w
 		if !in {
 			return e.countChunk(ch, ws, wins, false)
 		}
-		cc, oc = gathered(e.T, ou, s, len(wins))
+		cc, oc = gathered(e.T, ou, s, len(wins), out)
 	} else {
 		W := ou.fw.n
 		var above [maxFlagWindows]int64
@@ -234,8 +248,9 @@ func (op *onePass) countMerge(e *engine, i, c int, ch chunkRef, ws *workspace, w
 var cgPool sync.Pool
 
 // gathered copies countGather's windows and flagged entries out of s:
-// the chunk's counts (candidates in one allocation) and its opChunk.
-func gathered(T int, ou *opUnit, s *cgScratch, nwin int) (chunkCount, opChunk) {
+// the chunk's counts (candidates in one allocation) and its opChunk, with
+// the provisional results read from the chunk's out.
+func gathered(T int, ou *opUnit, s *cgScratch, nwin int, out []float32) (chunkCount, opChunk) {
 	cc := chunkCount{win: make([]winCount, nwin), sumAll: make([]float64, T)}
 	total := 0
 	for k := range ou.wins {
@@ -249,18 +264,31 @@ func gathered(T int, ou *opUnit, s *cgScratch, nwin int) (chunkCount, opChunk) {
 		slab = slab[c:]
 	}
 	F := s.nf
-	oc := opChunk{x: make([][]float32, T)}
-	oc.buf = getGather((T + 2) * F)
-	vals := oc.buf.v[:(T+1)*F]
-	oc.idx = oc.buf.i[:F]
+	oc := newOpChunk(T, F)
 	copy(oc.idx, s.idx[:F])
-	oc.base = vals[:F:F]
 	copy(oc.base, s.base[:F])
 	for m := range T {
-		oc.x[m] = vals[(m+1)*F : (m+2)*F : (m+2)*F]
 		copy(oc.x[m], s.x[m][:F])
 	}
+	for k, j := range oc.idx {
+		oc.prov[k] = out[j]
+	}
 	return cc, oc
+}
+
+// newOpChunk returns an opChunk with room for F flagged entries of T
+// models, in one recycled buffer.
+func newOpChunk(T, F int) opChunk {
+	oc := opChunk{x: make([][]float32, T)}
+	oc.buf = getGather((T + 2) * F)
+	vals := oc.buf.v[:(T+2)*F]
+	oc.idx = oc.buf.i[:F]
+	oc.base = vals[:F:F]
+	for m := range T {
+		oc.x[m] = vals[(m+1)*F : (m+2)*F : (m+2)*F]
+	}
+	oc.prov = vals[(T+1)*F : (T+2)*F : (T+2)*F]
+	return oc
 }
 
 // gatherFlags gathers the flagged entries' indices and inputs (flags as
@@ -271,14 +299,8 @@ func gatherFlags(T int, flags []uint8, base []float32, models [][]float32, out [
 	for _, f := range flags {
 		F += bits.OnesCount8(f)
 	}
-	oc := opChunk{x: make([][]float32, T)}
-	oc.buf = getGather((T + 2) * F)
-	vals := oc.buf.v[:(T+1)*F]
-	oc.idx = oc.buf.i[:F]
-	oc.base = vals[:F:F]
-	for m := range T {
-		oc.x[m] = vals[(m+1)*F : (m+2)*F : (m+2)*F]
-	}
+	oc := newOpChunk(T, F)
+	clear(oc.prov)
 	k := 0
 	for g, f := range flags {
 		for f != 0 {
@@ -341,14 +363,20 @@ func (op *onePass) patch(e *engine, i int, un unit, sel *unitSelection) {
 					return
 				}
 			}
+			// Only the results that differ from the provisional ones
+			// (bit for bit: ±0 differ) are written.
 			if inPlace {
 				out := t.Out.F32[ch.lo:ch.hi]
 				for k, j := range oc.idx {
-					out[j] = res[k]
+					if math.Float32bits(res[k]) != math.Float32bits(oc.prov[k]) {
+						out[j] = res[k]
+					}
 				}
 			} else {
 				for k, j := range oc.idx {
-					t.Out.SetAt(ch.lo+int(j), res[k])
+					if math.Float32bits(res[k]) != math.Float32bits(oc.prov[k]) {
+						t.Out.SetAt(ch.lo+int(j), res[k])
+					}
 				}
 			}
 		}
