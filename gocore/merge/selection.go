@@ -445,9 +445,12 @@ func selectIn(cand []uint32, r int, digits []struct{ shift, bins uint32 }) uint3
 // once.
 const sampleBatch = 32
 
-// sampleScratch is a sampling task's scratch: the models' chunks as
-// float32 or bfloat16 slices, and appendSamples' first entries.
+// sampleScratch is a sampling task's scratch: the models appendSamples
+// reads, their samples and chunks (as float32 or bfloat16 slices), and
+// appendSamples' first entries.
 type sampleScratch struct {
+	ms    []int
+	sm    [][]uint32
 	x32   [][]float32
 	x16   [][]uint16
 	first []uint32
@@ -455,7 +458,8 @@ type sampleScratch struct {
 
 // newSampleScratch returns the scratch of a task over T models.
 func newSampleScratch(T int) *sampleScratch {
-	return &sampleScratch{x32: make([][]float32, 0, T), x16: make([][]uint16, 0, T), first: make([]uint32, sampleBatch*T)}
+	return &sampleScratch{ms: make([]int, 0, T), sm: make([][]uint32, 0, T),
+		x32: make([][]float32, 0, T), x16: make([][]uint16, 0, T), first: make([]uint32, sampleBatch*T)}
 }
 
 // sampleChunk appends to s[m] model m's sample entries of chunk ch, whose
@@ -471,7 +475,7 @@ func (e *engine) sampleChunk(ch chunkRef, pos, n, stride int64, s [][]uint32, sc
 	// (storageIndex); generalOnly reads every sample entry through
 	// storageIndex (the tests compare).
 	inOrder := (!e.method.Rows || !e.geom[ch.ti].transposed) && !generalOnly
-	var ms []int // the models appendSamples reads
+	ms := sc.ms[:0] // the models appendSamples reads
 	if inOrder && (b.DType == tensor.F32 || b.DType == tensor.BF16) {
 		for m, x := range t.Models {
 			if x.DType == b.DType {
@@ -480,9 +484,9 @@ func (e *engine) sampleChunk(ch chunkRef, pos, n, stride int64, s [][]uint32, sc
 		}
 	}
 	if len(ms) > 0 {
-		sm := make([][]uint32, len(ms))
-		for i, m := range ms {
-			sm[i] = s[m]
+		sm := sc.sm[:0]
+		for _, m := range ms {
+			sm = append(sm, s[m])
 		}
 		if b.DType == tensor.F32 {
 			xs := sc.x32[:0]
@@ -503,6 +507,7 @@ func (e *engine) sampleChunk(ch chunkRef, pos, n, stride int64, s [][]uint32, sc
 		for i, m := range ms {
 			s[m] = sm[i]
 		}
+		clear(sm)
 	}
 	for m, x := range t.Models {
 		if slices.Contains(ms, m) {
