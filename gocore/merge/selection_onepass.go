@@ -277,10 +277,10 @@ func gathered(T int, ou *opUnit, s *cgScratch, nwin int, out []float32) (chunkCo
 }
 
 // newOpChunk returns an opChunk with room for F flagged entries of T
-// models, in one recycled buffer.
+// models, in one recycled buffer (with room for the patch's results).
 func newOpChunk(T, F int) opChunk {
 	oc := opChunk{x: make([][]float32, T)}
-	oc.buf = getGather((T + 2) * F)
+	oc.buf = getGather((T+3)*F, F)
 	vals := oc.buf.v[:(T+2)*F]
 	oc.idx = oc.buf.i[:F]
 	oc.base = vals[:F:F]
@@ -343,7 +343,8 @@ func (op *onePass) patch(e *engine, i int, un unit, sel *unitSelection) {
 					p.Bands[m].Out = sel.cuts[op.stride*m+1].vecCut(c)
 				}
 			}
-			res := make([]float32, len(oc.idx))
+			F := len(oc.idx)
+			res := oc.buf.v[(T+2)*F : (T+3)*F] // room newOpChunk left
 			// countGather without windows is MergeTasks 16 lanes wide
 			// (bands without tie allowances left; else it declines).
 			s, _ := cgPool.Get().(*cgScratch)
@@ -398,13 +399,16 @@ type gatherBuf struct {
 
 var gatherPool sync.Pool
 
-// getGather returns a buffer with room for n values and n indices.
-func getGather(n int) *gatherBuf {
-	if b, ok := gatherPool.Get().(*gatherBuf); ok && cap(b.v) >= n {
+// getGather returns a buffer with room for nv values and ni indices.
+func getGather(nv, ni int) *gatherBuf {
+	if b, ok := gatherPool.Get().(*gatherBuf); ok && cap(b.v) >= nv && cap(b.i) >= ni {
 		return b
 	}
-	n = max(n, 1024)
-	return &gatherBuf{v: make([]float32, n), i: make([]int32, n)}
+	// Powers of two: the chunks' flagged counts differ a little, and a
+	// buffer sized to one chunk's exact count would be too small for
+	// every larger one (dropped, another allocated and cleared).
+	up := func(n int) int { return 1 << bits.Len(uint(max(n, 1024)-1)) }
+	return &gatherBuf{v: make([]float32, up(nv)), i: make([]int32, up(ni))}
 }
 
 // putGather recycles b (nil: nothing).
