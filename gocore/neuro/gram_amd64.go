@@ -43,7 +43,7 @@ func gramsVec(g []float64, rows [][]float32, n, h int, same bool) bool {
 	case R == 2:
 		gramsFMA2(&c, rows[0], rows[1], h, end)
 	case R == 3:
-		gramsFMA3(&c, rows[0], rows[1], rows[2], h, end)
+		gramsFMA3((*[6][4]float64)(c[:6]), rows[0], rows[1], rows[2], h, end)
 	case R == 4:
 		gramsFMA4(&c, rows[0], rows[1], rows[2], rows[3], h, end)
 	default:
