@@ -664,14 +664,10 @@ func finishCut(t rankTarget, w int, un unit, counts []chunkCount, sums bool) (cu
 	eq := make([]int32, len(counts))
 	var eqTotal int64
 	for c, cc := range counts {
-		for _, a := range cc.win[w].cands {
-			if a > bits {
-				gt++
-			} else if a == bits {
-				eq[c]++
-			}
-		}
-		eqTotal += int64(eq[c])
+		g, q := countAboveEq(cc.win[w].cands, bits)
+		gt += int64(g)
+		eq[c] = int32(q)
+		eqTotal += int64(q)
 	}
 	ct := cut{bits: bits}
 	keep := t.k - gt
@@ -710,6 +706,25 @@ func finishCut(t rankTarget, w int, un unit, counts []chunkCount, sums bool) (cu
 		kept += s + float64(n)*tie
 	}
 	return ct, kept, true
+}
+
+// countAboveEq counts the values of s above v and equal to it, without
+// branches: about half the candidates of a window lie above its cut, in no
+// order, so a branch on the comparison would be mispredicted half the time.
+func countAboveEq(s []uint32, v uint32) (gt, eq int) {
+	for _, a := range s {
+		gt += b2i(a > v)
+		eq += b2i(a == v)
+	}
+	return gt, eq
+}
+
+// b2i is 1 for true and 0 for false (the compiler makes it a SETcc).
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // kthLargest returns the k-th largest of s (1 ≤ k ≤ len(s)), reordering

@@ -194,3 +194,41 @@ func BenchmarkWindows(b *testing.B) {
 		}
 	}
 }
+
+// TestCountAboveEq checks the branch-free count against the comparisons
+// written out, on values with many ties, the extremes and an empty slice.
+func TestCountAboveEq(t *testing.T) {
+	r := rand.New(rand.NewPCG(9, 2))
+	vals := make([]uint32, 1000)
+	for i := range vals {
+		vals[i] = uint32(r.IntN(9)) << 28
+	}
+	vals[0], vals[1] = 0, math.MaxUint32
+	tests := []struct {
+		name string
+		s    []uint32
+		v    uint32
+	}{
+		{"empty", nil, 5},
+		{"ties", vals, 4 << 28},
+		{"zero", vals, 0},
+		{"max", vals, math.MaxUint32},
+		{"between", vals, 3<<28 + 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var gt, eq int
+			for _, a := range tc.s {
+				switch {
+				case a > tc.v:
+					gt++
+				case a == tc.v:
+					eq++
+				}
+			}
+			if g, q := countAboveEq(tc.s, tc.v); g != gt || q != eq {
+				t.Fatalf("countAboveEq = (%d, %d), want (%d, %d)", g, q, gt, eq)
+			}
+		})
+	}
+}
