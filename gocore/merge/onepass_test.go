@@ -603,3 +603,67 @@ func TestAppendMags16(t *testing.T) {
 		}
 	}
 }
+
+// TestCutInWindow compares cutInWindow with a sort of all the candidates:
+// the kk-th largest, the count above it and each chunk's count equal to
+// it, for windows narrow and wide (the whole range too), many ties, empty
+// chunks, and kk from 1 to the number of candidates.
+func TestCutInWindow(t *testing.T) {
+	r := rand.New(rand.NewPCG(21, 22))
+	for _, n := range []int{1, 3, 100, 5000} {
+		for _, span := range []uint32{1, 5, 2048, 2049, 1 << 20, math.MaxUint32} {
+			lo := uint32(0)
+			if span != math.MaxUint32 {
+				lo = r.Uint32N(1 << 30)
+			}
+			hi := lo + span - 1
+			if span == math.MaxUint32 {
+				hi = math.MaxUint32
+			}
+			var lists [][]uint32
+			var all []uint32
+			for len(all) < n {
+				c := make([]uint32, min(n-len(all), r.IntN(n+1)))
+				for j := range c {
+					c[j] = lo + r.Uint32N(span)
+					if j%3 == 0 && span > 1 {
+						c[j] = hi // ties at the top of the window
+					}
+				}
+				lists = append(lists, c)
+				all = append(all, c...)
+			}
+			sorted := slices.Clone(all)
+			slices.Sort(sorted)
+			for _, kk := range []int{1, 2, n / 3, n / 2, n - 1, n} {
+				if kk < 1 || kk > n {
+					continue
+				}
+				v, gt, eq := cutInWindow(lists, lo, hi, int64(kk))
+				if want := sorted[n-kk]; v != want {
+					t.Fatalf("n=%d span=%d kk=%d: %d, want %d", n, span, kk, v, want)
+				}
+				var wgt int64
+				for _, a := range all {
+					if a > v {
+						wgt++
+					}
+				}
+				if gt != wgt {
+					t.Fatalf("n=%d span=%d kk=%d: %d above, want %d", n, span, kk, gt, wgt)
+				}
+				for c, l := range lists {
+					var q int32
+					for _, a := range l {
+						if a == v {
+							q++
+						}
+					}
+					if eq[c] != q {
+						t.Fatalf("n=%d span=%d kk=%d chunk %d: %d equal, want %d", n, span, kk, c, eq[c], q)
+					}
+				}
+			}
+		}
+	}
+}

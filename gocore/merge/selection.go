@@ -184,7 +184,7 @@ func (e *engine) selectUnits(units []int, sums bool, targets func(u int, n int64
 		fin := make([]done, len(tgts[i]))
 		e.p.Pool.For(len(tgts[i]), func(_, ti int) {
 			d := &fin[ti]
-			d.ct, d.kept, d.ok = finishCut(tgts[i][ti], winOf[i][ti], un, counts[i], sums)
+			d.ct, d.kept, d.ok = finishCut(tgts[i][ti], wins[i][winOf[i][ti]], winOf[i][ti], un, counts[i], sums)
 		})
 		missed := false
 		for ti, t := range tgts[i] {
@@ -627,10 +627,10 @@ func (e *engine) countChunkFused(ch chunkRef, ws *workspace, base []float32, win
 	return nil
 }
 
-// finishCut derives target t's cut from the counts of its window w, or
-// reports that the window missed it. The kept sum is computed when sums
+// finishCut derives target t's cut from the counts of its window w (win),
+// or reports that the window missed it. The kept sum is computed when sums
 // is set (the counting pass summed magnitudes), else it is 0.
-func finishCut(t rankTarget, w int, un unit, counts []chunkCount, sums bool) (cut, float64, bool) {
+func finishCut(t rankTarget, win window, w int, un unit, counts []chunkCount, sums bool) (cut, float64, bool) {
 	switch {
 	case t.k <= 0:
 		return cut{none: true}, 0, true
@@ -639,35 +639,21 @@ func finishCut(t rankTarget, w int, un unit, counts []chunkCount, sums bool) (cu
 	}
 	var above int64
 	nc := 0
-	for _, cc := range counts {
-		nc += len(cc.win[w].cands)
-	}
-	cands := make([]uint32, 0, nc)
-	for _, cc := range counts {
+	lists := make([][]uint32, len(counts))
+	for c, cc := range counts {
 		above += cc.win[w].above
-		cands = append(cands, cc.win[w].cands...)
+		lists[c] = cc.win[w].cands
+		nc += len(lists[c])
 	}
 	kk := t.k - above
-	if kk <= 0 || kk > int64(len(cands)) {
+	if kk <= 0 || kk > int64(nc) {
 		return cut{}, 0, false
 	}
-	// The kk-th largest candidate (cands is this call's own copy).
-	var bits uint32
-	if kk == int64(len(cands)) {
-		bits = slices.Min(cands)
-	} else {
-		bits = kthLargest(cands, int(kk))
-	}
-	// Ties: entries equal to bits, per chunk; above it: the count above hi
-	// plus the larger candidates.
-	gt := above
-	eq := make([]int32, len(counts))
+	bits, gtc, eq := cutInWindow(lists, win.lo, win.hi, kk)
+	gt := above + gtc
 	var eqTotal int64
-	for c, cc := range counts {
-		g, q := countAboveEq(cc.win[w].cands, bits)
-		gt += int64(g)
-		eq[c] = int32(q)
-		eqTotal += int64(q)
+	for _, n := range eq {
+		eqTotal += int64(n)
 	}
 	ct := cut{bits: bits}
 	keep := t.k - gt
@@ -693,19 +679,52 @@ func finishCut(t rankTarget, w int, un unit, counts []chunkCount, sums bool) (cu
 				s += float64(math.Float32frombits(a))
 			}
 		}
-		n := int64(0)
-		if ct.allow != nil {
-			n = int64(ct.allow[c])
-		} else {
-			for _, a := range cc.win[w].cands {
-				if a == bits {
-					n++
-				}
-			}
-		}
-		kept += s + float64(n)*tie
+		// eq[c]: the chunk's allowance, or all its ties when allow is nil.
+		kept += s + float64(eq[c])*tie
 	}
 	return ct, kept, true
+}
+
+// cutInWindow returns the kk-th largest (1 ≤ kk ≤ their number) of a
+// window's candidates, all in [lo, hi] and given per chunk, with the
+// number of candidates above it and, per chunk, equal to it. It reads the
+// candidates twice and copies none but the few in the histogram bin that
+// holds the answer: a count per bin of 11 bits of the window's range, then
+// the bin's members, in which kthLargest finds it.
+func cutInWindow(lists [][]uint32, lo, hi uint32, kk int64) (v uint32, gt int64, eq []int32) {
+	const digit, bins = 11, 1 << 11
+	shift := uint(max(0, bits.Len32(hi-lo)-digit))
+	var h [bins]int64
+	for _, s := range lists {
+		for _, a := range s {
+			h[(a-lo)>>shift]++
+		}
+	}
+	b, above := bins-1, int64(0)
+	for ; above+h[b] < kk; b-- {
+		above += h[b]
+	}
+	// The members of bin b, in chunk order; ends[c] closes chunk c's.
+	sel := make([]uint32, 0, h[b])
+	ends := make([]int, len(lists))
+	for c, s := range lists {
+		for _, a := range s {
+			if (a-lo)>>shift == uint32(b) {
+				sel = append(sel, a)
+			}
+		}
+		ends[c] = len(sel)
+	}
+	v = kthLargest(slices.Clone(sel), int(kk-above))
+	gt, eq = above, make([]int32, len(lists))
+	from := 0
+	for c, to := range ends {
+		g, q := countAboveEq(sel[from:to], v)
+		gt += int64(g)
+		eq[c] = int32(q)
+		from = to
+	}
+	return v, gt, eq
 }
 
 // countAboveEq counts the values of s above v and equal to it, without
