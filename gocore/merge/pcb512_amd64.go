@@ -193,8 +193,8 @@ func pcbBetaKeysX16(dst [][]uint32, base []float32, xs [][]float32, cuts []pcbCu
 				q.mx = q.mx.Max(key)
 				above := key.Greater(q.hi)
 				in := key.GreaterEqual(q.lo).And(key.LessEqual(q.hi))
-				sm.above += int64(bits.OnesCount16(above.ToBits()))
-				c := bits.OnesCount16(in.ToBits())
+				sm.above += int64(ones16(above.ToBits()))
+				c := ones16(in.ToBits())
 				sm.inside += int64(c)
 				if sm.collect {
 					l := sm.cand
