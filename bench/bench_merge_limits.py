@@ -16,13 +16,17 @@ repetitions, so that a burst of load from other processes on the shared
 machine does not decide it. Figures go to ``bench/results/merge_limits.{md,json}``
 with the CPU model and the load average.
 
-Size: 4 models × 4 tensors × 4M float32 (16M parameters per model; 384 MiB
-of inputs and output per merge, the triad over 3 × 256 MiB), far beyond the
-caches. The issue's 4 × 100M would take PCB and DELLA past the run's time
-budget at 5 repetitions on 2 shared cores.
+Size: 4 models × 4 tensors × 4M float32 by default (16M parameters per model;
+384 MiB of inputs and output per merge, the triad over 3 × 256 MiB), beyond
+the caches of most CPUs (a CPU whose last-level cache reports more, as some
+virtual machines' do, may hold part of it: the notes say so).
+``--tensor-len`` sets the entries per tensor (a multiple of 2048): 26214400
+gives the issue's shape, 4 × 105M parameters (2.4 GB per merge, the triad
+over 3 × 1.6 GB), beyond any cache, in about 2.5 minutes on 2 cores.
 
-Run: ``.venv/bin/python bench/bench_merge_limits.py`` (about 3-4 minutes).
-``--methods`` restricts the run to some methods (comma-separated).
+Run: ``.venv/bin/python bench/bench_merge_limits.py`` (under a minute at the
+default size). ``--methods`` restricts the run to some methods
+(comma-separated).
 """
 
 from __future__ import annotations
@@ -62,6 +66,25 @@ LINE = re.compile(
 )
 
 
+# Entries per benchmark tensor by default (the Go benchmark's own default).
+DEFAULT_TENSOR_LEN = 4 << 20
+
+
+def cache_note(per_merge: int, cache: object) -> str:
+    """Whether a merge's inputs and output (``per_merge`` bytes) fit in the
+    largest cache the machine reports (``cache`` bytes, None if unknown)."""
+    size = f"{per_merge / 2**20:.0f} MiB of inputs and output per merge"
+    if not isinstance(cache, int) or cache <= 0:
+        return f"{size}; the largest cache's size is unknown."
+    if per_merge > 2 * cache:
+        return f"{size}, more than twice the largest cache ({cache / 2**20:.0f} MiB)."
+    return (
+        f"{size}, within twice the largest cache the machine reports "
+        f"({cache / 2**20:.0f} MiB), which may hold part of it between passes: run with "
+        "--tensor-len 26214400 (the issue's shape) to rule that out."
+    )
+
+
 def build(tmp: Path) -> Path:
     """Compile gocore/merge's test binary in the default (SIMD) build."""
     out = tmp / "merge.test"
@@ -72,10 +95,13 @@ def build(tmp: Path) -> Path:
     return out
 
 
-def run(binary: Path, methods: list[str], repeat: int) -> dict[str, list[dict[str, float]]]:
+def run(
+    binary: Path, methods: list[str], repeat: int, tensor_len: int
+) -> dict[str, list[dict[str, float]]]:
     """Run BenchmarkLimits with ``repeat`` repetitions in one process (the
-    inputs are generated once; every method runs once per repetition); per
-    method, one dict of MB/s and ns/op per repetition."""
+    inputs, 4 tensors of ``tensor_len`` entries per model, are generated
+    once; every method runs once per repetition); per method, one dict of
+    MB/s and ns/op per repetition."""
     pattern = "^BenchmarkLimits$/^rep/^(" + "|".join(re.escape(m) for m in methods) + ")$"
     cmd = [
         str(binary),
@@ -84,7 +110,9 @@ def run(binary: Path, methods: list[str], repeat: int) -> dict[str, list[dict[st
         "-test.benchtime=1x",
         "-test.timeout=30m",
     ]
-    env = dict(os.environ, NPSFUSE_LIMITS_REPEAT=str(repeat))
+    env = dict(
+        os.environ, NPSFUSE_LIMITS_REPEAT=str(repeat), NPSFUSE_BENCH_TENSOR_LEN=str(tensor_len)
+    )
     res = subprocess.run(
         cmd, cwd=ROOT / "gocore" / "merge", env=env, capture_output=True, text=True
     )
@@ -112,19 +140,28 @@ def main() -> int:
     ap.add_argument("--methods", default=",".join(GOALS), help="comma-separated methods")
     ap.add_argument("--name", default="merge_limits", help="results file name")
     ap.add_argument("--note", action="append", default=[], help="extra note for the results")
+    ap.add_argument(
+        "--tensor-len",
+        type=int,
+        default=DEFAULT_TENSOR_LEN,
+        help="entries per tensor, a multiple of 2048 (26214400: the issue's 4 × 100M shape)",
+    )
     args = ap.parse_args()
     if args.repeat < 5:
         ap.error("--repeat must be at least 5")
+    if args.tensor_len <= 0 or args.tensor_len % 2048:
+        ap.error(f"--tensor-len {args.tensor_len}: want a positive multiple of 2048")
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in GOALS]
     if unknown:
         ap.error(f"unknown methods {unknown} (valid: {', '.join(GOALS)})")
 
     machine = machine_info()  # the load average before the run
+    per_merge = 6 * 4 * 4 * args.tensor_len  # (4 models + base + output) × 4 tensors × 4 B
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_merge_limits.") as tmp:
         binary = build(Path(tmp))
-        reps = run(binary, methods, args.repeat)
+        reps = run(binary, methods, args.repeat, args.tensor_len)
 
     rows = []
     missed = []
@@ -169,7 +206,8 @@ def main() -> int:
         machine=machine,
     )
     rep.baselines["STREAM triad"] = (
-        "a = b + 0.5·c over 3 × 256 MiB float32, Go, parallel.Chunk pieces on the default pool "
+        f"a = b + 0.5·c over 3 × {16 * 4 * args.tensor_len / 2**20:.0f} MiB float32, Go, "
+        "parallel.Chunk pieces on the default pool "
         "(2 goroutines), run right before and right after each merge; 12 B/element"
     )
     rep.notes += [
@@ -177,12 +215,10 @@ def main() -> int:
         f"NPSFUSE_LIMITS_REPEAT={args.repeat}), each running every method once; per "
         "repetition and method: triad, merge, triad back to back; the figure is the "
         "median of the per-repetition ratios merge GB/s ÷ mean of the two triads.",
-        "Shape: 4 models × 4 tensors × 4M float32 (each tensor 2048 × 2048 rows), inputs "
-        "base + N(0, 0.01²); density 0.2, λ = 1, seed 1, every other parameter its default. "
-        "Smaller than the issue's 4 × 100M to keep 5 repetitions of PCB and DELLA within the "
-        "time budget; 384 MiB per merge, beyond the largest cache (one tensor's 96 MiB is "
-        "not: the engine merges a tensor right after preparing it, while its inputs may "
-        "still be cached).",
+        f"Shape: 4 models × 4 tensors × {args.tensor_len / 2**20:g}Mi float32 (each tensor "
+        f"2048 × {args.tensor_len // 2048} rows; {4 * args.tensor_len / 1e6:g}M parameters per "
+        "model), inputs base + N(0, 0.01²); density 0.2, λ = 1, seed 1, every other "
+        f"parameter its default. {cache_note(per_merge, machine.get('largest_cache_bytes'))}",
         "Merge GB/s counts the least traffic: (models + base + output) × 4 B × parameters, as "
         "bench_merge.md's 'GB moved (min)'. Outputs are allocated and touched once before "
         "timing.",

@@ -1,8 +1,11 @@
 package merge
 
 import (
+	"fmt"
 	"math/rand/v2"
+	"os"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 
@@ -11,16 +14,31 @@ import (
 )
 
 // Benchmark shape: benchModels fine-tuned models of benchTensors tensors of
-// benchTensorLen float32 entries each (16M parameters per model, 384 MiB of
-// inputs and output in all). Profile a method with
+// benchTensorLen float32 entries each (by default 4Mi: 16M parameters per
+// model, 384 MiB of inputs and output in all). Profile a method with
 //
 //	go test -run XXX -bench 'Merge/^ties$' -cpuprofile cpu.out ./gocore/merge
 //	go tool pprof -top merge.test cpu.out
 const (
-	benchModels    = 4
-	benchTensors   = 4
-	benchTensorLen = 4 << 20
+	benchModels  = 4
+	benchTensors = 4
 )
+
+// benchTensorLen is the entries of each benchmark tensor:
+// NPSFUSE_BENCH_TENSOR_LEN (a positive multiple of 2048, the rows' length),
+// 4Mi without it. bench_merge_limits.py --tensor-len sets it to run issue
+// 15's shape (4 × 100M parameters), beyond any cache.
+var benchTensorLen = func() int {
+	s := os.Getenv("NPSFUSE_BENCH_TENSOR_LEN")
+	if s == "" {
+		return 4 << 20
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n <= 0 || n%2048 != 0 {
+		panic(fmt.Sprintf("NPSFUSE_BENCH_TENSOR_LEN=%q: want a positive multiple of 2048", s))
+	}
+	return n
+}()
 
 // benchData is generated once per test binary and shared by every benchmark:
 // base entries are N(0, 1), fine-tuned entries the base plus N(0, 0.01²), so
@@ -79,7 +97,7 @@ func benchBytes(method string, T int) int64 {
 	if method == "linear" {
 		arrays--
 	}
-	return arrays * 4 * benchTensors * benchTensorLen
+	return arrays * 4 * benchTensors * int64(benchTensorLen)
 }
 
 // BenchmarkMerge times Run for every registered method (TIES also with
@@ -132,7 +150,7 @@ func BenchmarkSlerp(b *testing.B) {
 	for i := range ts {
 		ts[i].Models = ts[i].Models[:2]
 	}
-	b.SetBytes(3 * 4 * benchTensors * benchTensorLen)
+	b.SetBytes(int64(3 * 4 * benchTensors * benchTensorLen))
 	for b.Loop() {
 		if err := Run("slerp", DefaultParams("slerp"), ts); err != nil {
 			b.Fatal(err)
@@ -146,7 +164,7 @@ func BenchmarkSlerp(b *testing.B) {
 // kernels. Its MB/s (12 bytes per element) is the bandwidth the merge's
 // MB/s is measured against.
 func BenchmarkTriad(b *testing.B) {
-	n := 4 * benchTensors * benchTensorLen // 256 MiB per array, ≫ L3
+	n := 4 * benchTensors * benchTensorLen // 256 MiB per array by default (4 × the merge's per-model data)
 	x, y, z := make([]float32, n), make([]float32, n), make([]float32, n)
 	for i := range x {
 		x[i], y[i], z[i] = 0, 1, 2

@@ -20,7 +20,7 @@ var limitsMethods = []string{
 }
 
 // triadArrays are BenchmarkLimits' STREAM triad arrays: three of 4× the
-// merge's per-model data (256 MiB each), touched once.
+// merge's per-model data (256 MiB each at the default size), touched once.
 var triadArrays = sync.OnceValue(func() [3][]float32 {
 	n := 4 * benchTensors * benchTensorLen
 	var a [3][]float32
