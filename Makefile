@@ -107,6 +107,7 @@ bench: install
 	$(VENV)/bin/python bench/bench_bridge.py
 	$(VENV)/bin/python bench/bench_merge.py
 	$(VENV)/bin/python bench/bench_merge_limits.py
+	$(VENV)/bin/python bench/bench_merge_limits.py --tensor-len 26214400 --name merge_limits_issue_shape
 	$(VENV)/bin/python bench/bench_stream_memory.py
 	$(VENV)/bin/python bench/bench_nps.py
 	$(VENV)/bin/python bench/bench_cma.py
