@@ -700,10 +700,7 @@ func cutInWindow(lists [][]uint32, lo, hi uint32, kk int64) (v uint32, gt int64,
 			h[(a-lo)>>shift]++
 		}
 	}
-	b, above := bins-1, int64(0)
-	for ; above+h[b] < kk; b-- {
-		above += h[b]
-	}
+	b, above := pickBin(func(b int) int64 { return h[b] }, bins, kk)
 	// The members of bin b, in chunk order; ends[c] closes chunk c's.
 	sel := make([]uint32, 0, h[b])
 	ends := make([]int, len(lists))
