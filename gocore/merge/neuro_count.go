@@ -50,12 +50,12 @@ func (e *engine) countChunkSums(ch chunkRef, ws *workspace, base []float32, wins
 				continue
 			}
 			c := &cc.win[w]
-			above, k, total, cands, ok := countSums(x, base, win.lo, win.hi, (*cbuf)[:0], abv)
+			k, total, cands, ok := countSums(x, base, win.lo, win.hi, (*cbuf)[:0], abv)
 			*cbuf = cands[:0] // grown once, reused by the next windows and chunks
 			if !ok {
 				return e.nonFinite(ch, fmt.Sprintf("model %d", m), x)
 			}
-			c.above = above
+			c.above = int64(k)
 			if len(cands) > 0 {
 				c.cands = slices.Clone(cands) // one allocation of the final size
 			}
@@ -77,18 +77,18 @@ var candScratch sync.Pool
 // countSums returns Σ_j |x[j] − b[j]| for j < len(x) in float64, with
 // vec.SumF64's bits (the magnitudes rounded to float32 first), packs the
 // magnitudes whose bits exceed hi into abv in index order and returns how
-// many there are (also above, as int64), appends to cands the bits of the
+// many there are, appends to cands the bits of the
 // magnitudes within [lo, hi] in index order, and reports whether every
 // x[j] is finite (the rest means nothing when it is not). b and abv must
 // be at least len(x) long.
-func countSums(x, b []float32, lo, hi uint32, cands []uint32, abv []float32) (above int64, k int, total float64, _ []uint32, ok bool) {
+func countSums(x, b []float32, lo, hi uint32, cands []uint32, abv []float32) (k int, total float64, _ []uint32, ok bool) {
 	n := len(x)
 	if len(b) < n || len(abv) < n {
 		panic("merge.countSums: b or abv shorter than x")
 	}
 	var sl vec.SumLanes
 	k, cands, ok = countSumsVec(x, b[:n], lo, hi, cands, abv[:n], &sl)
-	return int64(k), k, sl.Sum(), cands, ok
+	return k, sl.Sum(), cands, ok
 }
 
 // countSumsGo is countSums' scalar twin, the magnitude of entry j added
